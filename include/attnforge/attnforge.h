@@ -1,0 +1,217 @@
+/*
+ * attnforge: FlashAttention-compatible attention behind a plain C ABI.
+ *
+ * This header is the only public interface of libattnforge.so. It compiles as
+ * C99 and as C++; every type that crosses it has a fixed width; argument
+ * structs carry their own size so that old callers keep working when fields
+ * are appended; no C++ type or exception ever crosses it.
+ *
+ * Layout and semantics follow FlashAttention-2 exactly:
+ *   q (B, Sq, H, D), k/v (B, Sk, Hk, D), out like q, softmax_lse fp32 (B, H, Sq);
+ *   variable-length batches: q (total_q, H, D), k/v (total_k, Hk, D),
+ *   softmax_lse (H, total_q); GQA/MQA by contiguous head groups (H % Hk == 0);
+ *   causal masks aligned bottom-right; windows (left, right) inclusive, -1 is
+ *   unbounded; rows that attend to nothing give 0 and lse = -inf.
+ */
+#ifndef ATTNFORGE_ATTNFORGE_H
+#define ATTNFORGE_ATTNFORGE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#if defined(AF_BUILDING_LIBRARY)
+#define AF_API __attribute__((visibility("default")))
+#else
+#define AF_API
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- Versions ----------------------------------------------------------- */
+
+#define AF_VERSION_MAJOR 0
+#define AF_VERSION_MINOR 1
+#define AF_VERSION_PATCH 0
+#define AF_VERSION_NUMBER (AF_VERSION_MAJOR * 10000 + AF_VERSION_MINOR * 100 + AF_VERSION_PATCH)
+#define AF_VERSION_STRING "0.1.0"
+
+/* Bumped only when a released struct or function changes incompatibly. */
+#define AF_ABI_VERSION 1
+
+AF_API int af_version_number(void);       /* AF_VERSION_NUMBER of the loaded library */
+AF_API const char* af_version_string(void);
+AF_API int af_abi_version(void);
+/* Compiler, flags and build type the library was built with (static string). */
+AF_API const char* af_build_info(void);
+
+/* ---- Status ------------------------------------------------------------- */
+
+/* Values are pinned: never renumber, only append. */
+typedef enum af_status {
+  AF_OK = 0,
+  AF_ERR_INVALID_ARGUMENT = 1,    /* a scalar argument out of range */
+  AF_ERR_NULL_POINTER = 2,        /* a required pointer is NULL */
+  AF_ERR_SHAPE = 3,               /* rank or shape mismatch between tensors */
+  AF_ERR_STRIDE = 4,              /* non-unit last-dim stride, negative stride, ... */
+  AF_ERR_DTYPE = 5,               /* unsupported or mixed dtypes */
+  AF_ERR_DEVICE = 6,              /* tensors on different or unknown devices */
+  AF_ERR_SEQLENS = 7,             /* cu_seqlens / seqused / max_seqlen inconsistent */
+  AF_ERR_OVERFLOW = 8,            /* a size or offset product does not fit in int64 */
+  AF_ERR_STRUCT_SIZE = 9,         /* struct_size smaller than any known version */
+  AF_ERR_UNSUPPORTED = 10,        /* valid call that no allowed backend can run */
+  AF_ERR_BACKEND_UNAVAILABLE = 11,/* the requested backend cannot run on this machine */
+  AF_ERR_OUT_OF_MEMORY = 12,
+  AF_ERR_CUDA = 13,               /* a CUDA driver call failed */
+  AF_ERR_COMPILE = 14,            /* NVRTC failed to compile a kernel */
+  AF_ERR_IO = 15,                 /* file system error (kernel cache) */
+  AF_ERR_BUFFER_TOO_SMALL = 16,   /* output text truncated; see the *_needed argument */
+  AF_ERR_INTERNAL = 17
+} af_status;
+
+/* A static, constant name for a status ("AF_ERR_SHAPE"); never NULL. */
+AF_API const char* af_status_string(af_status status);
+
+/* The detailed message of the last failure on the calling thread ("" if none).
+ * Valid until the next attnforge call on the same thread. */
+AF_API const char* af_last_error_message(void);
+
+/* ---- Tensors ------------------------------------------------------------ */
+
+/* dtype codes */
+typedef enum af_dtype {
+  AF_DTYPE_FLOAT32 = 0,
+  AF_DTYPE_FLOAT16 = 1,
+  AF_DTYPE_BFLOAT16 = 2,
+  AF_DTYPE_INT32 = 3,
+  AF_DTYPE_FLOAT64 = 4
+} af_dtype;
+
+/* Device types use DLPack's DLDeviceType values. */
+typedef enum af_device_type {
+  AF_DEVICE_CPU = 1,
+  AF_DEVICE_CUDA = 2
+} af_device_type;
+
+#define AF_MAX_RANK 6
+
+/* A strided view, with DLPack DLTensor meanings: data points at element 0
+ * (any byte_offset already applied); strides are in elements, not bytes. */
+typedef struct af_tensor {
+  void* data;
+  int32_t dtype;        /* af_dtype */
+  int32_t device_type;  /* af_device_type */
+  int32_t device_index;
+  int32_t rank;         /* 0..AF_MAX_RANK */
+  int64_t shape[AF_MAX_RANK];
+  int64_t strides[AF_MAX_RANK];
+} af_tensor;
+
+/* ---- Attention forward -------------------------------------------------- */
+
+typedef enum af_backend {
+  AF_BACKEND_AUTO = 0, /* CUDA when the tensors are on a GPU and it supports the call, else CPU */
+  AF_BACKEND_CPU = 1,
+  AF_BACKEND_CUDA = 2
+} af_backend;
+
+/* Version 1 of the argument struct. Set struct_size = sizeof(af_attention_args);
+ * zero-initialise, then fill what you use. Optional tensors are NULL when absent.
+ *
+ * Padded batch:    q (B, Sq, H, D)       k, v (B, Sk, Hk, D)    lse (B, H, Sq)
+ * Varlen batch:    q (total_q, H, D)     k, v (total_k, Hk, D)  lse (H, total_q)
+ *                  with cu_seqlens_q / cu_seqlens_k int32 (B + 1), non-decreasing,
+ *                  starting at 0 (as FlashAttention), max_seqlen_* >= every length.
+ * Paged KV:        k, v (num_blocks, page_size, Hk, D) and block_table int32
+ *                  (B, max_blocks_per_seq); any page_size >= 1. Sequence b's
+ *                  key j lives in page block_table[b][j / page_size], row j % page_size.
+ */
+typedef struct af_attention_args {
+  uint32_t struct_size;
+
+  const af_tensor* q;
+  const af_tensor* k;
+  const af_tensor* v;
+  const af_tensor* out;            /* written; same shape as q, dtype of q */
+  const af_tensor* softmax_lse;    /* optional, written, float32 natural-log LSE */
+
+  const af_tensor* cu_seqlens_q;   /* optional int32 (B + 1): varlen queries */
+  const af_tensor* cu_seqlens_k;   /* optional int32 (B + 1): varlen keys (needs cu_seqlens_q) */
+  int64_t max_seqlen_q;            /* varlen only */
+  int64_t max_seqlen_k;            /* varlen only */
+  const af_tensor* seqused_k;      /* optional int32 (B): keys actually used per sequence */
+  const af_tensor* leftpad_k;      /* optional int32 (B): keys start at this row (kv cache left padding) */
+  const af_tensor* block_table;    /* optional int32 (B, max_blocks): paged KV */
+  const af_tensor* kv_batch_idx;   /* optional int32 (B): batch b reads k/v batch kv_batch_idx[b] */
+  const af_tensor* alibi_slopes;   /* optional float32 (H) or (B, H) */
+
+  float softmax_scale;             /* 0 means 1 / sqrt(D) */
+  float softcap;                   /* > 0: scores become softcap * tanh(scores / softcap) */
+  int32_t causal;                  /* nonzero: bottom-right causal (forces window_right = 0) */
+  int32_t window_left;             /* -1: unbounded */
+  int32_t window_right;            /* -1: unbounded */
+
+  int32_t backend;                 /* af_backend */
+  void* cuda_stream;               /* CUstream / cudaStream_t; NULL = legacy default stream */
+} af_attention_args;
+
+/* Runs attention. On failure nothing has been written past the checks, and
+ * af_last_error_message() says exactly what was wrong. Blocking on the CPU
+ * backend; asynchronous on the caller's stream on the CUDA backend. */
+AF_API af_status af_attention_forward(const af_attention_args* args);
+
+/* Answers, from the same selector that af_attention_forward dispatches with,
+ * whether the call would run. On AF_OK, *selected (if not NULL) is the backend
+ * that would run it. Otherwise the status is the one forward would return and
+ * af_last_error_message() says why. Reads no tensor data on the GPU. */
+AF_API af_status af_attention_supported(const af_attention_args* args, af_backend* selected);
+
+/* ---- Runtime, backends, threads ---------------------------------------- */
+
+/* AF_OK if the backend can run on this machine; otherwise
+ * AF_ERR_BACKEND_UNAVAILABLE and af_last_error_message() says why. */
+AF_API af_status af_backend_available(af_backend backend);
+
+/* A JSON object describing the library, its build and every backend, with each
+ * probing step and why a step failed. Writes at most capacity bytes including
+ * the terminating NUL; *needed (if not NULL) gets the full size including it.
+ * Returns AF_ERR_BUFFER_TOO_SMALL when truncated. */
+AF_API af_status af_runtime_report(char* buffer, size_t capacity, size_t* needed);
+
+/* Worker threads of the CPU backend (default: hardware concurrency, or
+ * $ATTNFORGE_NUM_THREADS). n < 1 restores the default. */
+AF_API af_status af_set_num_threads(int32_t n);
+AF_API int32_t af_get_num_threads(void);
+
+/* Extra directories (':'-separated) searched for libnvrtc before CUDA_HOME,
+ * the conda prefix and the loader's cache; $ATTNFORGE_NVRTC (a file) comes
+ * first. The Python package passes the NVRTC of torch's nvidia wheels here.
+ * Must be called before the CUDA backend is first used to take effect. */
+AF_API af_status af_set_nvrtc_search_path(const char* directories);
+
+/* ---- Kernel cache and ahead-of-time compilation ------------------------ */
+
+typedef void (*af_progress_callback)(void* user_data, int32_t done, int32_t total, const char* item);
+
+/* Compiles the common kernel variants into the cache for each architecture
+ * ("sm_80", "sm_90a", ...); archs == NULL or n_archs == 0 means the GPUs of
+ * this machine. Needs NVRTC, not a GPU. progress may be NULL. */
+AF_API af_status af_warmup(const char* const* archs, int32_t n_archs,
+                           af_progress_callback progress, void* user_data);
+
+/* The cache directory in use ($ATTNFORGE_CACHE_DIR, $XDG_CACHE_HOME/attnforge
+ * or ~/.cache/attnforge), as text; same buffer contract as af_runtime_report. */
+AF_API af_status af_cache_dir(char* buffer, size_t capacity, size_t* needed);
+
+/* A JSON array of cache entries (file, size, arch, kernel); same buffer contract. */
+AF_API af_status af_cache_list(char* buffer, size_t capacity, size_t* needed);
+
+/* Removes every cache entry attnforge wrote; nothing else. */
+AF_API af_status af_cache_clear(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* ATTNFORGE_ATTNFORGE_H */

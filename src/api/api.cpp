@@ -1,0 +1,171 @@
+// The extern "C" surface: every entry point clears the thread's error, catches
+// everything, and answers with a status.
+#include <cstring>
+#include <exception>
+#include <new>
+#include <string>
+
+#include "api/problem.h"
+#include "api/select.h"
+#include "common/error.h"
+#include "common/json.h"
+#include "common/thread_pool.h"
+#include "cpu/cpu_attention.h"
+#include "cuda/cuda_backend.h"
+
+namespace {
+
+template <typename Body>
+af_status guarded(Body&& body) {
+  af::clear_error();
+  try {
+    return body();
+  } catch (const std::bad_alloc&) {
+    return af::fail(AF_ERR_OUT_OF_MEMORY, "out of host memory");
+  } catch (const std::exception& e) {
+    return af::fail(AF_ERR_INTERNAL, "internal error: %s", e.what());
+  } catch (...) {
+    return af::fail(AF_ERR_INTERNAL, "internal error: unknown exception");
+  }
+}
+
+af_status copy_text(const std::string& text, char* buffer, size_t capacity, size_t* needed) {
+  if (needed != nullptr) *needed = text.size() + 1;
+  if (buffer == nullptr || capacity == 0) {
+    if (capacity == 0 && needed != nullptr) return af::fail(AF_ERR_BUFFER_TOO_SMALL, "need %zu bytes", text.size() + 1);
+    return af::fail(AF_ERR_NULL_POINTER, "buffer is NULL with capacity %zu", capacity);
+  }
+  const size_t n = text.size() < capacity ? text.size() : capacity - 1;
+  std::memcpy(buffer, text.data(), n);
+  buffer[n] = '\0';
+  if (n < text.size()) return af::fail(AF_ERR_BUFFER_TOO_SMALL, "need %zu bytes, got %zu", text.size() + 1, capacity);
+  return AF_OK;
+}
+
+#define AF_STRINGIFY2(x) #x
+#define AF_STRINGIFY(x) AF_STRINGIFY2(x)
+
+}  // namespace
+
+extern "C" {
+
+AF_API int af_version_number(void) { return AF_VERSION_NUMBER; }
+AF_API const char* af_version_string(void) { return AF_VERSION_STRING; }
+AF_API int af_abi_version(void) { return AF_ABI_VERSION; }
+
+AF_API const char* af_build_info(void) {
+  return "gcc " __VERSION__ ", " AF_BUILD_TYPE ", C++" AF_STRINGIFY(__cplusplus) ", static libstdc++";
+}
+
+AF_API const char* af_status_string(af_status status) {
+  switch (status) {
+    case AF_OK: return "AF_OK";
+    case AF_ERR_INVALID_ARGUMENT: return "AF_ERR_INVALID_ARGUMENT";
+    case AF_ERR_NULL_POINTER: return "AF_ERR_NULL_POINTER";
+    case AF_ERR_SHAPE: return "AF_ERR_SHAPE";
+    case AF_ERR_STRIDE: return "AF_ERR_STRIDE";
+    case AF_ERR_DTYPE: return "AF_ERR_DTYPE";
+    case AF_ERR_DEVICE: return "AF_ERR_DEVICE";
+    case AF_ERR_SEQLENS: return "AF_ERR_SEQLENS";
+    case AF_ERR_OVERFLOW: return "AF_ERR_OVERFLOW";
+    case AF_ERR_STRUCT_SIZE: return "AF_ERR_STRUCT_SIZE";
+    case AF_ERR_UNSUPPORTED: return "AF_ERR_UNSUPPORTED";
+    case AF_ERR_BACKEND_UNAVAILABLE: return "AF_ERR_BACKEND_UNAVAILABLE";
+    case AF_ERR_OUT_OF_MEMORY: return "AF_ERR_OUT_OF_MEMORY";
+    case AF_ERR_CUDA: return "AF_ERR_CUDA";
+    case AF_ERR_COMPILE: return "AF_ERR_COMPILE";
+    case AF_ERR_IO: return "AF_ERR_IO";
+    case AF_ERR_BUFFER_TOO_SMALL: return "AF_ERR_BUFFER_TOO_SMALL";
+    case AF_ERR_INTERNAL: return "AF_ERR_INTERNAL";
+  }
+  return "AF_ERR_UNKNOWN_STATUS";
+}
+
+AF_API const char* af_last_error_message(void) { return af::last_error(); }
+
+AF_API af_status af_attention_supported(const af_attention_args* args, af_backend* selected) {
+  return guarded([&] {
+    af::AttentionProblem problem;
+    AF_RETURN_IF_ERROR(af::validate_attention_args(args, &problem));
+    af_backend chosen = AF_BACKEND_AUTO;
+    AF_RETURN_IF_ERROR(af::select_backend(problem, af_backend(args->backend), &chosen));
+    if (selected != nullptr) *selected = chosen;
+    return AF_OK;
+  });
+}
+
+AF_API af_status af_attention_forward(const af_attention_args* args) {
+  return guarded([&] {
+    af::AttentionProblem problem;
+    AF_RETURN_IF_ERROR(af::validate_attention_args(args, &problem));
+    af_backend chosen = AF_BACKEND_AUTO;
+    AF_RETURN_IF_ERROR(af::select_backend(problem, af_backend(args->backend), &chosen));
+    return chosen == AF_BACKEND_CUDA ? af::cuda::attention_forward(problem) : af::cpu::attention_forward(problem);
+  });
+}
+
+AF_API af_status af_backend_available(af_backend backend) {
+  return guarded([&] {
+    switch (backend) {
+      case AF_BACKEND_CPU: return AF_OK;
+      case AF_BACKEND_CUDA: return af::cuda::available();
+      case AF_BACKEND_AUTO: return AF_OK;
+    }
+    return af::fail(AF_ERR_INVALID_ARGUMENT, "backend %d is not an af_backend value", int(backend));
+  });
+}
+
+AF_API af_status af_runtime_report(char* buffer, size_t capacity, size_t* needed) {
+  return guarded([&] {
+    std::string json = "{\"version\":" + af::json_quote(AF_VERSION_STRING) +
+                       ",\"abi_version\":" + std::to_string(AF_ABI_VERSION) +
+                       ",\"build\":" + af::json_quote(af_build_info()) +
+                       ",\"backends\":{\"cpu\":{\"available\":true,\"threads\":" +
+                       std::to_string(af::num_threads()) + "},\"cuda\":" + af::cuda::report_json() + "}}";
+    return copy_text(json, buffer, capacity, needed);
+  });
+}
+
+AF_API af_status af_set_num_threads(int32_t n) {
+  return guarded([&] {
+    af::set_num_threads(n);
+    return AF_OK;
+  });
+}
+
+AF_API int32_t af_get_num_threads(void) { return af::num_threads(); }
+
+AF_API af_status af_set_nvrtc_search_path(const char* directories) {
+  return guarded([&] {
+    if (directories == nullptr) return af::fail(AF_ERR_NULL_POINTER, "directories is NULL");
+    af::cuda::set_nvrtc_search_path(directories);
+    return AF_OK;
+  });
+}
+
+AF_API af_status af_warmup(const char* const* archs, int32_t n_archs, af_progress_callback progress,
+                           void* user_data) {
+  return guarded([&] {
+    if (n_archs < 0) return af::fail(AF_ERR_INVALID_ARGUMENT, "n_archs is %d", n_archs);
+    if (n_archs > 0 && archs == nullptr) return af::fail(AF_ERR_NULL_POINTER, "archs is NULL with n_archs %d", n_archs);
+    return af::cuda::warmup(archs, n_archs, progress, user_data);
+  });
+}
+
+AF_API af_status af_cache_dir(char* buffer, size_t capacity, size_t* needed) {
+  return guarded([&] { return copy_text(af::cuda::cache_dir(), buffer, capacity, needed); });
+}
+
+AF_API af_status af_cache_list(char* buffer, size_t capacity, size_t* needed) {
+  return guarded([&] {
+    std::string json;
+    AF_RETURN_IF_ERROR(af::cuda::cache_list_json(&json));
+    return copy_text(json, buffer, capacity, needed);
+  });
+}
+
+AF_API af_status af_cache_clear(void) {
+  return guarded([&] { return af::cuda::cache_clear(); });
+}
+
+}  // extern "C"

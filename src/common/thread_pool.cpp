@@ -1,0 +1,142 @@
+#include "common/thread_pool.h"
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstdlib>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace af {
+
+namespace {
+
+int default_threads() {
+  if (const char* env = std::getenv("ATTNFORGE_NUM_THREADS")) {
+    const int n = std::atoi(env);
+    if (n > 0) return n;
+  }
+  const unsigned hw = std::thread::hardware_concurrency();
+  return hw > 0 ? int(hw) : 1;
+}
+
+thread_local bool t_inside_parallel_for = false;
+
+// Workers sleep on `wake` until a job generation is published; each job is a
+// shared chunk counter that all participants (workers and caller) drain.
+class Pool {
+ public:
+  ~Pool() { resize(0); }
+
+  int size() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return target_;
+  }
+
+  void set_target(int n) {
+    std::lock_guard<std::mutex> lock(run_mutex_);
+    resize(std::max(n, 1) - 1);
+    std::lock_guard<std::mutex> state(mutex_);
+    target_ = std::max(n, 1);
+  }
+
+  void run(int64_t chunks, const std::function<void(int64_t)>& chunk_body) {
+    std::lock_guard<std::mutex> run_lock(run_mutex_);  // one job at a time
+    if (workers_.empty() && target_ > 1) resize(target_ - 1);
+    std::atomic<int64_t> next{0};
+    auto drain = [&] {
+      for (int64_t c = next.fetch_add(1); c < chunks; c = next.fetch_add(1)) chunk_body(c);
+    };
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      job_ = drain;
+      pending_ = int(workers_.size());
+      ++generation_;
+    }
+    wake_.notify_all();
+    t_inside_parallel_for = true;
+    drain();
+    t_inside_parallel_for = false;
+    std::unique_lock<std::mutex> lock(mutex_);
+    done_.wait(lock, [&] { return pending_ == 0; });
+    job_ = nullptr;
+  }
+
+ private:
+  // Caller holds run_mutex_ (or is the destructor).
+  void resize(int n_workers) {
+    if (int(workers_.size()) == n_workers) return;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      stop_ = true;
+    }
+    wake_.notify_all();
+    for (auto& w : workers_) w.join();
+    workers_.clear();
+    stop_ = false;
+    for (int i = 0; i < n_workers; ++i) workers_.emplace_back([this] { worker_loop(); });
+  }
+
+  void worker_loop() {
+    t_inside_parallel_for = true;
+    uint64_t seen = 0;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      seen = generation_;
+    }
+    for (;;) {
+      std::function<void()> job;
+      {
+        std::unique_lock<std::mutex> lock(mutex_);
+        wake_.wait(lock, [&] { return stop_ || generation_ != seen; });
+        if (stop_) return;
+        seen = generation_;
+        job = job_;
+      }
+      job();
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (--pending_ == 0) done_.notify_one();
+    }
+  }
+
+  std::mutex run_mutex_;
+  std::mutex mutex_;
+  std::condition_variable wake_, done_;
+  std::vector<std::thread> workers_;
+  std::function<void()> job_;
+  uint64_t generation_ = 0;
+  int pending_ = 0;
+  int target_ = default_threads();
+  bool stop_ = false;
+};
+
+Pool& pool() {
+  static Pool* instance = new Pool();  // never destroyed: workers may outlive static teardown order
+  return *instance;
+}
+
+}  // namespace
+
+void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& body) {
+  if (n <= 0) return;
+  grain = std::max<int64_t>(grain, 1);
+  const int threads = num_threads();
+  if (threads <= 1 || t_inside_parallel_for || n <= grain) {
+    body(0, n);
+    return;
+  }
+  const int64_t chunks = std::min<int64_t>((n + grain - 1) / grain, int64_t(threads) * 8);
+  const int64_t per_chunk = (n + chunks - 1) / chunks;
+  pool().run(chunks, [&](int64_t c) {
+    const int64_t begin = c * per_chunk;
+    const int64_t end = std::min(n, begin + per_chunk);
+    if (begin < end) body(begin, end);
+  });
+}
+
+void set_num_threads(int n) { pool().set_target(n < 1 ? default_threads() : n); }
+
+int num_threads() { return pool().size(); }
+
+}  // namespace af
