@@ -4,6 +4,8 @@
 // found problems, 2 usage error or internal error.
 #include <cstdio>
 #include <cstring>
+#include <exception>
+#include <new>
 #include <string>
 
 #include "attnforge/attnforge.h"
@@ -26,9 +28,8 @@ const char kUsage[] =
     "`attnforge <command> --help` describes each command.\n"
     "exit codes: 0 success, 1 failure or problems found, 2 usage or internal error\n";
 
-}  // namespace
 
-int main(int argc, char** argv) {
+int dispatch(int argc, char** argv) {
   if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h") || !std::strcmp(argv[1], "help")) {
     std::fputs(kUsage, argc < 2 ? stderr : stdout);
     return argc < 2 ? 2 : 0;
@@ -44,5 +45,18 @@ int main(int argc, char** argv) {
   if (command == "cache") return af::cli::run_cache(argc - 1, argv + 1);
   if (command == "doctor") return af::doctor::run_doctor_command(argc - 1, argv + 1);
   std::fprintf(stderr, "attnforge: unknown command '%s'\n\n%s", command.c_str(), kUsage);
+  return 2;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return dispatch(argc, argv);
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "attnforge: out of memory\n");
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "attnforge: internal error: %s\n", e.what());
+  }
   return 2;
 }
