@@ -1,18 +1,299 @@
-// Placeholder until the run-time CUDA loader lands: the backend reports itself unavailable.
+// CUDA backend: probing, the supports() rules, module loading per device, and launches.
 #include "cuda/cuda_backend.h"
 
+#include <atomic>
+#include <chrono>
+#include <climits>
+#include <mutex>
+#include <vector>
+
 #include "common/error.h"
+#include "common/json.h"
+#include "cuda/compiler.h"
+#include "cuda/driver_api.h"
+#include "cuda/kernel_cache.h"
+#include "cuda/variants.h"
+#include "kernels/flash_fwd_params.cuh"
 
 namespace af::cuda {
 
-af_status available() { return fail(AF_ERR_BACKEND_UNAVAILABLE, "CUDA backend not built into this version"); }
-af_status supports(const AttentionProblem&) { return available(); }
-af_status attention_forward(const AttentionProblem&) { return available(); }
-std::string report_json() { return "{\"available\":false,\"reason\":\"not built\"}"; }
-void set_nvrtc_search_path(const char*) {}
-af_status warmup(const char* const*, int, af_progress_callback, void*) { return available(); }
-std::string cache_dir() { return ""; }
-af_status cache_list_json(std::string* json) { *json = "[]"; return AF_OK; }
-af_status cache_clear() { return AF_OK; }
+namespace {
+
+constexpr int kMaxDevices = 64;
+constexpr int kMaxVariants = 64;
+
+// Loaded kernels: functions[device][variant], filled once under g_load_mutex, read lock-free.
+std::atomic<CUfunction> g_functions[kMaxDevices][kMaxVariants];
+std::atomic<CUcontext> g_contexts[kMaxDevices];
+std::mutex g_load_mutex;
+
+// Pushes the device's primary context if the thread's current context is another one.
+class ContextGuard {
+ public:
+  explicit ContextGuard(CUcontext context) {
+    const DriverApi& a = *driver().api;
+    CUcontext current = nullptr;
+    a.cuCtxGetCurrent(&current);
+    if (current != context) pushed_ = a.cuCtxPushCurrent(context) == CUDA_SUCCESS;
+  }
+  ~ContextGuard() {
+    if (pushed_) {
+      CUcontext ignored = nullptr;
+      driver().api->cuCtxPopCurrent(&ignored);
+    }
+  }
+  ContextGuard(const ContextGuard&) = delete;
+  ContextGuard& operator=(const ContextGuard&) = delete;
+
+ private:
+  bool pushed_ = false;
+};
+
+af_status primary_context(int device, CUcontext* context) {
+  *context = g_contexts[device].load(std::memory_order_acquire);
+  if (*context != nullptr) return AF_OK;
+  const DriverState& d = driver();
+  const CUresult r = d.api->cuDevicePrimaryCtxRetain(context, d.devices[device].handle);
+  if (r != CUDA_SUCCESS) return fail(AF_ERR_CUDA, "device %d: %s", device, driver_error("cuDevicePrimaryCtxRetain", r).c_str());
+  g_contexts[device].store(*context, std::memory_order_release);
+  return AF_OK;
+}
+
+// Compiles (or reads from the cache) and loads variant `index` on `device`, once per process.
+af_status load_function(int device, int index, CUfunction* function) {
+  *function = g_functions[device][index].load(std::memory_order_acquire);
+  if (*function != nullptr) return AF_OK;
+  std::lock_guard<std::mutex> lock(g_load_mutex);
+  *function = g_functions[device][index].load(std::memory_order_acquire);
+  if (*function != nullptr) return AF_OK;
+
+  const DriverState& d = driver();
+  const DeviceInfo& info = d.devices[device];
+  const Variant& v = variants()[index];
+  const std::string target = target_for_device(info.major, info.minor);
+  if (target.empty())
+    return fail(AF_ERR_BACKEND_UNAVAILABLE, "NVRTC %d.%d cannot target compute capability %d.%d", nvrtc().major,
+                nvrtc().minor, info.major, info.minor);
+  CompiledKernel kernel;
+  AF_RETURN_IF_ERROR(compile_variant(v, target, true, &kernel));
+  if (!kernel.is_cubin) kernel.binary.push_back('\0');
+
+  CUcontext context = nullptr;
+  AF_RETURN_IF_ERROR(primary_context(device, &context));
+  ContextGuard guard(context);
+  CUmodule module = nullptr;
+  CUresult r = d.api->cuModuleLoadData(&module, kernel.binary.data());
+  if (r != CUDA_SUCCESS && kernel.from_cache) {
+    // A cache entry that passed its checksum but does not load: rebuild it once.
+    AF_RETURN_IF_ERROR(compile_variant(v, target, false, &kernel));
+    if (!kernel.is_cubin) kernel.binary.push_back('\0');
+    r = d.api->cuModuleLoadData(&module, kernel.binary.data());
+  }
+  if (r != CUDA_SUCCESS)
+    return fail(AF_ERR_CUDA, "loading %s (%s) on device %d: %s", v.name.c_str(), target.c_str(), device,
+                driver_error("cuModuleLoadData", r).c_str());
+  CUfunction f = nullptr;
+  r = d.api->cuModuleGetFunction(&f, module, kKernelName);
+  if (r != CUDA_SUCCESS) return fail(AF_ERR_CUDA, "%s: %s", v.name.c_str(), driver_error("cuModuleGetFunction", r).c_str());
+  r = d.api->cuFuncSetAttribute(f, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, v.smem_bytes());
+  if (r != CUDA_SUCCESS)
+    return fail(AF_ERR_CUDA, "%s needs %d bytes of shared memory: %s", v.name.c_str(), v.smem_bytes(),
+                driver_error("cuFuncSetAttribute", r).c_str());
+  g_functions[device][index].store(f, std::memory_order_release);
+  *function = f;
+  return AF_OK;
+}
+
+bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
+bool fits_int(int64_t x) { return x >= 0 && x <= INT_MAX; }
+
+}  // namespace
+
+af_status available() {
+  const DriverState& d = driver();
+  if (!d.ok) return fail(AF_ERR_BACKEND_UNAVAILABLE, "%s", d.failure.c_str());
+  const NvrtcState& n = nvrtc();
+  if (!n.ok) return fail(AF_ERR_BACKEND_UNAVAILABLE, "%s", n.failure.c_str());
+  for (const DeviceInfo& info : d.devices)
+    if (info.major >= 8) return AF_OK;
+  return fail(AF_ERR_BACKEND_UNAVAILABLE, "no GPU of compute capability 8.0 or newer (found %s, %d.%d)",
+              d.devices[0].name.c_str(), d.devices[0].major, d.devices[0].minor);
+}
+
+af_status supports(const AttentionProblem& p) {
+  if (p.device_type != AF_DEVICE_CUDA) return fail(AF_ERR_DEVICE, "cuda backend: tensors are not in CUDA memory");
+  if (p.dtype != AF_DTYPE_BFLOAT16 && p.dtype != AF_DTYPE_FLOAT16)
+    return fail(AF_ERR_UNSUPPORTED, "cuda backend: dtype %d is not bfloat16 or float16 (float32 runs on CPU or torch)",
+                int(p.dtype));
+  if (p.head_dim < 1 || p.head_dim > 256)
+    return fail(AF_ERR_UNSUPPORTED, "cuda backend: head_dim %lld is outside 1..256", (long long)p.head_dim);
+  if (p.paged) return fail(AF_ERR_UNSUPPORTED, "cuda backend: paged KV (block_table) is not implemented yet");
+  if (p.kv_batch_idx != nullptr) return fail(AF_ERR_UNSUPPORTED, "cuda backend: kv_batch_idx is not implemented yet");
+  const DriverState& d = driver();
+  if (!d.ok) return fail(AF_ERR_BACKEND_UNAVAILABLE, "%s", d.failure.c_str());
+  if (p.device_index < 0 || p.device_index >= int(d.devices.size()) || p.device_index >= kMaxDevices)
+    return fail(AF_ERR_DEVICE, "cuda backend: device %d does not exist (%zu visible)", p.device_index, d.devices.size());
+  const DeviceInfo& info = d.devices[p.device_index];
+  if (info.major < 8)
+    return fail(AF_ERR_UNSUPPORTED, "cuda backend: %s is compute capability %d.%d; the kernels need 8.0+",
+                info.name.c_str(), info.major, info.minor);
+  const int index = find_variant(p.dtype, int(p.head_dim), p.softcap > 0 || p.alibi_slopes != nullptr);
+  if (index < 0 || index >= kMaxVariants) return fail(AF_ERR_INTERNAL, "cuda backend: no variant for head_dim %lld", (long long)p.head_dim);
+  if (variants()[index].smem_bytes() > info.max_smem_optin)
+    return fail(AF_ERR_UNSUPPORTED, "cuda backend: %s needs %d bytes of shared memory, %s allows %d",
+                variants()[index].name.c_str(), variants()[index].smem_bytes(), info.name.c_str(), info.max_smem_optin);
+  // 16-byte vector loads and stores: pointers 16-byte aligned, every stride a multiple of 8 elements.
+  if (!aligned16(p.q) || !aligned16(p.k) || !aligned16(p.v) || !aligned16(p.out))
+    return fail(AF_ERR_UNSUPPORTED, "cuda backend: q, k, v and out must be 16-byte aligned");
+  const int64_t strides[] = {p.q_batch_stride, p.q_row_stride, p.q_head_stride, p.k_batch_stride, p.k_row_stride,
+                             p.k_head_stride,  p.v_batch_stride, p.v_row_stride, p.v_head_stride, p.out_batch_stride,
+                             p.out_row_stride, p.out_head_stride};
+  for (int64_t s : strides)
+    if (s % 8 != 0)
+      return fail(AF_ERR_UNSUPPORTED, "cuda backend: every batch, row and head stride must be a multiple of 8 elements (got %lld)",
+                  (long long)s);
+  if (!fits_int(p.seqlen_q) || !fits_int(p.seqlen_k) || !fits_int(p.total_q) || !fits_int(p.total_k) ||
+      !fits_int(p.batch) || p.batch > 65535 || p.heads_q > 65535 || p.window_left > INT_MAX || p.window_right > INT_MAX)
+    return fail(AF_ERR_UNSUPPORTED, "cuda backend: a size exceeds the kernel's 32-bit row indices or grid limits");
+  return AF_OK;
+}
+
+af_status attention_forward(const AttentionProblem& p) {
+  AF_RETURN_IF_ERROR(available());
+  AF_RETURN_IF_ERROR(supports(p));
+  const bool extras = p.softcap > 0 || p.alibi_slopes != nullptr;
+  const int index = find_variant(p.dtype, int(p.head_dim), extras);
+  const Variant& v = variants()[index];
+  CUfunction function = nullptr;
+  AF_RETURN_IF_ERROR(load_function(p.device_index, index, &function));
+  if (p.batch == 0 || p.seqlen_q == 0 || p.heads_q == 0) return AF_OK;
+
+  FlashFwdParams k{};
+  k.q = p.q;
+  k.k = p.k;
+  k.v = p.v;
+  k.out = p.out;
+  k.lse = p.lse;
+  k.q_batch_stride = p.q_batch_stride, k.q_row_stride = p.q_row_stride, k.q_head_stride = p.q_head_stride;
+  k.k_batch_stride = p.k_batch_stride, k.k_row_stride = p.k_row_stride, k.k_head_stride = p.k_head_stride;
+  k.v_batch_stride = p.v_batch_stride, k.v_row_stride = p.v_row_stride, k.v_head_stride = p.v_head_stride;
+  k.out_batch_stride = p.out_batch_stride, k.out_row_stride = p.out_row_stride, k.out_head_stride = p.out_head_stride;
+  k.lse_batch_stride = p.lse_batch_stride, k.lse_head_stride = p.lse_head_stride, k.lse_row_stride = p.lse_row_stride;
+  k.cu_seqlens_q = p.varlen ? p.cu_seqlens_q : nullptr;
+  k.cu_seqlens_k = p.varlen ? p.cu_seqlens_k : nullptr;
+  k.seqused_k = p.seqused_k;
+  k.leftpad_k = p.leftpad_k;
+  k.alibi_slopes = p.alibi_slopes;
+  k.alibi_batch_stride = p.alibi_batch_stride;
+  k.batch = int(p.batch);
+  k.heads_q = int(p.heads_q);
+  k.heads_kv = int(p.heads_kv);
+  k.head_dim = int(p.head_dim);
+  k.seqlen_q = int(p.seqlen_q);
+  k.seqlen_k = int(p.seqlen_k);
+  k.total_q = int(p.total_q);
+  k.total_k = int(p.total_k);
+  k.window_left = p.window_left < 0 ? -1 : int(p.window_left);
+  k.window_right = p.causal ? 0 : (p.window_right < 0 ? -1 : int(p.window_right));
+  constexpr float kLog2e = 1.4426950408889634f;
+  if (p.softcap > 0) {
+    k.softcap_in = p.softmax_scale / p.softcap;
+    k.scale_log2 = p.softcap * kLog2e;
+  } else {
+    k.softcap_in = 0.f;
+    k.scale_log2 = p.softmax_scale * kLog2e;
+  }
+
+  const unsigned blocks_m = unsigned((p.seqlen_q + v.tile.block_m() - 1) / v.tile.block_m());
+  CUcontext context = nullptr;
+  AF_RETURN_IF_ERROR(primary_context(p.device_index, &context));
+  ContextGuard guard(context);
+  void* args[] = {&k};
+  const CUresult r = driver().api->cuLaunchKernel(function, blocks_m, unsigned(p.heads_q), unsigned(p.batch),
+                                                  unsigned(v.tile.threads()), 1, 1, unsigned(v.smem_bytes()),
+                                                  static_cast<CUstream>(p.cuda_stream), args, nullptr);
+  if (r != CUDA_SUCCESS) return fail(AF_ERR_CUDA, "%s: %s", v.name.c_str(), driver_error("cuLaunchKernel", r).c_str());
+  return AF_OK;
+}
+
+std::string report_json() {
+  const DriverState& d = driver();
+  std::string json = "{\"driver\":{\"found\":" + std::string(d.ok ? "true" : "false");
+  if (!d.library.empty()) json += ",\"library\":" + json_quote(d.library);
+  if (d.version > 0) json += ",\"version\":" + json_quote(std::to_string(d.version / 1000) + "." + std::to_string(d.version % 1000 / 10));
+  if (!d.ok) json += ",\"failure\":" + json_quote(d.failure);
+  json += ",\"devices\":[";
+  const NvrtcState& n = nvrtc();
+  for (size_t i = 0; i < d.devices.size(); ++i) {
+    const DeviceInfo& info = d.devices[i];
+    json += std::string(i ? "," : "") + "{\"index\":" + std::to_string(i) + ",\"name\":" + json_quote(info.name) +
+            ",\"compute_capability\":" + json_quote(std::to_string(info.major) + "." + std::to_string(info.minor)) +
+            ",\"multiprocessors\":" + std::to_string(info.sm_count) +
+            ",\"max_shared_memory_per_block\":" + std::to_string(info.max_smem_optin) +
+            ",\"target\":" + json_quote(n.ok ? target_for_device(info.major, info.minor) : "") + "}";
+  }
+  json += "]},\"nvrtc\":{\"found\":" + std::string(n.ok ? "true" : "false");
+  if (n.ok) {
+    json += ",\"library\":" + json_quote(n.library) + ",\"version\":" +
+            json_quote(std::to_string(n.major) + "." + std::to_string(n.minor)) + ",\"supported_archs\":[";
+    for (size_t i = 0; i < n.supported_archs.size(); ++i) json += (i ? "," : "") + std::to_string(n.supported_archs[i]);
+    json += "]";
+  } else {
+    json += ",\"failure\":" + json_quote(n.failure);
+  }
+  json += ",\"tried\":[";
+  for (size_t i = 0; i < n.tried.size(); ++i) json += (i ? "," : "") + json_quote(n.tried[i]);
+  json += "]},\"cache_dir\":" + json_quote(cache_directory()) + ",\"variants\":" + std::to_string(variants().size());
+  const af_status status = available();
+  json += ",\"available\":" + std::string(status == AF_OK ? "true" : "false");
+  if (status != AF_OK) json += ",\"reason\":" + json_quote(last_error());
+  return json + "}";
+}
+
+void set_nvrtc_search_path(const char* directories) { set_nvrtc_directories(directories); }
+
+af_status warmup(const char* const* archs, int n_archs, af_progress_callback progress, void* user_data) {
+  const NvrtcState& n = nvrtc();
+  if (!n.ok) return fail(AF_ERR_BACKEND_UNAVAILABLE, "warmup needs NVRTC: %s", n.failure.c_str());
+  std::vector<std::string> targets;
+  if (n_archs > 0) {
+    for (int i = 0; i < n_archs; ++i) {
+      const std::string target = archs[i] != nullptr ? normalise_target(archs[i]) : "";
+      if (target.empty())
+        return fail(AF_ERR_INVALID_ARGUMENT, "warmup: '%s' is not an architecture NVRTC %d.%d can target (sm_80 or newer)",
+                    archs[i] != nullptr ? archs[i] : "(null)", n.major, n.minor);
+      targets.push_back(target);
+    }
+  } else {
+    const DriverState& d = driver();
+    if (!d.ok) return fail(AF_ERR_BACKEND_UNAVAILABLE, "warmup without --arch needs a GPU: %s", d.failure.c_str());
+    for (const DeviceInfo& info : d.devices) {
+      const std::string target = info.major >= 8 ? target_for_device(info.major, info.minor) : "";
+      bool seen = target.empty();
+      for (const std::string& t : targets) seen = seen || t == target;
+      if (!seen) targets.push_back(target);
+    }
+  }
+  const int total = int(targets.size() * variants().size());
+  int done = 0;
+  for (const std::string& target : targets) {
+    for (const Variant& v : variants()) {
+      CompiledKernel kernel;
+      AF_RETURN_IF_ERROR(compile_variant(v, target, true, &kernel));
+      ++done;
+      if (progress != nullptr) progress(user_data, done, total, (target + " " + v.name).c_str());
+    }
+  }
+  return AF_OK;
+}
+
+std::string cache_dir() { return cache_directory(); }
+
+af_status cache_list_json(std::string* json) {
+  *json = cache_list();
+  return AF_OK;
+}
+
+af_status cache_clear() { return cache_remove_all(); }
 
 }  // namespace af::cuda

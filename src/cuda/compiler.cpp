@@ -1,0 +1,115 @@
+#include "cuda/compiler.h"
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+
+#include "common/error.h"
+#include "cuda/driver_api.h"
+#include "cuda/kernel_cache.h"
+
+namespace af::cuda {
+
+namespace {
+
+bool nvrtc_knows(int arch) {
+  const NvrtcState& n = nvrtc();
+  if (n.supported_archs.empty()) return arch >= 80 && arch <= 90;  // NVRTC 11.x without the query
+  for (int a : n.supported_archs)
+    if (a == arch) return true;
+  return false;
+}
+
+// First integer after `marker` on the line that holds it, or -1.
+int number_before(const std::string& log, const char* suffix) {
+  const size_t at = log.find(suffix);
+  if (at == std::string::npos) return -1;
+  size_t begin = at;
+  while (begin > 0 && log[begin - 1] == ' ') --begin;
+  size_t digits = begin;
+  while (digits > 0 && log[digits - 1] >= '0' && log[digits - 1] <= '9') --digits;
+  if (digits == begin) return -1;
+  return std::atoi(log.c_str() + digits);
+}
+
+void parse_resources(CompiledKernel* k) {
+  k->registers = number_before(k->log, " registers");
+  k->stack_bytes = number_before(k->log, " bytes stack frame");
+  k->spill_store_bytes = number_before(k->log, " bytes spill stores");
+  k->spill_load_bytes = number_before(k->log, " bytes spill loads");
+}
+
+}  // namespace
+
+std::string target_for_device(int major, int minor) {
+  const int arch = major * 10 + minor;
+  if (nvrtc_knows(arch)) return arch == 90 ? "sm_90a" : "sm_" + std::to_string(arch);
+  int best = 0;
+  const NvrtcState& n = nvrtc();
+  for (int a : n.supported_archs)
+    if (a <= arch && a > best) best = a;
+  return best >= 80 ? "compute_" + std::to_string(best) : "";
+}
+
+std::string normalise_target(const std::string& arch) {
+  std::string digits;
+  for (char c : arch)
+    if (c >= '0' && c <= '9') digits += c;
+  if (digits.empty()) return "";
+  const int value = std::atoi(digits.c_str());
+  if (value < 80 || !nvrtc_knows(value)) return "";
+  if (arch.rfind("compute_", 0) == 0) return "compute_" + digits;
+  return value == 90 ? "sm_90a" : "sm_" + digits;
+}
+
+af_status compile_variant(const Variant& v, const std::string& target, bool use_cache, CompiledKernel* out) {
+  const NvrtcState& n = nvrtc();
+  if (!n.ok) return fail(AF_ERR_BACKEND_UNAVAILABLE, "%s", n.failure.c_str());
+  const auto start = std::chrono::steady_clock::now();
+  const std::vector<std::string> options = compile_options(v, target);
+  const CacheKey key = make_cache_key(kernel_source(), options, target, n.major, n.minor);
+  const bool is_cubin = target.rfind("sm_", 0) == 0;
+  *out = CompiledKernel{};
+  out->is_cubin = is_cubin;
+  if (use_cache && cache_load(key, &out->binary)) {
+    out->from_cache = true;
+    out->seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    return AF_OK;
+  }
+
+  const NvrtcApi& a = *n.api;
+  nvrtcProgram program = nullptr;
+  nvrtcResult r = a.nvrtcCreateProgram(&program, kernel_source().c_str(), "attnforge_flash_fwd.cu", 0, nullptr, nullptr);
+  if (r != 0) return fail(AF_ERR_COMPILE, "nvrtcCreateProgram(%s): %s", v.name.c_str(), a.nvrtcGetErrorString(r));
+  std::vector<const char*> argv;
+  for (const std::string& option : options) argv.push_back(option.c_str());
+  r = a.nvrtcCompileProgram(program, int(argv.size()), argv.data());
+  size_t log_size = 0;
+  a.nvrtcGetProgramLogSize(program, &log_size);
+  out->log.assign(log_size, '\0');
+  if (log_size > 0) a.nvrtcGetProgramLog(program, &out->log[0]);
+  while (!out->log.empty() && out->log.back() == '\0') out->log.pop_back();
+  if (r != 0) {
+    const std::string log = out->log.substr(0, 800);
+    a.nvrtcDestroyProgram(&program);
+    return fail(AF_ERR_COMPILE, "NVRTC %d.%d failed to compile %s for %s: %s\n%s", n.major, n.minor, v.name.c_str(),
+                target.c_str(), a.nvrtcGetErrorString(r), log.c_str());
+  }
+  size_t size = 0;
+  r = is_cubin ? a.nvrtcGetCUBINSize(program, &size) : a.nvrtcGetPTXSize(program, &size);
+  if (r == 0 && size > 0) {
+    out->binary.resize(size);
+    r = is_cubin ? a.nvrtcGetCUBIN(program, out->binary.data()) : a.nvrtcGetPTX(program, out->binary.data());
+  }
+  a.nvrtcDestroyProgram(&program);
+  if (r != 0 || size == 0) return fail(AF_ERR_COMPILE, "NVRTC returned no %s for %s (%s)", is_cubin ? "cubin" : "PTX",
+                                       v.name.c_str(), target.c_str());
+  parse_resources(out);
+  out->seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  // A cache that cannot be written costs speed, not correctness: the kernel is still usable.
+  if (use_cache) cache_store(key, target + " " + v.name, out->binary);
+  return AF_OK;
+}
+
+}  // namespace af::cuda

@@ -1,0 +1,102 @@
+// The few CUDA driver and NVRTC declarations attnforge uses, written here so that no CUDA
+// header or library is needed at build time. Both libraries are dlopen'ed at run time;
+// the signatures match the stable C ABIs (driver _v2 entry points, NVRTC 11.2+).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace af::cuda {
+
+using CUresult = int;
+using CUdevice = int;
+using CUcontext = struct CUctx_st*;
+using CUmodule = struct CUmod_st*;
+using CUfunction = struct CUfunc_st*;
+using CUstream = struct CUstream_st*;
+using nvrtcResult = int;
+using nvrtcProgram = struct _nvrtcProgram*;
+
+constexpr CUresult CUDA_SUCCESS = 0;
+constexpr int CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT = 16;
+constexpr int CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR = 75;
+constexpr int CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR = 76;
+constexpr int CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN = 97;
+constexpr int CU_FUNC_ATTRIBUTE_NUM_REGS = 4;
+constexpr int CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES = 8;
+
+struct DriverApi {
+  CUresult (*cuInit)(unsigned int);
+  CUresult (*cuDriverGetVersion)(int*);
+  CUresult (*cuDeviceGetCount)(int*);
+  CUresult (*cuDeviceGet)(CUdevice*, int);
+  CUresult (*cuDeviceGetName)(char*, int, CUdevice);
+  CUresult (*cuDeviceGetAttribute)(int*, int, CUdevice);
+  CUresult (*cuDevicePrimaryCtxRetain)(CUcontext*, CUdevice);
+  CUresult (*cuCtxGetCurrent)(CUcontext*);
+  CUresult (*cuCtxPushCurrent)(CUcontext);
+  CUresult (*cuCtxPopCurrent)(CUcontext*);
+  CUresult (*cuModuleLoadData)(CUmodule*, const void*);
+  CUresult (*cuModuleGetFunction)(CUfunction*, CUmodule, const char*);
+  CUresult (*cuFuncSetAttribute)(CUfunction, int, int);
+  CUresult (*cuLaunchKernel)(CUfunction, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned,
+                             CUstream, void**, void**);
+  CUresult (*cuGetErrorString)(CUresult, const char**);
+};
+
+struct NvrtcApi {
+  nvrtcResult (*nvrtcVersion)(int*, int*);
+  nvrtcResult (*nvrtcGetNumSupportedArchs)(int*);  // may be null (NVRTC < 11.2)
+  nvrtcResult (*nvrtcGetSupportedArchs)(int*);     // may be null
+  nvrtcResult (*nvrtcCreateProgram)(nvrtcProgram*, const char*, const char*, int, const char* const*,
+                                    const char* const*);
+  nvrtcResult (*nvrtcCompileProgram)(nvrtcProgram, int, const char* const*);
+  nvrtcResult (*nvrtcGetProgramLogSize)(nvrtcProgram, size_t*);
+  nvrtcResult (*nvrtcGetProgramLog)(nvrtcProgram, char*);
+  nvrtcResult (*nvrtcGetCUBINSize)(nvrtcProgram, size_t*);
+  nvrtcResult (*nvrtcGetCUBIN)(nvrtcProgram, char*);
+  nvrtcResult (*nvrtcGetPTXSize)(nvrtcProgram, size_t*);
+  nvrtcResult (*nvrtcGetPTX)(nvrtcProgram, char*);
+  nvrtcResult (*nvrtcDestroyProgram)(nvrtcProgram*);
+  const char* (*nvrtcGetErrorString)(nvrtcResult);
+};
+
+struct DeviceInfo {
+  CUdevice handle = 0;
+  std::string name;
+  int major = 0, minor = 0;
+  int sm_count = 0;
+  int max_smem_optin = 0;
+};
+
+// Outcome of probing the driver (once per process). ok == false: `failure` names the step.
+struct DriverState {
+  bool ok = false;
+  std::string library;          // path or soname that loaded
+  int version = 0;              // cuDriverGetVersion, e.g. 13000
+  std::vector<DeviceInfo> devices;
+  std::string failure;
+  const DriverApi* api = nullptr;
+};
+
+// Outcome of finding NVRTC (once per process, after set_nvrtc_search_path if any).
+struct NvrtcState {
+  bool ok = false;
+  std::string library;          // the file that loaded
+  int major = 0, minor = 0;
+  std::vector<int> supported_archs;  // e.g. 75, 80, 86, 89, 90, ... (empty: unknown)
+  std::vector<std::string> tried;    // every candidate, with why it failed
+  std::string failure;
+  const NvrtcApi* api = nullptr;
+};
+
+const DriverState& driver();
+const NvrtcState& nvrtc();
+void set_nvrtc_directories(const char* directories);
+
+// "cuLaunchKernel: CUDA_ERROR_INVALID_VALUE (invalid argument)"-style text for a result.
+std::string driver_error(const char* call, CUresult result);
+
+}  // namespace af::cuda

@@ -1,0 +1,46 @@
+// The compiled kernel variants of the forward kernel, listed once (variants.cpp).
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "attnforge/attnforge.h"
+
+namespace af::cuda {
+
+// Tile shape of one variant: kWarps * 16 * m_tiles query rows per CTA, block_n keys per step.
+struct TileConfig {
+  int warps;
+  int m_tiles;
+  int block_n;
+  int block_m() const { return warps * 16 * m_tiles; }
+  int threads() const { return warps * 32; }
+};
+
+struct Variant {
+  af_dtype dtype;     // AF_DTYPE_BFLOAT16 or AF_DTYPE_FLOAT16
+  int head_dim;       // compiled head dim: 32, 64, 96, 128, 192 or 256
+  bool extras;        // softcap and ALiBi compiled in
+  TileConfig tile;
+  std::string name;   // "flash_fwd_bf16_d128" (+ "_extras")
+  int smem_bytes() const { return (tile.block_m() + 2 * tile.block_n) * head_dim * 2; }
+};
+
+// Every variant, in a fixed order (index = variant id).
+const std::vector<Variant>& variants();
+
+// Smallest compiled head dim >= d (d in 1..256), or 0.
+int compiled_head_dim(int d);
+
+// Index into variants() for a call, or -1.
+int find_variant(af_dtype dtype, int head_dim, bool extras);
+
+// Kernel source text (params header + kernel), embedded at build time.
+const std::string& kernel_source();
+
+// NVRTC options for a variant and target ("sm_90a" -> -arch=sm_90a; "compute_90" for PTX).
+std::vector<std::string> compile_options(const Variant& v, const std::string& target);
+
+constexpr const char* kKernelName = "af_flash_fwd";
+
+}  // namespace af::cuda

@@ -1,0 +1,441 @@
+// Forward attention for sm_80 and newer: the FlashAttention-2 algorithm on mma.sync m16n8k16.
+//
+// Compiled by NVRTC with no headers; flash_fwd_params.cuh is prepended to this text.
+// The variant is chosen by macros (see src/cuda/variants.cpp, the one list of variants):
+//   AF_HEAD_DIM   compiled head dim D (32, 64, 96, 128, 192, 256); smaller real dims are zero-filled
+//   AF_BF16       1: bfloat16, 0: float16 (inputs and output; accumulation is fp32)
+//   AF_WARPS      warps per CTA; each warp owns AF_M_TILES * 16 query rows
+//   AF_M_TILES    m16 tiles per warp (B fragments of K and V are reused across them)
+//   AF_BLOCK_N    keys per main-loop step
+//   AF_EXTRAS     1: softcap and ALiBi are compiled in
+//
+// One CTA per (query tile, head, batch). Per key block, the warp computes S = Q K^T into
+// accumulators, applies the mask only on tiles that cross a mask edge, runs the online
+// softmax in the log2 domain (exp2 with log2(e) folded into the scale), re-packs P from the
+// accumulators straight into A fragments (P never touches shared memory), and accumulates
+// O += P V. K and V go through cp.async: V[n] loads while S = Q K[n]^T runs, K[n-1] loads
+// while softmax and P V[n] run. Shared memory tiles are XOR-swizzled by 16-byte chunk so
+// ldmatrix and cp.async are free of bank conflicts.
+
+typedef unsigned short af_u16;
+typedef unsigned int af_u32;
+
+#define AF_NEG_INF (-__int_as_float(0x7f800000))
+
+constexpr int kHeadDim = AF_HEAD_DIM;
+constexpr int kWarps = AF_WARPS;
+constexpr int kMTiles = AF_M_TILES;
+constexpr int kThreads = kWarps * 32;
+constexpr int kBlockM = kWarps * 16 * kMTiles;  // query rows per CTA
+constexpr int kBlockN = AF_BLOCK_N;             // keys per step
+constexpr int kChunks = kHeadDim / 8;           // 16-byte chunks per smem row
+constexpr int kKSteps = kHeadDim / 16;          // k16 steps of Q K^T
+constexpr int kDTiles = kHeadDim / 8;           // n8 tiles of O
+constexpr int kNTiles = kBlockN / 8;            // n8 tiles of S
+constexpr bool kExtras = AF_EXTRAS != 0;
+constexpr bool kBf16 = AF_BF16 != 0;
+constexpr int kQBytes = kBlockM * kHeadDim * 2;
+constexpr int kKVBytes = kBlockN * kHeadDim * 2;
+
+static_assert(kHeadDim % 32 == 0 && kHeadDim <= 256, "head dim must be a multiple of 32, at most 256");
+static_assert(kBlockN % 16 == 0, "block N must be a multiple of 16");
+static_assert(kChunks % 4 == 0, "swizzle needs at least four 16-byte chunks per row");
+
+// Chunk position inside a row: rows of 8k chunks XOR with row % 8; rows of 4 (mod 8) chunks
+// put two rows in a 128-byte line, so they XOR with (row / 2) % 4 instead.
+__device__ __forceinline__ int swizzle(int row, int chunk) {
+  return (kChunks % 8 == 0) ? (chunk ^ (row & 7)) : (chunk ^ ((row >> 1) & 3));
+}
+
+// Byte offset of element (row, col) of a (rows, kHeadDim) swizzled tile.
+__device__ __forceinline__ af_u32 tile_offset(int row, int col) {
+  return af_u32((row * kHeadDim + swizzle(row, col >> 3) * 8 + (col & 7)) * 2);
+}
+
+// ldmatrix addresses without per-step arithmetic. A lane reads row lane_row + 16 * r and chunk
+// lane_chunk + 2 * c (lane_chunk is 0 or 1): the XOR mask depends only on lane_row (16-row
+// steps keep row % 8 and (row / 2) % 4), so each address is one of kGroup / 2 per-lane
+// registers plus a compile-time offset.
+constexpr int kGroup = (kChunks % 8 == 0) ? 8 : 4;  // chunks sharing one XOR pattern
+struct FragmentBases {
+  af_u32 base[kGroup / 2];
+};
+__device__ __forceinline__ FragmentBases fragment_bases(af_u32 tile, int lane_row, int lane_chunk) {
+  FragmentBases f;
+  const int mask = swizzle(lane_row, 0) ^ lane_chunk;
+#pragma unroll
+  for (int j = 0; j < kGroup / 2; ++j) f.base[j] = tile + af_u32(lane_row * kHeadDim * 2 + 16 * (mask ^ (2 * j)));
+  return f;
+}
+// Address of (lane_row + row_step, chunk 2 * chunk_pair + lane_chunk); both steps compile-time.
+__device__ __forceinline__ af_u32 fragment_address(const FragmentBases& f, int row_step, int chunk_pair) {
+  const int chunk = 2 * chunk_pair;
+  return f.base[(chunk % kGroup) / 2] + af_u32((chunk / kGroup) * kGroup * 16 + row_step * kHeadDim * 2);
+}
+
+__device__ __forceinline__ af_u32 shared_address(const void* pointer) {
+  af_u32 address;
+  asm("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(address) : "l"(pointer));
+  return address;
+}
+
+// 16-byte async copy; bytes < 16 zero-fills the rest (bytes == 0 reads nothing).
+__device__ __forceinline__ void cp_async_16(af_u32 dst, const void* src, int bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
+
+__device__ __forceinline__ void ldmatrix_x4(af_u32 address, af_u32 (&r)[4]) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(address));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(af_u32 address, af_u32 (&r)[4]) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(address));
+}
+
+// d += a (16x16, row) * b (16x8, col), fp32 accumulators.
+__device__ __forceinline__ void mma_16816(float (&d)[4], const af_u32 (&a)[4], af_u32 b0, af_u32 b1) {
+  if (kBf16) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  } else {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+}
+
+// Two floats -> one register of two 16-bit values, lo in the low half (round to nearest).
+__device__ __forceinline__ af_u32 pack2(float lo, float hi) {
+  af_u32 r;
+  if (kBf16) {
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
+  } else {
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
+  }
+  return r;
+}
+
+__device__ __forceinline__ float exp2_approx(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+__device__ __forceinline__ float tanh_approx(float x) {
+  float y;
+  asm("tanh.approx.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+__device__ __forceinline__ float log2_approx(float x) {
+  float y;
+  asm("lg2.approx.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
+__device__ __forceinline__ int clamp_int(int x, int lo, int hi) { return x < lo ? lo : (x > hi ? hi : x); }
+
+// Async copy of rows [0, kRows) of a (rows, head_dim) matrix into a swizzled smem tile.
+// Rows >= valid_rows and dims >= head_dim are zero-filled; nothing outside them is read.
+template <int kRows>
+__device__ __forceinline__ void load_tile(af_u32 tile, const af_u16* base, long long row_stride, int valid_rows,
+                                          int head_dim) {
+  constexpr int kItems = kRows * kChunks;
+#pragma unroll
+  for (int i = 0; i < (kItems + kThreads - 1) / kThreads; ++i) {
+    const int item = i * kThreads + int(threadIdx.x);
+    if (kItems % kThreads == 0 || item < kItems) {
+      const int row = item / kChunks;
+      const int col = (item % kChunks) * 8;
+      const int left = head_dim - col;
+      const int bytes = row < valid_rows ? (left >= 8 ? 16 : (left > 0 ? left * 2 : 0)) : 0;
+      const af_u16* src = bytes > 0 ? base + row * row_stride + col : base;
+      cp_async_16(tile + tile_offset(row, col), src, bytes);
+    }
+  }
+}
+
+extern "C" __global__ void __launch_bounds__(kThreads, AF_MIN_BLOCKS) af_flash_fwd(const FlashFwdParams p) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  const af_u32 sQ = shared_address(smem);     // (kBlockM, kHeadDim), later the output staging tile
+  const af_u32 sK = sQ + kQBytes;              // (kBlockN, kHeadDim)
+  const af_u32 sV = sK + kKVBytes;             // (kBlockN, kHeadDim)
+
+  const int lane = int(threadIdx.x) & 31;
+  const int warp = int(threadIdx.x) >> 5;
+  const int m_block = int(gridDim.x) - 1 - int(blockIdx.x);  // longest causal rows start first
+  const int head = blockIdx.y;
+  const int batch = blockIdx.z;
+  const int head_kv = head / (p.heads_q / p.heads_kv);
+
+  // Extent of this sequence, clamped so that no index array can move an access out of bounds.
+  int q_row0 = 0, q_len = p.seqlen_q, k_row0 = 0, k_len = p.seqlen_k;
+  long long q_batch = (long long)batch * p.q_batch_stride, o_batch = (long long)batch * p.out_batch_stride;
+  long long k_batch = (long long)batch * p.k_batch_stride, v_batch = (long long)batch * p.v_batch_stride;
+  if (p.cu_seqlens_q != nullptr) {
+    q_row0 = clamp_int(p.cu_seqlens_q[batch], 0, p.total_q);
+    q_len = clamp_int(p.cu_seqlens_q[batch + 1], q_row0, p.total_q) - q_row0;
+  }
+  int k_avail = p.seqlen_k;  // rows addressable from k_row0
+  if (p.cu_seqlens_k != nullptr) {
+    k_row0 = clamp_int(p.cu_seqlens_k[batch], 0, p.total_k);
+    k_avail = p.total_k - k_row0;
+    k_len = clamp_int(p.cu_seqlens_k[batch + 1], k_row0, p.total_k) - k_row0;
+  }
+  if (p.seqused_k != nullptr) k_len = clamp_int(p.seqused_k[batch], 0, k_avail);
+  if (p.leftpad_k != nullptr) {
+    const int pad = clamp_int(p.leftpad_k[batch], 0, k_len);
+    k_row0 += pad;
+    k_len -= pad;
+  }
+  const int m0 = m_block * kBlockM;
+  if (m0 >= q_len) return;
+  const int diagonal = k_len - q_len;  // key aligned with query row i is i + diagonal (bottom-right)
+
+  // Key blocks that can hold a visible key for rows [m0, last_row].
+  const int last_row = min(m0 + kBlockM, q_len) - 1;
+  int key_end = k_len;
+  if (p.window_right >= 0) key_end = min(key_end, last_row + diagonal + p.window_right + 1);
+  int key_begin = 0;
+  if (p.window_left >= 0) key_begin = max(0, m0 + diagonal - p.window_left);
+  const int n_block_min = key_begin / kBlockN;
+  const int n_block_max = key_end > key_begin ? (key_end + kBlockN - 1) / kBlockN : n_block_min;
+
+  const af_u16* q_base = (const af_u16*)p.q + q_batch + (long long)(q_row0 + m0) * p.q_row_stride +
+                         (long long)head * p.q_head_stride;
+  const af_u16* k_base = (const af_u16*)p.k + k_batch + (long long)k_row0 * p.k_row_stride +
+                         (long long)head_kv * p.k_head_stride;
+  const af_u16* v_base = (const af_u16*)p.v + v_batch + (long long)k_row0 * p.v_row_stride +
+                         (long long)head_kv * p.v_head_stride;
+
+  float alibi_log2 = 0.f;  // slope * log2(e)
+  if (kExtras && p.alibi_slopes != nullptr)
+    alibi_log2 = p.alibi_slopes[(long long)batch * p.alibi_batch_stride + head] * 1.4426950408889634f;
+
+  // Thread fragment coordinates: lane holds rows g and g + 8 of each m16 tile, columns 2t, 2t + 1.
+  const int g = lane >> 2;
+  const int t = lane & 3;
+  const int warp_row0 = warp * 16 * kMTiles;  // first row of this warp inside the tile
+
+  float o[kMTiles][kDTiles][4];  // (16 rows, 8 dims) accumulators per (m tile, d tile)
+  float row_max[kMTiles][2];     // running max of rows g, g + 8 (raw scores; log2 units with extras)
+  float row_sum[kMTiles][2];     // this thread's partial sum of exp2 over its columns
+#pragma unroll
+  for (int mt = 0; mt < kMTiles; ++mt) {
+#pragma unroll
+    for (int dt = 0; dt < kDTiles; ++dt) o[mt][dt][0] = o[mt][dt][1] = o[mt][dt][2] = o[mt][dt][3] = 0.f;
+    row_max[mt][0] = row_max[mt][1] = AF_NEG_INF;
+    row_sum[mt][0] = row_sum[mt][1] = 0.f;
+  }
+
+  if (n_block_max > n_block_min) {
+    load_tile<kBlockM>(sQ, q_base, p.q_row_stride, q_len - m0, p.head_dim);
+    {
+      const int n0 = (n_block_max - 1) * kBlockN;
+      load_tile<kBlockN>(sK, k_base + (long long)n0 * p.k_row_stride, p.k_row_stride, k_len - n0, p.head_dim);
+    }
+    cp_async_commit();
+    cp_async_wait_all();
+    __syncthreads();
+
+    // ldmatrix lane addressing (see the fragment layouts of mma.m16n8k16):
+    // Q: x4 = one 16x16 A tile; K: x4 = two n8 B tiles; V: x4.trans = two n8 B tiles of V^T.
+    const FragmentBases q_frag = fragment_bases(sQ, warp_row0 + (lane & 15), lane >> 4);
+    const FragmentBases k_frag = fragment_bases(sK, ((lane >> 4) << 3) + (lane & 7), (lane >> 3) & 1);
+    const FragmentBases v_frag = fragment_bases(sV, (((lane >> 3) & 1) << 3) + (lane & 7), lane >> 4);
+
+    for (int n_block = n_block_max - 1; n_block >= n_block_min; --n_block) {
+      const int n0 = n_block * kBlockN;
+      load_tile<kBlockN>(sV, v_base + (long long)n0 * p.v_row_stride, p.v_row_stride, k_len - n0, p.head_dim);
+      cp_async_commit();
+
+      float s[kMTiles][kNTiles][4];  // (16 rows, 8 keys) score accumulators
+#pragma unroll
+      for (int mt = 0; mt < kMTiles; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < kNTiles; ++nt) s[mt][nt][0] = s[mt][nt][1] = s[mt][nt][2] = s[mt][nt][3] = 0.f;
+
+#pragma unroll
+      for (int ks = 0; ks < kKSteps; ++ks) {
+        af_u32 a[kMTiles][4];
+#pragma unroll
+        for (int mt = 0; mt < kMTiles; ++mt)
+          ldmatrix_x4(fragment_address(q_frag, mt * 16, ks), a[mt]);
+#pragma unroll
+        for (int np = 0; np < kNTiles / 2; ++np) {
+          af_u32 b[4];
+          ldmatrix_x4(fragment_address(k_frag, np * 16, ks), b);
+#pragma unroll
+          for (int mt = 0; mt < kMTiles; ++mt) {
+            mma_16816(s[mt][2 * np], a[mt], b[0], b[1]);
+            mma_16816(s[mt][2 * np + 1], a[mt], b[2], b[3]);
+          }
+        }
+      }
+
+      // V[n] has landed and every warp is done with K[n]: fetch K[n - 1] during softmax and P V.
+      cp_async_wait_all();
+      __syncthreads();
+      if (n_block > n_block_min) {
+        const int n_prev = n0 - kBlockN;
+        load_tile<kBlockN>(sK, k_base + (long long)n_prev * p.k_row_stride, p.k_row_stride, k_len - n_prev,
+                           p.head_dim);
+        cp_async_commit();
+      }
+
+      // Scores into the softmax domain: raw dot products (scaled later in one FMA), or
+      // log2-domain values when softcap / ALiBi transform them first.
+      float scale = p.scale_log2;
+      if (kExtras) {
+        scale = 1.f;
+#pragma unroll
+        for (int mt = 0; mt < kMTiles; ++mt)
+#pragma unroll
+          for (int nt = 0; nt < kNTiles; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              float x = s[mt][nt][e];
+              x = p.softcap_in != 0.f ? tanh_approx(x * p.softcap_in) * p.scale_log2 : x * p.scale_log2;
+              if (alibi_log2 != 0.f) {
+                const int row = m0 + warp_row0 + mt * 16 + g + (e >> 1) * 8;
+                const int col = n0 + nt * 8 + 2 * t + (e & 1);
+                x -= alibi_log2 * fabsf(float(row + diagonal - col));
+              }
+              s[mt][nt][e] = x;
+            }
+      }
+
+      // Masking only where the tile crosses the end of the keys or a window edge.
+      const bool needs_mask = n0 + kBlockN > k_len ||
+                              (p.window_right >= 0 && n0 + kBlockN - 1 > m0 + diagonal + p.window_right) ||
+                              (p.window_left >= 0 && n0 < last_row + diagonal - p.window_left);
+      if (needs_mask) {
+#pragma unroll
+        for (int mt = 0; mt < kMTiles; ++mt)
+#pragma unroll
+          for (int nt = 0; nt < kNTiles; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int row = m0 + warp_row0 + mt * 16 + g + (e >> 1) * 8;
+              const int col = n0 + nt * 8 + 2 * t + (e & 1);
+              const bool visible = col < k_len &&
+                                   (p.window_right < 0 || col <= row + diagonal + p.window_right) &&
+                                   (p.window_left < 0 || col >= row + diagonal - p.window_left);
+              if (!visible) s[mt][nt][e] = AF_NEG_INF;
+            }
+      }
+
+      // Online softmax; the 4 lanes of a quad share rows, so two xor-shuffles finish a row max.
+      af_u32 pa[kMTiles][kNTiles / 2][4];  // P as A fragments, one per k16 step of P V
+#pragma unroll
+      for (int mt = 0; mt < kMTiles; ++mt) {
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          float m = row_max[mt][half];
+#pragma unroll
+          for (int nt = 0; nt < kNTiles; ++nt) m = fmaxf(m, fmaxf(s[mt][nt][2 * half], s[mt][nt][2 * half + 1]));
+          m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
+          m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
+          // A row with no visible key so far keeps max -inf; subtracting 0 then gives exp2(-inf) = 0.
+          const float base = m == AF_NEG_INF ? 0.f : m * scale;
+          const float correction = exp2_approx(row_max[mt][half] * scale - base);
+          row_max[mt][half] = m;
+          row_sum[mt][half] *= correction;
+#pragma unroll
+          for (int dt = 0; dt < kDTiles; ++dt) {
+            o[mt][dt][2 * half] *= correction;
+            o[mt][dt][2 * half + 1] *= correction;
+          }
+          float sum = 0.f;
+#pragma unroll
+          for (int nt = 0; nt < kNTiles; ++nt) {
+            const float p0 = exp2_approx(fmaf(s[mt][nt][2 * half], scale, -base));
+            const float p1 = exp2_approx(fmaf(s[mt][nt][2 * half + 1], scale, -base));
+            s[mt][nt][2 * half] = p0;
+            s[mt][nt][2 * half + 1] = p1;
+            sum += p0 + p1;
+          }
+          row_sum[mt][half] += sum;
+        }
+#pragma unroll
+        for (int kp = 0; kp < kNTiles / 2; ++kp) {
+          pa[mt][kp][0] = pack2(s[mt][2 * kp][0], s[mt][2 * kp][1]);
+          pa[mt][kp][1] = pack2(s[mt][2 * kp][2], s[mt][2 * kp][3]);
+          pa[mt][kp][2] = pack2(s[mt][2 * kp + 1][0], s[mt][2 * kp + 1][1]);
+          pa[mt][kp][3] = pack2(s[mt][2 * kp + 1][2], s[mt][2 * kp + 1][3]);
+        }
+      }
+
+      // O += P V: V^T fragments come from ldmatrix.trans of the row-major V tile.
+#pragma unroll
+      for (int dp = 0; dp < kDTiles / 2; ++dp) {
+#pragma unroll
+        for (int kp = 0; kp < kNTiles / 2; ++kp) {
+          af_u32 b[4];
+          ldmatrix_x4_trans(fragment_address(v_frag, kp * 16, dp), b);
+#pragma unroll
+          for (int mt = 0; mt < kMTiles; ++mt) {
+            mma_16816(o[mt][2 * dp], pa[mt][kp], b[0], b[1]);
+            mma_16816(o[mt][2 * dp + 1], pa[mt][kp], b[2], b[3]);
+          }
+        }
+      }
+
+      // K[n - 1] has landed and every warp is done with V[n].
+      cp_async_wait_all();
+      __syncthreads();
+    }
+  }
+
+  // Epilogue: normalise, stage this warp's rows in its own part of sQ, store 16-byte chunks.
+  const float ln2 = 0.6931471805599453f;
+  const float lse_scale = kExtras ? 1.f : p.scale_log2;
+#pragma unroll
+  for (int mt = 0; mt < kMTiles; ++mt) {
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      float sum = row_sum[mt][half];
+      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+      const float inverse = sum > 0.f ? 1.f / sum : 0.f;
+      const int row = warp_row0 + mt * 16 + g + half * 8;
+#pragma unroll
+      for (int dt = 0; dt < kDTiles; ++dt) {
+        const af_u32 packed = pack2(o[mt][dt][2 * half] * inverse, o[mt][dt][2 * half + 1] * inverse);
+        asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(sQ + tile_offset(row, dt * 8 + 2 * t)), "r"(packed) : "memory");
+      }
+      if (p.lse != nullptr && t == 0 && m0 + row < q_len) {
+        const float lse = sum > 0.f ? (row_max[mt][half] * lse_scale + log2_approx(sum)) * ln2 : AF_NEG_INF;
+        p.lse[(long long)batch * p.lse_batch_stride + (long long)head * p.lse_head_stride +
+              (long long)(q_row0 + m0 + row) * p.lse_row_stride] = lse;
+      }
+    }
+  }
+  __syncwarp();
+  af_u16* out_base = (af_u16*)p.out + o_batch + (long long)(q_row0 + m0) * p.out_row_stride +
+                     (long long)head * p.out_head_stride;
+  constexpr int kWarpItems = 16 * kMTiles * kChunks;
+#pragma unroll
+  for (int i = 0; i < kWarpItems / 32; ++i) {
+    const int item = i * 32 + lane;
+    const int row = warp_row0 + item / kChunks;
+    const int col = (item % kChunks) * 8;
+    if (m0 + row < q_len && col < p.head_dim) {
+      const af_u32 address = sQ + tile_offset(row, col);
+      af_u16* dst = out_base + (long long)row * p.out_row_stride + col;
+      if (col + 8 <= p.head_dim) {
+        af_u32 x0, x1, x2, x3;
+        asm volatile("ld.shared.v4.b32 {%0, %1, %2, %3}, [%4];\n" : "=r"(x0), "=r"(x1), "=r"(x2), "=r"(x3) : "r"(address));
+        asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"l"(dst), "r"(x0), "r"(x1), "r"(x2), "r"(x3) : "memory");
+      } else {
+        for (int e = 0; e < p.head_dim - col; ++e) {
+          af_u16 x;
+          asm volatile("ld.shared.b16 %0, [%1];\n" : "=h"(x) : "r"(address + 2 * e));
+          dst[e] = x;
+        }
+      }
+    }
+  }
+}

@@ -1,0 +1,112 @@
+// Every kernel variant compiles with NVRTC for every supported architecture, without spills.
+// Needs NVRTC, not a GPU; prints registers, shared memory and spills per variant.
+#include <cstdio>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "attnforge/attnforge.h"
+#include "cuda/compiler.h"
+#include "cuda/cuda_backend.h"
+#include "cuda/driver_api.h"
+#include "cuda/variants.h"
+
+namespace af::cuda {
+namespace {
+
+TEST(CudaKernelSource, IncludesNoHeaders) {
+  EXPECT_EQ(kernel_source().find("#include"), std::string::npos);
+  EXPECT_NE(kernel_source().find("af_flash_fwd"), std::string::npos);
+}
+
+TEST(CudaVariants, TableIsConsistent) {
+  const auto& list = variants();
+  ASSERT_EQ(list.size(), 24u);
+  for (size_t i = 0; i < list.size(); ++i) {
+    EXPECT_EQ(find_variant(list[i].dtype, list[i].head_dim, list[i].extras), int(i)) << list[i].name;
+    EXPECT_LE(list[i].smem_bytes(), 99 * 1024) << list[i].name << " does not fit sm_86/sm_89 shared memory";
+  }
+  EXPECT_EQ(compiled_head_dim(80), 96);
+  EXPECT_EQ(compiled_head_dim(257), 0);
+  EXPECT_EQ(find_variant(AF_DTYPE_FLOAT32, 64, false), -1);
+}
+
+TEST(CudaCompile, EveryVariantForEveryArchWithoutSpills) {
+  if (!nvrtc().ok) GTEST_SKIP() << "NVRTC not found: " << nvrtc().failure;
+  const std::vector<std::string> archs = {"sm_80", "sm_86", "sm_89", "sm_90a"};
+  struct Row {
+    std::string arch;
+    const Variant* variant;
+    af_status status;
+    CompiledKernel kernel;
+    std::string error;
+  };
+  std::vector<Row> rows;
+  for (const std::string& arch : archs)
+    for (const Variant& v : variants()) rows.push_back({arch, &v, AF_OK, {}, ""});
+  // Two workers (CI has two cores); NVRTC compiles independent programs concurrently.
+  std::mutex mutex;
+  size_t next = 0;
+  auto worker = [&] {
+    for (;;) {
+      size_t i;
+      {
+        std::lock_guard<std::mutex> lock(mutex);
+        if (next == rows.size()) return;
+        i = next++;
+      }
+      rows[i].status = compile_variant(*rows[i].variant, rows[i].arch, false, &rows[i].kernel);
+      if (rows[i].status != AF_OK) rows[i].error = af_last_error_message();
+    }
+  };
+  std::thread a(worker), b(worker);
+  a.join();
+  b.join();
+  std::printf("%-7s %-26s %5s %8s %6s %11s %10s %7s\n", "arch", "variant", "regs", "smem", "stack", "spill st/ld",
+              "tile", "time");
+  for (const Row& r : rows) {
+    const Variant& v = *r.variant;
+    char tile[32];
+    std::snprintf(tile, sizeof tile, "%dx%d/%dw", v.tile.block_m(), v.tile.block_n, v.tile.warps);
+    std::printf("%-7s %-26s %5d %8d %6d %5d/%-5d %10s %6.2fs\n", r.arch.c_str(), v.name.c_str(), r.kernel.registers,
+                v.smem_bytes(), r.kernel.stack_bytes, r.kernel.spill_store_bytes, r.kernel.spill_load_bytes, tile,
+                r.kernel.seconds);
+    EXPECT_EQ(r.status, AF_OK) << r.arch << " " << v.name << ": " << r.error;
+    if (r.status != AF_OK) continue;
+    EXPECT_GT(r.kernel.registers, 0) << "no ptxas resource report for " << v.name << ":\n" << r.kernel.log;
+    EXPECT_EQ(r.kernel.spill_store_bytes, 0) << r.arch << " " << v.name << " spills";
+    EXPECT_EQ(r.kernel.spill_load_bytes, 0) << r.arch << " " << v.name << " spills";
+  }
+}
+
+TEST(CudaSupports, RejectsWithReasons) {
+  AttentionProblem p;
+  p.device_type = AF_DEVICE_CUDA;
+  p.dtype = AF_DTYPE_FLOAT32;
+  p.head_dim = 64;
+  EXPECT_EQ(supports(p), AF_ERR_UNSUPPORTED);
+  EXPECT_NE(std::string(af_last_error_message()).find("float32"), std::string::npos) << af_last_error_message();
+  p.dtype = AF_DTYPE_BFLOAT16;
+  p.head_dim = 320;
+  EXPECT_EQ(supports(p), AF_ERR_UNSUPPORTED);
+  p.head_dim = 64;
+  p.paged = true;
+  EXPECT_EQ(supports(p), AF_ERR_UNSUPPORTED);
+  EXPECT_NE(std::string(af_last_error_message()).find("paged"), std::string::npos);
+}
+
+TEST(CudaReport, SaysWhichStepFailedOrWhatWasFound) {
+  const std::string json = report_json();
+  EXPECT_NE(json.find("\"driver\""), std::string::npos);
+  EXPECT_NE(json.find("\"nvrtc\""), std::string::npos);
+  if (!driver().ok) {
+    EXPECT_NE(json.find("\"available\":false"), std::string::npos) << json;
+    EXPECT_NE(json.find("libcuda"), std::string::npos) << json;
+  }
+}
+
+}  // namespace
+}  // namespace af::cuda
