@@ -1,0 +1,837 @@
+#include "doctor/analysis.h"
+
+#include <cxxabi.h>
+#include <dirent.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <deque>
+#include <set>
+
+#include "doctor/fatbin.h"
+
+namespace af::doctor {
+
+// ---------------------------------------------------------------------------
+// Names and versions
+
+std::string demangle(const std::string& mangled) {
+  if (mangled.compare(0, 2, "_Z") != 0) return "";
+  int status = 0;
+  char* text = abi::__cxa_demangle(mangled.c_str(), nullptr, nullptr, &status);
+  std::string out = status == 0 && text ? text : "";
+  std::free(text);
+  return out;
+}
+
+namespace {
+
+void replace_all(std::string& text, const std::string& from, const std::string& to) {
+  size_t at = 0;
+  while ((at = text.find(from, at)) != std::string::npos) {
+    text.replace(at, from.size(), to);
+    at += to.size();
+  }
+}
+
+bool starts_with(const std::string& text, const std::string& prefix) { return text.compare(0, prefix.size(), prefix) == 0; }
+bool ends_with(const std::string& text, const std::string& suffix) {
+  return text.size() >= suffix.size() && text.compare(text.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+std::string basename_of(const std::string& path) {
+  size_t slash = path.rfind('/');
+  return slash == std::string::npos ? path : path.substr(slash + 1);
+}
+
+std::string dirname_of(const std::string& path) {
+  size_t slash = path.rfind('/');
+  if (slash == std::string::npos) return ".";
+  return slash == 0 ? "/" : path.substr(0, slash);
+}
+
+std::string absolute_path(const std::string& path) {
+  if (!path.empty() && path[0] == '/') return path;
+  char cwd[4096];
+  if (!getcwd(cwd, sizeof cwd)) return path;
+  return std::string(cwd) + "/" + path;
+}
+
+std::string real_path(const std::string& path) {
+  char* resolved = realpath(path.c_str(), nullptr);
+  if (!resolved) return path;
+  std::string out = resolved;
+  std::free(resolved);
+  return out;
+}
+
+bool is_regular_file(const std::string& path) {
+  struct stat info {};
+  return stat(path.c_str(), &info) == 0 && S_ISREG(info.st_mode);
+}
+
+// The qualified name of a demangled function without its parameter list:
+// "c10::cuda::SetDevice(signed char, bool)" -> "c10::cuda::SetDevice".
+std::string function_base_name(const std::string& signature) {
+  int depth = 0;
+  for (size_t i = 0; i < signature.size(); ++i) {
+    if (signature.compare(i, 8, "operator") == 0) {
+      i += 8;
+      if (signature.compare(i, 2, "()") == 0) ++i;
+      else
+        while (i + 1 < signature.size() && std::strchr("<>=!+-*/%^&|~[],", signature[i + 1])) ++i;
+      continue;
+    }
+    char c = signature[i];
+    if (c == '<') ++depth;
+    else if (c == '>') --depth;
+    else if (c == '(' && depth == 0) return signature.substr(0, i);
+  }
+  return signature;
+}
+
+int version_compare(const std::vector<int>& a, const std::vector<int>& b) {
+  for (size_t i = 0; i < std::max(a.size(), b.size()); ++i) {
+    int x = i < a.size() ? a[i] : 0, y = i < b.size() ? b[i] : 0;
+    if (x != y) return x < y ? -1 : 1;
+  }
+  return 0;
+}
+
+// Numbers after a library's ".so." ("libcudart.so.12" -> 12); -1 when none.
+int soname_major(const std::string& name, const std::string& stem) {
+  if (!starts_with(name, stem + ".so.")) return -1;
+  return std::atoi(name.c_str() + stem.size() + 4);
+}
+
+// ABI evidence carried by one demangled torch-namespace symbol: 1 new (std::__cxx11), 0 old, -1 none.
+int abi_of_demangled(const std::string& demangled) {
+  if (demangled.find("std::__cxx11::") != std::string::npos || demangled.find("[abi:cxx11]") != std::string::npos) {
+    return 1;
+  }
+  if (demangled.find("std::string") != std::string::npos || demangled.find("std::basic_string<") != std::string::npos ||
+      demangled.find("std::list<") != std::string::npos) {
+    return 0;
+  }
+  return -1;
+}
+
+std::string join(const std::vector<std::string>& items, const std::string& separator) {
+  std::string out;
+  for (size_t i = 0; i < items.size(); ++i) out += (i ? separator : "") + items[i];
+  return out;
+}
+
+std::string module_name_of(const std::string& path) {
+  std::string base = basename_of(path);
+  return base.substr(0, base.find('.'));
+}
+
+constexpr const char* kAttnforgeAlternative =
+    "or, for attention kernels, use attnforge (`pip install attnforge`: no C++ ABI, one wheel for every torch/CUDA/Python)";
+
+}  // namespace
+
+std::string abi_neutral_key(const std::string& demangled) {
+  std::string key = demangled;
+  replace_all(key, "std::__cxx11::basic_string<char, std::char_traits<char>, std::allocator<char> >", "std::string");
+  replace_all(key, "std::basic_string<char, std::char_traits<char>, std::allocator<char> >", "std::string");
+  replace_all(key, "std::__cxx11::", "std::");
+  replace_all(key, "[abi:cxx11]", "");
+  return key;
+}
+
+bool in_torch_namespace(const std::string& demangled) {
+  static const char* const kSpecialPrefixes[] = {"vtable for ", "typeinfo for ", "typeinfo name for ", "VTT for ",
+                                                 "guard variable for ", "non-virtual thunk to ", "virtual thunk to "};
+  std::string name = demangled;
+  for (const char* prefix : kSpecialPrefixes) {
+    if (starts_with(name, prefix)) name = name.substr(std::strlen(prefix));
+  }
+  static const char* const kNamespaces[] = {"c10::", "at::", "torch::", "caffe2::"};
+  // Function templates demangle with their return type first: look at the name before '('.
+  std::string head = function_base_name(name);
+  for (const char* ns : kNamespaces) {
+    if (starts_with(head, ns)) return true;
+    size_t space = head.rfind(' ');
+    if (space != std::string::npos && starts_with(head.substr(space + 1), ns)) return true;
+  }
+  return false;
+}
+
+bool parse_symbol_version(const std::string& version, std::string& family, std::vector<int>& numbers) {
+  size_t underscore = version.find('_');
+  if (underscore == std::string::npos) return false;
+  family = version.substr(0, underscore);
+  numbers.clear();
+  const char* p = version.c_str() + underscore + 1;
+  while (*p) {
+    if (*p < '0' || *p > '9') return false;
+    numbers.push_back(std::atoi(p));
+    while (*p >= '0' && *p <= '9') ++p;
+    if (*p == '.') ++p;
+    else if (*p) return false;
+  }
+  return !numbers.empty();
+}
+
+// ---------------------------------------------------------------------------
+// Scopes: what the loader would map, in lookup order
+
+struct Analyzer::Scope {
+  std::vector<LoadedLibrary*> objects;         // global scope first, then the target's dependency tree
+  std::vector<LibraryResolution> target_needed;  // the target's own DT_NEEDED entries
+  std::vector<LibraryResolution> missing;        // every unresolvable DT_NEEDED in the tree
+  std::map<std::string, LoadedLibrary*> by_soname;
+};
+
+struct Analyzer::TorchIndex {
+  std::unordered_map<std::string, std::vector<std::string>> mangled_by_key;   // abi_neutral_key -> mangled
+  std::unordered_map<std::string, std::vector<std::string>> keys_by_base;     // base name -> keys
+  std::set<std::string> indexed_paths;
+};
+
+Analyzer::Analyzer(AnalysisContext context) : context_(std::move(context)) {}
+Analyzer::~Analyzer() = default;
+
+LoadedLibrary* Analyzer::load(const std::string& path) {
+  std::string key = real_path(path);
+  auto found = libraries_.find(key);
+  if (found != libraries_.end()) return found->second.get();
+  MappedFile file;
+  std::string error;
+  auto library = std::make_unique<LoadedLibrary>();
+  library->path = path;
+  if (!file.open(path, error) || !parse_elf(file.view(), library->elf, error)) {
+    libraries_[key] = nullptr;
+    return nullptr;
+  }
+  LoadedLibrary* raw = library.get();
+  libraries_[key] = std::move(library);
+  return raw;
+}
+
+namespace {
+
+void index_definitions(LoadedLibrary& library) {
+  if (library.symbols_indexed) return;
+  library.symbols_indexed = true;
+  for (const ElfSymbol& symbol : library.elf.dynamic_symbols) {
+    if (symbol.defined) library.definitions[symbol.name].push_back(&symbol);
+  }
+}
+
+std::vector<std::string> expand_origin(const std::vector<std::string>& dirs, const std::string& origin) {
+  std::vector<std::string> out;
+  for (std::string dir : dirs) {
+    replace_all(dir, "${ORIGIN}", origin);
+    replace_all(dir, "$ORIGIN", origin);
+    out.push_back(dir);
+  }
+  return out;
+}
+
+const char* const kDefaultLibraryDirs[] = {"/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib64", "/usr/lib64",
+                                           "/lib", "/usr/lib"};
+
+}  // namespace
+
+// The loader's search for one DT_NEEDED name (glibc order: already loaded by
+// soname, DT_RPATH when there is no DT_RUNPATH, LD_LIBRARY_PATH, DT_RUNPATH,
+// /etc/ld.so.cache, default directories). Candidates of another ELF class or
+// machine are skipped, as the loader does.
+std::string Analyzer::find_library(const std::string& name, const LoadedLibrary& requester,
+                                   const std::map<std::string, std::string>& preloaded, std::string& found_by) {
+  auto acceptable = [&](const std::string& candidate) {
+    if (!is_regular_file(candidate)) return false;
+    LoadedLibrary* library = load(candidate);
+    return library && library->elf.machine == requester.elf.machine;
+  };
+  if (name.find('/') != std::string::npos) {
+    found_by = "path in DT_NEEDED";
+    return acceptable(name) ? name : "";
+  }
+  auto loaded = preloaded.find(name);
+  if (loaded != preloaded.end()) {
+    found_by = "already loaded";
+    return loaded->second;
+  }
+  std::string origin = dirname_of(absolute_path(requester.path));
+  auto search = [&](const std::vector<std::string>& dirs, const char* how) -> std::string {
+    for (const std::string& dir : dirs) {
+      std::string candidate = (dir.empty() ? "." : dir) + "/" + name;
+      if (acceptable(candidate)) {
+        found_by = how;
+        return candidate;
+      }
+    }
+    return "";
+  };
+  std::string path;
+  if (requester.elf.runpath.empty() && !(path = search(expand_origin(requester.elf.rpath, origin), "RPATH")).empty()) {
+    return path;
+  }
+  if (!(path = search(context_.ld_library_path, "LD_LIBRARY_PATH")).empty()) return path;
+  if (!(path = search(expand_origin(requester.elf.runpath, origin), "RUNPATH")).empty()) return path;
+  for (const LdCacheEntry& entry : context_.ld_cache) {
+    if (entry.name == name && entry.x86_64 == (requester.elf.machine == kElfMachineX86_64) && acceptable(entry.path)) {
+      found_by = "ld.so.cache";
+      return entry.path;
+    }
+  }
+  std::vector<std::string> defaults(std::begin(kDefaultLibraryDirs), std::end(kDefaultLibraryDirs));
+  return search(defaults, "default path");
+}
+
+// Breadth-first over DT_NEEDED like the loader: the global scope (the
+// interpreter and what it loaded with RTLD_GLOBAL) comes first, then the
+// target and its dependencies.
+void Analyzer::build_scope(const LoadedLibrary& target, const std::vector<std::string>& preloaded_paths, Scope& scope) {
+  std::map<std::string, std::string> preloaded;  // soname or file name -> path
+  std::set<std::string> in_scope;
+  auto add_object = [&](LoadedLibrary* library) {
+    if (!library || !in_scope.insert(real_path(library->path)).second) return false;
+    scope.objects.push_back(library);
+    if (!library->elf.soname.empty()) scope.by_soname[library->elf.soname] = library;
+    scope.by_soname[basename_of(library->path)] = library;
+    return true;
+  };
+  for (const std::string& path : preloaded_paths) {
+    LoadedLibrary* library = load(path);
+    if (!library) continue;
+    preloaded[basename_of(path)] = path;
+    if (!library->elf.soname.empty()) preloaded[library->elf.soname] = path;
+  }
+  // Global scope: the interpreter executable and its dependency tree, plus
+  // torch's libtorch_global_deps (loaded RTLD_GLOBAL by `import torch`).
+  std::deque<LoadedLibrary*> queue;
+  std::vector<std::string> global_roots;
+  if (context_.python && !context_.python->executable.empty()) global_roots.push_back(context_.python->executable);
+  for (const std::string& path : preloaded_paths) {
+    if (basename_of(path) == "libtorch_global_deps.so") global_roots.push_back(path);
+  }
+  for (const std::string& root : global_roots) {
+    LoadedLibrary* library = load(root);
+    if (add_object(library)) queue.push_back(library);
+  }
+  auto walk = [&](bool record_target) {
+    while (!queue.empty()) {
+      LoadedLibrary* current = queue.front();
+      queue.pop_front();
+      bool is_target = record_target && current == &target;
+      for (const std::string& name : current->elf.needed) {
+        std::string how;
+        std::string path = find_library(name, *current, preloaded, how);
+        LibraryResolution resolution{name, path, path.empty() ? "" : how};
+        if (is_target) scope.target_needed.push_back(resolution);
+        if (path.empty()) {
+          resolution.found_by = "needed by " + basename_of(current->path);
+          scope.missing.push_back(resolution);
+          continue;
+        }
+        LoadedLibrary* library = load(path);
+        if (add_object(library)) queue.push_back(library);
+      }
+    }
+  };
+  walk(false);
+  LoadedLibrary* self = const_cast<LoadedLibrary*>(&target);
+  if (add_object(self)) queue.push_back(self);
+  walk(true);
+}
+
+const Analyzer::TorchIndex& Analyzer::torch_index(const Scope& scope) {
+  if (!torch_index_) torch_index_ = std::make_unique<TorchIndex>();
+  std::vector<LoadedLibrary*> libraries = scope.objects;
+  if (context_.python && context_.python->torch.found) {
+    static const char* const kTorchLibraries[] = {"libc10.so", "libtorch.so", "libtorch_cpu.so", "libtorch_python.so",
+                                                  "libc10_cuda.so", "libtorch_cuda.so"};
+    for (const char* name : kTorchLibraries) {
+      std::string path = context_.python->torch.package_dir + "/lib/" + name;
+      if (is_regular_file(path)) libraries.push_back(load(path));
+    }
+  }
+  for (LoadedLibrary* library : libraries) {
+    if (!library || !torch_index_->indexed_paths.insert(real_path(library->path)).second) continue;
+    for (const ElfSymbol& symbol : library->elf.dynamic_symbols) {
+      if (!symbol.defined) continue;
+      const std::string& m = symbol.name;
+      // Cheap filter before demangling: a torch namespace component must appear.
+      if (m.find("3c10") == std::string::npos && m.find("2at") == std::string::npos &&
+          m.find("5torch") == std::string::npos && m.find("6caffe2") == std::string::npos) {
+        continue;
+      }
+      std::string text = demangle(m);
+      if (text.empty() || !in_torch_namespace(text)) continue;
+      std::string key = abi_neutral_key(text);
+      auto& mangled = torch_index_->mangled_by_key[key];
+      if (std::find(mangled.begin(), mangled.end(), m) == mangled.end()) mangled.push_back(m);
+      auto& keys = torch_index_->keys_by_base[function_base_name(key)];
+      if (keys.size() < 16 && std::find(keys.begin(), keys.end(), key) == keys.end()) keys.push_back(key);
+    }
+  }
+  return *torch_index_;
+}
+
+// ---------------------------------------------------------------------------
+// The checks
+
+namespace {
+
+bool defined_in_scope(const std::vector<LoadedLibrary*>& objects, const LoadedLibrary* self, const ElfSymbol& reference) {
+  for (LoadedLibrary* object : objects) {
+    if (object == self) continue;
+    index_definitions(*object);
+    auto found = object->definitions.find(reference.name);
+    if (found == object->definitions.end()) continue;
+    for (const ElfSymbol* definition : found->second) {
+      // A versioned reference binds to that version; an unversioned one to the default (non-hidden) definition.
+      if (reference.version.empty() ? !definition->hidden_version : definition->version == reference.version) return true;
+    }
+  }
+  return false;
+}
+
+std::string abi_rebuild_fix(int torch_abi, const std::string& module, const std::string& torch_version) {
+  std::string n = std::to_string(torch_abi);
+  std::string fix = "rebuild " + module + " against the installed torch" +
+                    (torch_version.empty() ? "" : " " + torch_version) + " with -D_GLIBCXX_USE_CXX11_ABI=" + n +
+                    " (torch.utils.cpp_extension builds: `pip install --no-build-isolation --no-binary :all: "
+                    "--force-reinstall --no-deps <package>`; hand-written builds: add -D_GLIBCXX_USE_CXX11_ABI=" + n +
+                    " to CXXFLAGS and to nvcc's -Xcompiler flags)";
+  if (starts_with(module, "flash_attn")) {
+    fix += "; flash-attn: `FLASH_ATTENTION_FORCE_BUILD=TRUE pip install flash-attn --no-build-isolation` or the "
+           "prebuilt wheel whose name says cxx11abi" + std::string(torch_abi ? "TRUE" : "FALSE");
+  }
+  return fix + "; " + kAttnforgeAlternative;
+}
+
+std::string max_version_of_family(const ElfFile& elf, const std::string& family) {
+  std::string best;
+  std::vector<int> best_numbers;
+  for (const std::string& version : elf.version_definitions) {
+    std::string f;
+    std::vector<int> numbers;
+    if (parse_symbol_version(version, f, numbers) && f == family &&
+        (best.empty() || version_compare(numbers, best_numbers) > 0)) {
+      best = version;
+      best_numbers = numbers;
+    }
+  }
+  return best;
+}
+
+void check_python_module(const PythonFacts& python, const ElfFile& elf, const std::string& path, BinaryReport& report) {
+  std::string file = basename_of(path);
+  std::string module = module_name_of(path);
+  bool exports_init = false, exports_own_init = false;
+  for (const ElfSymbol& symbol : elf.dynamic_symbols) {
+    if (!symbol.defined || !starts_with(symbol.name, "PyInit_")) continue;
+    exports_init = true;
+    if (symbol.name == "PyInit_" + module) exports_own_init = true;
+  }
+  // "mod.cpython-312-x86_64-linux-gnu.so": the tag between "cpython-" and the next '-'.
+  size_t tag_at = file.find(".cpython-");
+  bool looks_like_extension = exports_init || tag_at != std::string::npos || ends_with(file, ".abi3.so");
+  if (!looks_like_extension) return;
+  bool suffix_ok = false;
+  for (const std::string& suffix : python.extension_suffixes) {
+    if (ends_with(file, suffix) && file.size() > suffix.size()) suffix_ok = true;
+  }
+  std::string interpreter = std::to_string(python.major) + "." + std::to_string(python.minor);
+  if (!suffix_ok) {
+    Finding f{"python_abi", Severity::kError, "", {}, ""};
+    std::string built_for = "another interpreter";
+    if (tag_at != std::string::npos) {
+      std::string tag = file.substr(tag_at + 9, file.find('-', tag_at + 9) - (tag_at + 9));
+      if (tag.size() >= 2) built_for = "CPython " + tag.substr(0, 1) + "." + tag.substr(1);
+    }
+    f.summary = "built for " + built_for + "; Python " + interpreter +
+                " never looks at this file name (import fails with ModuleNotFoundError)";
+    f.evidence.push_back("file name: " + file);
+    f.evidence.push_back("this interpreter loads: " + join(python.extension_suffixes, " "));
+    f.fix = "install the cp" + std::to_string(python.major) + std::to_string(python.minor) + " build (wheel tag cp" +
+            std::to_string(python.major) + std::to_string(python.minor) + "-cp" + std::to_string(python.major) +
+            std::to_string(python.minor) + "-…) or rebuild with this interpreter: `" + python.executable +
+            " -m pip install --no-build-isolation --force-reinstall <package>`";
+    report.findings.push_back(f);
+  }
+  if (exports_init && !exports_own_init) {
+    report.findings.push_back({"python_abi", Severity::kError,
+                               "does not define PyInit_" + module + ": import fails with 'dynamic module does not define "
+                               "module export function'",
+                               {"file name module: " + module},
+                               "rename the file to the module it defines, or rebuild it under the name it is imported as"});
+  }
+  for (const std::string& needed : elf.needed) {
+    int major = 0, minor = 0;
+    if (std::sscanf(needed.c_str(), "libpython%d.%d", &major, &minor) == 2 &&
+        (major != python.major || minor != python.minor)) {
+      report.findings.push_back({"python_abi", Severity::kError,
+                                 "links " + needed + " but the interpreter is Python " + interpreter,
+                                 {"DT_NEEDED " + needed},
+                                 "rebuild for Python " + interpreter + " (or use that module's abi3 build)"});
+    }
+  }
+}
+
+void check_gpu_code(ByteView image, const ElfFile& elf, const AnalysisContext& context, BinaryReport& report) {
+  const ElfSection* section = elf.find_section(".nv_fatbin");
+  if (!section) return;
+  ByteView data;
+  std::vector<FatbinEntry> entries;
+  std::string error;
+  if (!image.slice(section->offset, section->size, data) || !parse_fatbin(data, entries, error)) {
+    report.findings.push_back({"gpu_arch", Severity::kWarning, "cannot read the embedded GPU code: " + error, {}, ""});
+    return;
+  }
+  report.has_fatbin = true;
+  std::set<uint32_t> cubins, ptx;
+  for (const FatbinEntry& e : entries) {
+    if (e.kind == FatbinEntry::Kind::kCubin) cubins.insert(e.arch);
+    if (e.kind == FatbinEntry::Kind::kPtx) ptx.insert(e.arch);
+  }
+  for (uint32_t a : cubins) report.fatbin.cubins.push_back("sm_" + std::to_string(a));
+  for (uint32_t a : ptx) report.fatbin.ptx.push_back("compute_" + std::to_string(a));
+  std::string listing = "embedded: " + join(report.fatbin.cubins, " ") +
+                        (ptx.empty() ? " (no PTX)" : " + PTX " + join(report.fatbin.ptx, " "));
+  if (context.gpus.empty()) {
+    report.findings.push_back({"gpu_arch", Severity::kInfo, "GPU code for " + listing.substr(10) + "; no GPU to compare with",
+                               {listing}, ""});
+    return;
+  }
+  for (const GpuFacts& gpu : context.gpus) {
+    uint32_t cc = uint32_t(gpu.major * 10 + gpu.minor);
+    std::string cc_text = std::to_string(gpu.major) + "." + std::to_string(gpu.minor);
+    std::string device = (gpu.name.empty() ? "GPU" : gpu.name) + " (compute capability " + cc_text + ", from " +
+                         context.gpu_source + ")";
+    // A cubin runs on the same major with an equal or higher minor; PTX is JIT-compiled for any newer GPU.
+    bool cubin_fits = false, ptx_fits = false;
+    for (uint32_t a : cubins) cubin_fits |= a / 10 == uint32_t(gpu.major) && a % 10 <= uint32_t(gpu.minor);
+    for (uint32_t a : ptx) ptx_fits |= a <= cc;
+    if (cubin_fits) continue;
+    std::string arch = std::to_string(gpu.major) + std::to_string(gpu.minor);
+    if (ptx_fits) {
+      report.findings.push_back({"gpu_arch", Severity::kWarning,
+                                 "no sm_" + arch + " cubin: kernels are JIT-compiled from PTX on first use by " + device,
+                                 {listing}, "rebuild with TORCH_CUDA_ARCH_LIST=\"" + cc_text + "\" to skip the JIT"});
+      continue;
+    }
+    report.findings.push_back(
+        {"gpu_arch", Severity::kError,
+         "no kernel image for " + device + ": " + listing.substr(10),
+         {listing, "device: " + device},
+         "rebuild for this GPU: `TORCH_CUDA_ARCH_LIST=\"" + cc_text + "+PTX\" pip install --no-build-isolation "
+         "--no-binary :all: --force-reinstall --no-deps <package>` (nvcc: -gencode arch=compute_" + arch +
+         ",code=sm_" + arch + "; flash-attn: FLASH_ATTN_CUDA_ARCHS=" + arch + "); " + kAttnforgeAlternative});
+  }
+}
+
+const char* const kCudaLibraryStems[] = {"libcudart", "libcublas", "libcublasLt", "libnvrtc"};
+
+}  // namespace
+
+BinaryReport Analyzer::analyze(const std::string& path, const std::string& display_name) {
+  BinaryReport report;
+  report.path = path;
+  report.display_name = display_name;
+  MappedFile file;
+  std::string error;
+  ElfFile probe_elf;
+  if (!file.open(path, error) || !parse_elf(file.view(), probe_elf, error)) {
+    report.findings.push_back({"unreadable", Severity::kError, error, {}, ""});
+    return report;
+  }
+  LoadedLibrary* target = load(path);
+  if (!target) {
+    report.findings.push_back({"unreadable", Severity::kError, "cannot read " + path, {}, ""});
+    return report;
+  }
+  report.readable = true;
+  const ElfFile& elf = target->elf;
+  const PythonFacts* python = context_.python;
+  const TorchFacts* torch = python && python->torch.found ? &python->torch : nullptr;
+  std::string module = module_name_of(path);
+  for (const std::string& w : elf.warnings) report.findings.push_back({"malformed", Severity::kWarning, w, {}, ""});
+
+  // Two loads to compare: the interpreter as started, and after `import torch`
+  // (the real torch's mapped libraries, or torch/lib when torch cannot be imported).
+  std::vector<std::string> cold_preload = python ? python->loaded_libraries : std::vector<std::string>();
+  Scope cold, warm;
+  build_scope(*target, cold_preload, cold);
+  Scope* main = &cold;
+  if (torch) {
+    std::vector<std::string> torch_preload = torch->loaded_libraries;
+    if (!torch->imported) {
+      torch_preload = cold_preload;
+      std::string lib_dir = torch->package_dir + "/lib";
+      if (DIR* dir = opendir(lib_dir.c_str())) {
+        while (dirent* entry = readdir(dir)) {
+          std::string name = entry->d_name;
+          if (name.find(".so") != std::string::npos) torch_preload.push_back(lib_dir + "/" + name);
+        }
+        closedir(dir);
+      }
+    }
+    build_scope(*target, torch_preload, warm);
+    main = &warm;
+  }
+  report.needed = main->target_needed;
+  std::string torch_version = torch ? torch->version : "";
+
+  // Libraries that cannot be found.
+  for (const LibraryResolution& missing : main->missing) {
+    Finding f{"missing_library", Severity::kError, missing.name + ": cannot open shared object file (" + missing.found_by + ")",
+              {}, ""};
+    std::vector<std::string> searched;
+    if (!context_.ld_library_path.empty()) searched.push_back("LD_LIBRARY_PATH=" + join(context_.ld_library_path, ":"));
+    if (!elf.rpath.empty()) searched.push_back("RPATH=" + join(elf.rpath, ":"));
+    if (!elf.runpath.empty()) searched.push_back("RUNPATH=" + join(elf.runpath, ":"));
+    searched.push_back("/etc/ld.so.cache and the default directories");
+    f.evidence.push_back("searched: " + join(searched, "; "));
+    int cuda_major = soname_major(missing.name, "libcudart");
+    if (cuda_major >= 0) {
+      f.fix = "install the CUDA " + std::to_string(cuda_major) + " runtime (`pip install nvidia-cuda-runtime-cu" +
+              std::to_string(cuda_major) + "`) or, better, the build of " + module + " for the CUDA your torch uses";
+    } else if (starts_with(missing.name, "libc10") || starts_with(missing.name, "libtorch")) {
+      f.fix = "`import torch` before " + module + " (torch loads its libraries), or link with -Wl,-rpath,<torch>/lib";
+    } else {
+      f.fix = "install the package that provides " + missing.name + " or add its directory to LD_LIBRARY_PATH";
+    }
+    report.findings.push_back(f);
+  }
+
+  // Load order: what changes when the module is imported before torch.
+  if (torch && cold.target_needed.size() == warm.target_needed.size()) {
+    for (size_t i = 0; i < warm.target_needed.size(); ++i) {
+      const LibraryResolution& c = cold.target_needed[i];
+      const LibraryResolution& w = warm.target_needed[i];
+      if (w.path.empty()) continue;
+      if (c.path.empty()) {
+        report.findings.push_back({"load_order", Severity::kWarning,
+                                   w.name + " is found only after `import torch` loaded it",
+                                   {"after import torch: " + w.path, "without torch: not found"},
+                                   "always `import torch` before " + module +
+                                       " (or link it with -Wl,-rpath,'" + dirname_of(w.path) + "')"});
+      } else if (real_path(c.path) != real_path(w.path)) {
+        report.findings.push_back({"load_order", Severity::kWarning,
+                                   "a stray " + w.name + " at " + c.path + " (" + c.found_by + ") is loaded if " + module +
+                                       " is imported before torch",
+                                   {"without torch: " + c.path + " via " + c.found_by, "after import torch: " + w.path},
+                                   "`import torch` first, or remove " + dirname_of(c.path) +
+                                       " from the search path (LD_LIBRARY_PATH, RPATH, ld.so.conf)"});
+      }
+    }
+  }
+
+  // Symbol versions the resolved libraries do not define.
+  for (const ElfVersionNeed& need : elf.version_needs) {
+    auto provider = main->by_soname.find(need.file);
+    if (provider == main->by_soname.end()) continue;
+    const ElfFile& lib = provider->second->elf;
+    for (const std::string& version : need.versions) {
+      if (std::find(lib.version_definitions.begin(), lib.version_definitions.end(), version) != lib.version_definitions.end()) {
+        continue;
+      }
+      std::string family;
+      std::vector<int> numbers;
+      parse_symbol_version(version, family, numbers);
+      std::string newest = max_version_of_family(lib, family);
+      Finding f{"symbol_version", Severity::kError,
+                "version `" + version + "' not found in " + provider->second->path + " (newest: " +
+                    (newest.empty() ? std::string("none") : newest) + ")",
+                {"required by " + basename_of(path) + " from " + need.file}, ""};
+      if (family == "GLIBC") {
+        f.fix = "this build needs a newer glibc than the system's: install a wheel whose manylinux tag is at most this "
+                "system's glibc (" + (python && !python->glibc_version.empty() ? python->glibc_version : newest) +
+                ") or rebuild on this system; " + kAttnforgeAlternative + " (needs glibc 2.28)";
+      } else {
+        f.fix = "this build needs a newer libstdc++ than " + provider->second->path +
+                ": rebuild with this system's g++ (or link -static-libstdc++), or load a newer libstdc++.so.6 first "
+                "(e.g. `conda install -c conda-forge libstdcxx-ng`)";
+      }
+      report.findings.push_back(f);
+    }
+  }
+
+  if (python) check_python_module(*python, elf, path, report);
+
+  // Undefined symbols: resolve, then explain the unresolved ones.
+  std::vector<const ElfSymbol*> unresolved;
+  int new_abi = 0, old_abi = 0;
+  for (const ElfSymbol& symbol : elf.dynamic_symbols) {
+    if (symbol.defined) continue;
+    ++report.undefined_symbols;
+    if (starts_with(symbol.name, "_ZN") || starts_with(symbol.name, "_ZNK")) {
+      std::string text = demangle(symbol.name);
+      if (!text.empty() && in_torch_namespace(text)) {
+        int abi = abi_of_demangled(text);
+        new_abi += abi == 1;
+        old_abi += abi == 0;
+      }
+    }
+    if (symbol.weak || defined_in_scope(main->objects, target, symbol)) continue;
+    unresolved.push_back(&symbol);
+  }
+  report.unresolved_symbols = unresolved.size();
+  if (new_abi || old_abi) report.cxx11_abi = new_abi >= old_abi ? 1 : 0;
+
+  std::vector<std::string> dual_evidence, changed_evidence, absent_evidence, python_evidence, other_evidence;
+  int twin_abi = -1;
+  for (const ElfSymbol* symbol : unresolved) {
+    const std::string& name = symbol->name;
+    std::string versioned = name + (symbol->version.empty() ? "" : "@" + symbol->version);
+    if (starts_with(name, "Py") || starts_with(name, "_Py")) {
+      python_evidence.push_back(versioned);
+      continue;
+    }
+    std::string text = demangle(name);
+    if (text.empty() || !in_torch_namespace(text)) {
+      other_evidence.push_back(versioned + (text.empty() ? "" : " = " + text));
+      continue;
+    }
+    const TorchIndex& index = torch_index(*main);
+    std::string key = abi_neutral_key(text);
+    auto twin = index.mangled_by_key.find(key);
+    if (twin != index.mangled_by_key.end() && !twin->second.empty()) {
+      if (dual_evidence.size() < 16) {
+        dual_evidence.push_back("undefined " + name + " = " + text);
+        dual_evidence.push_back("  torch defines " + twin->second.front() + " = " + demangle(twin->second.front()));
+      }
+      int abi = abi_of_demangled(demangle(twin->second.front()));
+      if (abi >= 0) twin_abi = abi;
+      continue;
+    }
+    auto base = index.keys_by_base.find(function_base_name(key));
+    if (base != index.keys_by_base.end()) {
+      if (changed_evidence.size() < 16) {
+        changed_evidence.push_back("undefined " + name + " = " + text);
+        for (size_t i = 0; i < base->second.size() && i < 3; ++i) changed_evidence.push_back("  torch has " + base->second[i]);
+      }
+      continue;
+    }
+    if (absent_evidence.size() < 16) absent_evidence.push_back("undefined " + name + " = " + text);
+  }
+  auto count_of = [](const std::vector<std::string>& evidence) {
+    return std::count_if(evidence.begin(), evidence.end(), [](const std::string& e) { return starts_with(e, "undefined "); });
+  };
+  std::string torch_label = torch ? "torch " + torch->version : "the torch libraries it loads";
+  if (!dual_evidence.empty()) {
+    int ext_abi = 1 - twin_abi;
+    std::string summary = "C++ dual-ABI mismatch: built with _GLIBCXX_USE_CXX11_ABI=" + std::to_string(ext_abi) + ", " +
+                          torch_label + " uses " + std::to_string(twin_abi) + " (" + std::to_string(count_of(dual_evidence)) +
+                          " symbols exist only as their other-ABI twin)";
+    report.findings.push_back({"dual_abi", Severity::kError, summary, dual_evidence,
+                               abi_rebuild_fix(twin_abi, module, torch_version)});
+  }
+  std::string drift_fix = "rebuild " + module + " against the installed " + torch_label +
+                          " (`pip install --no-build-isolation --no-binary :all: --force-reinstall --no-deps <package>`: "
+                          "--no-build-isolation makes pip compile against this torch instead of a fresh download) or install "
+                          "the build made for it; " + kAttnforgeAlternative;
+  if (!changed_evidence.empty()) {
+    report.findings.push_back({"torch_version_drift", Severity::kError,
+                               "torch version drift: " + std::to_string(count_of(changed_evidence)) +
+                                   " torch functions have another signature in " + torch_label,
+                               changed_evidence, drift_fix});
+  }
+  if (!absent_evidence.empty()) {
+    report.findings.push_back({"torch_version_drift", Severity::kError,
+                               "torch version drift: " + std::to_string(count_of(absent_evidence)) +
+                                   " torch symbols are absent from " + torch_label,
+                               absent_evidence, drift_fix});
+  }
+  if (!python_evidence.empty()) {
+    std::string interpreter = python ? "Python " + std::to_string(python->major) + "." + std::to_string(python->minor) : "the interpreter";
+    python_evidence.resize(std::min<size_t>(python_evidence.size(), 16));
+    report.findings.push_back({"python_abi", Severity::kError,
+                               std::to_string(python_evidence.size()) + " Python C-API symbols are not provided by " + interpreter +
+                                   " (built for another Python version)",
+                               python_evidence, "install or rebuild the build for " + interpreter});
+  }
+  if (!other_evidence.empty()) {
+    size_t total = other_evidence.size();
+    other_evidence.resize(std::min<size_t>(total, 16));
+    report.findings.push_back({"unresolved_symbol", Severity::kError,
+                               "undefined symbol: " + other_evidence.front().substr(0, other_evidence.front().find(' ')) +
+                                   (total > 1 ? " (and " + std::to_string(total - 1) + " more)" : ""),
+                               other_evidence, "link the library that defines these symbols, or install the build made for this environment"});
+  }
+
+  // CUDA runtime major against torch's.
+  int torch_cuda_major = torch && !torch->cuda_version.empty() ? std::atoi(torch->cuda_version.c_str()) : 0;
+  for (const std::string& needed : elf.needed) {
+    for (const char* stem : kCudaLibraryStems) {
+      int major = soname_major(needed, stem);
+      if (major <= 0) continue;
+      if (torch_cuda_major > 0 && major != torch_cuda_major) {
+        report.findings.push_back(
+            {"cuda_runtime", Severity::kError,
+             "built for CUDA " + std::to_string(major) + " (" + needed + "), " + torch_label + " uses CUDA " + torch->cuda_version,
+             {"DT_NEEDED " + needed, "torch.version.cuda = " + torch->cuda_version},
+             "install the build of " + module + " for CUDA " + std::to_string(torch_cuda_major) + " (cu" +
+                 std::to_string(torch_cuda_major) + "x wheels) or rebuild it with CUDA " + std::to_string(torch_cuda_major) +
+                 "'s nvcc: `pip install --no-build-isolation --no-binary :all: --force-reinstall --no-deps <package>`; " +
+                 kAttnforgeAlternative});
+      } else if (torch && torch->imported && torch_cuda_major == 0 && std::string(stem) == "libcudart") {
+        report.findings.push_back({"cuda_runtime", Severity::kWarning,
+                                   "needs " + needed + " but " + torch_label + " is a CPU-only build",
+                                   {"DT_NEEDED " + needed}, "install a CUDA build of torch (e.g. from download.pytorch.org/whl/cu" + std::to_string(major) + "x)"});
+      }
+    }
+  }
+
+  check_gpu_code(file.view(), elf, context_, report);
+  return report;
+}
+
+BinaryReport Analyzer::check_portability(const std::string& path, int max_glibc_minor) {
+  BinaryReport report;
+  report.path = path;
+  MappedFile file;
+  std::string error;
+  ElfFile elf;
+  if (!file.open(path, error) || !parse_elf(file.view(), elf, error)) {
+    report.findings.push_back({"unreadable", Severity::kError, error, {}, ""});
+    return report;
+  }
+  report.readable = true;
+  std::string policy = "manylinux_2_" + std::to_string(max_glibc_minor);
+  static const char* const kAllowed[] = {"libc.so.6", "libm.so.6", "libdl.so.2", "libpthread.so.0", "librt.so.1",
+                                         "libgcc_s.so.1", "ld-linux-x86-64.so.2", "ld-linux-aarch64.so.1"};
+  for (const std::string& needed : elf.needed) {
+    if (std::find(std::begin(kAllowed), std::end(kAllowed), needed) == std::end(kAllowed)) {
+      report.findings.push_back({"portability", Severity::kError, "DT_NEEDED " + needed + " is outside the " + policy + " allow-list",
+                                 {"allowed: libc, libm, libdl, libpthread, librt, libgcc_s, ld-linux"},
+                                 "link it statically or dlopen it at run time"});
+    }
+  }
+  for (const ElfVersionNeed& need : elf.version_needs) {
+    for (const std::string& version : need.versions) {
+      std::string family;
+      std::vector<int> numbers;
+      if (!parse_symbol_version(version, family, numbers)) continue;
+      std::vector<std::string> users;
+      for (const ElfSymbol& s : elf.dynamic_symbols) {
+        if (!s.defined && s.version == version && users.size() < 8) users.push_back(s.name);
+      }
+      if (family == "GLIBC" && version_compare(numbers, {2, max_glibc_minor}) > 0) {
+        report.findings.push_back({"portability", Severity::kError, "needs " + version + " (" + policy + " allows at most GLIBC_2." +
+                                       std::to_string(max_glibc_minor) + ")",
+                                   {"symbols: " + join(users, " ")},
+                                   "bind these symbols to an older version (.symver) or keep the code that pulls them out of the link"});
+      } else if (family == "GLIBCXX" || family == "CXXABI") {
+        report.findings.push_back({"portability", Severity::kError, "needs " + version + " from " + need.file,
+                                   {"symbols: " + join(users, " ")}, "link libstdc++ statically (-static-libstdc++)"});
+      }
+    }
+  }
+  if (report.findings.empty()) {
+    report.findings.push_back({"portability", Severity::kInfo, "portable to " + policy, {"DT_NEEDED: " + join(elf.needed, " ")}, ""});
+  }
+  return report;
+}
+
+}  // namespace af::doctor

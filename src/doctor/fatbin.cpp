@@ -1,0 +1,108 @@
+#include "doctor/fatbin.h"
+
+#include "doctor/elf.h"
+
+namespace af::doctor {
+namespace {
+
+constexpr uint32_t kContainerMagic = 0xBA55ED50;
+constexpr uint64_t kContainerHeaderSize = 16;
+constexpr uint64_t kEntryHeaderMinSize = 64;
+constexpr uint16_t kKindPtx = 1, kKindCubin = 2;
+// Compression bits seen in entry flags: 0x2000 (CUDA 11/12, LZ4) and 0x8000 (CUDA 13, ZSTD).
+constexpr uint64_t kCompressedFlags = 0x2000 | 0x8000;
+constexpr size_t kMaxEntries = 1 << 16;
+
+uint32_t sm_of_embedded_cubin(ByteView payload) {
+  uint8_t magic[4] = {};
+  uint16_t machine = 0;
+  uint32_t flags = 0;
+  for (int i = 0; i < 4; ++i) payload.read(i, magic[i]);
+  if (magic[0] != 0x7f || magic[1] != 'E' || magic[2] != 'L' || magic[3] != 'F') return 0;
+  uint8_t elf_class = 0;
+  payload.read(4, elf_class);
+  // e_machine at 18; e_flags at 48 (ELF64) or 36 (ELF32).
+  if (!payload.read(18, machine) || machine != kElfMachineCuda) return 0;
+  if (!payload.read(elf_class == 2 ? 48 : 36, flags)) return 0;
+  return cubin_sm_from_flags(flags);
+}
+
+}  // namespace
+
+bool parse_fatbin(ByteView section, std::vector<FatbinEntry>& entries, std::string& error) {
+  entries.clear();
+  uint64_t container = 0;
+  bool any_container = false;
+  while (container + kContainerHeaderSize <= section.size()) {
+    uint32_t magic = 0;
+    uint16_t header_size = 0;
+    uint64_t payload_size = 0;
+    section.read(container, magic);
+    if (magic != kContainerMagic) {
+      // Containers are 8-byte aligned and may be separated by zero padding.
+      if (magic == 0) {
+        container += 8;
+        continue;
+      }
+      break;
+    }
+    section.read(container + 6, header_size);
+    section.read(container + 8, payload_size);
+    uint64_t entries_begin, entries_end;
+    if (header_size < kContainerHeaderSize || !checked_add(container, header_size, entries_begin) ||
+        !checked_add(entries_begin, payload_size, entries_end) || entries_end > section.size()) {
+      error = "fatbin container at offset " + std::to_string(container) + " runs past the section";
+      return any_container && !entries.empty();
+    }
+    any_container = true;
+    uint64_t entry = entries_begin;
+    while (entry + kEntryHeaderMinSize <= entries_end && entries.size() < kMaxEntries) {
+      uint16_t kind = 0;
+      uint32_t entry_header_size = 0, arch = 0;
+      uint64_t entry_payload_size = 0, flags = 0;
+      section.read(entry, kind);
+      section.read(entry + 4, entry_header_size);
+      section.read(entry + 8, entry_payload_size);
+      section.read(entry + 28, arch);
+      section.read(entry + 40, flags);
+      uint64_t payload_begin, next;
+      if (entry_header_size < kEntryHeaderMinSize || !checked_add(entry, entry_header_size, payload_begin) ||
+          !checked_add(payload_begin, entry_payload_size, next) || next > entries_end) {
+        error = "fatbin entry at offset " + std::to_string(entry) + " runs past its container";
+        return !entries.empty();
+      }
+      FatbinEntry parsed;
+      parsed.kind = kind == kKindPtx ? FatbinEntry::Kind::kPtx
+                    : kind == kKindCubin ? FatbinEntry::Kind::kCubin
+                                         : FatbinEntry::Kind::kUnknown;
+      parsed.arch = arch;
+      parsed.compressed = (flags & kCompressedFlags) != 0;
+      parsed.payload_size = entry_payload_size;
+      ByteView payload;
+      if (parsed.kind == FatbinEntry::Kind::kCubin && !parsed.compressed &&
+          section.slice(payload_begin, entry_payload_size, payload)) {
+        parsed.cubin_sm = sm_of_embedded_cubin(payload);
+      }
+      entries.push_back(parsed);
+      entry = next;
+    }
+    // The next container starts at the next 8-byte boundary.
+    container = (entries_end + 7) & ~uint64_t(7);
+    if (container < entries_end) break;
+  }
+  if (!any_container) {
+    error = "no fatbin container (magic 0xBA55ED50) in the section";
+    return false;
+  }
+  return true;
+}
+
+std::string fatbin_entry_label(const FatbinEntry& entry) {
+  switch (entry.kind) {
+    case FatbinEntry::Kind::kPtx: return "compute_" + std::to_string(entry.arch);
+    case FatbinEntry::Kind::kCubin: return "sm_" + std::to_string(entry.arch);
+    default: return "unknown_" + std::to_string(entry.arch);
+  }
+}
+
+}  // namespace af::doctor

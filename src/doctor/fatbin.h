@@ -1,0 +1,30 @@
+// Reader for the `.nv_fatbin` section nvcc embeds in CUDA binaries: lists the
+// cubins (SASS for one SM) and PTX it carries. No spec exists; the layout is the
+// one described in shared/reference/ABI_FAILURES.md section 3 and checked on nvcc 13 output.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "doctor/bytes.h"
+
+namespace af::doctor {
+
+struct FatbinEntry {
+  enum class Kind { kPtx, kCubin, kUnknown };
+  Kind kind = Kind::kUnknown;
+  uint32_t arch = 0;        // 80 for sm_80 / compute_80
+  uint32_t cubin_sm = 0;    // from the embedded cubin's own ELF e_flags (uncompressed cubins only), 0 if unread
+  bool compressed = false;
+  uint64_t payload_size = 0;
+};
+
+// Parses every container in a .nv_fatbin section. Returns false with error when
+// nothing sensible could be read; entries read before a damaged one are kept.
+bool parse_fatbin(ByteView section, std::vector<FatbinEntry>& entries, std::string& error);
+
+// "sm_80", "compute_90".
+std::string fatbin_entry_label(const FatbinEntry& entry);
+
+}  // namespace af::doctor

@@ -1,0 +1,446 @@
+#include "doctor/zip.h"
+
+#include <algorithm>
+#include <array>
+#include <cstring>
+
+namespace af::doctor {
+namespace {
+
+constexpr uint32_t kEndOfDirectorySignature = 0x06054b50;
+constexpr uint32_t kDirectoryEntrySignature = 0x02014b50;
+constexpr uint32_t kLocalHeaderSignature = 0x04034b50;
+constexpr uint64_t kEndOfDirectorySize = 22;
+constexpr uint64_t kMaxCommentSize = 0xffff;
+
+// Zip64 extra field (id 1): the 64-bit values replace, in order, those of the
+// 32-bit fields that hold 0xffffffff.
+void apply_zip64_extra(ByteView extra, ZipMember& member, bool size_max, bool compressed_max, bool offset_max) {
+  uint64_t at = 0;
+  while (at + 4 <= extra.size()) {
+    uint16_t id = 0, length = 0;
+    extra.read(at, id);
+    extra.read(at + 2, length);
+    if (id == 1) {
+      uint64_t field = at + 4;
+      if (size_max && extra.read(field, member.uncompressed_size)) field += 8;
+      if (compressed_max && extra.read(field, member.compressed_size)) field += 8;
+      if (offset_max) extra.read(field, member.local_header_offset);
+      return;
+    }
+    at += 4 + uint64_t(length);
+  }
+}
+
+}  // namespace
+
+bool parse_zip_directory(ByteView archive, std::vector<ZipMember>& members, std::string& error) {
+  members.clear();
+  if (archive.size() < kEndOfDirectorySize) {
+    error = "file too small to be a zip archive";
+    return false;
+  }
+  // The end-of-central-directory record sits in the last 22 + 65535 bytes.
+  uint64_t lowest = archive.size() > kEndOfDirectorySize + kMaxCommentSize
+                        ? archive.size() - kEndOfDirectorySize - kMaxCommentSize
+                        : 0;
+  uint64_t eocd = archive.size() - kEndOfDirectorySize;
+  bool found = false;
+  for (;; --eocd) {
+    uint32_t signature = 0;
+    archive.read(eocd, signature);
+    if (signature == kEndOfDirectorySignature) {
+      found = true;
+      break;
+    }
+    if (eocd == lowest) break;
+  }
+  if (!found) {
+    error = "no end-of-central-directory record: not a zip archive";
+    return false;
+  }
+  uint16_t entry_count = 0;
+  uint32_t directory_size = 0, directory_offset = 0;
+  archive.read(eocd + 10, entry_count);
+  archive.read(eocd + 12, directory_size);
+  archive.read(eocd + 16, directory_offset);
+  if (directory_offset == 0xffffffff || entry_count == 0xffff) {
+    error = "zip64 archives with more than 65535 members or 4 GiB of directory are not supported";
+    return false;
+  }
+  ByteView directory;
+  if (!archive.slice(directory_offset, directory_size, directory)) {
+    error = "central directory lies outside the file";
+    return false;
+  }
+  uint64_t at = 0;
+  for (uint32_t i = 0; i < entry_count; ++i) {
+    uint32_t signature = 0, compressed = 0, uncompressed = 0, offset = 0;
+    uint16_t name_length = 0, extra_length = 0, comment_length = 0;
+    ZipMember member;
+    if (!directory.read(at, signature) || signature != kDirectoryEntrySignature ||
+        !directory.read(at + 10, member.method) || !directory.read(at + 16, member.crc32) ||
+        !directory.read(at + 20, compressed) || !directory.read(at + 24, uncompressed) ||
+        !directory.read(at + 28, name_length) || !directory.read(at + 30, extra_length) ||
+        !directory.read(at + 32, comment_length) || !directory.read(at + 42, offset)) {
+      error = "central directory entry " + std::to_string(i) + " is damaged";
+      return false;
+    }
+    ByteView name, extra;
+    if (!directory.slice(at + 46, name_length, name) || !directory.slice(at + 46 + name_length, extra_length, extra)) {
+      error = "central directory entry " + std::to_string(i) + " runs past the directory";
+      return false;
+    }
+    member.name.assign(reinterpret_cast<const char*>(name.data()), name.size());
+    member.compressed_size = compressed;
+    member.uncompressed_size = uncompressed;
+    member.local_header_offset = offset;
+    apply_zip64_extra(extra, member, uncompressed == 0xffffffff, compressed == 0xffffffff, offset == 0xffffffff);
+    members.push_back(std::move(member));
+    at += 46 + uint64_t(name_length) + extra_length + comment_length;
+  }
+  return true;
+}
+
+bool extract_zip_member(ByteView archive, const ZipMember& member, std::vector<uint8_t>& out, std::string& error,
+                        uint64_t max_bytes) {
+  out.clear();
+  uint32_t signature = 0;
+  uint16_t name_length = 0, extra_length = 0;
+  if (!archive.read(member.local_header_offset, signature) || signature != kLocalHeaderSignature ||
+      !archive.read(member.local_header_offset + 26, name_length) ||
+      !archive.read(member.local_header_offset + 28, extra_length)) {
+    error = member.name + ": local header is damaged";
+    return false;
+  }
+  if (member.uncompressed_size > max_bytes) {
+    error = member.name + ": larger than the doctor extracts";
+    return false;
+  }
+  ByteView data;
+  uint64_t data_offset = member.local_header_offset + 30 + uint64_t(name_length) + extra_length;
+  if (!archive.slice(data_offset, member.compressed_size, data)) {
+    error = member.name + ": data runs past the end of the archive";
+    return false;
+  }
+  if (member.method == 0) {
+    if (member.compressed_size != member.uncompressed_size) {
+      error = member.name + ": stored member with two different sizes";
+      return false;
+    }
+    out.assign(data.data(), data.data() + data.size());
+  } else if (member.method == 8) {
+    if (!inflate_raw(data, out, member.uncompressed_size, error)) {
+      error = member.name + ": " + error;
+      return false;
+    }
+  } else {
+    error = member.name + ": compression method " + std::to_string(member.method) + " is not used by wheels";
+    return false;
+  }
+  if (out.size() != member.uncompressed_size) {
+    error = member.name + ": size differs from the directory";
+    return false;
+  }
+  if (crc32_of(ByteView(out)) != member.crc32) {
+    error = member.name + ": CRC-32 mismatch";
+    return false;
+  }
+  return true;
+}
+
+namespace {
+
+// Bit reader over a DEFLATE stream (LSB first).
+class BitReader {
+ public:
+  explicit BitReader(ByteView in) : in_(in) {}
+  bool bits(int count, uint32_t& value) {
+    value = 0;
+    for (int i = 0; i < count; ++i) {
+      if (byte_ >= in_.size()) return false;
+      value |= uint32_t((in_.data()[byte_] >> bit_) & 1) << i;
+      if (++bit_ == 8) {
+        bit_ = 0;
+        ++byte_;
+      }
+    }
+    return true;
+  }
+  void align_to_byte() {
+    if (bit_) {
+      bit_ = 0;
+      ++byte_;
+    }
+  }
+  uint64_t byte_position() const { return byte_; }
+  void skip_bytes(uint64_t n) { byte_ += n; }
+  ByteView input() const { return in_; }
+
+ private:
+  ByteView in_;
+  uint64_t byte_ = 0;
+  int bit_ = 0;
+};
+
+// Canonical Huffman decoding table: counts per length and symbols sorted by code.
+struct Huffman {
+  std::array<uint16_t, 16> count{};
+  std::vector<uint16_t> symbols;
+
+  bool build(const uint8_t* lengths, int n) {
+    count.fill(0);
+    for (int i = 0; i < n; ++i) count[lengths[i]]++;
+    count[0] = 0;
+    int left = 1;
+    for (int len = 1; len < 16; ++len) {
+      left <<= 1;
+      left -= count[len];
+      if (left < 0) return false;  // over-subscribed
+    }
+    std::array<uint16_t, 16> offsets{};
+    for (int len = 1; len < 15; ++len) offsets[len + 1] = offsets[len] + count[len];
+    symbols.assign(n, 0);
+    for (int i = 0; i < n; ++i) {
+      if (lengths[i]) symbols[offsets[lengths[i]]++] = uint16_t(i);
+    }
+    return true;
+  }
+
+  bool decode(BitReader& reader, int& symbol) const {
+    int code = 0, first = 0, index = 0;
+    for (int len = 1; len < 16; ++len) {
+      uint32_t bit;
+      if (!reader.bits(1, bit)) return false;
+      code |= int(bit);
+      int c = count[len];
+      if (code - c < first) {
+        size_t at = size_t(index + (code - first));
+        if (at >= symbols.size()) return false;
+        symbol = symbols[at];
+        return true;
+      }
+      index += c;
+      first += c;
+      first <<= 1;
+      code <<= 1;
+    }
+    return false;
+  }
+};
+
+constexpr uint16_t kLengthBase[29] = {3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 15, 17, 19, 23, 27,
+                                      31, 35, 43, 51, 59, 67, 83, 99, 115, 131, 163, 195, 227, 258};
+constexpr uint8_t kLengthExtra[29] = {0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3, 4, 4, 4, 4, 5, 5, 5, 5, 0};
+constexpr uint16_t kDistanceBase[30] = {1, 2, 3, 4, 5, 7, 9, 13, 17, 25, 33, 49, 65, 97, 129,
+                                        193, 257, 385, 513, 769, 1025, 1537, 2049, 3073, 4097, 6145, 8193, 12289, 16385, 24577};
+constexpr uint8_t kDistanceExtra[30] = {0, 0, 0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7, 8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13};
+
+bool inflate_block(BitReader& reader, const Huffman& literals, const Huffman& distances, std::vector<uint8_t>& out,
+                   uint64_t max_bytes, std::string& error) {
+  for (;;) {
+    int symbol;
+    if (!literals.decode(reader, symbol)) return error = "bad literal/length code", false;
+    if (symbol < 256) {
+      if (out.size() >= max_bytes) return error = "inflated data exceeds the declared size", false;
+      out.push_back(uint8_t(symbol));
+      continue;
+    }
+    if (symbol == 256) return true;
+    symbol -= 257;
+    if (symbol >= 29) return error = "bad length symbol", false;
+    uint32_t extra;
+    if (!reader.bits(kLengthExtra[symbol], extra)) return error = "truncated stream", false;
+    uint64_t length = kLengthBase[symbol] + extra;
+    int distance_symbol;
+    if (!distances.decode(reader, distance_symbol) || distance_symbol >= 30) return error = "bad distance code", false;
+    if (!reader.bits(kDistanceExtra[distance_symbol], extra)) return error = "truncated stream", false;
+    uint64_t distance = kDistanceBase[distance_symbol] + extra;
+    if (distance > out.size()) return error = "distance reaches before the start of the output", false;
+    if (out.size() + length > max_bytes) return error = "inflated data exceeds the declared size", false;
+    size_t from = out.size() - size_t(distance);
+    for (uint64_t i = 0; i < length; ++i) out.push_back(out[from + size_t(i)]);
+  }
+}
+
+bool read_dynamic_tables(BitReader& reader, Huffman& literals, Huffman& distances, std::string& error) {
+  uint32_t hlit, hdist, hclen;
+  if (!reader.bits(5, hlit) || !reader.bits(5, hdist) || !reader.bits(4, hclen)) return error = "truncated stream", false;
+  hlit += 257;
+  hdist += 1;
+  hclen += 4;
+  if (hlit > 286 || hdist > 30) return error = "bad dynamic table sizes", false;
+  static constexpr uint8_t kOrder[19] = {16, 17, 18, 0, 8, 7, 9, 6, 10, 5, 11, 4, 12, 3, 13, 2, 14, 1, 15};
+  uint8_t code_lengths[19] = {};
+  for (uint32_t i = 0; i < hclen; ++i) {
+    uint32_t v;
+    if (!reader.bits(3, v)) return error = "truncated stream", false;
+    code_lengths[kOrder[i]] = uint8_t(v);
+  }
+  Huffman code_lengths_table;
+  if (!code_lengths_table.build(code_lengths, 19)) return error = "bad code-length table", false;
+  uint8_t lengths[286 + 30] = {};
+  uint32_t filled = 0;
+  while (filled < hlit + hdist) {
+    int symbol;
+    if (!code_lengths_table.decode(reader, symbol)) return error = "bad code-length code", false;
+    if (symbol < 16) {
+      lengths[filled++] = uint8_t(symbol);
+      continue;
+    }
+    uint32_t repeat = 0;
+    uint8_t value = 0;
+    if (symbol == 16) {
+      if (filled == 0) return error = "repeat with no previous length", false;
+      value = lengths[filled - 1];
+      if (!reader.bits(2, repeat)) return error = "truncated stream", false;
+      repeat += 3;
+    } else if (symbol == 17) {
+      if (!reader.bits(3, repeat)) return error = "truncated stream", false;
+      repeat += 3;
+    } else {
+      if (!reader.bits(7, repeat)) return error = "truncated stream", false;
+      repeat += 11;
+    }
+    if (filled + repeat > hlit + hdist) return error = "code lengths overflow the table", false;
+    while (repeat--) lengths[filled++] = value;
+  }
+  if (!literals.build(lengths, int(hlit)) || !distances.build(lengths + hlit, int(hdist))) {
+    return error = "bad dynamic Huffman table", false;
+  }
+  return true;
+}
+
+}  // namespace
+
+bool inflate_raw(ByteView input, std::vector<uint8_t>& out, uint64_t max_bytes, std::string& error) {
+  out.clear();
+  BitReader reader(input);
+  static Huffman fixed_literals, fixed_distances;
+  static bool fixed_ready = [] {
+    uint8_t lengths[288];
+    for (int i = 0; i < 144; ++i) lengths[i] = 8;
+    for (int i = 144; i < 256; ++i) lengths[i] = 9;
+    for (int i = 256; i < 280; ++i) lengths[i] = 7;
+    for (int i = 280; i < 288; ++i) lengths[i] = 8;
+    uint8_t distance_lengths[30];
+    std::memset(distance_lengths, 5, sizeof distance_lengths);
+    return fixed_literals.build(lengths, 288) && fixed_distances.build(distance_lengths, 30);
+  }();
+  if (!fixed_ready) return error = "internal: fixed tables", false;
+  for (;;) {
+    uint32_t final_block, type;
+    if (!reader.bits(1, final_block) || !reader.bits(2, type)) return error = "truncated stream", false;
+    if (type == 0) {
+      reader.align_to_byte();
+      uint16_t length = 0, complement = 0;
+      if (!input.read(reader.byte_position(), length) || !input.read(reader.byte_position() + 2, complement) ||
+          uint16_t(~complement) != length) {
+        return error = "bad stored block header", false;
+      }
+      reader.skip_bytes(4);
+      ByteView block;
+      if (!input.slice(reader.byte_position(), length, block)) return error = "stored block runs past the input", false;
+      if (out.size() + length > max_bytes) return error = "inflated data exceeds the declared size", false;
+      out.insert(out.end(), block.data(), block.data() + block.size());
+      reader.skip_bytes(length);
+    } else if (type == 1) {
+      if (!inflate_block(reader, fixed_literals, fixed_distances, out, max_bytes, error)) return false;
+    } else if (type == 2) {
+      Huffman literals, distances;
+      if (!read_dynamic_tables(reader, literals, distances, error)) return false;
+      if (!inflate_block(reader, literals, distances, out, max_bytes, error)) return false;
+    } else {
+      return error = "reserved block type", false;
+    }
+    if (final_block) return true;
+  }
+}
+
+uint32_t crc32_of(ByteView data) {
+  static const std::array<uint32_t, 256> table = [] {
+    std::array<uint32_t, 256> t{};
+    for (uint32_t i = 0; i < 256; ++i) {
+      uint32_t c = i;
+      for (int k = 0; k < 8; ++k) c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+      t[i] = c;
+    }
+    return t;
+  }();
+  uint32_t crc = 0xffffffffu;
+  for (size_t i = 0; i < data.size(); ++i) crc = table[(crc ^ data.data()[i]) & 0xff] ^ (crc >> 8);
+  return crc ^ 0xffffffffu;
+}
+
+std::vector<uint8_t> sha256_of(ByteView data) {
+  static constexpr uint32_t k[64] = {
+      0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
+      0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
+      0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
+      0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
+      0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
+      0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
+      0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+      0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2};
+  uint32_t h[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
+  auto rotr = [](uint32_t x, int n) { return (x >> n) | (x << (32 - n)); };
+  auto compress = [&](const uint8_t* block) {
+    uint32_t w[64];
+    for (int i = 0; i < 16; ++i) {
+      w[i] = uint32_t(block[4 * i]) << 24 | uint32_t(block[4 * i + 1]) << 16 | uint32_t(block[4 * i + 2]) << 8 |
+             uint32_t(block[4 * i + 3]);
+    }
+    for (int i = 16; i < 64; ++i) {
+      uint32_t s0 = rotr(w[i - 15], 7) ^ rotr(w[i - 15], 18) ^ (w[i - 15] >> 3);
+      uint32_t s1 = rotr(w[i - 2], 17) ^ rotr(w[i - 2], 19) ^ (w[i - 2] >> 10);
+      w[i] = w[i - 16] + s0 + w[i - 7] + s1;
+    }
+    uint32_t a = h[0], b = h[1], c = h[2], d = h[3], e = h[4], f = h[5], g = h[6], hh = h[7];
+    for (int i = 0; i < 64; ++i) {
+      uint32_t t1 = hh + (rotr(e, 6) ^ rotr(e, 11) ^ rotr(e, 25)) + ((e & f) ^ (~e & g)) + k[i] + w[i];
+      uint32_t t2 = (rotr(a, 2) ^ rotr(a, 13) ^ rotr(a, 22)) + ((a & b) ^ (a & c) ^ (b & c));
+      hh = g;
+      g = f;
+      f = e;
+      e = d + t1;
+      d = c;
+      c = b;
+      b = a;
+      a = t1 + t2;
+    }
+    h[0] += a, h[1] += b, h[2] += c, h[3] += d, h[4] += e, h[5] += f, h[6] += g, h[7] += hh;
+  };
+  size_t full_blocks = data.size() / 64;
+  for (size_t i = 0; i < full_blocks; ++i) compress(data.data() + 64 * i);
+  // Padding: 0x80, zeros, then the message length in bits as a big-endian u64.
+  uint8_t tail[128] = {};
+  size_t rest = data.size() - 64 * full_blocks;
+  if (rest) std::memcpy(tail, data.data() + 64 * full_blocks, rest);
+  tail[rest] = 0x80;
+  size_t tail_size = rest + 9 <= 64 ? 64 : 128;
+  uint64_t bits = uint64_t(data.size()) * 8;
+  for (int i = 0; i < 8; ++i) tail[tail_size - 1 - i] = uint8_t(bits >> (8 * i));
+  compress(tail);
+  if (tail_size == 128) compress(tail + 64);
+  std::vector<uint8_t> digest(32);
+  for (int i = 0; i < 8; ++i) {
+    for (int j = 0; j < 4; ++j) digest[4 * i + j] = uint8_t(h[i] >> (24 - 8 * j));
+  }
+  return digest;
+}
+
+std::string record_hash_of(ByteView data) {
+  static const char* alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+  std::vector<uint8_t> digest = sha256_of(data);
+  std::string out = "sha256=";
+  for (size_t i = 0; i < digest.size(); i += 3) {
+    uint32_t chunk = uint32_t(digest[i]) << 16;
+    if (i + 1 < digest.size()) chunk |= uint32_t(digest[i + 1]) << 8;
+    if (i + 2 < digest.size()) chunk |= digest[i + 2];
+    size_t emit = std::min<size_t>(4, (digest.size() - i) * 8 / 6 + 1);
+    for (size_t j = 0; j < emit && j < 4; ++j) out += alphabet[(chunk >> (18 - 6 * j)) & 63];
+  }
+  return out;
+}
+
+}  // namespace af::doctor
