@@ -628,6 +628,7 @@ BinaryReport Analyzer::analyze(const std::string& path, const std::string& displ
   }
 
   // Symbol versions the resolved libraries do not define.
+  std::set<std::string> missing_versions;
   for (const ElfVersionNeed& need : elf.version_needs) {
     auto provider = main->by_soname.find(need.file);
     if (provider == main->by_soname.end()) continue;
@@ -636,6 +637,7 @@ BinaryReport Analyzer::analyze(const std::string& path, const std::string& displ
       if (std::find(lib.version_definitions.begin(), lib.version_definitions.end(), version) != lib.version_definitions.end()) {
         continue;
       }
+      missing_versions.insert(version);
       std::string family;
       std::vector<int> numbers;
       parse_symbol_version(version, family, numbers);
@@ -673,7 +675,8 @@ BinaryReport Analyzer::analyze(const std::string& path, const std::string& displ
         old_abi += abi == 0;
       }
     }
-    if (symbol.weak || defined_in_scope(main->objects, target, symbol)) continue;
+    // References to a version already reported missing are explained by that finding.
+    if (symbol.weak || missing_versions.count(symbol.version) || defined_in_scope(main->objects, target, symbol)) continue;
     unresolved.push_back(&symbol);
   }
   report.unresolved_symbols = unresolved.size();
@@ -685,7 +688,9 @@ BinaryReport Analyzer::analyze(const std::string& path, const std::string& displ
     const std::string& name = symbol->name;
     std::string versioned = name + (symbol->version.empty() ? "" : "@" + symbol->version);
     if (starts_with(name, "Py") || starts_with(name, "_Py")) {
-      python_evidence.push_back(versioned);
+      // Without an interpreter the C-API provider is unknown: not judged.
+      if (python) python_evidence.push_back(versioned);
+      else --report.unresolved_symbols;
       continue;
     }
     std::string text = demangle(name);
@@ -727,7 +732,7 @@ BinaryReport Analyzer::analyze(const std::string& path, const std::string& displ
     report.findings.push_back({"dual_abi", Severity::kError, summary, dual_evidence,
                                abi_rebuild_fix(twin_abi, module, torch_version)});
   }
-  std::string drift_fix = "rebuild " + module + " against the installed " + torch_label +
+  std::string drift_fix = "rebuild " + module + " against " + (torch ? "the installed " : "") + torch_label +
                           " (`pip install --no-build-isolation --no-binary :all: --force-reinstall --no-deps <package>`: "
                           "--no-build-isolation makes pip compile against this torch instead of a fresh download) or install "
                           "the build made for it; " + kAttnforgeAlternative;

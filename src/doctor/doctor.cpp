@@ -483,7 +483,7 @@ int run_environment(const Options& options, const PythonFacts& python, const Dri
     facts.push_back({"GPU", gpu.name + " compute capability " + std::to_string(gpu.major) + "." + std::to_string(gpu.minor) + " (" +
                                 context.gpu_source + ")"});
   }
-  std::string nvrtc = find_loaded(loaded, "libnvrtc");
+  std::string nvrtc = find_loaded(loaded, "libnvrtc.so");
   if (nvrtc.empty()) nvrtc = find_in_cache(context.ld_cache, "libnvrtc.so");
   facts.push_back({"NVRTC", nvrtc.empty() ? "not found" : nvrtc});
   std::string nvcc;

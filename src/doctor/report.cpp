@@ -101,7 +101,7 @@ std::string binary_text(const BinaryReport& r, bool verbose) {
   for (const Finding& f : r.findings) {
     bool show = verbose || f.severity == Severity::kError;
     if (!show) continue;
-    if (verbose || &f != worst) out += std::string("          [") + severity_name(f.severity) + "] " + f.summary + "\n";
+    if (&f != worst) out += std::string("          [") + severity_name(f.severity) + "] " + f.summary + "\n";
     if (verbose) {
       for (const std::string& e : f.evidence) out += "            evidence: " + e + "\n";
     }
