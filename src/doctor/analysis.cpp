@@ -125,6 +125,16 @@ std::string join(const std::vector<std::string>& items, const std::string& separ
   return out;
 }
 
+// The libraries `import torch` maps (so a module that needs them loads only after it).
+bool is_torch_library(const std::string& name) {
+  static const char* const kNames[] = {"libc10.so", "libc10_cuda.so", "libtorch.so", "libtorch_cpu.so",
+                                       "libtorch_cuda.so", "libtorch_python.so", "libtorch_global_deps.so"};
+  for (const char* n : kNames) {
+    if (name == n || starts_with(name, std::string(n) + ".")) return true;
+  }
+  return false;
+}
+
 std::string module_name_of(const std::string& path) {
   std::string base = basename_of(path);
   return base.substr(0, base.find('.'));
@@ -234,6 +244,8 @@ std::vector<std::string> expand_origin(const std::vector<std::string>& dirs, con
   return out;
 }
 
+constexpr const char* kFoundBesideRequester = "same directory, only if loaded first";
+
 const char* const kDefaultLibraryDirs[] = {"/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib64", "/usr/lib64",
                                            "/lib", "/usr/lib"};
 
@@ -283,7 +295,10 @@ std::string Analyzer::find_library(const std::string& name, const LoadedLibrary&
     }
   }
   std::vector<std::string> defaults(std::begin(kDefaultLibraryDirs), std::end(kDefaultLibraryDirs));
-  return search(defaults, "default path");
+  if (!(path = search(defaults, "default path")).empty()) return path;
+  // Not on any search path, but beside the requester: packages such as
+  // torchaudio dlopen such siblings themselves before the module that needs them.
+  return search({origin}, kFoundBesideRequester);
 }
 
 // Breadth-first over DT_NEEDED like the loader: the global scope (the
@@ -438,8 +453,13 @@ void check_python_module(const PythonFacts& python, const ElfFile& elf, const st
   bool looks_like_extension = exports_init || tag_at != std::string::npos || ends_with(file, ".abi3.so");
   if (!looks_like_extension) return;
   bool suffix_ok = false;
+  // The import system tries "<module><suffix>" for each suffix: the file is
+  // importable only if what precedes a suffix is a plain module name.
   for (const std::string& suffix : python.extension_suffixes) {
-    if (ends_with(file, suffix) && file.size() > suffix.size()) suffix_ok = true;
+    if (ends_with(file, suffix) && file.size() > suffix.size() &&
+        file.substr(0, file.size() - suffix.size()).find('.') == std::string::npos) {
+      suffix_ok = true;
+    }
   }
   std::string interpreter = std::to_string(python.major) + "." + std::to_string(python.minor);
   if (!suffix_ok) {
@@ -596,12 +616,20 @@ BinaryReport Analyzer::analyze(const std::string& path, const std::string& displ
     if (cuda_major >= 0) {
       f.fix = "install the CUDA " + std::to_string(cuda_major) + " runtime (`pip install nvidia-cuda-runtime-cu" +
               std::to_string(cuda_major) + "`) or, better, the build of " + module + " for the CUDA your torch uses";
-    } else if (starts_with(missing.name, "libc10") || starts_with(missing.name, "libtorch")) {
+    } else if (is_torch_library(missing.name)) {
       f.fix = "`import torch` before " + module + " (torch loads its libraries), or link with -Wl,-rpath,<torch>/lib";
     } else {
       f.fix = "install the package that provides " + missing.name + " or add its directory to LD_LIBRARY_PATH";
     }
     report.findings.push_back(f);
+  }
+
+  for (const LibraryResolution& n : main->target_needed) {
+    if (n.found_by != kFoundBesideRequester) continue;
+    report.findings.push_back({"load_order", Severity::kWarning,
+                               n.name + " is not on the loader's search path; it loads only if the package opens it first",
+                               {"found beside the module: " + n.path},
+                               "import the package normally (not this file directly), or link with -Wl,-rpath,'$ORIGIN'"});
   }
 
   // Load order: what changes when the module is imported before torch.

@@ -1,0 +1,407 @@
+"""The doctor against real binaries built here: for every fixture, the doctor's
+verdict AND Python's own import (or the loader, through ctypes) must agree.
+
+Run by ctest (label `doctor`) with AF_CLI_PATH (the attnforge command) and
+AF_DOCTOR_FIXTURE_DIR (a scratch directory in the build tree).
+"""
+import base64
+import csv
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+import zipfile
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import build_fixtures  # noqa: E402
+
+CLI = os.environ.get("AF_CLI_PATH", "attnforge")
+OUT = os.environ.get("AF_DOCTOR_FIXTURE_DIR", os.path.join(os.getcwd(), "doctor_fixtures"))
+VENV_PYTHON = "/opt/afvenv/bin/python"
+DEBIAN_PYTHON = "/usr/bin/python3"
+HAS_VENV_TORCH = os.path.exists(os.path.join(build_fixtures.VENV_TORCH_LIB, "libc10.so"))
+HAS_DEBIAN_TORCH = os.path.exists(build_fixtures.DEBIAN_LIBC10)
+
+
+@pytest.fixture(scope="session")
+def fixtures():
+    return build_fixtures.build(OUT).built
+
+
+def doctor(*args, env=None):
+    """Runs `attnforge doctor ... --json`; returns (exit code, parsed JSON)."""
+    result = subprocess.run([CLI, "doctor", *args, "--json"], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode in (0, 1), "doctor failed (%d): %s" % (result.returncode, result.stderr)
+    return result.returncode, json.loads(result.stdout)
+
+
+def checks(binary, severity="error"):
+    return {f["check"] for f in binary["findings"] if f["severity"] == severity}
+
+
+def finding(binary, check):
+    return next(f for f in binary["findings"] if f["check"] == check)
+
+
+def python_import(python, path, torch_first):
+    """Imports the module at `path` in a fresh interpreter: (succeeded, last line of stderr)."""
+    module = os.path.basename(path).split(".")[0]
+    code = ("import torch; " if torch_first else "") + "import " + module
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(path))
+    result = subprocess.run([python, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    lines = result.stderr.strip().splitlines()
+    return result.returncode == 0, lines[-1] if lines else ""
+
+
+def loader_opens(python, path, torch_first):
+    """dlopen through ctypes (for non-module libraries): (succeeded, error)."""
+    code = ("import torch; " if torch_first else "") + "import ctypes; ctypes.CDLL(%r)" % path
+    result = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=300)
+    lines = result.stderr.strip().splitlines()
+    return result.returncode == 0, lines[-1] if lines else ""
+
+
+# --- B: flash-attn's exact undefined symbol, both directions ---------------------
+
+FLASH_NEW = "_ZN3c105ErrorC2ENS_14SourceLocationENSt7__cxx1112basic_stringIcSt11char_traitsIcESaIcEEE"
+FLASH_OLD = "_ZN3c105ErrorC2ENS_14SourceLocationESs"
+
+
+@pytest.mark.parametrize("name, missing, needed_abi", [
+    ("fa_cxx11_ext_vs_abi0_c10", FLASH_NEW, 0),
+    ("fa_abi0_ext_vs_cxx11_c10", FLASH_OLD, 1),
+])
+def test_flash_attn_dual_abi_both_directions(fixtures, name, missing, needed_abi):
+    path = fixtures[name]
+    rc, report = doctor("so", path, "--no-python")
+    binary = report["binaries"][0]
+    assert rc == 1 and "dual_abi" in checks(binary)
+    f = finding(binary, "dual_abi")
+    assert any(missing in e for e in f["evidence"])
+    assert "-D_GLIBCXX_USE_CXX11_ABI=%d" % needed_abi in f["fix"]
+    assert "FLASH_ATTENTION_FORCE_BUILD=TRUE" in f["fix"] and "--no-build-isolation" in f["fix"]
+    assert binary["cxx11_abi"] == 1 - needed_abi
+    ok, error = python_import(sys.executable, path, torch_first=False)
+    assert not ok and error.endswith("undefined symbol: " + missing)
+
+
+def test_flash_attn_matching_abi_is_healthy(fixtures):
+    path = fixtures["fa_matching_abi"]
+    rc, report = doctor("so", path, "--no-python")
+    assert rc == 0 and report["healthy"]
+    assert python_import(sys.executable, path, torch_first=False)[0]
+
+
+# --- C: version drift ------------------------------------------------------------------
+
+def test_version_drift(fixtures):
+    path = fixtures["drift"]
+    rc, report = doctor("so", path, "--no-python")
+    binary = report["binaries"][0]
+    assert rc == 1 and checks(binary) == {"torch_version_drift"}
+    f = finding(binary, "torch_version_drift")
+    assert "another signature" in f["summary"]
+    assert any("c10::cuda::SetDevice(signed char, bool)" in e for e in f["evidence"])
+    ok, error = python_import(sys.executable, path, torch_first=False)
+    assert not ok and error.endswith("undefined symbol: _ZN3c104cuda9SetDeviceEi")
+
+
+# --- D: GLIBC / GLIBCXX too new ---------------------------------------------------------------
+
+@pytest.mark.parametrize("name, version", [("glibcxx_too_new", "GLIBCXX_3.4.32"), ("glibc_too_new", "GLIBC_2.38")])
+def test_symbol_version_too_new(fixtures, name, version):
+    path = fixtures[name]
+    rc, report = doctor("so", path, "--python", sys.executable)
+    binary = report["binaries"][0]
+    assert rc == 1 and checks(binary) == {"symbol_version"}
+    assert version in finding(binary, "symbol_version")["summary"]
+    ok, error = python_import(sys.executable, path, torch_first=False)
+    assert not ok and "version `%s' not found" % version in error
+
+
+# --- E: CUDA runtime major --------------------------------------------------------------------
+
+@pytest.mark.skipif(not HAS_VENV_TORCH, reason="needs pip torch (CUDA 13) in /opt/afvenv")
+def test_cuda_runtime_of_another_major(fixtures):
+    path = fixtures["cudart12"]
+    rc, report = doctor("so", path, "--python", VENV_PYTHON)
+    binary = report["binaries"][0]
+    assert rc == 1 and {"cuda_runtime", "missing_library"} <= checks(binary)
+    assert "CUDA 12" in finding(binary, "cuda_runtime")["summary"]
+    ok, error = python_import(VENV_PYTHON, path, torch_first=True)
+    assert not ok and "libcudart.so.12: cannot open shared object file" in error
+
+
+# --- F: GPU architecture -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, gpu, verdict", [
+    ("fatbin_sm80", "8.6", None),            # same major, higher minor: the sm_80 cubin runs
+    ("fatbin_sm80", "9.0", "error"),         # no sm_9x cubin and no PTX: no kernel image
+    ("fatbin_sm80_sm90_ptx", "9.0", None),
+    ("fatbin_sm80_sm90_ptx", "10.0", "warning"),  # runs through the compute_90 PTX (JIT)
+])
+def test_gpu_architecture(fixtures, name, gpu, verdict):
+    if name not in fixtures:
+        pytest.skip("nvcc not available")
+    path = fixtures[name]
+    rc, report = doctor("so", path, "--no-python", "--gpu", gpu)
+    binary = report["binaries"][0]
+    expected_cubins = ["sm_80"] if name == "fatbin_sm80" else ["sm_80", "sm_90"]
+    assert binary["fatbin"]["cubins"] == expected_cubins
+    assert binary["fatbin"]["ptx"] == ([] if name == "fatbin_sm80" else ["compute_90"])
+    gpu_findings = [f for f in binary["findings"] if f["check"] == "gpu_arch"]
+    if verdict is None:
+        assert gpu_findings == [] and rc == 0
+    else:
+        assert [f["severity"] for f in gpu_findings] == [verdict]
+        assert "TORCH_CUDA_ARCH_LIST" in gpu_findings[0]["fix"]
+        assert rc == (1 if verdict == "error" else 0)
+    # No GPU here: the loader part of the prediction (it loads) is what can be confirmed.
+    if HAS_VENV_TORCH:
+        assert loader_opens(VENV_PYTHON, path, torch_first=True)[0]
+
+
+# --- G: Python ABI ----------------------------------------------------------------------------------
+
+def test_wrong_cpython_suffix(fixtures):
+    path = fixtures["cp312_suffix"]
+    rc, report = doctor("so", path, "--python", sys.executable)
+    binary = report["binaries"][0]
+    assert rc == 1 and checks(binary) == {"python_abi"}
+    assert "CPython 3.12" in finding(binary, "python_abi")["summary"]
+    ok, error = python_import(sys.executable, path, torch_first=False)
+    assert not ok and "No module named 'mod'" in error
+
+
+def test_missing_module_init(fixtures):
+    path = fixtures["wrong_init"]
+    rc, report = doctor("so", path, "--python", sys.executable)
+    assert rc == 1 and "PyInit_other" in finding(report["binaries"][0], "python_abi")["summary"]
+    ok, error = python_import(sys.executable, path, torch_first=False)
+    assert not ok and "dynamic module does not define module export function (PyInit_other)" in error
+
+
+@pytest.mark.parametrize("name", ["abi3_ok", "plain_ok"])
+def test_healthy_python_modules(fixtures, name):
+    path = fixtures[name]
+    rc, report = doctor("so", path, "--python", sys.executable)
+    assert rc == 0 and report["healthy"], report
+    assert python_import(sys.executable, path, torch_first=False)[0]
+
+
+# --- A: real Debian libtorch -------------------------------------------------------------------------
+
+@pytest.mark.skipif(not HAS_DEBIAN_TORCH, reason="needs Debian's python3-torch / libtorch-dev")
+@pytest.mark.parametrize("abi", [0, 1])
+def test_debian_libtorch_extension(fixtures, abi):
+    path = fixtures["debian_torch_abi%d" % abi]
+    rc, report = doctor("so", path, "--python", DEBIAN_PYTHON)
+    binary = report["binaries"][0]
+    ok, error = python_import(DEBIAN_PYTHON, path, torch_first=True)
+    if abi == 0:
+        assert rc == 1 and checks(binary) == {"dual_abi"}
+        f = finding(binary, "dual_abi")
+        assert "-D_GLIBCXX_USE_CXX11_ABI=1" in f["fix"] and "torch 1.13" in f["summary"]
+        assert not ok and "undefined symbol: _ZN3c106detail14torchCheckFail" in error
+    else:
+        assert rc == 0 and binary["healthy"] and binary["cxx11_abi"] == 1
+        assert ok, error
+
+
+# --- I: load order ---------------------------------------------------------------------------------------
+
+@pytest.mark.skipif(not (HAS_VENV_TORCH and HAS_DEBIAN_TORCH), reason="needs pip torch and Debian's libc10")
+def test_stray_libc10_resolves_first_without_torch(fixtures):
+    path = fixtures["load_order"]
+    rc, report = doctor("so", path, "--python", VENV_PYTHON)
+    binary = report["binaries"][0]
+    assert rc == 0 and checks(binary, "warning") == {"load_order"}
+    assert "stray libc10.so" in finding(binary, "load_order")["summary"]
+    assert python_import(VENV_PYTHON, path, torch_first=True)[0]
+    ok, error = python_import(VENV_PYTHON, path, torch_first=False)
+    assert not ok and "undefined symbol: _ZN3c1012WarningUtils14set_warnAlwaysEb" in error
+    # Against Debian's torch 1.13 the same module cannot load at all: the function does not exist there.
+    rc, report = doctor("so", path, "--python", DEBIAN_PYTHON)
+    assert rc == 1 and "torch_version_drift" in checks(report["binaries"][0])
+    assert not python_import(DEBIAN_PYTHON, path, torch_first=True)[0]
+
+
+# --- Environment ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("python", [VENV_PYTHON, DEBIAN_PYTHON])
+def test_environment_healthy_without_false_alarms(python):
+    if not os.path.exists(python):
+        pytest.skip(python + " not installed")
+    rc, report = doctor("--python", python)
+    assert rc == 0 and report["healthy"], [b for b in report["binaries"] if not b["healthy"]]
+    assert report["python"]["torch"]["imported"]
+    assert report["torch_proven_cxx11_abi"] == report["python"]["torch"]["reported_cxx11_abi"]
+    # torch's own extension modules are among those judged, and all are fine.
+    assert any("/torch/_C." in b["path"] for b in report["binaries"])
+
+
+def test_environment_survives_a_crashing_torch(tmp_path):
+    fake = tmp_path / "torch"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("import os\nos.abort()\n")
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    rc, report = doctor("--python", sys.executable, env=env)
+    assert rc == 1
+    f = next(f for f in report["findings"] if f["check"] == "torch_import")
+    assert "signal 6" in f["summary"]
+
+
+def test_usage_errors_exit_2():
+    assert subprocess.run([CLI, "doctor", "so"], capture_output=True).returncode == 2
+    assert subprocess.run([CLI, "doctor", "--bogus"], capture_output=True).returncode == 2
+    for sub in ([], ["so"], ["wheel"], ["tags"]):
+        result = subprocess.run([CLI, "doctor", *sub, "--help"], capture_output=True, text=True)
+        assert result.returncode == 0 and "usage: attnforge doctor" in result.stdout
+
+
+# --- H: wheels ---------------------------------------------------------------------------------------------
+
+def record_hash(data):
+    return "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+
+
+def make_wheel(directory, file_name, files, tamper=None):
+    """A wheel with WHEEL (tags from the file name) and a correct RECORD, unless tamper names a member."""
+    dist, version = file_name.split("-")[:2]
+    py, abi, plat = file_name[:-4].split("-")[-3:]
+    info = "%s-%s.dist-info" % (dist, version)
+    tags = ["%s-%s-%s" % (a, b, c) for a in py.split(".") for b in abi.split(".") for c in plat.split(".")]
+    files = dict(files)
+    files[info + "/WHEEL"] = ("Wheel-Version: 1.0\nGenerator: attnforge-tests\nRoot-Is-Purelib: %s\n" %
+                              ("true" if plat == "any" else "false") + "".join("Tag: %s\n" % t for t in tags)).encode()
+    files[info + "/METADATA"] = ("Metadata-Version: 2.1\nName: %s\nVersion: %s\n" % (dist, version)).encode()
+    rows = io.StringIO()
+    writer = csv.writer(rows, lineterminator="\n")
+    for name, data in files.items():
+        writer.writerow([name, record_hash(data + (b"x" if name == tamper else b"")), len(data)])
+    writer.writerow([info + "/RECORD", "", ""])
+    files[info + "/RECORD"] = rows.getvalue().encode()
+    path = os.path.join(directory, file_name)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, data in files.items():
+            z.writestr(name, data)
+    return path
+
+
+def pip_accepts(wheel, target):
+    result = subprocess.run([VENV_PYTHON, "-m", "pip", "install", "--no-index", "--no-deps", "--target", target, wheel],
+                            capture_output=True, text=True, timeout=300)
+    return result.returncode == 0, result.stderr
+
+
+@pytest.fixture(scope="session")
+def demo_module(fixtures):
+    with open(fixtures["plain_ok"], "rb") as f:
+        so = f.read()
+    # The module is imported as demo._C: rebuild the plain module under that name.
+    path = os.path.join(OUT, "wheel_src", "_C" + build_fixtures.EXT_SUFFIX)
+    if not os.path.exists(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        build_fixtures.run(["gcc", "-shared", "-fPIC", "-DMODULE_NAME=_C", "-I" + build_fixtures.PY_INCLUDE,
+                            build_fixtures.src("plain_module.c"), "-o", path])
+    with open(path, "rb") as f:
+        return f.read()
+
+
+@pytest.mark.skipif(not os.path.exists(VENV_PYTHON), reason="needs /opt/afvenv")
+@pytest.mark.parametrize("file_name, with_so, check, pip_ok", [
+    ("demo-1.0-cp312-cp312-manylinux_2_28_x86_64.whl", True, "wheel_tag", False),
+    ("demo-1.0-cp311-cp311-manylinux_2_99_x86_64.whl", True, "wheel_tag", False),
+    ("demo-1.0-py3-none-any.whl", False, "missing_extension", True),
+    ("demo-1.0-cp311-cp311-linux_x86_64.whl", True, None, True),
+    ("demo-1.0-cp39-abi3-manylinux_2_17_x86_64.manylinux2014_x86_64.whl", True, None, True),
+])
+def test_wheel_tags_and_contents(tmp_path, demo_module, file_name, with_so, check, pip_ok):
+    files = {"demo/__init__.py": b"from . import _C\n"}
+    if with_so:
+        files["demo/_C" + build_fixtures.EXT_SUFFIX] = demo_module
+    wheel = make_wheel(str(tmp_path), file_name, files)
+    rc, report = doctor("wheel", wheel, "--python", VENV_PYTHON)
+    w = report["wheels"][0]
+    errors = {f["check"] for f in w["findings"] if f["severity"] == "error"}
+    accepted, pip_error = pip_accepts(wheel, str(tmp_path / "target"))
+    assert accepted == pip_ok, pip_error
+    if check is None:
+        assert rc == 0 and w["healthy"] and w["best_tag"] is not None
+        assert all(b["healthy"] for b in w["binaries"])
+        ok, error = python_import(VENV_PYTHON, str(tmp_path / "target" / "demo"), torch_first=False)
+        assert ok, error
+    else:
+        assert rc == 1 and check in errors
+    if check == "wheel_tag":
+        assert "not a supported wheel on this platform" in pip_error
+    if check == "missing_extension":
+        ok, error = python_import(VENV_PYTHON, str(tmp_path / "target" / "demo"), torch_first=False)
+        assert not ok and "cannot import name '_C'" in error
+
+
+@pytest.mark.skipif(not os.path.exists(VENV_PYTHON), reason="needs /opt/afvenv")
+def test_wheel_record_hashes(tmp_path, demo_module):
+    files = {"demo/__init__.py": b"from . import _C\n", "demo/_C" + build_fixtures.EXT_SUFFIX: demo_module}
+    good = make_wheel(str(tmp_path), "demo-1.0-cp311-cp311-manylinux_2_17_x86_64.whl", files)
+    rc, report = doctor("wheel", good, "--python", VENV_PYTHON)
+    assert rc == 0 and not [f for f in report["wheels"][0]["findings"] if f["check"] == "record_hash"]
+    bad_dir = tmp_path / "bad"
+    bad_dir.mkdir()
+    bad = make_wheel(str(bad_dir), "demo-1.0-cp311-cp311-manylinux_2_17_x86_64.whl", files,
+                     tamper="demo/_C" + build_fixtures.EXT_SUFFIX)
+    rc, report = doctor("wheel", bad, "--python", VENV_PYTHON)
+    f = next(f for f in report["wheels"][0]["findings"] if f["check"] == "record_hash")
+    assert rc == 1 and f["severity"] == "error" and "_C" in f["evidence"][0]
+
+
+@pytest.mark.skipif(not os.path.exists(VENV_PYTHON), reason="needs /opt/afvenv")
+def test_supported_tags_match_packaging():
+    ours = subprocess.run([CLI, "doctor", "tags", "--python", VENV_PYTHON], capture_output=True, text=True, check=True)
+    theirs = subprocess.run([VENV_PYTHON, "-c", "import packaging.tags as t; print('\\n'.join(str(x) for x in t.sys_tags()))"],
+                            capture_output=True, text=True, check=True)
+    # packaging >= 26.3 puts linux_<arch> first, as the doctor does: the whole ordered list must agree.
+    assert ours.stdout.split() == theirs.stdout.split()
+
+
+# --- A real third-party wheel built for another torch --------------------------------------------------------
+
+PYPI_WHEEL = "torchaudio==2.0.2"  # built for torch 2.0 with _GLIBCXX_USE_CXX11_ABI=0 (pip wheels <= 2.5)
+
+
+@pytest.mark.skipif(not HAS_VENV_TORCH, reason="needs pip torch in /opt/afvenv")
+def test_pypi_wheel_built_for_another_torch(tmp_path):
+    cache = os.path.join(OUT, "pypi")
+    os.makedirs(cache, exist_ok=True)
+    wheels = [f for f in os.listdir(cache) if f.endswith(".whl")]
+    if not wheels:
+        result = subprocess.run([VENV_PYTHON, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
+                                 "--python-version", "3.11", "--platform", "manylinux1_x86_64", "-d", cache, PYPI_WHEEL],
+                                capture_output=True, text=True, timeout=600)
+        wheels = [f for f in os.listdir(cache) if f.endswith(".whl")]
+        if result.returncode != 0 or not wheels:
+            pytest.skip("PyPI not reachable (pip download %s failed): %s" % (PYPI_WHEEL, result.stderr.strip()[-300:]))
+    wheel = os.path.join(cache, wheels[0])
+    rc, report = doctor("wheel", wheel, "--python", VENV_PYTHON)
+    w = report["wheels"][0]
+    broken = [b for b in w["binaries"] if not b["healthy"]]
+    assert rc == 1 and broken
+    library = next(b for b in broken if b["name"].endswith("libtorchaudio.so"))
+    assert "dual_abi" in checks(library)
+    assert "-D_GLIBCXX_USE_CXX11_ABI=1" in finding(library, "dual_abi")["fix"]
+    # The loader agrees: after `import torch`, the library cannot be opened.
+    with zipfile.ZipFile(wheel) as z:
+        z.extractall(tmp_path)
+    ok, error = loader_opens(VENV_PYTHON, str(tmp_path / library["name"]), torch_first=True)
+    assert not ok
+    # The loader stops at the first problem; it must be one the doctor reported.
+    missing = [f["summary"].split(":")[0] for f in library["findings"] if f["check"] == "missing_library"]
+    if "undefined symbol" in error:
+        symbol = error.split("undefined symbol: ")[1].strip()
+        assert any(symbol in e for f in library["findings"] for e in f["evidence"])
+    else:
+        assert any(name + ": cannot open shared object file" in error for name in missing), (error, missing)
