@@ -26,26 +26,27 @@ const int kHeadDims[] = {32, 64, 96, 128, 192, 256};
 
 TileConfig default_tile(int head_dim, bool extras) {
   switch (head_dim) {
-    case 32: return {4, 2, 64};
-    case 64: return extras ? TileConfig{8, 1, 64} : TileConfig{4, 2, 64};  // 4x2 spills on sm_90a with extras
-    case 96: return {8, 1, 64};
-    case 128: return {8, 1, 64};
-    case 192: return {8, 1, 32};
-    default: return {8, 1, 32};
+    case 32: return {4, 2, 64, 2};
+    case 64: return extras ? TileConfig{8, 1, 64, 2} : TileConfig{4, 2, 64, 2};  // 4x2 spills on sm_90a with extras
+    case 96: return {4, 1, 64, 2};
+    case 128: return {4, 1, 64, 2};
+    case 192: return {4, 1, 32, 2};
+    default: return {8, 1, 32, 1};
   }
 }
 
-// Parses "128:4,1,64;64:4,2,64" style overrides; malformed entries are ignored.
+// Parses "128:4,1,64,2;64:4,2,64,2" (head dim: warps, m tiles, block n, stages); malformed
+// entries are ignored.
 TileConfig tile_for(int head_dim, bool extras) {
   TileConfig tile = default_tile(head_dim, extras);
   const char* text = std::getenv("ATTNFORGE_TILE");
   if (text == nullptr) return tile;
   const char* p = text;
   while (*p != 0) {
-    int d = 0, w = 0, m = 0, n = 0, used = 0;
-    if (std::sscanf(p, "%d:%d,%d,%d%n", &d, &w, &m, &n, &used) == 4 && d == head_dim && (w == 4 || w == 8) &&
-        (m == 1 || m == 2) && (n == 32 || n == 64 || n == 128))
-      tile = {w, m, n};
+    int d = 0, w = 0, m = 0, n = 0, stages = 0;
+    if (std::sscanf(p, "%d:%d,%d,%d,%d", &d, &w, &m, &n, &stages) == 5 && d == head_dim && (w == 4 || w == 8) &&
+        (m == 1 || m == 2) && (n == 32 || n == 64 || n == 128) && (stages == 1 || stages == 2))
+      tile = {w, m, n, stages};
     const char* next = std::strchr(p, ';');
     if (next == nullptr) break;
     p = next + 1;
@@ -102,6 +103,7 @@ std::vector<std::string> compile_options(const Variant& v, const std::string& ta
           "-DAF_WARPS=" + std::to_string(v.tile.warps),
           "-DAF_M_TILES=" + std::to_string(v.tile.m_tiles),
           "-DAF_BLOCK_N=" + std::to_string(v.tile.block_n),
+          "-DAF_KV_STAGES=" + std::to_string(v.tile.stages),
           "-DAF_MIN_BLOCKS=1",
           std::string("-DAF_EXTRAS=") + (v.extras ? "1" : "0")};
 }

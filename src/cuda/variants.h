@@ -13,6 +13,7 @@ struct TileConfig {
   int warps;
   int m_tiles;
   int block_n;
+  int stages;  // K/V buffers: 1 or 2 (double-buffered)
   int block_m() const { return warps * 16 * m_tiles; }
   int threads() const { return warps * 32; }
 };
@@ -23,7 +24,7 @@ struct Variant {
   bool extras;        // softcap and ALiBi compiled in
   TileConfig tile;
   std::string name;   // "flash_fwd_bf16_d128" (+ "_extras")
-  int smem_bytes() const { return (tile.block_m() + 2 * tile.block_n) * head_dim * 2; }
+  int smem_bytes() const { return (tile.block_m() + 2 * tile.stages * tile.block_n) * head_dim * 2; }
 };
 
 // Every variant, in a fixed order (index = variant id).

@@ -8,14 +8,18 @@
 //   AF_M_TILES    m16 tiles per warp (B fragments of K and V are reused across them)
 //   AF_BLOCK_N    keys per main-loop step
 //   AF_EXTRAS     1: softcap and ALiBi are compiled in
+//   AF_KV_STAGES  1: one K and one V buffer; 2: double-buffered K/V
+//   AF_MIN_BLOCKS CTAs per SM the register allocation must allow (__launch_bounds__)
 //
 // One CTA per (query tile, head, batch). Per key block, the warp computes S = Q K^T into
 // accumulators, applies the mask only on tiles that cross a mask edge, runs the online
 // softmax in the log2 domain (exp2 with log2(e) folded into the scale), re-packs P from the
 // accumulators straight into A fragments (P never touches shared memory), and accumulates
-// O += P V. K and V go through cp.async: V[n] loads while S = Q K[n]^T runs, K[n-1] loads
-// while softmax and P V[n] run. Shared memory tiles are XOR-swizzled by 16-byte chunk so
-// ldmatrix and cp.async are free of bank conflicts.
+// O += P V. Key blocks run from the last to the first (the masked ones come first). K and V
+// go through cp.async: with 2 stages, K[n-1] and V[n-1] load into the other buffers during
+// all of block n (one barrier per block); with 1 stage, V[n] loads during S = Q K[n]^T and
+// K[n-1] during softmax and P V[n]. Shared memory tiles are XOR-swizzled by 16-byte chunk
+// so ldmatrix and cp.async are free of bank conflicts.
 
 typedef unsigned short af_u16;
 typedef unsigned int af_u32;
@@ -36,6 +40,8 @@ constexpr bool kExtras = AF_EXTRAS != 0;
 constexpr bool kBf16 = AF_BF16 != 0;
 constexpr int kQBytes = kBlockM * kHeadDim * 2;
 constexpr int kKVBytes = kBlockN * kHeadDim * 2;
+constexpr int kStages = AF_KV_STAGES;
+static_assert(kStages == 1 || kStages == 2, "1 or 2 K/V stages");
 
 static_assert(kHeadDim % 32 == 0 && kHeadDim <= 256, "head dim must be a multiple of 32, at most 256");
 static_assert(kBlockN % 16 == 0, "block N must be a multiple of 16");
@@ -139,20 +145,39 @@ __device__ __forceinline__ int clamp_int(int x, int lo, int hi) { return x < lo 
 
 // Async copy of rows [0, kRows) of a (rows, head_dim) matrix into a swizzled smem tile.
 // Rows >= valid_rows and dims >= head_dim are zero-filled; nothing outside them is read.
+// When a pass of all threads covers a multiple of 8 whole rows, each thread keeps one chunk
+// column: its source pointer advances by a fixed stride and its smem offset by a constant,
+// so no per-item address stays live across the main loop.
 template <int kRows>
 __device__ __forceinline__ void load_tile(af_u32 tile, const af_u16* base, long long row_stride, int valid_rows,
                                           int head_dim) {
-  constexpr int kItems = kRows * kChunks;
+  constexpr int kRowsPerPass = kThreads / kChunks;
+  if constexpr (kThreads % kChunks == 0 && kRowsPerPass % 8 == 0 && kRows % kRowsPerPass == 0) {
+    const int row0 = int(threadIdx.x) / kChunks;
+    const int col = (int(threadIdx.x) % kChunks) * 8;
+    const int left = head_dim - col;
+    const int col_bytes = left >= 8 ? 16 : (left > 0 ? left * 2 : 0);
+    const af_u16* src = base + row0 * row_stride + col;
+    const af_u32 dst = tile + tile_offset(row0, col);
 #pragma unroll
-  for (int i = 0; i < (kItems + kThreads - 1) / kThreads; ++i) {
-    const int item = i * kThreads + int(threadIdx.x);
-    if (kItems % kThreads == 0 || item < kItems) {
-      const int row = item / kChunks;
-      const int col = (item % kChunks) * 8;
-      const int left = head_dim - col;
-      const int bytes = row < valid_rows ? (left >= 8 ? 16 : (left > 0 ? left * 2 : 0)) : 0;
-      const af_u16* src = bytes > 0 ? base + row * row_stride + col : base;
-      cp_async_16(tile + tile_offset(row, col), src, bytes);
+    for (int i = 0; i < kRows / kRowsPerPass; ++i) {
+      const bool inside = row0 + i * kRowsPerPass < valid_rows && col_bytes > 0;
+      cp_async_16(dst + af_u32(i * kRowsPerPass * kHeadDim * 2), inside ? src : base, inside ? col_bytes : 0);
+      src += kRowsPerPass * row_stride;
+    }
+  } else {
+    constexpr int kItems = kRows * kChunks;
+#pragma unroll
+    for (int i = 0; i < (kItems + kThreads - 1) / kThreads; ++i) {
+      const int item = i * kThreads + int(threadIdx.x);
+      if (kItems % kThreads == 0 || item < kItems) {
+        const int row = item / kChunks;
+        const int col = (item % kChunks) * 8;
+        const int left = head_dim - col;
+        const int bytes = row < valid_rows ? (left >= 8 ? 16 : (left > 0 ? left * 2 : 0)) : 0;
+        const af_u16* src = bytes > 0 ? base + row * row_stride + col : base;
+        cp_async_16(tile + tile_offset(row, col), src, bytes);
+      }
     }
   }
 }
@@ -160,8 +185,9 @@ __device__ __forceinline__ void load_tile(af_u32 tile, const af_u16* base, long 
 extern "C" __global__ void __launch_bounds__(kThreads, AF_MIN_BLOCKS) af_flash_fwd(const FlashFwdParams p) {
   extern __shared__ __align__(128) unsigned char smem[];
   const af_u32 sQ = shared_address(smem);     // (kBlockM, kHeadDim), later the output staging tile
-  const af_u32 sK = sQ + kQBytes;              // (kBlockN, kHeadDim)
+  const af_u32 sK = sQ + kQBytes;              // (kBlockN, kHeadDim) per stage: K0 V0 [K1 V1]
   const af_u32 sV = sK + kKVBytes;             // (kBlockN, kHeadDim)
+  constexpr af_u32 kStageBytes = 2 * kKVBytes;
 
   const int lane = int(threadIdx.x) & 31;
   const int warp = int(threadIdx.x) >> 5;
@@ -235,10 +261,14 @@ extern "C" __global__ void __launch_bounds__(kThreads, AF_MIN_BLOCKS) af_flash_f
     {
       const int n0 = (n_block_max - 1) * kBlockN;
       load_tile<kBlockN>(sK, k_base + (long long)n0 * p.k_row_stride, p.k_row_stride, k_len - n0, p.head_dim);
+      if (kStages == 2)
+        load_tile<kBlockN>(sV, v_base + (long long)n0 * p.v_row_stride, p.v_row_stride, k_len - n0, p.head_dim);
     }
     cp_async_commit();
-    cp_async_wait_all();
-    __syncthreads();
+    if (kStages == 1) {
+      cp_async_wait_all();
+      __syncthreads();
+    }
 
     // ldmatrix lane addressing (see the fragment layouts of mma.m16n8k16):
     // Q: x4 = one 16x16 A tile; K: x4 = two n8 B tiles; V: x4.trans = two n8 B tiles of V^T.
@@ -246,10 +276,26 @@ extern "C" __global__ void __launch_bounds__(kThreads, AF_MIN_BLOCKS) af_flash_f
     const FragmentBases k_frag = fragment_bases(sK, ((lane >> 4) << 3) + (lane & 7), (lane >> 3) & 1);
     const FragmentBases v_frag = fragment_bases(sV, (((lane >> 3) & 1) << 3) + (lane & 7), lane >> 4);
 
+    af_u32 stage = 0;  // byte offset of the K/V buffers block n_block uses
     for (int n_block = n_block_max - 1; n_block >= n_block_min; --n_block) {
       const int n0 = n_block * kBlockN;
-      load_tile<kBlockN>(sV, v_base + (long long)n0 * p.v_row_stride, p.v_row_stride, k_len - n0, p.head_dim);
-      cp_async_commit();
+      if (kStages == 2) {
+        // K[n], V[n] have landed and every warp is done with the other buffers: refill them.
+        cp_async_wait_all();
+        __syncthreads();
+        if (n_block > n_block_min) {
+          const int n_prev = n0 - kBlockN;
+          const af_u32 next = stage ^ kStageBytes;
+          load_tile<kBlockN>(sK + next, k_base + (long long)n_prev * p.k_row_stride, p.k_row_stride, k_len - n_prev,
+                             p.head_dim);
+          load_tile<kBlockN>(sV + next, v_base + (long long)n_prev * p.v_row_stride, p.v_row_stride, k_len - n_prev,
+                             p.head_dim);
+          cp_async_commit();
+        }
+      } else {
+        load_tile<kBlockN>(sV, v_base + (long long)n0 * p.v_row_stride, p.v_row_stride, k_len - n0, p.head_dim);
+        cp_async_commit();
+      }
 
       float s[kMTiles][kNTiles][4];  // (16 rows, 8 keys) score accumulators
 #pragma unroll
@@ -266,7 +312,7 @@ extern "C" __global__ void __launch_bounds__(kThreads, AF_MIN_BLOCKS) af_flash_f
 #pragma unroll
         for (int np = 0; np < kNTiles / 2; ++np) {
           af_u32 b[4];
-          ldmatrix_x4(fragment_address(k_frag, np * 16, ks), b);
+          ldmatrix_x4(fragment_address(k_frag, np * 16, ks) + stage, b);
 #pragma unroll
           for (int mt = 0; mt < kMTiles; ++mt) {
             mma_16816(s[mt][2 * np], a[mt], b[0], b[1]);
@@ -275,10 +321,12 @@ extern "C" __global__ void __launch_bounds__(kThreads, AF_MIN_BLOCKS) af_flash_f
         }
       }
 
-      // V[n] has landed and every warp is done with K[n]: fetch K[n - 1] during softmax and P V.
-      cp_async_wait_all();
-      __syncthreads();
-      if (n_block > n_block_min) {
+      // One stage: V[n] has landed and every warp is done with K[n]: fetch K[n - 1] now.
+      if (kStages == 1) {
+        cp_async_wait_all();
+        __syncthreads();
+      }
+      if (kStages == 1 && n_block > n_block_min) {
         const int n_prev = n0 - kBlockN;
         load_tile<kBlockN>(sK, k_base + (long long)n_prev * p.k_row_stride, p.k_row_stride, k_len - n_prev,
                            p.head_dim);
@@ -374,7 +422,7 @@ extern "C" __global__ void __launch_bounds__(kThreads, AF_MIN_BLOCKS) af_flash_f
 #pragma unroll
         for (int kp = 0; kp < kNTiles / 2; ++kp) {
           af_u32 b[4];
-          ldmatrix_x4_trans(fragment_address(v_frag, kp * 16, dp), b);
+          ldmatrix_x4_trans(fragment_address(v_frag, kp * 16, dp) + stage, b);
 #pragma unroll
           for (int mt = 0; mt < kMTiles; ++mt) {
             mma_16816(o[mt][2 * dp], pa[mt][kp], b[0], b[1]);
@@ -383,9 +431,13 @@ extern "C" __global__ void __launch_bounds__(kThreads, AF_MIN_BLOCKS) af_flash_f
         }
       }
 
-      // K[n - 1] has landed and every warp is done with V[n].
-      cp_async_wait_all();
-      __syncthreads();
+      if (kStages == 1) {
+        // K[n - 1] has landed and every warp is done with V[n].
+        cp_async_wait_all();
+        __syncthreads();
+      } else {
+        stage ^= kStageBytes;
+      }
     }
   }
 

@@ -65,13 +65,13 @@ TEST(CudaCompile, EveryVariantForEveryArchWithoutSpills) {
   std::thread a(worker), b(worker);
   a.join();
   b.join();
-  std::printf("%-7s %-26s %5s %8s %6s %11s %10s %7s\n", "arch", "variant", "regs", "smem", "stack", "spill st/ld",
+  std::printf("%-7s %-26s %5s %8s %6s %11s %13s %7s\n", "arch", "variant", "regs", "smem", "stack", "spill st/ld",
               "tile", "time");
   for (const Row& r : rows) {
     const Variant& v = *r.variant;
     char tile[32];
-    std::snprintf(tile, sizeof tile, "%dx%d/%dw", v.tile.block_m(), v.tile.block_n, v.tile.warps);
-    std::printf("%-7s %-26s %5d %8d %6d %5d/%-5d %10s %6.2fs\n", r.arch.c_str(), v.name.c_str(), r.kernel.registers,
+    std::snprintf(tile, sizeof tile, "%dx%d/%dw/%ds", v.tile.block_m(), v.tile.block_n, v.tile.warps, v.tile.stages);
+    std::printf("%-7s %-26s %5d %8d %6d %5d/%-5d %13s %6.2fs\n", r.arch.c_str(), v.name.c_str(), r.kernel.registers,
                 v.smem_bytes(), r.kernel.stack_bytes, r.kernel.spill_store_bytes, r.kernel.spill_load_bytes, tile,
                 r.kernel.seconds);
     EXPECT_EQ(r.status, AF_OK) << r.arch << " " << v.name << ": " << r.error;

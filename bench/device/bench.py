@@ -1,0 +1,230 @@
+"""Forward attention speed: attnforge's CUDA kernel beside torch SDPA's flash (FlashAttention-2)
+and cuDNN backends, in one process, on the sweep of shared/reference/anchors-h100.md:
+bf16, B*S = 16384 tokens, H*D = 2048, head_dim 64/128/256, causal and not, seqlen 512..16384.
+
+Each point: validate attnforge against SDPA flash on the same inputs, then warm up and time
+each implementation with CUDA events (median of --repeats). Inputs (3 x 64 MiB) exceed L2.
+Writes <prefix>.json, <prefix>.md and <prefix>.png.
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from common import attention_flops, native
+
+af = native()
+
+
+def time_ms(fn, warmup=5, repeats=20):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    times.sort()
+    return times[len(times) // 2]
+
+
+def sweep(head_dims, seqlens, repeats):
+    rows = []
+    for d in head_dims:
+        heads = 2048 // d
+        for causal in (False, True):
+            for s in seqlens:
+                batch = 16384 // s
+                q = torch.randn(batch, s, heads, d, dtype=torch.bfloat16, device="cuda")
+                k = torch.randn_like(q)
+                v = torch.randn_like(q)
+                out = torch.empty_like(q)
+                qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+
+                def ours():
+                    af.attention_forward(q, k, v, out, causal=causal, backend="cuda")
+
+                def peer(backend):
+                    def run():
+                        with sdpa_kernel([backend]):
+                            return F.scaled_dot_product_attention(qt, kt, vt, is_causal=causal)
+                    return run
+
+                ours()
+                expected = peer(SDPBackend.FLASH_ATTENTION)().transpose(1, 2)
+                diff = (out.float() - expected.float()).abs().max().item()
+                valid = diff < 0.05
+                flops = attention_flops(batch, heads, s, s, d, causal)
+                row = {"head_dim": d, "causal": causal, "seqlen": s, "batch": batch, "heads": heads,
+                       "max_diff_vs_flash": diff, "valid": valid}
+                for name, fn in (("attnforge", ours), ("flash", peer(SDPBackend.FLASH_ATTENTION)),
+                                 ("cudnn", peer(SDPBackend.CUDNN_ATTENTION))):
+                    try:
+                        ms = time_ms(fn, repeats=repeats)
+                        row[name] = flops / ms / 1e9
+                    except RuntimeError as e:
+                        row[name] = None
+                        row[name + "_error"] = str(e)[:200]
+                rows.append(row)
+                print("d%-3d %-6s S=%-5d  attnforge %6.1f  flash %6.1f  cudnn %6.1f TFLOP/s  (x%.2f flash, x%.2f cudnn)%s" % (
+                    d, "causal" if causal else "full", s, row["attnforge"] or 0, row["flash"] or 0, row["cudnn"] or 0,
+                    (row["attnforge"] or 0) / (row["flash"] or 1), (row["attnforge"] or 0) / (row["cudnn"] or 1),
+                    "" if valid else "  INVALID (max diff %.3g)" % diff))
+                del q, k, v, out, qt, kt, vt
+    return rows
+
+
+def first_call_cost(arch):
+    """NVRTC compile time per variant (empty cache, via warmup) and first-call time with a warm cache
+    in a fresh process (cache read + module load + launch), measured in subprocesses."""
+    cache = "/tmp/attnforge-firstcall-cache"
+    env = dict(os.environ, ATTNFORGE_CACHE_DIR=cache)
+    subprocess.run(["rm", "-rf", cache], check=True)
+    code_compile = (
+        "import json,time,sys; sys.path.insert(0,%r); from common import native; af=native(); t=[time.perf_counter()]; r=[]\n"
+        "def cb(done,total,item):\n    now=time.perf_counter(); r.append((item, now-t[0])); t[0]=now\n"
+        "af.warmup([%r], cb); print(json.dumps(r))" % (os.path.dirname(os.path.abspath(__file__)), arch))
+    compile_out = subprocess.run([sys.executable, "-c", code_compile], env=env, capture_output=True, text=True)
+    compiled = json.loads(compile_out.stdout.strip().splitlines()[-1]) if compile_out.returncode == 0 else []
+    code_load = (
+        "import json,time,sys,torch; sys.path.insert(0,%r); from common import native; af=native(); r={}\n"
+        "for d in (64,128,256):\n"
+        "  q=torch.randn(1,128,2,d,dtype=torch.bfloat16,device='cuda'); o=torch.empty_like(q); torch.cuda.synchronize()\n"
+        "  t=time.perf_counter(); af.attention_forward(q,q,q,o,backend='cuda'); torch.cuda.synchronize(); first=time.perf_counter()-t\n"
+        "  t=time.perf_counter(); af.attention_forward(q,q,q,o,backend='cuda'); torch.cuda.synchronize(); again=time.perf_counter()-t\n"
+        "  r['flash_fwd_bf16_d%%d'%%d]={'first_call_ms':first*1e3,'steady_call_ms':again*1e3}\n"
+        "print(json.dumps(r))" % (os.path.dirname(os.path.abspath(__file__)),))
+    load_out = subprocess.run([sys.executable, "-c", code_load], env=env, capture_output=True, text=True)
+    loaded = json.loads(load_out.stdout.strip().splitlines()[-1]) if load_out.returncode == 0 else {}
+    if compile_out.returncode or load_out.returncode:
+        print("first-call measurement failed:", compile_out.stderr[-800:], load_out.stderr[-800:])
+    return {"compile_seconds": compiled, "cached_first_call": loaded}
+
+
+def environment():
+    report = af.runtime_report()
+    cuda = report.get("backends", {}).get("cuda", {})
+    smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                         capture_output=True, text=True).stdout.strip()
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "gpu": torch.cuda.get_device_name(),
+        "nvidia_smi": smi,
+        "driver": smi.split(",")[-1].strip() if smi else "?",
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version(),
+        "python": platform.python_version(),
+        "nvrtc": cuda.get("nvrtc", {}).get("version"),
+        "nvrtc_library": cuda.get("nvrtc", {}).get("library"),
+        "tile_override": os.environ.get("ATTNFORGE_TILE", ""),
+    }
+
+
+def write_markdown(path, env, rows, first_call):
+    lines = ["# attnforge forward attention vs torch SDPA (flash = FlashAttention-2, cuDNN)", "",
+             "Date %s; GPU %s; driver %s; torch %s; CUDA %s; cuDNN %s; NVRTC %s; Python %s." % (
+                 env["date"], env["gpu"], env["driver"], env["torch"], env["cuda"], env["cudnn"], env["nvrtc"],
+                 env["python"]), "",
+             "bf16, (B, S, H, D) with B*S = 16384 and H*D = 2048; forward TFLOP/s = 4*B*H*S^2*D (halved when causal) "
+             "/ median time of 20 CUDA-event-timed calls after 5 warm-ups, all three measured in the same process. "
+             "attnforge output validated against SDPA flash before timing. Produced by bench/device/run.sh.", ""]
+    for d in sorted({r["head_dim"] for r in rows}):
+        for causal in (False, True):
+            sel = [r for r in rows if r["head_dim"] == d and r["causal"] == causal]
+            if not sel:
+                continue
+            lines += ["## head_dim %d, %s" % (d, "causal" if causal else "non-causal"), "",
+                      "| seqlen | attnforge | flash (FA2) | cuDNN | attnforge / flash | attnforge / cuDNN |",
+                      "|---|---|---|---|---|---|"]
+            for r in sel:
+                a, f, c = r["attnforge"], r["flash"], r["cudnn"]
+                lines.append("| %d | %s | %s | %s | %s | %s |" % (
+                    r["seqlen"], "%.0f" % a if a else "n/a", "%.0f" % f if f else "n/a", "%.0f" % c if c else "n/a",
+                    "%.2f" % (a / f) if a and f else "n/a", "%.2f" % (a / c) if a and c else "n/a")
+                    + ("" if r["valid"] else " (INVALID output)"))
+            lines.append("")
+    lines += ["## First-call cost", "", "NVRTC compile per variant (empty cache, `af_warmup`, sm of this GPU):", "",
+              "| variant | compile s |", "|---|---|"]
+    for item, seconds in first_call.get("compile_seconds", []):
+        lines.append("| %s | %.2f |" % (item, seconds))
+    lines += ["", "First call in a fresh process with a warm cache (cache read + module load + launch + sync) "
+              "vs the second call:", "", "| variant | first call ms | second call ms |", "|---|---|---|"]
+    for name, v in first_call.get("cached_first_call", {}).items():
+        lines.append("| %s | %.1f | %.2f |" % (name, v["first_call_ms"], v["steady_call_ms"]))
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def write_chart(path, env, rows):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    dims = sorted({r["head_dim"] for r in rows})
+    fig, axes = plt.subplots(2, len(dims), figsize=(5 * len(dims), 8), squeeze=False)
+    for col, d in enumerate(dims):
+        for row_i, causal in enumerate((False, True)):
+            ax = axes[row_i][col]
+            sel = [r for r in rows if r["head_dim"] == d and r["causal"] == causal]
+            for name, style in (("attnforge", "o-"), ("flash", "s--"), ("cudnn", "^:")):
+                xs = [r["seqlen"] for r in sel if r.get(name)]
+                ax.plot(xs, [r[name] for r in sel if r.get(name)], style, label=name)
+            ax.set_xscale("log", base=2)
+            ax.set_title("hdim %d, %s" % (d, "causal" if causal else "non-causal"))
+            ax.set_xlabel("seqlen")
+            ax.set_ylabel("TFLOP/s")
+            ax.grid(alpha=0.3)
+            ax.legend()
+    fig.suptitle("Forward bf16, B*S=16k, H*D=2048 — %s, driver %s, torch %s, CUDA %s, %s" % (
+        env["gpu"], env["driver"], env["torch"], env["cuda"], env["date"]))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--prefix", required=True, help="output path without extension")
+    parser.add_argument("--head-dims", default="64,128,256")
+    parser.add_argument("--seqlens", default="512,1024,2048,4096,8192,16384")
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--no-first-call", action="store_true")
+    parser.add_argument("--first-call-only", help="measure first-call cost into this JSON file and stop")
+    args = parser.parse_args()
+    major, minor = torch.cuda.get_device_capability()
+    arch = "sm_90a" if (major, minor) == (9, 0) else "sm_%d%d" % (major, minor)
+    if args.first_call_only:
+        # Run before anything else compiles, so that no compiler-side cache can shorten it.
+        first_call = first_call_cost(arch)
+        with open(args.first_call_only, "w") as f:
+            json.dump(first_call, f)
+        print(json.dumps(first_call))
+        return
+    env = environment()
+    print(json.dumps(env))
+    rows = sweep([int(x) for x in args.head_dims.split(",")], [int(x) for x in args.seqlens.split(",")], args.repeats)
+    first_call = {}
+    if os.path.exists(args.prefix + ".firstcall.json"):
+        with open(args.prefix + ".firstcall.json") as f:
+            first_call = json.load(f)
+    elif not args.no_first_call:
+        first_call = first_call_cost(arch)
+    with open(args.prefix + ".json", "w") as f:
+        json.dump({"environment": env, "rows": rows, "first_call": first_call}, f, indent=1)
+    write_markdown(args.prefix + ".md", env, rows, first_call)
+    write_chart(args.prefix + ".png", env, rows)
+    print(open(args.prefix + ".md").read())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# One command on a GPU machine: build attnforge, check every CUDA kernel variant against a
+# float64 reference, run compute-sanitizer (memcheck, racecheck) on small shapes, benchmark
+# beside torch SDPA flash and cuDNN, and write results under $OUT (default ./bench-out):
+#   log, gpu-<name>-forward.{md,png,json}, check.json
+# Optional: AF_TUNE="64:4,2,64;128:8,1,64|..." times each '|'-separated tile override first.
+# Needs: nvidia driver, cmake, ninja, a C++17 compiler, python3 with torch (and matplotlib).
+set -u -o pipefail
+cd "$(dirname "$0")/../.."
+OUT="${OUT:-$PWD/bench-out}"
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+export ATTNFORGE_CACHE_DIR="${ATTNFORGE_CACHE_DIR:-/tmp/attnforge-device-cache}"
+status=0
+
+main() {
+  date -u
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
+  python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, "cudnn", torch.backends.cudnn.version())'
+
+  echo "== build"
+  cmake -S . -B build-device -G Ninja -DCMAKE_BUILD_TYPE=Release -DATTNFORGE_BUILD_TESTS=OFF >/dev/null &&
+    ninja -C build-device libattnforge.so attnforge || { echo "BUILD FAILED"; return 1; }
+  export ATTNFORGE_LIBRARY="$PWD/build-device/libattnforge.so"
+  ./build-device/attnforge info || true
+  gpu=$(python3 -c 'import torch; n=torch.cuda.get_device_name().lower(); print("h200" if "h200" in n else "h100" if "h100" in n else n.split()[-1])')
+  prefix="$OUT/gpu-$gpu-forward"
+
+  echo "== first-call cost (NVRTC compile per variant with an empty cache, then cached load)"
+  (cd bench/device && python3 bench.py --prefix "$prefix" --first-call-only /tmp/attnforge-firstcall.json) || status=1
+  cp /tmp/attnforge-firstcall.json "$prefix.firstcall.json" 2>/dev/null
+
+  if [ -n "${AF_TUNE:-}" ]; then
+    echo "== tile tuning"
+    IFS='|' read -ra candidates <<<"$AF_TUNE"
+    for candidate in "${candidates[@]}"; do
+      echo "-- ATTNFORGE_TILE=$candidate"
+      ATTNFORGE_TILE="$candidate" python3 bench/device/bench.py --prefix /tmp/tune --seqlens "${AF_TUNE_SEQLENS:-2048,8192}" \
+        --repeats 10 --no-first-call 2>&1 | grep -E "^d[0-9]|Error|error" || status=1
+    done
+  fi
+
+  echo "== correctness (float64 reference)"
+  (cd bench/device && python3 check.py "$OUT/check.json") || status=1
+
+  echo "== compute-sanitizer"
+  for tool in memcheck racecheck; do
+    (cd bench/device && timeout 240 compute-sanitizer --tool "$tool" --kernel-name kns=af_flash_fwd \
+      --error-exitcode 3 python3 sanitize.py 2>&1 | tail -6) || { echo "compute-sanitizer $tool FAILED"; status=1; }
+  done
+
+  echo "== benchmark"
+  (cd bench/device && python3 bench.py --prefix "$prefix" ${AF_BENCH_ARGS:-}) || status=1
+  rm -f "$prefix.firstcall.json"
+  date -u
+  return $status
+}
+
+main 2>&1 | tee "$OUT/log"
+exit "${PIPESTATUS[0]}"

@@ -1,0 +1,34 @@
+"""A few small attnforge CUDA calls for compute-sanitizer (memcheck / racecheck): odd lengths,
+varlen with empty sequences, GQA, windows, extras, padded head dims."""
+import torch
+
+from common import native
+
+af = native()
+torch.manual_seed(0)
+
+
+def call(batch, sq, sk, h, hk, d, dtype=torch.bfloat16, **kw):
+    q = torch.randn(batch, sq, h, d, dtype=dtype, device="cuda")
+    k = torch.randn(batch, sk, hk, d, dtype=dtype, device="cuda")
+    v = torch.randn(batch, sk, hk, d, dtype=dtype, device="cuda")
+    out = torch.empty_like(q)
+    lse = torch.empty(batch, h, sq, dtype=torch.float32, device="cuda")
+    af.attention_forward(q, k, v, out, softmax_lse=lse, backend="cuda", **kw)
+
+
+call(3, 77, 131, 4, 2, 64)
+call(2, 129, 65, 4, 1, 128, causal=True)
+call(2, 100, 100, 2, 2, 256, dtype=torch.float16, softcap=20.0)
+call(1, 70, 90, 2, 2, 96, window_size=(8, 4), alibi_slopes=torch.rand(2, device="cuda"))
+call(1, 45, 45, 2, 2, 40)
+call(2, 33, 200, 2, 2, 192, causal=True)
+cu_q = torch.tensor([0, 0, 37, 37, 100], dtype=torch.int32, device="cuda")
+cu_k = torch.tensor([0, 50, 90, 90, 171], dtype=torch.int32, device="cuda")
+q = torch.randn(100, 4, 32, dtype=torch.bfloat16, device="cuda")
+k = torch.randn(171, 2, 32, dtype=torch.bfloat16, device="cuda")
+out = torch.empty_like(q)
+af.attention_forward(q, k, k, out, softmax_lse=torch.empty(4, 100, device="cuda"), cu_seqlens_q=cu_q, cu_seqlens_k=cu_k,
+                     max_seqlen_q=63, max_seqlen_k=81, causal=True, backend="cuda")
+torch.cuda.synchronize()
+print("sanitize cases ran")
