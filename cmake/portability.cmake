@@ -2,7 +2,7 @@
 set(AF_GLIBC_WRAPPED
   pthread_create pthread_join pthread_detach pthread_once pthread_key_create __pthread_key_create
   pthread_key_delete pthread_getspecific pthread_setspecific dlopen dlsym dlerror dlclose dladdr
-  stat fstat lstat fstatat)
+  stat fstat lstat fstatat exp log pow exp2 log2)
 set(AF_PORTABLE_LINK_OPTIONS -static-libstdc++ -static-libgcc -Wl,-z,relro,-z,now)
 foreach(symbol ${AF_GLIBC_WRAPPED})
   list(APPEND AF_PORTABLE_LINK_OPTIONS -Wl,--wrap=${symbol})

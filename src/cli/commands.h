@@ -6,6 +6,7 @@ namespace af::cli {
 
 int run_info(int argc, char** argv);
 int run_bench(int argc, char** argv);
+int run_selftest(int argc, char** argv);
 int run_warmup(int argc, char** argv);
 int run_cache(int argc, char** argv);
 

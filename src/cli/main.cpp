@@ -20,6 +20,7 @@ const char kUsage[] =
     "commands:\n"
     "  info      version, build, and which backends run on this machine (and why not)\n"
     "  bench     time the attention forward pass on one shape\n"
+    "  selftest  check the CPU backend against a float64 reference on random inputs\n"
     "  warmup    compile the common GPU kernel variants into the cache\n"
     "  cache     list or clear the kernel cache\n"
     "  doctor    explain why a compiled Python extension will not load\n"
@@ -41,6 +42,7 @@ int dispatch(int argc, char** argv) {
   }
   if (command == "info") return af::cli::run_info(argc - 1, argv + 1);
   if (command == "bench") return af::cli::run_bench(argc - 1, argv + 1);
+  if (command == "selftest") return af::cli::run_selftest(argc - 1, argv + 1);
   if (command == "warmup") return af::cli::run_warmup(argc - 1, argv + 1);
   if (command == "cache") return af::cli::run_cache(argc - 1, argv + 1);
   if (command == "doctor") return af::doctor::run_doctor_command(argc - 1, argv + 1);

@@ -75,16 +75,15 @@ class Pool {
     for (auto& w : workers_) w.join();
     workers_.clear();
     stop_ = false;
-    for (int i = 0; i < n_workers; ++i) workers_.emplace_back([this] { worker_loop(); });
+    // A worker must know the generation current at its creation: reading it
+    // when the thread first runs could miss a job published in between, and
+    // run() would then wait forever for that worker.
+    const uint64_t current = generation_;
+    for (int i = 0; i < n_workers; ++i) workers_.emplace_back([this, current] { worker_loop(current); });
   }
 
-  void worker_loop() {
+  void worker_loop(uint64_t seen) {
     t_inside_parallel_for = true;
-    uint64_t seen = 0;
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      seen = generation_;
-    }
     for (;;) {
       std::function<void()> job;
       {

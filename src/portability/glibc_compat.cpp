@@ -3,7 +3,7 @@
 // newer glibc with libstdc++ and libgcc linked in statically.
 //
 // A new glibc gives its symbols new version nodes when it moves or changes them
-// (pthread_* and dl* moved into libc at 2.34, stat at 2.33), and the static
+// (pthread_* and dl* moved into libc at 2.34, stat at 2.33, exp/log/pow at 2.29), and the static
 // runtime references functions that old systems lack (_dl_find_object 2.35 from
 // libgcc's unwinder, arc4random 2.36 from libstdc++'s random.o,
 // __libc_single_threaded 2.32 from libstdc++'s atomics). The link therefore:
@@ -47,6 +47,11 @@ int af_compat_xstat(int, const char*, struct stat*);
 int af_compat_fxstat(int, int, struct stat*);
 int af_compat_lxstat(int, const char*, struct stat*);
 int af_compat_fxstatat(int, int, const char*, struct stat*, int);
+double af_compat_exp(double);
+double af_compat_log(double);
+double af_compat_pow(double, double);
+double af_compat_exp2(double);
+double af_compat_log2(double);
 AF_COMPAT_SYMBOL(af_compat_pthread_create, "pthread_create@GLIBC_2.2.5");
 AF_COMPAT_SYMBOL(af_compat_pthread_join, "pthread_join@GLIBC_2.2.5");
 AF_COMPAT_SYMBOL(af_compat_pthread_detach, "pthread_detach@GLIBC_2.2.5");
@@ -64,6 +69,11 @@ AF_COMPAT_SYMBOL(af_compat_xstat, "__xstat@GLIBC_2.2.5");
 AF_COMPAT_SYMBOL(af_compat_fxstat, "__fxstat@GLIBC_2.2.5");
 AF_COMPAT_SYMBOL(af_compat_lxstat, "__lxstat@GLIBC_2.2.5");
 AF_COMPAT_SYMBOL(af_compat_fxstatat, "__fxstatat@GLIBC_2.4");
+AF_COMPAT_SYMBOL(af_compat_exp, "exp@GLIBC_2.2.5");
+AF_COMPAT_SYMBOL(af_compat_log, "log@GLIBC_2.2.5");
+AF_COMPAT_SYMBOL(af_compat_pow, "pow@GLIBC_2.2.5");
+AF_COMPAT_SYMBOL(af_compat_exp2, "exp2@GLIBC_2.2.5");
+AF_COMPAT_SYMBOL(af_compat_log2, "log2@GLIBC_2.2.5");
 
 #define AF_HIDDEN __attribute__((visibility("hidden")))
 
@@ -90,6 +100,13 @@ AF_HIDDEN int __wrap_stat(const char* p, struct stat* s) { return af_compat_xsta
 AF_HIDDEN int __wrap_fstat(int fd, struct stat* s) { return af_compat_fxstat(1, fd, s); }
 AF_HIDDEN int __wrap_lstat(const char* p, struct stat* s) { return af_compat_lxstat(1, p, s); }
 AF_HIDDEN int __wrap_fstatat(int d, const char* p, struct stat* s, int f) { return af_compat_fxstatat(1, d, p, s, f); }
+// glibc 2.29 added faster exp/log/pow/exp2/log2 under new versions; the old ones
+// compute the same functions (correctly rounded within 1 ulp either way).
+AF_HIDDEN double __wrap_exp(double x) { return af_compat_exp(x); }
+AF_HIDDEN double __wrap_log(double x) { return af_compat_log(x); }
+AF_HIDDEN double __wrap_pow(double x, double y) { return af_compat_pow(x, y); }
+AF_HIDDEN double __wrap_exp2(double x) { return af_compat_exp2(x); }
+AF_HIDDEN double __wrap_log2(double x) { return af_compat_log2(x); }
 
 // ---- symbols the static runtime needs that glibc 2.28 does not have ---------
 
