@@ -94,6 +94,7 @@ std::string binary_text(const BinaryReport& r, bool verbose) {
   if (r.healthy()) {
     out = "  ok      " + name;
     if (worst && worst->severity == Severity::kWarning) out += "  (warning: " + worst->summary + ")";
+    if (worst && worst->severity == Severity::kInfo) out += "  (" + worst->summary + ")";
   } else {
     out = "  BROKEN  " + name + ": " + (worst ? worst->summary : "unreadable");
   }
