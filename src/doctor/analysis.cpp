@@ -410,7 +410,18 @@ bool defined_in_scope(const std::vector<LoadedLibrary*>& objects, const LoadedLi
   return false;
 }
 
-std::string abi_rebuild_fix(int torch_abi, const std::string& module, const std::string& torch_version) {
+// flash-attn's prebuilt wheel naming (its setup.py): which release asset matches this environment.
+std::string flash_attn_wheel_name(const PythonFacts& python, int torch_abi) {
+  const TorchFacts& torch = python.torch;
+  int major = 0, minor = 0;
+  if (torch.cuda_version.empty() || std::sscanf(torch.version.c_str(), "%d.%d", &major, &minor) != 2) return "";
+  std::string cp = "cp" + std::to_string(python.major) + std::to_string(python.minor);
+  return "flash_attn-<version>+cu" + std::to_string(std::atoi(torch.cuda_version.c_str())) + "torch" + std::to_string(major) + "." +
+         std::to_string(minor) + "cxx11abi" + (torch_abi ? "TRUE" : "FALSE") + "-" + cp + "-" + cp + "-linux_" + python.machine + ".whl";
+}
+
+std::string abi_rebuild_fix(int torch_abi, const std::string& module, const std::string& torch_version,
+                            const PythonFacts* python) {
   std::string n = std::to_string(torch_abi);
   std::string fix = "rebuild " + module + " against the installed torch" +
                     (torch_version.empty() ? "" : " " + torch_version) + " with -D_GLIBCXX_USE_CXX11_ABI=" + n +
@@ -418,8 +429,9 @@ std::string abi_rebuild_fix(int torch_abi, const std::string& module, const std:
                     "--force-reinstall --no-deps <package>`; hand-written builds: add -D_GLIBCXX_USE_CXX11_ABI=" + n +
                     " to CXXFLAGS and to nvcc's -Xcompiler flags)";
   if (starts_with(module, "flash_attn")) {
+    std::string wheel = python ? flash_attn_wheel_name(*python, torch_abi) : "";
     fix += "; flash-attn: `FLASH_ATTENTION_FORCE_BUILD=TRUE pip install flash-attn --no-build-isolation` or the "
-           "prebuilt wheel whose name says cxx11abi" + std::string(torch_abi ? "TRUE" : "FALSE");
+           "prebuilt wheel " + (wheel.empty() ? "whose name says cxx11abi" + std::string(torch_abi ? "TRUE" : "FALSE") : wheel);
   }
   return fix + "; " + kAttnforgeAlternative;
 }
@@ -758,7 +770,7 @@ BinaryReport Analyzer::analyze(const std::string& path, const std::string& displ
                           torch_label + " uses " + std::to_string(twin_abi) + " (" + std::to_string(count_of(dual_evidence)) +
                           " symbols exist only as their other-ABI twin)";
     report.findings.push_back({"dual_abi", Severity::kError, summary, dual_evidence,
-                               abi_rebuild_fix(twin_abi, module, torch_version)});
+                               abi_rebuild_fix(twin_abi, module, torch_version, python)});
   }
   std::string drift_fix = "rebuild " + module + " against " + (torch ? "the installed " : "") + torch_label +
                           " (`pip install --no-build-isolation --no-binary :all: --force-reinstall --no-deps <package>`: "

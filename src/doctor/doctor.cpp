@@ -367,14 +367,43 @@ std::string nvcc_release(std::string& nvcc) {
   return run.output.substr(at + 8, run.output.find(',', at) - at - 8);
 }
 
+// Which installed distribution owns each file: "<site>/<path>" -> "name version",
+// from every *.dist-info/RECORD directly under the site directories.
+std::map<std::string, std::string> distribution_owners(const std::set<std::string>& site_dirs) {
+  std::map<std::string, std::string> owners;
+  for (const std::string& site : site_dirs) {
+    DIR* handle = opendir(site.c_str());
+    if (!handle) continue;
+    while (dirent* entry = readdir(handle)) {
+      std::string name = entry->d_name;
+      if (name.size() < 11 || name.compare(name.size() - 10, 10, ".dist-info") != 0) continue;
+      std::string dist = name.substr(0, name.size() - 10);
+      size_t dash = dist.find('-');
+      if (dash != std::string::npos) dist = dist.substr(0, dash) + " " + dist.substr(dash + 1);
+      FILE* record = std::fopen((site + "/" + name + "/RECORD").c_str(), "r");
+      if (!record) continue;
+      char line[4096];
+      while (std::fgets(line, sizeof line, record)) {
+        std::string row = line;
+        std::string path = row.substr(0, row.find(','));
+        if (path.size() > 3 && path.compare(path.size() - 3, 3, ".so") == 0) owners[site + "/" + path] = dist;
+      }
+      std::fclose(record);
+    }
+    closedir(handle);
+  }
+  return owners;
+}
+
 // Extension modules below the interpreter's site directories that link torch or CUDA.
-std::vector<std::string> find_torch_extensions(const PythonFacts& python) {
+std::vector<std::string> find_torch_extensions(const PythonFacts& python, std::map<std::string, std::string>& owners) {
   std::vector<std::string> found;
   std::set<std::string> roots;
   for (const std::string& dir : python.site_dirs) roots.insert(dir);
   for (const std::string& dir : python.sys_path) {
     if (dir.find("-packages") != std::string::npos) roots.insert(dir);
   }
+  owners = distribution_owners(roots);
   std::set<std::string> visited;
   std::vector<std::pair<std::string, int>> stack;
   for (const std::string& r : roots) stack.emplace_back(r, 0);
@@ -508,7 +537,11 @@ int run_environment(const Options& options, const PythonFacts& python, const Dri
 
   Analyzer analyzer(context);
   std::vector<BinaryReport> extensions;
-  for (const std::string& path : find_torch_extensions(python)) extensions.push_back(analyzer.analyze(path));
+  std::map<std::string, std::string> owners;
+  for (const std::string& path : find_torch_extensions(python, owners)) {
+    auto owner = owners.find(path);
+    extensions.push_back(analyzer.analyze(path, owner == owners.end() ? path : "[" + owner->second + "] " + path));
+  }
   bool healthy = true;
   for (const Finding& f : findings) healthy &= f.severity != Severity::kError;
   for (const BinaryReport& r : extensions) healthy &= r.healthy();
