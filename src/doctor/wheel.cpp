@@ -3,6 +3,7 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cstdio>
 #include <map>
 #include <set>
@@ -281,17 +282,38 @@ WheelReport analyze_wheel(const std::string& path, const PythonFacts* python, An
   std::set<std::string> top_packages;
   for (const std::string& m : modules) top_packages.insert(m.substr(0, m.find('.')));
   std::vector<std::string> absent;
+  std::map<std::string, std::string> outside_imports;  // top-level name the wheel lacks -> importing member
   for (const ZipMember& m : members) {
     if (!ends_with(m.name, ".py") || !extract_zip_member(archive, m, bytes, error)) continue;
     std::string package = m.name.substr(0, m.name.rfind('/') == std::string::npos ? 0 : m.name.rfind('/'));
     std::replace(package.begin(), package.end(), '/', '.');
     for (const std::string& imported : imported_modules(lines_of(bytes), package)) {
       std::string top = imported.substr(0, imported.find('.'));
+      if (!top_packages.count(top) && !top.empty() && top[0] != '.') outside_imports.emplace(top, m.name);
       if (!top_packages.count(top) || modules.count(imported)) continue;
       // "pkg.sub.name" may import a name from pkg.sub rather than a module: only flag when the parent exists.
       std::string parent = imported.substr(0, imported.rfind('.'));
       if (imported.find('.') != std::string::npos && !modules.count(parent)) continue;
       if (std::find(absent.begin(), absent.end(), imported) == absent.end()) absent.push_back(imported + " (imported by " + m.name + ")");
+    }
+  }
+  // Top-level modules named after the distribution (flash_attn -> flash_attn_2_cuda)
+  // that neither the wheel nor the interpreter provides: the wheel's missing extension.
+  std::string dist_prefix = name.distribution;
+  std::transform(dist_prefix.begin(), dist_prefix.end(), dist_prefix.begin(), [](char c) { return c == '-' ? '_' : char(std::tolower(c)); });
+  std::vector<std::string> candidates;
+  for (const auto& [top, importer] : outside_imports) {
+    if (starts_with(top, dist_prefix)) candidates.push_back(top);
+  }
+  if (python && !candidates.empty()) {
+    std::vector<std::string> argv = {python->executable, "-c",
+                                     "import importlib.util, sys\n"
+                                     "for n in sys.argv[1:]:\n"
+                                     "    if importlib.util.find_spec(n) is None: print(n)\n"};
+    argv.insert(argv.end(), candidates.begin(), candidates.end());
+    ProcessResult run = run_process(argv, 60);
+    for (const std::string& missing : lines_of(std::vector<uint8_t>(run.output.begin(), run.output.end()))) {
+      if (!missing.empty()) absent.push_back(missing + " (imported by " + outside_imports[missing] + ")");
     }
   }
   if (!absent.empty()) {

@@ -345,6 +345,21 @@ def test_wheel_tags_and_contents(tmp_path, demo_module, file_name, with_so, chec
 
 
 @pytest.mark.skipif(not os.path.exists(VENV_PYTHON), reason="needs /opt/afvenv")
+def test_pure_wheel_without_its_top_level_extension(tmp_path):
+    # flash-attn's failure mode: a py3-none-any wheel whose package imports the
+    # compiled top-level module flash_attn_2_cuda, which the wheel lacks.
+    files = {"flash_attn/__init__.py": b"import flash_attn_2_cuda as flash_attn_cuda\n"}
+    wheel = make_wheel(str(tmp_path), "flash_attn-2.8.3-py3-none-any.whl", files)
+    rc, report = doctor("wheel", wheel, "--python", VENV_PYTHON)
+    f = next(f for f in report["wheels"][0]["findings"] if f["check"] == "missing_extension")
+    assert rc == 1 and f["severity"] == "error" and "flash_attn_2_cuda" in f["summary"]
+    accepted, pip_error = pip_accepts(wheel, str(tmp_path / "target"))
+    assert accepted, pip_error
+    ok, error = python_import(VENV_PYTHON, str(tmp_path / "target" / "flash_attn"), torch_first=False)
+    assert not ok and "No module named 'flash_attn_2_cuda'" in error
+
+
+@pytest.mark.skipif(not os.path.exists(VENV_PYTHON), reason="needs /opt/afvenv")
 def test_wheel_record_hashes(tmp_path, demo_module):
     files = {"demo/__init__.py": b"from . import _C\n", "demo/_C" + build_fixtures.EXT_SUFFIX: demo_module}
     good = make_wheel(str(tmp_path), "demo-1.0-cp311-cp311-manylinux_2_17_x86_64.whl", files)
