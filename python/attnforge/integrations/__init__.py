@@ -1,0 +1,1 @@
+"""Integrations of attnforge with frameworks (transformers)."""
