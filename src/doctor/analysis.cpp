@@ -353,6 +353,16 @@ void Analyzer::build_scope(const LoadedLibrary& target, const std::vector<std::s
     }
   };
   walk(false);
+  // A library `import torch` already mapped was resolved in torch's own lookup
+  // scope (torch._C's dependency tree), which holds every library torch loaded.
+  std::string target_real = real_path(target.path);
+  bool preloaded_target = false;
+  for (const std::string& path : preloaded_paths) preloaded_target |= real_path(path) == target_real;
+  if (preloaded_target) {
+    for (const std::string& path : preloaded_paths) {
+      if (real_path(path) != target_real) add_object(load(path));
+    }
+  }
   LoadedLibrary* self = const_cast<LoadedLibrary*>(&target);
   if (add_object(self)) queue.push_back(self);
   walk(true);
@@ -614,8 +624,15 @@ BinaryReport Analyzer::analyze(const std::string& path, const std::string& displ
   report.needed = main->target_needed;
   std::string torch_version = torch ? torch->version : "";
 
-  // Libraries that cannot be found.
+  // Libraries that cannot be found. The driver library is a machine property:
+  // without it the binary loads only on a GPU machine.
   for (const LibraryResolution& missing : main->missing) {
+    if (missing.name == "libcuda.so.1") {
+      report.findings.push_back({"missing_library", Severity::kWarning,
+                                 "libcuda.so.1 (the NVIDIA driver) is not installed: loads only on a machine with a GPU driver",
+                                 {missing.found_by}, "install the NVIDIA driver (on a GPU machine this resolves by itself)"});
+      continue;
+    }
     Finding f{"missing_library", Severity::kError, missing.name + ": cannot open shared object file (" + missing.found_by + ")",
               {}, ""};
     std::vector<std::string> searched;
@@ -742,11 +759,17 @@ BinaryReport Analyzer::analyze(const std::string& path, const std::string& displ
     std::string key = abi_neutral_key(text);
     auto twin = index.mangled_by_key.find(key);
     if (twin != index.mangled_by_key.end() && !twin->second.empty()) {
+      auto other = std::find_if(twin->second.begin(), twin->second.end(), [&](const std::string& m) { return m != name; });
+      if (other == twin->second.end()) {
+        // The very symbol exists, in a torch library this binary does not load.
+        other_evidence.push_back(versioned + " = " + text + " (defined by a torch library this binary does not link)");
+        continue;
+      }
       if (dual_evidence.size() < 16) {
         dual_evidence.push_back("undefined " + name + " = " + text);
-        dual_evidence.push_back("  torch defines " + twin->second.front() + " = " + demangle(twin->second.front()));
+        dual_evidence.push_back("  torch defines " + *other + " = " + demangle(*other));
       }
-      int abi = abi_of_demangled(demangle(twin->second.front()));
+      int abi = abi_of_demangled(demangle(*other));
       if (abi >= 0) twin_abi = abi;
       continue;
     }
@@ -799,9 +822,13 @@ BinaryReport Analyzer::analyze(const std::string& path, const std::string& displ
   if (!other_evidence.empty()) {
     size_t total = other_evidence.size();
     other_evidence.resize(std::min<size_t>(total, 16));
-    report.findings.push_back({"unresolved_symbol", Severity::kError,
+    // With a library missing, these are most likely its symbols: the missing
+    // library is the error to fix (a missing driver is only a warning).
+    bool library_missing = !main->missing.empty();
+    report.findings.push_back({"unresolved_symbol", library_missing ? Severity::kWarning : Severity::kError,
                                "undefined symbol: " + other_evidence.front().substr(0, other_evidence.front().find(' ')) +
-                                   (total > 1 ? " (and " + std::to_string(total - 1) + " more)" : ""),
+                                   (total > 1 ? " (and " + std::to_string(total - 1) + " more)" : "") +
+                                   (library_missing ? ", probably from the missing " + main->missing.front().name : ""),
                                other_evidence, "link the library that defines these symbols, or install the build made for this environment"});
   }
 

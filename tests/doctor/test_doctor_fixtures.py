@@ -244,6 +244,22 @@ def test_environment_healthy_without_false_alarms(python):
     assert any("/torch/_C." in b["path"] for b in report["binaries"])
 
 
+@pytest.mark.parametrize("python, lib_dir", [
+    (VENV_PYTHON, build_fixtures.VENV_TORCH_LIB),
+    (DEBIAN_PYTHON, "/usr/lib/python3/dist-packages/torch/lib"),
+])
+def test_no_false_alarms_on_torch_libraries(python, lib_dir):
+    if not os.path.isdir(lib_dir):
+        pytest.skip(lib_dir + " not installed")
+    # Debian's torch/lib holds dangling links to optional packages: judge real files only.
+    libraries = sorted(os.path.join(lib_dir, f) for f in os.listdir(lib_dir)
+                       if ".so" in f and os.path.isfile(os.path.join(lib_dir, f)))
+    rc, report = doctor("so", *libraries, "--python", python)
+    broken = {b["path"]: [f["summary"] for f in b["findings"] if f["severity"] == "error"]
+              for b in report["binaries"] if not b["healthy"]}
+    assert rc == 0 and not broken, broken
+
+
 def test_environment_survives_a_crashing_torch(tmp_path):
     fake = tmp_path / "torch"
     fake.mkdir()
