@@ -176,6 +176,12 @@ class Builder:
                  "-L" + VENV_TORCH_LIB, "-lc10", "-o", target])
         self.once("load_order", self.path("load_order", "warn_always_ext" + EXT_SUFFIX), recipe)
 
+        def after_torch(target):
+            run(["g++", "-shared", "-fPIC", "-O1", "-I" + PY_INCLUDE, src("c10_cuda_ext.cpp"),
+                 "-L" + VENV_TORCH_LIB, "-lc10_cuda", "-o", target])
+        if os.path.exists(os.path.join(VENV_TORCH_LIB, "libc10_cuda.so")):
+            self.once("needs_torch_first", self.path("load_order", "c10_cuda_ext" + EXT_SUFFIX), after_torch)
+
     def build_all(self):
         self.c10_error_ext(1, 0, "fa_cxx11_ext_vs_abi0_c10")
         self.c10_error_ext(0, 1, "fa_abi0_ext_vs_cxx11_c10")

@@ -230,6 +230,21 @@ def test_stray_libc10_resolves_first_without_torch(fixtures):
     assert not python_import(DEBIAN_PYTHON, path, torch_first=True)[0]
 
 
+@pytest.mark.skipif(not HAS_VENV_TORCH, reason="needs pip torch with libc10_cuda.so")
+def test_library_found_only_after_import_torch(fixtures):
+    if "needs_torch_first" not in fixtures:
+        pytest.skip("this torch has no libc10_cuda.so")
+    path = fixtures["needs_torch_first"]
+    rc, report = doctor("so", path, "--python", VENV_PYTHON)
+    binary = report["binaries"][0]
+    assert rc == 0 and checks(binary, "warning") == {"load_order"}
+    f = finding(binary, "load_order")
+    assert "libc10_cuda.so is found only after `import torch`" in f["summary"]
+    assert python_import(VENV_PYTHON, path, torch_first=True)[0]
+    ok, error = python_import(VENV_PYTHON, path, torch_first=False)
+    assert not ok and "libc10_cuda.so: cannot open shared object file" in error
+
+
 # --- Environment ------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("python", [VENV_PYTHON, DEBIAN_PYTHON])
