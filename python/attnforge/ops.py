@@ -44,6 +44,25 @@ def forward_impl(q, k, v, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=0, 
     return out, lse
 
 
+class _AutogradInsideOp:
+    """Re-enables autograd inside a custom op's implementation, where the dispatcher has excluded it
+    (the backward op recomputes the forward and differentiates it); restores the exclusions after."""
+
+    _KEYS = ("AutogradFunctionality", "AutogradOther", "AutogradNestedTensor", "ADInplaceOrView")
+
+    def __enter__(self):
+        keys = [getattr(torch._C.DispatchKey, name) for name in self._KEYS]
+        self._saved = [(key, torch._C._dispatch_tls_is_dispatch_key_excluded(key)) for key in keys]
+        for key, _ in self._saved:
+            torch._C._dispatch_tls_set_dispatch_key_excluded(key, False)
+        return self
+
+    def __exit__(self, *exc):
+        for key, excluded in self._saved:
+            torch._C._dispatch_tls_set_dispatch_key_excluded(key, excluded)
+        return False
+
+
 def backward_impl(dout, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, seqused_k, block_table,
                   alibi_slopes, softmax_scale, softcap, causal, window_left, window_right):
     """(dq, dk, dv) by recomputing the forward in torch and differentiating it."""
@@ -123,9 +142,10 @@ if HAS_CUSTOM_OP:
                      seqused_k: Optional[Tensor], block_table: Optional[Tensor], alibi_slopes: Optional[Tensor],
                      softmax_scale: Optional[float], softcap: float, causal: bool, window_left: int,
                      window_right: int) -> Tuple[Tensor, Tensor, Tensor]:
-        dq, dk, dv = backward_impl(dout, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, seqused_k,
-                                   block_table, alibi_slopes, softmax_scale, softcap, causal, window_left,
-                                   window_right)
+        with _AutogradInsideOp():
+            dq, dk, dv = backward_impl(dout, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                                       seqused_k, block_table, alibi_slopes, softmax_scale, softcap, causal,
+                                       window_left, window_right)
         return dq.contiguous(), dk.contiguous(), dv.contiguous()
 
     @_backward_op.register_fake
