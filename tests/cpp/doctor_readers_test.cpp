@@ -180,6 +180,23 @@ TEST(DoctorElf, ReadsVersionDefinitionsAndSoname) {
   EXPECT_GT(defined, 1000u);
 }
 
+TEST(DoctorElf, ReadsSymbolsWithoutSectionHeaders) {
+  // Stripped section headers: the symbol count must come from DT_GNU_HASH / DT_HASH, as the loader does it.
+  std::vector<uint8_t> image = read_all("/lib/x86_64-linux-gnu/libstdc++.so.6");
+  ASSERT_FALSE(image.empty());
+  ElfFile with_sections, without_sections;
+  std::string error;
+  ASSERT_TRUE(parse_elf(ByteView(image), with_sections, error)) << error;
+  put_u64(image, 40, 0);  // e_shoff
+  put_u16(image, 60, 0);  // e_shnum
+  ASSERT_TRUE(parse_elf(ByteView(image), without_sections, error)) << error;
+  EXPECT_TRUE(without_sections.sections.empty());
+  ASSERT_GT(with_sections.dynamic_symbols.size(), 1000u);
+  EXPECT_EQ(without_sections.dynamic_symbols.size(), with_sections.dynamic_symbols.size());
+  EXPECT_EQ(without_sections.version_definitions, with_sections.version_definitions);
+  EXPECT_EQ(without_sections.soname, "libstdc++.so.6");
+}
+
 TEST(DoctorElf, SurvivesDamagedInput) {
   std::vector<uint8_t> image = read_all("/lib/x86_64-linux-gnu/libdl.so.2");
   ASSERT_FALSE(image.empty());

@@ -136,6 +136,22 @@ def test_cuda_runtime_of_another_major(fixtures):
     assert not ok and "libcudart.so.12: cannot open shared object file" in error
 
 
+@pytest.mark.skipif(not HAS_VENV_TORCH, reason="needs pip torch (CUDA 13) in /opt/afvenv")
+def test_cuda_runtime_found_through_ld_library_path(fixtures):
+    # With a CUDA 12 runtime on LD_LIBRARY_PATH the module loads, but beside torch's CUDA 13.
+    path = fixtures["cudart12"]
+    stub_dir = os.path.join(os.path.dirname(path), "link_only")
+    env = dict(os.environ, LD_LIBRARY_PATH=stub_dir)
+    rc, report = doctor("so", path, "--python", VENV_PYTHON, env=env)
+    binary = report["binaries"][0]
+    assert rc == 1 and checks(binary) == {"cuda_runtime"}
+    assert binary["needed"][0]["found_by"] == "LD_LIBRARY_PATH"
+    code = "import torch; import cuda12_ext"
+    result = subprocess.run([VENV_PYTHON, "-c", code], capture_output=True, text=True,
+                            env=dict(env, PYTHONPATH=os.path.dirname(path)), timeout=300)
+    assert result.returncode == 0, result.stderr
+
+
 # --- F: GPU architecture -----------------------------------------------------------------------
 
 @pytest.mark.parametrize("name, gpu, verdict", [
