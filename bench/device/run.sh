@@ -46,7 +46,15 @@ main() {
   echo "== compute-sanitizer"
   for tool in memcheck racecheck; do
     (cd bench/device && timeout 240 compute-sanitizer --tool "$tool" --kernel-name kns=af_flash_fwd \
-      --error-exitcode 3 python3 sanitize.py 2>&1 | tail -6) || { echo "compute-sanitizer $tool FAILED"; status=1; }
+      --error-exitcode 3 python3 sanitize.py >/tmp/sanitizer-$tool.log 2>&1)
+    rc=$?
+    head -40 /tmp/sanitizer-$tool.log
+    tail -4 /tmp/sanitizer-$tool.log
+    if [ $rc -ne 0 ] || grep -q "hazards displayed ([0-9]* errors, [1-9]" /tmp/sanitizer-$tool.log; then
+      echo "compute-sanitizer $tool: FAILED (exit $rc)"; status=1
+    else
+      echo "compute-sanitizer $tool: clean"
+    fi
   done
 
   echo "== benchmark"

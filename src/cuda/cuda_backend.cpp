@@ -25,6 +25,7 @@ constexpr int kMaxVariants = 64;
 // Loaded kernels: functions[device][variant], filled once under g_load_mutex, read lock-free.
 std::atomic<CUfunction> g_functions[kMaxDevices][kMaxVariants];
 std::atomic<CUcontext> g_contexts[kMaxDevices];
+std::atomic<int> g_target_arch[kMaxDevices];  // arch the device's kernels were compiled for (picks the tile)
 std::mutex g_load_mutex;
 
 // Pushes the device's primary context if the thread's current context is another one.
@@ -74,6 +75,7 @@ af_status load_function(int device, int index, CUfunction* function) {
   if (target.empty())
     return fail(AF_ERR_BACKEND_UNAVAILABLE, "NVRTC %d.%d cannot target compute capability %d.%d", nvrtc().major,
                 nvrtc().minor, info.major, info.minor);
+  const int arch = target_arch(target);
   CompiledKernel kernel;
   AF_RETURN_IF_ERROR(compile_variant(v, target, true, &kernel));
   if (!kernel.is_cubin) kernel.binary.push_back('\0');
@@ -95,10 +97,11 @@ af_status load_function(int device, int index, CUfunction* function) {
   CUfunction f = nullptr;
   r = d.api->cuModuleGetFunction(&f, module, kKernelName);
   if (r != CUDA_SUCCESS) return fail(AF_ERR_CUDA, "%s: %s", v.name.c_str(), driver_error("cuModuleGetFunction", r).c_str());
-  r = d.api->cuFuncSetAttribute(f, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, v.smem_bytes());
+  r = d.api->cuFuncSetAttribute(f, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, v.smem_bytes(arch));
   if (r != CUDA_SUCCESS)
-    return fail(AF_ERR_CUDA, "%s needs %d bytes of shared memory: %s", v.name.c_str(), v.smem_bytes(),
+    return fail(AF_ERR_CUDA, "%s needs %d bytes of shared memory: %s", v.name.c_str(), v.smem_bytes(arch),
                 driver_error("cuFuncSetAttribute", r).c_str());
+  g_target_arch[device].store(arch, std::memory_order_relaxed);
   g_functions[device][index].store(f, std::memory_order_release);
   *function = f;
   return AF_OK;
@@ -139,9 +142,11 @@ af_status supports(const AttentionProblem& p) {
                 info.name.c_str(), info.major, info.minor);
   const int index = find_variant(p.dtype, int(p.head_dim), p.softcap > 0 || p.alibi_slopes != nullptr);
   if (index < 0 || index >= kMaxVariants) return fail(AF_ERR_INTERNAL, "cuda backend: no variant for head_dim %lld", (long long)p.head_dim);
-  if (variants()[index].smem_bytes() > info.max_smem_optin)
+  const int arch = info.major * 10 + info.minor;
+  if (variants()[index].smem_bytes(arch) > info.max_smem_optin)
     return fail(AF_ERR_UNSUPPORTED, "cuda backend: %s needs %d bytes of shared memory, %s allows %d",
-                variants()[index].name.c_str(), variants()[index].smem_bytes(), info.name.c_str(), info.max_smem_optin);
+                variants()[index].name.c_str(), variants()[index].smem_bytes(arch), info.name.c_str(),
+                info.max_smem_optin);
   // 16-byte vector loads and stores: pointers 16-byte aligned, every stride a multiple of 8 elements.
   if (!aligned16(p.q) || !aligned16(p.k) || !aligned16(p.v) || !aligned16(p.out))
     return fail(AF_ERR_UNSUPPORTED, "cuda backend: q, k, v and out must be 16-byte aligned");
@@ -204,13 +209,15 @@ af_status attention_forward(const AttentionProblem& p) {
     k.scale_log2 = p.softmax_scale * kLog2e;
   }
 
-  const unsigned blocks_m = unsigned((p.seqlen_q + v.tile.block_m() - 1) / v.tile.block_m());
+  const int arch = g_target_arch[p.device_index].load(std::memory_order_relaxed);
+  const TileConfig& tile = v.tile_for(arch);
+  const unsigned blocks_m = unsigned((p.seqlen_q + tile.block_m() - 1) / tile.block_m());
   CUcontext context = nullptr;
   AF_RETURN_IF_ERROR(primary_context(p.device_index, &context));
   ContextGuard guard(context);
   void* args[] = {&k};
   const CUresult r = driver().api->cuLaunchKernel(function, blocks_m, unsigned(p.heads_q), unsigned(p.batch),
-                                                  unsigned(v.tile.threads()), 1, 1, unsigned(v.smem_bytes()),
+                                                  unsigned(tile.threads()), 1, 1, unsigned(v.smem_bytes(arch)),
                                                   static_cast<CUstream>(p.cuda_stream), args, nullptr);
   if (r != CUDA_SUCCESS) return fail(AF_ERR_CUDA, "%s: %s", v.name.c_str(), driver_error("cuLaunchKernel", r).c_str());
   return AF_OK;

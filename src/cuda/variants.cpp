@@ -6,7 +6,7 @@
 // common case pays nothing. Head dims in between are zero-filled up to the next one.
 //
 // Tiles: every shape below compiles without spills for sm_80, sm_86, sm_89 and sm_90a
-// (checked by the cuda_compile test). $ATTNFORGE_TILE="D:warps,m_tiles,block_n;..." overrides
+// (checked by the cuda_compile test). $ATTNFORGE_TILE="D:warps,m_tiles,block_n,stages;..." overrides
 // a head dim's shape for tuning runs (the override is part of the compile options, so it gets
 // its own cache entries).
 #include "cuda/variants.h"
@@ -24,21 +24,26 @@ namespace {
 
 const int kHeadDims[] = {32, 64, 96, 128, 192, 256};
 
-TileConfig default_tile(int head_dim, bool extras) {
+// Measured on H100 (bench/device, ATTNFORGE_TILE sweeps): 128x64 tiles with 4 warps for
+// head dim <= 64; 128x32 with 4 warps (two m16 tiles per warp, K/V fragments reused) for 128;
+// 128x32 with 8 warps for 192 (4 warps spill with extras); 128x64 with 8 warps and one stage for 256, which needs 128 KB of shared memory, so GPUs
+// with ~99 KB use 128x32. Extras variants keep fewer accumulators live where the plain
+// tile would spill.
+TileConfig default_tile(int head_dim, bool extras, bool large_smem) {
   switch (head_dim) {
     case 32: return {4, 2, 64, 2};
-    case 64: return extras ? TileConfig{8, 1, 64, 2} : TileConfig{4, 2, 64, 2};  // 4x2 spills on sm_90a with extras
+    case 64: return extras ? TileConfig{8, 1, 64, 2} : TileConfig{4, 2, 64, 2};
     case 96: return {4, 1, 64, 2};
-    case 128: return {4, 1, 64, 2};
-    case 192: return {4, 1, 32, 2};
-    default: return {8, 1, 32, 1};
+    case 128: return {4, 2, 32, 2};
+    case 192: return {8, 1, 32, 2};
+    default: return large_smem ? TileConfig{8, 1, 64, 1} : TileConfig{8, 1, 32, 1};
   }
 }
 
 // Parses "128:4,1,64,2;64:4,2,64,2" (head dim: warps, m tiles, block n, stages); malformed
 // entries are ignored.
-TileConfig tile_for(int head_dim, bool extras) {
-  TileConfig tile = default_tile(head_dim, extras);
+TileConfig tile_for(int head_dim, bool extras, bool large_smem) {
+  TileConfig tile = default_tile(head_dim, extras, large_smem);
   const char* text = std::getenv("ATTNFORGE_TILE");
   if (text == nullptr) return tile;
   const char* p = text;
@@ -61,7 +66,7 @@ std::vector<Variant> build_variants() {
       for (bool extras : {false, true}) {
         std::string name = std::string("flash_fwd_") + (dtype == AF_DTYPE_BFLOAT16 ? "bf16" : "fp16") + "_d" +
                            std::to_string(d) + (extras ? "_extras" : "");
-        list.push_back({dtype, d, extras, tile_for(d, extras), name});
+        list.push_back({dtype, d, extras, tile_for(d, extras, true), tile_for(d, extras, false), name});
       }
   return list;
 }
@@ -93,17 +98,25 @@ const std::string& kernel_source() {
   return source;
 }
 
+int target_arch(const std::string& target) {
+  std::string digits;
+  for (char c : target)
+    if (c >= '0' && c <= '9') digits += c;
+  return digits.empty() ? 0 : std::atoi(digits.c_str());
+}
+
 std::vector<std::string> compile_options(const Variant& v, const std::string& target) {
+  const TileConfig& tile = v.tile_for(target_arch(target));
   return {"-arch=" + target,
           "--std=c++17",
           "-default-device",
           "--ptxas-options=-v",
           "-DAF_HEAD_DIM=" + std::to_string(v.head_dim),
           std::string("-DAF_BF16=") + (v.dtype == AF_DTYPE_BFLOAT16 ? "1" : "0"),
-          "-DAF_WARPS=" + std::to_string(v.tile.warps),
-          "-DAF_M_TILES=" + std::to_string(v.tile.m_tiles),
-          "-DAF_BLOCK_N=" + std::to_string(v.tile.block_n),
-          "-DAF_KV_STAGES=" + std::to_string(v.tile.stages),
+          "-DAF_WARPS=" + std::to_string(tile.warps),
+          "-DAF_M_TILES=" + std::to_string(tile.m_tiles),
+          "-DAF_BLOCK_N=" + std::to_string(tile.block_n),
+          "-DAF_KV_STAGES=" + std::to_string(tile.stages),
           "-DAF_MIN_BLOCKS=1",
           std::string("-DAF_EXTRAS=") + (v.extras ? "1" : "0")};
 }

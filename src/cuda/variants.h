@@ -22,10 +22,21 @@ struct Variant {
   af_dtype dtype;     // AF_DTYPE_BFLOAT16 or AF_DTYPE_FLOAT16
   int head_dim;       // compiled head dim: 32, 64, 96, 128, 192 or 256
   bool extras;        // softcap and ALiBi compiled in
-  TileConfig tile;
-  std::string name;   // "flash_fwd_bf16_d128" (+ "_extras")
-  int smem_bytes() const { return (tile.block_m() + 2 * tile.stages * tile.block_n) * head_dim * 2; }
+  TileConfig tile;        // for GPUs with >= 160 KB shared memory per block (sm_80, sm_87, sm_90, sm_100...)
+  TileConfig tile_small;  // for GPUs with about 99 KB (sm_86, sm_89, sm_120...)
+  std::string name;       // "flash_fwd_bf16_d128" (+ "_extras")
+  const TileConfig& tile_for(int arch) const { return large_shared_memory(arch) ? tile : tile_small; }
+  int smem_bytes(int arch) const {
+    const TileConfig& t = tile_for(arch);
+    return (t.block_m() + 2 * t.stages * t.block_n) * head_dim * 2;
+  }
+  static bool large_shared_memory(int arch) {
+    return arch == 80 || arch == 87 || arch == 90 || arch == 100 || arch == 103 || arch == 110;
+  }
 };
+
+// 80 for "sm_80", 90 for "sm_90a" / "compute_90"; 0 if there are no digits.
+int target_arch(const std::string& target);
 
 // Every variant, in a fixed order (index = variant id).
 const std::vector<Variant>& variants();

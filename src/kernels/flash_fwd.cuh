@@ -60,23 +60,17 @@ __device__ __forceinline__ af_u32 tile_offset(int row, int col) {
 
 // ldmatrix addresses without per-step arithmetic. A lane reads row lane_row + 16 * r and chunk
 // lane_chunk + 2 * c (lane_chunk is 0 or 1): the XOR mask depends only on lane_row (16-row
-// steps keep row % 8 and (row / 2) % 4), so each address is one of kGroup / 2 per-lane
-// registers plus a compile-time offset.
+// steps keep row % 8 and (row / 2) % 4). Tiles and rows start on 16 * kGroup-byte boundaries,
+// so the chunk pair inside a swizzle group is an XOR of the lane's base address and the
+// group index a compile-time offset: one register per operand, one LOP3 per access.
 constexpr int kGroup = (kChunks % 8 == 0) ? 8 : 4;  // chunks sharing one XOR pattern
-struct FragmentBases {
-  af_u32 base[kGroup / 2];
-};
-__device__ __forceinline__ FragmentBases fragment_bases(af_u32 tile, int lane_row, int lane_chunk) {
-  FragmentBases f;
-  const int mask = swizzle(lane_row, 0) ^ lane_chunk;
-#pragma unroll
-  for (int j = 0; j < kGroup / 2; ++j) f.base[j] = tile + af_u32(lane_row * kHeadDim * 2 + 16 * (mask ^ (2 * j)));
-  return f;
+__device__ __forceinline__ af_u32 fragment_base(af_u32 tile, int lane_row, int lane_chunk) {
+  return tile + af_u32(lane_row * kHeadDim * 2 + 16 * (swizzle(lane_row, 0) ^ lane_chunk));
 }
 // Address of (lane_row + row_step, chunk 2 * chunk_pair + lane_chunk); both steps compile-time.
-__device__ __forceinline__ af_u32 fragment_address(const FragmentBases& f, int row_step, int chunk_pair) {
+__device__ __forceinline__ af_u32 fragment_address(af_u32 base, int row_step, int chunk_pair) {
   const int chunk = 2 * chunk_pair;
-  return f.base[(chunk % kGroup) / 2] + af_u32((chunk / kGroup) * kGroup * 16 + row_step * kHeadDim * 2);
+  return (base ^ af_u32((chunk % kGroup) * 16)) + af_u32((chunk / kGroup) * kGroup * 16 + row_step * kHeadDim * 2);
 }
 
 __device__ __forceinline__ af_u32 shared_address(const void* pointer) {
@@ -162,7 +156,8 @@ __device__ __forceinline__ void load_tile(af_u32 tile, const af_u16* base, long 
 #pragma unroll
     for (int i = 0; i < kRows / kRowsPerPass; ++i) {
       const bool inside = row0 + i * kRowsPerPass < valid_rows && col_bytes > 0;
-      cp_async_16(dst + af_u32(i * kRowsPerPass * kHeadDim * 2), inside ? src : base, inside ? col_bytes : 0);
+      // Rows past the end are requested with size 0: nothing is read from src, the chunk is zeroed.
+      cp_async_16(dst + af_u32(i * kRowsPerPass * kHeadDim * 2), src, inside ? col_bytes : 0);
       src += kRowsPerPass * row_stride;
     }
   } else {
@@ -272,9 +267,9 @@ extern "C" __global__ void __launch_bounds__(kThreads, AF_MIN_BLOCKS) af_flash_f
 
     // ldmatrix lane addressing (see the fragment layouts of mma.m16n8k16):
     // Q: x4 = one 16x16 A tile; K: x4 = two n8 B tiles; V: x4.trans = two n8 B tiles of V^T.
-    const FragmentBases q_frag = fragment_bases(sQ, warp_row0 + (lane & 15), lane >> 4);
-    const FragmentBases k_frag = fragment_bases(sK, ((lane >> 4) << 3) + (lane & 7), (lane >> 3) & 1);
-    const FragmentBases v_frag = fragment_bases(sV, (((lane >> 3) & 1) << 3) + (lane & 7), lane >> 4);
+    const af_u32 q_frag = fragment_base(sQ, warp_row0 + (lane & 15), lane >> 4);
+    const af_u32 k_frag = fragment_base(sK, ((lane >> 4) << 3) + (lane & 7), (lane >> 3) & 1);
+    const af_u32 v_frag = fragment_base(sV, (((lane >> 3) & 1) << 3) + (lane & 7), lane >> 4);
 
     af_u32 stage = 0;  // byte offset of the K/V buffers block n_block uses
     for (int n_block = n_block_max - 1; n_block >= n_block_min; --n_block) {
@@ -312,7 +307,7 @@ extern "C" __global__ void __launch_bounds__(kThreads, AF_MIN_BLOCKS) af_flash_f
 #pragma unroll
         for (int np = 0; np < kNTiles / 2; ++np) {
           af_u32 b[4];
-          ldmatrix_x4(fragment_address(k_frag, np * 16, ks) + stage, b);
+          ldmatrix_x4(fragment_address(k_frag + stage, np * 16, ks), b);
 #pragma unroll
           for (int mt = 0; mt < kMTiles; ++mt) {
             mma_16816(s[mt][2 * np], a[mt], b[0], b[1]);
@@ -422,7 +417,7 @@ extern "C" __global__ void __launch_bounds__(kThreads, AF_MIN_BLOCKS) af_flash_f
 #pragma unroll
         for (int kp = 0; kp < kNTiles / 2; ++kp) {
           af_u32 b[4];
-          ldmatrix_x4_trans(fragment_address(v_frag, kp * 16, dp) + stage, b);
+          ldmatrix_x4_trans(fragment_address(v_frag + stage, kp * 16, dp), b);
 #pragma unroll
           for (int mt = 0; mt < kMTiles; ++mt) {
             mma_16816(o[mt][2 * dp], pa[mt][kp], b[0], b[1]);
