@@ -261,6 +261,24 @@ def test_library_found_only_after_import_torch(fixtures):
     assert not ok and "libc10_cuda.so: cannot open shared object file" in error
 
 
+# --- Portability policy (issue 6: used on attnforge's own binaries by ctest) ------------------------
+
+@pytest.mark.parametrize("name, expected", [
+    ("glibc_too_new", "needs GLIBC_2.38"),              # glibc above 2.28
+    ("fa_matching_abi", "DT_NEEDED libc10.so"),         # a library outside the allow-list
+    ("debian_torch_abi1", "needs GLIBCXX_"),            # any libstdc++ version need
+])
+def test_portability_policy_rejects(fixtures, name, expected):
+    rc, report = doctor("so", fixtures[name], "--portability", "manylinux_2_28")
+    binary = report["binaries"][0]
+    assert rc == 1 and any(expected in f["summary"] for f in binary["findings"] if f["severity"] == "error"), binary
+
+
+def test_portability_policy_accepts_a_plain_c_module(fixtures):
+    rc, report = doctor("so", fixtures["plain_ok"], "--portability", "manylinux_2_28")
+    assert rc == 0 and report["binaries"][0]["findings"][0]["summary"] == "portable to manylinux_2_28"
+
+
 # --- Environment ------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("python", [VENV_PYTHON, DEBIAN_PYTHON])
