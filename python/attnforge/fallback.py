@@ -169,6 +169,7 @@ def attention(q, k, v, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=0, max
     kt = k_pad.transpose(1, 2).to(compute_dtype)
     vt = v_pad.transpose(1, 2).to(compute_dtype)
 
+    work = torch.float64 if q.dtype == torch.float64 else torch.float32  # eager math and lse
     use_sdpa, _ = sdpa_expresses(softcap)
     lse = None
     if use_sdpa:
@@ -180,13 +181,13 @@ def attention(q, k, v, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=0, max
                                                                              device=q.device))
         out = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask, dropout_p=dropout_p, scale=scale)
         if need_lse:
-            scores = torch.matmul(qt.float(), kt.float().transpose(-1, -2)) * scale
+            scores = torch.matmul(qt.to(work), kt.to(work).transpose(-1, -2)) * scale
             if bias is not None:
                 scores = scores + bias
             lse = torch.logsumexp(scores.masked_fill(~visible, float("-inf")), dim=-1)
     else:
         path = "eager"
-        scores = torch.matmul(qt.float(), kt.float().transpose(-1, -2)) * scale  # (B, H, mq, mk)
+        scores = torch.matmul(qt.to(work), kt.to(work).transpose(-1, -2)) * scale  # (B, H, mq, mk)
         if softcap and softcap > 0:
             scores = softcap * torch.tanh(scores / softcap)
         if bias is not None:
@@ -197,7 +198,7 @@ def attention(q, k, v, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=0, max
         probs = torch.exp(scores - finite_lse[..., None])
         if dropout_p > 0:
             probs = F.dropout(probs, p=dropout_p, training=True)
-        out = torch.matmul(probs, vt.float())
+        out = torch.matmul(probs, vt.to(work))
     out = torch.where(any_visible, out, torch.zeros_like(out)).transpose(1, 2).to(q.dtype)  # (B, mq, H, D)
     if lse is not None:
         lse = lse.float()
