@@ -1,0 +1,57 @@
+"""The package: version agreement with the loaded library, `python -m attnforge info`, the console script,
+and, for an installed wheel, the bundled library and command."""
+import json
+import os
+import subprocess
+import sys
+
+import attnforge
+from attnforge import _cli, _native
+
+
+def child_env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(os.path.dirname(attnforge.__file__)),
+                                         env.get("PYTHONPATH", "")])
+    return env
+
+
+def test_version_matches_library():
+    assert attnforge.__version__ == _native.version() == attnforge.runtime_report()["version"]
+
+
+def test_python_m_attnforge_info_json():
+    result = subprocess.run([sys.executable, "-m", "attnforge", "info", "--json"], capture_output=True, text=True,
+                            env=child_env(), timeout=120)
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert info["python"]["package_version"] == attnforge.__version__
+    assert info["library"]["report"]["backends"]["cpu"]["available"] is True
+    assert os.path.samefile(info["library"]["path"], attnforge.library_path())
+
+
+def test_python_m_attnforge_info_text():
+    result = subprocess.run([sys.executable, "-m", "attnforge", "info"], capture_output=True, text=True,
+                            env=child_env(), timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "attnforge %s" % attnforge.__version__ in result.stdout and "backend cpu" in result.stdout
+
+
+def test_other_commands_forward_to_the_binary():
+    binary = _cli.binary_path()
+    result = subprocess.run([sys.executable, "-m", "attnforge", "--help"], capture_output=True, text=True,
+                            env=child_env(), timeout=120)
+    direct = subprocess.run([binary, "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == direct.returncode and result.stdout == direct.stdout
+
+
+def test_installed_wheel_bundles_library_and_command():
+    package_dir = os.path.dirname(os.path.abspath(attnforge.__file__))
+    bundled = os.path.join(package_dir, "_lib", "libattnforge.so")
+    if not os.path.exists(bundled):
+        import pytest
+
+        pytest.skip("attnforge is imported from the source tree (not an installed wheel)")
+    assert os.access(os.path.join(package_dir, "_bin", "attnforge"), os.X_OK)
+    if "ATTNFORGE_LIBRARY" not in os.environ:
+        assert os.path.samefile(attnforge.library_path(), bundled)
