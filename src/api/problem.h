@@ -92,7 +92,8 @@ inline SequenceExtent sequence_extent(const AttentionProblem& p, int64_t b) {
     e.q_row0 = p.cu_seqlens_q[b];
     e.q_len = int64_t(p.cu_seqlens_q[b + 1]) - p.cu_seqlens_q[b];
     if (p.cu_seqlens_k != nullptr) {
-      e.k_row0 = p.cu_seqlens_k[b];
+      // Paged keys start at row 0 of the sequence's block table; cu_seqlens_k only gives lengths.
+      e.k_row0 = p.paged ? 0 : p.cu_seqlens_k[b];
       e.k_len = int64_t(p.cu_seqlens_k[b + 1]) - p.cu_seqlens_k[b];
     } else {
       e.k_len = p.seqlen_k;  // paged varlen keys without cu_seqlens_k: seqused_k decides

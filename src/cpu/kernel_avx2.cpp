@@ -1,0 +1,4 @@
+// The tile kernel for AVX2 + FMA; flags in cmake/areas/cpu.cmake.
+#define AF_TILE_NAMESPACE avx2
+#define AF_VECTOR_BYTES 32
+#include "cpu/attention_tile.inc"
