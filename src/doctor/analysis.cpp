@@ -533,6 +533,11 @@ void check_gpu_code(ByteView image, const ElfFile& elf, const AnalysisContext& c
   report.has_fatbin = true;
   std::set<uint32_t> cubins, ptx;
   for (const FatbinEntry& e : entries) {
+    if (e.kind == FatbinEntry::Kind::kCubin && e.cubin_sm != 0 && e.cubin_sm != e.arch) {
+      report.findings.push_back({"malformed", Severity::kWarning,
+                                 "fatbin entry says sm_" + std::to_string(e.arch) + " but its cubin was built for sm_" +
+                                     std::to_string(e.cubin_sm), {}, ""});
+    }
     if (e.kind == FatbinEntry::Kind::kCubin) cubins.insert(e.arch);
     if (e.kind == FatbinEntry::Kind::kPtx) ptx.insert(e.arch);
   }
@@ -703,10 +708,16 @@ BinaryReport Analyzer::analyze(const std::string& path, const std::string& displ
                 "version `" + version + "' not found in " + provider->second->path + " (newest: " +
                     (newest.empty() ? std::string("none") : newest) + ")",
                 {"required by " + basename_of(path) + " from " + need.file}, ""};
+      for (const ElfSymbol& s : elf.dynamic_symbols) {
+        if (!s.defined && s.version == version && s.version_file == need.file && f.evidence.size() < 9) {
+          std::string text = demangle(s.name);
+          f.evidence.push_back("uses " + s.name + "@" + version + (text.empty() ? "" : " = " + text));
+        }
+      }
       if (family == "GLIBC") {
         f.fix = "this build needs a newer glibc than the system's: install a wheel whose manylinux tag is at most this "
                 "system's glibc (" + (python && !python->glibc_version.empty() ? python->glibc_version : newest) +
-                ") or rebuild on this system; " + kAttnforgeAlternative + " (needs glibc 2.28)";
+                ") or rebuild on this system (attnforge itself needs only glibc 2.28); " + kAttnforgeAlternative;
       } else {
         f.fix = "this build needs a newer libstdc++ than " + provider->second->path +
                 ": rebuild with this system's g++ (or link -static-libstdc++), or load a newer libstdc++.so.6 first "

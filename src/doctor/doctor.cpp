@@ -460,7 +460,8 @@ int run_environment(const Options& options, const PythonFacts& python, const Dri
   facts.push_back({"python", python.executable + " (" + std::to_string(python.major) + "." + std::to_string(python.minor) + "." +
                                  std::to_string(python.micro) + ", " + python.soabi + ")"});
   std::vector<std::string> tags = supported_tags(python);
-  facts.push_back({"wheel tags", std::to_string(tags.size()) + " supported, most preferred " + tags.front()});
+  facts.push_back({"wheel tags", std::to_string(tags.size()) + " supported, most preferred " + tags.front() +
+                                     (python.has_manylinux_module ? " (a _manylinux module may veto some; not evaluated)" : "")});
   facts.push_back({"glibc", python.glibc_version.empty() ? "unknown" : python.glibc_version});
   std::vector<std::string> loaded = torch.imported ? torch.loaded_libraries : python.loaded_libraries;
   std::string libstdcxx = find_loaded(loaded, "libstdc++.so");

@@ -49,7 +49,7 @@ class ElfParser {
     if (ident[5] != 1) return fail(error, "only little-endian ELF is supported");
     uint64_t phoff = 0, shoff = 0;
     uint16_t phentsize = 0, phnum = 0, shentsize = 0, shnum = 0, shstrndx = 0;
-    if (!image_.read(16, out_.type) || !image_.read(18, out_.machine) || !image_.read(32, phoff) ||
+    if (!image_.read(18, out_.machine) || !image_.read(32, phoff) ||
         !image_.read(40, shoff) || !image_.read(48, out_.flags) || !image_.read(54, phentsize) ||
         !image_.read(56, phnum) || !image_.read(58, shentsize) || !image_.read(60, shnum) ||
         !image_.read(62, shstrndx)) {
@@ -290,7 +290,6 @@ class ElfParser {
       if (!strings_.c_string(name, symbol.name) || symbol.name.empty()) continue;
       symbol.defined = shndx != 0;
       symbol.weak = (info >> 4) == 2;
-      symbol.type = info & 0xf;
       uint16_t version_index = 0;
       if (have_versym && image_.read(versym + i * 2, version_index)) {
         symbol.hidden_version = (version_index & 0x8000) != 0;

@@ -30,7 +30,6 @@ struct ElfSymbol {
   bool defined = false;      // st_shndx != SHN_UNDEF
   bool weak = false;
   bool hidden_version = false;  // "sym@VER" rather than "sym@@VER": not used for unversioned references
-  uint8_t type = 0;             // STT_*
 };
 
 struct ElfVersionNeed {
@@ -40,8 +39,7 @@ struct ElfVersionNeed {
 
 struct ElfFile {
   uint16_t machine = 0;
-  uint16_t type = 0;  // ET_DYN, ET_EXEC...
-  uint32_t flags = 0;
+  uint32_t flags = 0;  // e_flags (for CUDA cubins: the SM)
   std::vector<ElfSection> sections;
   std::vector<std::string> needed;
   std::string soname;

@@ -77,7 +77,6 @@ bool parse_fatbin(ByteView section, std::vector<FatbinEntry>& entries, std::stri
                                          : FatbinEntry::Kind::kUnknown;
       parsed.arch = arch;
       parsed.compressed = (flags & kCompressedFlags) != 0;
-      parsed.payload_size = entry_payload_size;
       ByteView payload;
       if (parsed.kind == FatbinEntry::Kind::kCubin && !parsed.compressed &&
           section.slice(payload_begin, entry_payload_size, payload)) {

@@ -17,7 +17,6 @@ struct FatbinEntry {
   uint32_t arch = 0;        // 80 for sm_80 / compute_80
   uint32_t cubin_sm = 0;    // from the embedded cubin's own ELF e_flags (uncompressed cubins only), 0 if unread
   bool compressed = false;
-  uint64_t payload_size = 0;
 };
 
 // Parses every container in a .nv_fatbin section. Returns false with error when
