@@ -437,6 +437,9 @@ extern "C" __global__ void __launch_bounds__(kThreads, AF_MIN_BLOCKS) af_flash_f
   }
 
   // Epilogue: normalise, stage this warp's rows in its own part of sQ, store 16-byte chunks.
+  // The staging rows are the ones this warp's ldmatrix read; the warp barrier orders those
+  // reads before the writes of other lanes.
+  __syncwarp();
   const float ln2 = 0.6931471805599453f;
   const float lse_scale = kExtras ? 1.f : p.scale_log2;
 #pragma unroll
