@@ -151,36 +151,42 @@ bool extract_zip_member(ByteView archive, const ZipMember& member, std::vector<u
 
 namespace {
 
-// Bit reader over a DEFLATE stream (LSB first).
+// Bit reader over a DEFLATE stream (LSB first), buffering up to 64 bits.
 class BitReader {
  public:
   explicit BitReader(ByteView in) : in_(in) {}
   bool bits(int count, uint32_t& value) {
-    value = 0;
-    for (int i = 0; i < count; ++i) {
-      if (byte_ >= in_.size()) return false;
-      value |= uint32_t((in_.data()[byte_] >> bit_) & 1) << i;
-      if (++bit_ == 8) {
-        bit_ = 0;
-        ++byte_;
-      }
+    if (count == 0) {
+      value = 0;
+      return true;
     }
+    while (available_ < count && next_byte_ < in_.size()) {
+      buffer_ |= uint64_t(in_.data()[next_byte_++]) << available_;
+      available_ += 8;
+    }
+    if (available_ < count) return false;
+    value = uint32_t(buffer_ & ((uint64_t(1) << count) - 1));
+    buffer_ >>= count;
+    available_ -= count;
     return true;
   }
+  // Drops the rest of the current byte; buffered whole bytes are given back.
   void align_to_byte() {
-    if (bit_) {
-      bit_ = 0;
-      ++byte_;
-    }
+    int drop = available_ % 8;
+    buffer_ >>= drop;
+    available_ -= drop;
+    next_byte_ -= uint64_t(available_ / 8);
+    buffer_ = 0;
+    available_ = 0;
   }
-  uint64_t byte_position() const { return byte_; }
-  void skip_bytes(uint64_t n) { byte_ += n; }
-  ByteView input() const { return in_; }
+  uint64_t byte_position() const { return next_byte_; }
+  void skip_bytes(uint64_t n) { next_byte_ += n; }
 
  private:
   ByteView in_;
-  uint64_t byte_ = 0;
-  int bit_ = 0;
+  uint64_t next_byte_ = 0;  // first byte not yet in buffer_
+  uint64_t buffer_ = 0;
+  int available_ = 0;
 };
 
 // Canonical Huffman decoding table: counts per length and symbols sorted by code.
