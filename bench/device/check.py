@@ -58,7 +58,11 @@ def run_case(name, dtype, batch, seqlen_q, seqlen_k, heads, heads_kv, head_dim, 
         q, k, v = q[..., :head_dim], k[..., :head_dim], v[..., :head_dim]
         out = torch.full((batch, seqlen_q, heads, d_store), float("nan"), dtype=dtype, device=DEVICE)[..., :head_dim]
         lse = torch.full((batch, heads, seqlen_q), float("nan"), dtype=torch.float32, device=DEVICE)
-    slopes = (torch.rand(heads, device=DEVICE, dtype=torch.float32) * 0.3) if alibi else None
+    slopes = None
+    if alibi == "per_batch":  # (B, H) slopes as a non-contiguous view
+        slopes = torch.rand(heads, batch, device=DEVICE, dtype=torch.float32).t() * 0.3
+    elif alibi:
+        slopes = torch.rand(heads, device=DEVICE, dtype=torch.float32) * 0.3
     used = lpad = None
     if seqused and not varlen:
         used = torch.randint(0, seqlen_k + 1, (batch,), dtype=torch.int32, device=DEVICE)
@@ -88,8 +92,9 @@ def run_case(name, dtype, batch, seqlen_q, seqlen_k, heads, heads_kv, head_dim, 
             qb, kb, vb, ob, lb = q[b], k[b, k_begin:k_end], v[b, k_begin:k_end], out[b], lse[b]
         if qb.shape[0] == 0:
             continue
-        ref, ref_lse = reference(qb, kb, vb, causal, window, softcap, slopes)
-        naive, _ = reference(qb, kb, vb, causal, window, softcap, slopes, dtype=dtype)
+        sb = slopes[b] if slopes is not None and slopes.dim() == 2 else slopes
+        ref, ref_lse = reference(qb, kb, vb, causal, window, softcap, sb)
+        naive, _ = reference(qb, kb, vb, causal, window, softcap, sb, dtype=dtype)
         ref_rounded = ref.to(dtype).double()
         got = ob.double()
         if torch.isnan(got).any():
@@ -151,6 +156,7 @@ def main():
     run_case("seqused_k d128 b5", dt, 5, 100, 300, 4, 2, 128, seqused=True)
     run_case("seqused_k + leftpad_k causal d64 b5", dt, 5, 64, 300, 4, 2, 64, seqused=True, leftpad=True, causal=True)
     run_case("no lse d64", dt, 2, 100, 100, 2, 2, 64, with_lse=False)
+    run_case("alibi (B, H) non-contiguous slopes d128 b3", dt, 3, 120, 140, 4, 2, 128, alibi="per_batch", causal=True)
     run_case("long 2048 causal d128", dt, 1, 2048, 2048, 4, 4, 128, causal=True)
 
     # supports() must reject, with a reason, what the kernels cannot do (the Python layer falls back).

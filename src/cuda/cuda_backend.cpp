@@ -190,6 +190,7 @@ af_status attention_forward(const AttentionProblem& p) {
   k.leftpad_k = p.leftpad_k;
   k.alibi_slopes = p.alibi_slopes;
   k.alibi_batch_stride = p.alibi_batch_stride;
+  k.alibi_head_stride = p.alibi_head_stride;
   k.batch = int(p.batch);
   k.heads_q = int(p.heads_q);
   k.heads_kv = int(p.heads_kv);

@@ -233,7 +233,8 @@ extern "C" __global__ void __launch_bounds__(kThreads, AF_MIN_BLOCKS) af_flash_f
 
   float alibi_log2 = 0.f;  // slope * log2(e)
   if (kExtras && p.alibi_slopes != nullptr)
-    alibi_log2 = p.alibi_slopes[(long long)batch * p.alibi_batch_stride + head] * 1.4426950408889634f;
+    alibi_log2 = p.alibi_slopes[(long long)batch * p.alibi_batch_stride + (long long)head * p.alibi_head_stride] *
+                 1.4426950408889634f;
 
   // Thread fragment coordinates: lane holds rows g and g + 8 of each m16 tile, columns 2t, 2t + 1.
   const int g = lane >> 2;

@@ -29,7 +29,7 @@ struct FlashFwdParams {
   const int* leftpad_k;      // (B) or null: first used key row
 
   const float* alibi_slopes; // (H) or (B, H) or null
-  long long alibi_batch_stride;
+  long long alibi_batch_stride, alibi_head_stride;
 
   int batch;      // B
   int heads_q;    // H
