@@ -68,6 +68,17 @@ struct Options {
   int portability_glibc_minor = -1;
 };
 
+bool parse_gpu_option(const std::string& text, GpuFacts& gpu) {
+  std::string digits = text;
+  if (digits.compare(0, 3, "sm_") == 0) digits = digits.substr(3);
+  if (std::sscanf(digits.c_str(), "%d.%d", &gpu.major, &gpu.minor) == 2) return gpu.major > 0;
+  int packed = std::atoi(digits.c_str());
+  if (packed < 10) return false;
+  gpu.major = packed / 10;
+  gpu.minor = packed % 10;
+  return true;
+}
+
 bool parse_options(int argc, char** argv, Options& options, std::string& error, bool& help) {
   int i = 1;
   if (i < argc && (std::strcmp(argv[i], "so") == 0 || std::strcmp(argv[i], "wheel") == 0 || std::strcmp(argv[i], "tags") == 0 ||
@@ -110,6 +121,17 @@ bool parse_options(int argc, char** argv, Options& options, std::string& error, 
     }
   }
   if (help) return true;
+  GpuFacts gpu;
+  if (!options.gpu.empty() && !parse_gpu_option(options.gpu, gpu)) {
+    error = "--gpu takes a compute capability such as 8.6, 86 or sm_86";
+    return false;
+  }
+  for (const std::string& file : options.files) {
+    if (access(file.c_str(), R_OK) != 0) {
+      error = "cannot read " + file;
+      return false;
+    }
+  }
   if ((options.command == "so" || options.command == "wheel") && options.files.empty()) {
     error = "doctor " + options.command + " needs at least one file";
     return false;
@@ -146,17 +168,6 @@ std::vector<LdCacheEntry> read_ld_cache() {
   std::string error;
   if (cache.open("/etc/ld.so.cache", error)) parse_ld_cache(cache.view(), entries, error);
   return entries;
-}
-
-bool parse_gpu_option(const std::string& text, GpuFacts& gpu) {
-  std::string digits = text;
-  if (digits.compare(0, 3, "sm_") == 0) digits = digits.substr(3);
-  if (std::sscanf(digits.c_str(), "%d.%d", &gpu.major, &gpu.minor) == 2) return gpu.major > 0;
-  int packed = std::atoi(digits.c_str());
-  if (packed < 10) return false;
-  gpu.major = packed / 10;
-  gpu.minor = packed % 10;
-  return true;
 }
 
 // The GPUs to judge against: --gpu, else the driver, else what torch saw.

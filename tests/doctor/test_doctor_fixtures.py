@@ -323,6 +323,9 @@ def test_environment_survives_a_crashing_torch(tmp_path):
 def test_usage_errors_exit_2():
     assert subprocess.run([CLI, "doctor", "so"], capture_output=True).returncode == 2
     assert subprocess.run([CLI, "doctor", "--bogus"], capture_output=True).returncode == 2
+    assert subprocess.run([CLI, "doctor", "so", "/nonexistent.so"], capture_output=True).returncode == 2
+    assert subprocess.run([CLI, "doctor", "so", CLI, "--gpu", "x"], capture_output=True).returncode == 2
+    assert subprocess.run([CLI, "doctor", "wheel", CLI], capture_output=True).returncode == 1  # not a wheel: a problem
     for sub in ([], ["so"], ["wheel"], ["tags"]):
         result = subprocess.run([CLI, "doctor", *sub, "--help"], capture_output=True, text=True)
         assert result.returncode == 0 and "usage: attnforge doctor" in result.stdout
