@@ -59,8 +59,8 @@ def run_case(name, dtype, batch, seqlen_q, seqlen_k, heads, heads_kv, head_dim, 
         out = torch.full((batch, seqlen_q, heads, d_store), float("nan"), dtype=dtype, device=DEVICE)[..., :head_dim]
         lse = torch.full((batch, heads, seqlen_q), float("nan"), dtype=torch.float32, device=DEVICE)
     slopes = None
-    if alibi == "per_batch":  # (B, H) slopes as a non-contiguous view
-        slopes = torch.rand(heads, batch, device=DEVICE, dtype=torch.float32).t() * 0.3
+    if alibi == "per_batch":  # (B, H) slopes, one row per sequence
+        slopes = torch.rand(batch, heads, device=DEVICE, dtype=torch.float32) * 0.3
     elif alibi:
         slopes = torch.rand(heads, device=DEVICE, dtype=torch.float32) * 0.3
     used = lpad = None
@@ -156,7 +156,7 @@ def main():
     run_case("seqused_k d128 b5", dt, 5, 100, 300, 4, 2, 128, seqused=True)
     run_case("seqused_k + leftpad_k causal d64 b5", dt, 5, 64, 300, 4, 2, 64, seqused=True, leftpad=True, causal=True)
     run_case("no lse d64", dt, 2, 100, 100, 2, 2, 64, with_lse=False)
-    run_case("alibi (B, H) non-contiguous slopes d128 b3", dt, 3, 120, 140, 4, 2, 128, alibi="per_batch", causal=True)
+    run_case("alibi (B, H) slopes causal d128 b3", dt, 3, 120, 140, 4, 2, 128, alibi="per_batch", causal=True)
     run_case("long 2048 causal d128", dt, 1, 2048, 2048, 4, 4, 128, causal=True)
 
     # supports() must reject, with a reason, what the kernels cannot do (the Python layer falls back).

@@ -41,7 +41,11 @@ main() {
   fi
 
   echo "== correctness (float64 reference)"
-  (cd bench/device && python3 check.py "$OUT/check.json") || status=1
+  if (cd bench/device && python3 check.py "$OUT/check.json" | tee /tmp/check.log); then
+    checks="correctness: $(tail -1 /tmp/check.log)"
+  else
+    checks="correctness: FAILED ($(tail -1 /tmp/check.log))"; status=1
+  fi
 
   echo "== compute-sanitizer"
   for tool in memcheck racecheck; do
@@ -52,13 +56,17 @@ main() {
     tail -4 /tmp/sanitizer-$tool.log
     if [ $rc -ne 0 ] || grep -q "hazards displayed ([0-9]* errors, [1-9]" /tmp/sanitizer-$tool.log; then
       echo "compute-sanitizer $tool: FAILED (exit $rc)"; status=1
+      checks="$checks; compute-sanitizer $tool: FAILED"
     else
       echo "compute-sanitizer $tool: clean"
+      checks="$checks; compute-sanitizer $tool: clean ($(grep -o 'SUMMARY: .*' /tmp/sanitizer-$tool.log | tail -1))"
     fi
   done
 
   echo "== benchmark"
   (cd bench/device && python3 bench.py --prefix "$prefix" ${AF_BENCH_ARGS:-}) || status=1
+  printf '\n## Checks in the same run\n\n%s (bench/device/check.py: every variant against a float64 reference; sanitizer on bench/device/sanitize.py).\n' \
+    "$checks" >>"$prefix.md"
   rm -f "$prefix.firstcall.json"
   date -u
   return $status
