@@ -98,8 +98,14 @@ def first_call_cost(arch):
     """NVRTC compile time per variant (empty cache, via warmup) and first-call time with a warm cache
     in a fresh process (cache read + module load + launch), measured in subprocesses."""
     cache = "/tmp/attnforge-firstcall-cache"
-    env = dict(os.environ, ATTNFORGE_CACHE_DIR=cache)
-    subprocess.run(["rm", "-rf", cache], check=True)
+    fresh = "/tmp/attnforge-firstcall-home"
+    subprocess.run(["rm", "-rf", cache, fresh], check=True)
+    os.makedirs(fresh)
+    # NVRTC 12.9+ and the driver keep caches of their own (seen: a warm machine compiled every
+    # variant in 0.02 s): point HOME, XDG_CACHE_HOME, TMPDIR and the driver's cache at an empty
+    # directory so that the compile times are cold ones.
+    env = dict(os.environ, ATTNFORGE_CACHE_DIR=cache, HOME=fresh, XDG_CACHE_HOME=fresh, TMPDIR=fresh,
+               CUDA_CACHE_PATH=fresh, CUDA_CACHE_DISABLE="1")
     code_compile = (
         "import json,time,sys; sys.path.insert(0,%r); from common import native; af=native(); t=[time.perf_counter()]; r=[]\n"
         "def cb(done,total,item):\n    now=time.perf_counter(); r.append((item, now-t[0])); t[0]=now\n"
