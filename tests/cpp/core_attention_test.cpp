@@ -443,6 +443,10 @@ std::vector<Case> all_cases() {
     paged_padded.seqused = paged_padded.leftpad = true;
     paged_padded.window_left = 9;
     cases.push_back(paged_padded);
+    // Each (sequence, kv head) packs to more than the driver's 4 MiB wave: one unit per wave.
+    Case long_keys = padded("long_keys_several_waves" + n, dt, 2, 3, 4200, 4, 2, 128);
+    long_keys.causal = true;
+    cases.push_back(long_keys);
     Case odd = padded("odd_head_dim_no_lse" + n, dt, 1, 3, 200, 2, 2, 5);
     odd.lse = false;
     cases.push_back(odd);
