@@ -4,10 +4,12 @@
 // name the problem, and a refused call must not have written its output.
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <functional>
 #include <limits>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -253,4 +255,52 @@ TEST(CoreValidation, ZeroKeysGiveZeroAndMinusInfinity) {
   ASSERT_EQ(af_attention_forward(&c.args), AF_OK) << af_last_error_message();
   for (float x : c.out) ASSERT_EQ(x, 0.0f);
   for (float x : c.lse) ASSERT_TRUE(std::isinf(x) && x < 0);
+}
+
+// Random index contents, lengths and scalars on varlen, paged and kv-cache
+// calls. The library cannot know buffer sizes, so only what it can check is
+// fuzzed: index array values (cu_seqlens, seqused_k, leftpad_k, block_table,
+// kv_batch_idx), max_seqlen, windows, scale, softcap. Every call must either
+// be refused or run without touching memory outside the (valid) tensors (run
+// under AddressSanitizer to see that), and forward and supported must agree.
+TEST(CoreValidation, FuzzedIndexArraysNeverReadOutOfBounds) {
+  const uint64_t seed = uint64_t(std::chrono::high_resolution_clock::now().time_since_epoch().count());
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  const int32_t interesting[] = {-2, -1, 0, 1, 2, 3, 4, 5, 7, 8, 9, 11, 15, 16, 17, 1 << 30};
+  auto pick = [&] { return interesting[rng() % (sizeof interesting / sizeof interesting[0])]; };
+  int accepted = 0;
+  for (int trial = 0; trial < 3000; ++trial) {
+    Call c;
+    const int layout = int(rng() % 4);  // padded, varlen, paged, paged varlen
+    if (layout == 1 || layout == 3) c.make_varlen();
+    if (layout >= 2) c.make_paged();
+    if (rng() % 2) c.args.seqused_k = &c.tseqused;
+    if (rng() % 2) c.args.leftpad_k = &c.tleftpad;
+    if (layout == 0 && rng() % 2) c.args.kv_batch_idx = &c.tkv_idx;
+    if (layout == 1 && rng() % 4 == 0) c.args.cu_seqlens_k = nullptr;
+    std::vector<int32_t>* arrays[] = {&c.cu_q, &c.cu_k, &c.seqused, &c.leftpad, &c.table, &c.kv_idx};
+    for (int m = 0, n = 1 + int(rng() % 4); m < n; ++m) {
+      std::vector<int32_t>& a = *arrays[rng() % 6];
+      a[rng() % a.size()] = pick();
+    }
+    if (rng() % 4 == 0) c.args.max_seqlen_q = pick();
+    if (rng() % 4 == 0) c.args.max_seqlen_k = pick();
+    if (rng() % 3 == 0) c.args.causal = 1;
+    if (rng() % 3 == 0) c.args.window_left = pick();
+    if (rng() % 3 == 0) c.args.window_right = pick();
+    if (rng() % 5 == 0) c.args.softcap = float(pick());
+    if (rng() % 5 == 0) c.args.softmax_scale = float(pick());
+    af_backend selected = AF_BACKEND_AUTO;
+    const af_status supported = af_attention_supported(&c.args, &selected);
+    const af_status forward = af_attention_forward(&c.args);
+    ASSERT_EQ(supported, forward) << "trial " << trial << ": " << af_last_error_message();
+    if (forward == AF_OK) {
+      ++accepted;
+      for (float x : c.out) ASSERT_FALSE(std::isnan(x)) << "trial " << trial;
+    } else {
+      ASSERT_NE(std::string(af_last_error_message()), "") << "trial " << trial;
+    }
+  }
+  EXPECT_GT(accepted, 100) << "the fuzzer should produce valid calls too";
 }
