@@ -1,8 +1,10 @@
 """Float64 reference for FlashAttention semantics, written independently of attnforge (one sequence and
 one head at a time, FlashAttention-2's docstring rules), and the error budget of the house:
 
-    error(ours) <= 2 * error(naive same-precision implementation) + one ulp of the output scale,
-    both measured against the float64 result rounded to the output dtype; NaN never passes.
+    error(ours) <= 2 * error(naive same-precision implementation) + floor,
+    both measured against the float64 result rounded to the output dtype; NaN never passes. The floor
+    (1e-6 for fp32 outputs, 1e-3 for fp16/bf16) is the one the C++ CPU-backend tests use: the naive
+    implementation's own error can be near zero on a lucky draw.
 """
 import math
 
@@ -62,8 +64,8 @@ def error_budget(ours, expected64, naive, dtype):
     rounded = expected64.to(dtype).double()
     ours_err = (ours.double() - rounded).abs().max().item() if ours.numel() else 0.0
     naive_err = (naive.double() - rounded).abs().max().item() if naive.numel() else 0.0
-    scale = max(1.0, rounded.abs().max().item() if rounded.numel() else 0.0)
-    return ours_err, 2 * naive_err + torch.finfo(dtype).eps * scale
+    floor = 1e-6 if dtype in (torch.float32, torch.float64) else 1e-3
+    return ours_err, 2 * naive_err + floor
 
 
 def assert_close(ours, expected64, naive, dtype, what="out"):
