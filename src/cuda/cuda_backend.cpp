@@ -251,7 +251,13 @@ std::string report_json() {
   }
   json += ",\"tried\":[";
   for (size_t i = 0; i < n.tried.size(); ++i) json += (i ? "," : "") + json_quote(n.tried[i]);
-  json += "]},\"cache_dir\":" + json_quote(cache_directory()) + ",\"variants\":" + std::to_string(variants().size());
+  json += "]}";
+  if (d.ok && n.ok && n.major * 1000 > d.version)
+    json += ",\"warning\":" + json_quote("NVRTC " + std::to_string(n.major) + "." + std::to_string(n.minor) +
+                                          " is newer than the driver (CUDA " + std::to_string(d.version / 1000) + "." +
+                                          std::to_string(d.version % 1000 / 10) +
+                                          "); its cubins may not load: point ATTNFORGE_NVRTC at an older NVRTC");
+  json += ",\"cache_dir\":" + json_quote(cache_directory()) + ",\"variants\":" + std::to_string(variants().size());
   const af_status status = available();
   json += ",\"available\":" + std::string(status == AF_OK ? "true" : "false");
   if (status != AF_OK) json += ",\"reason\":" + json_quote(last_error());
