@@ -1,0 +1,36 @@
+"""The same API on CUDA tensors (GPU machine only): kernel or fallback, results against the float64 reference."""
+import pytest
+import torch
+
+import attnforge
+from reference import assert_close, assert_lse_close
+from test_flash_api import batched_reference, cu_seqlens, varlen_reference
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("shape", [(2, 129, 257, 8, 2, 128), (3, 1, 300, 16, 8, 64), (1, 77, 77, 4, 4, 96)],
+                         ids=["prefill_gqa4", "decode", "hd96"])
+def test_flash_attn_func_cuda(shape, dtype, seed):
+    batch, sq, sk, heads, kv_heads, dim = shape
+    q = torch.randn(batch, sq, heads, dim, device="cuda", dtype=dtype)
+    k = torch.randn(batch, sk, kv_heads, dim, device="cuda", dtype=dtype)
+    v = torch.randn(batch, sk, kv_heads, dim, device="cuda", dtype=dtype)
+    out, lse, _ = attnforge.flash_attn_func(q, k, v, causal=True, return_attn_probs=True)
+    q, k, v = q.cpu(), k.cpu(), v.cpu()
+    expected, expected_lse = batched_reference(q, k, v, causal=True)
+    naive, _ = batched_reference(q, k, v, causal=True, precision=dtype)
+    assert_close(out.cpu(), expected, naive, dtype)
+    assert_lse_close(lse.cpu(), expected_lse)
+
+
+def test_varlen_cuda(seed):
+    lengths = [100, 0, 33, 257]
+    cu = cu_seqlens(lengths)
+    q = torch.randn(sum(lengths), 8, 64, dtype=torch.bfloat16)
+    kv = torch.randn(sum(lengths), 2, 2, 64, dtype=torch.bfloat16)
+    out = attnforge.flash_attn_varlen_kvpacked_func(q.cuda(), kv.cuda(), cu.cuda(), cu.cuda(), max(lengths),
+                                                    max(lengths), causal=True)
+    expected, _, naive = varlen_reference(q, kv[:, 0], kv[:, 1], cu, cu, torch.bfloat16, causal=True)
+    assert_close(out.cpu(), expected, naive, torch.bfloat16)
