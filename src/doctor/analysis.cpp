@@ -679,7 +679,8 @@ BinaryReport Analyzer::analyze(const std::string& path, const std::string& displ
                                    "always `import torch` before " + module +
                                        " (or link it with -Wl,-rpath,'" + dirname_of(w.path) + "')"});
       } else if (real_path(c.path) != real_path(w.path)) {
-        report.findings.push_back({"load_order", Severity::kWarning,
+        // A stray torch library breaks the module; another copy of a CUDA library usually only duplicates it.
+        report.findings.push_back({"load_order", is_torch_library(w.name) ? Severity::kWarning : Severity::kInfo,
                                    "a stray " + w.name + " at " + c.path + " (" + c.found_by + ") is loaded if " + module +
                                        " is imported before torch",
                                    {"without torch: " + c.path + " via " + c.found_by, "after import torch: " + w.path},
