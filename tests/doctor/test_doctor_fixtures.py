@@ -18,8 +18,11 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import build_fixtures  # noqa: E402
+import shutil  # noqa: E402
 
 CLI = os.environ.get("AF_CLI_PATH", "attnforge")
+if not (os.path.exists(CLI) or shutil.which(CLI)):
+    pytest.skip("the attnforge command is not built (ctest's doctor_fixtures sets AF_CLI_PATH)", allow_module_level=True)
 OUT = os.environ.get("AF_DOCTOR_FIXTURE_DIR", os.path.join(os.getcwd(), "doctor_fixtures"))
 VENV_PYTHON = "/opt/afvenv/bin/python"
 DEBIAN_PYTHON = "/usr/bin/python3"
