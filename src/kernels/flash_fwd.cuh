@@ -372,9 +372,13 @@ extern "C" __global__ void __launch_bounds__(kThreads, AF_MIN_BLOCKS) af_flash_f
       }
 
       // Online softmax; the 4 lanes of a quad share rows, so two xor-shuffles finish a row max.
+      // O is rescaled only when some row of the warp got a new max (after the first blocks
+      // that is rare, and the rescale is a multiply per accumulator).
       af_u32 pa[kMTiles][kNTiles / 2][4];  // P as A fragments, one per k16 step of P V
 #pragma unroll
       for (int mt = 0; mt < kMTiles; ++mt) {
+        float base[2], correction[2];
+        bool max_changed = false;
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
           float m = row_max[mt][half];
@@ -383,20 +387,29 @@ extern "C" __global__ void __launch_bounds__(kThreads, AF_MIN_BLOCKS) af_flash_f
           m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
           m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
           // A row with no visible key so far keeps max -inf; subtracting 0 then gives exp2(-inf) = 0.
-          const float base = m == AF_NEG_INF ? 0.f : m * scale;
-          const float correction = exp2_approx(row_max[mt][half] * scale - base);
+          base[half] = m == AF_NEG_INF ? 0.f : m * scale;
+          correction[half] = exp2_approx(row_max[mt][half] * scale - base[half]);
+          max_changed = max_changed || m != row_max[mt][half];
           row_max[mt][half] = m;
-          row_sum[mt][half] *= correction;
+        }
+        if (__any_sync(0xffffffffu, max_changed)) {
 #pragma unroll
-          for (int dt = 0; dt < kDTiles; ++dt) {
-            o[mt][dt][2 * half] *= correction;
-            o[mt][dt][2 * half + 1] *= correction;
+          for (int half = 0; half < 2; ++half) {
+            row_sum[mt][half] *= correction[half];
+#pragma unroll
+            for (int dt = 0; dt < kDTiles; ++dt) {
+              o[mt][dt][2 * half] *= correction[half];
+              o[mt][dt][2 * half + 1] *= correction[half];
+            }
           }
+        }
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
           float sum = 0.f;
 #pragma unroll
           for (int nt = 0; nt < kNTiles; ++nt) {
-            const float p0 = exp2_approx(fmaf(s[mt][nt][2 * half], scale, -base));
-            const float p1 = exp2_approx(fmaf(s[mt][nt][2 * half + 1], scale, -base));
+            const float p0 = exp2_approx(fmaf(s[mt][nt][2 * half], scale, -base[half]));
+            const float p1 = exp2_approx(fmaf(s[mt][nt][2 * half + 1], scale, -base[half]));
             s[mt][nt][2 * half] = p0;
             s[mt][nt][2 * half + 1] = p1;
             sum += p0 + p1;
