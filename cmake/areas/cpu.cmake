@@ -9,6 +9,8 @@ if(CMAKE_SYSTEM_PROCESSOR MATCHES "x86_64|AMD64")
     COMPILE_OPTIONS "-O3;-ffp-contract=fast;-mavx2;-mfma")
   set_source_files_properties(${CMAKE_SOURCE_DIR}/src/cpu/kernel_avx512.cpp PROPERTIES
     COMPILE_OPTIONS "-O3;-ffp-contract=fast;-mavx512f;-mavx2;-mfma")
+  set_source_files_properties(${CMAKE_SOURCE_DIR}/src/cpu/kernel_avx512_bf16.cpp PROPERTIES
+    COMPILE_OPTIONS "-O3;-ffp-contract=fast;-mavx512f;-mavx512bf16;-mavx2;-mfma")
 else()
   set_source_files_properties(${CMAKE_SOURCE_DIR}/src/cpu/kernel_baseline.cpp PROPERTIES
     COMPILE_OPTIONS "-O3;-ffp-contract=fast")

@@ -27,6 +27,7 @@ struct Kernels {
 
 Kernels kernels(Isa isa) {
   switch (isa) {
+    case Isa::kAvx512Bf16: return {avx512_bf16::pack_tile, avx512_bf16::run_tile};
     case Isa::kAvx512: return {avx512::pack_tile, avx512::run_tile};
     case Isa::kAvx2: return {avx2::pack_tile, avx2::run_tile};
     case Isa::kBaseline: break;
@@ -40,6 +41,7 @@ int64_t element_bytes(af_dtype dtype) { return dtype == AF_DTYPE_FLOAT32 ? 4 : 2
 
 const char* isa_name(Isa isa) {
   switch (isa) {
+    case Isa::kAvx512Bf16: return "avx512_bf16";
     case Isa::kAvx512: return "avx512";
     case Isa::kAvx2: return "avx2";
     case Isa::kBaseline: break;
@@ -51,6 +53,8 @@ bool isa_supported(Isa isa) {
 #if defined(__x86_64__)
   __builtin_cpu_init();
   switch (isa) {
+    case Isa::kAvx512Bf16:
+      return isa_supported(Isa::kAvx512) && __builtin_cpu_supports("avx512bf16");
     case Isa::kAvx512:
       return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     case Isa::kAvx2: return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
@@ -63,7 +67,8 @@ bool isa_supported(Isa isa) {
 }
 
 Isa best_isa() {
-  static const Isa best = isa_supported(Isa::kAvx512) ? Isa::kAvx512
+  static const Isa best = isa_supported(Isa::kAvx512Bf16) ? Isa::kAvx512Bf16
+                          : isa_supported(Isa::kAvx512) ? Isa::kAvx512
                           : isa_supported(Isa::kAvx2) ? Isa::kAvx2
                                                       : Isa::kBaseline;
   return best;

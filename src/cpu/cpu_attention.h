@@ -7,7 +7,7 @@
 namespace af::cpu {
 
 // Instruction sets the tile kernel is compiled for (see cpu_kernel.h).
-enum class Isa { kBaseline, kAvx2, kAvx512 };
+enum class Isa { kBaseline, kAvx2, kAvx512, kAvx512Bf16 };
 
 const char* isa_name(Isa isa);
 bool isa_supported(Isa isa);  // by this CPU

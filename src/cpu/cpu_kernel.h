@@ -1,9 +1,9 @@
 // The CPU attention tile kernel: one (sequence, query head) pair, one tile of
 // query rows, all of its visible keys, FlashAttention's online softmax.
 //
-// The kernel is compiled three times (attention_tile.inc included by
-// kernel_baseline.cpp, kernel_avx2.cpp, kernel_avx512.cpp, each with its own
-// -m flags) and chosen at run time. It therefore sees only the plain structs
+// The kernel is compiled four times (attention_tile.inc included by
+// kernel_baseline.cpp, kernel_avx2.cpp, kernel_avx512.cpp and
+// kernel_avx512_bf16.cpp, each with its own -m flags) and chosen at run time. It therefore sees only the plain structs
 // below: no inline function shared with other translation units may be
 // instantiated inside it, or the linker could keep an AVX copy for everyone.
 #pragma once
@@ -65,7 +65,7 @@ struct SequenceHead {
 
 // Floats of scratch one thread needs for run_tile (64-byte aligned).
 constexpr int64_t tile_scratch_floats(int64_t padded_dim) {
-  return 2 * kTileQ * padded_dim + kTileQ * kTileK + 2 * kTileQ;
+  return 2 * kTileQ * padded_dim + kTileQ * kTileK + 2 * kTileQ + kTileQ * kTileK / 2;  // last: bf16 pairs of P
 }
 
 // Writes packed key tile `tile` of kv into dst (packed_tile_floats(Dp) floats).
@@ -83,6 +83,7 @@ using TileFunction = void (*)(const KernelConfig&, const SequenceHead&, int64_t 
 AF_DECLARE_TILE_KERNELS(baseline)
 AF_DECLARE_TILE_KERNELS(avx2)
 AF_DECLARE_TILE_KERNELS(avx512)
+AF_DECLARE_TILE_KERNELS(avx512_bf16)
 #undef AF_DECLARE_TILE_KERNELS
 
 }  // namespace af::cpu
