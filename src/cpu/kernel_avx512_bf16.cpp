@@ -3,5 +3,7 @@
 // cmake/areas/cpu.cmake.
 #define AF_TILE_NAMESPACE avx512_bf16
 #define AF_VECTOR_BYTES 64
+#ifndef AF_BF16_PAIRS  // cpu.cmake sets 0 when the compiler lacks -mavx512bf16
 #define AF_BF16_PAIRS 1
+#endif
 #include "cpu/attention_tile.inc"
