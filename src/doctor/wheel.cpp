@@ -252,6 +252,17 @@ WheelReport analyze_wheel(const std::string& path, const PythonFacts* python, An
         mismatches.push_back(fields[0] + ": RECORD " + fields[1] + ", content " + record_hash_of(ByteView(content)));
       }
     }
+    std::vector<std::string> unrecorded;
+    for (const ZipMember& m : members) {
+      // Directories and signature files are not listed in RECORD (PEP 376 / 427).
+      if (m.name.empty() || m.name.back() == '/' || ends_with(m.name, "/RECORD.jws") || ends_with(m.name, "/RECORD.p7s")) continue;
+      if (!recorded.count(m.name)) unrecorded.push_back(m.name);
+    }
+    if (!unrecorded.empty()) {
+      if (unrecorded.size() > 16) unrecorded.resize(16);
+      report.findings.push_back({"record_hash", Severity::kWarning, std::to_string(unrecorded.size()) + " members are not listed in RECORD",
+                                 unrecorded, "the wheel was modified after it was built: download it again"});
+    }
     if (!mismatches.empty() || !missing.empty()) {
       Finding f{"record_hash", Severity::kError,
                 std::to_string(mismatches.size()) + " members differ from RECORD, " + std::to_string(missing.size()) + " missing",
