@@ -1,10 +1,12 @@
 // CUDA backend: probing, the supports() rules, module loading per device, and launches.
 #include "cuda/cuda_backend.h"
 
+#include <algorithm>
 #include <atomic>
-#include <chrono>
 #include <climits>
+#include <condition_variable>
 #include <mutex>
+#include <thread>
 #include <vector>
 
 #include "common/error.h"
@@ -288,16 +290,62 @@ af_status warmup(const char* const* archs, int n_archs, af_progress_callback pro
       if (!seen) targets.push_back(target);
     }
   }
+  // Independent NVRTC programs compile concurrently; workers compile, this thread reports
+  // progress (so the callback always runs on the caller's thread) and the first error.
   const int total = int(targets.size() * variants().size());
-  int done = 0;
-  for (const std::string& target : targets) {
-    for (const Variant& v : variants()) {
+  struct Job {
+    std::string label;
+    af_status status = AF_OK;
+    std::string error;
+  };
+  std::vector<Job> jobs(total);
+  std::mutex mutex;
+  std::condition_variable finished_cv;
+  int next = 0;
+  std::vector<int> finished;
+  auto worker = [&] {
+    for (;;) {
+      int i;
+      {
+        std::lock_guard<std::mutex> lock(mutex);
+        if (next == total) return;
+        i = next++;
+      }
+      const std::string& target = targets[i / variants().size()];
+      const Variant& v = variants()[i % variants().size()];
       CompiledKernel kernel;
-      AF_RETURN_IF_ERROR(compile_variant(v, target, true, &kernel));
-      ++done;
-      if (progress != nullptr) progress(user_data, done, total, (target + " " + v.name).c_str());
+      jobs[i].label = target + " " + v.name;
+      jobs[i].status = compile_variant(v, target, true, &kernel);
+      if (jobs[i].status != AF_OK) jobs[i].error = last_error();
+      {
+        std::lock_guard<std::mutex> lock(mutex);
+        finished.push_back(i);
+      }
+      finished_cv.notify_one();
     }
+  };
+  const unsigned hardware = std::thread::hardware_concurrency();
+  const int n_workers = std::max(1, std::min({total, int(hardware == 0 ? 2 : hardware), 8}));
+  std::vector<std::thread> workers;
+  for (int w = 0; w < n_workers; ++w) workers.emplace_back(worker);
+  af_status status = AF_OK;
+  std::string error;
+  for (int reported = 0; reported < total; ++reported) {
+    int i;
+    {
+      std::unique_lock<std::mutex> lock(mutex);
+      finished_cv.wait(lock, [&] { return !finished.empty(); });
+      i = finished.front();
+      finished.erase(finished.begin());
+    }
+    if (jobs[i].status != AF_OK && status == AF_OK) {
+      status = jobs[i].status;
+      error = jobs[i].error;
+    }
+    if (progress != nullptr) progress(user_data, reported + 1, total, jobs[i].label.c_str());
   }
+  for (std::thread& t : workers) t.join();
+  if (status != AF_OK) return fail(status, "%s", error.c_str());
   return AF_OK;
 }
 

@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdlib>
 #include <fstream>
 #include <string>
@@ -13,6 +14,7 @@
 
 #include <gtest/gtest.h>
 
+#include "attnforge/attnforge.h"
 #include "cuda/compiler.h"
 #include "cuda/driver_api.h"
 #include "cuda/kernel_cache.h"
@@ -178,6 +180,57 @@ TEST_F(CudaCacheTest, ConcurrentCompilesAndRebuildWithNvrtc) {
   CompiledKernel again;
   ASSERT_EQ(compile_variant(v, "sm_80", true, &again), AF_OK);
   EXPECT_TRUE(again.from_cache) << "the rebuilt entry was not stored";
+}
+
+}  // namespace
+}  // namespace af::cuda
+
+namespace af::cuda {
+namespace {
+
+struct Progress {
+  int calls = 0, last_done = 0, total = 0;
+  std::string last_item;
+};
+
+void record_progress(void* user, int32_t done, int32_t total, const char* item) {
+  Progress* p = static_cast<Progress*>(user);
+  ++p->calls;
+  p->last_done = done;
+  p->total = total;
+  p->last_item = item;
+}
+
+// af_warmup without a GPU: every variant for one arch lands in the cache, with progress,
+// and a second warmup is served from the cache.
+TEST_F(CudaCacheTest, WarmupFillsTheCacheWithoutAGpu) {
+  if (!nvrtc().ok) GTEST_SKIP() << "NVRTC not found: " << nvrtc().failure;
+  const char* archs[] = {"sm_86"};
+  Progress first;
+  ASSERT_EQ(af_warmup(archs, 1, record_progress, &first), AF_OK) << af_last_error_message();
+  EXPECT_EQ(first.calls, int(variants().size()));
+  EXPECT_EQ(first.last_done, first.total);
+  EXPECT_NE(first.last_item.find("sm_86"), std::string::npos);
+  EXPECT_EQ(files().size(), variants().size());
+  const std::string list = cache_list();
+  EXPECT_EQ(list.find("\"valid\":false"), std::string::npos) << list;
+
+  const auto start = std::chrono::steady_clock::now();
+  Progress second;
+  ASSERT_EQ(af_warmup(archs, 1, record_progress, &second), AF_OK);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  EXPECT_LT(seconds, 2.0) << "the second warmup recompiled instead of reading the cache";
+  EXPECT_EQ(files().size(), variants().size());
+}
+
+TEST(CudaWarmup, RejectsUnknownArchitectures) {
+  if (!nvrtc().ok) GTEST_SKIP() << "NVRTC not found: " << nvrtc().failure;
+  const char* archs[] = {"sm_70"};
+  EXPECT_EQ(af_warmup(archs, 1, nullptr, nullptr), AF_ERR_INVALID_ARGUMENT);
+  EXPECT_NE(std::string(af_last_error_message()).find("sm_70"), std::string::npos);
+  EXPECT_EQ(normalise_target("sm_90a"), "sm_90a");
+  EXPECT_EQ(normalise_target("89"), "sm_89");
+  EXPECT_EQ(normalise_target("banana"), "");
 }
 
 }  // namespace
