@@ -88,6 +88,16 @@ def test_packed_batch_matches_separate_sequences(family):
     assert torch.equal(greedy(ours, sequences[2]), greedy(eager, sequences[2]))
 
 
+def test_from_pretrained_with_attn_implementation(tmp_path):
+    eager, _ = model_pair(make_config("qwen3"))
+    eager.save_pretrained(tmp_path)
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="attnforge").eval()
+    assert loaded.config._attn_implementation == "attnforge"
+    ids = torch.randint(1, 97, (2, 13))
+    with torch.no_grad():
+        assert_logits_close(loaded(ids).logits, eager(ids).logits)
+
+
 def test_sliding_window_layers():
     config = make_config("qwen3", use_sliding_window=True, sliding_window=5, max_window_layers=0,
                          layer_types=["sliding_attention", "full_attention"])
