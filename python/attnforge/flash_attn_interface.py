@@ -19,7 +19,7 @@ try:
     import torch
 
     from . import fallback, ops
-except ImportError:  # numpy-only installs: the torch entry points are simply absent
+except (ImportError, OSError):  # numpy-only installs (or a broken torch): numpy inputs still work
     torch = None
     fallback = ops = None
 

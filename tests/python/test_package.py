@@ -55,3 +55,10 @@ def test_installed_wheel_bundles_library_and_command():
     assert os.access(os.path.join(package_dir, "_bin", "attnforge"), os.X_OK)
     if "ATTNFORGE_LIBRARY" not in os.environ:
         assert os.path.samefile(attnforge.library_path(), bundled)
+    # The wheel it came from says it holds compiled code for this platform, for any Python 3.
+    import importlib.metadata
+    import platform
+
+    wheel = importlib.metadata.distribution("attnforge").read_text("WHEEL") or ""
+    assert "Root-Is-Purelib: false" in wheel
+    assert "Tag: py3-none-manylinux_2_28_%s" % platform.machine() in wheel, wheel
