@@ -508,3 +508,40 @@ TEST(CoreCpuAttention, ThreadCountDoesNotChangeResults) {
   af_set_num_threads(threads);
   EXPECT_EQ(std::memcmp(out1.data(), out4.data(), out1.size() * sizeof(float)), 0);
 }
+
+// q, k and v as slices of one packed (B, S, 3, H, D) buffer, as
+// flash_attn_qkvpacked_func passes them, give bit for bit what contiguous
+// copies give: the arithmetic must not depend on the strides.
+TEST(CoreCpuAttention, PackedQkvViewsMatchContiguousCopies) {
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> normal;
+  const int64_t B = 3, S = 131, H = 4, D = 40;
+  for (af_dtype dt : {AF_DTYPE_FLOAT32, AF_DTYPE_BFLOAT16}) {
+    Buffer packed(dt, B * S * 3 * H * D), q(dt, B * S * H * D), k(dt, B * S * H * D), v(dt, B * S * H * D);
+    Buffer out_packed(dt, B * S * H * D), out_copies(dt, B * S * H * D);
+    for (int64_t n = 0; n < B * S * 3 * H * D; ++n) packed.set(n, normal(rng));
+    Buffer* copies[] = {&q, &k, &v};
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t s = 0; s < S; ++s)
+        for (int64_t t = 0; t < 3; ++t)
+          for (int64_t hd = 0; hd < H * D; ++hd)
+            copies[t]->set((b * S + s) * H * D + hd, packed.get(((b * S + s) * 3 + t) * H * D + hd));
+    const std::vector<int64_t> shape{B, S, H, D}, contiguous{S * H * D, H * D, D, 1}, in_packed{S * 3 * H * D, 3 * H * D, D, 1};
+    auto slice = [&](int64_t t) {
+      return make_tensor(packed.bytes.data() + t * H * D * element_size(dt), dt, shape, in_packed);
+    };
+    af_tensor pq = slice(0), pk = slice(1), pv = slice(2), po = make_tensor(out_packed.data(), dt, shape, contiguous);
+    af_tensor cq = make_tensor(q.data(), dt, shape, contiguous), ck = make_tensor(k.data(), dt, shape, contiguous);
+    af_tensor cv = make_tensor(v.data(), dt, shape, contiguous), co = make_tensor(out_copies.data(), dt, shape, contiguous);
+    af_attention_args args{};
+    args.struct_size = sizeof args;
+    args.causal = 1;
+    args.q = &pq, args.k = &pk, args.v = &pv, args.out = &po;
+    ASSERT_EQ(af_attention_forward(&args), AF_OK) << af_last_error_message();
+    args.q = &cq, args.k = &ck, args.v = &cv, args.out = &co;
+    ASSERT_EQ(af_attention_forward(&args), AF_OK) << af_last_error_message();
+    EXPECT_EQ(out_packed.bytes, out_copies.bytes) << "dtype " << int(dt);
+  }
+}
