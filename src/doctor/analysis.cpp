@@ -324,7 +324,7 @@ void Analyzer::build_scope(const LoadedLibrary& target, const std::vector<std::s
   // torch's libtorch_global_deps (loaded RTLD_GLOBAL by `import torch`).
   std::deque<LoadedLibrary*> queue;
   std::vector<std::string> global_roots;
-  if (context_.python && !context_.python->executable.empty()) global_roots.push_back(context_.python->executable);
+  if (context_.python && !context_.python->binary.empty()) global_roots.push_back(context_.python->binary);
   for (const std::string& path : preloaded_paths) {
     if (basename_of(path) == "libtorch_global_deps.so") global_roots.push_back(path);
   }

@@ -14,7 +14,8 @@ namespace {
 constexpr const char* kBasicProbe = R"PY(
 import sys, os, sysconfig, importlib.machinery, importlib.util, platform
 def out(k, v): print(k + "\t" + str(v).replace("\t", " ").replace("\n", " "))
-out("executable", os.path.realpath(sys.executable))
+out("executable", sys.executable)
+out("binary", os.path.realpath(sys.executable))
 out("version", "%d.%d.%d" % sys.version_info[:3])
 out("debug", int(hasattr(sys, "gettotalrefcount")))
 out("free_threaded", int(bool(sysconfig.get_config_var("Py_GIL_DISABLED"))))
@@ -121,6 +122,7 @@ PythonFacts probe_python(const std::string& python, bool with_torch, int torch_t
   }
   for (auto& [key, value] : parse_lines(run.output)) {
     if (key == "executable") facts.executable = value;
+    else if (key == "binary") facts.binary = value;
     else if (key == "version") std::sscanf(value.c_str(), "%d.%d.%d", &facts.major, &facts.minor, &facts.micro);
     else if (key == "debug") facts.debug_build = value == "1";
     else if (key == "free_threaded") facts.free_threaded = value == "1";
@@ -136,7 +138,7 @@ PythonFacts probe_python(const std::string& python, bool with_torch, int torch_t
       facts.torch.package_dir = value;
     } else if (key == "loaded") facts.loaded_libraries.push_back(value);
   }
-  facts.ok = facts.major > 0 && !facts.executable.empty();
+  facts.ok = facts.major > 0 && !facts.executable.empty() && !facts.binary.empty();
   if (!facts.ok) facts.error = "unexpected answer from " + program;
   if (facts.ok && with_torch && facts.torch.found) probe_torch(program, torch_timeout_seconds, facts.torch);
   return facts;

@@ -30,7 +30,8 @@ struct TorchFacts {
 struct PythonFacts {
   bool ok = false;
   std::string error;
-  std::string executable;
+  std::string executable;  // sys.executable as the interpreter reports it (a venv's python): what to run
+  std::string binary;      // its real path: the ELF the loader starts from
   int major = 0, minor = 0, micro = 0;
   bool debug_build = false;
   bool free_threaded = false;
