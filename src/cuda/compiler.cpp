@@ -21,7 +21,7 @@ bool nvrtc_knows(int arch) {
   return false;
 }
 
-// First integer after `marker` on the line that holds it, or -1.
+// The integer just before `suffix` in the ptxas report ("Used 96 registers"), or -1.
 int number_before(const std::string& log, const char* suffix) {
   const size_t at = log.find(suffix);
   if (at == std::string::npos) return -1;
