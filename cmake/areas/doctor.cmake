@@ -8,8 +8,9 @@
 # Labels: doctor (all), fuzz, portability. e.g. `ctest -L doctor`.
 
 set(AF_DOCTOR_FUZZ_SECONDS 20 CACHE STRING "Seconds each doctor fuzz target runs under ctest")
-if(EXISTS /opt/afvenv/bin/python)
-  set(AF_DOCTOR_DEFAULT_PYTHON /opt/afvenv/bin/python)
+# The project's virtual environment (scripts/install_deps.sh makes it, with pip's torch).
+if(EXISTS ${CMAKE_SOURCE_DIR}/.venv/bin/python)
+  set(AF_DOCTOR_DEFAULT_PYTHON ${CMAKE_SOURCE_DIR}/.venv/bin/python)
 else()
   set(AF_DOCTOR_DEFAULT_PYTHON python3)
 endif()
@@ -58,7 +59,7 @@ if(ATTNFORGE_BUILD_TESTS)
   add_test(NAME doctor_fixtures
     COMMAND ${AF_DOCTOR_TEST_PYTHON} -m pytest -q -p no:cacheprovider ${CMAKE_SOURCE_DIR}/tests/doctor)
   set_tests_properties(doctor_fixtures PROPERTIES LABELS doctor TIMEOUT 900
-    ENVIRONMENT "AF_CLI_PATH=$<TARGET_FILE:attnforge_cli>;AF_DOCTOR_FIXTURE_DIR=${CMAKE_BINARY_DIR}/doctor_fixtures"
+    ENVIRONMENT "AF_CLI_PATH=$<TARGET_FILE:attnforge_cli>;AF_DOCTOR_FIXTURE_DIR=${CMAKE_BINARY_DIR}/doctor_fixtures;AF_DOCTOR_VENV_PYTHON=${AF_DOCTOR_TEST_PYTHON}"
 )
 
   add_test(NAME doctor_fuzz_seed_corpus COMMAND attnforge_tests --gtest_filter=DoctorFuzzCorpus.*)

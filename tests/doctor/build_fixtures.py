@@ -17,7 +17,22 @@ NVCC = os.environ.get("AF_NVCC", "/usr/local/cuda/bin/nvcc")
 DEBIAN_PYTHON = "/usr/bin/python3"
 DEBIAN_TORCH_INCLUDE = "/usr/include"
 DEBIAN_LIBC10 = "/usr/lib/x86_64-linux-gnu/libc10.so"
-VENV_TORCH_LIB = "/opt/afvenv/lib/python3.11/site-packages/torch/lib"
+# The interpreter with pip's torch (ctest passes the project's .venv); its torch/lib is
+# located without importing torch.
+VENV_PYTHON = os.environ.get("AF_DOCTOR_VENV_PYTHON", sys.executable)
+
+
+def _torch_lib_of(python):
+    try:
+        out = subprocess.run([python, "-c", "import importlib.util, os; s = importlib.util.find_spec('torch'); "
+                              "print(os.path.join(os.path.dirname(s.origin), 'lib') if s else '')"],
+                             capture_output=True, text=True, timeout=60).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return out
+
+
+VENV_TORCH_LIB = _torch_lib_of(VENV_PYTHON)
 
 # The target interpreter for the fixtures: CPython 3.11 (both Pythons here).
 PY_INCLUDE = sysconfig.get_paths()["include"]
@@ -167,7 +182,7 @@ class Builder:
     def load_order(self):
         libc10 = os.path.join(VENV_TORCH_LIB, "libc10.so")
         if not os.path.exists(libc10):
-            self.missing["load_order"] = "pip torch is not installed in /opt/afvenv"
+            self.missing["load_order"] = "pip torch is not installed for %s" % VENV_PYTHON
             return
 
         def recipe(target):

@@ -24,7 +24,7 @@ CLI = os.environ.get("AF_CLI_PATH", "attnforge")
 if not (os.path.exists(CLI) or shutil.which(CLI)):
     pytest.skip("the attnforge command is not built (ctest's doctor_fixtures sets AF_CLI_PATH)", allow_module_level=True)
 OUT = os.environ.get("AF_DOCTOR_FIXTURE_DIR", os.path.join(os.getcwd(), "doctor_fixtures"))
-VENV_PYTHON = "/opt/afvenv/bin/python"
+VENV_PYTHON = build_fixtures.VENV_PYTHON
 DEBIAN_PYTHON = "/usr/bin/python3"
 HAS_VENV_TORCH = os.path.exists(os.path.join(build_fixtures.VENV_TORCH_LIB, "libc10.so"))
 HAS_DEBIAN_TORCH = os.path.exists(build_fixtures.DEBIAN_LIBC10)
@@ -128,7 +128,7 @@ def test_symbol_version_too_new(fixtures, name, version):
 
 # --- E: CUDA runtime major --------------------------------------------------------------------
 
-@pytest.mark.skipif(not HAS_VENV_TORCH, reason="needs pip torch (CUDA 13) in /opt/afvenv")
+@pytest.mark.skipif(not HAS_VENV_TORCH, reason="needs pip torch (CUDA 13) in the test venv")
 def test_cuda_runtime_of_another_major(fixtures):
     path = fixtures["cudart12"]
     rc, report = doctor("so", path, "--python", VENV_PYTHON)
@@ -139,7 +139,7 @@ def test_cuda_runtime_of_another_major(fixtures):
     assert not ok and "libcudart.so.12: cannot open shared object file" in error
 
 
-@pytest.mark.skipif(not HAS_VENV_TORCH, reason="needs pip torch (CUDA 13) in /opt/afvenv")
+@pytest.mark.skipif(not HAS_VENV_TORCH, reason="needs pip torch (CUDA 13) in the test venv")
 def test_cuda_runtime_found_through_ld_library_path(fixtures):
     # With a CUDA 12 runtime on LD_LIBRARY_PATH the module loads, but beside torch's CUDA 13.
     path = fixtures["cudart12"]
@@ -383,7 +383,7 @@ def demo_module(fixtures):
         return f.read()
 
 
-@pytest.mark.skipif(not os.path.exists(VENV_PYTHON), reason="needs /opt/afvenv")
+@pytest.mark.skipif(not os.path.exists(VENV_PYTHON), reason="needs the test venv (AF_DOCTOR_VENV_PYTHON)")
 @pytest.mark.parametrize("file_name, with_so, check, pip_ok", [
     ("demo-1.0-cp312-cp312-manylinux_2_28_x86_64.whl", True, "wheel_tag", False),
     ("demo-1.0-cp311-cp311-manylinux_2_99_x86_64.whl", True, "wheel_tag", False),
@@ -415,7 +415,7 @@ def test_wheel_tags_and_contents(tmp_path, demo_module, file_name, with_so, chec
         assert not ok and "cannot import name '_C'" in error
 
 
-@pytest.mark.skipif(not os.path.exists(VENV_PYTHON), reason="needs /opt/afvenv")
+@pytest.mark.skipif(not os.path.exists(VENV_PYTHON), reason="needs the test venv (AF_DOCTOR_VENV_PYTHON)")
 def test_pure_wheel_without_its_top_level_extension(tmp_path):
     # flash-attn's failure mode: a py3-none-any wheel whose package imports the
     # compiled top-level module flash_attn_2_cuda, which the wheel lacks.
@@ -430,7 +430,7 @@ def test_pure_wheel_without_its_top_level_extension(tmp_path):
     assert not ok and "No module named 'flash_attn_2_cuda'" in error
 
 
-@pytest.mark.skipif(not os.path.exists(VENV_PYTHON), reason="needs /opt/afvenv")
+@pytest.mark.skipif(not os.path.exists(VENV_PYTHON), reason="needs the test venv (AF_DOCTOR_VENV_PYTHON)")
 def test_wheel_record_hashes(tmp_path, demo_module):
     files = {"demo/__init__.py": b"from . import _C\n", "demo/_C" + build_fixtures.EXT_SUFFIX: demo_module}
     good = make_wheel(str(tmp_path), "demo-1.0-cp311-cp311-manylinux_2_17_x86_64.whl", files)
@@ -445,7 +445,7 @@ def test_wheel_record_hashes(tmp_path, demo_module):
     assert rc == 1 and f["severity"] == "error" and "_C" in f["evidence"][0]
 
 
-@pytest.mark.skipif(not os.path.exists(VENV_PYTHON), reason="needs /opt/afvenv")
+@pytest.mark.skipif(not os.path.exists(VENV_PYTHON), reason="needs the test venv (AF_DOCTOR_VENV_PYTHON)")
 def test_supported_tags_match_packaging():
     ours = subprocess.run([CLI, "doctor", "tags", "--python", VENV_PYTHON], capture_output=True, text=True, check=True)
     theirs = subprocess.run([VENV_PYTHON, "-c", "import packaging, packaging.tags as t; print(packaging.__version__); "
@@ -466,7 +466,7 @@ def test_supported_tags_match_packaging():
 PYPI_WHEEL = "torchaudio==2.0.2"  # built for torch 2.0 with _GLIBCXX_USE_CXX11_ABI=0 (pip wheels <= 2.5)
 
 
-@pytest.mark.skipif(not HAS_VENV_TORCH, reason="needs pip torch in /opt/afvenv")
+@pytest.mark.skipif(not HAS_VENV_TORCH, reason="needs pip torch in the test venv")
 def test_pypi_wheel_built_for_another_torch(tmp_path):
     cache = os.path.join(OUT, "pypi")
     os.makedirs(cache, exist_ok=True)
