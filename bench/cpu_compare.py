@@ -135,7 +135,10 @@ def main():
     results = {}
     for round_index in range(args.rounds):
         for dt, s, d, c in configs:
-            for impl in ("attnforge", "torch"):
+            # Alternate which implementation runs first, so that a change in the
+            # machine's load does not always fall on the same one.
+            order = ("attnforge", "torch") if round_index % 2 == 0 else ("torch", "attnforge")
+            for impl in order:
                 cmd = [sys.executable, os.path.abspath(__file__), "--one", impl, dt, str(s), str(d), "1" if c else "0",
                        "--repeats", str(args.repeats)]
                 line = subprocess.run(cmd, check=True, capture_output=True, text=True,

@@ -129,7 +129,10 @@ af_status attention_forward(const AttentionProblem& p, Isa isa) {
       int64_t first_tile;  // of the wave's packed key tiles
       int64_t first_item;  // of the wave's work items
     };
-    const int64_t wave_tiles = std::max(max_key_tiles, kWaveFloats / tile_floats);
+    int64_t all_tiles = 0;  // of every unit with queries: a wave never needs more
+    for (int64_t b = 0; b < p.batch; ++b)
+      if (extents[b].q_len > 0) all_tiles += p.heads_kv * ((extents[b].k_len + kTileK - 1) / kTileK);
+    const int64_t wave_tiles = std::max(max_key_tiles, std::min(all_tiles, kWaveFloats / tile_floats));
     std::vector<float> packed_storage(size_t(wave_tiles * tile_floats + 16));
     float* packed = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(packed_storage.data()) + 63) & ~uintptr_t(63));
     std::vector<Unit> wave;
@@ -170,7 +173,9 @@ af_status attention_forward(const AttentionProblem& p, Isa isa) {
           const int64_t b = u.batch;
           const int64_t query_tiles = (e.q_len + kTileQ - 1) / kTileQ;
           const int64_t h = u.kv_head * group + (n - u.first_item) / query_tiles;
-          const int64_t row_begin = ((n - u.first_item) % query_tiles) * kTileQ;
+          // Last query tile first: under a causal mask it sees the most keys,
+          // and starting with the longest items balances the threads' ends.
+          const int64_t row_begin = (query_tiles - 1 - (n - u.first_item) % query_tiles) * kTileQ;
           SequenceHead s;
           s.q = static_cast<const char*>(p.q) + bytes * (b * p.q_batch_stride + e.q_row0 * p.q_row_stride + h * p.q_head_stride);
           s.q_row_stride = p.q_row_stride;
