@@ -85,7 +85,6 @@ __device__ __forceinline__ void cp_async_16(af_u32 dst, const void* src, int byt
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
-__device__ __forceinline__ void cp_async_wait_all_but_newest() { asm volatile("cp.async.wait_group 1;\n" ::: "memory"); }
 
 __device__ __forceinline__ void ldmatrix_x4(af_u32 address, af_u32 (&r)[4]) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
@@ -263,12 +262,7 @@ extern "C" __global__ void __launch_bounds__(kThreads, AF_MIN_BLOCKS) af_flash_f
     }
     cp_async_commit();
     if (kStages == 1) {
-      // V of the first block loads while S = Q K^T waits only for Q and K: short causal CTAs
-      // (a few key blocks) would otherwise pay the V latency after the Q, K latency.
-      const int n0 = (n_block_max - 1) * kBlockN;
-      load_tile<kBlockN>(sV, v_base + (long long)n0 * p.v_row_stride, p.v_row_stride, k_len - n0, p.head_dim);
-      cp_async_commit();
-      cp_async_wait_all_but_newest();
+      cp_async_wait_all();
       __syncthreads();
     }
 
@@ -294,17 +288,10 @@ extern "C" __global__ void __launch_bounds__(kThreads, AF_MIN_BLOCKS) af_flash_f
                              p.head_dim);
           cp_async_commit();
         }
-      } else if (n_block != n_block_max - 1) {
+      } else {
         load_tile<kBlockN>(sV, v_base + (long long)n0 * p.v_row_stride, p.v_row_stride, k_len - n0, p.head_dim);
         cp_async_commit();
       }
-
-      // A warp whose rows see no key of this block (the far side of the causal diagonal or of
-      // a window edge) skips its arithmetic; the block's loads and barriers stay shared.
-      const int warp_first_row = m0 + warp_row0;
-      const int warp_last_row = warp_first_row + 16 * kMTiles - 1;
-      const bool warp_sees_block = (p.window_right < 0 || n0 <= warp_last_row + diagonal + p.window_right) &&
-                                   (p.window_left < 0 || n0 + kBlockN - 1 >= warp_first_row + diagonal - p.window_left);
 
       float s[kMTiles][kNTiles][4];  // (16 rows, 8 keys) score accumulators
 #pragma unroll
@@ -312,22 +299,20 @@ extern "C" __global__ void __launch_bounds__(kThreads, AF_MIN_BLOCKS) af_flash_f
 #pragma unroll
         for (int nt = 0; nt < kNTiles; ++nt) s[mt][nt][0] = s[mt][nt][1] = s[mt][nt][2] = s[mt][nt][3] = 0.f;
 
-      if (warp_sees_block) {
 #pragma unroll
-        for (int ks = 0; ks < kKSteps; ++ks) {
-          af_u32 a[kMTiles][4];
+      for (int ks = 0; ks < kKSteps; ++ks) {
+        af_u32 a[kMTiles][4];
 #pragma unroll
-          for (int mt = 0; mt < kMTiles; ++mt)
-            ldmatrix_x4(fragment_address(q_frag, mt * 16, ks), a[mt]);
+        for (int mt = 0; mt < kMTiles; ++mt)
+          ldmatrix_x4(fragment_address(q_frag, mt * 16, ks), a[mt]);
 #pragma unroll
-          for (int np = 0; np < kNTiles / 2; ++np) {
-            af_u32 b[4];
-            ldmatrix_x4(fragment_address(k_frag + stage, np * 16, ks), b);
+        for (int np = 0; np < kNTiles / 2; ++np) {
+          af_u32 b[4];
+          ldmatrix_x4(fragment_address(k_frag + stage, np * 16, ks), b);
 #pragma unroll
-            for (int mt = 0; mt < kMTiles; ++mt) {
-              mma_16816(s[mt][2 * np], a[mt], b[0], b[1]);
-              mma_16816(s[mt][2 * np + 1], a[mt], b[2], b[3]);
-            }
+          for (int mt = 0; mt < kMTiles; ++mt) {
+            mma_16816(s[mt][2 * np], a[mt], b[0], b[1]);
+            mma_16816(s[mt][2 * np + 1], a[mt], b[2], b[3]);
           }
         }
       }
@@ -344,115 +329,113 @@ extern "C" __global__ void __launch_bounds__(kThreads, AF_MIN_BLOCKS) af_flash_f
         cp_async_commit();
       }
 
-      if (warp_sees_block) {
-        // Scores into the softmax domain: raw dot products (scaled later in one FMA), or
-        // log2-domain values when softcap / ALiBi transform them first.
-        float scale = p.scale_log2;
-        if (kExtras) {
-          scale = 1.f;
+      // Scores into the softmax domain: raw dot products (scaled later in one FMA), or
+      // log2-domain values when softcap / ALiBi transform them first.
+      float scale = p.scale_log2;
+      if (kExtras) {
+        scale = 1.f;
 #pragma unroll
-          for (int mt = 0; mt < kMTiles; ++mt)
+        for (int mt = 0; mt < kMTiles; ++mt)
 #pragma unroll
-            for (int nt = 0; nt < kNTiles; ++nt)
+          for (int nt = 0; nt < kNTiles; ++nt)
 #pragma unroll
-              for (int e = 0; e < 4; ++e) {
-                float x = s[mt][nt][e];
-                x = p.softcap_in != 0.f ? tanh_approx(x * p.softcap_in) * p.scale_log2 : x * p.scale_log2;
-                if (alibi_log2 != 0.f) {
-                  const int row = m0 + warp_row0 + mt * 16 + g + (e >> 1) * 8;
-                  const int col = n0 + nt * 8 + 2 * t + (e & 1);
-                  x -= alibi_log2 * fabsf(float(row + diagonal - col));
-                }
-                s[mt][nt][e] = x;
-              }
-        }
-
-        // Masking only where the tile crosses the end of the keys or a window edge.
-        const bool needs_mask = n0 + kBlockN > k_len ||
-                                (p.window_right >= 0 && n0 + kBlockN - 1 > m0 + diagonal + p.window_right) ||
-                                (p.window_left >= 0 && n0 < last_row + diagonal - p.window_left);
-        if (needs_mask) {
-#pragma unroll
-          for (int mt = 0; mt < kMTiles; ++mt)
-#pragma unroll
-            for (int nt = 0; nt < kNTiles; ++nt)
-#pragma unroll
-              for (int e = 0; e < 4; ++e) {
+            for (int e = 0; e < 4; ++e) {
+              float x = s[mt][nt][e];
+              x = p.softcap_in != 0.f ? tanh_approx(x * p.softcap_in) * p.scale_log2 : x * p.scale_log2;
+              if (alibi_log2 != 0.f) {
                 const int row = m0 + warp_row0 + mt * 16 + g + (e >> 1) * 8;
                 const int col = n0 + nt * 8 + 2 * t + (e & 1);
-                const bool visible = col < k_len &&
-                                     (p.window_right < 0 || col <= row + diagonal + p.window_right) &&
-                                     (p.window_left < 0 || col >= row + diagonal - p.window_left);
-                if (!visible) s[mt][nt][e] = AF_NEG_INF;
+                x -= alibi_log2 * fabsf(float(row + diagonal - col));
               }
-        }
+              s[mt][nt][e] = x;
+            }
+      }
 
-        // Online softmax; the 4 lanes of a quad share rows, so two xor-shuffles finish a row max.
-        // O is rescaled only when some row of the warp got a new max (after the first blocks
-        // that is rare, and the rescale is a multiply per accumulator).
-        af_u32 pa[kMTiles][kNTiles / 2][4];  // P as A fragments, one per k16 step of P V
+      // Masking only where the tile crosses the end of the keys or a window edge.
+      const bool needs_mask = n0 + kBlockN > k_len ||
+                              (p.window_right >= 0 && n0 + kBlockN - 1 > m0 + diagonal + p.window_right) ||
+                              (p.window_left >= 0 && n0 < last_row + diagonal - p.window_left);
+      if (needs_mask) {
 #pragma unroll
-        for (int mt = 0; mt < kMTiles; ++mt) {
-          float base[2], correction[2];
-          bool max_changed = false;
+        for (int mt = 0; mt < kMTiles; ++mt)
+#pragma unroll
+          for (int nt = 0; nt < kNTiles; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int row = m0 + warp_row0 + mt * 16 + g + (e >> 1) * 8;
+              const int col = n0 + nt * 8 + 2 * t + (e & 1);
+              const bool visible = col < k_len &&
+                                   (p.window_right < 0 || col <= row + diagonal + p.window_right) &&
+                                   (p.window_left < 0 || col >= row + diagonal - p.window_left);
+              if (!visible) s[mt][nt][e] = AF_NEG_INF;
+            }
+      }
+
+      // Online softmax; the 4 lanes of a quad share rows, so two xor-shuffles finish a row max.
+      // O is rescaled only when some row of the warp got a new max (after the first blocks
+      // that is rare, and the rescale is a multiply per accumulator).
+      af_u32 pa[kMTiles][kNTiles / 2][4];  // P as A fragments, one per k16 step of P V
+#pragma unroll
+      for (int mt = 0; mt < kMTiles; ++mt) {
+        float base[2], correction[2];
+        bool max_changed = false;
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          float m = row_max[mt][half];
+#pragma unroll
+          for (int nt = 0; nt < kNTiles; ++nt) m = fmaxf(m, fmaxf(s[mt][nt][2 * half], s[mt][nt][2 * half + 1]));
+          m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
+          m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
+          // A row with no visible key so far keeps max -inf; subtracting 0 then gives exp2(-inf) = 0.
+          base[half] = m == AF_NEG_INF ? 0.f : m * scale;
+          correction[half] = exp2_approx(row_max[mt][half] * scale - base[half]);
+          max_changed = max_changed || m != row_max[mt][half];
+          row_max[mt][half] = m;
+        }
+        if (__any_sync(0xffffffffu, max_changed)) {
 #pragma unroll
           for (int half = 0; half < 2; ++half) {
-            float m = row_max[mt][half];
+            row_sum[mt][half] *= correction[half];
 #pragma unroll
-            for (int nt = 0; nt < kNTiles; ++nt) m = fmaxf(m, fmaxf(s[mt][nt][2 * half], s[mt][nt][2 * half + 1]));
-            m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
-            m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
-            // A row with no visible key so far keeps max -inf; subtracting 0 then gives exp2(-inf) = 0.
-            base[half] = m == AF_NEG_INF ? 0.f : m * scale;
-            correction[half] = exp2_approx(row_max[mt][half] * scale - base[half]);
-            max_changed = max_changed || m != row_max[mt][half];
-            row_max[mt][half] = m;
-          }
-          if (__any_sync(0xffffffffu, max_changed)) {
-#pragma unroll
-            for (int half = 0; half < 2; ++half) {
-              row_sum[mt][half] *= correction[half];
-#pragma unroll
-              for (int dt = 0; dt < kDTiles; ++dt) {
-                o[mt][dt][2 * half] *= correction[half];
-                o[mt][dt][2 * half + 1] *= correction[half];
-              }
+            for (int dt = 0; dt < kDTiles; ++dt) {
+              o[mt][dt][2 * half] *= correction[half];
+              o[mt][dt][2 * half + 1] *= correction[half];
             }
-          }
-#pragma unroll
-          for (int half = 0; half < 2; ++half) {
-            float sum = 0.f;
-#pragma unroll
-            for (int nt = 0; nt < kNTiles; ++nt) {
-              const float p0 = exp2_approx(fmaf(s[mt][nt][2 * half], scale, -base[half]));
-              const float p1 = exp2_approx(fmaf(s[mt][nt][2 * half + 1], scale, -base[half]));
-              s[mt][nt][2 * half] = p0;
-              s[mt][nt][2 * half + 1] = p1;
-              sum += p0 + p1;
-            }
-            row_sum[mt][half] += sum;
-          }
-#pragma unroll
-          for (int kp = 0; kp < kNTiles / 2; ++kp) {
-            pa[mt][kp][0] = pack2(s[mt][2 * kp][0], s[mt][2 * kp][1]);
-            pa[mt][kp][1] = pack2(s[mt][2 * kp][2], s[mt][2 * kp][3]);
-            pa[mt][kp][2] = pack2(s[mt][2 * kp + 1][0], s[mt][2 * kp + 1][1]);
-            pa[mt][kp][3] = pack2(s[mt][2 * kp + 1][2], s[mt][2 * kp + 1][3]);
           }
         }
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          float sum = 0.f;
+#pragma unroll
+          for (int nt = 0; nt < kNTiles; ++nt) {
+            const float p0 = exp2_approx(fmaf(s[mt][nt][2 * half], scale, -base[half]));
+            const float p1 = exp2_approx(fmaf(s[mt][nt][2 * half + 1], scale, -base[half]));
+            s[mt][nt][2 * half] = p0;
+            s[mt][nt][2 * half + 1] = p1;
+            sum += p0 + p1;
+          }
+          row_sum[mt][half] += sum;
+        }
+#pragma unroll
+        for (int kp = 0; kp < kNTiles / 2; ++kp) {
+          pa[mt][kp][0] = pack2(s[mt][2 * kp][0], s[mt][2 * kp][1]);
+          pa[mt][kp][1] = pack2(s[mt][2 * kp][2], s[mt][2 * kp][3]);
+          pa[mt][kp][2] = pack2(s[mt][2 * kp + 1][0], s[mt][2 * kp + 1][1]);
+          pa[mt][kp][3] = pack2(s[mt][2 * kp + 1][2], s[mt][2 * kp + 1][3]);
+        }
+      }
 
-        // O += P V: V^T fragments come from ldmatrix.trans of the row-major V tile.
+      // O += P V: V^T fragments come from ldmatrix.trans of the row-major V tile.
 #pragma unroll
-        for (int dp = 0; dp < kDTiles / 2; ++dp) {
+      for (int dp = 0; dp < kDTiles / 2; ++dp) {
 #pragma unroll
-          for (int kp = 0; kp < kNTiles / 2; ++kp) {
-            af_u32 b[4];
-            ldmatrix_x4_trans(fragment_address(v_frag + stage, kp * 16, dp), b);
+        for (int kp = 0; kp < kNTiles / 2; ++kp) {
+          af_u32 b[4];
+          ldmatrix_x4_trans(fragment_address(v_frag + stage, kp * 16, dp), b);
 #pragma unroll
-            for (int mt = 0; mt < kMTiles; ++mt) {
-              mma_16816(o[mt][2 * dp], pa[mt][kp], b[0], b[1]);
-              mma_16816(o[mt][2 * dp + 1], pa[mt][kp], b[2], b[3]);
-            }
+          for (int mt = 0; mt < kMTiles; ++mt) {
+            mma_16816(o[mt][2 * dp], pa[mt][kp], b[0], b[1]);
+            mma_16816(o[mt][2 * dp + 1], pa[mt][kp], b[2], b[3]);
           }
         }
       }
