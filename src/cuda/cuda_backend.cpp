@@ -160,7 +160,8 @@ af_status supports(const AttentionProblem& p) {
       return fail(AF_ERR_UNSUPPORTED, "cuda backend: every batch, row and head stride must be a multiple of 8 elements (got %lld)",
                   (long long)s);
   if (!fits_int(p.seqlen_q) || !fits_int(p.seqlen_k) || !fits_int(p.total_q) || !fits_int(p.total_k) ||
-      !fits_int(p.batch) || p.batch > 65535 || p.heads_q > 65535 || p.window_left > INT_MAX || p.window_right > INT_MAX)
+      p.batch * p.heads_q > INT_MAX || p.window_left > INT_MAX || p.window_right > INT_MAX ||
+      (p.seqlen_q + variants()[index].tile_for(arch).block_m() - 1) / variants()[index].tile_for(arch).block_m() > 65535)
     return fail(AF_ERR_UNSUPPORTED, "cuda backend: a size exceeds the kernel's 32-bit row indices or grid limits");
   return AF_OK;
 }
@@ -219,7 +220,7 @@ af_status attention_forward(const AttentionProblem& p) {
   AF_RETURN_IF_ERROR(primary_context(p.device_index, &context));
   ContextGuard guard(context);
   void* args[] = {&k};
-  const CUresult r = driver().api->cuLaunchKernel(function, blocks_m, unsigned(p.heads_q), unsigned(p.batch),
+  const CUresult r = driver().api->cuLaunchKernel(function, unsigned(p.heads_q * p.batch), blocks_m, 1,
                                                   unsigned(tile.threads()), 1, 1, unsigned(v.smem_bytes(arch)),
                                                   static_cast<CUstream>(p.cuda_stream), args, nullptr);
   if (r != CUDA_SUCCESS) return fail(AF_ERR_CUDA, "%s: %s", v.name.c_str(), driver_error("cuLaunchKernel", r).c_str());

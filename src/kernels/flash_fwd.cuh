@@ -11,7 +11,7 @@
 //   AF_KV_STAGES  1: one K and one V buffer; 2: double-buffered K/V
 //   AF_MIN_BLOCKS CTAs per SM the register allocation must allow (__launch_bounds__)
 //
-// One CTA per (query tile, head, batch). Per key block, the warp computes S = Q K^T into
+// One CTA per (query tile, head, batch), longest causal tiles first. Per key block, the warp computes S = Q K^T into
 // accumulators, applies the mask only on tiles that cross a mask edge, runs the online
 // softmax in the log2 domain (exp2 with log2(e) folded into the scale), re-packs P from the
 // accumulators straight into A fragments (P never touches shared memory), and accumulates
@@ -186,9 +186,12 @@ extern "C" __global__ void __launch_bounds__(kThreads, AF_MIN_BLOCKS) af_flash_f
 
   const int lane = int(threadIdx.x) & 31;
   const int warp = int(threadIdx.x) >> 5;
-  const int m_block = int(gridDim.x) - 1 - int(blockIdx.x);  // longest causal rows start first
-  const int head = blockIdx.y;
-  const int batch = blockIdx.z;
+  // Grid (heads * batch, query tiles): the CTA scheduler walks x fastest, so every (batch, head)
+  // of the last query tile goes first: with a causal mask the whole grid runs longest-first and
+  // the last wave holds the shortest tiles.
+  const int m_block = int(gridDim.y) - 1 - int(blockIdx.y);
+  const int head = int(blockIdx.x) % p.heads_q;
+  const int batch = int(blockIdx.x) / p.heads_q;
   const int head_kv = head / (p.heads_q / p.heads_kv);
 
   // Extent of this sequence, clamped so that no index array can move an access out of bounds.
