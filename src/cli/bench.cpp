@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <iterator>
 #include <string>
 #include <vector>
 
@@ -71,6 +72,13 @@ int parse_options(int argc, char** argv, BenchOptions* o, bool* done) {
     }
     if (flag == "--causal") { o->causal = true; continue; }
     if (flag == "--json") { o->json = true; continue; }
+    static const char* const kValueFlags[] = {"--batch", "--seqlen", "--seqlen-q", "--seqlen-k", "--heads",
+                                              "--kv-heads", "--head-dim", "--threads", "--iters", "--warmup",
+                                              "--softcap", "--window", "--dtype"};
+    if (std::none_of(std::begin(kValueFlags), std::end(kValueFlags), [&](const char* f) { return flag == f; })) {
+      std::fprintf(stderr, "attnforge bench: unknown option '%s' (see --help)\n", flag.c_str());
+      return 2;
+    }
     if (i + 1 >= argc) {
       std::fprintf(stderr, "attnforge bench: %s needs a value (see --help)\n", flag.c_str());
       return 2;
@@ -96,9 +104,6 @@ int parse_options(int argc, char** argv, BenchOptions* o, bool* done) {
       else if (t == "fp16" || t == "float16") o->dtype = AF_DTYPE_FLOAT16;
       else if (t == "bf16" || t == "bfloat16") o->dtype = AF_DTYPE_BFLOAT16;
       else ok = false;
-    } else {
-      std::fprintf(stderr, "attnforge bench: unknown option '%s' (see --help)\n", flag.c_str());
-      return 2;
     }
     if (!ok) {
       std::fprintf(stderr, "attnforge bench: bad value '%s' for %s (see --help)\n", value, flag.c_str());
