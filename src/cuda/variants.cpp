@@ -50,7 +50,7 @@ TileConfig tile_for(int head_dim, bool extras, bool large_smem) {
   while (*p != 0) {
     int d = 0, w = 0, m = 0, n = 0, stages = 0;
     if (std::sscanf(p, "%d:%d,%d,%d,%d", &d, &w, &m, &n, &stages) == 5 && d == head_dim && (w == 4 || w == 8) &&
-        (m == 1 || m == 2) && (n == 32 || n == 64 || n == 128) && (stages == 1 || stages == 2))
+        (m == 1 || m == 2) && (n == 32 || n == 64 || n == 128) && (stages >= 1 && stages <= 3))
       tile = {w, m, n, stages};
     const char* next = std::strchr(p, ';');
     if (next == nullptr) break;

@@ -13,7 +13,7 @@ struct TileConfig {
   int warps;
   int m_tiles;
   int block_n;
-  int stages;  // K/V buffers: 1 or 2 (double-buffered)
+  int stages;  // K/V buffers: 1 (K and V loads interleaved with compute) or a ring of 2 or 3 blocks
   int block_m() const { return warps * 16 * m_tiles; }
   int threads() const { return warps * 32; }
 };

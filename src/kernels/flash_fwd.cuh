@@ -8,7 +8,7 @@
 //   AF_M_TILES    m16 tiles per warp (B fragments of K and V are reused across them)
 //   AF_BLOCK_N    keys per main-loop step
 //   AF_EXTRAS     1: softcap and ALiBi are compiled in
-//   AF_KV_STAGES  1: one K and one V buffer; 2: double-buffered K/V
+//   AF_KV_STAGES  1: one K and one V buffer; 2 or 3: K/V ring of that many blocks
 //   AF_MIN_BLOCKS CTAs per SM the register allocation must allow (__launch_bounds__)
 //
 // One CTA per (query tile, head, batch), longest causal tiles first. Per key block, the warp computes S = Q K^T into
@@ -16,10 +16,10 @@
 // softmax in the log2 domain (exp2 with log2(e) folded into the scale), re-packs P from the
 // accumulators straight into A fragments (P never touches shared memory), and accumulates
 // O += P V. Key blocks run from the last to the first (the masked ones come first). K and V
-// go through cp.async: with 2 stages, K[n-1] and V[n-1] load into the other buffers during
-// all of block n (one barrier per block); with 1 stage, V[n] loads during S = Q K[n]^T and
-// K[n-1] during softmax and P V[n]. Shared memory tiles are XOR-swizzled by 16-byte chunk
-// so ldmatrix and cp.async are free of bank conflicts.
+// go through cp.async: with s >= 2 stages, K[n-s+1] and V[n-s+1] load into the ring during
+// block n (one barrier per block); with 1 stage, V[n] loads during S = Q K[n]^T and K[n-1]
+// during P V[n]. Shared memory tiles are XOR-swizzled by 16-byte chunk so ldmatrix and
+// cp.async are free of bank conflicts.
 
 typedef unsigned short af_u16;
 typedef unsigned int af_u32;
@@ -41,7 +41,7 @@ constexpr bool kBf16 = AF_BF16 != 0;
 constexpr int kQBytes = kBlockM * kHeadDim * 2;
 constexpr int kKVBytes = kBlockN * kHeadDim * 2;
 constexpr int kStages = AF_KV_STAGES;
-static_assert(kStages == 1 || kStages == 2, "1 or 2 K/V stages");
+static_assert(kStages >= 1 && kStages <= 3, "1 to 3 K/V stages");
 
 static_assert(kHeadDim % 32 == 0 && kHeadDim <= 256, "head dim must be a multiple of 32, at most 256");
 static_assert(kBlockN % 16 == 0, "block N must be a multiple of 16");
@@ -84,7 +84,11 @@ __device__ __forceinline__ void cp_async_16(af_u32 dst, const void* src, int byt
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(bytes) : "memory");
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
+// Waits until at most kPending of this thread's most recent groups are still in flight.
+template <int kPending>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
+}
 
 __device__ __forceinline__ void ldmatrix_x4(af_u32 address, af_u32 (&r)[4]) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
@@ -177,31 +181,48 @@ __device__ __forceinline__ void load_tile(af_u32 tile, const af_u16* base, long 
   }
 }
 
+// Grid (heads * batch, query tiles): the CTA scheduler walks x fastest, so every (batch, head)
+// of the last query tile goes first: with a causal mask the whole grid runs longest-first and
+// the last wave holds the shortest tiles.
+struct TileIndex {
+  int m_block, head, batch;
+};
+__device__ __forceinline__ TileIndex tile_index(const FlashFwdParams& p) {
+  return {int(gridDim.y) - 1 - int(blockIdx.y), int(blockIdx.x) % p.heads_q, int(blockIdx.x) / p.heads_q};
+}
+
+// Query rows [row0, row0 + len) of one sequence, clamped into [0, total_q] for varlen batches.
+// The prologue and the epilogue each call this (re-reading cu_seqlens_q is cheaper than keeping
+// two registers live across the main loop).
+struct QueryRows {
+  int row0, len;
+};
+__device__ __forceinline__ QueryRows query_rows(const FlashFwdParams& p, int batch) {
+  if (p.cu_seqlens_q == nullptr) return {0, p.seqlen_q};
+  const int row0 = clamp_int(p.cu_seqlens_q[batch], 0, p.total_q);
+  return {row0, clamp_int(p.cu_seqlens_q[batch + 1], row0, p.total_q) - row0};
+}
+
 extern "C" __global__ void __launch_bounds__(kThreads, AF_MIN_BLOCKS) af_flash_fwd(const FlashFwdParams p) {
   extern __shared__ __align__(128) unsigned char smem[];
   const af_u32 sQ = shared_address(smem);     // (kBlockM, kHeadDim), later the output staging tile
-  const af_u32 sK = sQ + kQBytes;              // (kBlockN, kHeadDim) per stage: K0 V0 [K1 V1]
+  const af_u32 sK = sQ + kQBytes;              // (kBlockN, kHeadDim) per stage: K0 V0 [K1 V1 [K2 V2]]
   const af_u32 sV = sK + kKVBytes;             // (kBlockN, kHeadDim)
   constexpr af_u32 kStageBytes = 2 * kKVBytes;
+  constexpr af_u32 kRingBytes = kStages * kStageBytes;
 
   const int lane = int(threadIdx.x) & 31;
   const int warp = int(threadIdx.x) >> 5;
-  // Grid (heads * batch, query tiles): the CTA scheduler walks x fastest, so every (batch, head)
-  // of the last query tile goes first: with a causal mask the whole grid runs longest-first and
-  // the last wave holds the shortest tiles.
-  const int m_block = int(gridDim.y) - 1 - int(blockIdx.y);
-  const int head = int(blockIdx.x) % p.heads_q;
-  const int batch = int(blockIdx.x) / p.heads_q;
+  const TileIndex tile = tile_index(p);
+  const int head = tile.head, batch = tile.batch;
   const int head_kv = head / (p.heads_q / p.heads_kv);
 
   // Extent of this sequence, clamped so that no index array can move an access out of bounds.
-  int q_row0 = 0, q_len = p.seqlen_q, k_row0 = 0, k_len = p.seqlen_k;
-  long long q_batch = (long long)batch * p.q_batch_stride, o_batch = (long long)batch * p.out_batch_stride;
-  long long k_batch = (long long)batch * p.k_batch_stride, v_batch = (long long)batch * p.v_batch_stride;
-  if (p.cu_seqlens_q != nullptr) {
-    q_row0 = clamp_int(p.cu_seqlens_q[batch], 0, p.total_q);
-    q_len = clamp_int(p.cu_seqlens_q[batch + 1], q_row0, p.total_q) - q_row0;
-  }
+  const QueryRows query = query_rows(p, batch);
+  const int q_len = query.len;
+  int k_row0 = 0, k_len = p.seqlen_k;
+  const long long q_batch = (long long)batch * p.q_batch_stride;
+  const long long k_batch = (long long)batch * p.k_batch_stride, v_batch = (long long)batch * p.v_batch_stride;
   int k_avail = p.seqlen_k;  // rows addressable from k_row0
   if (p.cu_seqlens_k != nullptr) {
     k_row0 = clamp_int(p.cu_seqlens_k[batch], 0, p.total_k);
@@ -214,7 +235,7 @@ extern "C" __global__ void __launch_bounds__(kThreads, AF_MIN_BLOCKS) af_flash_f
     k_row0 += pad;
     k_len -= pad;
   }
-  const int m0 = m_block * kBlockM;
+  const int m0 = tile.m_block * kBlockM;
   if (m0 >= q_len) return;
   const int diagonal = k_len - q_len;  // key aligned with query row i is i + diagonal (bottom-right)
 
@@ -226,8 +247,13 @@ extern "C" __global__ void __launch_bounds__(kThreads, AF_MIN_BLOCKS) af_flash_f
   if (p.window_left >= 0) key_begin = max(0, m0 + diagonal - p.window_left);
   const int n_block_min = key_begin / kBlockN;
   const int n_block_max = key_end > key_begin ? (key_end + kBlockN - 1) / kBlockN : n_block_min;
+  // Key blocks [unmasked_begin, unmasked_end) are inside the keys and both window edges for every row.
+  int unmasked_end = k_len / kBlockN;
+  if (p.window_right >= 0) unmasked_end = min(unmasked_end, max(0, m0 + diagonal + p.window_right + 1) / kBlockN);
+  const int unmasked_begin =
+      p.window_left >= 0 ? (max(0, last_row + diagonal - p.window_left) + kBlockN - 1) / kBlockN : 0;
 
-  const af_u16* q_base = (const af_u16*)p.q + q_batch + (long long)(q_row0 + m0) * p.q_row_stride +
+  const af_u16* q_base = (const af_u16*)p.q + q_batch + (long long)(query.row0 + m0) * p.q_row_stride +
                          (long long)head * p.q_head_stride;
   const af_u16* k_base = (const af_u16*)p.k + k_batch + (long long)k_row0 * p.k_row_stride +
                          (long long)head_kv * p.k_head_stride;
@@ -256,16 +282,23 @@ extern "C" __global__ void __launch_bounds__(kThreads, AF_MIN_BLOCKS) af_flash_f
   }
 
   if (n_block_max > n_block_min) {
+    // Q and the first K (and V with a ring) in one group; the ring's other blocks one group each.
     load_tile<kBlockM>(sQ, q_base, p.q_row_stride, q_len - m0, p.head_dim);
-    {
-      const int n0 = (n_block_max - 1) * kBlockN;
-      load_tile<kBlockN>(sK, k_base + (long long)n0 * p.k_row_stride, p.k_row_stride, k_len - n0, p.head_dim);
-      if (kStages == 2)
-        load_tile<kBlockN>(sV, v_base + (long long)n0 * p.v_row_stride, p.v_row_stride, k_len - n0, p.head_dim);
+#pragma unroll
+    for (int i = 0; i < (kStages == 1 ? 1 : kStages - 1); ++i) {
+      const int n0 = (n_block_max - 1 - i) * kBlockN;
+      if (n0 >= n_block_min * kBlockN) {
+        const af_u32 stage = i * kStageBytes;
+        load_tile<kBlockN>(sK + stage, k_base + (long long)n0 * p.k_row_stride, p.k_row_stride, k_len - n0,
+                           p.head_dim);
+        if (kStages > 1)
+          load_tile<kBlockN>(sV + stage, v_base + (long long)n0 * p.v_row_stride, p.v_row_stride, k_len - n0,
+                             p.head_dim);
+      }
+      cp_async_commit();
     }
-    cp_async_commit();
     if (kStages == 1) {
-      cp_async_wait_all();
+      cp_async_wait<0>();
       __syncthreads();
     }
 
@@ -278,19 +311,20 @@ extern "C" __global__ void __launch_bounds__(kThreads, AF_MIN_BLOCKS) af_flash_f
     af_u32 stage = 0;  // byte offset of the K/V buffers block n_block uses
     for (int n_block = n_block_max - 1; n_block >= n_block_min; --n_block) {
       const int n0 = n_block * kBlockN;
-      if (kStages == 2) {
-        // K[n], V[n] have landed and every warp is done with the other buffers: refill them.
-        cp_async_wait_all();
+      if (kStages > 1) {
+        // K[n], V[n] have landed (one group per block; the newer kStages - 2 may be in flight)
+        // and every warp is done with block n + 1: its buffers take block n - kStages + 1.
+        cp_async_wait<kStages - 2>();
         __syncthreads();
-        if (n_block > n_block_min) {
-          const int n_prev = n0 - kBlockN;
-          const af_u32 next = stage ^ kStageBytes;
-          load_tile<kBlockN>(sK + next, k_base + (long long)n_prev * p.k_row_stride, p.k_row_stride, k_len - n_prev,
-                             p.head_dim);
-          load_tile<kBlockN>(sV + next, v_base + (long long)n_prev * p.v_row_stride, p.v_row_stride, k_len - n_prev,
-                             p.head_dim);
-          cp_async_commit();
+        const int n_ahead = n0 - (kStages - 1) * kBlockN;
+        if (n_ahead >= n_block_min * kBlockN) {
+          const af_u32 ahead = (stage == 0 ? kRingBytes : stage) - kStageBytes;
+          load_tile<kBlockN>(sK + ahead, k_base + (long long)n_ahead * p.k_row_stride, p.k_row_stride,
+                             k_len - n_ahead, p.head_dim);
+          load_tile<kBlockN>(sV + ahead, v_base + (long long)n_ahead * p.v_row_stride, p.v_row_stride,
+                             k_len - n_ahead, p.head_dim);
         }
+        cp_async_commit();  // possibly empty: the wait above counts one group per block
       } else {
         load_tile<kBlockN>(sV, v_base + (long long)n0 * p.v_row_stride, p.v_row_stride, k_len - n0, p.head_dim);
         cp_async_commit();
@@ -320,16 +354,11 @@ extern "C" __global__ void __launch_bounds__(kThreads, AF_MIN_BLOCKS) af_flash_f
         }
       }
 
-      // One stage: V[n] has landed and every warp is done with K[n]: fetch K[n - 1] now.
+      // One stage: V[n] has landed and every warp is done with K[n] (K[n - 1] loads after the
+      // softmax, when the scores no longer hold registers).
       if (kStages == 1) {
-        cp_async_wait_all();
+        cp_async_wait<0>();
         __syncthreads();
-      }
-      if (kStages == 1 && n_block > n_block_min) {
-        const int n_prev = n0 - kBlockN;
-        load_tile<kBlockN>(sK, k_base + (long long)n_prev * p.k_row_stride, p.k_row_stride, k_len - n_prev,
-                           p.head_dim);
-        cp_async_commit();
       }
 
       // Scores into the softmax domain: raw dot products (scaled later in one FMA), or
@@ -355,9 +384,7 @@ extern "C" __global__ void __launch_bounds__(kThreads, AF_MIN_BLOCKS) af_flash_f
       }
 
       // Masking only where the tile crosses the end of the keys or a window edge.
-      const bool needs_mask = n0 + kBlockN > k_len ||
-                              (p.window_right >= 0 && n0 + kBlockN - 1 > m0 + diagonal + p.window_right) ||
-                              (p.window_left >= 0 && n0 < last_row + diagonal - p.window_left);
+      const bool needs_mask = n_block >= unmasked_end || n_block < unmasked_begin;
       if (needs_mask) {
 #pragma unroll
         for (int mt = 0; mt < kMTiles; ++mt)
@@ -428,6 +455,13 @@ extern "C" __global__ void __launch_bounds__(kThreads, AF_MIN_BLOCKS) af_flash_f
         }
       }
 
+      if (kStages == 1 && n_block > n_block_min) {
+        const int n_prev = n0 - kBlockN;
+        load_tile<kBlockN>(sK, k_base + (long long)n_prev * p.k_row_stride, p.k_row_stride, k_len - n_prev,
+                           p.head_dim);
+        cp_async_commit();
+      }
+
       // O += P V: V^T fragments come from ldmatrix.trans of the row-major V tile.
 #pragma unroll
       for (int dp = 0; dp < kDTiles / 2; ++dp) {
@@ -445,10 +479,10 @@ extern "C" __global__ void __launch_bounds__(kThreads, AF_MIN_BLOCKS) af_flash_f
 
       if (kStages == 1) {
         // K[n - 1] has landed and every warp is done with V[n].
-        cp_async_wait_all();
+        cp_async_wait<0>();
         __syncthreads();
       } else {
-        stage ^= kStageBytes;
+        stage = stage + kStageBytes == kRingBytes ? 0 : stage + kStageBytes;
       }
     }
   }
@@ -457,6 +491,10 @@ extern "C" __global__ void __launch_bounds__(kThreads, AF_MIN_BLOCKS) af_flash_f
   // The staging rows are the ones this warp's ldmatrix read; the warp barrier orders those
   // reads before the writes of other lanes.
   __syncwarp();
+  // Coordinates again rather than kept live through the main loop (registers are the limit).
+  const TileIndex out_tile = tile_index(p);
+  const QueryRows out_rows = query_rows(p, out_tile.batch);
+  const int out_m0 = out_tile.m_block * kBlockM;
   const float ln2 = 0.6931471805599453f;
   const float lse_scale = kExtras ? 1.f : p.scale_log2;
 #pragma unroll
@@ -473,23 +511,23 @@ extern "C" __global__ void __launch_bounds__(kThreads, AF_MIN_BLOCKS) af_flash_f
         const af_u32 packed = pack2(o[mt][dt][2 * half] * inverse, o[mt][dt][2 * half + 1] * inverse);
         asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(sQ + tile_offset(row, dt * 8 + 2 * t)), "r"(packed) : "memory");
       }
-      if (p.lse != nullptr && t == 0 && m0 + row < q_len) {
+      if (p.lse != nullptr && t == 0 && out_m0 + row < out_rows.len) {
         const float lse = sum > 0.f ? (row_max[mt][half] * lse_scale + log2_approx(sum)) * ln2 : AF_NEG_INF;
-        p.lse[(long long)batch * p.lse_batch_stride + (long long)head * p.lse_head_stride +
-              (long long)(q_row0 + m0 + row) * p.lse_row_stride] = lse;
+        p.lse[(long long)out_tile.batch * p.lse_batch_stride + (long long)out_tile.head * p.lse_head_stride +
+              (long long)(out_rows.row0 + out_m0 + row) * p.lse_row_stride] = lse;
       }
     }
   }
   __syncwarp();
-  af_u16* out_base = (af_u16*)p.out + o_batch + (long long)(q_row0 + m0) * p.out_row_stride +
-                     (long long)head * p.out_head_stride;
+  af_u16* out_base = (af_u16*)p.out + (long long)out_tile.batch * p.out_batch_stride +
+                     (long long)(out_rows.row0 + out_m0) * p.out_row_stride + (long long)out_tile.head * p.out_head_stride;
   constexpr int kWarpItems = 16 * kMTiles * kChunks;
 #pragma unroll
   for (int i = 0; i < kWarpItems / 32; ++i) {
     const int item = i * 32 + lane;
     const int row = warp_row0 + item / kChunks;
     const int col = (item % kChunks) * 8;
-    if (m0 + row < q_len && col < p.head_dim) {
+    if (out_m0 + row < out_rows.len && col < p.head_dim) {
       const af_u32 address = sQ + tile_offset(row, col);
       af_u16* dst = out_base + (long long)row * p.out_row_stride + col;
       if (col + 8 <= p.head_dim) {
