@@ -24,26 +24,30 @@ namespace {
 
 const int kHeadDims[] = {32, 64, 96, 128, 192, 256};
 
-// Measured on H100 (bench/device, ATTNFORGE_TILE sweeps): 128x64 tiles with 4 warps for
-// head dim <= 64; 128x32 with 4 warps (two m16 tiles per warp, K/V fragments reused) for 128;
-// 128x32 with 8 warps for 192 (4 warps spill with extras); 128x64 with 8 warps and one stage for 256, which needs 128 KB of shared memory, so GPUs
-// with ~99 KB use 128x32. Extras variants keep fewer accumulators live where the plain
-// tile would spill.
-TileConfig default_tile(int head_dim, bool extras, bool large_smem) {
+// Measured on H100 (bench/device tune.sh and ATTNFORGE_TILE sweeps, bench/results): 128x64
+// tiles with 4 warps for head dim <= 64; for 128, 128x64 with 4 warps (two m16 tiles per warp,
+// K/V fragments reused) and a 2-block K/V ring, 96 KB, where two CTAs still fit an SM (227 KB
+// class), else 128x32 (64 KB); 128x32 with 8 warps for 192 (4 warps spill with extras); 128x64
+// with 8 warps for 256, with a 2-block ring where 192 KB fits, one block (128 KB) on A100 and
+// 128x32 on ~99 KB GPUs. Extras variants keep fewer accumulators live where the plain tile would
+// spill. Only the 227 KB tiles are measured; the others are compile-checked (no spills).
+TileConfig default_tile(int head_dim, bool extras, SharedMemoryClass smem) {
   switch (head_dim) {
     case 32: return {4, 2, 64, 2};
     case 64: return extras ? TileConfig{8, 1, 64, 2} : TileConfig{4, 2, 64, 2};
     case 96: return {4, 1, 64, 2};
-    case 128: return {4, 2, 32, 2};
+    case 128: return smem == kSmem227K ? TileConfig{4, 2, 64, 2} : TileConfig{4, 2, 32, 2};
     case 192: return {8, 1, 32, 2};
-    default: return large_smem ? TileConfig{8, 1, 64, 1} : TileConfig{8, 1, 32, 1};
+    default:
+      return smem == kSmem227K ? TileConfig{8, 1, 64, 2}
+                               : (smem == kSmem163K ? TileConfig{8, 1, 64, 1} : TileConfig{8, 1, 32, 1});
   }
 }
 
 // Parses "128:4,1,64,2;64:4,2,64,2" (head dim: warps, m tiles, block n, stages); malformed
 // entries are ignored.
-TileConfig tile_for(int head_dim, bool extras, bool large_smem) {
-  TileConfig tile = default_tile(head_dim, extras, large_smem);
+TileConfig tile_for(int head_dim, bool extras, SharedMemoryClass smem) {
+  TileConfig tile = default_tile(head_dim, extras, smem);
   const char* text = std::getenv("ATTNFORGE_TILE");
   if (text == nullptr) return tile;
   const char* p = text;
@@ -66,12 +70,20 @@ std::vector<Variant> build_variants() {
       for (bool extras : {false, true}) {
         std::string name = std::string("flash_fwd_") + (dtype == AF_DTYPE_BFLOAT16 ? "bf16" : "fp16") + "_d" +
                            std::to_string(d) + (extras ? "_extras" : "");
-        list.push_back({dtype, d, extras, tile_for(d, extras, true), tile_for(d, extras, false), name});
+        list.push_back({dtype, d, extras,
+                        {tile_for(d, extras, kSmem227K), tile_for(d, extras, kSmem163K), tile_for(d, extras, kSmem99K)},
+                        name});
       }
   return list;
 }
 
 }  // namespace
+
+SharedMemoryClass shared_memory_class(int arch) {
+  if (arch == 90 || arch == 100 || arch == 103 || arch == 110) return kSmem227K;
+  if (arch == 80 || arch == 87) return kSmem163K;
+  return kSmem99K;
+}
 
 const std::vector<Variant>& variants() {
   static const std::vector<Variant> list = build_variants();

@@ -18,20 +18,22 @@ struct TileConfig {
   int threads() const { return warps * 32; }
 };
 
+// Shared memory one block may opt in to, which decides how large a tile can be and how many
+// CTAs share an SM: 227 KB (sm_90, sm_100, sm_103, sm_110), 163 KB (sm_80, sm_87), 99 KB (the
+// rest: sm_86, sm_89, sm_120...).
+enum SharedMemoryClass { kSmem227K = 0, kSmem163K = 1, kSmem99K = 2, kSharedMemoryClasses = 3 };
+SharedMemoryClass shared_memory_class(int arch);
+
 struct Variant {
-  af_dtype dtype;     // AF_DTYPE_BFLOAT16 or AF_DTYPE_FLOAT16
-  int head_dim;       // compiled head dim: 32, 64, 96, 128, 192 or 256
-  bool extras;        // softcap and ALiBi compiled in
-  TileConfig tile;        // for GPUs with >= 160 KB shared memory per block (sm_80, sm_87, sm_90, sm_100...)
-  TileConfig tile_small;  // for GPUs with about 99 KB (sm_86, sm_89, sm_120...)
-  std::string name;       // "flash_fwd_bf16_d128" (+ "_extras")
-  const TileConfig& tile_for(int arch) const { return large_shared_memory(arch) ? tile : tile_small; }
+  af_dtype dtype;  // AF_DTYPE_BFLOAT16 or AF_DTYPE_FLOAT16
+  int head_dim;    // compiled head dim: 32, 64, 96, 128, 192 or 256
+  bool extras;     // softcap and ALiBi compiled in
+  TileConfig tiles[kSharedMemoryClasses];  // indexed by SharedMemoryClass
+  std::string name;                         // "flash_fwd_bf16_d128" (+ "_extras")
+  const TileConfig& tile_for(int arch) const { return tiles[shared_memory_class(arch)]; }
   int smem_bytes(int arch) const {
     const TileConfig& t = tile_for(arch);
     return (t.block_m() + 2 * t.stages * t.block_n) * head_dim * 2;
-  }
-  static bool large_shared_memory(int arch) {
-    return arch == 80 || arch == 87 || arch == 90 || arch == 100 || arch == 103 || arch == 110;
   }
 };
 

@@ -29,6 +29,7 @@ TEST(CudaVariants, TableIsConsistent) {
     EXPECT_EQ(find_variant(list[i].dtype, list[i].head_dim, list[i].extras), int(i)) << list[i].name;
     EXPECT_LE(list[i].smem_bytes(86), 99 * 1024) << list[i].name << " does not fit sm_86/sm_89 shared memory";
     EXPECT_LE(list[i].smem_bytes(80), 163 * 1024) << list[i].name << " does not fit sm_80 shared memory";
+    EXPECT_LE(list[i].smem_bytes(90), 227 * 1024) << list[i].name << " does not fit sm_90 shared memory";
   }
   EXPECT_EQ(compiled_head_dim(80), 96);
   EXPECT_EQ(compiled_head_dim(257), 0);
