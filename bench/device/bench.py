@@ -144,6 +144,7 @@ def environment():
         "nvrtc": cuda.get("nvrtc", {}).get("version"),
         "nvrtc_library": cuda.get("nvrtc", {}).get("library"),
         "tile_override": os.environ.get("ATTNFORGE_TILE", ""),
+        "pair_group_override": os.environ.get("ATTNFORGE_PAIR_GROUP", ""),
     }
 
 

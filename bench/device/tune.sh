@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Tile tuning in one device call: build once, then for each ATTNFORGE_TILE candidate check every
+# Tuning in one device call: build once, then for each candidate (environment settings such as
+# ATTNFORGE_TILE and ATTNFORGE_PAIR_GROUP, separated by spaces; empty = the defaults) check every
 # variant against float64 (check.py, first pass only) and time it beside SDPA flash and cuDNN.
 # Candidates run in order, and the whole list `passes` times (A B C A B C), so that run-to-run
 # drift shows up as a spread instead of as a difference between candidates.
-#   bash bench/device/tune.sh "128:4,2,32,2|128:4,2,64,2" [head_dims=128] [seqlens=1024,2048,4096,8192] [passes=2]
+#   bash bench/device/tune.sh "|ATTNFORGE_TILE=128:4,2,32,2 ATTNFORGE_PAIR_GROUP=8" [head_dims=128] \
+#     [seqlens=1024,2048,4096,8192] [passes=2]
 # Writes $OUT/tune.log and $OUT/tune-summary.md (ratio to flash per candidate, pass and point).
 set -u -o pipefail
 cd "$(dirname "$0")/../.."
@@ -26,11 +28,12 @@ main() {
   for pass in $(seq 1 "$passes"); do
     for i in "${!candidates[@]}"; do
       candidate="${candidates[$i]}"
-      echo "== pass $pass, candidate $i: ATTNFORGE_TILE=$candidate"
+      echo "== pass $pass, candidate $i: ${candidate:-defaults}"
+      read -ra settings <<<"$candidate"
       if [ "$pass" = 1 ]; then
-        (cd bench/device && ATTNFORGE_TILE="$candidate" python3 check.py "/tmp/tune-check-$i.json" | tail -1) || status=1
+        (cd bench/device && env "${settings[@]}" python3 check.py "/tmp/tune-check-$i.json" | tail -1) || status=1
       fi
-      (cd bench/device && ATTNFORGE_TILE="$candidate" python3 bench.py --prefix "/tmp/tune-$pass-$i" \
+      (cd bench/device && env "${settings[@]}" python3 bench.py --prefix "/tmp/tune-$pass-$i" \
         --head-dims "$head_dims" --seqlens "$seqlens" --no-first-call | grep -E "^d[0-9]|Error|error") || status=1
     done
   done
@@ -44,7 +47,7 @@ for p in range(1, passes + 1):
         for r in json.load(open("/tmp/tune-%d-%d.json" % (p, i)))["rows"]:
             key = (r["head_dim"], r["causal"], r["seqlen"])
             rows.setdefault(key, {}).setdefault(c, []).append(r["attnforge"] / r["flash"] if r["attnforge"] and r["flash"] else 0)
-print("| d | causal | S | " + " | ".join(candidates) + " |")
+print("| d | causal | S | " + " | ".join(c or "defaults" for c in candidates) + " |")
 print("|---|---|---|" + "---|" * len(candidates))
 for (d, causal, s), by in sorted(rows.items()):
     print("| %d | %s | %d | " % (d, "yes" if causal else "no", s) +

@@ -5,6 +5,7 @@
 #include <atomic>
 #include <climits>
 #include <condition_variable>
+#include <cstdlib>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -28,6 +29,7 @@ constexpr int kMaxVariants = 64;
 std::atomic<CUfunction> g_functions[kMaxDevices][kMaxVariants];
 std::atomic<CUcontext> g_contexts[kMaxDevices];
 std::atomic<int> g_target_arch[kMaxDevices];  // arch the device's kernels were compiled for (picks the tile)
+std::atomic<int> g_wave_ctas[kMaxDevices][kMaxVariants];  // CTAs of a variant resident at once on the device
 std::mutex g_load_mutex;
 
 // Pushes the device's primary context if the thread's current context is another one.
@@ -103,6 +105,14 @@ af_status load_function(int device, int index, CUfunction* function) {
   if (r != CUDA_SUCCESS)
     return fail(AF_ERR_CUDA, "%s needs %d bytes of shared memory: %s", v.name.c_str(), v.smem_bytes(arch),
                 driver_error("cuFuncSetAttribute", r).c_str());
+  int ctas_per_sm = 0;
+  r = d.api->cuOccupancyMaxActiveBlocksPerMultiprocessor(&ctas_per_sm, f, v.tile_for(arch).threads(),
+                                                         size_t(v.smem_bytes(arch)));
+  if (r != CUDA_SUCCESS || ctas_per_sm < 1)
+    return fail(AF_ERR_CUDA, "%s does not fit an SM of device %d: %s", v.name.c_str(), device,
+                r != CUDA_SUCCESS ? driver_error("cuOccupancyMaxActiveBlocksPerMultiprocessor", r).c_str()
+                                  : "occupancy 0");
+  g_wave_ctas[device][index].store(ctas_per_sm * info.sm_count, std::memory_order_relaxed);
   g_target_arch[device].store(arch, std::memory_order_relaxed);
   g_functions[device][index].store(f, std::memory_order_release);
   *function = f;
@@ -166,6 +176,23 @@ af_status supports(const AttentionProblem& p) {
   return AF_OK;
 }
 
+namespace {
+
+// (batch, head) pairs per CTA scheduling group (see tile_index in flash_fwd.cuh). Without a mask
+// every tile costs the same: one pair per group, so the CTAs running at once share K/V in L2.
+// With a causal mask or a window, groups of about one wave run longest-first. $ATTNFORGE_PAIR_GROUP
+// (a positive number) overrides this for tuning runs.
+int pair_group(int pairs, int m_blocks, int wave_ctas, bool masked) {
+  static const int forced = [] {
+    const char* text = std::getenv("ATTNFORGE_PAIR_GROUP");
+    return text != nullptr ? std::atoi(text) : 0;
+  }();
+  const int group = std::max(1, std::min(forced > 0 ? forced : (masked ? wave_ctas / m_blocks : 1), pairs));
+  return std::max(group, (pairs + 65534) / 65535);  // gridDim.z (groups) is at most 65535
+}
+
+}  // namespace
+
 af_status attention_forward(const AttentionProblem& p) {
   AF_RETURN_IF_ERROR(available());
   AF_RETURN_IF_ERROR(supports(p));
@@ -215,12 +242,16 @@ af_status attention_forward(const AttentionProblem& p) {
 
   const int arch = g_target_arch[p.device_index].load(std::memory_order_relaxed);
   const TileConfig& tile = v.tile_for(arch);
-  const unsigned blocks_m = unsigned((p.seqlen_q + tile.block_m() - 1) / tile.block_m());
+  const int pairs = int(p.batch * p.heads_q);
+  const int m_blocks = int((p.seqlen_q + tile.block_m() - 1) / tile.block_m());
+  const int group = pair_group(pairs, m_blocks, g_wave_ctas[p.device_index][index].load(std::memory_order_relaxed),
+                               k.window_left >= 0 || k.window_right >= 0);
   CUcontext context = nullptr;
   AF_RETURN_IF_ERROR(primary_context(p.device_index, &context));
   ContextGuard guard(context);
   void* args[] = {&k};
-  const CUresult r = driver().api->cuLaunchKernel(function, unsigned(p.heads_q * p.batch), blocks_m, 1,
+  const CUresult r = driver().api->cuLaunchKernel(function, unsigned(group), unsigned(m_blocks),
+                                                  unsigned((pairs + group - 1) / group),
                                                   unsigned(tile.threads()), 1, 1, unsigned(v.smem_bytes(arch)),
                                                   static_cast<CUstream>(p.cuda_stream), args, nullptr);
   if (r != CUDA_SUCCESS) return fail(AF_ERR_CUDA, "%s: %s", v.name.c_str(), driver_error("cuLaunchKernel", r).c_str());

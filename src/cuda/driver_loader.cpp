@@ -55,6 +55,8 @@ void probe_driver() {
       {"cuModuleLoadData", bind(library, "cuModuleLoadData", &a.cuModuleLoadData)},
       {"cuModuleGetFunction", bind(library, "cuModuleGetFunction", &a.cuModuleGetFunction)},
       {"cuFuncSetAttribute", bind(library, "cuFuncSetAttribute", &a.cuFuncSetAttribute)},
+      {"cuOccupancyMaxActiveBlocksPerMultiprocessor",
+       bind(library, "cuOccupancyMaxActiveBlocksPerMultiprocessor", &a.cuOccupancyMaxActiveBlocksPerMultiprocessor)},
       {"cuLaunchKernel", bind(library, "cuLaunchKernel", &a.cuLaunchKernel)},
       {"cuGetErrorString", bind(library, "cuGetErrorString", &a.cuGetErrorString)},
   };

@@ -143,14 +143,18 @@ __device__ __forceinline__ int clamp_int(int x, int lo, int hi) { return x < lo 
 
 // Async copy of rows [0, kRows) of a (rows, head_dim) matrix into a swizzled smem tile.
 // Rows >= valid_rows and dims >= head_dim are zero-filled; nothing outside them is read.
-// When a pass of all threads covers a multiple of 8 whole rows, each thread keeps one chunk
-// column: its source pointer advances by a fixed stride and its smem offset by a constant,
-// so no per-item address stays live across the main loop.
+// When a pass of all threads covers whole rows (a multiple of 8 of them, or a power of two
+// below 8 with rows of 8k chunks), each thread keeps one chunk column: its source pointer
+// advances by a fixed stride and its smem offset by a constant (XORed with a constant swizzle
+// step when passes are shorter than 8 rows), so no per-item address stays live across the
+// main loop.
 template <int kRows>
 __device__ __forceinline__ void load_tile(af_u32 tile, const af_u16* base, long long row_stride, int valid_rows,
                                           int head_dim) {
   constexpr int kRowsPerPass = kThreads / kChunks;
-  if constexpr (kThreads % kChunks == 0 && kRowsPerPass % 8 == 0 && kRows % kRowsPerPass == 0) {
+  constexpr bool kWholeRows = kThreads % kChunks == 0 && kRows % kRowsPerPass == 0 &&
+                              (kRowsPerPass % 8 == 0 || (kChunks % 8 == 0 && 8 % kRowsPerPass == 0));
+  if constexpr (kWholeRows) {
     const int row0 = int(threadIdx.x) / kChunks;
     const int col = (int(threadIdx.x) % kChunks) * 8;
     const int left = head_dim - col;
@@ -160,8 +164,11 @@ __device__ __forceinline__ void load_tile(af_u32 tile, const af_u16* base, long 
 #pragma unroll
     for (int i = 0; i < kRows / kRowsPerPass; ++i) {
       const bool inside = row0 + i * kRowsPerPass < valid_rows && col_bytes > 0;
+      // Row row0 + i * kRowsPerPass XORs its chunk with row0 ^ ((i * kRowsPerPass) & 7): the
+      // bits are disjoint because row0 < kRowsPerPass, a power of two.
+      const af_u32 swizzle_step = af_u32(((i * kRowsPerPass) & 7) * 16);
       // Rows past the end are requested with size 0: nothing is read from src, the chunk is zeroed.
-      cp_async_16(dst + af_u32(i * kRowsPerPass * kHeadDim * 2), src, inside ? col_bytes : 0);
+      cp_async_16((dst ^ swizzle_step) + af_u32(i * kRowsPerPass * kHeadDim * 2), src, inside ? col_bytes : 0);
       src += kRowsPerPass * row_stride;
     }
   } else {
@@ -181,14 +188,18 @@ __device__ __forceinline__ void load_tile(af_u32 tile, const af_u16* base, long 
   }
 }
 
-// Grid (heads * batch, query tiles): the CTA scheduler walks x fastest, so every (batch, head)
-// of the last query tile goes first: with a causal mask the whole grid runs longest-first and
-// the last wave holds the shortest tiles.
+// Grid (pairs per group, query tiles, groups) over (batch, head) pairs; the hardware starts CTAs
+// with x fastest, then y, then z. So pairs go in groups of gridDim.x, and inside a group the
+// query tile runs from the last (the longest with a causal mask) to the first. One pair per
+// group (no mask) keeps the CTAs that run at once on few K/V heads, so K/V are read from L2;
+// with a causal mask a group about one wave large runs longest-first, so that each wave ends
+// with short tiles and the grid with the shortest. The last group may run past batch * heads.
 struct TileIndex {
   int m_block, head, batch;
 };
 __device__ __forceinline__ TileIndex tile_index(const FlashFwdParams& p) {
-  return {int(gridDim.y) - 1 - int(blockIdx.y), int(blockIdx.x) % p.heads_q, int(blockIdx.x) / p.heads_q};
+  const int pair = int(blockIdx.z * gridDim.x + blockIdx.x);
+  return {int(gridDim.y) - 1 - int(blockIdx.y), pair % p.heads_q, pair / p.heads_q};
 }
 
 // Query rows [row0, row0 + len) of one sequence, clamped into [0, total_q] for varlen batches.
@@ -215,6 +226,7 @@ extern "C" __global__ void __launch_bounds__(kThreads, AF_MIN_BLOCKS) af_flash_f
   const int warp = int(threadIdx.x) >> 5;
   const TileIndex tile = tile_index(p);
   const int head = tile.head, batch = tile.batch;
+  if (batch >= p.batch) return;  // past the last pair of a partial group
   const int head_kv = head / (p.heads_q / p.heads_kv);
 
   // Extent of this sequence, clamped so that no index array can move an access out of bounds.
