@@ -24,13 +24,14 @@ namespace {
 
 const int kHeadDims[] = {32, 64, 96, 128, 192, 256};
 
-// Measured on H100 (bench/device tune.sh and ATTNFORGE_TILE sweeps, bench/results): 128x64
-// tiles with 4 warps for head dim <= 64; for 128, 128x64 with 4 warps (two m16 tiles per warp,
-// K/V fragments reused) and a 2-block K/V ring, 96 KB, where two CTAs still fit an SM (227 KB
-// class), else 128x32 (64 KB); 128x32 with 8 warps for 192 (4 warps spill with extras); 128x64
-// with 8 warps for 256, with a 2-block ring where 192 KB fits, one block (128 KB) on A100 and
-// 128x32 on ~99 KB GPUs. Extras variants keep fewer accumulators live where the plain tile would
-// spill. Only the 227 KB tiles are measured; the others are compile-checked (no spills).
+// Measured on H100 (bench/device/tune.sh runs, bench/results/tune-h100-*): 128x64 tiles with
+// 4 warps for head dim <= 64; for 128, 128x64 with 4 warps (two m16 tiles per warp, K/V
+// fragments reused) and a 2-block K/V ring, 96 KB, where two CTAs still fit an SM (227 KB
+// class), else 128x32 (64 KB); 128x32 with 8 warps for 192 (4 warps spill with extras); for 256,
+// 64x64 with 4 warps and one K/V block (96 KB, two CTAs per SM) on the 227 KB class, 128x64 with
+// 8 warps (128 KB) on A100 and 128x32 on ~99 KB GPUs. Extras variants keep fewer accumulators
+// live where the plain tile would spill. Only the 227 KB tiles are measured; the others are
+// compile-checked (no spills).
 TileConfig default_tile(int head_dim, bool extras, SharedMemoryClass smem) {
   switch (head_dim) {
     case 32: return {4, 2, 64, 2};
@@ -39,7 +40,7 @@ TileConfig default_tile(int head_dim, bool extras, SharedMemoryClass smem) {
     case 128: return smem == kSmem227K ? TileConfig{4, 2, 64, 2} : TileConfig{4, 2, 32, 2};
     case 192: return {8, 1, 32, 2};
     default:
-      return smem == kSmem227K ? TileConfig{8, 1, 64, 2}
+      return smem == kSmem227K ? TileConfig{4, 1, 64, 1}
                                : (smem == kSmem163K ? TileConfig{8, 1, 64, 1} : TileConfig{8, 1, 32, 1});
   }
 }
