@@ -95,8 +95,9 @@ def sweep(head_dims, seqlens, repeats, rounds):
 
 
 def first_call_cost(arch):
-    """NVRTC compile time per variant (empty cache, via warmup) and first-call time with a warm cache
-    in a fresh process (cache read + module load + launch), measured in subprocesses."""
+    """First call of every variant with an empty cache (NVRTC compile + cache write + module load +
+    launch + sync), one variant at a time in one fresh process, and the first call with a warm cache
+    in another fresh process (cache read + module load + launch)."""
     cache = "/tmp/attnforge-firstcall-cache"
     fresh = "/tmp/attnforge-firstcall-home"
     subprocess.run(["rm", "-rf", cache, fresh], check=True)
@@ -107,9 +108,15 @@ def first_call_cost(arch):
     env = dict(os.environ, ATTNFORGE_CACHE_DIR=cache, HOME=fresh, XDG_CACHE_HOME=fresh, TMPDIR=fresh,
                CUDA_CACHE_PATH=fresh, CUDA_CACHE_DISABLE="1")
     code_compile = (
-        "import json,time,sys; sys.path.insert(0,%r); from common import native; af=native(); t=[time.perf_counter()]; r=[]\n"
-        "def cb(done,total,item):\n    now=time.perf_counter(); r.append((item, now-t[0])); t[0]=now\n"
-        "af.warmup([%r], cb); print(json.dumps(r))" % (os.path.dirname(os.path.abspath(__file__)), arch))
+        "import json,time,sys,torch; sys.path.insert(0,%r); from common import native; af=native(); r=[]\n"
+        "torch.zeros(1,device='cuda'); torch.cuda.synchronize()\n"
+        "for dtype,name in ((torch.bfloat16,'bf16'),(torch.float16,'fp16')):\n"
+        "  for d in (32,64,96,128,192,256):\n"
+        "    for softcap in (0.0,30.0):\n"
+        "      q=torch.randn(1,64,2,d,dtype=dtype,device='cuda'); o=torch.empty_like(q); torch.cuda.synchronize()\n"
+        "      t=time.perf_counter(); af.attention_forward(q,q,q,o,softcap=softcap,backend='cuda'); torch.cuda.synchronize()\n"
+        "      r.append(('%%s flash_fwd_%%s_d%%d%%s'%%(%r,name,d,'_extras' if softcap else ''), time.perf_counter()-t))\n"
+        "print(json.dumps(r))" % (os.path.dirname(os.path.abspath(__file__)), arch))
     compile_out = subprocess.run([sys.executable, "-c", code_compile], env=env, capture_output=True, text=True)
     compiled = json.loads(compile_out.stdout.strip().splitlines()[-1]) if compile_out.returncode == 0 else []
     code_load = (
@@ -172,8 +179,9 @@ def write_markdown(path, env, rows, first_call):
                     "%.2f" % (a / f) if a and f else "n/a", "%.2f" % (a / c) if a and c else "n/a")
                     + ("" if r["valid"] else " (INVALID output)"))
             lines.append("")
-    lines += ["## First-call cost", "", "NVRTC compile per variant (empty cache, `af_warmup`, sm of this GPU):", "",
-              "| variant | compile s |", "|---|---|"]
+    lines += ["## First-call cost", "", "First call of each variant with an empty cache, one at a time (NVRTC compile for "
+              "this GPU + cache write + module load + launch + sync):", "",
+              "| variant | first call s |", "|---|---|"]
     for item, seconds in first_call.get("compile_seconds", []):
         lines.append("| %s | %.2f |" % (item, seconds))
     lines += ["", "First call in a fresh process with a warm cache (cache read + module load + launch + sync) "
