@@ -9,7 +9,9 @@ import ctypes
 import glob
 import json
 import os
+import struct
 import sys
+import threading
 
 __all__ = [
     "AttnforgeError",
@@ -58,26 +60,32 @@ class _Tensor(ctypes.Structure):
     ]
 
 
-_TensorPtr = ctypes.POINTER(_Tensor)
+# af_tensor packed in one call into a per-thread buffer (building ctypes objects costs ~4 us per
+# tensor, a noticeable share of a decode step); the layout is checked against _Tensor at import.
+_TENSOR_PACK = struct.Struct("=Qiiii%dq%dq" % (_MAX_RANK, _MAX_RANK))
+assert ctypes.sizeof(ctypes.c_void_p) == 8 and _TENSOR_PACK.size == ctypes.sizeof(_Tensor)
+assert _Tensor.shape.offset == 24 and _Tensor.strides.offset == 24 + 8 * _MAX_RANK
+_ZEROS = (0,) * _MAX_RANK
 
 
 class _AttentionArgs(ctypes.Structure):
+    # Tensor fields are af_tensor pointers (addresses in the caller thread's descriptor buffer).
     _fields_ = [
         ("struct_size", ctypes.c_uint32),
-        ("q", _TensorPtr),
-        ("k", _TensorPtr),
-        ("v", _TensorPtr),
-        ("out", _TensorPtr),
-        ("softmax_lse", _TensorPtr),
-        ("cu_seqlens_q", _TensorPtr),
-        ("cu_seqlens_k", _TensorPtr),
+        ("q", ctypes.c_void_p),
+        ("k", ctypes.c_void_p),
+        ("v", ctypes.c_void_p),
+        ("out", ctypes.c_void_p),
+        ("softmax_lse", ctypes.c_void_p),
+        ("cu_seqlens_q", ctypes.c_void_p),
+        ("cu_seqlens_k", ctypes.c_void_p),
         ("max_seqlen_q", ctypes.c_int64),
         ("max_seqlen_k", ctypes.c_int64),
-        ("seqused_k", _TensorPtr),
-        ("leftpad_k", _TensorPtr),
-        ("block_table", _TensorPtr),
-        ("kv_batch_idx", _TensorPtr),
-        ("alibi_slopes", _TensorPtr),
+        ("seqused_k", ctypes.c_void_p),
+        ("leftpad_k", ctypes.c_void_p),
+        ("block_table", ctypes.c_void_p),
+        ("kv_batch_idx", ctypes.c_void_p),
+        ("alibi_slopes", ctypes.c_void_p),
         ("softmax_scale", ctypes.c_float),
         ("softcap", ctypes.c_float),
         ("causal", ctypes.c_int32),
@@ -87,6 +95,8 @@ class _AttentionArgs(ctypes.Structure):
         ("cuda_stream", ctypes.c_void_p),
     ]
 
+
+_ARGS_SIZE = ctypes.sizeof(_AttentionArgs)
 
 _PROGRESS_CALLBACK = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int32, ctypes.c_int32, ctypes.c_char_p)
 
@@ -271,57 +281,71 @@ def _is_torch_tensor(x):
     return torch is not None and isinstance(x, torch.Tensor)
 
 
-def describe(x):
-    """An af_tensor describing x (torch tensor, numpy array or __dlpack__ object), zero-copy."""
-    t = _Tensor()
+def _tensor_fields(x):
+    """(data pointer, af_dtype, device type, device index, shape, strides in elements) of x: a torch
+    tensor, a numpy array or a __dlpack__ object, zero-copy."""
     if _is_torch_tensor(x):
-        import torch
-
-        codes = _torch_dtype_codes(torch)
-        if x.dtype not in codes:
+        code = _torch_dtype_codes(sys.modules["torch"]).get(x.dtype)
+        if code is None:
             raise TypeError("attnforge: unsupported tensor dtype %s" % x.dtype)
-        t.dtype = codes[x.dtype]
-        if x.device.type == "cpu":
-            t.device_type, t.device_index = DEVICE_CPU, 0
-        elif x.device.type == "cuda":
-            t.device_type, t.device_index = DEVICE_CUDA, x.device.index or 0
+        if x.is_cuda:
+            device_type, device_index = DEVICE_CUDA, x.get_device()
+        elif x.is_cpu:
+            device_type, device_index = DEVICE_CPU, 0
         else:
             raise TypeError("attnforge: tensors on device %s are not supported" % x.device)
-        shape, strides, pointer = tuple(x.shape), tuple(x.stride()), x.data_ptr()
-    else:
-        np = sys.modules.get("numpy")
-        if np is None or not isinstance(x, np.ndarray):
-            if hasattr(x, "__dlpack__"):
-                import numpy as np
+        return x.data_ptr(), code, device_type, device_index, x.shape, x.stride()
+    np = sys.modules.get("numpy")
+    if np is None or not isinstance(x, np.ndarray):
+        if hasattr(x, "__dlpack__"):
+            import numpy as np
 
-                x = np.from_dlpack(x)
-            else:
-                raise TypeError("attnforge: expected a torch tensor, a numpy array or a __dlpack__ object, got %r" % type(x))
-        name = x.dtype.name
-        if name not in _NUMPY_DTYPES:
-            raise TypeError("attnforge: unsupported array dtype %s" % name)
-        if any(s % x.itemsize for s in x.strides):
-            raise ValueError("attnforge: array strides %s are not multiples of the item size" % (x.strides,))
-        t.dtype = _NUMPY_DTYPES[name]
-        t.device_type, t.device_index = DEVICE_CPU, 0
-        shape, strides = x.shape, tuple(s // x.itemsize for s in x.strides)
-        pointer = x.__array_interface__["data"][0]
-    if len(shape) > _MAX_RANK:
-        raise ValueError("attnforge: rank %d exceeds %d" % (len(shape), _MAX_RANK))
-    t.data = pointer
-    t.rank = len(shape)
-    for i, (n, s) in enumerate(zip(shape, strides)):
-        t.shape[i] = n
-        t.strides[i] = s
-    return t
+            x = np.from_dlpack(x)
+        else:
+            raise TypeError("attnforge: expected a torch tensor, a numpy array or a __dlpack__ object, got %r" % type(x))
+    name = x.dtype.name
+    if name not in _NUMPY_DTYPES:
+        raise TypeError("attnforge: unsupported array dtype %s" % name)
+    if any(s % x.itemsize for s in x.strides):
+        raise ValueError("attnforge: array strides %s are not multiples of the item size" % (x.strides,))
+    return (x.__array_interface__["data"][0], _NUMPY_DTYPES[name], DEVICE_CPU, 0, x.shape,
+            tuple(s // x.itemsize for s in x.strides))
+
+
+class _Descriptors(threading.local):
+    """One af_tensor slot per tensor field of af_attention_args, per thread."""
+
+    def __init__(self):
+        self.buffer = ctypes.create_string_buffer(_TENSOR_PACK.size * len(_TENSOR_ARGS))
+        self.address = ctypes.addressof(self.buffer)
+
+
+_TENSOR_ARGS = ("q", "k", "v", "out", "softmax_lse", "cu_seqlens_q", "cu_seqlens_k", "seqused_k", "leftpad_k",
+                "block_table", "kv_batch_idx", "alibi_slopes")
+_descriptors = _Descriptors()
+
+
+def _pack_tensor(slot, x):
+    """Writes x's af_tensor into this thread's slot; returns its address."""
+    pointer, dtype, device_type, device_index, shape, strides = _tensor_fields(x)
+    rank = len(shape)
+    if rank > _MAX_RANK:
+        raise ValueError("attnforge: rank %d exceeds %d" % (rank, _MAX_RANK))
+    pad = _ZEROS[rank:]
+    offset = slot * _TENSOR_PACK.size
+    _TENSOR_PACK.pack_into(_descriptors.buffer, offset, pointer, dtype, device_type, device_index, rank,
+                           *shape, *pad, *strides, *pad)
+    return _descriptors.address + offset
 
 
 def _stream_of(tensor, stream):
     if stream is not None:
         return int(stream)
     if _is_torch_tensor(tensor) and tensor.is_cuda:
-        import torch
-
+        torch = sys.modules["torch"]
+        raw = getattr(torch._C, "_cuda_getCurrentRawStream", None)  # an int, without a Stream object
+        if raw is not None:
+            return raw(tensor.get_device())
         return torch.cuda.current_stream(tensor.device).cuda_stream
     return 0
 
@@ -331,20 +355,12 @@ def _build_args(q, k, v, out, softmax_lse=None, cu_seqlens_q=None, cu_seqlens_k=
                 alibi_slopes=None, softmax_scale=None, softcap=0.0, causal=False, window_size=(-1, -1),
                 backend="auto", stream=None):
     args = _AttentionArgs()
-    args.struct_size = ctypes.sizeof(_AttentionArgs)
-    keep = []  # descriptors must outlive the call
-
-    def attach(field, value):
+    args.struct_size = _ARGS_SIZE
+    values = (q, k, v, out, softmax_lse, cu_seqlens_q, cu_seqlens_k, seqused_k, leftpad_k, block_table, kv_batch_idx,
+              alibi_slopes)
+    for slot, value in enumerate(values):
         if value is not None:
-            d = describe(value)
-            keep.append(d)
-            setattr(args, field, ctypes.pointer(d))
-
-    for field, value in (("q", q), ("k", k), ("v", v), ("out", out), ("softmax_lse", softmax_lse),
-                         ("cu_seqlens_q", cu_seqlens_q), ("cu_seqlens_k", cu_seqlens_k),
-                         ("seqused_k", seqused_k), ("leftpad_k", leftpad_k), ("block_table", block_table),
-                         ("kv_batch_idx", kv_batch_idx), ("alibi_slopes", alibi_slopes)):
-        attach(field, value)
+            setattr(args, _TENSOR_ARGS[slot], _pack_tensor(slot, value))
     args.max_seqlen_q = int(max_seqlen_q or 0)
     args.max_seqlen_k = int(max_seqlen_k or 0)
     args.softmax_scale = 0.0 if softmax_scale is None else float(softmax_scale)
@@ -355,18 +371,18 @@ def _build_args(q, k, v, out, softmax_lse=None, cu_seqlens_q=None, cu_seqlens_k=
         raise ValueError("attnforge: backend must be one of %s, got %r" % (sorted(BACKENDS), backend))
     args.backend = BACKENDS[backend]
     args.cuda_stream = _stream_of(q, stream)
-    return args, keep
+    return args
 
 
 def attention_forward(q, k, v, out, **kwargs):
     """Run af_attention_forward; writes out (and softmax_lse if given). Raises AttnforgeError."""
-    args, _keep = _build_args(q, k, v, out, **kwargs)
+    args = _build_args(q, k, v, out, **kwargs)
     _check(_lib().af_attention_forward(ctypes.byref(args)))
 
 
 def attention_supported(q, k, v, out, **kwargs):
     """(True, backend_name, "") if af_attention_forward would run the call, else (False, None, reason)."""
-    args, _keep = _build_args(q, k, v, out, **kwargs)
+    args = _build_args(q, k, v, out, **kwargs)
     selected = ctypes.c_int(0)
     lib = _lib()
     status = lib.af_attention_supported(ctypes.byref(args), ctypes.byref(selected))

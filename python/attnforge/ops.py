@@ -22,6 +22,16 @@ from .fallback import TORCH_VERSION, attention as torch_attention, log_once
 Tensor = torch.Tensor
 
 HAS_CUSTOM_OP = TORCH_VERSION >= (2, 4) and hasattr(torch.library, "custom_op")
+_is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None) or (lambda: False)
+
+
+def _op_needed(q, k, v):
+    """Whether a call must go through the custom op: torch.compile is tracing it, or autograd must
+    record it. Otherwise (inference, CUDA-graph capture) the implementation runs directly and the
+    dispatcher's ~25 us per call are saved."""
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+        return True
+    return _is_compiling()
 
 def forward_impl(q, k, v, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=0, max_seqlen_k=0, seqused_k=None,
                  leftpad_k=None, block_table=None, kv_batch_idx=None, alibi_slopes=None, softmax_scale=None,
@@ -222,6 +232,9 @@ else:
 
 def attention(q, k, v, alibi_slopes, softmax_scale, softcap, causal, window_left, window_right):
     """Padded batch: (out (B, Sq, H, D), softmax_lse (B, H, Sq))."""
+    if not _op_needed(q, k, v):
+        return forward_impl(q, k, v, alibi_slopes=alibi_slopes, softmax_scale=softmax_scale, softcap=softcap,
+                            causal=causal, window_left=window_left, window_right=window_right)
     if HAS_CUSTOM_OP:
         return _forward_op(q, k, v, alibi_slopes, softmax_scale, softcap, causal, window_left, window_right)
     return _AttentionFunction.apply(q, k, v, None, None, 0, 0, None, None, alibi_slopes, softmax_scale, softcap,
@@ -231,6 +244,11 @@ def attention(q, k, v, alibi_slopes, softmax_scale, softcap, causal, window_left
 def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, seqused_k, block_table,
                      alibi_slopes, softmax_scale, softcap, causal, window_left, window_right):
     """Variable-length batch: (out (total_q, H, D), softmax_lse (H, total_q))."""
+    if not _op_needed(q, k, v):
+        return forward_impl(q, k, v, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, max_seqlen_q=max_seqlen_q,
+                            max_seqlen_k=max_seqlen_k, seqused_k=seqused_k, block_table=block_table,
+                            alibi_slopes=alibi_slopes, softmax_scale=softmax_scale, softcap=softcap, causal=causal,
+                            window_left=window_left, window_right=window_right)
     args = (q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, seqused_k, block_table, alibi_slopes,
             softmax_scale, softcap, causal, window_left, window_right)
     if HAS_CUSTOM_OP:
@@ -244,7 +262,7 @@ def kvcache_attention(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_s
     """flash_attn_with_kvcache: (out (B, Sq, H, D), softmax_lse (B, H, Sq)); no autograd (as FlashAttention)."""
     args = (q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens, cache_batch_idx, cache_leftpad,
             block_table, alibi_slopes, softmax_scale, causal, window_left, window_right, softcap, rotary_interleaved)
-    if HAS_CUSTOM_OP:
+    if HAS_CUSTOM_OP and _is_compiling():
         return _kvcache_op(*args)
     with torch.no_grad():
         return kvcache_impl(*args)

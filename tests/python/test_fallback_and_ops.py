@@ -249,3 +249,21 @@ def test_cuda_graph_capture_and_replay(seed):
         torch.cuda.synchronize()
         expected = attnforge.flash_attn_func(q, k, v, causal=True)
         assert torch.equal(out, expected)
+
+
+@needs_custom_op
+def test_inference_calls_skip_the_custom_op_and_autograd_calls_use_it(seed, monkeypatch):
+    """The dispatcher costs ~25 us per call: inference runs the implementation directly; a call that
+    autograd must record (or torch.compile traces) still goes through the op."""
+    q, k, v = torch.randn(1, 5, 2, 16), torch.randn(1, 6, 2, 16), torch.randn(1, 6, 2, 16)
+    expected = attnforge.flash_attn_func(q, k, v, causal=True)
+
+    def op_called(*args):
+        raise AssertionError("custom op called")
+
+    monkeypatch.setattr(ops, "_forward_op", op_called)
+    with torch.no_grad():
+        assert torch.equal(attnforge.flash_attn_func(q, k, v, causal=True), expected)
+    assert torch.equal(attnforge.flash_attn_func(q, k, v, causal=True), expected)  # no input needs grad
+    with pytest.raises(AssertionError, match="custom op called"):
+        attnforge.flash_attn_func(q.requires_grad_(True), k, v, causal=True)
