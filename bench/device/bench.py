@@ -94,6 +94,63 @@ def sweep(head_dims, seqlens, repeats, rounds):
     return rows
 
 
+DECODE_SHAPES = (  # (batch, cached keys, query heads, kv heads, head dim): one new token per sequence
+    (1, 2048, 16, 8, 128), (1, 8192, 32, 8, 128), (8, 4096, 32, 8, 128), (32, 1024, 32, 8, 128), (1, 16384, 16, 16, 64))
+
+
+def decode_sweep(rounds):
+    """Decode steps (one query row per sequence): microseconds per call in a loop of 50 back-to-back
+    calls, so the time is what an eager decode loop sees (GPU time, or launch overhead when larger).
+    attnforge gets GQA K/V as they are; SDPA gets K/V with the heads repeated (as transformers' sdpa
+    path does), materialised before timing."""
+    rows = []
+    for batch, keys, heads, heads_kv, d in DECODE_SHAPES:
+        q = torch.randn(batch, 1, heads, d, dtype=torch.bfloat16, device="cuda")
+        k = torch.randn(batch, keys, heads_kv, d, dtype=torch.bfloat16, device="cuda")
+        v = torch.randn_like(k)
+        out = torch.empty_like(q)
+        qt = q.transpose(1, 2)
+        kt = k.repeat_interleave(heads // heads_kv, dim=2).transpose(1, 2)
+        vt = v.repeat_interleave(heads // heads_kv, dim=2).transpose(1, 2)
+
+        def ours():
+            af.attention_forward(q, k, v, out, causal=True, backend="cuda")
+
+        def peer(backend):
+            def run():
+                with sdpa_kernel([backend]):
+                    return F.scaled_dot_product_attention(qt, kt, vt)
+            return run
+
+        ours()
+        expected = peer(SDPBackend.FLASH_ATTENTION)().transpose(1, 2)
+        row = {"batch": batch, "keys": keys, "heads": heads, "heads_kv": heads_kv, "head_dim": d,
+               "max_diff_vs_flash": (out.float() - expected.float()).abs().max().item()}
+        impls = (("attnforge", ours), ("flash", peer(SDPBackend.FLASH_ATTENTION)),
+                 ("cudnn", peer(SDPBackend.CUDNN_ATTENTION)), ("efficient", peer(SDPBackend.EFFICIENT_ATTENTION)))
+        for _ in range(rounds):
+            for name, fn in impls:
+                try:
+                    for _ in range(5):
+                        fn()
+                    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    start.record()
+                    for _ in range(50):
+                        fn()
+                    end.record()
+                    end.synchronize()
+                    us = start.elapsed_time(end) / 50 * 1e3
+                    row[name] = us if row.get(name) is None else min(row[name], us)
+                except RuntimeError as e:
+                    row[name + "_error"] = str(e)[:200]
+        rows.append(row)
+        print("decode b%-2d keys=%-5d heads %d/%d d%d: attnforge %.1f us, flash %s us, cudnn %s us, efficient %s us" % (
+            batch, keys, heads, heads_kv, d, row.get("attnforge", 0),
+            *("%.1f" % row[n] if row.get(n) else "n/a" for n in ("flash", "cudnn", "efficient"))))
+        del q, k, v, out, qt, kt, vt
+    return rows
+
+
 def first_call_cost(arch):
     """First call of every variant with an empty cache (NVRTC compile + cache write + module load +
     launch + sync), one variant at a time in one fresh process, and the first call with a warm cache
@@ -155,15 +212,16 @@ def environment():
     }
 
 
-def write_markdown(path, env, rows, first_call):
+def write_markdown(path, env, rows, first_call, decode):
     lines = ["# attnforge forward attention vs torch SDPA (flash = FlashAttention-2, cuDNN)", "",
              "Date %s; GPU %s; driver %s; torch %s; CUDA %s; cuDNN %s; NVRTC %s; Python %s." % (
                  env["date"], env["gpu"], env["driver"], env["torch"], env["cuda"], env["cudnn"], env["nvrtc"],
                  env["python"]), "",
              "bf16, (B, S, H, D) with B*S = 16384 and H*D = 2048; forward TFLOP/s = 4*B*H*S^2*D (halved when causal) "
-             "/ time, where time is the best of 3 rounds' medians of 10 CUDA-event-timed calls (3 warm-ups each); "
+             "/ time, where time is the best of %d rounds' medians of %d CUDA-event-timed calls (3 warm-ups each); "
              "the rounds alternate attnforge, flash and cuDNN in the same process. "
-             "attnforge output validated against SDPA flash before timing. Produced by bench/device/run.sh.", ""]
+             "attnforge output validated against SDPA flash before timing. Produced by bench/device/run.sh." % (
+                 env["rounds"], env["repeats"]), ""]
     for d in sorted({r["head_dim"] for r in rows}):
         for causal in (False, True):
             sel = [r for r in rows if r["head_dim"] == d and r["causal"] == causal]
@@ -179,6 +237,19 @@ def write_markdown(path, env, rows, first_call):
                     "%.2f" % (a / f) if a and f else "n/a", "%.2f" % (a / c) if a and c else "n/a")
                     + ("" if r["valid"] else " (INVALID output)"))
             lines.append("")
+    if decode:
+        lines += ["## Decode steps (one query row per sequence, causal)", "",
+                  "Microseconds per call over 50 back-to-back calls (what an eager decode loop sees: GPU time, or "
+                  "launch overhead where that is larger); best of %d rounds. SDPA gets K/V with heads repeated." % env["rounds"],
+                  "", "| batch | cached keys | heads (q/kv) | head dim | attnforge us | flash us | cuDNN us | "
+                  "efficient us | flash / attnforge |", "|---|---|---|---|---|---|---|---|---|"]
+        for r in decode:
+            cell = lambda n: "%.1f" % r[n] if r.get(n) else "n/a"
+            lines.append("| %d | %d | %d/%d | %d | %s | %s | %s | %s | %s |" % (
+                r["batch"], r["keys"], r["heads"], r["heads_kv"], r["head_dim"], cell("attnforge"), cell("flash"),
+                cell("cudnn"), cell("efficient"),
+                "%.2f" % (r["flash"] / r["attnforge"]) if r.get("flash") and r.get("attnforge") else "n/a"))
+        lines.append("")
     lines += ["## First-call cost", "", "First call of each variant with an empty cache, one at a time (NVRTC compile for "
               "this GPU + cache write + module load + launch + sync):", "",
               "| variant | first call s |", "|---|---|"]
@@ -225,6 +296,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-first-call", action="store_true")
+    parser.add_argument("--no-decode", action="store_true", help="skip the decode-step table")
     parser.add_argument("--first-call-only", help="measure first-call cost into this JSON file and stop")
     args = parser.parse_args()
     major, minor = torch.cuda.get_device_capability()
@@ -237,9 +309,11 @@ def main():
         print(json.dumps(first_call))
         return
     env = environment()
+    env["rounds"], env["repeats"] = args.rounds, args.repeats
     print(json.dumps(env))
     rows = sweep([int(x) for x in args.head_dims.split(",")], [int(x) for x in args.seqlens.split(",")], args.repeats,
                  args.rounds)
+    decode = [] if args.no_decode else decode_sweep(args.rounds)
     first_call = {}
     if os.path.exists(args.prefix + ".firstcall.json"):
         with open(args.prefix + ".firstcall.json") as f:
@@ -247,8 +321,8 @@ def main():
     elif not args.no_first_call:
         first_call = first_call_cost(arch)
     with open(args.prefix + ".json", "w") as f:
-        json.dump({"environment": env, "rows": rows, "first_call": first_call}, f, indent=1)
-    write_markdown(args.prefix + ".md", env, rows, first_call)
+        json.dump({"environment": env, "rows": rows, "decode": decode, "first_call": first_call}, f, indent=1)
+    write_markdown(args.prefix + ".md", env, rows, first_call, decode)
     write_chart(args.prefix + ".png", env, rows)
     print(open(args.prefix + ".md").read())
 

@@ -158,6 +158,14 @@ def main():
     run_case("no lse d64", dt, 2, 100, 100, 2, 2, 64, with_lse=False)
     run_case("alibi (B, H) slopes causal d128 b3", dt, 3, 120, 140, 4, 2, 128, alibi="per_batch", causal=True)
     run_case("long 2048 causal d128", dt, 1, 2048, 2048, 4, 4, 128, causal=True)
+    # Few query tiles: the key range is split over several CTAs and merged by af_flash_combine.
+    run_case("split keys: decode d128 b3 1x3000 gqa8 causal", dt, 3, 1, 3000, 16, 2, 128, causal=True)
+    run_case("split keys: decode kvcache seqused d64 b4 1x2000", dt, 4, 1, 2000, 8, 2, 64, seqused=True, causal=True)
+    run_case("split keys: d256 b1 4x5000 window (1000,0)", dt, 1, 4, 5000, 4, 4, 256, window=(1000, 0))
+    run_case("split keys: varlen empties d128 b6 3x2500", dt, 6, 3, 2500, 4, 1, 128, varlen=True, empty_every=3,
+             causal=True)
+    run_case("split keys: softcap+alibi d96 b2 2x1500 fp16", torch.float16, 2, 2, 1500, 4, 2, 96, softcap=10.0,
+             alibi=True)
 
     # supports() must reject, with a reason, what the kernels cannot do (the Python layer falls back).
     q = torch.randn(1, 16, 2, 64, device=DEVICE)

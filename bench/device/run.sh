@@ -47,6 +47,13 @@ main() {
     checks="correctness: FAILED ($(tail -1 /tmp/check.log))"; status=1
   fi
 
+  echo "== correctness with split keys forced on every call (ATTNFORGE_NUM_SPLITS=3)"
+  if (cd bench/device && ATTNFORGE_NUM_SPLITS=3 python3 check.py /tmp/check-split.json | tee /tmp/check-split.log); then
+    checks="$checks; forced split keys: $(tail -1 /tmp/check-split.log)"
+  else
+    checks="$checks; forced split keys: FAILED ($(tail -1 /tmp/check-split.log))"; status=1
+  fi
+
   echo "== compute-sanitizer"
   for tool in memcheck racecheck; do
     (cd bench/device && timeout 240 compute-sanitizer --tool "$tool" --kernel-name kns=af_flash_fwd \

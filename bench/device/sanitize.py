@@ -30,5 +30,7 @@ k = torch.randn(171, 2, 32, dtype=torch.bfloat16, device="cuda")
 out = torch.empty_like(q)
 af.attention_forward(q, k, k, out, softmax_lse=torch.empty(4, 100, device="cuda"), cu_seqlens_q=cu_q, cu_seqlens_k=cu_k,
                      max_seqlen_q=63, max_seqlen_k=81, causal=True, backend="cuda")
+call(2, 1, 1500, 8, 2, 128, causal=True)  # few query tiles: split keys + af_flash_combine
+call(1, 3, 1100, 4, 4, 64, window_size=(300, 0))
 torch.cuda.synchronize()
 print("sanitize cases ran")

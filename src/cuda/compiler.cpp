@@ -1,5 +1,6 @@
 #include "cuda/compiler.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -33,11 +34,22 @@ int number_before(const std::string& log, const char* suffix) {
   return std::atoi(log.c_str() + digits);
 }
 
+// The ptxas report lists each entry function ("Compiling entry function 'name'") with its
+// resources: registers and stack of the forward kernel, spills as the largest of any entry.
 void parse_resources(CompiledKernel* k) {
-  k->registers = number_before(k->log, " registers");
-  k->stack_bytes = number_before(k->log, " bytes stack frame");
-  k->spill_store_bytes = number_before(k->log, " bytes spill stores");
-  k->spill_load_bytes = number_before(k->log, " bytes spill loads");
+  const std::string marker = "Compiling entry function '";
+  size_t at = k->log.find(marker);
+  while (at != std::string::npos) {
+    const size_t next = k->log.find(marker, at + marker.size());
+    const std::string section = k->log.substr(at, next == std::string::npos ? std::string::npos : next - at);
+    if (section.compare(marker.size(), std::strlen(kKernelName) + 1, std::string(kKernelName) + "'") == 0) {
+      k->registers = number_before(section, " registers");
+      k->stack_bytes = number_before(section, " bytes stack frame");
+    }
+    k->spill_store_bytes = std::max(k->spill_store_bytes, number_before(section, " bytes spill stores"));
+    k->spill_load_bytes = std::max(k->spill_load_bytes, number_before(section, " bytes spill loads"));
+    at = next;
+  }
 }
 
 }  // namespace

@@ -27,6 +27,8 @@ constexpr int kMaxVariants = 64;
 
 // Loaded kernels: functions[device][variant], filled once under g_load_mutex, read lock-free.
 std::atomic<CUfunction> g_functions[kMaxDevices][kMaxVariants];
+std::atomic<CUfunction> g_combine[kMaxDevices][kMaxVariants];  // af_flash_combine of the same module
+std::atomic<CUmemoryPool> g_pools[kMaxDevices];                  // split-key workspace, created on first use
 std::atomic<CUcontext> g_contexts[kMaxDevices];
 std::atomic<int> g_target_arch[kMaxDevices];  // arch the device's kernels were compiled for (picks the tile)
 std::atomic<int> g_wave_ctas[kMaxDevices][kMaxVariants];  // CTAs of a variant resident at once on the device
@@ -98,8 +100,9 @@ af_status load_function(int device, int index, CUfunction* function) {
   if (r != CUDA_SUCCESS)
     return fail(AF_ERR_CUDA, "loading %s (%s) on device %d: %s", v.name.c_str(), target.c_str(), device,
                 driver_error("cuModuleLoadData", r).c_str());
-  CUfunction f = nullptr;
+  CUfunction f = nullptr, combine = nullptr;
   r = d.api->cuModuleGetFunction(&f, module, kKernelName);
+  if (r == CUDA_SUCCESS) r = d.api->cuModuleGetFunction(&combine, module, kCombineKernelName);
   if (r != CUDA_SUCCESS) return fail(AF_ERR_CUDA, "%s: %s", v.name.c_str(), driver_error("cuModuleGetFunction", r).c_str());
   r = d.api->cuFuncSetAttribute(f, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, v.smem_bytes(arch));
   if (r != CUDA_SUCCESS)
@@ -114,9 +117,32 @@ af_status load_function(int device, int index, CUfunction* function) {
                                   : "occupancy 0");
   g_wave_ctas[device][index].store(ctas_per_sm * info.sm_count, std::memory_order_relaxed);
   g_target_arch[device].store(arch, std::memory_order_relaxed);
+  g_combine[device][index].store(combine, std::memory_order_relaxed);
   g_functions[device][index].store(f, std::memory_order_release);
   *function = f;
   return AF_OK;
+}
+
+// The device's workspace pool for split-key launches, or null when the driver has no stream-ordered
+// allocator. It keeps up to 64 MB reserved between calls, so a decode step allocates from the pool
+// rather than from the OS.
+CUmemoryPool workspace_pool(int device) {
+  CUmemoryPool pool = g_pools[device].load(std::memory_order_acquire);
+  if (pool != nullptr) return pool;
+  const DriverApi& a = *driver().api;
+  if (a.cuMemPoolCreate == nullptr) return nullptr;
+  std::lock_guard<std::mutex> lock(g_load_mutex);
+  pool = g_pools[device].load(std::memory_order_acquire);
+  if (pool != nullptr) return pool;
+  CUmemPoolProps props{};
+  props.alloc_type = 1;     // pinned device memory
+  props.location_type = 1;  // on a device
+  props.location_id = driver().devices[device].handle;
+  if (a.cuMemPoolCreate(&pool, &props) != CUDA_SUCCESS) return nullptr;
+  unsigned long long keep = 64ull << 20;
+  a.cuMemPoolSetAttribute(pool, CU_MEMPOOL_ATTR_RELEASE_THRESHOLD, &keep);
+  g_pools[device].store(pool, std::memory_order_release);
+  return pool;
 }
 
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
@@ -191,6 +217,20 @@ int pair_group(int pairs, int m_blocks, int wave_ctas, bool masked) {
   return std::max(group, (pairs + 65534) / 65535);  // gridDim.z (groups) is at most 65535
 }
 
+// Key splits per query tile (flash-decoding). When the query tiles fill at most half of one
+// wave (decode steps, small batches), each tile's key blocks are shared out among enough CTAs to
+// fill about a wave, at least 4 key blocks each, at most 64 splits. $ATTNFORGE_NUM_SPLITS (a
+// positive number, up to 256) forces a count for tuning runs and tests.
+int split_count(int ctas, int key_blocks, int wave_ctas) {
+  static const int forced = [] {
+    const char* text = std::getenv("ATTNFORGE_NUM_SPLITS");
+    return text != nullptr ? std::min(std::atoi(text), 256) : 0;
+  }();
+  if (forced > 0) return forced;
+  if (2 * ctas > wave_ctas) return 1;
+  return std::max(1, std::min({wave_ctas / ctas, key_blocks / 4, 64}));
+}
+
 }  // namespace
 
 af_status attention_forward(const AttentionProblem& p) {
@@ -244,16 +284,40 @@ af_status attention_forward(const AttentionProblem& p) {
   const TileConfig& tile = v.tile_for(arch);
   const int pairs = int(p.batch * p.heads_q);
   const int m_blocks = int((p.seqlen_q + tile.block_m() - 1) / tile.block_m());
-  const int group = pair_group(pairs, m_blocks, g_wave_ctas[p.device_index][index].load(std::memory_order_relaxed),
-                               k.window_left >= 0 || k.window_right >= 0);
+  const int wave_ctas = g_wave_ctas[p.device_index][index].load(std::memory_order_relaxed);
+  const int group = pair_group(pairs, m_blocks, wave_ctas, k.window_left >= 0 || k.window_right >= 0);
+  const int groups = (pairs + group - 1) / group;
+  const DriverApi& a = *driver().api;
+  const CUstream stream = static_cast<CUstream>(p.cuda_stream);
   CUcontext context = nullptr;
   AF_RETURN_IF_ERROR(primary_context(p.device_index, &context));
   ContextGuard guard(context);
+
+  // Split keys only where the workspace comes from the stream-ordered pool outside graph capture
+  // and fits the grid limits; otherwise the unsplit launch computes the same result.
+  int splits = split_count(pairs * m_blocks, int((p.seqlen_k + tile.block_n - 1) / tile.block_n), wave_ctas);
+  const size_t workspace_bytes = size_t(splits) * size_t(pairs) * size_t(p.seqlen_q) * (v.head_dim + 1) * 4;
+  int capturing = CU_STREAM_CAPTURE_STATUS_NONE;
+  CUmemoryPool pool = splits > 1 ? workspace_pool(p.device_index) : nullptr;
+  CUdeviceptr workspace = 0;
+  if (pool == nullptr || workspace_bytes > (256u << 20) || int64_t(groups) * splits > 65535 || p.seqlen_q > 4 * 65535 ||
+      a.cuStreamIsCapturing(stream, &capturing) != CUDA_SUCCESS || capturing != CU_STREAM_CAPTURE_STATUS_NONE ||
+      a.cuMemAllocFromPoolAsync(&workspace, workspace_bytes, pool, stream) != CUDA_SUCCESS)
+    splits = 1;
+  k.num_splits = splits;
+  if (splits > 1) {
+    k.partial_out = reinterpret_cast<float*>(workspace);
+    k.partial_lse = k.partial_out + size_t(splits) * pairs * p.seqlen_q * v.head_dim;
+  }
   void* args[] = {&k};
-  const CUresult r = driver().api->cuLaunchKernel(function, unsigned(group), unsigned(m_blocks),
-                                                  unsigned((pairs + group - 1) / group),
-                                                  unsigned(tile.threads()), 1, 1, unsigned(v.smem_bytes(arch)),
-                                                  static_cast<CUstream>(p.cuda_stream), args, nullptr);
+  CUresult r = a.cuLaunchKernel(function, unsigned(group), unsigned(m_blocks), unsigned(groups * splits),
+                                unsigned(tile.threads()), 1, 1, unsigned(v.smem_bytes(arch)), stream, args, nullptr);
+  if (r == CUDA_SUCCESS && splits > 1) {
+    // Rows in groups of 4 (one warp each) over (batch * heads, row groups).
+    r = a.cuLaunchKernel(g_combine[p.device_index][index].load(std::memory_order_relaxed), unsigned(pairs),
+                         unsigned((p.seqlen_q + 3) / 4), 1, 128, 1, 1, 0, stream, args, nullptr);
+  }
+  if (splits > 1) a.cuMemFreeAsync(workspace, stream);
   if (r != CUDA_SUCCESS) return fail(AF_ERR_CUDA, "%s: %s", v.name.c_str(), driver_error("cuLaunchKernel", r).c_str());
   return AF_OK;
 }

@@ -16,6 +16,8 @@ using CUcontext = struct CUctx_st*;
 using CUmodule = struct CUmod_st*;
 using CUfunction = struct CUfunc_st*;
 using CUstream = struct CUstream_st*;
+using CUmemoryPool = struct CUmemPoolHandle_st*;
+using CUdeviceptr = unsigned long long;
 using nvrtcResult = int;
 using nvrtcProgram = struct _nvrtcProgram*;
 
@@ -26,6 +28,18 @@ constexpr int CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR = 76;
 constexpr int CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN = 97;
 constexpr int CU_FUNC_ATTRIBUTE_NUM_REGS = 4;
 constexpr int CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES = 8;
+constexpr int CU_MEMPOOL_ATTR_RELEASE_THRESHOLD = 4;
+constexpr int CU_STREAM_CAPTURE_STATUS_NONE = 0;
+
+// CUmemPoolProps: allocation type, handle types, location (type, id), then fields that must be
+// zero; the driver reads at most its own struct size (88 bytes up to CUDA 13).
+struct CUmemPoolProps {
+  int alloc_type;      // CU_MEM_ALLOCATION_TYPE_PINNED = 1
+  int handle_types;    // CU_MEM_HANDLE_TYPE_NONE = 0
+  int location_type;   // CU_MEM_LOCATION_TYPE_DEVICE = 1
+  int location_id;     // device ordinal
+  unsigned char zero[112];
+};
 
 struct DriverApi {
   CUresult (*cuInit)(unsigned int);
@@ -45,6 +59,12 @@ struct DriverApi {
   CUresult (*cuLaunchKernel)(CUfunction, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned,
                              CUstream, void**, void**);
   CUresult (*cuGetErrorString)(CUresult, const char**);
+  // Stream-ordered workspace for split-key launches; null when the driver lacks them (< 11.2).
+  CUresult (*cuMemPoolCreate)(CUmemoryPool*, const CUmemPoolProps*);
+  CUresult (*cuMemPoolSetAttribute)(CUmemoryPool, int, void*);
+  CUresult (*cuMemAllocFromPoolAsync)(CUdeviceptr*, size_t, CUmemoryPool, CUstream);
+  CUresult (*cuMemFreeAsync)(CUdeviceptr, CUstream);
+  CUresult (*cuStreamIsCapturing)(CUstream, int*);
 };
 
 struct NvrtcApi {

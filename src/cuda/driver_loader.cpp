@@ -66,6 +66,12 @@ void probe_driver() {
       return;
     }
   }
+  // Optional: without them split-key launches are off.
+  if (!bind(library, "cuMemPoolCreate", &a.cuMemPoolCreate) ||
+      !bind(library, "cuMemPoolSetAttribute", &a.cuMemPoolSetAttribute) ||
+      !bind(library, "cuMemAllocFromPoolAsync", &a.cuMemAllocFromPoolAsync) ||
+      !bind(library, "cuMemFreeAsync", &a.cuMemFreeAsync) || !bind(library, "cuStreamIsCapturing", &a.cuStreamIsCapturing))
+    a.cuMemPoolCreate = nullptr;
   s.api = &a;
   CUresult r = a.cuInit(0);
   if (r != CUDA_SUCCESS) {

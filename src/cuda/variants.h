@@ -56,5 +56,6 @@ const std::string& kernel_source();
 std::vector<std::string> compile_options(const Variant& v, const std::string& target);
 
 constexpr const char* kKernelName = "af_flash_fwd";
+constexpr const char* kCombineKernelName = "af_flash_combine";  // merges split-key partial results
 
 }  // namespace af::cuda

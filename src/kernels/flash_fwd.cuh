@@ -194,12 +194,14 @@ __device__ __forceinline__ void load_tile(af_u32 tile, const af_u16* base, long 
 // group (no mask) keeps the CTAs that run at once on few K/V heads, so K/V are read from L2;
 // with a causal mask a group about one wave large runs longest-first, so that each wave ends
 // with short tiles and the grid with the shortest. The last group may run past batch * heads.
+// With split keys, z = group * num_splits + split.
 struct TileIndex {
-  int m_block, head, batch;
+  int m_block, head, batch, split;
 };
 __device__ __forceinline__ TileIndex tile_index(const FlashFwdParams& p) {
-  const int pair = int(blockIdx.z * gridDim.x + blockIdx.x);
-  return {int(gridDim.y) - 1 - int(blockIdx.y), pair % p.heads_q, pair / p.heads_q};
+  const int group = int(blockIdx.z) / p.num_splits;
+  const int pair = group * int(gridDim.x) + int(blockIdx.x);
+  return {int(gridDim.y) - 1 - int(blockIdx.y), pair % p.heads_q, pair / p.heads_q, int(blockIdx.z) - group * p.num_splits};
 }
 
 // Query rows [row0, row0 + len) of one sequence, clamped into [0, total_q] for varlen batches.
@@ -257,8 +259,13 @@ extern "C" __global__ void __launch_bounds__(kThreads, AF_MIN_BLOCKS) af_flash_f
   if (p.window_right >= 0) key_end = min(key_end, last_row + diagonal + p.window_right + 1);
   int key_begin = 0;
   if (p.window_left >= 0) key_begin = max(0, m0 + diagonal - p.window_left);
-  const int n_block_min = key_begin / kBlockN;
-  const int n_block_max = key_end > key_begin ? (key_end + kBlockN - 1) / kBlockN : n_block_min;
+  int n_block_min = key_begin / kBlockN;
+  int n_block_max = key_end > key_begin ? (key_end + kBlockN - 1) / kBlockN : n_block_min;
+  if (p.num_splits > 1) {  // this CTA's share: contiguous, at most ceil(blocks / splits) blocks
+    const int share = (n_block_max - n_block_min + p.num_splits - 1) / p.num_splits;
+    n_block_min += tile.split * share;
+    n_block_max = min(n_block_max, n_block_min + share);
+  }
   // Key blocks [unmasked_begin, unmasked_end) are inside the keys and both window edges for every row.
   int unmasked_end = k_len / kBlockN;
   if (p.window_right >= 0) unmasked_end = min(unmasked_end, max(0, m0 + diagonal + p.window_right + 1) / kBlockN);
@@ -509,6 +516,31 @@ extern "C" __global__ void __launch_bounds__(kThreads, AF_MIN_BLOCKS) af_flash_f
   const int out_m0 = out_tile.m_block * kBlockM;
   const float ln2 = 0.6931471805599453f;
   const float lse_scale = kExtras ? 1.f : p.scale_log2;
+  if (p.num_splits > 1) {
+    // Partial results straight from the accumulators: rows g and g + 8, columns 2t and 2t + 1.
+    const long long split_row0 =
+        ((long long)(out_tile.split * p.batch + out_tile.batch) * p.heads_q + out_tile.head) * p.seqlen_q + out_m0;
+#pragma unroll
+    for (int mt = 0; mt < kMTiles; ++mt) {
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        float sum = row_sum[mt][half];
+        sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+        sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+        const float inverse = sum > 0.f ? 1.f / sum : 0.f;
+        const int row = warp_row0 + mt * 16 + g + half * 8;
+        if (out_m0 + row >= out_rows.len) continue;
+        float* dst = p.partial_out + (split_row0 + row) * kHeadDim + 2 * t;
+#pragma unroll
+        for (int dt = 0; dt < kDTiles; ++dt)
+          *(float2*)(dst + dt * 8) = make_float2(o[mt][dt][2 * half] * inverse, o[mt][dt][2 * half + 1] * inverse);
+        if (t == 0)
+          p.partial_lse[split_row0 + row] =
+              sum > 0.f ? (row_max[mt][half] * lse_scale + log2_approx(sum)) * ln2 : AF_NEG_INF;
+      }
+    }
+    return;
+  }
 #pragma unroll
   for (int mt = 0; mt < kMTiles; ++mt) {
 #pragma unroll
@@ -555,4 +587,52 @@ extern "C" __global__ void __launch_bounds__(kThreads, AF_MIN_BLOCKS) af_flash_f
       }
     }
   }
+}
+
+// Merges the num_splits partial results of each query row (see FlashFwdParams) into out and lse:
+// lse = log(sum_s exp(lse_s)), out = sum_s exp(lse_s - lse) * out_s. One warp per row, each lane
+// kHeadDim / 32 consecutive columns. Grid (batch * heads, ceil(seqlen_q / 4)), 128 threads.
+extern "C" __global__ void __launch_bounds__(128) af_flash_combine(const FlashFwdParams p) {
+  constexpr int kColumns = kHeadDim / 32;
+  const int lane = int(threadIdx.x) & 31;
+  const int row = int(blockIdx.y) * 4 + (int(threadIdx.x) >> 5);
+  const int head = int(blockIdx.x) % p.heads_q;
+  const int batch = int(blockIdx.x) / p.heads_q;
+  const QueryRows rows = query_rows(p, batch);
+  if (row >= rows.len) return;
+  const long long split_stride = (long long)p.batch * p.heads_q * p.seqlen_q;
+  const long long row_index = ((long long)batch * p.heads_q + head) * p.seqlen_q + row;
+
+  float top = AF_NEG_INF;
+  for (int s = lane; s < p.num_splits; s += 32) top = fmaxf(top, p.partial_lse[s * split_stride + row_index]);
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) top = fmaxf(top, __shfl_xor_sync(0xffffffffu, top, offset));
+  float total = 0.f;
+  if (top != AF_NEG_INF)
+    for (int s = lane; s < p.num_splits; s += 32) total += __expf(p.partial_lse[s * split_stride + row_index] - top);
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) total += __shfl_xor_sync(0xffffffffu, total, offset);
+  const float lse = total > 0.f ? top + __logf(total) : AF_NEG_INF;
+
+  float acc[kColumns];
+#pragma unroll
+  for (int c = 0; c < kColumns; ++c) acc[c] = 0.f;
+  if (total > 0.f) {
+    for (int s = 0; s < p.num_splits; ++s) {
+      const float weight = __expf(p.partial_lse[s * split_stride + row_index] - lse);
+      const float* partial = p.partial_out + (s * split_stride + row_index) * kHeadDim + lane * kColumns;
+#pragma unroll
+      for (int c = 0; c < kColumns; ++c) acc[c] += weight * partial[c];
+    }
+  }
+  af_u16* dst = (af_u16*)p.out + (long long)batch * p.out_batch_stride + (long long)(rows.row0 + row) * p.out_row_stride +
+                (long long)head * p.out_head_stride;
+#pragma unroll
+  for (int c = 0; c < kColumns; ++c) {
+    const int col = lane * kColumns + c;
+    if (col < p.head_dim) dst[col] = af_u16(pack2(acc[c], 0.f) & 0xffffu);
+  }
+  if (p.lse != nullptr && lane == 0)
+    p.lse[(long long)batch * p.lse_batch_stride + (long long)head * p.lse_head_stride +
+          (long long)(rows.row0 + row) * p.lse_row_stride] = lse;
 }

@@ -44,6 +44,14 @@ struct FlashFwdParams {
 
   float scale_log2;  // softmax_scale * log2(e); with softcap: softcap * log2(e)
   float softcap_in;  // softmax_scale / softcap; 0 when softcap is off
+
+  // Split keys (flash-decoding), when too few query tiles fill the GPU: num_splits CTAs share a
+  // query tile, each over a contiguous share of its key blocks, and write fp32 partial results
+  // that af_flash_combine merges into out and lse. Partial row r of (batch b, head h, split s):
+  //   index ((s * batch + b) * heads_q + h) * seqlen_q + r; partial_out holds AF_HEAD_DIM floats per row.
+  int num_splits;       // 1: no split (partial_* unused)
+  float* partial_out;   // (num_splits, B, H, seqlen_q, AF_HEAD_DIM) normalised partial outputs
+  float* partial_lse;   // (num_splits, B, H, seqlen_q) natural-log LSE of each share, -inf when empty
 };
 
 #endif
