@@ -133,3 +133,60 @@ def test_best_attn_implementation_on_cpu():
     choice, reason = af_transformers.best_attn_implementation(make_config("qwen3"), "cpu")
     assert choice == "attnforge", reason
     assert "cpu" in reason and "error" in reason
+
+
+def _sink_reference(query, key, value, sinks, keep, scaling):
+    """float64 attention with one sink logit per head; keep (B or 1, 1, Sq, Sk) bool -> (B, Sq, H, D)."""
+    groups = query.shape[1] // key.shape[1]
+    k = key.double().repeat_interleave(groups, dim=1)
+    v = value.double().repeat_interleave(groups, dim=1)
+    scores = (query.double() @ k.transpose(-1, -2) * scaling).masked_fill(~keep, float("-inf"))
+    sink = sinks.double().view(1, -1, 1, 1).expand(scores.shape[0], -1, scores.shape[2], 1)
+    probs = torch.softmax(torch.cat([scores, sink], dim=-1), dim=-1)[..., :-1]
+    return (probs @ v).transpose(1, 2)
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_attention_sinks_match_float64(padded):
+    """s_aux (gpt-oss sinks): the kernel path (inference) and the differentiable math path (training)
+    both match a float64 reference, with and without a left-padding mask."""
+    torch.manual_seed(7)
+    batch, heads, heads_kv, seqlen, dim = 2, 4, 2, 9, 16
+    query = torch.randn(batch, heads, seqlen, dim)
+    key, value = torch.randn(batch, heads_kv, seqlen, dim), torch.randn(batch, heads_kv, seqlen, dim)
+    sinks = torch.randn(heads) * 2
+    keep = torch.ones(seqlen, seqlen, dtype=torch.bool).tril()[None, None]
+    mask = None
+    if padded:
+        mask = torch.ones(batch, seqlen, dtype=torch.long)
+        mask[1, :4] = 0
+        keep = keep & mask.bool()[:, None, None, :]
+    expected = _sink_reference(query, key, value, sinks, keep, dim ** -0.5)
+    module = torch.nn.Module()
+    module.is_causal = True
+    rows = (mask.bool() if padded else torch.ones(batch, seqlen, dtype=torch.bool))  # padded query rows: unused
+    with torch.no_grad():
+        out, _ = af_transformers.attention_forward(module, query, key, value, mask, scaling=dim ** -0.5, s_aux=sinks)
+    assert torch.allclose(out[rows].double(), expected[rows], atol=1e-5)
+    sinks_param = sinks.clone().requires_grad_(True)
+    out, _ = af_transformers.attention_forward(module, query, key, value, mask, scaling=dim ** -0.5, s_aux=sinks_param)
+    assert torch.allclose(out[rows].double(), expected[rows], atol=1e-5)
+    out[rows].sum().backward()
+    assert sinks_param.grad is not None and torch.isfinite(sinks_param.grad).all()
+
+
+@pytest.mark.skipif(not hasattr(transformers, "GptOssConfig"), reason="this transformers has no gpt-oss")
+def test_gpt_oss_with_sinks_matches_eager():
+    config = transformers.GptOssConfig(vocab_size=97, hidden_size=64, intermediate_size=64, num_hidden_layers=2,
+                                       num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_local_experts=4,
+                                       num_experts_per_tok=2, sliding_window=6, max_position_embeddings=256,
+                                       layer_types=["sliding_attention", "full_attention"])
+    eager, ours = model_pair(config)
+    with torch.no_grad():
+        for layer in eager.model.layers:  # sinks start at zero or random: make them matter
+            layer.self_attn.sinks.normal_(0, 2)
+    ours.load_state_dict(eager.state_dict())
+    ids = torch.randint(1, 97, (2, 17))
+    with torch.no_grad():
+        assert_logits_close(ours(ids).logits, eager(ids).logits)
+    assert torch.equal(greedy(ours, ids[:1]), greedy(eager, ids[:1]))

@@ -15,7 +15,11 @@ and handles:
     or position_ids that restart at 0 inside one row;
   - sliding windows (sliding_window -> window (w - 1, w - 1), as transformers' flash path), softcap,
     dropout in training, scaling, causal or not (module.is_causal / is_causal kwarg);
-  - a 4D mask (a custom mask given by the caller) runs through torch SDPA with that mask, logged once.
+  - a 4D mask (a custom mask given by the caller) runs through torch SDPA with that mask, logged once;
+  - attention sinks (s_aux, one logit per head, as gpt-oss passes them): a sink adds exp(s_aux[h])
+    to every row's softmax denominator, so the kernel's output is scaled by sigmoid(lse - s_aux[h])
+    using the LSE the kernel returns. When autograd must reach the sinks (training), or with a 4D
+    mask, the call runs as explicit torch math with the sink column instead (logged once).
 Per-backbone choices in vision-language models are transformers' own dict form:
 attn_implementation={"text_config": "attnforge", "vision_config": "sdpa"}.
 """
@@ -45,6 +49,53 @@ def _packed_from_position_ids(position_ids, total):
     return cu, int((cu[1:] - cu[:-1]).max())
 
 
+def _apply_sinks(out, lse, sinks):
+    """out (..., H, D) and natural-log lse (B, H, Sq) or varlen (H, total) -> out with the sink logits
+    sinks (H,) in each softmax denominator: out * exp(lse) / (exp(lse) + exp(sink))."""
+    factor = torch.sigmoid(lse - sinks.float().view(-1, 1))  # rows with no visible key: lse = -inf -> 0
+    factor = factor.transpose(-1, -2) if lse.dim() == 2 else factor.transpose(1, 2)
+    return (out.float() * factor.unsqueeze(-1)).to(out.dtype)
+
+
+def _visible(seqlen_q, seqlen_k, causal, window, device):
+    """(Sq, Sk) bool: key j visible from query i under a bottom-right causal mask and window."""
+    row = torch.arange(seqlen_q, device=device).view(-1, 1) + (seqlen_k - seqlen_q)
+    col = torch.arange(seqlen_k, device=device).view(1, -1)
+    left, right = window[0], 0 if causal else window[1]
+    visible = torch.ones(seqlen_q, seqlen_k, dtype=torch.bool, device=device)
+    if right >= 0:
+        visible &= col <= row + right
+    if left >= 0:
+        visible &= col >= row - left
+    return visible
+
+
+def _attention_with_sinks(query, key, value, mask, scaling, sinks, softcap, dropout):
+    """Explicit (differentiable) attention with one sink logit per head, in float32: query (B, H, Sq, D),
+    key/value (B, Hk, Sk, D), mask broadcastable to (B, H, Sq, Sk), bool (True = keep) or additive
+    -> (B, Sq, H, D)."""
+    groups = query.shape[1] // key.shape[1]
+    key = key.repeat_interleave(groups, dim=1).float()
+    value = value.repeat_interleave(groups, dim=1)
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    scores = torch.matmul(query.float(), key.transpose(-1, -2)) * scale
+    if softcap:
+        scores = softcap * torch.tanh(scores / softcap)
+    scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask.float()
+    sink_column = sinks.float().view(1, -1, 1, 1).expand(scores.shape[0], -1, scores.shape[2], 1)
+    probs = torch.softmax(torch.cat([scores, sink_column], dim=-1), dim=-1)[..., :-1]
+    probs = F.dropout(probs, p=dropout) if dropout > 0 else probs
+    return torch.matmul(probs.to(value.dtype), value).transpose(1, 2).contiguous()
+
+
+def _flash(function, *args, sinks=None, **options):
+    """function (flash_attn_func or flash_attn_varlen_func) -> out, with sinks applied when given."""
+    if sinks is None:
+        return function(*args, **options)
+    out, lse, _ = function(*args, return_attn_probs=True, **options)
+    return _apply_sinks(out, lse, sinks)
+
+
 def _sdpa_with_mask(query, key, value, mask, scaling, dropout):
     groups = query.shape[1] // key.shape[1]
     key = key.repeat_interleave(groups, dim=1)
@@ -59,19 +110,29 @@ def attention_forward(module, query, key, value, attention_mask, dropout=0.0, sc
     if kwargs.get("output_attentions"):
         fallback.log_once("output_attentions", "attnforge: output_attentions=True is not supported (like "
                           "flash_attention_2); attention weights are returned as None")
-    if kwargs.get("s_aux") is not None:
-        raise ValueError("attnforge: attention sinks (s_aux) are not supported yet; use attn_implementation="
-                         "'eager' for this model")
+    sinks = kwargs.get("s_aux")
     is_causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
     batch, heads, seqlen_q, head_dim = query.shape
     seqlen_k = key.shape[2]
     dropout = dropout if getattr(module, "training", False) else 0.0
-    if attention_mask is not None and attention_mask.dim() == 4:
+    window = (-1, -1) if not sliding_window else (sliding_window - 1, sliding_window - 1)
+    four_d = attention_mask is not None and attention_mask.dim() == 4
+    if sinks is not None and (four_d or dropout > 0 or (torch.is_grad_enabled() and (
+            sinks.requires_grad or query.requires_grad or key.requires_grad or value.requires_grad))):
+        fallback.log_once("sinks-math", "attnforge: attention sinks with autograd, dropout or a 4D mask run as "
+                          "explicit torch math (the kernel's LSE carries no gradient)")
+        if four_d:
+            mask = attention_mask
+        else:
+            mask = _visible(seqlen_q, seqlen_k, bool(is_causal), window, query.device)
+            if attention_mask is not None:  # 2D padding mask (B, Sk): hide padded keys
+                mask = mask & attention_mask.bool()[:, None, None, -seqlen_k:]
+        return _attention_with_sinks(query, key, value, mask, scaling, sinks, softcap, dropout), None
+    if four_d:
         fallback.log_once("4d-mask", "attnforge: a 4D attention mask was given (custom mask); running torch SDPA "
                           "with it")
         return _sdpa_with_mask(query, key, value, attention_mask, scaling, dropout), None
 
-    window = (-1, -1) if not sliding_window else (sliding_window - 1, sliding_window - 1)
     options = dict(dropout_p=dropout, softmax_scale=scaling, causal=bool(is_causal), window_size=window,
                    softcap=float(softcap or 0.0))
     q = query.transpose(1, 2)  # (B, Sq, H, D)
@@ -84,11 +145,12 @@ def attention_forward(module, query, key, value, attention_mask, dropout=0.0, sc
         index_q = torch.nonzero(mask_q.reshape(-1)).flatten()
         index_k = torch.nonzero(mask_k.reshape(-1)).flatten()
         lengths_q, lengths_k = mask_q.sum(-1, dtype=torch.int32), mask_k.sum(-1, dtype=torch.int32)
-        out_rows = flash_attn_varlen_func(
-            q.reshape(batch * seqlen_q, heads, head_dim)[index_q],
+        out_rows = _flash(
+            flash_attn_varlen_func, q.reshape(batch * seqlen_q, heads, head_dim)[index_q],
             k.reshape(batch * seqlen_k, k.shape[2], head_dim)[index_k],
             v.reshape(batch * seqlen_k, v.shape[2], v.shape[3])[index_k],
-            _cu_seqlens(lengths_q), _cu_seqlens(lengths_k), int(lengths_q.max()), int(lengths_k.max()), **options)
+            _cu_seqlens(lengths_q), _cu_seqlens(lengths_k), int(lengths_q.max()), int(lengths_k.max()), sinks=sinks,
+            **options)
         out = out_rows.new_zeros((batch * seqlen_q, heads, out_rows.shape[-1]))
         out[index_q] = out_rows
         return out.reshape(batch, seqlen_q, heads, -1), None
@@ -103,11 +165,11 @@ def attention_forward(module, query, key, value, attention_mask, dropout=0.0, sc
         if found is not None:
             packed = (found[0], found[0], found[1], found[1])
     if packed is not None:  # padding-free: (1, total, ...) holds several sequences back to back
-        out = flash_attn_varlen_func(q.reshape(-1, heads, head_dim), k.reshape(-1, k.shape[2], head_dim),
-                                     v.reshape(-1, v.shape[2], v.shape[3]), *packed, **options)
+        out = _flash(flash_attn_varlen_func, q.reshape(-1, heads, head_dim), k.reshape(-1, k.shape[2], head_dim),
+                     v.reshape(-1, v.shape[2], v.shape[3]), *packed, sinks=sinks, **options)
         return out.reshape(batch, seqlen_q, heads, -1), None
 
-    return flash_attn_func(q, k, v, **options), None
+    return _flash(flash_attn_func, q, k, v, sinks=sinks, **options), None
 
 
 def register(name=NAME):
