@@ -143,10 +143,35 @@ def decode_sweep(rounds):
                     row[name] = us if row.get(name) is None else min(row[name], us)
                 except RuntimeError as e:
                     row[name + "_error"] = str(e)[:200]
+        # GPU time alone: 50 calls captured in a CUDA graph, replayed (no launch overhead).
+        for name, fn in impls[:2]:
+            try:
+                stream = torch.cuda.Stream()
+                stream.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(stream):
+                    fn()
+                torch.cuda.current_stream().wait_stream(stream)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    for _ in range(50):
+                        fn()
+                graph.replay()
+                for _ in range(rounds):
+                    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    start.record()
+                    graph.replay()
+                    end.record()
+                    end.synchronize()
+                    us = start.elapsed_time(end) / 50 * 1e3
+                    row[name + "_graph"] = min(row.get(name + "_graph", us), us)
+                del graph
+            except RuntimeError as e:
+                row[name + "_graph_error"] = str(e)[:200]
         rows.append(row)
-        print("decode b%-2d keys=%-5d heads %d/%d d%d: attnforge %.1f us, flash %s us, cudnn %s us, efficient %s us" % (
-            batch, keys, heads, heads_kv, d, row.get("attnforge", 0),
-            *("%.1f" % row[n] if row.get(n) else "n/a" for n in ("flash", "cudnn", "efficient"))))
+        print("decode b%-2d keys=%-5d heads %d/%d d%d: attnforge %.1f us (graph %s), flash %s us (graph %s), cudnn %s us, "
+              "efficient %s us" % (batch, keys, heads, heads_kv, d, row.get("attnforge", 0),
+                                   *("%.1f" % row[n] if row.get(n) else "n/a"
+                                     for n in ("attnforge_graph", "flash", "flash_graph", "cudnn", "efficient"))))
         del q, k, v, out, qt, kt, vt
     return rows
 
@@ -241,14 +266,17 @@ def write_markdown(path, env, rows, first_call, decode):
         lines += ["## Decode steps (one query row per sequence, causal)", "",
                   "Microseconds per call over 50 back-to-back calls (what an eager decode loop sees: GPU time, or "
                   "launch overhead where that is larger); best of %d rounds. SDPA gets K/V with heads repeated." % env["rounds"],
+                  "The graph columns replay 50 calls captured in a CUDA graph: GPU time without launch overhead.",
                   "", "| batch | cached keys | heads (q/kv) | head dim | attnforge us | flash us | cuDNN us | "
-                  "efficient us | flash / attnforge |", "|---|---|---|---|---|---|---|---|---|"]
+                  "efficient us | flash / attnforge | attnforge graph us | flash graph us | ratio (graph) |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in decode:
             cell = lambda n: "%.1f" % r[n] if r.get(n) else "n/a"
-            lines.append("| %d | %d | %d/%d | %d | %s | %s | %s | %s | %s |" % (
+            ratio = lambda a, b: "%.2f" % (r[b] / r[a]) if r.get(a) and r.get(b) else "n/a"
+            lines.append("| %d | %d | %d/%d | %d | %s | %s | %s | %s | %s | %s | %s | %s |" % (
                 r["batch"], r["keys"], r["heads"], r["heads_kv"], r["head_dim"], cell("attnforge"), cell("flash"),
-                cell("cudnn"), cell("efficient"),
-                "%.2f" % (r["flash"] / r["attnforge"]) if r.get("flash") and r.get("attnforge") else "n/a"))
+                cell("cudnn"), cell("efficient"), ratio("attnforge", "flash"), cell("attnforge_graph"),
+                cell("flash_graph"), ratio("attnforge_graph", "flash_graph")))
         lines.append("")
     lines += ["## First-call cost", "", "First call of each variant with an empty cache, one at a time (NVRTC compile for "
               "this GPU + cache write + module load + launch + sync):", "",

@@ -293,16 +293,18 @@ af_status attention_forward(const AttentionProblem& p) {
   AF_RETURN_IF_ERROR(primary_context(p.device_index, &context));
   ContextGuard guard(context);
 
-  // Split keys only where the workspace comes from the stream-ordered pool outside graph capture
-  // and fits the grid limits; otherwise the unsplit launch computes the same result.
+  // Split keys only where the workspace can be allocated in stream order (from attnforge's pool;
+  // under CUDA-graph capture from the device's default pool, which the graph then owns as a memory
+  // node) and the grid fits its limits; otherwise the unsplit launch computes the same result.
   int splits = split_count(pairs * m_blocks, int((p.seqlen_k + tile.block_n - 1) / tile.block_n), wave_ctas);
   const size_t workspace_bytes = size_t(splits) * size_t(pairs) * size_t(p.seqlen_q) * (v.head_dim + 1) * 4;
   int capturing = CU_STREAM_CAPTURE_STATUS_NONE;
   CUmemoryPool pool = splits > 1 ? workspace_pool(p.device_index) : nullptr;
   CUdeviceptr workspace = 0;
   if (pool == nullptr || workspace_bytes > (256u << 20) || int64_t(groups) * splits > 65535 || p.seqlen_q > 4 * 65535 ||
-      a.cuStreamIsCapturing(stream, &capturing) != CUDA_SUCCESS || capturing != CU_STREAM_CAPTURE_STATUS_NONE ||
-      a.cuMemAllocFromPoolAsync(&workspace, workspace_bytes, pool, stream) != CUDA_SUCCESS)
+      a.cuStreamIsCapturing(stream, &capturing) != CUDA_SUCCESS ||
+      (capturing == CU_STREAM_CAPTURE_STATUS_NONE ? a.cuMemAllocFromPoolAsync(&workspace, workspace_bytes, pool, stream)
+                                                  : a.cuMemAllocAsync(&workspace, workspace_bytes, stream)) != CUDA_SUCCESS)
     splits = 1;
   k.num_splits = splits;
   if (splits > 1) {

@@ -63,6 +63,7 @@ struct DriverApi {
   CUresult (*cuMemPoolCreate)(CUmemoryPool*, const CUmemPoolProps*);
   CUresult (*cuMemPoolSetAttribute)(CUmemoryPool, int, void*);
   CUresult (*cuMemAllocFromPoolAsync)(CUdeviceptr*, size_t, CUmemoryPool, CUstream);
+  CUresult (*cuMemAllocAsync)(CUdeviceptr*, size_t, CUstream);  // under graph capture: a graph memory node
   CUresult (*cuMemFreeAsync)(CUdeviceptr, CUstream);
   CUresult (*cuStreamIsCapturing)(CUstream, int*);
 };

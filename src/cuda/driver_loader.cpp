@@ -70,6 +70,7 @@ void probe_driver() {
   if (!bind(library, "cuMemPoolCreate", &a.cuMemPoolCreate) ||
       !bind(library, "cuMemPoolSetAttribute", &a.cuMemPoolSetAttribute) ||
       !bind(library, "cuMemAllocFromPoolAsync", &a.cuMemAllocFromPoolAsync) ||
+      !bind(library, "cuMemAllocAsync", &a.cuMemAllocAsync) ||
       !bind(library, "cuMemFreeAsync", &a.cuMemFreeAsync) || !bind(library, "cuStreamIsCapturing", &a.cuStreamIsCapturing))
     a.cuMemPoolCreate = nullptr;
   s.api = &a;

@@ -231,10 +231,13 @@ def test_torch_compile_kvcache_mutation(seed):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA-graph capture needs a CUDA GPU")
-def test_cuda_graph_capture_and_replay(seed):
-    q = torch.randn(2, 64, 8, 64, device="cuda", dtype=torch.bfloat16)
-    k = torch.randn(2, 64, 2, 64, device="cuda", dtype=torch.bfloat16)
-    v = torch.randn(2, 64, 2, 64, device="cuda", dtype=torch.bfloat16)
+@pytest.mark.parametrize("q_shape,kv_shape", [((2, 64, 8, 64), (2, 64, 2, 64)),
+                                              ((2, 1, 16, 128), (2, 3000, 4, 128))],  # decode: split keys
+                         ids=["prefill", "decode-split-keys"])
+def test_cuda_graph_capture_and_replay(q_shape, kv_shape, seed):
+    q = torch.randn(*q_shape, device="cuda", dtype=torch.bfloat16)
+    k = torch.randn(*kv_shape, device="cuda", dtype=torch.bfloat16)
+    v = torch.randn(*kv_shape, device="cuda", dtype=torch.bfloat16)
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
