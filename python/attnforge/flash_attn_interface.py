@@ -80,8 +80,9 @@ def _dropout_forward(q, k, v, dropout_p, **kwargs):
 
 
 def _run(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, cu_seqlens_q=None,
-         cu_seqlens_k=None, max_seqlen_q=0, max_seqlen_k=0, block_table=None):
-    """(out, softmax_lse) for the padded (cu_seqlens_q is None) and varlen entry points."""
+         cu_seqlens_k=None, max_seqlen_q=0, max_seqlen_k=0, block_table=None, need_lse=True):
+    """(out, softmax_lse) for the padded (cu_seqlens_q is None) and varlen entry points; softmax_lse may
+    be None when need_lse is False (inference calls that do not return it skip computing it)."""
     varlen = cu_seqlens_q is not None
     q, k, v = (_contiguous_last_dim(x) for x in (q, k, v))
     window_left, window_right = int(window_size[0]), int(window_size[1])
@@ -103,8 +104,9 @@ def _run(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_
     if varlen:
         return ops.varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k), None,
                                     block_table, alibi_slopes, softmax_scale, softcap, bool(causal), window_left,
-                                    window_right)
-    return ops.attention(q, k, v, alibi_slopes, softmax_scale, softcap, bool(causal), window_left, window_right)
+                                    window_right, need_lse=need_lse)
+    return ops.attention(q, k, v, alibi_slopes, softmax_scale, softcap, bool(causal), window_left, window_right,
+                         need_lse=need_lse)
 
 
 def _result(out, lse, return_attn_probs):
@@ -115,7 +117,8 @@ def _result(out, lse, return_attn_probs):
 def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
                     alibi_slopes=None, deterministic=False, return_attn_probs=False):
     """q (B, Sq, H, D), k/v (B, Sk, Hk, D) -> out (B, Sq, H, D) [, softmax_lse (B, H, Sq), None]."""
-    out, lse = _run(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes)
+    out, lse = _run(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes,
+                    need_lse=return_attn_probs)
     return _result(out, lse, return_attn_probs)
 
 
@@ -123,7 +126,7 @@ def flash_attn_qkvpacked_func(qkv, dropout_p=0.0, softmax_scale=None, causal=Fal
                               softcap=0.0, alibi_slopes=None, deterministic=False, return_attn_probs=False):
     """qkv (B, S, 3, H, D) -> out (B, S, H, D)."""
     out, lse = _run(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], dropout_p, softmax_scale, causal, window_size,
-                    softcap, alibi_slopes)
+                    softcap, alibi_slopes, need_lse=return_attn_probs)
     return _result(out, lse, return_attn_probs)
 
 
@@ -131,7 +134,7 @@ def flash_attn_kvpacked_func(q, kv, dropout_p=0.0, softmax_scale=None, causal=Fa
                              softcap=0.0, alibi_slopes=None, deterministic=False, return_attn_probs=False):
     """q (B, Sq, H, D), kv (B, Sk, 2, Hk, D) -> out (B, Sq, H, D)."""
     out, lse = _run(q, kv[:, :, 0], kv[:, :, 1], dropout_p, softmax_scale, causal, window_size, softcap,
-                    alibi_slopes)
+                    alibi_slopes, need_lse=return_attn_probs)
     return _result(out, lse, return_attn_probs)
 
 
@@ -141,7 +144,7 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
     """q (total_q, H, D), k/v (total_k, Hk, D) or paged (num_blocks, page_size, Hk, D) with block_table
     (B, max_blocks); cu_seqlens_* int32 (B + 1) -> out (total_q, H, D) [, softmax_lse (H, total_q), None]."""
     out, lse = _run(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, cu_seqlens_q,
-                    cu_seqlens_k, max_seqlen_q, max_seqlen_k, block_table)
+                    cu_seqlens_k, max_seqlen_q, max_seqlen_k, block_table, need_lse=return_attn_probs)
     return _result(out, lse, return_attn_probs)
 
 
@@ -150,7 +153,7 @@ def flash_attn_varlen_qkvpacked_func(qkv, cu_seqlens, max_seqlen, dropout_p=0.0,
                                      return_attn_probs=False):
     """qkv (total, 3, H, D) -> out (total, H, D)."""
     out, lse = _run(qkv[:, 0], qkv[:, 1], qkv[:, 2], dropout_p, softmax_scale, causal, window_size, softcap,
-                    alibi_slopes, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen)
+                    alibi_slopes, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, need_lse=return_attn_probs)
     return _result(out, lse, return_attn_probs)
 
 
@@ -159,7 +162,7 @@ def flash_attn_varlen_kvpacked_func(q, kv, cu_seqlens_q, cu_seqlens_k, max_seqle
                                     alibi_slopes=None, deterministic=False, return_attn_probs=False):
     """q (total_q, H, D), kv (total_k, 2, Hk, D) -> out (total_q, H, D)."""
     out, lse = _run(q, kv[:, 0], kv[:, 1], dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes,
-                    cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
+                    cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, need_lse=return_attn_probs)
     return _result(out, lse, return_attn_probs)
 
 

@@ -35,13 +35,16 @@ def _op_needed(q, k, v):
 
 def forward_impl(q, k, v, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=0, max_seqlen_k=0, seqused_k=None,
                  leftpad_k=None, block_table=None, kv_batch_idx=None, alibi_slopes=None, softmax_scale=None,
-                 softcap=0.0, causal=False, window_left=-1, window_right=-1):
-    """(out like q, softmax_lse fp32 (B, H, Sq) or varlen (H, total_q)) through the best path."""
+                 softcap=0.0, causal=False, window_left=-1, window_right=-1, need_lse=True):
+    """(out like q, softmax_lse fp32 (B, H, Sq) or varlen (H, total_q), or None when not need_lse)
+    through the best path."""
     varlen = cu_seqlens_q is not None
     heads = q.shape[-2]
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    lse_shape = (heads, q.shape[0]) if varlen else (q.shape[0], heads, q.shape[1])
-    lse = torch.empty(lse_shape, dtype=torch.float32, device=q.device)
+    lse = None
+    if need_lse:
+        lse_shape = (heads, q.shape[0]) if varlen else (q.shape[0], heads, q.shape[1])
+        lse = torch.empty(lse_shape, dtype=torch.float32, device=q.device)
     common = dict(cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, max_seqlen_q=max_seqlen_q,
                   max_seqlen_k=max_seqlen_k, seqused_k=seqused_k, leftpad_k=leftpad_k, block_table=block_table,
                   kv_batch_idx=kv_batch_idx, alibi_slopes=alibi_slopes, softmax_scale=softmax_scale,
@@ -49,7 +52,7 @@ def forward_impl(q, k, v, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=0, 
     reason = native_forward(q, k, v, out, lse, **common)
     if reason is None:
         return out, lse
-    out, lse, path = torch_attention(q, k, v, **common)
+    out, lse, path = torch_attention(q, k, v, need_lse=need_lse, **common)
     log_once(("forward", path, reason), "attnforge kernel not used (%s); ran torch %s instead" % (reason, path))
     return out, lse
 
@@ -230,11 +233,11 @@ else:
             return (dq, dk, dv) + (None,) * 12
 
 
-def attention(q, k, v, alibi_slopes, softmax_scale, softcap, causal, window_left, window_right):
-    """Padded batch: (out (B, Sq, H, D), softmax_lse (B, H, Sq))."""
+def attention(q, k, v, alibi_slopes, softmax_scale, softcap, causal, window_left, window_right, need_lse=True):
+    """Padded batch: (out (B, Sq, H, D), softmax_lse (B, H, Sq); None without need_lse on the direct path)."""
     if not _op_needed(q, k, v):
         return forward_impl(q, k, v, alibi_slopes=alibi_slopes, softmax_scale=softmax_scale, softcap=softcap,
-                            causal=causal, window_left=window_left, window_right=window_right)
+                            causal=causal, window_left=window_left, window_right=window_right, need_lse=need_lse)
     if HAS_CUSTOM_OP:
         return _forward_op(q, k, v, alibi_slopes, softmax_scale, softcap, causal, window_left, window_right)
     return _AttentionFunction.apply(q, k, v, None, None, 0, 0, None, None, alibi_slopes, softmax_scale, softcap,
@@ -242,13 +245,14 @@ def attention(q, k, v, alibi_slopes, softmax_scale, softcap, causal, window_left
 
 
 def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, seqused_k, block_table,
-                     alibi_slopes, softmax_scale, softcap, causal, window_left, window_right):
-    """Variable-length batch: (out (total_q, H, D), softmax_lse (H, total_q))."""
+                     alibi_slopes, softmax_scale, softcap, causal, window_left, window_right, need_lse=True):
+    """Variable-length batch: (out (total_q, H, D), softmax_lse (H, total_q); None without need_lse on the
+    direct path)."""
     if not _op_needed(q, k, v):
         return forward_impl(q, k, v, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, max_seqlen_q=max_seqlen_q,
                             max_seqlen_k=max_seqlen_k, seqused_k=seqused_k, block_table=block_table,
                             alibi_slopes=alibi_slopes, softmax_scale=softmax_scale, softcap=softcap, causal=causal,
-                            window_left=window_left, window_right=window_right)
+                            window_left=window_left, window_right=window_right, need_lse=need_lse)
     args = (q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, seqused_k, block_table, alibi_slopes,
             softmax_scale, softcap, causal, window_left, window_right)
     if HAS_CUSTOM_OP:
