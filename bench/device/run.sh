@@ -3,7 +3,7 @@
 # float64 reference, run compute-sanitizer (memcheck, racecheck) on small shapes, benchmark
 # beside torch SDPA flash and cuDNN, and write results under $OUT (default ./bench-out):
 #   log, gpu-<name>-forward.{md,png,json}, check.json
-# Optional: AF_TUNE="64:4,2,64;128:8,1,64|..." times each '|'-separated tile override first.
+# Tile and scheduling candidates are compared with bench/device/tune.sh instead.
 # Needs: nvidia driver, cmake, ninja, a C++17 compiler, python3 with torch (and matplotlib).
 set -u -o pipefail
 cd "$(dirname "$0")/../.."
@@ -30,15 +30,6 @@ main() {
   (cd bench/device && python3 bench.py --prefix "$prefix" --first-call-only /tmp/attnforge-firstcall.json) || status=1
   cp /tmp/attnforge-firstcall.json "$prefix.firstcall.json" 2>/dev/null
 
-  if [ -n "${AF_TUNE:-}" ]; then
-    echo "== tile tuning"
-    IFS='|' read -ra candidates <<<"$AF_TUNE"
-    for candidate in "${candidates[@]}"; do
-      echo "-- ATTNFORGE_TILE=$candidate"
-      ATTNFORGE_TILE="$candidate" python3 bench/device/bench.py --prefix /tmp/tune --seqlens "${AF_TUNE_SEQLENS:-2048,8192}" \
-        --repeats 10 --no-first-call 2>&1 | grep -E "^d[0-9]|Error|error" || status=1
-    done
-  fi
 
   echo "== correctness (float64 reference)"
   if (cd bench/device && python3 check.py "$OUT/check.json" | tee /tmp/check.log); then
