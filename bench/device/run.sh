@@ -30,7 +30,6 @@ main() {
   (cd bench/device && python3 bench.py --prefix "$prefix" --first-call-only /tmp/attnforge-firstcall.json) || status=1
   cp /tmp/attnforge-firstcall.json "$prefix.firstcall.json" 2>/dev/null
 
-
   echo "== correctness (float64 reference)"
   if (cd bench/device && python3 check.py "$OUT/check.json" | tee /tmp/check.log); then
     checks="correctness: $(tail -1 /tmp/check.log)"
