@@ -169,19 +169,8 @@ def flash_attn_varlen_kvpacked_func(q, kv, cu_seqlens_q, cu_seqlens_k, max_seqle
 def _kvcache_numpy(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens, cache_batch_idx, cache_leftpad,
                    block_table, alibi_slopes, softmax_scale, causal, window_left, window_right, softcap,
                    rotary_interleaved):
-    seqlen_cache = block_table.shape[1] * k_cache.shape[1] if block_table is not None else k_cache.shape[1]
-    used = cache_seqlens
-    if k is not None:
-        if rotary_cos is not None:
-            k = kvcache.apply_rotary(k, rotary_cos, rotary_sin, kvcache.positions(cache_seqlens, k.shape[1], True),
-                                     rotary_interleaved)
-        kvcache.append(k_cache, k, cache_seqlens, cache_batch_idx, block_table)
-        kvcache.append(v_cache, v, cache_seqlens, cache_batch_idx, block_table)
-        used = (cache_seqlens + k.shape[1]).astype("int32")
-        if rotary_cos is not None:
-            local = (0 <= window_left < seqlen_cache) or (0 <= window_right < seqlen_cache)
-            q = kvcache.apply_rotary(q, rotary_cos, rotary_sin,
-                                     kvcache.positions(cache_seqlens, q.shape[1], causal or local), rotary_interleaved)
+    q, used = kvcache.prepare(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens, cache_batch_idx,
+                              block_table, causal, window_left, window_right, rotary_interleaved)
     return _numpy_forward(q, k_cache, v_cache, False, seqused_k=used, leftpad_k=cache_leftpad,
                           block_table=block_table, kv_batch_idx=cache_batch_idx, alibi_slopes=alibi_slopes,
                           softmax_scale=softmax_scale, softcap=softcap, causal=causal,

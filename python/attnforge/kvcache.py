@@ -95,3 +95,22 @@ def append(cache, new, cache_seqlens, cache_batch_idx, block_table):
     else:
         batch = _arange(new.shape[0], rows) if cache_batch_idx is None else _as_index(cache_batch_idx)
         cache[batch[:, None], rows] = new
+
+
+def prepare(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens, cache_batch_idx, block_table, causal,
+            window_left, window_right, rotary_interleaved):
+    """flash_attn_with_kvcache's steps before the attention: rotate the new k (when rotary_cos is given),
+    append k/v into the caches in place, rotate q. -> (q, int32 (B,) number of used cache rows)."""
+    used = cache_seqlens
+    if k is not None:
+        if rotary_cos is not None:
+            k = apply_rotary(k, rotary_cos, rotary_sin, positions(cache_seqlens, k.shape[1], True), rotary_interleaved)
+        append(k_cache, k, cache_seqlens, cache_batch_idx, block_table)
+        append(v_cache, v, cache_seqlens, cache_batch_idx, block_table)
+        used = cache_seqlens + k.shape[1]
+        if rotary_cos is not None:
+            seqlen_cache = block_table.shape[1] * k_cache.shape[1] if block_table is not None else k_cache.shape[1]
+            local = (0 <= window_left < seqlen_cache) or (0 <= window_right < seqlen_cache)
+            q = apply_rotary(q, rotary_cos, rotary_sin, positions(cache_seqlens, q.shape[1], causal or local),
+                             rotary_interleaved)
+    return q, (used.int() if _is_torch(used) else used.astype("int32"))

@@ -96,20 +96,9 @@ def kvcache_impl(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlen
                  block_table, alibi_slopes, softmax_scale, causal, window_left, window_right, softcap,
                  rotary_interleaved):
     """flash_attn_with_kvcache on torch tensors: rotary, in-place append, then attention over the cache."""
-    seqlen_cache = block_table.shape[1] * k_cache.shape[1] if block_table is not None else k_cache.shape[1]
-    used = cache_seqlens
-    if k is not None:
-        if rotary_cos is not None:
-            pos = kvcache.positions(cache_seqlens, k.shape[1], True)
-            k = kvcache.apply_rotary(k, rotary_cos, rotary_sin, pos, rotary_interleaved)
-        kvcache.append(k_cache, k, cache_seqlens, cache_batch_idx, block_table)
-        kvcache.append(v_cache, v, cache_seqlens, cache_batch_idx, block_table)
-        used = cache_seqlens + k.shape[1]
-        if rotary_cos is not None:
-            local = (0 <= window_left < seqlen_cache) or (0 <= window_right < seqlen_cache)
-            pos = kvcache.positions(cache_seqlens, q.shape[1], causal or local)
-            q = kvcache.apply_rotary(q, rotary_cos, rotary_sin, pos, rotary_interleaved)
-    return forward_impl(q, k_cache, v_cache, seqused_k=used.to(torch.int32), leftpad_k=cache_leftpad,
+    q, used = kvcache.prepare(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens, cache_batch_idx,
+                              block_table, causal, window_left, window_right, rotary_interleaved)
+    return forward_impl(q, k_cache, v_cache, seqused_k=used, leftpad_k=cache_leftpad,
                         block_table=block_table, kv_batch_idx=cache_batch_idx, alibi_slopes=alibi_slopes,
                         softmax_scale=softmax_scale, softcap=softcap, causal=causal, window_left=window_left,
                         window_right=window_right)

@@ -57,19 +57,6 @@ def _apply_sinks(out, lse, sinks):
     return (out.float() * factor.unsqueeze(-1)).to(out.dtype)
 
 
-def _visible(seqlen_q, seqlen_k, causal, window, device):
-    """(Sq, Sk) bool: key j visible from query i under a bottom-right causal mask and window."""
-    row = torch.arange(seqlen_q, device=device).view(-1, 1) + (seqlen_k - seqlen_q)
-    col = torch.arange(seqlen_k, device=device).view(1, -1)
-    left, right = window[0], 0 if causal else window[1]
-    visible = torch.ones(seqlen_q, seqlen_k, dtype=torch.bool, device=device)
-    if right >= 0:
-        visible &= col <= row + right
-    if left >= 0:
-        visible &= col >= row - left
-    return visible
-
-
 def _attention_with_sinks(query, key, value, mask, scaling, sinks, softcap, dropout):
     """Explicit (differentiable) attention with one sink logit per head, in float32: query (B, H, Sq, D),
     key/value (B, Hk, Sk, D), mask broadcastable to (B, H, Sq, Sk), bool (True = keep) or additive
@@ -124,7 +111,9 @@ def attention_forward(module, query, key, value, attention_mask, dropout=0.0, sc
         if four_d:
             mask = attention_mask
         else:
-            mask = _visible(seqlen_q, seqlen_k, bool(is_causal), window, query.device)
+            full = query.new_full((batch,), 0, dtype=torch.long)
+            mask, _ = fallback._visibility(full + seqlen_q, full, full + seqlen_k, seqlen_q, seqlen_k, bool(is_causal),
+                                           window[0], window[1])
             if attention_mask is not None:  # 2D padding mask (B, Sk): hide padded keys
                 mask = mask & attention_mask.bool()[:, None, None, -seqlen_k:]
         return _attention_with_sinks(query, key, value, mask, scaling, sinks, softcap, dropout), None
