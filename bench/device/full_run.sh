@@ -17,7 +17,7 @@ status=0
 log() { tee -a "$OUT/full.log"; }
 
 {
-  echo "== 1. Debian 12 build on $(. /etc/os-release; echo "$PRETTY_NAME"), $(ldd --version | head -1)"
+  echo "== 1. Debian 12 build on $(. /etc/os-release; echo "$PRETTY_NAME"), $(ldd_out=$(ldd --version); echo "${ldd_out%%$'\n'*}")"
   if [ -x .carry/debian12/attnforge ]; then
     .carry/debian12/attnforge info || status=1
     .carry/debian12/attnforge selftest --library "$PWD/.carry/debian12/libattnforge.so" || status=1

@@ -17,8 +17,9 @@ if [ ! -x "$root/usr/bin/env" ]; then
   debootstrap --variant=minbase bullseye "$root" http://deb.debian.org/debian >"$root.log" 2>&1 ||
     { tail -20 "$root.log"; echo "FAIL: debootstrap"; exit 1; }
 fi
-glibc=$(chroot "$root" /usr/bin/ldd --version | head -1)
-echo "chroot userland: $glibc"
+# No pipe into head: under pipefail a writer killed by SIGPIPE would stop the script silently.
+ldd_out=$(chroot "$root" /usr/bin/ldd --version) || { echo "FAIL: ldd --version in the chroot"; exit 1; }
+echo "chroot userland: ${ldd_out%%$'\n'*}"
 mkdir -p "$root/opt/attnforge"
 cp "$library" "$command" "$root/opt/attnforge/"
 chroot "$root" /opt/attnforge/attnforge info

@@ -9,7 +9,7 @@ status=0
 exported=$(nm -D --defined-only "$library" | awk '{print $3}' | sort)
 stray=$(grep -v '^af_' <<<"$exported" || true)
 if [ -n "$stray" ]; then
-  echo "FAIL: $library exports symbols outside af_*:"; echo "$stray" | head -20; status=1
+  echo "FAIL: $library exports symbols outside af_*:"; sed -n 1,20p <<<"$stray"; status=1
 fi
 count=$(grep -c '^af_' <<<"$exported" || true)
 [ "$count" -ge 10 ] || { echo "FAIL: only $count af_* symbols exported"; status=1; }
