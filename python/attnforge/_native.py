@@ -93,6 +93,7 @@ class _AttentionArgs(ctypes.Structure):
         ("window_right", ctypes.c_int32),
         ("backend", ctypes.c_int32),
         ("cuda_stream", ctypes.c_void_p),
+        ("num_splits", ctypes.c_int32),  # version 2
     ]
 
 
@@ -159,6 +160,16 @@ def _declare(lib):
     lib.af_warmup.restype = c.c_int
     lib.af_warmup.argtypes = [c.POINTER(c.c_char_p), c.c_int32, _PROGRESS_CALLBACK, c.c_void_p]
     lib.af_cache_clear.restype = c.c_int
+    lib.af_attention_plan_create.restype = c.c_int
+    lib.af_attention_plan_create.argtypes = [c.POINTER(_AttentionArgs), c.POINTER(c.c_void_p)]
+    lib.af_attention_plan_workspace_size.restype = c.c_int
+    lib.af_attention_plan_workspace_size.argtypes = [c.c_void_p, c.POINTER(c.c_size_t)]
+    lib.af_attention_plan_describe.restype = c.c_int
+    lib.af_attention_plan_describe.argtypes = [c.c_void_p, c.c_char_p, c.c_size_t, c.POINTER(c.c_size_t)]
+    lib.af_attention_run.restype = c.c_int
+    lib.af_attention_run.argtypes = [c.c_void_p, c.POINTER(_AttentionArgs), c.c_void_p, c.c_size_t]
+    lib.af_attention_plan_destroy.restype = None
+    lib.af_attention_plan_destroy.argtypes = [c.c_void_p]
 
 
 def _lib():
@@ -353,7 +364,7 @@ def _stream_of(tensor, stream):
 def _build_args(q, k, v, out, softmax_lse=None, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=0,
                 max_seqlen_k=0, seqused_k=None, leftpad_k=None, block_table=None, kv_batch_idx=None,
                 alibi_slopes=None, softmax_scale=None, softcap=0.0, causal=False, window_size=(-1, -1),
-                backend="auto", stream=None):
+                backend="auto", stream=None, num_splits=0):
     args = _AttentionArgs()
     args.struct_size = _ARGS_SIZE
     values = (q, k, v, out, softmax_lse, cu_seqlens_q, cu_seqlens_k, seqused_k, leftpad_k, block_table, kv_batch_idx,
@@ -371,6 +382,7 @@ def _build_args(q, k, v, out, softmax_lse=None, cu_seqlens_q=None, cu_seqlens_k=
         raise ValueError("attnforge: backend must be one of %s, got %r" % (sorted(BACKENDS), backend))
     args.backend = BACKENDS[backend]
     args.cuda_stream = _stream_of(q, stream)
+    args.num_splits = int(num_splits or 0)
     return args
 
 
@@ -378,6 +390,42 @@ def attention_forward(q, k, v, out, **kwargs):
     """Run af_attention_forward; writes out (and softmax_lse if given). Raises AttnforgeError."""
     args = _build_args(q, k, v, out, **kwargs)
     _check(_lib().af_attention_forward(ctypes.byref(args)))
+
+
+class Plan:
+    """af_attention_plan_create for one call shape; run() launches calls of that shape without choosing
+    the kernel again. Takes attention_forward's arguments; raises AttnforgeError as it does."""
+
+    def __init__(self, q, k, v, out, **kwargs):
+        self._lib = _lib()
+        handle = ctypes.c_void_p()
+        _check(self._lib.af_attention_plan_create(ctypes.byref(_build_args(q, k, v, out, **kwargs)),
+                                                  ctypes.byref(handle)))
+        self._handle = handle
+
+    def describe(self):
+        """The kernel the plan runs ("cuda decode bf16 d128 sm_90a 16x64 splits=8", "cpu")."""
+        return _text(lambda buffer, size, needed: self._lib.af_attention_plan_describe(self._handle, buffer, size,
+                                                                                         needed))
+
+    def workspace_size(self):
+        """Bytes of device memory a caller-owned workspace needs (0: none)."""
+        size = ctypes.c_size_t(0)
+        _check(self._lib.af_attention_plan_workspace_size(self._handle, ctypes.byref(size)))
+        return size.value
+
+    def run(self, q, k, v, out, workspace=None, **kwargs):
+        """af_attention_run: workspace is a device tensor of at least workspace_size() bytes, or None for
+        attnforge's pool."""
+        args = _build_args(q, k, v, out, **kwargs)
+        pointer, size = (workspace.data_ptr(), workspace.numel() * workspace.element_size()) if workspace is not None \
+            else (None, 0)
+        _check(self._lib.af_attention_run(self._handle, ctypes.byref(args), pointer, size))
+
+    def __del__(self):
+        handle = getattr(self, "_handle", None)
+        if handle is not None:
+            self._lib.af_attention_plan_destroy(handle)
 
 
 def attention_supported(q, k, v, out, **kwargs):
