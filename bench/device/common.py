@@ -62,3 +62,19 @@ def reference(q, k, v, causal=False, window=(-1, -1), softcap=0.0, alibi=None, s
     p = torch.where(denom > 0, p / denom.clamp(min=1e-300), torch.zeros_like(p))
     out = torch.einsum("hqk,khd->qhd", p.to(dtype), vf)
     return out.to(dtype), lse
+
+
+def time_ms(fn, warmup=5, repeats=20):
+    """Median CUDA-event time of fn in milliseconds, after warm-up calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    times.sort()
+    return times[len(times) // 2]

@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # One command on a GPU machine: build attnforge, check every CUDA kernel variant against a
-# float64 reference, run compute-sanitizer (memcheck, racecheck) on small shapes, benchmark
-# beside torch SDPA flash and cuDNN, and write results under $OUT (default ./bench-out):
-#   log, gpu-<name>-forward.{md,png,json}, check.json
+# float64 reference (bench/device/check.py and tests/gpu), run compute-sanitizer (memcheck,
+# racecheck) on small shapes, benchmark decode steps and the forward pass beside torch SDPA
+# flash and cuDNN, time host overhead per call, A/B the forward kernel against the build in
+# .carry/old when present, and write results under $OUT (default ./bench-out):
+#   log, decode-<gpu>.{md,png,json}, host-time-<gpu>.md, ab-forward-<gpu>.md,
+#   gpu-<gpu>-forward.{md,png,json}, check.json
+# AF_DECODE_ARGS=--quick and AF_SKIP_FORWARD=1 shorten a run.
 # Tile and scheduling candidates are compared with bench/device/tune.sh instead.
 # Needs: nvidia driver, cmake, ninja, a C++17 compiler, python3 with torch (and matplotlib).
 set -u -o pipefail
@@ -44,9 +48,16 @@ main() {
     checks="$checks; forced split keys: FAILED ($(tail -1 /tmp/check-split.log))"; status=1
   fi
 
+  echo "== GPU pytest (tests/gpu: decode family, plan/run, against float64)"
+  if timeout 420 python3 -m pytest -q -p no:cacheprovider tests/gpu 2>&1 | tee /tmp/gpu-pytest.log; then
+    checks="$checks; tests/gpu: $(tail -1 /tmp/gpu-pytest.log)"
+  else
+    checks="$checks; tests/gpu: FAILED ($(tail -1 /tmp/gpu-pytest.log))"; status=1
+  fi
+
   echo "== compute-sanitizer"
   for tool in memcheck racecheck; do
-    (cd bench/device && timeout 240 compute-sanitizer --tool "$tool" --kernel-name kns=af_flash_fwd \
+    (cd bench/device && timeout 240 compute-sanitizer --tool "$tool" \
       --error-exitcode 3 python3 sanitize.py >/tmp/sanitizer-$tool.log 2>&1)
     rc=$?
     head -40 /tmp/sanitizer-$tool.log
@@ -60,8 +71,19 @@ main() {
     fi
   done
 
-  echo "== benchmark"
-  (cd bench/device && python3 bench.py --prefix "$prefix" ${AF_BENCH_ARGS:-}) || status=1
+  echo "== decode benchmark"
+  (cd bench/device && python3 decode_bench.py --prefix "$OUT/decode-$gpu" ${AF_DECODE_ARGS:-}) || status=1
+  echo "== host time per call"
+  (cd bench/device && python3 host_time.py "$OUT/host-time-$gpu.md") || status=1
+  if [ -f .carry/old/libattnforge.so ]; then
+    echo "== forward A/B: .carry/old vs this build"
+    (cd bench/device && python3 ab_forward.py "$PWD/../../.carry/old/libattnforge.so" "$ATTNFORGE_LIBRARY" \
+      "$OUT/ab-forward-$gpu.md") || status=1
+  fi
+  if [ -z "${AF_SKIP_FORWARD:-}" ]; then
+    echo "== forward benchmark"
+    (cd bench/device && python3 bench.py --prefix "$prefix" --no-decode ${AF_BENCH_ARGS:-}) || status=1
+  fi
   printf '\n## Checks in the same run\n\n%s (bench/device/check.py: every variant against a float64 reference; sanitizer on bench/device/sanitize.py).\n' \
     "$checks" >>"$prefix.md"
   rm -f "$prefix.firstcall.json"

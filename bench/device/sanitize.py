@@ -1,5 +1,6 @@
 """A few small attnforge CUDA calls for compute-sanitizer (memcheck / racecheck): odd lengths,
-varlen with empty sequences, GQA, windows, extras, padded head dims."""
+varlen with empty sequences, GQA, windows, extras, padded head dims; both kernel families, split
+keys, paged K/V (page sizes 3 and 16), left padding and kv_batch_idx in the decode family."""
 import torch
 
 from common import native
@@ -30,7 +31,21 @@ k = torch.randn(171, 2, 32, dtype=torch.bfloat16, device="cuda")
 out = torch.empty_like(q)
 af.attention_forward(q, k, k, out, softmax_lse=torch.empty(4, 100, device="cuda"), cu_seqlens_q=cu_q, cu_seqlens_k=cu_k,
                      max_seqlen_q=63, max_seqlen_k=81, causal=True, backend="cuda")
-call(2, 1, 1500, 8, 2, 128, causal=True)  # few query tiles: split keys + af_flash_combine
+call(1, 200, 3000, 2, 2, 128, causal=True)  # fwd_sm80, few query tiles: split keys + af_flash_combine
+call(2, 1, 1500, 8, 2, 128, causal=True)  # decode family, split keys
 call(1, 3, 1100, 4, 4, 64, window_size=(300, 0))
+call(3, 5, 999, 16, 2, 256, dtype=torch.float16, softcap=15.0, alibi_slopes=torch.rand(16, device="cuda"))
+for page in (3, 16):  # paged decode over shuffled pages, cache lengths per sequence
+    blocks = (700 + page - 1) // page
+    pages = torch.randn(3 * blocks + 2, page, 2, 128, dtype=torch.bfloat16, device="cuda")
+    table = torch.randperm(3 * blocks + 2, device="cuda")[: 3 * blocks].view(3, blocks).to(torch.int32)
+    q = torch.randn(3, 2, 8, 128, dtype=torch.bfloat16, device="cuda")
+    af.attention_forward(q, pages, pages, torch.empty_like(q), block_table=table, causal=True, num_splits=4,
+                         seqused_k=torch.tensor([700, 1, 333], dtype=torch.int32, device="cuda"), backend="cuda")
+q = torch.randn(2, 1, 8, 64, dtype=torch.bfloat16, device="cuda")
+cache = torch.randn(4, 300, 2, 64, dtype=torch.bfloat16, device="cuda")
+af.attention_forward(q, cache, cache, torch.empty_like(q), kv_batch_idx=torch.tensor([3, 1], dtype=torch.int32,
+                     device="cuda"), leftpad_k=torch.tensor([10, 0], dtype=torch.int32, device="cuda"),
+                     seqused_k=torch.tensor([250, 0], dtype=torch.int32, device="cuda"), backend="cuda")
 torch.cuda.synchronize()
 print("sanitize cases ran")

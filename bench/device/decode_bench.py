@@ -1,0 +1,222 @@
+"""Decode-step speed: attnforge beside torch SDPA's flash and cuDNN backends, each in its best
+configuration, in one process.
+
+One decode step: q (B, 1, H, D) against a cache of S keys per sequence. attnforge reads its cache
+in FlashAttention's layout (B, S, Hk, D), or paged (pages of P rows through a shuffled block
+table); SDPA gets the layout it prefers, (B, Hk, S, D) contiguous, with enable_gqa=True (K/V are
+never repeated per query head). GPU time comes from CUDA-graph replay of R consecutive calls over
+R different caches (R x cache bytes >= 256 MiB, so L2 never holds the next call's cache), median
+of the replays. Achieved bandwidth counts the K and V bytes a step must read once, beside a
+device-to-device copy measured in the same run (bytes read + written). Every point is validated
+against SDPA before it is timed.
+
+Writes <prefix>.json, <prefix>.md and <prefix>.png.
+"""
+import argparse
+import datetime
+import json
+import math
+import platform
+import subprocess
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+import attnforge
+
+ROTATION_BYTES = 256 << 20
+
+
+def copy_ceiling_tbs():
+    """Device-to-device copy of 2 GiB: (bytes read + bytes written) / time, median of 10."""
+    a = torch.empty(1 << 30, dtype=torch.int16, device="cuda").random_()
+    b = torch.empty_like(a)
+    for _ in range(3):
+        b.copy_(a)
+    times = []
+    for _ in range(10):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        b.copy_(a)
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    times.sort()
+    return 2 * a.numel() * 2 / (times[len(times) // 2] * 1e-3) / 1e12
+
+
+def graph_time_us(calls, replays=10):
+    """Median GPU time per call of a CUDA graph that runs every function in `calls` once."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for fn in calls:  # warm-up outside the graph (compiles, allocator pools)
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for fn in calls:
+            fn()
+    graph.replay()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(replays):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    times.sort()
+    del graph
+    return times[len(times) // 2] * 1e3 / len(calls)
+
+
+def point(dtype, heads, heads_kv, head_dim, batch, seqlen, page_sizes):
+    kv_bytes = 2 * batch * seqlen * heads_kv * head_dim * 2
+    rotations = max(1, min(8, math.ceil(ROTATION_BYTES / kv_bytes)))
+    qs = [torch.randn(batch, 1, heads, head_dim, dtype=dtype, device="cuda") for _ in range(rotations)]
+    caches = [(torch.randn(batch, heads_kv, seqlen, head_dim, dtype=dtype, device="cuda"),
+               torch.randn(batch, heads_kv, seqlen, head_dim, dtype=dtype, device="cuda")) for _ in range(rotations)]
+    row = {"dtype": str(dtype).replace("torch.", ""), "heads": heads, "heads_kv": heads_kv, "head_dim": head_dim,
+           "batch": batch, "seqlen_k": seqlen, "kv_bytes": kv_bytes, "rotations": rotations}
+
+    # SDPA: (B, H, 1, D) against (B, Hk, S, D), enable_gqa=True.
+    sdpa_q = [q.transpose(1, 2) for q in qs]
+
+    def sdpa(backend, i):
+        def run():
+            with sdpa_kernel([backend]):
+                return F.scaled_dot_product_attention(sdpa_q[i], caches[i][0], caches[i][1], enable_gqa=True)
+        return run
+
+    # attnforge: the same values in (B, S, Hk, D).
+    ours_kv = [(k.transpose(1, 2).contiguous(), v.transpose(1, 2).contiguous()) for k, v in caches]
+    expected = None
+    for name, backend in (("flash", SDPBackend.FLASH_ATTENTION), ("cudnn", SDPBackend.CUDNN_ATTENTION)):
+        try:
+            result = sdpa(backend, 0)().transpose(1, 2)
+            expected = result if expected is None else expected
+            row[name + "_us"] = graph_time_us([sdpa(backend, i) for i in range(rotations)])
+        except Exception as e:  # noqa: BLE001 - a peer that cannot run this shape is recorded as such
+            row[name + "_us"] = None
+            row[name + "_error"] = str(e).splitlines()[0][:160]
+    def ours(i):
+        return lambda: attnforge.flash_attn_func(qs[i], *ours_kv[i])
+
+    got = attnforge.flash_attn_func(qs[0], *ours_kv[0])
+    row["explain"] = attnforge.explain(qs[0], *ours_kv[0]) if hasattr(attnforge, "explain") else ""
+    row["max_diff"] = (got.float() - expected.float()).abs().max().item() if expected is not None else None
+    row["valid"] = row["max_diff"] is not None and row["max_diff"] < 2e-2
+    row["attnforge_us"] = graph_time_us([ours(i) for i in range(rotations)])
+
+    # Paged: the same keys in pages of P rows, in shuffled order.
+    for page in page_sizes:
+        blocks = (seqlen + page - 1) // page
+        paged = []
+        for k, v in ours_kv:
+            pad = blocks * page - seqlen
+            kp = torch.nn.functional.pad(k, (0, 0, 0, 0, 0, pad)).reshape(batch * blocks, page, heads_kv, head_dim)
+            vp = torch.nn.functional.pad(v, (0, 0, 0, 0, 0, pad)).reshape(batch * blocks, page, heads_kv, head_dim)
+            perm = torch.randperm(batch * blocks, device="cuda")
+            inverse = torch.empty_like(perm)
+            inverse[perm] = torch.arange(batch * blocks, device="cuda")
+            table = inverse.view(batch, blocks).to(torch.int32)
+            paged.append((kp[perm].contiguous(), vp[perm].contiguous(), table))
+        lens = torch.full((batch,), seqlen, dtype=torch.int32, device="cuda")
+
+        def ours_paged(i):
+            kp, vp, table = paged[i]
+            return lambda: attnforge.flash_attn_with_kvcache(qs[i], kp, vp, cache_seqlens=lens, block_table=table)
+        got = attnforge.flash_attn_with_kvcache(qs[0], paged[0][0], paged[0][1], cache_seqlens=lens,
+                                                block_table=paged[0][2])
+        diff = (got.float() - expected.float()).abs().max().item() if expected is not None else None
+        row["paged%d_valid" % page] = diff is not None and diff < 2e-2
+        row["paged%d_us" % page] = graph_time_us([ours_paged(i) for i in range(rotations)])
+        del paged
+    return row
+
+
+def markdown(rows, meta):
+    lines = ["# Decode steps: attnforge vs torch SDPA (flash, cuDNN; enable_gqa=True)", "",
+             "%(date)s, %(gpu)s, driver %(driver)s, torch %(torch)s, CUDA %(cuda)s, cuDNN %(cudnn)s. "
+             "GPU time per step from CUDA-graph replay over rotating caches (bench/device/decode_bench.py). "
+             "Copy ceiling in the same run: %(copy_tbs).2f TB/s (read + write)." % meta, "",
+             "| dtype | H/Hk | D | B | keys | attnforge us | TB/s | flash us | cuDNN us | vs best SDPA | paged 16/64/256 vs contiguous | kernel |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        peers = [r[n] for n in ("flash_us", "cudnn_us") if r.get(n)]
+        ratio = min(peers) / r["attnforge_us"] if peers else float("nan")
+        tbs = r["kv_bytes"] / (r["attnforge_us"] * 1e-6) / 1e12
+        paged = "/".join("%.2f" % (r["attnforge_us"] / r["paged%d_us" % p]) if r.get("paged%d_us" % p) else "-"
+                         for p in (16, 64, 256))
+        lines.append("| %s | %d/%d | %d | %d | %d | %.1f | %.2f | %s | %s | %.2fx%s | %s | %s |" % (
+            r["dtype"], r["heads"], r["heads_kv"], r["head_dim"], r["batch"], r["seqlen_k"], r["attnforge_us"], tbs,
+            "%.1f" % r["flash_us"] if r.get("flash_us") else "n/a", "%.1f" % r["cudnn_us"] if r.get("cudnn_us") else "n/a",
+            ratio, "" if r["valid"] else " INVALID", paged, r.get("explain", "")))
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--prefix", required=True)
+    parser.add_argument("--quick", action="store_true", help="a few points only")
+    args = parser.parse_args()
+    meta = {"date": datetime.datetime.utcnow().strftime("%Y-%m-%d %H:%M UTC"), "gpu": torch.cuda.get_device_name(),
+            "driver": subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                     capture_output=True, text=True).stdout.strip(),
+            "torch": torch.__version__, "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
+            "host": platform.node(), "copy_tbs": copy_ceiling_tbs()}
+    configs = [(torch.bfloat16, 32, 8, 128, True), (torch.bfloat16, 64, 8, 128, False),
+               (torch.bfloat16, 40, 8, 128, False), (torch.bfloat16, 16, 16, 64, False),
+               (torch.float16, 32, 8, 128, False)]
+    batches = [1, 8, 16, 32, 64, 128]
+    lengths = [1024, 4096, 16384, 32768, 131072]
+    if args.quick:
+        configs, batches, lengths = configs[:1], [1, 32], [4096, 32768]
+    rows = []
+    for dtype, heads, heads_kv, head_dim, with_paged in configs:
+        for batch in batches:
+            if not with_paged and batch in (16, 64):
+                continue
+            for seqlen in lengths:
+                if batch * seqlen > (4 << 20):
+                    continue
+                row = point(dtype, heads, heads_kv, head_dim, batch, seqlen, (16, 64, 256) if with_paged else ())
+                rows.append(row)
+                print(markdown([row], meta).splitlines()[-1], flush=True)
+                torch.cuda.empty_cache()
+    with open(args.prefix + ".json", "w") as f:
+        json.dump({"meta": meta, "rows": rows}, f, indent=1)
+    with open(args.prefix + ".md", "w") as f:
+        f.write(markdown(rows, meta))
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(9, 5))
+        for batch in batches:
+            pts = [r for r in rows if r["batch"] == batch and r["heads"] == 32 and r["dtype"] == "bfloat16"]
+            if pts:
+                ax.plot([r["seqlen_k"] for r in pts], [r["kv_bytes"] / r["attnforge_us"] / 1e6 for r in pts], "o-",
+                        label="attnforge B=%d" % batch)
+                best = [min(x for x in (r.get("flash_us"), r.get("cudnn_us")) if x) for r in pts]
+                ax.plot([r["seqlen_k"] for r in pts], [r["kv_bytes"] / b / 1e6 for r, b in zip(pts, best)], "x--",
+                        label="best SDPA B=%d" % batch)
+        ax.axhline(meta["copy_tbs"], color="gray", linestyle=":", label="copy ceiling")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("cached keys")
+        ax.set_ylabel("K/V read TB/s")
+        ax.set_title("Decode, bf16, 32/8 heads, D 128 (%s)" % meta["gpu"])
+        ax.legend(fontsize=7)
+        fig.savefig(args.prefix + ".png", dpi=110)
+    except ImportError:
+        pass
+
+
+if __name__ == "__main__":
+    main()

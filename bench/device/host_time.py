@@ -1,0 +1,74 @@
+"""Host time per decode-shaped attention call (issue: kernel families and one plan, item 6).
+
+q (1, 1, 32, 128) bf16 against a 4096-key cache of 8 KV heads. Each row is the host wall time of
+200 back-to-back calls divided by 200, the GPU not waited on inside the loop (median of 15 such
+loops): attnforge's flash_attn_func, plain torch SDPA with enable_gqa=True (no backend context
+manager), and the C part alone: af_attention_run with a cached plan and arguments built once,
+called through ctypes (so the row includes the ctypes call itself).
+Prints a markdown table and writes it to the path given.
+"""
+import ctypes
+import datetime
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+import attnforge
+from attnforge import _native
+
+
+def host_us(fn, calls=200, loops=15):
+    for _ in range(20):
+        fn()
+    torch.cuda.synchronize()
+    samples = []
+    for _ in range(loops):
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        samples.append((time.perf_counter() - start) / calls * 1e6)
+        torch.cuda.synchronize()
+    return statistics.median(samples)
+
+
+def main(path):
+    q = torch.randn(1, 1, 32, 128, dtype=torch.bfloat16, device="cuda")
+    k = torch.randn(1, 4096, 8, 128, dtype=torch.bfloat16, device="cuda")
+    v = torch.randn_like(k)
+    qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2).contiguous(), v.transpose(1, 2).contiguous()
+    out = torch.empty_like(q)
+    plan = _native.Plan(q, k, v, out, backend="cuda")
+    args = _native._build_args(q, k, v, out, backend="cuda")
+    lib = _native.library()
+    run = lib.af_attention_run
+    handle, args_ref = plan._handle, ctypes.byref(args)
+
+    def c_run():
+        run(handle, args_ref, None, 0)
+
+    rows = [
+        ("attnforge.flash_attn_func", host_us(lambda: attnforge.flash_attn_func(q, k, v))),
+        ("torch SDPA, enable_gqa=True (plain call)", host_us(lambda: F.scaled_dot_product_attention(qt, kt, vt,
+                                                                                                 enable_gqa=True))),
+        ("af_attention_run, cached plan (ctypes call included)", host_us(c_run)),
+        ("af_attention_forward (plans every call; ctypes included)",
+         host_us(lambda: lib.af_attention_forward(args_ref))),
+    ]
+    text = ["# Host time per decode-shaped call", "",
+            "%s, %s, torch %s. q (1, 1, 32, 128) bf16, 4096 cached keys, 8 KV heads; host wall time of 200 calls "
+            "without waiting for the GPU, median of 15 loops (bench/device/host_time.py). Kernel: %s." % (
+                datetime.datetime.utcnow().strftime("%Y-%m-%d %H:%M UTC"), torch.cuda.get_device_name(),
+                torch.__version__, plan.describe()), "",
+            "| call | host us per call |", "|---|---|"]
+    text += ["| %s | %.1f |" % row for row in rows]
+    result = "\n".join(text) + "\n"
+    print(result)
+    with open(path, "w") as f:
+        f.write(result)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
