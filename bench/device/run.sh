@@ -6,7 +6,7 @@
 # .carry/old when present, and write results under $OUT (default ./bench-out):
 #   log, decode-<gpu>.{md,png,json}, host-time-<gpu>.md, ab-forward-<gpu>.md,
 #   gpu-<gpu>-forward.{md,png,json}, check.json
-# AF_DECODE_ARGS=--quick and AF_SKIP_FORWARD=1 shorten a run.
+# AF_DECODE_ARGS=--quick, AF_SKIP_AB=1 and AF_SKIP_FORWARD=1 shorten a run.
 # Tile and scheduling candidates are compared with bench/device/tune.sh instead.
 # Needs: nvidia driver, cmake, ninja, a C++17 compiler, python3 with torch (and matplotlib).
 set -u -o pipefail
@@ -14,6 +14,7 @@ cd "$(dirname "$0")/../.."
 OUT="${OUT:-$PWD/bench-out}"
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
+export PYTHONPATH="$PWD/python${PYTHONPATH:+:$PYTHONPATH}"
 export ATTNFORGE_CACHE_DIR="${ATTNFORGE_CACHE_DIR:-/tmp/attnforge-device-cache}"
 status=0
 
@@ -75,7 +76,7 @@ main() {
   (cd bench/device && python3 decode_bench.py --prefix "$OUT/decode-$gpu" ${AF_DECODE_ARGS:-}) || status=1
   echo "== host time per call"
   (cd bench/device && python3 host_time.py "$OUT/host-time-$gpu.md") || status=1
-  if [ -f .carry/old/libattnforge.so ]; then
+  if [ -f .carry/old/libattnforge.so ] && [ -z "${AF_SKIP_AB:-}" ]; then
     echo "== forward A/B: .carry/old vs this build"
     (cd bench/device && python3 ab_forward.py "$PWD/../../.carry/old/libattnforge.so" "$ATTNFORGE_LIBRARY" \
       "$OUT/ab-forward-$gpu.md") || status=1
