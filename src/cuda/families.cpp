@@ -9,8 +9,8 @@
 //
 // Tiles: every shape below compiles without spills for sm_80, sm_86, sm_89 and sm_90a
 // (checked by the cuda_compile test). $ATTNFORGE_TILE="D:warps,m_tiles,block_n,stages;..."
-// overrides a fwd_sm80 head dim's shape for tuning runs (the override is part of the compile
-// options, so it gets its own cache entries).
+// overrides a fwd_sm80 head dim's shape for tuning runs, $ATTNFORGE_DECODE_TILE a decode one (the
+// override is part of the compile options, so it gets its own cache entries).
 #include "cuda/families.h"
 
 #include <cstdio>
@@ -78,6 +78,22 @@ TileConfig default_decode_tile(int head_dim, SharedMemoryClass smem) {
   }
 }
 
+// $ATTNFORGE_DECODE_TILE="D:warps,stages;..." overrides a decode head dim's tile for tuning runs
+// (warps 2, 4 or 8, 16 keys each per block; stages 2 to 4); malformed entries are ignored.
+TileConfig decode_tile_for(int head_dim, SharedMemoryClass smem) {
+  TileConfig tile = default_decode_tile(head_dim, smem);
+  const char* text = std::getenv("ATTNFORGE_DECODE_TILE");
+  for (const char* p = text; p != nullptr && *p != 0;) {
+    int d = 0, w = 0, stages = 0;
+    if (std::sscanf(p, "%d:%d,%d", &d, &w, &stages) == 3 && d == head_dim && (w == 2 || w == 4 || w == 8) &&
+        stages >= 2 && stages <= 4)
+      tile = decode_tile(w, stages);
+    p = std::strchr(p, ';');
+    if (p != nullptr) ++p;
+  }
+  return tile;
+}
+
 // Parses "128:4,1,64,2;64:4,2,64,2" (head dim: warps, m tiles, block n, stages); malformed
 // entries are ignored.
 TileConfig sm80_tile_for(int head_dim, bool extras, SharedMemoryClass smem) {
@@ -108,7 +124,7 @@ std::vector<Variant> build_variants() {
           Variant v{id, dtype, d, extras, {}, ""};
           for (int c = 0; c < kSharedMemoryClasses; ++c)
             v.tiles[c] = sm80 ? sm80_tile_for(d, extras, SharedMemoryClass(c))
-                              : default_decode_tile(d, SharedMemoryClass(c));
+                              : decode_tile_for(d, SharedMemoryClass(c));
           v.name = std::string(kFamilies[id].name) + (dtype == AF_DTYPE_BFLOAT16 ? "_bf16" : "_fp16") + "_d" +
                    std::to_string(d) + (extras ? "_extras" : "");
           list.push_back(v);

@@ -52,11 +52,11 @@ int sm80_splits(int requested, int ctas, int key_blocks, int wave_ctas) {
   return std::max(1, std::min({wave_ctas / ctas, key_blocks / 4, 64}));
 }
 
-// decode: when the CTAs fill less than one wave, the smallest count whose wave efficiency is
-// within 85% of the best over 1..128 splits of at least 2 key blocks (128 keys) each
-// (FlashAttention-2's heuristic, with the wave measured by occupancy), so that batch 1 at long
-// context reads K/V with every SM. Below 2 blocks a split's partial results cost more than its
-// parallelism gains.
+// decode: when the CTAs fill less than one wave, the smallest count whose wave efficiency (CTAs
+// over whole waves of the occupancy-measured wave) is within 95% of the best over 1..128 splits
+// of at least 2 key blocks (128 keys) each, so that batch 1 at long context reads K/V with every
+// SM and no SM runs a second CTA while others idle. Below 2 blocks a split's partial results
+// cost more than its parallelism gains.
 int decode_splits(int requested, int ctas, int key_blocks, int wave_ctas) {
   if (forced_splits(requested) > 0) return forced_splits(requested);
   if (ctas >= wave_ctas) return 1;
@@ -68,7 +68,7 @@ int decode_splits(int requested, int ctas, int key_blocks, int wave_ctas) {
   double best = 0;
   for (int s = 1; s <= limit; ++s) best = std::max(best, efficiency(s));
   int s = 1;
-  while (efficiency(s) < 0.85 * best) ++s;
+  while (efficiency(s) < 0.95 * best) ++s;
   return s;
 }
 

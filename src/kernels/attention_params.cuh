@@ -35,6 +35,7 @@ struct AttentionParams {
   long long block_table_batch_stride;
   int max_blocks_per_seq;    // columns of block_table (paged)
   int page_size;             // rows per page (paged)
+  int page_shift;            // log2(page_size) when it is a power of two, else -1
   int num_pages;             // pages in k/v (paged)
   int kv_batches;            // first dimension of padded k/v (kv_batch_idx clamps into it)
 

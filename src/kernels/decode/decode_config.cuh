@@ -33,4 +33,4 @@ constexpr int kKVBytes = kBlockN * kHeadDim * 2;
 
 static_assert(kHeadDim == 64 || kHeadDim == 128 || kHeadDim == 256, "decode head dims: 64, 128, 256");
 static_assert(kStages >= 2 && kStages <= 4, "2 to 4 K/V stages");
-static_assert(kWarps == 2 || kWarps == 4, "2 or 4 warps");
+static_assert(kWarps == 2 || kWarps == 4 || kWarps == 8, "2, 4 or 8 warps");
