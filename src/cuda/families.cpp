@@ -66,14 +66,17 @@ TileConfig default_sm80_tile(int head_dim, bool extras, SharedMemoryClass smem) 
   }
 }
 
-// Decode keeps several K/V blocks of 64 keys in flight per SM (memory-bound: bytes in flight
-// hide the latency): d64 a 4-block ring (68 KB), d128 3 blocks (102 KB, two CTAs per 227 KB
-// SM), d256 2 blocks (139 KB); on ~99 KB GPUs d128 keeps 2 blocks and d256 uses 2 warps
-// (32-key blocks).
+// Decode keeps several K/V blocks in flight per SM (memory-bound: bytes in flight hide the
+// latency). Measured on H200 (bench/results/tune-decode-h200-*, bf16 32/8 heads, d128, batch 1 and
+// 32, 4k and 32k keys): 8 warps (128-key blocks) and a 3-block ring (200 KB, one CTA per SM) beat
+// 4 warps with 3 blocks (102 KB, two CTAs per SM) by 4-16% at batch 1 and match it at batch 32;
+// 4 warps with 4 blocks was 18% slower at batch 32. d64 takes the same 8-warp shape (98 KB); d256
+// keeps 4 warps and 2 blocks (139 KB); on ~99 KB GPUs d64/d128 keep 4 warps with 4/2 blocks and
+// d256 uses 2 warps (32-key blocks). Only the 227 KB d128 tile is measured.
 TileConfig default_decode_tile(int head_dim, SharedMemoryClass smem) {
   switch (head_dim) {
-    case 64: return decode_tile(4, 4);
-    case 128: return smem == kSmem99K ? decode_tile(4, 2) : decode_tile(4, 3);
+    case 64: return smem == kSmem99K ? decode_tile(4, 4) : decode_tile(8, 3);
+    case 128: return smem == kSmem99K ? decode_tile(4, 2) : (smem == kSmem227K ? decode_tile(8, 3) : decode_tile(4, 3));
     default: return smem == kSmem99K ? decode_tile(2, 2) : decode_tile(4, 2);
   }
 }

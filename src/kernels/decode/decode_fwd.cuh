@@ -42,27 +42,11 @@ constexpr int kRowsPerPass = kThreads / kChunks;       // K/V rows one pass of a
 constexpr int kRowsPerThread = kBlockN / kRowsPerPass;  // rows each thread copies per key block
 static_assert(kThreads % kChunks == 0 && kBlockN % kRowsPerPass == 0, "whole rows per pass");
 
-// Paged K/V: the page of each key row this thread copies for the block at n0, clamped into the
-// pool. Looked up one block before the copies are issued, so the block-table reads never stall
-// the copy pipeline.
-__device__ __forceinline__ void lookup_pages(const FlashFwdParams& p, const KeySpan& span, const int* table, int n0,
-                                             int (&pages)[kRowsPerThread]) {
-  if (table == nullptr) return;
-#pragma unroll
-  for (int i = 0; i < kRowsPerThread; ++i) {
-    const int key = n0 + int(threadIdx.x) / kChunks + i * kRowsPerPass;
-    const int row = span.row0 + key;
-    pages[i] = key < span.len
-                   ? clamp_int(table[p.page_shift >= 0 ? row >> p.page_shift : row / p.page_size], 0, p.num_pages - 1)
-                   : 0;
-  }
-}
-
 // Async copy of key rows [n0, n0 + kBlockN) of a span into the swizzled K and V tiles of one ring
 // stage. Each thread keeps one 16-byte chunk column; rows past the keys and dims past head_dim
-// are zero-filled without reading. Paged rows use the pages looked up by lookup_pages.
+// are zero-filled without reading. Paged rows look up their page (clamped into the pool).
 __device__ __forceinline__ void load_kv_block(const FlashFwdParams& p, const KeySpan& span, const int* table,
-                                              af_u32 s_k, af_u32 s_v, int n0, const int (&pages)[kRowsPerThread]) {
+                                              af_u32 s_k, af_u32 s_v, int n0) {
   const int row_in_pass = int(threadIdx.x) / kChunks;
   const int col = (int(threadIdx.x) % kChunks) * 8;
   const int left = p.head_dim - col;
@@ -76,9 +60,11 @@ __device__ __forceinline__ void load_kv_block(const FlashFwdParams& p, const Key
     if (inside) {
       const int row = span.row0 + key;
       if (table != nullptr) {
-        const int in_page = p.page_shift >= 0 ? row & (p.page_size - 1) : row % p.page_size;
-        k_row = (long long)pages[i] * p.k_batch_stride + (long long)in_page * p.k_row_stride;
-        v_row = (long long)pages[i] * p.v_batch_stride + (long long)in_page * p.v_row_stride;
+        const int index = p.page_shift >= 0 ? row >> p.page_shift : row / p.page_size;
+        const int page = clamp_int(table[index], 0, p.num_pages - 1);
+        const int in_page = row - index * p.page_size;
+        k_row = (long long)page * p.k_batch_stride + (long long)in_page * p.k_row_stride;
+        v_row = (long long)page * p.v_batch_stride + (long long)in_page * p.v_row_stride;
       } else {
         k_row = (long long)row * p.k_row_stride;
         v_row = (long long)row * p.v_row_stride;
@@ -165,21 +151,15 @@ extern "C" __global__ void __launch_bounds__(kThreads) af_decode_fwd(const Flash
       }
     }
   }
-  // Q with the first block, then one group per ring block ahead; pages_ahead holds the pages of
-  // the next block to issue.
+  // Q with the first block, then one group per ring block ahead.
   const int* table = p.block_table != nullptr ? p.block_table + (long long)batch * p.block_table_batch_stride : nullptr;
-  int pages_ahead[kRowsPerThread];
 #pragma unroll
   for (int i = 0; i < kStages - 1; ++i) {
     const int n_block = n_block_min + i;
-    if (n_block < n_block_max) {
-      lookup_pages(p, span, table, n_block * kBlockN, pages_ahead);
-      load_kv_block(p, span, table, sK + i * kStageBytes, sV + i * kStageBytes, n_block * kBlockN, pages_ahead);
-    }
+    if (n_block < n_block_max)
+      load_kv_block(p, span, table, sK + i * kStageBytes, sV + i * kStageBytes, n_block * kBlockN);
     cp_async_commit();
   }
-  if (n_block_min + kStages - 1 < n_block_max)
-    lookup_pages(p, span, table, (n_block_min + kStages - 1) * kBlockN, pages_ahead);
 
   float o[kDTiles][4];  // (16 rows, 8 dims) accumulators
   float row_max[2] = {AF_NEG_INF, AF_NEG_INF};  // rows g, g + 8 (raw scores; log2 units with extras)
@@ -203,11 +183,8 @@ extern "C" __global__ void __launch_bounds__(kThreads) af_decode_fwd(const Flash
     {
       const int ahead = n_block + kStages - 1;
       const int ahead_stage = (stage_index + kStages - 1) % kStages;
-      if (ahead < n_block_max) {
-        load_kv_block(p, span, table, sK + ahead_stage * kStageBytes, sV + ahead_stage * kStageBytes, ahead * kBlockN,
-                      pages_ahead);
-        if (ahead + 1 < n_block_max) lookup_pages(p, span, table, (ahead + 1) * kBlockN, pages_ahead);
-      }
+      if (ahead < n_block_max)
+        load_kv_block(p, span, table, sK + ahead_stage * kStageBytes, sV + ahead_stage * kStageBytes, ahead * kBlockN);
       cp_async_commit();
     }
     const af_u32 stage = af_u32(stage_index) * kStageBytes;
