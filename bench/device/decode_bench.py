@@ -112,30 +112,33 @@ def point(dtype, heads, heads_kv, head_dim, batch, seqlen, page_sizes):
     row["valid"] = row["max_diff"] is not None and row["max_diff"] < 2e-2
     row["attnforge_us"] = graph_time_us([ours(i) for i in range(rotations)])
 
-    # Paged: the same keys in pages of P rows, in shuffled order.
+    # Paged: the same keys in pages of P rows, in the sequences' order and shuffled.
     for page in page_sizes:
         blocks = (seqlen + page - 1) // page
-        paged = []
-        for k, v in ours_kv:
-            pad = blocks * page - seqlen
-            kp = torch.nn.functional.pad(k, (0, 0, 0, 0, 0, pad)).reshape(batch * blocks, page, heads_kv, head_dim)
-            vp = torch.nn.functional.pad(v, (0, 0, 0, 0, 0, pad)).reshape(batch * blocks, page, heads_kv, head_dim)
-            perm = torch.randperm(batch * blocks, device="cuda")
-            inverse = torch.empty_like(perm)
-            inverse[perm] = torch.arange(batch * blocks, device="cuda")
-            table = inverse.view(batch, blocks).to(torch.int32)
-            paged.append((kp[perm].contiguous(), vp[perm].contiguous(), table))
         lens = torch.full((batch,), seqlen, dtype=torch.int32, device="cuda")
+        for order in ("ordered", "shuffled"):
+            paged = []
+            for k, v in ours_kv:
+                pad = blocks * page - seqlen
+                kp = F.pad(k, (0, 0, 0, 0, 0, pad)).reshape(batch * blocks, page, heads_kv, head_dim)
+                vp = F.pad(v, (0, 0, 0, 0, 0, pad)).reshape(batch * blocks, page, heads_kv, head_dim)
+                perm = torch.randperm(batch * blocks, device="cuda") if order == "shuffled" else \
+                    torch.arange(batch * blocks, device="cuda")
+                inverse = torch.empty_like(perm)
+                inverse[perm] = torch.arange(batch * blocks, device="cuda")
+                paged.append((kp[perm].contiguous(), vp[perm].contiguous(), inverse.view(batch, blocks).to(torch.int32)))
+                del kp, vp
 
-        def ours_paged(i):
-            kp, vp, table = paged[i]
-            return lambda: attnforge.flash_attn_with_kvcache(qs[i], kp, vp, cache_seqlens=lens, block_table=table)
-        got = attnforge.flash_attn_with_kvcache(qs[0], paged[0][0], paged[0][1], cache_seqlens=lens,
-                                                block_table=paged[0][2])
-        diff = (got.float() - expected.float()).abs().max().item() if expected is not None else None
-        row["paged%d_valid" % page] = diff is not None and diff < 2e-2
-        row["paged%d_us" % page] = graph_time_us([ours_paged(i) for i in range(rotations)])
-        del paged
+            def ours_paged(i):
+                kp, vp, table = paged[i]
+                return lambda: attnforge.flash_attn_with_kvcache(qs[i], kp, vp, cache_seqlens=lens, block_table=table)
+            got = attnforge.flash_attn_with_kvcache(qs[0], paged[0][0], paged[0][1], cache_seqlens=lens,
+                                                    block_table=paged[0][2])
+            diff = (got.float() - expected.float()).abs().max().item() if expected is not None else None
+            key = "paged%d_%s" % (page, order)
+            row[key + "_valid"] = diff is not None and diff < 2e-2
+            row[key + "_us"] = graph_time_us([ours_paged(i) for i in range(rotations)])
+            del paged
     return row
 
 
@@ -144,18 +147,23 @@ def markdown(rows, meta):
              "%(date)s, %(gpu)s, driver %(driver)s, torch %(torch)s, CUDA %(cuda)s, cuDNN %(cudnn)s. "
              "GPU time per step from CUDA-graph replay over rotating caches (bench/device/decode_bench.py). "
              "Copy ceiling in the same run: %(copy_tbs).2f TB/s (read + write)." % meta, "",
-             "| dtype | H/Hk | D | B | keys | attnforge us | TB/s | flash us | cuDNN us | vs best SDPA | paged 16/64/256 vs contiguous | kernel |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "Paged columns: contiguous time / paged time, pages of 16/64/256 rows in the sequences' order and "
+             "shuffled over the whole pool.", "",
+             "| dtype | H/Hk | D | B | keys | attnforge us | TB/s | flash us | cuDNN us | vs best SDPA | "
+             "paged in order 16/64/256 | paged shuffled 16/64/256 | kernel |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         peers = [r[n] for n in ("flash_us", "cudnn_us") if r.get(n)]
         ratio = min(peers) / r["attnforge_us"] if peers else float("nan")
         tbs = r["kv_bytes"] / (r["attnforge_us"] * 1e-6) / 1e12
-        paged = "/".join("%.2f" % (r["attnforge_us"] / r["paged%d_us" % p]) if r.get("paged%d_us" % p) else "-"
-                         for p in (16, 64, 256))
-        lines.append("| %s | %d/%d | %d | %d | %d | %.1f | %.2f | %s | %s | %.2fx%s | %s | %s |" % (
+        paged = ["/".join("%.2f" % (r["attnforge_us"] / r["paged%d_%s_us" % (p, order)])
+                          if r.get("paged%d_%s_us" % (p, order)) else "-" for p in (16, 64, 256))
+                 for order in ("ordered", "shuffled")]
+        invalid = [k for k, v in r.items() if k.endswith("valid") and v is False]
+        lines.append("| %s | %d/%d | %d | %d | %d | %.1f | %.2f | %s | %s | %.2fx%s | %s | %s | %s |" % (
             r["dtype"], r["heads"], r["heads_kv"], r["head_dim"], r["batch"], r["seqlen_k"], r["attnforge_us"], tbs,
             "%.1f" % r["flash_us"] if r.get("flash_us") else "n/a", "%.1f" % r["cudnn_us"] if r.get("cudnn_us") else "n/a",
-            ratio, "" if r["valid"] else " INVALID", paged, r.get("explain", "")))
+            ratio, " INVALID " + ",".join(invalid) if invalid else "", paged[0], paged[1], r.get("explain", "")))
     return "\n".join(lines) + "\n"
 
 
@@ -164,7 +172,7 @@ def main():
     parser.add_argument("--prefix", required=True)
     parser.add_argument("--quick", action="store_true", help="a few points only")
     args = parser.parse_args()
-    meta = {"date": datetime.datetime.utcnow().strftime("%Y-%m-%d %H:%M UTC"), "gpu": torch.cuda.get_device_name(),
+    meta = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "gpu": torch.cuda.get_device_name(),
             "driver": subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
                                      capture_output=True, text=True).stdout.strip(),
             "torch": torch.__version__, "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),

@@ -49,19 +49,31 @@ def main(path):
     def c_run():
         run(handle, args_ref, None, 0)
 
+    # The same call without key splits (one launch, no workspace), and with a caller-owned workspace
+    # (two launches, no allocation): where the C part's time goes.
+    plan_1 = _native.Plan(q, k, v, out, backend="cuda", num_splits=1)
+    args_1 = _native._build_args(q, k, v, out, backend="cuda", num_splits=1)
+    workspace = torch.empty(plan.workspace_size(), dtype=torch.uint8, device="cuda")
+    ws_pointer, ws_bytes = ctypes.c_void_p(workspace.data_ptr()), ctypes.c_size_t(workspace.numel())
+
     rows = [
         ("attnforge.flash_attn_func", host_us(lambda: attnforge.flash_attn_func(q, k, v))),
         ("torch SDPA, enable_gqa=True (plain call)", host_us(lambda: F.scaled_dot_product_attention(qt, kt, vt,
                                                                                                  enable_gqa=True))),
         ("af_attention_run, cached plan (ctypes call included)", host_us(c_run)),
+        ("af_attention_run, cached plan, caller-owned workspace", host_us(lambda: run(handle, args_ref, ws_pointer,
+                                                                                       ws_bytes))),
+        ("af_attention_run, cached plan, num_splits=1 (one launch)",
+         host_us(lambda: run(plan_1._handle, ctypes.byref(args_1), None, 0))),
         ("af_attention_forward (plans every call; ctypes included)",
          host_us(lambda: lib.af_attention_forward(args_ref))),
     ]
     text = ["# Host time per decode-shaped call", "",
             "%s, %s, torch %s. q (1, 1, 32, 128) bf16, 4096 cached keys, 8 KV heads; host wall time of 200 calls "
-            "without waiting for the GPU, median of 15 loops (bench/device/host_time.py). Kernel: %s." % (
-                datetime.datetime.utcnow().strftime("%Y-%m-%d %H:%M UTC"), torch.cuda.get_device_name(),
-                torch.__version__, plan.describe()), "",
+            "without waiting for the GPU, median of 15 loops (bench/device/host_time.py). Kernel: %s; workspace %d "
+            "bytes." % (
+                datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), torch.cuda.get_device_name(),
+                torch.__version__, plan.describe(), plan.workspace_size()), "",
             "| call | host us per call |", "|---|---|"]
     text += ["| %s | %.1f |" % row for row in rows]
     result = "\n".join(text) + "\n"
