@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # One command on a GPU machine: build attnforge, check every CUDA kernel variant against a
-# float64 reference (bench/device/check.py and tests/gpu), run compute-sanitizer (memcheck,
+# float64 reference (tests/gpu), run compute-sanitizer (memcheck,
 # racecheck) on small shapes, benchmark decode steps and the forward pass beside torch SDPA
 # flash and cuDNN, time host overhead per call, A/B the forward kernel against the build in
 # .carry/old when present, and write results under $OUT (default ./bench-out):
 #   log, decode-<gpu>.{md,png,json}, host-time-<gpu>.md, ab-forward-<gpu>.md,
-#   gpu-<gpu>-forward.{md,png,json}, check.json
-# AF_DECODE_ARGS=--quick, AF_SKIP_AB=1 and AF_SKIP_FORWARD=1 shorten a run.
+#   gpu-<gpu>-forward.{md,png,json}
+# AF_DECODE_ARGS=--quick, AF_SKIP_FIRST_CALL=1, AF_SKIP_AB=1 and AF_SKIP_FORWARD=1 shorten a run.
 # Tile and scheduling candidates are compared with bench/device/tune.sh instead.
 # Needs: nvidia driver, cmake, ninja, a C++17 compiler, python3 with torch (and matplotlib).
 set -u -o pipefail
@@ -31,35 +31,23 @@ main() {
   gpu=$(python3 -c 'import torch; n=torch.cuda.get_device_name().lower(); print("h200" if "h200" in n else "h100" if "h100" in n else n.split()[-1])')
   prefix="$OUT/gpu-$gpu-forward"
 
-  echo "== first-call cost (NVRTC compile per variant with an empty cache, then cached load)"
-  (cd bench/device && python3 bench.py --prefix "$prefix" --first-call-only /tmp/attnforge-firstcall.json) || status=1
-  cp /tmp/attnforge-firstcall.json "$prefix.firstcall.json" 2>/dev/null
-
-  echo "== correctness (float64 reference)"
-  if (cd bench/device && python3 check.py "$OUT/check.json" | tee /tmp/check.log); then
-    checks="correctness: $(tail -1 /tmp/check.log)"
-  else
-    checks="correctness: FAILED ($(tail -1 /tmp/check.log))"; status=1
+  if [ -z "${AF_SKIP_FIRST_CALL:-}" ]; then
+    echo "== first-call cost (NVRTC compile per variant with an empty cache, then cached load)"
+    (cd bench/device && python3 bench.py --prefix "$prefix" --first-call-only /tmp/attnforge-firstcall.json) || status=1
+    cp /tmp/attnforge-firstcall.json "$prefix.firstcall.json" 2>/dev/null
   fi
 
-  echo "== correctness with split keys forced on every call (ATTNFORGE_NUM_SPLITS=3)"
-  if (cd bench/device && ATTNFORGE_NUM_SPLITS=3 python3 check.py /tmp/check-split.json | tee /tmp/check-split.log); then
-    checks="$checks; forced split keys: $(tail -1 /tmp/check-split.log)"
+  echo "== correctness: GPU pytest (tests/gpu: every variant of both families, planned and forced key splits, plan/run, against float64)"
+  if timeout 480 python3 -m pytest -q -p no:cacheprovider tests/gpu 2>&1 | tee /tmp/gpu-pytest.log; then
+    checks="tests/gpu: $(tail -1 /tmp/gpu-pytest.log)"
   else
-    checks="$checks; forced split keys: FAILED ($(tail -1 /tmp/check-split.log))"; status=1
-  fi
-
-  echo "== GPU pytest (tests/gpu: decode family, plan/run, against float64)"
-  if timeout 420 python3 -m pytest -q -p no:cacheprovider tests/gpu 2>&1 | tee /tmp/gpu-pytest.log; then
-    checks="$checks; tests/gpu: $(tail -1 /tmp/gpu-pytest.log)"
-  else
-    checks="$checks; tests/gpu: FAILED ($(tail -1 /tmp/gpu-pytest.log))"; status=1
+    checks="tests/gpu: FAILED ($(tail -1 /tmp/gpu-pytest.log))"; status=1
   fi
 
   echo "== compute-sanitizer"
   for tool in memcheck racecheck; do
-    (cd bench/device && timeout 240 compute-sanitizer --tool "$tool" \
-      --error-exitcode 3 python3 sanitize.py >/tmp/sanitizer-$tool.log 2>&1)
+    (timeout 240 compute-sanitizer --tool "$tool" \
+      --error-exitcode 3 python3 tests/gpu/sanitize_cases.py >/tmp/sanitizer-$tool.log 2>&1)
     rc=$?
     head -40 /tmp/sanitizer-$tool.log
     tail -4 /tmp/sanitizer-$tool.log
@@ -85,8 +73,8 @@ main() {
     echo "== forward benchmark"
     (cd bench/device && python3 bench.py --prefix "$prefix" --no-decode ${AF_BENCH_ARGS:-}) || status=1
   fi
-  printf '\n## Checks in the same run\n\n%s (bench/device/check.py: every variant against a float64 reference; sanitizer on bench/device/sanitize.py).\n' \
-    "$checks" >>"$prefix.md"
+  printf '\n## Checks in the same run\n\n%s (tests/gpu: every kernel variant and decode shape against a float64 reference; sanitizer on tests/gpu/sanitize_cases.py).\n' \
+    "$checks" >>"$OUT/decode-$gpu.md"
   rm -f "$prefix.firstcall.json"
   date -u
   return $status

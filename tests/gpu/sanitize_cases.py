@@ -1,11 +1,15 @@
-"""A few small attnforge CUDA calls for compute-sanitizer (memcheck / racecheck): odd lengths,
+"""Run by bench/device/run.sh under compute-sanitizer: a few small attnforge CUDA calls for
+compute-sanitizer (memcheck / racecheck): odd lengths,
 varlen with empty sequences, GQA, windows, extras, padded head dims; both kernel families, split
 keys, paged K/V (page sizes 3 and 16), left padding and kv_batch_idx in the decode family."""
+import os
+import sys
+
 import torch
 
-from common import native
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "python"))
+from attnforge import _native as af  # noqa: E402
 
-af = native()
 torch.manual_seed(0)
 
 
