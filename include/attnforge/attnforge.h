@@ -204,6 +204,37 @@ AF_API af_status af_attention_run(const af_attention_plan* plan, const af_attent
 /* Frees a plan; NULL is ignored. */
 AF_API void af_attention_plan_destroy(af_attention_plan* plan);
 
+/* ---- KV-cache append with rotary embedding ------------------------------ */
+
+/* flash_attn_with_kvcache's steps before its attention (FlashAttention-2 semantics), on the GPU
+ * in one kernel on cuda_stream: the new k rows rotated (when rotary_cos is given) and written with
+ * the new v rows into the cache at rows cache_seqlens[b] + t; q rotated into q_out at
+ * cache_seqlens[b] + t when q_positions_per_row (causal or local attention), else all at
+ * cache_seqlens[b]. The attention that follows reads cache_seqlens[b] + S_new rows.
+ * CUDA tensors only (AF_ERR_UNSUPPORTED otherwise: the Python package then appends with torch).
+ * Shapes, dtypes and strides are checked before anything is written; index contents live on the
+ * GPU and are not read on the host: a row whose destination falls outside the cache (or whose
+ * position falls outside cos/sin) is not written, and q positions are clamped into cos/sin. */
+typedef struct af_kvcache_append_args {
+  uint32_t struct_size;            /* sizeof(af_kvcache_append_args) */
+  const af_tensor* k_cache;        /* written: 16-bit (B_cache, S_cache, Hk, D) or paged (num_pages, page_size, Hk, D) */
+  const af_tensor* v_cache;        /* written: like k_cache */
+  const af_tensor* k;              /* optional (B, S_new, Hk, D), dtype of the cache; with v */
+  const af_tensor* v;              /* optional, like k */
+  const af_tensor* cache_seqlens;  /* int32 (B): rows already in the cache */
+  const af_tensor* cache_batch_idx;/* optional int32 (B): cache batch of sequence b (padded caches) */
+  const af_tensor* block_table;    /* optional int32 (B, max_blocks): paged caches */
+  const af_tensor* rotary_cos;     /* optional (seqlen_ro, rotary_dim / 2), dtype of the cache */
+  const af_tensor* rotary_sin;     /* like rotary_cos; both or neither */
+  const af_tensor* q;              /* optional (B, Sq, H, D) to rotate (needs rotary_cos) */
+  const af_tensor* q_out;          /* (B, Sq, H, D) like q, written; may be q itself */
+  int32_t rotary_interleaved;      /* nonzero: pairs (2i, 2i + 1); zero: GPT-NeoX halves (i, i + rotary_dim / 2) */
+  int32_t q_positions_per_row;
+  void* cuda_stream;
+} af_kvcache_append_args;
+
+AF_API af_status af_kvcache_append(const af_kvcache_append_args* args);
+
 /* ---- Runtime, backends, threads ---------------------------------------- */
 
 /* AF_OK if the backend can run on this machine; otherwise

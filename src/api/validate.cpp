@@ -516,3 +516,12 @@ af_status check_same_shapes(const AttentionProblem& plan, const AttentionProblem
 }
 
 }  // namespace af
+
+namespace af {
+
+af_status validate_tensor(const char* name, const af_tensor* t, int32_t rank) {
+  Extent extent;
+  return check_tensor(name, t, rank, &extent, true);
+}
+
+}  // namespace af

@@ -26,3 +26,12 @@ namespace af {
 af_status check_same_shapes(const AttentionProblem& plan, const AttentionProblem& call);
 
 }  // namespace af
+
+namespace af {
+
+// One tensor on its own, as validate_attention_args checks each: not NULL, the given rank, a
+// known dtype and device, non-negative sizes and strides, unit stride in the last dimension,
+// offsets within int64, data set when it has elements.
+af_status validate_tensor(const char* name, const af_tensor* t, int32_t rank);
+
+}  // namespace af

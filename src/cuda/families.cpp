@@ -29,12 +29,14 @@ extern const char kFlashFwdConfigSource[];
 extern const char kFlashFwdSource[];
 extern const char kDecodeConfigSource[];
 extern const char kDecodeFwdSource[];
+extern const char kKvcacheAppendSource[];
 
 namespace {
 
 const Family kFamilies[kFamilyCount] = {
     {kFamilyFwdSm80, "fwd_sm80", "af_flash_fwd", "af_flash_combine"},
     {kFamilyDecode, "decode", "af_decode_fwd", "af_flash_combine"},
+    {kFamilyKvAppend, "kvcache", "af_kvcache_append", nullptr},
 };
 
 const int kSm80HeadDims[] = {32, 64, 96, 128, 192, 256};
@@ -133,6 +135,12 @@ std::vector<Variant> build_variants() {
           list.push_back(v);
         }
     }
+  // kvcache: no shared memory, 4 warps (one (row, head) vector each), any head dim.
+  for (af_dtype dtype : {AF_DTYPE_BFLOAT16, AF_DTYPE_FLOAT16}) {
+    Variant v{kFamilyKvAppend, dtype, 0, false, {}, std::string("kvcache_") + (dtype == AF_DTYPE_BFLOAT16 ? "bf16" : "fp16")};
+    for (TileConfig& t : v.tiles) t = {4, 0, 0, 0, 0};
+    list.push_back(v);
+  }
   return list;
 }
 
@@ -152,6 +160,7 @@ const std::vector<Variant>& variants() {
 }
 
 int compiled_head_dim(FamilyId family, int d) {
+  if (family == kFamilyKvAppend) return 0;
   if (family == kFamilyFwdSm80) {
     for (int h : kSm80HeadDims)
       if (d >= 1 && d <= h) return h;
@@ -164,7 +173,7 @@ int compiled_head_dim(FamilyId family, int d) {
 
 int find_variant(FamilyId family, af_dtype dtype, int head_dim, bool extras) {
   const int d = compiled_head_dim(family, head_dim);
-  if (d == 0) return -1;
+  if (d == 0 && family != kFamilyKvAppend) return -1;
   const std::vector<Variant>& list = variants();
   for (size_t i = 0; i < list.size(); ++i)
     if (list[i].family == family && list[i].dtype == dtype && list[i].head_dim == d && list[i].extras == extras)
@@ -173,13 +182,15 @@ int find_variant(FamilyId family, af_dtype dtype, int head_dim, bool extras) {
 }
 
 const std::string& module_source(FamilyId family) {
-  // Each family's module: the params, the PTX helpers, the family's constants, the swizzle and
-  // sequence helpers (which read those constants), the family's kernel, the combine kernel.
+  // Each attention family's module: the params, the PTX helpers, the family's constants, the
+  // swizzle and sequence helpers (which read those constants), the family's kernel, the combine
+  // kernel; the kvcache module is the params, the PTX helpers and its kernel.
   static const std::string sources[kFamilyCount] = {
       std::string(kAttentionParamsSource) + kPtxSource + kFlashFwdConfigSource + kSwizzleSource + kSequenceSource +
           kFlashFwdSource + kCombineSource,
       std::string(kAttentionParamsSource) + kPtxSource + kDecodeConfigSource + kSwizzleSource + kSequenceSource +
           kDecodeFwdSource + kCombineSource,
+      std::string(kAttentionParamsSource) + kPtxSource + kKvcacheAppendSource,
   };
   return sources[family];
 }

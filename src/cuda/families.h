@@ -1,7 +1,8 @@
 // Kernel families and their compiled variants: the one table (families.cpp).
 //
 // A family is a kernel design with its own sources, entry points and tile rules (fwd_sm80: the
-// FlashAttention-2 algorithm on mma.sync; decode: GQA-packed split-KV). A variant is one
+// FlashAttention-2 algorithm on mma.sync; decode: GQA-packed split-KV; kvcache: the rotary
+// embedding and cache append before an attention over a KV cache, one variant per dtype). A variant is one
 // compiled instance of a family: dtype, head dim, extras (softcap and ALiBi) and a tile shape per
 // shared-memory class. Adding a family = one folder under src/kernels, one row in kFamilies
 // (families.cpp), its variants in build_variants(), and its grid in launch.cpp; plan.cpp decides
@@ -15,13 +16,13 @@
 
 namespace af::cuda {
 
-enum FamilyId { kFamilyFwdSm80 = 0, kFamilyDecode = 1, kFamilyCount = 2 };
+enum FamilyId { kFamilyFwdSm80 = 0, kFamilyDecode = 1, kFamilyKvAppend = 2, kFamilyCount = 3 };
 
 struct Family {
   FamilyId id;
   const char* name;           // "fwd_sm80", "decode"
   const char* entry;          // kernel entry point
-  const char* combine_entry;  // merges split-key partial results (same module)
+  const char* combine_entry;  // merges split-key partial results (same module); null when none
 };
 const Family& family(FamilyId id);
 
@@ -45,7 +46,7 @@ SharedMemoryClass shared_memory_class(int arch);
 struct Variant {
   FamilyId family;
   af_dtype dtype;  // AF_DTYPE_BFLOAT16 or AF_DTYPE_FLOAT16
-  int head_dim;    // compiled head dim
+  int head_dim;    // compiled head dim (kvcache: 0, any head dim)
   bool extras;     // softcap and ALiBi compiled in
   TileConfig tiles[kSharedMemoryClasses];  // indexed by SharedMemoryClass
   std::string name;                         // "fwd_sm80_bf16_d128" (+ "_extras")

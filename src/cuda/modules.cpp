@@ -80,7 +80,7 @@ af_status load_variant(int device, int index, const char* target, LoadedVariant*
                     driver_error("cuModuleLoadData", r).c_str());
       CUfunction combine = nullptr;
       r = d.api->cuModuleGetFunction(&kernel, module, f.entry);
-      if (r == CUDA_SUCCESS) r = d.api->cuModuleGetFunction(&combine, module, f.combine_entry);
+      if (r == CUDA_SUCCESS && f.combine_entry != nullptr) r = d.api->cuModuleGetFunction(&combine, module, f.combine_entry);
       if (r != CUDA_SUCCESS) return fail(AF_ERR_CUDA, "%s: %s", v.name.c_str(), driver_error("cuModuleGetFunction", r).c_str());
       const TileConfig& tile = v.tile_for(arch);
       r = d.api->cuFuncSetAttribute(kernel, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, v.smem_bytes(arch));

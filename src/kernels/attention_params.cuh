@@ -69,4 +69,48 @@ struct FlashFwdParams : AttentionParams {
   float* partial_lse;   // (num_splits, B, H, seqlen_q) natural-log LSE of each share, -inf when empty
 };
 
+// flash_attn_with_kvcache's steps before the attention (the kvcache family): new k/v rows rotated
+// (k only) and written into the cache at rows cache_seqlens[b] + t, q rotated into q_out. One warp
+// per (row, head) vector. Rows whose destination or rotary position lies outside the cache or the
+// cos/sin table are not written; q positions are clamped into the table.
+struct KvAppendParams {
+  void* k_cache;        // 16-bit (B_cache, S_cache, Hk, D) or paged (num_pages, page_size, Hk, D); written
+  void* v_cache;        // like k_cache
+  const void* k;        // 16-bit (B, S_new, Hk, D) new rows, or null (q only)
+  const void* v;        // like k
+  const void* q;        // 16-bit (B, Sq, H, D) or null
+  void* q_out;          // like q: q rotated
+  const void* rotary_cos;  // (seqlen_ro, rotary_dim / 2), 16-bit like k, or null: no rotation
+  const void* rotary_sin;
+
+  long long kc_batch_stride, kc_row_stride, kc_head_stride;  // paged: batch stride = page stride
+  long long vc_batch_stride, vc_row_stride, vc_head_stride;
+  long long k_batch_stride, k_row_stride, k_head_stride;
+  long long v_batch_stride, v_row_stride, v_head_stride;
+  long long q_batch_stride, q_row_stride, q_head_stride;
+  long long qo_batch_stride, qo_row_stride, qo_head_stride;
+  long long cos_row_stride, sin_row_stride;
+
+  const int* cache_seqlens;    // (B): rows already in the cache
+  const int* cache_batch_idx;  // (B) or null: cache batch of sequence b (padded caches)
+  const int* block_table;      // (B, max_blocks) or null: paged caches
+  long long block_table_batch_stride;
+  int max_blocks_per_seq;
+  int page_size;
+  int num_pages;
+  int cache_batches;  // padded: B_cache
+  int cache_rows;     // padded: S_cache
+
+  int batch;       // B
+  int seqlen_new;  // S_new (0 without k/v)
+  int heads_kv;    // Hk
+  int seqlen_q;    // Sq (0 without q)
+  int heads_q;     // H
+  int head_dim;    // D
+  int rotary_dim;  // even, <= D; 0 without rotation
+  int seqlen_ro;   // rows of cos/sin
+  int interleaved; // 1: pairs (2i, 2i + 1); 0: GPT-NeoX halves (i, i + rotary_dim / 2)
+  int q_per_row;   // 1: query row t at cache_seqlens[b] + t (causal or local); 0: all at cache_seqlens[b]
+};
+
 #endif
