@@ -228,6 +228,8 @@ typedef struct af_kvcache_append_args {
   const af_tensor* rotary_sin;     /* like rotary_cos; both or neither */
   const af_tensor* q;              /* optional (B, Sq, H, D) to rotate (needs rotary_cos) */
   const af_tensor* q_out;          /* (B, Sq, H, D) like q, written; may be q itself */
+  const af_tensor* seqused_out;    /* optional int32 (B), written: cache_seqlens[b] + S_new, the keys the
+                                      attention then reads (its seqused_k), with no separate kernel */
   int32_t rotary_interleaved;      /* nonzero: pairs (2i, 2i + 1); zero: GPT-NeoX halves (i, i + rotary_dim / 2) */
   int32_t q_positions_per_row;
   void* cuda_stream;

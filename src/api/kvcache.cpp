@@ -123,6 +123,14 @@ af_status validate_append(const af_kvcache_append_args* a, cuda::KvAppendCall* c
     call->seqlen_q = a->q->shape[1];
     call->heads_q = a->q->shape[2];
   }
+  if (a->seqused_out != nullptr) {
+    AF_RETURN_IF_ERROR(validate_tensor("seqused_out", a->seqused_out, 1));
+    AF_RETURN_IF_ERROR(same_place("seqused_out", *a->seqused_out, kc));
+    if (a->seqused_out->dtype != AF_DTYPE_INT32) return fail(AF_ERR_DTYPE, "seqused_out must be int32");
+    if (a->seqused_out->shape[0] != batch)
+      return fail(AF_ERR_SHAPE, "seqused_out must have B = %lld entries", (long long)batch);
+    call->seqused_out = static_cast<int32_t*>(a->seqused_out->data);
+  }
   call->dtype = af_dtype(kc.dtype);
   call->device = kc.device_index;
   call->stream = a->cuda_stream;

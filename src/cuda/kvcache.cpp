@@ -1,5 +1,6 @@
 #include "cuda/kvcache.h"
 
+#include <algorithm>
 #include <climits>
 #include <string>
 
@@ -55,6 +56,7 @@ af_status kvcache_append(const KvAppendCall& c) {
     p.seqlen_ro = int(c.rotary_cos->shape[0]);
   }
   p.cache_seqlens = c.cache_seqlens;
+  p.seqused_out = c.seqused_out;
   p.cache_batch_idx = c.cache_batch_idx;
   if (paged) {
     p.block_table = static_cast<const int*>(c.block_table->data);
@@ -71,7 +73,9 @@ af_status kvcache_append(const KvAppendCall& c) {
   p.interleaved = c.interleaved ? 1 : 0;
   p.q_per_row = c.q_per_row ? 1 : 0;
 
-  const long long vectors = (long long)p.batch * p.seqlen_new * p.heads_kv + (long long)p.batch * p.seqlen_q * p.heads_q;
+  const long long vectors = std::max<long long>(
+      (long long)p.batch * p.seqlen_new * p.heads_kv + (long long)p.batch * p.seqlen_q * p.heads_q,
+      p.seqused_out != nullptr ? 1 : 0);
   if (vectors == 0) return AF_OK;
   if ((vectors + 3) / 4 > INT_MAX) return fail(AF_ERR_UNSUPPORTED, "kvcache append: %lld rows exceed the grid", vectors);
   CUcontext context = nullptr;

@@ -21,6 +21,7 @@ struct KvAppendCall {
   const af_tensor* rotary_cos = nullptr;  // or null
   const af_tensor* rotary_sin = nullptr;
   const int32_t* cache_seqlens = nullptr;
+  int32_t* seqused_out = nullptr;  // or null
   const int32_t* cache_batch_idx = nullptr;
   const af_tensor* block_table = nullptr;  // or null
   int64_t batch = 0, heads_kv = 0, head_dim = 0, seqlen_new = 0, seqlen_q = 0, heads_q = 0;

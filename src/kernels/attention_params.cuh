@@ -92,6 +92,7 @@ struct KvAppendParams {
   long long cos_row_stride, sin_row_stride;
 
   const int* cache_seqlens;    // (B): rows already in the cache
+  int* seqused_out;            // (B) or null: cache_seqlens[b] + S_new
   const int* cache_batch_idx;  // (B) or null: cache batch of sequence b (padded caches)
   const int* block_table;      // (B, max_blocks) or null: paged caches
   long long block_table_batch_stride;

@@ -30,6 +30,7 @@ struct Append {
   af_tensor cos = tensor(AF_DTYPE_BFLOAT16, {64, 32}), sin = cos;
   af_tensor q = tensor(AF_DTYPE_BFLOAT16, {3, 1, 8, 128}), q_out = q;
   af_tensor table = tensor(AF_DTYPE_INT32, {3, 4});
+  af_tensor used = tensor(AF_DTYPE_FLOAT32, {3});
   af_kvcache_append_args args{};
   Append() {
     args.struct_size = sizeof args;
@@ -81,6 +82,8 @@ TEST(KvcacheAppend, RefusesBadFieldsNamingThem) {
          a.table = tensor(AF_DTYPE_INT32, {2, 4});
          a.args.block_table = &a.table; }},
       {"other_device", AF_ERR_DEVICE, "v", [](Append& a) { a.v.device_index = 1; }},
+      {"seqused_out_dtype", AF_ERR_DTYPE, "seqused_out", [](Append& a) {
+         a.args.seqused_out = &a.used; }},
   };
   for (const Case& c : cases) {
     Append a;

@@ -38,6 +38,8 @@ __device__ __forceinline__ void rotate_vector(const KvAppendParams& p, const af_
 }
 
 extern "C" __global__ void __launch_bounds__(128) af_kvcache_append(const KvAppendParams p) {
+  if (p.seqused_out != nullptr && blockIdx.x == 0)
+    for (int b = int(threadIdx.x); b < p.batch; b += 128) p.seqused_out[b] = p.cache_seqlens[b] + p.seqlen_new;
   const long long vector = (long long)blockIdx.x * 4 + (threadIdx.x >> 5);
   const long long kv_vectors = (long long)p.batch * p.seqlen_new * p.heads_kv;
   if (vector < kv_vectors) {
