@@ -67,8 +67,9 @@ struct Extent {
 };
 
 // Checks one tensor on its own: pointers, rank, non-negative sizes and strides,
-// unit stride in the last dimension (when it has more than one element), and
-// that every element offset and byte offset fits in int64.
+// unit stride in the last dimension (when it has more than one element), data
+// aligned to the element size, and that every element offset and byte offset
+// fits in int64.
 af_status check_tensor(const char* name, const af_tensor* t, int32_t rank, Extent* extent) {
   if (t == nullptr) return fail(AF_ERR_NULL_POINTER, "%s is NULL", name);
   if (t->rank != rank)
@@ -100,6 +101,10 @@ af_status check_tensor(const char* name, const af_tensor* t, int32_t rank, Exten
     if (__builtin_mul_overflow(max_offset + 1, elem_bytes, &end_byte))
       return fail(AF_ERR_OVERFLOW, "%s: the largest byte offset overflows int64", name);
     if (t->data == nullptr) return fail(AF_ERR_NULL_POINTER, "%s->data is NULL", name);
+    // Every backend reads elements as their type (C++ typed loads, GPU vector loads), which
+    // needs element alignment; torch and DLPack tensors always have it.
+    if (reinterpret_cast<uintptr_t>(t->data) % uintptr_t(elem_bytes) != 0)
+      return fail(AF_ERR_STRIDE, "%s->data is not aligned to its %lld-byte elements", name, (long long)elem_bytes);
     extent->last_byte = end_byte - 1;
   }
   extent->elements = elements;
