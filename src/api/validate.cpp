@@ -375,7 +375,10 @@ af_status validate_attention_args(const af_attention_args* args, AttentionProble
                       (long long)args->max_seqlen_k, (long long)longest_k);
       }
     }
-    for (int64_t b = 0; b < batch; ++b) {
+    // Only the index arrays have per-sequence contents to check; each holds B entries in
+    // memory, so this loop costs no more than reading them (B alone may be 2^40 when q is empty).
+    const bool per_sequence = cu_k != nullptr || seqused != nullptr || leftpad != nullptr || kv_idx != nullptr || paged;
+    for (int64_t b = 0; per_sequence && b < batch; ++b) {
       // Keys the layout makes available to sequence b, before seqused_k and leftpad_k.
       int64_t available = seqlen_k;
       if (cu_k != nullptr) available = int64_t(cu_k[b + 1]) - cu_k[b];

@@ -272,6 +272,26 @@ TEST(CoreValidation, ZeroKeysGiveZeroAndMinusInfinity) {
   for (float x : c.lse) ASSERT_TRUE(std::isinf(x) && x < 0);
 }
 
+// No query row (Sq = 0) with B = 2^40: nothing to compute, and the cost must not
+// grow with B (it used to walk every sequence). k/v hold 3 keys per sequence,
+// all sequences aliasing one buffer (batch stride 0).
+TEST(CoreValidation, ZeroQueryRowsWithHugeBatchReturnAtOnce) {
+  for (int64_t keys : {0, 3}) {
+    SCOPED_TRACE("keys " + std::to_string(keys));
+    Call c;
+    const int64_t huge = int64_t(1) << 40;
+    c.tq.shape[0] = c.tout.shape[0] = c.tk.shape[0] = c.tv.shape[0] = c.tlse.shape[0] = huge;
+    c.tq.shape[1] = c.tout.shape[1] = c.tlse.shape[2] = 0;
+    c.tk.shape[1] = c.tv.shape[1] = keys;
+    c.tk.strides[0] = c.tv.strides[0] = 0;
+    const auto start = std::chrono::steady_clock::now();
+    EXPECT_EQ(af_attention_supported(&c.args, nullptr), AF_OK) << af_last_error_message();
+    EXPECT_EQ(af_attention_forward(&c.args), AF_OK) << af_last_error_message();
+    EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), 1.0);
+    for (float x : c.out) ASSERT_EQ(x, 7.0f) << "an empty call wrote its output";
+  }
+}
+
 // Random index contents, lengths and scalars on varlen, paged and kv-cache
 // calls. The library cannot know buffer sizes, so only what it can check is
 // fuzzed: index array values (cu_seqlens, seqused_k, leftpad_k, block_table,
