@@ -62,5 +62,9 @@ expect 0 "problem=damaged" as_nobody ATTNFORGE_CACHE_DIR="$work/nobody-home/cach
 expect 0 "cleared" as_nobody ATTNFORGE_CACHE_DIR="$work/nobody-home/cache" "$cli" cache clear
 [ -z "$(ls -A "$work/nobody-home/cache")" ] || { echo "FAILED: nobody could not clear its own cache"; failures=$((failures + 1)); }
 
+# 5. A private directory its owner cannot write: warmup fails instead of reporting a cache it did not fill.
+as_nobody chmod 0500 "$work/nobody-home/cache"
+expect 1 "cannot write in $work/nobody-home/cache" as_nobody ATTNFORGE_CACHE_DIR="$work/nobody-home/cache" "$cli" warmup --arch sm_80
+
 echo "two-user cache test: $failures failure(s)"
 [ "$failures" = 0 ]
