@@ -137,13 +137,14 @@ TEST_F(CacheTrust, SymbolicLinkDirectoryIsNotUsed) {
 
 TEST_F(CacheTrust, RelativeDirectoryIsRefused) {
   setenv("ATTNFORGE_CACHE_DIR", "af-relative-cache", 1);
-  const std::string cwd = get_current_dir_name();
+  char cwd[4096];
+  ASSERT_NE(getcwd(cwd, sizeof cwd), nullptr);
   ASSERT_EQ(chdir(root_.c_str()), 0);
   EXPECT_EQ(cache_store(key_of(1), "label", kPayload), AF_ERR_IO);
   EXPECT_NE(std::string(af_last_error_message()).find("absolute path"), std::string::npos) << af_last_error_message();
   EXPECT_FALSE(loads(1));
   EXPECT_EQ(access((root_ + "/af-relative-cache").c_str(), F_OK), -1) << "a relative cache directory was created";
-  ASSERT_EQ(chdir(cwd.c_str()), 0);
+  ASSERT_EQ(chdir(cwd), 0);
 }
 
 TEST_F(CacheTrust, SymbolicLinkEntryIsNotFollowed) {
