@@ -251,7 +251,12 @@ CacheKey make_cache_key(const std::string& source, const std::vector<std::string
 }
 
 std::string cache_directory() {
-  if (const char* dir = std::getenv("ATTNFORGE_CACHE_DIR"); dir != nullptr && *dir != 0) return dir;
+  if (const char* dir = std::getenv("ATTNFORGE_CACHE_DIR"); dir != nullptr && *dir != 0) {
+    // Without trailing slashes: "dir/" would make lstat follow a symbolic link named dir.
+    std::string path = dir;
+    while (path.size() > 1 && path.back() == '/') path.pop_back();
+    return path;
+  }
   // The XDG base directory spec says relative values are invalid and must be ignored.
   if (const char* xdg = std::getenv("XDG_CACHE_HOME"); xdg != nullptr && *xdg == '/') return std::string(xdg) + "/attnforge";
   if (const char* home = std::getenv("HOME"); home != nullptr && *home == '/') return std::string(home) + "/.cache/attnforge";

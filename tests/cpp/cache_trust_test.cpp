@@ -133,6 +133,9 @@ TEST_F(CacheTrust, SymbolicLinkDirectoryIsNotUsed) {
   EXPECT_FALSE(loads(1));
   EXPECT_NE(cache_refusal().find("symbolic link"), std::string::npos) << cache_refusal();
   EXPECT_EQ(cache_store(key_of(1), "label", kPayload), AF_ERR_IO);
+  setenv("ATTNFORGE_CACHE_DIR", (dir_ + "//").c_str(), 1);  // a trailing slash must not follow the link
+  EXPECT_FALSE(loads(1));
+  EXPECT_NE(cache_refusal().find("symbolic link"), std::string::npos) << cache_refusal();
 }
 
 TEST_F(CacheTrust, RelativeDirectoryIsRefused) {
