@@ -40,9 +40,9 @@ const char kBenchUsage[] =
     "  --causal           bottom-right causal mask\n"
     "  --window L,R       sliding window (inclusive; -1 unbounded)\n"
     "  --softcap C        tanh soft-capping of the scores\n"
-    "  --threads N        CPU threads (default: all cores)\n"
-    "  --iters N          timed iterations (default 10)\n"
-    "  --warmup N         untimed iterations first (default 2)\n"
+    "  --threads N        CPU threads, 1..1024 (default: all cores)\n"
+    "  --iters N          timed iterations, 1..1000000 (default 10)\n"
+    "  --warmup N         untimed iterations first, 0..1000000 (default 2)\n"
     "  --json             one JSON object on stdout instead of text\n\n"
     "exit codes: 0 ok, 1 the attention call failed, 2 usage error\n";
 
