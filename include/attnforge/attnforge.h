@@ -73,8 +73,9 @@ typedef enum af_status {
 /* A static, constant name for a status ("AF_ERR_SHAPE"); never NULL. */
 AF_API const char* af_status_string(af_status status);
 
-/* The detailed message of the last failure on the calling thread ("" if none).
- * Valid until the next attnforge call on the same thread. */
+/* The detailed message of the last failure on the calling thread ("" if none,
+ * and "" after a call that returned AF_OK). Valid until the next attnforge call
+ * on the same thread. */
 AF_API const char* af_last_error_message(void);
 
 /* ---- Tensors ------------------------------------------------------------ */
@@ -250,7 +251,8 @@ AF_API af_status af_backend_available(af_backend backend);
 AF_API af_status af_runtime_report(char* buffer, size_t capacity, size_t* needed);
 
 /* Worker threads of the CPU backend (default: hardware concurrency, or
- * $ATTNFORGE_NUM_THREADS). n < 1 restores the default. */
+ * $ATTNFORGE_NUM_THREADS), at most 1024: a larger n is AF_ERR_INVALID_ARGUMENT.
+ * n < 1 restores the default. A fork()ed child gets a pool of its own. */
 AF_API af_status af_set_num_threads(int32_t n);
 AF_API int32_t af_get_num_threads(void);
 
@@ -265,19 +267,29 @@ AF_API af_status af_set_nvrtc_search_path(const char* directories);
 typedef void (*af_progress_callback)(void* user_data, int32_t done, int32_t total, const char* item);
 
 /* Compiles the common kernel variants into the cache for each architecture
- * ("sm_80", "sm_90a", ...); archs == NULL or n_archs == 0 means the GPUs of
- * this machine. Needs NVRTC, not a GPU. progress may be NULL. */
+ * ("sm_80", "sm_86", "sm_90a", "compute_90" or "90"; anything else is
+ * AF_ERR_INVALID_ARGUMENT); archs == NULL or n_archs == 0 means the GPUs of
+ * this machine. Needs NVRTC, not a GPU. progress may be NULL. AF_ERR_IO when
+ * the cache cannot hold the kernels (the directory is refused, see below, or
+ * not writable): AF_OK means every kernel is in the cache. */
 AF_API af_status af_warmup(const char* const* archs, int32_t n_archs,
                            af_progress_callback progress, void* user_data);
 
-/* The cache directory in use ($ATTNFORGE_CACHE_DIR, $XDG_CACHE_HOME/attnforge
- * or ~/.cache/attnforge), as text; same buffer contract as af_runtime_report. */
+/* The cache directory ($ATTNFORGE_CACHE_DIR, which must be absolute,
+ * $XDG_CACHE_HOME/attnforge or ~/.cache/attnforge), as text; same buffer
+ * contract as af_runtime_report. The directory is used only when it is a real
+ * directory (not a symbolic link) owned by the effective user and not
+ * writable by group or others; otherwise kernels are compiled in memory and
+ * af_runtime_report's "kernel_cache" says why. */
 AF_API af_status af_cache_dir(char* buffer, size_t capacity, size_t* needed);
 
-/* A JSON array of cache entries (file, size, arch, kernel); same buffer contract. */
+/* A JSON array of cache entries {file, size, label, valid, and problem when
+ * not valid}; same buffer contract. "[]" when the directory does not exist;
+ * AF_ERR_IO when it cannot be read or is refused. */
 AF_API af_status af_cache_list(char* buffer, size_t capacity, size_t* needed);
 
-/* Removes every cache entry attnforge wrote; nothing else. */
+/* Removes every cache entry attnforge wrote; nothing else. AF_OK when the
+ * directory does not exist; AF_ERR_IO when it is refused or an entry stays. */
 AF_API af_status af_cache_clear(void);
 
 #ifdef __cplusplus

@@ -69,8 +69,9 @@ struct Extent {
 };
 
 // Checks one tensor on its own: pointers, rank, non-negative sizes and strides,
-// unit stride in the last dimension (when it has more than one element), and
-// that every element offset and byte offset fits in int64.
+// unit stride in the last dimension (when it has more than one element), data
+// aligned to the element size, and that every element offset and byte offset
+// fits in int64. need_data: a NULL data pointer is an error (not for plans).
 af_status check_tensor(const char* name, const af_tensor* t, int32_t rank, Extent* extent, bool need_data) {
   if (t == nullptr) return fail(AF_ERR_NULL_POINTER, "%s is NULL", name);
   if (t->rank != rank)
@@ -102,6 +103,10 @@ af_status check_tensor(const char* name, const af_tensor* t, int32_t rank, Exten
     if (__builtin_mul_overflow(max_offset + 1, elem_bytes, &end_byte))
       return fail(AF_ERR_OVERFLOW, "%s: the largest byte offset overflows int64", name);
     if (t->data == nullptr && need_data) return fail(AF_ERR_NULL_POINTER, "%s->data is NULL", name);
+    // Every backend reads elements as their type (C++ typed loads, GPU vector loads), which
+    // needs element alignment; torch and DLPack tensors always have it.
+    if (reinterpret_cast<uintptr_t>(t->data) % uintptr_t(elem_bytes) != 0)
+      return fail(AF_ERR_STRIDE, "%s->data is not aligned to its %lld-byte elements", name, (long long)elem_bytes);
     extent->last_byte = end_byte - 1;
   }
   extent->elements = elements;
@@ -377,7 +382,10 @@ af_status validate_attention_args(const af_attention_args* args, AttentionProble
                       (long long)args->max_seqlen_k, (long long)longest_k);
       }
     }
-    for (int64_t b = 0; b < batch; ++b) {
+    // Only the index arrays have per-sequence contents to check; each holds B entries in
+    // memory, so this loop costs no more than reading them (B alone may be 2^40 when q is empty).
+    const bool per_sequence = cu_k != nullptr || seqused != nullptr || leftpad != nullptr || kv_idx != nullptr || paged;
+    for (int64_t b = 0; per_sequence && b < batch; ++b) {
       // Keys the layout makes available to sequence b, before seqused_k and leftpad_k.
       int64_t available = seqlen_k;
       if (cu_k != nullptr) available = int64_t(cu_k[b + 1]) - cu_k[b];

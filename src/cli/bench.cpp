@@ -3,6 +3,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cerrno>
+#include <climits>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -15,6 +17,7 @@
 #include "api/validate.h"
 #include "attnforge/attnforge.h"
 #include "cli/commands.h"
+#include "common/thread_pool.h"
 
 namespace af::cli {
 
@@ -37,9 +40,9 @@ const char kBenchUsage[] =
     "  --causal           bottom-right causal mask\n"
     "  --window L,R       sliding window (inclusive; -1 unbounded)\n"
     "  --softcap C        tanh soft-capping of the scores\n"
-    "  --threads N        CPU threads (default: all cores)\n"
-    "  --iters N          timed iterations (default 10)\n"
-    "  --warmup N         untimed iterations first (default 2)\n"
+    "  --threads N        CPU threads, 1..1024 (default: all cores)\n"
+    "  --iters N          timed iterations, 1..1000000 (default 10)\n"
+    "  --warmup N         untimed iterations first, 0..1000000 (default 2)\n"
     "  --json             one JSON object on stdout instead of text\n\n"
     "exit codes: 0 ok, 1 the attention call failed, 2 usage error\n";
 
@@ -52,11 +55,25 @@ struct BenchOptions {
   int threads = 0, iters = 10, warmup = 2;
 };
 
-bool parse_int(const char* text, int64_t min, int64_t* value) {
+// A decimal integer in [min, max], nothing else (no wrap-around, no space, no trailing text).
+bool parse_int(const char* text, int64_t min, int64_t max, int64_t* value) {
+  if (!((*text >= '0' && *text <= '9') || *text == '-')) return false;
   char* end = nullptr;
+  errno = 0;
   const long long v = std::strtoll(text, &end, 10);
-  if (end == text || *end != '\0' || v < min) return false;
+  if (end == text || *end != '\0' || errno == ERANGE || v < min || v > max) return false;
   *value = v;
+  return true;
+}
+
+// "L,R", each -1 (unbounded) or a window size that fits int32.
+bool parse_window(const char* text, int* left, int* right) {
+  const char* comma = std::strchr(text, ',');
+  if (comma == nullptr) return false;
+  const std::string first(text, comma);
+  int64_t l = 0, r = 0;
+  if (!parse_int(first.c_str(), -1, INT32_MAX, &l) || !parse_int(comma + 1, -1, INT32_MAX, &r)) return false;
+  *left = int(l), *right = int(r);
   return true;
 }
 
@@ -86,18 +103,20 @@ int parse_options(int argc, char** argv, BenchOptions* o, bool* done) {
     const char* value = argv[++i];
     int64_t n = 0;
     bool ok = true;
-    if (flag == "--batch") ok = parse_int(value, 0, &o->batch);
-    else if (flag == "--seqlen") { ok = parse_int(value, 0, &o->seqlen_q); o->seqlen_k = o->seqlen_q; }
-    else if (flag == "--seqlen-q") ok = parse_int(value, 0, &o->seqlen_q);
-    else if (flag == "--seqlen-k") ok = parse_int(value, 0, &o->seqlen_k);
-    else if (flag == "--heads") ok = parse_int(value, 1, &o->heads);
-    else if (flag == "--kv-heads") ok = parse_int(value, 1, &o->kv_heads);
-    else if (flag == "--head-dim") ok = parse_int(value, 1, &o->head_dim);
-    else if (flag == "--threads") { ok = parse_int(value, 1, &n); o->threads = int(n); }
-    else if (flag == "--iters") { ok = parse_int(value, 1, &n); o->iters = int(n); }
-    else if (flag == "--warmup") { ok = parse_int(value, 0, &n); o->warmup = int(n); }
-    else if (flag == "--softcap") { char* end = nullptr; o->softcap = std::strtof(value, &end); ok = end != value && *end == '\0'; }
-    else if (flag == "--window") ok = std::sscanf(value, "%d,%d", &o->window_left, &o->window_right) == 2;
+    // Sizes up to 2^31 - 1 each (their product is checked below); counts up to 10^6.
+    constexpr int64_t kMaxSize = INT32_MAX, kMaxCount = 1000000;
+    if (flag == "--batch") ok = parse_int(value, 0, kMaxSize, &o->batch);
+    else if (flag == "--seqlen") { ok = parse_int(value, 0, kMaxSize, &o->seqlen_q); o->seqlen_k = o->seqlen_q; }
+    else if (flag == "--seqlen-q") ok = parse_int(value, 0, kMaxSize, &o->seqlen_q);
+    else if (flag == "--seqlen-k") ok = parse_int(value, 0, kMaxSize, &o->seqlen_k);
+    else if (flag == "--heads") ok = parse_int(value, 1, kMaxSize, &o->heads);
+    else if (flag == "--kv-heads") ok = parse_int(value, 1, kMaxSize, &o->kv_heads);
+    else if (flag == "--head-dim") ok = parse_int(value, 1, kMaxSize, &o->head_dim);
+    else if (flag == "--threads") { ok = parse_int(value, 1, af::kMaxThreads, &n); o->threads = int(n); }
+    else if (flag == "--iters") { ok = parse_int(value, 1, kMaxCount, &n); o->iters = int(n); }
+    else if (flag == "--warmup") { ok = parse_int(value, 0, kMaxCount, &n); o->warmup = int(n); }
+    else if (flag == "--softcap") { char* end = nullptr; o->softcap = std::strtof(value, &end); ok = end != value && *end == '\0' && std::isfinite(o->softcap); }
+    else if (flag == "--window") ok = parse_window(value, &o->window_left, &o->window_right);
     else if (flag == "--dtype") {
       const std::string t = value;
       if (t == "fp32" || t == "float32") o->dtype = AF_DTYPE_FLOAT32;
@@ -111,6 +130,16 @@ int parse_options(int argc, char** argv, BenchOptions* o, bool* done) {
     }
   }
   if (o->kv_heads == 0) o->kv_heads = o->heads;
+  // The buffers: q, k, v and out, all in host memory.
+  int64_t q_elements = 0, kv_elements = 0, elements = 0, bytes = 0;
+  const bool overflow = __builtin_mul_overflow(o->batch * o->seqlen_q, o->heads * o->head_dim, &q_elements) ||
+                        __builtin_mul_overflow(o->batch * o->seqlen_k, o->kv_heads * o->head_dim, &kv_elements) ||
+                        __builtin_add_overflow(q_elements, kv_elements, &elements) ||
+                        __builtin_mul_overflow(elements, int64_t(2 * 4), &bytes);
+  if (overflow || bytes > (int64_t(1) << 40)) {
+    std::fprintf(stderr, "attnforge bench: the shape needs more than 1 TiB of host memory (see --help)\n");
+    return 2;
+  }
   return 0;
 }
 

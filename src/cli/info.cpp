@@ -17,13 +17,15 @@ namespace {
 
 using TextFn = af_status (*)(char*, size_t, size_t*);
 
+// The library's two-call buffer protocol, repeated while the text keeps growing between the
+// calls (a cache list while another process writes entries).
 bool read_text(TextFn fn, std::string* text) {
-  size_t needed = 0;
   std::vector<char> buffer(4096);
-  af_status status = fn(buffer.data(), buffer.size(), &needed);
-  if (status == AF_ERR_BUFFER_TOO_SMALL) {
-    buffer.resize(needed);
+  af_status status = AF_ERR_BUFFER_TOO_SMALL;
+  for (int attempt = 0; attempt < 64 && status == AF_ERR_BUFFER_TOO_SMALL; ++attempt) {
+    size_t needed = 0;
     status = fn(buffer.data(), buffer.size(), &needed);
+    if (status == AF_ERR_BUFFER_TOO_SMALL) buffer.resize(std::max(needed, buffer.size()) * 2);
   }
   if (status != AF_OK) {
     std::fprintf(stderr, "attnforge: %s: %s\n", af_status_string(status), af_last_error_message());
@@ -124,6 +126,10 @@ int run_info(int argc, char** argv) {
                          details.object.end());
     print_tree(details, 8);
   }
+  const JsonValue& cache = report["kernel_cache"];
+  std::printf("kernel cache: %s", cache["directory"].string.empty() ? "(none)" : cache["directory"].string.c_str());
+  if (cache["usable"].boolean) std::printf("\n");
+  else std::printf(" (not used: %s)\n", cache["reason"].string.c_str());
   return 0;
 }
 
@@ -140,6 +146,18 @@ void print_progress(void*, int32_t done, int32_t total, const char* item) {
 
 }  // namespace
 
+// "sm_XY", "sm_XYa", "compute_XY" or "XY" (what af_warmup accepts); the library also
+// checks that NVRTC can target it.
+bool is_arch_name(const std::string& arch) {
+  size_t begin = arch.rfind("sm_", 0) == 0 ? 3 : arch.rfind("compute_", 0) == 0 ? 8 : 0;
+  size_t end = arch.size();
+  if (begin == 3 && end > begin && arch[end - 1] == 'a') --end;
+  if (end - begin < 2 || end - begin > 3) return false;
+  for (size_t i = begin; i < end; ++i)
+    if (arch[i] < '0' || arch[i] > '9') return false;
+  return true;
+}
+
 int run_warmup(int argc, char** argv) {
   std::vector<const char*> archs;
   for (int i = 1; i < argc; ++i) {
@@ -148,11 +166,21 @@ int run_warmup(int argc, char** argv) {
                 "Compiles the common kernel variants with NVRTC into the kernel cache, for the\n"
                 "given architectures (sm_80, sm_86, sm_89, sm_90a, ...) or, by default, for the\n"
                 "GPUs of this machine. Needs NVRTC, not a GPU: build an image once, run it air-gapped.\n"
-                "exit codes: 0 ok, 1 compilation or NVRTC failure, 2 usage error");
+                "exit codes: 0 every kernel is in the cache, 1 compilation, NVRTC or cache failure\n"
+                "(nothing is reported ready that could not be stored), 2 usage error");
       return 0;
     }
-    if (!std::strcmp(argv[i], "--arch") && i + 1 < argc) {
-      archs.push_back(argv[++i]);
+    if (!std::strcmp(argv[i], "--arch")) {
+      if (i + 1 >= argc) {
+        std::fprintf(stderr, "attnforge warmup: --arch needs a value (see --help)\n");
+        return 2;
+      }
+      if (!is_arch_name(argv[++i])) {
+        std::fprintf(stderr, "attnforge warmup: --arch '%s' is not an architecture (sm_80, sm_86, sm_89, sm_90a, ...)\n",
+                     argv[i]);
+        return 2;
+      }
+      archs.push_back(argv[i]);
     } else {
       return unknown_option("warmup", argv[i]);
     }
@@ -174,11 +202,20 @@ int run_cache(int argc, char** argv) {
       "($ATTNFORGE_CACHE_DIR, else $XDG_CACHE_HOME/attnforge, else ~/.cache/attnforge).\n"
       "exit codes: 0 ok, 1 failure, 2 usage error";
   if (argc < 2 || is_help(argv[1])) {
-    std::puts(usage);
+    std::fprintf(argc < 2 ? stderr : stdout, "%s\n", usage);
     return argc < 2 ? 2 : 0;
   }
   const std::string action = argv[1];
-  const bool json = has_flag(argc, argv, "--json");
+  if (action != "list" && action != "clear" && action != "dir") return unknown_option("cache", argv[1]);
+  bool json = false;
+  for (int i = 2; i < argc; ++i) {
+    if (action == "list" && !std::strcmp(argv[i], "--json")) {
+      json = true;
+    } else {
+      std::fprintf(stderr, "attnforge cache %s: unexpected argument '%s' (see --help)\n", action.c_str(), argv[i]);
+      return 2;
+    }
+  }
   std::string text;
   if (action == "dir") {
     if (!read_text(af_cache_dir, &text)) return 1;
@@ -194,7 +231,6 @@ int run_cache(int argc, char** argv) {
     std::puts("kernel cache cleared");
     return 0;
   }
-  if (action != "list") return unknown_option("cache", argv[1]);
   if (!read_text(af_cache_list, &text)) return 1;
   if (json) {
     std::puts(text.c_str());

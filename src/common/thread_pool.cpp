@@ -1,5 +1,7 @@
 #include "common/thread_pool.h"
 
+#include <pthread.h>
+
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
@@ -14,11 +16,12 @@ namespace {
 
 int default_threads() {
   if (const char* env = std::getenv("ATTNFORGE_NUM_THREADS")) {
-    const int n = std::atoi(env);
-    if (n > 0) return n;
+    char* end = nullptr;
+    const long long n = std::strtoll(env, &end, 10);  // saturates instead of wrapping
+    if (end != env && *end == '\0' && n > 0) return int(std::min<long long>(n, kMaxThreads));
   }
   const unsigned hw = std::thread::hardware_concurrency();
-  return hw > 0 ? int(hw) : 1;
+  return hw > 0 ? int(std::min<unsigned>(hw, kMaxThreads)) : 1;
 }
 
 thread_local bool t_inside_parallel_for = false;
@@ -27,7 +30,13 @@ thread_local bool t_inside_parallel_for = false;
 // shared chunk counter that all participants (workers and caller) drain.
 class Pool {
  public:
+  // previous: the pool a forked child inherited (its workers do not exist in the child); kept
+  // reachable, never touched again: its mutexes and condition variables may be in any state.
+  Pool(int target, Pool* previous) : target_(target), previous_(previous) {}
   ~Pool() { resize(0); }
+
+  // For the fork child handler only, when no other thread exists: no lock can be taken.
+  int target_unlocked() const { return target_; }
 
   int size() {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -106,13 +115,42 @@ class Pool {
   std::function<void()> job_;
   uint64_t generation_ = 0;
   int pending_ = 0;
-  int target_ = default_threads();
+  int target_;
   bool stop_ = false;
+  Pool* previous_;
 };
 
+// The pool is created on first use and never destroyed (workers may outlive static teardown
+// order). A fork() child has only the forking thread, so the pool it inherits has no workers
+// and possibly locked mutexes: the child handler sets the pool aside and the child's first
+// call builds a new one with the same thread count.
+std::atomic<Pool*> g_pool{nullptr};
+std::mutex g_pool_mutex;     // creation; held across fork() so a child never inherits it locked
+Pool* g_pre_fork = nullptr;  // the pool set aside in a child
+int g_pre_fork_target = 0;
+
+void before_fork() { g_pool_mutex.lock(); }
+void after_fork_in_parent() { g_pool_mutex.unlock(); }
+void after_fork_in_child() {
+  if (Pool* inherited = g_pool.load(std::memory_order_relaxed)) {
+    g_pre_fork = inherited;
+    g_pre_fork_target = inherited->target_unlocked();
+    g_pool.store(nullptr, std::memory_order_relaxed);
+  }
+  g_pool_mutex.unlock();
+}
+
 Pool& pool() {
-  static Pool* instance = new Pool();  // never destroyed: workers may outlive static teardown order
-  return *instance;
+  if (Pool* p = g_pool.load(std::memory_order_acquire)) return *p;
+  std::lock_guard<std::mutex> lock(g_pool_mutex);
+  Pool* p = g_pool.load(std::memory_order_relaxed);
+  if (p == nullptr) {
+    static bool registered = false;
+    if (!registered) registered = pthread_atfork(before_fork, after_fork_in_parent, after_fork_in_child) == 0;
+    p = new Pool(g_pre_fork != nullptr ? g_pre_fork_target : default_threads(), g_pre_fork);
+    g_pool.store(p, std::memory_order_release);
+  }
+  return *p;
 }
 
 }  // namespace

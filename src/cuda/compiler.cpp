@@ -65,13 +65,19 @@ std::string target_for_device(int major, int minor) {
 }
 
 std::string normalise_target(const std::string& arch) {
-  std::string digits;
-  for (char c : arch)
-    if (c >= '0' && c <= '9') digits += c;
-  if (digits.empty()) return "";
+  // Exactly "sm_XY", "sm_XYa", "compute_XY" or "XY": anything else (spaces, "evil;80") is refused
+  // rather than mined for digits.
+  const bool compute = arch.rfind("compute_", 0) == 0;
+  const size_t begin = compute ? 8 : arch.rfind("sm_", 0) == 0 ? 3 : 0;
+  size_t end = arch.size();
+  if (begin == 3 && end > begin && arch[end - 1] == 'a') --end;
+  if (end - begin < 2 || end - begin > 3) return "";
+  for (size_t i = begin; i < end; ++i)
+    if (arch[i] < '0' || arch[i] > '9') return "";
+  const std::string digits = arch.substr(begin, end - begin);
   const int value = std::atoi(digits.c_str());
   if (value < 80 || !nvrtc_knows(value)) return "";
-  if (arch.rfind("compute_", 0) == 0) return "compute_" + digits;
+  if (compute) return "compute_" + digits;
   return value == 90 ? "sm_90a" : "sm_" + digits;
 }
 

@@ -152,13 +152,4 @@ af_status warmup(const char* const* archs, int n_archs, af_progress_callback pro
   return AF_OK;
 }
 
-std::string cache_dir() { return cache_directory(); }
-
-af_status cache_list_json(std::string* json) {
-  *json = cache_list();
-  return AF_OK;
-}
-
-af_status cache_clear() { return cache_remove_all(); }
-
 }  // namespace af::cuda

@@ -21,8 +21,5 @@ void set_nvrtc_search_path(const char* directories);
 
 // Compiles every variant of every family for each target (or this machine's GPUs) into the cache.
 af_status warmup(const char* const* archs, int n_archs, af_progress_callback progress, void* user_data);
-std::string cache_dir();
-af_status cache_list_json(std::string* json);
-af_status cache_clear();
 
 }  // namespace af::cuda

@@ -132,12 +132,27 @@ std::vector<Row> rows() {
       {"negative_stride", AF_ERR_STRIDE, "negative stride", [](Call& c) { c.tk.strides[1] = -32; }},
       {"index_stride", AF_ERR_STRIDE, "seqused_k must have stride 1",
        [](Call& c) { c.args.seqused_k = &c.tseqused, c.tseqused.shape[0] = 2, c.tseqused.strides[0] = 2; }},
+      // Typed loads of misaligned elements are undefined behaviour (and fault on GPUs).
+      {"q_misaligned", AF_ERR_STRIDE, "q->data is not aligned to its 4-byte elements",
+       [](Call& c) { c.tq.data = reinterpret_cast<char*>(c.q.data()) + 2; }},
+      {"cu_seqlens_misaligned", AF_ERR_STRIDE, "cu_seqlens_k->data is not aligned to its 4-byte elements",
+       [](Call& c) { c.make_varlen(), c.tcu_k.data = reinterpret_cast<char*>(c.cu_k.data()) + 1; }},
+      {"block_table_misaligned", AF_ERR_STRIDE, "block_table->data is not aligned",
+       [](Call& c) { c.make_paged(), c.ttable.data = reinterpret_cast<char*>(c.table.data()) + 3; }},
+      {"lse_misaligned", AF_ERR_STRIDE, "softmax_lse->data is not aligned",
+       [](Call& c) { c.tlse.data = reinterpret_cast<char*>(c.lse.data()) + 1; }},
       {"device_mismatch", AF_ERR_DEVICE, "k is on device (1, 1)", [](Call& c) { c.tk.device_index = 1; }},
       {"cuda_mixed_with_cpu", AF_ERR_DEVICE, "out is on device (2, 0)", [](Call& c) { c.tout.device_type = AF_DEVICE_CUDA; }},
       {"unknown_device", AF_ERR_DEVICE, "unknown device_type 7", [](Call& c) { c.tv.device_type = 7; }},
       {"cuda_backend_on_host", AF_ERR_DEVICE, "backend 'cuda' was requested",
        [](Call& c) { c.args.backend = AF_BACKEND_CUDA; }},
       {"unknown_backend", AF_ERR_INVALID_ARGUMENT, "backend 7 is not", [](Call& c) { c.args.backend = 7; }},
+      {"negative_backend", AF_ERR_INVALID_ARGUMENT, "backend -1 is not", [](Call& c) { c.args.backend = -1; }},
+      {"huge_backend", AF_ERR_INVALID_ARGUMENT, "backend 2147483647 is not", [](Call& c) { c.args.backend = INT32_MAX; }},
+      {"negative_dtype", AF_ERR_DTYPE, "unknown dtype code -2147483648", [](Call& c) { c.tk.dtype = INT32_MIN; }},
+      {"negative_device_type", AF_ERR_DEVICE, "unknown device_type -1", [](Call& c) { c.tq.device_type = -1; }},
+      {"negative_device_index", AF_ERR_DEVICE, "negative device_index", [](Call& c) { c.tout.device_index = -3; }},
+      {"negative_rank", AF_ERR_SHAPE, "got rank -1", [](Call& c) { c.tq.rank = -1; }},
       {"cu_seqlens_k_alone", AF_ERR_SEQLENS, "without cu_seqlens_q", [](Call& c) { c.args.cu_seqlens_k = &c.tcu_k; }},
       {"cu_seqlens_q_alone", AF_ERR_SEQLENS, "without cu_seqlens_k",
        [](Call& c) { c.make_varlen(), c.args.cu_seqlens_k = nullptr; }},
@@ -255,6 +270,26 @@ TEST(CoreValidation, ZeroKeysGiveZeroAndMinusInfinity) {
   ASSERT_EQ(af_attention_forward(&c.args), AF_OK) << af_last_error_message();
   for (float x : c.out) ASSERT_EQ(x, 0.0f);
   for (float x : c.lse) ASSERT_TRUE(std::isinf(x) && x < 0);
+}
+
+// No query row (Sq = 0) with B = 2^40: nothing to compute, and the cost must not
+// grow with B (it used to walk every sequence). k/v hold 3 keys per sequence,
+// all sequences aliasing one buffer (batch stride 0).
+TEST(CoreValidation, ZeroQueryRowsWithHugeBatchReturnAtOnce) {
+  for (int64_t keys : {0, 3}) {
+    SCOPED_TRACE("keys " + std::to_string(keys));
+    Call c;
+    const int64_t huge = int64_t(1) << 40;
+    c.tq.shape[0] = c.tout.shape[0] = c.tk.shape[0] = c.tv.shape[0] = c.tlse.shape[0] = huge;
+    c.tq.shape[1] = c.tout.shape[1] = c.tlse.shape[2] = 0;
+    c.tk.shape[1] = c.tv.shape[1] = keys;
+    c.tk.strides[0] = c.tv.strides[0] = 0;
+    const auto start = std::chrono::steady_clock::now();
+    EXPECT_EQ(af_attention_supported(&c.args, nullptr), AF_OK) << af_last_error_message();
+    EXPECT_EQ(af_attention_forward(&c.args), AF_OK) << af_last_error_message();
+    EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), 1.0);
+    for (float x : c.out) ASSERT_EQ(x, 7.0f) << "an empty call wrote its output";
+  }
 }
 
 // Random index contents, lengths and scalars on varlen, paged and kv-cache

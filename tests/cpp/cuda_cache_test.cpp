@@ -53,6 +53,9 @@ class CudaCacheTest : public ::testing::Test {
   std::string root_, dir_;
 };
 
+// A distinct key per number.
+CacheKey key_of(int n) { return make_cache_key("test source " + std::to_string(n), {}, "sm_80", 12, 0); }
+
 std::vector<char> payload_of(size_t size, unsigned seed) {
   std::vector<char> data(size);
   for (size_t i = 0; i < size; ++i) data[i] = char((i * 131u + seed * 7u) >> 3);
@@ -60,17 +63,17 @@ std::vector<char> payload_of(size_t size, unsigned seed) {
 }
 
 TEST_F(CudaCacheTest, DirectoryIsCreatedPrivate) {
-  ASSERT_EQ(cache_store({1, 2}, "label", payload_of(100, 1)), AF_OK);
+  ASSERT_EQ(cache_store(key_of(1), "label", payload_of(100, 1)), AF_OK);
   struct stat st;
   ASSERT_EQ(stat(dir_.c_str(), &st), 0);
   EXPECT_EQ(st.st_mode & 0777, 0700u);
   std::vector<char> back;
-  ASSERT_TRUE(cache_load({1, 2}, &back));
+  ASSERT_TRUE(cache_load(key_of(1), &back));
   EXPECT_EQ(back, payload_of(100, 1));
 }
 
 TEST_F(CudaCacheTest, ConcurrentWritersLeaveOneGoodEntry) {
-  const CacheKey key{0x1234, 0x5678};
+  const CacheKey key = key_of(2);
   const std::vector<char> payload = payload_of(1 << 20, 3);
   constexpr int kProcesses = 6;
   std::vector<pid_t> children;
@@ -103,7 +106,7 @@ TEST_F(CudaCacheTest, ConcurrentWritersLeaveOneGoodEntry) {
 }
 
 TEST_F(CudaCacheTest, TruncatedOrCorruptEntryIsDetected) {
-  const CacheKey key{7, 9};
+  const CacheKey key = key_of(3);
   const std::vector<char> payload = payload_of(4096, 5);
   ASSERT_EQ(cache_store(key, "x", payload), AF_OK);
   const std::string path = dir_ + "/" + key.hex() + ".afk";
@@ -126,8 +129,8 @@ TEST_F(CudaCacheTest, TruncatedOrCorruptEntryIsDetected) {
 }
 
 TEST_F(CudaCacheTest, ClearRemovesOnlyOurFiles) {
-  ASSERT_EQ(cache_store({1, 1}, "a", payload_of(10, 1)), AF_OK);
-  ASSERT_EQ(cache_store({2, 2}, "b", payload_of(10, 2)), AF_OK);
+  ASSERT_EQ(cache_store(key_of(4), "a", payload_of(10, 1)), AF_OK);
+  ASSERT_EQ(cache_store(key_of(5), "b", payload_of(10, 2)), AF_OK);
   const std::string other = dir_ + "/notes.txt";
   std::ofstream(other) << "not ours";
   EXPECT_NE(cache_list().find("\"label\":\"a\""), std::string::npos) << cache_list();
