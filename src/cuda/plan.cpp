@@ -16,6 +16,15 @@ namespace {
 
 bool fits_int(int64_t x) { return x >= 0 && x <= INT_MAX; }
 
+// A tuning override from the environment: its value when it is an integer in [lo, hi], else 0.
+int env_int(const char* name, long lo, long hi) {
+  const char* text = std::getenv(name);
+  if (text == nullptr || *text == 0) return 0;
+  char* end = nullptr;
+  const long value = std::strtol(text, &end, 10);
+  return *end == 0 && value >= lo && value <= hi ? int(value) : 0;
+}
+
 // Packed rows (query rows x query heads per KV head) up to which the decode family runs: its
 // 16-row tiles then read each K/V block at most 4 times (through L2), where fwd_sm80's 64- or
 // 128-row tiles would read it once per query head and leave most of each tile empty.
@@ -26,10 +35,7 @@ constexpr int64_t kDecodeMaxPackedRows = 64;
 // K/V in L2. With a causal mask or a window, groups of about one wave run longest-first.
 // $ATTNFORGE_PAIR_GROUP (a positive number) overrides this for tuning runs.
 int pair_group(int pairs, int m_blocks, int wave_ctas, bool masked) {
-  static const int forced = [] {
-    const char* text = std::getenv("ATTNFORGE_PAIR_GROUP");
-    return text != nullptr ? std::atoi(text) : 0;
-  }();
+  static const int forced = env_int("ATTNFORGE_PAIR_GROUP", 1, 65535);
   const int group = std::max(1, std::min(forced > 0 ? forced : (masked ? wave_ctas / m_blocks : 1), pairs));
   return std::max(group, (pairs + 65534) / 65535);  // gridDim.z (groups) is at most 65535
 }
@@ -37,10 +43,7 @@ int pair_group(int pairs, int m_blocks, int wave_ctas, bool masked) {
 // A forced key-split count, if any: the caller's num_splits (FlashAttention's semantics: 1 none,
 // N forced), else $ATTNFORGE_NUM_SPLITS (tuning runs and tests); 0 when the plan decides.
 int forced_splits(int requested) {
-  static const int forced = [] {
-    const char* text = std::getenv("ATTNFORGE_NUM_SPLITS");
-    return text != nullptr ? std::max(0, std::min(std::atoi(text), 256)) : 0;
-  }();
+  static const int forced = env_int("ATTNFORGE_NUM_SPLITS", 1, 256);
   return requested > 0 ? requested : forced;
 }
 
