@@ -6,7 +6,9 @@ Parts (each runs on its own; a failure is reported in the table, the others stil
   1. Qwen3-shaped decoder, random weights from a config (no network): 8 layers, hidden 2048, 16 heads over 8
      KV heads, head_dim 128, bf16, attn_implementation "attnforge" / "sdpa" / "eager" on the same weights:
      logits agreement with sdpa, prefill time and peak extra memory at 2k and 8k tokens, decode tokens/s.
-  2. InternViT-shaped vision encoder (non-causal, hidden 1024, 16 heads, head_dim 64): many images of
+  2. Qwen3-32B-shaped layers (64/8 heads, 4 layers), batch 8, 4k-token prompts: decode tokens/s of each
+     implementation and the share of greedy tokens equal to eager's.
+  3. InternViT-shaped vision encoder (non-causal, hidden 1024, 16 heads, head_dim 64): many images of
      different sizes packed into one variable-length batch through flash_attn_varlen_qkvpacked_func,
      against per-image SDPA and eager: output agreement, time, peak extra memory.
 Writes OUT.md (markdown) and OUT.json. Needs torch with CUDA and transformers; finds libattnforge through
@@ -130,6 +132,50 @@ def qwen3_part(results, quick):
     torch.cuda.empty_cache()
 
 
+def qwen3_32b_decode_part(results, quick):
+    """Qwen3-32B-shaped layers (hidden 5120, 64 query heads over 8 KV heads, head_dim 128; 4 layers), batch 8,
+    4k-token prompts, 64 greedy new tokens: decode tokens/s of each implementation on the same weights
+    (dynamic cache, eager mode), and how many generated tokens agree with eager's."""
+    import transformers
+
+    config = transformers.Qwen3Config(vocab_size=151936, hidden_size=5120, intermediate_size=25600,
+                                      num_hidden_layers=4, num_attention_heads=64, num_key_value_heads=8,
+                                      head_dim=128, max_position_embeddings=40960, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="sdpa",
+                                                              dtype=torch.bfloat16).eval()
+    generator = torch.Generator(device="cpu").manual_seed(2)
+    batch, prompt_len, new = (2, 1024, 16) if quick else (8, 4096, 64)
+    prompt = torch.randint(0, config.vocab_size, (batch, prompt_len), generator=generator).cuda()
+    rows, tokens = [], {}
+    for name in IMPLEMENTATIONS:
+        row = {"model": "Qwen3-32B-shaped decode (4 layers, B %d, %d-token prompts)" % (batch, prompt_len),
+               "impl": name, "tokens": new}
+        try:
+            model.set_attn_implementation(name)
+
+            def generate(count):
+                with torch.no_grad():
+                    return model.generate(prompt, max_new_tokens=count, min_new_tokens=count, do_sample=False,
+                                          pad_token_id=0)
+            tokens[name] = generate(new)[:, prompt_len:]
+            one = cuda_time(lambda: generate(1), 2)
+            many = cuda_time(lambda: generate(new + 1), 2)
+            row["decode_tok_s"] = batch * new / ((many - one) / 1000)
+        except Exception as e:
+            row["error"] = "%s: %s" % (type(e).__name__, str(e)[:200])
+            torch.cuda.empty_cache()
+        rows.append(row)
+    if "eager" in tokens:
+        for row in rows:
+            if row["impl"] in tokens:
+                row["tokens_equal_to_eager"] = (tokens[row["impl"]] == tokens["eager"]).float().mean().item()
+    results["qwen3_32b_decode"] = rows
+    del model
+    torch.cuda.empty_cache()
+
+
 class VisionEncoder(torch.nn.Module):
     """InternViT-shaped pre-norm encoder blocks: qkv projection, non-causal attention, MLP."""
 
@@ -240,7 +286,7 @@ def markdown(results):
                 if "top1_agreement_attnforge_vs_sdpa" in a else "", "OK" if a["ok"] else "MISMATCH"))
     lines += ["", "| model | impl | tokens | prefill ms | vs sdpa | vs eager | peak extra MiB | decode tok/s | note |",
               "|---|---|---:|---:|---:|---:|---:|---:|---|"]
-    for part in ("qwen3", "vision"):
+    for part in ("qwen3", "qwen3_32b_decode", "vision"):
         rows = results.get(part, [])
         for row in rows:
             peers = {r["impl"]: r for r in rows if r["model"] == row["model"] and r["tokens"] == row["tokens"]}
@@ -248,6 +294,8 @@ def markdown(results):
             def ratio(other, key="prefill_ms"):
                 if key in row and key in peers.get(other, {}) and row["impl"] != other:
                     return "%.2fx" % (peers[other][key] / row[key])
+                if "decode_tok_s" in row and "decode_tok_s" in peers.get(other, {}) and row["impl"] != other:
+                    return "%.2fx" % (row["decode_tok_s"] / peers[other]["decode_tok_s"])
                 return ""
             lines.append("| %s | %s | %d | %s | %s | %s | %s | %s | %s |" % (
                 row["model"], row["impl"], row["tokens"],
@@ -255,8 +303,9 @@ def markdown(results):
                 ratio("sdpa"), ratio("eager"),
                 "%.0f" % row["peak_extra_mib"] if "peak_extra_mib" in row else "",
                 "%.1f" % row["decode_tok_s"] if "decode_tok_s" in row else "",
-                row.get("error", "")))
-    lines += ["", "Ratios are speed-ups (other time / this time). Peak extra MiB: peak allocation during the call "
+                row.get("error", "") or ("tokens equal to eager's: %.3f" % row["tokens_equal_to_eager"]
+                                         if "tokens_equal_to_eager" in row else "")))
+    lines += ["", "Ratios are speed-ups (other time / this time; for decode rows, tokens/s over the other's). Peak extra MiB: peak allocation during the call "
               "above what was allocated before it (weights and inputs excluded)."]
     for failure in results.get("failures", []):
         lines += ["", "FAILED part %s:" % failure["part"], "```", failure["traceback"], "```"]
@@ -269,7 +318,7 @@ def main():
     out_path = args[0] if args else "e2e.md"
     af_transformers.register()
     results = {"environment": environment(), "failures": []}
-    for name, part in (("qwen3", qwen3_part), ("vision", vision_part)):
+    for name, part in (("qwen3", qwen3_part), ("qwen3_32b_decode", qwen3_32b_decode_part), ("vision", vision_part)):
         started = time.time()
         try:
             part(results, quick)
