@@ -13,7 +13,6 @@ import os
 import platform
 import subprocess
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
@@ -75,7 +74,7 @@ def sweep(head_dims, seqlens, repeats, rounds):
                     d, "causal" if causal else "full", s, row["attnforge"] or 0, row["flash"] or 0, row["cudnn"] or 0,
                     (row["attnforge"] or 0) / (row["flash"] or 1), (row["attnforge"] or 0) / (row["cudnn"] or 1),
                     "" if valid else "  INVALID (max diff %.3g)" % diff))
-                del q, k, v, out, qt, kt, vt
+                q = k = v = out = qt = kt = vt = None  # free before the next point allocates
     return rows
 
 
@@ -157,7 +156,7 @@ def decode_sweep(rounds):
               "efficient %s us" % (batch, keys, heads, heads_kv, d, row.get("attnforge", 0),
                                    *("%.1f" % row[n] if row.get(n) else "n/a"
                                      for n in ("attnforge_graph", "flash", "flash_graph", "cudnn", "efficient"))))
-        del q, k, v, out, qt, kt, vt
+        q = k = v = out = qt = kt = vt = None  # free before the next point allocates
     return rows
 
 

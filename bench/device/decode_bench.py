@@ -138,7 +138,7 @@ def point(dtype, heads, heads_kv, head_dim, batch, seqlen, page_sizes):
             key = "paged%d_%s" % (page, order)
             row[key + "_valid"] = diff is not None and diff < 2e-2
             row[key + "_us"] = graph_time_us([ours_paged(i) for i in range(rotations)])
-            del paged
+            paged = None  # free before the next layout allocates
     return row
 
 

@@ -128,7 +128,7 @@ def qwen3_part(results, quick):
             row["error"] = "%s: %s" % (type(e).__name__, str(e)[:200])
         rows.append(row)
     results["qwen3"] = rows
-    del model
+    model = None  # free the weights before the next part
     torch.cuda.empty_cache()
 
 
@@ -172,7 +172,7 @@ def qwen3_32b_decode_part(results, quick):
             if row["impl"] in tokens:
                 row["tokens_equal_to_eager"] = (tokens[row["impl"]] == tokens["eager"]).float().mean().item()
     results["qwen3_32b_decode"] = rows
-    del model
+    model = None  # free the weights before the next part
     torch.cuda.empty_cache()
 
 
