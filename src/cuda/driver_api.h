@@ -41,6 +41,26 @@ struct CUmemPoolProps {
   unsigned char zero[112];
 };
 
+// cuLaunchKernelEx's configuration (CUDA 12+), for programmatic dependent launch: the layout of
+// CUlaunchAttribute (an id, padding to 8 bytes, a 64-byte value union) and CUlaunchConfig.
+constexpr int CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION = 6;
+struct CUlaunchAttribute {
+  int id;
+  char pad[4];
+  union {
+    char bytes[64];
+    int programmatic_stream_serialization_allowed;
+  } value;
+};
+struct CUlaunchConfig {
+  unsigned grid_x, grid_y, grid_z;
+  unsigned block_x, block_y, block_z;
+  unsigned shared_memory_bytes;
+  CUstream stream;
+  CUlaunchAttribute* attributes;
+  unsigned attribute_count;
+};
+
 struct DriverApi {
   CUresult (*cuInit)(unsigned int);
   CUresult (*cuDriverGetVersion)(int*);
@@ -66,6 +86,8 @@ struct DriverApi {
   CUresult (*cuMemAllocAsync)(CUdeviceptr*, size_t, CUstream);  // under graph capture: a graph memory node
   CUresult (*cuMemFreeAsync)(CUdeviceptr, CUstream);
   CUresult (*cuStreamIsCapturing)(CUstream, int*);
+  // Programmatic dependent launch (sm_90+); null when the driver lacks it (< 12.0).
+  CUresult (*cuLaunchKernelEx)(const CUlaunchConfig*, CUfunction, void**, void**);
 };
 
 struct NvrtcApi {

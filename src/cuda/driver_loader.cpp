@@ -73,6 +73,7 @@ void probe_driver() {
       !bind(library, "cuMemAllocAsync", &a.cuMemAllocAsync) ||
       !bind(library, "cuMemFreeAsync", &a.cuMemFreeAsync) || !bind(library, "cuStreamIsCapturing", &a.cuStreamIsCapturing))
     a.cuMemPoolCreate = nullptr;
+  if (!bind(library, "cuLaunchKernelEx", &a.cuLaunchKernelEx)) a.cuLaunchKernelEx = nullptr;
   s.api = &a;
   CUresult r = a.cuInit(0);
   if (r != CUDA_SUCCESS) {

@@ -115,9 +115,19 @@ af_status run(const Plan& plan, const AttentionProblem& p, void* workspace, size
   CUresult r = a.cuLaunchKernel(plan.loaded.kernel, grid[0], grid[1], grid[2], unsigned(tile.threads()), 1, 1,
                                 unsigned(v.smem_bytes(plan.choice.arch)), stream, args, nullptr);
   if (r == CUDA_SUCCESS && splits > 1) {
-    // Rows in groups of 4 (one warp each) over (batch * heads, row groups).
-    r = a.cuLaunchKernel(plan.loaded.combine, unsigned(k.batch * k.heads_q), unsigned((k.seqlen_q + 3) / 4), 1, 128, 1,
-                         1, 0, stream, args, nullptr);
+    // Rows in groups of 4 (one warp each) over (batch * heads, row groups). On sm_90+ as a
+    // programmatic dependent launch: it is scheduled while the kernel runs and waits for it in
+    // griddepcontrol.wait, which hides the launch latency between the two.
+    const unsigned grid_x = unsigned(k.batch * k.heads_q), grid_y = unsigned((k.seqlen_q + 3) / 4);
+    if (a.cuLaunchKernelEx != nullptr && plan.choice.arch >= 90) {
+      CUlaunchAttribute attribute{};
+      attribute.id = CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+      attribute.value.programmatic_stream_serialization_allowed = 1;
+      const CUlaunchConfig config{grid_x, grid_y, 1, 128, 1, 1, 0, stream, &attribute, 1};
+      r = a.cuLaunchKernelEx(&config, plan.loaded.combine, args, nullptr);
+    } else {
+      r = a.cuLaunchKernel(plan.loaded.combine, grid_x, grid_y, 1, 128, 1, 1, 0, stream, args, nullptr);
+    }
   }
   if (owned != 0) a.cuMemFreeAsync(owned, stream);
   if (r != CUDA_SUCCESS) return fail(AF_ERR_CUDA, "%s: %s", v.name.c_str(), driver_error("cuLaunchKernel", r).c_str());

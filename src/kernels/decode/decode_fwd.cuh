@@ -161,6 +161,11 @@ extern "C" __global__ void __launch_bounds__(kThreads) af_decode_fwd(const Flash
     cp_async_commit();
   }
 
+#if __CUDA_ARCH__ >= 900
+  // The combine step may be scheduled now (it waits for this grid to finish before it reads).
+  if (p.num_splits > 1) asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+
   float o[kDTiles][4];  // (16 rows, 8 dims) accumulators
   float row_max[2] = {AF_NEG_INF, AF_NEG_INF};  // rows g, g + 8 (raw scores; log2 units with extras)
   float row_sum[2] = {0.f, 0.f};                 // this thread's partial sums of exp2
