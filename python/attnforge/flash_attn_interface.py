@@ -51,7 +51,9 @@ def _is_numpy(x) -> bool:
 
 
 def _check_float(name: str, x) -> None:
-    if str(x.dtype) not in _FLOAT_DTYPES:
+    # numpy names a dtype in non-native byte order by its type string (">f4"); .name is "float32" and
+    # the descriptor refuses the byte order with its own message.
+    if str(x.dtype) not in _FLOAT_DTYPES and getattr(x.dtype, "name", None) not in _FLOAT_DTYPES:
         raise AttnforgeError(Status.AF_ERR_DTYPE, "%s must be float16, bfloat16, float32 or float64, got %s" %
                              (name, x.dtype))
 
