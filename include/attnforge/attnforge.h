@@ -116,7 +116,7 @@ typedef enum af_backend {
   AF_BACKEND_CUDA = 2
 } af_backend;
 
-/* Version 1 of the argument struct. Set struct_size = sizeof(af_attention_args);
+/* The argument struct (version 2). Set struct_size = sizeof(af_attention_args);
  * zero-initialise, then fill what you use. Optional tensors are NULL when absent.
  *
  * Padded batch:    q (B, Sq, H, D)       k, v (B, Sk, Hk, D)    lse (B, H, Sq)
@@ -154,6 +154,11 @@ typedef struct af_attention_args {
 
   int32_t backend;                 /* af_backend */
   void* cuda_stream;               /* CUstream / cudaStream_t; NULL = legacy default stream */
+
+  /* ---- Version 2 (struct_size >= offsetof(num_splits) + 4); older callers get 0. */
+  int32_t num_splits;              /* FlashAttention's num_splits: 0 heuristic, 1 no split,
+                                      N in 2..256 forced (CUDA; results then do not depend on
+                                      the batch's composition) */
 } af_attention_args;
 
 /* Runs attention. On failure nothing has been written past the checks, and
@@ -166,6 +171,38 @@ AF_API af_status af_attention_forward(const af_attention_args* args);
  * that would run it. Otherwise the status is the one forward would return and
  * af_last_error_message() says why. Reads no tensor data on the GPU. */
 AF_API af_status af_attention_supported(const af_attention_args* args, af_backend* selected);
+
+/* ---- Plan / run ---------------------------------------------------------- */
+
+/* A plan holds what one call shape needs decided once: the backend, the kernel (family,
+ * variant, architecture, tile, grid, key splits) and the workspace size. Create it once per
+ * shape, run it many times (a decode loop, a CUDA graph). Opaque; free with
+ * af_attention_plan_destroy. */
+typedef struct af_attention_plan af_attention_plan;
+
+/* Makes a plan from args as af_attention_forward takes them, but only shapes, strides, dtypes,
+ * devices and flags are read: data pointers may be NULL. On failure *plan is NULL and the status
+ * is the one af_attention_forward would return. On the CUDA backend this compiles (or loads from
+ * the cache) the kernel. */
+AF_API af_status af_attention_plan_create(const af_attention_args* args, af_attention_plan** plan);
+
+/* Bytes of device memory a caller-owned workspace for af_attention_run needs (0: none). */
+AF_API af_status af_attention_plan_workspace_size(const af_attention_plan* plan, size_t* bytes);
+
+/* Which kernel the plan runs, as text ("cuda decode bf16 d128 sm_90a 16x64 splits=8", "cpu");
+ * same buffer contract as af_runtime_report. */
+AF_API af_status af_attention_plan_describe(const af_attention_plan* plan, char* buffer, size_t capacity,
+                                            size_t* needed);
+
+/* Runs args with a plan made for the same shapes, dtypes, devices and flags; anything else is
+ * AF_ERR_INVALID_ARGUMENT with the differing field named, never a wrong answer. workspace: device
+ * memory of at least af_attention_plan_workspace_size bytes on the tensors' device, stream-ordered
+ * with cuda_stream, or NULL for attnforge's own pool. Validation is that of af_attention_forward. */
+AF_API af_status af_attention_run(const af_attention_plan* plan, const af_attention_args* args, void* workspace,
+                                  size_t workspace_bytes);
+
+/* Frees a plan; NULL is ignored. */
+AF_API void af_attention_plan_destroy(af_attention_plan* plan);
 
 /* ---- Runtime, backends, threads ---------------------------------------- */
 

@@ -19,6 +19,7 @@ __all__ = [
     "AttentionOptions",
     "AttnforgeError",
     "CALLER_ERRORS",
+    "Plan",
     "Status",
     "attention_forward",
     "attention_supported",
@@ -96,6 +97,8 @@ class AttentionOptions(NamedTuple):
     (B, max_blocks). alibi_slopes float32 (H) or (B, H). max_seqlen_* in rows (varlen only).
     softmax_scale None means 1/sqrt(head_dim); softcap 0 disables it; window_size (left, right)
     in rows, inclusive, -1 unbounded; causal aligns bottom-right. dropout_p > 0 runs only in torch.
+    num_splits (FlashAttention's): 0 lets the kernel choose how many parts the keys are split into,
+    1 never splits, N forces N (CUDA only; ignored by the fallback).
     """
 
     cu_seqlens_q: Optional[object] = None
@@ -112,6 +115,7 @@ class AttentionOptions(NamedTuple):
     causal: bool = False
     window_size: Tuple[int, int] = (-1, -1)
     dropout_p: float = 0.0
+    num_splits: int = 0
 
 
 DEFAULT_OPTIONS = AttentionOptions()
@@ -164,6 +168,7 @@ class _AttentionArgs(ctypes.Structure):
         ("window_right", ctypes.c_int32),
         ("backend", ctypes.c_int32),
         ("cuda_stream", ctypes.c_void_p),
+        ("num_splits", ctypes.c_int32),  # version 2
     ]
 
 
@@ -237,6 +242,16 @@ def _declare(lib):
     lib.af_warmup.restype = c.c_int
     lib.af_warmup.argtypes = [c.POINTER(c.c_char_p), c.c_int32, _PROGRESS_CALLBACK, c.c_void_p]
     lib.af_cache_clear.restype = c.c_int
+    lib.af_attention_plan_create.restype = c.c_int
+    lib.af_attention_plan_create.argtypes = [c.POINTER(_AttentionArgs), c.POINTER(c.c_void_p)]
+    lib.af_attention_plan_workspace_size.restype = c.c_int
+    lib.af_attention_plan_workspace_size.argtypes = [c.c_void_p, c.POINTER(c.c_size_t)]
+    lib.af_attention_plan_describe.restype = c.c_int
+    lib.af_attention_plan_describe.argtypes = [c.c_void_p, c.c_char_p, c.c_size_t, c.POINTER(c.c_size_t)]
+    lib.af_attention_run.restype = c.c_int
+    lib.af_attention_run.argtypes = [c.c_void_p, c.POINTER(_AttentionArgs), c.c_void_p, c.c_size_t]
+    lib.af_attention_plan_destroy.restype = None
+    lib.af_attention_plan_destroy.argtypes = [c.c_void_p]
 
 
 def _lib():
@@ -470,6 +485,7 @@ def _set_scalars(args, options, backend):
     args.softcap = float(options.softcap or 0.0)
     args.causal = 1 if options.causal else 0
     args.window_left, args.window_right = int(options.window_size[0]), int(options.window_size[1])
+    args.num_splits = int(options.num_splits or 0)
     if backend not in BACKENDS:
         raise ValueError("attnforge: backend must be one of %s, got %r" % (sorted(BACKENDS), backend))
     args.backend = BACKENDS[backend]
@@ -497,6 +513,44 @@ def attention_forward(q, k, v, out, softmax_lse=None, options=DEFAULT_OPTIONS, b
     library's status and message; _DeviceMemory for a tensor on a device the library has no code for."""
     args = _build_args(q, k, v, out, softmax_lse, options, backend, stream, **fields)
     _check(_lib().af_attention_forward(ctypes.byref(args)))
+
+
+class Plan:
+    """af_attention_plan_create for one call's shapes, dtypes, devices and flags (data pointers are not
+    read); run() launches calls like it without choosing the kernel again. Takes attention_forward's
+    arguments; raises AttnforgeError as it does."""
+
+    def __init__(self, q, k, v, out, softmax_lse=None, options=DEFAULT_OPTIONS, backend="auto", **fields):
+        self._lib = _lib()
+        handle = ctypes.c_void_p()
+        args = _build_args(q, k, v, out, softmax_lse, options, backend, **fields)
+        _check(self._lib.af_attention_plan_create(ctypes.byref(args), ctypes.byref(handle)))
+        self._handle = handle
+
+    def describe(self):
+        """The kernel the plan runs ("cuda decode bf16 d128 sm_90a 16x64 splits=8", "cpu")."""
+        return _text(lambda buffer, size, needed: self._lib.af_attention_plan_describe(self._handle, buffer, size,
+                                                                                         needed))
+
+    def workspace_size(self):
+        """Bytes of device memory a caller-owned workspace needs (0: none)."""
+        size = ctypes.c_size_t(0)
+        _check(self._lib.af_attention_plan_workspace_size(self._handle, ctypes.byref(size)))
+        return size.value
+
+    def run(self, q, k, v, out, softmax_lse=None, options=DEFAULT_OPTIONS, backend="auto", stream=None,
+            workspace=None, **fields):
+        """af_attention_run: a call with the plan's shapes (else AF_ERR_INVALID_ARGUMENT naming the field).
+        workspace is a device tensor of at least workspace_size() bytes, or None for attnforge's pool."""
+        args = _build_args(q, k, v, out, softmax_lse, options, backend, stream, **fields)
+        pointer, size = (workspace.data_ptr(), workspace.numel() * workspace.element_size()) if workspace is not None \
+            else (None, 0)
+        _check(self._lib.af_attention_run(self._handle, ctypes.byref(args), pointer, size))
+
+    def __del__(self):
+        handle = getattr(self, "_handle", None)
+        if handle is not None:
+            self._lib.af_attention_plan_destroy(handle)
 
 
 def attention_supported(q, k, v, out, softmax_lse=None, options=DEFAULT_OPTIONS, backend="auto"):

@@ -204,14 +204,15 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
     GPT-NeoX halves) and written into the caches in place at rows cache_seqlens[b] + t. cache_seqlens:
     int or int32 (B,) (int64 accepted; None = the whole cache). cache_batch_idx int32 (B,) picks cache
     rows (not with block_table); cache_leftpad int32 (B,) first used cache row. Attention then runs
-    over each sequence's used rows with flash_attn_func's other arguments. num_splits is a scheduling
-    hint and is ignored. Returns out (B, Sq, H, D) [, softmax_lse float32 (B, H, Sq)]. Nothing is
+    over each sequence's used rows with flash_attn_func's other arguments. num_splits: how many parts
+    the CUDA kernel splits each sequence's keys into (0 its heuristic, 1 none, N forced; the CPU
+    kernel and the fallback ignore it). Returns out (B, Sq, H, D) [, softmax_lse float32 (B, H, Sq)]. Nothing is
     written unless the whole call is valid; AttnforgeError names the argument otherwise.
     """
     try:
         return _with_kvcache(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens, cache_batch_idx,
                              cache_leftpad, block_table, softmax_scale, causal, window_size, softcap,
-                             rotary_interleaved, alibi_slopes, return_softmax_lse)
+                             rotary_interleaved, alibi_slopes, num_splits, return_softmax_lse)
     except AttnforgeError as e:
         message = e.message
         for attention_name, kvcache_name in _KVCACHE_NAMES:
@@ -223,7 +224,7 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
 
 def _with_kvcache(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens, cache_batch_idx, cache_leftpad,
                   block_table, softmax_scale, causal, window_size, softcap, rotary_interleaved, alibi_slopes,
-                  return_softmax_lse):
+                  num_splits, return_softmax_lse):
     if (k is None) != (v is None):
         raise AttnforgeError(Status.AF_ERR_INVALID_ARGUMENT, "k and v must be given together")
     if block_table is not None and cache_batch_idx is not None:
@@ -236,7 +237,8 @@ def _with_kvcache(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqle
     seqlens = _seqlens_array(cache_seqlens, q, k_cache, block_table)
     options = AttentionOptions(leftpad_k=cache_leftpad, block_table=block_table, kv_batch_idx=cache_batch_idx,
                                alibi_slopes=alibi_slopes, softmax_scale=softmax_scale, softcap=float(softcap or 0.0),
-                               causal=bool(causal), window_size=(int(window_size[0]), int(window_size[1])))
+                               causal=bool(causal), window_size=(int(window_size[0]), int(window_size[1])),
+                               num_splits=int(num_splits or 0))
     options = _dispatch.int32_indices(options)
     if _is_numpy(q):
         out, lse = kvcache.forward(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, seqlens, options,

@@ -157,10 +157,11 @@ if HAS_CUSTOM_OP:
                     rotary_cos: Optional[Tensor], rotary_sin: Optional[Tensor], cache_seqlens: Tensor,
                     cache_batch_idx: Optional[Tensor], cache_leftpad: Optional[Tensor], block_table: Optional[Tensor],
                     alibi_slopes: Optional[Tensor], softmax_scale: Optional[float], causal: bool, window_left: int,
-                    window_right: int, softcap: float, rotary_interleaved: bool) -> Tuple[Tensor, Tensor]:
+                    window_right: int, softcap: float, rotary_interleaved: bool,
+                    num_splits: int) -> Tuple[Tensor, Tensor]:
         options = AttentionOptions(leftpad_k=cache_leftpad, block_table=block_table, kv_batch_idx=cache_batch_idx,
                                    alibi_slopes=alibi_slopes, softmax_scale=softmax_scale, softcap=softcap,
-                                   causal=causal, window_size=(window_left, window_right))
+                                   causal=causal, window_size=(window_left, window_right), num_splits=num_splits)
         return kvcache.forward(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens, options,
                                rotary_interleaved)
 
@@ -212,7 +213,7 @@ def kvcache_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, k: Optional[T
         o = options
         return _kvcache_op(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens, o.kv_batch_idx,
                            o.leftpad_k, o.block_table, o.alibi_slopes, o.softmax_scale, o.causal, o.window_size[0],
-                           o.window_size[1], o.softcap, rotary_interleaved)
+                           o.window_size[1], o.softcap, rotary_interleaved, o.num_splits)
     with torch.no_grad():
         return kvcache.forward(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens, options,
                                rotary_interleaved, need_lse)

@@ -1,17 +1,19 @@
 // The extern "C" surface: every entry point clears the thread's error, catches
 // everything, and answers with a status.
 #include <cstring>
+#include <memory>
 #include <exception>
 #include <new>
 #include <string>
 
-#include "api/problem.h"
+#include "api/validate.h"
 #include "api/select.h"
 #include "common/error.h"
 #include "common/json.h"
 #include "common/thread_pool.h"
 #include "cpu/cpu_attention.h"
 #include "cuda/cuda_backend.h"
+#include "cuda/plan.h"
 
 namespace {
 
@@ -46,6 +48,14 @@ af_status copy_text(const std::string& text, char* buffer, size_t capacity, size
 #define AF_STRINGIFY(x) AF_STRINGIFY2(x)
 
 }  // namespace
+
+// What a plan decided, and the call shape it decided it for.
+struct af_attention_plan {
+  af_backend requested = AF_BACKEND_AUTO;
+  af_backend backend = AF_BACKEND_CPU;
+  af::AttentionProblem shapes;  // from the plan's args (data pointers not kept)
+  af::cuda::Plan cuda;
+};
 
 extern "C" {
 
@@ -87,9 +97,9 @@ AF_API af_status af_attention_supported(const af_attention_args* args, af_backen
   return guarded([&] {
     af::AttentionProblem problem;
     AF_RETURN_IF_ERROR(af::validate_attention_args(args, &problem));
-    af_backend chosen = AF_BACKEND_AUTO;
-    AF_RETURN_IF_ERROR(af::select_backend(problem, af_backend(args->backend), &chosen));
-    if (selected != nullptr) *selected = chosen;
+    af::Selection selection;
+    AF_RETURN_IF_ERROR(af::select_backend(problem, af_backend(args->backend), &selection));
+    if (selected != nullptr) *selected = selection.backend;
     return AF_OK;
   });
 }
@@ -98,11 +108,66 @@ AF_API af_status af_attention_forward(const af_attention_args* args) {
   return guarded([&] {
     af::AttentionProblem problem;
     AF_RETURN_IF_ERROR(af::validate_attention_args(args, &problem));
-    af_backend chosen = AF_BACKEND_AUTO;
-    AF_RETURN_IF_ERROR(af::select_backend(problem, af_backend(args->backend), &chosen));
-    return chosen == AF_BACKEND_CUDA ? af::cuda::attention_forward(problem) : af::cpu::attention_forward(problem);
+    af::Selection selection;
+    AF_RETURN_IF_ERROR(af::select_backend(problem, af_backend(args->backend), &selection));
+    if (selection.backend == AF_BACKEND_CPU) return af::cpu::attention_forward(problem);
+    af::cuda::Plan plan;
+    AF_RETURN_IF_ERROR(af::cuda::make_plan(problem, selection.cuda, &plan));
+    return af::cuda::run(plan, problem, nullptr, 0);
   });
 }
+
+AF_API af_status af_attention_plan_create(const af_attention_args* args, af_attention_plan** plan) {
+  return guarded([&] {
+    if (plan == nullptr) return af::fail(AF_ERR_NULL_POINTER, "plan is NULL");
+    *plan = nullptr;
+    auto made = std::make_unique<af_attention_plan>();
+    AF_RETURN_IF_ERROR(af::validate_attention_args(args, &made->shapes, af::ValidateMode::kShapes));
+    af::Selection selection;
+    made->requested = af_backend(args->backend);
+    AF_RETURN_IF_ERROR(af::select_backend(made->shapes, made->requested, &selection));
+    made->backend = selection.backend;
+    if (selection.backend == AF_BACKEND_CUDA)
+      AF_RETURN_IF_ERROR(af::cuda::make_plan(made->shapes, selection.cuda, &made->cuda));
+    *plan = made.release();
+    return AF_OK;
+  });
+}
+
+AF_API af_status af_attention_plan_workspace_size(const af_attention_plan* plan, size_t* bytes) {
+  return guarded([&] {
+    if (plan == nullptr) return af::fail(AF_ERR_NULL_POINTER, "plan is NULL");
+    if (bytes == nullptr) return af::fail(AF_ERR_NULL_POINTER, "bytes is NULL");
+    *bytes = plan->backend == AF_BACKEND_CUDA ? plan->cuda.workspace_bytes : 0;
+    return AF_OK;
+  });
+}
+
+AF_API af_status af_attention_plan_describe(const af_attention_plan* plan, char* buffer, size_t capacity,
+                                            size_t* needed) {
+  return guarded([&] {
+    if (plan == nullptr) return af::fail(AF_ERR_NULL_POINTER, "plan is NULL");
+    const std::string text = plan->backend == AF_BACKEND_CUDA ? "cuda " + af::cuda::describe(plan->cuda) : "cpu";
+    return copy_text(text, buffer, capacity, needed);
+  });
+}
+
+AF_API af_status af_attention_run(const af_attention_plan* plan, const af_attention_args* args, void* workspace,
+                                  size_t workspace_bytes) {
+  return guarded([&] {
+    if (plan == nullptr) return af::fail(AF_ERR_NULL_POINTER, "plan is NULL");
+    af::AttentionProblem problem;
+    AF_RETURN_IF_ERROR(af::validate_attention_args(args, &problem));
+    if (af_backend(args->backend) != plan->requested)
+      return af::fail(AF_ERR_INVALID_ARGUMENT, "args->backend is %d but the plan was made for %d", int(args->backend),
+                      int(plan->requested));
+    AF_RETURN_IF_ERROR(af::check_same_shapes(plan->shapes, problem));
+    if (plan->backend == AF_BACKEND_CPU) return af::cpu::attention_forward(problem);
+    return af::cuda::run(plan->cuda, problem, workspace, workspace_bytes);
+  });
+}
+
+AF_API void af_attention_plan_destroy(af_attention_plan* plan) { delete plan; }
 
 AF_API af_status af_backend_available(af_backend backend) {
   return guarded([&] {

@@ -19,7 +19,7 @@
 #include <cstdint>
 #include <cstdio>
 
-#include "api/problem.h"
+#include "api/validate.h"
 #include "common/error.h"
 
 namespace af {
@@ -28,6 +28,8 @@ namespace {
 
 // The size of version 1 of af_attention_args: everything up to cuda_stream.
 constexpr size_t kArgsV1Size = offsetof(af_attention_args, cuda_stream) + sizeof(void*);
+// Version 2 adds num_splits.
+constexpr size_t kArgsV2Size = offsetof(af_attention_args, num_splits) + sizeof(int32_t);
 
 const char* dtype_name(int32_t dtype) {
   switch (dtype) {
@@ -69,7 +71,7 @@ struct Extent {
 // Checks one tensor on its own: pointers, rank, non-negative sizes and strides,
 // unit stride in the last dimension (when it has more than one element), and
 // that every element offset and byte offset fits in int64.
-af_status check_tensor(const char* name, const af_tensor* t, int32_t rank, Extent* extent) {
+af_status check_tensor(const char* name, const af_tensor* t, int32_t rank, Extent* extent, bool need_data) {
   if (t == nullptr) return fail(AF_ERR_NULL_POINTER, "%s is NULL", name);
   if (t->rank != rank)
     return fail(AF_ERR_SHAPE, "%s must have rank %d, got rank %d", name, rank, int(t->rank));
@@ -99,7 +101,7 @@ af_status check_tensor(const char* name, const af_tensor* t, int32_t rank, Exten
     int64_t end_byte = 0;
     if (__builtin_mul_overflow(max_offset + 1, elem_bytes, &end_byte))
       return fail(AF_ERR_OVERFLOW, "%s: the largest byte offset overflows int64", name);
-    if (t->data == nullptr) return fail(AF_ERR_NULL_POINTER, "%s->data is NULL", name);
+    if (t->data == nullptr && need_data) return fail(AF_ERR_NULL_POINTER, "%s->data is NULL", name);
     extent->last_byte = end_byte - 1;
   }
   extent->elements = elements;
@@ -107,8 +109,8 @@ af_status check_tensor(const char* name, const af_tensor* t, int32_t rank, Exten
 }
 
 // A checked optional int32 index array of the given rank.
-af_status check_index_tensor(const char* name, const af_tensor* t, int32_t rank, Extent* extent) {
-  AF_RETURN_IF_ERROR(check_tensor(name, t, rank, extent));
+af_status check_index_tensor(const char* name, const af_tensor* t, int32_t rank, Extent* extent, bool need_data) {
+  AF_RETURN_IF_ERROR(check_tensor(name, t, rank, extent, need_data));
   if (t->dtype != AF_DTYPE_INT32) return fail(AF_ERR_DTYPE, "%s must be int32, got %s", name, dtype_name(t->dtype));
   return AF_OK;
 }
@@ -165,7 +167,8 @@ af_status check_cu_seqlens(const char* name, const int32_t* cu, int64_t batch, i
 
 }  // namespace
 
-af_status validate_attention_args(const af_attention_args* args, AttentionProblem* problem) {
+af_status validate_attention_args(const af_attention_args* args, AttentionProblem* problem, ValidateMode mode) {
+  const bool call = mode == ValidateMode::kCall;
   if (args == nullptr) return fail(AF_ERR_NULL_POINTER, "args is NULL");
   if (problem == nullptr) return fail(AF_ERR_NULL_POINTER, "problem is NULL");
   if (args->struct_size < kArgsV1Size)
@@ -189,21 +192,21 @@ af_status validate_attention_args(const af_attention_args* args, AttentionProble
   const int32_t q_rank = varlen ? 3 : 4;
   const int32_t kv_rank = (varlen && !paged) ? 3 : 4;
   Extent eq, ek, ev, eo, e_lse, ecq, eck, esu, elp, ebt, ekb, eal;
-  AF_RETURN_IF_ERROR(check_tensor("q", args->q, q_rank, &eq));
-  AF_RETURN_IF_ERROR(check_tensor("k", args->k, kv_rank, &ek));
-  AF_RETURN_IF_ERROR(check_tensor("v", args->v, kv_rank, &ev));
-  AF_RETURN_IF_ERROR(check_tensor("out", args->out, q_rank, &eo));
+  AF_RETURN_IF_ERROR(check_tensor("q", args->q, q_rank, &eq, call));
+  AF_RETURN_IF_ERROR(check_tensor("k", args->k, kv_rank, &ek, call));
+  AF_RETURN_IF_ERROR(check_tensor("v", args->v, kv_rank, &ev, call));
+  AF_RETURN_IF_ERROR(check_tensor("out", args->out, q_rank, &eo, call));
   const af_tensor &q = *args->q, &k = *args->k, &v = *args->v, &out = *args->out;
-  if (args->softmax_lse != nullptr) AF_RETURN_IF_ERROR(check_tensor("softmax_lse", args->softmax_lse, varlen ? 2 : 3, &e_lse));
-  if (varlen) AF_RETURN_IF_ERROR(check_index_tensor("cu_seqlens_q", args->cu_seqlens_q, 1, &ecq));
-  if (args->cu_seqlens_k != nullptr) AF_RETURN_IF_ERROR(check_index_tensor("cu_seqlens_k", args->cu_seqlens_k, 1, &eck));
-  if (args->seqused_k != nullptr) AF_RETURN_IF_ERROR(check_index_tensor("seqused_k", args->seqused_k, 1, &esu));
-  if (args->leftpad_k != nullptr) AF_RETURN_IF_ERROR(check_index_tensor("leftpad_k", args->leftpad_k, 1, &elp));
-  if (paged) AF_RETURN_IF_ERROR(check_index_tensor("block_table", args->block_table, 2, &ebt));
-  if (args->kv_batch_idx != nullptr) AF_RETURN_IF_ERROR(check_index_tensor("kv_batch_idx", args->kv_batch_idx, 1, &ekb));
+  if (args->softmax_lse != nullptr) AF_RETURN_IF_ERROR(check_tensor("softmax_lse", args->softmax_lse, varlen ? 2 : 3, &e_lse, call));
+  if (varlen) AF_RETURN_IF_ERROR(check_index_tensor("cu_seqlens_q", args->cu_seqlens_q, 1, &ecq, call));
+  if (args->cu_seqlens_k != nullptr) AF_RETURN_IF_ERROR(check_index_tensor("cu_seqlens_k", args->cu_seqlens_k, 1, &eck, call));
+  if (args->seqused_k != nullptr) AF_RETURN_IF_ERROR(check_index_tensor("seqused_k", args->seqused_k, 1, &esu, call));
+  if (args->leftpad_k != nullptr) AF_RETURN_IF_ERROR(check_index_tensor("leftpad_k", args->leftpad_k, 1, &elp, call));
+  if (paged) AF_RETURN_IF_ERROR(check_index_tensor("block_table", args->block_table, 2, &ebt, call));
+  if (args->kv_batch_idx != nullptr) AF_RETURN_IF_ERROR(check_index_tensor("kv_batch_idx", args->kv_batch_idx, 1, &ekb, call));
   if (args->alibi_slopes != nullptr) {
     const int32_t rank = args->alibi_slopes->rank == 2 ? 2 : 1;
-    AF_RETURN_IF_ERROR(check_tensor("alibi_slopes", args->alibi_slopes, rank, &eal));
+    AF_RETURN_IF_ERROR(check_tensor("alibi_slopes", args->alibi_slopes, rank, &eal, call));
     if (args->alibi_slopes->dtype != AF_DTYPE_FLOAT32)
       return fail(AF_ERR_DTYPE, "alibi_slopes must be float32, got %s", dtype_name(args->alibi_slopes->dtype));
   }
@@ -325,14 +328,15 @@ af_status validate_attention_args(const af_attention_args* args, AttentionProble
     p.alibi_slopes = static_cast<const float*>(al.data);
   }
 
-  // ---- Aliasing between the output and the inputs.
-  if (overlaps(out, eo, k, ek) || overlaps(out, eo, v, ev))
-    return fail(AF_ERR_INVALID_ARGUMENT, "out overlaps k or v in memory");
-  if (overlaps(out, eo, q, eq) && !same_view(out, q))
-    return fail(AF_ERR_INVALID_ARGUMENT, "out overlaps q in memory without being exactly the same view");
-  if (args->softmax_lse != nullptr) {
-    if (overlaps(*args->softmax_lse, e_lse, q, eq) || overlaps(*args->softmax_lse, e_lse, k, ek) ||
-        overlaps(*args->softmax_lse, e_lse, v, ev) || overlaps(*args->softmax_lse, e_lse, out, eo))
+  // ---- Aliasing between the output and the inputs (a plan has no addresses yet).
+  if (call) {
+    if (overlaps(out, eo, k, ek) || overlaps(out, eo, v, ev))
+      return fail(AF_ERR_INVALID_ARGUMENT, "out overlaps k or v in memory");
+    if (overlaps(out, eo, q, eq) && !same_view(out, q))
+      return fail(AF_ERR_INVALID_ARGUMENT, "out overlaps q in memory without being exactly the same view");
+    if (args->softmax_lse != nullptr &&
+        (overlaps(*args->softmax_lse, e_lse, q, eq) || overlaps(*args->softmax_lse, e_lse, k, ek) ||
+         overlaps(*args->softmax_lse, e_lse, v, ev) || overlaps(*args->softmax_lse, e_lse, out, eo)))
       return fail(AF_ERR_INVALID_ARGUMENT, "softmax_lse overlaps q, k, v or out in memory");
   }
 
@@ -343,6 +347,9 @@ af_status validate_attention_args(const af_attention_args* args, AttentionProble
   if (scale == 0.0f) scale = float(1.0 / std::sqrt(double(head_dim)));
   if (std::isnan(args->softcap) || std::isinf(args->softcap) || args->softcap < 0.0f)
     return fail(AF_ERR_INVALID_ARGUMENT, "softcap must be finite and >= 0 (0 disables it), got %g", double(args->softcap));
+  const int32_t num_splits = args->struct_size >= kArgsV2Size ? args->num_splits : 0;
+  if (num_splits < 0 || num_splits > 256)
+    return fail(AF_ERR_INVALID_ARGUMENT, "num_splits must be in 0..256 (0 heuristic, 1 no split), got %d", int(num_splits));
   if (args->window_left < -1 || args->window_right < -1)
     return fail(AF_ERR_INVALID_ARGUMENT, "window sizes must be >= 0 or -1 (unbounded), got (%d, %d)",
                 int(args->window_left), int(args->window_right));
@@ -354,7 +361,7 @@ af_status validate_attention_args(const af_attention_args* args, AttentionProble
   const int32_t* leftpad = args->leftpad_k != nullptr ? static_cast<const int32_t*>(args->leftpad_k->data) : nullptr;
   const int32_t* kv_idx = args->kv_batch_idx != nullptr ? static_cast<const int32_t*>(args->kv_batch_idx->data) : nullptr;
   const int32_t* table = paged ? static_cast<const int32_t*>(args->block_table->data) : nullptr;
-  if (host) {
+  if (host && call) {
     if (varlen) {
       int64_t longest_q = 0, longest_k = 0;
       AF_RETURN_IF_ERROR(check_cu_seqlens("cu_seqlens_q", cu_q, batch, q.shape[0], &longest_q));
@@ -454,8 +461,57 @@ af_status validate_attention_args(const af_attention_args* args, AttentionProble
   p.causal = args->causal != 0;
   p.window_left = args->window_left;
   p.window_right = p.causal ? 0 : args->window_right;
+  p.num_splits = num_splits;
+  p.kv_batches = kv_batches;
   p.cuda_stream = args->cuda_stream;
   *problem = p;
+  return AF_OK;
+}
+
+}  // namespace af
+
+namespace af {
+
+af_status check_same_shapes(const AttentionProblem& plan, const AttentionProblem& call) {
+  struct Field {
+    const char* name;
+    int64_t planned, called;
+  };
+  auto aligned = [](const AttentionProblem& p) {
+    const int64_t strides[] = {p.q_batch_stride, p.q_row_stride, p.q_head_stride, p.k_batch_stride, p.k_row_stride,
+                               p.k_head_stride,  p.v_batch_stride, p.v_row_stride, p.v_head_stride,
+                               p.out_batch_stride, p.out_row_stride, p.out_head_stride};
+    int64_t bits = 0;
+    for (int i = 0; i < 12; ++i) bits |= int64_t(strides[i] % 8 == 0) << i;
+    return bits;
+  };
+  const Field fields[] = {
+      {"dtype", plan.dtype, call.dtype},
+      {"device_type", plan.device_type, call.device_type},
+      {"device_index", plan.device_index, call.device_index},
+      {"batch", plan.batch, call.batch},
+      {"heads", plan.heads_q, call.heads_q},
+      {"heads_kv", plan.heads_kv, call.heads_kv},
+      {"head_dim", plan.head_dim, call.head_dim},
+      {"seqlen_q (max_seqlen_q)", plan.seqlen_q, call.seqlen_q},
+      {"seqlen_k (max_seqlen_k)", plan.seqlen_k, call.seqlen_k},
+      {"varlen (cu_seqlens given)", plan.varlen, call.varlen},
+      {"paged (block_table given)", plan.paged, call.paged},
+      {"page_size", plan.page_size, call.page_size},
+      {"max_blocks_per_seq", plan.max_blocks_per_seq, call.max_blocks_per_seq},
+      {"kv_batch_idx given", plan.kv_batch_idx != nullptr, call.kv_batch_idx != nullptr},
+      {"alibi_slopes given", plan.alibi_slopes != nullptr, call.alibi_slopes != nullptr},
+      {"softcap > 0", plan.softcap > 0, call.softcap > 0},
+      {"causal", plan.causal, call.causal},
+      {"window_left", plan.window_left, call.window_left},
+      {"window_right", plan.window_right, call.window_right},
+      {"num_splits", plan.num_splits, call.num_splits},
+      {"strides that are multiples of 8 (one bit per tensor dimension)", aligned(plan), aligned(call)},
+  };
+  for (const Field& f : fields)
+    if (f.planned != f.called)
+      return fail(AF_ERR_INVALID_ARGUMENT, "the call's %s is %lld but the plan was made for %lld", f.name,
+                  (long long)f.called, (long long)f.planned);
   return AF_OK;
 }
 

@@ -12,7 +12,7 @@
 #include <string>
 #include <vector>
 
-#include "api/problem.h"
+#include "api/validate.h"
 #include "attnforge/attnforge.h"
 #include "cli/commands.h"
 

@@ -2,7 +2,7 @@
 // O(n) extra memory, on the library's own thread pool.
 #pragma once
 
-#include "api/problem.h"
+#include "problem/problem.h"
 
 namespace af::cpu {
 

@@ -35,14 +35,14 @@ int number_before(const std::string& log, const char* suffix) {
 }
 
 // The ptxas report lists each entry function ("Compiling entry function 'name'") with its
-// resources: registers and stack of the forward kernel, spills as the largest of any entry.
-void parse_resources(CompiledKernel* k) {
+// resources: registers and stack of the family's kernel, spills as the largest of any entry.
+void parse_resources(const char* entry, CompiledKernel* k) {
   const std::string marker = "Compiling entry function '";
   size_t at = k->log.find(marker);
   while (at != std::string::npos) {
     const size_t next = k->log.find(marker, at + marker.size());
     const std::string section = k->log.substr(at, next == std::string::npos ? std::string::npos : next - at);
-    if (section.compare(marker.size(), std::strlen(kKernelName) + 1, std::string(kKernelName) + "'") == 0) {
+    if (section.compare(marker.size(), std::strlen(entry) + 1, std::string(entry) + "'") == 0) {
       k->registers = number_before(section, " registers");
       k->stack_bytes = number_before(section, " bytes stack frame");
     }
@@ -80,7 +80,7 @@ af_status compile_variant(const Variant& v, const std::string& target, bool use_
   if (!n.ok) return fail(AF_ERR_BACKEND_UNAVAILABLE, "%s", n.failure.c_str());
   const auto start = std::chrono::steady_clock::now();
   const std::vector<std::string> options = compile_options(v, target);
-  const CacheKey key = make_cache_key(kernel_source(), options, target, n.major, n.minor);
+  const CacheKey key = make_cache_key(module_source(v.family), options, target, n.major, n.minor);
   const bool is_cubin = target.rfind("sm_", 0) == 0;
   *out = CompiledKernel{};
   out->is_cubin = is_cubin;
@@ -92,7 +92,9 @@ af_status compile_variant(const Variant& v, const std::string& target, bool use_
 
   const NvrtcApi& a = *n.api;
   nvrtcProgram program = nullptr;
-  nvrtcResult r = a.nvrtcCreateProgram(&program, kernel_source().c_str(), "attnforge_flash_fwd.cu", 0, nullptr, nullptr);
+  nvrtcResult r = a.nvrtcCreateProgram(&program, module_source(v.family).c_str(),
+                                         (std::string("attnforge_") + family(v.family).name + ".cu").c_str(), 0, nullptr,
+                                         nullptr);
   if (r != 0) return fail(AF_ERR_COMPILE, "nvrtcCreateProgram(%s): %s", v.name.c_str(), a.nvrtcGetErrorString(r));
   std::vector<const char*> argv;
   for (const std::string& option : options) argv.push_back(option.c_str());
@@ -117,7 +119,7 @@ af_status compile_variant(const Variant& v, const std::string& target, bool use_
   a.nvrtcDestroyProgram(&program);
   if (r != 0 || size == 0) return fail(AF_ERR_COMPILE, "NVRTC returned no %s for %s (%s)", is_cubin ? "cubin" : "PTX",
                                        v.name.c_str(), target.c_str());
-  parse_resources(out);
+  parse_resources(family(v.family).entry, out);
   out->seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   // A cache that cannot be written costs speed, not correctness: the kernel is still usable.
   if (use_cache) cache_store(key, target + " " + v.name, out->binary);

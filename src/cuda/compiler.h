@@ -5,7 +5,7 @@
 #include <vector>
 
 #include "attnforge/attnforge.h"
-#include "cuda/variants.h"
+#include "cuda/families.h"
 
 namespace af::cuda {
 

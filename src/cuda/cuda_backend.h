@@ -1,10 +1,11 @@
 // CUDA backend: driver and NVRTC loaded at run time, kernels compiled for the
 // device's exact architecture and cached on disk, launched on the caller's stream.
+// Which kernel runs a call, and how, comes from the one selector in plan.h.
 #pragma once
 
 #include <string>
 
-#include "api/problem.h"
+#include "problem/problem.h"
 
 namespace af::cuda {
 
@@ -12,18 +13,13 @@ namespace af::cuda {
 // with the failing step recorded. Probes once, then answers from memory.
 af_status available();
 
-// Why the CUDA backend cannot run p (AF_OK if it can); records the reason.
-af_status supports(const AttentionProblem& p);
-
-// Launches p on p.cuda_stream; no host synchronisation, no host allocation.
-af_status attention_forward(const AttentionProblem& p);
-
 // JSON object with every probing step (driver, devices, NVRTC, cache), for af_runtime_report.
 std::string report_json();
 
 // Set before first use: extra ':'-separated directories to search for NVRTC.
 void set_nvrtc_search_path(const char* directories);
 
+// Compiles every variant of every family for each target (or this machine's GPUs) into the cache.
 af_status warmup(const char* const* archs, int n_archs, af_progress_callback progress, void* user_data);
 std::string cache_dir();
 af_status cache_list_json(std::string* json);

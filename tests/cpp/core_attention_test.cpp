@@ -26,7 +26,7 @@
 #include <string>
 #include <vector>
 
-#include "api/problem.h"
+#include "api/validate.h"
 #include "attnforge/attnforge.h"
 #include "common/thread_pool.h"
 #include "cpu/cpu_attention.h"

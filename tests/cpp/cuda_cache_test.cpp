@@ -18,7 +18,7 @@
 #include "cuda/compiler.h"
 #include "cuda/driver_api.h"
 #include "cuda/kernel_cache.h"
-#include "cuda/variants.h"
+#include "cuda/families.h"
 
 namespace af::cuda {
 namespace {
@@ -150,7 +150,7 @@ TEST(CudaCacheKey, CoversSourceOptionsTargetAndNvrtcVersion) {
 // Real NVRTC: processes compiling the same variant at once, then a damaged entry rebuilt.
 TEST_F(CudaCacheTest, ConcurrentCompilesAndRebuildWithNvrtc) {
   if (!nvrtc().ok) GTEST_SKIP() << "NVRTC not found: " << nvrtc().failure;
-  const Variant& v = variants()[find_variant(AF_DTYPE_BFLOAT16, 64, false)];
+  const Variant& v = variants()[find_variant(kFamilyFwdSm80, AF_DTYPE_BFLOAT16, 64, false)];
   std::vector<pid_t> children;
   for (int i = 0; i < 3; ++i) {
     const pid_t pid = fork();

@@ -12,28 +12,38 @@
 #include "cuda/compiler.h"
 #include "cuda/cuda_backend.h"
 #include "cuda/driver_api.h"
-#include "cuda/variants.h"
+#include "cuda/families.h"
+#include "cuda/modules.h"
+#include "cuda/plan.h"
 
 namespace af::cuda {
 namespace {
 
-TEST(CudaKernelSource, IncludesNoHeaders) {
-  EXPECT_EQ(kernel_source().find("#include"), std::string::npos);
-  EXPECT_NE(kernel_source().find("af_flash_fwd"), std::string::npos);
+TEST(CudaKernelSource, EveryFamilyIncludesNoHeaders) {
+  for (int id = 0; id < kFamilyCount; ++id) {
+    const Family& f = family(FamilyId(id));
+    EXPECT_EQ(module_source(f.id).find("#include"), std::string::npos) << f.name;
+    EXPECT_NE(module_source(f.id).find(f.entry), std::string::npos) << f.name;
+    EXPECT_NE(module_source(f.id).find(f.combine_entry), std::string::npos) << f.name;
+  }
 }
 
 TEST(CudaVariants, TableIsConsistent) {
   const auto& list = variants();
-  ASSERT_EQ(list.size(), 24u);
+  ASSERT_LE(list.size(), size_t(kMaxVariants));
+  int per_family[kFamilyCount] = {};
   for (size_t i = 0; i < list.size(); ++i) {
-    EXPECT_EQ(find_variant(list[i].dtype, list[i].head_dim, list[i].extras), int(i)) << list[i].name;
+    ++per_family[list[i].family];
+    EXPECT_EQ(find_variant(list[i].family, list[i].dtype, list[i].head_dim, list[i].extras), int(i)) << list[i].name;
     EXPECT_LE(list[i].smem_bytes(86), 99 * 1024) << list[i].name << " does not fit sm_86/sm_89 shared memory";
     EXPECT_LE(list[i].smem_bytes(80), 163 * 1024) << list[i].name << " does not fit sm_80 shared memory";
     EXPECT_LE(list[i].smem_bytes(90), 227 * 1024) << list[i].name << " does not fit sm_90 shared memory";
   }
-  EXPECT_EQ(compiled_head_dim(80), 96);
-  EXPECT_EQ(compiled_head_dim(257), 0);
-  EXPECT_EQ(find_variant(AF_DTYPE_FLOAT32, 64, false), -1);
+  for (int id = 0; id < kFamilyCount; ++id) EXPECT_GT(per_family[id], 0) << family(FamilyId(id)).name;
+  EXPECT_EQ(compiled_head_dim(kFamilyFwdSm80, 80), 96);
+  EXPECT_EQ(compiled_head_dim(kFamilyDecode, 80), 128);
+  EXPECT_EQ(compiled_head_dim(kFamilyFwdSm80, 257), 0);
+  EXPECT_EQ(find_variant(kFamilyFwdSm80, AF_DTYPE_FLOAT32, 64, false), -1);
 }
 
 TEST(CudaCompile, EveryVariantForEveryArchWithoutSpills) {
@@ -67,7 +77,7 @@ TEST(CudaCompile, EveryVariantForEveryArchWithoutSpills) {
   std::thread a(worker), b(worker);
   a.join();
   b.join();
-  std::printf("%-7s %-26s %5s %8s %6s %11s %13s %7s\n", "arch", "variant", "regs", "smem", "stack", "spill st/ld",
+  std::printf("%-7s %-28s %5s %8s %6s %11s %13s %7s\n", "arch", "variant", "regs", "smem", "stack", "spill st/ld",
               "tile", "time");
   for (const Row& r : rows) {
     const Variant& v = *r.variant;
@@ -75,7 +85,7 @@ TEST(CudaCompile, EveryVariantForEveryArchWithoutSpills) {
     const int arch = target_arch(r.arch);
     const TileConfig& t = v.tile_for(arch);
     std::snprintf(tile, sizeof tile, "%dx%d/%dw/%ds", t.block_m(), t.block_n, t.warps, t.stages);
-    std::printf("%-7s %-26s %5d %8d %6d %5d/%-5d %13s %6.2fs\n", r.arch.c_str(), v.name.c_str(), r.kernel.registers,
+    std::printf("%-7s %-28s %5d %8d %6d %5d/%-5d %13s %6.2fs\n", r.arch.c_str(), v.name.c_str(), r.kernel.registers,
                 v.smem_bytes(arch), r.kernel.stack_bytes, r.kernel.spill_store_bytes, r.kernel.spill_load_bytes, tile,
                 r.kernel.seconds);
     EXPECT_EQ(r.status, AF_OK) << r.arch << " " << v.name << ": " << r.error;
@@ -86,20 +96,17 @@ TEST(CudaCompile, EveryVariantForEveryArchWithoutSpills) {
   }
 }
 
-TEST(CudaSupports, RejectsWithReasons) {
+TEST(CudaChoose, RejectsWithReasons) {
   AttentionProblem p;
   p.device_type = AF_DEVICE_CUDA;
   p.dtype = AF_DTYPE_FLOAT32;
   p.head_dim = 64;
-  EXPECT_EQ(supports(p), AF_ERR_UNSUPPORTED);
+  Choice choice;
+  EXPECT_EQ(choose(p, &choice), AF_ERR_UNSUPPORTED);
   EXPECT_NE(std::string(af_last_error_message()).find("float32"), std::string::npos) << af_last_error_message();
   p.dtype = AF_DTYPE_BFLOAT16;
   p.head_dim = 320;
-  EXPECT_EQ(supports(p), AF_ERR_UNSUPPORTED);
-  p.head_dim = 64;
-  p.paged = true;
-  EXPECT_EQ(supports(p), AF_ERR_UNSUPPORTED);
-  EXPECT_NE(std::string(af_last_error_message()).find("paged"), std::string::npos);
+  EXPECT_EQ(choose(p, &choice), AF_ERR_UNSUPPORTED);
 }
 
 TEST(CudaReport, SaysWhichStepFailedOrWhatWasFound) {

@@ -1,7 +1,8 @@
 // The validated, normalised form of one attention call, shared by every backend.
 //
-// validate_attention_args() turns the public af_attention_args into this struct
-// after every check has passed; backends never see the public struct. Padded,
+// api/validate.h turns the public af_attention_args into this struct after every
+// check has passed; backends never see the public struct, and this header sits
+// below them (cpu/ and cuda/ include it, never api/). Padded,
 // varlen and paged calls all map onto one addressing scheme:
 //
 //   query row i of sequence b, head h, dim d is at
@@ -73,6 +74,9 @@ struct AttentionProblem {
   int64_t window_left = -1;    // -1: unbounded
   int64_t window_right = -1;   // -1: unbounded; causal sets 0
 
+  int32_t num_splits = 0;  // FlashAttention's num_splits: 0 heuristic, 1 none, > 1 forced (CUDA)
+  int64_t kv_batches = 0;  // padded k/v: their first dimension (kv_batch_idx indexes it)
+
   void* cuda_stream = nullptr;
 };
 
@@ -139,10 +143,5 @@ inline KeyRange visible_keys(const AttentionProblem& p, int64_t i, int64_t q_len
   if (p.window_right >= 0 && diagonal + p.window_right < last) last = diagonal + p.window_right;
   return {first, last};
 }
-
-// Validates every field of args and fills *problem. Returns a specific status
-// with a message (af::fail) on the first problem found; reads index arrays only
-// when they are in host memory.
-af_status validate_attention_args(const af_attention_args* args, AttentionProblem* problem);
 
 }  // namespace af

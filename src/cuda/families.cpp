@@ -1,0 +1,194 @@
+// The one table of kernel families and their variants, with tile shapes and compile options.
+//
+// fwd_sm80 variants: {bf16, fp16} x head dim {32, 64, 96, 128, 192, 256} x {plain, extras}.
+// Causal, windows, GQA, varlen and LSE are run-time flags (masks cost only on the tiles that
+// cross a mask edge); softcap and ALiBi touch every score, so they get their own variants and
+// the common case pays nothing. Head dims in between are zero-filled up to the next one.
+// decode variants: {bf16, fp16} x head dim {64, 128, 256} x {plain, extras}: decode is bound by
+// the bytes of K and V, and zero-filled dims are never read, so smaller head dims share these.
+//
+// Tiles: every shape below compiles without spills for sm_80, sm_86, sm_89 and sm_90a
+// (checked by the cuda_compile test). $ATTNFORGE_TILE="D:warps,m_tiles,block_n,stages;..."
+// overrides a fwd_sm80 head dim's shape for tuning runs (the override is part of the compile
+// options, so it gets its own cache entries).
+#include "cuda/families.h"
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+
+namespace af::cuda {
+
+// Generated from src/kernels/**/*.cuh by cmake/areas/kernels.cmake.
+extern const char kAttentionParamsSource[];
+extern const char kPtxSource[];
+extern const char kSwizzleSource[];
+extern const char kSequenceSource[];
+extern const char kCombineSource[];
+extern const char kFlashFwdConfigSource[];
+extern const char kFlashFwdSource[];
+extern const char kDecodeConfigSource[];
+extern const char kDecodeFwdSource[];
+
+namespace {
+
+const Family kFamilies[kFamilyCount] = {
+    {kFamilyFwdSm80, "fwd_sm80", "af_flash_fwd", "af_flash_combine"},
+    {kFamilyDecode, "decode", "af_decode_fwd", "af_flash_combine"},
+};
+
+const int kSm80HeadDims[] = {32, 64, 96, 128, 192, 256};
+const int kDecodeHeadDims[] = {64, 128, 256};
+
+TileConfig sm80_tile(int warps, int m_tiles, int block_n, int stages) {
+  return {warps, m_tiles, block_n, stages, warps * 16 * m_tiles};
+}
+TileConfig decode_tile(int warps, int stages) { return {warps, 1, warps * 16, stages, 16}; }
+
+// Measured on H100 (bench/device/tune.sh runs, bench/results/tune-h100-*): 128x64 tiles with
+// 4 warps for head dim <= 64; for 128, 128x64 with 4 warps (two m16 tiles per warp, K/V
+// fragments reused) and a 2-block K/V ring, 96 KB, where two CTAs still fit an SM (227 KB
+// class), else 128x32 (64 KB); 128x32 with 8 warps for 192 (4 warps spill with extras); for 256,
+// 64x64 with 4 warps and one K/V block (96 KB, two CTAs per SM) on the 227 KB class, 128x64 with
+// 8 warps (128 KB) on A100 and 128x32 on ~99 KB GPUs. Extras variants keep fewer accumulators
+// live where the plain tile would spill. Only the 227 KB tiles are measured; the others are
+// compile-checked (no spills).
+TileConfig default_sm80_tile(int head_dim, bool extras, SharedMemoryClass smem) {
+  switch (head_dim) {
+    case 32: return sm80_tile(4, 2, 64, 2);
+    case 64: return extras ? sm80_tile(8, 1, 64, 2) : sm80_tile(4, 2, 64, 2);
+    case 96: return sm80_tile(4, 1, 64, 2);
+    case 128: return smem == kSmem227K ? sm80_tile(4, 2, 64, 2) : sm80_tile(4, 2, 32, 2);
+    case 192: return sm80_tile(8, 1, 32, 2);
+    default:
+      return smem == kSmem227K ? sm80_tile(4, 1, 64, 1)
+                               : (smem == kSmem163K ? sm80_tile(8, 1, 64, 1) : sm80_tile(8, 1, 32, 1));
+  }
+}
+
+// Decode keeps several K/V blocks of 64 keys in flight per SM (memory-bound: bytes in flight
+// hide the latency): d64 a 4-block ring (68 KB), d128 3 blocks (102 KB, two CTAs per 227 KB
+// SM), d256 2 blocks (139 KB); on ~99 KB GPUs d128 keeps 2 blocks and d256 uses 2 warps
+// (32-key blocks).
+TileConfig default_decode_tile(int head_dim, SharedMemoryClass smem) {
+  switch (head_dim) {
+    case 64: return decode_tile(4, 4);
+    case 128: return smem == kSmem99K ? decode_tile(4, 2) : decode_tile(4, 3);
+    default: return smem == kSmem99K ? decode_tile(2, 2) : decode_tile(4, 2);
+  }
+}
+
+// Parses "128:4,1,64,2;64:4,2,64,2" (head dim: warps, m tiles, block n, stages); malformed
+// entries are ignored.
+TileConfig sm80_tile_for(int head_dim, bool extras, SharedMemoryClass smem) {
+  TileConfig tile = default_sm80_tile(head_dim, extras, smem);
+  const char* text = std::getenv("ATTNFORGE_TILE");
+  if (text == nullptr) return tile;
+  const char* p = text;
+  while (*p != 0) {
+    int d = 0, w = 0, m = 0, n = 0, stages = 0;
+    if (std::sscanf(p, "%d:%d,%d,%d,%d", &d, &w, &m, &n, &stages) == 5 && d == head_dim && (w == 4 || w == 8) &&
+        (m == 1 || m == 2) && (n == 32 || n == 64 || n == 128) && (stages >= 1 && stages <= 3))
+      tile = sm80_tile(w, m, n, stages);
+    const char* next = std::strchr(p, ';');
+    if (next == nullptr) break;
+    p = next + 1;
+  }
+  return tile;
+}
+
+std::vector<Variant> build_variants() {
+  std::vector<Variant> list;
+  for (FamilyId id : {kFamilyFwdSm80, kFamilyDecode})
+    for (af_dtype dtype : {AF_DTYPE_BFLOAT16, AF_DTYPE_FLOAT16}) {
+      const bool sm80 = id == kFamilyFwdSm80;
+      for (int d : sm80 ? std::vector<int>(std::begin(kSm80HeadDims), std::end(kSm80HeadDims))
+                        : std::vector<int>(std::begin(kDecodeHeadDims), std::end(kDecodeHeadDims)))
+        for (bool extras : {false, true}) {
+          Variant v{id, dtype, d, extras, {}, ""};
+          for (int c = 0; c < kSharedMemoryClasses; ++c)
+            v.tiles[c] = sm80 ? sm80_tile_for(d, extras, SharedMemoryClass(c))
+                              : default_decode_tile(d, SharedMemoryClass(c));
+          v.name = std::string(kFamilies[id].name) + (dtype == AF_DTYPE_BFLOAT16 ? "_bf16" : "_fp16") + "_d" +
+                   std::to_string(d) + (extras ? "_extras" : "");
+          list.push_back(v);
+        }
+    }
+  return list;
+}
+
+}  // namespace
+
+const Family& family(FamilyId id) { return kFamilies[id]; }
+
+SharedMemoryClass shared_memory_class(int arch) {
+  if (arch == 90 || arch == 100 || arch == 103 || arch == 110) return kSmem227K;
+  if (arch == 80 || arch == 87) return kSmem163K;
+  return kSmem99K;
+}
+
+const std::vector<Variant>& variants() {
+  static const std::vector<Variant> list = build_variants();
+  return list;
+}
+
+int compiled_head_dim(FamilyId family, int d) {
+  if (family == kFamilyFwdSm80) {
+    for (int h : kSm80HeadDims)
+      if (d >= 1 && d <= h) return h;
+  } else {
+    for (int h : kDecodeHeadDims)
+      if (d >= 1 && d <= h) return h;
+  }
+  return 0;
+}
+
+int find_variant(FamilyId family, af_dtype dtype, int head_dim, bool extras) {
+  const int d = compiled_head_dim(family, head_dim);
+  if (d == 0) return -1;
+  const std::vector<Variant>& list = variants();
+  for (size_t i = 0; i < list.size(); ++i)
+    if (list[i].family == family && list[i].dtype == dtype && list[i].head_dim == d && list[i].extras == extras)
+      return int(i);
+  return -1;
+}
+
+const std::string& module_source(FamilyId family) {
+  // Each family's module: the params, the PTX helpers, the family's constants, the swizzle and
+  // sequence helpers (which read those constants), the family's kernel, the combine kernel.
+  static const std::string sources[kFamilyCount] = {
+      std::string(kAttentionParamsSource) + kPtxSource + kFlashFwdConfigSource + kSwizzleSource + kSequenceSource +
+          kFlashFwdSource + kCombineSource,
+      std::string(kAttentionParamsSource) + kPtxSource + kDecodeConfigSource + kSwizzleSource + kSequenceSource +
+          kDecodeFwdSource + kCombineSource,
+  };
+  return sources[family];
+}
+
+int target_arch(const std::string& target) {
+  std::string digits;
+  for (char c : target)
+    if (c >= '0' && c <= '9') digits += c;
+  return digits.empty() ? 0 : std::atoi(digits.c_str());
+}
+
+std::vector<std::string> compile_options(const Variant& v, const std::string& target) {
+  const TileConfig& tile = v.tile_for(target_arch(target));
+  std::vector<std::string> options = {"-arch=" + target,
+                                      "--std=c++17",
+                                      "-default-device",
+                                      "--ptxas-options=-v",
+                                      "-DAF_HEAD_DIM=" + std::to_string(v.head_dim),
+                                      std::string("-DAF_BF16=") + (v.dtype == AF_DTYPE_BFLOAT16 ? "1" : "0"),
+                                      "-DAF_WARPS=" + std::to_string(tile.warps),
+                                      "-DAF_KV_STAGES=" + std::to_string(tile.stages),
+                                      std::string("-DAF_EXTRAS=") + (v.extras ? "1" : "0")};
+  if (v.family == kFamilyFwdSm80) {
+    options.push_back("-DAF_M_TILES=" + std::to_string(tile.m_tiles));
+    options.push_back("-DAF_BLOCK_N=" + std::to_string(tile.block_n));
+    options.push_back("-DAF_MIN_BLOCKS=1");
+  }
+  return options;
+}
+
+}  // namespace af::cuda

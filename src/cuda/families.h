@@ -1,0 +1,78 @@
+// Kernel families and their compiled variants: the one table (families.cpp).
+//
+// A family is a kernel design with its own sources, entry points and tile rules (fwd_sm80: the
+// FlashAttention-2 algorithm on mma.sync; decode: GQA-packed split-KV). A variant is one
+// compiled instance of a family: dtype, head dim, extras (softcap and ALiBi) and a tile shape per
+// shared-memory class. Adding a family = one folder under src/kernels, one row in kFamilies
+// (families.cpp), its variants in build_variants(), and its grid in launch.cpp; plan.cpp decides
+// when it runs.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "attnforge/attnforge.h"
+
+namespace af::cuda {
+
+enum FamilyId { kFamilyFwdSm80 = 0, kFamilyDecode = 1, kFamilyCount = 2 };
+
+struct Family {
+  FamilyId id;
+  const char* name;           // "fwd_sm80", "decode"
+  const char* entry;          // kernel entry point
+  const char* combine_entry;  // merges split-key partial results (same module)
+};
+const Family& family(FamilyId id);
+
+// Tile shape of one variant: block_m query rows (decode: packed rows) and block_n keys per step.
+struct TileConfig {
+  int warps;
+  int m_tiles;  // fwd_sm80: m16 tiles per warp (block_m = warps * 16 * m_tiles); decode: 1 (block_m = 16)
+  int block_n;
+  int stages;   // K/V ring depth (fwd_sm80 1 to 3, decode 2 to 4)
+  int block_m_rows;
+  int block_m() const { return block_m_rows; }
+  int threads() const { return warps * 32; }
+};
+
+// Shared memory one block may opt in to, which decides how large a tile can be and how many
+// CTAs share an SM: 227 KB (sm_90, sm_100, sm_103, sm_110), 163 KB (sm_80, sm_87), 99 KB (the
+// rest: sm_86, sm_89, sm_120...).
+enum SharedMemoryClass { kSmem227K = 0, kSmem163K = 1, kSmem99K = 2, kSharedMemoryClasses = 3 };
+SharedMemoryClass shared_memory_class(int arch);
+
+struct Variant {
+  FamilyId family;
+  af_dtype dtype;  // AF_DTYPE_BFLOAT16 or AF_DTYPE_FLOAT16
+  int head_dim;    // compiled head dim
+  bool extras;     // softcap and ALiBi compiled in
+  TileConfig tiles[kSharedMemoryClasses];  // indexed by SharedMemoryClass
+  std::string name;                         // "fwd_sm80_bf16_d128" (+ "_extras")
+  const TileConfig& tile_for(int arch) const { return tiles[shared_memory_class(arch)]; }
+  // Q tile plus the K/V ring, 16-bit elements.
+  int smem_bytes(int arch) const {
+    const TileConfig& t = tile_for(arch);
+    return (t.block_m() + 2 * t.stages * t.block_n) * head_dim * 2;
+  }
+};
+
+// 80 for "sm_80", 90 for "sm_90a" / "compute_90"; 0 if there are no digits.
+int target_arch(const std::string& target);
+
+// Every variant of every family, in a fixed order (index = variant id).
+const std::vector<Variant>& variants();
+
+// Smallest head dim >= d (d in 1..256) that the family compiles, or 0.
+int compiled_head_dim(FamilyId family, int d);
+
+// Index into variants() for a call, or -1.
+int find_variant(FamilyId family, af_dtype dtype, int head_dim, bool extras);
+
+// The module text of a family (params, common helpers, the family's sources, combine).
+const std::string& module_source(FamilyId family);
+
+// NVRTC options for a variant and target ("sm_90a" -> -arch=sm_90a; "compute_90" for PTX).
+std::vector<std::string> compile_options(const Variant& v, const std::string& target);
+
+}  // namespace af::cuda

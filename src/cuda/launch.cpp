@@ -1,0 +1,124 @@
+// Launches: the kernel arguments from a problem, the split-key workspace, and each family's grid.
+#include <cstdint>
+
+#include "common/error.h"
+#include "cuda/plan.h"
+#include "kernels/attention_params.cuh"
+
+namespace af::cuda {
+
+namespace {
+
+bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
+
+void fill_params(const AttentionProblem& p, FlashFwdParams* k) {
+  *k = FlashFwdParams{};
+  k->q = p.q;
+  k->k = p.k;
+  k->v = p.v;
+  k->out = p.out;
+  k->lse = p.lse;
+  k->q_batch_stride = p.q_batch_stride, k->q_row_stride = p.q_row_stride, k->q_head_stride = p.q_head_stride;
+  k->k_batch_stride = p.k_batch_stride, k->k_row_stride = p.k_row_stride, k->k_head_stride = p.k_head_stride;
+  k->v_batch_stride = p.v_batch_stride, k->v_row_stride = p.v_row_stride, k->v_head_stride = p.v_head_stride;
+  k->out_batch_stride = p.out_batch_stride, k->out_row_stride = p.out_row_stride;
+  k->out_head_stride = p.out_head_stride;
+  k->lse_batch_stride = p.lse_batch_stride, k->lse_head_stride = p.lse_head_stride;
+  k->lse_row_stride = p.lse_row_stride;
+  k->cu_seqlens_q = p.varlen ? p.cu_seqlens_q : nullptr;
+  k->cu_seqlens_k = p.varlen ? p.cu_seqlens_k : nullptr;
+  k->seqused_k = p.seqused_k;
+  k->leftpad_k = p.leftpad_k;
+  k->kv_batch_idx = p.kv_batch_idx;
+  k->block_table = p.paged ? p.block_table : nullptr;
+  k->block_table_batch_stride = p.block_table_batch_stride;
+  k->max_blocks_per_seq = int(p.max_blocks_per_seq);
+  k->page_size = int(p.page_size);
+  k->num_pages = int(p.num_pages);
+  k->kv_batches = int(p.kv_batches);
+  k->alibi_slopes = p.alibi_slopes;
+  k->alibi_batch_stride = p.alibi_batch_stride;
+  k->alibi_head_stride = p.alibi_head_stride;
+  k->batch = int(p.batch);
+  k->heads_q = int(p.heads_q);
+  k->heads_kv = int(p.heads_kv);
+  k->head_dim = int(p.head_dim);
+  k->seqlen_q = int(p.seqlen_q);
+  k->seqlen_k = int(p.seqlen_k);
+  k->total_q = int(p.total_q);
+  k->total_k = int(p.total_k);
+  k->window_left = p.window_left < 0 ? -1 : int(p.window_left);
+  k->window_right = p.causal ? 0 : (p.window_right < 0 ? -1 : int(p.window_right));
+  constexpr float kLog2e = 1.4426950408889634f;
+  if (p.softcap > 0) {
+    k->softcap_in = p.softmax_scale / p.softcap;
+    k->scale_log2 = p.softcap * kLog2e;
+  } else {
+    k->softcap_in = 0.f;
+    k->scale_log2 = p.softmax_scale * kLog2e;
+  }
+}
+
+}  // namespace
+
+af_status run(const Plan& plan, const AttentionProblem& p, void* workspace, size_t workspace_bytes) {
+  const Variant& v = variants()[plan.choice.variant];
+  if (!aligned16(p.q) || !aligned16(p.k) || !aligned16(p.v) || !aligned16(p.out))
+    return fail(AF_ERR_UNSUPPORTED, "cuda backend: q, k, v and out must be 16-byte aligned");
+  if (p.batch == 0 || p.seqlen_q == 0 || p.heads_q == 0) return AF_OK;
+  if (workspace != nullptr && workspace_bytes < plan.workspace_bytes)
+    return fail(AF_ERR_INVALID_ARGUMENT, "workspace has %zu bytes; the plan needs %zu", workspace_bytes,
+                plan.workspace_bytes);
+
+  FlashFwdParams k;
+  fill_params(p, &k);
+  const DriverApi& a = *driver().api;
+  const CUstream stream = static_cast<CUstream>(p.cuda_stream);
+  CUcontext context = nullptr;
+  AF_RETURN_IF_ERROR(primary_context(p.device_index, &context));
+  ContextGuard guard(context);
+
+  // The workspace: the caller's, else from attnforge's pool in stream order (under CUDA-graph
+  // capture from the device's default pool, which the graph then owns as a memory node). Where
+  // none can be had the unsplit launch computes the same result.
+  int splits = plan.splits;
+  CUdeviceptr owned = 0;
+  if (splits > 1 && workspace == nullptr) {
+    int capturing = CU_STREAM_CAPTURE_STATUS_NONE;
+    CUmemoryPool pool = workspace_pool(p.device_index);
+    if (pool == nullptr || plan.workspace_bytes > (256u << 20) ||
+        a.cuStreamIsCapturing(stream, &capturing) != CUDA_SUCCESS ||
+        (capturing == CU_STREAM_CAPTURE_STATUS_NONE
+             ? a.cuMemAllocFromPoolAsync(&owned, plan.workspace_bytes, pool, stream)
+             : a.cuMemAllocAsync(&owned, plan.workspace_bytes, stream)) != CUDA_SUCCESS)
+      splits = 1;
+    else
+      workspace = reinterpret_cast<void*>(owned);
+  }
+  k.num_splits = splits;
+  if (splits > 1) {
+    k.partial_out = static_cast<float*>(workspace);
+    k.partial_lse = k.partial_out + size_t(splits) * size_t(k.batch) * k.heads_q * k.seqlen_q * v.head_dim;
+  }
+  unsigned grid[3] = {plan.grid[0], plan.grid[1], plan.grid[2]};
+  if (splits != plan.splits) {  // the split dimension: decode x, fwd_sm80 z (groups * splits)
+    if (v.family == kFamilyDecode)
+      grid[0] = 1;
+    else
+      grid[2] = plan.grid[2] / unsigned(plan.splits);
+  }
+  const TileConfig& tile = v.tile_for(plan.choice.arch);
+  void* args[] = {&k};
+  CUresult r = a.cuLaunchKernel(plan.loaded.kernel, grid[0], grid[1], grid[2], unsigned(tile.threads()), 1, 1,
+                                unsigned(v.smem_bytes(plan.choice.arch)), stream, args, nullptr);
+  if (r == CUDA_SUCCESS && splits > 1) {
+    // Rows in groups of 4 (one warp each) over (batch * heads, row groups).
+    r = a.cuLaunchKernel(plan.loaded.combine, unsigned(k.batch * k.heads_q), unsigned((k.seqlen_q + 3) / 4), 1, 128, 1,
+                         1, 0, stream, args, nullptr);
+  }
+  if (owned != 0) a.cuMemFreeAsync(owned, stream);
+  if (r != CUDA_SUCCESS) return fail(AF_ERR_CUDA, "%s: %s", v.name.c_str(), driver_error("cuLaunchKernel", r).c_str());
+  return AF_OK;
+}
+
+}  // namespace af::cuda

@@ -1,0 +1,127 @@
+#include "cuda/modules.h"
+
+#include <atomic>
+#include <mutex>
+#include <string>
+
+#include "common/error.h"
+#include "cuda/compiler.h"
+#include "cuda/families.h"
+
+namespace af::cuda {
+
+namespace {
+
+// Filled once under g_load_mutex, read lock-free: the release store of kernel publishes the rest.
+struct Slot {
+  std::atomic<CUfunction> kernel{nullptr};
+  CUfunction combine = nullptr;
+  int wave_ctas = 0;
+};
+Slot g_slots[kMaxDevices][kMaxVariants];
+std::atomic<CUmemoryPool> g_pools[kMaxDevices];
+std::atomic<CUcontext> g_contexts[kMaxDevices];
+std::mutex g_load_mutex;
+
+}  // namespace
+
+ContextGuard::ContextGuard(CUcontext context) {
+  const DriverApi& a = *driver().api;
+  CUcontext current = nullptr;
+  a.cuCtxGetCurrent(&current);
+  if (current != context) pushed_ = a.cuCtxPushCurrent(context) == CUDA_SUCCESS;
+}
+
+ContextGuard::~ContextGuard() {
+  if (pushed_) {
+    CUcontext ignored = nullptr;
+    driver().api->cuCtxPopCurrent(&ignored);
+  }
+}
+
+af_status primary_context(int device, CUcontext* context) {
+  *context = g_contexts[device].load(std::memory_order_acquire);
+  if (*context != nullptr) return AF_OK;
+  const DriverState& d = driver();
+  const CUresult r = d.api->cuDevicePrimaryCtxRetain(context, d.devices[device].handle);
+  if (r != CUDA_SUCCESS) return fail(AF_ERR_CUDA, "device %d: %s", device, driver_error("cuDevicePrimaryCtxRetain", r).c_str());
+  g_contexts[device].store(*context, std::memory_order_release);
+  return AF_OK;
+}
+
+af_status load_variant(int device, int index, const char* target, LoadedVariant* out) {
+  Slot& slot = g_slots[device][index];
+  CUfunction kernel = slot.kernel.load(std::memory_order_acquire);
+  if (kernel == nullptr) {
+    std::lock_guard<std::mutex> lock(g_load_mutex);
+    kernel = slot.kernel.load(std::memory_order_acquire);
+    if (kernel == nullptr) {
+      const DriverState& d = driver();
+      const Variant& v = variants()[index];
+      const Family& f = family(v.family);
+      const int arch = target_arch(target);
+      CompiledKernel compiled;
+      AF_RETURN_IF_ERROR(compile_variant(v, target, true, &compiled));
+      if (!compiled.is_cubin) compiled.binary.push_back('\0');
+
+      CUcontext context = nullptr;
+      AF_RETURN_IF_ERROR(primary_context(device, &context));
+      ContextGuard guard(context);
+      CUmodule module = nullptr;
+      CUresult r = d.api->cuModuleLoadData(&module, compiled.binary.data());
+      if (r != CUDA_SUCCESS && compiled.from_cache) {
+        // A cache entry that passed its checksum but does not load: rebuild it once.
+        AF_RETURN_IF_ERROR(compile_variant(v, target, false, &compiled));
+        if (!compiled.is_cubin) compiled.binary.push_back('\0');
+        r = d.api->cuModuleLoadData(&module, compiled.binary.data());
+      }
+      if (r != CUDA_SUCCESS)
+        return fail(AF_ERR_CUDA, "loading %s (%s) on device %d: %s", v.name.c_str(), target, device,
+                    driver_error("cuModuleLoadData", r).c_str());
+      CUfunction combine = nullptr;
+      r = d.api->cuModuleGetFunction(&kernel, module, f.entry);
+      if (r == CUDA_SUCCESS) r = d.api->cuModuleGetFunction(&combine, module, f.combine_entry);
+      if (r != CUDA_SUCCESS) return fail(AF_ERR_CUDA, "%s: %s", v.name.c_str(), driver_error("cuModuleGetFunction", r).c_str());
+      const TileConfig& tile = v.tile_for(arch);
+      r = d.api->cuFuncSetAttribute(kernel, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, v.smem_bytes(arch));
+      if (r != CUDA_SUCCESS)
+        return fail(AF_ERR_CUDA, "%s needs %d bytes of shared memory: %s", v.name.c_str(), v.smem_bytes(arch),
+                    driver_error("cuFuncSetAttribute", r).c_str());
+      int ctas_per_sm = 0;
+      r = d.api->cuOccupancyMaxActiveBlocksPerMultiprocessor(&ctas_per_sm, kernel, tile.threads(),
+                                                             size_t(v.smem_bytes(arch)));
+      if (r != CUDA_SUCCESS || ctas_per_sm < 1)
+        return fail(AF_ERR_CUDA, "%s does not fit an SM of device %d: %s", v.name.c_str(), device,
+                    r != CUDA_SUCCESS ? driver_error("cuOccupancyMaxActiveBlocksPerMultiprocessor", r).c_str()
+                                      : "occupancy 0");
+      slot.combine = combine;
+      slot.wave_ctas = ctas_per_sm * d.devices[device].sm_count;
+      slot.kernel.store(kernel, std::memory_order_release);
+    }
+  }
+  out->kernel = kernel;
+  out->combine = slot.combine;
+  out->wave_ctas = slot.wave_ctas;
+  return AF_OK;
+}
+
+CUmemoryPool workspace_pool(int device) {
+  CUmemoryPool pool = g_pools[device].load(std::memory_order_acquire);
+  if (pool != nullptr) return pool;
+  const DriverApi& a = *driver().api;
+  if (a.cuMemPoolCreate == nullptr) return nullptr;
+  std::lock_guard<std::mutex> lock(g_load_mutex);
+  pool = g_pools[device].load(std::memory_order_acquire);
+  if (pool != nullptr) return pool;
+  CUmemPoolProps props{};
+  props.alloc_type = 1;     // pinned device memory
+  props.location_type = 1;  // on a device
+  props.location_id = driver().devices[device].handle;
+  if (a.cuMemPoolCreate(&pool, &props) != CUDA_SUCCESS) return nullptr;
+  unsigned long long keep = 64ull << 20;
+  a.cuMemPoolSetAttribute(pool, CU_MEMPOOL_ATTR_RELEASE_THRESHOLD, &keep);
+  g_pools[device].store(pool, std::memory_order_release);
+  return pool;
+}
+
+}  // namespace af::cuda

@@ -1,0 +1,182 @@
+#include "cuda/plan.h"
+
+#include <algorithm>
+#include <climits>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+
+#include "common/error.h"
+#include "cuda/compiler.h"
+#include "cuda/cuda_backend.h"
+
+namespace af::cuda {
+
+namespace {
+
+bool fits_int(int64_t x) { return x >= 0 && x <= INT_MAX; }
+
+// Packed rows (query rows x query heads per KV head) up to which the decode family runs: its
+// 16-row tiles then read each K/V block at most 4 times (through L2), where fwd_sm80's 64- or
+// 128-row tiles would read it once per query head and leave most of each tile empty.
+constexpr int64_t kDecodeMaxPackedRows = 64;
+
+// (batch, head) pairs per CTA scheduling group (see tile_index in fwd_sm80/flash_fwd.cuh).
+// Without a mask every tile costs the same: one pair per group, so the CTAs running at once share
+// K/V in L2. With a causal mask or a window, groups of about one wave run longest-first.
+// $ATTNFORGE_PAIR_GROUP (a positive number) overrides this for tuning runs.
+int pair_group(int pairs, int m_blocks, int wave_ctas, bool masked) {
+  static const int forced = [] {
+    const char* text = std::getenv("ATTNFORGE_PAIR_GROUP");
+    return text != nullptr ? std::atoi(text) : 0;
+  }();
+  const int group = std::max(1, std::min(forced > 0 ? forced : (masked ? wave_ctas / m_blocks : 1), pairs));
+  return std::max(group, (pairs + 65534) / 65535);  // gridDim.z (groups) is at most 65535
+}
+
+// A forced key-split count, if any: the caller's num_splits (FlashAttention's semantics: 1 none,
+// N forced), else $ATTNFORGE_NUM_SPLITS (tuning runs and tests); 0 when the plan decides.
+int forced_splits(int requested) {
+  static const int forced = [] {
+    const char* text = std::getenv("ATTNFORGE_NUM_SPLITS");
+    return text != nullptr ? std::max(0, std::min(std::atoi(text), 256)) : 0;
+  }();
+  return requested > 0 ? requested : forced;
+}
+
+// fwd_sm80: when the query tiles fill at most half of one wave, each tile's key blocks are
+// shared out among enough CTAs to fill about a wave, at least 4 key blocks each, at most 64.
+int sm80_splits(int requested, int ctas, int key_blocks, int wave_ctas) {
+  if (forced_splits(requested) > 0) return forced_splits(requested);
+  if (2 * ctas > wave_ctas) return 1;
+  return std::max(1, std::min({wave_ctas / ctas, key_blocks / 4, 64}));
+}
+
+// decode: when the CTAs fill less than one wave, the smallest count whose wave efficiency is
+// within 85% of the best over 1..128 splits of at least 2 key blocks (128 keys) each
+// (FlashAttention-2's heuristic, with the wave measured by occupancy), so that batch 1 at long
+// context reads K/V with every SM. Below 2 blocks a split's partial results cost more than its
+// parallelism gains.
+int decode_splits(int requested, int ctas, int key_blocks, int wave_ctas) {
+  if (forced_splits(requested) > 0) return forced_splits(requested);
+  if (ctas >= wave_ctas) return 1;
+  const int limit = std::max(1, std::min(128, key_blocks / 2));
+  auto efficiency = [&](int s) {
+    const double waves = double(ctas) * s / wave_ctas;
+    return waves / std::ceil(waves);
+  };
+  double best = 0;
+  for (int s = 1; s <= limit; ++s) best = std::max(best, efficiency(s));
+  int s = 1;
+  while (efficiency(s) < 0.85 * best) ++s;
+  return s;
+}
+
+}  // namespace
+
+af_status choose(const AttentionProblem& p, Choice* choice) {
+  if (p.device_type != AF_DEVICE_CUDA) return fail(AF_ERR_DEVICE, "cuda backend: tensors are not in CUDA memory");
+  if (p.dtype != AF_DTYPE_BFLOAT16 && p.dtype != AF_DTYPE_FLOAT16)
+    return fail(AF_ERR_UNSUPPORTED, "cuda backend: dtype %d is not bfloat16 or float16 (float32 runs on CPU or torch)",
+                int(p.dtype));
+  if (p.head_dim < 1 || p.head_dim > 256)
+    return fail(AF_ERR_UNSUPPORTED, "cuda backend: head_dim %lld is outside 1..256", (long long)p.head_dim);
+  AF_RETURN_IF_ERROR(available());
+  const DriverState& d = driver();
+  if (p.device_index < 0 || p.device_index >= int(d.devices.size()) || p.device_index >= kMaxDevices)
+    return fail(AF_ERR_DEVICE, "cuda backend: device %d does not exist (%zu visible)", p.device_index, d.devices.size());
+  const DeviceInfo& info = d.devices[p.device_index];
+  if (info.major < 8)
+    return fail(AF_ERR_UNSUPPORTED, "cuda backend: %s is compute capability %d.%d; the kernels need 8.0+",
+                info.name.c_str(), info.major, info.minor);
+  const std::string target = target_for_device(info.major, info.minor);
+  if (target.empty())
+    return fail(AF_ERR_BACKEND_UNAVAILABLE, "NVRTC %d.%d cannot target compute capability %d.%d", nvrtc().major,
+                nvrtc().minor, info.major, info.minor);
+  const int arch = target_arch(target);
+
+  const bool extras = p.softcap > 0 || p.alibi_slopes != nullptr;
+  const int64_t packed_rows = p.seqlen_q * (p.heads_q / std::max<int64_t>(p.heads_kv, 1));
+  const bool decode = p.paged || p.kv_batch_idx != nullptr || packed_rows <= kDecodeMaxPackedRows;
+  const FamilyId family_id = decode ? kFamilyDecode : kFamilyFwdSm80;
+  const int index = find_variant(family_id, p.dtype, int(p.head_dim), extras);
+  if (index < 0 || index >= kMaxVariants)
+    return fail(AF_ERR_INTERNAL, "cuda backend: no %s variant for head_dim %lld", family(family_id).name,
+                (long long)p.head_dim);
+  const Variant& v = variants()[index];
+  if (v.smem_bytes(arch) > info.max_smem_optin)
+    return fail(AF_ERR_UNSUPPORTED, "cuda backend: %s needs %d bytes of shared memory, %s allows %d", v.name.c_str(),
+                v.smem_bytes(arch), info.name.c_str(), info.max_smem_optin);
+  // 16-byte vector loads and stores: every batch, row and head stride a multiple of 8 elements.
+  const int64_t strides[] = {p.q_batch_stride, p.q_row_stride, p.q_head_stride, p.k_batch_stride, p.k_row_stride,
+                             p.k_head_stride,  p.v_batch_stride, p.v_row_stride, p.v_head_stride, p.out_batch_stride,
+                             p.out_row_stride, p.out_head_stride};
+  for (int64_t s : strides)
+    if (s % 8 != 0)
+      return fail(AF_ERR_UNSUPPORTED,
+                  "cuda backend: every batch, row and head stride must be a multiple of 8 elements (got %lld)",
+                  (long long)s);
+  const TileConfig& tile = v.tile_for(arch);
+  const int64_t m_blocks = decode ? (packed_rows + tile.block_m() - 1) / tile.block_m()
+                                  : (p.seqlen_q + tile.block_m() - 1) / tile.block_m();
+  if (!fits_int(p.seqlen_q) || !fits_int(p.seqlen_k) || !fits_int(p.total_q) || !fits_int(p.total_k) ||
+      !fits_int(p.kv_batches) || p.batch * p.heads_q > INT_MAX || p.window_left > INT_MAX ||
+      p.window_right > INT_MAX || m_blocks > 65535 || (decode && (p.batch > 65535 || m_blocks * p.heads_kv > 65535)))
+    return fail(AF_ERR_UNSUPPORTED, "cuda backend: a size exceeds the kernel's 32-bit row indices or grid limits");
+  choice->variant = index;
+  choice->target = target;
+  choice->arch = arch;
+  return AF_OK;
+}
+
+af_status make_plan(const AttentionProblem& p, const Choice& choice, Plan* plan) {
+  *plan = Plan{};
+  plan->choice = choice;
+  const Variant& v = variants()[plan->choice.variant];
+  AF_RETURN_IF_ERROR(load_variant(p.device_index, plan->choice.variant, plan->choice.target.c_str(), &plan->loaded));
+  const TileConfig& tile = v.tile_for(plan->choice.arch);
+  const int wave = plan->loaded.wave_ctas;
+  const int key_blocks = int((p.seqlen_k + tile.block_n - 1) / tile.block_n);
+  // The combine grid's y (rows / 4) is at most 65535.
+  const bool can_split = (p.seqlen_q + 3) / 4 <= 65535;
+  if (v.family == kFamilyDecode) {
+    const int group = int(p.heads_q / p.heads_kv);
+    const int m_blocks = int((p.seqlen_q * group + tile.block_m() - 1) / tile.block_m());
+    const int ctas = int(p.batch) * int(p.heads_kv) * m_blocks;
+    plan->splits = can_split ? decode_splits(p.num_splits, ctas, key_blocks, wave) : 1;
+    plan->grid[0] = unsigned(plan->splits);
+    plan->grid[1] = unsigned(m_blocks * p.heads_kv);
+    plan->grid[2] = unsigned(p.batch);
+  } else {
+    const int pairs = int(p.batch * p.heads_q);
+    const int m_blocks = int((p.seqlen_q + tile.block_m() - 1) / tile.block_m());
+    const bool masked = p.window_left >= 0 || p.window_right >= 0;
+    plan->pair_group = pair_group(pairs, m_blocks, wave, masked);
+    const int groups = (pairs + plan->pair_group - 1) / plan->pair_group;
+    // gridDim.z = groups * splits is at most 65535.
+    plan->splits = can_split ? std::max(1, std::min(sm80_splits(p.num_splits, pairs * m_blocks, key_blocks, wave),
+                                                    65535 / groups))
+                             : 1;
+    plan->grid[0] = unsigned(plan->pair_group);
+    plan->grid[1] = unsigned(m_blocks);
+    plan->grid[2] = unsigned(groups * plan->splits);
+  }
+  if (plan->splits > 1)
+    plan->workspace_bytes =
+        size_t(plan->splits) * size_t(p.batch * p.heads_q) * size_t(p.seqlen_q) * size_t(v.head_dim + 1) * 4;
+  return AF_OK;
+}
+
+std::string describe(const Choice& choice) {
+  const Variant& v = variants()[choice.variant];
+  const TileConfig& t = v.tile_for(choice.arch);
+  char text[160];
+  std::snprintf(text, sizeof text, "%s %s d%d%s %s %dx%d", family(v.family).name,
+                v.dtype == AF_DTYPE_BFLOAT16 ? "bf16" : "fp16", v.head_dim, v.extras ? " extras" : "",
+                choice.target.c_str(), t.block_m(), t.block_n);
+  return text;
+}
+
+std::string describe(const Plan& plan) { return describe(plan.choice) + " splits=" + std::to_string(plan.splits); }
+
+}  // namespace af::cuda

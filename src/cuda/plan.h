@@ -1,0 +1,47 @@
+// The one CUDA kernel selector: problem + device -> plan (family, variant, target arch, tile,
+// grid, key splits, workspace bytes), or the reason nothing fits. af_attention_supported,
+// af_attention_forward, af_attention_plan_create, warmup and explain() all go through it.
+#pragma once
+
+#include <cstddef>
+#include <string>
+
+#include "cuda/families.h"
+#include "cuda/modules.h"
+#include "problem/problem.h"
+
+namespace af::cuda {
+
+// Which kernel would run a problem; found without compiling anything.
+struct Choice {
+  int variant = -1;    // index into variants()
+  std::string target;  // NVRTC target the device's kernels compile for ("sm_90a", "compute_120")
+  int arch = 0;        // target_arch(target): sizes the tile, the same arch that compiles
+};
+
+struct Plan {
+  Choice choice;
+  LoadedVariant loaded;
+  unsigned grid[3] = {1, 1, 1};
+  int splits = 1;              // key splits per query tile (1: none)
+  size_t workspace_bytes = 0;  // fp32 partial results when splits > 1
+  int pair_group = 1;          // fwd_sm80: (batch, head) pairs per scheduling group
+};
+
+// AF_OK and the kernel that would run p, or the status and reason why the CUDA backend cannot.
+af_status choose(const AttentionProblem& p, Choice* choice);
+
+// Compiles or loads the chosen variant and sizes the grid and the key splits.
+af_status make_plan(const AttentionProblem& p, const Choice& choice, Plan* plan);
+
+// "decode bf16 d128 sm_90a 16x64 splits=12"
+std::string describe(const Plan& plan);
+std::string describe(const Choice& choice);
+
+// Launches p with a plan made for its shapes on p.cuda_stream; no host synchronisation. The
+// split-key workspace is the caller's (at least plan.workspace_bytes), or, when workspace is null,
+// taken in stream order from attnforge's pool (under CUDA-graph capture: a graph memory node).
+// Where no workspace can be had, the unsplit launch computes the same result.
+af_status run(const Plan& plan, const AttentionProblem& p, void* workspace, size_t workspace_bytes);
+
+}  // namespace af::cuda

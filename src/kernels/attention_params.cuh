@@ -1,0 +1,71 @@
+// Kernel arguments, shared verbatim by the host (C++) and the kernel sources (NVRTC): only
+// built-in types, fixed layout, no headers. FlashAttention-2's flash.h pattern: a base struct
+// with what every attention kernel reads, and one struct per kernel job that extends it.
+//
+// Addressing (all strides in elements, pointers to element 0):
+//   q row i of sequence b, head h:   q + b*q_batch_stride + (q_row0(b) + i)*q_row_stride + h*q_head_stride
+//   k/v row j of sequence b, head hk: k + kvb(b)*k_batch_stride + (k_row0(b) + j)*k_row_stride + hk*k_head_stride
+//   q_row0(b) = cu_seqlens_q[b] (varlen) or 0; k_row0(b) = cu_seqlens_k[b] or 0, plus leftpad_k[b];
+//   kvb(b) = kv_batch_idx[b] or b. Paged k/v: row r of sequence b is row r % page_size of page
+//   block_table[b * block_table_batch_stride + r / page_size], and k_batch_stride is the page stride.
+// Every index read from device arrays is clamped against total_q / total_k / seqlen_k / num_pages
+// in the kernels, so inconsistent values can never address memory outside the tensors.
+#ifndef AF_ATTENTION_PARAMS_CUH
+#define AF_ATTENTION_PARAMS_CUH
+
+struct AttentionParams {
+  const void* q;        // 16-bit (B, Sq, H, D) or (total_q, H, D)
+  const void* k;        // 16-bit (B, Sk, Hk, D), (total_k, Hk, D) or paged (num_pages, page_size, Hk, D)
+  const void* v;        // like k
+  void* out;            // like q
+  float* lse;           // optional fp32 natural-log LSE: (B, H, Sq) or (H, total_q); null when absent
+
+  long long q_batch_stride, q_row_stride, q_head_stride;
+  long long k_batch_stride, k_row_stride, k_head_stride;
+  long long v_batch_stride, v_row_stride, v_head_stride;
+  long long out_batch_stride, out_row_stride, out_head_stride;
+  long long lse_batch_stride, lse_head_stride, lse_row_stride;
+
+  const int* cu_seqlens_q;   // (B + 1) or null
+  const int* cu_seqlens_k;   // (B + 1) or null (paged: lengths only, keys start at row 0)
+  const int* seqused_k;      // (B) or null: end of the used keys
+  const int* leftpad_k;      // (B) or null: first used key row
+  const int* kv_batch_idx;   // (B) or null: k/v batch of sequence b (padded k/v only)
+  const int* block_table;    // (B, max_blocks) or null: paged k/v
+  long long block_table_batch_stride;
+  int max_blocks_per_seq;    // columns of block_table (paged)
+  int page_size;             // rows per page (paged)
+  int num_pages;             // pages in k/v (paged)
+  int kv_batches;            // first dimension of padded k/v (kv_batch_idx clamps into it)
+
+  const float* alibi_slopes; // (H) or (B, H) or null
+  long long alibi_batch_stride, alibi_head_stride;
+
+  int batch;      // B
+  int heads_q;    // H
+  int heads_kv;   // Hk, divides H
+  int head_dim;   // D actually present (<= the compiled head dim; the rest is zero-filled)
+  int seqlen_q;   // padded Sq, or max_seqlen_q for varlen (sizes the grid)
+  int seqlen_k;   // padded Sk, max_seqlen_k for varlen, max_blocks * page_size when paged
+  int total_q;    // rows of q: B*Sq padded, total_q varlen
+  int total_k;    // rows of k: B*Sk padded, total_k varlen, num_pages * page_size paged
+  int window_left;   // -1 unbounded
+  int window_right;  // -1 unbounded; causal sets 0
+
+  float scale_log2;  // softmax_scale * log2(e); with softcap: softcap * log2(e)
+  float softcap_in;  // softmax_scale / softcap; 0 when softcap is off
+};
+
+// Forward attention (the fwd_sm80 and decode families) and its combine step.
+//
+// Split keys (flash-decoding), when too few query tiles fill the GPU: num_splits CTAs share a
+// query tile, each over a contiguous share of its key blocks, and write fp32 partial results
+// that af_flash_combine merges into out and lse. Partial row of (batch b, head h, split s, query row r):
+//   index ((s * batch + b) * heads_q + h) * seqlen_q + r; partial_out holds AF_HEAD_DIM floats per row.
+struct FlashFwdParams : AttentionParams {
+  int num_splits;       // 1: no split (partial_* unused)
+  float* partial_out;   // (num_splits, B, H, seqlen_q, AF_HEAD_DIM) normalised partial outputs
+  float* partial_lse;   // (num_splits, B, H, seqlen_q) natural-log LSE of each share, -inf when empty
+};
+
+#endif

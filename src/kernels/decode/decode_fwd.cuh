@@ -1,0 +1,345 @@
+// The decode family's loader and kernel (constants and the design in decode_config.cuh).
+
+// Where the keys of one (sequence, KV head) live, resolved once per CTA; every index read from
+// device memory is clamped so that no value can move an access outside k and v.
+struct KeySpan {
+  const af_u16* k;  // element 0 of this KV head in sequence b's rows (paged: in page 0)
+  const af_u16* v;
+  int row0;         // first used key row (varlen offset and left padding)
+  int len;          // used keys
+};
+
+__device__ __forceinline__ KeySpan key_span(const FlashFwdParams& p, int batch, int head_kv) {
+  const bool paged = p.block_table != nullptr;
+  int row0 = 0, len = p.seqlen_k, avail = p.seqlen_k;
+  long long k_off = (long long)head_kv * p.k_head_stride, v_off = (long long)head_kv * p.v_head_stride;
+  if (paged) {
+    avail = p.max_blocks_per_seq * p.page_size;
+    if (p.cu_seqlens_k != nullptr) {  // paged varlen: lengths only, keys start at row 0
+      const int begin = clamp_int(p.cu_seqlens_k[batch], 0, 0x7fffffff);
+      len = clamp_int(p.cu_seqlens_k[batch + 1], begin, 0x7fffffff) - begin;
+    }
+    len = min(len, avail);
+  } else if (p.cu_seqlens_k != nullptr) {
+    row0 = clamp_int(p.cu_seqlens_k[batch], 0, p.total_k);
+    avail = p.total_k - row0;
+    len = clamp_int(p.cu_seqlens_k[batch + 1], row0, p.total_k) - row0;
+  } else {
+    const int kv_batch = p.kv_batch_idx != nullptr ? clamp_int(p.kv_batch_idx[batch], 0, p.kv_batches - 1) : batch;
+    k_off += (long long)kv_batch * p.k_batch_stride;
+    v_off += (long long)kv_batch * p.v_batch_stride;
+  }
+  if (p.seqused_k != nullptr) len = clamp_int(p.seqused_k[batch], 0, avail);
+  if (p.leftpad_k != nullptr) {
+    const int pad = clamp_int(p.leftpad_k[batch], 0, len);
+    row0 += pad;
+    len -= pad;
+  }
+  return {(const af_u16*)p.k + k_off, (const af_u16*)p.v + v_off, row0, len};
+}
+
+// Async copy of key rows [n0, n0 + kBlockN) of a span into the swizzled K and V tiles of one ring
+// stage. Each thread keeps one 16-byte chunk column; rows past the keys and dims past head_dim
+// are zero-filled without reading. Paged rows look up their page (clamped into the pool).
+__device__ __forceinline__ void load_kv_block(const FlashFwdParams& p, const KeySpan& span, int batch, af_u32 s_k,
+                                              af_u32 s_v, int n0) {
+  constexpr int kRowsPerPass = kThreads / kChunks;
+  static_assert(kThreads % kChunks == 0 && kBlockN % kRowsPerPass == 0, "whole rows per pass");
+  const int row_in_pass = int(threadIdx.x) / kChunks;
+  const int col = (int(threadIdx.x) % kChunks) * 8;
+  const int left = p.head_dim - col;
+  const int col_bytes = left >= 8 ? 16 : (left > 0 ? left * 2 : 0);
+  const int* table = p.block_table != nullptr ? p.block_table + (long long)batch * p.block_table_batch_stride : nullptr;
+#pragma unroll
+  for (int i = 0; i < kBlockN / kRowsPerPass; ++i) {
+    const int j = row_in_pass + i * kRowsPerPass;
+    const int key = n0 + j;
+    const bool inside = key < span.len && col_bytes > 0;
+    long long k_row = 0, v_row = 0;
+    if (inside) {
+      const int row = span.row0 + key;
+      if (table != nullptr) {
+        const int page = clamp_int(table[row / p.page_size], 0, p.num_pages - 1);
+        const int in_page = row % p.page_size;
+        k_row = (long long)page * p.k_batch_stride + (long long)in_page * p.k_row_stride;
+        v_row = (long long)page * p.v_batch_stride + (long long)in_page * p.v_row_stride;
+      } else {
+        k_row = (long long)row * p.k_row_stride;
+        v_row = (long long)row * p.v_row_stride;
+      }
+    }
+    const int bytes = inside ? col_bytes : 0;
+    cp_async_16(s_k + tile_offset(j, col), span.k + k_row + col, bytes);
+    cp_async_16(s_v + tile_offset(j, col), span.v + v_row + col, bytes);
+  }
+}
+
+extern "C" __global__ void __launch_bounds__(kThreads) af_decode_fwd(const FlashFwdParams p) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  const af_u32 sQ = shared_address(smem);  // (kBlockM, kHeadDim) packed query rows
+  const af_u32 sK = sQ + kQBytes;          // (kBlockN, kHeadDim) per stage: K0 V0 K1 V1 ...
+  const af_u32 sV = sK + kKVBytes;
+  constexpr af_u32 kStageBytes = 2 * kKVBytes;
+
+  const int lane = int(threadIdx.x) & 31;
+  const int warp = int(threadIdx.x) >> 5;
+  const int split = int(blockIdx.x);
+  const int m_tiles = int(gridDim.y) / p.heads_kv;
+  const int head_kv = int(blockIdx.y) / m_tiles;
+  const int r0 = (int(blockIdx.y) % m_tiles) * kBlockM;  // first packed row of this CTA
+  const int batch = int(blockIdx.z);
+  const int group = p.heads_q / p.heads_kv;  // G
+
+  const QueryRows query = query_rows(p, batch);
+  const int rows = query.len * group;  // packed rows of this (sequence, KV head)
+  if (r0 >= rows) return;
+  const KeySpan span = key_span(p, batch, head_kv);
+  const int diagonal = span.len - query.len;  // key aligned with query row i is i + diagonal (bottom-right)
+
+  // Key blocks that can hold a visible key for the query rows [i_first, i_last] of this tile.
+  const int i_first = r0 / group, i_last = (min(r0 + kBlockM, rows) - 1) / group;
+  int key_end = span.len;
+  if (p.window_right >= 0) key_end = min(key_end, i_last + diagonal + p.window_right + 1);
+  const int key_begin = p.window_left >= 0 ? max(0, i_first + diagonal - p.window_left) : 0;
+  int n_block_min = key_begin / kBlockN;
+  int n_block_max = key_end > key_begin ? (key_end + kBlockN - 1) / kBlockN : n_block_min;
+  if (p.num_splits > 1) {  // this CTA's share: contiguous, at most ceil(blocks / splits) blocks
+    const int share = (n_block_max - n_block_min + p.num_splits - 1) / p.num_splits;
+    n_block_min += split * share;
+    n_block_max = min(n_block_max, n_block_min + share);
+  }
+  // Key blocks [unmasked_begin, unmasked_end) are inside the keys and both window edges for every row.
+  int unmasked_end = span.len / kBlockN;
+  if (p.window_right >= 0) unmasked_end = min(unmasked_end, max(0, i_first + diagonal + p.window_right + 1) / kBlockN);
+  const int unmasked_begin =
+      p.window_left >= 0 ? (max(0, i_last + diagonal - p.window_left) + kBlockN - 1) / kBlockN : 0;
+
+  // Thread fragment coordinates: lane holds rows g and g + 8 of the m16 tile, columns 2t, 2t + 1.
+  const int g = lane >> 2;
+  const int t = lane & 3;
+  int row_query[2];          // query row of packed rows g, g + 8
+  float alibi_log2[2] = {0.f, 0.f};  // slope * log2(e) of their heads
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int r = r0 + g + 8 * half;
+    row_query[half] = r / group;
+    if (kExtras && p.alibi_slopes != nullptr && r < rows)
+      alibi_log2[half] = p.alibi_slopes[(long long)batch * p.alibi_batch_stride +
+                                        (long long)(head_kv * group + r % group) * p.alibi_head_stride] *
+                         1.4426950408889634f;
+  }
+
+  // Q: packed rows r0..r0+15, row r from query row r / G of head hk * G + r % G.
+  {
+    constexpr int kItems = kBlockM * kChunks;
+#pragma unroll
+    for (int i = 0; i < (kItems + kThreads - 1) / kThreads; ++i) {
+      const int item = i * kThreads + int(threadIdx.x);
+      if (kItems % kThreads == 0 || item < kItems) {
+        const int row = item / kChunks;
+        const int col = (item % kChunks) * 8;
+        const int r = r0 + row;
+        const int left = p.head_dim - col;
+        const int bytes = r < rows ? (left >= 8 ? 16 : (left > 0 ? left * 2 : 0)) : 0;
+        const af_u16* src = (const af_u16*)p.q;
+        if (bytes > 0)
+          src += (long long)batch * p.q_batch_stride + (long long)(query.row0 + r / group) * p.q_row_stride +
+                 (long long)(head_kv * group + r % group) * p.q_head_stride + col;
+        cp_async_16(sQ + tile_offset(row, col), src, bytes);
+      }
+    }
+  }
+  // Q with the first block, then one group per ring block ahead.
+#pragma unroll
+  for (int i = 0; i < kStages - 1; ++i) {
+    const int n_block = n_block_min + i;
+    if (n_block < n_block_max) load_kv_block(p, span, batch, sK + i * kStageBytes, sV + i * kStageBytes, n_block * kBlockN);
+    cp_async_commit();
+  }
+
+  float o[kDTiles][4];  // (16 rows, 8 dims) accumulators
+  float row_max[2] = {AF_NEG_INF, AF_NEG_INF};  // rows g, g + 8 (raw scores; log2 units with extras)
+  float row_sum[2] = {0.f, 0.f};                 // this thread's partial sums of exp2
+#pragma unroll
+  for (int dt = 0; dt < kDTiles; ++dt) o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.f;
+
+  // ldmatrix lane addressing (fragment layouts of mma.m16n8k16): Q x4 = one 16x16 A tile; this
+  // warp's 16 keys of K: x4 = two n8 B tiles; of V: x4.trans = two n8 B tiles of V^T.
+  const af_u32 q_frag = fragment_base(sQ, lane & 15, lane >> 4);
+  const af_u32 k_frag = fragment_base(sK, warp * 16 + ((lane >> 4) << 3) + (lane & 7), (lane >> 3) & 1);
+  const af_u32 v_frag = fragment_base(sV, warp * 16 + (((lane >> 3) & 1) << 3) + (lane & 7), lane >> 4);
+  const float scale = kExtras ? 1.f : p.scale_log2;
+
+  int stage_index = 0;
+  for (int n_block = n_block_min; n_block < n_block_max; ++n_block) {
+    // Block n has landed (the newer kStages - 2 groups may be in flight) and every warp is done
+    // with block n - 1: its buffers take block n + kStages - 1.
+    cp_async_wait<kStages - 2>();
+    __syncthreads();
+    {
+      const int ahead = n_block + kStages - 1;
+      const int ahead_stage = (stage_index + kStages - 1) % kStages;
+      if (ahead < n_block_max)
+        load_kv_block(p, span, batch, sK + ahead_stage * kStageBytes, sV + ahead_stage * kStageBytes, ahead * kBlockN);
+      cp_async_commit();
+    }
+    const af_u32 stage = af_u32(stage_index) * kStageBytes;
+    const int n0 = n_block * kBlockN + warp * 16;  // this warp's first key
+
+    float s[2][4];  // (16 rows, 8 keys) x 2
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
+#pragma unroll
+    for (int ks = 0; ks < kKSteps; ++ks) {
+      af_u32 a[4], b[4];
+      ldmatrix_x4(fragment_address(q_frag, 0, ks), a);
+      ldmatrix_x4(fragment_address(k_frag + stage, 0, ks), b);
+      mma_16816(s[0], a, b[0], b[1]);
+      mma_16816(s[1], a, b[2], b[3]);
+    }
+
+    if (kExtras) {
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          float x = s[nt][e];
+          x = p.softcap_in != 0.f ? tanh_approx(x * p.softcap_in) * p.scale_log2 : x * p.scale_log2;
+          const int half = e >> 1;
+          if (alibi_log2[half] != 0.f) {
+            const int col = n0 + nt * 8 + 2 * t + (e & 1);
+            x -= alibi_log2[half] * fabsf(float(row_query[half] + diagonal - col));
+          }
+          s[nt][e] = x;
+        }
+    }
+    if (n_block >= unmasked_end || n_block < unmasked_begin) {
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int row = row_query[e >> 1];
+          const int col = n0 + nt * 8 + 2 * t + (e & 1);
+          const bool visible = col < span.len && (p.window_right < 0 || col <= row + diagonal + p.window_right) &&
+                               (p.window_left < 0 || col >= row + diagonal - p.window_left);
+          if (!visible) s[nt][e] = AF_NEG_INF;
+        }
+    }
+
+    // Online softmax over this warp's 16 keys; a quad's 4 lanes share rows.
+    float base[2];
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      float m = fmaxf(row_max[half], fmaxf(fmaxf(s[0][2 * half], s[0][2 * half + 1]), fmaxf(s[1][2 * half], s[1][2 * half + 1])));
+      m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
+      m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
+      // A row with no visible key so far keeps max -inf; subtracting 0 then gives exp2(-inf) = 0.
+      base[half] = m == AF_NEG_INF ? 0.f : m * scale;
+      const float correction = exp2_approx(row_max[half] * scale - base[half]);
+      row_max[half] = m;
+      row_sum[half] *= correction;
+#pragma unroll
+      for (int dt = 0; dt < kDTiles; ++dt) {
+        o[dt][2 * half] *= correction;
+        o[dt][2 * half + 1] *= correction;
+      }
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt) {
+        s[nt][2 * half] = exp2_approx(fmaf(s[nt][2 * half], scale, -base[half]));
+        s[nt][2 * half + 1] = exp2_approx(fmaf(s[nt][2 * half + 1], scale, -base[half]));
+        row_sum[half] += s[nt][2 * half] + s[nt][2 * half + 1];
+      }
+    }
+    af_u32 pa[4];  // P as one A fragment (16 rows, 16 keys)
+    pa[0] = pack2(s[0][0], s[0][1]);
+    pa[1] = pack2(s[0][2], s[0][3]);
+    pa[2] = pack2(s[1][0], s[1][1]);
+    pa[3] = pack2(s[1][2], s[1][3]);
+#pragma unroll
+    for (int dp = 0; dp < kDTiles / 2; ++dp) {
+      af_u32 b[4];
+      ldmatrix_x4_trans(fragment_address(v_frag + stage, 0, dp), b);
+      mma_16816(o[2 * dp], pa, b[0], b[1]);
+      mma_16816(o[2 * dp + 1], pa, b[2], b[3]);
+    }
+    stage_index = stage_index + 1 == kStages ? 0 : stage_index + 1;
+  }
+
+  // Merge the warps' states through the (now idle) K/V ring: per warp, 16 rows of
+  // (max in log2 units, sum) and 16 x kHeadDim unnormalised outputs, all fp32.
+  cp_async_wait<0>();
+  __syncthreads();
+  float* merge_o = (float*)(smem + kQBytes);      // (kWarps, 16, kHeadDim)
+  float* merge_ml = merge_o + kWarps * 16 * kHeadDim;  // (kWarps, 16, 2)
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    float sum = row_sum[half];
+    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+    const int row = g + 8 * half;
+    float* dst = merge_o + (warp * 16 + row) * kHeadDim + 2 * t;
+#pragma unroll
+    for (int dt = 0; dt < kDTiles; ++dt) *(float2*)(dst + dt * 8) = make_float2(o[dt][2 * half], o[dt][2 * half + 1]);
+    if (t == 0) {
+      merge_ml[(warp * 16 + row) * 2] = row_max[half] == AF_NEG_INF ? AF_NEG_INF : row_max[half] * scale;
+      merge_ml[(warp * 16 + row) * 2 + 1] = sum;
+    }
+  }
+  static_assert(kWarps * 16 * (kHeadDim + 2) * 4 <= kStages * 2 * kKVBytes, "merge buffer must fit the K/V ring");
+  __syncthreads();
+
+  const float ln2 = 0.6931471805599453f;
+  constexpr int kItems = kBlockM * kChunks;  // (row, 8-column chunk) pairs
+  for (int item = int(threadIdx.x); item < kItems; item += kThreads) {
+    const int row = item / kChunks;
+    const int col = (item % kChunks) * 8;
+    const int r = r0 + row;
+    if (r >= rows || col >= p.head_dim) continue;
+    float top = AF_NEG_INF;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) top = fmaxf(top, merge_ml[(w * 16 + row) * 2]);
+    float weight[kWarps], total = 0.f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) {
+      const float m = merge_ml[(w * 16 + row) * 2];
+      weight[w] = m == AF_NEG_INF ? 0.f : exp2_approx(m - top);
+      total += weight[w] * merge_ml[(w * 16 + row) * 2 + 1];
+    }
+    const float inverse = total > 0.f ? 1.f / total : 0.f;
+    float acc[8];
+#pragma unroll
+    for (int c = 0; c < 8; ++c) acc[c] = 0.f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) {
+      const float* src = merge_o + (w * 16 + row) * kHeadDim + col;
+#pragma unroll
+      for (int c = 0; c < 8; ++c) acc[c] += weight[w] * src[c];
+    }
+#pragma unroll
+    for (int c = 0; c < 8; ++c) acc[c] *= inverse;
+    const float lse = total > 0.f ? (top + log2_approx(total)) * ln2 : AF_NEG_INF;
+    const int i = r / group, head = head_kv * group + r % group;
+    if (p.num_splits > 1) {
+      const long long partial_row = ((long long)(split * p.batch + batch) * p.heads_q + head) * p.seqlen_q + i;
+      float* dst = p.partial_out + partial_row * kHeadDim + col;
+      *(float4*)dst = make_float4(acc[0], acc[1], acc[2], acc[3]);
+      *(float4*)(dst + 4) = make_float4(acc[4], acc[5], acc[6], acc[7]);
+      if (col == 0) p.partial_lse[partial_row] = lse;
+      continue;
+    }
+    af_u16* dst = (af_u16*)p.out + (long long)batch * p.out_batch_stride +
+                  (long long)(query.row0 + i) * p.out_row_stride + (long long)head * p.out_head_stride + col;
+    if (col + 8 <= p.head_dim) {
+      asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"l"(dst), "r"(pack2(acc[0], acc[1])),
+                   "r"(pack2(acc[2], acc[3])), "r"(pack2(acc[4], acc[5])), "r"(pack2(acc[6], acc[7]))
+                   : "memory");
+    } else {
+#pragma unroll
+      for (int c = 0; c < 8; ++c)
+        if (c < p.head_dim - col) dst[c] = af_u16(pack2(acc[c], 0.f) & 0xffffu);
+    }
+    if (p.lse != nullptr && col == 0)
+      p.lse[(long long)batch * p.lse_batch_stride + (long long)head * p.lse_head_stride +
+            (long long)(query.row0 + i) * p.lse_row_stride] = lse;
+  }
+}

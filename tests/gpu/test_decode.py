@@ -1,0 +1,122 @@
+"""The decode family (GQA-packed split-KV, paged K/V) against the float64 reference, on the GPU.
+
+Every call goes straight to the C ABI with backend="cuda" (no fallback can hide a kernel fault):
+random decode shapes (Sq 1-16, odd cache lengths, GQA ratios 1-8), shuffled pages of sizes 1, 3,
+16 and 256, empty sequences, left padding, kv_batch_idx, softcap and ALiBi, with key splits off,
+forced and planned. Outputs and LSE are poisoned with NaN first, so unwritten rows fail.
+"""
+import math
+
+import pytest
+import torch
+
+from attnforge import _native
+from reference import assert_close, assert_lse_close, sequence_attention
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def _cache_rows(k_cache, b, rows, block_table, kv_batch_idx):
+    """Key rows `rows` of sequence b from a padded or paged cache (float64 on the CPU)."""
+    if block_table is not None:
+        page_size = k_cache.shape[1]
+        pages = block_table[b, rows // page_size].long()
+        return k_cache[pages, rows % page_size].double().cpu()
+    kb = int(kv_batch_idx[b]) if kv_batch_idx is not None else b
+    return k_cache[kb, rows].double().cpu()
+
+
+def run_decode(dtype, batch, seqlen_q, heads, heads_kv, head_dim, cache_len, page_size=None, causal=True,
+               window=(-1, -1), softcap=0.0, alibi=False, empty=False, leftpad=False, kv_batch=False, num_splits=0):
+    device = "cuda"
+    used = torch.randint(1, cache_len + 1, (batch,), dtype=torch.int32)
+    if empty:
+        used[0] = 0
+    pad = (torch.rand(batch) * used.float()).floor().to(torch.int32) if leftpad else None
+    q = torch.randn(batch, seqlen_q, heads, head_dim, dtype=dtype, device=device)
+    block_table = kv_batch_idx = None
+    if page_size is not None:
+        max_blocks = (cache_len + page_size - 1) // page_size
+        num_pages = batch * max_blocks + 3
+        k_cache = torch.randn(num_pages, page_size, heads_kv, head_dim, dtype=dtype, device=device)
+        v_cache = torch.randn(num_pages, page_size, heads_kv, head_dim, dtype=dtype, device=device)
+        block_table = torch.randperm(num_pages, dtype=torch.int32)[: batch * max_blocks].view(batch, max_blocks)
+    else:
+        cache_batches = batch + 2 if kv_batch else batch
+        k_cache = torch.randn(cache_batches, cache_len, heads_kv, head_dim, dtype=dtype, device=device)
+        v_cache = torch.randn(cache_batches, cache_len, heads_kv, head_dim, dtype=dtype, device=device)
+        if kv_batch:
+            kv_batch_idx = torch.randperm(cache_batches, dtype=torch.int32)[:batch]
+    slopes = torch.rand(heads, dtype=torch.float32) * 0.3 if alibi else None
+    out = torch.full_like(q, float("nan"))
+    lse = torch.full((batch, heads, seqlen_q), float("nan"), dtype=torch.float32, device=device)
+    _native.attention_forward(
+        q, k_cache, v_cache, out, softmax_lse=lse, seqused_k=used.to(device),
+        leftpad_k=pad.to(device) if pad is not None else None,
+        block_table=block_table.to(device) if block_table is not None else None,
+        kv_batch_idx=kv_batch_idx.to(device) if kv_batch_idx is not None else None,
+        alibi_slopes=slopes.to(device) if slopes is not None else None, softcap=softcap, causal=causal,
+        window_size=window, backend="cuda", num_splits=num_splits)
+    torch.cuda.synchronize()
+    scale = 1.0 / math.sqrt(head_dim)
+    for b in range(batch):
+        begin = int(pad[b]) if pad is not None else 0
+        rows = torch.arange(begin, int(used[b]))
+        kb = _cache_rows(k_cache, b, rows, block_table, kv_batch_idx)
+        vb = _cache_rows(v_cache, b, rows, block_table, kv_batch_idx)
+        qb = q[b].cpu()
+        expected, expected_lse = sequence_attention(qb.double(), kb, vb, scale, causal, window, softcap, slopes)
+        naive, _ = sequence_attention(qb, kb.to(dtype), vb.to(dtype), scale, causal, window, softcap, slopes,
+                                      precision=dtype)
+        assert_close(out[b].cpu(), expected, naive, dtype, what="out[%d]" % b)
+        assert_lse_close(lse[b].cpu(), expected_lse)
+
+
+GQA = [(8, 1), (32, 8), (6, 3), (4, 4), (64, 8)]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("heads", GQA, ids=["gqa%dx%d" % h for h in GQA])
+@pytest.mark.parametrize("seqlen_q", [1, 3, 16])
+@pytest.mark.parametrize("head_dim", [64, 128, 256, 80])
+def test_decode_contiguous(dtype, heads, seqlen_q, head_dim, seed):
+    run_decode(dtype, 3, seqlen_q, heads[0], heads[1], head_dim, cache_len=1037)
+
+
+@pytest.mark.parametrize("num_splits", [1, 7, 0])
+@pytest.mark.parametrize("cache_len", [1, 63, 4097])
+def test_decode_splits(num_splits, cache_len, seed):
+    run_decode(torch.bfloat16, 2, 1, 32, 8, 128, cache_len, num_splits=num_splits)
+
+
+@pytest.mark.parametrize("page_size", [1, 3, 16, 256])
+@pytest.mark.parametrize("num_splits", [1, 5])
+def test_decode_paged(page_size, num_splits, seed):
+    run_decode(torch.bfloat16, 3, 2, 16, 4, 128, cache_len=700, page_size=page_size, num_splits=num_splits)
+
+
+@pytest.mark.parametrize("case", ["empty", "leftpad", "kv_batch_idx", "window", "softcap", "alibi", "noncausal",
+                                  "paged_leftpad"])
+def test_decode_features(case, seed):
+    kwargs = dict(empty=case == "empty", leftpad=case in ("leftpad", "paged_leftpad"), kv_batch=case == "kv_batch_idx",
+                  window=(100, 0) if case == "window" else (-1, -1), softcap=30.0 if case == "softcap" else 0.0,
+                  alibi=case == "alibi", causal=case != "noncausal",
+                  page_size=16 if case == "paged_leftpad" else None)
+    run_decode(torch.float16, 4, 5, 32, 8, 128, cache_len=900, num_splits=3, **kwargs)
+    run_decode(torch.float16, 4, 5, 32, 8, 128, cache_len=900, num_splits=1, **kwargs)
+
+
+def test_decode_plan_run_matches_forward(seed):
+    """A plan made once runs later calls of its shape, and refuses another shape with the field named."""
+    q = torch.randn(2, 1, 32, 128, dtype=torch.bfloat16, device="cuda")
+    k = torch.randn(2, 3000, 8, 128, dtype=torch.bfloat16, device="cuda")
+    v = torch.randn_like(k)
+    out_forward, out_run = torch.empty_like(q), torch.empty_like(q)
+    _native.attention_forward(q, k, v, out_forward, causal=True, backend="cuda")
+    plan = _native.Plan(q, k, v, out_run, causal=True, backend="cuda")
+    assert plan.describe().startswith("cuda decode bf16 d128")
+    plan.run(q, k, v, out_run, causal=True, backend="cuda")
+    torch.cuda.synchronize()
+    assert torch.equal(out_forward, out_run)
+    with pytest.raises(_native.AttnforgeError, match="seqlen_k"):
+        plan.run(q, k[:, :2999], v[:, :2999], out_run, causal=True, backend="cuda")
