@@ -4,13 +4,15 @@ the kernel refuses) and torch runs it, the reason logged once.
 
 torch-free at import, so numpy-only installs use it; torch is imported only to fall back.
 """
+import collections
 import sys
+import threading
 from typing import Optional, Tuple
 
 from . import _native
 from ._native import INDEX_FIELDS, AttentionOptions, AttnforgeError, CALLER_ERRORS, Status
 
-__all__ = ["AttentionOptions", "forward", "int32_indices", "lse_shape", "native_forward", "outputs"]
+__all__ = ["AttentionOptions", "PlanCache", "forward", "int32_indices", "lse_shape", "native_forward", "outputs", "plans"]
 
 _INT32_MIN, _INT32_MAX = -(2 ** 31), 2 ** 31 - 1
 
@@ -56,12 +58,74 @@ def int32_indices(options: AttentionOptions) -> AttentionOptions:
     return options._replace(**changed) if changed else options
 
 
+class PlanCache:
+    """The last `capacity` af_attention_plans, keyed by call signature (plan_key), least recently used
+    first out. A plan holds the kernel choice (family, tile, splits, module) for one signature, so a
+    call that hits skips the selector; af_attention_run still validates the call and refuses one whose
+    shapes differ from its plan's (never a wrong answer if a key missed a field)."""
+
+    def __init__(self, capacity: int = 64):
+        self.capacity = capacity
+        self._plans = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key):
+        with self._lock:
+            plan = self._plans.get(key)
+            if plan is not None:
+                self._plans.move_to_end(key)
+            return plan
+
+    def put(self, key, plan) -> None:
+        with self._lock:
+            self._plans[key] = plan
+            if len(self._plans) > self.capacity:
+                self._plans.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._plans.clear()
+
+    def __len__(self) -> int:
+        return len(self._plans)
+
+
+plans = PlanCache()
+
+
+def plan_key(q, k, v, out, lse, o: AttentionOptions):
+    """What an af_attention_plan depends on, for torch CUDA tensors: shapes (varlen: the batch from
+    cu_seqlens_q), strides, dtype, device, 16-byte alignment of the data, which optional tensors are
+    given, the masking flags, num_splits (af_attention_run compares the same fields).
+    out is allocated by attnforge (contiguous, like q's shape)."""
+    aligned = (q.data_ptr() | k.data_ptr() | v.data_ptr() | out.data_ptr()) & 15 == 0
+    return (q.shape, k.shape, v.shape, q.stride(), k.stride(), v.stride(), q.dtype, q.device, aligned, lse is None,
+            o.max_seqlen_q, o.max_seqlen_k, bool(o.causal), o.window_size, o.softcap > 0, o.num_splits,
+            None if o.cu_seqlens_q is None else o.cu_seqlens_q.shape, o.cu_seqlens_k is None, o.seqused_k is None,
+            o.leftpad_k is None,
+            o.kv_batch_idx is None, None if o.alibi_slopes is None else o.alibi_slopes.shape,
+            None if o.block_table is None else o.block_table.shape)
+
+
+def _run_planned(q, k, v, out, lse, options) -> None:
+    key = plan_key(q, k, v, out, lse, options)
+    plan = plans.get(key)
+    if plan is None:
+        plan = _native.Plan(q, k, v, out, lse, options)
+        plans.put(key, plan)
+    plan.run(q, k, v, out, lse, options)
+
+
 def native_forward(q, k, v, out, lse, options: AttentionOptions) -> Optional[str]:
     """Runs attnforge's kernel: None when it ran, else why it could not (the call may still be invalid:
     forward() validates before falling back). Raises AttnforgeError for statuses that only invalid
-    arguments produce."""
+    arguments produce. CUDA tensors run through a cached plan; host calls through
+    af_attention_forward (the CPU backend has nothing to plan)."""
     try:
-        _native.attention_forward(q, k, v, out, lse, options)
+        if getattr(q, "is_cuda", False) and _native._is_torch_tensor(q):
+            _run_planned(q, k, v, out, lse, options)
+        else:
+            _native.attention_forward(q, k, v, out, lse, options)
         return None
     except AttnforgeError as e:
         if e.status in CALLER_ERRORS:

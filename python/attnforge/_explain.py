@@ -25,10 +25,12 @@ def explain(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_siz
     """Which path flash_attn_func / flash_attn_varlen_func would run for these arguments.
 
     Takes their arguments (plus seqused_k, leftpad_k, kv_batch_idx as flash_attn_with_kvcache uses
-    them). Returns a dict: path ("attnforge-cpu", "attnforge-cuda", "sdpa", "eager" or "error") and
-    reason (why this path; for a fallback, why attnforge's kernel does not take the call; for
-    "error", the AttnforgeError the call would raise). Runs nothing (allocates the output only):
-    the library's af_attention_supported answers with the selector that dispatches the call.
+    them). Returns a dict: path ("attnforge-cpu", "attnforge-cuda", "sdpa", "eager" or "error"), for
+    attnforge's paths plan (af_attention_plan_describe: "cuda decode bf16 d128 sm_90a 16x64 splits=8",
+    "cpu"; on CUDA making it compiles or loads the kernel) and reason (why this path; for a fallback, why attnforge's kernel does not take the call; for
+    "error", the AttnforgeError the call would raise). Runs no attention (allocates the output only):
+    the library's af_attention_supported and af_attention_plan_create answer with the selector that
+    dispatches the call.
     """
     options = AttentionOptions(
         cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, max_seqlen_q=int(max_seqlen_q or 0),
@@ -51,7 +53,8 @@ def explain(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_siz
         try:
             status, backend, message = _native.attention_supported(q, k, v, out, None, options)
             if status == _native.Status.AF_OK:
-                return {"path": "attnforge-" + backend,
+                plan = _native.Plan(q, k, v, out, None, options)
+                return {"path": "attnforge-" + backend, "plan": plan.describe(),
                         "reason": "attnforge's selector takes the call on its %s backend" % backend}
             if status in CALLER_ERRORS:
                 return _error(AttnforgeError(status, message))

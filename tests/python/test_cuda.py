@@ -34,3 +34,22 @@ def test_varlen_cuda(seed):
                                                     max(lengths), causal=True)
     expected, _, naive = varlen_reference(q, kv[:, 0], kv[:, 1], cu, cu, torch.bfloat16, causal=True)
     assert_close(out.cpu(), expected, naive, torch.bfloat16)
+
+
+def test_repeated_calls_reuse_one_plan_and_explain_names_it(seed):
+    """The hot path keeps af_attention_plans keyed by call signature: a decode loop makes one plan, a new
+    shape another; results equal af_attention_forward's; explain() reports the plan's kernel."""
+    from attnforge import _dispatch, _native
+
+    _dispatch.plans.clear()
+    q = torch.randn(2, 1, 16, 128, device="cuda", dtype=torch.bfloat16)
+    k = torch.randn(2, 700, 4, 128, device="cuda", dtype=torch.bfloat16)
+    outs = [attnforge.flash_attn_func(q, k, k, causal=True) for _ in range(3)]
+    assert len(_dispatch.plans) == 1
+    attnforge.flash_attn_func(q, k[:, :699], k[:, :699], causal=True)
+    assert len(_dispatch.plans) == 2
+    direct = torch.empty_like(q)
+    _native.attention_forward(q, k, k, direct, causal=True)
+    assert all(torch.equal(out, direct) for out in outs)
+    verdict = attnforge.explain(q, k, k, causal=True)
+    assert verdict["path"] == "attnforge-cuda" and verdict["plan"].startswith("cuda "), verdict
