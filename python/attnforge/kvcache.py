@@ -119,12 +119,15 @@ def capacity(k_cache, block_table) -> int:
     return block_table.shape[1] * k_cache.shape[1] if block_table is not None else k_cache.shape[1]
 
 
-def validate(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens, options: AttentionOptions) -> None:
+def validate(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens, options: AttentionOptions,
+             need_lse: bool = True):
     """Checks a flash_attn_with_kvcache call that appends k/v before anything is written: the new keys'
     shapes and dtype, cache_seqlens (int32 (B,), values >= 0 when in host memory), the rotary tables
     (FlashAttention's rule: at least as many rows as the cache holds), and the attention over the
     cache after the append, with the library's validator (every appended row must land in the cache
-    and, when paged, in a valid page). Raises AttnforgeError naming the argument."""
+    and, when paged, in a valid page). Raises AttnforgeError naming the argument; returns the int32
+    (B,) rows used after the append. On a GPU the library's check is skipped when a plan for the
+    call's signature exists (made, and so validated, by an earlier call; see _dispatch.has_plan)."""
     batch = q.shape[0]
     if tuple(cache_seqlens.shape) != (batch,):
         _fail(Status.AF_ERR_SHAPE, "cache_seqlens must have B = %d entries, got shape %s" %
@@ -165,25 +168,29 @@ def validate(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens, o
     used = cache_seqlens + k.shape[1]
     used = used.int() if _is_torch(used) else used.astype("int32")
     out = _dispatch.outputs(q, False, False)[0]
-    _native.validate(q, k_cache, v_cache, out, options._replace(seqused_k=used))
+    attention = options._replace(seqused_k=used)
+    if not _dispatch.has_plan(q, k_cache, v_cache, out, need_lse, attention):
+        _native.validate(q, k_cache, v_cache, out, attention)
+    return used
 
 
 def prepare(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens, options: AttentionOptions,
-            rotary_interleaved: bool):
-    """flash_attn_with_kvcache's steps before the attention, once validate() has accepted the call:
-    rotate the new k and q (when rotary_cos is given), then append k/v into the caches in place.
-    -> (q, int32 (B,) number of used cache rows)."""
-    used = cache_seqlens
-    if k is not None:
-        if rotary_cos is not None:
-            k = apply_rotary(k, rotary_cos, rotary_sin, positions(cache_seqlens, k.shape[1], True), rotary_interleaved)
-            rows = capacity(k_cache, options.block_table)
-            left, right = options.window_size
-            local = (0 <= left < rows) or (0 <= right < rows)
-            q = apply_rotary(q, rotary_cos, rotary_sin, positions(cache_seqlens, q.shape[1], options.causal or local),
-                             rotary_interleaved)
-        append(k_cache, k, cache_seqlens, options.kv_batch_idx, options.block_table)
-        append(v_cache, v, cache_seqlens, options.kv_batch_idx, options.block_table)
+            rotary_interleaved: bool, used=None):
+    """flash_attn_with_kvcache's steps before the attention, once validate() has accepted the call (and
+    returned `used`): rotate the new k and q (when rotary_cos is given), then append k/v into the
+    caches in place. -> (q, int32 (B,) number of used cache rows)."""
+    if k is None:
+        return q, cache_seqlens
+    if rotary_cos is not None:
+        k = apply_rotary(k, rotary_cos, rotary_sin, positions(cache_seqlens, k.shape[1], True), rotary_interleaved)
+        rows = capacity(k_cache, options.block_table)
+        left, right = options.window_size
+        local = (0 <= left < rows) or (0 <= right < rows)
+        q = apply_rotary(q, rotary_cos, rotary_sin, positions(cache_seqlens, q.shape[1], options.causal or local),
+                         rotary_interleaved)
+    append(k_cache, k, cache_seqlens, options.kv_batch_idx, options.block_table)
+    append(v_cache, v, cache_seqlens, options.kv_batch_idx, options.block_table)
+    if used is None:
         used = cache_seqlens + k.shape[1]
     return q, (used.int() if _is_torch(used) else used.astype("int32"))
 
@@ -193,7 +200,9 @@ def forward(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens, op
     """flash_attn_with_kvcache on torch tensors or numpy arrays: validate, rotate, append in place, then
     attention over the cache (options.seqused_k set to the used rows). -> (out (B, Sq, H, D),
     softmax_lse float32 (B, H, Sq) or None without need_lse)."""
+    used = None
     if k is not None:
-        validate(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens, options)
-    q, used = prepare(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens, options, rotary_interleaved)
+        used = validate(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens, options, need_lse)
+    q, used = prepare(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens, options, rotary_interleaved,
+                      used)
     return _dispatch.forward(q, k_cache, v_cache, options._replace(seqused_k=used), need_lse)
