@@ -64,6 +64,16 @@ class Status(enum.IntEnum):
     AF_ERR_BUFFER_TOO_SMALL = 16
     AF_ERR_INTERNAL = 17
 
+    @classmethod
+    def _missing_(cls, value):
+        # A status a newer library appended (values are only ever appended): kept, named by its value.
+        if not isinstance(value, int):
+            return None
+        member = int.__new__(cls, value)
+        member._name_ = "AF_STATUS_%d" % value
+        member._value_ = value
+        return member
+
 
 # Statuses that only argument validation returns and that always mean the caller's arguments are
 # wrong: raised, as FlashAttention raises. AF_ERR_DTYPE and AF_ERR_DEVICE also name calls that
