@@ -12,7 +12,8 @@ from typing import Optional, Tuple
 from . import _native
 from ._native import INDEX_FIELDS, AttentionOptions, AttnforgeError, CALLER_ERRORS, Status
 
-__all__ = ["AttentionOptions", "PlanCache", "forward", "int32_indices", "lse_shape", "native_forward", "outputs", "plans"]
+__all__ = ["AttentionOptions", "PlanCache", "forward", "has_plan", "int32_indices", "lse_shape", "native_forward",
+           "outputs", "plan_key", "plans"]
 
 _INT32_MIN, _INT32_MAX = -(2 ** 31), 2 ** 31 - 1
 

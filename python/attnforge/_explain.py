@@ -25,11 +25,12 @@ def explain(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_siz
     """Which path flash_attn_func / flash_attn_varlen_func would run for these arguments.
 
     Takes their arguments (plus seqused_k, leftpad_k, kv_batch_idx as flash_attn_with_kvcache uses
-    them). Returns a dict: path ("attnforge-cpu", "attnforge-cuda", "sdpa", "eager" or "error"), for
-    attnforge's paths plan (af_attention_plan_describe: "cuda decode bf16 d128 sm_90a 16x64 splits=8",
-    "cpu"; on CUDA making it compiles or loads the kernel) and reason (why this path; for a fallback, why attnforge's kernel does not take the call; for
-    "error", the AttnforgeError the call would raise). Runs no attention (allocates the output only):
-    the library's af_attention_supported and af_attention_plan_create answer with the selector that
+    them). Returns a dict: path ("attnforge-cpu", "attnforge-cuda", "sdpa", "eager" or "error");
+    for attnforge's paths plan (af_attention_plan_describe: "cuda decode bf16 d128 sm_90a 16x64
+    splits=8", "cpu"; on CUDA making the plan compiles or loads the kernel); and reason (why this
+    path; for a fallback, why attnforge's kernel does not take the call; for "error", the
+    AttnforgeError the call would raise). Runs no attention (allocates the output only): the
+    library's af_attention_supported and af_attention_plan_create answer with the selector that
     dispatches the call.
     """
     options = AttentionOptions(
