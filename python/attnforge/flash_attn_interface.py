@@ -165,12 +165,6 @@ def flash_attn_varlen_kvpacked_func(q, kv, cu_seqlens_q, cu_seqlens_k, max_seqle
     return _result(out, lse, return_attn_probs)
 
 
-# flash_attn_with_kvcache's argument names for the attention fields the library's messages name.
-_KVCACHE_NAMES = (("seqused_k", "cache_seqlens (+ the new keys)"), ("kv_batch_idx", "cache_batch_idx"),
-                  ("leftpad_k", "cache_leftpad"), ("k has", "k_cache has"), ("v must have the shape of k",
-                                                                              "v_cache must have the shape of k_cache"))
-
-
 def _seqlens_array(cache_seqlens, q, k_cache, block_table):
     """cache_seqlens as int32 (B,) like q (an int, None = the whole cache, or an integer array)."""
     batch = q.shape[0]
@@ -205,25 +199,9 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
     rows (not with block_table); cache_leftpad int32 (B,) first used cache row. Attention then runs
     over each sequence's used rows with flash_attn_func's other arguments. num_splits: how many parts
     the CUDA kernel splits each sequence's keys into (0 its heuristic, 1 none, N forced; the CPU
-    kernel and the fallback ignore it). Returns out (B, Sq, H, D) [, softmax_lse float32 (B, H, Sq)]. Nothing is
-    written unless the whole call is valid; AttnforgeError names the argument otherwise.
+    kernel and the fallback ignore it). Returns out (B, Sq, H, D) [, softmax_lse float32 (B, H, Sq)].
+    Nothing is written unless the whole call is valid; AttnforgeError names the argument otherwise.
     """
-    try:
-        return _with_kvcache(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens, cache_batch_idx,
-                             cache_leftpad, block_table, softmax_scale, causal, window_size, softcap,
-                             rotary_interleaved, alibi_slopes, num_splits, return_softmax_lse)
-    except AttnforgeError as e:
-        message = e.message
-        for attention_name, kvcache_name in _KVCACHE_NAMES:
-            message = message.replace(attention_name, kvcache_name)
-        if message == e.message:
-            raise
-        raise AttnforgeError(e.status, message) from None
-
-
-def _with_kvcache(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens, cache_batch_idx, cache_leftpad,
-                  block_table, softmax_scale, causal, window_size, softcap, rotary_interleaved, alibi_slopes,
-                  num_splits, return_softmax_lse):
     if (k is None) != (v is None):
         raise AttnforgeError(Status.AF_ERR_INVALID_ARGUMENT, "k and v must be given together")
     if block_table is not None and cache_batch_idx is not None:

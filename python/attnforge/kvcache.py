@@ -9,6 +9,7 @@ causal or local, else all at cache_seqlens[b].
 Nothing is written before the whole call is known valid: validate() checks the append and the
 attention over the cache (with the library's validator) before prepare() rotates or appends.
 """
+import re
 import sys
 
 from . import _dispatch, _native
@@ -110,6 +111,20 @@ def _host_values(x):
     return x.tolist()
 
 
+# The attention over the cache is checked under af_attention_args' names; flash_attn_with_kvcache's
+# caller knows those arguments by these.
+_CACHE_NAMES = ((re.compile(r"\bseqused_k\b"), "cache_seqlens (+ the new keys)"),
+                (re.compile(r"\bkv_batch_idx\b"), "cache_batch_idx"), (re.compile(r"\bleftpad_k\b"), "cache_leftpad"),
+                (re.compile(r"\bk\b"), "k_cache"), (re.compile(r"\bv\b"), "v_cache"))
+
+
+def _in_cache_terms(error: AttnforgeError) -> AttnforgeError:
+    message = error.message
+    for pattern, name in _CACHE_NAMES:
+        message = pattern.sub(name, message)
+    return AttnforgeError(error.status, message)
+
+
 def _fail(status, message):
     raise AttnforgeError(status, message)
 
@@ -147,7 +162,7 @@ def validate(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens, o
         if x.dtype != k_cache.dtype:
             _fail(Status.AF_ERR_DTYPE, "%s is %s but k_cache is %s" % (name, x.dtype, k_cache.dtype))
     if tuple(v.shape) != tuple(k.shape):
-        _fail(Status.AF_ERR_SHAPE, "v must have the shape of k %s, got %s" % (tuple(k.shape), tuple(v.shape)))
+        _fail(Status.AF_ERR_SHAPE, "v must have k's shape %s, got %s" % (tuple(k.shape), tuple(v.shape)))
     if (rotary_cos is None) != (rotary_sin is None):
         _fail(Status.AF_ERR_INVALID_ARGUMENT, "rotary_cos and rotary_sin must be given together")
     if rotary_cos is not None:
@@ -170,7 +185,10 @@ def validate(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens, o
     out = _dispatch.outputs(q, False, False)[0]
     attention = options._replace(seqused_k=used)
     if not _dispatch.has_plan(q, k_cache, v_cache, out, need_lse, attention):
-        _native.validate(q, k_cache, v_cache, out, attention)
+        try:
+            _native.validate(q, k_cache, v_cache, out, attention)
+        except AttnforgeError as e:
+            raise _in_cache_terms(e) from None
     return used
 
 
@@ -205,4 +223,7 @@ def forward(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens, op
         used = validate(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens, options, need_lse)
     q, used = prepare(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens, options, rotary_interleaved,
                       used)
-    return _dispatch.forward(q, k_cache, v_cache, options._replace(seqused_k=used), need_lse)
+    try:
+        return _dispatch.forward(q, k_cache, v_cache, options._replace(seqused_k=used), need_lse)
+    except AttnforgeError as e:
+        raise _in_cache_terms(e) from None

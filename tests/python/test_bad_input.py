@@ -173,6 +173,8 @@ BAD_KVCACHE = {
     "v_without_k": (lambda d: _set(_kvcache_call(d), k=None), "k and v must be given together"),
     "rotary_cos_too_short": (lambda d: _set(_kvcache_call(d), rotary_cos=torch.ones(6, 4),
                                             rotary_sin=torch.zeros(6, 4)), "rotary_cos has 6 rows"),
+    "k_cache_strided_head_dim": (lambda d: _set(_kvcache_call(d), k_cache=torch.randn(2, 8, 2, 32, dtype=d)[..., ::2]),
+                                 "k_cache must have stride 1 in its last dimension"),
     "cache_seqlens_shape": (lambda d: _set(_kvcache_call(d), cache_seqlens=torch.tensor([1, 2, 3], dtype=torch.int32)),
                             "cache_seqlens must have B = 2 entries"),
 }
