@@ -7,9 +7,10 @@ Inputs are torch tensors (CPU or CUDA; float16, bfloat16, float32 or float64) or
 (answered with numpy arrays). Layouts: q (B, Sq, H, D), k/v (B, Sk, Hk, D) with H % Hk == 0; varlen
 q (total_q, H, D), k/v (total_k, Hk, D) with int32 cu_seqlens (B + 1). Any head dim up to 256 runs
 as is (no padding to a multiple of 8). Differences from flash_attn, all in the user's favour: fp32
-and fp64 run, index arrays may be int64 (torch.cumsum's), page sizes of paged KV may be anything, and when attnforge's kernel cannot take a call (or
-dropout_p > 0, which needs torch's RNG) the call runs through torch with the same semantics and
-the reason is logged once to the "attnforge" logger. Invalid arguments raise AttnforgeError (a
+and fp64 run, index arrays may be int64 (torch.cumsum's), page sizes of paged KV may be anything,
+and when attnforge's kernel cannot take a call (or dropout_p > 0, which needs torch's RNG) the call
+runs through torch with the same semantics and the reason is logged once to the "attnforge"
+logger. Invalid arguments raise AttnforgeError (a
 RuntimeError, as flash_attn's checks) naming the argument, whichever path would run the call.
 
 Each entry point builds one AttentionOptions record and passes it unchanged to the path that runs
