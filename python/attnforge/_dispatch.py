@@ -94,12 +94,12 @@ class PlanCache:
 plans = PlanCache()
 
 
-def plan_key(q, k, v, out, has_lse: bool, o: AttentionOptions):
+def plan_key(q, k, v, has_lse: bool, o: AttentionOptions):
     """What an af_attention_plan depends on, for torch CUDA tensors: shapes (varlen: the batch from
     cu_seqlens_q), strides, dtype, device, 16-byte alignment of the data, which optional tensors are
-    given, the masking flags, num_splits (af_attention_run compares the same fields).
-    out is allocated by attnforge (contiguous, like q's shape)."""
-    aligned = (q.data_ptr() | k.data_ptr() | v.data_ptr() | out.data_ptr()) & 15 == 0
+    given, the masking flags, num_splits (af_attention_run compares the same fields). out is not
+    part of it: attnforge allocates it (contiguous in q's shape, aligned by torch's allocator)."""
+    aligned = (q.data_ptr() | k.data_ptr() | v.data_ptr()) & 15 == 0
     return (q.shape, k.shape, v.shape, q.stride(), k.stride(), v.stride(), q.dtype, q.device, aligned, has_lse,
             o.max_seqlen_q, o.max_seqlen_k, bool(o.causal), o.window_size, o.softcap > 0, o.num_splits,
             None if o.cu_seqlens_q is None else o.cu_seqlens_q.shape, o.cu_seqlens_k is None, o.seqused_k is None,
@@ -108,17 +108,17 @@ def plan_key(q, k, v, out, has_lse: bool, o: AttentionOptions):
             None if o.block_table is None else o.block_table.shape)
 
 
-def has_plan(q, k, v, out, has_lse: bool, options: AttentionOptions) -> bool:
+def has_plan(q, k, v, has_lse: bool, options: AttentionOptions) -> bool:
     """Whether a plan exists for this call's signature on a GPU. Making it validated the call as far as
     a GPU call is validated (shapes, strides, dtypes, scalars: index arrays in device memory are never
     read), so a call with the same signature needs no second validation."""
     if not (getattr(q, "is_cuda", False) and _native._is_torch_tensor(q)):
         return False
-    return plans.get(plan_key(q, k, v, out, has_lse, options)) is not None
+    return plans.get(plan_key(q, k, v, has_lse, options)) is not None
 
 
 def _run_planned(q, k, v, out, lse, options) -> None:
-    key = plan_key(q, k, v, out, lse is not None, options)
+    key = plan_key(q, k, v, lse is not None, options)
     plan = plans.get(key)
     if plan is None:
         plan = _native.Plan(q, k, v, out, lse, options)

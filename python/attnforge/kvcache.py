@@ -155,14 +155,15 @@ def validate(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens, o
             if value < 0:
                 _fail(Status.AF_ERR_SEQLENS, "cache_seqlens[%d] = %d is negative" % (b, value))
     heads_kv, head_dim = k_cache.shape[-2], k_cache.shape[-1]
+    shape = tuple(k.shape)
+    if len(shape) != 4 or shape[0] != batch or shape[2:] != (heads_kv, head_dim):
+        _fail(Status.AF_ERR_SHAPE, "k must have shape (B, Snew, Hk, D) = (%d, Snew, %d, %d), got %s" %
+              (batch, heads_kv, head_dim, shape))
+    if tuple(v.shape) != shape:
+        _fail(Status.AF_ERR_SHAPE, "v must have k's shape %s, got %s" % (shape, tuple(v.shape)))
     for name, x in (("k", k), ("v", v)):
-        if len(x.shape) != 4 or x.shape[0] != batch or tuple(x.shape[2:]) != (heads_kv, head_dim):
-            _fail(Status.AF_ERR_SHAPE, "%s must have shape (B, Snew, Hk, D) = (%d, Snew, %d, %d), got %s" %
-                  (name, batch, heads_kv, head_dim, tuple(x.shape)))
         if x.dtype != k_cache.dtype:
             _fail(Status.AF_ERR_DTYPE, "%s is %s but k_cache is %s" % (name, x.dtype, k_cache.dtype))
-    if tuple(v.shape) != tuple(k.shape):
-        _fail(Status.AF_ERR_SHAPE, "v must have k's shape %s, got %s" % (tuple(k.shape), tuple(v.shape)))
     if (rotary_cos is None) != (rotary_sin is None):
         _fail(Status.AF_ERR_INVALID_ARGUMENT, "rotary_cos and rotary_sin must be given together")
     if rotary_cos is not None:
@@ -182,11 +183,10 @@ def validate(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens, o
                                                               max(q.shape[1], k.shape[1])))
     used = cache_seqlens + k.shape[1]
     used = used.int() if _is_torch(used) else used.astype("int32")
-    out = _dispatch.outputs(q, False, False)[0]
     attention = options._replace(seqused_k=used)
-    if not _dispatch.has_plan(q, k_cache, v_cache, out, need_lse, attention):
+    if not _dispatch.has_plan(q, k_cache, v_cache, need_lse, attention):
         try:
-            _native.validate(q, k_cache, v_cache, out, attention)
+            _native.validate(q, k_cache, v_cache, _dispatch.outputs(q, False, False)[0], attention)
         except AttnforgeError as e:
             raise _in_cache_terms(e) from None
     return used

@@ -284,8 +284,7 @@ def test_plan_cache_is_least_recently_used_first_out():
 def test_plan_key_tells_apart_what_a_plan_depends_on(seed):
     """Calls that af_attention_run would refuse under one plan never share a key; same-shaped calls do."""
     def key(q, k, options, lse=True):
-        out = torch.empty_like(q)
-        return _dispatch.plan_key(q, k, k, out, lse, options)
+        return _dispatch.plan_key(q, k, k, lse, options)
 
     q, k = torch.randn(9, 4, 16), torch.randn(9, 2, 16)
     two = AttentionOptions(cu_seqlens_q=cu_seqlens([4, 5]), cu_seqlens_k=cu_seqlens([4, 5]), max_seqlen_q=5,
