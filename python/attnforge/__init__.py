@@ -7,7 +7,7 @@ and every torch (or none: numpy arrays work too). See attnforge.explain() for wh
 takes and why, and attnforge.integrations.transformers for attn_implementation="attnforge".
 """
 from ._version import __version__
-from ._native import AttnforgeError, library_path, runtime_report
+from ._native import AttentionOptions, AttnforgeError, Status, library_path, runtime_report
 from ._explain import explain
 from .flash_attn_interface import (
     flash_attn_func,
@@ -20,7 +20,9 @@ from .flash_attn_interface import (
 )
 
 __all__ = [
+    "AttentionOptions",
     "AttnforgeError",
+    "Status",
     "__version__",
     "explain",
     "flash_attn_func",

@@ -1,46 +1,207 @@
-"""The one place that asks attnforge's kernel to run a call and decides whether a failure falls back.
+"""The one path of every forward call, for torch tensors and numpy arrays alike: attnforge's kernel;
+when it cannot take the call, the library's validator checks the call (so the fallback refuses what
+the kernel refuses) and torch runs it, the reason logged once.
 
-torch-free, so the numpy path can use it without torch installed.
+torch-free at import, so numpy-only installs use it; torch is imported only to fall back.
 """
+import collections
+import sys
+import threading
+from typing import Optional, Tuple
+
 from . import _native
+from ._native import INDEX_FIELDS, AttentionOptions, AttnforgeError, CALLER_ERRORS, Status
 
-# Statuses that mean the caller's arguments are wrong: raised, as FlashAttention raises. Every
-# other failure (unsupported feature, dtype or device, backend missing, CUDA error) falls back.
-CALLER_ERRORS = {
-    1,  # AF_ERR_INVALID_ARGUMENT
-    2,  # AF_ERR_NULL_POINTER
-    3,  # AF_ERR_SHAPE
-    4,  # AF_ERR_STRIDE
-    7,  # AF_ERR_SEQLENS
-    8,  # AF_ERR_OVERFLOW
-    9,  # AF_ERR_STRUCT_SIZE
-}
+__all__ = ["AttentionOptions", "PlanCache", "forward", "has_plan", "int32_indices", "lse_shape", "native_forward",
+           "outputs", "plan_key", "plans"]
+
+_INT32_MIN, _INT32_MAX = -(2 ** 31), 2 ** 31 - 1
 
 
-def native_forward(q, k, v, out, lse, **kwargs):
-    """Runs attnforge's kernel; None on success, else the reason it could not run the call."""
+def lse_shape(q, varlen: bool) -> Tuple[int, ...]:
+    """softmax_lse's shape (FlashAttention's): (B, H, Sq) for q (B, Sq, H, D); (H, total_q) for varlen
+    q (total_q, H, D). The one place it is computed."""
+    return (q.shape[-2], q.shape[0]) if varlen else (q.shape[0], q.shape[2], q.shape[1])
+
+
+def _is_numpy(x) -> bool:
+    np = sys.modules.get("numpy")
+    return np is not None and isinstance(x, np.ndarray)
+
+
+def _int64_as_int32(name: str, x):
+    """x (int64, torch or numpy) as int32; host values outside int32 raise AF_ERR_INVALID_ARGUMENT.
+    Device tensors are converted unread (reading them would synchronise)."""
+    if _is_numpy(x):
+        if x.size and (int(x.min()) < _INT32_MIN or int(x.max()) > _INT32_MAX):
+            raise AttnforgeError(Status.AF_ERR_INVALID_ARGUMENT, "%s holds values outside int32" % name)
+        return x.astype("int32")
+    import torch
+
+    if x.device.type == "cpu" and x.numel() and (int(x.min()) < _INT32_MIN or int(x.max()) > _INT32_MAX):
+        raise AttnforgeError(Status.AF_ERR_INVALID_ARGUMENT, "%s holds values outside int32" % name)
+    return x.to(torch.int32)
+
+
+def _is_int64(x) -> bool:
+    return str(x.dtype) in ("torch.int64", "int64")
+
+
+def int32_indices(options: AttentionOptions) -> AttentionOptions:
+    """options with int64 index tensors (what torch.cumsum and numpy's default integers give) as int32,
+    the C ABI's index type, so that the kernel takes them. FlashAttention accepts int32 only."""
+    changed = None
+    for name in INDEX_FIELDS:
+        x = getattr(options, name)
+        if x is not None and _is_int64(x):
+            changed = changed or {}
+            changed[name] = _int64_as_int32(name, x)
+    return options._replace(**changed) if changed else options
+
+
+class PlanCache:
+    """The last `capacity` af_attention_plans, keyed by call signature (plan_key), least recently used
+    first out. A plan holds the kernel choice (family, tile, splits, module) for one signature, so a
+    call that hits skips the selector; af_attention_run still validates the call and refuses one whose
+    shapes differ from its plan's (never a wrong answer if a key missed a field)."""
+
+    def __init__(self, capacity: int = 64):
+        self.capacity = capacity
+        self._plans = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key):
+        with self._lock:
+            plan = self._plans.get(key)
+            if plan is not None:
+                self._plans.move_to_end(key)
+            return plan
+
+    def put(self, key, plan) -> None:
+        with self._lock:
+            self._plans[key] = plan
+            if len(self._plans) > self.capacity:
+                self._plans.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._plans.clear()
+
+    def __len__(self) -> int:
+        return len(self._plans)
+
+
+plans = PlanCache()
+
+
+def plan_key(q, k, v, has_lse: bool, o: AttentionOptions):
+    """What an af_attention_plan depends on, for torch CUDA tensors: shapes (varlen: the batch from
+    cu_seqlens_q), strides, dtype, device, 16-byte alignment of the data, which optional tensors are
+    given, the masking flags, num_splits (af_attention_run compares the same fields). out is not
+    part of it: attnforge allocates it (contiguous in q's shape, aligned by torch's allocator)."""
+    aligned = (q.data_ptr() | k.data_ptr() | v.data_ptr()) & 15 == 0
+    return (q.shape, k.shape, v.shape, q.stride(), k.stride(), v.stride(), q.dtype, q.device, aligned, has_lse,
+            o.max_seqlen_q, o.max_seqlen_k, bool(o.causal), o.window_size, o.softcap > 0, o.num_splits,
+            None if o.cu_seqlens_q is None else o.cu_seqlens_q.shape, o.cu_seqlens_k is None, o.seqused_k is None,
+            o.leftpad_k is None,
+            o.kv_batch_idx is None, None if o.alibi_slopes is None else o.alibi_slopes.shape,
+            None if o.block_table is None else o.block_table.shape)
+
+
+def has_plan(q, k, v, has_lse: bool, options: AttentionOptions) -> bool:
+    """Whether a plan exists for this call's signature on a GPU. Making it validated the call as far as
+    a GPU call is validated (shapes, strides, dtypes, scalars: index arrays in device memory are never
+    read), so a call with the same signature needs no second validation."""
+    if not (getattr(q, "is_cuda", False) and _native._is_torch_tensor(q)):
+        return False
+    return plans.get(plan_key(q, k, v, has_lse, options)) is not None
+
+
+def _run_planned(q, k, v, out, lse, options) -> None:
+    key = plan_key(q, k, v, lse is not None, options)
+    plan = plans.get(key)
+    if plan is None:
+        plan = _native.Plan(q, k, v, out, lse, options)
+        plans.put(key, plan)
+    plan.run(q, k, v, out, lse, options)
+
+
+def native_forward(q, k, v, out, lse, options: AttentionOptions) -> Optional[str]:
+    """Runs attnforge's kernel: None when it ran, else why it could not (the call may still be invalid:
+    forward() validates before falling back). Raises AttnforgeError for statuses that only invalid
+    arguments produce. CUDA tensors run through a cached plan; host calls through
+    af_attention_forward (the CPU backend has nothing to plan)."""
     try:
-        _native.attention_forward(q, k, v, out, softmax_lse=lse, **kwargs)
+        if getattr(q, "is_cuda", False) and _native._is_torch_tensor(q):
+            _run_planned(q, k, v, out, lse, options)
+        else:
+            _native.attention_forward(q, k, v, out, lse, options)
         return None
-    except _native.AttnforgeError as e:
+    except AttnforgeError as e:
         if e.status in CALLER_ERRORS:
             raise
         return str(e)
+    except _native._DeviceMemory as e:
+        return str(e)
     except ImportError as e:
         return "libattnforge is not loadable (%s)" % e
-    except TypeError as e:  # a dtype or device the C ABI has no code for
-        if not str(e).startswith("attnforge:"):
-            raise
-        return str(e)
 
 
-def native_supported(q, k, v, out, lse, **kwargs):
-    """(True, backend, "") when the selector takes the call, else (False, None, reason)."""
+def outputs(q, varlen: bool, need_lse: bool):
+    """Fresh out (like q) and softmax_lse (float32, lse_shape; None without need_lse)."""
+    if _is_numpy(q):
+        import numpy as np
+
+        return np.empty(q.shape, dtype=q.dtype), (np.empty(lse_shape(q, varlen), dtype=np.float32)
+                                                  if need_lse else None)
+    torch = sys.modules["torch"]
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    return out, (torch.empty(lse_shape(q, varlen), dtype=torch.float32, device=q.device) if need_lse else None)
+
+
+def forward(q, k, v, options: AttentionOptions, need_lse: bool = True):
+    """FlashAttention's forward for torch tensors or numpy arrays (answered in kind).
+
+    q (B, Sq, H, D), k/v (B, Sk, Hk, D); varlen (options.cu_seqlens_q given) q (total_q, H, D),
+    k/v (total_k, Hk, D) or paged (num_blocks, page_size, Hk, D). Returns (out like q, softmax_lse
+    float32 lse_shape(q, varlen), natural log; None when not need_lse). The kernel runs when it takes
+    the call; otherwise (dtype or device without a kernel, backend unavailable, library missing,
+    dropout_p > 0) the call is validated by the library as the kernel would validate it and run by
+    torch (fallback.attention). Raises AttnforgeError (a RuntimeError) naming the argument for invalid
+    calls on either path.
+    """
+    options = int32_indices(options)
+    out, lse = outputs(q, options.cu_seqlens_q is not None, need_lse)
+    if options.dropout_p > 0:
+        reason = "dropout_p > 0 needs torch's RNG; attnforge's kernels have none"
+    else:
+        reason = native_forward(q, k, v, out, lse, options)
+        if reason is None:
+            return out, lse
+    return _fallback(q, k, v, out, options, need_lse, reason)
+
+
+def _fallback(q, k, v, out, options, need_lse, reason):
     try:
-        return _native.attention_supported(q, k, v, out, softmax_lse=lse, **kwargs)
-    except ImportError as e:
-        return False, None, "libattnforge is not loadable (%s)" % e
-    except TypeError as e:
-        if not str(e).startswith("attnforge:"):
-            raise
-        return False, None, str(e)
+        _native.validate(q, k, v, out, options)
+    except ImportError:
+        pass  # without the library there is no validator: torch's own checks only
+    try:
+        import torch
+    except ImportError:
+        raise RuntimeError("attnforge: the kernel cannot run this call (%s) and torch, the fallback, is not "
+                           "installed" % reason) from None
+    from . import fallback
+
+    numpy_call = _is_numpy(q)
+    if numpy_call:
+        q, k, v = torch.from_numpy(q), torch.from_numpy(k), torch.from_numpy(v)
+        options = options._replace(**{name: torch.from_numpy(getattr(options, name))
+                                      for name in INDEX_FIELDS + ("alibi_slopes",)
+                                      if getattr(options, name) is not None})
+    out, lse, path = fallback.attention(q, k, v, options, need_lse=need_lse)
+    fallback.log_once(("forward", path, reason), "attnforge kernel not used (%s); ran torch %s instead" %
+                      (reason, path))
+    if numpy_call:
+        return out.numpy(), (lse.numpy() if lse is not None else None)
+    return out, lse

@@ -6,15 +6,21 @@ strides (in elements); nothing is copied or converted here.
 """
 
 import ctypes
+import enum
 import glob
 import json
 import os
 import struct
 import sys
 import threading
+from typing import NamedTuple, Optional, Tuple
 
 __all__ = [
+    "AttentionOptions",
     "AttnforgeError",
+    "CALLER_ERRORS",
+    "Plan",
+    "Status",
     "attention_forward",
     "attention_supported",
     "backend_available",
@@ -23,6 +29,7 @@ __all__ = [
     "runtime_report",
     "set_num_threads",
     "get_num_threads",
+    "validate",
     "version",
 ]
 
@@ -34,18 +41,96 @@ DEVICE_CPU, DEVICE_CUDA = 1, 2
 BACKENDS = {"auto": 0, "cpu": 1, "cuda": 2}
 BACKEND_NAMES = {v: k for k, v in BACKENDS.items()}
 
-_STATUS_OK = 0
-_STATUS_BUFFER_TOO_SMALL = 16
+
+class Status(enum.IntEnum):
+    """af_status, with the header's names and pinned values."""
+
+    AF_OK = 0
+    AF_ERR_INVALID_ARGUMENT = 1
+    AF_ERR_NULL_POINTER = 2
+    AF_ERR_SHAPE = 3
+    AF_ERR_STRIDE = 4
+    AF_ERR_DTYPE = 5
+    AF_ERR_DEVICE = 6
+    AF_ERR_SEQLENS = 7
+    AF_ERR_OVERFLOW = 8
+    AF_ERR_STRUCT_SIZE = 9
+    AF_ERR_UNSUPPORTED = 10
+    AF_ERR_BACKEND_UNAVAILABLE = 11
+    AF_ERR_OUT_OF_MEMORY = 12
+    AF_ERR_CUDA = 13
+    AF_ERR_COMPILE = 14
+    AF_ERR_IO = 15
+    AF_ERR_BUFFER_TOO_SMALL = 16
+    AF_ERR_INTERNAL = 17
+
+    @classmethod
+    def _missing_(cls, value):
+        # A status a newer library appended (values are only ever appended): kept, named by its value.
+        if not isinstance(value, int):
+            return None
+        member = int.__new__(cls, value)
+        member._name_ = "AF_STATUS_%d" % value
+        member._value_ = value
+        return member
+
+
+# Statuses that only argument validation returns and that always mean the caller's arguments are
+# wrong: raised, as FlashAttention raises. AF_ERR_DTYPE and AF_ERR_DEVICE also name calls that
+# another backend (torch) can run (float64, a device without a kernel), so they are decided by
+# validate() below; every other status (unsupported, unavailable, CUDA, compile) falls back.
+CALLER_ERRORS = frozenset({Status.AF_ERR_INVALID_ARGUMENT, Status.AF_ERR_NULL_POINTER, Status.AF_ERR_SHAPE,
+                           Status.AF_ERR_STRIDE, Status.AF_ERR_SEQLENS, Status.AF_ERR_OVERFLOW,
+                           Status.AF_ERR_STRUCT_SIZE})
 
 
 class AttnforgeError(RuntimeError):
-    """A non-OK af_status, with the library's detailed message."""
+    """A non-OK af_status with its detailed message: ``status`` (a Status), ``message``.
+
+    A RuntimeError, as FlashAttention's argument checks (TORCH_CHECK) raise RuntimeError.
+    """
 
     def __init__(self, status, message):
-        self.status = int(status)
-        self.status_name = _lib().af_status_string(self.status).decode()
+        self.status = Status(status)
+        self.status_name = self.status.name
         self.message = message
         super().__init__("%s: %s" % (self.status_name, message))
+
+
+class AttentionOptions(NamedTuple):
+    """Everything of one attention call but q, k, v and the outputs: af_attention_args' fields, with
+    FlashAttention's names, defaults and units. Built once per call by the public API and passed
+    unchanged down to the native call (or the torch fallback).
+
+    Index tensors are int32 (int64 is accepted by the public API and converted to int32 there):
+    cu_seqlens_q/k (B + 1) varlen offsets; seqused_k, leftpad_k, kv_batch_idx (B); block_table
+    (B, max_blocks). alibi_slopes float32 (H) or (B, H). max_seqlen_* in rows (varlen only).
+    softmax_scale None means 1/sqrt(head_dim); softcap 0 disables it; window_size (left, right)
+    in rows, inclusive, -1 unbounded; causal aligns bottom-right. dropout_p > 0 runs only in torch.
+    num_splits (FlashAttention's): 0 lets the kernel choose how many parts the keys are split into,
+    1 never splits, N forces N (CUDA only; ignored by the fallback).
+    """
+
+    cu_seqlens_q: Optional[object] = None
+    cu_seqlens_k: Optional[object] = None
+    max_seqlen_q: int = 0
+    max_seqlen_k: int = 0
+    seqused_k: Optional[object] = None
+    leftpad_k: Optional[object] = None
+    block_table: Optional[object] = None
+    kv_batch_idx: Optional[object] = None
+    alibi_slopes: Optional[object] = None
+    softmax_scale: Optional[float] = None
+    softcap: float = 0.0
+    causal: bool = False
+    window_size: Tuple[int, int] = (-1, -1)
+    dropout_p: float = 0.0
+    num_splits: int = 0
+
+
+DEFAULT_OPTIONS = AttentionOptions()
+# The index-tensor fields of AttentionOptions (int32 in the C ABI).
+INDEX_FIELDS = ("cu_seqlens_q", "cu_seqlens_k", "seqused_k", "leftpad_k", "block_table", "kv_batch_idx")
 
 
 class _Tensor(ctypes.Structure):
@@ -116,10 +201,17 @@ def _candidate_paths():
 
 
 def _nvrtc_dirs():
-    """Directories of the NVRTC that pip's nvidia wheels (torch's CUDA runtime) bring."""
+    """Absolute directories of the NVRTC that pip's nvidia wheels (torch's CUDA runtime) bring.
+
+    Only absolute sys.path entries count: the empty entry (the working directory of `python -c` or
+    an interactive session) and relative ones would make whatever library sits in the working
+    directory the NVRTC that compiles and runs kernels.
+    """
     dirs = []
     for entry in sys.path:
-        base = os.path.join(entry or ".", "nvidia")
+        if not entry or not os.path.isabs(entry):
+            continue
+        base = os.path.join(entry, "nvidia")
         if not os.path.isdir(base):
             continue
         for sub in ("cu13/lib", "cuda_nvrtc/lib", "cu12/lib"):
@@ -208,7 +300,7 @@ def version():
 
 
 def _check(status):
-    if status != _STATUS_OK:
+    if status != Status.AF_OK:
         raise AttnforgeError(status, _lib().af_last_error_message().decode(errors="replace"))
 
 
@@ -218,7 +310,7 @@ def _text(fn):
     while True:
         buffer = ctypes.create_string_buffer(size)
         status = fn(buffer, size, ctypes.byref(needed))
-        if status == _STATUS_BUFFER_TOO_SMALL and needed.value > size:
+        if status == Status.AF_ERR_BUFFER_TOO_SMALL and needed.value > size:
             size = needed.value
             continue
         _check(status)
@@ -234,7 +326,7 @@ def backend_available(backend):
     """(True, "") if the backend can run here, else (False, reason)."""
     lib = _lib()
     status = lib.af_backend_available(BACKENDS[backend])
-    return status == _STATUS_OK, ("" if status == _STATUS_OK else lib.af_last_error_message().decode())
+    return status == Status.AF_OK, ("" if status == Status.AF_OK else lib.af_last_error_message().decode())
 
 
 def set_num_threads(n):
@@ -292,20 +384,46 @@ def _is_torch_tensor(x):
     return torch is not None and isinstance(x, torch.Tensor)
 
 
-def _tensor_fields(x):
-    """(data pointer, af_dtype, device type, device index, shape, strides in elements) of x: a torch
-    tensor, a numpy array or a __dlpack__ object, zero-copy."""
+def _contiguous_strides(shape):
+    strides, step = [], 1
+    for size in reversed(tuple(shape)):
+        strides.append(step)
+        step *= max(int(size), 1)
+    return tuple(reversed(strides))
+
+
+class _DeviceMemory(Exception):
+    """A tensor on a device the C ABI has no code for (not cpu or cuda): the kernel cannot take the call."""
+
+
+def _tensor_fields(name, x, foreign_as_device=False):
+    """(data pointer, af_dtype, device type, device index, shape, strides in elements) of x, the argument
+    `name`: a torch tensor, a numpy array or a __dlpack__ object, zero-copy.
+
+    Raises AttnforgeError (AF_ERR_DTYPE, AF_ERR_STRIDE) for what no backend takes; _DeviceMemory for a
+    device other than cpu and cuda, unless foreign_as_device, which describes it as CUDA-type memory
+    (for validate(): the validator reads no index array there, which is also true of the fallback).
+    A tensor with no elements is described with contiguous strides: it addresses no memory, and
+    numpy reports zero strides for empty arrays.
+    """
     if _is_torch_tensor(x):
         code = _torch_dtype_codes(sys.modules["torch"]).get(x.dtype)
         if code is None:
-            raise TypeError("attnforge: unsupported tensor dtype %s" % x.dtype)
+            raise AttnforgeError(Status.AF_ERR_DTYPE, "%s has dtype %s, which attnforge does not take" %
+                                 (name, x.dtype))
         if x.is_cuda:
             device_type, device_index = DEVICE_CUDA, x.get_device()
         elif x.is_cpu:
             device_type, device_index = DEVICE_CPU, 0
+        elif foreign_as_device:
+            device_type, device_index = DEVICE_CUDA, max(x.get_device(), 0)
         else:
-            raise TypeError("attnforge: tensors on device %s are not supported" % x.device)
-        return x.data_ptr(), code, device_type, device_index, x.shape, x.stride()
+            raise _DeviceMemory("attnforge: %s is on device %s; the library runs cpu and cuda tensors" %
+                                (name, x.device))
+        shape, strides = x.shape, x.stride()
+        if strides and strides[-1] != 1 and 0 in shape:
+            strides = _contiguous_strides(shape)
+        return x.data_ptr(), code, device_type, device_index, shape, strides
     np = sys.modules.get("numpy")
     if np is None or not isinstance(x, np.ndarray):
         if hasattr(x, "__dlpack__"):
@@ -313,14 +431,23 @@ def _tensor_fields(x):
 
             x = np.from_dlpack(x)
         else:
-            raise TypeError("attnforge: expected a torch tensor, a numpy array or a __dlpack__ object, got %r" % type(x))
-    name = x.dtype.name
-    if name not in _NUMPY_DTYPES:
-        raise TypeError("attnforge: unsupported array dtype %s" % name)
-    if any(s % x.itemsize for s in x.strides):
-        raise ValueError("attnforge: array strides %s are not multiples of the item size" % (x.strides,))
-    return (x.__array_interface__["data"][0], _NUMPY_DTYPES[name], DEVICE_CPU, 0, x.shape,
-            tuple(s // x.itemsize for s in x.strides))
+            raise TypeError("attnforge: %s must be a torch tensor, a numpy array or a __dlpack__ object, got %r" %
+                            (name, type(x)))
+    dtype = x.dtype
+    code = _NUMPY_DTYPES.get(dtype.name)
+    if code is None:
+        raise AttnforgeError(Status.AF_ERR_DTYPE, "%s has dtype %s, which attnforge does not take" % (name, dtype))
+    if not dtype.isnative:
+        raise AttnforgeError(Status.AF_ERR_DTYPE, "%s is a %s array in non-native byte order (%r); convert it "
+                             "with .astype(x.dtype.newbyteorder('='))" % (name, dtype.name, dtype.str))
+    if x.size == 0:
+        strides = _contiguous_strides(x.shape)
+    else:
+        if any(s % x.itemsize for s in x.strides):
+            raise AttnforgeError(Status.AF_ERR_STRIDE, "%s has strides %s bytes, not multiples of its item size %d" %
+                                 (name, x.strides, x.itemsize))
+        strides = tuple(s // x.itemsize for s in x.strides)
+    return x.__array_interface__["data"][0], code, DEVICE_CPU, 0, x.shape, strides
 
 
 class _Descriptors(threading.local):
@@ -336,12 +463,12 @@ _TENSOR_ARGS = ("q", "k", "v", "out", "softmax_lse", "cu_seqlens_q", "cu_seqlens
 _descriptors = _Descriptors()
 
 
-def _pack_tensor(slot, x):
-    """Writes x's af_tensor into this thread's slot; returns its address."""
-    pointer, dtype, device_type, device_index, shape, strides = _tensor_fields(x)
+def _pack(slot, fields):
+    """Writes one af_tensor (from _tensor_fields) into this thread's slot; returns its address."""
+    pointer, dtype, device_type, device_index, shape, strides = fields
     rank = len(shape)
     if rank > _MAX_RANK:
-        raise ValueError("attnforge: rank %d exceeds %d" % (rank, _MAX_RANK))
+        raise AttnforgeError(Status.AF_ERR_SHAPE, "%s has rank %d; at most %d" % (_TENSOR_ARGS[slot], rank, _MAX_RANK))
     pad = _ZEROS[rank:]
     offset = slot * _TENSOR_PACK.size
     _TENSOR_PACK.pack_into(_descriptors.buffer, offset, pointer, dtype, device_type, device_index, rank,
@@ -361,46 +488,53 @@ def _stream_of(tensor, stream):
     return 0
 
 
-def _build_args(q, k, v, out, softmax_lse=None, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=0,
-                max_seqlen_k=0, seqused_k=None, leftpad_k=None, block_table=None, kv_batch_idx=None,
-                alibi_slopes=None, softmax_scale=None, softcap=0.0, causal=False, window_size=(-1, -1),
-                backend="auto", stream=None, num_splits=0):
-    args = _AttentionArgs()
-    args.struct_size = _ARGS_SIZE
-    values = (q, k, v, out, softmax_lse, cu_seqlens_q, cu_seqlens_k, seqused_k, leftpad_k, block_table, kv_batch_idx,
-              alibi_slopes)
-    for slot, value in enumerate(values):
-        if value is not None:
-            setattr(args, _TENSOR_ARGS[slot], _pack_tensor(slot, value))
-    args.max_seqlen_q = int(max_seqlen_q or 0)
-    args.max_seqlen_k = int(max_seqlen_k or 0)
-    args.softmax_scale = 0.0 if softmax_scale is None else float(softmax_scale)
-    args.softcap = float(softcap or 0.0)
-    args.causal = 1 if causal else 0
-    args.window_left, args.window_right = int(window_size[0]), int(window_size[1])
+def _set_scalars(args, options, backend):
+    args.max_seqlen_q = int(options.max_seqlen_q or 0)
+    args.max_seqlen_k = int(options.max_seqlen_k or 0)
+    args.softmax_scale = 0.0 if options.softmax_scale is None else float(options.softmax_scale)
+    args.softcap = float(options.softcap or 0.0)
+    args.causal = 1 if options.causal else 0
+    args.window_left, args.window_right = int(options.window_size[0]), int(options.window_size[1])
+    args.num_splits = int(options.num_splits or 0)
     if backend not in BACKENDS:
         raise ValueError("attnforge: backend must be one of %s, got %r" % (sorted(BACKENDS), backend))
     args.backend = BACKENDS[backend]
+
+
+def _build_args(q, k, v, out, softmax_lse=None, options=DEFAULT_OPTIONS, backend="auto", stream=None, **fields):
+    """af_attention_args for one call; fields (AttentionOptions names) override options."""
+    if fields:
+        options = options._replace(**fields)
+    args = _AttentionArgs()
+    args.struct_size = _ARGS_SIZE
+    values = (q, k, v, out, softmax_lse, options.cu_seqlens_q, options.cu_seqlens_k, options.seqused_k,
+              options.leftpad_k, options.block_table, options.kv_batch_idx, options.alibi_slopes)
+    for slot, value in enumerate(values):
+        if value is not None:
+            setattr(args, _TENSOR_ARGS[slot], _pack(slot, _tensor_fields(_TENSOR_ARGS[slot], value)))
+    _set_scalars(args, options, backend)
     args.cuda_stream = _stream_of(q, stream)
-    args.num_splits = int(num_splits or 0)
     return args
 
 
-def attention_forward(q, k, v, out, **kwargs):
-    """Run af_attention_forward; writes out (and softmax_lse if given). Raises AttnforgeError."""
-    args = _build_args(q, k, v, out, **kwargs)
+def attention_forward(q, k, v, out, softmax_lse=None, options=DEFAULT_OPTIONS, backend="auto", stream=None,
+                      **fields):
+    """af_attention_forward: writes out (and softmax_lse when given). Raises AttnforgeError with the
+    library's status and message; _DeviceMemory for a tensor on a device the library has no code for."""
+    args = _build_args(q, k, v, out, softmax_lse, options, backend, stream, **fields)
     _check(_lib().af_attention_forward(ctypes.byref(args)))
 
 
 class Plan:
-    """af_attention_plan_create for one call shape; run() launches calls of that shape without choosing
-    the kernel again. Takes attention_forward's arguments; raises AttnforgeError as it does."""
+    """af_attention_plan_create for one call's shapes, dtypes, devices and flags (data pointers are not
+    read); run() launches calls like it without choosing the kernel again. Takes attention_forward's
+    arguments; raises AttnforgeError as it does."""
 
-    def __init__(self, q, k, v, out, **kwargs):
+    def __init__(self, q, k, v, out, softmax_lse=None, options=DEFAULT_OPTIONS, backend="auto", **fields):
         self._lib = _lib()
         handle = ctypes.c_void_p()
-        _check(self._lib.af_attention_plan_create(ctypes.byref(_build_args(q, k, v, out, **kwargs)),
-                                                  ctypes.byref(handle)))
+        args = _build_args(q, k, v, out, softmax_lse, options, backend, **fields)
+        _check(self._lib.af_attention_plan_create(ctypes.byref(args), ctypes.byref(handle)))
         self._handle = handle
 
     def describe(self):
@@ -414,10 +548,11 @@ class Plan:
         _check(self._lib.af_attention_plan_workspace_size(self._handle, ctypes.byref(size)))
         return size.value
 
-    def run(self, q, k, v, out, workspace=None, **kwargs):
-        """af_attention_run: workspace is a device tensor of at least workspace_size() bytes, or None for
-        attnforge's pool."""
-        args = _build_args(q, k, v, out, **kwargs)
+    def run(self, q, k, v, out, softmax_lse=None, options=DEFAULT_OPTIONS, backend="auto", stream=None,
+            workspace=None, **fields):
+        """af_attention_run: a call with the plan's shapes (else AF_ERR_INVALID_ARGUMENT naming the field).
+        workspace is a device tensor of at least workspace_size() bytes, or None for attnforge's pool."""
+        args = _build_args(q, k, v, out, softmax_lse, options, backend, stream, **fields)
         pointer, size = (workspace.data_ptr(), workspace.numel() * workspace.element_size()) if workspace is not None \
             else (None, 0)
         _check(self._lib.af_attention_run(self._handle, ctypes.byref(args), pointer, size))
@@ -428,12 +563,61 @@ class Plan:
             self._lib.af_attention_plan_destroy(handle)
 
 
-def attention_supported(q, k, v, out, **kwargs):
-    """(True, backend_name, "") if af_attention_forward would run the call, else (False, None, reason)."""
-    args = _build_args(q, k, v, out, **kwargs)
+def attention_supported(q, k, v, out, softmax_lse=None, options=DEFAULT_OPTIONS, backend="auto"):
+    """af_attention_supported: (Status, backend name or None, message). AF_OK with the backend that
+    af_attention_forward would run; otherwise the status forward would return and why."""
+    args = _build_args(q, k, v, out, softmax_lse, options, backend)
+    return _ask_supported(args)
+
+
+def _ask_supported(args):
     selected = ctypes.c_int(0)
     lib = _lib()
-    status = lib.af_attention_supported(ctypes.byref(args), ctypes.byref(selected))
-    if status == _STATUS_OK:
-        return True, BACKEND_NAMES.get(selected.value, "auto"), ""
-    return False, None, "%s: %s" % (lib.af_status_string(status).decode(), lib.af_last_error_message().decode())
+    status = Status(lib.af_attention_supported(ctypes.byref(args), ctypes.byref(selected)))
+    if status == Status.AF_OK:
+        return status, BACKEND_NAMES.get(selected.value, "auto"), ""
+    return status, None, lib.af_last_error_message().decode(errors="replace")
+
+
+def validate(q, k, v, out, options=DEFAULT_OPTIONS):
+    """Checks a call with the library's own validator (exactly what af_attention_forward checks) when
+    the kernel will not run it, so that the torch fallback refuses what the kernel refuses. Raises
+    AttnforgeError naming the argument; returns None when the call is valid.
+
+    The call is described as the kernel would see it, except what only decides which backend runs:
+    float64 q/k/v/out (torch runs them) are described as float32 and tensors on devices other than
+    cpu and cuda as device memory. out is the output attnforge allocated (no lse: its shape is
+    attnforge's own). Index
+    arrays in host memory are checked element by element (offsets, lengths, pages); in device memory
+    they are not read, by the kernel or by this check (reading them would synchronise), as in
+    FlashAttention. Needs the library (ImportError otherwise).
+    """
+    described = [_tensor_fields(name, x, foreign_as_device=True)
+                 for name, x in (("q", q), ("k", k), ("v", v), ("out", out))]
+    dtypes = [d[1] for d in described]
+    if dtypes[1] != dtypes[0] or dtypes[2] != dtypes[0]:
+        other = "k" if dtypes[1] != dtypes[0] else "v"
+        raise AttnforgeError(Status.AF_ERR_DTYPE, "%s is %s but q is %s (q, k and v must share one dtype)" % (
+            other, (k if other == "k" else v).dtype, q.dtype))
+    if dtypes[0] == DTYPE_FLOAT64:
+        described = [(d[0], DTYPE_FLOAT32) + tuple(d[2:]) for d in described]
+    args = _AttentionArgs()
+    args.struct_size = _ARGS_SIZE
+    device = described[0][2:4]
+    tensors = list(zip(("q", "k", "v", "out"), described))
+    for slot in range(5, len(_TENSOR_ARGS)):
+        name = _TENSOR_ARGS[slot]
+        value = getattr(options, name)
+        if value is not None:
+            tensors.append((name, _tensor_fields(name, value, foreign_as_device=True)))
+    for name, fields in tensors:
+        if tuple(fields[2:4]) != tuple(device):
+            raise AttnforgeError(Status.AF_ERR_DEVICE, "%s is on device (%d, %d) but q is on device (%d, %d)" % (
+                (name,) + tuple(fields[2:4]) + tuple(device)))
+        setattr(args, name, _pack(_TENSOR_ARGS.index(name), fields))
+    _set_scalars(args, options, "auto")
+    status, _, message = _ask_supported(args)
+    # Past validation the selector may still decline (AF_ERR_UNSUPPORTED, AF_ERR_DEVICE for a device it
+    # cannot use, AF_ERR_BACKEND_UNAVAILABLE): the call is valid, only not for this backend.
+    if status in CALLER_ERRORS or status == Status.AF_ERR_DTYPE:
+        raise AttnforgeError(status, message)

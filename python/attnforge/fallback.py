@@ -13,16 +13,20 @@ becomes an additive mask), else explicit ("eager") math in float32. Rows that se
 and lse = -inf, never NaN.
 """
 import logging
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
+
+from ._dispatch import lse_shape
+from ._native import DEFAULT_OPTIONS, AttentionOptions
 
 logger = logging.getLogger("attnforge")
 
 _logged = set()
 
 
-def log_once(key, message, level=logging.WARNING):
+def log_once(key, message: str, level: int = logging.WARNING) -> None:
     """Logs message the first time key is seen in this process (one line per distinct fallback)."""
     if key in _logged:
         return
@@ -43,8 +47,9 @@ TORCH_VERSION = _torch_version()
 HAS_SDPA = TORCH_VERSION >= (2, 1)
 
 
-def sdpa_expresses(softcap):
-    """Whether torch SDPA can compute the call exactly (plus the reason when it cannot)."""
+def sdpa_expresses(softcap: float) -> Tuple[bool, str]:
+    """(True, "") when torch SDPA computes the call exactly, else (False, why): SDPA has no softcap
+    and no `scale` argument before torch 2.1."""
     if not HAS_SDPA:
         return False, "torch %s has no scaled_dot_product_attention with a scale argument" % torch.__version__
     if softcap and softcap > 0:
@@ -60,16 +65,19 @@ def _gather_rows(x, rows, valid):
     return x[safe]
 
 
-def _to_padded(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, seqused_k, leftpad_k,
-               block_table, kv_batch_idx):
-    """Returns (q_pad, k_pad, v_pad, q_len, k_start, k_len) with q_len/k_start/k_len int64 (B,)."""
+def _to_padded(q, k, v, o: AttentionOptions):
+    """Returns (q_pad, k_pad, v_pad, q_len, k_start, k_len) with q_len/k_start/k_len int64 (B,).
+
+    Host index arrays were checked by the library's validator before this runs; device ones are not
+    read (as by the kernel), so gathers stay in bounds by clamping and masked rows are never used.
+    """
     device = q.device
-    varlen = cu_seqlens_q is not None
+    varlen = o.cu_seqlens_q is not None
     if varlen:
-        cu_q = cu_seqlens_q.long()
+        cu_q = o.cu_seqlens_q.long()
         batch = cu_q.shape[0] - 1
         q_len = cu_q[1:] - cu_q[:-1]
-        positions = torch.arange(max_seqlen_q, device=device)
+        positions = torch.arange(o.max_seqlen_q, device=device)
         rows = cu_q[:-1, None] + positions[None, :]
         q_pad = _gather_rows(q, rows, positions[None, :] < q_len[:, None])
     else:
@@ -77,42 +85,51 @@ def _to_padded(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, 
         q_len = torch.full((batch,), seqlen_q, dtype=torch.long, device=device)
         q_pad = q
 
-    if block_table is not None:
+    if o.block_table is not None:
         # k/v (num_pages, page_size, Hk, D); sequence b's key row r is in page block_table[b, r // page_size].
         page_size = k.shape[1]
-        rows = torch.arange(block_table.shape[1] * page_size, device=device)
-        pages = block_table.long()[:, rows // page_size]  # (B, Mk)
+        rows = torch.arange(o.block_table.shape[1] * page_size, device=device)
+        pages = o.block_table.long()[:, rows // page_size].clamp(0, max(k.shape[0] - 1, 0))  # (B, Mk)
         k_pad, v_pad = k[pages, rows % page_size], v[pages, rows % page_size]
-        if varlen and cu_seqlens_k is not None:
-            k_len = cu_seqlens_k.long()[1:] - cu_seqlens_k.long()[:-1]
+        if varlen and o.cu_seqlens_k is not None:
+            k_len = o.cu_seqlens_k.long()[1:] - o.cu_seqlens_k.long()[:-1]
         else:
             k_len = torch.full((batch,), k_pad.shape[1], dtype=torch.long, device=device)
     elif varlen:
-        cu_k = cu_seqlens_k.long()
+        cu_k = o.cu_seqlens_k.long()
         k_len = cu_k[1:] - cu_k[:-1]
-        positions = torch.arange(max_seqlen_k, device=device)
+        positions = torch.arange(o.max_seqlen_k, device=device)
         rows = cu_k[:-1, None] + positions[None, :]
         # Left padding shifts the used keys to the right, so the gather covers it too.
-        extent = k_len if seqused_k is None else seqused_k.long()
+        extent = k_len if o.seqused_k is None else o.seqused_k.long()
         valid = positions[None, :] < extent[:, None]
         k_pad, v_pad = _gather_rows(k, rows, valid), _gather_rows(v, rows, valid)
     else:
-        if kv_batch_idx is not None:
-            k, v = k[kv_batch_idx.long()], v[kv_batch_idx.long()]
+        if o.kv_batch_idx is not None:
+            index = o.kv_batch_idx.long().clamp(0, max(k.shape[0] - 1, 0))
+            k, v = k[index], v[index]
         k_pad, v_pad = k, v
         k_len = torch.full((batch,), k.shape[1], dtype=torch.long, device=device)
 
-    if seqused_k is not None:
-        k_len = seqused_k.long()
+    if o.seqused_k is not None:
+        k_len = o.seqused_k.long()
     k_start = torch.zeros_like(k_len)
-    if leftpad_k is not None:
-        k_start = leftpad_k.long()
+    if o.leftpad_k is not None:
+        k_start = o.leftpad_k.long()
         k_len = k_len - k_start
     return q_pad, k_pad, v_pad, q_len, k_start, k_len
 
 
-def _visibility(q_len, k_start, k_len, mq, mk, causal, window_left, window_right):
-    """(B, 1, mq, mk) bool mask and (B, 1, mq, mk) |diagonal - j| distances for ALiBi."""
+def visibility_mask(q_len, k_start, k_len, mq: int, mk: int, causal: bool, window_left: int, window_right: int):
+    """Which keys each query row sees, with FlashAttention-2's semantics.
+
+    q_len, k_start, k_len: int64 (B,) query rows, first used key row and number of used keys per
+    sequence; mq, mk: padded query and key lengths. Query row i of sequence b sees key row j when
+    k_start <= j < k_start + k_len, i < q_len, and, relative to the bottom-right-aligned diagonal
+    d = i + k_len - q_len (flash_attn's causal alignment when Sq != Sk), d - window_left <= j - k_start
+    <= d + window_right (inclusive; -1 unbounded; causal sets window_right = 0).
+    Returns (visible bool (B, 1, mq, mk), |d - (j - k_start)| int64 (B, 1, mq, mk), the ALiBi distance).
+    """
     device = q_len.device
     i = torch.arange(mq, device=device)[None, :, None]
     j = torch.arange(mk, device=device)[None, None, :] - k_start[:, None, None]
@@ -138,28 +155,37 @@ def _from_padded(out_pad, lse_pad, q, cu_seqlens_q):
     return out_pad[seq, pos], lse_pad[seq, :, pos].transpose(0, 1)
 
 
-def attention(q, k, v, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=0, max_seqlen_k=0,
-              seqused_k=None, leftpad_k=None, block_table=None, kv_batch_idx=None, alibi_slopes=None,
-              softmax_scale=None, softcap=0.0, causal=False, window_size=(-1, -1), dropout_p=0.0,
-              need_lse=True):
-    """FlashAttention forward in torch; differentiable. Returns (out like q, lse fp32 or None, path).
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, options: AttentionOptions = DEFAULT_OPTIONS,
+              need_lse: bool = True, **fields) -> Tuple[torch.Tensor, Optional[torch.Tensor], str]:
+    """FlashAttention-2's forward in torch, differentiable; inputs are never modified.
 
-    path is "sdpa" or "eager". Inputs are never modified.
+    q (B, Sq, H, D), k/v (B, Sk, Hk, D), or varlen / paged as in AttentionOptions (fields given by
+    keyword override options). Any float dtype; float64 is computed in float64, other dtypes in
+    float32 on the CPU and in their own dtype by SDPA on a GPU. Returns (out like q, softmax_lse
+    float32 (B, H, Sq) or varlen (H, total_q), natural log, -inf for rows that see no key; None
+    without need_lse, path "sdpa" or "eager"). Does not validate: attnforge's forward path runs the
+    library's validator first.
     """
+    o = options._replace(**fields) if fields else options
+    window_left, window_right = int(o.window_size[0]), int(o.window_size[1])
     heads, head_dim = q.shape[-2], q.shape[-1]
-    scale = head_dim ** -0.5 if softmax_scale is None else softmax_scale
-    q_pad, k_pad, v_pad, q_len, k_start, k_len = _to_padded(
-        q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, seqused_k, leftpad_k, block_table,
-        kv_batch_idx)
+    scale = head_dim ** -0.5 if o.softmax_scale is None else o.softmax_scale
+    use_sdpa = sdpa_expresses(o.softcap)[0]
+    path = "sdpa" if use_sdpa else "eager"
+    if q.numel() == 0:  # nothing to compute; the per-sequence index tensors below would be linear in B
+        lse = q.new_empty(lse_shape(q, o.cu_seqlens_q is not None), dtype=torch.float32) if need_lse else None
+        return torch.zeros_like(q), lse, path
+    q_pad, k_pad, v_pad, q_len, k_start, k_len = _to_padded(q, k, v, o)
     batch, mq, mk = q_pad.shape[0], q_pad.shape[1], k_pad.shape[1]
-    visible, distance = _visibility(q_len, k_start, k_len, mq, mk, causal, window_size[0], window_size[1])
+    visible, distance = visibility_mask(q_len, k_start, k_len, mq, mk, o.causal, window_left, window_right)
     groups = heads // k_pad.shape[2]
     if groups > 1:  # contiguous head groups: q head h reads kv head h // groups
         k_pad = k_pad.repeat_interleave(groups, dim=2)
         v_pad = v_pad.repeat_interleave(groups, dim=2)
     bias = None
-    if alibi_slopes is not None:
-        slopes = alibi_slopes.float().reshape(-1, heads) if alibi_slopes.dim() == 2 else alibi_slopes.float()[None]
+    if o.alibi_slopes is not None:
+        slopes = o.alibi_slopes.float()
+        slopes = slopes.reshape(-1, heads) if slopes.dim() == 2 else slopes[None]
         bias = -slopes[:, :, None, None] * distance  # (B or 1, H, mq, mk)
     any_visible = visible.any(dim=-1, keepdim=True)  # (B, 1, mq, 1)
 
@@ -170,39 +196,36 @@ def attention(q, k, v, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=0, max
     vt = v_pad.transpose(1, 2).to(compute_dtype)
 
     work = torch.float64 if q.dtype == torch.float64 else torch.float32  # eager math and lse
-    use_sdpa, _ = sdpa_expresses(softcap)
     lse = None
     if use_sdpa:
-        path = "sdpa"
         # Rows with no visible key would be NaN in SDPA: let them see everything, then zero them.
         mask = visible | ~any_visible
         if bias is not None:
             mask = torch.where(mask, bias.to(compute_dtype), torch.tensor(float("-inf"), dtype=compute_dtype,
                                                                              device=q.device))
-        out = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask, dropout_p=dropout_p, scale=scale)
+        out = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask, dropout_p=o.dropout_p, scale=scale)
         if need_lse:
             scores = torch.matmul(qt.to(work), kt.to(work).transpose(-1, -2)) * scale
             if bias is not None:
                 scores = scores + bias
             lse = torch.logsumexp(scores.masked_fill(~visible, float("-inf")), dim=-1)
     else:
-        path = "eager"
         scores = torch.matmul(qt.to(work), kt.to(work).transpose(-1, -2)) * scale  # (B, H, mq, mk)
-        if softcap and softcap > 0:
-            scores = softcap * torch.tanh(scores / softcap)
+        if o.softcap and o.softcap > 0:
+            scores = o.softcap * torch.tanh(scores / o.softcap)
         if bias is not None:
             scores = scores + bias
         scores = scores.masked_fill(~visible, float("-inf"))
         lse = torch.logsumexp(scores, dim=-1)  # (B, H, mq); -inf where nothing is visible
         finite_lse = torch.where(torch.isinf(lse), torch.zeros_like(lse), lse)
         probs = torch.exp(scores - finite_lse[..., None])
-        if dropout_p > 0:
-            probs = F.dropout(probs, p=dropout_p, training=True)
+        if o.dropout_p > 0:
+            probs = F.dropout(probs, p=o.dropout_p, training=True)
         out = torch.matmul(probs, vt.to(work))
     out = torch.where(any_visible, out, torch.zeros_like(out)).transpose(1, 2).to(q.dtype)  # (B, mq, H, D)
     if lse is not None:
         lse = lse.float()
     else:
         lse = torch.full((batch, heads, mq), float("nan"), device=q.device)  # never returned to a caller
-    out, lse = _from_padded(out, lse, q, cu_seqlens_q)
+    out, lse = _from_padded(out, lse, q, o.cu_seqlens_q)
     return out, (lse if need_lse else None), path

@@ -3,25 +3,31 @@
 Switching is one line: `from flash_attn import flash_attn_func` becomes
 `from attnforge import flash_attn_func` (or `from attnforge.flash_attn_interface import ...`).
 
-Inputs are torch tensors (CPU or CUDA; any float dtype attnforge or torch can run) or numpy arrays
+Inputs are torch tensors (CPU or CUDA; float16, bfloat16, float32 or float64) or numpy arrays
 (answered with numpy arrays). Layouts: q (B, Sq, H, D), k/v (B, Sk, Hk, D) with H % Hk == 0; varlen
 q (total_q, H, D), k/v (total_k, Hk, D) with int32 cu_seqlens (B + 1). Any head dim up to 256 runs
 as is (no padding to a multiple of 8). Differences from flash_attn, all in the user's favour: fp32
-runs, page sizes of paged KV may be anything, and when attnforge's kernel cannot take a call (or
-dropout_p > 0, which needs torch's RNG) the call runs through torch with the same semantics and
-the reason is logged once to the "attnforge" logger.
+and fp64 run, index arrays may be int64 (torch.cumsum's), page sizes of paged KV may be anything,
+and when attnforge's kernel cannot take a call (or dropout_p > 0, which needs torch's RNG) the call
+runs through torch with the same semantics and the reason is logged once to the "attnforge"
+logger. Invalid arguments raise AttnforgeError (a
+RuntimeError, as flash_attn's checks) naming the argument, whichever path would run the call.
+
+Each entry point builds one AttentionOptions record and passes it unchanged to the path that runs
+the call (attnforge._dispatch.forward: kernel, else validated torch fallback).
 """
 import sys
 
 from . import _dispatch, kvcache
+from ._native import AttentionOptions, AttnforgeError, Status
 
 try:
     import torch
 
-    from . import fallback, ops
+    from . import ops
 except (ImportError, OSError):  # numpy-only installs (or a broken torch): numpy inputs still work
     torch = None
-    fallback = ops = None
+    ops = None
 
 __all__ = [
     "flash_attn_func",
@@ -33,80 +39,50 @@ __all__ = [
     "flash_attn_with_kvcache",
 ]
 
+# q, k and v dtypes that some path runs: the kernel's (float16, bfloat16, float32) and float64
+# (torch). FlashAttention raises for any other; so does attnforge, before either path runs.
+_FLOAT_DTYPES = frozenset({"torch.float16", "torch.bfloat16", "torch.float32", "torch.float64",
+                           "float16", "bfloat16", "float32", "float64"})
 
-def _is_numpy(x):
+
+def _is_numpy(x) -> bool:
     np = sys.modules.get("numpy")
     return np is not None and isinstance(x, np.ndarray)
 
 
+def _check_float(name: str, x) -> None:
+    # numpy names a dtype in non-native byte order by its type string (">f4"); .name is "float32" and
+    # the descriptor refuses the byte order with its own message.
+    if str(x.dtype) not in _FLOAT_DTYPES and getattr(x.dtype, "name", None) not in _FLOAT_DTYPES:
+        raise AttnforgeError(Status.AF_ERR_DTYPE, "%s must be float16, bfloat16, float32 or float64, got %s" %
+                             (name, x.dtype))
+
+
 def _contiguous_last_dim(x):
     """FlashAttention's maybe_contiguous: kernels need unit stride in the last dimension."""
-    if x is None:
-        return None
     if _is_numpy(x):
         import numpy as np
 
-        return x if x.strides[-1] == x.itemsize else np.ascontiguousarray(x)
+        return x if x.strides[-1] == x.itemsize or x.size == 0 else np.ascontiguousarray(x)
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
-def _numpy_forward(q, k, v, varlen, **kwargs):
-    """The numpy path: attnforge's kernel writes fresh numpy outputs; torch (if present) is the fallback."""
-    import numpy as np
-
-    heads = q.shape[-2]
-    out = np.empty(q.shape, dtype=q.dtype)
-    lse = np.empty((heads, q.shape[0]) if varlen else (q.shape[0], heads, q.shape[1]), dtype=np.float32)
-    reason = _dispatch.native_forward(q, k, v, out, lse, **kwargs)
-    if reason is None:
-        return out, lse
-    if torch is None:
-        raise RuntimeError("attnforge: the kernel cannot run this call (%s) and torch, the fallback, is not "
-                           "installed" % reason)
-    as_torch = {name: (torch.from_numpy(value) if _is_numpy(value) else value) for name, value in kwargs.items()}
-    t_out, t_lse, path = fallback.attention(torch.from_numpy(q), torch.from_numpy(k), torch.from_numpy(v),
-                                            **as_torch)
-    fallback.log_once(("forward", path, reason), "attnforge kernel not used (%s); ran torch %s instead" %
-                      (reason, path))
-    return t_out.numpy(), t_lse.numpy()
+def _options(dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, **varlen) -> AttentionOptions:
+    return AttentionOptions(dropout_p=float(dropout_p or 0.0), softmax_scale=softmax_scale, causal=bool(causal),
+                            window_size=(int(window_size[0]), int(window_size[1])), softcap=float(softcap or 0.0),
+                            alibi_slopes=alibi_slopes, **varlen)
 
 
-def _dropout_forward(q, k, v, dropout_p, **kwargs):
-    """dropout_p > 0 needs torch's RNG (and its saved state for backward): torch SDPA/eager with dropout."""
-    out, lse, path = fallback.attention(q, k, v, dropout_p=dropout_p, **kwargs)
-    fallback.log_once(("dropout", path), "attnforge: dropout_p > 0 runs through torch %s with dropout (attnforge's "
-                      "kernels have no RNG)" % path)
-    return out, lse
-
-
-def _run(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, cu_seqlens_q=None,
-         cu_seqlens_k=None, max_seqlen_q=0, max_seqlen_k=0, block_table=None, need_lse=True):
-    """(out, softmax_lse) for the padded (cu_seqlens_q is None) and varlen entry points; softmax_lse may
-    be None when need_lse is False (inference calls that do not return it skip computing it)."""
-    varlen = cu_seqlens_q is not None
-    q, k, v = (_contiguous_last_dim(x) for x in (q, k, v))
-    window_left, window_right = int(window_size[0]), int(window_size[1])
-    softcap = float(softcap or 0.0)
+def _forward(q, k, v, options: AttentionOptions, need_lse: bool):
+    """(out, softmax_lse or None) for every flash_attn_*func entry point."""
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        _check_float(name, x)
+    q, k, v = _contiguous_last_dim(q), _contiguous_last_dim(k), _contiguous_last_dim(v)
     if _is_numpy(q):
-        if dropout_p > 0:
-            raise ValueError("attnforge: dropout_p > 0 needs torch tensors (dropout is training-only)")
-        return _numpy_forward(q, k, v, varlen, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
-                              max_seqlen_q=int(max_seqlen_q or 0), max_seqlen_k=int(max_seqlen_k or 0),
-                              block_table=block_table, alibi_slopes=alibi_slopes, softmax_scale=softmax_scale,
-                              softcap=softcap, causal=causal, window_size=(window_left, window_right))
+        return _dispatch.forward(q, k, v, options, need_lse)
     if ops is None:
         raise TypeError("attnforge: expected numpy arrays (torch is not importable), got %r" % type(q))
-    if dropout_p > 0:
-        return _dropout_forward(q, k, v, dropout_p, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
-                                max_seqlen_q=int(max_seqlen_q or 0), max_seqlen_k=int(max_seqlen_k or 0),
-                                block_table=block_table, alibi_slopes=alibi_slopes, softmax_scale=softmax_scale,
-                                softcap=softcap, causal=causal, window_size=(window_left, window_right))
-    if varlen:
-        return ops.varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k), None,
-                                    block_table, alibi_slopes, softmax_scale, softcap, bool(causal), window_left,
-                                    window_right, need_lse=need_lse)
-    return ops.attention(q, k, v, alibi_slopes, softmax_scale, softcap, bool(causal), window_left, window_right,
-                         need_lse=need_lse)
+    return ops.attention(q, k, v, options, need_lse)
 
 
 def _result(out, lse, return_attn_probs):
@@ -116,111 +92,138 @@ def _result(out, lse, return_attn_probs):
 
 def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
                     alibi_slopes=None, deterministic=False, return_attn_probs=False):
-    """q (B, Sq, H, D), k/v (B, Sk, Hk, D) -> out (B, Sq, H, D) [, softmax_lse (B, H, Sq), None]."""
-    out, lse = _run(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes,
-                    need_lse=return_attn_probs)
+    """FlashAttention-2's flash_attn_func: softmax(q k^T * softmax_scale [softcap, ALiBi, mask]) v.
+
+    q (B, Sq, H, D), k/v (B, Sk, Hk, D) with H % Hk == 0 (GQA: query head h reads key head
+    h // (H / Hk)); float16, bfloat16, float32 (kernel) or float64 (torch). softmax_scale None is
+    1/sqrt(D); causal aligns the mask bottom-right when Sq != Sk; window_size (left, right) in keys,
+    inclusive, -1 unbounded; softcap > 0 caps scores as softcap * tanh(s / softcap); alibi_slopes
+    float32 (H) or (B, H) adds -slope * |i + Sk - Sq - j|. deterministic is accepted and ignored (the
+    forward is deterministic). Returns out (B, Sq, H, D), or with return_attn_probs (out, softmax_lse
+    float32 (B, H, Sq) natural log, None). Raises AttnforgeError naming the argument for invalid input.
+    Semantics: flash_attn/flash_attn_interface.py (2.8), see FLASH_ATTN_API.md.
+    """
+    out, lse = _forward(q, k, v, _options(dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes),
+                        return_attn_probs)
     return _result(out, lse, return_attn_probs)
 
 
 def flash_attn_qkvpacked_func(qkv, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1),
                               softcap=0.0, alibi_slopes=None, deterministic=False, return_attn_probs=False):
-    """qkv (B, S, 3, H, D) -> out (B, S, H, D)."""
-    out, lse = _run(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], dropout_p, softmax_scale, causal, window_size,
-                    softcap, alibi_slopes, need_lse=return_attn_probs)
+    """flash_attn_func on qkv (B, S, 3, H, D) (views, not copies) -> out (B, S, H, D)."""
+    out, lse = _forward(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2],
+                        _options(dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes),
+                        return_attn_probs)
     return _result(out, lse, return_attn_probs)
 
 
 def flash_attn_kvpacked_func(q, kv, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1),
                              softcap=0.0, alibi_slopes=None, deterministic=False, return_attn_probs=False):
-    """q (B, Sq, H, D), kv (B, Sk, 2, Hk, D) -> out (B, Sq, H, D)."""
-    out, lse = _run(q, kv[:, :, 0], kv[:, :, 1], dropout_p, softmax_scale, causal, window_size, softcap,
-                    alibi_slopes, need_lse=return_attn_probs)
+    """flash_attn_func on q (B, Sq, H, D) and kv (B, Sk, 2, Hk, D) -> out (B, Sq, H, D)."""
+    out, lse = _forward(q, kv[:, :, 0], kv[:, :, 1],
+                        _options(dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes),
+                        return_attn_probs)
     return _result(out, lse, return_attn_probs)
 
 
 def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
                            softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0, alibi_slopes=None,
                            deterministic=False, return_attn_probs=False, block_table=None):
-    """q (total_q, H, D), k/v (total_k, Hk, D) or paged (num_blocks, page_size, Hk, D) with block_table
-    (B, max_blocks); cu_seqlens_* int32 (B + 1) -> out (total_q, H, D) [, softmax_lse (H, total_q), None]."""
-    out, lse = _run(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, cu_seqlens_q,
-                    cu_seqlens_k, max_seqlen_q, max_seqlen_k, block_table, need_lse=return_attn_probs)
+    """FlashAttention-2's flash_attn_varlen_func: sequences of different lengths packed along rows.
+
+    q (total_q, H, D), k/v (total_k, Hk, D), or paged (num_blocks, page_size, Hk, D) with block_table
+    int32 (B, max_blocks) (any page_size; flash_attn needs multiples of 256). cu_seqlens_q/k (B + 1)
+    int32 offsets (int64 accepted), starting at 0, non-decreasing, within the rows of q/k;
+    max_seqlen_q/k >= every length. Other arguments as flash_attn_func. Returns out (total_q, H, D),
+    or with return_attn_probs (out, softmax_lse float32 (H, total_q), None). Offsets in host memory
+    are checked (AttnforgeError AF_ERR_SEQLENS naming the array); in GPU memory they are not read.
+    """
+    options = _options(dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes,
+                       cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, max_seqlen_q=int(max_seqlen_q or 0),
+                       max_seqlen_k=int(max_seqlen_k or 0), block_table=block_table)
+    out, lse = _forward(q, k, v, options, return_attn_probs)
     return _result(out, lse, return_attn_probs)
 
 
 def flash_attn_varlen_qkvpacked_func(qkv, cu_seqlens, max_seqlen, dropout_p=0.0, softmax_scale=None, causal=False,
                                      window_size=(-1, -1), softcap=0.0, alibi_slopes=None, deterministic=False,
                                      return_attn_probs=False):
-    """qkv (total, 3, H, D) -> out (total, H, D)."""
-    out, lse = _run(qkv[:, 0], qkv[:, 1], qkv[:, 2], dropout_p, softmax_scale, causal, window_size, softcap,
-                    alibi_slopes, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, need_lse=return_attn_probs)
+    """flash_attn_varlen_func on qkv (total, 3, H, D) with one cu_seqlens (B + 1) -> out (total, H, D)."""
+    options = _options(dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, cu_seqlens_q=cu_seqlens,
+                       cu_seqlens_k=cu_seqlens, max_seqlen_q=int(max_seqlen or 0), max_seqlen_k=int(max_seqlen or 0))
+    out, lse = _forward(qkv[:, 0], qkv[:, 1], qkv[:, 2], options, return_attn_probs)
     return _result(out, lse, return_attn_probs)
 
 
 def flash_attn_varlen_kvpacked_func(q, kv, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
                                     softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
                                     alibi_slopes=None, deterministic=False, return_attn_probs=False):
-    """q (total_q, H, D), kv (total_k, 2, Hk, D) -> out (total_q, H, D)."""
-    out, lse = _run(q, kv[:, 0], kv[:, 1], dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes,
-                    cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, need_lse=return_attn_probs)
+    """flash_attn_varlen_func on q (total_q, H, D) and kv (total_k, 2, Hk, D) -> out (total_q, H, D)."""
+    options = _options(dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes,
+                       cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, max_seqlen_q=int(max_seqlen_q or 0),
+                       max_seqlen_k=int(max_seqlen_k or 0))
+    out, lse = _forward(q, kv[:, 0], kv[:, 1], options, return_attn_probs)
     return _result(out, lse, return_attn_probs)
 
 
-def _kvcache_numpy(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens, cache_batch_idx, cache_leftpad,
-                   block_table, alibi_slopes, softmax_scale, causal, window_left, window_right, softcap,
-                   rotary_interleaved):
-    q, used = kvcache.prepare(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens, cache_batch_idx,
-                              block_table, causal, window_left, window_right, rotary_interleaved)
-    return _numpy_forward(q, k_cache, v_cache, False, seqused_k=used, leftpad_k=cache_leftpad,
-                          block_table=block_table, kv_batch_idx=cache_batch_idx, alibi_slopes=alibi_slopes,
-                          softmax_scale=softmax_scale, softcap=softcap, causal=causal,
-                          window_size=(window_left, window_right))
+def _seqlens_array(cache_seqlens, q, k_cache, block_table):
+    """cache_seqlens as int32 (B,) like q (an int, None = the whole cache, or an integer array)."""
+    batch = q.shape[0]
+    if cache_seqlens is None:
+        cache_seqlens = kvcache.capacity(k_cache, block_table)
+    if isinstance(cache_seqlens, int):
+        if _is_numpy(q):
+            import numpy as np
+
+            return np.full((batch,), cache_seqlens, dtype=np.int32)
+        return torch.full((batch,), cache_seqlens, dtype=torch.int32, device=q.device)
+    if _is_numpy(q) and not _is_numpy(cache_seqlens):
+        import numpy as np
+
+        cache_seqlens = np.asarray(cache_seqlens)
+    if str(cache_seqlens.dtype) in ("torch.int64", "int64"):
+        return _dispatch._int64_as_int32("cache_seqlens", cache_seqlens)
+    return cache_seqlens
 
 
 def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None, rotary_sin=None,
                             cache_seqlens=None, cache_batch_idx=None, cache_leftpad=None, block_table=None,
                             softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
                             rotary_interleaved=True, alibi_slopes=None, num_splits=0, return_softmax_lse=False):
-    """q (B, Sq, H, D); k_cache/v_cache (B_cache, S_cache, Hk, D) or paged (num_blocks, page_size, Hk, D) with
-    block_table (B, max_blocks) and any page_size; k/v (B, Snew, Hk, D) are rotated (rotary_cos/sin
-    (seqlen_ro, rotary_dim / 2)) and written into the cache in place at cache_seqlens (int or int32 (B,)).
-    -> out (B, Sq, H, D) [, softmax_lse (B, H, Sq)]. num_splits is a scheduling hint and is ignored."""
-    if (k is None) != (v is None):
-        raise ValueError("attnforge: k and v must be given together")
-    if block_table is not None and cache_batch_idx is not None:
-        raise ValueError("Paged KVcache does not support cache_batch_idx")
-    if k_cache.shape[-1] != q.shape[-1] or (_stride_last(k_cache) != 1 or _stride_last(v_cache) != 1):
-        raise ValueError("attnforge: k_cache and v_cache need head_dim %d with a contiguous last dimension" %
-                         q.shape[-1])
-    q, k, v = (_contiguous_last_dim(x) for x in (q, k, v))
-    batch = q.shape[0]
-    if cache_seqlens is None:
-        if k is not None:
-            raise ValueError("attnforge: appending k/v needs cache_seqlens (where to write them)")
-        full = block_table.shape[1] * k_cache.shape[1] if block_table is not None else k_cache.shape[1]
-        cache_seqlens = full
-    window_left, window_right = int(window_size[0]), int(window_size[1])
-    softcap = float(softcap or 0.0)
-    if _is_numpy(q):
-        import numpy as np
+    """FlashAttention-2's flash_attn_with_kvcache: decode / chunked prefill from a KV cache.
 
-        seqlens = np.full((batch,), cache_seqlens, dtype=np.int32) if isinstance(cache_seqlens, int) else \
-            np.asarray(cache_seqlens, dtype=np.int32)
-        out, lse = _kvcache_numpy(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, seqlens, cache_batch_idx,
-                                  cache_leftpad, block_table, alibi_slopes, softmax_scale, bool(causal), window_left,
-                                  window_right, softcap, rotary_interleaved)
+    q (B, Sq, H, D); k_cache/v_cache (B_cache, S_cache, Hk, D), or paged (num_blocks, page_size, Hk, D)
+    with block_table int32 (B, max_blocks) (any page_size). k/v (B, Snew, Hk, D), when given, are
+    rotated (rotary_cos/sin (seqlen_ro >= the cache's rows, rotary_dim / 2); interleaved pairs or
+    GPT-NeoX halves) and written into the caches in place at rows cache_seqlens[b] + t. cache_seqlens:
+    int or int32 (B,) (int64 accepted; None = the whole cache). cache_batch_idx int32 (B,) picks cache
+    rows (not with block_table); cache_leftpad int32 (B,) first used cache row. Attention then runs
+    over each sequence's used rows with flash_attn_func's other arguments. num_splits: how many parts
+    the CUDA kernel splits each sequence's keys into (0 its heuristic, 1 none, N forced; the CPU
+    kernel and the fallback ignore it). Returns out (B, Sq, H, D) [, softmax_lse float32 (B, H, Sq)].
+    Nothing is written unless the whole call is valid; AttnforgeError names the argument otherwise.
+    """
+    if (k is None) != (v is None):
+        raise AttnforgeError(Status.AF_ERR_INVALID_ARGUMENT, "k and v must be given together")
+    if block_table is not None and cache_batch_idx is not None:
+        raise AttnforgeError(Status.AF_ERR_INVALID_ARGUMENT, "Paged KVcache does not support cache_batch_idx")
+    for name, x in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache)):
+        _check_float(name, x)
+    q = _contiguous_last_dim(q)
+    if k is not None:
+        k, v = _contiguous_last_dim(k), _contiguous_last_dim(v)
+    seqlens = _seqlens_array(cache_seqlens, q, k_cache, block_table)
+    options = AttentionOptions(leftpad_k=cache_leftpad, block_table=block_table, kv_batch_idx=cache_batch_idx,
+                               alibi_slopes=alibi_slopes, softmax_scale=softmax_scale, softcap=float(softcap or 0.0),
+                               causal=bool(causal), window_size=(int(window_size[0]), int(window_size[1])),
+                               num_splits=int(num_splits or 0))
+    options = _dispatch.int32_indices(options)
+    if _is_numpy(q):
+        out, lse = kvcache.forward(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, seqlens, options,
+                                   bool(rotary_interleaved), return_softmax_lse)
     else:
         if ops is None:
             raise TypeError("attnforge: expected numpy arrays (torch is not importable), got %r" % type(q))
-        if isinstance(cache_seqlens, int):
-            seqlens = torch.full((batch,), cache_seqlens, dtype=torch.int32, device=q.device)
-        else:
-            seqlens = cache_seqlens.to(torch.int32)
-        out, lse = ops.kvcache_attention(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, seqlens, cache_batch_idx,
-                                         cache_leftpad, block_table, alibi_slopes, softmax_scale, bool(causal),
-                                         window_left, window_right, softcap, bool(rotary_interleaved))
+        out, lse = ops.kvcache_attention(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, seqlens, options,
+                                         bool(rotary_interleaved), return_softmax_lse)
     return (out, lse) if return_softmax_lse else out
-
-
-def _stride_last(x):
-    return x.strides[-1] // x.itemsize if _is_numpy(x) else x.stride(-1)

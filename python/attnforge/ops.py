@@ -15,8 +15,8 @@ from typing import Optional, Tuple
 
 import torch
 
-from . import kvcache
-from ._dispatch import native_forward
+from . import _dispatch, kvcache
+from ._native import AttentionOptions
 from .fallback import TORCH_VERSION, attention as torch_attention, log_once
 
 Tensor = torch.Tensor
@@ -25,36 +25,13 @@ HAS_CUSTOM_OP = TORCH_VERSION >= (2, 4) and hasattr(torch.library, "custom_op")
 _is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None) or (lambda: False)
 
 
-def _op_needed(q, k, v):
+def _op_needed(q, k, v) -> bool:
     """Whether a call must go through the custom op: torch.compile is tracing it, or autograd must
     record it. Otherwise (inference, CUDA-graph capture) the implementation runs directly and the
     dispatcher's ~25 us per call are saved."""
     if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
         return True
     return _is_compiling()
-
-def forward_impl(q, k, v, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=0, max_seqlen_k=0, seqused_k=None,
-                 leftpad_k=None, block_table=None, kv_batch_idx=None, alibi_slopes=None, softmax_scale=None,
-                 softcap=0.0, causal=False, window_left=-1, window_right=-1, need_lse=True):
-    """(out like q, softmax_lse fp32 (B, H, Sq) or varlen (H, total_q), or None when not need_lse)
-    through the best path."""
-    varlen = cu_seqlens_q is not None
-    heads = q.shape[-2]
-    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    lse = None
-    if need_lse:
-        lse_shape = (heads, q.shape[0]) if varlen else (q.shape[0], heads, q.shape[1])
-        lse = torch.empty(lse_shape, dtype=torch.float32, device=q.device)
-    common = dict(cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, max_seqlen_q=max_seqlen_q,
-                  max_seqlen_k=max_seqlen_k, seqused_k=seqused_k, leftpad_k=leftpad_k, block_table=block_table,
-                  kv_batch_idx=kv_batch_idx, alibi_slopes=alibi_slopes, softmax_scale=softmax_scale,
-                  softcap=softcap, causal=causal, window_size=(window_left, window_right))
-    reason = native_forward(q, k, v, out, lse, **common)
-    if reason is None:
-        return out, lse
-    out, lse, path = torch_attention(q, k, v, need_lse=need_lse, **common)
-    log_once(("forward", path, reason), "attnforge kernel not used (%s); ran torch %s instead" % (reason, path))
-    return out, lse
 
 
 class _AutogradInsideOp:
@@ -76,38 +53,33 @@ class _AutogradInsideOp:
         return False
 
 
-def backward_impl(dout, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, seqused_k, block_table,
-                  alibi_slopes, softmax_scale, softcap, causal, window_left, window_right):
+def backward_impl(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, options: AttentionOptions):
     """(dq, dk, dv) by recomputing the forward in torch and differentiating it."""
     with torch.enable_grad():
         inputs = [x.detach().requires_grad_(True) for x in (q, k, v)]
-        out, _, path = torch_attention(*inputs, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
-                                       max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k, seqused_k=seqused_k,
-                                       block_table=block_table, alibi_slopes=alibi_slopes,
-                                       softmax_scale=softmax_scale, softcap=softcap, causal=causal,
-                                       window_size=(window_left, window_right), need_lse=False)
-        grads = torch.autograd.grad(out, inputs, dout)
+        out, _, path = torch_attention(*inputs, options, need_lse=False)
+        grads = torch.autograd.grad(out, inputs, dout, allow_unused=True)  # unused: inputs with no elements
     log_once(("backward", path), "attnforge has no backward kernel yet: gradients are recomputed through "
              "torch %s (exact, slower, O(n^2) memory for eager)" % path)
-    return grads
+    return tuple(torch.zeros_like(x) if g is None else g for g, x in zip(grads, (q, k, v)))
 
 
-def kvcache_impl(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens, cache_batch_idx, cache_leftpad,
-                 block_table, alibi_slopes, softmax_scale, causal, window_left, window_right, softcap,
-                 rotary_interleaved):
-    """flash_attn_with_kvcache on torch tensors: rotary, in-place append, then attention over the cache."""
-    q, used = kvcache.prepare(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens, cache_batch_idx,
-                              block_table, causal, window_left, window_right, rotary_interleaved)
-    return forward_impl(q, k_cache, v_cache, seqused_k=used, leftpad_k=cache_leftpad,
-                        block_table=block_table, kv_batch_idx=cache_batch_idx, alibi_slopes=alibi_slopes,
-                        softmax_scale=softmax_scale, softcap=softcap, causal=causal, window_left=window_left,
-                        window_right=window_right)
+def _options(cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=0, max_seqlen_k=0, seqused_k=None, block_table=None,
+             alibi_slopes=None, softmax_scale=None, softcap=0.0, causal=False, window_left=-1, window_right=-1):
+    """AttentionOptions from a custom op's flat arguments (op schemas take no records)."""
+    return AttentionOptions(cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, max_seqlen_q=max_seqlen_q,
+                            max_seqlen_k=max_seqlen_k, seqused_k=seqused_k, block_table=block_table,
+                            alibi_slopes=alibi_slopes, softmax_scale=softmax_scale, softcap=softcap, causal=causal,
+                            window_size=(window_left, window_right))
+
+
+def _varlen_op_args(o: AttentionOptions):
+    return (o.cu_seqlens_q, o.cu_seqlens_k, o.max_seqlen_q, o.max_seqlen_k, o.seqused_k, o.block_table,
+            o.alibi_slopes, o.softmax_scale, o.softcap, o.causal, o.window_size[0], o.window_size[1])
 
 
 def _lse_like(q, varlen):
-    heads = q.shape[-2]
-    shape = (heads, q.shape[0]) if varlen else (q.shape[0], heads, q.shape[1])
-    return q.new_empty(shape, dtype=torch.float32)
+    return q.new_empty(_dispatch.lse_shape(q, varlen), dtype=torch.float32)
 
 
 if HAS_CUSTOM_OP:
@@ -115,8 +87,9 @@ if HAS_CUSTOM_OP:
     @torch.library.custom_op("attnforge::flash_attn_forward", mutates_args=())
     def _forward_op(q: Tensor, k: Tensor, v: Tensor, alibi_slopes: Optional[Tensor], softmax_scale: Optional[float],
                     softcap: float, causal: bool, window_left: int, window_right: int) -> Tuple[Tensor, Tensor]:
-        return forward_impl(q, k, v, alibi_slopes=alibi_slopes, softmax_scale=softmax_scale, softcap=softcap,
-                            causal=causal, window_left=window_left, window_right=window_right)
+        return _dispatch.forward(q, k, v, _options(alibi_slopes=alibi_slopes, softmax_scale=softmax_scale,
+                                                   softcap=softcap, causal=causal, window_left=window_left,
+                                                   window_right=window_right))
 
     @_forward_op.register_fake
     def _(q, k, v, alibi_slopes, softmax_scale, softcap, causal, window_left, window_right):
@@ -128,14 +101,12 @@ if HAS_CUSTOM_OP:
                            block_table: Optional[Tensor], alibi_slopes: Optional[Tensor],
                            softmax_scale: Optional[float], softcap: float, causal: bool, window_left: int,
                            window_right: int) -> Tuple[Tensor, Tensor]:
-        return forward_impl(q, k, v, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, max_seqlen_q=max_seqlen_q,
-                            max_seqlen_k=max_seqlen_k, seqused_k=seqused_k, block_table=block_table,
-                            alibi_slopes=alibi_slopes, softmax_scale=softmax_scale, softcap=softcap, causal=causal,
-                            window_left=window_left, window_right=window_right)
+        return _dispatch.forward(q, k, v, _options(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, seqused_k,
+                                                   block_table, alibi_slopes, softmax_scale, softcap, causal,
+                                                   window_left, window_right))
 
     @_varlen_forward_op.register_fake
-    def _(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, seqused_k, block_table, alibi_slopes,
-          softmax_scale, softcap, causal, window_left, window_right):
+    def _(q, k, v, cu_seqlens_q, *rest):
         return torch.empty_like(q), _lse_like(q, True)
 
     @torch.library.custom_op("attnforge::flash_attn_backward", mutates_args=())
@@ -145,9 +116,9 @@ if HAS_CUSTOM_OP:
                      softmax_scale: Optional[float], softcap: float, causal: bool, window_left: int,
                      window_right: int) -> Tuple[Tensor, Tensor, Tensor]:
         with _AutogradInsideOp():
-            dq, dk, dv = backward_impl(dout, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
-                                       seqused_k, block_table, alibi_slopes, softmax_scale, softcap, causal,
-                                       window_left, window_right)
+            dq, dk, dv = backward_impl(dout, q, k, v, _options(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                                                               seqused_k, block_table, alibi_slopes, softmax_scale,
+                                                               softcap, causal, window_left, window_right))
         return dq.contiguous(), dk.contiguous(), dv.contiguous()
 
     @_backward_op.register_fake
@@ -186,10 +157,13 @@ if HAS_CUSTOM_OP:
                     rotary_cos: Optional[Tensor], rotary_sin: Optional[Tensor], cache_seqlens: Tensor,
                     cache_batch_idx: Optional[Tensor], cache_leftpad: Optional[Tensor], block_table: Optional[Tensor],
                     alibi_slopes: Optional[Tensor], softmax_scale: Optional[float], causal: bool, window_left: int,
-                    window_right: int, softcap: float, rotary_interleaved: bool) -> Tuple[Tensor, Tensor]:
-        return kvcache_impl(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens, cache_batch_idx,
-                            cache_leftpad, block_table, alibi_slopes, softmax_scale, causal, window_left,
-                            window_right, softcap, rotary_interleaved)
+                    window_right: int, softcap: float, rotary_interleaved: bool,
+                    num_splits: int) -> Tuple[Tensor, Tensor]:
+        options = AttentionOptions(leftpad_k=cache_leftpad, block_table=block_table, kv_batch_idx=cache_batch_idx,
+                                   alibi_slopes=alibi_slopes, softmax_scale=softmax_scale, softcap=softcap,
+                                   causal=causal, window_size=(window_left, window_right), num_splits=num_splits)
+        return kvcache.forward(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens, options,
+                               rotary_interleaved)
 
     @_kvcache_op.register_fake
     def _(q, k_cache, v_cache, *rest):
@@ -198,64 +172,48 @@ if HAS_CUSTOM_OP:
 else:
 
     class _AttentionFunction(torch.autograd.Function):
-        """Forward through forward_impl; backward recomputed through torch (no native backward yet)."""
+        """Forward through _dispatch.forward; backward recomputed through torch (no native backward yet)."""
 
         @staticmethod
-        def forward(ctx, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, seqused_k, block_table,
-                    alibi_slopes, softmax_scale, softcap, causal, window_left, window_right):
-            out, lse = forward_impl(q, k, v, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
-                                    max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k, seqused_k=seqused_k,
-                                    block_table=block_table, alibi_slopes=alibi_slopes, softmax_scale=softmax_scale,
-                                    softcap=softcap, causal=causal, window_left=window_left,
-                                    window_right=window_right)
-            ctx.save_for_backward(q, k, v, cu_seqlens_q, cu_seqlens_k, seqused_k, block_table, alibi_slopes)
-            ctx.params = (max_seqlen_q, max_seqlen_k, softmax_scale, softcap, causal, window_left, window_right)
+        def forward(ctx, q, k, v, options):
+            out, lse = _dispatch.forward(q, k, v, options)
+            ctx.save_for_backward(q, k, v)
+            ctx.options = options
             ctx.mark_non_differentiable(lse)
             return out, lse
 
         @staticmethod
         def backward(ctx, dout, dlse):
-            q, k, v, cu_seqlens_q, cu_seqlens_k, seqused_k, block_table, alibi_slopes = ctx.saved_tensors
-            max_q, max_k, scale, softcap, causal, left, right = ctx.params
-            dq, dk, dv = backward_impl(dout, q, k, v, cu_seqlens_q, cu_seqlens_k, max_q, max_k, seqused_k,
-                                       block_table, alibi_slopes, scale, softcap, causal, left, right)
-            return (dq, dk, dv) + (None,) * 12
+            q, k, v = ctx.saved_tensors
+            dq, dk, dv = backward_impl(dout, q, k, v, ctx.options)
+            return dq, dk, dv, None
 
 
-def attention(q, k, v, alibi_slopes, softmax_scale, softcap, causal, window_left, window_right, need_lse=True):
-    """Padded batch: (out (B, Sq, H, D), softmax_lse (B, H, Sq); None without need_lse on the direct path)."""
-    if not _op_needed(q, k, v):
-        return forward_impl(q, k, v, alibi_slopes=alibi_slopes, softmax_scale=softmax_scale, softcap=softcap,
-                            causal=causal, window_left=window_left, window_right=window_right, need_lse=need_lse)
+def attention(q: Tensor, k: Tensor, v: Tensor, options: AttentionOptions, need_lse: bool = True):
+    """The torch entry point of flash_attn_func / flash_attn_varlen_func (options.cu_seqlens_q selects
+    varlen): (out like q, softmax_lse float32 (B, H, Sq) or varlen (H, total_q)); softmax_lse may be
+    None without need_lse on the direct path. Through the custom op when autograd or torch.compile
+    needs it; dropout_p > 0 runs torch's own differentiable math directly."""
+    if options.dropout_p > 0 or not _op_needed(q, k, v):
+        return _dispatch.forward(q, k, v, options, need_lse)
     if HAS_CUSTOM_OP:
-        return _forward_op(q, k, v, alibi_slopes, softmax_scale, softcap, causal, window_left, window_right)
-    return _AttentionFunction.apply(q, k, v, None, None, 0, 0, None, None, alibi_slopes, softmax_scale, softcap,
-                                    causal, window_left, window_right)
+        if options.cu_seqlens_q is None:
+            return _forward_op(q, k, v, options.alibi_slopes, options.softmax_scale, options.softcap, options.causal,
+                               options.window_size[0], options.window_size[1])
+        return _varlen_forward_op(q, k, v, *_varlen_op_args(options))
+    return _AttentionFunction.apply(q, k, v, options)
 
 
-def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, seqused_k, block_table,
-                     alibi_slopes, softmax_scale, softcap, causal, window_left, window_right, need_lse=True):
-    """Variable-length batch: (out (total_q, H, D), softmax_lse (H, total_q); None without need_lse on the
-    direct path)."""
-    if not _op_needed(q, k, v):
-        return forward_impl(q, k, v, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, max_seqlen_q=max_seqlen_q,
-                            max_seqlen_k=max_seqlen_k, seqused_k=seqused_k, block_table=block_table,
-                            alibi_slopes=alibi_slopes, softmax_scale=softmax_scale, softcap=softcap, causal=causal,
-                            window_left=window_left, window_right=window_right, need_lse=need_lse)
-    args = (q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, seqused_k, block_table, alibi_slopes,
-            softmax_scale, softcap, causal, window_left, window_right)
-    if HAS_CUSTOM_OP:
-        return _varlen_forward_op(*args)
-    return _AttentionFunction.apply(*args)
-
-
-def kvcache_attention(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens, cache_batch_idx,
-                      cache_leftpad, block_table, alibi_slopes, softmax_scale, causal, window_left, window_right,
-                      softcap, rotary_interleaved):
-    """flash_attn_with_kvcache: (out (B, Sq, H, D), softmax_lse (B, H, Sq)); no autograd (as FlashAttention)."""
-    args = (q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens, cache_batch_idx, cache_leftpad,
-            block_table, alibi_slopes, softmax_scale, causal, window_left, window_right, softcap, rotary_interleaved)
+def kvcache_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, k: Optional[Tensor], v: Optional[Tensor],
+                      rotary_cos: Optional[Tensor], rotary_sin: Optional[Tensor], cache_seqlens: Tensor,
+                      options: AttentionOptions, rotary_interleaved: bool, need_lse: bool = True):
+    """flash_attn_with_kvcache on torch tensors: (out (B, Sq, H, D), softmax_lse (B, H, Sq)); no autograd
+    (as FlashAttention). Through the custom op only while torch.compile traces (it mutates the caches)."""
     if HAS_CUSTOM_OP and _is_compiling():
-        return _kvcache_op(*args)
+        o = options
+        return _kvcache_op(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens, o.kv_batch_idx,
+                           o.leftpad_k, o.block_table, o.alibi_slopes, o.softmax_scale, o.causal, o.window_size[0],
+                           o.window_size[1], o.softcap, rotary_interleaved, o.num_splits)
     with torch.no_grad():
-        return kvcache_impl(*args)
+        return kvcache.forward(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens, options,
+                               rotary_interleaved, need_lse)

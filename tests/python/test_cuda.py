@@ -34,3 +34,40 @@ def test_varlen_cuda(seed):
                                                     max(lengths), causal=True)
     expected, _, naive = varlen_reference(q, kv[:, 0], kv[:, 1], cu, cu, torch.bfloat16, causal=True)
     assert_close(out.cpu(), expected, naive, torch.bfloat16)
+
+
+def test_repeated_calls_reuse_one_plan_and_explain_names_it(seed):
+    """The hot path keeps af_attention_plans keyed by call signature: a decode loop makes one plan, a new
+    shape another; results equal af_attention_forward's; explain() reports the plan's kernel."""
+    from attnforge import _dispatch, _native
+
+    _dispatch.plans.clear()
+    q = torch.randn(2, 1, 16, 128, device="cuda", dtype=torch.bfloat16)
+    k = torch.randn(2, 700, 4, 128, device="cuda", dtype=torch.bfloat16)
+    outs = [attnforge.flash_attn_func(q, k, k, causal=True) for _ in range(3)]
+    assert len(_dispatch.plans) == 1
+    attnforge.flash_attn_func(q, k[:, :699], k[:, :699], causal=True)
+    assert len(_dispatch.plans) == 2
+    direct = torch.empty_like(q)
+    _native.attention_forward(q, k, k, direct, causal=True)
+    assert all(torch.equal(out, direct) for out in outs)
+    verdict = attnforge.explain(q, k, k, causal=True)
+    assert verdict["path"] == "attnforge-cuda" and verdict["plan"].startswith("cuda "), verdict
+
+
+def test_kvcache_append_on_the_gpu_writes_nothing_for_an_invalid_call(seed):
+    """On a GPU the append's validation is skipped once a plan for the call's signature exists; a call
+    with another signature (here a wrong alibi_slopes shape) is still checked before anything is written."""
+    q = torch.randn(2, 1, 16, 128, device="cuda", dtype=torch.bfloat16)
+    k_cache = torch.zeros(2, 64, 4, 128, device="cuda", dtype=torch.bfloat16)
+    v_cache = torch.zeros_like(k_cache)
+    new = torch.randn(2, 1, 4, 128, device="cuda", dtype=torch.bfloat16)
+    seqlens = torch.tensor([3, 9], dtype=torch.int32, device="cuda")
+    for _ in range(2):
+        out = attnforge.flash_attn_with_kvcache(q, k_cache, v_cache, k=new, v=new, cache_seqlens=seqlens, causal=True)
+    assert torch.equal(k_cache[1, 9], new[1, 0]) and torch.isfinite(out).all()
+    before = k_cache.clone()
+    with pytest.raises(attnforge.AttnforgeError, match="alibi_slopes"):
+        attnforge.flash_attn_with_kvcache(q, k_cache, v_cache, k=new, v=new, cache_seqlens=seqlens + 1, causal=True,
+                                          alibi_slopes=torch.rand(3, device="cuda"))
+    assert torch.equal(k_cache, before)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import attnforge
-from attnforge import fallback, ops
+from attnforge import AttentionOptions, _dispatch, fallback, ops
 from reference import assert_close, sequence_attention
 from test_flash_api import batched_reference, cu_seqlens, varlen_reference
 
@@ -28,7 +28,7 @@ def attnforge_messages(caplog):
 def test_explain_names_the_kernel_and_the_run_uses_it(fresh_log, seed):
     q, k, v = torch.randn(2, 9, 4, 32), torch.randn(2, 11, 2, 32), torch.randn(2, 11, 2, 32)
     verdict = attnforge.explain(q, k, v, causal=True)
-    assert verdict["path"] == "attnforge-cpu", verdict
+    assert verdict["path"] == "attnforge-cpu" and verdict["plan"] == "cpu", verdict
     attnforge.flash_attn_func(q, k, v, causal=True)
     assert attnforge_messages(fresh_log) == [], "explain() said attnforge-cpu but the call fell back"
 
@@ -270,3 +270,29 @@ def test_inference_calls_skip_the_custom_op_and_autograd_calls_use_it(seed, monk
     assert torch.equal(attnforge.flash_attn_func(q, k, v, causal=True), expected)  # no input needs grad
     with pytest.raises(AssertionError, match="custom op called"):
         attnforge.flash_attn_func(q.requires_grad_(True), k, v, causal=True)
+
+
+def test_plan_cache_is_least_recently_used_first_out():
+    cache = _dispatch.PlanCache(capacity=3)
+    for key in "abc":
+        cache.put(key, key.upper())
+    assert cache.get("a") == "A"  # a is now the most recent: b goes first
+    cache.put("d", "D")
+    assert [cache.get(key) for key in "abcd"] == ["A", None, "C", "D"] and len(cache) == 3
+
+
+def test_plan_key_tells_apart_what_a_plan_depends_on(seed):
+    """Calls that af_attention_run would refuse under one plan never share a key; same-shaped calls do."""
+    def key(q, k, options, lse=True):
+        return _dispatch.plan_key(q, k, k, lse, options)
+
+    q, k = torch.randn(9, 4, 16), torch.randn(9, 2, 16)
+    two = AttentionOptions(cu_seqlens_q=cu_seqlens([4, 5]), cu_seqlens_k=cu_seqlens([4, 5]), max_seqlen_q=5,
+                           max_seqlen_k=5)
+    three = two._replace(cu_seqlens_q=cu_seqlens([4, 0, 5]), cu_seqlens_k=cu_seqlens([4, 0, 5]))
+    assert key(q, k, two) == key(torch.randn(9, 4, 16), torch.randn(9, 2, 16), two._replace(softmax_scale=0.3))
+    variants = [three, two._replace(causal=True), two._replace(window_size=(3, -1)), two._replace(softcap=2.0),
+                two._replace(num_splits=2), two._replace(max_seqlen_k=6), two._replace(seqused_k=torch.ones(2))]
+    keys = {key(q, k, two), key(q, k, two, lse=False), key(q[:, :, :8], k[:, :, :8], two),
+            key(q.to(torch.float16), k.to(torch.float16), two)} | {key(q, k, o) for o in variants}
+    assert len(keys) == 4 + len(variants)

@@ -285,7 +285,7 @@ def test_kvcache_int_seqlens_and_errors(seed):
     k_cache, v_cache = torch.randn(2, 10, 2, 16), torch.randn(2, 10, 2, 16)
     out = attnforge.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=7)
     check(out, None, q, k_cache[:, :7], v_cache[:, :7], torch.float32)
-    with pytest.raises(ValueError, match="cache_batch_idx"):
+    with pytest.raises(attnforge.AttnforgeError, match="cache_batch_idx"):
         attnforge.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=7,
                                           cache_batch_idx=torch.zeros(2, dtype=torch.int32),
                                           block_table=torch.zeros(2, 1, dtype=torch.int32))

@@ -62,3 +62,13 @@ def test_installed_wheel_bundles_library_and_command():
     wheel = importlib.metadata.distribution("attnforge").read_text("WHEEL") or ""
     assert "Root-Is-Purelib: false" in wheel
     assert "Tag: py3-none-manylinux_2_28_%s" % platform.machine() in wheel, wheel
+
+
+def test_status_enum_matches_the_library():
+    """attnforge.Status is the header's af_status: every name and value as af_status_string gives them; a
+    value a newer library appends is kept rather than refused."""
+    lib = _native.library()
+    for status in attnforge.Status:
+        assert lib.af_status_string(int(status)).decode() == status.name
+    assert lib.af_status_string(len(attnforge.Status)).decode() == "AF_ERR_UNKNOWN_STATUS"
+    assert int(attnforge.Status(99)) == 99 and "99" in str(attnforge.AttnforgeError(99, "later status"))
