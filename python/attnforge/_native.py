@@ -184,6 +184,16 @@ class _AttentionArgs(ctypes.Structure):
 
 _ARGS_SIZE = ctypes.sizeof(_AttentionArgs)
 
+# af_kvcache_append_args: struct_size, the tensor fields in the header's order, the flags, the stream.
+_APPEND_TENSORS = ("k_cache", "v_cache", "k", "v", "cache_seqlens", "cache_batch_idx", "block_table", "rotary_cos",
+                   "rotary_sin", "q", "q_out", "seqused_out")
+
+
+class _AppendArgs(ctypes.Structure):
+    _fields_ = ([("struct_size", ctypes.c_uint32)] + [(name, ctypes.c_void_p) for name in _APPEND_TENSORS] +
+                [("rotary_interleaved", ctypes.c_int32), ("q_positions_per_row", ctypes.c_int32),
+                 ("cuda_stream", ctypes.c_void_p)])
+
 _PROGRESS_CALLBACK = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int32, ctypes.c_int32, ctypes.c_char_p)
 
 
@@ -262,6 +272,9 @@ def _declare(lib):
     lib.af_attention_run.argtypes = [c.c_void_p, c.POINTER(_AttentionArgs), c.c_void_p, c.c_size_t]
     lib.af_attention_plan_destroy.restype = None
     lib.af_attention_plan_destroy.argtypes = [c.c_void_p]
+    if hasattr(lib, "af_kvcache_append"):  # absent from libraries older than the kvcache family
+        lib.af_kvcache_append.restype = c.c_int
+        lib.af_kvcache_append.argtypes = [c.POINTER(_AppendArgs)]
 
 
 def _lib():
@@ -451,10 +464,10 @@ def _tensor_fields(name, x, foreign_as_device=False):
 
 
 class _Descriptors(threading.local):
-    """One af_tensor slot per tensor field of af_attention_args, per thread."""
+    """One af_tensor slot per tensor field of af_attention_args, then of af_kvcache_append_args, per thread."""
 
     def __init__(self):
-        self.buffer = ctypes.create_string_buffer(_TENSOR_PACK.size * len(_TENSOR_ARGS))
+        self.buffer = ctypes.create_string_buffer(_TENSOR_PACK.size * (len(_TENSOR_ARGS) + len(_APPEND_TENSORS)))
         self.address = ctypes.addressof(self.buffer)
 
 
@@ -463,12 +476,13 @@ _TENSOR_ARGS = ("q", "k", "v", "out", "softmax_lse", "cu_seqlens_q", "cu_seqlens
 _descriptors = _Descriptors()
 
 
-def _pack(slot, fields):
+def _pack(slot, fields, name=None):
     """Writes one af_tensor (from _tensor_fields) into this thread's slot; returns its address."""
     pointer, dtype, device_type, device_index, shape, strides = fields
     rank = len(shape)
     if rank > _MAX_RANK:
-        raise AttnforgeError(Status.AF_ERR_SHAPE, "%s has rank %d; at most %d" % (_TENSOR_ARGS[slot], rank, _MAX_RANK))
+        raise AttnforgeError(Status.AF_ERR_SHAPE, "%s has rank %d; at most %d" % (name or _TENSOR_ARGS[slot], rank,
+                                                                                  _MAX_RANK))
     pad = _ZEROS[rank:]
     offset = slot * _TENSOR_PACK.size
     _TENSOR_PACK.pack_into(_descriptors.buffer, offset, pointer, dtype, device_type, device_index, rank,
@@ -523,6 +537,35 @@ def attention_forward(q, k, v, out, softmax_lse=None, options=DEFAULT_OPTIONS, b
     library's status and message; _DeviceMemory for a tensor on a device the library has no code for."""
     args = _build_args(q, k, v, out, softmax_lse, options, backend, stream, **fields)
     _check(_lib().af_attention_forward(ctypes.byref(args)))
+
+
+def has_kvcache_append():
+    """Whether the loaded library has af_kvcache_append (the GPU rotary + cache append)."""
+    return hasattr(_lib(), "af_kvcache_append")
+
+
+def kvcache_append(k_cache, v_cache, cache_seqlens, k=None, v=None, cache_batch_idx=None, block_table=None,
+                   rotary_cos=None, rotary_sin=None, q=None, q_out=None, seqused_out=None, rotary_interleaved=True,
+                   q_positions_per_row=True, stream=None):
+    """af_kvcache_append: flash_attn_with_kvcache's rotary embedding and in-place append in one GPU kernel.
+
+    k_cache/v_cache (B_cache, S_cache, Hk, D) or paged (num_pages, page_size, Hk, D), fp16/bf16, written;
+    k/v (B, S_new, Hk, D) rotated (k) and written at rows cache_seqlens[b] + t (int32 (B,));
+    cache_batch_idx int32 (B,) or block_table int32 (B, max_blocks); rotary_cos/sin (seqlen_ro, rotary_dim / 2)
+    in the cache's dtype; q (B, Sq, H, D) rotated into q_out at cache_seqlens[b] + t (q_positions_per_row)
+    or cache_seqlens[b]; seqused_out int32 (B,) receives cache_seqlens + S_new. Semantics: FlashAttention-2's
+    flash_attn_with_kvcache. Raises AttnforgeError (AF_ERR_UNSUPPORTED for host tensors)."""
+    args = _AppendArgs()
+    args.struct_size = ctypes.sizeof(_AppendArgs)
+    values = (k_cache, v_cache, k, v, cache_seqlens, cache_batch_idx, block_table, rotary_cos, rotary_sin, q, q_out,
+              seqused_out)
+    for index, (name, value) in enumerate(zip(_APPEND_TENSORS, values)):
+        if value is not None:
+            setattr(args, name, _pack(len(_TENSOR_ARGS) + index, _tensor_fields(name, value), name))
+    args.rotary_interleaved = 1 if rotary_interleaved else 0
+    args.q_positions_per_row = 1 if q_positions_per_row else 0
+    args.cuda_stream = _stream_of(k_cache, stream)
+    _check(_lib().af_kvcache_append(ctypes.byref(args)))
 
 
 class Plan:

@@ -1,6 +1,8 @@
 """flash_attn_with_kvcache's preparation steps, for torch tensors and numpy arrays alike:
 rotary embedding of the new keys and the queries, and the in-place append of the new k/v into
-the cache (contiguous or paged with any page size). Index math uses array ops only (no host sync).
+the cache (contiguous or paged with any page size). On a GPU with fp16/bf16 tensors all of it is one
+kernel of the library (af_kvcache_append); elsewhere torch or numpy array ops do it. Either way no host
+sync.
 
 Positions follow FlashAttention-2: new key t of sequence b sits at cache row cache_seqlens[b] + t
 and is rotated for that position; queries are rotated at cache_seqlens[b] + t when the attention is
@@ -192,6 +194,27 @@ def validate(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens, o
     return used
 
 
+_library_appends = None  # af_kvcache_append exists and the CUDA backend is available (asked once)
+
+
+def _gpu_append(q, k_cache, k, rotary_cos) -> bool:
+    """Whether the append runs as attnforge's kernel: torch CUDA tensors of one 16-bit dtype (q, the caches, the
+    new rows, cos/sin) and a library with af_kvcache_append; else torch ops do it."""
+    if not (_is_torch(k_cache) and k_cache.is_cuda) or str(k_cache.dtype) not in ("torch.float16", "torch.bfloat16"):
+        return False
+    if q.dtype != k_cache.dtype or k.dtype != k_cache.dtype or not k.is_cuda:
+        return False
+    if rotary_cos is not None and rotary_cos.dtype != k_cache.dtype:
+        return False
+    global _library_appends
+    if _library_appends is None:
+        try:
+            _library_appends = _native.has_kvcache_append() and _native.backend_available("cuda")[0]
+        except ImportError:
+            _library_appends = False
+    return _library_appends
+
+
 def prepare(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens, options: AttentionOptions,
             rotary_interleaved: bool, used=None):
     """flash_attn_with_kvcache's steps before the attention, once validate() has accepted the call (and
@@ -199,6 +222,19 @@ def prepare(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens, op
     caches in place. -> (q, int32 (B,) number of used cache rows)."""
     if k is None:
         return q, cache_seqlens
+    if _gpu_append(q, k_cache, k, rotary_cos):
+        # One kernel on the current stream: rotary of k and q, the append, and the used rows.
+        rows = capacity(k_cache, options.block_table)
+        left, right = options.window_size
+        local = (0 <= left < rows) or (0 <= right < rows)
+        torch = sys.modules["torch"]
+        used = torch.empty_like(cache_seqlens)
+        q_out = torch.empty_like(q) if rotary_cos is not None else None
+        _native.kvcache_append(k_cache, v_cache, cache_seqlens, k=k, v=v, cache_batch_idx=options.kv_batch_idx,
+                               block_table=options.block_table, rotary_cos=rotary_cos, rotary_sin=rotary_sin,
+                               q=q if rotary_cos is not None else None, q_out=q_out, seqused_out=used,
+                               rotary_interleaved=rotary_interleaved, q_positions_per_row=options.causal or local)
+        return (q_out if q_out is not None else q), used
     if rotary_cos is not None:
         k = apply_rotary(k, rotary_cos, rotary_sin, positions(cache_seqlens, k.shape[1], True), rotary_interleaved)
         rows = capacity(k_cache, options.block_table)
