@@ -159,6 +159,41 @@ def outputs(q, varlen: bool, need_lse: bool):
     return out, (torch.empty(lse_shape(q, varlen), dtype=torch.float32, device=q.device) if need_lse else None)
 
 
+def _needs_padding(q, k, v, options: AttentionOptions) -> bool:
+    """Whether a GPU call can reach the kernel only through FlashAttention-2's padding: fp16/bf16 CUDA
+    tensors whose head dim or batch/row/head strides are not multiples of 8 elements, or whose data is
+    not 16-byte aligned (the kernels move 16-byte vectors). Paged caches are never copied."""
+    if not (hasattr(q, "is_cuda") and q.is_cuda) or options.block_table is not None:
+        return False
+    if str(q.dtype) not in ("torch.float16", "torch.bfloat16"):
+        return False
+    for x in (q, k, v):
+        if x.data_ptr() % 16 or any(stride % 8 for stride in x.stride()[:-1]):
+            return True
+    return q.shape[-1] % 8 != 0
+
+
+def _padded_forward(q, k, v, options: AttentionOptions, need_lse: bool):
+    """FlashAttention-2's treatment of head dims that are not multiples of 8 (flash_api.cpp pads them):
+    q, k and v are copied with the head dim zero-padded to the next multiple of 8 (fresh, aligned
+    tensors), the kernel runs with the original softmax scale, and out is the padded output's view of
+    the first head_dim columns. Zero columns change no dot product and produce zero outputs."""
+    import math
+
+    head_dim = q.shape[-1]
+    padded = head_dim + (-head_dim) % 8
+
+    def copy(x):
+        y = x.new_zeros(tuple(x.shape[:-1]) + (padded,))
+        y[..., :head_dim] = x
+        return y
+    q, k, v = copy(q), copy(k), copy(v)
+    if options.softmax_scale is None:
+        options = options._replace(softmax_scale=1.0 / math.sqrt(head_dim))
+    out, lse = forward(q, k, v, options, need_lse)
+    return out[..., :head_dim], lse
+
+
 def forward(q, k, v, options: AttentionOptions, need_lse: bool = True):
     """FlashAttention's forward for torch tensors or numpy arrays (answered in kind).
 
@@ -171,6 +206,8 @@ def forward(q, k, v, options: AttentionOptions, need_lse: bool = True):
     calls on either path.
     """
     options = int32_indices(options)
+    if options.dropout_p == 0 and _needs_padding(q, k, v, options):
+        return _padded_forward(q, k, v, options, need_lse)
     out, lse = outputs(q, options.cu_seqlens_q is not None, need_lse)
     if options.dropout_p > 0:
         reason = "dropout_p > 0 needs torch's RNG; attnforge's kernels have none"

@@ -25,7 +25,8 @@ def explain(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_siz
     """Which path flash_attn_func / flash_attn_varlen_func would run for these arguments.
 
     Takes their arguments (plus seqused_k, leftpad_k, kv_batch_idx as flash_attn_with_kvcache uses
-    them). Returns a dict: path ("attnforge-cpu", "attnforge-cuda", "sdpa", "eager" or "error");
+    them). Returns a dict: path ("attnforge-cpu", "attnforge-cuda", "attnforge-cuda-padded" (head dim or strides off
+    the 8-element grid: run on zero-padded copies, as FlashAttention-2 does), "sdpa", "eager" or "error");
     for attnforge's paths plan (af_attention_plan_describe: "cuda decode bf16 d128 sm_90a 16x64
     splits=8", "cpu"; on CUDA making the plan compiles or loads the kernel); and reason (why this
     path; for a fallback, why attnforge's kernel does not take the call; for "error", the
@@ -47,6 +48,17 @@ def explain(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_siz
         options = _dispatch.int32_indices(options)
     except AttnforgeError as e:
         return _error(e)
+    if options.dropout_p == 0 and _dispatch._needs_padding(q, k, v, options):
+        # Head dim or strides off the 8-element grid: the call runs on padded copies (as FlashAttention-2).
+        padded = [x.new_zeros(tuple(x.shape[:-1]) + (x.shape[-1] + (-x.shape[-1]) % 8,)) for x in (q, k, v)]
+        result = explain(*padded, softmax_scale=softmax_scale or q.shape[-1] ** -0.5, causal=causal,
+                         window_size=window_size, softcap=softcap, alibi_slopes=alibi_slopes, cu_seqlens_q=cu_seqlens_q,
+                         cu_seqlens_k=cu_seqlens_k, max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k,
+                         seqused_k=seqused_k, leftpad_k=leftpad_k, kv_batch_idx=kv_batch_idx)
+        if result["path"] == "attnforge-cuda":
+            result["path"] = "attnforge-cuda-padded"
+            result["reason"] += " after padding the head dim to a multiple of 8 (as FlashAttention-2 does)"
+        return result
     out, _ = _dispatch.outputs(q, options.cu_seqlens_q is not None, False)
     if options.dropout_p > 0:
         reason = "dropout_p > 0 needs torch's RNG; attnforge's kernels have none"

@@ -159,3 +159,22 @@ def test_float32_is_refused_with_a_reason():
     q = torch.randn(1, 16, 2, 64, device=DEVICE)
     ok, _, reason = _native.attention_supported(q, q, q, torch.empty_like(q), backend="cuda")
     assert not ok and "float32" in reason
+
+
+@pytest.mark.parametrize("head_dim", [36, 59, 100, 111])
+def test_head_dims_off_the_8_grid_run_on_the_kernel_padded(head_dim, seed):
+    """FlashAttention-2 pads head dims that are not multiples of 8; so does attnforge, and the kernel runs."""
+    import attnforge
+
+    q = torch.randn(2, 70, 4, head_dim, dtype=torch.bfloat16, device=DEVICE)
+    k = torch.randn(2, 90, 2, head_dim, dtype=torch.bfloat16, device=DEVICE)
+    v = torch.randn_like(k)
+    assert attnforge.explain(q, k, v, causal=True)["path"] == "attnforge-cuda-padded"
+    out, lse, _ = attnforge.flash_attn_func(q, k, v, causal=True, return_attn_probs=True)
+    scale = 1.0 / math.sqrt(head_dim)
+    for b in range(2):
+        qb, kb, vb = q[b].cpu(), k[b].cpu(), v[b].cpu()
+        expected, expected_lse = sequence_attention(qb.double(), kb.double(), vb.double(), scale, True)
+        naive, _ = sequence_attention(qb, kb, vb, scale, True, precision=torch.bfloat16)
+        assert_close(out[b].cpu(), expected, naive, torch.bfloat16)
+        assert_lse_close(lse[b].cpu(), expected_lse)
