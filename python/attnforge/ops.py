@@ -195,6 +195,22 @@ if HAS_CUSTOM_OP:
     def _(q, k_cache, v_cache, *rest):
         return torch.empty_like(q), _lse_like(q, False)
 
+    # The same call without k/v to append reads the cache only: as a non-mutating op, torch.compile
+    # neither copies the caches (functionalisation of a mutation) nor orders it against other writes.
+    @torch.library.custom_op("attnforge::flash_attn_with_kvcache_read", mutates_args=())
+    def _kvcache_read_op(q: Tensor, k_cache: Tensor, v_cache: Tensor, cache_seqlens: Tensor,
+                         cache_batch_idx: Optional[Tensor], cache_leftpad: Optional[Tensor],
+                         block_table: Optional[Tensor], alibi_slopes: Optional[Tensor], softmax_scale: Optional[float],
+                         causal: bool, window_left: int, window_right: int, softcap: float) -> Tuple[Tensor, Tensor]:
+        return forward_impl(q, k_cache, v_cache, seqused_k=cache_seqlens, leftpad_k=cache_leftpad,
+                            block_table=block_table, kv_batch_idx=cache_batch_idx, alibi_slopes=alibi_slopes,
+                            softmax_scale=softmax_scale, softcap=softcap, causal=causal, window_left=window_left,
+                            window_right=window_right)
+
+    @_kvcache_read_op.register_fake
+    def _(q, k_cache, v_cache, *rest):
+        return q.new_empty(q.shape), _lse_like(q, False)
+
 else:
 
     class _AttentionFunction(torch.autograd.Function):
@@ -256,6 +272,10 @@ def kvcache_attention(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_s
     args = (q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens, cache_batch_idx, cache_leftpad,
             block_table, alibi_slopes, softmax_scale, causal, window_left, window_right, softcap, rotary_interleaved)
     if HAS_CUSTOM_OP and _is_compiling():
+        if k is None and v is None:
+            return _kvcache_read_op(q, k_cache, v_cache, cache_seqlens.int(), cache_batch_idx, cache_leftpad,
+                                    block_table, alibi_slopes, softmax_scale, causal, window_left, window_right,
+                                    softcap)
         return _kvcache_op(*args)
     with torch.no_grad():
         return kvcache_impl(*args)
