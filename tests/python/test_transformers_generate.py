@@ -244,12 +244,14 @@ def test_encoder_packed_positions_start_at_two(implementation):
 
 
 def vision_tower(implementation):
-    config = transformers.Qwen2_5_VLVisionConfig(depth=2, hidden_size=32, intermediate_size=64, num_heads=2,
+    from transformers.models.qwen2_5_vl import configuration_qwen2_5_vl, modeling_qwen2_5_vl
+
+    config = configuration_qwen2_5_vl.Qwen2_5_VLVisionConfig(depth=2, hidden_size=32, intermediate_size=64, num_heads=2,
                                                  out_hidden_size=32, patch_size=4, spatial_merge_size=2,
                                                  temporal_patch_size=1, window_size=16, fullatt_block_indexes=[1],
                                                  in_channels=3)
     torch.manual_seed(5)
-    model = transformers.Qwen2_5_VisionTransformerPretrainedModel._from_config(
+    model = modeling_qwen2_5_vl.Qwen2_5_VisionTransformerPretrainedModel._from_config(
         config, attn_implementation=implementation)
     with torch.no_grad():
         for parameter in model.parameters():
@@ -293,78 +295,79 @@ def test_vision_tower_flash_class_gets_cu_seqlens(monkeypatch):
                 assert len(calls) > 2 and not any(calls), calls
 
 
-def decoder_layer(family="llama"):
-    config = make_config(family)
-    config._attn_implementation = "attnforge"
-    torch.manual_seed(3)
-    model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="attnforge").eval()
-    return model
+def prefilled(family, cache_kind, lengths):
+    """(model, cache, step inputs) after a prefill of left-padded prompts: the next decode step's
+    input_ids (B, 1), 2D attention mask and position_ids."""
+    _, model, _ = models(make_config(family))
+    ids, mask = batch(lengths)
+    if cache_kind == "static":
+        cache = transformers.StaticCache(config=model.config, max_cache_len=ids.shape[1] + 5)
+    else:
+        cache = transformers.DynamicCache(config=model.config)
+    with torch.no_grad():
+        model(ids, attention_mask=mask, past_key_values=cache)
+    full_mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+    step = dict(input_ids=torch.randint(1, VOCAB, (mask.shape[0], 1)), attention_mask=full_mask,
+                position_ids=full_mask.sum(-1, keepdim=True) - 1)
+    return model, cache, step
 
 
 @pytest.mark.skipif(not ops.HAS_CUSTOM_OP, reason="torch < 2.4 has no torch.library.custom_op (no compile path)")
-@pytest.mark.parametrize("padded", [False, True])
-def test_decode_step_layer_compiles_fullgraph(padded):
-    """One decoder layer's decode step (one new token over a 12-row static cache) compiles with
-    fullgraph=True (any graph break raises) and matches the uncompiled layer."""
-    model = decoder_layer()
-    config = model.config
+@pytest.mark.parametrize("cache_kind,lengths", [("static", [7, 4]), ("static", [7, 7]), ("dynamic", [7, 7])],
+                         ids=["static-padded", "static-unpadded", "dynamic-unpadded"])
+def test_decode_step_layer_compiles_fullgraph(cache_kind, lengths):
+    """One decoder layer's decode step compiles with fullgraph=True (any graph break raises) and matches the
+    layer run eagerly. The layer gets what the model gives it: padding_mask's output (a static cache's
+    unfilled rows, padding) or no mask (dynamic cache, no padding: the flash_attn_func path)."""
+    model, cache, step = prefilled("llama", cache_kind, lengths)
     layer = model.model.layers[0]
-    cache = transformers.StaticCache(config=config, max_cache_len=12)
-    ids, mask = batch([7, 4] if padded else [7, 7], width=7)
-    with torch.no_grad():
-        model(ids, attention_mask=mask, past_key_values=cache)  # prefill the cache
-    step_ids = torch.randint(1, VOCAB, (2, 1))
-    full_mask = torch.cat([mask, mask.new_ones(2, 1)], dim=1)
-    position_ids = full_mask.sum(-1, keepdim=True) - 1
-    hidden = model.model.embed_tokens(step_ids)
-    position_embeddings = model.model.rotary_emb(hidden, position_ids)
-    layer_mask = af_transformers.padding_mask(2, 1, 12, q_offset=torch.tensor(7), attention_mask=full_mask.bool())
+    hidden = model.model.embed_tokens(step["input_ids"])
+    position_embeddings = model.model.rotary_emb(hidden, step["position_ids"])
+    kv_length, kv_offset = cache.get_mask_sizes(1, 0)
+    query_offset = cache.get_query_offset(0)
+    layer_mask = af_transformers.padding_mask(2, 1, kv_length, query_offset, kv_offset,
+                                              attention_mask=step["attention_mask"].bool() if lengths[0] != lengths[1]
+                                              else None)
+    assert (layer_mask is None) == (cache_kind == "dynamic")
+    twin = copy.deepcopy(cache)  # the step appends to its cache: each run gets the same contents
 
-    def step(hidden, layer_mask, position_ids):
-        return layer(hidden, attention_mask=layer_mask, position_ids=position_ids, past_key_values=cache,
-                     position_embeddings=position_embeddings)
+    def decode(hidden, layer_mask, position_ids, cache):
+        out = layer(hidden, attention_mask=layer_mask, position_ids=position_ids, past_key_values=cache,
+                    position_embeddings=position_embeddings)
+        return out[0] if isinstance(out, tuple) else out
 
     with torch.no_grad():
-        expected = step(hidden, layer_mask, position_ids)
+        expected = decode(hidden, layer_mask, step["position_ids"], cache)
         torch._dynamo.reset()
-        compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
-        got = compiled(hidden, layer_mask, position_ids)
-    expected = expected[0] if isinstance(expected, tuple) else expected
-    got = got[0] if isinstance(got, tuple) else got
+        compiled = torch.compile(decode, fullgraph=True, backend="aot_eager")
+        got = compiled(hidden, layer_mask, step["position_ids"], twin)
     assert torch.allclose(got, expected, atol=1e-5, rtol=1e-5)
 
 
-def test_padded_decode_step_has_no_host_sync(monkeypatch):
-    """A padded decode step through the integration calls no .item()/int()/nonzero/tolist: each is
-    made to raise while one step runs (the mask's bounds are computed with tensor ops)."""
-    model = decoder_layer()
-    ids, mask = batch([7, 4])
-    with torch.no_grad():
-        out = model(ids, attention_mask=mask, use_cache=True)
-    step_ids = torch.randint(1, VOCAB, (2, 1))
-    full_mask = torch.cat([mask, mask.new_ones(2, 1)], dim=1)
-    position_ids = full_mask.sum(-1, keepdim=True) - 1
+@pytest.mark.parametrize("cache_kind", ["dynamic", "static"])
+@pytest.mark.parametrize("family", ["llama", "gemma2", "gpt_oss"])
+def test_padded_decode_step_has_no_host_sync(family, cache_kind, monkeypatch):
+    """A whole padded decode step (mask creation, every layer) calls no .item()/int()/bool()/nonzero/tolist
+    on a tensor: each is made to raise while the step runs. (Syncs inside C++ ops, such as boolean
+    indexing, are not seen here; the decode path uses none.)"""
+    model, cache, step = prefilled(family, cache_kind, [7, 4])
 
     def forbidden(*args, **kwargs):
         raise AssertionError("host sync in a decode step")
 
-    import attnforge.integrations.transformers as module
-
     calls = []
-    forward = module.attention_forward
+    forward = af_transformers.attention_forward
 
-    def guarded(*args, **kwargs):
+    def counted(*args, **kwargs):
         calls.append(1)
-        with monkeypatch.context() as patch:
-            for name in ("item", "tolist", "__int__", "__bool__", "nonzero"):
-                patch.setattr(torch.Tensor, name, forbidden)
-            patch.setattr(torch, "nonzero", forbidden)
-            return forward(*args, **kwargs)
+        return forward(*args, **kwargs)
 
-    transformers.AttentionInterface.register("attnforge", guarded)
-    try:
+    monkeypatch.setitem(transformers.AttentionInterface._global_mapping, "attnforge", counted)
+    with monkeypatch.context() as patch:
+        for name in ("item", "tolist", "__int__", "__index__", "__float__", "__bool__", "nonzero"):
+            patch.setattr(torch.Tensor, name, forbidden)
+        patch.setattr(torch, "nonzero", forbidden)
         with torch.no_grad():
-            model(step_ids, attention_mask=full_mask, position_ids=position_ids, past_key_values=out.past_key_values)
-    finally:
-        transformers.AttentionInterface.register("attnforge", forward)
+            logits = model(**step, past_key_values=cache).logits
     assert len(calls) == model.config.num_hidden_layers
+    assert torch.isfinite(logits).all()
