@@ -402,3 +402,28 @@ def test_padded_decode_step_has_no_host_sync(family, cache_kind, monkeypatch):
             logits = model(**step, past_key_values=cache).logits
     assert len(calls) == model.config.num_hidden_layers
     assert torch.isfinite(logits).all()
+
+
+@pytest.mark.skipif(not ops.HAS_CUSTOM_OP, reason="torch < 2.4 has no torch.library.custom_op (no compile path)")
+def test_packed_position_ids_compile_fullgraph():
+    """Under torch.compile the packed split uses static shapes (no nonzero): fullgraph traces, and the
+    result equals the eager call's (which splits with one host sync)."""
+    torch.manual_seed(11)
+    lengths = [5, 8, 3]
+    query, key, value = torch.randn(1, 4, 16, 16), torch.randn(1, 2, 16, 16), torch.randn(1, 2, 16, 16)
+    position_ids = torch.cat([torch.arange(2, 2 + n) for n in lengths])[None]
+    module = torch.nn.Module()
+    module.is_causal = True
+
+    def attend(query, key, value, position_ids):
+        return af_transformers.attention_forward(module, query, key, value, None, position_ids=position_ids)[0]
+
+    with torch.no_grad():
+        expected = attend(query, key, value, position_ids)
+        torch._dynamo.reset()
+        got = torch.compile(attend, fullgraph=True, backend="aot_eager")(query, key, value, position_ids)
+        separate = torch.cat([attend(q, k, v, p) for q, k, v, p in zip(
+            query.split(lengths, dim=2), key.split(lengths, dim=2), value.split(lengths, dim=2),
+            position_ids.split(lengths, dim=1))], dim=1)
+    assert torch.allclose(expected, separate, atol=1e-6)
+    assert torch.allclose(got, expected, atol=1e-6)
