@@ -427,3 +427,33 @@ def test_packed_position_ids_compile_fullgraph():
             position_ids.split(lengths, dim=1))], dim=1)
     assert torch.allclose(expected, separate, atol=1e-6)
     assert torch.allclose(got, expected, atol=1e-6)
+
+
+def test_encoder_decoder_generate_with_padded_sources():
+    """BART: encoder self-attention and cross-attention (bidirectional, source padding, keys longer than
+    the decoder's queries) and the decoder's causal self-attention with its cache; tokens and per-step
+    logits match eager (float64 budget, each source alone without padding)."""
+    config = transformers.BartConfig(vocab_size=VOCAB, d_model=64, encoder_layers=2, decoder_layers=2,
+                                     encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=128,
+                                     decoder_ffn_dim=128, max_position_embeddings=64, init_std=0.3, pad_token_id=1,
+                                     bos_token_id=0, eos_token_id=2, decoder_start_token_id=2, forced_eos_token_id=None)
+    torch.manual_seed(21)
+    eager = transformers.BartForConditionalGeneration._from_config(copy.deepcopy(config),
+                                                                   attn_implementation="eager").eval()
+    ours = transformers.BartForConditionalGeneration._from_config(copy.deepcopy(config),
+                                                                  attn_implementation="attnforge").eval()
+    ours.load_state_dict(eager.state_dict())
+    reference = copy.deepcopy(eager).double()
+    lengths = [11, 5]
+    ids, mask = batch(lengths, side="right")
+    ids = (ids + 3).clamp(max=VOCAB - 1).masked_fill(mask == 0, 1)
+    options = dict(max_new_tokens=5, do_sample=False, num_beams=1, output_logits=True, return_dict_in_generate=True,
+                   min_length=0, no_repeat_ngram_size=0)
+    with torch.no_grad():
+        expected = eager.generate(ids, attention_mask=mask, **options)
+        got = ours.generate(ids, attention_mask=mask, **options)
+        assert torch.equal(got.sequences, expected.sequences)
+        wanted = torch.cat([reference(input_ids=ids[row:row + 1, :n], decoder_input_ids=expected.sequences[row:row + 1])
+                            .logits[:, :-1] for row, n in enumerate(lengths)])
+    assert_within_budget(torch.stack(got.logits, dim=1), torch.stack(expected.logits, dim=1), wanted,
+                         "encoder-decoder generate")

@@ -119,31 +119,34 @@ def padding_mask(batch_size, q_length, kv_length, q_offset=0, kv_offset=0, mask_
     attention_mask (B, L) covers positions [0, L) (L = q_offset + q_length, or kv_length when it is
     this function's own output passed back, as generate() does with masks it prepares), so the keys
     are its last kv_length columns, or its L columns followed by unfilled rows when L < kv_length.
-    None when every key row holds a token (no 2D mask and no unfilled cache rows). Rows at or past
-    q_offset + q_length are unfilled (a static cache's tail; q_offset is a tensor there, so the mask
-    is built with tensor ops and no host sync). For causal masks (transformers passes
-    allow_is_bidirectional_skip only for bidirectional ones) every row from a batch row's first
-    token on is kept: a right-padded prompt's trailing pads are then visible only to pad queries,
-    and the kernel's bottom-right causal diagonal stays on the last query's own key.
+    None when every key row holds a token (no 2D mask and no unfilled cache rows). For causal masks
+    (transformers passes allow_is_bidirectional_skip only for bidirectional ones, encoders and
+    cross-attention, whose keys are all filled) rows at or past q_offset + q_length are unfilled (a
+    static cache's tail; q_offset is a tensor there, so the mask is built with tensor ops and no
+    host sync), and every row from a batch row's first token on is kept: a right-padded prompt's
+    trailing pads are then visible only to pad queries, and the kernel's bottom-right causal
+    diagonal stays on the last query's own key.
     mask_function is not read: attnforge expresses causal, windows and packing itself."""
+    causal = "allow_is_bidirectional_skip" not in kwargs
     tensor_offset = isinstance(q_offset, torch.Tensor)
-    if attention_mask is None and not tensor_offset and q_offset + q_length >= kv_offset + kv_length:
+    filled = not causal or (not tensor_offset and q_offset + q_length >= kv_offset + kv_length)
+    if attention_mask is None and filled:
         return None
-    if attention_mask is not None:
-        device = attention_mask.device
-    else:
-        device = q_offset.device if tensor_offset else kwargs.get("device", "cpu")
-    absolute = torch.arange(kv_length, device=device) + kv_offset
-    keep = (absolute < q_offset + q_length)[None, :].expand(batch_size, -1)
+    keep = None
+    if not filled:
+        device = attention_mask.device if attention_mask is not None else q_offset.device if tensor_offset else \
+            kwargs.get("device", "cpu")
+        absolute = torch.arange(kv_length, device=device) + kv_offset
+        keep = (absolute < q_offset + q_length)[None, :].expand(batch_size, -1)
     if attention_mask is not None:
         tokens = attention_mask.bool()
-        if "allow_is_bidirectional_skip" not in kwargs:
+        if causal:
             tokens = tokens.cumsum(dim=1) > 0
         if tokens.shape[1] >= kv_length:  # positions up to the last query: the keys are its last kv_length
             tokens = tokens[:, tokens.shape[1] - kv_length:]
         else:  # a static cache's unfilled rows follow
             tokens = torch.cat([tokens, tokens.new_zeros((tokens.shape[0], kv_length - tokens.shape[1]))], dim=1)
-        keep = keep & tokens
+        keep = tokens if keep is None else keep & tokens
     return keep
 
 
