@@ -7,6 +7,7 @@ transformers stores the attention implementation on the config object, so a shar
 the sequence eager generated): attnforge's error may be at most twice eager's float32 error plus a few
 float32 ulps of the logits' scale; greedy tokens must equal eager's."""
 import copy
+import inspect
 
 import pytest
 import torch
@@ -111,6 +112,8 @@ def check_generate(eager, ours, reference, ids, mask, **options):
                          "generate(%s)" % options)
 
 
+# transformers 5.24 renamed forward's past_key_values to cache (the old name goes in 5.40; 5.17 has only it).
+CACHE = "cache" if "cache" in inspect.signature(transformers.LlamaModel.forward).parameters else "past_key_values"
 FAMILIES = ["llama", "qwen3", "mistral", "gemma2", "gemma3", "gpt_oss"]
 
 
@@ -336,7 +339,7 @@ def prefilled(family, cache_kind, lengths):
     else:
         cache = transformers.DynamicCache(config=model.config)
     with torch.no_grad():
-        model(ids, attention_mask=mask, past_key_values=cache)
+        model(ids, attention_mask=mask, **{CACHE: cache})
     full_mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
     step = dict(input_ids=torch.randint(1, VOCAB, (mask.shape[0], 1)), attention_mask=full_mask,
                 position_ids=full_mask.sum(-1, keepdim=True) - 1)
@@ -363,7 +366,7 @@ def test_decode_step_layer_compiles_fullgraph(cache_kind, lengths):
     twin = copy.deepcopy(cache)  # the step appends to its cache: each run gets the same contents
 
     def decode(hidden, layer_mask, position_ids, cache):
-        out = layer(hidden, attention_mask=layer_mask, position_ids=position_ids, past_key_values=cache,
+        out = layer(hidden, attention_mask=layer_mask, position_ids=position_ids, **{CACHE: cache},
                     position_embeddings=position_embeddings)
         return out[0] if isinstance(out, tuple) else out
 
@@ -399,7 +402,7 @@ def test_padded_decode_step_has_no_host_sync(family, cache_kind, monkeypatch):
             patch.setattr(torch.Tensor, name, forbidden)
         patch.setattr(torch, "nonzero", forbidden)
         with torch.no_grad():
-            logits = model(**step, past_key_values=cache).logits
+            logits = model(**step, **{CACHE: cache}).logits
     assert len(calls) == model.config.num_hidden_layers
     assert torch.isfinite(logits).all()
 
