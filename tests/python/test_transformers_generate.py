@@ -170,14 +170,34 @@ def test_generate_offloaded_cache(cache):
     check_generate(eager, ours, reference, ids, mask, cache_implementation=cache)
 
 
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
 @pytest.mark.parametrize("family", ["llama", "gemma2"])
-def test_beam_search(family):
+def test_beam_search(family, cache):
     eager, ours, _ = models(make_config(family))
     ids, mask = batch([7, 4])
-    options = dict(num_beams=3, max_new_tokens=5, do_sample=False, pad_token_id=0)
+    options = dict(num_beams=3, max_new_tokens=5, do_sample=False, pad_token_id=0, cache_implementation=cache)
     with torch.no_grad():
         assert torch.equal(ours.generate(ids, attention_mask=mask, **options),
                            eager.generate(ids, attention_mask=mask, **options))
+
+
+def test_flash_class_preload_resolves_to_attnforge():
+    """transformers preloads a flash-class implementation's functions at model init; for "attnforge_flash"
+    that is attnforge's FlashAttention-2 API, other names still reach transformers' own loader, and
+    registering again does not wrap twice."""
+    from transformers import modeling_flash_attention_utils as fa_utils
+
+    from attnforge import flash_attn_interface
+
+    af_transformers.register()
+    loaded = fa_utils._lazy_imports("attnforge_flash")
+    assert loaded[:3] == (flash_attn_interface.flash_attn_func, flash_attn_interface.flash_attn_varlen_func,
+                          flash_attn_interface.flash_attn_with_kvcache)
+    wrapper = fa_utils._lazy_imports
+    af_transformers.register()
+    assert fa_utils._lazy_imports is wrapper
+    with pytest.raises(Exception, match="kernels-community|flash|kernel"):
+        fa_utils._lazy_imports("unregistered_flash_name")
 
 
 @pytest.mark.parametrize("family", ["llama", "gemma2"])
