@@ -269,7 +269,7 @@ def attention_forward(module, query, key, value, attention_mask, dropout=0.0, sc
     dropout = dropout if getattr(module, "training", False) else 0.0
     window = (-1, -1) if not sliding_window else (sliding_window - 1, sliding_window - 1)
     four_d = attention_mask is not None and attention_mask.dim() == 4
-    mask = None if attention_mask is None or four_d else _mask_for_keys(attention_mask, seqlen_k)
+    two_d = attention_mask is not None and not four_d
     autograd = torch.is_grad_enabled() and (query.requires_grad or key.requires_grad or value.requires_grad or (
         sinks is not None and sinks.requires_grad))
     if sinks is not None and (four_d or dropout > 0 or autograd):
@@ -278,11 +278,11 @@ def attention_forward(module, query, key, value, attention_mask, dropout=0.0, sc
         if four_d:
             visible = attention_mask
         else:
-            if mask is None:
+            if two_d:
+                leftpad, seqused = _key_bounds(_mask_for_keys(attention_mask, seqlen_k))
+            else:
                 leftpad = torch.zeros(batch, dtype=torch.int32, device=query.device)
                 seqused = torch.full_like(leftpad, seqlen_k)
-            else:
-                leftpad, seqused = _key_bounds(mask)
             visible = _visible(seqlen_q, seqlen_k, leftpad, seqused, is_causal, window)
         return _attention_with_sinks(query, key, value, visible, scaling, sinks, softcap, dropout), None
     if four_d:
@@ -295,10 +295,12 @@ def attention_forward(module, query, key, value, attention_mask, dropout=0.0, sc
     k = key.transpose(1, 2)    # (B, Sk, Hk, D)
     v = value.transpose(1, 2)
 
-    if mask is not None:
+    if two_d:
         if autograd or dropout > 0:
-            return _unpadded(q, k, v, mask, sinks, dict(options, dropout_p=dropout)), None
-        leftpad, seqused = _memoized(attention_mask, ("bounds", seqlen_k), lambda: _key_bounds(mask))
+            return _unpadded(q, k, v, _mask_for_keys(attention_mask, seqlen_k), sinks,
+                             dict(options, dropout_p=dropout)), None
+        leftpad, seqused = _memoized(attention_mask, ("bounds", seqlen_k),
+                                     lambda: _key_bounds(_mask_for_keys(attention_mask, seqlen_k)))
         out = flash_attn_with_kvcache(q, k, v, cache_seqlens=seqused, cache_leftpad=leftpad,
                                       return_softmax_lse=sinks is not None, **options)
         return (out if sinks is None else _apply_sinks(out[0], out[1], sinks)), None
