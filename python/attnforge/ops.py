@@ -169,6 +169,24 @@ if HAS_CUSTOM_OP:
     def _(q, k_cache, v_cache, *rest):
         return torch.empty_like(q), _lse_like(q, False)
 
+    # The same call without k/v to append reads the cache only: as a non-mutating op, torch.compile
+    # neither copies the caches (functionalisation of a mutation) nor orders it against other writes.
+    @torch.library.custom_op("attnforge::flash_attn_with_kvcache_read", mutates_args=())
+    def _kvcache_read_op(q: Tensor, k_cache: Tensor, v_cache: Tensor, cache_seqlens: Tensor,
+                         cache_batch_idx: Optional[Tensor], cache_leftpad: Optional[Tensor],
+                         block_table: Optional[Tensor], alibi_slopes: Optional[Tensor], softmax_scale: Optional[float],
+                         causal: bool, window_left: int, window_right: int, softcap: float,
+                         num_splits: int) -> Tuple[Tensor, Tensor]:
+        options = AttentionOptions(seqused_k=cache_seqlens, leftpad_k=cache_leftpad, block_table=block_table,
+                                   kv_batch_idx=cache_batch_idx, alibi_slopes=alibi_slopes,
+                                   softmax_scale=softmax_scale, softcap=softcap, causal=causal,
+                                   window_size=(window_left, window_right), num_splits=num_splits)
+        return _dispatch.forward(q, k_cache, v_cache, options)
+
+    @_kvcache_read_op.register_fake
+    def _(q, k_cache, v_cache, *rest):
+        return q.new_empty(q.shape), _lse_like(q, False)
+
 else:
 
     class _AttentionFunction(torch.autograd.Function):
@@ -211,6 +229,10 @@ def kvcache_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, k: Optional[T
     (as FlashAttention). Through the custom op only while torch.compile traces (it mutates the caches)."""
     if HAS_CUSTOM_OP and _is_compiling():
         o = options
+        if k is None and v is None:
+            return _kvcache_read_op(q, k_cache, v_cache, cache_seqlens.int(), o.kv_batch_idx, o.leftpad_k,
+                                    o.block_table, o.alibi_slopes, o.softmax_scale, o.causal, o.window_size[0],
+                                    o.window_size[1], o.softcap, o.num_splits)
         return _kvcache_op(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens, o.kv_batch_idx,
                            o.leftpad_k, o.block_table, o.alibi_slopes, o.softmax_scale, o.causal, o.window_size[0],
                            o.window_size[1], o.softcap, rotary_interleaved, o.num_splits)

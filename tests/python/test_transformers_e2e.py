@@ -2,6 +2,8 @@
 attn_implementation="attnforge" against "eager": same logits within tolerance and the same greedy tokens, for a
 single sequence, a left-padded batch and a padding-free packed batch; plus sliding windows, per-backbone
 choices in a vision-language model, and best_attn_implementation()."""
+import copy
+
 import pytest
 import torch
 
@@ -22,12 +24,13 @@ def make_config(family, **extra):
 
 
 def model_pair(config):
-    """(eager, attnforge) models with identical random weights."""
+    """(eager, attnforge) models with identical random weights, each on its own copy of the config
+    (transformers records the attention implementation on the config object it is given)."""
     torch.manual_seed(1234)
-    eager = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
-    ours = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="attnforge").eval()
+    eager = transformers.AutoModelForCausalLM.from_config(copy.deepcopy(config), attn_implementation="eager").eval()
+    ours = transformers.AutoModelForCausalLM.from_config(copy.deepcopy(config), attn_implementation="attnforge").eval()
     ours.load_state_dict(eager.state_dict())
-    assert ours.config._attn_implementation == "attnforge"
+    assert ours.config._attn_implementation == "attnforge" and eager.config._attn_implementation == "eager"
     return eager, ours
 
 
@@ -115,12 +118,13 @@ def test_vision_language_per_backbone_choice():
                                       vision_feature_layer=-1)
     torch.manual_seed(0)
     model = transformers.LlavaForConditionalGeneration._from_config(
-        config, attn_implementation={"text_config": "attnforge", "vision_config": "sdpa"}).eval()
+        copy.deepcopy(config), attn_implementation={"text_config": "attnforge", "vision_config": "sdpa"}).eval()
     assert model.config.text_config._attn_implementation == "attnforge"
     assert model.config.vision_config._attn_implementation == "sdpa"
     reference = transformers.LlavaForConditionalGeneration._from_config(
-        config, attn_implementation={"text_config": "eager", "vision_config": "sdpa"}).eval()
+        copy.deepcopy(config), attn_implementation={"text_config": "eager", "vision_config": "sdpa"}).eval()
     reference.load_state_dict(model.state_dict())
+    assert model.config.text_config._attn_implementation == "attnforge"
     image_tokens = (28 // 14) ** 2
     ids = torch.cat([torch.full((1, image_tokens), 96), torch.randint(1, 90, (1, 6))], dim=1)
     pixels = torch.randn(1, 3, 28, 28)
