@@ -44,35 +44,52 @@ static_assert(kThreads % kChunks == 0 && kBlockN % kRowsPerPass == 0, "whole row
 
 // Async copy of key rows [n0, n0 + kBlockN) of a span into the swizzled K and V tiles of one ring
 // stage. Each thread keeps one 16-byte chunk column; rows past the keys and dims past head_dim
-// are zero-filled without reading. Paged rows look up their page (clamped into the pool).
+// are zero-filled without reading. Paged rows read their page (clamped into the pool) first, all
+// of a thread's block-table loads back to back, so that their latencies overlap instead of each
+// stalling the copy of its row (measured: per-row lookups ran paged decode at 0.74-0.85x of the
+// contiguous cache at 4+ TB/s).
 __device__ __forceinline__ void load_kv_block(const FlashFwdParams& p, const KeySpan& span, const int* table,
                                               af_u32 s_k, af_u32 s_v, int n0) {
   const int row_in_pass = int(threadIdx.x) / kChunks;
   const int col = (int(threadIdx.x) % kChunks) * 8;
   const int left = p.head_dim - col;
   const int col_bytes = left >= 8 ? 16 : (left > 0 ? left * 2 : 0);
+  if (table == nullptr) {
+#pragma unroll
+    for (int i = 0; i < kRowsPerThread; ++i) {
+      const int j = row_in_pass + i * kRowsPerPass;
+      const bool inside = n0 + j < span.len && col_bytes > 0;
+      const long long row = span.row0 + n0 + j;
+      const int bytes = inside ? col_bytes : 0;
+      cp_async_16(s_k + tile_offset(j, col), span.k + (inside ? row * p.k_row_stride : 0) + col, bytes);
+      cp_async_16(s_v + tile_offset(j, col), span.v + (inside ? row * p.v_row_stride : 0) + col, bytes);
+    }
+    return;
+  }
+  // Rows past the keys look up the last key's page (a valid entry) and copy nothing.
+  int index[kRowsPerThread], page[kRowsPerThread];
+  if (p.page_shift >= 0) {
+#pragma unroll
+    for (int i = 0; i < kRowsPerThread; ++i)
+      index[i] = (span.row0 + min(n0 + row_in_pass + i * kRowsPerPass, span.len - 1)) >> p.page_shift;
+  } else {
+#pragma unroll
+    for (int i = 0; i < kRowsPerThread; ++i)
+      index[i] = (span.row0 + min(n0 + row_in_pass + i * kRowsPerPass, span.len - 1)) / p.page_size;
+  }
+#pragma unroll
+  for (int i = 0; i < kRowsPerThread; ++i) page[i] = table[index[i]];
 #pragma unroll
   for (int i = 0; i < kRowsPerThread; ++i) {
     const int j = row_in_pass + i * kRowsPerPass;
-    const int key = n0 + j;
-    const bool inside = key < span.len && col_bytes > 0;
-    long long k_row = 0, v_row = 0;
-    if (inside) {
-      const int row = span.row0 + key;
-      if (table != nullptr) {
-        const int index = p.page_shift >= 0 ? row >> p.page_shift : row / p.page_size;
-        const int page = clamp_int(table[index], 0, p.num_pages - 1);
-        const int in_page = row - index * p.page_size;
-        k_row = (long long)page * p.k_batch_stride + (long long)in_page * p.k_row_stride;
-        v_row = (long long)page * p.v_batch_stride + (long long)in_page * p.v_row_stride;
-      } else {
-        k_row = (long long)row * p.k_row_stride;
-        v_row = (long long)row * p.v_row_stride;
-      }
-    }
+    const bool inside = n0 + j < span.len && col_bytes > 0;
+    const int in_page = span.row0 + n0 + j - index[i] * p.page_size;
+    const long long pg = clamp_int(page[i], 0, p.num_pages - 1);
+    const long long k_off = inside ? pg * p.k_batch_stride + (long long)in_page * p.k_row_stride : 0;
+    const long long v_off = inside ? pg * p.v_batch_stride + (long long)in_page * p.v_row_stride : 0;
     const int bytes = inside ? col_bytes : 0;
-    cp_async_16(s_k + tile_offset(j, col), span.k + k_row + col, bytes);
-    cp_async_16(s_v + tile_offset(j, col), span.v + v_row + col, bytes);
+    cp_async_16(s_k + tile_offset(j, col), span.k + k_off + col, bytes);
+    cp_async_16(s_v + tile_offset(j, col), span.v + v_off + col, bytes);
   }
 }
 
