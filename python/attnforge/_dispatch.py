@@ -97,15 +97,19 @@ plans = PlanCache()
 def plan_key(q, k, v, has_lse: bool, o: AttentionOptions):
     """What an af_attention_plan depends on, for torch CUDA tensors: shapes (varlen: the batch from
     cu_seqlens_q), strides, dtype, device, 16-byte alignment of the data, which optional tensors are
-    given, the masking flags, num_splits (af_attention_run compares the same fields). out is not
+    given, the masking flags and scalars, num_splits (af_attention_run compares the same fields; the
+    cached PreparedCall keeps the scalars and the index tensors' shapes and strides). out is not
     part of it: attnforge allocates it (contiguous in q's shape, aligned by torch's allocator)."""
     aligned = (q.data_ptr() | k.data_ptr() | v.data_ptr()) & 15 == 0
     return (q.shape, k.shape, v.shape, q.stride(), k.stride(), v.stride(), q.dtype, q.device, aligned, has_lse,
-            o.max_seqlen_q, o.max_seqlen_k, bool(o.causal), o.window_size, o.softcap > 0, o.num_splits,
-            None if o.cu_seqlens_q is None else o.cu_seqlens_q.shape, o.cu_seqlens_k is None, o.seqused_k is None,
-            o.leftpad_k is None,
-            o.kv_batch_idx is None, None if o.alibi_slopes is None else o.alibi_slopes.shape,
-            None if o.block_table is None else o.block_table.shape)
+            o.max_seqlen_q, o.max_seqlen_k, bool(o.causal), o.window_size, o.softcap, o.softmax_scale, o.num_splits,
+            _layout(o.cu_seqlens_q), _layout(o.cu_seqlens_k), _layout(o.seqused_k), _layout(o.leftpad_k),
+            _layout(o.kv_batch_idx), _layout(o.alibi_slopes), _layout(o.block_table))
+
+
+def _layout(x):
+    """An optional tensor's part of a plan key: what its descriptor holds besides the data pointer."""
+    return None if x is None else (x.shape, x.stride(), x.dtype, x.device)
 
 
 def has_plan(q, k, v, has_lse: bool, options: AttentionOptions) -> bool:
@@ -119,11 +123,11 @@ def has_plan(q, k, v, has_lse: bool, options: AttentionOptions) -> bool:
 
 def _run_planned(q, k, v, out, lse, options) -> None:
     key = plan_key(q, k, v, lse is not None, options)
-    plan = plans.get(key)
-    if plan is None:
-        plan = _native.Plan(q, k, v, out, lse, options)
-        plans.put(key, plan)
-    plan.run(q, k, v, out, lse, options)
+    call = plans.get(key)
+    if call is None:
+        call = _native.Plan(q, k, v, out, lse, options).prepare(q, k, v, out, lse, options)
+        plans.put(key, call)
+    call.run(q, k, v, out, lse, options)
 
 
 def native_forward(q, k, v, out, lse, options: AttentionOptions) -> Optional[str]:
@@ -206,8 +210,6 @@ def forward(q, k, v, options: AttentionOptions, need_lse: bool = True):
     calls on either path.
     """
     options = int32_indices(options)
-    if options.dropout_p == 0 and _needs_padding(q, k, v, options):
-        return _padded_forward(q, k, v, options, need_lse)
     out, lse = outputs(q, options.cu_seqlens_q is not None, need_lse)
     if options.dropout_p > 0:
         reason = "dropout_p > 0 needs torch's RNG; attnforge's kernels have none"
@@ -215,6 +217,9 @@ def forward(q, k, v, options: AttentionOptions, need_lse: bool = True):
         reason = native_forward(q, k, v, out, lse, options)
         if reason is None:
             return out, lse
+        # Checked only once the kernel declined: the hot path pays nothing for it.
+        if _needs_padding(q, k, v, options):
+            return _padded_forward(q, k, v, options, need_lse)
     return _fallback(q, k, v, out, options, need_lse, reason)
 
 

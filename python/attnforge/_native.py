@@ -262,6 +262,8 @@ def _declare(lib):
     lib.af_warmup.restype = c.c_int
     lib.af_warmup.argtypes = [c.POINTER(c.c_char_p), c.c_int32, _PROGRESS_CALLBACK, c.c_void_p]
     lib.af_cache_clear.restype = c.c_int
+    if not hasattr(lib, "af_attention_plan_create"):  # a library from before plan/run: forward only
+        return
     lib.af_attention_plan_create.restype = c.c_int
     lib.af_attention_plan_create.argtypes = [c.POINTER(_AttentionArgs), c.POINTER(c.c_void_p)]
     lib.af_attention_plan_workspace_size.restype = c.c_int
@@ -521,9 +523,7 @@ def _build_args(q, k, v, out, softmax_lse=None, options=DEFAULT_OPTIONS, backend
         options = options._replace(**fields)
     args = _AttentionArgs()
     args.struct_size = _ARGS_SIZE
-    values = (q, k, v, out, softmax_lse, options.cu_seqlens_q, options.cu_seqlens_k, options.seqused_k,
-              options.leftpad_k, options.block_table, options.kv_batch_idx, options.alibi_slopes)
-    for slot, value in enumerate(values):
+    for slot, value in enumerate(_option_tensors(q, k, v, out, softmax_lse, options)):
         if value is not None:
             setattr(args, _TENSOR_ARGS[slot], _pack(slot, _tensor_fields(_TENSOR_ARGS[slot], value)))
     _set_scalars(args, options, backend)
@@ -600,10 +600,61 @@ class Plan:
             else (None, 0)
         _check(self._lib.af_attention_run(self._handle, ctypes.byref(args), pointer, size))
 
+    def prepare(self, q, k, v, out, softmax_lse=None, options=DEFAULT_OPTIONS, backend="auto"):
+        """A PreparedCall: this plan's af_attention_args built once from a call like these arguments, so
+        that a call of the same signature (shapes, strides, dtypes, scalars) only rewrites data pointers."""
+        return PreparedCall(self, q, k, v, out, softmax_lse, options, backend)
+
     def __del__(self):
         handle = getattr(self, "_handle", None)
         if handle is not None:
             self._lib.af_attention_plan_destroy(handle)
+
+
+_POINTER = struct.Struct("=Q")
+
+
+class PreparedCall:
+    """af_attention_run for calls that differ from the one it was built from only in their data pointers
+    and stream (what the Python plan cache's key guarantees). Its own descriptor buffer and argument
+    struct are built once; run() rewrites the data pointer of each tensor (q, k, v, out, softmax_lse and
+    the options' index and ALiBi tensors) and the stream, then calls the library, which validates the
+    call as af_attention_run always does. One call at a time (a lock)."""
+
+    def __init__(self, plan, q, k, v, out, softmax_lse, options, backend):
+        self._plan = plan
+        self._run = plan._lib.af_attention_run
+        self._handle = plan._handle
+        self._buffer = ctypes.create_string_buffer(_TENSOR_PACK.size * len(_TENSOR_ARGS))
+        base = ctypes.addressof(self._buffer)
+        self._args = _AttentionArgs()
+        self._args.struct_size = _ARGS_SIZE
+        self._slots = []
+        for slot, value in enumerate(_option_tensors(q, k, v, out, softmax_lse, options)):
+            if value is not None:
+                pointer, dtype, device_type, device_index, shape, strides = _tensor_fields(_TENSOR_ARGS[slot], value)
+                pad = _ZEROS[len(shape):]
+                _TENSOR_PACK.pack_into(self._buffer, slot * _TENSOR_PACK.size, pointer, dtype, device_type,
+                                       device_index, len(shape), *shape, *pad, *strides, *pad)
+                setattr(self._args, _TENSOR_ARGS[slot], base + slot * _TENSOR_PACK.size)
+                self._slots.append(slot)
+        _set_scalars(self._args, options, backend)
+        self._args_ref = ctypes.byref(self._args)
+        self._lock = threading.Lock()
+
+    def run(self, q, k, v, out, softmax_lse=None, options=DEFAULT_OPTIONS, stream=None):
+        values = _option_tensors(q, k, v, out, softmax_lse, options)
+        with self._lock:
+            for slot in self._slots:
+                _POINTER.pack_into(self._buffer, slot * _TENSOR_PACK.size, values[slot].data_ptr())
+            self._args.cuda_stream = _stream_of(q, stream)
+            _check(self._run(self._handle, self._args_ref, None, 0))
+
+
+def _option_tensors(q, k, v, out, softmax_lse, o):
+    """The tensors of one call in _TENSOR_ARGS order."""
+    return (q, k, v, out, softmax_lse, o.cu_seqlens_q, o.cu_seqlens_k, o.seqused_k, o.leftpad_k, o.block_table,
+            o.kv_batch_idx, o.alibi_slopes)
 
 
 def attention_supported(q, k, v, out, softmax_lse=None, options=DEFAULT_OPTIONS, backend="auto"):

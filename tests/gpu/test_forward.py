@@ -157,8 +157,8 @@ def test_shapes(name, num_splits, seed):
 
 def test_float32_is_refused_with_a_reason():
     q = torch.randn(1, 16, 2, 64, device=DEVICE)
-    ok, _, reason = _native.attention_supported(q, q, q, torch.empty_like(q), backend="cuda")
-    assert not ok and "float32" in reason
+    status, _, reason = _native.attention_supported(q, q, q, torch.empty_like(q), backend="cuda")
+    assert status == _native.Status.AF_ERR_UNSUPPORTED and "float32" in reason
 
 
 @pytest.mark.parametrize("head_dim", [36, 59, 100, 111])

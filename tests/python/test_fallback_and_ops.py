@@ -282,7 +282,8 @@ def test_plan_cache_is_least_recently_used_first_out():
 
 
 def test_plan_key_tells_apart_what_a_plan_depends_on(seed):
-    """Calls that af_attention_run would refuse under one plan never share a key; same-shaped calls do."""
+    """Calls that af_attention_run would refuse under one plan, or whose prepared arguments differ (scalars,
+    an index tensor's strides), never share a key; same-shaped calls do."""
     def key(q, k, options, lse=True):
         return _dispatch.plan_key(q, k, k, lse, options)
 
@@ -290,8 +291,9 @@ def test_plan_key_tells_apart_what_a_plan_depends_on(seed):
     two = AttentionOptions(cu_seqlens_q=cu_seqlens([4, 5]), cu_seqlens_k=cu_seqlens([4, 5]), max_seqlen_q=5,
                            max_seqlen_k=5)
     three = two._replace(cu_seqlens_q=cu_seqlens([4, 0, 5]), cu_seqlens_k=cu_seqlens([4, 0, 5]))
-    assert key(q, k, two) == key(torch.randn(9, 4, 16), torch.randn(9, 2, 16), two._replace(softmax_scale=0.3))
+    assert key(q, k, two) == key(torch.randn(9, 4, 16), torch.randn(9, 2, 16), two)
     variants = [three, two._replace(causal=True), two._replace(window_size=(3, -1)), two._replace(softcap=2.0),
+                two._replace(softmax_scale=0.3), two._replace(seqused_k=torch.ones(4, dtype=torch.int32)[::2]),
                 two._replace(num_splits=2), two._replace(max_seqlen_k=6), two._replace(seqused_k=torch.ones(2))]
     keys = {key(q, k, two), key(q, k, two, lse=False), key(q[:, :, :8], k[:, :, :8], two),
             key(q.to(torch.float16), k.to(torch.float16), two)} | {key(q, k, o) for o in variants}
