@@ -47,7 +47,7 @@ else
   "$python" -m pip install -q numpy
 fi
 
-echo "== building and installing attnforge (pip install . $*; $("$compiler" --version | sed -n 1p))"
+echo "== building and installing attnforge: pip install ${*:+$* }. ($("$compiler" --version | sed -n 1p))"
 "$python" -m pip install -q "$@" .
 
 bin=$("$python" -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
