@@ -51,8 +51,12 @@ EOF
   fi
   echo "== NVRTC $version ($name): every variant for sm_80/86/89/90a, no spills"
   started=$(date +%s)
-  ATTNFORGE_NVRTC="$target/$library" "$tests" --gtest_filter='CudaCompile.*' --gtest_brief=1 ||
+  log="$target/compile.log"
+  ATTNFORGE_NVRTC="$target/$library" "$tests" --gtest_filter='CudaCompile.*' --gtest_brief=1 2>&1 | tee "$log" ||
     { echo "FAIL: kernels do not all compile without spills with NVRTC $version ($target/$library)"; exit 1; }
+  # The test prints this line once it runs with that NVRTC (a filter matching no test passes too).
+  grep -qF "NVRTC ${version%.*} from $target/$library" "$log" ||
+    { echo "FAIL: the compile test did not run with NVRTC $version"; exit 1; }
   info=$(ATTNFORGE_NVRTC="$target/$library" "$command" info) || { echo "FAIL: attnforge info with NVRTC $version"; exit 1; }
   grep -Eq "this machine: (driver CUDA [0-9.]+, )?NVRTC ${version%.*}[:,].*supported" <<<"$info" ||
     { echo "FAIL: attnforge info does not call NVRTC $version supported:"; echo "$info"; exit 1; }
