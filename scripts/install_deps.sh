@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Installs what building and testing attnforge needs on Debian 12 (run as root
-# or with sudo available): compilers, GoogleTest, Debian's torch 1.13 (the old
-# torch the package is tested with), debootstrap and clang's libFuzzer, then a
-# virtual environment .venv with the newest torch from PyPI, numpy, pytest and
-# transformers. Safe to run again: it skips what is already there.
+# Installs what testing attnforge needs on Debian 12 (run as root or with sudo
+# available): compilers, GoogleTest, Debian's torch 1.13 (the old torch the package
+# is tested with), debootstrap and clang's libFuzzer, then a virtual environment
+# .venv with the newest torch from PyPI, numpy, pytest, transformers and the wheel
+# tools. Safe to run again: it skips what is already there. (Building and using
+# attnforge needs none of this: see scripts/setup_and_demo.sh.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,8 +33,9 @@ if [ ! -x .venv/bin/python ]; then
   echo "== creating .venv with $($python --version)"
   "$python" -m venv .venv
 fi
-.venv/bin/python -m pip install -q --upgrade pip setuptools wheel
-.venv/bin/python -m pip install -q torch numpy pytest packaging transformers auditwheel
+.venv/bin/python -m pip install -q --upgrade pip
+# scikit-build-core and build: the wheel and sdist are built without build isolation.
+.venv/bin/python -m pip install -q torch numpy pytest packaging transformers auditwheel scikit-build-core build
 if [ ! -e /usr/local/cuda/lib64/libnvrtc.so ] && ! ls /usr/local/cuda/lib64/libnvrtc.so.* >/dev/null 2>&1; then
   .venv/bin/python -m pip install -q nvidia-cuda-nvrtc
 fi

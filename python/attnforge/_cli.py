@@ -29,6 +29,20 @@ def main(argv=None):
     except FileNotFoundError as e:
         print(e, file=sys.stderr)
         return 127
+    if not os.environ.get("ATTNFORGE_NVRTC"):
+        # The binary cannot see this Python's site-packages: name the NVRTC of torch's pip
+        # wheels that the package itself would load (e.g. for `attnforge warmup` in an image).
+        try:
+            from . import _native
+
+            for directory in _native._nvrtc_dirs():
+                names = ("libnvrtc.so.13", "libnvrtc.so.12", "libnvrtc.so.11.2", "libnvrtc.so")
+                found = [os.path.join(directory, n) for n in names if os.path.isfile(os.path.join(directory, n))]
+                if found:
+                    os.environ["ATTNFORGE_NVRTC"] = found[0]
+                    break
+        except ImportError:
+            pass
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(path, [path] + argv)

@@ -73,6 +73,52 @@ void print_tree(const JsonValue& v, int indent) {
   }
 }
 
+// The NVRTC versions CI compiles every kernel variant with, for sm_80/86/89/90a and without
+// spills (scripts/nvrtc_matrix.sh: the oldest and newest of CUDA 12 and of CUDA 13). NVRTC
+// 12.0 spills on sm_90a; 11.8 cannot target sm_90a.
+constexpr int kOldestNvrtc = 12010;
+constexpr int kNewestTestedNvrtc = 13050;
+
+// "12.4" -> 12040 (CUDA's version encoding); 0 when absent.
+int cuda_version(const JsonValue& v) {
+  int major = 0, minor = 0;
+  if (v.kind != JsonValue::Kind::String || std::sscanf(v.string.c_str(), "%d.%d", &major, &minor) != 2) return 0;
+  return major * 1000 + minor * 10;
+}
+
+std::string version_text(int v) { return std::to_string(v / 1000) + "." + std::to_string(v % 1000 / 10); }
+
+// The supported range, and what this machine's driver and NVRTC mean for the GPU kernels. CUDA
+// keeps cubins loadable by any driver of the same major version or newer (minor version
+// compatibility), not by an older major version.
+void print_cuda_versions(const JsonValue& cuda) {
+  const int driver = cuda_version(cuda["driver"]["version"]);
+  const int nvrtc = cuda_version(cuda["nvrtc"]["version"]);
+  const std::string n = version_text(nvrtc), d = version_text(driver);
+  std::printf("supported CUDA: NVRTC %s to %s, and a driver of the NVRTC's major version or newer\n"
+              "  (NVRTC 12.x: driver >= 12.0, R525; NVRTC 13.x: driver >= 13.0, R580)\n",
+              version_text(kOldestNvrtc).c_str(), version_text(kNewestTestedNvrtc).c_str());
+  std::string verdict;
+  if (nvrtc == 0) {
+    verdict = "no NVRTC: GPU kernels cannot be compiled (pip install nvidia-cuda-nvrtc-cu12, or set ATTNFORGE_NVRTC)";
+  } else if (nvrtc < kOldestNvrtc) {
+    verdict = "NVRTC " + n + " is older than " + version_text(kOldestNvrtc) +
+              ": some kernels fail to compile or spill; set ATTNFORGE_NVRTC to a newer libnvrtc.so";
+  } else if (driver != 0 && nvrtc / 1000 > driver / 1000) {
+    verdict = "NVRTC " + n + " is newer than the driver's CUDA " + d +
+              ": its cubins are not guaranteed to load there; when one does not, the call fails with "
+              "cuModuleLoadData's error and the Python package runs torch SDPA instead, logging why. "
+              "Fix: set ATTNFORGE_NVRTC to an NVRTC " + std::to_string(driver / 1000) + ".x, or update the driver";
+  } else if (nvrtc > kNewestTestedNvrtc) {
+    verdict = "NVRTC " + n + " is newer than the newest tested (" + version_text(kNewestTestedNvrtc) + "): untested";
+  } else if (driver == 0) {
+    verdict = "NVRTC " + n + ": supported; no driver here, so kernels can be compiled (attnforge warmup --arch), not run";
+  } else {
+    verdict = "driver CUDA " + d + ", NVRTC " + n + ": supported";
+  }
+  std::printf("  this machine: %s\n", verdict.c_str());
+}
+
 bool has_flag(int argc, char** argv, const char* flag) {
   for (int i = 1; i < argc; ++i)
     if (!std::strcmp(argv[i], flag)) return true;
@@ -130,6 +176,7 @@ int run_info(int argc, char** argv) {
   std::printf("kernel cache: %s", cache["directory"].string.empty() ? "(none)" : cache["directory"].string.c_str());
   if (cache["usable"].boolean) std::printf("\n");
   else std::printf(" (not used: %s)\n", cache["reason"].string.c_str());
+  print_cuda_versions(report["backends"]["cuda"]);
   return 0;
 }
 

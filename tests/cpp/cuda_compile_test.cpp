@@ -1,6 +1,7 @@
 // Every kernel variant compiles with NVRTC for every supported architecture, without spills.
 // Needs NVRTC, not a GPU; prints registers, shared memory and spills per variant.
 #include <cstdio>
+#include <cstdlib>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -46,8 +47,24 @@ TEST(CudaVariants, TableIsConsistent) {
   EXPECT_EQ(find_variant(kFamilyFwdSm80, AF_DTYPE_FLOAT32, 64, false), -1);
 }
 
+std::string real_path(const std::string& path) {
+  char* resolved = realpath(path.c_str(), nullptr);
+  if (resolved == nullptr) return path;
+  std::string result = resolved;
+  std::free(resolved);
+  return result;
+}
+
 TEST(CudaCompile, EveryVariantForEveryArchWithoutSpills) {
+  // scripts/nvrtc_matrix.sh names each NVRTC under test in ATTNFORGE_NVRTC: the loader would
+  // fall back to another one if it did not load, so check that it is the one in use.
+  const char* wanted = std::getenv("ATTNFORGE_NVRTC");
+  if (wanted != nullptr && *wanted != 0) {
+    ASSERT_TRUE(nvrtc().ok) << "ATTNFORGE_NVRTC=" << wanted << ": " << nvrtc().failure;
+    ASSERT_EQ(real_path(nvrtc().library), real_path(wanted)) << "ATTNFORGE_NVRTC did not load; another NVRTC did";
+  }
   if (!nvrtc().ok) GTEST_SKIP() << "NVRTC not found: " << nvrtc().failure;
+  std::printf("NVRTC %d.%d from %s\n", nvrtc().major, nvrtc().minor, nvrtc().library.c_str());
   const std::vector<std::string> archs = {"sm_80", "sm_86", "sm_89", "sm_90a"};
   struct Row {
     std::string arch;

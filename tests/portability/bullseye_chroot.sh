@@ -5,6 +5,7 @@
 # attention call checked against a float64 reference).
 # Usage: bullseye_chroot.sh LIBRARY COMMAND ROOT_CACHE_DIR
 set -euo pipefail
+trap 'echo "FAIL: bullseye_chroot.sh line $LINENO: $BASH_COMMAND (exit $?)"' ERR
 library=$1 command=$2 root=$3
 
 if [ "$(id -u)" -ne 0 ] || ! command -v debootstrap >/dev/null; then

@@ -3,6 +3,7 @@
 # table exports only af_* functions, and DT_NEEDED names glibc's libraries alone.
 # Usage: check_exports.sh LIBRARY COMMAND
 set -euo pipefail
+trap 'echo "FAIL: check_exports.sh line $LINENO: $BASH_COMMAND (exit $?)"' ERR
 library=$1 command=$2
 status=0
 

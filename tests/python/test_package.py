@@ -45,6 +45,21 @@ def test_other_commands_forward_to_the_binary():
     assert result.returncode == direct.returncode and result.stdout == direct.stdout
 
 
+def test_console_script_hands_the_binary_the_nvrtc_of_pip_wheels(tmp_path):
+    # A site-packages entry with an nvidia wheel's layout; the file is not a library, so the
+    # binary records it as tried (with why it failed) and goes on searching.
+    lib = tmp_path / "nvidia" / "cu13" / "lib"
+    lib.mkdir(parents=True)
+    (lib / "libnvrtc.so.13").write_bytes(b"not an ELF file")
+    env = child_env()
+    env.pop("ATTNFORGE_NVRTC", None)
+    code = "import sys; sys.path.insert(0, %r); from attnforge import _cli; _cli.main(['info', '--json'])" % str(tmp_path)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    tried = json.loads(result.stdout)["backends"]["cuda"]["nvrtc"]["tried"]
+    assert any(entry.startswith(str(lib / "libnvrtc.so.13") + ":") for entry in tried), tried
+
+
 def test_installed_wheel_bundles_library_and_command():
     package_dir = os.path.dirname(os.path.abspath(attnforge.__file__))
     bundled = os.path.join(package_dir, "_lib", "libattnforge.so")
