@@ -141,13 +141,14 @@ def test_cuda_runtime_of_another_major(fixtures):
 
 @pytest.mark.skipif(not HAS_VENV_TORCH, reason="needs pip torch (CUDA 13) in the test venv")
 def test_cuda_runtime_found_through_ld_library_path(fixtures):
-    # With a CUDA 12 runtime on LD_LIBRARY_PATH the module loads, but beside torch's CUDA 13.
+    # With a CUDA 12 runtime on LD_LIBRARY_PATH the module loads beside torch's CUDA 13
+    # (each library binds its own runtime): a warning, not an error.
     path = fixtures["cudart12"]
     stub_dir = os.path.join(os.path.dirname(path), "link_only")
     env = dict(os.environ, LD_LIBRARY_PATH=stub_dir)
     rc, report = doctor("so", path, "--python", VENV_PYTHON, env=env)
     binary = report["binaries"][0]
-    assert rc == 1 and checks(binary) == {"cuda_runtime"}
+    assert rc == 0 and checks(binary) == set() and "cuda_runtime" in checks(binary, "warning")
     assert binary["needed"][0]["found_by"] == "LD_LIBRARY_PATH"
     code = "import torch; import cuda12_ext"
     result = subprocess.run([VENV_PYTHON, "-c", code], capture_output=True, text=True,
