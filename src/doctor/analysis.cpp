@@ -178,7 +178,7 @@ std::string alternative_key(const std::string& file_name) {
     if (file_name.compare(at, 3, "cpu") == 0) {
       end = at + 3;
     } else {
-      for (const char* stem : {"cuda", "rocm", "cu"}) {
+      for (const char* stem : {"cuda", "rocm", "xpu", "cu"}) {
         size_t length = std::strlen(stem);
         if (file_name.compare(at, length, stem) != 0) continue;
         size_t digits = at + length;

@@ -389,16 +389,83 @@ bool starts_with_elf_magic(const std::string& path) {
   return elf;
 }
 
-// Every ELF file below the interpreter's site directories, whatever its name:
-// extension modules (`_C.so` as much as `_C.cpython-311-x86_64-linux-gnu.so`),
-// libraries loaded with torch.ops.load_library or ctypes, and executables.
-std::vector<std::string> find_installed_binaries(const PythonFacts& python) {
-  std::vector<std::string> found;
+std::set<std::string> site_roots(const PythonFacts& python) {
   std::set<std::string> roots;
   for (const std::string& dir : python.site_dirs) roots.insert(dir);
   for (const std::string& dir : python.sys_path) {
     if (dir.find("-packages") != std::string::npos) roots.insert(dir);
   }
+  return roots;
+}
+
+std::string read_small_file(const std::string& path, size_t max_bytes) {
+  std::string text;
+  if (FILE* f = std::fopen(path.c_str(), "rb")) {
+    char buffer[65536];
+    size_t got;
+    while ((got = std::fread(buffer, 1, sizeof buffer, f)) > 0) {
+      text.append(buffer, got);
+      if (text.size() > max_bytes) {
+        text.clear();
+        break;
+      }
+    }
+    std::fclose(f);
+  }
+  return text;
+}
+
+// Installed pure distributions (WHEEL: Root-Is-Purelib: true) whose import needs a
+// module that exists nowhere: flash-attn's py3-none-any wheel built without its extension.
+std::vector<Finding> check_pure_distributions(const PythonFacts& python) {
+  std::vector<Finding> findings;
+  for (const std::string& site : site_roots(python)) {
+    DIR* handle = opendir(site.c_str());
+    if (!handle) continue;
+    std::vector<std::string> infos;
+    while (dirent* entry = readdir(handle)) {
+      std::string name = entry->d_name;
+      if (name.size() > 10 && name.compare(name.size() - 10, 10, ".dist-info") == 0) infos.push_back(site + "/" + name);
+    }
+    closedir(handle);
+    std::sort(infos.begin(), infos.end());
+    for (const std::string& info : infos) {
+      if (read_small_file(info + "/WHEEL", 1 << 16).find("Root-Is-Purelib: true") == std::string::npos) continue;
+      Distribution dist = parse_metadata(read_small_file(info + "/METADATA", 4 << 20));
+      std::string record = read_small_file(info + "/RECORD", 64 << 20);
+      std::set<std::string> modules;
+      std::vector<PythonSource> sources;
+      for (size_t start = 0; start < record.size();) {
+        size_t end = record.find('\n', start);
+        if (end == std::string::npos) end = record.size();
+        std::string row = record.substr(start, end - start);
+        start = end + 1;
+        std::string path = !row.empty() && row[0] == '"' ? row.substr(1, row.find('"', 1) - 1) : row.substr(0, row.find(','));
+        std::string module;
+        bool is_package = false;
+        if (!python_module_of(path, module, is_package)) continue;
+        for (size_t dot = module.find('.'); dot != std::string::npos; dot = module.find('.', dot + 1)) modules.insert(module.substr(0, dot));
+        modules.insert(module);
+        if (path.size() > 3 && path.compare(path.size() - 3, 3, ".py") == 0) {
+          sources.push_back({module, is_package, read_small_file(site + "/" + path, 16 << 20)});
+        }
+      }
+      std::vector<MissingModule> absent = missing_extensions(sources, modules, dist.name, &python);
+      if (absent.empty() || !absent.front().reached) continue;
+      Finding f = missing_extension_finding(absent, dist, &python);
+      f.summary = dist.name + " " + dist.version + ": " + f.summary;
+      findings.push_back(f);
+    }
+  }
+  return findings;
+}
+
+// Every ELF file below the interpreter's site directories, whatever its name:
+// extension modules (`_C.so` as much as `_C.cpython-311-x86_64-linux-gnu.so`),
+// libraries loaded with torch.ops.load_library or ctypes, and executables.
+std::vector<std::string> find_installed_binaries(const PythonFacts& python) {
+  std::vector<std::string> found;
+  std::set<std::string> roots = site_roots(python);
   std::set<std::string> visited;
   std::vector<std::pair<std::string, int>> stack;
   for (const std::string& r : roots) stack.emplace_back(r, 0);
@@ -528,6 +595,7 @@ int run_environment(const Options& options, const PythonFacts& python, const Dri
   }
   judge_optional_libraries(extensions);
   judge_alternatives(extensions);
+  for (Finding& f : check_pure_distributions(python)) findings.push_back(std::move(f));
   bool healthy = true;
   for (const Finding& f : findings) healthy &= f.severity != Severity::kError;
   for (const BinaryReport& r : extensions) healthy &= r.healthy();

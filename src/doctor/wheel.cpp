@@ -89,6 +89,86 @@ std::vector<std::string> csv_fields(const std::string& line) {
 
 }  // namespace
 
+bool python_module_of(const std::string& path, std::string& module, bool& is_package) {
+  is_package = false;
+  if (ends_with(path, "/__init__.py")) {
+    module = path.substr(0, path.size() - 12);
+    is_package = true;
+  } else if (ends_with(path, ".py")) {
+    module = path.substr(0, path.size() - 3);
+  } else if (is_compiled_member(path)) {
+    module = path.substr(0, path.find('.', path.rfind('/') + 1));
+  } else {
+    return false;
+  }
+  if (starts_with(path, "../") || module.find(".data/") != std::string::npos || module.find(".dist-info/") != std::string::npos ||
+      module.find('.') != std::string::npos) {
+    return false;
+  }
+  std::replace(module.begin(), module.end(), '/', '.');
+  return !module.empty();
+}
+
+std::vector<MissingModule> missing_extensions(const std::vector<PythonSource>& sources, const std::set<std::string>& modules,
+                                              const std::string& distribution, const PythonFacts* python) {
+  ImportScan scan = scan_imports(sources, modules);
+  std::set<std::string> packages_with_source;
+  for (const PythonSource& source : sources) packages_with_source.insert(source.module);
+  std::vector<MissingModule> absent;
+  std::vector<std::string> ask_interpreter;
+  for (const MissingModule& m : scan.missing) {
+    // A namespace package (no __init__.py) may be completed by other distributions: ask the interpreter.
+    std::string top = m.module.substr(0, m.module.find('.'));
+    if (packages_with_source.count(top)) absent.push_back(m);
+    else ask_interpreter.push_back(m.module);
+  }
+  // Top-level modules named after the distribution (flash_attn -> flash_attn_2_cuda)
+  // imported at import time but provided neither by the wheel nor by the interpreter.
+  std::string dist_prefix = distribution;
+  std::transform(dist_prefix.begin(), dist_prefix.end(), dist_prefix.begin(),
+                 [](char c) { return c == '-' || c == '.' ? '_' : char(std::tolower(c)); });
+  std::map<std::string, std::string> importer_of;
+  for (const auto& [top, importer] : scan.external) {
+    if (!dist_prefix.empty() && starts_with(top, dist_prefix) && importer_of.emplace(top, importer).second) ask_interpreter.push_back(top);
+  }
+  if (python && !ask_interpreter.empty()) {
+    std::vector<std::string> argv = {python->executable, "-c",
+                                     "import importlib.util, sys\n"
+                                     "for n in sys.argv[1:]:\n"
+                                     "    try:\n"
+                                     "        found = importlib.util.find_spec(n) is not None\n"
+                                     "    except Exception:\n"
+                                     "        found = False\n"
+                                     "    if not found: print(n)\n"};
+    argv.insert(argv.end(), ask_interpreter.begin(), ask_interpreter.end());
+    ProcessResult run = run_process(argv, 60);
+    for (const std::string& missing : lines_of(std::vector<uint8_t>(run.output.begin(), run.output.end()))) {
+      if (missing.empty()) continue;
+      auto known = std::find_if(scan.missing.begin(), scan.missing.end(), [&](const MissingModule& m) { return m.module == missing; });
+      absent.push_back(known != scan.missing.end() ? *known : MissingModule{missing, importer_of[missing], true});
+    }
+  }
+  std::stable_partition(absent.begin(), absent.end(), [](const MissingModule& m) { return m.reached; });
+  return absent;
+}
+
+Finding missing_extension_finding(const std::vector<MissingModule>& absent, const Distribution& dist,
+                                  const PythonFacts* python) {
+  const MissingModule& first = absent.front();
+  std::vector<std::string> evidence;
+  for (const MissingModule& m : absent) {
+    evidence.push_back(m.module + " (imported at module level by " + m.importer + (m.reached ? ", which `import` runs" : "") + ")");
+  }
+  if (evidence.size() > 16) evidence.resize(16);
+  return {"missing_extension", first.reached ? Severity::kError : Severity::kWarning,
+          first.reached ? "`import " + first.importer.substr(0, first.importer.find('.')) + "` fails: " + first.module +
+                              " is imported at module level but exists nowhere, neither as source nor compiled (the compiled "
+                              "extension was left out of the build)"
+                        : first.importer + " imports " + first.module + ", which exists nowhere in " + dist.name +
+                              " (only when " + first.importer + " itself is imported)",
+          evidence, source_build_command(dist, python, "")};
+}
+
 bool WheelReport::healthy() const {
   if (!readable) return false;
   for (const Finding& f : findings) {
@@ -279,18 +359,7 @@ WheelReport analyze_wheel(const std::string& path, const PythonFacts* python, An
   for (const ZipMember& m : members) {
     std::string module_path;
     bool is_package = false;
-    if (ends_with(m.name, "/__init__.py")) {
-      module_path = m.name.substr(0, m.name.size() - 12);
-      is_package = true;
-    } else if (ends_with(m.name, ".py")) {
-      module_path = m.name.substr(0, m.name.size() - 3);
-    } else if (is_compiled_member(m.name)) {
-      module_path = m.name.substr(0, m.name.find('.', m.name.rfind('/') + 1));
-    } else {
-      continue;
-    }
-    if (module_path.find(".data/") != std::string::npos || module_path.find(".dist-info/") != std::string::npos) continue;
-    std::replace(module_path.begin(), module_path.end(), '/', '.');
+    if (!python_module_of(m.name, module_path, is_package)) continue;
     // Every directory above a module is a (possibly namespace) package.
     for (size_t dot = module_path.find('.'); dot != std::string::npos; dot = module_path.find('.', dot + 1)) {
       modules.insert(module_path.substr(0, dot));
@@ -301,64 +370,8 @@ WheelReport analyze_wheel(const std::string& path, const PythonFacts* python, An
       sources.push_back({module_path, is_package, std::string(bytes.begin(), bytes.end())});
     }
   }
-  ImportScan scan = scan_imports(sources, modules);
-  std::set<std::string> packages_with_source;
-  for (const PythonSource& source : sources) packages_with_source.insert(source.module);
-  std::vector<MissingModule> absent;
-  std::vector<std::string> ask_interpreter;
-  for (const MissingModule& m : scan.missing) {
-    // A namespace package (no __init__.py) may be completed by other distributions: ask the interpreter.
-    std::string top = m.module.substr(0, m.module.find('.'));
-    if (packages_with_source.count(top)) absent.push_back(m);
-    else ask_interpreter.push_back(m.module);
-  }
-  // Top-level modules named after the distribution (flash_attn -> flash_attn_2_cuda)
-  // imported at import time but provided neither by the wheel nor by the interpreter.
-  std::string dist_prefix = name.distribution;
-  std::transform(dist_prefix.begin(), dist_prefix.end(), dist_prefix.begin(), [](char c) { return c == '-' ? '_' : char(std::tolower(c)); });
-  std::map<std::string, std::string> importer_of;
-  for (const auto& [top, importer] : scan.external) {
-    if (starts_with(top, dist_prefix) && importer_of.emplace(top, importer).second) ask_interpreter.push_back(top);
-  }
-  if (python && !ask_interpreter.empty()) {
-    std::vector<std::string> argv = {python->executable, "-c",
-                                     "import importlib.util, sys\n"
-                                     "for n in sys.argv[1:]:\n"
-                                     "    try:\n"
-                                     "        found = importlib.util.find_spec(n) is not None\n"
-                                     "    except Exception:\n"
-                                     "        found = False\n"
-                                     "    if not found: print(n)\n"};
-    argv.insert(argv.end(), ask_interpreter.begin(), ask_interpreter.end());
-    ProcessResult run = run_process(argv, 60);
-    for (const std::string& missing : lines_of(std::vector<uint8_t>(run.output.begin(), run.output.end()))) {
-      if (missing.empty()) continue;
-      auto known = std::find_if(scan.missing.begin(), scan.missing.end(), [&](const MissingModule& m) { return m.module == missing; });
-      absent.push_back(known != scan.missing.end() ? *known : MissingModule{missing, importer_of[missing], true});
-    }
-  }
-  std::stable_partition(absent.begin(), absent.end(), [](const MissingModule& m) { return m.reached; });
-  if (!absent.empty()) {
-    const MissingModule& first = absent.front();
-    std::vector<std::string> evidence;
-    for (const MissingModule& m : absent) {
-      evidence.push_back(m.module + " (imported at module level by " + m.importer + (m.reached ? ", which `import` runs" : "") + ")");
-    }
-    if (evidence.size() > 16) evidence.resize(16);
-    std::string tops;
-    for (const PythonSource& source : sources) {
-      if (source.module.find('.') == std::string::npos) tops += (tops.empty() ? "" : ", ") + source.module;
-    }
-    std::string source_build = source_build_command(dist, python, "");
-    report.findings.push_back(
-        {"missing_extension", first.reached ? Severity::kError : Severity::kWarning,
-         first.reached ? "`import " + first.importer.substr(0, first.importer.find('.')) + "` fails: " + first.module +
-                             " is imported at module level but exists nowhere, neither as source nor compiled (the compiled "
-                             "extension was left out of the build)"
-                       : first.importer + " imports " + first.module + ", which exists nowhere in the wheel (only when " +
-                             first.importer + " itself is imported)",
-         evidence, source_build});
-  }
+  std::vector<MissingModule> absent = missing_extensions(sources, modules, name.distribution, python);
+  if (!absent.empty()) report.findings.push_back(missing_extension_finding(absent, dist, python));
 
   // Every compiled member, extracted with its relative layout so $ORIGIN paths resolve.
   size_t compiled = 0;
