@@ -143,6 +143,8 @@ std::string module_name_of(const std::string& path) {
   return base.substr(0, base.find('.'));
 }
 
+}  // namespace
+
 std::string read_text_file(const std::string& path, size_t max_bytes) {
   std::string text;
   if (FILE* f = std::fopen(path.c_str(), "rb")) {
@@ -153,6 +155,8 @@ std::string read_text_file(const std::string& path, size_t max_bytes) {
   }
   return text;
 }
+
+namespace {
 
 std::string shell_quote(const std::string& text) {
   for (char c : text) {
@@ -275,7 +279,10 @@ std::string matching_build_fix(const Distribution& d, const PythonFacts* python)
   if (d.name.empty()) return "";
   std::string pinned = d.version.empty() ? d.name : d.name + "==" + d.version;
   const TorchFacts* torch = python && python->torch.found && !python->torch.version.empty() ? &python->torch : nullptr;
-  if (starts_with(d.torch_requirement, "==") && torch) {
+  if (starts_with(d.torch_requirement, "==") && !torch) {
+    return "`" + pip + " " + shell_quote("torch" + d.torch_requirement) + "`, the torch " + pinned + " was built for";
+  }
+  if (starts_with(d.torch_requirement, "==")) {
     std::string wanted = d.torch_requirement.substr(2);
     std::string installed = public_version(torch->version);
     if (wanted != installed) {
@@ -789,10 +796,15 @@ void check_gpu_code(ByteView image, const ElfFile& elf, const AnalysisContext& c
 
 std::string torch_label_of(const TorchFacts* torch) { return torch ? "torch " + torch->version : "the torch libraries it loads"; }
 
-Finding truncation_finding(const ElfFile& elf) {
+Finding truncation_finding(const ElfFile& elf, const Distribution& d, const PythonFacts* python) {
+  std::string pip = (python && !python->executable.empty() ? shell_quote(python->executable) : std::string("python")) +
+                    " -m pip install";
+  std::string pinned = d.version.empty() ? d.name : d.name + "==" + d.version;
   return {"truncated", Severity::kError,
           "the file is truncated or damaged: " + elf.truncation.front() + "; loading it fails or crashes the process (SIGBUS)",
-          elf.truncation, "reinstall the package that ships it (`pip install --force-reinstall --no-deps --no-cache-dir <its distribution>`)"};
+          elf.truncation,
+          d.name.empty() ? "replace it with an intact copy (no *.dist-info/RECORD lists it, so the doctor cannot name its distribution)"
+                         : "`" + pip + " --force-reinstall --no-deps --no-cache-dir " + shell_quote(pinned) + "`"};
 }
 
 const char* const kCudaLibraryStems[] = {"libcudart", "libcublas", "libcublasLt", "libnvrtc"};
@@ -837,7 +849,7 @@ BinaryReport Analyzer::analyze(const std::string& path, const std::string& displ
     if (symbol.defined && starts_with(symbol.name, "PyInit_")) report.role = "extension module";
   }
   for (const std::string& w : elf.warnings) report.findings.push_back({"malformed", Severity::kWarning, w, {}, ""});
-  if (!elf.truncation.empty()) report.findings.push_back(truncation_finding(elf));
+  if (!elf.truncation.empty()) report.findings.push_back(truncation_finding(elf, dist, python));
 
   // Two loads to compare: the interpreter as started, and after `import torch`
   // (the real torch's mapped libraries, or torch/lib when torch cannot be imported).
@@ -899,7 +911,8 @@ BinaryReport Analyzer::analyze(const std::string& path, const std::string& displ
       f.fix = "install a CUDA build of torch (pytorch.org's selector gives the index URL) or the CPU build of " +
               (dist.name.empty() ? module : dist.name);
     } else if (is_torch_library(missing.name)) {
-      f.fix = "`import torch` before " + module + " (torch loads its libraries), or link with -Wl,-rpath,<torch>/lib";
+      f.fix = "`import torch` before " + module + " (torch loads its libraries), or link it with -Wl,-rpath," +
+              (torch ? torch->package_dir + "/lib" : std::string("torch's lib directory"));
     } else {
       f.fix = "install the package that provides " + missing.name + " or add its directory to LD_LIBRARY_PATH";
     }
@@ -1134,7 +1147,7 @@ BinaryReport Analyzer::check_portability(const std::string& path, int max_glibc_
     return report;
   }
   report.readable = true;
-  if (!elf.truncation.empty()) report.findings.push_back(truncation_finding(elf));
+  if (!elf.truncation.empty()) report.findings.push_back(truncation_finding(elf, Distribution{}, nullptr));
   std::string policy = "manylinux_2_" + std::to_string(max_glibc_minor);
   static const char* const kAllowed[] = {"libc.so.6", "libm.so.6", "libdl.so.2", "libpthread.so.0", "librt.so.1",
                                          "libgcc_s.so.1", "ld-linux-x86-64.so.2", "ld-linux-aarch64.so.1"};

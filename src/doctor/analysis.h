@@ -26,6 +26,9 @@ struct Distribution {
 // Name, Version and the torch requirement from METADATA text (RFC 822 style headers).
 Distribution parse_metadata(const std::string& metadata);
 
+// At most max_bytes of a file ("" when it cannot be read).
+std::string read_text_file(const std::string& path, size_t max_bytes);
+
 // The version without its local part: "2.15.0+cu132" -> "2.15.0".
 std::string public_version(const std::string& version);
 

@@ -398,23 +398,6 @@ std::set<std::string> site_roots(const PythonFacts& python) {
   return roots;
 }
 
-std::string read_small_file(const std::string& path, size_t max_bytes) {
-  std::string text;
-  if (FILE* f = std::fopen(path.c_str(), "rb")) {
-    char buffer[65536];
-    size_t got;
-    while ((got = std::fread(buffer, 1, sizeof buffer, f)) > 0) {
-      text.append(buffer, got);
-      if (text.size() > max_bytes) {
-        text.clear();
-        break;
-      }
-    }
-    std::fclose(f);
-  }
-  return text;
-}
-
 // Installed pure distributions (WHEEL: Root-Is-Purelib: true) whose import needs a
 // module that exists nowhere: flash-attn's py3-none-any wheel built without its extension.
 std::vector<Finding> check_pure_distributions(const PythonFacts& python) {
@@ -430,9 +413,9 @@ std::vector<Finding> check_pure_distributions(const PythonFacts& python) {
     closedir(handle);
     std::sort(infos.begin(), infos.end());
     for (const std::string& info : infos) {
-      if (read_small_file(info + "/WHEEL", 1 << 16).find("Root-Is-Purelib: true") == std::string::npos) continue;
-      Distribution dist = parse_metadata(read_small_file(info + "/METADATA", 4 << 20));
-      std::string record = read_small_file(info + "/RECORD", 64 << 20);
+      if (read_text_file(info + "/WHEEL", 1 << 16).find("Root-Is-Purelib: true") == std::string::npos) continue;
+      Distribution dist = parse_metadata(read_text_file(info + "/METADATA", 4 << 20));
+      std::string record = read_text_file(info + "/RECORD", 64 << 20);
       std::set<std::string> modules;
       std::vector<PythonSource> sources;
       for (size_t start = 0; start < record.size();) {
@@ -447,7 +430,7 @@ std::vector<Finding> check_pure_distributions(const PythonFacts& python) {
         for (size_t dot = module.find('.'); dot != std::string::npos; dot = module.find('.', dot + 1)) modules.insert(module.substr(0, dot));
         modules.insert(module);
         if (path.size() > 3 && path.compare(path.size() - 3, 3, ".py") == 0) {
-          sources.push_back({module, is_package, read_small_file(site + "/" + path, 16 << 20)});
+          sources.push_back({module, is_package, read_text_file(site + "/" + path, 16 << 20)});
         }
       }
       std::vector<MissingModule> absent = missing_extensions(sources, modules, dist.name, &python);

@@ -229,6 +229,20 @@ def test_healthy_python_modules(fixtures, name):
     assert python_import(sys.executable, path, torch_first=False)[0]
 
 
+@pytest.mark.parametrize("keep", ["4k", "half"])
+def test_truncated_extension(fixtures, tmp_path, keep):
+    # Issue 14, kind 3: a cut copy of a real extension is an error, and the import agrees.
+    with open(fixtures["plain_ok"], "rb") as f:
+        data = f.read()
+    path = tmp_path / os.path.basename(fixtures["plain_ok"])
+    path.write_bytes(data[:4096] if keep == "4k" else data[:len(data) // 2])
+    rc, report = doctor("so", str(path), "--python", sys.executable)
+    binary = report["binaries"][0]
+    assert rc == 1 and "truncated" in checks(binary), binary["findings"]
+    ok, error = python_import(sys.executable, str(path), torch_first=False)
+    assert not ok, error
+
+
 # --- A: real Debian libtorch -------------------------------------------------------------------------
 
 @pytest.mark.skipif(not HAS_DEBIAN_TORCH, reason="needs Debian's python3-torch / libtorch-dev")
