@@ -1,6 +1,8 @@
 # attnforge doctor: tests that need more than the GoogleTest binary.
 #
-#  doctor_fixtures            pytest: real failing binaries built here, each verdict checked against Python's import
+#  doctor_fixtures            pytest: real failing binaries built here, each verdict checked against Python's import;
+#                             hostile archives within the doctor's time, memory and disk budget
+#  doctor_corpus              pytest: 31 pinned PyPI wheels, each verdict checked against a real import (issue 14)
 #  doctor_fuzz_seed_corpus    writes the fuzzers' seed corpus (GoogleTest DoctorFuzzCorpus.*)
 #  doctor_fuzz_{elf,fatbin,zip}  libFuzzer (clang) for AF_DOCTOR_FUZZ_SECONDS each; skipped (exit 77) without libFuzzer
 #  doctor_portability_{library,cli}  `attnforge doctor so --portability manylinux_2_28` on our own binaries
@@ -57,10 +59,18 @@ endif()
 
 if(ATTNFORGE_BUILD_TESTS)
   add_test(NAME doctor_fixtures
-    COMMAND ${AF_DOCTOR_TEST_PYTHON} -m pytest -q -p no:cacheprovider ${CMAKE_SOURCE_DIR}/tests/doctor)
+    COMMAND ${AF_DOCTOR_TEST_PYTHON} -m pytest -q -p no:cacheprovider ${CMAKE_SOURCE_DIR}/tests/doctor
+            --ignore=${CMAKE_SOURCE_DIR}/tests/doctor/test_doctor_corpus.py)
   set_tests_properties(doctor_fixtures PROPERTIES LABELS doctor TIMEOUT 900
     ENVIRONMENT "AF_CLI_PATH=$<TARGET_FILE:attnforge_cli>;AF_DOCTOR_FIXTURE_DIR=${CMAKE_BINARY_DIR}/doctor_fixtures;AF_DOCTOR_VENV_PYTHON=${AF_DOCTOR_TEST_PYTHON}"
 )
+
+  # Issue 14: real PyPI wheels, each verdict checked against a real import (downloads cached between runs).
+  set(AF_DOCTOR_WHEEL_CACHE "$ENV{HOME}/.cache/attnforge-tests/wheels" CACHE PATH "Where doctor_corpus keeps the PyPI wheels it downloads")
+  add_test(NAME doctor_corpus
+    COMMAND ${AF_DOCTOR_TEST_PYTHON} -m pytest -q -p no:cacheprovider ${CMAKE_SOURCE_DIR}/tests/doctor/test_doctor_corpus.py)
+  set_tests_properties(doctor_corpus PROPERTIES LABELS doctor TIMEOUT 2400
+    ENVIRONMENT "AF_CLI_PATH=$<TARGET_FILE:attnforge_cli>;AF_DOCTOR_VENV_PYTHON=${AF_DOCTOR_TEST_PYTHON};AF_DOCTOR_WHEEL_CACHE=${AF_DOCTOR_WHEEL_CACHE}")
 
   add_test(NAME doctor_fuzz_seed_corpus COMMAND attnforge_tests --gtest_filter=DoctorFuzzCorpus.*)
   set_tests_properties(doctor_fuzz_seed_corpus PROPERTIES LABELS "doctor;fuzz" FIXTURES_SETUP doctor_fuzz_corpus)

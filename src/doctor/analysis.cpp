@@ -6,9 +6,12 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <deque>
+#include <map>
 #include <set>
 
 #include "doctor/fatbin.h"
@@ -140,10 +143,179 @@ std::string module_name_of(const std::string& path) {
   return base.substr(0, base.find('.'));
 }
 
+}  // namespace
+
+std::string read_text_file(const std::string& path, size_t max_bytes) {
+  std::string text;
+  if (FILE* f = std::fopen(path.c_str(), "rb")) {
+    char buffer[65536];
+    size_t got;
+    while (text.size() < max_bytes && (got = std::fread(buffer, 1, sizeof buffer, f)) > 0) text.append(buffer, got);
+    std::fclose(f);
+  }
+  return text;
+}
+
+namespace {
+
+std::string shell_quote(const std::string& text) {
+  for (char c : text) {
+    if (!std::isalnum(static_cast<unsigned char>(c)) && !std::strchr("@%+=:,./-_", c)) {
+      std::string out = "'";
+      for (char d : text) out += d == '\'' ? std::string("'\\''") : std::string(1, d);
+      return out + "'";
+    }
+  }
+  return text;
+}
+
 constexpr const char* kAttnforgeAlternative =
     "or, for attention kernels, use attnforge (`pip install attnforge`: no C++ ABI, one wheel for every torch/CUDA/Python)";
 
 }  // namespace
+
+std::string alternative_key(const std::string& file_name) {
+  auto separator = [](char c) { return c == '_' || c == '-' || c == '.'; };
+  for (size_t at = 0; at < file_name.size(); ++at) {
+    if (at > 0 && !separator(file_name[at - 1])) continue;
+    size_t end = at;
+    if (file_name.compare(at, 3, "cpu") == 0) {
+      end = at + 3;
+    } else {
+      for (const char* stem : {"cuda", "rocm", "xpu", "cu"}) {
+        size_t length = std::strlen(stem);
+        if (file_name.compare(at, length, stem) != 0) continue;
+        size_t digits = at + length;
+        while (digits < file_name.size() && (std::isdigit(static_cast<unsigned char>(file_name[digits])) || file_name[digits] == '.') &&
+               !(file_name[digits] == '.' && file_name.compare(digits, 3, ".so") == 0)) {
+          ++digits;
+        }
+        if (digits > at + length) {
+          end = digits;
+          break;
+        }
+      }
+    }
+    if (end > at && (end == file_name.size() || separator(file_name[end]))) {
+      return file_name.substr(0, at) + "{}" + file_name.substr(end);
+    }
+  }
+  return "";
+}
+
+void judge_optional_libraries(std::vector<BinaryReport>& reports) {
+  std::set<std::string> needed;
+  for (const BinaryReport& r : reports) {
+    for (const LibraryResolution& n : r.needed) needed.insert(n.name);
+  }
+  for (BinaryReport& r : reports) {
+    if ((r.role != "library" && r.role != "executable") || needed.count(basename_of(r.path))) continue;
+    for (Finding& f : r.findings) {
+      if (f.severity != Severity::kError || f.check == "truncated") continue;
+      f.severity = Severity::kWarning;
+      f.summary = (r.role == "executable" ? "a program, not loaded by Python: " : "optional (no module links it: a plugin loaded on demand): ") + f.summary;
+    }
+  }
+}
+
+void judge_alternatives(std::vector<BinaryReport>& reports) {
+  std::map<std::string, std::vector<BinaryReport*>> groups;
+  for (BinaryReport& r : reports) {
+    std::string key = alternative_key(basename_of(r.path));
+    if (!key.empty()) groups[dirname_of(r.path) + "/" + key].push_back(&r);
+  }
+  for (auto& [key, group] : groups) {
+    if (group.size() < 2) continue;
+    const BinaryReport* chosen = nullptr;
+    for (const BinaryReport* r : group) {
+      if (r->healthy()) chosen = chosen ? chosen : r;
+    }
+    if (!chosen) continue;
+    for (BinaryReport* r : group) {
+      if (r->healthy()) continue;
+      for (Finding& f : r->findings) {
+        if (f.severity != Severity::kError) continue;
+        f.severity = Severity::kInfo;
+        f.summary = "alternative not used here (" + basename_of(chosen->path) + " loads): " + f.summary;
+        f.fix = "";
+      }
+    }
+  }
+}
+
+Distribution parse_metadata(const std::string& metadata) {
+  Distribution d;
+  size_t start = 0;
+  while (start < metadata.size()) {
+    size_t end = metadata.find('\n', start);
+    if (end == std::string::npos) end = metadata.size();
+    std::string line = metadata.substr(start, end - start);
+    start = end + 1;
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    if (line.empty()) break;  // the body (description) follows the headers
+    if (starts_with(line, "Name: ")) d.name = line.substr(6);
+    else if (starts_with(line, "Version: ")) d.version = line.substr(9);
+    else if (starts_with(line, "Requires-Dist: ")) {
+      std::string requirement = line.substr(15);
+      requirement = requirement.substr(0, requirement.find(';'));  // environment markers
+      size_t name_end = requirement.find_first_of(" (<>=!~[");
+      std::string name = requirement.substr(0, name_end);
+      if (name != "torch" || name_end == std::string::npos) continue;
+      std::string spec;
+      for (char c : requirement.substr(name_end)) {
+        if (c != ' ' && c != '(' && c != ')') spec += c;
+      }
+      d.torch_requirement = spec;
+    }
+  }
+  return d;
+}
+
+std::string public_version(const std::string& version) { return version.substr(0, version.find('+')); }
+
+std::string matching_build_fix(const Distribution& d, const PythonFacts* python) {
+  std::string pip = (python && !python->executable.empty() ? shell_quote(python->executable) : std::string("python")) +
+                    " -m pip install";
+  if (d.name.empty()) return "";
+  std::string pinned = d.version.empty() ? d.name : d.name + "==" + d.version;
+  const TorchFacts* torch = python && python->torch.found && !python->torch.version.empty() ? &python->torch : nullptr;
+  if (starts_with(d.torch_requirement, "==") && !torch) {
+    return "`" + pip + " " + shell_quote("torch" + d.torch_requirement) + "`, the torch " + pinned + " was built for";
+  }
+  if (starts_with(d.torch_requirement, "==")) {
+    std::string wanted = d.torch_requirement.substr(2);
+    std::string installed = public_version(torch->version);
+    if (wanted != installed) {
+      return "`" + pip + " " + shell_quote(d.name) + " " + shell_quote("torch==" + installed) + "` installs the " + d.name +
+             " release built for your torch " + installed + " (" + d.name + " " + d.version + " pins torch" +
+             d.torch_requirement + "); or `" + pip + " " + shell_quote("torch==" + wanted) + "`, the torch it was built for";
+    }
+    return "`" + pip + " --force-reinstall --no-deps --no-cache-dir " + shell_quote(pinned) + "` (the build of " + pinned +
+           " for this interpreter and platform)";
+  }
+  return source_build_command(d, python, "");
+}
+
+std::string source_build_command(const Distribution& d, const PythonFacts* python, const std::string& extra_env) {
+  if (d.name.empty()) return "";
+  std::string pip = (python && !python->executable.empty() ? shell_quote(python->executable) : std::string("python")) +
+                    " -m pip install";
+  std::string pinned = d.version.empty() ? d.name : d.name + "==" + d.version;
+  const TorchFacts* torch = python && python->torch.found && !python->torch.version.empty() ? &python->torch : nullptr;
+  std::string lowered = d.name;
+  std::transform(lowered.begin(), lowered.end(), lowered.begin(), [](char c) { return c == '_' ? '-' : char(std::tolower(c)); });
+  std::string build_env = extra_env;
+  if (lowered == "flash-attn") {
+    // flash-attn's setup.py downloads a prebuilt wheel unless forced; it does not ask torch for the ABI.
+    build_env += "FLASH_ATTENTION_FORCE_BUILD=TRUE ";
+    if (torch && torch->reported_cxx11_abi >= 0) {
+      build_env += std::string("FLASH_ATTENTION_FORCE_CXX11_ABI=") + (torch->reported_cxx11_abi ? "TRUE " : "FALSE ");
+    }
+  }
+  return "`" + build_env + pip + " --no-build-isolation --no-cache-dir --force-reinstall --no-deps --no-binary " +
+         shell_quote(d.name) + " " + shell_quote(pinned) + "` (a source build against the installed torch" +
+         (torch ? " " + torch->version : "") + "; --no-cache-dir so that pip does not reuse a cached wheel)";
+}
 
 std::string abi_neutral_key(const std::string& demangled) {
   std::string key = demangled;
@@ -206,6 +378,46 @@ struct Analyzer::TorchIndex {
 
 Analyzer::Analyzer(AnalysisContext context) : context_(std::move(context)) {}
 Analyzer::~Analyzer() = default;
+
+Distribution Analyzer::owner_of(const std::string& path) {
+  std::string file = real_path(absolute_path(path));
+  std::string dir = dirname_of(file);
+  for (int level = 0; level < 8; ++level) {
+    auto cached = records_.find(dir);
+    if (cached == records_.end()) {
+      std::vector<std::pair<Distribution, std::set<std::string>>> entries;
+      if (DIR* handle = opendir(dir.c_str())) {
+        while (dirent* entry = readdir(handle)) {
+          std::string name = entry->d_name;
+          if (!ends_with(name, ".dist-info")) continue;
+          std::string info = dir + "/" + name;
+          Distribution d = parse_metadata(read_text_file(info + "/METADATA", 1 << 20));
+          std::set<std::string> paths;
+          std::string record = read_text_file(info + "/RECORD", 64 << 20);
+          for (size_t start = 0; start < record.size();) {
+            size_t end = record.find('\n', start);
+            if (end == std::string::npos) end = record.size();
+            std::string row = record.substr(start, end - start);
+            start = end + 1;
+            // RECORD is CSV: a path holding a comma is quoted.
+            if (!row.empty() && row[0] == '"') paths.insert(row.substr(1, row.find('"', 1) - 1));
+            else paths.insert(row.substr(0, row.find(',')));
+          }
+          entries.emplace_back(d, std::move(paths));
+        }
+        closedir(handle);
+      }
+      cached = records_.emplace(dir, std::move(entries)).first;
+    }
+    std::string relative = file.substr(dir == "/" ? 1 : dir.size() + 1);
+    for (const auto& [d, paths] : cached->second) {
+      if (paths.count(relative)) return d;
+    }
+    if (dir == "/") break;
+    dir = dirname_of(dir);
+  }
+  return {};
+}
 
 LoadedLibrary* Analyzer::load(const std::string& path) {
   std::string key = real_path(path);
@@ -421,27 +633,23 @@ bool defined_in_scope(const std::vector<LoadedLibrary*>& objects, const LoadedLi
 }
 
 // flash-attn's prebuilt wheel naming (its setup.py): which release asset matches this environment.
-std::string flash_attn_wheel_name(const PythonFacts& python, int torch_abi) {
+std::string flash_attn_wheel_name(const PythonFacts& python, int torch_abi, const std::string& version) {
   const TorchFacts& torch = python.torch;
   int major = 0, minor = 0;
-  if (torch.cuda_version.empty() || std::sscanf(torch.version.c_str(), "%d.%d", &major, &minor) != 2) return "";
+  if (version.empty() || torch.cuda_version.empty() || std::sscanf(torch.version.c_str(), "%d.%d", &major, &minor) != 2) return "";
   std::string cp = "cp" + std::to_string(python.major) + std::to_string(python.minor);
-  return "flash_attn-<version>+cu" + std::to_string(std::atoi(torch.cuda_version.c_str())) + "torch" + std::to_string(major) + "." +
-         std::to_string(minor) + "cxx11abi" + (torch_abi ? "TRUE" : "FALSE") + "-" + cp + "-" + cp + "-linux_" + python.machine + ".whl";
+  return "flash_attn-" + version + "+cu" + std::to_string(std::atoi(torch.cuda_version.c_str())) + "torch" + std::to_string(major) +
+         "." + std::to_string(minor) + "cxx11abi" + (torch_abi ? "TRUE" : "FALSE") + "-" + cp + "-" + cp + "-linux_" + python.machine +
+         ".whl";
 }
 
-std::string abi_rebuild_fix(int torch_abi, const std::string& module, const std::string& torch_version,
-                            const PythonFacts* python) {
+std::string abi_rebuild_fix(int torch_abi, const std::string& build_fix, const Distribution& d, const PythonFacts* python) {
   std::string n = std::to_string(torch_abi);
-  std::string fix = "rebuild " + module + " against the installed torch" +
-                    (torch_version.empty() ? "" : " " + torch_version) + " with -D_GLIBCXX_USE_CXX11_ABI=" + n +
-                    " (torch.utils.cpp_extension builds: `pip install --no-build-isolation --no-binary :all: "
-                    "--force-reinstall --no-deps <package>`; hand-written builds: add -D_GLIBCXX_USE_CXX11_ABI=" + n +
-                    " to CXXFLAGS and to nvcc's -Xcompiler flags)";
-  if (starts_with(module, "flash_attn")) {
-    std::string wheel = python ? flash_attn_wheel_name(*python, torch_abi) : "";
-    fix += "; flash-attn: `FLASH_ATTENTION_FORCE_BUILD=TRUE pip install flash-attn --no-build-isolation` or the "
-           "prebuilt wheel " + (wheel.empty() ? "whose name says cxx11abi" + std::string(torch_abi ? "TRUE" : "FALSE") : wheel);
+  std::string fix = build_fix + " (torch.utils.cpp_extension passes torch's -D_GLIBCXX_USE_CXX11_ABI=" + n +
+                    " itself; hand-written builds: add it to CXXFLAGS and to nvcc's -Xcompiler flags)";
+  if (starts_with(d.name, "flash") && python) {
+    std::string wheel = flash_attn_wheel_name(*python, torch_abi, d.version);
+    if (!wheel.empty()) fix += "; or the prebuilt release asset " + wheel + " from github.com/Dao-AILab/flash-attention/releases";
   }
   return fix + "; " + kAttnforgeAlternative;
 }
@@ -461,7 +669,8 @@ std::string max_version_of_family(const ElfFile& elf, const std::string& family)
   return best;
 }
 
-void check_python_module(const PythonFacts& python, const ElfFile& elf, const std::string& path, BinaryReport& report) {
+void check_python_module(const PythonFacts& python, const ElfFile& elf, const std::string& path, const std::string& build_fix,
+                         BinaryReport& report) {
   std::string file = basename_of(path);
   std::string module = module_name_of(path);
   bool exports_init = false, exports_own_init = false;
@@ -495,10 +704,7 @@ void check_python_module(const PythonFacts& python, const ElfFile& elf, const st
                 " never looks at this file name (import fails with ModuleNotFoundError)";
     f.evidence.push_back("file name: " + file);
     f.evidence.push_back("this interpreter loads: " + join(python.extension_suffixes, " "));
-    f.fix = "install the cp" + std::to_string(python.major) + std::to_string(python.minor) + " build (wheel tag cp" +
-            std::to_string(python.major) + std::to_string(python.minor) + "-cp" + std::to_string(python.major) +
-            std::to_string(python.minor) + "-…) or rebuild with this interpreter: `" + python.executable +
-            " -m pip install --no-build-isolation --force-reinstall <package>`";
+    f.fix = build_fix;
     report.findings.push_back(f);
   }
   if (exports_init && !exports_own_init) {
@@ -514,13 +720,13 @@ void check_python_module(const PythonFacts& python, const ElfFile& elf, const st
         (major != python.major || minor != python.minor)) {
       report.findings.push_back({"python_abi", Severity::kError,
                                  "links " + needed + " but the interpreter is Python " + interpreter,
-                                 {"DT_NEEDED " + needed},
-                                 "rebuild for Python " + interpreter + " (or use that module's abi3 build)"});
+                                 {"DT_NEEDED " + needed}, build_fix});
     }
   }
 }
 
-void check_gpu_code(ByteView image, const ElfFile& elf, const AnalysisContext& context, BinaryReport& report) {
+void check_gpu_code(ByteView image, const ElfFile& elf, const AnalysisContext& context, const Distribution& d,
+                    BinaryReport& report) {
   const ElfSection* section = elf.find_section(".nv_fatbin");
   if (!section) return;
   ByteView data;
@@ -531,57 +737,81 @@ void check_gpu_code(ByteView image, const ElfFile& elf, const AnalysisContext& c
     return;
   }
   report.has_fatbin = true;
-  std::set<uint32_t> cubins, ptx;
+  std::set<std::string> cubin_labels, ptx_labels;
   for (const FatbinEntry& e : entries) {
     if (e.kind == FatbinEntry::Kind::kCubin && e.cubin_sm != 0 && e.cubin_sm != e.arch) {
       report.findings.push_back({"malformed", Severity::kWarning,
                                  "fatbin entry says sm_" + std::to_string(e.arch) + " but its cubin was built for sm_" +
                                      std::to_string(e.cubin_sm), {}, ""});
     }
-    if (e.kind == FatbinEntry::Kind::kCubin) cubins.insert(e.arch);
-    if (e.kind == FatbinEntry::Kind::kPtx) ptx.insert(e.arch);
+    if (e.kind == FatbinEntry::Kind::kCubin) cubin_labels.insert(fatbin_entry_label(e));
+    if (e.kind == FatbinEntry::Kind::kPtx) ptx_labels.insert(fatbin_entry_label(e));
   }
-  for (uint32_t a : cubins) report.fatbin.cubins.push_back("sm_" + std::to_string(a));
-  for (uint32_t a : ptx) report.fatbin.ptx.push_back("compute_" + std::to_string(a));
+  // Numeric order: sm_80 before sm_100.
+  auto by_arch = [](const std::string& a, const std::string& b) {
+    size_t x = a.find('_') + 1, y = b.find('_') + 1;
+    int m = std::atoi(a.c_str() + x), n = std::atoi(b.c_str() + y);
+    return m != n ? m < n : a < b;
+  };
+  report.fatbin.cubins.assign(cubin_labels.begin(), cubin_labels.end());
+  report.fatbin.ptx.assign(ptx_labels.begin(), ptx_labels.end());
+  std::sort(report.fatbin.cubins.begin(), report.fatbin.cubins.end(), by_arch);
+  std::sort(report.fatbin.ptx.begin(), report.fatbin.ptx.end(), by_arch);
   std::string listing = "embedded: " + join(report.fatbin.cubins, " ") +
-                        (ptx.empty() ? " (no PTX)" : " + PTX " + join(report.fatbin.ptx, " "));
+                        (ptx_labels.empty() ? " (no PTX)" : " + PTX " + join(report.fatbin.ptx, " "));
   if (context.gpus.empty()) {
     report.findings.push_back({"gpu_arch", Severity::kInfo, "GPU code for " + listing.substr(10) + "; no GPU to compare with",
                                {listing}, ""});
     return;
   }
   for (const GpuFacts& gpu : context.gpus) {
-    uint32_t cc = uint32_t(gpu.major * 10 + gpu.minor);
     std::string cc_text = std::to_string(gpu.major) + "." + std::to_string(gpu.minor);
     std::string device = (gpu.name.empty() ? "GPU" : gpu.name) + " (compute capability " + cc_text + ", from " +
                          context.gpu_source + ")";
-    // A cubin runs on the same major with an equal or higher minor; PTX is JIT-compiled for any newer GPU.
     bool cubin_fits = false, ptx_fits = false;
-    for (uint32_t a : cubins) cubin_fits |= a / 10 == uint32_t(gpu.major) && a % 10 <= uint32_t(gpu.minor);
-    for (uint32_t a : ptx) ptx_fits |= a <= cc;
+    for (const FatbinEntry& e : entries) {
+      if (!fatbin_entry_runs_on(e, gpu.major, gpu.minor)) continue;
+      cubin_fits |= e.kind == FatbinEntry::Kind::kCubin;
+      ptx_fits |= e.kind == FatbinEntry::Kind::kPtx;
+    }
     if (cubin_fits) continue;
     std::string arch = std::to_string(gpu.major) + std::to_string(gpu.minor);
     if (ptx_fits) {
       report.findings.push_back({"gpu_arch", Severity::kWarning,
                                  "no sm_" + arch + " cubin: kernels are JIT-compiled from PTX on first use by " + device,
-                                 {listing}, "rebuild with TORCH_CUDA_ARCH_LIST=\"" + cc_text + "\" to skip the JIT"});
+                                 {listing}, "none needed (it runs); a build with TORCH_CUDA_ARCH_LIST=\"" + cc_text + "\" skips the JIT"});
       continue;
     }
     report.findings.push_back(
         {"gpu_arch", Severity::kError,
          "no kernel image for " + device + ": " + listing.substr(10),
          {listing, "device: " + device},
-         "rebuild for this GPU: `TORCH_CUDA_ARCH_LIST=\"" + cc_text + "+PTX\" pip install --no-build-isolation "
-         "--no-binary :all: --force-reinstall --no-deps <package>` (nvcc: -gencode arch=compute_" + arch +
-         ",code=sm_" + arch + "; flash-attn: FLASH_ATTN_CUDA_ARCHS=" + arch + "); " + kAttnforgeAlternative});
+         (d.name.empty() ? "rebuild it for this GPU: TORCH_CUDA_ARCH_LIST=\"" + cc_text +
+                               "+PTX\" for torch.utils.cpp_extension builds, nvcc -gencode arch=compute_" + arch + ",code=sm_" + arch
+                         : "rebuild it for this GPU: " +
+                               source_build_command(d, context.python, "TORCH_CUDA_ARCH_LIST=\"" + cc_text + "+PTX\" FLASH_ATTN_CUDA_ARCHS=" + arch + " ")) +
+             "; " + kAttnforgeAlternative});
   }
+}
+
+std::string torch_label_of(const TorchFacts* torch) { return torch ? "torch " + torch->version : "the torch libraries it loads"; }
+
+Finding truncation_finding(const ElfFile& elf, const Distribution& d, const PythonFacts* python) {
+  std::string pip = (python && !python->executable.empty() ? shell_quote(python->executable) : std::string("python")) +
+                    " -m pip install";
+  std::string pinned = d.version.empty() ? d.name : d.name + "==" + d.version;
+  return {"truncated", Severity::kError,
+          "the file is truncated or damaged: " + elf.truncation.front() + "; loading it fails or crashes the process (SIGBUS)",
+          elf.truncation,
+          d.name.empty() ? "replace it with an intact copy (no *.dist-info/RECORD lists it, so the doctor cannot name its distribution)"
+                         : "`" + pip + " --force-reinstall --no-deps --no-cache-dir " + shell_quote(pinned) + "`"};
 }
 
 const char* const kCudaLibraryStems[] = {"libcudart", "libcublas", "libcublasLt", "libnvrtc"};
 
 }  // namespace
 
-BinaryReport Analyzer::analyze(const std::string& path, const std::string& display_name) {
+BinaryReport Analyzer::analyze(const std::string& path, const std::string& display_name, const Distribution* distribution) {
   BinaryReport report;
   report.path = path;
   report.display_name = display_name;
@@ -602,7 +832,24 @@ BinaryReport Analyzer::analyze(const std::string& path, const std::string& displ
   const PythonFacts* python = context_.python;
   const TorchFacts* torch = python && python->torch.found ? &python->torch : nullptr;
   std::string module = module_name_of(path);
+  Distribution dist = distribution ? *distribution : owner_of(path);
+  // flash-attn's compiled modules are top-level (flash_attn_2_cuda, flash_attn_3): a copy outside site-packages still names it.
+  if (dist.name.empty() && starts_with(module, "flash_attn")) dist.name = "flash-attn";
+  std::string build_fix = matching_build_fix(dist, python);
+  if (build_fix.empty()) {
+    build_fix = "install the build of " + module + " made for this environment (no *.dist-info/RECORD lists " + basename_of(path) +
+                ", so the doctor cannot name its distribution)";
+  }
+  report.role = "library";
+  for (const std::string& needed : elf.needed) {
+    if (is_torch_library(needed)) report.role = "torch library";
+  }
+  if (elf.type == 2 || (elf.has_interpreter && elf.soname.empty())) report.role = "executable";
+  for (const ElfSymbol& symbol : elf.dynamic_symbols) {
+    if (symbol.defined && starts_with(symbol.name, "PyInit_")) report.role = "extension module";
+  }
   for (const std::string& w : elf.warnings) report.findings.push_back({"malformed", Severity::kWarning, w, {}, ""});
+  if (!elf.truncation.empty()) report.findings.push_back(truncation_finding(elf, dist, python));
 
   // Two loads to compare: the interpreter as started, and after `import torch`
   // (the real torch's mapped libraries, or torch/lib when torch cannot be imported).
@@ -627,7 +874,6 @@ BinaryReport Analyzer::analyze(const std::string& path, const std::string& displ
     main = &warm;
   }
   report.needed = main->target_needed;
-  std::string torch_version = torch ? torch->version : "";
 
   // Libraries that cannot be found. The driver library is a machine property:
   // without it the binary loads only on a GPU machine.
@@ -647,11 +893,26 @@ BinaryReport Analyzer::analyze(const std::string& path, const std::string& displ
     searched.push_back("/etc/ld.so.cache and the default directories");
     f.evidence.push_back("searched: " + join(searched, "; "));
     int cuda_major = soname_major(missing.name, "libcudart");
-    if (cuda_major >= 0) {
-      f.fix = "install the CUDA " + std::to_string(cuda_major) + " runtime (`pip install nvidia-cuda-runtime-cu" +
-              std::to_string(cuda_major) + "`) or, better, the build of " + module + " for the CUDA your torch uses";
+    // Wheels that find the CUDA runtime through pip's nvidia packages say so in their RUNPATH.
+    bool searches_pip_cuda = false;
+    for (const std::string& dir : elf.runpath.empty() ? elf.rpath : elf.runpath) {
+      searches_pip_cuda |= dir.find("nvidia/cuda_runtime/lib") != std::string::npos;
+    }
+    bool torch_is_cpu_only = torch && torch->imported && torch->cuda_version.empty();
+    bool cuda_torch_library = missing.name == "libc10_cuda.so" || missing.name == "libtorch_cuda.so";
+    if (cuda_major >= 0 && searches_pip_cuda) {
+      f.fix = "`" + (python ? shell_quote(python->executable) : std::string("python")) + " -m pip install nvidia-cuda-runtime-cu" +
+              std::to_string(cuda_major) + "` (" + module + " looks for it there), or " + build_fix;
+    } else if (cuda_major >= 0) {
+      f.fix = build_fix + " (a build for the CUDA your torch uses)";
+    } else if (cuda_torch_library && torch_is_cpu_only && !is_regular_file(torch->package_dir + "/lib/" + missing.name)) {
+      f.summary = missing.name + ": not part of " + torch_label_of(torch) + ", a CPU-only build: this is a CUDA build of " +
+                  (dist.name.empty() ? module : dist.name) + " beside a CPU-only torch";
+      f.fix = "install a CUDA build of torch (pytorch.org's selector gives the index URL) or the CPU build of " +
+              (dist.name.empty() ? module : dist.name);
     } else if (is_torch_library(missing.name)) {
-      f.fix = "`import torch` before " + module + " (torch loads its libraries), or link with -Wl,-rpath,<torch>/lib";
+      f.fix = "`import torch` before " + module + " (torch loads its libraries), or link it with -Wl,-rpath," +
+              (torch ? torch->package_dir + "/lib" : std::string("torch's lib directory"));
     } else {
       f.fix = "install the package that provides " + missing.name + " or add its directory to LD_LIBRARY_PATH";
     }
@@ -728,7 +989,7 @@ BinaryReport Analyzer::analyze(const std::string& path, const std::string& displ
     }
   }
 
-  if (python) check_python_module(*python, elf, path, report);
+  if (python) check_python_module(*python, elf, path, build_fix, report);
 
   // Undefined symbols: resolve, then explain the unresolved ones.
   std::vector<const ElfSymbol*> unresolved;
@@ -798,19 +1059,16 @@ BinaryReport Analyzer::analyze(const std::string& path, const std::string& displ
   auto count_of = [](const std::vector<std::string>& evidence) {
     return std::count_if(evidence.begin(), evidence.end(), [](const std::string& e) { return starts_with(e, "undefined "); });
   };
-  std::string torch_label = torch ? "torch " + torch->version : "the torch libraries it loads";
+  std::string torch_label = torch_label_of(torch);
   if (!dual_evidence.empty()) {
     int ext_abi = 1 - twin_abi;
     std::string summary = "C++ dual-ABI mismatch: built with _GLIBCXX_USE_CXX11_ABI=" + std::to_string(ext_abi) + ", " +
                           torch_label + " uses " + std::to_string(twin_abi) + " (" + std::to_string(count_of(dual_evidence)) +
                           " symbols exist only as their other-ABI twin)";
     report.findings.push_back({"dual_abi", Severity::kError, summary, dual_evidence,
-                               abi_rebuild_fix(twin_abi, module, torch_version, python)});
+                               abi_rebuild_fix(twin_abi, build_fix, dist, python)});
   }
-  std::string drift_fix = "rebuild " + module + " against " + (torch ? "the installed " : "") + torch_label +
-                          " (`pip install --no-build-isolation --no-binary :all: --force-reinstall --no-deps <package>`: "
-                          "--no-build-isolation makes pip compile against this torch instead of a fresh download) or install "
-                          "the build made for it; " + kAttnforgeAlternative;
+  std::string drift_fix = build_fix + "; " + kAttnforgeAlternative;
   if (!changed_evidence.empty()) {
     report.findings.push_back({"torch_version_drift", Severity::kError,
                                "torch version drift: " + std::to_string(count_of(changed_evidence)) +
@@ -851,14 +1109,21 @@ BinaryReport Analyzer::analyze(const std::string& path, const std::string& displ
       int major = soname_major(needed, stem);
       if (major <= 0) continue;
       if (torch_cuda_major > 0 && major != torch_cuda_major) {
+        // Two CUDA runtimes coexist in one process (each library binds its own
+        // soname): the mismatch breaks the load only when this one cannot be found.
+        auto resolution = std::find_if(main->target_needed.begin(), main->target_needed.end(),
+                                       [&](const LibraryResolution& r) { return r.name == needed; });
+        bool resolves = resolution != main->target_needed.end() && !resolution->path.empty();
         report.findings.push_back(
-            {"cuda_runtime", Severity::kError,
-             "built for CUDA " + std::to_string(major) + " (" + needed + "), " + torch_label + " uses CUDA " + torch->cuda_version,
+            {"cuda_runtime", resolves ? Severity::kWarning : Severity::kError,
+             "built for CUDA " + std::to_string(major) + " (" + needed + "), " + torch_label + " uses CUDA " + torch->cuda_version +
+                 (resolves ? ": it loads its own CUDA " + std::to_string(major) + " runtime (" + resolution->path +
+                                 "), which needs a driver for CUDA " + std::to_string(major)
+                           : ""),
              {"DT_NEEDED " + needed, "torch.version.cuda = " + torch->cuda_version},
-             "install the build of " + module + " for CUDA " + std::to_string(torch_cuda_major) + " (cu" +
-                 std::to_string(torch_cuda_major) + "x wheels) or rebuild it with CUDA " + std::to_string(torch_cuda_major) +
-                 "'s nvcc: `pip install --no-build-isolation --no-binary :all: --force-reinstall --no-deps <package>`; " +
-                 kAttnforgeAlternative});
+             resolves ? "none needed while the driver supports CUDA " + std::to_string(major) + "; " + build_fix +
+                            " gives a build for CUDA " + std::to_string(torch_cuda_major) + " if not"
+                      : build_fix + "; " + kAttnforgeAlternative});
       } else if (torch && torch->imported && torch_cuda_major == 0 && std::string(stem) == "libcudart") {
         report.findings.push_back({"cuda_runtime", Severity::kWarning,
                                    "needs " + needed + " but " + torch_label + " is a CPU-only build",
@@ -867,7 +1132,7 @@ BinaryReport Analyzer::analyze(const std::string& path, const std::string& displ
     }
   }
 
-  check_gpu_code(file.view(), elf, context_, report);
+  check_gpu_code(file.view(), elf, context_, dist, report);
   return report;
 }
 
@@ -882,6 +1147,7 @@ BinaryReport Analyzer::check_portability(const std::string& path, int max_glibc_
     return report;
   }
   report.readable = true;
+  if (!elf.truncation.empty()) report.findings.push_back(truncation_finding(elf, Distribution{}, nullptr));
   std::string policy = "manylinux_2_" + std::to_string(max_glibc_minor);
   static const char* const kAllowed[] = {"libc.so.6", "libm.so.6", "libdl.so.2", "libpthread.so.0", "librt.so.1",
                                          "libgcc_s.so.1", "ld-linux-x86-64.so.2", "ld-linux-aarch64.so.1"};

@@ -4,6 +4,7 @@
 
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -14,6 +15,33 @@
 #include "doctor/report.h"
 
 namespace af::doctor {
+
+// The distribution a binary belongs to (its *.dist-info), so that fixes name it.
+struct Distribution {
+  std::string name;               // METADATA `Name:` ("torchvision"); "" when unknown
+  std::string version;            // METADATA `Version:`
+  std::string torch_requirement;  // the specifier of `Requires-Dist: torch` ("==2.1.0"), "" when none
+};
+
+// Name, Version and the torch requirement from METADATA text (RFC 822 style headers).
+Distribution parse_metadata(const std::string& metadata);
+
+// At most max_bytes of a file ("" when it cannot be read).
+std::string read_text_file(const std::string& path, size_t max_bytes);
+
+// The version without its local part: "2.15.0+cu132" -> "2.15.0".
+std::string public_version(const std::string& version);
+
+// The command (or commands) that install a build of `distribution` that loads in
+// this environment: the release built for the installed torch when the
+// distribution pins torch (its builds exist per torch release, with no source
+// to rebuild), a forced, cache-free source build otherwise (flash-attn: with
+// FLASH_ATTENTION_FORCE_BUILD and the C++ ABI torch reports).
+std::string matching_build_fix(const Distribution& distribution, const PythonFacts* python);
+
+// The forced, cache-free source build of `distribution` against the installed
+// torch, with `extra_env` ("TORCH_CUDA_ARCH_LIST=... ") before it; "" when unnamed.
+std::string source_build_command(const Distribution& distribution, const PythonFacts* python, const std::string& extra_env);
 
 struct AnalysisContext {
   const PythonFacts* python = nullptr;        // the target interpreter; null when unknown
@@ -37,7 +65,13 @@ class Analyzer {
   ~Analyzer();
 
   // Loadability of `path` in the context's environment (see the checks in docs/doctor-json-schema.md).
-  BinaryReport analyze(const std::string& path, const std::string& display_name = "");
+  // `distribution` names the package for fixes; when null it is looked up in the
+  // *.dist-info/RECORD files of the directories above `path`.
+  BinaryReport analyze(const std::string& path, const std::string& display_name = "",
+                       const Distribution* distribution = nullptr);
+
+  // The installed distribution whose RECORD lists `path` (empty name when none).
+  Distribution owner_of(const std::string& path);
 
   // Policy check for shipping: glibc symbol versions <= max_glibc, no GLIBCXX/CXXABI
   // version needs, DT_NEEDED only from the manylinux allow-list.
@@ -56,7 +90,25 @@ class Analyzer {
   AnalysisContext context_;
   std::map<std::string, std::unique_ptr<LoadedLibrary>> libraries_;
   std::unique_ptr<TorchIndex> torch_index_;
+  // Per directory: each *.dist-info below it with its metadata and the paths its RECORD lists.
+  std::map<std::string, std::vector<std::pair<Distribution, std::set<std::string>>>> records_;
 };
+
+// Per-CUDA (or CPU) builds of one library that a package chooses between at
+// run time (libbitsandbytes_cuda121.so / _cuda124.so / _cpu.so; _cu12 / _cu13):
+// binaries in one directory whose names differ only in such a token form a
+// group. When one of a group is healthy, the errors of the others become info:
+// they are alternatives for another CUDA, not requirements.
+void judge_alternatives(std::vector<BinaryReport>& reports);
+
+// The name with its CUDA/CPU variant token replaced by "{}" ("" when it has none).
+std::string alternative_key(const std::string& file_name);
+
+// In a scan of many binaries (an environment, a wheel): a plain library that is
+// neither an extension module nor a torch library, and that no scanned binary
+// lists in DT_NEEDED, is loaded only on demand (nvshmem's transports, triton's
+// plugins): its errors become warnings. A truncated file stays an error.
+void judge_optional_libraries(std::vector<BinaryReport>& reports);
 
 // "GLIBC_2.34" -> {2, 34}; the family is the part before '_'.
 bool parse_symbol_version(const std::string& version, std::string& family, std::vector<int>& numbers);

@@ -1,6 +1,7 @@
 #include "doctor/doctor.h"
 
 #include <dirent.h>
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -28,6 +29,7 @@ namespace {
 
 constexpr int kExitHealthy = 0, kExitProblems = 1, kExitUsage = 2;
 constexpr const char* kSchema = "attnforge-doctor/1";
+constexpr size_t kMaxInstalledBinaries = 20000;
 
 constexpr const char* kHelpEnvironment =
     "usage: attnforge doctor [--python PATH] [--gpu X.Y] [--json] [-v]\n"
@@ -40,7 +42,7 @@ constexpr const char* kHelpEnvironment =
     "reading the binaries directly (no nm, readelf, cuobjdump, unzip or pip needed).\n"
     "\n"
     "  doctor         the environment of a Python interpreter (default: first python3 on PATH) and a\n"
-    "                 one-line verdict for every installed extension that links torch or CUDA\n"
+    "                 one-line verdict for every ELF file its installed packages ship\n"
     "  doctor so      one binary: libraries, symbols, dual C++ ABI, torch drift, CUDA, Python, glibc,\n"
     "                 load order and GPU architecture, each with evidence and the fix\n"
     "  doctor wheel   a wheel without installing it: tags, RECORD hashes, missing compiled modules, and\n"
@@ -378,47 +380,79 @@ std::string nvcc_release(std::string& nvcc) {
   return run.output.substr(at + 8, run.output.find(',', at) - at - 8);
 }
 
-// Which installed distribution owns each file: "<site>/<path>" -> "name version",
-// from every *.dist-info/RECORD directly under the site directories.
-std::map<std::string, std::string> distribution_owners(const std::set<std::string>& site_dirs) {
-  std::map<std::string, std::string> owners;
-  for (const std::string& site : site_dirs) {
-    DIR* handle = opendir(site.c_str());
-    if (!handle) continue;
-    while (dirent* entry = readdir(handle)) {
-      std::string name = entry->d_name;
-      if (name.size() < 11 || name.compare(name.size() - 10, 10, ".dist-info") != 0) continue;
-      std::string dist = name.substr(0, name.size() - 10);
-      size_t dash = dist.find('-');
-      if (dash != std::string::npos) dist = dist.substr(0, dash) + " " + dist.substr(dash + 1);
-      FILE* record = std::fopen((site + "/" + name + "/RECORD").c_str(), "r");
-      if (!record) continue;
-      char line[4096];
-      while (std::fgets(line, sizeof line, record)) {
-        std::string row = line;
-        std::string path = row.substr(0, row.find(','));
-        if (path.size() > 3 && path.compare(path.size() - 3, 3, ".so") == 0) owners[site + "/" + path] = dist;
-      }
-      std::fclose(record);
-    }
-    closedir(handle);
-  }
-  return owners;
+bool starts_with_elf_magic(const std::string& path) {
+  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  unsigned char magic[4] = {};
+  bool elf = read(fd, magic, 4) == 4 && magic[0] == 0x7f && magic[1] == 'E' && magic[2] == 'L' && magic[3] == 'F';
+  close(fd);
+  return elf;
 }
 
-// Extension modules below the interpreter's site directories that link torch or CUDA.
-std::vector<std::string> find_torch_extensions(const PythonFacts& python, std::map<std::string, std::string>& owners) {
-  std::vector<std::string> found;
+std::set<std::string> site_roots(const PythonFacts& python) {
   std::set<std::string> roots;
   for (const std::string& dir : python.site_dirs) roots.insert(dir);
   for (const std::string& dir : python.sys_path) {
     if (dir.find("-packages") != std::string::npos) roots.insert(dir);
   }
-  owners = distribution_owners(roots);
+  return roots;
+}
+
+// Installed pure distributions (WHEEL: Root-Is-Purelib: true) whose import needs a
+// module that exists nowhere: flash-attn's py3-none-any wheel built without its extension.
+std::vector<Finding> check_pure_distributions(const PythonFacts& python) {
+  std::vector<Finding> findings;
+  for (const std::string& site : site_roots(python)) {
+    DIR* handle = opendir(site.c_str());
+    if (!handle) continue;
+    std::vector<std::string> infos;
+    while (dirent* entry = readdir(handle)) {
+      std::string name = entry->d_name;
+      if (name.size() > 10 && name.compare(name.size() - 10, 10, ".dist-info") == 0) infos.push_back(site + "/" + name);
+    }
+    closedir(handle);
+    std::sort(infos.begin(), infos.end());
+    for (const std::string& info : infos) {
+      if (read_text_file(info + "/WHEEL", 1 << 16).find("Root-Is-Purelib: true") == std::string::npos) continue;
+      Distribution dist = parse_metadata(read_text_file(info + "/METADATA", 4 << 20));
+      std::string record = read_text_file(info + "/RECORD", 64 << 20);
+      std::set<std::string> modules;
+      std::vector<PythonSource> sources;
+      for (size_t start = 0; start < record.size();) {
+        size_t end = record.find('\n', start);
+        if (end == std::string::npos) end = record.size();
+        std::string row = record.substr(start, end - start);
+        start = end + 1;
+        std::string path = !row.empty() && row[0] == '"' ? row.substr(1, row.find('"', 1) - 1) : row.substr(0, row.find(','));
+        std::string module;
+        bool is_package = false;
+        if (!python_module_of(path, module, is_package)) continue;
+        for (size_t dot = module.find('.'); dot != std::string::npos; dot = module.find('.', dot + 1)) modules.insert(module.substr(0, dot));
+        modules.insert(module);
+        if (path.size() > 3 && path.compare(path.size() - 3, 3, ".py") == 0) {
+          sources.push_back({module, is_package, read_text_file(site + "/" + path, 16 << 20)});
+        }
+      }
+      std::vector<MissingModule> absent = missing_extensions(sources, modules, dist.name, &python);
+      if (absent.empty() || !absent.front().reached) continue;
+      Finding f = missing_extension_finding(absent, dist, &python);
+      f.summary = dist.name + " " + dist.version + ": " + f.summary;
+      findings.push_back(f);
+    }
+  }
+  return findings;
+}
+
+// Every ELF file below the interpreter's site directories, whatever its name:
+// extension modules (`_C.so` as much as `_C.cpython-311-x86_64-linux-gnu.so`),
+// libraries loaded with torch.ops.load_library or ctypes, and executables.
+std::vector<std::string> find_installed_binaries(const PythonFacts& python) {
+  std::vector<std::string> found;
+  std::set<std::string> roots = site_roots(python);
   std::set<std::string> visited;
   std::vector<std::pair<std::string, int>> stack;
   for (const std::string& r : roots) stack.emplace_back(r, 0);
-  while (!stack.empty() && found.size() < 2000) {
+  while (!stack.empty() && found.size() < kMaxInstalledBinaries) {
     auto [dir, depth] = stack.back();
     stack.pop_back();
     char* real = realpath(dir.c_str(), nullptr);
@@ -430,33 +464,15 @@ std::vector<std::string> find_torch_extensions(const PythonFacts& python, std::m
     if (!handle) continue;
     while (dirent* entry = readdir(handle)) {
       std::string name = entry->d_name;
-      if (name == "." || name == "..") continue;
+      if (name == "." || name == ".." || name == "__pycache__") continue;
       std::string path = dir + "/" + name;
       struct stat info {};
       if (lstat(path.c_str(), &info) != 0) continue;
       if (S_ISDIR(info.st_mode)) {
-        if (depth < 6) stack.emplace_back(path, depth + 1);
+        if (depth < 12) stack.emplace_back(path, depth + 1);
         continue;
       }
-      if (!S_ISREG(info.st_mode)) continue;
-      bool extension = false;
-      for (const std::string& suffix : python.extension_suffixes) {
-        if (suffix != ".so" && name.size() > suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0) {
-          extension = true;
-        }
-      }
-      if (!extension) continue;
-      MappedFile file;
-      ElfFile elf;
-      std::string error;
-      if (!file.open(path, error) || !parse_elf(file.view(), elf, error)) continue;
-      for (const std::string& needed : elf.needed) {
-        if (needed.compare(0, 6, "libc10") == 0 || needed.compare(0, 8, "libtorch") == 0 || needed.compare(0, 9, "libcudart") == 0 ||
-            needed.compare(0, 9, "libcublas") == 0 || needed.compare(0, 8, "libnvrtc") == 0) {
-          found.push_back(path);
-          break;
-        }
-      }
+      if (S_ISREG(info.st_mode) && info.st_size >= 64 && starts_with_elf_magic(path)) found.push_back(path);
     }
     closedir(handle);
   }
@@ -549,11 +565,20 @@ int run_environment(const Options& options, const PythonFacts& python, const Dri
 
   Analyzer analyzer(context);
   std::vector<BinaryReport> extensions;
-  std::map<std::string, std::string> owners;
-  for (const std::string& path : find_torch_extensions(python, owners)) {
-    auto owner = owners.find(path);
-    extensions.push_back(analyzer.analyze(path, owner == owners.end() ? path : "[" + owner->second + "] " + path));
+  std::vector<std::string> binaries = find_installed_binaries(python);
+  if (binaries.size() >= kMaxInstalledBinaries) {
+    findings.push_back({"scan_limit", Severity::kWarning,
+                        "more than " + std::to_string(kMaxInstalledBinaries) + " binaries installed: the rest are not judged",
+                        {binaries.back()}, ""});
   }
+  for (const std::string& path : binaries) {
+    Distribution owner = analyzer.owner_of(path);
+    extensions.push_back(analyzer.analyze(path, owner.name.empty() ? path : "[" + owner.name + " " + owner.version + "] " + path,
+                                          &owner));
+  }
+  judge_optional_libraries(extensions);
+  judge_alternatives(extensions);
+  for (Finding& f : check_pure_distributions(python)) findings.push_back(std::move(f));
   bool healthy = true;
   for (const Finding& f : findings) healthy &= f.severity != Severity::kError;
   for (const BinaryReport& r : extensions) healthy &= r.healthy();
@@ -573,7 +598,7 @@ int run_environment(const Options& options, const PythonFacts& python, const Dri
       std::printf("[%s] %s\n", severity_name(f.severity), f.summary.c_str());
       if (!f.fix.empty()) std::printf("    fix: %s\n", f.fix.c_str());
     }
-    std::printf("extensions linking torch or CUDA: %zu\n", extensions.size());
+    std::printf("installed binaries: %zu\n", extensions.size());
     for (const BinaryReport& r : extensions) std::fputs(binary_text(r, options.verbose).c_str(), stdout);
     std::printf("%s\n", healthy ? "healthy" : "problems found");
   }

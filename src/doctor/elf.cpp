@@ -7,8 +7,8 @@ namespace af::doctor {
 namespace {
 
 // ELF64 layouts (System V gABI), read field by field through ByteView.
-constexpr uint32_t kPtLoad = 1, kPtDynamic = 2;
-constexpr uint32_t kShtDynsym = 11;
+constexpr uint32_t kPtLoad = 1, kPtDynamic = 2, kPtInterp = 3;
+constexpr uint32_t kShtDynsym = 11, kShtNobits = 8;
 constexpr int64_t kDtNull = 0, kDtNeeded = 1, kDtHash = 4, kDtStrtab = 5, kDtSymtab = 6, kDtStrsz = 10,
                   kDtSyment = 11, kDtSoname = 14, kDtRpath = 15, kDtRunpath = 29, kDtGnuHash = 0x6ffffef5,
                   kDtVersym = 0x6ffffff0, kDtVerdef = 0x6ffffffc, kDtVerdefnum = 0x6ffffffd,
@@ -49,7 +49,7 @@ class ElfParser {
     if (ident[5] != 1) return fail(error, "only little-endian ELF is supported");
     uint64_t phoff = 0, shoff = 0;
     uint16_t phentsize = 0, phnum = 0, shentsize = 0, shnum = 0, shstrndx = 0;
-    if (!image_.read(18, out_.machine) || !image_.read(32, phoff) ||
+    if (!image_.read(16, out_.type) || !image_.read(18, out_.machine) || !image_.read(32, phoff) ||
         !image_.read(40, shoff) || !image_.read(48, out_.flags) || !image_.read(54, phentsize) ||
         !image_.read(56, phnum) || !image_.read(58, shentsize) || !image_.read(60, shnum) ||
         !image_.read(62, shstrndx)) {
@@ -67,13 +67,18 @@ class ElfParser {
     return false;
   }
   void warn(const std::string& message) { out_.warnings.push_back(message); }
+  void truncated(const std::string& what) {
+    if (out_.truncation.size() < 16) {
+      out_.truncation.push_back(what + " ends past the end of the file (" + std::to_string(image_.size()) + " bytes)");
+    }
+  }
 
   void read_sections(uint64_t shoff, uint16_t shentsize, uint16_t shnum, uint16_t shstrndx) {
     if (shnum == 0 || shoff == 0) return;
     if (shentsize < 64) return warn("section header entries smaller than 64 bytes; ignoring sections");
     uint64_t table_size;
     if (!checked_mul(shnum, shentsize, table_size) || !image_.contains(shoff, table_size)) {
-      return warn("section header table outside the file");
+      return truncated("section header table (offset " + std::to_string(shoff) + ", " + std::to_string(table_size) + " bytes)");
     }
     uint64_t names_offset = 0, names_size = 0;
     if (shstrndx < shnum) {
@@ -96,6 +101,10 @@ class ElfParser {
       image_.read(entry + 56, entsize);
       if (have_names) names.c_string(name_index, section.name);
       if (section.type == kShtDynsym && entsize == kSymbolSize) dynsym_section_count_ = section.size / kSymbolSize;
+      if (section.type != kShtNobits && section.type != 0 && !image_.contains(section.offset, section.size)) {
+        truncated("section " + (section.name.empty() ? "#" + std::to_string(i) : section.name) + " (offset " +
+                  std::to_string(section.offset) + ", " + std::to_string(section.size) + " bytes)");
+      }
       out_.sections.push_back(section);
     }
   }
@@ -105,7 +114,7 @@ class ElfParser {
     if (phentsize < 56) return warn("program header entries smaller than 56 bytes");
     uint64_t table_size;
     if (!checked_mul(phnum, phentsize, table_size) || !image_.contains(phoff, table_size)) {
-      return warn("program header table outside the file");
+      return truncated("program header table (offset " + std::to_string(phoff) + ", " + std::to_string(table_size) + " bytes)");
     }
     for (uint16_t i = 0; i < phnum; ++i) {
       uint64_t entry = phoff + uint64_t(i) * phentsize;
@@ -116,6 +125,11 @@ class ElfParser {
       image_.read(entry + 16, segment.vaddr);
       image_.read(entry + 32, segment.filesz);
       if (type == kPtLoad) loads_.push_back(segment);
+      if (type == kPtInterp) out_.has_interpreter = true;
+      if ((type == kPtLoad || type == kPtDynamic) && !image_.contains(segment.offset, segment.filesz)) {
+        truncated(std::string(type == kPtLoad ? "PT_LOAD" : "PT_DYNAMIC") + " segment " + std::to_string(i) + " (offset " +
+                  std::to_string(segment.offset) + ", " + std::to_string(segment.filesz) + " bytes)");
+      }
       if (type == kPtDynamic && !dynamic_offset_found_) {
         dynamic_ = segment;
         dynamic_offset_found_ = true;

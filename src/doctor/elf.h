@@ -40,6 +40,8 @@ struct ElfVersionNeed {
 struct ElfFile {
   uint16_t machine = 0;
   uint32_t flags = 0;  // e_flags (for CUDA cubins: the SM)
+  uint16_t type = 0;   // e_type: 2 ET_EXEC, 3 ET_DYN
+  bool has_interpreter = false;  // a PT_INTERP segment: a program (or a PIE that is also a library)
   std::vector<ElfSection> sections;
   std::vector<std::string> needed;
   std::string soname;
@@ -49,6 +51,10 @@ struct ElfFile {
   std::vector<ElfVersionNeed> version_needs;
   std::vector<std::string> version_definitions;  // excluding the base (file name) definition
   std::vector<std::string> warnings;             // inconsistencies tolerated while reading
+  // Segments, sections or header tables that end past the end of the file (a
+  // truncated or damaged copy): the loader fails on it, or the process dies with
+  // SIGBUS when it touches the missing pages.
+  std::vector<std::string> truncation;
 
   const ElfSection* find_section(const std::string& name) const;
 };

@@ -11,6 +11,7 @@ constexpr uint64_t kEntryHeaderMinSize = 64;
 constexpr uint16_t kKindPtx = 1, kKindCubin = 2;
 // Compression bits seen in entry flags: 0x2000 (CUDA 11/12, LZ4) and 0x8000 (CUDA 13, ZSTD).
 constexpr uint64_t kCompressedFlags = 0x2000 | 0x8000;
+constexpr uint64_t kArchSpecificFlag = 0x100000, kFamilySpecificFlag = 0x200000;
 constexpr size_t kMaxEntries = 1 << 16;
 
 uint32_t sm_of_embedded_cubin(ByteView payload) {
@@ -77,6 +78,8 @@ bool parse_fatbin(ByteView section, std::vector<FatbinEntry>& entries, std::stri
                                          : FatbinEntry::Kind::kUnknown;
       parsed.arch = arch;
       parsed.compressed = (flags & kCompressedFlags) != 0;
+      parsed.arch_specific = (flags & kArchSpecificFlag) != 0;
+      parsed.family_specific = (flags & kFamilySpecificFlag) != 0;
       ByteView payload;
       if (parsed.kind == FatbinEntry::Kind::kCubin && !parsed.compressed &&
           section.slice(payload_begin, entry_payload_size, payload)) {
@@ -97,11 +100,23 @@ bool parse_fatbin(ByteView section, std::vector<FatbinEntry>& entries, std::stri
 }
 
 std::string fatbin_entry_label(const FatbinEntry& entry) {
+  std::string suffix = entry.arch_specific ? "a" : entry.family_specific ? "f" : "";
   switch (entry.kind) {
-    case FatbinEntry::Kind::kPtx: return "compute_" + std::to_string(entry.arch);
-    case FatbinEntry::Kind::kCubin: return "sm_" + std::to_string(entry.arch);
-    default: return "unknown_" + std::to_string(entry.arch);
+    case FatbinEntry::Kind::kPtx: return "compute_" + std::to_string(entry.arch) + suffix;
+    case FatbinEntry::Kind::kCubin: return "sm_" + std::to_string(entry.arch) + suffix;
+    default: return "unknown_" + std::to_string(entry.arch) + suffix;
   }
+}
+
+bool fatbin_entry_runs_on(const FatbinEntry& entry, int major, int minor) {
+  if (major < 0 || minor < 0) return false;
+  uint32_t cc = uint32_t(major * 10 + minor);
+  if (entry.arch_specific) return entry.kind != FatbinEntry::Kind::kUnknown && entry.arch == cc;
+  bool same_major_newer = entry.arch / 10 == uint32_t(major) && entry.arch % 10 <= uint32_t(minor);
+  if (entry.kind == FatbinEntry::Kind::kCubin || entry.family_specific) {
+    return entry.kind != FatbinEntry::Kind::kUnknown && same_major_newer;
+  }
+  return entry.kind == FatbinEntry::Kind::kPtx && entry.arch <= cc;
 }
 
 }  // namespace af::doctor

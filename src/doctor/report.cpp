@@ -67,7 +67,7 @@ std::string finding_json(const Finding& f) {
 
 std::string binary_json(const BinaryReport& r) {
   std::string out = "{\"path\":" + json_string(r.path) + ",\"name\":" + json_string(r.display_name) +
-                    ",\"healthy\":" + (r.healthy() ? "true" : "false") + ",\"readable\":" + (r.readable ? "true" : "false") +
+                    ",\"healthy\":" + (r.healthy() ? "true" : "false") + ",\"readable\":" + (r.readable ? "true" : "false") + ",\"role\":" + json_string(r.role) +
                     ",\"cxx11_abi\":" + (r.cxx11_abi < 0 ? std::string("null") : std::to_string(r.cxx11_abi)) +
                     ",\"undefined_symbols\":" + std::to_string(r.undefined_symbols) +
                     ",\"unresolved_symbols\":" + std::to_string(r.unresolved_symbols) + ",\"needed\":[";
@@ -99,14 +99,20 @@ std::string binary_text(const BinaryReport& r, bool verbose) {
     out = "  BROKEN  " + name + ": " + (worst ? worst->summary : "unreadable");
   }
   out += "\n";
-  for (const Finding& f : r.findings) {
-    bool show = verbose || f.severity == Severity::kError;
-    if (!show) continue;
-    if (&f != worst) out += std::string("          [") + severity_name(f.severity) + "] " + f.summary + "\n";
+  // The headline finding's evidence and fix come first, right under the headline;
+  // every other finding is printed under its own [severity] line.
+  auto details = [&](const Finding& f) {
     if (verbose) {
       for (const std::string& e : f.evidence) out += "            evidence: " + e + "\n";
     }
     if (!f.fix.empty()) out += "            fix: " + f.fix + "\n";
+  };
+  if (worst && (verbose || worst->severity == Severity::kError)) details(*worst);
+  for (const Finding& f : r.findings) {
+    bool show = verbose || f.severity == Severity::kError;
+    if (!show || &f == worst) continue;
+    out += std::string("          [") + severity_name(f.severity) + "] " + f.summary + "\n";
+    details(f);
   }
   if (verbose) {
     for (const LibraryResolution& n : r.needed) {

@@ -33,6 +33,9 @@ struct BinaryReport {
   std::string path;
   std::string display_name;  // e.g. a wheel member name
   bool readable = false;
+  // "extension module" (exports PyInit_*), "torch library" (links libc10/libtorch:
+  // loaded with torch.ops.load_library or by a module), "executable" or "library".
+  std::string role;
   int cxx11_abi = -1;  // dual ABI the binary was built with, from its torch-namespace references (-1: no evidence)
   std::vector<LibraryResolution> needed;
   size_t undefined_symbols = 0;

@@ -10,13 +10,17 @@
 #include <sstream>
 
 #include "doctor/process.h"
+#include "doctor/pyimports.h"
 #include "doctor/tags.h"
 #include "doctor/zip.h"
 
 namespace af::doctor {
 namespace {
 
-constexpr size_t kMaxCompiledMembers = 256;
+// Compiled members analysed per wheel (each costs a full `so` analysis); past it the report says so.
+constexpr size_t kMaxCompiledMembers = 1024;
+// Text members (METADATA, WHEEL, RECORD, Python sources) read into memory.
+constexpr uint64_t kMaxTextMember = uint64_t(64) << 20;
 
 bool starts_with(const std::string& text, const std::string& prefix) { return text.compare(0, prefix.size(), prefix) == 0; }
 bool ends_with(const std::string& text, const std::string& suffix) {
@@ -38,14 +42,12 @@ bool is_safe_member_name(const std::string& name) {
   return true;
 }
 
-bool write_file(const std::string& path, const std::vector<uint8_t>& bytes) {
+// Creates the directories above `path` and opens it for writing.
+FILE* open_for_writing(const std::string& path) {
   for (size_t slash = path.find('/', 1); slash != std::string::npos; slash = path.find('/', slash + 1)) {
     mkdir(path.substr(0, slash).c_str(), 0700);
   }
-  FILE* f = std::fopen(path.c_str(), "wb");
-  if (!f) return false;
-  bool ok = std::fwrite(bytes.data(), 1, bytes.size(), f) == bytes.size();
-  return std::fclose(f) == 0 && ok;
+  return std::fopen(path.c_str(), "wb");
 }
 
 std::vector<std::string> lines_of(const std::vector<uint8_t>& bytes) {
@@ -85,47 +87,87 @@ std::vector<std::string> csv_fields(const std::string& line) {
   return fields;
 }
 
-// Modules a Python file imports: absolute names and relative ones resolved against `package`.
-std::vector<std::string> imported_modules(const std::vector<std::string>& lines, const std::string& package) {
-  std::vector<std::string> modules;
-  for (std::string line : lines) {
-    size_t start = line.find_first_not_of(" \t");
-    if (start == std::string::npos) continue;
-    line = line.substr(start);
-    std::istringstream words(line);
-    std::string keyword, name, third;
-    words >> keyword >> name >> third;
-    if (keyword == "import") {
-      name = name.substr(0, name.find(','));
-      modules.push_back(name);
-    } else if (keyword == "from" && third == "import") {
-      size_t dots = name.find_first_not_of('.');
-      if (dots == 0) {
-        modules.push_back(name);
-        continue;
-      }
-      std::string base = package;
-      for (size_t d = 1; d < (dots == std::string::npos ? name.size() : dots); ++d) base = base.substr(0, base.rfind('.'));
-      std::string rest = dots == std::string::npos ? "" : name.substr(dots);
-      if (rest.empty()) {
-        // "from . import _C": each imported name may be a module.
-        std::string imported;
-        std::getline(words, imported);
-        std::istringstream names(imported);
-        std::string item;
-        while (std::getline(names, item, ',')) {
-          size_t a = item.find_first_not_of(" \t("), b = item.find_first_of(" \t)", a);
-          if (a != std::string::npos) modules.push_back(base + "." + item.substr(a, b == std::string::npos ? b : b - a));
-        }
-      } else {
-        modules.push_back(base + "." + rest);
-      }
-    }
+}  // namespace
+
+bool python_module_of(const std::string& path, std::string& module, bool& is_package) {
+  is_package = false;
+  if (ends_with(path, "/__init__.py")) {
+    module = path.substr(0, path.size() - 12);
+    is_package = true;
+  } else if (ends_with(path, ".py")) {
+    module = path.substr(0, path.size() - 3);
+  } else if (is_compiled_member(path)) {
+    module = path.substr(0, path.find('.', path.rfind('/') + 1));
+  } else {
+    return false;
   }
-  return modules;
+  if (starts_with(path, "../") || module.find(".data/") != std::string::npos || module.find(".dist-info/") != std::string::npos ||
+      module.find('.') != std::string::npos) {
+    return false;
+  }
+  std::replace(module.begin(), module.end(), '/', '.');
+  return !module.empty();
 }
 
-}  // namespace
+std::vector<MissingModule> missing_extensions(const std::vector<PythonSource>& sources, const std::set<std::string>& modules,
+                                              const std::string& distribution, const PythonFacts* python) {
+  ImportScan scan = scan_imports(sources, modules);
+  std::set<std::string> packages_with_source;
+  for (const PythonSource& source : sources) packages_with_source.insert(source.module);
+  std::vector<MissingModule> absent;
+  std::vector<std::string> ask_interpreter;
+  for (const MissingModule& m : scan.missing) {
+    // A namespace package (no __init__.py) may be completed by other distributions: ask the interpreter.
+    std::string top = m.module.substr(0, m.module.find('.'));
+    if (packages_with_source.count(top)) absent.push_back(m);
+    else ask_interpreter.push_back(m.module);
+  }
+  // Top-level modules named after the distribution (flash_attn -> flash_attn_2_cuda)
+  // imported at import time but provided neither by the wheel nor by the interpreter.
+  std::string dist_prefix = distribution;
+  std::transform(dist_prefix.begin(), dist_prefix.end(), dist_prefix.begin(),
+                 [](char c) { return c == '-' || c == '.' ? '_' : char(std::tolower(c)); });
+  std::map<std::string, std::string> importer_of;
+  for (const auto& [top, importer] : scan.external) {
+    if (!dist_prefix.empty() && starts_with(top, dist_prefix) && importer_of.emplace(top, importer).second) ask_interpreter.push_back(top);
+  }
+  if (python && !ask_interpreter.empty()) {
+    std::vector<std::string> argv = {python->executable, "-c",
+                                     "import importlib.util, sys\n"
+                                     "for n in sys.argv[1:]:\n"
+                                     "    try:\n"
+                                     "        found = importlib.util.find_spec(n) is not None\n"
+                                     "    except Exception:\n"
+                                     "        found = False\n"
+                                     "    if not found: print(n)\n"};
+    argv.insert(argv.end(), ask_interpreter.begin(), ask_interpreter.end());
+    ProcessResult run = run_process(argv, 60);
+    for (const std::string& missing : lines_of(std::vector<uint8_t>(run.output.begin(), run.output.end()))) {
+      if (missing.empty()) continue;
+      auto known = std::find_if(scan.missing.begin(), scan.missing.end(), [&](const MissingModule& m) { return m.module == missing; });
+      absent.push_back(known != scan.missing.end() ? *known : MissingModule{missing, importer_of[missing], true});
+    }
+  }
+  std::stable_partition(absent.begin(), absent.end(), [](const MissingModule& m) { return m.reached; });
+  return absent;
+}
+
+Finding missing_extension_finding(const std::vector<MissingModule>& absent, const Distribution& dist,
+                                  const PythonFacts* python) {
+  const MissingModule& first = absent.front();
+  std::vector<std::string> evidence;
+  for (const MissingModule& m : absent) {
+    evidence.push_back(m.module + " (imported at module level by " + m.importer + (m.reached ? ", which `import` runs" : "") + ")");
+  }
+  if (evidence.size() > 16) evidence.resize(16);
+  return {"missing_extension", first.reached ? Severity::kError : Severity::kWarning,
+          first.reached ? "`import " + first.importer.substr(0, first.importer.find('.')) + "` fails: " + first.module +
+                              " is imported at module level but exists nowhere, neither as source nor compiled (the compiled "
+                              "extension was left out of the build)"
+                        : first.importer + " imports " + first.module + ", which exists nowhere in " + dist.name +
+                              " (only when " + first.importer + " itself is imported)",
+          evidence, source_build_command(dist, python, "")};
+}
 
 bool WheelReport::healthy() const {
   if (!readable) return false;
@@ -149,14 +191,44 @@ WheelReport analyze_wheel(const std::string& path, const PythonFacts* python, An
     return report;
   }
   report.tags = name.tags();
+  std::string pip = (python ? python->executable : std::string("python")) + " -m pip";
+  std::string release = name.distribution + "==" + name.version;
   MappedFile file;
   std::vector<ZipMember> members;
-  if (!file.open(path, error) || !parse_zip_directory(file.view(), members, error)) {
-    report.findings.push_back({"wheel_archive", Severity::kError, error, {}, "download the wheel again"});
+  if (!file.open(path, error)) {
+    report.findings.push_back({"wheel_archive", Severity::kError, error, {}, ""});
+    return report;
+  }
+  if (!parse_zip_directory(file.view(), members, error)) {
+    bool hostile = error.find("overlap") != std::string::npos || error.find("limit hit") != std::string::npos;
+    report.findings.push_back({"wheel_archive", Severity::kError, error, {},
+                               hostile ? "do not install it: no wheel tool writes such an archive"
+                                       : "download it again: `" + pip + " download --no-deps " + release + "`"});
     return report;
   }
   report.readable = true;
   ByteView archive = file.view();
+  ZipBudget budget{default_zip_budget(archive.size())};
+  const uint64_t budget_total = budget.remaining;
+
+  std::string dist_info;
+  std::map<std::string, const ZipMember*> by_name;
+  for (const ZipMember& m : members) {
+    by_name[m.name] = &m;
+    size_t slash = m.name.find('/');
+    if (slash != std::string::npos && ends_with(m.name.substr(0, slash), ".dist-info") && dist_info.empty()) {
+      dist_info = m.name.substr(0, slash);
+    }
+  }
+  std::vector<uint8_t> bytes;
+  Distribution dist;
+  if (!dist_info.empty() && by_name.count(dist_info + "/METADATA") &&
+      extract_zip_member(archive, *by_name[dist_info + "/METADATA"], bytes, error, kMaxTextMember, &budget)) {
+    dist = parse_metadata(std::string(bytes.begin(), bytes.end()));
+  }
+  if (dist.name.empty()) dist.name = name.distribution;
+  if (dist.version.empty()) dist.version = name.version;
+  std::string build_fix = matching_build_fix(dist, python);
 
   // Tags against the interpreter.
   if (python) {
@@ -193,8 +265,13 @@ WheelReport analyze_wheel(const std::string& path, const PythonFacts* python, An
       if (python_ok && platform_ok) reasons.push_back("no python/abi/platform combination of the wheel is accepted");
       f.summary += " (" + reasons.front() + ")";
       for (const std::string& r : reasons) f.evidence.push_back(r);
-      f.fix = "get the build named " + name.distribution + "-" + name.version + "-cp" + cp + "-cp" + cp + "-" +
-              (platform_ok ? name.platform_tags.front() : newest_platform) + ".whl (or any wheel whose tags include one of `attnforge doctor tags`)";
+      // A release pinned to another torch needs the release built for this torch, whatever its tags.
+      bool other_torch = starts_with(dist.torch_requirement, "==") && python->torch.found &&
+                         dist.torch_requirement.substr(2) != public_version(python->torch.version);
+      f.fix = other_torch ? build_fix
+                          : "`" + pip + " install " + release + "` (pip picks this release's build for CPython " +
+                                std::to_string(python->major) + "." + std::to_string(python->minor) + " on " + newest_platform +
+                                ", or its source); if it has neither: `" + pip + " install --upgrade " + dist.name + "`";
       report.findings.push_back(f);
     }
   }
@@ -203,23 +280,14 @@ WheelReport analyze_wheel(const std::string& path, const PythonFacts* python, An
   if (linux_only) {
     report.findings.push_back({"wheel_tag", Severity::kWarning,
                                "platform tag " + name.platform_tags.front() + " makes no glibc/libstdc++ promise (not a manylinux wheel)",
-                               {}, "prefer a manylinux wheel; the `so` checks below say whether this one loads here"});
+                               {}, "none needed if the checks of its binaries below pass"});
   }
 
   // dist-info: WHEEL tags and RECORD hashes.
-  std::string dist_info;
-  std::map<std::string, const ZipMember*> by_name;
-  for (const ZipMember& m : members) {
-    by_name[m.name] = &m;
-    size_t slash = m.name.find('/');
-    if (slash != std::string::npos && ends_with(m.name.substr(0, slash), ".dist-info") && dist_info.empty()) {
-      dist_info = m.name.substr(0, slash);
-    }
-  }
-  std::vector<uint8_t> bytes;
   if (dist_info.empty() || !by_name.count(dist_info + "/WHEEL")) {
-    report.findings.push_back({"wheel_metadata", Severity::kError, "no *.dist-info/WHEEL in the archive", {}, "rebuild the wheel"});
-  } else if (extract_zip_member(archive, *by_name[dist_info + "/WHEEL"], bytes, error)) {
+    report.findings.push_back({"wheel_metadata", Severity::kError, "no *.dist-info/WHEEL in the archive", {},
+                               "download it again: `" + pip + " download --no-deps " + release + "`"});
+  } else if (extract_zip_member(archive, *by_name[dist_info + "/WHEEL"], bytes, error, kMaxTextMember, &budget)) {
     std::set<std::string> declared;
     for (const std::string& line : lines_of(bytes)) {
       if (starts_with(line, "Tag: ")) declared.insert(line.substr(5));
@@ -233,7 +301,7 @@ WheelReport analyze_wheel(const std::string& path, const PythonFacts* python, An
   }
   std::set<std::string> recorded;
   if (!dist_info.empty() && by_name.count(dist_info + "/RECORD") &&
-      extract_zip_member(archive, *by_name[dist_info + "/RECORD"], bytes, error)) {
+      extract_zip_member(archive, *by_name[dist_info + "/RECORD"], bytes, error, kMaxTextMember, &budget)) {
     std::vector<std::string> mismatches, missing;
     for (const std::string& line : lines_of(bytes)) {
       std::vector<std::string> fields = csv_fields(line);
@@ -245,11 +313,16 @@ WheelReport analyze_wheel(const std::string& path, const PythonFacts* python, An
         missing.push_back(fields[0]);
         continue;
       }
-      std::vector<uint8_t> content;
-      if (!extract_zip_member(archive, *member->second, content, error)) {
-        mismatches.push_back(fields[0] + ": " + error);
-      } else if (starts_with(fields[1], "sha256=") && record_hash_of(ByteView(content)) != fields[1]) {
-        mismatches.push_back(fields[0] + ": RECORD " + fields[1] + ", content " + record_hash_of(ByteView(content)));
+      if (budget.exhausted) continue;
+      Sha256 sha;
+      if (!stream_zip_member(archive, *member->second, [&](const uint8_t* data, size_t size) {
+            sha.update(data, size);
+            return true;
+          }, &budget, error)) {
+        if (!budget.exhausted) mismatches.push_back(fields[0] + ": " + error);
+      } else if (starts_with(fields[1], "sha256=")) {
+        std::string actual = record_hash_of_digest(sha.digest());
+        if (actual != fields[1]) mismatches.push_back(fields[0] + ": RECORD " + fields[1] + ", content " + actual);
       }
     }
     std::vector<std::string> unrecorded;
@@ -259,104 +332,90 @@ WheelReport analyze_wheel(const std::string& path, const PythonFacts* python, An
       if (!recorded.count(m.name)) unrecorded.push_back(m.name);
     }
     if (!unrecorded.empty()) {
+      size_t count = unrecorded.size();
       if (unrecorded.size() > 16) unrecorded.resize(16);
-      report.findings.push_back({"record_hash", Severity::kWarning, std::to_string(unrecorded.size()) + " members are not listed in RECORD",
-                                 unrecorded, "the wheel was modified after it was built: download it again"});
+      report.findings.push_back({"record_hash", Severity::kWarning, std::to_string(count) + " members are not listed in RECORD",
+                                 unrecorded, "the wheel was modified after it was built: download it again (`" + pip +
+                                                 " download --no-deps " + release + "`)"});
     }
     if (!mismatches.empty() || !missing.empty()) {
       Finding f{"record_hash", Severity::kError,
                 std::to_string(mismatches.size()) + " members differ from RECORD, " + std::to_string(missing.size()) + " missing",
-                {}, "the wheel was modified or truncated: download it again"};
+                {}, "the wheel was modified or truncated: download it again (`" + pip + " download --no-deps " + release + "`)"};
       for (const std::string& m : mismatches) f.evidence.push_back(m);
       for (const std::string& m : missing) f.evidence.push_back("missing: " + m);
       if (f.evidence.size() > 16) f.evidence.resize(16);
       report.findings.push_back(f);
     }
   } else if (!dist_info.empty()) {
-    report.findings.push_back({"record_hash", Severity::kError, "no readable *.dist-info/RECORD", {}, "rebuild the wheel"});
+    report.findings.push_back({"record_hash", Severity::kError, "no readable *.dist-info/RECORD", {},
+                               "download it again: `" + pip + " download --no-deps " + release + "`"});
   }
 
-  // A pure wheel that imports an in-package module it does not contain (the
-  // compiled extension was left out of the build).
+  // Compiled modules the package imports at import time but the wheel lacks
+  // (flash-attn's py3-none-any wheel built without its CUDA extension).
   std::set<std::string> modules;
-  bool has_compiled = false;
+  std::vector<PythonSource> sources;
   for (const ZipMember& m : members) {
-    std::string module_path = m.name;
-    if (is_compiled_member(m.name)) has_compiled = true;
-    if (ends_with(module_path, "/__init__.py")) module_path = module_path.substr(0, module_path.size() - 12);
-    else if (ends_with(module_path, ".py")) module_path = module_path.substr(0, module_path.size() - 3);
-    else if (ends_with(module_path, ".so")) module_path = module_path.substr(0, module_path.find('.', module_path.rfind('/') + 1));
-    else continue;
-    std::replace(module_path.begin(), module_path.end(), '/', '.');
+    std::string module_path;
+    bool is_package = false;
+    if (!python_module_of(m.name, module_path, is_package)) continue;
+    // Every directory above a module is a (possibly namespace) package.
+    for (size_t dot = module_path.find('.'); dot != std::string::npos; dot = module_path.find('.', dot + 1)) {
+      modules.insert(module_path.substr(0, dot));
+    }
     modules.insert(module_path);
-  }
-  std::set<std::string> top_packages;
-  for (const std::string& m : modules) top_packages.insert(m.substr(0, m.find('.')));
-  std::vector<std::string> absent;
-  std::map<std::string, std::string> outside_imports;  // top-level name the wheel lacks -> importing member
-  for (const ZipMember& m : members) {
-    if (!ends_with(m.name, ".py") || !extract_zip_member(archive, m, bytes, error)) continue;
-    std::string package = m.name.substr(0, m.name.rfind('/') == std::string::npos ? 0 : m.name.rfind('/'));
-    std::replace(package.begin(), package.end(), '/', '.');
-    for (const std::string& imported : imported_modules(lines_of(bytes), package)) {
-      std::string top = imported.substr(0, imported.find('.'));
-      if (!top_packages.count(top) && !top.empty() && top[0] != '.') outside_imports.emplace(top, m.name);
-      if (!top_packages.count(top) || modules.count(imported)) continue;
-      // "pkg.sub.name" may import a name from pkg.sub rather than a module: only flag when the parent exists.
-      std::string parent = imported.substr(0, imported.rfind('.'));
-      if (imported.find('.') != std::string::npos && !modules.count(parent)) continue;
-      if (std::find(absent.begin(), absent.end(), imported) == absent.end()) absent.push_back(imported + " (imported by " + m.name + ")");
+    if (ends_with(m.name, ".py") && !budget.exhausted &&
+        extract_zip_member(archive, m, bytes, error, kMaxTextMember, &budget)) {
+      sources.push_back({module_path, is_package, std::string(bytes.begin(), bytes.end())});
     }
   }
-  // Top-level modules named after the distribution (flash_attn -> flash_attn_2_cuda)
-  // that neither the wheel nor the interpreter provides: the wheel's missing extension.
-  std::string dist_prefix = name.distribution;
-  std::transform(dist_prefix.begin(), dist_prefix.end(), dist_prefix.begin(), [](char c) { return c == '-' ? '_' : char(std::tolower(c)); });
-  std::vector<std::string> candidates;
-  for (const auto& [top, importer] : outside_imports) {
-    if (starts_with(top, dist_prefix)) candidates.push_back(top);
-  }
-  if (python && !candidates.empty()) {
-    std::vector<std::string> argv = {python->executable, "-c",
-                                     "import importlib.util, sys\n"
-                                     "for n in sys.argv[1:]:\n"
-                                     "    if importlib.util.find_spec(n) is None: print(n)\n"};
-    argv.insert(argv.end(), candidates.begin(), candidates.end());
-    ProcessResult run = run_process(argv, 60);
-    for (const std::string& missing : lines_of(std::vector<uint8_t>(run.output.begin(), run.output.end()))) {
-      if (!missing.empty()) absent.push_back(missing + " (imported by " + outside_imports[missing] + ")");
-    }
-  }
-  if (!absent.empty()) {
-    bool pure = std::find(name.abi_tags.begin(), name.abi_tags.end(), "none") != name.abi_tags.end() &&
-                std::find(name.platform_tags.begin(), name.platform_tags.end(), "any") != name.platform_tags.end();
-    report.findings.push_back({"missing_extension", pure && !has_compiled ? Severity::kError : Severity::kWarning,
-                               std::string(pure && !has_compiled ? "pure (py3-none-any) wheel " : "") + "imports " +
-                                   absent.front().substr(0, absent.front().find(' ')) + ", which the wheel does not contain" +
-                                   (pure && !has_compiled ? ": the compiled extension was left out; import will fail" : ""),
-                               absent,
-                               "install a platform wheel of " + name.distribution + " (cpXY-cpXY-manylinux…) or build it from "
-                               "source: `pip install --no-binary " + name.distribution + " --no-build-isolation " + name.distribution + "`"});
-  }
+  std::vector<MissingModule> absent = missing_extensions(sources, modules, name.distribution, python);
+  if (!absent.empty()) report.findings.push_back(missing_extension_finding(absent, dist, python));
 
   // Every compiled member, extracted with its relative layout so $ORIGIN paths resolve.
-  size_t analyzed = 0;
+  size_t compiled = 0;
   std::vector<std::pair<std::string, std::string>> extracted;
   for (const ZipMember& m : members) {
-    if (!is_compiled_member(m.name) || analyzed >= kMaxCompiledMembers) continue;
+    if (!is_compiled_member(m.name)) continue;
+    if (++compiled > kMaxCompiledMembers || budget.exhausted) continue;
     if (!is_safe_member_name(m.name)) {
-      report.findings.push_back({"wheel_archive", Severity::kError, "member name escapes the install directory: " + m.name, {}, ""});
+      report.findings.push_back({"wheel_archive", Severity::kError, "member name escapes the install directory: " + m.name, {},
+                                 "do not install it"});
       continue;
     }
-    ++analyzed;
     std::string target = scratch_dir + "/" + m.name;
-    if (!extract_zip_member(archive, m, bytes, error) || !write_file(target, bytes)) {
-      report.findings.push_back({"wheel_archive", Severity::kError, "cannot extract " + m.name + ": " + error, {}, ""});
+    FILE* out = open_for_writing(target);
+    bool written = out && stream_zip_member(archive, m, [&](const uint8_t* data, size_t size) {
+      return std::fwrite(data, 1, size, out) == size;
+    }, &budget, error);
+    if (out && std::fclose(out) != 0) written = false;
+    if (!written) {
+      if (!budget.exhausted) {
+        report.findings.push_back({"wheel_archive", Severity::kError, "cannot extract " + m.name + ": " + error, {},
+                                   "download it again: `" + pip + " download --no-deps " + release + "`"});
+      }
       continue;
     }
     extracted.emplace_back(target, m.name);
   }
-  for (const auto& [target, member] : extracted) report.binaries.push_back(analyzer.analyze(target, member));
+  if (compiled > kMaxCompiledMembers) {
+    report.findings.push_back({"wheel_archive", Severity::kWarning,
+                               std::to_string(compiled) + " compiled members: the doctor analysed the first " +
+                                   std::to_string(kMaxCompiledMembers) + " (limit hit; the rest are not judged)",
+                               {}, ""});
+  }
+  if (budget.exhausted) {
+    report.findings.push_back({"wheel_archive", Severity::kError,
+                               "the archive expands past the doctor's budget of " + std::to_string(budget_total >> 20) +
+                                   " MiB of uncompressed data for a " + std::to_string(archive.size() >> 10) +
+                                   " KiB file (limit hit: the rest is not judged); real wheels expand 1-5x, zip bombs ~1000x",
+                               {"members listed: " + std::to_string(members.size())},
+                               "do not install it unless you know why it is this large"});
+  }
+  for (const auto& [target, member] : extracted) report.binaries.push_back(analyzer.analyze(target, member, &dist));
+  judge_optional_libraries(report.binaries);
+  judge_alternatives(report.binaries);
   return report;
 }
 

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cstddef>
 #include <cstring>
 
 namespace af::doctor {
@@ -10,6 +11,9 @@ namespace {
 constexpr uint32_t kEndOfDirectorySignature = 0x06054b50;
 constexpr uint32_t kDirectoryEntrySignature = 0x02014b50;
 constexpr uint32_t kLocalHeaderSignature = 0x04034b50;
+constexpr uint32_t kZip64LocatorSignature = 0x07064b50;
+constexpr uint32_t kZip64EndSignature = 0x06064b50;
+constexpr uint64_t kZip64LocatorSize = 20;
 constexpr uint64_t kEndOfDirectorySize = 22;
 constexpr uint64_t kMaxCommentSize = 0xffff;
 
@@ -59,13 +63,32 @@ bool parse_zip_directory(ByteView archive, std::vector<ZipMember>& members, std:
     error = "no end-of-central-directory record: not a zip archive";
     return false;
   }
-  uint16_t entry_count = 0;
-  uint32_t directory_size = 0, directory_offset = 0;
-  archive.read(eocd + 10, entry_count);
-  archive.read(eocd + 12, directory_size);
-  archive.read(eocd + 16, directory_offset);
-  if (directory_offset == 0xffffffff || entry_count == 0xffff) {
-    error = "zip64 archives with more than 65535 members or 4 GiB of directory are not supported";
+  uint16_t entry_count16 = 0;
+  uint32_t directory_size32 = 0, directory_offset32 = 0;
+  archive.read(eocd + 10, entry_count16);
+  archive.read(eocd + 12, directory_size32);
+  archive.read(eocd + 16, directory_offset32);
+  uint64_t entry_count = entry_count16, directory_size = directory_size32, directory_offset = directory_offset32;
+  // Zip64: a locator just before the record points at the zip64 end record,
+  // which holds the 64-bit counts (APPNOTE 4.3.14, 4.3.15).
+  uint32_t locator_signature = 0;
+  if (eocd >= kZip64LocatorSize && archive.read(eocd - kZip64LocatorSize, locator_signature) &&
+      locator_signature == kZip64LocatorSignature) {
+    uint64_t record = 0;
+    uint32_t record_signature = 0;
+    if (!archive.read(eocd - kZip64LocatorSize + 8, record) || !archive.read(record, record_signature) ||
+        record_signature != kZip64EndSignature || !archive.read(record + 32, entry_count) ||
+        !archive.read(record + 40, directory_size) || !archive.read(record + 48, directory_offset)) {
+      error = "zip64 end-of-central-directory record is damaged";
+      return false;
+    }
+  } else if (directory_offset32 == 0xffffffff || entry_count16 == 0xffff) {
+    error = "zip64 archive without its zip64 end-of-central-directory locator";
+    return false;
+  }
+  if (entry_count > kMaxZipMembers) {
+    error = "the archive lists " + std::to_string(entry_count) + " members; the doctor reads at most " +
+            std::to_string(kMaxZipMembers) + " (limit hit: not judged)";
     return false;
   }
   ByteView directory;
@@ -73,8 +96,15 @@ bool parse_zip_directory(ByteView archive, std::vector<ZipMember>& members, std:
     error = "central directory lies outside the file";
     return false;
   }
+  // Each directory entry takes at least 46 bytes: a count the directory cannot hold is a lie.
+  if (entry_count > directory.size() / 46) {
+    error = "the directory claims " + std::to_string(entry_count) + " members but has room for " +
+            std::to_string(directory.size() / 46);
+    return false;
+  }
+  members.reserve(size_t(entry_count));
   uint64_t at = 0;
-  for (uint32_t i = 0; i < entry_count; ++i) {
+  for (uint64_t i = 0; i < entry_count; ++i) {
     uint32_t signature = 0, compressed = 0, uncompressed = 0, offset = 0;
     uint16_t name_length = 0, extra_length = 0, comment_length = 0;
     ZipMember member;
@@ -96,41 +126,88 @@ bool parse_zip_directory(ByteView archive, std::vector<ZipMember>& members, std:
     member.uncompressed_size = uncompressed;
     member.local_header_offset = offset;
     apply_zip64_extra(extra, member, uncompressed == 0xffffffff, compressed == 0xffffffff, offset == 0xffffffff);
+    // Where the data really starts: after the local header's own name and extra field.
+    uint32_t local_signature = 0;
+    uint16_t local_name = 0, local_extra = 0;
+    uint64_t data_end = 0;
+    if (!archive.read(member.local_header_offset, local_signature) || local_signature != kLocalHeaderSignature ||
+        !archive.read(member.local_header_offset + 26, local_name) ||
+        !archive.read(member.local_header_offset + 28, local_extra) ||
+        !checked_add(member.local_header_offset, 30 + uint64_t(local_name) + local_extra, member.data_offset) ||
+        !checked_add(member.data_offset, member.compressed_size, data_end) || data_end > archive.size()) {
+      error = member.name + ": local header or data lies outside the archive";
+      return false;
+    }
     members.push_back(std::move(member));
     at += 46 + uint64_t(name_length) + extra_length + comment_length;
+  }
+  // Overlapping members let a small archive expand to gigabytes (each entry
+  // re-reading the same compressed data); no zip writer produces them.
+  std::vector<const ZipMember*> by_offset;
+  by_offset.reserve(members.size());
+  for (const ZipMember& m : members) by_offset.push_back(&m);
+  std::sort(by_offset.begin(), by_offset.end(),
+            [](const ZipMember* a, const ZipMember* b) { return a->local_header_offset < b->local_header_offset; });
+  for (size_t i = 0; i + 1 < by_offset.size(); ++i) {
+    const ZipMember& a = *by_offset[i];
+    const ZipMember& b = *by_offset[i + 1];
+    if (a.data_offset + a.compressed_size > b.local_header_offset) {
+      error = "members " + a.name + " and " + b.name + " overlap in the archive (a zip bomb, not a wheel a tool wrote)";
+      members.clear();
+      return false;
+    }
+  }
+  if (!by_offset.empty()) {
+    const ZipMember& last = *by_offset.back();
+    if (last.data_offset + last.compressed_size > directory_offset && last.local_header_offset < directory_offset) {
+      error = "member " + last.name + " overlaps the central directory";
+      members.clear();
+      return false;
+    }
   }
   return true;
 }
 
-bool extract_zip_member(ByteView archive, const ZipMember& member, std::vector<uint8_t>& out, std::string& error,
-                        uint64_t max_bytes) {
-  out.clear();
-  uint32_t signature = 0;
-  uint16_t name_length = 0, extra_length = 0;
-  if (!archive.read(member.local_header_offset, signature) || signature != kLocalHeaderSignature ||
-      !archive.read(member.local_header_offset + 26, name_length) ||
-      !archive.read(member.local_header_offset + 28, extra_length)) {
-    error = member.name + ": local header is damaged";
+uint64_t default_zip_budget(uint64_t archive_size) {
+  constexpr uint64_t kFloor = uint64_t(256) << 20, kCeiling = uint64_t(8) << 30, kRatio = 40;
+  uint64_t scaled = archive_size > kCeiling / kRatio ? kCeiling : archive_size * kRatio;
+  return std::min(kCeiling, std::max(kFloor, scaled));
+}
+
+bool stream_zip_member(ByteView archive, const ZipMember& member, const ZipSink& sink, ZipBudget* budget,
+                       std::string& error) {
+  if (budget && (budget->exhausted || member.uncompressed_size > budget->remaining)) {
+    budget->exhausted = true;
+    error = member.name + ": over the doctor's budget for uncompressed data (limit hit: not read)";
     return false;
   }
-  if (member.uncompressed_size > max_bytes) {
-    error = member.name + ": larger than the doctor extracts";
-    return false;
-  }
+  if (budget) budget->remaining -= member.uncompressed_size;
   ByteView data;
-  uint64_t data_offset = member.local_header_offset + 30 + uint64_t(name_length) + extra_length;
-  if (!archive.slice(data_offset, member.compressed_size, data)) {
+  if (!archive.slice(member.data_offset, member.compressed_size, data)) {
     error = member.name + ": data runs past the end of the archive";
     return false;
   }
+  uint32_t crc = 0;
+  uint64_t produced = 0;
+  ZipSink counting = [&](const uint8_t* bytes, size_t size) {
+    crc = crc32_update(crc, bytes, size);
+    produced += size;
+    return sink(bytes, size);
+  };
   if (member.method == 0) {
     if (member.compressed_size != member.uncompressed_size) {
       error = member.name + ": stored member with two different sizes";
       return false;
     }
-    out.assign(data.data(), data.data() + data.size());
+    constexpr size_t kChunk = 256 << 10;
+    for (uint64_t at = 0; at < data.size(); at += kChunk) {
+      if (!counting(data.data() + at, size_t(std::min<uint64_t>(kChunk, data.size() - at)))) {
+        error = member.name + ": reading stopped";
+        return false;
+      }
+    }
   } else if (member.method == 8) {
-    if (!inflate_raw(data, out, member.uncompressed_size, error)) {
+    if (!inflate_stream(data, counting, member.uncompressed_size, error)) {
       error = member.name + ": " + error;
       return false;
     }
@@ -138,15 +215,30 @@ bool extract_zip_member(ByteView archive, const ZipMember& member, std::vector<u
     error = member.name + ": compression method " + std::to_string(member.method) + " is not used by wheels";
     return false;
   }
-  if (out.size() != member.uncompressed_size) {
+  if (produced != member.uncompressed_size) {
     error = member.name + ": size differs from the directory";
     return false;
   }
-  if (crc32_of(ByteView(out)) != member.crc32) {
+  if (crc != member.crc32) {
     error = member.name + ": CRC-32 mismatch";
     return false;
   }
   return true;
+}
+
+bool extract_zip_member(ByteView archive, const ZipMember& member, std::vector<uint8_t>& out, std::string& error,
+                        uint64_t max_bytes, ZipBudget* budget) {
+  out.clear();
+  if (member.uncompressed_size > max_bytes) {
+    error = member.name + ": " + std::to_string(member.uncompressed_size) + " bytes, larger than the doctor reads into memory (" +
+            std::to_string(max_bytes) + ")";
+    return false;
+  }
+  out.reserve(size_t(member.uncompressed_size));
+  return stream_zip_member(archive, member, [&](const uint8_t* data, size_t size) {
+    out.insert(out.end(), data, data + size);
+    return true;
+  }, budget, error);
 }
 
 namespace {
@@ -242,14 +334,47 @@ constexpr uint16_t kDistanceBase[30] = {1, 2, 3, 4, 5, 7, 9, 13, 17, 25, 33, 49,
                                         193, 257, 385, 513, 769, 1025, 1537, 2049, 3073, 4097, 6145, 8193, 12289, 16385, 24577};
 constexpr uint8_t kDistanceExtra[30] = {0, 0, 0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7, 8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13};
 
-bool inflate_block(BitReader& reader, const Huffman& literals, const Huffman& distances, std::vector<uint8_t>& out,
-                   uint64_t max_bytes, std::string& error) {
+// Inflate output: the last 32 KiB (the most a back-reference reaches) stay in
+// memory; everything older goes to the sink in chunks.
+class Window {
+ public:
+  Window(const ZipSink& sink, uint64_t max_bytes) : sink_(sink), max_bytes_(max_bytes) { bytes_.reserve(kFlushAt + 512); }
+  uint64_t total() const { return flushed_ + bytes_.size(); }
+  bool room(uint64_t length) const { return total() + length <= max_bytes_; }
+  void put(uint8_t byte) { bytes_.push_back(byte); }
+  void append(const uint8_t* data, size_t size) { bytes_.insert(bytes_.end(), data, data + size); }
+  // A back-reference; the caller checked distance <= total().
+  void copy(uint64_t distance, uint64_t length) {
+    size_t from = bytes_.size() - size_t(distance);
+    for (uint64_t i = 0; i < length; ++i) bytes_.push_back(bytes_[from + size_t(i)]);
+  }
+  // Hands all but the last 32 KiB to the sink once enough has piled up (or everything at the end).
+  bool drain(bool all) {
+    if (!all && bytes_.size() < kFlushAt) return true;
+    size_t keep = all ? 0 : kWindow;
+    size_t give = bytes_.size() - keep;
+    if (give && !sink_(bytes_.data(), give)) return false;
+    flushed_ += give;
+    bytes_.erase(bytes_.begin(), bytes_.begin() + std::ptrdiff_t(give));
+    return true;
+  }
+
+ private:
+  static constexpr size_t kWindow = 32 << 10, kFlushAt = 256 << 10;
+  const ZipSink& sink_;
+  uint64_t max_bytes_;
+  uint64_t flushed_ = 0;
+  std::vector<uint8_t> bytes_;
+};
+
+bool inflate_block(BitReader& reader, const Huffman& literals, const Huffman& distances, Window& out,
+                   std::string& error) {
   for (;;) {
     int symbol;
     if (!literals.decode(reader, symbol)) return error = "bad literal/length code", false;
     if (symbol < 256) {
-      if (out.size() >= max_bytes) return error = "inflated data exceeds the declared size", false;
-      out.push_back(uint8_t(symbol));
+      if (!out.room(1)) return error = "inflated data exceeds the declared size", false;
+      out.put(uint8_t(symbol));
       continue;
     }
     if (symbol == 256) return true;
@@ -262,10 +387,10 @@ bool inflate_block(BitReader& reader, const Huffman& literals, const Huffman& di
     if (!distances.decode(reader, distance_symbol) || distance_symbol >= 30) return error = "bad distance code", false;
     if (!reader.bits(kDistanceExtra[distance_symbol], extra)) return error = "truncated stream", false;
     uint64_t distance = kDistanceBase[distance_symbol] + extra;
-    if (distance > out.size()) return error = "distance reaches before the start of the output", false;
-    if (out.size() + length > max_bytes) return error = "inflated data exceeds the declared size", false;
-    size_t from = out.size() - size_t(distance);
-    for (uint64_t i = 0; i < length; ++i) out.push_back(out[from + size_t(i)]);
+    if (distance > out.total()) return error = "distance reaches before the start of the output", false;
+    if (!out.room(length)) return error = "inflated data exceeds the declared size", false;
+    out.copy(distance, length);
+    if (!out.drain(false)) return error = "reading stopped", false;
   }
 }
 
@@ -321,6 +446,14 @@ bool read_dynamic_tables(BitReader& reader, Huffman& literals, Huffman& distance
 
 bool inflate_raw(ByteView input, std::vector<uint8_t>& out, uint64_t max_bytes, std::string& error) {
   out.clear();
+  return inflate_stream(input, [&](const uint8_t* data, size_t size) {
+    out.insert(out.end(), data, data + size);
+    return true;
+  }, max_bytes, error);
+}
+
+bool inflate_stream(ByteView input, const ZipSink& sink, uint64_t max_bytes, std::string& error) {
+  Window out(sink, max_bytes);
   BitReader reader(input);
   static Huffman fixed_literals, fixed_distances;
   static bool fixed_ready = [] {
@@ -347,23 +480,24 @@ bool inflate_raw(ByteView input, std::vector<uint8_t>& out, uint64_t max_bytes, 
       reader.skip_bytes(4);
       ByteView block;
       if (!input.slice(reader.byte_position(), length, block)) return error = "stored block runs past the input", false;
-      if (out.size() + length > max_bytes) return error = "inflated data exceeds the declared size", false;
-      out.insert(out.end(), block.data(), block.data() + block.size());
+      if (!out.room(length)) return error = "inflated data exceeds the declared size", false;
+      out.append(block.data(), block.size());
       reader.skip_bytes(length);
+      if (!out.drain(false)) return error = "reading stopped", false;
     } else if (type == 1) {
-      if (!inflate_block(reader, fixed_literals, fixed_distances, out, max_bytes, error)) return false;
+      if (!inflate_block(reader, fixed_literals, fixed_distances, out, error)) return false;
     } else if (type == 2) {
       Huffman literals, distances;
       if (!read_dynamic_tables(reader, literals, distances, error)) return false;
-      if (!inflate_block(reader, literals, distances, out, max_bytes, error)) return false;
+      if (!inflate_block(reader, literals, distances, out, error)) return false;
     } else {
       return error = "reserved block type", false;
     }
-    if (final_block) return true;
+    if (final_block) return out.drain(true) || (error = "reading stopped", false);
   }
 }
 
-uint32_t crc32_of(ByteView data) {
+uint32_t crc32_update(uint32_t crc, const uint8_t* data, size_t size) {
   static const std::array<uint32_t, 256> table = [] {
     std::array<uint32_t, 256> t{};
     for (uint32_t i = 0; i < 256; ++i) {
@@ -373,71 +507,94 @@ uint32_t crc32_of(ByteView data) {
     }
     return t;
   }();
-  uint32_t crc = 0xffffffffu;
-  for (size_t i = 0; i < data.size(); ++i) crc = table[(crc ^ data.data()[i]) & 0xff] ^ (crc >> 8);
-  return crc ^ 0xffffffffu;
+  crc = ~crc;
+  for (size_t i = 0; i < size; ++i) crc = table[(crc ^ data[i]) & 0xff] ^ (crc >> 8);
+  return ~crc;
+}
+
+uint32_t crc32_of(ByteView data) { return crc32_update(0, data.data(), data.size()); }
+
+namespace {
+constexpr uint32_t kSha256Rounds[64] = {
+    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
+    0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
+    0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
+    0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
+    0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
+    0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
+    0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+    0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2};
+inline uint32_t rotr(uint32_t x, int n) { return (x >> n) | (x << (32 - n)); }
+}  // namespace
+
+Sha256::Sha256() : h_{0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19} {}
+
+void Sha256::compress(const uint8_t* block) {
+  uint32_t w[64];
+  for (int i = 0; i < 16; ++i) {
+    w[i] = uint32_t(block[4 * i]) << 24 | uint32_t(block[4 * i + 1]) << 16 | uint32_t(block[4 * i + 2]) << 8 |
+           uint32_t(block[4 * i + 3]);
+  }
+  for (int i = 16; i < 64; ++i) {
+    uint32_t s0 = rotr(w[i - 15], 7) ^ rotr(w[i - 15], 18) ^ (w[i - 15] >> 3);
+    uint32_t s1 = rotr(w[i - 2], 17) ^ rotr(w[i - 2], 19) ^ (w[i - 2] >> 10);
+    w[i] = w[i - 16] + s0 + w[i - 7] + s1;
+  }
+  uint32_t a = h_[0], b = h_[1], c = h_[2], d = h_[3], e = h_[4], f = h_[5], g = h_[6], hh = h_[7];
+  for (int i = 0; i < 64; ++i) {
+    uint32_t t1 = hh + (rotr(e, 6) ^ rotr(e, 11) ^ rotr(e, 25)) + ((e & f) ^ (~e & g)) + kSha256Rounds[i] + w[i];
+    uint32_t t2 = (rotr(a, 2) ^ rotr(a, 13) ^ rotr(a, 22)) + ((a & b) ^ (a & c) ^ (b & c));
+    hh = g;
+    g = f;
+    f = e;
+    e = d + t1;
+    d = c;
+    c = b;
+    b = a;
+    a = t1 + t2;
+  }
+  h_[0] += a, h_[1] += b, h_[2] += c, h_[3] += d, h_[4] += e, h_[5] += f, h_[6] += g, h_[7] += hh;
+}
+
+void Sha256::update(const uint8_t* data, size_t size) {
+  length_ += size;
+  if (buffered_) {
+    size_t take = std::min(size, 64 - buffered_);
+    std::memcpy(buffer_ + buffered_, data, take);
+    buffered_ += take, data += take, size -= take;
+    if (buffered_ < 64) return;
+    compress(buffer_);
+    buffered_ = 0;
+  }
+  for (; size >= 64; data += 64, size -= 64) compress(data);
+  if (size) std::memcpy(buffer_, data, size);
+  buffered_ = size;
+}
+
+std::vector<uint8_t> Sha256::digest() {
+  // Padding: 0x80, zeros, then the message length in bits as a big-endian u64.
+  uint64_t bits = length_ * 8;
+  uint8_t pad[72] = {0x80};
+  size_t pad_size = (buffered_ < 56 ? 56 : 120) - buffered_;
+  for (int i = 0; i < 8; ++i) pad[pad_size + i] = uint8_t(bits >> (56 - 8 * i));
+  update(pad, pad_size + 8);
+  std::vector<uint8_t> out(32);
+  for (int i = 0; i < 8; ++i) {
+    for (int j = 0; j < 4; ++j) out[4 * i + j] = uint8_t(h_[i] >> (24 - 8 * j));
+  }
+  return out;
 }
 
 std::vector<uint8_t> sha256_of(ByteView data) {
-  static constexpr uint32_t k[64] = {
-      0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
-      0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
-      0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
-      0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
-      0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
-      0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
-      0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
-      0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2};
-  uint32_t h[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
-  auto rotr = [](uint32_t x, int n) { return (x >> n) | (x << (32 - n)); };
-  auto compress = [&](const uint8_t* block) {
-    uint32_t w[64];
-    for (int i = 0; i < 16; ++i) {
-      w[i] = uint32_t(block[4 * i]) << 24 | uint32_t(block[4 * i + 1]) << 16 | uint32_t(block[4 * i + 2]) << 8 |
-             uint32_t(block[4 * i + 3]);
-    }
-    for (int i = 16; i < 64; ++i) {
-      uint32_t s0 = rotr(w[i - 15], 7) ^ rotr(w[i - 15], 18) ^ (w[i - 15] >> 3);
-      uint32_t s1 = rotr(w[i - 2], 17) ^ rotr(w[i - 2], 19) ^ (w[i - 2] >> 10);
-      w[i] = w[i - 16] + s0 + w[i - 7] + s1;
-    }
-    uint32_t a = h[0], b = h[1], c = h[2], d = h[3], e = h[4], f = h[5], g = h[6], hh = h[7];
-    for (int i = 0; i < 64; ++i) {
-      uint32_t t1 = hh + (rotr(e, 6) ^ rotr(e, 11) ^ rotr(e, 25)) + ((e & f) ^ (~e & g)) + k[i] + w[i];
-      uint32_t t2 = (rotr(a, 2) ^ rotr(a, 13) ^ rotr(a, 22)) + ((a & b) ^ (a & c) ^ (b & c));
-      hh = g;
-      g = f;
-      f = e;
-      e = d + t1;
-      d = c;
-      c = b;
-      b = a;
-      a = t1 + t2;
-    }
-    h[0] += a, h[1] += b, h[2] += c, h[3] += d, h[4] += e, h[5] += f, h[6] += g, h[7] += hh;
-  };
-  size_t full_blocks = data.size() / 64;
-  for (size_t i = 0; i < full_blocks; ++i) compress(data.data() + 64 * i);
-  // Padding: 0x80, zeros, then the message length in bits as a big-endian u64.
-  uint8_t tail[128] = {};
-  size_t rest = data.size() - 64 * full_blocks;
-  if (rest) std::memcpy(tail, data.data() + 64 * full_blocks, rest);
-  tail[rest] = 0x80;
-  size_t tail_size = rest + 9 <= 64 ? 64 : 128;
-  uint64_t bits = uint64_t(data.size()) * 8;
-  for (int i = 0; i < 8; ++i) tail[tail_size - 1 - i] = uint8_t(bits >> (8 * i));
-  compress(tail);
-  if (tail_size == 128) compress(tail + 64);
-  std::vector<uint8_t> digest(32);
-  for (int i = 0; i < 8; ++i) {
-    for (int j = 0; j < 4; ++j) digest[4 * i + j] = uint8_t(h[i] >> (24 - 8 * j));
-  }
-  return digest;
+  Sha256 sha;
+  sha.update(data.data(), data.size());
+  return sha.digest();
 }
 
-std::string record_hash_of(ByteView data) {
+std::string record_hash_of(ByteView data) { return record_hash_of_digest(sha256_of(data)); }
+
+std::string record_hash_of_digest(const std::vector<uint8_t>& digest) {
   static const char* alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-  std::vector<uint8_t> digest = sha256_of(data);
   std::string out = "sha256=";
   for (size_t i = 0; i < digest.size(); i += 3) {
     uint32_t chunk = uint32_t(digest[i]) << 16;

@@ -1,9 +1,10 @@
-// Zip reader for wheels: the central directory, and members that are stored or
-// deflated (the only methods wheels use). Includes a small inflate (RFC 1951)
-// and SHA-256 for RECORD hashes.
+// Zip reader for wheels: the central directory (zip64 included), and members
+// that are stored or deflated (the only methods wheels use), read as streams.
+// Includes a small streaming inflate (RFC 1951) and SHA-256 for RECORD hashes.
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -18,22 +19,67 @@ struct ZipMember {
   uint64_t compressed_size = 0;
   uint64_t uncompressed_size = 0;
   uint64_t local_header_offset = 0;
+  uint64_t data_offset = 0;  // first byte of the member's data (after its local header)
 };
 
-// Reads the central directory. False with error when the archive is unusable.
+// Hostile archives: the directory may list at most this many members; members
+// whose data ranges overlap (the "overlapping files" zip bomb) are refused.
+constexpr uint64_t kMaxZipMembers = uint64_t(1) << 20;
+
+// Reads the central directory (zip64 included). False with error when the
+// archive is unusable, hostile (overlapping members) or over kMaxZipMembers.
 bool parse_zip_directory(ByteView archive, std::vector<ZipMember>& members, std::string& error);
 
-// Extracts one member (checks sizes and CRC-32). Refuses members larger than max_bytes.
-bool extract_zip_member(ByteView archive, const ZipMember& member, std::vector<uint8_t>& out, std::string& error,
-                        uint64_t max_bytes = uint64_t(2) << 30);
+// How many uncompressed bytes the readers of one archive may still produce, in
+// total, before they stop (`exhausted` then stays set): bounds time, and the disk
+// used by extracted members, whatever the archive declares.
+struct ZipBudget {
+  uint64_t remaining = 0;
+  bool exhausted = false;
+};
 
+// max(256 MiB, 40 x the archive's size), at most 8 GiB: real wheels inflate to
+// 1-5x their size; a zip bomb stops after this much work.
+uint64_t default_zip_budget(uint64_t archive_size);
+
+// Receives a member's content in order, in chunks of at most 256 KiB; false stops the read.
+using ZipSink = std::function<bool(const uint8_t* data, size_t size)>;
+
+// Streams one member to `sink` (memory stays at the 32 KiB window plus a chunk),
+// checking sizes and CRC-32; charges the bytes to `budget` when given.
+bool stream_zip_member(ByteView archive, const ZipMember& member, const ZipSink& sink, ZipBudget* budget,
+                       std::string& error);
+
+// Extracts one member into memory (checks sizes and CRC-32). Refuses members larger than max_bytes.
+bool extract_zip_member(ByteView archive, const ZipMember& member, std::vector<uint8_t>& out, std::string& error,
+                        uint64_t max_bytes = uint64_t(64) << 20, ZipBudget* budget = nullptr);
+
+// Raw DEFLATE stream -> sink; stops with an error past max_bytes of output.
+bool inflate_stream(ByteView input, const ZipSink& sink, uint64_t max_bytes, std::string& error);
 // Raw DEFLATE stream -> bytes; stops with an error past max_bytes of output.
 bool inflate_raw(ByteView input, std::vector<uint8_t>& out, uint64_t max_bytes, std::string& error);
 
 uint32_t crc32_of(ByteView data);
+uint32_t crc32_update(uint32_t crc, const uint8_t* data, size_t size);  // start from 0
+
+// Incremental SHA-256 (FIPS 180-4).
+class Sha256 {
+ public:
+  Sha256();
+  void update(const uint8_t* data, size_t size);
+  std::vector<uint8_t> digest();  // 32 bytes; call once
+
+ private:
+  void compress(const uint8_t* block);
+  uint32_t h_[8];
+  uint8_t buffer_[64];
+  size_t buffered_ = 0;
+  uint64_t length_ = 0;
+};
 
 // SHA-256 digest (32 bytes) and the RECORD spelling "sha256=<urlsafe base64, no padding>".
 std::vector<uint8_t> sha256_of(ByteView data);
 std::string record_hash_of(ByteView data);
+std::string record_hash_of_digest(const std::vector<uint8_t>& digest);
 
 }  // namespace af::doctor

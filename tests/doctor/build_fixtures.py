@@ -145,6 +145,9 @@ class Builder:
             "fatbin_sm80": ["-gencode", "arch=compute_80,code=sm_80"],
             "fatbin_sm80_sm90_ptx": ["-gencode", "arch=compute_80,code=sm_80", "-gencode", "arch=compute_90,code=sm_90",
                                      "-gencode", "arch=compute_90,code=compute_90"],
+            # Arch-specific cubins (issue 14): run only on exactly 9.0 / 10.0.
+            "fatbin_sm90a": ["-gencode", "arch=compute_90a,code=sm_90a"],
+            "fatbin_sm100a": ["-gencode", "arch=compute_100a,code=sm_100a"],
         }
         for name, flags in sets.items():
             def recipe(target, flags=flags):

@@ -32,7 +32,7 @@ def main():
         print("no NVIDIA driver: nothing to check")
         return 0
     failures = 0
-    for name in ("libfatbin_sm80.so", "libfatbin_sm80_sm90_ptx.so"):
+    for name in ("libfatbin_sm80.so", "libfatbin_sm80_sm90_ptx.so", "libfatbin_sm90a.so", "libfatbin_sm100a.so"):
         path = os.path.join(fixtures, "fatbin", name)
         result = subprocess.run([cli, "doctor", "so", "--no-python", "--json", path], capture_output=True, text=True)
         binary = json.loads(result.stdout)["binaries"][0]
