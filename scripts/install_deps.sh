@@ -14,7 +14,7 @@ apt_packages=(
   build-essential cmake ninja-build libgtest-dev git ca-certificates
   python3 python3-venv python3-pip python3-dev
   python3-torch libtorch-dev python3-numpy python3-pytest python3-packaging
-  debootstrap binutils clang-14 libclang-rt-14-dev zip
+  debootstrap binutils clang-14 libclang-rt-14-dev clang-format-14 zip
 )
 missing=()
 for p in "${apt_packages[@]}"; do
@@ -35,7 +35,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 # scikit-build-core and build: the wheel and sdist are built without build isolation.
-.venv/bin/python -m pip install -q torch numpy pytest packaging transformers auditwheel scikit-build-core build
+.venv/bin/python -m pip install -q torch numpy pytest packaging transformers auditwheel scikit-build-core build \
+  'ruff==0.17.6'
 if [ ! -e /usr/local/cuda/lib64/libnvrtc.so ] && ! ls /usr/local/cuda/lib64/libnvrtc.so.* >/dev/null 2>&1; then
   .venv/bin/python -m pip install -q nvidia-cuda-nvrtc
 fi

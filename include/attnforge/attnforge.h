@@ -40,7 +40,7 @@ extern "C" {
 /* Bumped only when a released struct or function changes incompatibly. */
 #define AF_ABI_VERSION 1
 
-AF_API int af_version_number(void);       /* AF_VERSION_NUMBER of the loaded library */
+AF_API int af_version_number(void); /* AF_VERSION_NUMBER of the loaded library */
 AF_API const char* af_version_string(void);
 AF_API int af_abi_version(void);
 /* Compiler, flags and build type the library was built with (static string). */
@@ -51,22 +51,22 @@ AF_API const char* af_build_info(void);
 /* Values are pinned: never renumber, only append. */
 typedef enum af_status {
   AF_OK = 0,
-  AF_ERR_INVALID_ARGUMENT = 1,    /* a scalar argument out of range */
-  AF_ERR_NULL_POINTER = 2,        /* a required pointer is NULL */
-  AF_ERR_SHAPE = 3,               /* rank or shape mismatch between tensors */
-  AF_ERR_STRIDE = 4,              /* non-unit last-dim stride, negative stride, ... */
-  AF_ERR_DTYPE = 5,               /* unsupported or mixed dtypes */
-  AF_ERR_DEVICE = 6,              /* tensors on different or unknown devices */
-  AF_ERR_SEQLENS = 7,             /* cu_seqlens / seqused / max_seqlen inconsistent */
-  AF_ERR_OVERFLOW = 8,            /* a size or offset product does not fit in int64 */
-  AF_ERR_STRUCT_SIZE = 9,         /* struct_size smaller than any known version */
-  AF_ERR_UNSUPPORTED = 10,        /* valid call that no allowed backend can run */
-  AF_ERR_BACKEND_UNAVAILABLE = 11,/* the requested backend cannot run on this machine */
+  AF_ERR_INVALID_ARGUMENT = 1,     /* a scalar argument out of range */
+  AF_ERR_NULL_POINTER = 2,         /* a required pointer is NULL */
+  AF_ERR_SHAPE = 3,                /* rank or shape mismatch between tensors */
+  AF_ERR_STRIDE = 4,               /* non-unit last-dim stride, negative stride, ... */
+  AF_ERR_DTYPE = 5,                /* unsupported or mixed dtypes */
+  AF_ERR_DEVICE = 6,               /* tensors on different or unknown devices */
+  AF_ERR_SEQLENS = 7,              /* cu_seqlens / seqused / max_seqlen inconsistent */
+  AF_ERR_OVERFLOW = 8,             /* a size or offset product does not fit in int64 */
+  AF_ERR_STRUCT_SIZE = 9,          /* struct_size smaller than any known version */
+  AF_ERR_UNSUPPORTED = 10,         /* valid call that no allowed backend can run */
+  AF_ERR_BACKEND_UNAVAILABLE = 11, /* the requested backend cannot run on this machine */
   AF_ERR_OUT_OF_MEMORY = 12,
-  AF_ERR_CUDA = 13,               /* a CUDA driver call failed */
-  AF_ERR_COMPILE = 14,            /* NVRTC failed to compile a kernel */
-  AF_ERR_IO = 15,                 /* file system error (kernel cache) */
-  AF_ERR_BUFFER_TOO_SMALL = 16,   /* output text truncated; see the *_needed argument */
+  AF_ERR_CUDA = 13,             /* a CUDA driver call failed */
+  AF_ERR_COMPILE = 14,          /* NVRTC failed to compile a kernel */
+  AF_ERR_IO = 15,               /* file system error (kernel cache) */
+  AF_ERR_BUFFER_TOO_SMALL = 16, /* output text truncated; see the *_needed argument */
   AF_ERR_INTERNAL = 17
 } af_status;
 
@@ -90,10 +90,7 @@ typedef enum af_dtype {
 } af_dtype;
 
 /* Device types use DLPack's DLDeviceType values. */
-typedef enum af_device_type {
-  AF_DEVICE_CPU = 1,
-  AF_DEVICE_CUDA = 2
-} af_device_type;
+typedef enum af_device_type { AF_DEVICE_CPU = 1, AF_DEVICE_CUDA = 2 } af_device_type;
 
 #define AF_MAX_RANK 6
 
@@ -101,10 +98,10 @@ typedef enum af_device_type {
  * (any byte_offset already applied); strides are in elements, not bytes. */
 typedef struct af_tensor {
   void* data;
-  int32_t dtype;        /* af_dtype */
-  int32_t device_type;  /* af_device_type */
+  int32_t dtype;       /* af_dtype */
+  int32_t device_type; /* af_device_type */
   int32_t device_index;
-  int32_t rank;         /* 0..AF_MAX_RANK */
+  int32_t rank; /* 0..AF_MAX_RANK */
   int64_t shape[AF_MAX_RANK];
   int64_t strides[AF_MAX_RANK];
 } af_tensor;
@@ -134,32 +131,32 @@ typedef struct af_attention_args {
   const af_tensor* q;
   const af_tensor* k;
   const af_tensor* v;
-  const af_tensor* out;            /* written; same shape as q, dtype of q */
-  const af_tensor* softmax_lse;    /* optional, written, float32 natural-log LSE */
+  const af_tensor* out;         /* written; same shape as q, dtype of q */
+  const af_tensor* softmax_lse; /* optional, written, float32 natural-log LSE */
 
-  const af_tensor* cu_seqlens_q;   /* optional int32 (B + 1): varlen queries */
-  const af_tensor* cu_seqlens_k;   /* optional int32 (B + 1): varlen keys (needs cu_seqlens_q) */
-  int64_t max_seqlen_q;            /* varlen only */
-  int64_t max_seqlen_k;            /* varlen only */
-  const af_tensor* seqused_k;      /* optional int32 (B): keys actually used per sequence */
-  const af_tensor* leftpad_k;      /* optional int32 (B): keys start at this row (kv cache left padding) */
-  const af_tensor* block_table;    /* optional int32 (B, max_blocks): paged KV */
-  const af_tensor* kv_batch_idx;   /* optional int32 (B): batch b reads k/v batch kv_batch_idx[b] */
-  const af_tensor* alibi_slopes;   /* optional float32 (H) or (B, H) */
+  const af_tensor* cu_seqlens_q; /* optional int32 (B + 1): varlen queries */
+  const af_tensor* cu_seqlens_k; /* optional int32 (B + 1): varlen keys (needs cu_seqlens_q) */
+  int64_t max_seqlen_q;          /* varlen only */
+  int64_t max_seqlen_k;          /* varlen only */
+  const af_tensor* seqused_k;    /* optional int32 (B): keys actually used per sequence */
+  const af_tensor* leftpad_k;    /* optional int32 (B): keys start at this row (kv cache left padding) */
+  const af_tensor* block_table;  /* optional int32 (B, max_blocks): paged KV */
+  const af_tensor* kv_batch_idx; /* optional int32 (B): batch b reads k/v batch kv_batch_idx[b] */
+  const af_tensor* alibi_slopes; /* optional float32 (H) or (B, H) */
 
-  float softmax_scale;             /* 0 means 1 / sqrt(D) */
-  float softcap;                   /* > 0: scores become softcap * tanh(scores / softcap) */
-  int32_t causal;                  /* nonzero: bottom-right causal (forces window_right = 0) */
-  int32_t window_left;             /* -1: unbounded */
-  int32_t window_right;            /* -1: unbounded */
+  float softmax_scale;  /* 0 means 1 / sqrt(D) */
+  float softcap;        /* > 0: scores become softcap * tanh(scores / softcap) */
+  int32_t causal;       /* nonzero: bottom-right causal (forces window_right = 0) */
+  int32_t window_left;  /* -1: unbounded */
+  int32_t window_right; /* -1: unbounded */
 
-  int32_t backend;                 /* af_backend */
-  void* cuda_stream;               /* CUstream / cudaStream_t; NULL = legacy default stream */
+  int32_t backend;   /* af_backend */
+  void* cuda_stream; /* CUstream / cudaStream_t; NULL = legacy default stream */
 
   /* ---- Version 2 (struct_size >= offsetof(num_splits) + 4); older callers get 0. */
-  int32_t num_splits;              /* FlashAttention's num_splits: 0 heuristic, 1 no split,
-                                      N in 2..256 forced (CUDA; results then do not depend on
-                                      the batch's composition) */
+  int32_t num_splits; /* FlashAttention's num_splits: 0 heuristic, 1 no split,
+                         N in 2..256 forced (CUDA; results then do not depend on
+                         the batch's composition) */
 } af_attention_args;
 
 /* Runs attention. On failure nothing has been written past the checks, and
@@ -217,21 +214,21 @@ AF_API void af_attention_plan_destroy(af_attention_plan* plan);
  * GPU and are not read on the host: a row whose destination falls outside the cache (or whose
  * position falls outside cos/sin) is not written, and q positions are clamped into cos/sin. */
 typedef struct af_kvcache_append_args {
-  uint32_t struct_size;            /* sizeof(af_kvcache_append_args) */
-  const af_tensor* k_cache;        /* written: 16-bit (B_cache, S_cache, Hk, D) or paged (num_pages, page_size, Hk, D) */
-  const af_tensor* v_cache;        /* written: like k_cache */
-  const af_tensor* k;              /* optional (B, S_new, Hk, D), dtype of the cache; with v */
-  const af_tensor* v;              /* optional, like k */
-  const af_tensor* cache_seqlens;  /* int32 (B): rows already in the cache */
-  const af_tensor* cache_batch_idx;/* optional int32 (B): cache batch of sequence b (padded caches) */
-  const af_tensor* block_table;    /* optional int32 (B, max_blocks): paged caches */
-  const af_tensor* rotary_cos;     /* optional (seqlen_ro, rotary_dim / 2), dtype of the cache */
-  const af_tensor* rotary_sin;     /* like rotary_cos; both or neither */
-  const af_tensor* q;              /* optional (B, Sq, H, D) to rotate (needs rotary_cos) */
-  const af_tensor* q_out;          /* (B, Sq, H, D) like q, written; may be q itself */
-  const af_tensor* seqused_out;    /* optional int32 (B), written: cache_seqlens[b] + S_new, the keys the
-                                      attention then reads (its seqused_k), with no separate kernel */
-  int32_t rotary_interleaved;      /* nonzero: pairs (2i, 2i + 1); zero: GPT-NeoX halves (i, i + rotary_dim / 2) */
+  uint32_t struct_size;           /* sizeof(af_kvcache_append_args) */
+  const af_tensor* k_cache;       /* written: 16-bit (B_cache, S_cache, Hk, D) or paged (num_pages, page_size, Hk, D) */
+  const af_tensor* v_cache;       /* written: like k_cache */
+  const af_tensor* k;             /* optional (B, S_new, Hk, D), dtype of the cache; with v */
+  const af_tensor* v;             /* optional, like k */
+  const af_tensor* cache_seqlens; /* int32 (B): rows already in the cache */
+  const af_tensor* cache_batch_idx; /* optional int32 (B): cache batch of sequence b (padded caches) */
+  const af_tensor* block_table;     /* optional int32 (B, max_blocks): paged caches */
+  const af_tensor* rotary_cos;      /* optional (seqlen_ro, rotary_dim / 2), dtype of the cache */
+  const af_tensor* rotary_sin;      /* like rotary_cos; both or neither */
+  const af_tensor* q;               /* optional (B, Sq, H, D) to rotate (needs rotary_cos) */
+  const af_tensor* q_out;           /* (B, Sq, H, D) like q, written; may be q itself */
+  const af_tensor* seqused_out;     /* optional int32 (B), written: cache_seqlens[b] + S_new, the keys the
+                                       attention then reads (its seqused_k), with no separate kernel */
+  int32_t rotary_interleaved;       /* nonzero: pairs (2i, 2i + 1); zero: GPT-NeoX halves (i, i + rotary_dim / 2) */
   int32_t q_positions_per_row;
   void* cuda_stream;
 } af_kvcache_append_args;
@@ -272,8 +269,7 @@ typedef void (*af_progress_callback)(void* user_data, int32_t done, int32_t tota
  * this machine. Needs NVRTC, not a GPU. progress may be NULL. AF_ERR_IO when
  * the cache cannot hold the kernels (the directory is refused, see below, or
  * not writable): AF_OK means every kernel is in the cache. */
-AF_API af_status af_warmup(const char* const* archs, int32_t n_archs,
-                           af_progress_callback progress, void* user_data);
+AF_API af_status af_warmup(const char* const* archs, int32_t n_archs, af_progress_callback progress, void* user_data);
 
 /* The cache directory ($ATTNFORGE_CACHE_DIR, which must be absolute,
  * $XDG_CACHE_HOME/attnforge or ~/.cache/attnforge), as text; same buffer

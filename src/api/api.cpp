@@ -199,7 +199,8 @@ AF_API af_status af_backend_available(af_backend backend_enum) {
       case AF_BACKEND_CUDA: return af::cuda::available();
       case AF_BACKEND_AUTO: return AF_OK;
     }
-    return af::fail(AF_ERR_INVALID_ARGUMENT, "backend %d is not an af_backend value (0 auto, 1 cpu, 2 cuda)", int(backend));
+    return af::fail(AF_ERR_INVALID_ARGUMENT, "backend %d is not an af_backend value (0 auto, 1 cpu, 2 cuda)",
+                    int(backend));
   });
 }
 
@@ -208,8 +209,8 @@ AF_API af_status af_runtime_report(char* buffer, size_t capacity, size_t* needed
     std::string json = "{\"version\":" + af::json_quote(AF_VERSION_STRING) +
                        ",\"abi_version\":" + std::to_string(AF_ABI_VERSION) +
                        ",\"build\":" + af::json_quote(af_build_info()) +
-                       ",\"backends\":{\"cpu\":{\"available\":true,\"threads\":" +
-                       std::to_string(af::num_threads()) + "},\"cuda\":" + af::cuda::report_json() + "}";
+                       ",\"backends\":{\"cpu\":{\"available\":true,\"threads\":" + std::to_string(af::num_threads()) +
+                       "},\"cuda\":" + af::cuda::report_json() + "}";
     const std::string refusal = af::cuda::cache_refusal();
     json += ",\"kernel_cache\":{\"directory\":" + af::json_quote(af::cuda::cache_directory()) +
             ",\"usable\":" + (refusal.empty() ? "true" : "false") +
@@ -238,8 +239,7 @@ AF_API af_status af_set_nvrtc_search_path(const char* directories) {
   });
 }
 
-AF_API af_status af_warmup(const char* const* archs, int32_t n_archs, af_progress_callback progress,
-                           void* user_data) {
+AF_API af_status af_warmup(const char* const* archs, int32_t n_archs, af_progress_callback progress, void* user_data) {
   return guarded([&] {
     if (n_archs < 0) return af::fail(AF_ERR_INVALID_ARGUMENT, "n_archs is %d", n_archs);
     if (n_archs > 0 && archs == nullptr) return af::fail(AF_ERR_NULL_POINTER, "archs is NULL with n_archs %d", n_archs);

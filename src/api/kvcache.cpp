@@ -97,11 +97,13 @@ af_status validate_append(const af_kvcache_append_args* a, cuda::KvAppendCall* c
     for (const af_tensor* t : {a->rotary_cos, a->rotary_sin}) {
       AF_RETURN_IF_ERROR(same_place(t == a->rotary_cos ? "rotary_cos" : "rotary_sin", *t, kc));
       if (t->dtype != kc.dtype)
-        return fail(AF_ERR_DTYPE, "%s must have the dtype of k_cache", t == a->rotary_cos ? "rotary_cos" : "rotary_sin");
+        return fail(AF_ERR_DTYPE, "%s must have the dtype of k_cache",
+                    t == a->rotary_cos ? "rotary_cos" : "rotary_sin");
     }
     const int64_t rotary_dim = 2 * a->rotary_cos->shape[1];
     if (rotary_dim < 2 || rotary_dim > kc.shape[3])
-      return fail(AF_ERR_SHAPE, "rotary_cos must have shape (seqlen_ro, rotary_dim / 2) with 0 < rotary_dim <= %lld, got %lld",
+      return fail(AF_ERR_SHAPE,
+                  "rotary_cos must have shape (seqlen_ro, rotary_dim / 2) with 0 < rotary_dim <= %lld, got %lld",
                   (long long)kc.shape[3], (long long)rotary_dim);
     if (a->rotary_cos->shape[0] < 1) return fail(AF_ERR_SHAPE, "rotary_cos has no rows");
     call->rotary_cos = a->rotary_cos;
@@ -113,10 +115,12 @@ af_status validate_append(const af_kvcache_append_args* a, cuda::KvAppendCall* c
     AF_RETURN_IF_ERROR(validate_tensor("q_out", a->q_out, 4));
     AF_RETURN_IF_ERROR(same_shape("q_out", *a->q_out, "q", *a->q));
     if (a->q->shape[0] != batch || a->q->shape[3] != kc.shape[3])
-      return fail(AF_ERR_SHAPE, "q must have shape (B = %lld, Sq, H, D = %lld)", (long long)batch, (long long)kc.shape[3]);
+      return fail(AF_ERR_SHAPE, "q must have shape (B = %lld, Sq, H, D = %lld)", (long long)batch,
+                  (long long)kc.shape[3]);
     for (const af_tensor* t : {a->q, a->q_out}) {
       AF_RETURN_IF_ERROR(same_place(t == a->q ? "q" : "q_out", *t, kc));
-      if (t->dtype != kc.dtype) return fail(AF_ERR_DTYPE, "%s must have the dtype of k_cache", t == a->q ? "q" : "q_out");
+      if (t->dtype != kc.dtype)
+        return fail(AF_ERR_DTYPE, "%s must have the dtype of k_cache", t == a->q ? "q" : "q_out");
     }
     call->q = a->q;
     call->q_out = a->q_out;

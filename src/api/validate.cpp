@@ -74,8 +74,7 @@ struct Extent {
 // fits in int64. need_data: a NULL data pointer is an error (not for plans).
 af_status check_tensor(const char* name, const af_tensor* t, int32_t rank, Extent* extent, bool need_data) {
   if (t == nullptr) return fail(AF_ERR_NULL_POINTER, "%s is NULL", name);
-  if (t->rank != rank)
-    return fail(AF_ERR_SHAPE, "%s must have rank %d, got rank %d", name, rank, int(t->rank));
+  if (t->rank != rank) return fail(AF_ERR_SHAPE, "%s must have rank %d, got rank %d", name, rank, int(t->rank));
   if (t->device_type != AF_DEVICE_CPU && t->device_type != AF_DEVICE_CUDA)
     return fail(AF_ERR_DEVICE, "%s has unknown device_type %d (1 cpu, 2 cuda)", name, int(t->device_type));
   if (t->device_index < 0) return fail(AF_ERR_DEVICE, "%s has negative device_index %d", name, int(t->device_index));
@@ -83,7 +82,8 @@ af_status check_tensor(const char* name, const af_tensor* t, int32_t rank, Exten
   if (elem_bytes == 0) return fail(AF_ERR_DTYPE, "%s has unknown dtype code %d", name, int(t->dtype));
   int64_t elements = 1, max_offset = 0;
   for (int32_t i = 0; i < rank; ++i) {
-    if (t->shape[i] < 0) return fail(AF_ERR_SHAPE, "%s has negative size %lld in dimension %d", name, (long long)t->shape[i], int(i));
+    if (t->shape[i] < 0)
+      return fail(AF_ERR_SHAPE, "%s has negative size %lld in dimension %d", name, (long long)t->shape[i], int(i));
     if (t->strides[i] < 0)
       return fail(AF_ERR_STRIDE, "%s has negative stride %lld in dimension %d", name, (long long)t->strides[i], int(i));
     if (__builtin_mul_overflow(elements, t->shape[i], &elements))
@@ -120,14 +120,16 @@ af_status check_index_tensor(const char* name, const af_tensor* t, int32_t rank,
   return AF_OK;
 }
 
-af_status check_shape(const char* name, const af_tensor& t, const int64_t* expected, int32_t rank, const char* meaning) {
+af_status check_shape(const char* name, const af_tensor& t, const int64_t* expected, int32_t rank,
+                      const char* meaning) {
   for (int32_t i = 0; i < rank; ++i) {
     if (t.shape[i] != expected[i]) {
       char got[160], want[160];
       af_tensor w{};
       w.rank = rank;
       for (int32_t j = 0; j < rank; ++j) w.shape[j] = expected[j];
-      return fail(AF_ERR_SHAPE, "%s must have shape %s %s, got %s", name, shape_text(w, want), meaning, shape_text(t, got));
+      return fail(AF_ERR_SHAPE, "%s must have shape %s %s, got %s", name, shape_text(w, want), meaning,
+                  shape_text(t, got));
     }
   }
   return AF_OK;
@@ -202,13 +204,16 @@ af_status validate_attention_args(const af_attention_args* args, AttentionProble
   AF_RETURN_IF_ERROR(check_tensor("v", args->v, kv_rank, &ev, call));
   AF_RETURN_IF_ERROR(check_tensor("out", args->out, q_rank, &eo, call));
   const af_tensor &q = *args->q, &k = *args->k, &v = *args->v, &out = *args->out;
-  if (args->softmax_lse != nullptr) AF_RETURN_IF_ERROR(check_tensor("softmax_lse", args->softmax_lse, varlen ? 2 : 3, &e_lse, call));
+  if (args->softmax_lse != nullptr)
+    AF_RETURN_IF_ERROR(check_tensor("softmax_lse", args->softmax_lse, varlen ? 2 : 3, &e_lse, call));
   if (varlen) AF_RETURN_IF_ERROR(check_index_tensor("cu_seqlens_q", args->cu_seqlens_q, 1, &ecq, call));
-  if (args->cu_seqlens_k != nullptr) AF_RETURN_IF_ERROR(check_index_tensor("cu_seqlens_k", args->cu_seqlens_k, 1, &eck, call));
+  if (args->cu_seqlens_k != nullptr)
+    AF_RETURN_IF_ERROR(check_index_tensor("cu_seqlens_k", args->cu_seqlens_k, 1, &eck, call));
   if (args->seqused_k != nullptr) AF_RETURN_IF_ERROR(check_index_tensor("seqused_k", args->seqused_k, 1, &esu, call));
   if (args->leftpad_k != nullptr) AF_RETURN_IF_ERROR(check_index_tensor("leftpad_k", args->leftpad_k, 1, &elp, call));
   if (paged) AF_RETURN_IF_ERROR(check_index_tensor("block_table", args->block_table, 2, &ebt, call));
-  if (args->kv_batch_idx != nullptr) AF_RETURN_IF_ERROR(check_index_tensor("kv_batch_idx", args->kv_batch_idx, 1, &ekb, call));
+  if (args->kv_batch_idx != nullptr)
+    AF_RETURN_IF_ERROR(check_index_tensor("kv_batch_idx", args->kv_batch_idx, 1, &ekb, call));
   if (args->alibi_slopes != nullptr) {
     const int32_t rank = args->alibi_slopes->rank == 2 ? 2 : 1;
     AF_RETURN_IF_ERROR(check_tensor("alibi_slopes", args->alibi_slopes, rank, &eal, call));
@@ -249,7 +254,8 @@ af_status validate_attention_args(const af_attention_args* args, AttentionProble
     return fail(AF_ERR_SHAPE, "the %lld query heads are not a multiple of the %lld key/value heads (H %% Hk != 0)",
                 (long long)heads, (long long)heads_kv);
   if (k.shape[kv_rank - 1] != head_dim)
-    return fail(AF_ERR_SHAPE, "k has head_dim %lld but q has %lld", (long long)k.shape[kv_rank - 1], (long long)head_dim);
+    return fail(AF_ERR_SHAPE, "k has head_dim %lld but q has %lld", (long long)k.shape[kv_rank - 1],
+                (long long)head_dim);
   for (int32_t i = 0; i < kv_rank; ++i)
     if (v.shape[i] != k.shape[i]) {
       char gk[160], gv[160];
@@ -262,7 +268,8 @@ af_status validate_attention_args(const af_attention_args* args, AttentionProble
 
   int64_t batch = 0, seqlen_q = 0, seqlen_k = 0;
   if (varlen) {
-    if (args->cu_seqlens_q->shape[0] < 1) return fail(AF_ERR_SEQLENS, "cu_seqlens_q must have B + 1 >= 1 entries, got 0");
+    if (args->cu_seqlens_q->shape[0] < 1)
+      return fail(AF_ERR_SEQLENS, "cu_seqlens_q must have B + 1 >= 1 entries, got 0");
     batch = args->cu_seqlens_q->shape[0] - 1;
     if (args->cu_seqlens_k != nullptr && args->cu_seqlens_k->shape[0] != batch + 1)
       return fail(AF_ERR_SEQLENS, "cu_seqlens_k has %lld entries but cu_seqlens_q has %lld (both B + 1)",
@@ -282,7 +289,8 @@ af_status validate_attention_args(const af_attention_args* args, AttentionProble
   if (paged) {
     const af_tensor& bt = *args->block_table;
     if (bt.shape[0] != batch)
-      return fail(AF_ERR_SHAPE, "block_table must have B = %lld rows, got %lld", (long long)batch, (long long)bt.shape[0]);
+      return fail(AF_ERR_SHAPE, "block_table must have B = %lld rows, got %lld", (long long)batch,
+                  (long long)bt.shape[0]);
     p.page_size = k.shape[1];
     p.num_pages = k.shape[0];
     p.max_blocks_per_seq = bt.shape[1];
@@ -348,13 +356,16 @@ af_status validate_attention_args(const af_attention_args* args, AttentionProble
   // ---- Scalars.
   float scale = args->softmax_scale;
   if (std::isnan(scale) || std::isinf(scale) || scale < 0.0f)
-    return fail(AF_ERR_INVALID_ARGUMENT, "softmax_scale must be finite and >= 0 (0 means 1/sqrt(head_dim)), got %g", double(scale));
+    return fail(AF_ERR_INVALID_ARGUMENT, "softmax_scale must be finite and >= 0 (0 means 1/sqrt(head_dim)), got %g",
+                double(scale));
   if (scale == 0.0f) scale = float(1.0 / std::sqrt(double(head_dim)));
   if (std::isnan(args->softcap) || std::isinf(args->softcap) || args->softcap < 0.0f)
-    return fail(AF_ERR_INVALID_ARGUMENT, "softcap must be finite and >= 0 (0 disables it), got %g", double(args->softcap));
+    return fail(AF_ERR_INVALID_ARGUMENT, "softcap must be finite and >= 0 (0 disables it), got %g",
+                double(args->softcap));
   const int32_t num_splits = args->struct_size >= kArgsV2Size ? args->num_splits : 0;
   if (num_splits < 0 || num_splits > 256)
-    return fail(AF_ERR_INVALID_ARGUMENT, "num_splits must be in 0..256 (0 heuristic, 1 no split), got %d", int(num_splits));
+    return fail(AF_ERR_INVALID_ARGUMENT, "num_splits must be in 0..256 (0 heuristic, 1 no split), got %d",
+                int(num_splits));
   if (args->window_left < -1 || args->window_right < -1)
     return fail(AF_ERR_INVALID_ARGUMENT, "window sizes must be >= 0 or -1 (unbounded), got (%d, %d)",
                 int(args->window_left), int(args->window_right));
@@ -364,7 +375,8 @@ af_status validate_attention_args(const af_attention_args* args, AttentionProble
   const int32_t* cu_k = args->cu_seqlens_k != nullptr ? static_cast<const int32_t*>(args->cu_seqlens_k->data) : nullptr;
   const int32_t* seqused = args->seqused_k != nullptr ? static_cast<const int32_t*>(args->seqused_k->data) : nullptr;
   const int32_t* leftpad = args->leftpad_k != nullptr ? static_cast<const int32_t*>(args->leftpad_k->data) : nullptr;
-  const int32_t* kv_idx = args->kv_batch_idx != nullptr ? static_cast<const int32_t*>(args->kv_batch_idx->data) : nullptr;
+  const int32_t* kv_idx =
+      args->kv_batch_idx != nullptr ? static_cast<const int32_t*>(args->kv_batch_idx->data) : nullptr;
   const int32_t* table = paged ? static_cast<const int32_t*>(args->block_table->data) : nullptr;
   if (host && call) {
     if (varlen) {
@@ -401,8 +413,8 @@ af_status validate_attention_args(const af_attention_args* args, AttentionProble
         end = seqused[b];
       }
       if (leftpad != nullptr && (leftpad[b] < 0 || leftpad[b] > end))
-        return fail(AF_ERR_SEQLENS, "leftpad_k[%lld] = %d is outside [0, %lld] (the end of the used keys)", (long long)b,
-                    int(leftpad[b]), (long long)end);
+        return fail(AF_ERR_SEQLENS, "leftpad_k[%lld] = %d is outside [0, %lld] (the end of the used keys)",
+                    (long long)b, int(leftpad[b]), (long long)end);
       if (kv_idx != nullptr && (kv_idx[b] < 0 || kv_idx[b] >= kv_batches))
         return fail(AF_ERR_INVALID_ARGUMENT, "kv_batch_idx[%lld] = %d is outside [0, %lld)", (long long)b,
                     int(kv_idx[b]), (long long)kv_batches);
@@ -486,9 +498,9 @@ af_status check_same_shapes(const AttentionProblem& plan, const AttentionProblem
     int64_t planned, called;
   };
   auto aligned = [](const AttentionProblem& p) {
-    const int64_t strides[] = {p.q_batch_stride, p.q_row_stride, p.q_head_stride, p.k_batch_stride, p.k_row_stride,
-                               p.k_head_stride,  p.v_batch_stride, p.v_row_stride, p.v_head_stride,
-                               p.out_batch_stride, p.out_row_stride, p.out_head_stride};
+    const int64_t strides[] = {p.q_batch_stride, p.q_row_stride,     p.q_head_stride,  p.k_batch_stride,
+                               p.k_row_stride,   p.k_head_stride,    p.v_batch_stride, p.v_row_stride,
+                               p.v_head_stride,  p.out_batch_stride, p.out_row_stride, p.out_head_stride};
     int64_t bits = 0;
     for (int i = 0; i < 12; ++i) bits |= int64_t(strides[i] % 8 == 0) << i;
     return bits;

@@ -87,11 +87,17 @@ int parse_options(int argc, char** argv, BenchOptions* o, bool* done) {
       *done = true;
       return 0;
     }
-    if (flag == "--causal") { o->causal = true; continue; }
-    if (flag == "--json") { o->json = true; continue; }
-    static const char* const kValueFlags[] = {"--batch", "--seqlen", "--seqlen-q", "--seqlen-k", "--heads",
-                                              "--kv-heads", "--head-dim", "--threads", "--iters", "--warmup",
-                                              "--softcap", "--window", "--dtype"};
+    if (flag == "--causal") {
+      o->causal = true;
+      continue;
+    }
+    if (flag == "--json") {
+      o->json = true;
+      continue;
+    }
+    static const char* const kValueFlags[] = {"--batch",    "--seqlen",   "--seqlen-q", "--seqlen-k", "--heads",
+                                              "--kv-heads", "--head-dim", "--threads",  "--iters",    "--warmup",
+                                              "--softcap",  "--window",   "--dtype"};
     if (std::none_of(std::begin(kValueFlags), std::end(kValueFlags), [&](const char* f) { return flag == f; })) {
       std::fprintf(stderr, "attnforge bench: unknown option '%s' (see --help)\n", flag.c_str());
       return 2;
@@ -105,24 +111,46 @@ int parse_options(int argc, char** argv, BenchOptions* o, bool* done) {
     bool ok = true;
     // Sizes up to 2^31 - 1 each (their product is checked below); counts up to 10^6.
     constexpr int64_t kMaxSize = INT32_MAX, kMaxCount = 1000000;
-    if (flag == "--batch") ok = parse_int(value, 0, kMaxSize, &o->batch);
-    else if (flag == "--seqlen") { ok = parse_int(value, 0, kMaxSize, &o->seqlen_q); o->seqlen_k = o->seqlen_q; }
-    else if (flag == "--seqlen-q") ok = parse_int(value, 0, kMaxSize, &o->seqlen_q);
-    else if (flag == "--seqlen-k") ok = parse_int(value, 0, kMaxSize, &o->seqlen_k);
-    else if (flag == "--heads") ok = parse_int(value, 1, kMaxSize, &o->heads);
-    else if (flag == "--kv-heads") ok = parse_int(value, 1, kMaxSize, &o->kv_heads);
-    else if (flag == "--head-dim") ok = parse_int(value, 1, kMaxSize, &o->head_dim);
-    else if (flag == "--threads") { ok = parse_int(value, 1, af::kMaxThreads, &n); o->threads = int(n); }
-    else if (flag == "--iters") { ok = parse_int(value, 1, kMaxCount, &n); o->iters = int(n); }
-    else if (flag == "--warmup") { ok = parse_int(value, 0, kMaxCount, &n); o->warmup = int(n); }
-    else if (flag == "--softcap") { char* end = nullptr; o->softcap = std::strtof(value, &end); ok = end != value && *end == '\0' && std::isfinite(o->softcap); }
-    else if (flag == "--window") ok = parse_window(value, &o->window_left, &o->window_right);
+    if (flag == "--batch")
+      ok = parse_int(value, 0, kMaxSize, &o->batch);
+    else if (flag == "--seqlen") {
+      ok = parse_int(value, 0, kMaxSize, &o->seqlen_q);
+      o->seqlen_k = o->seqlen_q;
+    } else if (flag == "--seqlen-q")
+      ok = parse_int(value, 0, kMaxSize, &o->seqlen_q);
+    else if (flag == "--seqlen-k")
+      ok = parse_int(value, 0, kMaxSize, &o->seqlen_k);
+    else if (flag == "--heads")
+      ok = parse_int(value, 1, kMaxSize, &o->heads);
+    else if (flag == "--kv-heads")
+      ok = parse_int(value, 1, kMaxSize, &o->kv_heads);
+    else if (flag == "--head-dim")
+      ok = parse_int(value, 1, kMaxSize, &o->head_dim);
+    else if (flag == "--threads") {
+      ok = parse_int(value, 1, af::kMaxThreads, &n);
+      o->threads = int(n);
+    } else if (flag == "--iters") {
+      ok = parse_int(value, 1, kMaxCount, &n);
+      o->iters = int(n);
+    } else if (flag == "--warmup") {
+      ok = parse_int(value, 0, kMaxCount, &n);
+      o->warmup = int(n);
+    } else if (flag == "--softcap") {
+      char* end = nullptr;
+      o->softcap = std::strtof(value, &end);
+      ok = end != value && *end == '\0' && std::isfinite(o->softcap);
+    } else if (flag == "--window")
+      ok = parse_window(value, &o->window_left, &o->window_right);
     else if (flag == "--dtype") {
       const std::string t = value;
-      if (t == "fp32" || t == "float32") o->dtype = AF_DTYPE_FLOAT32;
-      else if (t == "fp16" || t == "float16") o->dtype = AF_DTYPE_FLOAT16;
-      else if (t == "bf16" || t == "bfloat16") o->dtype = AF_DTYPE_BFLOAT16;
-      else ok = false;
+      if (t == "fp32" || t == "float32")
+        o->dtype = AF_DTYPE_FLOAT32;
+      else if (t == "fp16" || t == "float16")
+        o->dtype = AF_DTYPE_FLOAT16;
+      else if (t == "bf16" || t == "bfloat16")
+        o->dtype = AF_DTYPE_BFLOAT16;
+      else
+        ok = false;
     }
     if (!ok) {
       std::fprintf(stderr, "attnforge bench: bad value '%s' for %s (see --help)\n", value, flag.c_str());
@@ -167,8 +195,10 @@ void fill_random(void* data, int64_t n, af_dtype dtype, uint64_t seed) {
       sum += float(state >> 40) / float(1ull << 24);
     }
     const float x = (sum - 2.0f) * 1.7320508f;
-    if (dtype == AF_DTYPE_FLOAT32) static_cast<float*>(data)[i] = x;
-    else static_cast<uint16_t*>(data)[i] = to_half_bits(x, dtype);
+    if (dtype == AF_DTYPE_FLOAT32)
+      static_cast<float*>(data)[i] = x;
+    else
+      static_cast<uint16_t*>(data)[i] = to_half_bits(x, dtype);
   }
 }
 
@@ -250,19 +280,20 @@ int run_bench(int argc, char** argv) {
   const double tflops = median > 0 ? flops / median / 1e12 : 0;
   const char* dtype_name = o.dtype == AF_DTYPE_FLOAT32 ? "fp32" : o.dtype == AF_DTYPE_FLOAT16 ? "fp16" : "bf16";
   if (o.json) {
-    std::printf("{\"backend\":\"cpu\",\"threads\":%d,\"batch\":%lld,\"seqlen_q\":%lld,\"seqlen_k\":%lld,\"heads\":%lld,"
-                "\"kv_heads\":%lld,\"head_dim\":%lld,\"dtype\":\"%s\",\"causal\":%s,\"window\":[%d,%d],\"iters\":%d,"
-                "\"median_ms\":%.6f,\"min_ms\":%.6f,\"flops\":%.6e,\"tflops\":%.6f}\n",
-                af_get_num_threads(), (long long)o.batch, (long long)o.seqlen_q, (long long)o.seqlen_k,
-                (long long)o.heads, (long long)o.kv_heads, (long long)o.head_dim, dtype_name,
-                o.causal ? "true" : "false", o.window_left, o.window_right, o.iters, median * 1e3,
-                seconds.front() * 1e3, flops, tflops);
+    std::printf(
+        "{\"backend\":\"cpu\",\"threads\":%d,\"batch\":%lld,\"seqlen_q\":%lld,\"seqlen_k\":%lld,\"heads\":%lld,"
+        "\"kv_heads\":%lld,\"head_dim\":%lld,\"dtype\":\"%s\",\"causal\":%s,\"window\":[%d,%d],\"iters\":%d,"
+        "\"median_ms\":%.6f,\"min_ms\":%.6f,\"flops\":%.6e,\"tflops\":%.6f}\n",
+        af_get_num_threads(), (long long)o.batch, (long long)o.seqlen_q, (long long)o.seqlen_k, (long long)o.heads,
+        (long long)o.kv_heads, (long long)o.head_dim, dtype_name, o.causal ? "true" : "false", o.window_left,
+        o.window_right, o.iters, median * 1e3, seconds.front() * 1e3, flops, tflops);
   } else {
-    std::printf("cpu, %d threads, B=%lld Sq=%lld Sk=%lld H=%lld Hk=%lld D=%lld %s%s: median %.3f ms (min %.3f), "
-                "%.4f TFLOP/s\n",
-                af_get_num_threads(), (long long)o.batch, (long long)o.seqlen_q, (long long)o.seqlen_k,
-                (long long)o.heads, (long long)o.kv_heads, (long long)o.head_dim, dtype_name,
-                o.causal ? " causal" : "", median * 1e3, seconds.front() * 1e3, tflops);
+    std::printf(
+        "cpu, %d threads, B=%lld Sq=%lld Sk=%lld H=%lld Hk=%lld D=%lld %s%s: median %.3f ms (min %.3f), "
+        "%.4f TFLOP/s\n",
+        af_get_num_threads(), (long long)o.batch, (long long)o.seqlen_q, (long long)o.seqlen_k, (long long)o.heads,
+        (long long)o.kv_heads, (long long)o.head_dim, dtype_name, o.causal ? " causal" : "", median * 1e3,
+        seconds.front() * 1e3, tflops);
   }
   return 0;
 }

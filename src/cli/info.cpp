@@ -95,9 +95,10 @@ void print_cuda_versions(const JsonValue& cuda) {
   const int driver = cuda_version(cuda["driver"]["version"]);
   const int nvrtc = cuda_version(cuda["nvrtc"]["version"]);
   const std::string n = version_text(nvrtc), d = version_text(driver);
-  std::printf("supported CUDA: NVRTC %s to %s, and a driver of the NVRTC's major version or newer\n"
-              "  (NVRTC 12.x: driver >= 12.0, R525; NVRTC 13.x: driver >= 13.0, R580)\n",
-              version_text(kOldestNvrtc).c_str(), version_text(kNewestTestedNvrtc).c_str());
+  std::printf(
+      "supported CUDA: NVRTC %s to %s, and a driver of the NVRTC's major version or newer\n"
+      "  (NVRTC 12.x: driver >= 12.0, R525; NVRTC 13.x: driver >= 13.0, R580)\n",
+      version_text(kOldestNvrtc).c_str(), version_text(kNewestTestedNvrtc).c_str());
   std::string verdict;
   if (nvrtc == 0) {
     verdict = "no NVRTC: GPU kernels cannot be compiled (pip install nvidia-cuda-nvrtc-cu12, or set ATTNFORGE_NVRTC)";
@@ -108,11 +109,13 @@ void print_cuda_versions(const JsonValue& cuda) {
     verdict = "NVRTC " + n + " is newer than the driver's CUDA " + d +
               ": its cubins are not guaranteed to load there; when one does not, the call fails with "
               "cuModuleLoadData's error and the Python package runs torch SDPA instead, logging why. "
-              "Fix: set ATTNFORGE_NVRTC to an NVRTC " + std::to_string(driver / 1000) + ".x, or update the driver";
+              "Fix: set ATTNFORGE_NVRTC to an NVRTC " +
+              std::to_string(driver / 1000) + ".x, or update the driver";
   } else if (nvrtc > kNewestTestedNvrtc) {
     verdict = "NVRTC " + n + " is newer than the newest tested (" + version_text(kNewestTestedNvrtc) + "): untested";
   } else if (driver == 0) {
-    verdict = "NVRTC " + n + ": supported; no driver here, so kernels can be compiled (attnforge warmup --arch), not run";
+    verdict =
+        "NVRTC " + n + ": supported; no driver here, so kernels can be compiled (attnforge warmup --arch), not run";
   } else {
     verdict = "driver CUDA " + d + ", NVRTC " + n + ": supported";
   }
@@ -137,11 +140,12 @@ bool is_help(const char* arg) { return !std::strcmp(arg, "--help") || !std::strc
 int run_info(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     if (is_help(argv[i])) {
-      std::puts("usage: attnforge info [--json]\n\n"
-                "Version, build, and each backend with whether it runs on this machine; for the\n"
-                "CUDA backend every probing step (driver, devices, NVRTC, cache) and, when one\n"
-                "fails, which and why.\n"
-                "exit codes: 0 ok (also when only the CPU backend is available), 2 usage/internal error");
+      std::puts(
+          "usage: attnforge info [--json]\n\n"
+          "Version, build, and each backend with whether it runs on this machine; for the\n"
+          "CUDA backend every probing step (driver, devices, NVRTC, cache) and, when one\n"
+          "fails, which and why.\n"
+          "exit codes: 0 ok (also when only the CPU backend is available), 2 usage/internal error");
       return 0;
     }
     if (std::strcmp(argv[i], "--json") != 0) return unknown_option("info", argv[i]);
@@ -174,8 +178,10 @@ int run_info(int argc, char** argv) {
   }
   const JsonValue& cache = report["kernel_cache"];
   std::printf("kernel cache: %s", cache["directory"].string.empty() ? "(none)" : cache["directory"].string.c_str());
-  if (cache["usable"].boolean) std::printf("\n");
-  else std::printf(" (not used: %s)\n", cache["reason"].string.c_str());
+  if (cache["usable"].boolean)
+    std::printf("\n");
+  else
+    std::printf(" (not used: %s)\n", cache["reason"].string.c_str());
   print_cuda_versions(report["backends"]["cuda"]);
   return 0;
 }
@@ -185,8 +191,8 @@ namespace {
 void print_progress(void*, int32_t done, int32_t total, const char* item) {
   const int width = 30;
   const int filled = total > 0 ? int(int64_t(done) * width / total) : width;
-  std::fprintf(stderr, "\r[%.*s%*s] %d/%d %-40.40s", filled, "##############################", width - filled, "",
-               done, total, item != nullptr ? item : "");
+  std::fprintf(stderr, "\r[%.*s%*s] %d/%d %-40.40s", filled, "##############################", width - filled, "", done,
+               total, item != nullptr ? item : "");
   if (done == total) std::fputc('\n', stderr);
   std::fflush(stderr);
 }
@@ -209,12 +215,13 @@ int run_warmup(int argc, char** argv) {
   std::vector<const char*> archs;
   for (int i = 1; i < argc; ++i) {
     if (is_help(argv[i])) {
-      std::puts("usage: attnforge warmup [--arch sm_XX ...]\n\n"
-                "Compiles the common kernel variants with NVRTC into the kernel cache, for the\n"
-                "given architectures (sm_80, sm_86, sm_89, sm_90a, ...) or, by default, for the\n"
-                "GPUs of this machine. Needs NVRTC, not a GPU: build an image once, run it air-gapped.\n"
-                "exit codes: 0 every kernel is in the cache, 1 compilation, NVRTC or cache failure\n"
-                "(nothing is reported ready that could not be stored), 2 usage error");
+      std::puts(
+          "usage: attnforge warmup [--arch sm_XX ...]\n\n"
+          "Compiles the common kernel variants with NVRTC into the kernel cache, for the\n"
+          "given architectures (sm_80, sm_86, sm_89, sm_90a, ...) or, by default, for the\n"
+          "GPUs of this machine. Needs NVRTC, not a GPU: build an image once, run it air-gapped.\n"
+          "exit codes: 0 every kernel is in the cache, 1 compilation, NVRTC or cache failure\n"
+          "(nothing is reported ready that could not be stored), 2 usage error");
       return 0;
     }
     if (!std::strcmp(argv[i], "--arch")) {
@@ -223,7 +230,8 @@ int run_warmup(int argc, char** argv) {
         return 2;
       }
       if (!is_arch_name(argv[++i])) {
-        std::fprintf(stderr, "attnforge warmup: --arch '%s' is not an architecture (sm_80, sm_86, sm_89, sm_90a, ...)\n",
+        std::fprintf(stderr,
+                     "attnforge warmup: --arch '%s' is not an architecture (sm_80, sm_86, sm_89, sm_90a, ...)\n",
                      argv[i]);
         return 2;
       }
@@ -232,7 +240,8 @@ int run_warmup(int argc, char** argv) {
       return unknown_option("warmup", argv[i]);
     }
   }
-  const af_status status = af_warmup(archs.data(), int32_t(archs.size()), isatty(2) ? print_progress : nullptr, nullptr);
+  const af_status status =
+      af_warmup(archs.data(), int32_t(archs.size()), isatty(2) ? print_progress : nullptr, nullptr);
   if (status != AF_OK) {
     std::fprintf(stderr, "attnforge warmup: %s: %s\n", af_status_string(status), af_last_error_message());
     return status == AF_ERR_INVALID_ARGUMENT ? 2 : 1;

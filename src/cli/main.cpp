@@ -29,7 +29,6 @@ const char kUsage[] =
     "`attnforge <command> --help` describes each command.\n"
     "exit codes: 0 success, 1 failure or problems found, 2 usage or internal error\n";
 
-
 int dispatch(int argc, char** argv) {
   if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h") || !std::strcmp(argv[1], "help")) {
     std::fputs(kUsage, argc < 2 ? stderr : stdout);

@@ -106,8 +106,12 @@ double check_case(const Case& c, ForwardFn forward, MessageFn message, uint64_t 
         const float* qi = &q[((b * c.seqlen_q + i) * c.heads + h) * c.head_dim];
         double max_score = -INFINITY;
         for (int64_t j = 0; j < c.seqlen_k; ++j) {
-          const bool visible = (c.window_left < 0 || j >= diagonal - c.window_left) && (right < 0 || j <= diagonal + right);
-          if (!visible) { scores[j] = -INFINITY; continue; }
+          const bool visible =
+              (c.window_left < 0 || j >= diagonal - c.window_left) && (right < 0 || j <= diagonal + right);
+          if (!visible) {
+            scores[j] = -INFINITY;
+            continue;
+          }
           const float* kj = &k[((b * c.seqlen_k + j) * c.kv_heads + h / group) * c.head_dim];
           double dot = 0;
           for (int64_t d = 0; d < c.head_dim; ++d) dot += double(qi[d]) * kj[d];
@@ -129,7 +133,8 @@ double check_case(const Case& c, ForwardFn forward, MessageFn message, uint64_t 
           double ref = 0;
           for (int64_t j = 0; j < c.seqlen_k; ++j)
             if (scores[j] != -INFINITY)
-              ref += std::exp(scores[j] - max_score) / sum * v[((b * c.seqlen_k + j) * c.kv_heads + h / group) * c.head_dim + d];
+              ref += std::exp(scores[j] - max_score) / sum *
+                     v[((b * c.seqlen_k + j) * c.kv_heads + h / group) * c.head_dim + d];
           const double diff = std::fabs(double(oi[d]) - ref);
           worst = std::isnan(diff) ? INFINITY : std::fmax(worst, diff);
         }
@@ -143,12 +148,13 @@ int run_selftest(int argc, char** argv) {
   const char* library = nullptr;
   for (int i = 1; i < argc; ++i) {
     if (is_help(argv[i])) {
-      std::puts("usage: attnforge selftest [--library PATH]\n\n"
-                "Runs attention on the CPU backend on fresh random fp32 inputs (dense, causal with GQA\n"
-                "and Sq < Sk, a sliding window, fully masked rows) and checks outputs and LSE against\n"
-                "a float64 reference. --library checks that libattnforge.so (loaded with dlopen)\n"
-                "instead of the core built into this command.\n"
-                "exit codes: 0 all correct, 1 a check failed or the library did not load, 2 usage error");
+      std::puts(
+          "usage: attnforge selftest [--library PATH]\n\n"
+          "Runs attention on the CPU backend on fresh random fp32 inputs (dense, causal with GQA\n"
+          "and Sq < Sk, a sliding window, fully masked rows) and checks outputs and LSE against\n"
+          "a float64 reference. --library checks that libattnforge.so (loaded with dlopen)\n"
+          "instead of the core built into this command.\n"
+          "exit codes: 0 all correct, 1 a check failed or the library did not load, 2 usage error");
       return 0;
     }
     if (!std::strcmp(argv[i], "--library") && i + 1 < argc) {
@@ -185,9 +191,11 @@ int run_selftest(int argc, char** argv) {
     const double err = check_case(c, forward, message, seed, &error);
     const bool ok = err <= tolerance;
     failures += !ok;
-    std::printf("  %-34s max error %.2e  %s%s\n", c.name, err, ok ? "ok" : "FAILED", error.empty() ? "" : (" " + error).c_str());
+    std::printf("  %-34s max error %.2e  %s%s\n", c.name, err, ok ? "ok" : "FAILED",
+                error.empty() ? "" : (" " + error).c_str());
   }
-  std::printf("seed %llu: %d passed, %d failed\n", (unsigned long long)seed, int(std::size(kCases)) - failures, failures);
+  std::printf("seed %llu: %d passed, %d failed\n", (unsigned long long)seed, int(std::size(kCases)) - failures,
+              failures);
   return failures == 0 ? 0 : 1;
 }
 

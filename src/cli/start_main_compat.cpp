@@ -25,8 +25,8 @@ static void run_constructors(int argc, char** argv, char** envp) {
 }
 
 __attribute__((visibility("hidden"))) int __wrap___libc_start_main(MainFn main_fn, int argc, char** argv, InitFn,
-                                                                    void (*)(void), void (*rtld_fini)(void),
-                                                                    void* stack_end) {
+                                                                   void (*)(void), void (*rtld_fini)(void),
+                                                                   void* stack_end) {
   return af_compat_libc_start_main(main_fn, argc, argv, run_constructors, nullptr, rtld_fini, stack_end);
 }
 

@@ -13,9 +13,9 @@ void clear_error();
 const char* last_error();
 
 // Propagates a non-OK status from an expression that already recorded its message.
-#define AF_RETURN_IF_ERROR(expr)          \
-  do {                                    \
-    af_status af_status_ = (expr);        \
+#define AF_RETURN_IF_ERROR(expr)                \
+  do {                                          \
+    af_status af_status_ = (expr);              \
     if (af_status_ != AF_OK) return af_status_; \
   } while (0)
 

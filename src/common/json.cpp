@@ -50,7 +50,9 @@ class JsonParser {
   static constexpr int kMaxDepth = 64;
 
   void skip_space() {
-    while (pos_ < text_.size() && (text_[pos_] == ' ' || text_[pos_] == '\n' || text_[pos_] == '\t' || text_[pos_] == '\r')) ++pos_;
+    while (pos_ < text_.size() &&
+           (text_[pos_] == ' ' || text_[pos_] == '\n' || text_[pos_] == '\t' || text_[pos_] == '\r'))
+      ++pos_;
   }
 
   bool expect(const char* word) {
@@ -76,9 +78,20 @@ class JsonParser {
       v->kind = JsonValue::Kind::String;
       return parse_string(&v->string);
     }
-    if (c == 't') { v->kind = JsonValue::Kind::Bool; v->boolean = true; return expect("true"); }
-    if (c == 'f') { v->kind = JsonValue::Kind::Bool; v->boolean = false; return expect("false"); }
-    if (c == 'n') { v->kind = JsonValue::Kind::Null; return expect("null"); }
+    if (c == 't') {
+      v->kind = JsonValue::Kind::Bool;
+      v->boolean = true;
+      return expect("true");
+    }
+    if (c == 'f') {
+      v->kind = JsonValue::Kind::Bool;
+      v->boolean = false;
+      return expect("false");
+    }
+    if (c == 'n') {
+      v->kind = JsonValue::Kind::Null;
+      return expect("null");
+    }
     return parse_number(v);
   }
 
@@ -97,7 +110,10 @@ class JsonParser {
     while (pos_ < text_.size()) {
       const char c = text_[pos_++];
       if (c == '"') return true;
-      if (c != '\\') { *out += c; continue; }
+      if (c != '\\') {
+        *out += c;
+        continue;
+      }
       if (pos_ >= text_.size()) break;
       const char e = text_[pos_++];
       switch (e) {
@@ -132,14 +148,23 @@ class JsonParser {
     v->kind = JsonValue::Kind::Array;
     ++pos_;
     skip_space();
-    if (pos_ < text_.size() && text_[pos_] == ']') { ++pos_; return true; }
+    if (pos_ < text_.size() && text_[pos_] == ']') {
+      ++pos_;
+      return true;
+    }
     for (;;) {
       v->array.emplace_back();
       if (!parse_value(&v->array.back(), depth + 1)) return false;
       skip_space();
       if (pos_ >= text_.size()) return error("unterminated array");
-      if (text_[pos_] == ',') { ++pos_; continue; }
-      if (text_[pos_] == ']') { ++pos_; return true; }
+      if (text_[pos_] == ',') {
+        ++pos_;
+        continue;
+      }
+      if (text_[pos_] == ']') {
+        ++pos_;
+        return true;
+      }
       return error("expected , or ]");
     }
   }
@@ -148,7 +173,10 @@ class JsonParser {
     v->kind = JsonValue::Kind::Object;
     ++pos_;
     skip_space();
-    if (pos_ < text_.size() && text_[pos_] == '}') { ++pos_; return true; }
+    if (pos_ < text_.size() && text_[pos_] == '}') {
+      ++pos_;
+      return true;
+    }
     for (;;) {
       skip_space();
       if (pos_ >= text_.size() || text_[pos_] != '"') return error("expected a key");
@@ -161,8 +189,14 @@ class JsonParser {
       if (!parse_value(&v->object.back().second, depth + 1)) return false;
       skip_space();
       if (pos_ >= text_.size()) return error("unterminated object");
-      if (text_[pos_] == ',') { ++pos_; continue; }
-      if (text_[pos_] == '}') { ++pos_; return true; }
+      if (text_[pos_] == ',') {
+        ++pos_;
+        continue;
+      }
+      if (text_[pos_] == '}') {
+        ++pos_;
+        return true;
+      }
       return error("expected , or }");
     }
   }

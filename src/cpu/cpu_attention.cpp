@@ -53,8 +53,7 @@ bool isa_supported(Isa isa) {
 #if defined(__x86_64__)
   __builtin_cpu_init();
   switch (isa) {
-    case Isa::kAvx512Bf16:
-      return isa_supported(Isa::kAvx512) && __builtin_cpu_supports("avx512bf16");
+    case Isa::kAvx512Bf16: return isa_supported(Isa::kAvx512) && __builtin_cpu_supports("avx512bf16");
     case Isa::kAvx512:
       return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     case Isa::kAvx2: return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
@@ -68,9 +67,9 @@ bool isa_supported(Isa isa) {
 
 Isa best_isa() {
   static const Isa best = isa_supported(Isa::kAvx512Bf16) ? Isa::kAvx512Bf16
-                          : isa_supported(Isa::kAvx512) ? Isa::kAvx512
-                          : isa_supported(Isa::kAvx2) ? Isa::kAvx2
-                                                      : Isa::kBaseline;
+                          : isa_supported(Isa::kAvx512)   ? Isa::kAvx512
+                          : isa_supported(Isa::kAvx2)     ? Isa::kAvx2
+                                                          : Isa::kBaseline;
   return best;
 }
 
@@ -134,7 +133,8 @@ af_status attention_forward(const AttentionProblem& p, Isa isa) {
       if (extents[b].q_len > 0) all_tiles += p.heads_kv * ((extents[b].k_len + kTileK - 1) / kTileK);
     const int64_t wave_tiles = std::max(max_key_tiles, std::min(all_tiles, kWaveFloats / tile_floats));
     std::vector<float> packed_storage(size_t(wave_tiles * tile_floats + 16));
-    float* packed = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(packed_storage.data()) + 63) & ~uintptr_t(63));
+    float* packed =
+        reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(packed_storage.data()) + 63) & ~uintptr_t(63));
     std::vector<Unit> wave;
     std::vector<int64_t> tile_unit;  // (wave tiles): the unit each packed tile belongs to
     std::atomic<bool> out_of_memory{false};
@@ -177,13 +177,15 @@ af_status attention_forward(const AttentionProblem& p, Isa isa) {
           // and starting with the longest items balances the threads' ends.
           const int64_t row_begin = (query_tiles - 1 - (n - u.first_item) % query_tiles) * kTileQ;
           SequenceHead s;
-          s.q = static_cast<const char*>(p.q) + bytes * (b * p.q_batch_stride + e.q_row0 * p.q_row_stride + h * p.q_head_stride);
+          s.q = static_cast<const char*>(p.q) +
+                bytes * (b * p.q_batch_stride + e.q_row0 * p.q_row_stride + h * p.q_head_stride);
           s.q_row_stride = p.q_row_stride;
           s.out = static_cast<char*>(p.out) +
                   bytes * (b * p.out_batch_stride + e.q_row0 * p.out_row_stride + h * p.out_head_stride);
           s.out_row_stride = p.out_row_stride;
-          s.lse = p.lse == nullptr ? nullptr
-                                   : p.lse + b * p.lse_batch_stride + h * p.lse_head_stride + e.q_row0 * p.lse_row_stride;
+          s.lse = p.lse == nullptr
+                      ? nullptr
+                      : p.lse + b * p.lse_batch_stride + h * p.lse_head_stride + e.q_row0 * p.lse_row_stride;
           s.lse_row_stride = p.lse_row_stride;
           s.packed_kv = packed + u.first_tile * tile_floats;
           s.q_len = e.q_len;
@@ -217,7 +219,8 @@ af_status attention_forward(const AttentionProblem& p, Isa isa) {
     }
     if (!wave.empty()) run_wave(tiles, items);
   } catch (const std::bad_alloc&) {
-    return fail(AF_ERR_OUT_OF_MEMORY, "the CPU backend could not allocate its key offsets, packed keys or tile scratch");
+    return fail(AF_ERR_OUT_OF_MEMORY,
+                "the CPU backend could not allocate its key offsets, packed keys or tile scratch");
   }
   return AF_OK;
 }

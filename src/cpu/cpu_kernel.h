@@ -22,22 +22,22 @@ constexpr int64_t kTileK = 128;
 
 // Problem-wide constants.
 struct KernelConfig {
-  int32_t dtype;          // af_dtype of q, k, v, out
-  int32_t head_dim;       // D
-  int32_t padded_dim;     // Dp: D rounded up to 16 floats (the widest vector)
-  float softmax_scale;    // resolved, > 0
-  float softcap;          // 0: off
-  int64_t window_left;    // -1: unbounded
-  int64_t window_right;   // -1: unbounded (causal already folded in as 0)
+  int32_t dtype;         // af_dtype of q, k, v, out
+  int32_t head_dim;      // D
+  int32_t padded_dim;    // Dp: D rounded up to 16 floats (the widest vector)
+  float softmax_scale;   // resolved, > 0
+  float softcap;         // 0: off
+  int64_t window_left;   // -1: unbounded
+  int64_t window_right;  // -1: unbounded (causal already folded in as 0)
 };
 
 // The keys and values of one (sequence, kv head), in the caller's layout.
 // Offsets are in elements of the tensor's dtype.
 struct KeyValueSource {
-  const void* k;              // the tensor's element 0 plus this kv head's offset
+  const void* k;  // the tensor's element 0 plus this kv head's offset
   const void* v;
-  const int64_t* k_offsets;   // (k_len): element offset of key row j (paging, left padding resolved)
-  const int64_t* v_offsets;   // (k_len)
+  const int64_t* k_offsets;  // (k_len): element offset of key row j (paging, left padding resolved)
+  const int64_t* v_offsets;  // (k_len)
   int64_t k_len;
 };
 
@@ -51,16 +51,16 @@ constexpr int64_t packed_tile_floats(int64_t padded_dim) { return 2 * padded_dim
 
 // One (sequence, query head): where its query rows go. Strides in elements.
 struct SequenceHead {
-  const void* q;              // row 0 of the sequence, this head
+  const void* q;  // row 0 of the sequence, this head
   int64_t q_row_stride;
-  void* out;                  // row 0 of the sequence, this head
+  void* out;  // row 0 of the sequence, this head
   int64_t out_row_stride;
-  float* lse;                 // row 0 of the sequence, this head; null when not wanted
+  float* lse;  // row 0 of the sequence, this head; null when not wanted
   int64_t lse_row_stride;
-  const float* packed_kv;     // the group's packed keys and values (above)
+  const float* packed_kv;  // the group's packed keys and values (above)
   int64_t q_len;
   int64_t k_len;
-  float alibi_slope;          // 0: no ALiBi
+  float alibi_slope;  // 0: no ALiBi
 };
 
 // Floats of scratch one thread needs for run_tile (64-byte aligned).
@@ -75,9 +75,9 @@ using PackFunction = void (*)(const KernelConfig&, const KeyValueSource& kv, int
 using TileFunction = void (*)(const KernelConfig&, const SequenceHead&, int64_t row_begin, int64_t row_end,
                               float* scratch);
 
-#define AF_DECLARE_TILE_KERNELS(isa)                                                                     \
-  namespace isa {                                                                                        \
-  void pack_tile(const KernelConfig&, const KeyValueSource& kv, int64_t tile, float* dst);               \
+#define AF_DECLARE_TILE_KERNELS(isa)                                                                           \
+  namespace isa {                                                                                              \
+  void pack_tile(const KernelConfig&, const KeyValueSource& kv, int64_t tile, float* dst);                     \
   void run_tile(const KernelConfig&, const SequenceHead&, int64_t row_begin, int64_t row_end, float* scratch); \
   }
 AF_DECLARE_TILE_KERNELS(baseline)

@@ -98,9 +98,9 @@ af_status compile_variant(const Variant& v, const std::string& target, bool use_
 
   const NvrtcApi& a = *n.api;
   nvrtcProgram program = nullptr;
-  nvrtcResult r = a.nvrtcCreateProgram(&program, module_source(v.family).c_str(),
-                                         (std::string("attnforge_") + family(v.family).name + ".cu").c_str(), 0, nullptr,
-                                         nullptr);
+  nvrtcResult r =
+      a.nvrtcCreateProgram(&program, module_source(v.family).c_str(),
+                           (std::string("attnforge_") + family(v.family).name + ".cu").c_str(), 0, nullptr, nullptr);
   if (r != 0) return fail(AF_ERR_COMPILE, "nvrtcCreateProgram(%s): %s", v.name.c_str(), a.nvrtcGetErrorString(r));
   std::vector<const char*> argv;
   for (const std::string& option : options) argv.push_back(option.c_str());
@@ -123,8 +123,9 @@ af_status compile_variant(const Variant& v, const std::string& target, bool use_
     r = is_cubin ? a.nvrtcGetCUBIN(program, out->binary.data()) : a.nvrtcGetPTX(program, out->binary.data());
   }
   a.nvrtcDestroyProgram(&program);
-  if (r != 0 || size == 0) return fail(AF_ERR_COMPILE, "NVRTC returned no %s for %s (%s)", is_cubin ? "cubin" : "PTX",
-                                       v.name.c_str(), target.c_str());
+  if (r != 0 || size == 0)
+    return fail(AF_ERR_COMPILE, "NVRTC returned no %s for %s (%s)", is_cubin ? "cubin" : "PTX", v.name.c_str(),
+                target.c_str());
   parse_resources(family(v.family).entry, out);
   out->seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   // A cache that cannot be written costs speed, not correctness: the kernel is still usable.

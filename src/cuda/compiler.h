@@ -10,12 +10,12 @@
 namespace af::cuda {
 
 struct CompiledKernel {
-  std::vector<char> binary;   // cubin, or NUL-terminated PTX when is_cubin is false
+  std::vector<char> binary;  // cubin, or NUL-terminated PTX when is_cubin is false
   bool is_cubin = true;
   bool from_cache = false;
-  double seconds = 0;         // compile (or cache read) wall time
-  std::string log;            // NVRTC log (ptxas resource report included), empty from cache
-  int registers = -1;         // from the ptxas report; -1 when unknown (cache hit, PTX)
+  double seconds = 0;  // compile (or cache read) wall time
+  std::string log;     // NVRTC log (ptxas resource report included), empty from cache
+  int registers = -1;  // from the ptxas report; -1 when unknown (cache hit, PTX)
   int stack_bytes = -1;
   int spill_store_bytes = -1;
   int spill_load_bytes = -1;

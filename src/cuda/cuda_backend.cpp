@@ -33,7 +33,9 @@ std::string report_json() {
   const DriverState& d = driver();
   std::string json = "{\"driver\":{\"found\":" + std::string(d.ok ? "true" : "false");
   if (!d.library.empty()) json += ",\"library\":" + json_quote(d.library);
-  if (d.version > 0) json += ",\"version\":" + json_quote(std::to_string(d.version / 1000) + "." + std::to_string(d.version % 1000 / 10));
+  if (d.version > 0)
+    json +=
+        ",\"version\":" + json_quote(std::to_string(d.version / 1000) + "." + std::to_string(d.version % 1000 / 10));
   if (!d.ok) json += ",\"failure\":" + json_quote(d.failure);
   json += ",\"devices\":[";
   const NvrtcState& n = nvrtc();
@@ -47,8 +49,9 @@ std::string report_json() {
   }
   json += "]},\"nvrtc\":{\"found\":" + std::string(n.ok ? "true" : "false");
   if (n.ok) {
-    json += ",\"library\":" + json_quote(n.library) + ",\"version\":" +
-            json_quote(std::to_string(n.major) + "." + std::to_string(n.minor)) + ",\"supported_archs\":[";
+    json += ",\"library\":" + json_quote(n.library) +
+            ",\"version\":" + json_quote(std::to_string(n.major) + "." + std::to_string(n.minor)) +
+            ",\"supported_archs\":[";
     for (size_t i = 0; i < n.supported_archs.size(); ++i) json += (i ? "," : "") + std::to_string(n.supported_archs[i]);
     json += "]";
   } else {
@@ -59,9 +62,9 @@ std::string report_json() {
   json += "]}";
   if (d.ok && n.ok && n.major * 1000 > d.version)
     json += ",\"warning\":" + json_quote("NVRTC " + std::to_string(n.major) + "." + std::to_string(n.minor) +
-                                          " is newer than the driver (CUDA " + std::to_string(d.version / 1000) + "." +
-                                          std::to_string(d.version % 1000 / 10) +
-                                          "); its cubins may not load: point ATTNFORGE_NVRTC at an older NVRTC");
+                                         " is newer than the driver (CUDA " + std::to_string(d.version / 1000) + "." +
+                                         std::to_string(d.version % 1000 / 10) +
+                                         "); its cubins may not load: point ATTNFORGE_NVRTC at an older NVRTC");
   json += ",\"cache_dir\":" + json_quote(cache_directory()) + ",\"variants\":" + std::to_string(variants().size());
   const af_status status = available();
   json += ",\"available\":" + std::string(status == AF_OK ? "true" : "false");
@@ -79,7 +82,8 @@ af_status warmup(const char* const* archs, int n_archs, af_progress_callback pro
     for (int i = 0; i < n_archs; ++i) {
       const std::string target = archs[i] != nullptr ? normalise_target(archs[i]) : "";
       if (target.empty())
-        return fail(AF_ERR_INVALID_ARGUMENT, "warmup: '%s' is not an architecture NVRTC %d.%d can target (sm_80 or newer)",
+        return fail(AF_ERR_INVALID_ARGUMENT,
+                    "warmup: '%s' is not an architecture NVRTC %d.%d can target (sm_80 or newer)",
                     archs[i] != nullptr ? archs[i] : "(null)", n.major, n.minor);
       targets.push_back(target);
     }

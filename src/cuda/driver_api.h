@@ -34,10 +34,10 @@ constexpr int CU_STREAM_CAPTURE_STATUS_NONE = 0;
 // CUmemPoolProps: allocation type, handle types, location (type, id), then fields that must be
 // zero; the driver reads at most its own struct size (88 bytes up to CUDA 13).
 struct CUmemPoolProps {
-  int alloc_type;      // CU_MEM_ALLOCATION_TYPE_PINNED = 1
-  int handle_types;    // CU_MEM_HANDLE_TYPE_NONE = 0
-  int location_type;   // CU_MEM_LOCATION_TYPE_DEVICE = 1
-  int location_id;     // device ordinal
+  int alloc_type;     // CU_MEM_ALLOCATION_TYPE_PINNED = 1
+  int handle_types;   // CU_MEM_HANDLE_TYPE_NONE = 0
+  int location_type;  // CU_MEM_LOCATION_TYPE_DEVICE = 1
+  int location_id;    // device ordinal
   unsigned char zero[112];
 };
 
@@ -76,8 +76,8 @@ struct DriverApi {
   CUresult (*cuModuleGetFunction)(CUfunction*, CUmodule, const char*);
   CUresult (*cuFuncSetAttribute)(CUfunction, int, int);
   CUresult (*cuOccupancyMaxActiveBlocksPerMultiprocessor)(int*, CUfunction, int, size_t);
-  CUresult (*cuLaunchKernel)(CUfunction, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned,
-                             CUstream, void**, void**);
+  CUresult (*cuLaunchKernel)(CUfunction, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, CUstream,
+                             void**, void**);
   CUresult (*cuGetErrorString)(CUresult, const char**);
   // Stream-ordered workspace for split-key launches; null when the driver lacks them (< 11.2).
   CUresult (*cuMemPoolCreate)(CUmemoryPool*, const CUmemPoolProps*);
@@ -118,8 +118,8 @@ struct DeviceInfo {
 // Outcome of probing the driver (once per process). ok == false: `failure` names the step.
 struct DriverState {
   bool ok = false;
-  std::string library;          // path or soname that loaded
-  int version = 0;              // cuDriverGetVersion, e.g. 13000
+  std::string library;  // path or soname that loaded
+  int version = 0;      // cuDriverGetVersion, e.g. 13000
   std::vector<DeviceInfo> devices;
   std::string failure;
   const DriverApi* api = nullptr;
@@ -128,7 +128,7 @@ struct DriverState {
 // Outcome of finding NVRTC (once per process, after set_nvrtc_search_path if any).
 struct NvrtcState {
   bool ok = false;
-  std::string library;          // the file that loaded
+  std::string library;  // the file that loaded
   int major = 0, minor = 0;
   std::vector<int> supported_archs;  // e.g. 75, 80, 86, 89, 90, ... (empty: unknown)
   std::vector<std::string> tried;    // every candidate, with why it failed

@@ -70,8 +70,8 @@ void probe_driver() {
   if (!bind(library, "cuMemPoolCreate", &a.cuMemPoolCreate) ||
       !bind(library, "cuMemPoolSetAttribute", &a.cuMemPoolSetAttribute) ||
       !bind(library, "cuMemAllocFromPoolAsync", &a.cuMemAllocFromPoolAsync) ||
-      !bind(library, "cuMemAllocAsync", &a.cuMemAllocAsync) ||
-      !bind(library, "cuMemFreeAsync", &a.cuMemFreeAsync) || !bind(library, "cuStreamIsCapturing", &a.cuStreamIsCapturing))
+      !bind(library, "cuMemAllocAsync", &a.cuMemAllocAsync) || !bind(library, "cuMemFreeAsync", &a.cuMemFreeAsync) ||
+      !bind(library, "cuStreamIsCapturing", &a.cuStreamIsCapturing))
     a.cuMemPoolCreate = nullptr;
   if (!bind(library, "cuLaunchKernelEx", &a.cuLaunchKernelEx)) a.cuLaunchKernelEx = nullptr;
   s.api = &a;
@@ -128,17 +128,15 @@ bool try_nvrtc(const std::string& candidate, NvrtcState& s) {
     return false;
   }
   NvrtcApi& a = g_nvrtc_api;
-  const bool complete = bind(library, "nvrtcVersion", &a.nvrtcVersion) &&
-                        bind(library, "nvrtcCreateProgram", &a.nvrtcCreateProgram) &&
-                        bind(library, "nvrtcCompileProgram", &a.nvrtcCompileProgram) &&
-                        bind(library, "nvrtcGetProgramLogSize", &a.nvrtcGetProgramLogSize) &&
-                        bind(library, "nvrtcGetProgramLog", &a.nvrtcGetProgramLog) &&
-                        bind(library, "nvrtcGetCUBINSize", &a.nvrtcGetCUBINSize) &&
-                        bind(library, "nvrtcGetCUBIN", &a.nvrtcGetCUBIN) &&
-                        bind(library, "nvrtcGetPTXSize", &a.nvrtcGetPTXSize) &&
-                        bind(library, "nvrtcGetPTX", &a.nvrtcGetPTX) &&
-                        bind(library, "nvrtcDestroyProgram", &a.nvrtcDestroyProgram) &&
-                        bind(library, "nvrtcGetErrorString", &a.nvrtcGetErrorString);
+  const bool complete =
+      bind(library, "nvrtcVersion", &a.nvrtcVersion) && bind(library, "nvrtcCreateProgram", &a.nvrtcCreateProgram) &&
+      bind(library, "nvrtcCompileProgram", &a.nvrtcCompileProgram) &&
+      bind(library, "nvrtcGetProgramLogSize", &a.nvrtcGetProgramLogSize) &&
+      bind(library, "nvrtcGetProgramLog", &a.nvrtcGetProgramLog) &&
+      bind(library, "nvrtcGetCUBINSize", &a.nvrtcGetCUBINSize) && bind(library, "nvrtcGetCUBIN", &a.nvrtcGetCUBIN) &&
+      bind(library, "nvrtcGetPTXSize", &a.nvrtcGetPTXSize) && bind(library, "nvrtcGetPTX", &a.nvrtcGetPTX) &&
+      bind(library, "nvrtcDestroyProgram", &a.nvrtcDestroyProgram) &&
+      bind(library, "nvrtcGetErrorString", &a.nvrtcGetErrorString);
   if (!complete) {
     s.tried.push_back(candidate + ": loaded but lacks nvrtcGetCUBIN and friends (NVRTC older than 11.1)");
     dlclose(library);

@@ -128,8 +128,8 @@ std::vector<Variant> build_variants() {
         for (bool extras : {false, true}) {
           Variant v{id, dtype, d, extras, {}, ""};
           for (int c = 0; c < kSharedMemoryClasses; ++c)
-            v.tiles[c] = sm80 ? sm80_tile_for(d, extras, SharedMemoryClass(c))
-                              : decode_tile_for(d, SharedMemoryClass(c));
+            v.tiles[c] =
+                sm80 ? sm80_tile_for(d, extras, SharedMemoryClass(c)) : decode_tile_for(d, SharedMemoryClass(c));
           v.name = std::string(kFamilies[id].name) + (dtype == AF_DTYPE_BFLOAT16 ? "_bf16" : "_fp16") + "_d" +
                    std::to_string(d) + (extras ? "_extras" : "");
           list.push_back(v);
@@ -137,7 +137,8 @@ std::vector<Variant> build_variants() {
     }
   // kvcache: no shared memory, 4 warps (one (row, head) vector each), any head dim.
   for (af_dtype dtype : {AF_DTYPE_BFLOAT16, AF_DTYPE_FLOAT16}) {
-    Variant v{kFamilyKvAppend, dtype, 0, false, {}, std::string("kvcache_") + (dtype == AF_DTYPE_BFLOAT16 ? "bf16" : "fp16")};
+    Variant v{kFamilyKvAppend, dtype, 0,
+              false,           {},    std::string("kvcache_") + (dtype == AF_DTYPE_BFLOAT16 ? "bf16" : "fp16")};
     for (TileConfig& t : v.tiles) t = {4, 0, 0, 0, 0};
     list.push_back(v);
   }

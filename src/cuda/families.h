@@ -31,7 +31,7 @@ struct TileConfig {
   int warps;
   int m_tiles;  // fwd_sm80: m16 tiles per warp (block_m = warps * 16 * m_tiles); decode: 1 (block_m = 16)
   int block_n;
-  int stages;   // K/V ring depth (fwd_sm80 1 to 3, decode 2 to 4)
+  int stages;  // K/V ring depth (fwd_sm80 1 to 3, decode 2 to 4)
   int block_m_rows;
   int block_m() const { return block_m_rows; }
   int threads() const { return warps * 32; }
@@ -45,11 +45,11 @@ SharedMemoryClass shared_memory_class(int arch);
 
 struct Variant {
   FamilyId family;
-  af_dtype dtype;  // AF_DTYPE_BFLOAT16 or AF_DTYPE_FLOAT16
-  int head_dim;    // compiled head dim (kvcache: 0, any head dim)
-  bool extras;     // softcap and ALiBi compiled in
+  af_dtype dtype;                          // AF_DTYPE_BFLOAT16 or AF_DTYPE_FLOAT16
+  int head_dim;                            // compiled head dim (kvcache: 0, any head dim)
+  bool extras;                             // softcap and ALiBi compiled in
   TileConfig tiles[kSharedMemoryClasses];  // indexed by SharedMemoryClass
-  std::string name;                         // "fwd_sm80_bf16_d128" (+ "_extras")
+  std::string name;                        // "fwd_sm80_bf16_d128" (+ "_extras")
   const TileConfig& tile_for(int arch) const { return tiles[shared_memory_class(arch)]; }
   // Q tile plus the K/V ring, 16-bit elements.
   int smem_bytes(int arch) const {

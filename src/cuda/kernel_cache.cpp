@@ -258,8 +258,10 @@ std::string cache_directory() {
     return path;
   }
   // The XDG base directory spec says relative values are invalid and must be ignored.
-  if (const char* xdg = std::getenv("XDG_CACHE_HOME"); xdg != nullptr && *xdg == '/') return std::string(xdg) + "/attnforge";
-  if (const char* home = std::getenv("HOME"); home != nullptr && *home == '/') return std::string(home) + "/.cache/attnforge";
+  if (const char* xdg = std::getenv("XDG_CACHE_HOME"); xdg != nullptr && *xdg == '/')
+    return std::string(xdg) + "/attnforge";
+  if (const char* home = std::getenv("HOME"); home != nullptr && *home == '/')
+    return std::string(home) + "/.cache/attnforge";
   return "";
 }
 
@@ -301,9 +303,11 @@ af_status cache_store(const CacheKey& key, const std::string& label, const std::
   }
   static std::atomic<unsigned> counter{0};
   const std::string hex = key.hex();
-  const std::string temp = kTempPrefix + hex + "-" + std::to_string(getpid()) + "-" + std::to_string(counter.fetch_add(1));
+  const std::string temp =
+      kTempPrefix + hex + "-" + std::to_string(getpid()) + "-" + std::to_string(counter.fetch_add(1));
   const int fd = openat(d.fd, temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
-  if (fd < 0) return store_failed(format("cannot create %s/%s: %s", d.path.c_str(), temp.c_str(), std::strerror(errno)));
+  if (fd < 0)
+    return store_failed(format("cannot create %s/%s: %s", d.path.c_str(), temp.c_str(), std::strerror(errno)));
   uint8_t digest[32];
   Sha256().update(payload.data(), payload.size()).finish(digest);
   const uint64_t size = payload.size();
@@ -338,7 +342,8 @@ af_status cache_list(std::string* json) {
     return AF_OK;
   }
   DIR* listing = fdopendir(dup(d.fd));
-  if (listing == nullptr) return fail(AF_ERR_IO, "kernel cache: cannot list %s: %s", d.path.c_str(), std::strerror(errno));
+  if (listing == nullptr)
+    return fail(AF_ERR_IO, "kernel cache: cannot list %s: %s", d.path.c_str(), std::strerror(errno));
   bool first = true;
   while (const dirent* e = readdir(listing)) {
     const std::string name = e->d_name;
@@ -369,13 +374,15 @@ af_status cache_remove_all() {
   if (!d.refusal.empty()) return fail(AF_ERR_IO, "kernel cache: %s", d.refusal.c_str());
   if (d.fd < 0) return AF_OK;
   DIR* listing = fdopendir(dup(d.fd));
-  if (listing == nullptr) return fail(AF_ERR_IO, "kernel cache: cannot list %s: %s", d.path.c_str(), std::strerror(errno));
+  if (listing == nullptr)
+    return fail(AF_ERR_IO, "kernel cache: cannot list %s: %s", d.path.c_str(), std::strerror(errno));
   af_status status = AF_OK;
   while (const dirent* e = readdir(listing)) {
     const std::string name = e->d_name;
     if (!is_our_entry(name) && !is_our_temp(name)) continue;
     if (unlinkat(d.fd, name.c_str(), 0) != 0 && errno != ENOENT)
-      status = fail(AF_ERR_IO, "kernel cache: cannot remove %s/%s: %s", d.path.c_str(), name.c_str(), std::strerror(errno));
+      status =
+          fail(AF_ERR_IO, "kernel cache: cannot remove %s/%s: %s", d.path.c_str(), name.c_str(), std::strerror(errno));
   }
   closedir(listing);
   return status;

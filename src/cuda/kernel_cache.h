@@ -30,8 +30,8 @@ struct CacheKey {
   std::string hex() const;  // 64 lowercase hex chars
 };
 
-CacheKey make_cache_key(const std::string& source, const std::vector<std::string>& options,
-                        const std::string& target, int nvrtc_major, int nvrtc_minor);
+CacheKey make_cache_key(const std::string& source, const std::vector<std::string>& options, const std::string& target,
+                        int nvrtc_major, int nvrtc_minor);
 
 // $ATTNFORGE_CACHE_DIR, else $XDG_CACHE_HOME/attnforge, else $HOME/.cache/attnforge, as set
 // (a relative $ATTNFORGE_CACHE_DIR is returned as is, and refused by cache_refusal).

@@ -73,11 +73,12 @@ af_status kvcache_append(const KvAppendCall& c) {
   p.interleaved = c.interleaved ? 1 : 0;
   p.q_per_row = c.q_per_row ? 1 : 0;
 
-  const long long vectors = std::max<long long>(
-      (long long)p.batch * p.seqlen_new * p.heads_kv + (long long)p.batch * p.seqlen_q * p.heads_q,
-      p.seqused_out != nullptr ? 1 : 0);
+  const long long vectors =
+      std::max<long long>((long long)p.batch * p.seqlen_new * p.heads_kv + (long long)p.batch * p.seqlen_q * p.heads_q,
+                          p.seqused_out != nullptr ? 1 : 0);
   if (vectors == 0) return AF_OK;
-  if ((vectors + 3) / 4 > INT_MAX) return fail(AF_ERR_UNSUPPORTED, "kvcache append: %lld rows exceed the grid", vectors);
+  if ((vectors + 3) / 4 > INT_MAX)
+    return fail(AF_ERR_UNSUPPORTED, "kvcache append: %lld rows exceed the grid", vectors);
   CUcontext context = nullptr;
   AF_RETURN_IF_ERROR(primary_context(c.device, &context));
   ContextGuard guard(context);

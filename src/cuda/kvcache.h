@@ -14,9 +14,9 @@ struct KvAppendCall {
   void* stream = nullptr;
   const af_tensor* k_cache = nullptr;  // rank 4 each; strides in elements
   const af_tensor* v_cache = nullptr;
-  const af_tensor* k = nullptr;        // or null
+  const af_tensor* k = nullptr;  // or null
   const af_tensor* v = nullptr;
-  const af_tensor* q = nullptr;        // or null
+  const af_tensor* q = nullptr;  // or null
   const af_tensor* q_out = nullptr;
   const af_tensor* rotary_cos = nullptr;  // or null
   const af_tensor* rotary_sin = nullptr;

@@ -44,7 +44,8 @@ af_status primary_context(int device, CUcontext* context) {
   if (*context != nullptr) return AF_OK;
   const DriverState& d = driver();
   const CUresult r = d.api->cuDevicePrimaryCtxRetain(context, d.devices[device].handle);
-  if (r != CUDA_SUCCESS) return fail(AF_ERR_CUDA, "device %d: %s", device, driver_error("cuDevicePrimaryCtxRetain", r).c_str());
+  if (r != CUDA_SUCCESS)
+    return fail(AF_ERR_CUDA, "device %d: %s", device, driver_error("cuDevicePrimaryCtxRetain", r).c_str());
   g_contexts[device].store(*context, std::memory_order_release);
   return AF_OK;
 }
@@ -80,8 +81,10 @@ af_status load_variant(int device, int index, const char* target, LoadedVariant*
                     driver_error("cuModuleLoadData", r).c_str());
       CUfunction combine = nullptr;
       r = d.api->cuModuleGetFunction(&kernel, module, f.entry);
-      if (r == CUDA_SUCCESS && f.combine_entry != nullptr) r = d.api->cuModuleGetFunction(&combine, module, f.combine_entry);
-      if (r != CUDA_SUCCESS) return fail(AF_ERR_CUDA, "%s: %s", v.name.c_str(), driver_error("cuModuleGetFunction", r).c_str());
+      if (r == CUDA_SUCCESS && f.combine_entry != nullptr)
+        r = d.api->cuModuleGetFunction(&combine, module, f.combine_entry);
+      if (r != CUDA_SUCCESS)
+        return fail(AF_ERR_CUDA, "%s: %s", v.name.c_str(), driver_error("cuModuleGetFunction", r).c_str());
       const TileConfig& tile = v.tile_for(arch);
       r = d.api->cuFuncSetAttribute(kernel, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, v.smem_bytes(arch));
       if (r != CUDA_SUCCESS)
@@ -91,9 +94,9 @@ af_status load_variant(int device, int index, const char* target, LoadedVariant*
       r = d.api->cuOccupancyMaxActiveBlocksPerMultiprocessor(&ctas_per_sm, kernel, tile.threads(),
                                                              size_t(v.smem_bytes(arch)));
       if (r != CUDA_SUCCESS || ctas_per_sm < 1)
-        return fail(AF_ERR_CUDA, "%s does not fit an SM of device %d: %s", v.name.c_str(), device,
-                    r != CUDA_SUCCESS ? driver_error("cuOccupancyMaxActiveBlocksPerMultiprocessor", r).c_str()
-                                      : "occupancy 0");
+        return fail(
+            AF_ERR_CUDA, "%s does not fit an SM of device %d: %s", v.name.c_str(), device,
+            r != CUDA_SUCCESS ? driver_error("cuOccupancyMaxActiveBlocksPerMultiprocessor", r).c_str() : "occupancy 0");
       slot.combine = combine;
       slot.wave_ctas = ctas_per_sm * d.devices[device].sm_count;
       slot.kernel.store(kernel, std::memory_order_release);

@@ -87,7 +87,8 @@ af_status choose(const AttentionProblem& p, Choice* choice) {
   AF_RETURN_IF_ERROR(available());
   const DriverState& d = driver();
   if (p.device_index < 0 || p.device_index >= int(d.devices.size()) || p.device_index >= kMaxDevices)
-    return fail(AF_ERR_DEVICE, "cuda backend: device %d does not exist (%zu visible)", p.device_index, d.devices.size());
+    return fail(AF_ERR_DEVICE, "cuda backend: device %d does not exist (%zu visible)", p.device_index,
+                d.devices.size());
   const DeviceInfo& info = d.devices[p.device_index];
   if (info.major < 8)
     return fail(AF_ERR_UNSUPPORTED, "cuda backend: %s is compute capability %d.%d; the kernels need 8.0+",
@@ -111,20 +112,20 @@ af_status choose(const AttentionProblem& p, Choice* choice) {
     return fail(AF_ERR_UNSUPPORTED, "cuda backend: %s needs %d bytes of shared memory, %s allows %d", v.name.c_str(),
                 v.smem_bytes(arch), info.name.c_str(), info.max_smem_optin);
   // 16-byte vector loads and stores: every batch, row and head stride a multiple of 8 elements.
-  const int64_t strides[] = {p.q_batch_stride, p.q_row_stride, p.q_head_stride, p.k_batch_stride, p.k_row_stride,
-                             p.k_head_stride,  p.v_batch_stride, p.v_row_stride, p.v_head_stride, p.out_batch_stride,
-                             p.out_row_stride, p.out_head_stride};
+  const int64_t strides[] = {p.q_batch_stride, p.q_row_stride,     p.q_head_stride,  p.k_batch_stride,
+                             p.k_row_stride,   p.k_head_stride,    p.v_batch_stride, p.v_row_stride,
+                             p.v_head_stride,  p.out_batch_stride, p.out_row_stride, p.out_head_stride};
   for (int64_t s : strides)
     if (s % 8 != 0)
       return fail(AF_ERR_UNSUPPORTED,
                   "cuda backend: every batch, row and head stride must be a multiple of 8 elements (got %lld)",
                   (long long)s);
   const TileConfig& tile = v.tile_for(arch);
-  const int64_t m_blocks = decode ? (packed_rows + tile.block_m() - 1) / tile.block_m()
-                                  : (p.seqlen_q + tile.block_m() - 1) / tile.block_m();
+  const int64_t m_blocks =
+      decode ? (packed_rows + tile.block_m() - 1) / tile.block_m() : (p.seqlen_q + tile.block_m() - 1) / tile.block_m();
   if (!fits_int(p.seqlen_q) || !fits_int(p.seqlen_k) || !fits_int(p.total_q) || !fits_int(p.total_k) ||
-      !fits_int(p.kv_batches) || p.batch * p.heads_q > INT_MAX || p.window_left > INT_MAX ||
-      p.window_right > INT_MAX || m_blocks > 65535 || (decode && (p.batch > 65535 || m_blocks * p.heads_kv > 65535)))
+      !fits_int(p.kv_batches) || p.batch * p.heads_q > INT_MAX || p.window_left > INT_MAX || p.window_right > INT_MAX ||
+      m_blocks > 65535 || (decode && (p.batch > 65535 || m_blocks * p.heads_kv > 65535)))
     return fail(AF_ERR_UNSUPPORTED, "cuda backend: a size exceeds the kernel's 32-bit row indices or grid limits");
   choice->variant = index;
   choice->target = target;
@@ -157,9 +158,9 @@ af_status make_plan(const AttentionProblem& p, const Choice& choice, Plan* plan)
     plan->pair_group = pair_group(pairs, m_blocks, wave, masked);
     const int groups = (pairs + plan->pair_group - 1) / plan->pair_group;
     // gridDim.z = groups * splits is at most 65535.
-    plan->splits = can_split ? std::max(1, std::min(sm80_splits(p.num_splits, pairs * m_blocks, key_blocks, wave),
-                                                    65535 / groups))
-                             : 1;
+    plan->splits =
+        can_split ? std::max(1, std::min(sm80_splits(p.num_splits, pairs * m_blocks, key_blocks, wave), 65535 / groups))
+                  : 1;
     plan->grid[0] = unsigned(plan->pair_group);
     plan->grid[1] = unsigned(m_blocks);
     plan->grid[2] = unsigned(groups * plan->splits);

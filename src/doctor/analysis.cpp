@@ -40,7 +40,9 @@ void replace_all(std::string& text, const std::string& from, const std::string& 
   }
 }
 
-bool starts_with(const std::string& text, const std::string& prefix) { return text.compare(0, prefix.size(), prefix) == 0; }
+bool starts_with(const std::string& text, const std::string& prefix) {
+  return text.compare(0, prefix.size(), prefix) == 0;
+}
 bool ends_with(const std::string& text, const std::string& suffix) {
   return text.size() >= suffix.size() && text.compare(text.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
@@ -83,15 +85,19 @@ std::string function_base_name(const std::string& signature) {
   for (size_t i = 0; i < signature.size(); ++i) {
     if (signature.compare(i, 8, "operator") == 0) {
       i += 8;
-      if (signature.compare(i, 2, "()") == 0) ++i;
+      if (signature.compare(i, 2, "()") == 0)
+        ++i;
       else
         while (i + 1 < signature.size() && std::strchr("<>=!+-*/%^&|~[],", signature[i + 1])) ++i;
       continue;
     }
     char c = signature[i];
-    if (c == '<') ++depth;
-    else if (c == '>') --depth;
-    else if (c == '(' && depth == 0) return signature.substr(0, i);
+    if (c == '<')
+      ++depth;
+    else if (c == '>')
+      --depth;
+    else if (c == '(' && depth == 0)
+      return signature.substr(0, i);
   }
   return signature;
 }
@@ -130,8 +136,9 @@ std::string join(const std::vector<std::string>& items, const std::string& separ
 
 // The libraries `import torch` maps (so a module that needs them loads only after it).
 bool is_torch_library(const std::string& name) {
-  static const char* const kNames[] = {"libc10.so", "libc10_cuda.so", "libtorch.so", "libtorch_cpu.so",
-                                       "libtorch_cuda.so", "libtorch_python.so", "libtorch_global_deps.so"};
+  static const char* const kNames[] = {
+      "libc10.so",          "libc10_cuda.so",         "libtorch.so", "libtorch_cpu.so", "libtorch_cuda.so",
+      "libtorch_python.so", "libtorch_global_deps.so"};
   for (const char* n : kNames) {
     if (name == n || starts_with(name, std::string(n) + ".")) return true;
   }
@@ -170,7 +177,8 @@ std::string shell_quote(const std::string& text) {
 }
 
 constexpr const char* kAttnforgeAlternative =
-    "or, for attention kernels, use attnforge (`pip install attnforge`: no C++ ABI, one wheel for every torch/CUDA/Python)";
+    "or, for attention kernels, use attnforge (`pip install attnforge`: no C++ ABI, one wheel for every "
+    "torch/CUDA/Python)";
 
 }  // namespace
 
@@ -186,7 +194,8 @@ std::string alternative_key(const std::string& file_name) {
         size_t length = std::strlen(stem);
         if (file_name.compare(at, length, stem) != 0) continue;
         size_t digits = at + length;
-        while (digits < file_name.size() && (std::isdigit(static_cast<unsigned char>(file_name[digits])) || file_name[digits] == '.') &&
+        while (digits < file_name.size() &&
+               (std::isdigit(static_cast<unsigned char>(file_name[digits])) || file_name[digits] == '.') &&
                !(file_name[digits] == '.' && file_name.compare(digits, 3, ".so") == 0)) {
           ++digits;
         }
@@ -213,7 +222,9 @@ void judge_optional_libraries(std::vector<BinaryReport>& reports) {
     for (Finding& f : r.findings) {
       if (f.severity != Severity::kError || f.check == "truncated") continue;
       f.severity = Severity::kWarning;
-      f.summary = (r.role == "executable" ? "a program, not loaded by Python: " : "optional (no module links it: a plugin loaded on demand): ") + f.summary;
+      f.summary = (r.role == "executable" ? "a program, not loaded by Python: "
+                                          : "optional (no module links it: a plugin loaded on demand): ") +
+                  f.summary;
     }
   }
 }
@@ -253,8 +264,10 @@ Distribution parse_metadata(const std::string& metadata) {
     start = end + 1;
     if (!line.empty() && line.back() == '\r') line.pop_back();
     if (line.empty()) break;  // the body (description) follows the headers
-    if (starts_with(line, "Name: ")) d.name = line.substr(6);
-    else if (starts_with(line, "Version: ")) d.version = line.substr(9);
+    if (starts_with(line, "Name: "))
+      d.name = line.substr(6);
+    else if (starts_with(line, "Version: "))
+      d.version = line.substr(9);
     else if (starts_with(line, "Requires-Dist: ")) {
       std::string requirement = line.substr(15);
       requirement = requirement.substr(0, requirement.find(';'));  // environment markers
@@ -286,12 +299,13 @@ std::string matching_build_fix(const Distribution& d, const PythonFacts* python)
     std::string wanted = d.torch_requirement.substr(2);
     std::string installed = public_version(torch->version);
     if (wanted != installed) {
-      return "`" + pip + " " + shell_quote(d.name) + " " + shell_quote("torch==" + installed) + "` installs the " + d.name +
-             " release built for your torch " + installed + " (" + d.name + " " + d.version + " pins torch" +
-             d.torch_requirement + "); or `" + pip + " " + shell_quote("torch==" + wanted) + "`, the torch it was built for";
+      return "`" + pip + " " + shell_quote(d.name) + " " + shell_quote("torch==" + installed) + "` installs the " +
+             d.name + " release built for your torch " + installed + " (" + d.name + " " + d.version + " pins torch" +
+             d.torch_requirement + "); or `" + pip + " " + shell_quote("torch==" + wanted) +
+             "`, the torch it was built for";
     }
-    return "`" + pip + " --force-reinstall --no-deps --no-cache-dir " + shell_quote(pinned) + "` (the build of " + pinned +
-           " for this interpreter and platform)";
+    return "`" + pip + " --force-reinstall --no-deps --no-cache-dir " + shell_quote(pinned) + "` (the build of " +
+           pinned + " for this interpreter and platform)";
   }
   return source_build_command(d, python, "");
 }
@@ -303,7 +317,8 @@ std::string source_build_command(const Distribution& d, const PythonFacts* pytho
   std::string pinned = d.version.empty() ? d.name : d.name + "==" + d.version;
   const TorchFacts* torch = python && python->torch.found && !python->torch.version.empty() ? &python->torch : nullptr;
   std::string lowered = d.name;
-  std::transform(lowered.begin(), lowered.end(), lowered.begin(), [](char c) { return c == '_' ? '-' : char(std::tolower(c)); });
+  std::transform(lowered.begin(), lowered.end(), lowered.begin(),
+                 [](char c) { return c == '_' ? '-' : char(std::tolower(c)); });
   std::string build_env = extra_env;
   if (lowered == "flash-attn") {
     // flash-attn's setup.py downloads a prebuilt wheel unless forced; it does not ask torch for the ABI.
@@ -327,8 +342,9 @@ std::string abi_neutral_key(const std::string& demangled) {
 }
 
 bool in_torch_namespace(const std::string& demangled) {
-  static const char* const kSpecialPrefixes[] = {"vtable for ", "typeinfo for ", "typeinfo name for ", "VTT for ",
-                                                 "guard variable for ", "non-virtual thunk to ", "virtual thunk to "};
+  static const char* const kSpecialPrefixes[] = {"vtable for ",      "typeinfo for ",       "typeinfo name for ",
+                                                 "VTT for ",         "guard variable for ", "non-virtual thunk to ",
+                                                 "virtual thunk to "};
   std::string name = demangled;
   for (const char* prefix : kSpecialPrefixes) {
     if (starts_with(name, prefix)) name = name.substr(std::strlen(prefix));
@@ -354,8 +370,10 @@ bool parse_symbol_version(const std::string& version, std::string& family, std::
     if (*p < '0' || *p > '9') return false;
     numbers.push_back(std::atoi(p));
     while (*p >= '0' && *p <= '9') ++p;
-    if (*p == '.') ++p;
-    else if (*p) return false;
+    if (*p == '.')
+      ++p;
+    else if (*p)
+      return false;
   }
   return !numbers.empty();
 }
@@ -364,15 +382,15 @@ bool parse_symbol_version(const std::string& version, std::string& family, std::
 // Scopes: what the loader would map, in lookup order
 
 struct Analyzer::Scope {
-  std::vector<LoadedLibrary*> objects;         // global scope first, then the target's dependency tree
+  std::vector<LoadedLibrary*> objects;           // global scope first, then the target's dependency tree
   std::vector<LibraryResolution> target_needed;  // the target's own DT_NEEDED entries
   std::vector<LibraryResolution> missing;        // every unresolvable DT_NEEDED in the tree
   std::map<std::string, LoadedLibrary*> by_soname;
 };
 
 struct Analyzer::TorchIndex {
-  std::unordered_map<std::string, std::vector<std::string>> mangled_by_key;   // abi_neutral_key -> mangled
-  std::unordered_map<std::string, std::vector<std::string>> keys_by_base;     // base name -> keys
+  std::unordered_map<std::string, std::vector<std::string>> mangled_by_key;  // abi_neutral_key -> mangled
+  std::unordered_map<std::string, std::vector<std::string>> keys_by_base;    // base name -> keys
   std::set<std::string> indexed_paths;
 };
 
@@ -400,8 +418,10 @@ Distribution Analyzer::owner_of(const std::string& path) {
             std::string row = record.substr(start, end - start);
             start = end + 1;
             // RECORD is CSV: a path holding a comma is quoted.
-            if (!row.empty() && row[0] == '"') paths.insert(row.substr(1, row.find('"', 1) - 1));
-            else paths.insert(row.substr(0, row.find(',')));
+            if (!row.empty() && row[0] == '"')
+              paths.insert(row.substr(1, row.find('"', 1) - 1));
+            else
+              paths.insert(row.substr(0, row.find(',')));
           }
           entries.emplace_back(d, std::move(paths));
         }
@@ -458,8 +478,8 @@ std::vector<std::string> expand_origin(const std::vector<std::string>& dirs, con
 
 constexpr const char* kFoundBesideRequester = "same directory, only if loaded first";
 
-const char* const kDefaultLibraryDirs[] = {"/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib64", "/usr/lib64",
-                                           "/lib", "/usr/lib"};
+const char* const kDefaultLibraryDirs[] = {
+    "/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib64", "/usr/lib64", "/lib", "/usr/lib"};
 
 }  // namespace
 
@@ -584,8 +604,8 @@ const Analyzer::TorchIndex& Analyzer::torch_index(const Scope& scope) {
   if (!torch_index_) torch_index_ = std::make_unique<TorchIndex>();
   std::vector<LoadedLibrary*> libraries = scope.objects;
   if (context_.python && context_.python->torch.found) {
-    static const char* const kTorchLibraries[] = {"libc10.so", "libtorch.so", "libtorch_cpu.so", "libtorch_python.so",
-                                                  "libc10_cuda.so", "libtorch_cuda.so"};
+    static const char* const kTorchLibraries[] = {"libc10.so",          "libtorch.so",    "libtorch_cpu.so",
+                                                  "libtorch_python.so", "libc10_cuda.so", "libtorch_cuda.so"};
     for (const char* name : kTorchLibraries) {
       std::string path = context_.python->torch.package_dir + "/lib/" + name;
       if (is_regular_file(path)) libraries.push_back(load(path));
@@ -618,7 +638,8 @@ const Analyzer::TorchIndex& Analyzer::torch_index(const Scope& scope) {
 
 namespace {
 
-bool defined_in_scope(const std::vector<LoadedLibrary*>& objects, const LoadedLibrary* self, const ElfSymbol& reference) {
+bool defined_in_scope(const std::vector<LoadedLibrary*>& objects, const LoadedLibrary* self,
+                      const ElfSymbol& reference) {
   for (LoadedLibrary* object : objects) {
     if (object == self) continue;
     index_definitions(*object);
@@ -626,7 +647,8 @@ bool defined_in_scope(const std::vector<LoadedLibrary*>& objects, const LoadedLi
     if (found == object->definitions.end()) continue;
     for (const ElfSymbol* definition : found->second) {
       // A versioned reference binds to that version; an unversioned one to the default (non-hidden) definition.
-      if (reference.version.empty() ? !definition->hidden_version : definition->version == reference.version) return true;
+      if (reference.version.empty() ? !definition->hidden_version : definition->version == reference.version)
+        return true;
     }
   }
   return false;
@@ -636,20 +658,23 @@ bool defined_in_scope(const std::vector<LoadedLibrary*>& objects, const LoadedLi
 std::string flash_attn_wheel_name(const PythonFacts& python, int torch_abi, const std::string& version) {
   const TorchFacts& torch = python.torch;
   int major = 0, minor = 0;
-  if (version.empty() || torch.cuda_version.empty() || std::sscanf(torch.version.c_str(), "%d.%d", &major, &minor) != 2) return "";
+  if (version.empty() || torch.cuda_version.empty() || std::sscanf(torch.version.c_str(), "%d.%d", &major, &minor) != 2)
+    return "";
   std::string cp = "cp" + std::to_string(python.major) + std::to_string(python.minor);
-  return "flash_attn-" + version + "+cu" + std::to_string(std::atoi(torch.cuda_version.c_str())) + "torch" + std::to_string(major) +
-         "." + std::to_string(minor) + "cxx11abi" + (torch_abi ? "TRUE" : "FALSE") + "-" + cp + "-" + cp + "-linux_" + python.machine +
-         ".whl";
+  return "flash_attn-" + version + "+cu" + std::to_string(std::atoi(torch.cuda_version.c_str())) + "torch" +
+         std::to_string(major) + "." + std::to_string(minor) + "cxx11abi" + (torch_abi ? "TRUE" : "FALSE") + "-" + cp +
+         "-" + cp + "-linux_" + python.machine + ".whl";
 }
 
-std::string abi_rebuild_fix(int torch_abi, const std::string& build_fix, const Distribution& d, const PythonFacts* python) {
+std::string abi_rebuild_fix(int torch_abi, const std::string& build_fix, const Distribution& d,
+                            const PythonFacts* python) {
   std::string n = std::to_string(torch_abi);
   std::string fix = build_fix + " (torch.utils.cpp_extension passes torch's -D_GLIBCXX_USE_CXX11_ABI=" + n +
                     " itself; hand-written builds: add it to CXXFLAGS and to nvcc's -Xcompiler flags)";
   if (starts_with(d.name, "flash") && python) {
     std::string wheel = flash_attn_wheel_name(*python, torch_abi, d.version);
-    if (!wheel.empty()) fix += "; or the prebuilt release asset " + wheel + " from github.com/Dao-AILab/flash-attention/releases";
+    if (!wheel.empty())
+      fix += "; or the prebuilt release asset " + wheel + " from github.com/Dao-AILab/flash-attention/releases";
   }
   return fix + "; " + kAttnforgeAlternative;
 }
@@ -669,8 +694,8 @@ std::string max_version_of_family(const ElfFile& elf, const std::string& family)
   return best;
 }
 
-void check_python_module(const PythonFacts& python, const ElfFile& elf, const std::string& path, const std::string& build_fix,
-                         BinaryReport& report) {
+void check_python_module(const PythonFacts& python, const ElfFile& elf, const std::string& path,
+                         const std::string& build_fix, BinaryReport& report) {
   std::string file = basename_of(path);
   std::string module = module_name_of(path);
   bool exports_init = false, exports_own_init = false;
@@ -708,19 +733,24 @@ void check_python_module(const PythonFacts& python, const ElfFile& elf, const st
     report.findings.push_back(f);
   }
   if (exports_init && !exports_own_init) {
-    report.findings.push_back({"python_abi", Severity::kError,
-                               "does not define PyInit_" + module + ": import fails with 'dynamic module does not define "
-                               "module export function'",
-                               {"file name module: " + module},
-                               "rename the file to the module it defines, or rebuild it under the name it is imported as"});
+    report.findings.push_back(
+        {"python_abi",
+         Severity::kError,
+         "does not define PyInit_" + module +
+             ": import fails with 'dynamic module does not define "
+             "module export function'",
+         {"file name module: " + module},
+         "rename the file to the module it defines, or rebuild it under the name it is imported as"});
   }
   for (const std::string& needed : elf.needed) {
     int major = 0, minor = 0;
     if (std::sscanf(needed.c_str(), "libpython%d.%d", &major, &minor) == 2 &&
         (major != python.major || minor != python.minor)) {
-      report.findings.push_back({"python_abi", Severity::kError,
+      report.findings.push_back({"python_abi",
+                                 Severity::kError,
                                  "links " + needed + " but the interpreter is Python " + interpreter,
-                                 {"DT_NEEDED " + needed}, build_fix});
+                                 {"DT_NEEDED " + needed},
+                                 build_fix});
     }
   }
 }
@@ -740,9 +770,12 @@ void check_gpu_code(ByteView image, const ElfFile& elf, const AnalysisContext& c
   std::set<std::string> cubin_labels, ptx_labels;
   for (const FatbinEntry& e : entries) {
     if (e.kind == FatbinEntry::Kind::kCubin && e.cubin_sm != 0 && e.cubin_sm != e.arch) {
-      report.findings.push_back({"malformed", Severity::kWarning,
+      report.findings.push_back({"malformed",
+                                 Severity::kWarning,
                                  "fatbin entry says sm_" + std::to_string(e.arch) + " but its cubin was built for sm_" +
-                                     std::to_string(e.cubin_sm), {}, ""});
+                                     std::to_string(e.cubin_sm),
+                                 {},
+                                 ""});
     }
     if (e.kind == FatbinEntry::Kind::kCubin) cubin_labels.insert(fatbin_entry_label(e));
     if (e.kind == FatbinEntry::Kind::kPtx) ptx_labels.insert(fatbin_entry_label(e));
@@ -760,8 +793,11 @@ void check_gpu_code(ByteView image, const ElfFile& elf, const AnalysisContext& c
   std::string listing = "embedded: " + join(report.fatbin.cubins, " ") +
                         (ptx_labels.empty() ? " (no PTX)" : " + PTX " + join(report.fatbin.ptx, " "));
   if (context.gpus.empty()) {
-    report.findings.push_back({"gpu_arch", Severity::kInfo, "GPU code for " + listing.substr(10) + "; no GPU to compare with",
-                               {listing}, ""});
+    report.findings.push_back({"gpu_arch",
+                               Severity::kInfo,
+                               "GPU code for " + listing.substr(10) + "; no GPU to compare with",
+                               {listing},
+                               ""});
     return;
   }
   for (const GpuFacts& gpu : context.gpus) {
@@ -777,33 +813,44 @@ void check_gpu_code(ByteView image, const ElfFile& elf, const AnalysisContext& c
     if (cubin_fits) continue;
     std::string arch = std::to_string(gpu.major) + std::to_string(gpu.minor);
     if (ptx_fits) {
-      report.findings.push_back({"gpu_arch", Severity::kWarning,
-                                 "no sm_" + arch + " cubin: kernels are JIT-compiled from PTX on first use by " + device,
-                                 {listing}, "none needed (it runs); a build with TORCH_CUDA_ARCH_LIST=\"" + cc_text + "\" skips the JIT"});
+      report.findings.push_back(
+          {"gpu_arch",
+           Severity::kWarning,
+           "no sm_" + arch + " cubin: kernels are JIT-compiled from PTX on first use by " + device,
+           {listing},
+           "none needed (it runs); a build with TORCH_CUDA_ARCH_LIST=\"" + cc_text + "\" skips the JIT"});
       continue;
     }
     report.findings.push_back(
-        {"gpu_arch", Severity::kError,
+        {"gpu_arch",
+         Severity::kError,
          "no kernel image for " + device + ": " + listing.substr(10),
          {listing, "device: " + device},
-         (d.name.empty() ? "rebuild it for this GPU: TORCH_CUDA_ARCH_LIST=\"" + cc_text +
-                               "+PTX\" for torch.utils.cpp_extension builds, nvcc -gencode arch=compute_" + arch + ",code=sm_" + arch
-                         : "rebuild it for this GPU: " +
-                               source_build_command(d, context.python, "TORCH_CUDA_ARCH_LIST=\"" + cc_text + "+PTX\" FLASH_ATTN_CUDA_ARCHS=" + arch + " ")) +
+         (d.name.empty()
+              ? "rebuild it for this GPU: TORCH_CUDA_ARCH_LIST=\"" + cc_text +
+                    "+PTX\" for torch.utils.cpp_extension builds, nvcc -gencode arch=compute_" + arch + ",code=sm_" +
+                    arch
+              : "rebuild it for this GPU: " + source_build_command(d, context.python,
+                                                                   "TORCH_CUDA_ARCH_LIST=\"" + cc_text +
+                                                                       "+PTX\" FLASH_ATTN_CUDA_ARCHS=" + arch + " ")) +
              "; " + kAttnforgeAlternative});
   }
 }
 
-std::string torch_label_of(const TorchFacts* torch) { return torch ? "torch " + torch->version : "the torch libraries it loads"; }
+std::string torch_label_of(const TorchFacts* torch) {
+  return torch ? "torch " + torch->version : "the torch libraries it loads";
+}
 
 Finding truncation_finding(const ElfFile& elf, const Distribution& d, const PythonFacts* python) {
   std::string pip = (python && !python->executable.empty() ? shell_quote(python->executable) : std::string("python")) +
                     " -m pip install";
   std::string pinned = d.version.empty() ? d.name : d.name + "==" + d.version;
   return {"truncated", Severity::kError,
-          "the file is truncated or damaged: " + elf.truncation.front() + "; loading it fails or crashes the process (SIGBUS)",
+          "the file is truncated or damaged: " + elf.truncation.front() +
+              "; loading it fails or crashes the process (SIGBUS)",
           elf.truncation,
-          d.name.empty() ? "replace it with an intact copy (no *.dist-info/RECORD lists it, so the doctor cannot name its distribution)"
+          d.name.empty() ? "replace it with an intact copy (no *.dist-info/RECORD lists it, so the doctor cannot name "
+                           "its distribution)"
                          : "`" + pip + " --force-reinstall --no-deps --no-cache-dir " + shell_quote(pinned) + "`"};
 }
 
@@ -811,7 +858,8 @@ const char* const kCudaLibraryStems[] = {"libcudart", "libcublas", "libcublasLt"
 
 }  // namespace
 
-BinaryReport Analyzer::analyze(const std::string& path, const std::string& display_name, const Distribution* distribution) {
+BinaryReport Analyzer::analyze(const std::string& path, const std::string& display_name,
+                               const Distribution* distribution) {
   BinaryReport report;
   report.path = path;
   report.display_name = display_name;
@@ -833,12 +881,13 @@ BinaryReport Analyzer::analyze(const std::string& path, const std::string& displ
   const TorchFacts* torch = python && python->torch.found ? &python->torch : nullptr;
   std::string module = module_name_of(path);
   Distribution dist = distribution ? *distribution : owner_of(path);
-  // flash-attn's compiled modules are top-level (flash_attn_2_cuda, flash_attn_3): a copy outside site-packages still names it.
+  // flash-attn's compiled modules are top-level (flash_attn_2_cuda, flash_attn_3): a copy outside site-packages still
+  // names it.
   if (dist.name.empty() && starts_with(module, "flash_attn")) dist.name = "flash-attn";
   std::string build_fix = matching_build_fix(dist, python);
   if (build_fix.empty()) {
-    build_fix = "install the build of " + module + " made for this environment (no *.dist-info/RECORD lists " + basename_of(path) +
-                ", so the doctor cannot name its distribution)";
+    build_fix = "install the build of " + module + " made for this environment (no *.dist-info/RECORD lists " +
+                basename_of(path) + ", so the doctor cannot name its distribution)";
   }
   report.role = "library";
   for (const std::string& needed : elf.needed) {
@@ -879,13 +928,19 @@ BinaryReport Analyzer::analyze(const std::string& path, const std::string& displ
   // without it the binary loads only on a GPU machine.
   for (const LibraryResolution& missing : main->missing) {
     if (missing.name == "libcuda.so.1") {
-      report.findings.push_back({"missing_library", Severity::kWarning,
-                                 "libcuda.so.1 (the NVIDIA driver) is not installed: loads only on a machine with a GPU driver",
-                                 {missing.found_by}, "install the NVIDIA driver (on a GPU machine this resolves by itself)"});
+      report.findings.push_back(
+          {"missing_library",
+           Severity::kWarning,
+           "libcuda.so.1 (the NVIDIA driver) is not installed: loads only on a machine with a GPU driver",
+           {missing.found_by},
+           "install the NVIDIA driver (on a GPU machine this resolves by itself)"});
       continue;
     }
-    Finding f{"missing_library", Severity::kError, missing.name + ": cannot open shared object file (" + missing.found_by + ")",
-              {}, ""};
+    Finding f{"missing_library",
+              Severity::kError,
+              missing.name + ": cannot open shared object file (" + missing.found_by + ")",
+              {},
+              ""};
     std::vector<std::string> searched;
     if (!context_.ld_library_path.empty()) searched.push_back("LD_LIBRARY_PATH=" + join(context_.ld_library_path, ":"));
     if (!elf.rpath.empty()) searched.push_back("RPATH=" + join(elf.rpath, ":"));
@@ -901,13 +956,16 @@ BinaryReport Analyzer::analyze(const std::string& path, const std::string& displ
     bool torch_is_cpu_only = torch && torch->imported && torch->cuda_version.empty();
     bool cuda_torch_library = missing.name == "libc10_cuda.so" || missing.name == "libtorch_cuda.so";
     if (cuda_major >= 0 && searches_pip_cuda) {
-      f.fix = "`" + (python ? shell_quote(python->executable) : std::string("python")) + " -m pip install nvidia-cuda-runtime-cu" +
-              std::to_string(cuda_major) + "` (" + module + " looks for it there), or " + build_fix;
+      f.fix = "`" + (python ? shell_quote(python->executable) : std::string("python")) +
+              " -m pip install nvidia-cuda-runtime-cu" + std::to_string(cuda_major) + "` (" + module +
+              " looks for it there), or " + build_fix;
     } else if (cuda_major >= 0) {
       f.fix = build_fix + " (a build for the CUDA your torch uses)";
-    } else if (cuda_torch_library && torch_is_cpu_only && !is_regular_file(torch->package_dir + "/lib/" + missing.name)) {
-      f.summary = missing.name + ": not part of " + torch_label_of(torch) + ", a CPU-only build: this is a CUDA build of " +
-                  (dist.name.empty() ? module : dist.name) + " beside a CPU-only torch";
+    } else if (cuda_torch_library && torch_is_cpu_only &&
+               !is_regular_file(torch->package_dir + "/lib/" + missing.name)) {
+      f.summary = missing.name + ": not part of " + torch_label_of(torch) +
+                  ", a CPU-only build: this is a CUDA build of " + (dist.name.empty() ? module : dist.name) +
+                  " beside a CPU-only torch";
       f.fix = "install a CUDA build of torch (pytorch.org's selector gives the index URL) or the CPU build of " +
               (dist.name.empty() ? module : dist.name);
     } else if (is_torch_library(missing.name)) {
@@ -921,10 +979,12 @@ BinaryReport Analyzer::analyze(const std::string& path, const std::string& displ
 
   for (const LibraryResolution& n : main->target_needed) {
     if (n.found_by != kFoundBesideRequester) continue;
-    report.findings.push_back({"load_order", Severity::kWarning,
-                               n.name + " is not on the loader's search path; it loads only if the package opens it first",
-                               {"found beside the module: " + n.path},
-                               "import the package normally (not this file directly), or link with -Wl,-rpath,'$ORIGIN'"});
+    report.findings.push_back(
+        {"load_order",
+         Severity::kWarning,
+         n.name + " is not on the loader's search path; it loads only if the package opens it first",
+         {"found beside the module: " + n.path},
+         "import the package normally (not this file directly), or link with -Wl,-rpath,'$ORIGIN'"});
   }
 
   // Load order: what changes when the module is imported before torch.
@@ -934,16 +994,18 @@ BinaryReport Analyzer::analyze(const std::string& path, const std::string& displ
       const LibraryResolution& w = warm.target_needed[i];
       if (w.path.empty()) continue;
       if (c.path.empty()) {
-        report.findings.push_back({"load_order", Severity::kWarning,
-                                   w.name + " is found only after `import torch` loaded it",
-                                   {"after import torch: " + w.path, "without torch: not found"},
-                                   "always `import torch` before " + module +
-                                       " (or link it with -Wl,-rpath,'" + dirname_of(w.path) + "')"});
+        report.findings.push_back(
+            {"load_order",
+             Severity::kWarning,
+             w.name + " is found only after `import torch` loaded it",
+             {"after import torch: " + w.path, "without torch: not found"},
+             "always `import torch` before " + module + " (or link it with -Wl,-rpath,'" + dirname_of(w.path) + "')"});
       } else if (real_path(c.path) != real_path(w.path)) {
         // A stray torch library breaks the module; another copy of a CUDA library usually only duplicates it.
-        report.findings.push_back({"load_order", is_torch_library(w.name) ? Severity::kWarning : Severity::kInfo,
-                                   "a stray " + w.name + " at " + c.path + " (" + c.found_by + ") is loaded if " + module +
-                                       " is imported before torch",
+        report.findings.push_back({"load_order",
+                                   is_torch_library(w.name) ? Severity::kWarning : Severity::kInfo,
+                                   "a stray " + w.name + " at " + c.path + " (" + c.found_by + ") is loaded if " +
+                                       module + " is imported before torch",
                                    {"without torch: " + c.path + " via " + c.found_by, "after import torch: " + w.path},
                                    "`import torch` first, or remove " + dirname_of(c.path) +
                                        " from the search path (LD_LIBRARY_PATH, RPATH, ld.so.conf)"});
@@ -958,7 +1020,8 @@ BinaryReport Analyzer::analyze(const std::string& path, const std::string& displ
     if (provider == main->by_soname.end()) continue;
     const ElfFile& lib = provider->second->elf;
     for (const std::string& version : need.versions) {
-      if (std::find(lib.version_definitions.begin(), lib.version_definitions.end(), version) != lib.version_definitions.end()) {
+      if (std::find(lib.version_definitions.begin(), lib.version_definitions.end(), version) !=
+          lib.version_definitions.end()) {
         continue;
       }
       missing_versions.insert(version);
@@ -966,10 +1029,12 @@ BinaryReport Analyzer::analyze(const std::string& path, const std::string& displ
       std::vector<int> numbers;
       parse_symbol_version(version, family, numbers);
       std::string newest = max_version_of_family(lib, family);
-      Finding f{"symbol_version", Severity::kError,
-                "version `" + version + "' not found in " + provider->second->path + " (newest: " +
-                    (newest.empty() ? std::string("none") : newest) + ")",
-                {"required by " + basename_of(path) + " from " + need.file}, ""};
+      Finding f{"symbol_version",
+                Severity::kError,
+                "version `" + version + "' not found in " + provider->second->path +
+                    " (newest: " + (newest.empty() ? std::string("none") : newest) + ")",
+                {"required by " + basename_of(path) + " from " + need.file},
+                ""};
       for (const ElfSymbol& s : elf.dynamic_symbols) {
         if (!s.defined && s.version == version && s.version_file == need.file && f.evidence.size() < 9) {
           std::string text = demangle(s.name);
@@ -977,9 +1042,11 @@ BinaryReport Analyzer::analyze(const std::string& path, const std::string& displ
         }
       }
       if (family == "GLIBC") {
-        f.fix = "this build needs a newer glibc than the system's: install a wheel whose manylinux tag is at most this "
-                "system's glibc (" + (python && !python->glibc_version.empty() ? python->glibc_version : newest) +
-                ") or rebuild on this system (attnforge itself needs only glibc 2.28); " + kAttnforgeAlternative;
+        f.fix =
+            "this build needs a newer glibc than the system's: install a wheel whose manylinux tag is at most this "
+            "system's glibc (" +
+            (python && !python->glibc_version.empty() ? python->glibc_version : newest) +
+            ") or rebuild on this system (attnforge itself needs only glibc 2.28); " + kAttnforgeAlternative;
       } else {
         f.fix = "this build needs a newer libstdc++ than " + provider->second->path +
                 ": rebuild with this system's g++ (or link -static-libstdc++), or load a newer libstdc++.so.6 first "
@@ -1006,7 +1073,8 @@ BinaryReport Analyzer::analyze(const std::string& path, const std::string& displ
       }
     }
     // References to a version already reported missing are explained by that finding.
-    if (symbol.weak || missing_versions.count(symbol.version) || defined_in_scope(main->objects, target, symbol)) continue;
+    if (symbol.weak || missing_versions.count(symbol.version) || defined_in_scope(main->objects, target, symbol))
+      continue;
     unresolved.push_back(&symbol);
   }
   report.unresolved_symbols = unresolved.size();
@@ -1019,8 +1087,10 @@ BinaryReport Analyzer::analyze(const std::string& path, const std::string& displ
     std::string versioned = name + (symbol->version.empty() ? "" : "@" + symbol->version);
     if (starts_with(name, "Py") || starts_with(name, "_Py")) {
       // Without an interpreter the C-API provider is unknown: not judged.
-      if (python) python_evidence.push_back(versioned);
-      else --report.unresolved_symbols;
+      if (python)
+        python_evidence.push_back(versioned);
+      else
+        --report.unresolved_symbols;
       continue;
     }
     std::string text = demangle(name);
@@ -1032,7 +1102,8 @@ BinaryReport Analyzer::analyze(const std::string& path, const std::string& displ
     std::string key = abi_neutral_key(text);
     auto twin = index.mangled_by_key.find(key);
     if (twin != index.mangled_by_key.end() && !twin->second.empty()) {
-      auto other = std::find_if(twin->second.begin(), twin->second.end(), [&](const std::string& m) { return m != name; });
+      auto other =
+          std::find_if(twin->second.begin(), twin->second.end(), [&](const std::string& m) { return m != name; });
       if (other == twin->second.end()) {
         // The very symbol exists, in a torch library this binary does not load.
         other_evidence.push_back(versioned + " = " + text + " (defined by a torch library this binary does not link)");
@@ -1050,23 +1121,25 @@ BinaryReport Analyzer::analyze(const std::string& path, const std::string& displ
     if (base != index.keys_by_base.end()) {
       if (changed_evidence.size() < 16) {
         changed_evidence.push_back("undefined " + name + " = " + text);
-        for (size_t i = 0; i < base->second.size() && i < 3; ++i) changed_evidence.push_back("  torch has " + base->second[i]);
+        for (size_t i = 0; i < base->second.size() && i < 3; ++i)
+          changed_evidence.push_back("  torch has " + base->second[i]);
       }
       continue;
     }
     if (absent_evidence.size() < 16) absent_evidence.push_back("undefined " + name + " = " + text);
   }
   auto count_of = [](const std::vector<std::string>& evidence) {
-    return std::count_if(evidence.begin(), evidence.end(), [](const std::string& e) { return starts_with(e, "undefined "); });
+    return std::count_if(evidence.begin(), evidence.end(),
+                         [](const std::string& e) { return starts_with(e, "undefined "); });
   };
   std::string torch_label = torch_label_of(torch);
   if (!dual_evidence.empty()) {
     int ext_abi = 1 - twin_abi;
     std::string summary = "C++ dual-ABI mismatch: built with _GLIBCXX_USE_CXX11_ABI=" + std::to_string(ext_abi) + ", " +
-                          torch_label + " uses " + std::to_string(twin_abi) + " (" + std::to_string(count_of(dual_evidence)) +
-                          " symbols exist only as their other-ABI twin)";
-    report.findings.push_back({"dual_abi", Severity::kError, summary, dual_evidence,
-                               abi_rebuild_fix(twin_abi, build_fix, dist, python)});
+                          torch_label + " uses " + std::to_string(twin_abi) + " (" +
+                          std::to_string(count_of(dual_evidence)) + " symbols exist only as their other-ABI twin)";
+    report.findings.push_back(
+        {"dual_abi", Severity::kError, summary, dual_evidence, abi_rebuild_fix(twin_abi, build_fix, dist, python)});
   }
   std::string drift_fix = build_fix + "; " + kAttnforgeAlternative;
   if (!changed_evidence.empty()) {
@@ -1082,11 +1155,12 @@ BinaryReport Analyzer::analyze(const std::string& path, const std::string& displ
                                absent_evidence, drift_fix});
   }
   if (!python_evidence.empty()) {
-    std::string interpreter = python ? "Python " + std::to_string(python->major) + "." + std::to_string(python->minor) : "the interpreter";
+    std::string interpreter =
+        python ? "Python " + std::to_string(python->major) + "." + std::to_string(python->minor) : "the interpreter";
     python_evidence.resize(std::min<size_t>(python_evidence.size(), 16));
     report.findings.push_back({"python_abi", Severity::kError,
-                               std::to_string(python_evidence.size()) + " Python C-API symbols are not provided by " + interpreter +
-                                   " (built for another Python version)",
+                               std::to_string(python_evidence.size()) + " Python C-API symbols are not provided by " +
+                                   interpreter + " (built for another Python version)",
                                python_evidence, "install or rebuild the build for " + interpreter});
   }
   if (!other_evidence.empty()) {
@@ -1095,11 +1169,13 @@ BinaryReport Analyzer::analyze(const std::string& path, const std::string& displ
     // With a library missing, these are most likely its symbols: the missing
     // library is the error to fix (a missing driver is only a warning).
     bool library_missing = !main->missing.empty();
-    report.findings.push_back({"unresolved_symbol", library_missing ? Severity::kWarning : Severity::kError,
-                               "undefined symbol: " + other_evidence.front().substr(0, other_evidence.front().find(' ')) +
-                                   (total > 1 ? " (and " + std::to_string(total - 1) + " more)" : "") +
-                                   (library_missing ? ", probably from the missing " + main->missing.front().name : ""),
-                               other_evidence, "link the library that defines these symbols, or install the build made for this environment"});
+    report.findings.push_back(
+        {"unresolved_symbol", library_missing ? Severity::kWarning : Severity::kError,
+         "undefined symbol: " + other_evidence.front().substr(0, other_evidence.front().find(' ')) +
+             (total > 1 ? " (and " + std::to_string(total - 1) + " more)" : "") +
+             (library_missing ? ", probably from the missing " + main->missing.front().name : ""),
+         other_evidence,
+         "link the library that defines these symbols, or install the build made for this environment"});
   }
 
   // CUDA runtime major against torch's.
@@ -1115,8 +1191,10 @@ BinaryReport Analyzer::analyze(const std::string& path, const std::string& displ
                                        [&](const LibraryResolution& r) { return r.name == needed; });
         bool resolves = resolution != main->target_needed.end() && !resolution->path.empty();
         report.findings.push_back(
-            {"cuda_runtime", resolves ? Severity::kWarning : Severity::kError,
-             "built for CUDA " + std::to_string(major) + " (" + needed + "), " + torch_label + " uses CUDA " + torch->cuda_version +
+            {"cuda_runtime",
+             resolves ? Severity::kWarning : Severity::kError,
+             "built for CUDA " + std::to_string(major) + " (" + needed + "), " + torch_label + " uses CUDA " +
+                 torch->cuda_version +
                  (resolves ? ": it loads its own CUDA " + std::to_string(major) + " runtime (" + resolution->path +
                                  "), which needs a driver for CUDA " + std::to_string(major)
                            : ""),
@@ -1125,9 +1203,12 @@ BinaryReport Analyzer::analyze(const std::string& path, const std::string& displ
                             " gives a build for CUDA " + std::to_string(torch_cuda_major) + " if not"
                       : build_fix + "; " + kAttnforgeAlternative});
       } else if (torch && torch->imported && torch_cuda_major == 0 && std::string(stem) == "libcudart") {
-        report.findings.push_back({"cuda_runtime", Severity::kWarning,
-                                   "needs " + needed + " but " + torch_label + " is a CPU-only build",
-                                   {"DT_NEEDED " + needed}, "install a CUDA build of torch (e.g. from download.pytorch.org/whl/cu" + std::to_string(major) + "x)"});
+        report.findings.push_back(
+            {"cuda_runtime",
+             Severity::kWarning,
+             "needs " + needed + " but " + torch_label + " is a CPU-only build",
+             {"DT_NEEDED " + needed},
+             "install a CUDA build of torch (e.g. from download.pytorch.org/whl/cu" + std::to_string(major) + "x)"});
       }
     }
   }
@@ -1149,11 +1230,14 @@ BinaryReport Analyzer::check_portability(const std::string& path, int max_glibc_
   report.readable = true;
   if (!elf.truncation.empty()) report.findings.push_back(truncation_finding(elf, Distribution{}, nullptr));
   std::string policy = "manylinux_2_" + std::to_string(max_glibc_minor);
-  static const char* const kAllowed[] = {"libc.so.6", "libm.so.6", "libdl.so.2", "libpthread.so.0", "librt.so.1",
-                                         "libgcc_s.so.1", "ld-linux-x86-64.so.2", "ld-linux-aarch64.so.1"};
+  static const char* const kAllowed[] = {
+      "libc.so.6",  "libm.so.6",     "libdl.so.2",           "libpthread.so.0",
+      "librt.so.1", "libgcc_s.so.1", "ld-linux-x86-64.so.2", "ld-linux-aarch64.so.1"};
   for (const std::string& needed : elf.needed) {
     if (std::find(std::begin(kAllowed), std::end(kAllowed), needed) == std::end(kAllowed)) {
-      report.findings.push_back({"portability", Severity::kError, "DT_NEEDED " + needed + " is outside the " + policy + " allow-list",
+      report.findings.push_back({"portability",
+                                 Severity::kError,
+                                 "DT_NEEDED " + needed + " is outside the " + policy + " allow-list",
                                  {"allowed: libc, libm, libdl, libpthread, librt, libgcc_s, ld-linux"},
                                  "link it statically or dlopen it at run time"});
     }
@@ -1168,18 +1252,24 @@ BinaryReport Analyzer::check_portability(const std::string& path, int max_glibc_
         if (!s.defined && s.version == version && users.size() < 8) users.push_back(s.name);
       }
       if (family == "GLIBC" && version_compare(numbers, {2, max_glibc_minor}) > 0) {
-        report.findings.push_back({"portability", Severity::kError, "needs " + version + " (" + policy + " allows at most GLIBC_2." +
-                                       std::to_string(max_glibc_minor) + ")",
-                                   {"symbols: " + join(users, " ")},
-                                   "bind these symbols to an older version (.symver) or keep the code that pulls them out of the link"});
+        report.findings.push_back(
+            {"portability",
+             Severity::kError,
+             "needs " + version + " (" + policy + " allows at most GLIBC_2." + std::to_string(max_glibc_minor) + ")",
+             {"symbols: " + join(users, " ")},
+             "bind these symbols to an older version (.symver) or keep the code that pulls them out of the link"});
       } else if (family == "GLIBCXX" || family == "CXXABI") {
-        report.findings.push_back({"portability", Severity::kError, "needs " + version + " from " + need.file,
-                                   {"symbols: " + join(users, " ")}, "link libstdc++ statically (-static-libstdc++)"});
+        report.findings.push_back({"portability",
+                                   Severity::kError,
+                                   "needs " + version + " from " + need.file,
+                                   {"symbols: " + join(users, " ")},
+                                   "link libstdc++ statically (-static-libstdc++)"});
       }
     }
   }
   if (report.findings.empty()) {
-    report.findings.push_back({"portability", Severity::kInfo, "portable to " + policy, {"DT_NEEDED: " + join(elf.needed, " ")}, ""});
+    report.findings.push_back(
+        {"portability", Severity::kInfo, "portable to " + policy, {"DT_NEEDED: " + join(elf.needed, " ")}, ""});
   }
   return report;
 }

@@ -41,10 +41,11 @@ std::string matching_build_fix(const Distribution& distribution, const PythonFac
 
 // The forced, cache-free source build of `distribution` against the installed
 // torch, with `extra_env` ("TORCH_CUDA_ARCH_LIST=... ") before it; "" when unnamed.
-std::string source_build_command(const Distribution& distribution, const PythonFacts* python, const std::string& extra_env);
+std::string source_build_command(const Distribution& distribution, const PythonFacts* python,
+                                 const std::string& extra_env);
 
 struct AnalysisContext {
-  const PythonFacts* python = nullptr;        // the target interpreter; null when unknown
+  const PythonFacts* python = nullptr;       // the target interpreter; null when unknown
   std::vector<std::string> ld_library_path;  // $LD_LIBRARY_PATH, split
   std::vector<LdCacheEntry> ld_cache;        // /etc/ld.so.cache
   std::vector<GpuFacts> gpus;                // devices to judge GPU code against

@@ -21,9 +21,7 @@ class ByteView {
   size_t size() const { return size_; }
 
   // True when [offset, offset + length) lies inside the buffer.
-  bool contains(uint64_t offset, uint64_t length) const {
-    return offset <= size_ && length <= size_ - offset;
-  }
+  bool contains(uint64_t offset, uint64_t length) const { return offset <= size_ && length <= size_ - offset; }
 
   template <typename T>
   bool read(uint64_t offset, T& out) const {

@@ -83,8 +83,8 @@ bool parse_gpu_option(const std::string& text, GpuFacts& gpu) {
 
 bool parse_options(int argc, char** argv, Options& options, std::string& error, bool& help) {
   int i = 1;
-  if (i < argc && (std::strcmp(argv[i], "so") == 0 || std::strcmp(argv[i], "wheel") == 0 || std::strcmp(argv[i], "tags") == 0 ||
-                   std::strcmp(argv[i], "env") == 0)) {
+  if (i < argc && (std::strcmp(argv[i], "so") == 0 || std::strcmp(argv[i], "wheel") == 0 ||
+                   std::strcmp(argv[i], "tags") == 0 || std::strcmp(argv[i], "env") == 0)) {
     options.command = argv[i++];
     if (options.command == "env") options.command.clear();
   }
@@ -98,10 +98,14 @@ bool parse_options(int argc, char** argv, Options& options, std::string& error, 
       out = argv[++i];
       return true;
     };
-    if (arg == "-h" || arg == "--help") help = true;
-    else if (arg == "--json") options.json = true;
-    else if (arg == "-v" || arg == "--verbose") options.verbose = true;
-    else if (arg == "--no-python") options.no_python = true;
+    if (arg == "-h" || arg == "--help")
+      help = true;
+    else if (arg == "--json")
+      options.json = true;
+    else if (arg == "-v" || arg == "--verbose")
+      options.verbose = true;
+    else if (arg == "--no-python")
+      options.no_python = true;
     else if (arg == "--python") {
       if (!value(options.python)) return false;
     } else if (arg == "--gpu") {
@@ -173,7 +177,8 @@ std::vector<LdCacheEntry> read_ld_cache() {
 }
 
 // The GPUs to judge against: --gpu, else the driver, else what torch saw.
-void choose_gpus(const Options& options, const PythonFacts* python, const DriverFacts& driver, AnalysisContext& context) {
+void choose_gpus(const Options& options, const PythonFacts* python, const DriverFacts& driver,
+                 AnalysisContext& context) {
   GpuFacts forced;
   if (!options.gpu.empty() && parse_gpu_option(options.gpu, forced)) {
     forced.name = "GPU";
@@ -203,8 +208,10 @@ void remove_tree(const std::string& path) {
       if (name == "." || name == "..") continue;
       std::string child = path + "/" + name;
       struct stat info {};
-      if (lstat(child.c_str(), &info) == 0 && S_ISDIR(info.st_mode)) remove_tree(child);
-      else unlink(child.c_str());
+      if (lstat(child.c_str(), &info) == 0 && S_ISDIR(info.st_mode))
+        remove_tree(child);
+      else
+        unlink(child.c_str());
     }
     closedir(dir);
   }
@@ -224,7 +231,8 @@ std::string python_json(const PythonFacts* p) {
          json_string(std::to_string(p->major) + "." + std::to_string(p->minor) + "." + std::to_string(p->micro)) +
          ",\"soabi\":" + json_string(p->soabi) + ",\"extension_suffixes\":" + json_string_array(p->extension_suffixes) +
          ",\"glibc\":" + json_string(p->glibc_version) + ",\"machine\":" + json_string(p->machine) +
-         ",\"torch\":{\"found\":" + (p->torch.found ? "true" : "false") + ",\"imported\":" + (p->torch.imported ? "true" : "false") +
+         ",\"torch\":{\"found\":" + (p->torch.found ? "true" : "false") +
+         ",\"imported\":" + (p->torch.imported ? "true" : "false") +
          ",\"import_error\":" + json_string(p->torch.import_error) + ",\"version\":" + json_string(p->torch.version) +
          ",\"cuda\":" + json_string(p->torch.cuda_version) + ",\"reported_cxx11_abi\":" +
          (p->torch.reported_cxx11_abi < 0 ? std::string("null") : std::to_string(p->torch.reported_cxx11_abi)) +
@@ -238,13 +246,15 @@ int run_so(const Options& options, const PythonFacts* python, AnalysisContext co
   Analyzer analyzer(context);
   std::vector<BinaryReport> reports;
   for (const std::string& file : options.files) {
-    reports.push_back(options.portability_glibc_minor >= 0 ? analyzer.check_portability(file, options.portability_glibc_minor)
-                                                          : analyzer.analyze(file));
+    reports.push_back(options.portability_glibc_minor >= 0
+                          ? analyzer.check_portability(file, options.portability_glibc_minor)
+                          : analyzer.analyze(file));
   }
   bool healthy = true;
   for (const BinaryReport& r : reports) healthy &= r.healthy();
   if (options.json) {
-    std::string out = std::string("{\"schema\":\"") + kSchema + "\",\"command\":\"so\",\"healthy\":" + (healthy ? "true" : "false") +
+    std::string out = std::string("{\"schema\":\"") + kSchema +
+                      "\",\"command\":\"so\",\"healthy\":" + (healthy ? "true" : "false") +
                       ",\"python\":" + python_json(python) + ",\"binaries\":[";
     for (size_t i = 0; i < reports.size(); ++i) out += (i ? "," : "") + binary_json(reports[i]);
     std::printf("%s]}\n", out.c_str());
@@ -271,8 +281,10 @@ int run_wheel(const Options& options, const PythonFacts* python, AnalysisContext
     WheelReport report = analyze_wheel(file, python, analyzer, scratch);
     remove_tree(scratch);
     healthy &= report.healthy();
-    if (options.json) wheels += (wheels.empty() ? "" : ",") + wheel_json(report);
-    else std::fputs(wheel_text(report, options.verbose).c_str(), stdout);
+    if (options.json)
+      wheels += (wheels.empty() ? "" : ",") + wheel_json(report);
+    else
+      std::fputs(wheel_text(report, options.verbose).c_str(), stdout);
   }
   if (options.json) {
     std::printf("%s\"healthy\":%s,\"python\":%s,\"wheels\":[%s]}\n", json.c_str(), healthy ? "true" : "false",
@@ -343,10 +355,13 @@ int proven_torch_abi(const std::string& libc10, std::string& evidence) {
     if (!s.defined || s.name.find("3c10") == std::string::npos) continue;
     std::string text = demangle(s.name);
     if (text.empty() || !in_torch_namespace(text)) continue;
-    if (text.find("std::__cxx11::") != std::string::npos || text.find("[abi:cxx11]") != std::string::npos) ++new_abi;
-    else if (text.find("std::string") != std::string::npos || text.find("std::basic_string<") != std::string::npos) ++old_abi;
+    if (text.find("std::__cxx11::") != std::string::npos || text.find("[abi:cxx11]") != std::string::npos)
+      ++new_abi;
+    else if (text.find("std::string") != std::string::npos || text.find("std::basic_string<") != std::string::npos)
+      ++old_abi;
   }
-  evidence = std::to_string(new_abi) + " std::__cxx11 vs " + std::to_string(old_abi) + " old std::string exports in " + libc10;
+  evidence =
+      std::to_string(new_abi) + " std::__cxx11 vs " + std::to_string(old_abi) + " old std::string exports in " + libc10;
   if (new_abi == 0 && old_abi == 0) return -1;
   return new_abi > old_abi ? 1 : 0;
 }
@@ -371,7 +386,8 @@ int gxx_default_abi(std::string& compiler) {
 std::string nvcc_release(std::string& nvcc) {
   nvcc = find_on_path("nvcc");
   const char* cuda_home = std::getenv("CUDA_HOME");
-  if (nvcc.empty() && cuda_home && access((std::string(cuda_home) + "/bin/nvcc").c_str(), X_OK) == 0) nvcc = std::string(cuda_home) + "/bin/nvcc";
+  if (nvcc.empty() && cuda_home && access((std::string(cuda_home) + "/bin/nvcc").c_str(), X_OK) == 0)
+    nvcc = std::string(cuda_home) + "/bin/nvcc";
   if (nvcc.empty() && access("/usr/local/cuda/bin/nvcc", X_OK) == 0) nvcc = "/usr/local/cuda/bin/nvcc";
   if (nvcc.empty()) return "";
   ProcessResult run = run_process({nvcc, "--version"}, 30);
@@ -423,11 +439,13 @@ std::vector<Finding> check_pure_distributions(const PythonFacts& python) {
         if (end == std::string::npos) end = record.size();
         std::string row = record.substr(start, end - start);
         start = end + 1;
-        std::string path = !row.empty() && row[0] == '"' ? row.substr(1, row.find('"', 1) - 1) : row.substr(0, row.find(','));
+        std::string path =
+            !row.empty() && row[0] == '"' ? row.substr(1, row.find('"', 1) - 1) : row.substr(0, row.find(','));
         std::string module;
         bool is_package = false;
         if (!python_module_of(path, module, is_package)) continue;
-        for (size_t dot = module.find('.'); dot != std::string::npos; dot = module.find('.', dot + 1)) modules.insert(module.substr(0, dot));
+        for (size_t dot = module.find('.'); dot != std::string::npos; dot = module.find('.', dot + 1))
+          modules.insert(module.substr(0, dot));
         modules.insert(module);
         if (path.size() > 3 && path.compare(path.size() - 3, 3, ".py") == 0) {
           sources.push_back({module, is_package, read_text_file(site + "/" + path, 16 << 20)});
@@ -480,15 +498,18 @@ std::vector<std::string> find_installed_binaries(const PythonFacts& python) {
   return found;
 }
 
-int run_environment(const Options& options, const PythonFacts& python, const DriverFacts& driver, AnalysisContext context) {
+int run_environment(const Options& options, const PythonFacts& python, const DriverFacts& driver,
+                    AnalysisContext context) {
   std::vector<Fact> facts;
   std::vector<Finding> findings;
   const TorchFacts& torch = python.torch;
-  facts.push_back({"python", python.executable + " (" + std::to_string(python.major) + "." + std::to_string(python.minor) + "." +
-                                 std::to_string(python.micro) + ", " + python.soabi + ")"});
+  facts.push_back({"python", python.executable + " (" + std::to_string(python.major) + "." +
+                                 std::to_string(python.minor) + "." + std::to_string(python.micro) + ", " +
+                                 python.soabi + ")"});
   std::vector<std::string> tags = supported_tags(python);
-  facts.push_back({"wheel tags", std::to_string(tags.size()) + " supported, most preferred " + tags.front() +
-                                     (python.has_manylinux_module ? " (a _manylinux module may veto some; not evaluated)" : "")});
+  facts.push_back(
+      {"wheel tags", std::to_string(tags.size()) + " supported, most preferred " + tags.front() +
+                         (python.has_manylinux_module ? " (a _manylinux module may veto some; not evaluated)" : "")});
   facts.push_back({"glibc", python.glibc_version.empty() ? "unknown" : python.glibc_version});
   std::vector<std::string> loaded = torch.imported ? torch.loaded_libraries : python.loaded_libraries;
   std::string libstdcxx = find_loaded(loaded, "libstdc++.so");
@@ -498,7 +519,8 @@ int run_environment(const Options& options, const PythonFacts& python, const Dri
     ElfFile elf;
     std::string error;
     if (!libstdcxx.empty() && file.open(libstdcxx, error) && parse_elf(file.view(), elf, error)) {
-      facts.push_back({"libstdc++", libstdcxx + " (newest " + newest_version(elf, "GLIBCXX") + ", " + newest_version(elf, "CXXABI") + ")"});
+      facts.push_back({"libstdc++", libstdcxx + " (newest " + newest_version(elf, "GLIBCXX") + ", " +
+                                        newest_version(elf, "CXXABI") + ")"});
     }
   }
   std::string libc10;
@@ -511,34 +533,44 @@ int run_environment(const Options& options, const PythonFacts& python, const Dri
     std::string evidence;
     proven_abi = proven_torch_abi(libc10, evidence);
     if (!torch.imported) {
-      findings.push_back({"torch_import", Severity::kError, torch.import_error, {"torch package: " + torch.package_dir},
-                          "run `" + python.executable + " -c 'import torch'` and fix that first; then rerun `attnforge doctor`"});
+      findings.push_back(
+          {"torch_import",
+           Severity::kError,
+           torch.import_error,
+           {"torch package: " + torch.package_dir},
+           "run `" + python.executable + " -c 'import torch'` and fix that first; then rerun `attnforge doctor`"});
       facts.push_back({"torch", torch.package_dir + " (import fails)"});
     } else {
-      facts.push_back({"torch", torch.version + (torch.cuda_version.empty() ? " (CPU only)" : " (CUDA " + torch.cuda_version + ")") + " at " +
-                                    torch.package_dir});
+      facts.push_back(
+          {"torch", torch.version +
+                        (torch.cuda_version.empty() ? " (CPU only)" : " (CUDA " + torch.cuda_version + ")") + " at " +
+                        torch.package_dir});
     }
-    facts.push_back({"torch C++ ABI", std::string("reports _GLIBCXX_USE_CXX11_ABI=") +
-                                          (torch.reported_cxx11_abi < 0 ? "?" : std::to_string(torch.reported_cxx11_abi)) +
-                                          ", libc10 exports prove " + (proven_abi < 0 ? "?" : std::to_string(proven_abi)) +
-                                          (evidence.empty() ? "" : " (" + evidence + ")")});
+    facts.push_back(
+        {"torch C++ ABI", std::string("reports _GLIBCXX_USE_CXX11_ABI=") +
+                              (torch.reported_cxx11_abi < 0 ? "?" : std::to_string(torch.reported_cxx11_abi)) +
+                              ", libc10 exports prove " + (proven_abi < 0 ? "?" : std::to_string(proven_abi)) +
+                              (evidence.empty() ? "" : " (" + evidence + ")")});
     if (torch.reported_cxx11_abi >= 0 && proven_abi >= 0 && torch.reported_cxx11_abi != proven_abi) {
-      findings.push_back({"torch_abi_flag", Severity::kWarning,
-                          "torch reports _GLIBCXX_USE_CXX11_ABI=" + std::to_string(torch.reported_cxx11_abi) +
-                              " but its libc10 was built with " + std::to_string(proven_abi),
-                          {evidence},
-                          "build extensions with -D_GLIBCXX_USE_CXX11_ABI=" + std::to_string(proven_abi) + " (the libraries decide)"});
+      findings.push_back(
+          {"torch_abi_flag",
+           Severity::kWarning,
+           "torch reports _GLIBCXX_USE_CXX11_ABI=" + std::to_string(torch.reported_cxx11_abi) +
+               " but its libc10 was built with " + std::to_string(proven_abi),
+           {evidence},
+           "build extensions with -D_GLIBCXX_USE_CXX11_ABI=" + std::to_string(proven_abi) + " (the libraries decide)"});
     }
   }
   if (!driver.driver_found) {
     facts.push_back({"GPU driver", driver.error});
   } else {
     facts.push_back({"GPU driver", "libcuda " + std::to_string(driver.driver_version / 1000) + "." +
-                                       std::to_string(driver.driver_version % 1000 / 10) + (driver.error.empty() ? "" : ": " + driver.error)});
+                                       std::to_string(driver.driver_version % 1000 / 10) +
+                                       (driver.error.empty() ? "" : ": " + driver.error)});
   }
   for (const GpuFacts& gpu : context.gpus) {
-    facts.push_back({"GPU", gpu.name + " compute capability " + std::to_string(gpu.major) + "." + std::to_string(gpu.minor) + " (" +
-                                context.gpu_source + ")"});
+    facts.push_back({"GPU", gpu.name + " compute capability " + std::to_string(gpu.major) + "." +
+                                std::to_string(gpu.minor) + " (" + context.gpu_source + ")"});
   }
   std::string nvrtc = find_loaded(loaded, "libnvrtc.so");
   if (nvrtc.empty()) nvrtc = find_in_cache(context.ld_cache, "libnvrtc.so");
@@ -546,35 +578,49 @@ int run_environment(const Options& options, const PythonFacts& python, const Dri
   std::string nvcc;
   std::string release = nvcc_release(nvcc);
   facts.push_back({"nvcc", nvcc.empty() ? "not found" : nvcc + " (CUDA " + release + ")"});
-  if (!release.empty() && !torch.cuda_version.empty() && std::atoi(release.c_str()) != std::atoi(torch.cuda_version.c_str())) {
-    findings.push_back({"nvcc_mismatch", Severity::kWarning,
-                        "nvcc is CUDA " + release + " but torch uses CUDA " + torch.cuda_version +
-                            ": extensions built here will need another CUDA runtime",
-                        {nvcc}, "put CUDA " + torch.cuda_version + "'s nvcc first on PATH (CUDA_HOME) before building extensions"});
+  if (!release.empty() && !torch.cuda_version.empty() &&
+      std::atoi(release.c_str()) != std::atoi(torch.cuda_version.c_str())) {
+    findings.push_back(
+        {"nvcc_mismatch",
+         Severity::kWarning,
+         "nvcc is CUDA " + release + " but torch uses CUDA " + torch.cuda_version +
+             ": extensions built here will need another CUDA runtime",
+         {nvcc},
+         "put CUDA " + torch.cuda_version + "'s nvcc first on PATH (CUDA_HOME) before building extensions"});
   }
   std::string gxx;
   int gxx_abi = gxx_default_abi(gxx);
-  facts.push_back({"g++ default ABI", gxx.empty() ? "no g++" : gxx + ": _GLIBCXX_USE_CXX11_ABI=" + (gxx_abi < 0 ? "?" : std::to_string(gxx_abi))});
+  facts.push_back(
+      {"g++ default ABI",
+       gxx.empty() ? "no g++" : gxx + ": _GLIBCXX_USE_CXX11_ABI=" + (gxx_abi < 0 ? "?" : std::to_string(gxx_abi))});
   if (gxx_abi >= 0 && proven_abi >= 0 && gxx_abi != proven_abi) {
-    findings.push_back({"compiler_abi", Severity::kWarning,
-                        "g++ defaults to _GLIBCXX_USE_CXX11_ABI=" + std::to_string(gxx_abi) + " but torch uses " + std::to_string(proven_abi),
-                        {gxx}, "pass -D_GLIBCXX_USE_CXX11_ABI=" + std::to_string(proven_abi) + " to builds that do not use torch.utils.cpp_extension"});
+    findings.push_back({"compiler_abi",
+                        Severity::kWarning,
+                        "g++ defaults to _GLIBCXX_USE_CXX11_ABI=" + std::to_string(gxx_abi) + " but torch uses " +
+                            std::to_string(proven_abi),
+                        {gxx},
+                        "pass -D_GLIBCXX_USE_CXX11_ABI=" + std::to_string(proven_abi) +
+                            " to builds that do not use torch.utils.cpp_extension"});
   }
   af_status cuda = af_backend_available(AF_BACKEND_CUDA);
-  facts.push_back({"attnforge GPU path", cuda == AF_OK ? std::string("available") : std::string("unavailable: ") + af_last_error_message()});
+  facts.push_back({"attnforge GPU path",
+                   cuda == AF_OK ? std::string("available") : std::string("unavailable: ") + af_last_error_message()});
 
   Analyzer analyzer(context);
   std::vector<BinaryReport> extensions;
   std::vector<std::string> binaries = find_installed_binaries(python);
   if (binaries.size() >= kMaxInstalledBinaries) {
-    findings.push_back({"scan_limit", Severity::kWarning,
-                        "more than " + std::to_string(kMaxInstalledBinaries) + " binaries installed: the rest are not judged",
-                        {binaries.back()}, ""});
+    findings.push_back(
+        {"scan_limit",
+         Severity::kWarning,
+         "more than " + std::to_string(kMaxInstalledBinaries) + " binaries installed: the rest are not judged",
+         {binaries.back()},
+         ""});
   }
   for (const std::string& path : binaries) {
     Distribution owner = analyzer.owner_of(path);
-    extensions.push_back(analyzer.analyze(path, owner.name.empty() ? path : "[" + owner.name + " " + owner.version + "] " + path,
-                                          &owner));
+    extensions.push_back(analyzer.analyze(
+        path, owner.name.empty() ? path : "[" + owner.name + " " + owner.version + "] " + path, &owner));
   }
   judge_optional_libraries(extensions);
   judge_alternatives(extensions);
@@ -584,10 +630,13 @@ int run_environment(const Options& options, const PythonFacts& python, const Dri
   for (const BinaryReport& r : extensions) healthy &= r.healthy();
 
   if (options.json) {
-    std::string out = std::string("{\"schema\":\"") + kSchema + "\",\"command\":\"environment\",\"healthy\":" +
-                      (healthy ? "true" : "false") + ",\"python\":" + python_json(&python) + ",\"facts\":{";
-    for (size_t i = 0; i < facts.size(); ++i) out += (i ? "," : "") + json_string(facts[i].name) + ":" + json_string(facts[i].value);
-    out += "},\"torch_proven_cxx11_abi\":" + (proven_abi < 0 ? std::string("null") : std::to_string(proven_abi)) + ",\"findings\":[";
+    std::string out = std::string("{\"schema\":\"") + kSchema +
+                      "\",\"command\":\"environment\",\"healthy\":" + (healthy ? "true" : "false") +
+                      ",\"python\":" + python_json(&python) + ",\"facts\":{";
+    for (size_t i = 0; i < facts.size(); ++i)
+      out += (i ? "," : "") + json_string(facts[i].name) + ":" + json_string(facts[i].value);
+    out += "},\"torch_proven_cxx11_abi\":" + (proven_abi < 0 ? std::string("null") : std::to_string(proven_abi)) +
+           ",\"findings\":[";
     for (size_t i = 0; i < findings.size(); ++i) out += (i ? "," : "") + finding_json(findings[i]);
     out += "],\"binaries\":[";
     for (size_t i = 0; i < extensions.size(); ++i) out += (i ? "," : "") + binary_json(extensions[i]);

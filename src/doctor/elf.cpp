@@ -9,10 +9,10 @@ namespace {
 // ELF64 layouts (System V gABI), read field by field through ByteView.
 constexpr uint32_t kPtLoad = 1, kPtDynamic = 2, kPtInterp = 3;
 constexpr uint32_t kShtDynsym = 11, kShtNobits = 8;
-constexpr int64_t kDtNull = 0, kDtNeeded = 1, kDtHash = 4, kDtStrtab = 5, kDtSymtab = 6, kDtStrsz = 10,
-                  kDtSyment = 11, kDtSoname = 14, kDtRpath = 15, kDtRunpath = 29, kDtGnuHash = 0x6ffffef5,
-                  kDtVersym = 0x6ffffff0, kDtVerdef = 0x6ffffffc, kDtVerdefnum = 0x6ffffffd,
-                  kDtVerneed = 0x6ffffffe, kDtVerneednum = 0x6fffffff;
+constexpr int64_t kDtNull = 0, kDtNeeded = 1, kDtHash = 4, kDtStrtab = 5, kDtSymtab = 6, kDtStrsz = 10, kDtSyment = 11,
+                  kDtSoname = 14, kDtRpath = 15, kDtRunpath = 29, kDtGnuHash = 0x6ffffef5, kDtVersym = 0x6ffffff0,
+                  kDtVerdef = 0x6ffffffc, kDtVerdefnum = 0x6ffffffd, kDtVerneed = 0x6ffffffe,
+                  kDtVerneednum = 0x6fffffff;
 constexpr uint64_t kSymbolSize = 24;
 // Caps that keep hostile counts from turning into huge loops or allocations.
 constexpr uint64_t kMaxSymbols = 4u << 20;
@@ -44,7 +44,8 @@ class ElfParser {
     for (int i = 0; i < 16; ++i) {
       if (!image_.read(i, ident[i])) return fail(error, "file too small for an ELF header");
     }
-    if (ident[0] != 0x7f || ident[1] != 'E' || ident[2] != 'L' || ident[3] != 'F') return fail(error, "not an ELF file");
+    if (ident[0] != 0x7f || ident[1] != 'E' || ident[2] != 'L' || ident[3] != 'F')
+      return fail(error, "not an ELF file");
     if (ident[4] != 2) return fail(error, "only 64-bit ELF is supported");
     if (ident[5] != 1) return fail(error, "only little-endian ELF is supported");
     uint64_t phoff = 0, shoff = 0;
@@ -78,7 +79,8 @@ class ElfParser {
     if (shentsize < 64) return warn("section header entries smaller than 64 bytes; ignoring sections");
     uint64_t table_size;
     if (!checked_mul(shnum, shentsize, table_size) || !image_.contains(shoff, table_size)) {
-      return truncated("section header table (offset " + std::to_string(shoff) + ", " + std::to_string(table_size) + " bytes)");
+      return truncated("section header table (offset " + std::to_string(shoff) + ", " + std::to_string(table_size) +
+                       " bytes)");
     }
     uint64_t names_offset = 0, names_size = 0;
     if (shstrndx < shnum) {
@@ -114,7 +116,8 @@ class ElfParser {
     if (phentsize < 56) return warn("program header entries smaller than 56 bytes");
     uint64_t table_size;
     if (!checked_mul(phnum, phentsize, table_size) || !image_.contains(phoff, table_size)) {
-      return truncated("program header table (offset " + std::to_string(phoff) + ", " + std::to_string(table_size) + " bytes)");
+      return truncated("program header table (offset " + std::to_string(phoff) + ", " + std::to_string(table_size) +
+                       " bytes)");
     }
     for (uint16_t i = 0; i < phnum; ++i) {
       uint64_t entry = phoff + uint64_t(i) * phentsize;
@@ -127,8 +130,8 @@ class ElfParser {
       if (type == kPtLoad) loads_.push_back(segment);
       if (type == kPtInterp) out_.has_interpreter = true;
       if ((type == kPtLoad || type == kPtDynamic) && !image_.contains(segment.offset, segment.filesz)) {
-        truncated(std::string(type == kPtLoad ? "PT_LOAD" : "PT_DYNAMIC") + " segment " + std::to_string(i) + " (offset " +
-                  std::to_string(segment.offset) + ", " + std::to_string(segment.filesz) + " bytes)");
+        truncated(std::string(type == kPtLoad ? "PT_LOAD" : "PT_DYNAMIC") + " segment " + std::to_string(i) +
+                  " (offset " + std::to_string(segment.offset) + ", " + std::to_string(segment.filesz) + " bytes)");
       }
       if (type == kPtDynamic && !dynamic_offset_found_) {
         dynamic_ = segment;
@@ -163,11 +166,16 @@ class ElfParser {
       dynamic.read(i * 16, tag);
       dynamic.read(i * 16 + 8, value);
       if (tag == kDtNull) break;
-      if (tag == kDtNeeded) needed_offsets.push_back(value);
-      else if (tag == kDtRpath) rpath = value;
-      else if (tag == kDtRunpath) runpath = value;
-      else if (tag == kDtSoname) soname = value;
-      else single.emplace(tag, value);
+      if (tag == kDtNeeded)
+        needed_offsets.push_back(value);
+      else if (tag == kDtRpath)
+        rpath = value;
+      else if (tag == kDtRunpath)
+        runpath = value;
+      else if (tag == kDtSoname)
+        soname = value;
+      else
+        single.emplace(tag, value);
     }
     uint64_t strtab_offset = 0;
     if (!single.count(kDtStrtab) || !address_to_offset(single[kDtStrtab], strtab_offset)) {
@@ -179,8 +187,10 @@ class ElfParser {
     }
     std::string text;
     for (uint64_t offset : needed_offsets) {
-      if (strings_.c_string(offset, text)) out_.needed.push_back(text);
-      else warn("DT_NEEDED name outside the string table");
+      if (strings_.c_string(offset, text))
+        out_.needed.push_back(text);
+      else
+        warn("DT_NEEDED name outside the string table");
     }
     if (soname != ~0ull) strings_.c_string(soname, out_.soname);
     if (rpath != ~0ull && strings_.c_string(rpath, text)) out_.rpath = split_path_list(text);
@@ -264,7 +274,8 @@ class ElfParser {
     }
     if (single.count(kDtGnuHash) && address_to_offset(single[kDtGnuHash], offset)) {
       uint32_t nbuckets = 0, symoffset = 0, bloom_size = 0;
-      if (!image_.read(offset, nbuckets) || !image_.read(offset + 4, symoffset) || !image_.read(offset + 8, bloom_size)) {
+      if (!image_.read(offset, nbuckets) || !image_.read(offset + 4, symoffset) ||
+          !image_.read(offset + 8, bloom_size)) {
         return 0;
       }
       uint64_t buckets = offset + 16 + uint64_t(bloom_size) * 8;

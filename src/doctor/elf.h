@@ -39,8 +39,8 @@ struct ElfVersionNeed {
 
 struct ElfFile {
   uint16_t machine = 0;
-  uint32_t flags = 0;  // e_flags (for CUDA cubins: the SM)
-  uint16_t type = 0;   // e_type: 2 ET_EXEC, 3 ET_DYN
+  uint32_t flags = 0;            // e_flags (for CUDA cubins: the SM)
+  uint16_t type = 0;             // e_type: 2 ET_EXEC, 3 ET_DYN
   bool has_interpreter = false;  // a PT_INTERP segment: a program (or a PIE that is also a library)
   std::vector<ElfSection> sections;
   std::vector<std::string> needed;

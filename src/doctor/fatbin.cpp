@@ -73,7 +73,7 @@ bool parse_fatbin(ByteView section, std::vector<FatbinEntry>& entries, std::stri
         return !entries.empty();
       }
       FatbinEntry parsed;
-      parsed.kind = kind == kKindPtx ? FatbinEntry::Kind::kPtx
+      parsed.kind = kind == kKindPtx     ? FatbinEntry::Kind::kPtx
                     : kind == kKindCubin ? FatbinEntry::Kind::kCubin
                                          : FatbinEntry::Kind::kUnknown;
       parsed.arch = arch;

@@ -14,8 +14,8 @@ namespace af::doctor {
 struct FatbinEntry {
   enum class Kind { kPtx, kCubin, kUnknown };
   Kind kind = Kind::kUnknown;
-  uint32_t arch = 0;        // 80 for sm_80 / compute_80
-  uint32_t cubin_sm = 0;    // from the embedded cubin's own ELF e_flags (uncompressed cubins only), 0 if unread
+  uint32_t arch = 0;      // 80 for sm_80 / compute_80
+  uint32_t cubin_sm = 0;  // from the embedded cubin's own ELF e_flags (uncompressed cubins only), 0 if unread
   bool compressed = false;
   // Arch-specific ("sm_90a": runs only on exactly that compute capability) and
   // family-specific ("sm_100f": same major, equal or higher minor) code, from

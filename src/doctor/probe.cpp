@@ -80,17 +80,23 @@ std::string last_line(const std::string& text) {
   size_t end = text.find_last_not_of("\n ");
   if (end == std::string::npos) return "";
   size_t start = text.rfind('\n', end);
-  return text.substr(start == std::string::npos ? 0 : start + 1, end - (start == std::string::npos ? 0 : start + 1) + 1);
+  return text.substr(start == std::string::npos ? 0 : start + 1,
+                     end - (start == std::string::npos ? 0 : start + 1) + 1);
 }
 
 void probe_torch(const std::string& python, int timeout_seconds, TorchFacts& torch) {
   ProcessResult run = run_process({python, "-c", kTorchProbe}, timeout_seconds);
   for (auto& [key, value] : parse_lines(run.output)) {
-    if (key == "version") torch.version = value;
-    else if (key == "cuda") torch.cuda_version = value;
-    else if (key == "cxx11") torch.reported_cxx11_abi = std::atoi(value.c_str());
-    else if (key == "loaded") torch.loaded_libraries.push_back(value);
-    else if (key == "cuda_available") torch.cuda_available = true;
+    if (key == "version")
+      torch.version = value;
+    else if (key == "cuda")
+      torch.cuda_version = value;
+    else if (key == "cxx11")
+      torch.reported_cxx11_abi = std::atoi(value.c_str());
+    else if (key == "loaded")
+      torch.loaded_libraries.push_back(value);
+    else if (key == "cuda_available")
+      torch.cuda_available = true;
     else if (key == "gpu") {
       GpuFacts gpu;
       size_t space = value.find(' ');
@@ -99,9 +105,12 @@ void probe_torch(const std::string& python, int timeout_seconds, TorchFacts& tor
       torch.gpus.push_back(gpu);
     }
   }
-  if (run.timed_out) torch.import_error = "`import torch` did not finish within " + std::to_string(timeout_seconds) + " s";
-  else if (run.signal) torch.import_error = "`import torch` killed the interpreter with signal " + std::to_string(run.signal);
-  else if (run.exit_code != 0) torch.import_error = "`import torch` failed: " + last_line(run.errors);
+  if (run.timed_out)
+    torch.import_error = "`import torch` did not finish within " + std::to_string(timeout_seconds) + " s";
+  else if (run.signal)
+    torch.import_error = "`import torch` killed the interpreter with signal " + std::to_string(run.signal);
+  else if (run.exit_code != 0)
+    torch.import_error = "`import torch` failed: " + last_line(run.errors);
   torch.imported = torch.import_error.empty() && !torch.version.empty();
 }
 
@@ -117,26 +126,41 @@ PythonFacts probe_python(const std::string& python, bool with_torch, int torch_t
   ProcessResult run = run_process({program, "-c", kBasicProbe}, 60);
   if (!run.started || run.exit_code != 0) {
     facts.error = "cannot run " + program + ": " +
-                  (run.timed_out ? std::string("timed out") : run.exit_code == 127 ? "not executable" : last_line(run.errors));
+                  (run.timed_out          ? std::string("timed out")
+                   : run.exit_code == 127 ? "not executable"
+                                          : last_line(run.errors));
     return facts;
   }
   for (auto& [key, value] : parse_lines(run.output)) {
-    if (key == "executable") facts.executable = value;
-    else if (key == "binary") facts.binary = value;
-    else if (key == "version") std::sscanf(value.c_str(), "%d.%d.%d", &facts.major, &facts.minor, &facts.micro);
-    else if (key == "debug") facts.debug_build = value == "1";
-    else if (key == "free_threaded") facts.free_threaded = value == "1";
-    else if (key == "soabi") facts.soabi = value;
-    else if (key == "suffix") facts.extension_suffixes.push_back(value);
-    else if (key == "glibc") facts.glibc_version = value;
-    else if (key == "machine") facts.machine = value;
-    else if (key == "path") facts.sys_path.push_back(value);
-    else if (key == "site") facts.site_dirs.push_back(value);
-    else if (key == "manylinux_module") facts.has_manylinux_module = value == "1";
+    if (key == "executable")
+      facts.executable = value;
+    else if (key == "binary")
+      facts.binary = value;
+    else if (key == "version")
+      std::sscanf(value.c_str(), "%d.%d.%d", &facts.major, &facts.minor, &facts.micro);
+    else if (key == "debug")
+      facts.debug_build = value == "1";
+    else if (key == "free_threaded")
+      facts.free_threaded = value == "1";
+    else if (key == "soabi")
+      facts.soabi = value;
+    else if (key == "suffix")
+      facts.extension_suffixes.push_back(value);
+    else if (key == "glibc")
+      facts.glibc_version = value;
+    else if (key == "machine")
+      facts.machine = value;
+    else if (key == "path")
+      facts.sys_path.push_back(value);
+    else if (key == "site")
+      facts.site_dirs.push_back(value);
+    else if (key == "manylinux_module")
+      facts.has_manylinux_module = value == "1";
     else if (key == "torch_dir") {
       facts.torch.found = true;
       facts.torch.package_dir = value;
-    } else if (key == "loaded") facts.loaded_libraries.push_back(value);
+    } else if (key == "loaded")
+      facts.loaded_libraries.push_back(value);
   }
   facts.ok = facts.major > 0 && !facts.executable.empty() && !facts.binary.empty();
   if (!facts.ok) facts.error = "unexpected answer from " + program;

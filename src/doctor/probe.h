@@ -15,13 +15,13 @@ struct GpuFacts {
 };
 
 struct TorchFacts {
-  bool found = false;        // importlib finds a torch package
-  bool imported = false;     // `import torch` succeeded
-  std::string import_error;  // why not (exception text, signal, timeout)
-  std::string version;       // "2.15.0+cu132"
-  std::string cuda_version;  // "13.2", "" for CPU builds
-  int reported_cxx11_abi = -1;  // torch._C._GLIBCXX_USE_CXX11_ABI (0/1), -1 unknown
-  std::string package_dir;      // .../site-packages/torch
+  bool found = false;                         // importlib finds a torch package
+  bool imported = false;                      // `import torch` succeeded
+  std::string import_error;                   // why not (exception text, signal, timeout)
+  std::string version;                        // "2.15.0+cu132"
+  std::string cuda_version;                   // "13.2", "" for CPU builds
+  int reported_cxx11_abi = -1;                // torch._C._GLIBCXX_USE_CXX11_ABI (0/1), -1 unknown
+  std::string package_dir;                    // .../site-packages/torch
   std::vector<std::string> loaded_libraries;  // every shared object mapped after `import torch`
   bool cuda_available = false;
   std::vector<GpuFacts> gpus;
@@ -35,14 +35,14 @@ struct PythonFacts {
   int major = 0, minor = 0, micro = 0;
   bool debug_build = false;
   bool free_threaded = false;
-  std::string soabi;                             // "cpython-311-x86_64-linux-gnu"
-  std::vector<std::string> extension_suffixes;   // importlib.machinery.EXTENSION_SUFFIXES
-  std::string glibc_version;                     // "2.36", "" on musl/unknown
-  std::string machine;                           // "x86_64"
+  std::string soabi;                            // "cpython-311-x86_64-linux-gnu"
+  std::vector<std::string> extension_suffixes;  // importlib.machinery.EXTENSION_SUFFIXES
+  std::string glibc_version;                    // "2.36", "" on musl/unknown
+  std::string machine;                          // "x86_64"
   std::vector<std::string> sys_path;
-  std::vector<std::string> site_dirs;            // site-packages / dist-packages in sys.path
-  std::vector<std::string> loaded_libraries;     // shared objects mapped at start-up
-  bool has_manylinux_module = false;             // an importable `_manylinux` may veto tags (not evaluated)
+  std::vector<std::string> site_dirs;         // site-packages / dist-packages in sys.path
+  std::vector<std::string> loaded_libraries;  // shared objects mapped at start-up
+  bool has_manylinux_module = false;          // an importable `_manylinux` may veto tags (not evaluated)
   TorchFacts torch;
 };
 

@@ -10,10 +10,10 @@ namespace af::doctor {
 struct ProcessResult {
   bool started = false;
   bool timed_out = false;
-  int exit_code = -1;   // valid when exited normally
-  int signal = 0;       // the terminating signal, if any
-  std::string output;   // stdout
-  std::string errors;   // stderr (last 64 KiB)
+  int exit_code = -1;  // valid when exited normally
+  int signal = 0;      // the terminating signal, if any
+  std::string output;  // stdout
+  std::string errors;  // stderr (last 64 KiB)
 };
 
 // argv[0] is looked up on PATH when it has no '/'.

@@ -7,7 +7,9 @@
 namespace af::doctor {
 namespace {
 
-bool starts_with(const std::string& text, const std::string& prefix) { return text.compare(0, prefix.size(), prefix) == 0; }
+bool starts_with(const std::string& text, const std::string& prefix) {
+  return text.compare(0, prefix.size(), prefix) == 0;
+}
 
 std::string trim(const std::string& text) {
   size_t a = text.find_first_not_of(" \t");
@@ -44,7 +46,7 @@ std::string parent_of(const std::string& module) {
 // One `import` or `from ... import` statement.
 struct ImportStatement {
   bool from = false;
-  std::string module;                                   // resolved absolute module ("" when it reaches above the top)
+  std::string module;  // resolved absolute module ("" when it reaches above the top)
   std::vector<std::pair<std::string, std::string>> names;  // (name, bound as); for `import a.b`: ("a.b", "a")
   bool star = false;
 };
@@ -114,8 +116,8 @@ struct Bindings {
 
 Bindings bindings_of(const PythonSource& source, const std::vector<PythonLine>& lines) {
   Bindings b;
-  static const char* const kDynamic[] = {"def __getattr__", "__getattr__ =", "sys.modules[", "globals()", "_LazyModule",
-                                         "lazy_loader", "LazyModule", "setattr(sys.modules"};
+  static const char* const kDynamic[] = {"def __getattr__", "__getattr__ =", "sys.modules[", "globals()",
+                                         "_LazyModule",     "lazy_loader",   "LazyModule",   "setattr(sys.modules"};
   for (const PythonLine& line : lines) {
     for (const char* marker : kDynamic) {
       if (line.text.find(marker) != std::string::npos) b.unknown = true;
@@ -134,7 +136,8 @@ Bindings bindings_of(const PythonSource& source, const std::vector<PythonLine>& 
       // towards "bound").
       for (const char* keyword : {"def ", "class "}) {
         for (size_t at = statement.find(keyword); at != std::string::npos; at = statement.find(keyword, at + 1)) {
-          if (at > 0 && (std::isalnum(static_cast<unsigned char>(statement[at - 1])) || statement[at - 1] == '_')) continue;
+          if (at > 0 && (std::isalnum(static_cast<unsigned char>(statement[at - 1])) || statement[at - 1] == '_'))
+            continue;
           std::string rest = statement.substr(at + std::string(keyword).size());
           b.names.insert(rest.substr(0, rest.find_first_of("(:[ ")));
         }
@@ -149,12 +152,15 @@ Bindings bindings_of(const PythonSource& source, const std::vector<PythonLine>& 
         size_t end = at;
         while (end > 0 && statement[end - 1] == ' ') --end;
         size_t begin = end;
-        while (begin > 0 && (std::isalnum(static_cast<unsigned char>(statement[begin - 1])) || statement[begin - 1] == '_')) --begin;
+        while (begin > 0 &&
+               (std::isalnum(static_cast<unsigned char>(statement[begin - 1])) || statement[begin - 1] == '_'))
+          --begin;
         if (begin < end) b.names.insert(statement.substr(begin, end - begin));
       }
       if (starts_with(statement, "for ")) {
         size_t in = statement.find(" in ");
-        for (const std::string& t : split(statement.substr(4, in == std::string::npos ? 0 : in - 4), ',')) b.names.insert(trim(t));
+        for (const std::string& t : split(statement.substr(4, in == std::string::npos ? 0 : in - 4), ','))
+          b.names.insert(trim(t));
       }
       for (size_t as = statement.find(" as "); as != std::string::npos; as = statement.find(" as ", as + 4)) {
         std::string rest = statement.substr(as + 4);
@@ -165,8 +171,10 @@ Bindings bindings_of(const PythonSource& source, const std::vector<PythonLine>& 
       size_t segment_start = 0;
       for (size_t i = 0; i < statement.size(); ++i) {
         char c = statement[i];
-        if (c == '(' || c == '[' || c == '{') ++depth;
-        else if (c == ')' || c == ']' || c == '}') --depth;
+        if (c == '(' || c == '[' || c == '{')
+          ++depth;
+        else if (c == ')' || c == ']' || c == '}')
+          --depth;
         else if (c == '=' && depth == 0) {
           char before = i ? statement[i - 1] : ' ', after = i + 1 < statement.size() ? statement[i + 1] : ' ';
           if (after == '=' || std::string("=!<>").find(before) != std::string::npos) {
@@ -308,7 +316,8 @@ ImportScan scan_imports(const std::vector<PythonSource>& sources, const std::set
         ImportStatement import;
         if (!parse_import(statement, *source->second, import) || (import.from && import.module.empty())) continue;
         std::vector<std::string> targets;
-        if (import.from) targets.push_back(import.module);
+        if (import.from)
+          targets.push_back(import.module);
         else
           for (const auto& [name, bound] : import.names) targets.push_back(name);
         for (const std::string& target : targets) {

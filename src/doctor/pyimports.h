@@ -32,8 +32,9 @@ struct MissingModule {
 };
 
 struct ImportScan {
-  std::vector<MissingModule> missing;             // in-wheel modules imported at top level that exist nowhere in the wheel
-  std::vector<std::pair<std::string, std::string>> external;  // top-level names outside the wheel imported by reached modules -> importer
+  std::vector<MissingModule> missing;  // in-wheel modules imported at top level that exist nowhere in the wheel
+  std::vector<std::pair<std::string, std::string>>
+      external;  // top-level names outside the wheel imported by reached modules -> importer
 };
 
 // `modules`: every importable module of the wheel (sources, compiled modules,

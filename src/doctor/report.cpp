@@ -30,12 +30,18 @@ std::string json_string(const std::string& text) {
   };
   while (i < text.size()) {
     unsigned char c = static_cast<unsigned char>(text[i]);
-    if (c == '"') out += "\\\"";
-    else if (c == '\\') out += "\\\\";
-    else if (c == '\n') out += "\\n";
-    else if (c == '\t') out += "\\t";
-    else if (c < 0x20 || c == 0x7f) escape_byte(c);
-    else if (c < 0x80) out += char(c);
+    if (c == '"')
+      out += "\\\"";
+    else if (c == '\\')
+      out += "\\\\";
+    else if (c == '\n')
+      out += "\\n";
+    else if (c == '\t')
+      out += "\\t";
+    else if (c < 0x20 || c == 0x7f)
+      escape_byte(c);
+    else if (c < 0x80)
+      out += char(c);
     else {
       // Copy a well-formed UTF-8 sequence; escape stray bytes one by one.
       size_t length = (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xe ? 3 : (c >> 3) == 0x1e ? 4 : 0;
@@ -67,18 +73,21 @@ std::string finding_json(const Finding& f) {
 
 std::string binary_json(const BinaryReport& r) {
   std::string out = "{\"path\":" + json_string(r.path) + ",\"name\":" + json_string(r.display_name) +
-                    ",\"healthy\":" + (r.healthy() ? "true" : "false") + ",\"readable\":" + (r.readable ? "true" : "false") + ",\"role\":" + json_string(r.role) +
+                    ",\"healthy\":" + (r.healthy() ? "true" : "false") +
+                    ",\"readable\":" + (r.readable ? "true" : "false") + ",\"role\":" + json_string(r.role) +
                     ",\"cxx11_abi\":" + (r.cxx11_abi < 0 ? std::string("null") : std::to_string(r.cxx11_abi)) +
                     ",\"undefined_symbols\":" + std::to_string(r.undefined_symbols) +
                     ",\"unresolved_symbols\":" + std::to_string(r.unresolved_symbols) + ",\"needed\":[";
   for (size_t i = 0; i < r.needed.size(); ++i) {
     const LibraryResolution& n = r.needed[i];
-    out += std::string(i ? "," : "") + "{\"name\":" + json_string(n.name) + ",\"path\":" +
-           (n.path.empty() ? std::string("null") : json_string(n.path)) + ",\"found_by\":" + json_string(n.found_by) + "}";
+    out += std::string(i ? "," : "") + "{\"name\":" + json_string(n.name) +
+           ",\"path\":" + (n.path.empty() ? std::string("null") : json_string(n.path)) +
+           ",\"found_by\":" + json_string(n.found_by) + "}";
   }
   out += "],\"fatbin\":";
-  out += r.has_fatbin ? "{\"cubins\":" + json_string_array(r.fatbin.cubins) + ",\"ptx\":" + json_string_array(r.fatbin.ptx) + "}"
-                      : std::string("null");
+  out += r.has_fatbin
+             ? "{\"cubins\":" + json_string_array(r.fatbin.cubins) + ",\"ptx\":" + json_string_array(r.fatbin.ptx) + "}"
+             : std::string("null");
   out += ",\"findings\":[";
   for (size_t i = 0; i < r.findings.size(); ++i) out += (i ? "," : "") + finding_json(r.findings[i]);
   return out + "]}";
@@ -116,7 +125,8 @@ std::string binary_text(const BinaryReport& r, bool verbose) {
   }
   if (verbose) {
     for (const LibraryResolution& n : r.needed) {
-      out += "          needs " + n.name + " -> " + (n.path.empty() ? std::string("NOT FOUND") : n.path + " (" + n.found_by + ")") + "\n";
+      out += "          needs " + n.name + " -> " +
+             (n.path.empty() ? std::string("NOT FOUND") : n.path + " (" + n.found_by + ")") + "\n";
     }
     if (r.has_fatbin) {
       std::string list;

@@ -58,7 +58,8 @@ bool parse_wheel_filename(const std::string& file_name, WheelName& out, std::str
   return true;
 }
 
-std::vector<std::string> linux_platform_tags(const std::string& glibc_version, const std::string& machine, bool linux_first) {
+std::vector<std::string> linux_platform_tags(const std::string& glibc_version, const std::string& machine,
+                                             bool linux_first) {
   std::vector<std::string> tags;
   std::string native = "linux_" + machine;
   if (linux_first) tags.push_back(native);
@@ -87,7 +88,8 @@ std::vector<std::string> supported_tags(const PythonFacts& python, bool linux_fi
   std::string flags = std::string(python.free_threaded ? "t" : "") + (python.debug_build ? "d" : "");
   if (python.minor < 8 && python.major == 3) flags += "m";
   abis.push_back("cp" + version + flags);
-  if (python.debug_build && !(python.major == 3 && python.minor < 8)) abis.push_back("cp" + version + (python.free_threaded ? "t" : ""));
+  if (python.debug_build && !(python.major == 3 && python.minor < 8))
+    abis.push_back("cp" + version + (python.free_threaded ? "t" : ""));
   // cpython_tags
   for (const std::string& abi : abis) {
     for (const std::string& plat : platforms) tags.push_back(interpreter + "-" + abi + "-" + plat);
@@ -103,7 +105,8 @@ std::vector<std::string> supported_tags(const PythonFacts& python, bool linux_fi
   }
   // compatible_tags: py3X, py3, py3(X-1)..py30 with every platform, then cpXY-none-any, then the same py list with any.
   std::vector<std::string> py_versions = {"py" + version, "py" + std::to_string(python.major)};
-  for (int minor = python.minor - 1; minor >= 0; --minor) py_versions.push_back("py" + std::to_string(python.major) + std::to_string(minor));
+  for (int minor = python.minor - 1; minor >= 0; --minor)
+    py_versions.push_back("py" + std::to_string(python.major) + std::to_string(minor));
   for (const std::string& py : py_versions) {
     for (const std::string& plat : platforms) tags.push_back(py + "-none-" + plat);
   }

@@ -16,10 +16,10 @@ namespace af::doctor {
 struct WheelReport {
   std::string path;
   bool readable = false;
-  std::vector<std::string> tags;   // from the file name
-  std::string best_tag;            // the supported tag pip would match first, "" if none
-  long best_tag_index = -1;        // its position in the interpreter's ordered list
-  std::vector<Finding> findings;   // wheel-level findings
+  std::vector<std::string> tags;  // from the file name
+  std::string best_tag;           // the supported tag pip would match first, "" if none
+  long best_tag_index = -1;       // its position in the interpreter's ordered list
+  std::vector<Finding> findings;  // wheel-level findings
   std::vector<BinaryReport> binaries;
   bool healthy() const;
 };
@@ -37,8 +37,9 @@ bool python_module_of(const std::string& path, std::string& module, bool& is_pac
 // top-level packages) which exist nowhere: not among `modules`, and for names
 // outside them (named after the distribution, as flash_attn_2_cuda) not found by
 // the interpreter either. Unreached ones come last, with reached == false.
-std::vector<MissingModule> missing_extensions(const std::vector<PythonSource>& sources, const std::set<std::string>& modules,
-                                              const std::string& distribution, const PythonFacts* python);
+std::vector<MissingModule> missing_extensions(const std::vector<PythonSource>& sources,
+                                              const std::set<std::string>& modules, const std::string& distribution,
+                                              const PythonFacts* python);
 // The `missing_extension` finding for them (error when `import` reaches one), with the source build that restores it.
 Finding missing_extension_finding(const std::vector<MissingModule>& absent, const Distribution& distribution,
                                   const PythonFacts* python);

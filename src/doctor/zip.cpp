@@ -230,15 +230,18 @@ bool extract_zip_member(ByteView archive, const ZipMember& member, std::vector<u
                         uint64_t max_bytes, ZipBudget* budget) {
   out.clear();
   if (member.uncompressed_size > max_bytes) {
-    error = member.name + ": " + std::to_string(member.uncompressed_size) + " bytes, larger than the doctor reads into memory (" +
-            std::to_string(max_bytes) + ")";
+    error = member.name + ": " + std::to_string(member.uncompressed_size) +
+            " bytes, larger than the doctor reads into memory (" + std::to_string(max_bytes) + ")";
     return false;
   }
   out.reserve(size_t(member.uncompressed_size));
-  return stream_zip_member(archive, member, [&](const uint8_t* data, size_t size) {
-    out.insert(out.end(), data, data + size);
-    return true;
-  }, budget, error);
+  return stream_zip_member(
+      archive, member,
+      [&](const uint8_t* data, size_t size) {
+        out.insert(out.end(), data, data + size);
+        return true;
+      },
+      budget, error);
 }
 
 namespace {
@@ -327,18 +330,23 @@ struct Huffman {
   }
 };
 
-constexpr uint16_t kLengthBase[29] = {3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 15, 17, 19, 23, 27,
+constexpr uint16_t kLengthBase[29] = {3,  4,  5,  6,  7,  8,  9,  10, 11,  13,  15,  17,  19,  23, 27,
                                       31, 35, 43, 51, 59, 67, 83, 99, 115, 131, 163, 195, 227, 258};
-constexpr uint8_t kLengthExtra[29] = {0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3, 4, 4, 4, 4, 5, 5, 5, 5, 0};
-constexpr uint16_t kDistanceBase[30] = {1, 2, 3, 4, 5, 7, 9, 13, 17, 25, 33, 49, 65, 97, 129,
-                                        193, 257, 385, 513, 769, 1025, 1537, 2049, 3073, 4097, 6145, 8193, 12289, 16385, 24577};
-constexpr uint8_t kDistanceExtra[30] = {0, 0, 0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7, 8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13};
+constexpr uint8_t kLengthExtra[29] = {0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2,
+                                      2, 3, 3, 3, 3, 4, 4, 4, 4, 5, 5, 5, 5, 0};
+constexpr uint16_t kDistanceBase[30] = {1,    2,    3,    4,    5,    7,    9,    13,    17,    25,
+                                        33,   49,   65,   97,   129,  193,  257,  385,   513,   769,
+                                        1025, 1537, 2049, 3073, 4097, 6145, 8193, 12289, 16385, 24577};
+constexpr uint8_t kDistanceExtra[30] = {0, 0, 0, 0, 1, 1, 2, 2,  3,  3,  4,  4,  5,  5,  6,
+                                        6, 7, 7, 8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13};
 
 // Inflate output: the last 32 KiB (the most a back-reference reaches) stay in
 // memory; everything older goes to the sink in chunks.
 class Window {
  public:
-  Window(const ZipSink& sink, uint64_t max_bytes) : sink_(sink), max_bytes_(max_bytes) { bytes_.reserve(kFlushAt + 512); }
+  Window(const ZipSink& sink, uint64_t max_bytes) : sink_(sink), max_bytes_(max_bytes) {
+    bytes_.reserve(kFlushAt + 512);
+  }
   uint64_t total() const { return flushed_ + bytes_.size(); }
   bool room(uint64_t length) const { return total() + length <= max_bytes_; }
   void put(uint8_t byte) { bytes_.push_back(byte); }
@@ -396,7 +404,8 @@ bool inflate_block(BitReader& reader, const Huffman& literals, const Huffman& di
 
 bool read_dynamic_tables(BitReader& reader, Huffman& literals, Huffman& distances, std::string& error) {
   uint32_t hlit, hdist, hclen;
-  if (!reader.bits(5, hlit) || !reader.bits(5, hdist) || !reader.bits(4, hclen)) return error = "truncated stream", false;
+  if (!reader.bits(5, hlit) || !reader.bits(5, hdist) || !reader.bits(4, hclen))
+    return error = "truncated stream", false;
   hlit += 257;
   hdist += 1;
   hclen += 4;
@@ -446,10 +455,13 @@ bool read_dynamic_tables(BitReader& reader, Huffman& literals, Huffman& distance
 
 bool inflate_raw(ByteView input, std::vector<uint8_t>& out, uint64_t max_bytes, std::string& error) {
   out.clear();
-  return inflate_stream(input, [&](const uint8_t* data, size_t size) {
-    out.insert(out.end(), data, data + size);
-    return true;
-  }, max_bytes, error);
+  return inflate_stream(
+      input,
+      [&](const uint8_t* data, size_t size) {
+        out.insert(out.end(), data, data + size);
+        return true;
+      },
+      max_bytes, error);
 }
 
 bool inflate_stream(ByteView input, const ZipSink& sink, uint64_t max_bytes, std::string& error) {

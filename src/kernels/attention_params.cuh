@@ -14,11 +14,11 @@
 #define AF_ATTENTION_PARAMS_CUH
 
 struct AttentionParams {
-  const void* q;        // 16-bit (B, Sq, H, D) or (total_q, H, D)
-  const void* k;        // 16-bit (B, Sk, Hk, D), (total_k, Hk, D) or paged (num_pages, page_size, Hk, D)
-  const void* v;        // like k
-  void* out;            // like q
-  float* lse;           // optional fp32 natural-log LSE: (B, H, Sq) or (H, total_q); null when absent
+  const void* q;  // 16-bit (B, Sq, H, D) or (total_q, H, D)
+  const void* k;  // 16-bit (B, Sk, Hk, D), (total_k, Hk, D) or paged (num_pages, page_size, Hk, D)
+  const void* v;  // like k
+  void* out;      // like q
+  float* lse;     // optional fp32 natural-log LSE: (B, H, Sq) or (H, total_q); null when absent
 
   long long q_batch_stride, q_row_stride, q_head_stride;
   long long k_batch_stride, k_row_stride, k_head_stride;
@@ -26,30 +26,30 @@ struct AttentionParams {
   long long out_batch_stride, out_row_stride, out_head_stride;
   long long lse_batch_stride, lse_head_stride, lse_row_stride;
 
-  const int* cu_seqlens_q;   // (B + 1) or null
-  const int* cu_seqlens_k;   // (B + 1) or null (paged: lengths only, keys start at row 0)
-  const int* seqused_k;      // (B) or null: end of the used keys
-  const int* leftpad_k;      // (B) or null: first used key row
-  const int* kv_batch_idx;   // (B) or null: k/v batch of sequence b (padded k/v only)
-  const int* block_table;    // (B, max_blocks) or null: paged k/v
+  const int* cu_seqlens_q;  // (B + 1) or null
+  const int* cu_seqlens_k;  // (B + 1) or null (paged: lengths only, keys start at row 0)
+  const int* seqused_k;     // (B) or null: end of the used keys
+  const int* leftpad_k;     // (B) or null: first used key row
+  const int* kv_batch_idx;  // (B) or null: k/v batch of sequence b (padded k/v only)
+  const int* block_table;   // (B, max_blocks) or null: paged k/v
   long long block_table_batch_stride;
-  int max_blocks_per_seq;    // columns of block_table (paged)
-  int page_size;             // rows per page (paged)
-  int page_shift;            // log2(page_size) when it is a power of two, else -1
-  int num_pages;             // pages in k/v (paged)
-  int kv_batches;            // first dimension of padded k/v (kv_batch_idx clamps into it)
+  int max_blocks_per_seq;  // columns of block_table (paged)
+  int page_size;           // rows per page (paged)
+  int page_shift;          // log2(page_size) when it is a power of two, else -1
+  int num_pages;           // pages in k/v (paged)
+  int kv_batches;          // first dimension of padded k/v (kv_batch_idx clamps into it)
 
-  const float* alibi_slopes; // (H) or (B, H) or null
+  const float* alibi_slopes;  // (H) or (B, H) or null
   long long alibi_batch_stride, alibi_head_stride;
 
-  int batch;      // B
-  int heads_q;    // H
-  int heads_kv;   // Hk, divides H
-  int head_dim;   // D actually present (<= the compiled head dim; the rest is zero-filled)
-  int seqlen_q;   // padded Sq, or max_seqlen_q for varlen (sizes the grid)
-  int seqlen_k;   // padded Sk, max_seqlen_k for varlen, max_blocks * page_size when paged
-  int total_q;    // rows of q: B*Sq padded, total_q varlen
-  int total_k;    // rows of k: B*Sk padded, total_k varlen, num_pages * page_size paged
+  int batch;         // B
+  int heads_q;       // H
+  int heads_kv;      // Hk, divides H
+  int head_dim;      // D actually present (<= the compiled head dim; the rest is zero-filled)
+  int seqlen_q;      // padded Sq, or max_seqlen_q for varlen (sizes the grid)
+  int seqlen_k;      // padded Sk, max_seqlen_k for varlen, max_blocks * page_size when paged
+  int total_q;       // rows of q: B*Sq padded, total_q varlen
+  int total_k;       // rows of k: B*Sk padded, total_k varlen, num_pages * page_size paged
   int window_left;   // -1 unbounded
   int window_right;  // -1 unbounded; causal sets 0
 
@@ -64,9 +64,9 @@ struct AttentionParams {
 // that af_flash_combine merges into out and lse. Partial row of (batch b, head h, split s, query row r):
 //   index ((s * batch + b) * heads_q + h) * seqlen_q + r; partial_out holds AF_HEAD_DIM floats per row.
 struct FlashFwdParams : AttentionParams {
-  int num_splits;       // 1: no split (partial_* unused)
-  float* partial_out;   // (num_splits, B, H, seqlen_q, AF_HEAD_DIM) normalised partial outputs
-  float* partial_lse;   // (num_splits, B, H, seqlen_q) natural-log LSE of each share, -inf when empty
+  int num_splits;      // 1: no split (partial_* unused)
+  float* partial_out;  // (num_splits, B, H, seqlen_q, AF_HEAD_DIM) normalised partial outputs
+  float* partial_lse;  // (num_splits, B, H, seqlen_q) natural-log LSE of each share, -inf when empty
 };
 
 // flash_attn_with_kvcache's steps before the attention (the kvcache family): new k/v rows rotated
@@ -74,12 +74,12 @@ struct FlashFwdParams : AttentionParams {
 // per (row, head) vector. Rows whose destination or rotary position lies outside the cache or the
 // cos/sin table are not written; q positions are clamped into the table.
 struct KvAppendParams {
-  void* k_cache;        // 16-bit (B_cache, S_cache, Hk, D) or paged (num_pages, page_size, Hk, D); written
-  void* v_cache;        // like k_cache
-  const void* k;        // 16-bit (B, S_new, Hk, D) new rows, or null (q only)
-  const void* v;        // like k
-  const void* q;        // 16-bit (B, Sq, H, D) or null
-  void* q_out;          // like q: q rotated
+  void* k_cache;           // 16-bit (B_cache, S_cache, Hk, D) or paged (num_pages, page_size, Hk, D); written
+  void* v_cache;           // like k_cache
+  const void* k;           // 16-bit (B, S_new, Hk, D) new rows, or null (q only)
+  const void* v;           // like k
+  const void* q;           // 16-bit (B, Sq, H, D) or null
+  void* q_out;             // like q: q rotated
   const void* rotary_cos;  // (seqlen_ro, rotary_dim / 2), 16-bit like k, or null: no rotation
   const void* rotary_sin;
 
@@ -102,16 +102,16 @@ struct KvAppendParams {
   int cache_batches;  // padded: B_cache
   int cache_rows;     // padded: S_cache
 
-  int batch;       // B
-  int seqlen_new;  // S_new (0 without k/v)
-  int heads_kv;    // Hk
-  int seqlen_q;    // Sq (0 without q)
-  int heads_q;     // H
-  int head_dim;    // D
-  int rotary_dim;  // even, <= D; 0 without rotation
-  int seqlen_ro;   // rows of cos/sin
-  int interleaved; // 1: pairs (2i, 2i + 1); 0: GPT-NeoX halves (i, i + rotary_dim / 2)
-  int q_per_row;   // 1: query row t at cache_seqlens[b] + t (causal or local); 0: all at cache_seqlens[b]
+  int batch;        // B
+  int seqlen_new;   // S_new (0 without k/v)
+  int heads_kv;     // Hk
+  int seqlen_q;     // Sq (0 without q)
+  int heads_q;      // H
+  int head_dim;     // D
+  int rotary_dim;   // even, <= D; 0 without rotation
+  int seqlen_ro;    // rows of cos/sin
+  int interleaved;  // 1: pairs (2i, 2i + 1); 0: GPT-NeoX halves (i, i + rotary_dim / 2)
+  int q_per_row;    // 1: query row t at cache_seqlens[b] + t (causal or local); 0: all at cache_seqlens[b]
 };
 
 #endif

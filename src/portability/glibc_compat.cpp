@@ -83,10 +83,14 @@ AF_HIDDEN int __wrap_pthread_create(pthread_t* t, const pthread_attr_t* a, void*
 AF_HIDDEN int __wrap_pthread_join(pthread_t t, void** r) { return af_compat_pthread_join(t, r); }
 AF_HIDDEN int __wrap_pthread_detach(pthread_t t) { return af_compat_pthread_detach(t); }
 AF_HIDDEN int __wrap_pthread_once(pthread_once_t* o, void (*f)(void)) { return af_compat_pthread_once(o, f); }
-AF_HIDDEN int __wrap_pthread_key_create(pthread_key_t* k, void (*d)(void*)) { return af_compat_pthread_key_create(k, d); }
+AF_HIDDEN int __wrap_pthread_key_create(pthread_key_t* k, void (*d)(void*)) {
+  return af_compat_pthread_key_create(k, d);
+}
 // libstdc++'s gthreads test the (weak) address of __pthread_key_create to see
 // whether threads are available; pointing it here keeps that answer "yes".
-AF_HIDDEN int __wrap___pthread_key_create(pthread_key_t* k, void (*d)(void*)) { return af_compat_pthread_key_create(k, d); }
+AF_HIDDEN int __wrap___pthread_key_create(pthread_key_t* k, void (*d)(void*)) {
+  return af_compat_pthread_key_create(k, d);
+}
 AF_HIDDEN int __wrap_pthread_key_delete(pthread_key_t k) { return af_compat_pthread_key_delete(k); }
 AF_HIDDEN void* __wrap_pthread_getspecific(pthread_key_t k) { return af_compat_pthread_getspecific(k); }
 AF_HIDDEN int __wrap_pthread_setspecific(pthread_key_t k, const void* v) { return af_compat_pthread_setspecific(k, v); }

@@ -25,15 +25,15 @@ struct AttentionProblem {
   af_device_type device_type = AF_DEVICE_CPU;
   int32_t device_index = 0;
 
-  int64_t batch = 0;      // B
-  int64_t heads_q = 0;    // H
-  int64_t heads_kv = 0;   // Hk, H % Hk == 0; q head h reads kv head h / (H / Hk)
-  int64_t head_dim = 0;   // D, 1..256
-  int64_t seqlen_q = 0;   // padded: Sq; varlen: max_seqlen_q
-  int64_t seqlen_k = 0;   // padded: Sk (paged: max_blocks * page_size); varlen: max_seqlen_k
+  int64_t batch = 0;     // B
+  int64_t heads_q = 0;   // H
+  int64_t heads_kv = 0;  // Hk, H % Hk == 0; q head h reads kv head h / (H / Hk)
+  int64_t head_dim = 0;  // D, 1..256
+  int64_t seqlen_q = 0;  // padded: Sq; varlen: max_seqlen_q
+  int64_t seqlen_k = 0;  // padded: Sk (paged: max_blocks * page_size); varlen: max_seqlen_k
 
-  bool varlen = false;    // cu_seqlens_q / cu_seqlens_k given
-  bool paged = false;     // block_table given
+  bool varlen = false;  // cu_seqlens_q / cu_seqlens_k given
+  bool paged = false;   // block_table given
 
   const void* q = nullptr;
   int64_t q_batch_stride = 0, q_row_stride = 0, q_head_stride = 0;
@@ -58,7 +58,7 @@ struct AttentionProblem {
   const int32_t* block_table = nullptr;   // (B, max_blocks_per_seq)
   int64_t block_table_batch_stride = 0;
   int64_t max_blocks_per_seq = 0;
-  int64_t page_size = 0;                  // rows per page
+  int64_t page_size = 0;  // rows per page
   int64_t num_pages = 0;
 
   int64_t total_q = 0;  // rows of q (varlen) or B * Sq
@@ -71,8 +71,8 @@ struct AttentionProblem {
   float softmax_scale = 1.0f;  // resolved: never 0
   float softcap = 0.0f;        // 0: off
   bool causal = false;
-  int64_t window_left = -1;    // -1: unbounded
-  int64_t window_right = -1;   // -1: unbounded; causal sets 0
+  int64_t window_left = -1;   // -1: unbounded
+  int64_t window_right = -1;  // -1: unbounded; causal sets 0
 
   int32_t num_splits = 0;  // FlashAttention's num_splits: 0 heuristic, 1 none, > 1 forced (CUDA)
   int64_t kv_batches = 0;  // padded k/v: their first dimension (kv_batch_idx indexes it)
@@ -83,11 +83,11 @@ struct AttentionProblem {
 // Where one sequence's rows live, resolved from the index arrays (host-readable
 // arrays only: the CPU backend and host-side checks use this).
 struct SequenceExtent {
-  int64_t q_row0 = 0;   // first query row (varlen: cu_seqlens_q[b]; padded: 0)
+  int64_t q_row0 = 0;  // first query row (varlen: cu_seqlens_q[b]; padded: 0)
   int64_t q_len = 0;
-  int64_t k_row0 = 0;   // first key row before paging (varlen: cu_seqlens_k[b]) plus leftpad
-  int64_t k_len = 0;    // keys attended, after seqused_k and leftpad_k
-  int64_t kv_batch = 0; // k/v batch index (padded), kv_batch_idx[b] or b
+  int64_t k_row0 = 0;    // first key row before paging (varlen: cu_seqlens_k[b]) plus leftpad
+  int64_t k_len = 0;     // keys attended, after seqused_k and leftpad_k
+  int64_t kv_batch = 0;  // k/v batch index (padded), kv_batch_idx[b] or b
 };
 
 inline SequenceExtent sequence_extent(const AttentionProblem& p, int64_t b) {

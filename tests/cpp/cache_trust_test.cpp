@@ -121,7 +121,8 @@ TEST_F(CacheTrust, DirectoryOwnedByAnotherUserIsNotUsed) {
   ASSERT_EQ(chown(dir_.c_str(), kNobody, kNobody), 0);
   EXPECT_FALSE(loads(1));
   EXPECT_EQ(cache_store(key_of(2), "label", kPayload), AF_ERR_IO);
-  EXPECT_NE(std::string(af_last_error_message()).find("owned by uid 65534"), std::string::npos) << af_last_error_message();
+  EXPECT_NE(std::string(af_last_error_message()).find("owned by uid 65534"), std::string::npos)
+      << af_last_error_message();
   EXPECT_EQ(af_warmup(nullptr, 0, nullptr, nullptr), AF_ERR_IO);
 }
 

@@ -150,7 +150,8 @@ TEST_F(CliCache, ListWhileAnotherProcessWritesSucceeds) {
   // Enough entries that the list outgrows the CLI's first buffer (4 KiB).
   for (int i = 0; i < 60; ++i)
     ASSERT_EQ(af::cuda::cache_store(af::cuda::make_cache_key("first " + std::to_string(i), {}, "sm_80", 12, 0), "first",
-                                    payload), AF_OK);
+                                    payload),
+              AF_OK);
   const pid_t writer = fork();
   ASSERT_GE(writer, 0);
   if (writer == 0) {

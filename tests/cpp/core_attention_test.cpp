@@ -131,12 +131,12 @@ struct Case {
   int32_t window_left = -1, window_right = -1;
   float softcap = 0.0f;
   float softmax_scale = 0.0f;
-  int alibi_rank = 0;           // 0 none, 1 (H), 2 (B, H)
-  bool seqused = false;         // use fewer keys than available
-  bool leftpad = false;         // start the used keys after some left padding
-  bool kv_batch_idx = false;    // padded only: read k/v from a permuted, larger cache batch
-  int64_t stride_pad = 0;       // extra elements in every stride (non-contiguous views)
-  int64_t page_size = 0;        // paged layouts
+  int alibi_rank = 0;         // 0 none, 1 (H), 2 (B, H)
+  bool seqused = false;       // use fewer keys than available
+  bool leftpad = false;       // start the used keys after some left padding
+  bool kv_batch_idx = false;  // padded only: read k/v from a permuted, larger cache batch
+  int64_t stride_pad = 0;     // extra elements in every stride (non-contiguous views)
+  int64_t page_size = 0;      // paged layouts
   bool lse = true;
 };
 
@@ -165,7 +165,8 @@ void run_case(const Case& c, af::cpu::Isa isa, std::mt19937_64& rng, uint64_t se
   const int64_t max_q = *std::max_element(c.q_lens.begin(), c.q_lens.end());
   const int64_t max_k = *std::max_element(c.k_lens.begin(), c.k_lens.end());
   std::vector<int32_t> cu_q(B + 1, 0), cu_k(B + 1, 0);
-  for (int64_t b = 0; b < B; ++b) cu_q[b + 1] = cu_q[b] + int32_t(c.q_lens[b]), cu_k[b + 1] = cu_k[b] + int32_t(c.k_lens[b]);
+  for (int64_t b = 0; b < B; ++b)
+    cu_q[b + 1] = cu_q[b] + int32_t(c.q_lens[b]), cu_k[b + 1] = cu_k[b] + int32_t(c.k_lens[b]);
 
   // q / out: padded (B, Sq, H, D) or varlen (total_q, H, D).
   std::vector<int64_t> q_shape = varlen ? std::vector<int64_t>{cu_q[B], H, D} : std::vector<int64_t>{B, max_q, H, D};
@@ -191,7 +192,8 @@ void run_case(const Case& c, af::cpu::Isa isa, std::mt19937_64& rng, uint64_t se
     block_table.assign(B * max_blocks, -1);
     int64_t next = 0;
     for (int64_t b = 0; b < B; ++b)
-      for (int64_t n = 0; n < (c.k_lens[b] + c.page_size - 1) / c.page_size; ++n) block_table[b * max_blocks + n] = pages[next++];
+      for (int64_t n = 0; n < (c.k_lens[b] + c.page_size - 1) / c.page_size; ++n)
+        block_table[b * max_blocks + n] = pages[next++];
   }
   std::vector<int64_t> kv_shape = paged    ? std::vector<int64_t>{num_pages, c.page_size, Hk, D}
                                   : varlen ? std::vector<int64_t>{cu_k[B], Hk, D}
@@ -201,7 +203,9 @@ void run_case(const Case& c, af::cpu::Isa isa, std::mt19937_64& rng, uint64_t se
   Buffer v(dt, padded_strides(kv_shape, c.stride_pad + 1, &v_strides));
   // Element index of available key row r of sequence b (before leftpad/seqused).
   auto kv_index = [&](int64_t b, int64_t r, int64_t hk, int64_t d, const std::vector<int64_t>& st) {
-    if (paged) return int64_t(block_table[b * max_blocks + r / c.page_size]) * st[0] + (r % c.page_size) * st[1] + hk * st[2] + d;
+    if (paged)
+      return int64_t(block_table[b * max_blocks + r / c.page_size]) * st[0] + (r % c.page_size) * st[1] + hk * st[2] +
+             d;
     if (varlen) return (cu_k[b] + r) * st[0] + hk * st[1] + d;
     return int64_t(kv_idx[b]) * st[0] + r * st[1] + hk * st[2] + d;
   };
@@ -226,7 +230,8 @@ void run_case(const Case& c, af::cpu::Isa isa, std::mt19937_64& rng, uint64_t se
   std::vector<int64_t> lse_strides;
   std::vector<float> lse(size_t(padded_strides(lse_shape, c.stride_pad, &lse_strides)), std::nanf(""));
   auto lse_index = [&](int64_t b, int64_t h, int64_t i) {
-    return varlen ? h * lse_strides[0] + (cu_q[b] + i) * lse_strides[1] : b * lse_strides[0] + h * lse_strides[1] + i * lse_strides[2];
+    return varlen ? h * lse_strides[0] + (cu_q[b] + i) * lse_strides[1]
+                  : b * lse_strides[0] + h * lse_strides[1] + i * lse_strides[2];
   };
 
   // ---- the call ----
@@ -363,7 +368,8 @@ void run_case(const Case& c, af::cpu::Isa isa, std::mt19937_64& rng, uint64_t se
   // output (errors of 16-bit outputs come in whole ulps, and the naive result
   // may round onto the exact one by luck), and at least 1e-6.
   const int mantissa_bits = dt == AF_DTYPE_FLOAT32 ? 23 : dt == AF_DTYPE_FLOAT16 ? 10 : 7;
-  const double out_floor = std::max(1e-6, largest_output > 0 ? std::ldexp(1.0, std::ilogb(largest_output) - mantissa_bits) : 0.0);
+  const double out_floor =
+      std::max(1e-6, largest_output > 0 ? std::ldexp(1.0, std::ilogb(largest_output) - mantissa_bits) : 0.0);
   EXPECT_LE(out_err.ours, 2 * out_err.naive + out_floor) << "naive error " << out_err.naive;
   EXPECT_LE(lse_err.ours, 2 * lse_err.naive + 1e-5) << "naive lse error " << lse_err.naive;
 
@@ -528,13 +534,15 @@ TEST(CoreCpuAttention, PackedQkvViewsMatchContiguousCopies) {
         for (int64_t t = 0; t < 3; ++t)
           for (int64_t hd = 0; hd < H * D; ++hd)
             copies[t]->set((b * S + s) * H * D + hd, packed.get(((b * S + s) * 3 + t) * H * D + hd));
-    const std::vector<int64_t> shape{B, S, H, D}, contiguous{S * H * D, H * D, D, 1}, in_packed{S * 3 * H * D, 3 * H * D, D, 1};
+    const std::vector<int64_t> shape{B, S, H, D}, contiguous{S * H * D, H * D, D, 1},
+        in_packed{S * 3 * H * D, 3 * H * D, D, 1};
     auto slice = [&](int64_t t) {
       return make_tensor(packed.bytes.data() + t * H * D * element_size(dt), dt, shape, in_packed);
     };
     af_tensor pq = slice(0), pk = slice(1), pv = slice(2), po = make_tensor(out_packed.data(), dt, shape, contiguous);
     af_tensor cq = make_tensor(q.data(), dt, shape, contiguous), ck = make_tensor(k.data(), dt, shape, contiguous);
-    af_tensor cv = make_tensor(v.data(), dt, shape, contiguous), co = make_tensor(out_copies.data(), dt, shape, contiguous);
+    af_tensor cv = make_tensor(v.data(), dt, shape, contiguous),
+              co = make_tensor(out_copies.data(), dt, shape, contiguous);
     af_attention_args args{};
     args.struct_size = sizeof args;
     args.causal = 1;

@@ -30,12 +30,16 @@ std::vector<uint8_t> read_all(const std::string& path) {
 }
 
 void put16(std::vector<uint8_t>& b, uint16_t v) { b.insert(b.end(), {uint8_t(v), uint8_t(v >> 8)}); }
-void put32(std::vector<uint8_t>& b, uint32_t v) { for (int i = 0; i < 4; ++i) b.push_back(uint8_t(v >> (8 * i))); }
-void put64(std::vector<uint8_t>& b, uint64_t v) { for (int i = 0; i < 8; ++i) b.push_back(uint8_t(v >> (8 * i))); }
+void put32(std::vector<uint8_t>& b, uint32_t v) {
+  for (int i = 0; i < 4; ++i) b.push_back(uint8_t(v >> (8 * i)));
+}
+void put64(std::vector<uint8_t>& b, uint64_t v) {
+  for (int i = 0; i < 8; ++i) b.push_back(uint8_t(v >> (8 * i)));
+}
 
 struct RawMember {
   std::string name;
-  std::vector<uint8_t> stored;  // stored (method 0) content
+  std::vector<uint8_t> stored;       // stored (method 0) content
   uint64_t offset_override = ~0ull;  // local header offset written in the directory
 };
 
@@ -170,7 +174,8 @@ TEST(DoctorZipHostile, OverlappingMembersAreRefused) {
 
 TEST(DoctorZipHostile, Zip64ArchivesRead) {
   std::vector<RawMember> members;
-  for (int i = 0; i < 3; ++i) members.push_back({"pkg/m" + std::to_string(i) + ".py", bytes_of("x = " + std::to_string(i) + "\n")});
+  for (int i = 0; i < 3; ++i)
+    members.push_back({"pkg/m" + std::to_string(i) + ".py", bytes_of("x = " + std::to_string(i) + "\n")});
   std::vector<uint8_t> zip = make_zip(members, true);
   std::vector<ZipMember> parsed;
   std::string error;
@@ -182,7 +187,8 @@ TEST(DoctorZipHostile, Zip64ArchivesRead) {
 }
 
 TEST(DoctorZipHostile, BudgetStopsReadsAndSaysSo) {
-  std::vector<RawMember> members = {{"a.bin", bytes_of(std::string(3000, 'a'))}, {"b.bin", bytes_of(std::string(3000, 'b'))}};
+  std::vector<RawMember> members = {{"a.bin", bytes_of(std::string(3000, 'a'))},
+                                    {"b.bin", bytes_of(std::string(3000, 'b'))}};
   std::vector<uint8_t> zip = make_zip(members, false);
   std::vector<ZipMember> parsed;
   std::string error;
@@ -214,14 +220,14 @@ TEST(DoctorZipHostile, StreamingInflateMatchesWholeAndKeepsMemorySmall) {
     for (int i = 0; i < n; ++i) r |= ((code >> i) & 1) << (n - 1 - i);
     return r;
   };
-  emit(1, 1), emit(1, 2);                       // final block, fixed Huffman
-  emit(reversed(0x30 + 'z', 8), 8);             // literal 'z'
-  const int copies = 4096;                       // each copies 258 bytes at distance 1
+  emit(1, 1), emit(1, 2);            // final block, fixed Huffman
+  emit(reversed(0x30 + 'z', 8), 8);  // literal 'z'
+  const int copies = 4096;           // each copies 258 bytes at distance 1
   for (int i = 0; i < copies; ++i) {
-    emit(reversed(0xc5, 8), 8);                  // length symbol 285 (258): code 11000101
-    emit(reversed(0, 5), 5);                     // distance symbol 0 (distance 1)
+    emit(reversed(0xc5, 8), 8);  // length symbol 285 (258): code 11000101
+    emit(reversed(0, 5), 5);     // distance symbol 0 (distance 1)
   }
-  emit(0, 7);                                    // end of block (symbol 256: 0000000)
+  emit(0, 7);  // end of block (symbol 256: 0000000)
   if (count) stream.push_back(uint8_t(bits));
   const uint64_t expected = 1 + uint64_t(copies) * 258;
   std::vector<uint8_t> whole;
@@ -231,12 +237,16 @@ TEST(DoctorZipHostile, StreamingInflateMatchesWholeAndKeepsMemorySmall) {
   EXPECT_EQ(std::count(whole.begin(), whole.end(), 'z'), std::ptrdiff_t(expected));
   size_t largest_chunk = 0, total = 0;
   Sha256 streamed;
-  ASSERT_TRUE(inflate_stream(ByteView(stream), [&](const uint8_t* data, size_t size) {
-    largest_chunk = std::max(largest_chunk, size);
-    total += size;
-    streamed.update(data, size);
-    return true;
-  }, expected, error)) << error;
+  ASSERT_TRUE(inflate_stream(
+      ByteView(stream),
+      [&](const uint8_t* data, size_t size) {
+        largest_chunk = std::max(largest_chunk, size);
+        total += size;
+        streamed.update(data, size);
+        return true;
+      },
+      expected, error))
+      << error;
   EXPECT_EQ(total, expected);
   EXPECT_LE(largest_chunk, size_t(256 << 10) + 258);
   EXPECT_EQ(streamed.digest(), sha256_of(ByteView(whole)));
@@ -281,7 +291,8 @@ TEST(DoctorPythonImports, NamesFunctionsAndVersionAreNotModules) {
   for (const MissingModule& m : result.missing) missing.push_back(m.module);
   EXPECT_EQ(missing, (std::vector<std::string>{"pkg.helper", "pkg.Config"}));
   result = scan({
-      {"pkg", true, "from .version import __version__\nfrom .core import run\nclass Config: pass\ndef helper(): pass\n"},
+      {"pkg", true,
+       "from .version import __version__\nfrom .core import run\nclass Config: pass\ndef helper(): pass\n"},
       {"pkg.version", false, "__version__ = '1.0'\n"},
       {"pkg.core", false, "from . import __version__, Config\nfrom pkg import helper\ndef run():\n    pass\n"},
   });
@@ -300,8 +311,8 @@ TEST(DoctorPythonImports, DocstringsCommentsAndFunctionLevelImportsDoNotCount) {
 }
 
 TEST(DoctorPythonImports, ModuleLevelImportOfAnAbsentModuleIsReached) {
-  ImportScan result = scan({{"demo", true, "from . import (\n    _C,\n)\n"},
-                            {"demo.extra", false, "import demo._other\n"}});
+  ImportScan result =
+      scan({{"demo", true, "from . import (\n    _C,\n)\n"}, {"demo.extra", false, "import demo._other\n"}});
   ASSERT_EQ(result.missing.size(), 2u);
   EXPECT_EQ(result.missing[0].module, "demo._C");
   EXPECT_TRUE(result.missing[0].reached);
@@ -357,9 +368,10 @@ TEST(DoctorAlternatives, OneHealthyAlternativeMakesTheOthersInfo) {
 }
 
 TEST(DoctorFixes, MetadataTorchPinGivesTheReleaseForTheInstalledTorch) {
-  Distribution d = parse_metadata("Metadata-Version: 2.1\nName: torchvision\nVersion: 0.16.0\n"
-                                  "Requires-Dist: numpy\nRequires-Dist: torch (==2.1.0)\nRequires-Dist: scipy ; extra == \"scipy\"\n\n"
-                                  "Requires-Dist: torch==9 in the description\n");
+  Distribution d = parse_metadata(
+      "Metadata-Version: 2.1\nName: torchvision\nVersion: 0.16.0\n"
+      "Requires-Dist: numpy\nRequires-Dist: torch (==2.1.0)\nRequires-Dist: scipy ; extra == \"scipy\"\n\n"
+      "Requires-Dist: torch==9 in the description\n");
   EXPECT_EQ(d.name, "torchvision");
   EXPECT_EQ(d.version, "0.16.0");
   EXPECT_EQ(d.torch_requirement, "==2.1.0");
@@ -382,8 +394,9 @@ TEST(DoctorFixes, FlashAttnSourceBuildIsForcedAndCacheFree) {
   python.torch.version = "2.15.0+cu132";
   python.torch.reported_cxx11_abi = 1;
   std::string fix = matching_build_fix(d, &python);
-  for (const char* part : {"FLASH_ATTENTION_FORCE_BUILD=TRUE", "FLASH_ATTENTION_FORCE_CXX11_ABI=TRUE", "--no-cache-dir",
-                           "--force-reinstall", "--no-build-isolation", "--no-binary flash_attn", "flash_attn==2.8.3"}) {
+  for (const char* part :
+       {"FLASH_ATTENTION_FORCE_BUILD=TRUE", "FLASH_ATTENTION_FORCE_CXX11_ABI=TRUE", "--no-cache-dir",
+        "--force-reinstall", "--no-build-isolation", "--no-binary flash_attn", "flash_attn==2.8.3"}) {
     EXPECT_NE(fix.find(part), std::string::npos) << part << " missing from " << fix;
   }
 }

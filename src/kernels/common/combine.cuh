@@ -39,8 +39,8 @@ extern "C" __global__ void __launch_bounds__(128) af_flash_combine(const FlashFw
       for (int c = 0; c < kColumns; ++c) acc[c] += weight * partial[c];
     }
   }
-  af_u16* dst = (af_u16*)p.out + (long long)batch * p.out_batch_stride + (long long)(rows.row0 + row) * p.out_row_stride +
-                (long long)head * p.out_head_stride;
+  af_u16* dst = (af_u16*)p.out + (long long)batch * p.out_batch_stride +
+                (long long)(rows.row0 + row) * p.out_row_stride + (long long)head * p.out_head_stride;
 #pragma unroll
   for (int c = 0; c < kColumns; ++c) {
     const int col = lane * kColumns + c;

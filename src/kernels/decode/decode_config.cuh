@@ -22,10 +22,10 @@
 constexpr int kHeadDim = AF_HEAD_DIM;
 constexpr int kWarps = AF_WARPS;
 constexpr int kThreads = kWarps * 32;
-constexpr int kBlockM = 16;            // packed rows per CTA (one m16 tile)
-constexpr int kBlockN = kWarps * 16;   // keys per step, 16 per warp
-constexpr int kKSteps = kHeadDim / 16; // k16 steps of Q K^T
-constexpr int kDTiles = kHeadDim / 8;  // n8 tiles of O
+constexpr int kBlockM = 16;             // packed rows per CTA (one m16 tile)
+constexpr int kBlockN = kWarps * 16;    // keys per step, 16 per warp
+constexpr int kKSteps = kHeadDim / 16;  // k16 steps of Q K^T
+constexpr int kDTiles = kHeadDim / 8;   // n8 tiles of O
 constexpr bool kExtras = AF_EXTRAS != 0;
 constexpr int kStages = AF_KV_STAGES;
 constexpr int kQBytes = kBlockM * kHeadDim * 2;

@@ -5,8 +5,8 @@
 struct KeySpan {
   const af_u16* k;  // element 0 of this KV head in sequence b's rows (paged: in page 0)
   const af_u16* v;
-  int row0;         // first used key row (varlen offset and left padding)
-  int len;          // used keys
+  int row0;  // first used key row (varlen offset and left padding)
+  int len;   // used keys
 };
 
 __device__ __forceinline__ KeySpan key_span(const FlashFwdParams& p, int batch, int head_kv) {
@@ -38,7 +38,7 @@ __device__ __forceinline__ KeySpan key_span(const FlashFwdParams& p, int batch, 
   return {(const af_u16*)p.k + k_off, (const af_u16*)p.v + v_off, row0, len};
 }
 
-constexpr int kRowsPerPass = kThreads / kChunks;       // K/V rows one pass of all threads covers
+constexpr int kRowsPerPass = kThreads / kChunks;        // K/V rows one pass of all threads covers
 constexpr int kRowsPerThread = kBlockN / kRowsPerPass;  // rows each thread copies per key block
 static_assert(kThreads % kChunks == 0 && kBlockN % kRowsPerPass == 0, "whole rows per pass");
 
@@ -136,7 +136,7 @@ extern "C" __global__ void __launch_bounds__(kThreads) af_decode_fwd(const Flash
   // Thread fragment coordinates: lane holds rows g and g + 8 of the m16 tile, columns 2t, 2t + 1.
   const int g = lane >> 2;
   const int t = lane & 3;
-  int row_query[2];          // query row of packed rows g, g + 8
+  int row_query[2];                  // query row of packed rows g, g + 8
   float alibi_log2[2] = {0.f, 0.f};  // slope * log2(e) of their heads
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
@@ -183,9 +183,9 @@ extern "C" __global__ void __launch_bounds__(kThreads) af_decode_fwd(const Flash
   if (p.num_splits > 1) asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
 #endif
 
-  float o[kDTiles][4];  // (16 rows, 8 dims) accumulators
+  float o[kDTiles][4];                          // (16 rows, 8 dims) accumulators
   float row_max[2] = {AF_NEG_INF, AF_NEG_INF};  // rows g, g + 8 (raw scores; log2 units with extras)
-  float row_sum[2] = {0.f, 0.f};                 // this thread's partial sums of exp2
+  float row_sum[2] = {0.f, 0.f};                // this thread's partial sums of exp2
 #pragma unroll
   for (int dt = 0; dt < kDTiles; ++dt) o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.f;
 
@@ -256,7 +256,8 @@ extern "C" __global__ void __launch_bounds__(kThreads) af_decode_fwd(const Flash
     float base[2];
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
-      float m = fmaxf(row_max[half], fmaxf(fmaxf(s[0][2 * half], s[0][2 * half + 1]), fmaxf(s[1][2 * half], s[1][2 * half + 1])));
+      float m = fmaxf(row_max[half],
+                      fmaxf(fmaxf(s[0][2 * half], s[0][2 * half + 1]), fmaxf(s[1][2 * half], s[1][2 * half + 1])));
       m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
       m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
       // A row with no visible key so far keeps max -inf; subtracting 0 then gives exp2(-inf) = 0.
@@ -295,7 +296,7 @@ extern "C" __global__ void __launch_bounds__(kThreads) af_decode_fwd(const Flash
   // (max in log2 units, sum) and 16 x kHeadDim unnormalised outputs, all fp32.
   cp_async_wait<0>();
   __syncthreads();
-  float* merge_o = (float*)(smem + kQBytes);      // (kWarps, 16, kHeadDim)
+  float* merge_o = (float*)(smem + kQBytes);           // (kWarps, 16, kHeadDim)
   float* merge_ml = merge_o + kWarps * 16 * kHeadDim;  // (kWarps, 16, 2)
 #pragma unroll
   for (int half = 0; half < 2; ++half) {

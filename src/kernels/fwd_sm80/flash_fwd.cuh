@@ -60,14 +60,15 @@ struct TileIndex {
 __device__ __forceinline__ TileIndex tile_index(const FlashFwdParams& p) {
   const int group = int(blockIdx.z) / p.num_splits;
   const int pair = group * int(gridDim.x) + int(blockIdx.x);
-  return {int(gridDim.y) - 1 - int(blockIdx.y), pair % p.heads_q, pair / p.heads_q, int(blockIdx.z) - group * p.num_splits};
+  return {int(gridDim.y) - 1 - int(blockIdx.y), pair % p.heads_q, pair / p.heads_q,
+          int(blockIdx.z) - group * p.num_splits};
 }
 
 extern "C" __global__ void __launch_bounds__(kThreads, AF_MIN_BLOCKS) af_flash_fwd(const FlashFwdParams p) {
   extern __shared__ __align__(128) unsigned char smem[];
-  const af_u32 sQ = shared_address(smem);     // (kBlockM, kHeadDim), later the output staging tile
-  const af_u32 sK = sQ + kQBytes;              // (kBlockN, kHeadDim) per stage: K0 V0 [K1 V1 [K2 V2]]
-  const af_u32 sV = sK + kKVBytes;             // (kBlockN, kHeadDim)
+  const af_u32 sQ = shared_address(smem);  // (kBlockM, kHeadDim), later the output staging tile
+  const af_u32 sK = sQ + kQBytes;          // (kBlockN, kHeadDim) per stage: K0 V0 [K1 V1 [K2 V2]]
+  const af_u32 sV = sK + kKVBytes;         // (kBlockN, kHeadDim)
   constexpr af_u32 kStageBytes = 2 * kKVBytes;
   constexpr af_u32 kRingBytes = kStages * kStageBytes;
 
@@ -119,12 +120,12 @@ extern "C" __global__ void __launch_bounds__(kThreads, AF_MIN_BLOCKS) af_flash_f
   const int unmasked_begin =
       p.window_left >= 0 ? (max(0, last_row + diagonal - p.window_left) + kBlockN - 1) / kBlockN : 0;
 
-  const af_u16* q_base = (const af_u16*)p.q + q_batch + (long long)(query.row0 + m0) * p.q_row_stride +
-                         (long long)head * p.q_head_stride;
-  const af_u16* k_base = (const af_u16*)p.k + k_batch + (long long)k_row0 * p.k_row_stride +
-                         (long long)head_kv * p.k_head_stride;
-  const af_u16* v_base = (const af_u16*)p.v + v_batch + (long long)k_row0 * p.v_row_stride +
-                         (long long)head_kv * p.v_head_stride;
+  const af_u16* q_base =
+      (const af_u16*)p.q + q_batch + (long long)(query.row0 + m0) * p.q_row_stride + (long long)head * p.q_head_stride;
+  const af_u16* k_base =
+      (const af_u16*)p.k + k_batch + (long long)k_row0 * p.k_row_stride + (long long)head_kv * p.k_head_stride;
+  const af_u16* v_base =
+      (const af_u16*)p.v + v_batch + (long long)k_row0 * p.v_row_stride + (long long)head_kv * p.v_head_stride;
 
   float alibi_log2 = 0.f;  // slope * log2(e)
   if (kExtras && p.alibi_slopes != nullptr)
@@ -155,8 +156,7 @@ extern "C" __global__ void __launch_bounds__(kThreads, AF_MIN_BLOCKS) af_flash_f
       const int n0 = (n_block_max - 1 - i) * kBlockN;
       if (n0 >= n_block_min * kBlockN) {
         const af_u32 stage = i * kStageBytes;
-        load_tile<kBlockN>(sK + stage, k_base + (long long)n0 * p.k_row_stride, p.k_row_stride, k_len - n0,
-                           p.head_dim);
+        load_tile<kBlockN>(sK + stage, k_base + (long long)n0 * p.k_row_stride, p.k_row_stride, k_len - n0, p.head_dim);
         if (kStages > 1)
           load_tile<kBlockN>(sV + stage, v_base + (long long)n0 * p.v_row_stride, p.v_row_stride, k_len - n0,
                              p.head_dim);
@@ -185,10 +185,10 @@ extern "C" __global__ void __launch_bounds__(kThreads, AF_MIN_BLOCKS) af_flash_f
         const int n_ahead = n0 - (kStages - 1) * kBlockN;
         if (n_ahead >= n_block_min * kBlockN) {
           const af_u32 ahead = (stage == 0 ? kRingBytes : stage) - kStageBytes;
-          load_tile<kBlockN>(sK + ahead, k_base + (long long)n_ahead * p.k_row_stride, p.k_row_stride,
-                             k_len - n_ahead, p.head_dim);
-          load_tile<kBlockN>(sV + ahead, v_base + (long long)n_ahead * p.v_row_stride, p.v_row_stride,
-                             k_len - n_ahead, p.head_dim);
+          load_tile<kBlockN>(sK + ahead, k_base + (long long)n_ahead * p.k_row_stride, p.k_row_stride, k_len - n_ahead,
+                             p.head_dim);
+          load_tile<kBlockN>(sV + ahead, v_base + (long long)n_ahead * p.v_row_stride, p.v_row_stride, k_len - n_ahead,
+                             p.head_dim);
         }
         cp_async_commit();  // possibly empty: the wait above counts one group per block
       } else {
@@ -206,8 +206,7 @@ extern "C" __global__ void __launch_bounds__(kThreads, AF_MIN_BLOCKS) af_flash_f
       for (int ks = 0; ks < kKSteps; ++ks) {
         af_u32 a[kMTiles][4];
 #pragma unroll
-        for (int mt = 0; mt < kMTiles; ++mt)
-          ldmatrix_x4(fragment_address(q_frag, mt * 16, ks), a[mt]);
+        for (int mt = 0; mt < kMTiles; ++mt) ldmatrix_x4(fragment_address(q_frag, mt * 16, ks), a[mt]);
 #pragma unroll
         for (int np = 0; np < kNTiles / 2; ++np) {
           af_u32 b[4];
@@ -260,8 +259,7 @@ extern "C" __global__ void __launch_bounds__(kThreads, AF_MIN_BLOCKS) af_flash_f
             for (int e = 0; e < 4; ++e) {
               const int row = m0 + warp_row0 + mt * 16 + g + (e >> 1) * 8;
               const int col = n0 + nt * 8 + 2 * t + (e & 1);
-              const bool visible = col < k_len &&
-                                   (p.window_right < 0 || col <= row + diagonal + p.window_right) &&
+              const bool visible = col < k_len && (p.window_right < 0 || col <= row + diagonal + p.window_right) &&
                                    (p.window_left < 0 || col >= row + diagonal - p.window_left);
               if (!visible) s[mt][nt][e] = AF_NEG_INF;
             }
@@ -323,8 +321,7 @@ extern "C" __global__ void __launch_bounds__(kThreads, AF_MIN_BLOCKS) af_flash_f
 
       if (kStages == 1 && n_block > n_block_min) {
         const int n_prev = n0 - kBlockN;
-        load_tile<kBlockN>(sK, k_base + (long long)n_prev * p.k_row_stride, p.k_row_stride, k_len - n_prev,
-                           p.head_dim);
+        load_tile<kBlockN>(sK, k_base + (long long)n_prev * p.k_row_stride, p.k_row_stride, k_len - n_prev, p.head_dim);
         cp_async_commit();
       }
 
@@ -413,7 +410,8 @@ extern "C" __global__ void __launch_bounds__(kThreads, AF_MIN_BLOCKS) af_flash_f
   }
   __syncwarp();
   af_u16* out_base = (af_u16*)p.out + (long long)out_tile.batch * p.out_batch_stride +
-                     (long long)(out_rows.row0 + out_m0) * p.out_row_stride + (long long)out_tile.head * p.out_head_stride;
+                     (long long)(out_rows.row0 + out_m0) * p.out_row_stride +
+                     (long long)out_tile.head * p.out_head_stride;
   constexpr int kWarpItems = 16 * kMTiles * kChunks;
 #pragma unroll
   for (int i = 0; i < kWarpItems / 32; ++i) {
@@ -425,8 +423,11 @@ extern "C" __global__ void __launch_bounds__(kThreads, AF_MIN_BLOCKS) af_flash_f
       af_u16* dst = out_base + (long long)row * p.out_row_stride + col;
       if (col + 8 <= p.head_dim) {
         af_u32 x0, x1, x2, x3;
-        asm volatile("ld.shared.v4.b32 {%0, %1, %2, %3}, [%4];\n" : "=r"(x0), "=r"(x1), "=r"(x2), "=r"(x3) : "r"(address));
-        asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"l"(dst), "r"(x0), "r"(x1), "r"(x2), "r"(x3) : "memory");
+        asm volatile("ld.shared.v4.b32 {%0, %1, %2, %3}, [%4];\n"
+                     : "=r"(x0), "=r"(x1), "=r"(x2), "=r"(x3)
+                     : "r"(address));
+        asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"l"(dst), "r"(x0), "r"(x1), "r"(x2), "r"(x3)
+                     : "memory");
       } else {
         for (int e = 0; e < p.head_dim - col; ++e) {
           af_u16 x;
@@ -437,4 +438,3 @@ extern "C" __global__ void __launch_bounds__(kThreads, AF_MIN_BLOCKS) af_flash_f
     }
   }
 }
-
