@@ -157,7 +157,8 @@ def main():
                 if key not in results or r["median_s"] < results[key]["median_s"]:
                     results[key] = r
                 print("round %d %-9s %s S=%-5d D=%-3d causal=%d  %8.1f ms  extra %7.1f MiB" % (
-                    round_index + 1, impl, dt, s, d, c, r["median_s"] * 1e3, r["extra_mib"]), file=sys.stderr, flush=True)
+                    round_index + 1, impl, dt, s, d, c, r["median_s"] * 1e3, r["extra_mib"]),
+                    file=sys.stderr, flush=True)
 
     lines = []
     lines.append("| dtype | seqlen | head_dim x heads | causal | attnforge ms | torch ms | torch / attnforge "
@@ -173,11 +174,13 @@ def main():
             a["extra_mib"], t["extra_mib"], a["max_abs_diff_vs_torch"]))
     summary = "torch / attnforge time ratio: min %.2f, median %.2f, max %.2f (> 1: attnforge faster)" % (
         min(ratios), statistics.median(ratios), max(ratios))
-    math_lines = ["| dtype | seqlen | torch math path ms | torch math extra MiB | attnforge extra MiB |", "|---|---|---|---|---|"]
+    math_lines = ["| dtype | seqlen | torch math path ms | torch math extra MiB | attnforge extra MiB |",
+                  "|---|---|---|---|---|"]
     for dt, s, d, c in configs:
         if ("torch_math", dt, s, d, c) in results:
             m, a = results[("torch_math", dt, s, d, c)], results[("attnforge", dt, s, d, c)]
-            math_lines.append("| %s | %d | %.1f | %.1f | %.1f |" % (dt, s, m["median_s"] * 1e3, m["extra_mib"], a["extra_mib"]))
+            math_lines.append("| %s | %d | %.1f | %.1f | %.1f |" % (dt, s, m["median_s"] * 1e3, m["extra_mib"],
+                                                                      a["extra_mib"]))
     table = "\n".join(lines) + (
         "\n\nFor scale, torch's unfused math path (`sdpa_kernel(SDPBackend.MATH)`, which materialises the"
         " S x S scores), head_dim 128 x 16 heads, not causal, first round only:\n\n" + "\n".join(math_lines))
@@ -202,7 +205,8 @@ def main():
         "- torch %s (`scaled_dot_product_attention` on CPU, layout (B, H, S, D), `is_causal`)." % torch.__version__,
         "- attnforge %s, library %s, build: %s." % (_native.version(), _native.library_path(),
                                                    report.get("build", "?")),
-        "- Both with %d threads (torch.set_num_threads, af_set_num_threads); batch 1, H x D = %d." % (THREADS, MODEL_DIM),
+        "- Both with %d threads (torch.set_num_threads, af_set_num_threads); "
+        "batch 1, H x D = %d." % (THREADS, MODEL_DIM),
         "- Time: median of %d calls after a warm-up, in a fresh process per (implementation, config); with"
         " --rounds > 1 each config keeps its best median over the rounds." % args.repeats,
         "- Extra memory: peak RSS (VmHWM, i.e. ru_maxrss, reset via /proc/self/clear_refs once the inputs exist)"

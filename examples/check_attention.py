@@ -42,7 +42,7 @@ def as_lists(x):
 
 # float64 reference on the rounded inputs: query head h reads key/value head h // (heads // kv_heads),
 # and query row i sees key j when j <= i + seqlen_k - seqlen_q (causal, aligned bottom-right).
-Q, K, V, O = as_lists(q), as_lists(k), as_lists(v), as_lists(out)
+Q, K, V, Out = as_lists(q), as_lists(k), as_lists(v), as_lists(out)
 errors = []
 for b in range(batch):
     for h in range(heads):
@@ -55,7 +55,7 @@ for b in range(batch):
             total = sum(weights)
             for d in range(head_dim):
                 reference = sum(w * V[b][j][g][d] for w, j in zip(weights, visible)) / total
-                errors.append(abs(O[b][i][h][d] - reference))
+                errors.append(abs(Out[b][i][h][d] - reference))
 
 nans = sum(1 for e in errors if math.isnan(e))
 worst = max((e for e in errors if not math.isnan(e)), default=0.0)

@@ -70,7 +70,8 @@ def sweep(head_dims, seqlens, repeats, rounds):
                         tflops = flops / ms / 1e9
                         row[name] = tflops if row[name] is None else max(row[name], tflops)
                 rows.append(row)
-                print("d%-3d %-6s S=%-5d  attnforge %6.1f  flash %6.1f  cudnn %6.1f TFLOP/s  (x%.2f flash, x%.2f cudnn)%s" % (
+                print("d%-3d %-6s S=%-5d  attnforge %6.1f  flash %6.1f  cudnn %6.1f TFLOP/s  "
+                      "(x%.2f flash, x%.2f cudnn)%s" % (
                     d, "causal" if causal else "full", s, row["attnforge"] or 0, row["flash"] or 0, row["cudnn"] or 0,
                     (row["attnforge"] or 0) / (row["flash"] or 1), (row["attnforge"] or 0) / (row["cudnn"] or 1),
                     "" if valid else "  INVALID (max diff %.3g)" % diff))
@@ -152,7 +153,8 @@ def decode_sweep(rounds):
             except RuntimeError as e:
                 row[name + "_graph_error"] = str(e)[:200]
         rows.append(row)
-        print("decode b%-2d keys=%-5d heads %d/%d d%d: attnforge %.1f us (graph %s), flash %s us (graph %s), cudnn %s us, "
+        print("decode b%-2d keys=%-5d heads %d/%d d%d: attnforge %.1f us (graph %s), flash %s us (graph %s), "
+              "cudnn %s us, "
               "efficient %s us" % (batch, keys, heads, heads_kv, d, row.get("attnforge", 0),
                                    *("%.1f" % row[n] if row.get(n) else "n/a"
                                      for n in ("attnforge_graph", "flash", "flash_graph", "cudnn", "efficient"))))
@@ -180,17 +182,22 @@ def first_call_cost(arch):
         "  for d in (32,64,96,128,192,256):\n"
         "    for softcap in (0.0,30.0):\n"
         "      q=torch.randn(1,64,2,d,dtype=dtype,device='cuda'); o=torch.empty_like(q); torch.cuda.synchronize()\n"
-        "      t=time.perf_counter(); af.attention_forward(q,q,q,o,softcap=softcap,backend='cuda'); torch.cuda.synchronize()\n"
-        "      r.append(('%%s flash_fwd_%%s_d%%d%%s'%%(%r,name,d,'_extras' if softcap else ''), time.perf_counter()-t))\n"
+        "      t=time.perf_counter(); af.attention_forward(q,q,q,o,softcap=softcap,backend='cuda'); "
+        "torch.cuda.synchronize()\n"
+        "      r.append(('%%s flash_fwd_%%s_d%%d%%s'%%(%r,name,d,'_extras' if softcap else ''), "
+        "time.perf_counter()-t))\n"
         "print(json.dumps(r))" % (os.path.dirname(os.path.abspath(__file__)), arch))
     compile_out = subprocess.run([sys.executable, "-c", code_compile], env=env, capture_output=True, text=True)
     compiled = json.loads(compile_out.stdout.strip().splitlines()[-1]) if compile_out.returncode == 0 else []
     code_load = (
         "import json,time,sys,torch; sys.path.insert(0,%r); from common import native; af=native(); r={}\n"
         "for d in (64,128,256):\n"
-        "  q=torch.randn(1,128,2,d,dtype=torch.bfloat16,device='cuda'); o=torch.empty_like(q); torch.cuda.synchronize()\n"
-        "  t=time.perf_counter(); af.attention_forward(q,q,q,o,backend='cuda'); torch.cuda.synchronize(); first=time.perf_counter()-t\n"
-        "  t=time.perf_counter(); af.attention_forward(q,q,q,o,backend='cuda'); torch.cuda.synchronize(); again=time.perf_counter()-t\n"
+        "  q=torch.randn(1,128,2,d,dtype=torch.bfloat16,device='cuda'); o=torch.empty_like(q); "
+        "torch.cuda.synchronize()\n"
+        "  t=time.perf_counter(); af.attention_forward(q,q,q,o,backend='cuda'); torch.cuda.synchronize(); "
+        "first=time.perf_counter()-t\n"
+        "  t=time.perf_counter(); af.attention_forward(q,q,q,o,backend='cuda'); torch.cuda.synchronize(); "
+        "again=time.perf_counter()-t\n"
         "  r['flash_fwd_bf16_d%%d'%%d]={'first_call_ms':first*1e3,'steady_call_ms':again*1e3}\n"
         "print(json.dumps(r))" % (os.path.dirname(os.path.abspath(__file__)),))
     load_out = subprocess.run([sys.executable, "-c", code_load], env=env, capture_output=True, text=True)
@@ -249,20 +256,25 @@ def write_markdown(path, env, rows, first_call, decode):
     if decode:
         lines += ["## Decode steps (one query row per sequence, causal)", "",
                   "Microseconds per call over 50 back-to-back calls (what an eager decode loop sees: GPU time, or "
-                  "launch overhead where that is larger); best of %d rounds. SDPA gets K/V with heads repeated." % env["rounds"],
+                  "launch overhead where that is larger); best of %d rounds. "
+                  "SDPA gets K/V with heads repeated." % env["rounds"],
                   "The graph columns replay 50 calls captured in a CUDA graph: GPU time without launch overhead.",
                   "", "| batch | cached keys | heads (q/kv) | head dim | attnforge us | flash us | cuDNN us | "
                   "efficient us | flash / attnforge | attnforge graph us | flash graph us | ratio (graph) |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in decode:
-            cell = lambda n: "%.1f" % r[n] if r.get(n) else "n/a"
-            ratio = lambda a, b: "%.2f" % (r[b] / r[a]) if r.get(a) and r.get(b) else "n/a"
+            def cell(n):
+                return "%.1f" % r[n] if r.get(n) else "n/a"
+
+            def ratio(a, b):
+                return "%.2f" % (r[b] / r[a]) if r.get(a) and r.get(b) else "n/a"
             lines.append("| %d | %d | %d/%d | %d | %s | %s | %s | %s | %s | %s | %s | %s |" % (
                 r["batch"], r["keys"], r["heads"], r["heads_kv"], r["head_dim"], cell("attnforge"), cell("flash"),
                 cell("cudnn"), cell("efficient"), ratio("attnforge", "flash"), cell("attnforge_graph"),
                 cell("flash_graph"), ratio("attnforge_graph", "flash_graph")))
         lines.append("")
-    lines += ["## First-call cost", "", "First call of each variant with an empty cache, one at a time (NVRTC compile for "
+    lines += ["## First-call cost", "",
+              "First call of each variant with an empty cache, one at a time (NVRTC compile for "
               "this GPU + cache write + module load + launch + sync):", "",
               "| variant | first call s |", "|---|---|"]
     for item, seconds in first_call.get("compile_seconds", []):

@@ -11,7 +11,8 @@ _REPO = os.path.dirname(os.path.dirname(_HERE))
 
 def native():
     """python/attnforge/_native.py loaded by path (the package __init__ is not needed here)."""
-    spec = importlib.util.spec_from_file_location("attnforge_native", os.path.join(_REPO, "python", "attnforge", "_native.py"))
+    spec = importlib.util.spec_from_file_location("attnforge_native",
+                                                  os.path.join(_REPO, "python", "attnforge", "_native.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

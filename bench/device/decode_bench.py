@@ -126,7 +126,8 @@ def point(dtype, heads, heads_kv, head_dim, batch, seqlen, page_sizes):
                     torch.arange(batch * blocks, device="cuda")
                 inverse = torch.empty_like(perm)
                 inverse[perm] = torch.arange(batch * blocks, device="cuda")
-                paged.append((kp[perm].contiguous(), vp[perm].contiguous(), inverse.view(batch, blocks).to(torch.int32)))
+                paged.append((kp[perm].contiguous(), vp[perm].contiguous(),
+                              inverse.view(batch, blocks).to(torch.int32)))
                 del kp, vp
 
             def ours_paged(i):
@@ -162,7 +163,8 @@ def markdown(rows, meta):
         invalid = [k for k, v in r.items() if k.endswith("valid") and v is False]
         lines.append("| %s | %d/%d | %d | %d | %d | %.1f | %.2f | %s | %s | %.2fx%s | %s | %s | %s |" % (
             r["dtype"], r["heads"], r["heads_kv"], r["head_dim"], r["batch"], r["seqlen_k"], r["attnforge_us"], tbs,
-            "%.1f" % r["flash_us"] if r.get("flash_us") else "n/a", "%.1f" % r["cudnn_us"] if r.get("cudnn_us") else "n/a",
+            "%.1f" % r["flash_us"] if r.get("flash_us") else "n/a",
+            "%.1f" % r["cudnn_us"] if r.get("cudnn_us") else "n/a",
             ratio, " INVALID " + ",".join(invalid) if invalid else "", paged[0], paged[1], r.get("explain", "")))
     return "\n".join(lines) + "\n"
 
@@ -172,7 +174,8 @@ def main():
     parser.add_argument("--prefix", required=True)
     parser.add_argument("--quick", action="store_true", help="a few points only")
     args = parser.parse_args()
-    meta = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "gpu": torch.cuda.get_device_name(),
+    meta = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "gpu": torch.cuda.get_device_name(),
             "driver": subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
                                      capture_output=True, text=True).stdout.strip(),
             "torch": torch.__version__, "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),

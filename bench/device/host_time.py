@@ -72,7 +72,8 @@ def main(path):
             "%s, %s, torch %s. q (1, 1, 32, 128) bf16, 4096 cached keys, 8 KV heads; host wall time of 200 calls "
             "without waiting for the GPU, median of 15 loops (bench/device/host_time.py). Kernel: %s; workspace %d "
             "bytes." % (
-                datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), torch.cuda.get_device_name(),
+                datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                torch.cuda.get_device_name(),
                 torch.__version__, plan.describe(), plan.workspace_size()), "",
             "| call | host us per call |", "|---|---|"]
     text += ["| %s | %.1f |" % row for row in rows]

@@ -305,7 +305,8 @@ def markdown(results):
                 "%.1f" % row["decode_tok_s"] if "decode_tok_s" in row else "",
                 row.get("error", "") or ("tokens equal to eager's: %.3f" % row["tokens_equal_to_eager"]
                                          if "tokens_equal_to_eager" in row else "")))
-    lines += ["", "Ratios are speed-ups (other time / this time; for decode rows, tokens/s over the other's). Peak extra MiB: peak allocation during the call "
+    lines += ["", "Ratios are speed-ups (other time / this time; for decode rows, tokens/s over the other's). "
+              "Peak extra MiB: peak allocation during the call "
               "above what was allocated before it (weights and inputs excluded)."]
     for failure in results.get("failures", []):
         lines += ["", "FAILED part %s:" % failure["part"], "```", failure["traceback"], "```"]

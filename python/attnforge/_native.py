@@ -368,7 +368,8 @@ def warmup(archs=None, progress=None):
     """Compile the common kernel variants for archs (e.g. ["sm_80", "sm_90a"]; None: this machine's GPUs)."""
     archs = list(archs or [])
     array = (ctypes.c_char_p * max(len(archs), 1))(*[a.encode() for a in archs])
-    callback = _PROGRESS_CALLBACK(lambda _user, done, total, item: progress(done, total, item.decode()) if progress else None)
+    callback = _PROGRESS_CALLBACK(
+        lambda _user, done, total, item: progress(done, total, item.decode()) if progress else None)
     _check(_lib().af_warmup(array, len(archs), callback, None))
 
 

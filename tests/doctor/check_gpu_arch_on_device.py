@@ -38,12 +38,13 @@ def main():
         binary = json.loads(result.stdout)["binaries"][0]
         predicted_fail = any(f["check"] == "gpu_arch" and f["severity"] == "error" for f in binary["findings"])
         # Each library runs in its own process: a failed launch must not affect the next.
-        status = int(subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, %r); import check_gpu_arch_on_device as c; "
+        status = int(subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, %r); "
+                                     "import check_gpu_arch_on_device as c; "
                                      "print(c.launch_status(%r))" % (os.path.dirname(os.path.abspath(__file__)), path)],
                                     capture_output=True, text=True).stdout.strip() or -1)
         agrees = (status == NO_KERNEL_IMAGE) if predicted_fail else (status == 0)
-        print("%-28s doctor: %-16s launch status %d  %s" % (name, "no kernel image" if predicted_fail else "runs", status,
-                                                           "agrees" if agrees else "DISAGREES"))
+        print("%-28s doctor: %-16s launch status %d  %s" % (name, "no kernel image" if predicted_fail else "runs",
+                                                           status, "agrees" if agrees else "DISAGREES"))
         failures += not agrees
     return 1 if failures else 0
 

@@ -43,7 +43,8 @@ class Wheel:
 
     @property
     def id(self):
-        return "%s-py%s%s" % (self.requirement.replace("==", "-"), self.python, "-musl" if "musl" in self.platforms[0] else "")
+        return "%s-py%s%s" % (self.requirement.replace("==", "-"), self.python,
+                              "-musl" if "musl" in self.platforms[0] else "")
 
 
 CORPUS = [
@@ -102,7 +103,8 @@ def cached_wheel(wheel):
         if canonical(parts[0]) != canonical(name) or parts[1] != version:
             return False
         py, abi, plat = parts[-3:]
-        if not any(p.startswith("py") or p == python_tag or (abi == "abi3" and p.startswith("cp3")) for p in py.split(".")):
+        if not any(p.startswith("py") or p == python_tag or (abi == "abi3" and p.startswith("cp3"))
+                   for p in py.split(".")):
             return False
         return abi in abi_ok and any(p in wheel.platforms or p == "any" for p in plat.split("."))
 
@@ -116,7 +118,8 @@ def cached_wheel(wheel):
         result = subprocess.run(command, capture_output=True, text=True, timeout=900)
         found = [p for p in glob.glob(os.path.join(CACHE, "*.whl")) if matches(p)]
         if not found:
-            pytest.skip("cannot download %s (PyPI unreachable?): %s" % (wheel.requirement, result.stderr.strip()[-300:]))
+            pytest.skip("cannot download %s (PyPI unreachable?): %s" % (wheel.requirement,
+                                                                        result.stderr.strip()[-300:]))
     return sorted(found)[0]
 
 
@@ -137,7 +140,8 @@ def top_level_modules(wheel_path):
 
 def install(wheel_path, target):
     """pip install --no-deps --target; when pip refuses the wheel, unpack it by hand. Returns pip's verdict."""
-    result = subprocess.run([VENV_PYTHON, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--target", target, wheel_path],
+    result = subprocess.run([VENV_PYTHON, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--target", target,
+                             wheel_path],
                             capture_output=True, text=True, timeout=900)
     if result.returncode != 0:
         with zipfile.ZipFile(wheel_path) as z:
@@ -183,7 +187,8 @@ def fix_commands(fix):
 
 @pytest.fixture(scope="module")
 def torch_version():
-    result = subprocess.run([VENV_PYTHON, "-c", "import torch; print(torch.__version__)"], capture_output=True, text=True)
+    result = subprocess.run([VENV_PYTHON, "-c", "import torch; print(torch.__version__)"],
+                            capture_output=True, text=True)
     if result.returncode != 0:
         pytest.skip("the test venv has no importable torch")
     return result.stdout.strip().split("+")[0]
@@ -257,7 +262,7 @@ def resolve_and_install(command, target, torch_version):
         to_install = ["%s==%s" % (i["metadata"]["name"], i["metadata"]["version"]) for i in json.load(f)["install"]]
     to_install = [r for r in to_install if canonical(r.split("==")[0]) != "torch"]
     if to_install:
-        result = subprocess.run([VENV_PYTHON, "-m", "pip", "install", "-q", "--no-deps", "--only-binary=:all:", "--target",
-                                 target, *to_install], capture_output=True, text=True, timeout=900)
+        result = subprocess.run([VENV_PYTHON, "-m", "pip", "install", "-q", "--no-deps", "--only-binary=:all:",
+                                 "--target", target, *to_install], capture_output=True, text=True, timeout=900)
         assert result.returncode == 0, result.stderr[-500:]
     return to_install

@@ -22,7 +22,8 @@ import shutil  # noqa: E402
 
 CLI = os.environ.get("AF_CLI_PATH", "attnforge")
 if not (os.path.exists(CLI) or shutil.which(CLI)):
-    pytest.skip("the attnforge command is not built (ctest's doctor_fixtures sets AF_CLI_PATH)", allow_module_level=True)
+    pytest.skip("the attnforge command is not built (ctest's doctor_fixtures sets AF_CLI_PATH)",
+                allow_module_level=True)
 OUT = os.environ.get("AF_DOCTOR_FIXTURE_DIR", os.path.join(os.getcwd(), "doctor_fixtures"))
 VENV_PYTHON = build_fixtures.VENV_PYTHON
 DEBIAN_PYTHON = "/usr/bin/python3"
@@ -300,12 +301,14 @@ def test_cuda_build_beside_a_cpu_only_torch(fixtures):
     # A module linking libc10_cuda.so under a torch that has none: `import torch` first cannot help.
     if "needs_torch_first" not in fixtures:
         pytest.skip("this torch has no libc10_cuda.so")
-    cuda = subprocess.run([DEBIAN_PYTHON, "-c", "import torch; print(torch.version.cuda)"], capture_output=True, text=True)
+    cuda = subprocess.run([DEBIAN_PYTHON, "-c", "import torch; print(torch.version.cuda)"],
+                          capture_output=True, text=True)
     if cuda.stdout.strip() != "None":
         pytest.skip("Debian's torch here is a CUDA build")
     path = fixtures["needs_torch_first"]
     rc, report = doctor("so", path, "--python", DEBIAN_PYTHON)
-    f = next(f for f in report["binaries"][0]["findings"] if f["check"] == "missing_library" and "libc10_cuda" in f["summary"])
+    f = next(f for f in report["binaries"][0]["findings"]
+             if f["check"] == "missing_library" and "libc10_cuda" in f["summary"])
     assert rc == 1 and f["severity"] == "error" and "CPU-only" in f["summary"], f
     assert "import torch" not in f["fix"] and "CUDA build of torch" in f["fix"], f
     ok, error = python_import(DEBIAN_PYTHON, path, torch_first=True)
@@ -420,7 +423,7 @@ def pip_accepts(wheel, target):
 @pytest.fixture(scope="session")
 def demo_module(fixtures):
     with open(fixtures["plain_ok"], "rb") as f:
-        so = f.read()
+        f.read()
     # The module is imported as demo._C: rebuild the plain module under that name.
     path = os.path.join(OUT, "wheel_src", "_C" + build_fixtures.EXT_SUFFIX)
     if not os.path.exists(path):
@@ -472,7 +475,8 @@ def test_pure_wheel_without_its_top_level_extension(tmp_path):
     rc, report = doctor("wheel", wheel, "--python", VENV_PYTHON)
     f = next(f for f in report["wheels"][0]["findings"] if f["check"] == "missing_extension")
     assert rc == 1 and f["severity"] == "error" and "flash_attn_2_cuda" in f["summary"]
-    assert "FLASH_ATTENTION_FORCE_BUILD=TRUE" in f["fix"] and "--no-cache-dir" in f["fix"] and "--force-reinstall" in f["fix"]
+    assert ("FLASH_ATTENTION_FORCE_BUILD=TRUE" in f["fix"] and "--no-cache-dir" in f["fix"]
+            and "--force-reinstall" in f["fix"])
     assert "flash_attn==2.8.3" in f["fix"] and "<" not in f["fix"]
     target = tmp_path / "target" / "site-packages"
     accepted, pip_error = pip_accepts(wheel, str(target))
@@ -525,7 +529,8 @@ def test_wheel_record_hashes(tmp_path, demo_module):
 def test_supported_tags_match_packaging():
     ours = subprocess.run([CLI, "doctor", "tags", "--python", VENV_PYTHON], capture_output=True, text=True, check=True)
     theirs = subprocess.run([VENV_PYTHON, "-c", "import packaging, packaging.tags as t; print(packaging.__version__); "
-                             "print('\\n'.join(str(x) for x in t.sys_tags()))"], capture_output=True, text=True, check=True)
+                             "print('\\n'.join(str(x) for x in t.sys_tags()))"],
+                            capture_output=True, text=True, check=True)
     version, *tags = theirs.stdout.split()
     ours = ours.stdout.split()
     if tuple(int(p) for p in version.split(".")[:2]) >= (26, 3):
@@ -549,7 +554,8 @@ def test_pypi_wheel_built_for_another_torch(tmp_path):
     wheels = [f for f in os.listdir(cache) if f.endswith(".whl")]
     if not wheels:
         result = subprocess.run([VENV_PYTHON, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
-                                 "--python-version", "3.11", "--platform", "manylinux1_x86_64", "-d", cache, PYPI_WHEEL],
+                                 "--python-version", "3.11", "--platform", "manylinux1_x86_64",
+                                 "-d", cache, PYPI_WHEEL],
                                 capture_output=True, text=True, timeout=600)
         wheels = [f for f in os.listdir(cache) if f.endswith(".whl")]
         if result.returncode != 0 or not wheels:

@@ -5,7 +5,6 @@ and it says when a limit is hit. A valid zip64 wheel with 100k members is read.
 
 Run by ctest (doctor_fixtures) with AF_CLI_PATH.
 """
-import io
 import json
 import os
 import shutil
@@ -21,7 +20,8 @@ import pytest
 
 CLI = os.environ.get("AF_CLI_PATH", "attnforge")
 if not (os.path.exists(CLI) or shutil.which(CLI)):
-    pytest.skip("the attnforge command is not built (ctest's doctor_fixtures sets AF_CLI_PATH)", allow_module_level=True)
+    pytest.skip("the attnforge command is not built (ctest's doctor_fixtures sets AF_CLI_PATH)",
+                allow_module_level=True)
 
 TIME_LIMIT_S = 20
 MEMORY_LIMIT_KIB = 256 * 1024
@@ -39,7 +39,8 @@ def directory_size(path):
 
 
 def run_doctor_measured(wheel, scratch):
-    """Runs `doctor wheel --no-python --json` with TMPDIR=scratch: (exit code, report, seconds, max RSS KiB, peak disk bytes)."""
+    ("""Runs `doctor wheel --no-python --json` with TMPDIR=scratch: """
+     """(exit code, report, seconds, max RSS KiB, peak disk bytes).""")
     peak = [0]
     done = threading.Event()
 
@@ -81,7 +82,8 @@ def test_overlapping_members_are_refused(tmp_path):
     payload = data.compress(b"\0" * (64 << 20)) + data.flush()
     crc = zlib.crc32(b"\0" * (64 << 20))
     name = b"pkg/_C.cpython-311-x86_64-linux-gnu.so"
-    local = struct.pack("<IHHHHHIIIHH", 0x04034b50, 20, 0, 8, 0, 0, crc, len(payload), 64 << 20, len(name), 0) + name + payload
+    local = struct.pack("<IHHHHHIIIHH", 0x04034b50, 20, 0, 8, 0, 0, crc, len(payload), 64 << 20,
+                        len(name), 0) + name + payload
     central = b""
     count = 2001
     for i in range(count):
@@ -121,7 +123,8 @@ def test_zip_bomb_stops_at_the_budget(tmp_path, declared):
     local, central = b"", b""
     for n, content, c, usize, method in members:
         offset = len(local)
-        local += struct.pack("<IHHHHHIIIHH", 0x04034b50, 20, 0, method, 0, 0, c, len(content), usize, len(n), 0) + n + content
+        local += struct.pack("<IHHHHHIIIHH", 0x04034b50, 20, 0, method, 0, 0, c, len(content), usize,
+                             len(n), 0) + n + content
         central += struct.pack("<IHHHHHHIIIHHHHHII", 0x02014b50, 20, 20, 0, method, 0, 0, c, len(content), usize,
                                len(n), 0, 0, 0, 0, 0, offset) + n
     end = struct.pack("<IHHHHIIH", 0x06054b50, 0, 0, len(members), len(members), len(central), len(local), 0)

@@ -65,7 +65,8 @@ def test_library_not_loadable_falls_back_with_reason():
         "logging.basicConfig(level=logging.WARNING)\n"
         "q = torch.randn(1, 6, 2, 16)\n"
         "out = attnforge.flash_attn_func(q, q, q, causal=True)\n"
-        "ref = torch.softmax((q[0].transpose(0, 1) @ q[0].permute(1, 2, 0)) / 4.0 + torch.full((6, 6), float('-inf')).triu(1), -1) @ q[0].transpose(0, 1)\n"
+        "ref = torch.softmax((q[0].transpose(0, 1) @ q[0].permute(1, 2, 0)) / 4.0 + "
+        "torch.full((6, 6), float('-inf')).triu(1), -1) @ q[0].transpose(0, 1)\n"
         "assert (out[0].transpose(0, 1) - ref).abs().max() < 1e-5\n"
         "print(attnforge.explain(q, q, q)['path'])\n")
     env = dict(os.environ, ATTNFORGE_LIBRARY="/nonexistent/libattnforge.so")

@@ -18,9 +18,9 @@ def batched_reference(q, k, v, scale=None, precision=None, alibi=None, **kw):
     outs, lses = [], []
     for b in range(q.shape[0]):
         slopes = None if alibi is None else (alibi[b] if alibi.dim() == 2 else alibi)
-        o, l = sequence_attention(q[b], k[b], v[b], scale, alibi=slopes, precision=precision, **kw)
+        o, lse = sequence_attention(q[b], k[b], v[b], scale, alibi=slopes, precision=precision, **kw)
         outs.append(o)
-        lses.append(l)
+        lses.append(lse)
     return torch.stack(outs), torch.stack(lses)
 
 
@@ -82,10 +82,10 @@ def varlen_reference(q, k, v, cu_q, cu_k, dtype, **kw):
     outs, lses, naives = [], [], []
     scale = q.shape[-1] ** -0.5
     for qs, ks, vs in zip(varlen_split(q, cu_q), varlen_split(k, cu_k), varlen_split(v, cu_k)):
-        o, l = sequence_attention(qs, ks, vs, scale, **kw)
+        o, lse = sequence_attention(qs, ks, vs, scale, **kw)
         n, _ = sequence_attention(qs, ks, vs, scale, precision=dtype, **kw)
         outs.append(o)
-        lses.append(l)
+        lses.append(lse)
         naives.append(n)
     return torch.cat(outs), torch.cat(lses, dim=1), torch.cat(naives)
 

@@ -53,7 +53,8 @@ def test_console_script_hands_the_binary_the_nvrtc_of_pip_wheels(tmp_path):
     (lib / "libnvrtc.so.13").write_bytes(b"not an ELF file")
     env = child_env()
     env.pop("ATTNFORGE_NVRTC", None)
-    code = "import sys; sys.path.insert(0, %r); from attnforge import _cli; _cli.main(['info', '--json'])" % str(tmp_path)
+    code = ("import sys; sys.path.insert(0, %r); from attnforge import _cli; "
+            "_cli.main(['info', '--json'])" % str(tmp_path))
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0, result.stderr
     tried = json.loads(result.stdout)["backends"]["cuda"]["nvrtc"]["tried"]
