@@ -21,8 +21,12 @@ half of the received K/V or with half of its queries, never the full square (exc
 which is causal). Without a causal mask any split works for the padded entry point; the varlen entry
 point always uses the zigzag layout, as it derives every rank's rows from the global cu_seqlens.
 
-Forward only (inference and prefill): calls that autograd would have to differentiate raise
-NotImplementedError. Semantics are FlashAttention-2's (GQA/MQA by contiguous head groups, causal
+Backward: ring_flash_attn_func has one, done as a second ring (K/V travel again with their float32
+dK/dV accumulators, which end back on their owner; each block's probabilities are recomputed in torch
+from the merged LSE, FlashAttention-2's backward in torch math, so its temporaries are (B, H/Hk, S_local,
+S_local) float32 per K/V head: right for fine-tuning lengths, not for 100k-token training, which needs
+a backward kernel). The varlen entry point is forward only (it raises NotImplementedError when autograd
+would need a backward). Semantics are FlashAttention-2's (GQA/MQA by contiguous head groups, causal
 mask over global positions, rows that see no key give 0 and an LSE of -inf).
 """
 import itertools
@@ -215,9 +219,6 @@ def _check_inputs(q, k, v, ndim, what):
         raise ValueError("%s: q head dim %d != k head dim %d" % (what, q.shape[-1], k.shape[-1]))
     if q.shape[-2] % k.shape[-2]:
         raise ValueError("%s: q heads %d is not a multiple of k/v heads %d" % (what, q.shape[-2], k.shape[-2]))
-    if torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v)):
-        raise NotImplementedError("%s is forward only (inference/prefill): run it under torch.no_grad() or "
-                                  "torch.inference_mode()" % what)
 
 
 def _agree(group, validate, what):
@@ -249,11 +250,6 @@ def _agree(group, validate, what):
 _META_LEN = 16
 
 
-def _finish(out, lse, dtype, return_attn_probs):
-    out = out.to(dtype)
-    return (out, lse, None) if return_attn_probs else out
-
-
 def ring_flash_attn_func(q, k, v, softmax_scale=None, causal=False, group=None, return_attn_probs=False):
     """Context-parallel flash_attn_func over the ranks of `group` (default: the world).
 
@@ -261,9 +257,9 @@ def ring_flash_attn_func(q, k, v, softmax_scale=None, causal=False, group=None, 
     every rank; H % Hk == 0. With causal=True the slices must be zigzag_shard's layout (S_local even);
     without, any split along the sequence works. Returns out (B, S_local, H, D) in q's dtype [,
     softmax_lse float32 (B, H, S_local), None with return_attn_probs], equal to this rank's rows of
-    flash_attn_func on the whole sequence. The merge is done in float32. Raises ValueError on bad
-    shapes (on every rank when ranks disagree), NotImplementedError when autograd would need a
-    backward."""
+    flash_attn_func on the whole sequence. The merge is done in float32. Differentiable in q, k, v
+    (a ring backward, see the module's docstring; the returned lse carries no gradient). Raises
+    ValueError on bad shapes (on every rank when ranks disagree)."""
     what = "ring_flash_attn_func"
     ring = _Ring(group)
 
@@ -279,6 +275,15 @@ def ring_flash_attn_func(q, k, v, softmax_scale=None, causal=False, group=None, 
 
     _agree(group, validate, what)
     scale = softmax_scale if softmax_scale is not None else q.shape[-1] ** -0.5
+    if torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v)):
+        out, lse = _RingAttention.apply(q, k, v, scale, causal, ring)
+    else:
+        out, lse = _ring_forward(q, k, v, scale, causal, ring)
+    return (out, lse, None) if return_attn_probs else out
+
+
+def _ring_forward(q, k, v, scale, causal, ring):
+    """out (B, S, H, D) in q's dtype and lse (B, H, S) float32 of this rank's queries over every rank's keys."""
     batch, length, heads = q.shape[:3]
     half = length // 2
     out = torch.zeros(q.shape[:-1] + v.shape[-1:], dtype=torch.float32, device=q.device)
@@ -308,7 +313,83 @@ def ring_flash_attn_func(q, k, v, softmax_scale=None, causal=False, group=None, 
         if pending is not None:
             requests, kv = pending
             ring.wait(requests)
-    return _finish(out, lse, q.dtype, return_attn_probs)
+    return out.to(q.dtype), lse
+
+
+def _block_backward(q, k, v, dout, delta, lse, scale, causal, dq, dk, dv):
+    """Adds one block's gradients into the float32 accumulators dq (B, Sq, H, D), dk/dv (B, Sk, Hk, D).
+
+    The probabilities are recomputed from the merged (global) lse (B, H, Sq), and delta (B, Sq, H) is
+    rowsum(dout * out) of the merged output, so each block's share is exact (FlashAttention-2's backward,
+    Dao 2023, Algorithm 2). Torch math, one K/V head group at a time: (B, groups, Sq, Sk) float32 of
+    temporaries; causal is bottom-right aligned."""
+    heads, kv_heads = q.shape[2], k.shape[2]
+    groups = heads // kv_heads
+    sq, sk = q.shape[1], k.shape[1]
+    hidden = torch.arange(sk, device=q.device)[None, :] > torch.arange(sq, device=q.device)[:, None] + (sk - sq)
+    for h in range(kv_heads):
+        heads_of = slice(h * groups, (h + 1) * groups)
+        qh, do = q[:, :, heads_of].float(), dout[:, :, heads_of].float()  # (B, Sq, g, D)
+        kh, vh = k[:, :, h].float(), v[:, :, h].float()  # (B, Sk, D)
+        scores = torch.einsum("bqgd,bkd->bgqk", qh, kh) * scale
+        if causal:
+            scores = scores.masked_fill(hidden, -math.inf)
+        row_lse = lse[:, heads_of].unsqueeze(-1)  # (B, g, Sq, 1)
+        probs = torch.exp(scores - torch.where(torch.isinf(row_lse), torch.zeros_like(row_lse), row_lse))
+        probs = probs.masked_fill(torch.isinf(row_lse), 0.0)
+        dv[:, :, h] += torch.einsum("bgqk,bqgd->bkd", probs, do)
+        dprobs = torch.einsum("bqgd,bkd->bgqk", do, vh)
+        dscores = probs * (dprobs - delta[:, :, heads_of].transpose(1, 2).unsqueeze(-1))
+        dq[:, :, heads_of] += torch.einsum("bgqk,bkd->bqgd", dscores, kh) * scale
+        dk[:, :, h] += torch.einsum("bgqk,bqgd->bkd", dscores, qh) * scale
+
+
+def _ring_backward(dout, q, k, v, out, lse, scale, causal, ring):
+    """dq, dk, dv of this rank's slices: K/V travel the ring again with their float32 dK/dV accumulators,
+    which end one hop later back on the rank that owns them."""
+    half = q.shape[1] // 2
+    delta = (dout.float() * out.float()).sum(-1)  # (B, S, H)
+    dq = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
+    blocks = (k.contiguous(), v.contiguous(), torch.zeros(k.shape, dtype=torch.float32, device=k.device),
+              torch.zeros(v.shape, dtype=torch.float32, device=v.device))
+    for step in range(ring.world_size):
+        source = (ring.rank - step) % ring.world_size
+        k_blk, v_blk, dk_blk, dv_blk = blocks
+        if not causal or source == ring.rank:
+            _block_backward(q, k_blk, v_blk, dout, delta, lse, scale, causal, dq, dk_blk, dv_blk)
+        elif source < ring.rank:
+            _block_backward(q, k_blk[:, :half], v_blk[:, :half], dout, delta, lse, scale, False, dq,
+                            dk_blk[:, :half], dv_blk[:, :half])
+        else:
+            _block_backward(q[:, half:], k_blk, v_blk, dout[:, half:], delta[:, half:], lse[:, :, half:], scale,
+                            False, dq[:, half:], dk_blk, dv_blk)
+        if step + 1 < ring.world_size:
+            requests, blocks = ring.start(blocks, [t.shape for t in blocks])
+            ring.wait(requests)
+    dk, dv = blocks[2:]
+    if ring.world_size > 1:  # the accumulators held now are those of rank + 1
+        requests, (dk, dv) = ring.start((dk, dv), (dk.shape, dv.shape))
+        ring.wait(requests)
+    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
+
+
+class _RingAttention(torch.autograd.Function):
+    """ring_flash_attn_func with a backward: the forward ring, then a second ring that recomputes each
+    block's probabilities from the merged lse (no gradient flows into the returned lse)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, scale, causal, ring):
+        out, lse = _ring_forward(q, k, v, scale, causal, ring)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.scale, ctx.causal, ctx.ring = scale, causal, ring
+        ctx.mark_non_differentiable(lse)
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, dout, _dlse):
+        q, k, v, out, lse = ctx.saved_tensors
+        dq, dk, dv = _ring_backward(dout.contiguous(), q, k, v, out, lse, ctx.scale, ctx.causal, ctx.ring)
+        return dq, dk, dv, None, None, None
 
 
 def ring_flash_attn_varlen_func(q, k, v, cu_seqlens, softmax_scale=None, causal=False, group=None,
@@ -328,6 +409,9 @@ def ring_flash_attn_varlen_func(q, k, v, cu_seqlens, softmax_scale=None, causal=
     def validate():
         nonlocal layout
         _check_inputs(q, k, v, 3, what)
+        if torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v)):
+            raise NotImplementedError("%s is forward only (inference/prefill; ring_flash_attn_func has a "
+                                      "backward): run it under torch.no_grad() or torch.inference_mode()" % what)
         cu = _host_cu_seqlens(cu_seqlens)
         layout = _varlen_layout(cu, ring.world_size)
         rows = len(layout[ring.rank][0])
@@ -390,4 +474,5 @@ def ring_flash_attn_varlen_func(q, k, v, cu_seqlens, softmax_scale=None, causal=
         if pending is not None:
             requests, kv = pending
             ring.wait(requests)
-    return _finish(out, lse, q.dtype, return_attn_probs)
+    out = out.to(q.dtype)
+    return (out, lse, None) if return_attn_probs else out

@@ -81,6 +81,37 @@ def varlen_case(world, rank, dtype, causal, lengths, heads, kv_heads, head_dim):
     assert_lse_close(lse, ref_lse[:, rows])
 
 
+def math_attention(q, k, v, causal, dtype):
+    """Plain attention of (B, S, H, D) q and (B, S, Hk, D) k/v computed in dtype, for autograd."""
+    groups = q.shape[2] // k.shape[2]
+    q, k, v = q.to(dtype), k.to(dtype).repeat_interleave(groups, 2), v.to(dtype).repeat_interleave(groups, 2)
+    scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(q.shape[-1])
+    if causal:
+        n = q.shape[1]
+        scores = scores.masked_fill(torch.ones(n, n, dtype=torch.bool).triu(1), -math.inf)
+    return torch.einsum("bhqk,bkhd->bqhd", torch.softmax(scores, dim=-1), v)
+
+
+def backward_case(world, rank, causal, batch, seqlen, heads, kv_heads, head_dim):
+    """Gradients of sum(out * g) through the ring against float64 autograd over the whole sequence."""
+    q = torch.randn(batch, seqlen, heads, head_dim)
+    k = torch.randn(batch, seqlen, kv_heads, head_dim)
+    v = torch.randn(batch, seqlen, kv_heads, head_dim)
+    g = torch.randn(batch, seqlen, heads, head_dim)
+    local = [cp.zigzag_shard(x, world, rank).requires_grad_() for x in (q, k, v)]
+    with torch.enable_grad():
+        out = cp.ring_flash_attn_func(*local, causal=causal)
+        (out * cp.zigzag_shard(g, world, rank)).sum().backward()
+        expected, naive = [], []
+        for dtype, into in ((torch.float64, expected), (torch.float32, naive)):
+            leaves = [x.clone().requires_grad_() for x in (q, k, v)]
+            (math_attention(*leaves, causal, dtype) * g.to(dtype)).sum().backward()
+            into.extend(x.grad for x in leaves)
+    rows = zigzag_rows(0, seqlen, world, rank)
+    for name, ours, ref, same in zip(("dq", "dk", "dv"), local, expected, naive):
+        assert_close(ours.grad, ref[:, rows], same[:, rows], torch.float32, what=name)
+
+
 def bad_call_case(world, rank):
     """A call that is wrong on one rank only raises on every rank (no rank is left waiting)."""
     heads = 4 if rank else 3
@@ -99,10 +130,10 @@ def bad_call_case(world, rank):
         assert "local length is 3" in str(error), error
     else:
         raise AssertionError("causal with an odd local length did not raise")
-    q = torch.randn(1, 4, 2, 8, requires_grad=True)
+    q = torch.randn(4, 2, 8, requires_grad=True)
     try:
         with torch.enable_grad():
-            cp.ring_flash_attn_func(q, q.detach(), q.detach())
+            cp.ring_flash_attn_varlen_func(q, q.detach(), q.detach(), torch.tensor([0, 4 * world], dtype=torch.int32))
     except NotImplementedError as error:
         assert "forward only" in str(error), error
     else:
@@ -118,6 +149,8 @@ def cases(world):
     yield "varlen_causal_fp32_gqa", lambda rank: varlen_case(world, rank, torch.float32, True, [37, 1, 0, 2 * world + 1, 20], 6, 2, 16)
     yield "varlen_noncausal_fp16", lambda rank: varlen_case(world, rank, torch.float16, False, [13, 29, 3], 4, 4, 8)
     yield "varlen_causal_bf16_mqa", lambda rank: varlen_case(world, rank, torch.bfloat16, True, [50, 9], 4, 1, 32)
+    yield "backward_causal_fp32_gqa", lambda rank: backward_case(world, rank, True, 2, 2 * world * 3, 4, 2, 8)
+    yield "backward_noncausal_fp32_mqa", lambda rank: backward_case(world, rank, False, 1, 2 * world * 5, 2, 1, 16)
     yield "bad_calls", lambda rank: bad_call_case(world, rank)
 
 
