@@ -6,7 +6,8 @@
 Parts (each runs even if an earlier one failed; failures are written to OUT.md with their traceback):
   1. correctness on NCCL: attnforge.distributed's ring attention (padded and varlen, causal or not,
      GQA, bf16/fp16) against the float64 attention of the whole sequence; the budget is twice the
-     error of single-GPU attnforge on the same inputs plus the bf16 floor (1e-3).
+     error of single-GPU attnforge on the same inputs plus the bf16 floor (1e-3); and the ring
+     backward (fp32) against float64 autograd (budget: twice the same math's fp32 error + 1e-6).
   2. prefill of one sequence with Qwen3-32B's attention shape (64 query heads, 8 K/V heads, head dim
      128, bf16, causal) for 32k..512k tokens: time and peak memory per GPU on 1 GPU (flash_attn_func,
      rank 0 alone) and on all GPUs (ring_flash_attn_func, zigzag), and the parallel efficiency
@@ -21,6 +22,7 @@ stays off on the lent machines).
 """
 import datetime
 import json
+import math
 import os
 import sys
 import tempfile
@@ -111,7 +113,46 @@ def correctness_part(results):
                                                                       "PASS" if ok else "FAIL"))
         del q, k, v, expected
         empty_cache()
+    rows_out.append(backward_check())
     results["correctness"] = rows_out
+
+
+def math_attention(q, k, v, causal, dtype):
+    """Plain attention of (B, S, H, D) q and (B, S, Hk, D) k/v in dtype, for autograd."""
+    groups = q.shape[2] // k.shape[2]
+    q, k, v = q.to(dtype), k.to(dtype).repeat_interleave(groups, 2), v.to(dtype).repeat_interleave(groups, 2)
+    scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(q.shape[-1])
+    if causal:
+        n = q.shape[1]
+        scores = scores.masked_fill(torch.ones(n, n, dtype=torch.bool, device=q.device).triu(1), -math.inf)
+    return torch.einsum("bhqk,bkhd->bqhd", torch.softmax(scores, dim=-1), v)
+
+
+def backward_check():
+    """The ring backward (fp32, causal, GQA) against float64 autograd of the whole sequence; budget 2 x the
+    error of the same math in fp32 plus 1e-6."""
+    seqlen = 2048 if DEVICE.type == "cuda" else 256
+    generator = torch.Generator(device=DEVICE).manual_seed(11)
+    q, g = (torch.randn(1, seqlen, 8, 64, device=DEVICE, generator=generator) for _ in range(2))
+    k, v = (torch.randn(1, seqlen, 2, 64, device=DEVICE, generator=generator) for _ in range(2))
+    local = [cp.zigzag_shard(x, WORLD, RANK).requires_grad_() for x in (q, k, v)]
+    with torch.enable_grad():
+        (cp.ring_flash_attn_func(*local, causal=True) * cp.zigzag_shard(g, WORLD, RANK)).sum().backward()
+        grads = {}
+        for dtype in (torch.float64, torch.float32):
+            leaves = [x.clone().requires_grad_() for x in (q, k, v)]
+            (math_attention(*leaves, True, dtype) * g.to(dtype)).sum().backward()
+            grads[dtype] = [x.grad for x in leaves]
+    index = torch.tensor(zigzag_rows(0, seqlen), dtype=torch.long, device=DEVICE)
+    ring_err = max_over_ranks(max(max_error(x.grad, r[:, index]) for x, r in zip(local, grads[torch.float64])))
+    math_err = max(max_error(x, r) for x, r in zip(grads[torch.float32], grads[torch.float64]))
+    budget = 2 * math_err + 1e-6
+    ok = ring_err <= budget
+    log("correctness %-42s ring %.3g fp32 math %.3g budget %.3g %s" % ("backward causal GQA fp32", ring_err, math_err,
+                                                                     budget, "PASS" if ok else "FAIL"))
+    return {"case": "backward causal GQA fp32 (dq, dk, dv)", "lengths": [seqlen], "heads": 8, "kv_heads": 2,
+            "head_dim": 64, "ring_error": ring_err, "single_gpu_error": math_err, "budget": budget, "nan": False,
+            "pass": ok}
 
 
 def timed(fn, reps):
