@@ -155,7 +155,7 @@ def merge_attention(out, lse, out_part, lse_part):
     shift = torch.where(torch.isinf(new_lse), torch.zeros_like(new_lse), new_lse)
     w_acc = torch.exp(lse - shift).transpose(-1, -2).unsqueeze(-1)
     w_part = torch.exp(lse_part.float() - shift).transpose(-1, -2).unsqueeze(-1)
-    out.mul_(w_acc).add_(out_part.float() * w_part)
+    out.mul_(w_acc).addcmul_(out_part, w_part)  # no float32 copy of out_part
     lse.copy_(new_lse)
 
 
@@ -282,38 +282,58 @@ def ring_flash_attn_func(q, k, v, softmax_scale=None, causal=False, group=None, 
     return (out, lse, None) if return_attn_probs else out
 
 
+def _head_chunks(heads, kv_heads):
+    """(query-head slice, kv-head slice) chunks of whole GQA groups with >= 8 query heads each (or all).
+
+    The ring runs once per chunk, so its float32 accumulator and the kernel's partial output cover one
+    chunk at a time: per local token the forward then holds q, k/v (twice), the output and 1/chunks of
+    the (float32 + partial) buffers, instead of 3x the output's size more than one GPU would."""
+    groups = heads // kv_heads
+    per_chunk = min(kv_heads, max(1, -(-8 // groups)))
+    return [(slice(h * groups, min(h + per_chunk, kv_heads) * groups), slice(h, min(h + per_chunk, kv_heads)))
+            for h in range(0, kv_heads, per_chunk)]
+
+
 def _ring_forward(q, k, v, scale, causal, ring):
     """out (B, S, H, D) in q's dtype and lse (B, H, S) float32 of this rank's queries over every rank's keys."""
     batch, length, heads = q.shape[:3]
     half = length // 2
-    out = torch.zeros(q.shape[:-1] + v.shape[-1:], dtype=torch.float32, device=q.device)
-    lse = torch.full((batch, heads, length), -math.inf, dtype=torch.float32, device=q.device)
-    kv = (k.contiguous(), v.contiguous())
-    for step in range(ring.world_size):
-        source = (ring.rank - step) % ring.world_size
-        pending = None
-        if step + 1 < ring.world_size:
-            pending = ring.start(kv, [t.shape for t in kv])
-        k_blk, v_blk = kv
-        if not causal:
-            o, l, _ = flash_attn_func(q, k_blk, v_blk, softmax_scale=scale, return_attn_probs=True)
-            merge_attention(out, lse, o, l)
-        elif source == ring.rank:
-            o, l, _ = flash_attn_func(q, k_blk, v_blk, softmax_scale=scale, causal=True, return_attn_probs=True)
-            merge_attention(out, lse, o, l)
-        elif source < ring.rank:
-            # The source's chunks are `source` (before both of ours) and 2W-1-source (after both).
-            o, l, _ = flash_attn_func(q, k_blk[:, :half], v_blk[:, :half], softmax_scale=scale,
-                                      return_attn_probs=True)
-            merge_attention(out, lse, o, l)
-        else:
-            # Both of the source's chunks lie after our first chunk and before our second.
-            o, l, _ = flash_attn_func(q[:, half:], k_blk, v_blk, softmax_scale=scale, return_attn_probs=True)
-            merge_attention(out[:, half:], lse[:, :, half:], o, l)
-        if pending is not None:
-            requests, kv = pending
-            ring.wait(requests)
-    return out.to(q.dtype), lse
+    out = torch.empty(q.shape[:-1] + v.shape[-1:], dtype=q.dtype, device=q.device)
+    lse = torch.empty((batch, heads, length), dtype=torch.float32, device=q.device)
+    for q_heads, kv_heads in _head_chunks(heads, k.shape[2]):
+        qc = q[:, :, q_heads]
+        acc = torch.zeros(qc.shape[:-1] + v.shape[-1:], dtype=torch.float32, device=q.device)
+        acc_lse = torch.full((batch, qc.shape[2], length), -math.inf, dtype=torch.float32, device=q.device)
+        kv = (k[:, :, kv_heads].contiguous(), v[:, :, kv_heads].contiguous())
+        for step in range(ring.world_size):
+            source = (ring.rank - step) % ring.world_size
+            pending = None
+            if step + 1 < ring.world_size:
+                pending = ring.start(kv, [t.shape for t in kv])
+            k_blk, v_blk = kv
+            if not causal:
+                o, l, _ = flash_attn_func(qc, k_blk, v_blk, softmax_scale=scale, return_attn_probs=True)
+                merge_attention(acc, acc_lse, o, l)
+            elif source == ring.rank:
+                o, l, _ = flash_attn_func(qc, k_blk, v_blk, softmax_scale=scale, causal=True, return_attn_probs=True)
+                merge_attention(acc, acc_lse, o, l)
+            elif source < ring.rank:
+                # The source's chunks are `source` (before both of ours) and 2W-1-source (after both).
+                o, l, _ = flash_attn_func(qc, k_blk[:, :half], v_blk[:, :half], softmax_scale=scale,
+                                          return_attn_probs=True)
+                merge_attention(acc, acc_lse, o, l)
+            else:
+                # Both of the source's chunks lie after our first chunk and before our second.
+                o, l, _ = flash_attn_func(qc[:, half:], k_blk, v_blk, softmax_scale=scale, return_attn_probs=True)
+                merge_attention(acc[:, half:], acc_lse[:, :, half:], o, l)
+            o = l = None  # the next step's partial output takes this one's memory
+            if pending is not None:
+                requests, kv = pending
+                ring.wait(requests)
+        out[:, :, q_heads] = acc
+        lse[:, q_heads] = acc_lse
+        acc = acc_lse = None
+    return out, lse
 
 
 def _block_backward(q, k, v, dout, delta, lse, scale, causal, dq, dk, dv):
