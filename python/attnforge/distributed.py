@@ -94,19 +94,13 @@ def zigzag_gather(x, group=None, dim=1):
 
 
 def _varlen_layout(cu_seqlens, world_size):
-    """Per rank: (rows, first, second) where rows is the list of global row indices the rank holds (its
-    packed order) and first/second the per-sequence lengths of its two chunks."""
+    """Per rank: (first, second), the per-sequence lengths of its two chunks (its rows are, sequence by
+    sequence, the first chunk then the second)."""
     layout = []
     for rank in range(world_size):
         c1, c2 = _rank_chunks(rank, world_size)
-        rows, first, second = [], [], []
-        for start, end in zip(cu_seqlens[:-1], cu_seqlens[1:]):
-            b = _bounds(end - start, world_size)
-            rows.extend(range(start + b[c1], start + b[c1 + 1]))
-            rows.extend(range(start + b[c2], start + b[c2 + 1]))
-            first.append(b[c1 + 1] - b[c1])
-            second.append(b[c2 + 1] - b[c2])
-        layout.append((rows, first, second))
+        bounds = [_bounds(end - start, world_size) for start, end in zip(cu_seqlens[:-1], cu_seqlens[1:])]
+        layout.append(([b[c1 + 1] - b[c1] for b in bounds], [b[c2 + 1] - b[c2] for b in bounds]))
     return layout
 
 
@@ -131,7 +125,13 @@ def zigzag_varlen_shard(x, cu_seqlens, world_size, rank):
     cu = _host_cu_seqlens(cu_seqlens)
     if x.shape[0] != cu[-1]:
         raise ValueError("zigzag_varlen_shard: x has %d rows but cu_seqlens[-1] = %d" % (x.shape[0], cu[-1]))
-    rows, first, second = _varlen_layout(cu, world_size)[rank]
+    c1, c2 = _rank_chunks(rank, world_size)
+    rows = []
+    for start, end in zip(cu[:-1], cu[1:]):
+        b = _bounds(end - start, world_size)
+        rows.extend(range(start + b[c1], start + b[c1 + 1]))
+        rows.extend(range(start + b[c2], start + b[c2 + 1]))
+    first, second = _varlen_layout(cu, world_size)[rank]
     index = torch.tensor(rows, dtype=torch.long, device=x.device)
     lengths = torch.tensor([a + b for a, b in zip(first, second)], dtype=torch.int32)
     local_cu = torch.cat([torch.zeros(1, dtype=torch.int32), torch.cumsum(lengths, 0, dtype=torch.int32)])
@@ -434,7 +434,7 @@ def ring_flash_attn_varlen_func(q, k, v, cu_seqlens, softmax_scale=None, causal=
                                       "backward): run it under torch.no_grad() or torch.inference_mode()" % what)
         cu = _host_cu_seqlens(cu_seqlens)
         layout = _varlen_layout(cu, ring.world_size)
-        rows = len(layout[ring.rank][0])
+        rows = sum(layout[ring.rank][0]) + sum(layout[ring.rank][1])
         if q.shape[0] != rows or k.shape[0] != rows:
             raise ValueError("%s: rank %d of %d must hold %d rows for these cu_seqlens, got q %d and k %d"
                              % (what, ring.rank, ring.world_size, rows, q.shape[0], k.shape[0]))
@@ -443,7 +443,7 @@ def ring_flash_attn_varlen_func(q, k, v, cu_seqlens, softmax_scale=None, causal=
                                                         len(cu), cu[-1], checksum]
 
     _agree(group, validate, what)
-    _, first, second = layout[ring.rank]
+    first, second = layout[ring.rank]
     scale = softmax_scale if softmax_scale is not None else q.shape[-1] ** -0.5
     device = q.device
 
@@ -453,14 +453,15 @@ def ring_flash_attn_varlen_func(q, k, v, cu_seqlens, softmax_scale=None, causal=
                 max(lengths, default=0))
 
     def chunk_index(first_lens, second_lens, which):
-        """Packed-row indices of every sequence's first (which=0) or second (which=1) chunk."""
-        index, start = [], 0
-        for a, b in zip(first_lens, second_lens):
-            index.extend(range(start, start + a) if which == 0 else range(start + a, start + a + b))
-            start += a + b
-        return torch.tensor(index, dtype=torch.long, device=device)
+        """Packed-row indices (on the device) of every sequence's first (which=0) or second (which=1) chunk."""
+        firsts = torch.tensor(first_lens, dtype=torch.long)
+        lengths = torch.tensor(second_lens if which else first_lens, dtype=torch.long)
+        starts = torch.cumsum(firsts + torch.tensor(second_lens, dtype=torch.long), 0) - firsts - torch.tensor(
+            second_lens, dtype=torch.long) + (firsts if which else 0)
+        within = torch.arange(int(lengths.sum())) - torch.repeat_interleave(torch.cumsum(lengths, 0) - lengths, lengths)
+        return (torch.repeat_interleave(starts, lengths) + within).to(device)
 
-    totals = [offsets([a + b for a, b in zip(f, s)]) for _, f, s in layout]
+    totals = [offsets([a + b for a, b in zip(f, s)]) for f, s in layout]
     out = torch.zeros(q.shape[:-1] + v.shape[-1:], dtype=torch.float32, device=device)
     lse = torch.full((q.shape[1], q.shape[0]), -math.inf, dtype=torch.float32, device=device)
     if causal:
@@ -471,7 +472,7 @@ def ring_flash_attn_varlen_func(q, k, v, cu_seqlens, softmax_scale=None, causal=
         source = (ring.rank - step) % ring.world_size
         pending = None
         if step + 1 < ring.world_size:
-            nxt = len(layout[(source - 1) % ring.world_size][0])
+            nxt = sum(map(sum, layout[(source - 1) % ring.world_size]))
             pending = ring.start(kv, [(nxt,) + t.shape[1:] for t in kv])
         k_blk, v_blk = kv
         cu_k, max_k = totals[source]
@@ -480,7 +481,7 @@ def ring_flash_attn_varlen_func(q, k, v, cu_seqlens, softmax_scale=None, causal=
                                              max_k, softmax_scale=scale, causal=causal, return_attn_probs=True)
             merge_attention(out, lse, o, l)
         elif source < ring.rank:
-            _, s_first, s_second = layout[source]
+            s_first, s_second = layout[source]
             k_first = chunk_index(s_first, s_second, 0)
             cu_k_first, max_k_first = offsets(s_first)
             o, l, _ = flash_attn_varlen_func(q, k_blk.index_select(0, k_first), v_blk.index_select(0, k_first),
