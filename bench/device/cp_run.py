@@ -76,6 +76,7 @@ def correctness_part(results):
     cases = [("padded causal GQA bf16", False, True, torch.bfloat16, 8, 2, 128, [4096]),
              ("padded non-causal MQA bf16", False, False, torch.bfloat16, 8, 1, 64, [2048]),
              ("padded causal fp16 d256", False, True, torch.float16, 4, 4, 256, [1024]),
+             ("padded causal Qwen3-32B heads bf16 (8 head chunks)", False, True, torch.bfloat16, 64, 8, 128, [2048]),
              ("varlen causal GQA bf16, uneven lengths", True, True, torch.bfloat16, 8, 2, 128, [1500, 7, 0, 2600, 33]),
              ("varlen non-causal bf16", True, False, torch.bfloat16, 4, 2, 64, [999, 1, 2048])]
     shrink = 1 if DEVICE.type == "cuda" else 8
@@ -252,11 +253,15 @@ def capacity_part(results, cap_gib, seqlen):
         v = torch.randn_like(k)
         torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
-        cp.ring_flash_attn_func(q, k, v, causal=True)
-        torch.cuda.synchronize()
-        row["t_ring_s"] = max_over_ranks(time.perf_counter() - start)
-        row["peak_ring_gib"] = max_over_ranks(torch.cuda.max_memory_allocated()) / 2 ** 30
+        try:  # every rank goes on to the same collectives whatever happens here
+            cp.ring_flash_attn_func(q, k, v, causal=True)
+            torch.cuda.synchronize()
+            seconds = time.perf_counter() - start
+        except torch.cuda.OutOfMemoryError:
+            seconds = math.inf
         q = k = v = None
+        row["t_ring_s"] = max_over_ranks(seconds)
+        row["peak_ring_gib"] = max_over_ranks(torch.cuda.max_memory_allocated()) / 2 ** 30
     finally:
         empty_cache()
         torch.cuda.set_per_process_memory_fraction(1.0, DEVICE)
@@ -362,7 +367,8 @@ def markdown(results):
     if "capacity" in results:
         c = results["capacity"]
         lines += ["", "## A length one GPU cannot hold (every process capped at %d GiB of GPU memory)" % c["cap_gib"], "",
-                  "%d tokens, same shape as above: one GPU: %s; ring on %d GPUs: %.2f s, peak %.1f GiB per GPU." % (
+                  "%d tokens, same shape as above: one GPU: %s; ring on %d GPUs: %.2f s (inf: out of memory), "
+                  "peak %.1f GiB per GPU." % (
                       c["seqlen"], c.get("one_gpu"), c["gpus"], c["t_ring_s"], c["peak_ring_gib"])]
     for failure in results["failures"]:
         lines += ["", "FAILED part %s:" % failure["part"], "```", failure["traceback"], "```"]
@@ -407,11 +413,11 @@ def main():
             log(results["failures"][-1]["traceback"])
         results.setdefault("seconds", {})[name] = round(time.time() - started, 1)
         empty_cache()
-    if RANK == 0:
-        with open(out_path, "w") as f:
-            f.write(markdown(results))
-        with open(os.path.splitext(out_path)[0] + ".json", "w") as f:
-            json.dump(results, f, indent=1)
+        if RANK == 0:  # after every part: a later hang or kill keeps what was measured
+            with open(out_path, "w") as f:
+                f.write(markdown(results))
+            with open(os.path.splitext(out_path)[0] + ".json", "w") as f:
+                json.dump(results, f, indent=1)
     dist.barrier()
     dist.destroy_process_group()
 
