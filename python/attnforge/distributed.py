@@ -420,8 +420,9 @@ def ring_flash_attn_varlen_func(q, k, v, cu_seqlens, softmax_scale=None, causal=
     q (total_local, H, D), k/v (total_local, Hk, D): this rank's rows in zigzag_varlen_shard's layout
     (any sequence lengths, empty ones included). Returns out (total_local, H, D) in q's dtype [,
     softmax_lse float32 (H, total_local), None], equal to this rank's rows of flash_attn_varlen_func
-    on the whole pack. Raises ValueError when the rows do not match cu_seqlens' layout or ranks
-    disagree, NotImplementedError when autograd would need a backward."""
+    on the whole pack. Differentiable in q, k, v (a ring backward as for ring_flash_attn_func; its
+    torch-math blocks run one sequence at a time). Raises ValueError when the rows do not match
+    cu_seqlens' layout or ranks disagree."""
     what = "ring_flash_attn_varlen_func"
     ring = _Ring(group)
     layout = None
@@ -429,9 +430,6 @@ def ring_flash_attn_varlen_func(q, k, v, cu_seqlens, softmax_scale=None, causal=
     def validate():
         nonlocal layout
         _check_inputs(q, k, v, 3, what)
-        if torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v)):
-            raise NotImplementedError("%s is forward only (inference/prefill; ring_flash_attn_func has a "
-                                      "backward): run it under torch.no_grad() or torch.inference_mode()" % what)
         cu = _host_cu_seqlens(cu_seqlens)
         layout = _varlen_layout(cu, ring.world_size)
         rows = sum(layout[ring.rank][0]) + sum(layout[ring.rank][1])
@@ -443,57 +441,139 @@ def ring_flash_attn_varlen_func(q, k, v, cu_seqlens, softmax_scale=None, causal=
                                                         len(cu), cu[-1], checksum]
 
     _agree(group, validate, what)
-    first, second = layout[ring.rank]
     scale = softmax_scale if softmax_scale is not None else q.shape[-1] ** -0.5
-    device = q.device
+    plan = _VarlenPlan(layout, ring, causal, q.device)
+    if torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v)):
+        out, lse = _RingVarlenAttention.apply(q, k, v, scale, plan)
+    else:
+        out, lse = _ring_varlen_forward(q, k, v, scale, plan)
+    return (out, lse, None) if return_attn_probs else out
 
+
+class _VarlenPlan:
+    """What each ring step computes for packed sequences in the zigzag layout, shared by the forward and
+    the backward. step(source) -> (q_rows, k_rows, cu_q, cu_k, max_q, max_k, causal): q_rows/k_rows are
+    None (all rows) or device indices of the rows taking part; cu_* are host lists."""
+
+    def __init__(self, layout, ring, causal, device):
+        self.layout, self.ring, self.causal, self.device = layout, ring, causal, device
+
+    def rows(self, rank):
+        return sum(self.layout[rank][0]) + sum(self.layout[rank][1])
+
+    @staticmethod
     def offsets(lengths):
-        """(int32 cu_seqlens on the device, max length) of per-sequence lengths."""
-        return (torch.tensor([0] + list(itertools.accumulate(lengths)), dtype=torch.int32, device=device),
-                max(lengths, default=0))
+        return [0] + list(itertools.accumulate(lengths)), max(lengths, default=0)
 
-    def chunk_index(first_lens, second_lens, which):
+    def chunk_index(self, rank, which):
         """Packed-row indices (on the device) of every sequence's first (which=0) or second (which=1) chunk."""
-        firsts = torch.tensor(first_lens, dtype=torch.long)
-        lengths = torch.tensor(second_lens if which else first_lens, dtype=torch.long)
-        starts = torch.cumsum(firsts + torch.tensor(second_lens, dtype=torch.long), 0) - firsts - torch.tensor(
-            second_lens, dtype=torch.long) + (firsts if which else 0)
+        first, second = (torch.tensor(x, dtype=torch.long) for x in self.layout[rank])
+        lengths = second if which else first
+        starts = torch.cumsum(first + second, 0) - first - second + (first if which else 0)
         within = torch.arange(int(lengths.sum())) - torch.repeat_interleave(torch.cumsum(lengths, 0) - lengths, lengths)
-        return (torch.repeat_interleave(starts, lengths) + within).to(device)
+        return (torch.repeat_interleave(starts, lengths) + within).to(self.device)
 
-    totals = [offsets([a + b for a, b in zip(f, s)]) for f, s in layout]
+    def step(self, source):
+        me = self.ring.rank
+        whole = [a + b for a, b in zip(*self.layout[me])]
+        if not self.causal or source == me:
+            return (None, None) + self._pair(whole, [a + b for a, b in zip(*self.layout[source])]) + (self.causal,)
+        if source < me:
+            # The source's first chunks lie before both of ours, its second chunks after both.
+            return (None, self.chunk_index(source, 0)) + self._pair(whole, self.layout[source][0]) + (False,)
+        # Both of the source's chunks lie after our first chunks and before our second ones.
+        return (self.chunk_index(me, 1), None) + self._pair(self.layout[me][1], [
+            a + b for a, b in zip(*self.layout[source])]) + (False,)
+
+    def _pair(self, q_lengths, k_lengths):
+        (cu_q, max_q), (cu_k, max_k) = self.offsets(q_lengths), self.offsets(k_lengths)
+        return cu_q, cu_k, max_q, max_k
+
+
+def _select(x, rows, dim=0):
+    return x if rows is None else x.index_select(dim, rows)
+
+
+def _ring_varlen_forward(q, k, v, scale, plan):
+    """out (total_local, H, D) in q's dtype and lse (H, total_local) float32."""
+    ring, device = plan.ring, q.device
     out = torch.zeros(q.shape[:-1] + v.shape[-1:], dtype=torch.float32, device=device)
     lse = torch.full((q.shape[1], q.shape[0]), -math.inf, dtype=torch.float32, device=device)
-    if causal:
-        q_second = chunk_index(first, second, 1)
-        cu_q_second, max_q_second = offsets(second)
     kv = (k.contiguous(), v.contiguous())
     for step in range(ring.world_size):
         source = (ring.rank - step) % ring.world_size
         pending = None
         if step + 1 < ring.world_size:
-            nxt = sum(map(sum, layout[(source - 1) % ring.world_size]))
-            pending = ring.start(kv, [(nxt,) + t.shape[1:] for t in kv])
-        k_blk, v_blk = kv
-        cu_k, max_k = totals[source]
-        if not causal or source == ring.rank:
-            o, l, _ = flash_attn_varlen_func(q, k_blk, v_blk, totals[ring.rank][0], cu_k, totals[ring.rank][1],
-                                             max_k, softmax_scale=scale, causal=causal, return_attn_probs=True)
-            merge_attention(out, lse, o, l)
-        elif source < ring.rank:
-            s_first, s_second = layout[source]
-            k_first = chunk_index(s_first, s_second, 0)
-            cu_k_first, max_k_first = offsets(s_first)
-            o, l, _ = flash_attn_varlen_func(q, k_blk.index_select(0, k_first), v_blk.index_select(0, k_first),
-                                             totals[ring.rank][0], cu_k_first, totals[ring.rank][1], max_k_first,
-                                             softmax_scale=scale, return_attn_probs=True)
+            rows = plan.rows((source - 1) % ring.world_size)
+            pending = ring.start(kv, [(rows,) + t.shape[1:] for t in kv])
+        q_rows, k_rows, cu_q, cu_k, max_q, max_k, causal = plan.step(source)
+        o, l, _ = flash_attn_varlen_func(_select(q, q_rows), _select(kv[0], k_rows), _select(kv[1], k_rows),
+                                         torch.tensor(cu_q, dtype=torch.int32, device=device),
+                                         torch.tensor(cu_k, dtype=torch.int32, device=device), max_q, max_k,
+                                         softmax_scale=scale, causal=causal, return_attn_probs=True)
+        if q_rows is None:
             merge_attention(out, lse, o, l)
         else:
-            o, l, _ = flash_attn_varlen_func(q.index_select(0, q_second), k_blk, v_blk, cu_q_second, cu_k,
-                                             max_q_second, max_k, softmax_scale=scale, return_attn_probs=True)
-            _merge_rows(out, lse, q_second, o, l)
+            _merge_rows(out, lse, q_rows, o, l)
+        o = l = None
         if pending is not None:
             requests, kv = pending
             ring.wait(requests)
-    out = out.to(q.dtype)
-    return (out, lse, None) if return_attn_probs else out
+    return out.to(q.dtype), lse
+
+
+def _ring_varlen_backward(dout, q, k, v, out, lse, scale, plan):
+    """dq, dk, dv of this rank's rows (the ring of _ring_backward; blocks one sequence at a time)."""
+    ring = plan.ring
+    delta = (dout.float() * out.float()).sum(-1)  # (total, H)
+    dq = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
+    blocks = (k.contiguous(), v.contiguous(), torch.zeros(k.shape, dtype=torch.float32, device=k.device),
+              torch.zeros(v.shape, dtype=torch.float32, device=v.device))
+    for step in range(ring.world_size):
+        source = (ring.rank - step) % ring.world_size
+        q_rows, k_rows, cu_q, cu_k, _, _, causal = plan.step(source)
+        k_blk, v_blk, dk_blk, dv_blk = blocks
+        qs, dos, deltas, lses = (_select(q, q_rows), _select(dout, q_rows), _select(delta, q_rows),
+                                 _select(lse, q_rows, 1))
+        ks, vs = _select(k_blk, k_rows), _select(v_blk, k_rows)
+        dqs = dq if q_rows is None else torch.zeros(qs.shape, dtype=torch.float32, device=q.device)
+        dks, dvs = ((dk_blk, dv_blk) if k_rows is None else
+                    (torch.zeros(ks.shape, dtype=torch.float32, device=k.device),
+                     torch.zeros(vs.shape, dtype=torch.float32, device=k.device)))
+        for i in range(len(cu_q) - 1):
+            a, b, c, d = cu_q[i], cu_q[i + 1], cu_k[i], cu_k[i + 1]
+            if b > a and d > c:
+                _block_backward(qs[a:b][None], ks[c:d][None], vs[c:d][None], dos[a:b][None], deltas[a:b][None],
+                                lses[:, a:b][None], scale, causal, dqs[a:b][None], dks[c:d][None], dvs[c:d][None])
+        if q_rows is not None:
+            dq.index_add_(0, q_rows, dqs)
+        if k_rows is not None:
+            dk_blk.index_add_(0, k_rows, dks)
+            dv_blk.index_add_(0, k_rows, dvs)
+        if step + 1 < ring.world_size:
+            rows = plan.rows((source - 1) % ring.world_size)
+            requests, blocks = ring.start(blocks, [(rows,) + t.shape[1:] for t in blocks])
+            ring.wait(requests)
+    dk, dv = blocks[2:]
+    if ring.world_size > 1:  # the accumulators held now are those of rank + 1
+        requests, (dk, dv) = ring.start((dk, dv), (k.shape, v.shape))
+        ring.wait(requests)
+    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
+
+
+class _RingVarlenAttention(torch.autograd.Function):
+    """ring_flash_attn_varlen_func with a ring backward (no gradient flows into the returned lse)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, scale, plan):
+        out, lse = _ring_varlen_forward(q, k, v, scale, plan)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.scale, ctx.plan = scale, plan
+        ctx.mark_non_differentiable(lse)
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, dout, _dlse):
+        q, k, v, out, lse = ctx.saved_tensors
+        dq, dk, dv = _ring_varlen_backward(dout.contiguous(), q, k, v, out, lse, ctx.scale, ctx.plan)
+        return dq, dk, dv, None, None

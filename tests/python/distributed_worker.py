@@ -112,6 +112,30 @@ def backward_case(world, rank, causal, batch, seqlen, heads, kv_heads, head_dim)
         assert_close(ours.grad, ref[:, rows], same[:, rows], torch.float32, what=name)
 
 
+def varlen_backward_case(world, rank, causal, lengths, heads, kv_heads, head_dim):
+    """Gradients through ring_flash_attn_varlen_func against float64 autograd, sequence by sequence."""
+    total = sum(lengths)
+    q, g = torch.randn(total, heads, head_dim), torch.randn(total, heads, head_dim)
+    k, v = torch.randn(total, kv_heads, head_dim), torch.randn(total, kv_heads, head_dim)
+    cu = torch.tensor([0] + [sum(lengths[:i + 1]) for i in range(len(lengths))], dtype=torch.int32)
+    local = [cp.zigzag_varlen_shard(x, cu, world, rank)[0].requires_grad_() for x in (q, k, v)]
+    with torch.enable_grad():
+        out = cp.ring_flash_attn_varlen_func(*local, cu, causal=causal)
+        (out * cp.zigzag_varlen_shard(g, cu, world, rank)[0]).sum().backward()
+        expected, naive = [], []
+        for dtype, into in ((torch.float64, expected), (torch.float32, naive)):
+            leaves = [x.clone().requires_grad_() for x in (q, k, v)]
+            for start, end in zip(cu[:-1].tolist(), cu[1:].tolist()):
+                part = [x[start:end][None] for x in leaves]
+                (math_attention(*part, causal, dtype)[0] * g[start:end].to(dtype)).sum().backward()
+            into.extend(x.grad for x in leaves)
+    rows = []
+    for start, n in zip(cu[:-1].tolist(), lengths):
+        rows.extend(zigzag_rows(start, n, world, rank))
+    for name, ours, ref, same in zip(("dq", "dk", "dv"), local, expected, naive):
+        assert_close(ours.grad, ref[rows], same[rows], torch.float32, what=name)
+
+
 def bad_call_case(world, rank):
     """A call that is wrong on one rank only raises on every rank (no rank is left waiting)."""
     heads = 4 if rank else 3
@@ -130,14 +154,13 @@ def bad_call_case(world, rank):
         assert "local length is 3" in str(error), error
     else:
         raise AssertionError("causal with an odd local length did not raise")
-    q = torch.randn(4, 2, 8, requires_grad=True)
+    q = torch.randn(5, 2, 8)
     try:
-        with torch.enable_grad():
-            cp.ring_flash_attn_varlen_func(q, q.detach(), q.detach(), torch.tensor([0, 4 * world], dtype=torch.int32))
-    except NotImplementedError as error:
-        assert "forward only" in str(error), error
+        cp.ring_flash_attn_varlen_func(q, q, q, torch.tensor([0, 4 * world], dtype=torch.int32), causal=True)
+    except ValueError as error:
+        assert "must hold 4 rows" in str(error) and "got q 5" in str(error), error
     else:
-        raise AssertionError("a call needing autograd did not raise")
+        raise AssertionError("rows that do not match cu_seqlens did not raise")
 
 
 def cases(world):
@@ -152,6 +175,8 @@ def cases(world):
     yield "varlen_causal_bf16_mqa", lambda rank: varlen_case(world, rank, torch.bfloat16, True, [50, 9], 4, 1, 32)
     yield "backward_causal_fp32_gqa", lambda rank: backward_case(world, rank, True, 2, 2 * world * 3, 4, 2, 8)
     yield "backward_noncausal_fp32_mqa", lambda rank: backward_case(world, rank, False, 1, 2 * world * 5, 2, 1, 16)
+    yield "varlen_backward_causal_fp32_gqa", lambda rank: varlen_backward_case(world, rank, True, [21, 0, 3, 2 * world + 1], 4, 2, 8)
+    yield "varlen_backward_noncausal_fp32", lambda rank: varlen_backward_case(world, rank, False, [9, 14], 2, 2, 8)
     yield "bad_calls", lambda rank: bad_call_case(world, rank)
 
 
