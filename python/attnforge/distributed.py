@@ -21,12 +21,11 @@ half of the received K/V or with half of its queries, never the full square (exc
 which is causal). Without a causal mask any split works for the padded entry point; the varlen entry
 point always uses the zigzag layout, as it derives every rank's rows from the global cu_seqlens.
 
-Backward: ring_flash_attn_func has one, done as a second ring (K/V travel again with their float32
+Backward: both entry points have one, done as a second ring (K/V travel again with their float32
 dK/dV accumulators, which end back on their owner; each block's probabilities are recomputed in torch
 from the merged LSE, FlashAttention-2's backward in torch math, so its temporaries are (B, H/Hk, S_local,
 S_local) float32 per K/V head: right for fine-tuning lengths, not for 100k-token training, which needs
-a backward kernel). The varlen entry point is forward only (it raises NotImplementedError when autograd
-would need a backward). Semantics are FlashAttention-2's (GQA/MQA by contiguous head groups, causal
+a backward kernel). Semantics are FlashAttention-2's (GQA/MQA by contiguous head groups, causal
 mask over global positions, rows that see no key give 0 and an LSE of -inf).
 """
 import itertools
@@ -227,7 +226,7 @@ def _agree(group, validate, what):
     receive that never completes. One small collective per call."""
     try:
         meta, problem = [1] + validate(), None
-    except (TypeError, ValueError, NotImplementedError) as error:
+    except (TypeError, ValueError) as error:
         meta, problem = None, error
     world_size = dist.get_world_size(group)
     device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend(group) == "nccl" else "cpu"
