@@ -198,7 +198,9 @@ class _Ring:
             request.wait()
 
 
-_DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
+# The kernel's dtypes (the float32 accumulators would not keep float64's precision).
+_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+_META_LEN = 16  # ints describing a call, compared across ranks by _agree
 
 
 def _check_inputs(q, k, v, ndim, what):
@@ -244,9 +246,6 @@ def _agree(group, validate, what):
     if any(m != every[0] for m in every):
         raise ValueError("%s: ranks disagree on the call (batch/length, heads, head dims, dtype, causal, "
                          "cu_seqlens): %s" % (what, [m[1:] for m in every]))
-
-
-_META_LEN = 16
 
 
 def ring_flash_attn_func(q, k, v, softmax_scale=None, causal=False, group=None, return_attn_probs=False):

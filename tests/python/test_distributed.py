@@ -39,7 +39,7 @@ def test_ring_attention_matches_reference(world, seed):
     outputs = []
     try:
         for proc in procs:
-            outputs.append(proc.communicate(timeout=240)[0])
+            outputs.append(proc.communicate(timeout=180)[0])
     finally:
         for proc in procs:
             if proc.poll() is None:
