@@ -183,7 +183,7 @@ def allocated():
 
 def empty_cache():
     if DEVICE.type == "cuda":
-        empty_cache()
+        torch.cuda.empty_cache()
 
 
 def prefill_part(results, lengths):
