@@ -23,7 +23,7 @@ set(AF_DOCTOR_TEST_PYTHON ${AF_DOCTOR_DEFAULT_PYTHON} CACHE STRING "Python (with
 set(AF_DOCTOR_FUZZ_READERS
   ${CMAKE_SOURCE_DIR}/src/doctor/bytes.cpp ${CMAKE_SOURCE_DIR}/src/doctor/elf.cpp
   ${CMAKE_SOURCE_DIR}/src/doctor/fatbin.cpp ${CMAKE_SOURCE_DIR}/src/doctor/zip.cpp
-  ${CMAKE_SOURCE_DIR}/src/doctor/ld_cache.cpp)
+  ${CMAKE_SOURCE_DIR}/src/doctor/ld_cache.cpp ${CMAKE_SOURCE_DIR}/src/common/sha256.cpp)
 find_program(AF_CLANGXX NAMES clang++ clang++-18 clang++-17 clang++-16 clang++-15 clang++-14)
 set(AF_DOCTOR_HAVE_LIBFUZZER OFF)
 if(AF_CLANGXX)

@@ -356,7 +356,7 @@ WheelReport analyze_wheel(const std::string& path, const PythonFacts* python, An
               &budget, error)) {
         if (!budget.exhausted) mismatches.push_back(fields[0] + ": " + error);
       } else if (starts_with(fields[1], "sha256=")) {
-        std::string actual = record_hash_of_digest(sha.digest());
+        std::string actual = record_hash_of_digest(digest_of(sha));
         if (actual != fields[1]) mismatches.push_back(fields[0] + ": RECORD " + fields[1] + ", content " + actual);
       }
     }

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "common/sha256.h"
 #include "doctor/bytes.h"
 
 namespace af::doctor {
@@ -62,20 +63,8 @@ bool inflate_raw(ByteView input, std::vector<uint8_t>& out, uint64_t max_bytes, 
 uint32_t crc32_of(ByteView data);
 uint32_t crc32_update(uint32_t crc, const uint8_t* data, size_t size);  // start from 0
 
-// Incremental SHA-256 (FIPS 180-4).
-class Sha256 {
- public:
-  Sha256();
-  void update(const uint8_t* data, size_t size);
-  std::vector<uint8_t> digest();  // 32 bytes; call once
-
- private:
-  void compress(const uint8_t* block);
-  uint32_t h_[8];
-  uint8_t buffer_[64];
-  size_t buffered_ = 0;
-  uint64_t length_ = 0;
-};
+// The 32-byte digest of an incremental SHA-256 (af::Sha256, src/common/sha256.h); call once.
+std::vector<uint8_t> digest_of(Sha256& sha);
 
 // SHA-256 digest (32 bytes) and the RECORD spelling "sha256=<urlsafe base64, no padding>".
 std::vector<uint8_t> sha256_of(ByteView data);
