@@ -19,8 +19,8 @@ Parts (each runs even if an earlier one failed; failures are written to OUT.md w
      next to sdpa under the same tensor parallelism as the baseline, in bf16 and fp32.
 --quick times 32k and 128k only; --cpu is a smoke run of the whole script on CPU tensors over gloo
 (with e.g. --lengths=512,1024; the correctness sequences shrink 8x), to catch a broken script before
-the GPUs are spent on it. OUT.md (and OUT.json) are written by rank 0. NCCL_NVLS_ENABLE=0 is set here too (NVLink multicast
-stays off on the lent machines).
+the GPUs are spent on it. OUT.md (and OUT.json) are written by rank 0. NCCL_NVLS_ENABLE=0 is set here
+too (NVLink multicast stays off on the lent machines).
 """
 import datetime
 import json
@@ -311,9 +311,11 @@ def tp_part(results):
                 "dtype": str(dtype).replace("torch.", ""), "impl": impl,
                 "tp_vs_one_gpu_same_impl_rel_err": (tp_logits - single_logits).abs().max().item() / scale,
                 "tp_vs_one_gpu_sdpa_rel_err": (tp_logits - reference_logits).abs().max().item() / scale,
-                "top1_agreement_vs_one_gpu_sdpa": (tp_logits.argmax(-1) == reference_logits.argmax(-1)).float().mean().item(),
+                "top1_agreement_vs_one_gpu_sdpa":
+                    (tp_logits.argmax(-1) == reference_logits.argmax(-1)).float().mean().item(),
                 # New tokens only (the prompt is the first 32 of each row).
-                "greedy_tokens_equal_to_one_gpu_same_impl": (tp_tokens[:, 32:] == single_tokens[:, 32:]).float().mean().item()})
+                "greedy_tokens_equal_to_one_gpu_same_impl":
+                    (tp_tokens[:, 32:] == single_tokens[:, 32:]).float().mean().item()})
             log("tp %s" % json.dumps(rows[-1]))
     by = {(r["dtype"], r["impl"]): r for r in rows}
     for dtype in ("bfloat16", "float32"):
@@ -341,7 +343,8 @@ def markdown(results):
              "torch %s, CUDA %s, NCCL %s, attnforge %s; produced by `bench/device/cp_run.py`." % (
                  env["torch"], env["cuda"], env["nccl"], env["attnforge"]), "",
              "## Correctness on NCCL (ring vs float64; budget 2 x single-GPU error + 1e-3)", "",
-             "| case | lengths | H/Hk/D | ring error | 1-GPU error | budget | result |", "|---|---|---|---|---|---|---|"]
+             "| case | lengths | H/Hk/D | ring error | 1-GPU error | budget | result |",
+             "|---|---|---|---|---|---|---|"]
     for r in results.get("correctness", []):
         lines.append("| %s | %s | %d/%d/%d | %.3g | %.3g | %.3g | %s |" % (
             r["case"], r["lengths"], r["heads"], r["kv_heads"], r["head_dim"], r["ring_error"],
@@ -366,7 +369,8 @@ def markdown(results):
             ("pass" if r["pass"] else "FAIL") if "pass" in r else "baseline"))
     if "capacity" in results:
         c = results["capacity"]
-        lines += ["", "## A length one GPU cannot hold (every process capped at %d GiB of GPU memory)" % c["cap_gib"], "",
+        lines += ["", "## A length one GPU cannot hold (every process capped at %d GiB of GPU memory)" % c["cap_gib"],
+                  "",
                   "%d tokens, same shape as above: one GPU: %s; ring on %d GPUs: %.2f s (inf: out of memory), "
                   "peak %.1f GiB per GPU." % (
                       c["seqlen"], c.get("one_gpu"), c["gpus"], c["t_ring_s"], c["peak_ring_gib"])]

@@ -160,10 +160,10 @@ def merge_attention(out, lse, out_part, lse_part):
 
 def _merge_rows(out, lse, index, out_part, lse_part):
     """merge_attention on the rows `index` of a varlen accumulator (out (total, H, D), lse (H, total))."""
-    o, l = out.index_select(0, index), lse.index_select(1, index)
-    merge_attention(o, l, out_part, lse_part)
+    o, rows_lse = out.index_select(0, index), lse.index_select(1, index)
+    merge_attention(o, rows_lse, out_part, lse_part)
     out.index_copy_(0, index, o)
-    lse.index_copy_(1, index, l)
+    lse.index_copy_(1, index, rows_lse)
 
 
 def _global_rank(group, rank):
@@ -310,21 +310,23 @@ def _ring_forward(q, k, v, scale, causal, ring):
                 pending = ring.start(kv, [t.shape for t in kv])
             k_blk, v_blk = kv
             if not causal:
-                o, l, _ = flash_attn_func(qc, k_blk, v_blk, softmax_scale=scale, return_attn_probs=True)
-                merge_attention(acc, acc_lse, o, l)
+                o, lse_p, _ = flash_attn_func(qc, k_blk, v_blk, softmax_scale=scale, return_attn_probs=True)
+                merge_attention(acc, acc_lse, o, lse_p)
             elif source == ring.rank:
-                o, l, _ = flash_attn_func(qc, k_blk, v_blk, softmax_scale=scale, causal=True, return_attn_probs=True)
-                merge_attention(acc, acc_lse, o, l)
+                o, lse_p, _ = flash_attn_func(qc, k_blk, v_blk, softmax_scale=scale, causal=True,
+                                              return_attn_probs=True)
+                merge_attention(acc, acc_lse, o, lse_p)
             elif source < ring.rank:
                 # The source's chunks are `source` (before both of ours) and 2W-1-source (after both).
-                o, l, _ = flash_attn_func(qc, k_blk[:, :half], v_blk[:, :half], softmax_scale=scale,
-                                          return_attn_probs=True)
-                merge_attention(acc, acc_lse, o, l)
+                o, lse_p, _ = flash_attn_func(qc, k_blk[:, :half], v_blk[:, :half], softmax_scale=scale,
+                                              return_attn_probs=True)
+                merge_attention(acc, acc_lse, o, lse_p)
             else:
                 # Both of the source's chunks lie after our first chunk and before our second.
-                o, l, _ = flash_attn_func(qc[:, half:], k_blk, v_blk, softmax_scale=scale, return_attn_probs=True)
-                merge_attention(acc[:, half:], acc_lse[:, :, half:], o, l)
-            o = l = None  # the next step's partial output takes this one's memory
+                o, lse_p, _ = flash_attn_func(qc[:, half:], k_blk, v_blk, softmax_scale=scale,
+                                              return_attn_probs=True)
+                merge_attention(acc[:, half:], acc_lse[:, :, half:], o, lse_p)
+            o = lse_p = None  # the next step's partial output takes this one's memory
             if pending is not None:
                 requests, kv = pending
                 ring.wait(requests)
@@ -505,15 +507,15 @@ def _ring_varlen_forward(q, k, v, scale, plan):
             rows = plan.rows((source - 1) % ring.world_size)
             pending = ring.start(kv, [(rows,) + t.shape[1:] for t in kv])
         q_rows, k_rows, cu_q, cu_k, max_q, max_k, causal = plan.step(source)
-        o, l, _ = flash_attn_varlen_func(_select(q, q_rows), _select(kv[0], k_rows), _select(kv[1], k_rows),
-                                         torch.tensor(cu_q, dtype=torch.int32, device=device),
-                                         torch.tensor(cu_k, dtype=torch.int32, device=device), max_q, max_k,
-                                         softmax_scale=scale, causal=causal, return_attn_probs=True)
+        o, lse_p, _ = flash_attn_varlen_func(_select(q, q_rows), _select(kv[0], k_rows), _select(kv[1], k_rows),
+                                             torch.tensor(cu_q, dtype=torch.int32, device=device),
+                                             torch.tensor(cu_k, dtype=torch.int32, device=device), max_q, max_k,
+                                             softmax_scale=scale, causal=causal, return_attn_probs=True)
         if q_rows is None:
-            merge_attention(out, lse, o, l)
+            merge_attention(out, lse, o, lse_p)
         else:
-            _merge_rows(out, lse, q_rows, o, l)
-        o = l = None
+            _merge_rows(out, lse, q_rows, o, lse_p)
+        o = lse_p = None
         if pending is not None:
             requests, kv = pending
             ring.wait(requests)

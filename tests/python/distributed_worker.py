@@ -194,16 +194,21 @@ def bad_call_case(world, rank):
 def cases(world):
     # Local lengths are odd multiples of small numbers (no tile multiples); the varlen lengths are
     # uneven and include sequences shorter than 2 * world (empty chunks) and an empty one.
-    yield "padded_causal_fp32_gqa", lambda rank: padded_case(world, rank, torch.float32, True, 2, 2 * world * 5, 4, 2, 16)
-    yield "padded_noncausal_fp32_mqa", lambda rank: padded_case(world, rank, torch.float32, False, 1, 2 * world * 3, 4, 1, 32)
+    yield "padded_causal_fp32_gqa", lambda rank: padded_case(world, rank, torch.float32, True, 2, 2 * world * 5,
+                                                             4, 2, 16)
+    yield "padded_noncausal_fp32_mqa", lambda rank: padded_case(world, rank, torch.float32, False, 1, 2 * world * 3,
+                                                                4, 1, 32)
     yield "padded_causal_bf16", lambda rank: padded_case(world, rank, torch.bfloat16, True, 1, 2 * world * 7, 2, 2, 64)
-    yield "padded_causal_fp32_two_head_chunks", lambda rank: padded_case(world, rank, torch.float32, True, 1, 2 * world * 3, 16, 4, 8)
-    yield "varlen_causal_fp32_gqa", lambda rank: varlen_case(world, rank, torch.float32, True, [37, 1, 0, 2 * world + 1, 20], 6, 2, 16)
+    yield "padded_causal_fp32_two_head_chunks", lambda rank: padded_case(world, rank, torch.float32, True, 1,
+                                                                         2 * world * 3, 16, 4, 8)
+    yield "varlen_causal_fp32_gqa", lambda rank: varlen_case(world, rank, torch.float32, True,
+                                                             [37, 1, 0, 2 * world + 1, 20], 6, 2, 16)
     yield "varlen_noncausal_fp16", lambda rank: varlen_case(world, rank, torch.float16, False, [13, 29, 3], 4, 4, 8)
     yield "varlen_causal_bf16_mqa", lambda rank: varlen_case(world, rank, torch.bfloat16, True, [50, 9], 4, 1, 32)
     yield "backward_causal_fp32_gqa", lambda rank: backward_case(world, rank, True, 2, 2 * world * 3, 4, 2, 8)
     yield "backward_noncausal_fp32_mqa", lambda rank: backward_case(world, rank, False, 1, 2 * world * 5, 2, 1, 16)
-    yield "varlen_backward_causal_fp32_gqa", lambda rank: varlen_backward_case(world, rank, True, [21, 0, 3, 2 * world + 1], 4, 2, 8)
+    yield "varlen_backward_causal_fp32_gqa", lambda rank: varlen_backward_case(world, rank, True,
+                                                                               [21, 0, 3, 2 * world + 1], 4, 2, 8)
     yield "varlen_backward_noncausal_fp32", lambda rank: varlen_backward_case(world, rank, False, [9, 14], 2, 2, 8)
     yield "bad_calls", lambda rank: bad_call_case(world, rank)
 

@@ -45,7 +45,8 @@ def test_ring_attention_matches_reference(world, seed):
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-    report = "\n".join("--- rank %d (exit %s)\n%s" % (r, p.returncode, o) for r, (p, o) in enumerate(zip(procs, outputs)))
+    report = "\n".join("--- rank %d (exit %s)\n%s" % (r, p.returncode, o)
+                       for r, (p, o) in enumerate(zip(procs, outputs)))
     assert all(p.returncode == 0 for p in procs), report
     for output in outputs:
         assert output.count("PASS ") == 12 and "FAIL" not in output, report
@@ -59,8 +60,8 @@ def test_merge_attention_is_exact_and_keeps_empty_rows_zero(seed):
     out = torch.zeros(1, 5, 2, 8)
     lse = torch.full((1, 2, 5), -math.inf)
     for part in (slice(0, 7), slice(7, 12)):
-        o, l, _ = attnforge.flash_attn_func(q, k[:, part], v[:, part], return_attn_probs=True)
-        cp.merge_attention(out, lse, o, l)
+        o, lse_p, _ = attnforge.flash_attn_func(q, k[:, part], v[:, part], return_attn_probs=True)
+        cp.merge_attention(out, lse, o, lse_p)
     assert (out - whole).abs().max().item() < 1e-5
     assert (lse - whole_lse).abs().max().item() < 1e-5
     before = out.clone()
