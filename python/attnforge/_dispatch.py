@@ -12,10 +12,13 @@ from typing import Optional, Tuple
 from . import _native
 from ._native import INDEX_FIELDS, AttentionOptions, AttnforgeError, CALLER_ERRORS, Status
 
-__all__ = ["AttentionOptions", "PlanCache", "forward", "has_plan", "int32_indices", "lse_shape", "native_forward",
-           "outputs", "plan_key", "plans"]
+__all__ = ["AttentionOptions", "PlanCache", "S_DMASK_BLOCK_N", "forward", "has_plan", "int32_indices", "lse_shape",
+           "native_forward", "outputs", "plan_key", "plans"]
 
 _INT32_MIN, _INT32_MAX = -(2 ** 31), 2 ** 31 - 1
+# Key-block width of the S_dmask encoding (return_attn_probs with dropout; flash_attn_interface's
+# _get_block_size_n reports it); it divides 128, the multiple FlashAttention rounds S_dmask's sides to.
+S_DMASK_BLOCK_N = 128
 
 
 def lse_shape(q, varlen: bool) -> Tuple[int, ...]:
@@ -198,12 +201,13 @@ def _padded_forward(q, k, v, options: AttentionOptions, need_lse: bool):
     return out[..., :head_dim], lse
 
 
-def forward(q, k, v, options: AttentionOptions, need_lse: bool = True):
+def forward(q, k, v, options: AttentionOptions, need_lse: bool = True, return_s_dmask: bool = False):
     """FlashAttention's forward for torch tensors or numpy arrays (answered in kind).
 
     q (B, Sq, H, D), k/v (B, Sk, Hk, D); varlen (options.cu_seqlens_q given) q (total_q, H, D),
     k/v (total_k, Hk, D) or paged (num_blocks, page_size, Hk, D). Returns (out like q, softmax_lse
-    float32 lse_shape(q, varlen), natural log; None when not need_lse). The kernel runs when it takes
+    float32 lse_shape(q, varlen), natural log; None when not need_lse), and with return_s_dmask a third
+    element: S_dmask (fallback.attention's; None when the kernel ran). The kernel runs when it takes
     the call; otherwise (dtype or device without a kernel, backend unavailable, library missing,
     dropout_p > 0) the call is validated by the library as the kernel would validate it and run by
     torch (fallback.attention). Raises AttnforgeError (a RuntimeError) naming the argument for invalid
@@ -216,14 +220,15 @@ def forward(q, k, v, options: AttentionOptions, need_lse: bool = True):
     else:
         reason = native_forward(q, k, v, out, lse, options)
         if reason is None:
-            return out, lse
+            return (out, lse, None) if return_s_dmask else (out, lse)
         # Checked only once the kernel declined: the hot path pays nothing for it.
         if _needs_padding(q, k, v, options):
-            return _padded_forward(q, k, v, options, need_lse)
-    return _fallback(q, k, v, out, options, need_lse, reason)
+            out, lse = _padded_forward(q, k, v, options, need_lse)
+            return (out, lse, None) if return_s_dmask else (out, lse)
+    return _fallback(q, k, v, out, options, need_lse, reason, return_s_dmask)
 
 
-def _fallback(q, k, v, out, options, need_lse, reason):
+def _fallback(q, k, v, out, options, need_lse, reason, return_s_dmask):
     try:
         _native.validate(q, k, v, out, options)
     except ImportError:
@@ -241,9 +246,12 @@ def _fallback(q, k, v, out, options, need_lse, reason):
         options = options._replace(**{name: torch.from_numpy(getattr(options, name))
                                       for name in INDEX_FIELDS + ("alibi_slopes",)
                                       if getattr(options, name) is not None})
-    out, lse, path = fallback.attention(q, k, v, options, need_lse=need_lse)
+    result = fallback.attention(q, k, v, options, need_lse=need_lse, return_s_dmask=return_s_dmask)
+    path = result[2]
     fallback.log_once(("forward", path, reason), "attnforge kernel not used (%s); ran torch %s instead" %
                       (reason, path))
     if numpy_call:
-        return out.numpy(), (lse.numpy() if lse is not None else None)
-    return out, lse
+        result = tuple(x.numpy() if x is not None else None for x in result[:2] + result[3:])
+    else:
+        result = result[:2] + result[3:]
+    return result

@@ -108,7 +108,9 @@ class AttentionOptions(NamedTuple):
     softmax_scale None means 1/sqrt(head_dim); softcap 0 disables it; window_size (left, right)
     in rows, inclusive, -1 unbounded; causal aligns bottom-right. dropout_p > 0 runs only in torch.
     num_splits (FlashAttention's): 0 lets the kernel choose how many parts the keys are split into,
-    1 never splits, N forces N (CUDA only; ignored by the fallback).
+    1 never splits, N forces N (CUDA only; ignored by the fallback). deterministic (FlashAttention's)
+    makes the backward pass reproducible bit for bit; the forward is deterministic either way, so
+    the kernel and plan keys ignore it.
     """
 
     cu_seqlens_q: Optional[object] = None
@@ -126,6 +128,7 @@ class AttentionOptions(NamedTuple):
     window_size: Tuple[int, int] = (-1, -1)
     dropout_p: float = 0.0
     num_splits: int = 0
+    deterministic: bool = False
 
 
 DEFAULT_OPTIONS = AttentionOptions()

@@ -67,27 +67,39 @@ def _contiguous_last_dim(x):
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
-def _options(dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, **varlen) -> AttentionOptions:
+def _options(dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic,
+             **varlen) -> AttentionOptions:
     return AttentionOptions(dropout_p=float(dropout_p or 0.0), softmax_scale=softmax_scale, causal=bool(causal),
                             window_size=(int(window_size[0]), int(window_size[1])), softcap=float(softcap or 0.0),
-                            alibi_slopes=alibi_slopes, **varlen)
+                            alibi_slopes=alibi_slopes, deterministic=bool(deterministic), **varlen)
 
 
-def _forward(q, k, v, options: AttentionOptions, need_lse: bool):
-    """(out, softmax_lse or None) for every flash_attn_*func entry point."""
+def _forward(q, k, v, options: AttentionOptions, return_attn_probs: bool):
+    """(out, softmax_lse, S_dmask) for every flash_attn_*func entry point. softmax_lse is None unless
+    return_attn_probs (inference calls that do not return it skip computing it); S_dmask is None
+    unless return_attn_probs and dropout_p > 0 (as flash_attn, which materialises it only then)."""
     for name, x in (("q", q), ("k", k), ("v", v)):
         _check_float(name, x)
     q, k, v = _contiguous_last_dim(q), _contiguous_last_dim(k), _contiguous_last_dim(v)
+    if return_attn_probs and options.dropout_p > 0:
+        return _dispatch.forward(q, k, v, options, True, return_s_dmask=True)
     if _is_numpy(q):
-        return _dispatch.forward(q, k, v, options, need_lse)
+        return _dispatch.forward(q, k, v, options, return_attn_probs) + (None,)
     if ops is None:
         raise TypeError("attnforge: expected numpy arrays (torch is not importable), got %r" % type(q))
-    return ops.attention(q, k, v, options, need_lse)
+    return ops.attention(q, k, v, options, return_attn_probs) + (None,)
 
 
-def _result(out, lse, return_attn_probs):
-    # S_dmask is only materialised by flash_attn when dropout is on and is "for testing only"; None here.
-    return (out, lse, None) if return_attn_probs else out
+def _result(out, lse, s_dmask, return_attn_probs):
+    return (out, lse, s_dmask) if return_attn_probs else out
+
+
+def _get_block_size_n(device, head_dim, is_dropout, is_causal):
+    """Key-block width (int) of the S_dmask encoding that return_attn_probs=True returns with dropout:
+    each entry is exp(score - m) with m the row's maximum over its key block and all later ones,
+    negated where dropped. flash_attn's private helper of the same name (its tests decode S_dmask
+    with it); attnforge's width is one constant, whatever the arguments."""
+    return _dispatch.S_DMASK_BLOCK_N
 
 
 def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
@@ -98,32 +110,33 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, wi
     h // (H / Hk)); float16, bfloat16, float32 (kernel) or float64 (torch). softmax_scale None is
     1/sqrt(D); causal aligns the mask bottom-right when Sq != Sk; window_size (left, right) in keys,
     inclusive, -1 unbounded; softcap > 0 caps scores as softcap * tanh(s / softcap); alibi_slopes
-    float32 (H) or (B, H) adds -slope * |i + Sk - Sq - j|. deterministic is accepted and ignored (the
-    forward is deterministic). Returns out (B, Sq, H, D), or with return_attn_probs (out, softmax_lse
-    float32 (B, H, Sq) natural log, None). Raises AttnforgeError naming the argument for invalid input.
+    float32 (H) or (B, H) adds -slope * |i + Sk - Sq - j| (in float32). dropout_p > 0 runs through
+    torch. deterministic=True makes the backward pass reproducible bit for bit (the forward always
+    is). Returns out (B, Sq, H, D), or with return_attn_probs (out, softmax_lse float32 (B, H, Sq)
+    natural log, S_dmask): S_dmask is None unless dropout_p > 0, then (B, H, round128(Sq),
+    round128(Sk)) in q's dtype, dropped entries negative (encoding: _get_block_size_n), "for testing
+    only" as in flash_attn. Raises AttnforgeError naming the argument for invalid input.
     Semantics: flash_attn/flash_attn_interface.py (2.8), see FLASH_ATTN_API.md.
     """
-    out, lse = _forward(q, k, v, _options(dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes),
-                        return_attn_probs)
-    return _result(out, lse, return_attn_probs)
+    options = _options(dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic)
+    out, lse, s_dmask = _forward(q, k, v, options, return_attn_probs)
+    return _result(out, lse, s_dmask, return_attn_probs)
 
 
 def flash_attn_qkvpacked_func(qkv, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1),
                               softcap=0.0, alibi_slopes=None, deterministic=False, return_attn_probs=False):
     """flash_attn_func on qkv (B, S, 3, H, D) (views, not copies) -> out (B, S, H, D)."""
-    out, lse = _forward(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2],
-                        _options(dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes),
-                        return_attn_probs)
-    return _result(out, lse, return_attn_probs)
+    options = _options(dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic)
+    out, lse, s_dmask = _forward(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], options, return_attn_probs)
+    return _result(out, lse, s_dmask, return_attn_probs)
 
 
 def flash_attn_kvpacked_func(q, kv, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1),
                              softcap=0.0, alibi_slopes=None, deterministic=False, return_attn_probs=False):
     """flash_attn_func on q (B, Sq, H, D) and kv (B, Sk, 2, Hk, D) -> out (B, Sq, H, D)."""
-    out, lse = _forward(q, kv[:, :, 0], kv[:, :, 1],
-                        _options(dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes),
-                        return_attn_probs)
-    return _result(out, lse, return_attn_probs)
+    options = _options(dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic)
+    out, lse, s_dmask = _forward(q, kv[:, :, 0], kv[:, :, 1], options, return_attn_probs)
+    return _result(out, lse, s_dmask, return_attn_probs)
 
 
 def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
@@ -135,35 +148,37 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
     int32 (B, max_blocks) (any page_size; flash_attn needs multiples of 256). cu_seqlens_q/k (B + 1)
     int32 offsets (int64 accepted), starting at 0, non-decreasing, within the rows of q/k;
     max_seqlen_q/k >= every length. Other arguments as flash_attn_func. Returns out (total_q, H, D),
-    or with return_attn_probs (out, softmax_lse float32 (H, total_q), None). Offsets in host memory
+    or with return_attn_probs (out, softmax_lse float32 (H, total_q), S_dmask (B, H,
+    round128(max_seqlen_q), round128(max_seqlen_k)) with dropout, else None). Offsets in host memory
     are checked (AttnforgeError AF_ERR_SEQLENS naming the array); in GPU memory they are not read.
     """
-    options = _options(dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes,
+    options = _options(dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic,
                        cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, max_seqlen_q=int(max_seqlen_q or 0),
                        max_seqlen_k=int(max_seqlen_k or 0), block_table=block_table)
-    out, lse = _forward(q, k, v, options, return_attn_probs)
-    return _result(out, lse, return_attn_probs)
+    out, lse, s_dmask = _forward(q, k, v, options, return_attn_probs)
+    return _result(out, lse, s_dmask, return_attn_probs)
 
 
 def flash_attn_varlen_qkvpacked_func(qkv, cu_seqlens, max_seqlen, dropout_p=0.0, softmax_scale=None, causal=False,
                                      window_size=(-1, -1), softcap=0.0, alibi_slopes=None, deterministic=False,
                                      return_attn_probs=False):
     """flash_attn_varlen_func on qkv (total, 3, H, D) with one cu_seqlens (B + 1) -> out (total, H, D)."""
-    options = _options(dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, cu_seqlens_q=cu_seqlens,
-                       cu_seqlens_k=cu_seqlens, max_seqlen_q=int(max_seqlen or 0), max_seqlen_k=int(max_seqlen or 0))
-    out, lse = _forward(qkv[:, 0], qkv[:, 1], qkv[:, 2], options, return_attn_probs)
-    return _result(out, lse, return_attn_probs)
+    options = _options(dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic,
+                       cu_seqlens_q=cu_seqlens, cu_seqlens_k=cu_seqlens, max_seqlen_q=int(max_seqlen or 0),
+                       max_seqlen_k=int(max_seqlen or 0))
+    out, lse, s_dmask = _forward(qkv[:, 0], qkv[:, 1], qkv[:, 2], options, return_attn_probs)
+    return _result(out, lse, s_dmask, return_attn_probs)
 
 
 def flash_attn_varlen_kvpacked_func(q, kv, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
                                     softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
                                     alibi_slopes=None, deterministic=False, return_attn_probs=False):
     """flash_attn_varlen_func on q (total_q, H, D) and kv (total_k, 2, Hk, D) -> out (total_q, H, D)."""
-    options = _options(dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes,
+    options = _options(dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic,
                        cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, max_seqlen_q=int(max_seqlen_q or 0),
                        max_seqlen_k=int(max_seqlen_k or 0))
-    out, lse = _forward(q, kv[:, 0], kv[:, 1], options, return_attn_probs)
-    return _result(out, lse, return_attn_probs)
+    out, lse, s_dmask = _forward(q, kv[:, 0], kv[:, 1], options, return_attn_probs)
+    return _result(out, lse, s_dmask, return_attn_probs)
 
 
 def _seqlens_array(cache_seqlens, q, k_cache, block_table):

@@ -54,7 +54,8 @@ class _AutogradInsideOp:
 
 
 def backward_impl(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, options: AttentionOptions):
-    """(dq, dk, dv) by recomputing the forward in torch and differentiating it."""
+    """(dq, dk, dv) by recomputing the forward in torch and differentiating it; options.deterministic
+    recomputes through the eager path (no atomics: identical gradients on every call)."""
     with torch.enable_grad():
         inputs = [x.detach().requires_grad_(True) for x in (q, k, v)]
         out, _, path = torch_attention(*inputs, options, need_lse=False)
@@ -65,17 +66,19 @@ def backward_impl(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, options: Attent
 
 
 def _options(cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=0, max_seqlen_k=0, seqused_k=None, block_table=None,
-             alibi_slopes=None, softmax_scale=None, softcap=0.0, causal=False, window_left=-1, window_right=-1):
+             alibi_slopes=None, softmax_scale=None, softcap=0.0, causal=False, window_left=-1, window_right=-1,
+             deterministic=False):
     """AttentionOptions from a custom op's flat arguments (op schemas take no records)."""
     return AttentionOptions(cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, max_seqlen_q=max_seqlen_q,
                             max_seqlen_k=max_seqlen_k, seqused_k=seqused_k, block_table=block_table,
                             alibi_slopes=alibi_slopes, softmax_scale=softmax_scale, softcap=softcap, causal=causal,
-                            window_size=(window_left, window_right))
+                            window_size=(window_left, window_right), deterministic=deterministic)
 
 
 def _varlen_op_args(o: AttentionOptions):
     return (o.cu_seqlens_q, o.cu_seqlens_k, o.max_seqlen_q, o.max_seqlen_k, o.seqused_k, o.block_table,
-            o.alibi_slopes, o.softmax_scale, o.softcap, o.causal, o.window_size[0], o.window_size[1])
+            o.alibi_slopes, o.softmax_scale, o.softcap, o.causal, o.window_size[0], o.window_size[1],
+            bool(o.deterministic))
 
 
 def _lse_like(q, varlen):
@@ -86,13 +89,15 @@ if HAS_CUSTOM_OP:
 
     @torch.library.custom_op("attnforge::flash_attn_forward", mutates_args=())
     def _forward_op(q: Tensor, k: Tensor, v: Tensor, alibi_slopes: Optional[Tensor], softmax_scale: Optional[float],
-                    softcap: float, causal: bool, window_left: int, window_right: int) -> Tuple[Tensor, Tensor]:
+                    softcap: float, causal: bool, window_left: int, window_right: int,
+                    deterministic: bool = False) -> Tuple[Tensor, Tensor]:
+        # deterministic only changes the backward (the forward is deterministic); it rides along for it.
         return _dispatch.forward(q, k, v, _options(alibi_slopes=alibi_slopes, softmax_scale=softmax_scale,
                                                    softcap=softcap, causal=causal, window_left=window_left,
-                                                   window_right=window_right))
+                                                   window_right=window_right, deterministic=deterministic))
 
     @_forward_op.register_fake
-    def _(q, k, v, alibi_slopes, softmax_scale, softcap, causal, window_left, window_right):
+    def _(q, k, v, alibi_slopes, softmax_scale, softcap, causal, window_left, window_right, deterministic=False):
         return torch.empty_like(q), _lse_like(q, False)
 
     @torch.library.custom_op("attnforge::flash_attn_varlen_forward", mutates_args=())
@@ -100,10 +105,10 @@ if HAS_CUSTOM_OP:
                            max_seqlen_q: int, max_seqlen_k: int, seqused_k: Optional[Tensor],
                            block_table: Optional[Tensor], alibi_slopes: Optional[Tensor],
                            softmax_scale: Optional[float], softcap: float, causal: bool, window_left: int,
-                           window_right: int) -> Tuple[Tensor, Tensor]:
+                           window_right: int, deterministic: bool = False) -> Tuple[Tensor, Tensor]:
         return _dispatch.forward(q, k, v, _options(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, seqused_k,
                                                    block_table, alibi_slopes, softmax_scale, softcap, causal,
-                                                   window_left, window_right))
+                                                   window_left, window_right, deterministic))
 
     @_varlen_forward_op.register_fake
     def _(q, k, v, cu_seqlens_q, *rest):
@@ -114,11 +119,12 @@ if HAS_CUSTOM_OP:
                      cu_seqlens_k: Optional[Tensor], max_seqlen_q: int, max_seqlen_k: int,
                      seqused_k: Optional[Tensor], block_table: Optional[Tensor], alibi_slopes: Optional[Tensor],
                      softmax_scale: Optional[float], softcap: float, causal: bool, window_left: int,
-                     window_right: int) -> Tuple[Tensor, Tensor, Tensor]:
+                     window_right: int, deterministic: bool = False) -> Tuple[Tensor, Tensor, Tensor]:
         with _AutogradInsideOp():
             dq, dk, dv = backward_impl(dout, q, k, v, _options(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                                                                seqused_k, block_table, alibi_slopes, softmax_scale,
-                                                               softcap, causal, window_left, window_right))
+                                                               softcap, causal, window_left, window_right,
+                                                               deterministic))
         return dq.contiguous(), dk.contiguous(), dv.contiguous()
 
     @_backward_op.register_fake
@@ -126,29 +132,30 @@ if HAS_CUSTOM_OP:
         return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
     def _setup_forward(ctx, inputs, output):
-        q, k, v, alibi_slopes, softmax_scale, softcap, causal, window_left, window_right = inputs
+        q, k, v, alibi_slopes, softmax_scale, softcap, causal, window_left, window_right, deterministic = inputs
         ctx.save_for_backward(q, k, v, alibi_slopes)
-        ctx.params = (softmax_scale, softcap, causal, window_left, window_right)
+        ctx.params = (softmax_scale, softcap, causal, window_left, window_right, deterministic)
 
     def _backward_forward(ctx, dout, dlse):
         q, k, v, alibi_slopes = ctx.saved_tensors
         dq, dk, dv = _backward_op(dout, q, k, v, None, None, 0, 0, None, None, alibi_slopes, *ctx.params)
-        return dq, dk, dv, None, None, None, None, None, None
+        return (dq, dk, dv) + (None,) * 7
 
     _forward_op.register_autograd(_backward_forward, setup_context=_setup_forward)
 
     def _setup_varlen(ctx, inputs, output):
         (q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, seqused_k, block_table, alibi_slopes,
-         softmax_scale, softcap, causal, window_left, window_right) = inputs
+         softmax_scale, softcap, causal, window_left, window_right, deterministic) = inputs
         ctx.save_for_backward(q, k, v, cu_seqlens_q, cu_seqlens_k, seqused_k, block_table, alibi_slopes)
-        ctx.params = (max_seqlen_q, max_seqlen_k, softmax_scale, softcap, causal, window_left, window_right)
+        ctx.params = (max_seqlen_q, max_seqlen_k, softmax_scale, softcap, causal, window_left, window_right,
+                      deterministic)
 
     def _backward_varlen(ctx, dout, dlse):
         q, k, v, cu_seqlens_q, cu_seqlens_k, seqused_k, block_table, alibi_slopes = ctx.saved_tensors
-        max_q, max_k, scale, softcap, causal, left, right = ctx.params
+        max_q, max_k, scale, softcap, causal, left, right, deterministic = ctx.params
         dq, dk, dv = _backward_op(dout, q, k, v, cu_seqlens_q, cu_seqlens_k, max_q, max_k, seqused_k, block_table,
-                                  alibi_slopes, scale, softcap, causal, left, right)
-        return (dq, dk, dv) + (None,) * 12
+                                  alibi_slopes, scale, softcap, causal, left, right, deterministic)
+        return (dq, dk, dv) + (None,) * 13
 
     _varlen_forward_op.register_autograd(_backward_varlen, setup_context=_setup_varlen)
 
@@ -211,13 +218,14 @@ def attention(q: Tensor, k: Tensor, v: Tensor, options: AttentionOptions, need_l
     """The torch entry point of flash_attn_func / flash_attn_varlen_func (options.cu_seqlens_q selects
     varlen): (out like q, softmax_lse float32 (B, H, Sq) or varlen (H, total_q)); softmax_lse may be
     None without need_lse on the direct path. Through the custom op when autograd or torch.compile
-    needs it; dropout_p > 0 runs torch's own differentiable math directly."""
+    needs it; dropout_p > 0 runs torch's own differentiable math directly.
+    options.deterministic makes the backward pass reproducible bit for bit (flash_attn's flag)."""
     if options.dropout_p > 0 or not _op_needed(q, k, v):
         return _dispatch.forward(q, k, v, options, need_lse)
     if HAS_CUSTOM_OP:
         if options.cu_seqlens_q is None:
             return _forward_op(q, k, v, options.alibi_slopes, options.softmax_scale, options.softcap, options.causal,
-                               options.window_size[0], options.window_size[1])
+                               options.window_size[0], options.window_size[1], bool(options.deterministic))
         return _varlen_forward_op(q, k, v, *_varlen_op_args(options))
     return _AttentionFunction.apply(q, k, v, options)
 
