@@ -766,6 +766,16 @@ void check_gpu_code(ByteView image, const ElfFile& elf, const AnalysisContext& c
     report.findings.push_back({"gpu_arch", Severity::kWarning, "cannot read the embedded GPU code: " + error, {}, ""});
     return;
   }
+  // Objects built with the medium/large code model keep their fatbins in the
+  // large-data sections instead: every region counts, not only .nv_fatbin's.
+  for (const char* large_data : {".lrodata", ".ldata"}) {
+    const ElfSection* extra = elf.find_section(large_data);
+    ByteView extra_data;
+    if (extra && extra->type != kSectionNoBits && image.slice(extra->offset, extra->size, extra_data) &&
+        !find_fatbin_containers(extra_data, extra->address, entries, error)) {
+      report.findings.push_back({"gpu_arch", Severity::kWarning, "cannot read the embedded GPU code: " + error, {}, ""});
+    }
+  }
   report.has_fatbin = true;
   std::set<std::string> cubin_labels, ptx_labels;
   for (const FatbinEntry& e : entries) {
