@@ -394,6 +394,11 @@ struct Analyzer::TorchIndex {
   std::set<std::string> indexed_paths;
 };
 
+// Every dynamic symbol torch's own libraries define -> the library's file name.
+struct Analyzer::TorchExports {
+  std::unordered_map<std::string, std::string> library_by_symbol;
+};
+
 Analyzer::Analyzer(AnalysisContext context) : context_(std::move(context)) {}
 Analyzer::~Analyzer() = default;
 
@@ -600,17 +605,34 @@ void Analyzer::build_scope(const LoadedLibrary& target, const std::vector<std::s
   walk(true);
 }
 
+std::vector<LoadedLibrary*> Analyzer::torch_libraries() {
+  std::vector<LoadedLibrary*> libraries;
+  if (!context_.python || !context_.python->torch.found) return libraries;
+  static const char* const kTorchLibraries[] = {"libc10.so",          "libtorch.so",    "libtorch_cpu.so",
+                                                "libtorch_python.so", "libc10_cuda.so", "libtorch_cuda.so"};
+  for (const char* name : kTorchLibraries) {
+    std::string path = context_.python->torch.package_dir + "/lib/" + name;
+    if (!is_regular_file(path)) continue;
+    if (LoadedLibrary* library = load(path)) libraries.push_back(library);
+  }
+  return libraries;
+}
+
+const Analyzer::TorchExports& Analyzer::torch_exports() {
+  if (torch_exports_) return *torch_exports_;
+  torch_exports_ = std::make_unique<TorchExports>();
+  for (LoadedLibrary* library : torch_libraries()) {
+    for (const ElfSymbol& symbol : library->elf.dynamic_symbols) {
+      if (symbol.defined) torch_exports_->library_by_symbol.emplace(symbol.name, basename_of(library->path));
+    }
+  }
+  return *torch_exports_;
+}
+
 const Analyzer::TorchIndex& Analyzer::torch_index(const Scope& scope) {
   if (!torch_index_) torch_index_ = std::make_unique<TorchIndex>();
   std::vector<LoadedLibrary*> libraries = scope.objects;
-  if (context_.python && context_.python->torch.found) {
-    static const char* const kTorchLibraries[] = {"libc10.so",          "libtorch.so",    "libtorch_cpu.so",
-                                                  "libtorch_python.so", "libc10_cuda.so", "libtorch_cuda.so"};
-    for (const char* name : kTorchLibraries) {
-      std::string path = context_.python->torch.package_dir + "/lib/" + name;
-      if (is_regular_file(path)) libraries.push_back(load(path));
-    }
-  }
+  for (LoadedLibrary* library : torch_libraries()) libraries.push_back(library);
   for (LoadedLibrary* library : libraries) {
     if (!library || !torch_index_->indexed_paths.insert(real_path(library->path)).second) continue;
     for (const ElfSymbol& symbol : library->elf.dynamic_symbols) {
@@ -1091,6 +1113,9 @@ BinaryReport Analyzer::analyze(const std::string& path, const std::string& displ
   if (new_abi || old_abi) report.cxx11_abi = new_abi >= old_abi ? 1 : 0;
 
   std::vector<std::string> dual_evidence, changed_evidence, absent_evidence, python_evidence, other_evidence;
+  std::vector<std::string> torch_provided;  // evidence, at most 16
+  std::string torch_provided_example;
+  size_t torch_provided_count = 0;
   int twin_abi = -1;
   for (const ElfSymbol* symbol : unresolved) {
     const std::string& name = symbol->name;
@@ -1104,6 +1129,20 @@ BinaryReport Analyzer::analyze(const std::string& path, const std::string& displ
       continue;
     }
     std::string text = demangle(name);
+    // Defined by a torch library this binary does not link: bound only when
+    // that library is already in the global scope (the package loads torch's
+    // libraries first, as cuda-core does for its aoti_torch_* tensor bridge).
+    if (torch) {
+      const auto& exports = torch_exports().library_by_symbol;
+      auto exported = exports.find(name);
+      if (exported != exports.end()) {
+        if (torch_provided.empty()) torch_provided_example = name + " (defined by " + exported->second + ")";
+        if (torch_provided.size() < 16)
+          torch_provided.push_back(versioned + (text.empty() ? "" : " = " + text) + " (" + exported->second + ")");
+        ++torch_provided_count;
+        continue;
+      }
+    }
     if (text.empty() || !in_torch_namespace(text)) {
       other_evidence.push_back(versioned + (text.empty() ? "" : " = " + text));
       continue;
@@ -1172,6 +1211,15 @@ BinaryReport Analyzer::analyze(const std::string& path, const std::string& displ
                                std::to_string(python_evidence.size()) + " Python C-API symbols are not provided by " +
                                    interpreter + " (built for another Python version)",
                                python_evidence, "install or rebuild the build for " + interpreter});
+  }
+  if (torch_provided_count) {
+    report.findings.push_back(
+        {"load_order", Severity::kWarning,
+         "undefined symbol: " + torch_provided_example +
+             (torch_provided_count > 1 ? " and " + std::to_string(torch_provided_count - 1) + " more" : "") +
+             " of torch's libraries, which this binary does not link: resolved only once torch is loaded "
+             "(after `import torch`)",
+         torch_provided, "import torch before " + module + " (the package's own loader normally does this)"});
   }
   if (!other_evidence.empty()) {
     size_t total = other_evidence.size();

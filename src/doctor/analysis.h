@@ -81,16 +81,20 @@ class Analyzer {
  private:
   struct Scope;
   struct TorchIndex;
+  struct TorchExports;
 
   LoadedLibrary* load(const std::string& path);
   std::string find_library(const std::string& name, const LoadedLibrary& requester,
                            const std::map<std::string, std::string>& preloaded, std::string& found_by);
   void build_scope(const LoadedLibrary& target, const std::vector<std::string>& preloaded_paths, Scope& scope);
   const TorchIndex& torch_index(const Scope& scope);
+  std::vector<LoadedLibrary*> torch_libraries();  // torch/lib's own libraries, when torch is installed
+  const TorchExports& torch_exports();
 
   AnalysisContext context_;
   std::map<std::string, std::unique_ptr<LoadedLibrary>> libraries_;
   std::unique_ptr<TorchIndex> torch_index_;
+  std::unique_ptr<TorchExports> torch_exports_;
   // Per directory: each *.dist-info below it with its metadata and the paths its RECORD lists.
   std::map<std::string, std::vector<std::pair<Distribution, std::set<std::string>>>> records_;
 };

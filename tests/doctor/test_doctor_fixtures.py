@@ -295,6 +295,29 @@ def test_library_found_only_after_import_torch(fixtures):
     assert not ok and "libc10_cuda.so: cannot open shared object file" in error
 
 
+@pytest.mark.skipif(not HAS_VENV_TORCH, reason="needs pip torch")
+def test_symbols_torch_defines_are_a_load_order_warning(fixtures):
+    # cuda-core 1.2.0's _tensor_bridge: undefined aoti_torch_* symbols, defined by libtorch_cpu.so.
+    path = fixtures["torch_symbols"]
+    rc, report = doctor("so", path, "--python", VENV_PYTHON)
+    binary = report["binaries"][0]
+    assert rc == 0 and checks(binary, "warning") == {"load_order"} and not checks(binary)
+    f = finding(binary, "load_order")
+    assert "aoti_torch_dtype_float32 (defined by libtorch_cpu.so)" in f["summary"]
+    if HAS_DEBIAN_TORCH:
+        # Debian's torch 1.13 has no aoti_torch_* shim: there the symbol stays an error.
+        rc, report = doctor("so", path, "--python", DEBIAN_PYTHON)
+        assert rc == 1 and "aoti_torch_dtype_float32" in finding(report["binaries"][0], "unresolved_symbol")["summary"]
+    # The real loader agrees: the module loads once libtorch_cpu.so's symbols are global, not before.
+    global_torch = ("import ctypes, os, torch; ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), 'lib', "
+                    "'libtorch_cpu.so'), mode=ctypes.RTLD_GLOBAL); import tensor_bridge")
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(path))
+    loaded = subprocess.run([VENV_PYTHON, "-c", global_torch], capture_output=True, text=True, env=env, timeout=300)
+    assert loaded.returncode == 0, loaded.stderr
+    ok, error = python_import(VENV_PYTHON, path, torch_first=False)
+    assert not ok and "undefined symbol: aoti_torch_dtype_float32" in error
+
+
 @pytest.mark.skipif(not (HAS_VENV_TORCH and HAS_DEBIAN_TORCH), reason="needs pip torch and Debian's CPU-only torch")
 def test_cuda_build_beside_a_cpu_only_torch(fixtures):
     # A module linking libc10_cuda.so under a torch that has none: `import torch` first cannot help.
