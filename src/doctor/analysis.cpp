@@ -182,7 +182,35 @@ constexpr const char* kAttnforgeAlternative =
 
 }  // namespace
 
+namespace {
+
+// "MPI.mpich.cpython-312-x86_64-linux-gnu.so" -> "MPI.{}.cpython-312-x86_64-linux-gnu.so": an
+// extension module with a variant name between the module and its PEP 3149 tag ("" otherwise).
+std::string module_variant_key(const std::string& file_name) {
+  auto identifier = [](const std::string& text) {
+    return !text.empty() && std::all_of(text.begin(), text.end(), [](char c) {
+      return std::isalnum(static_cast<unsigned char>(c)) || c == '_';
+    });
+  };
+  size_t first = file_name.find('.');
+  size_t second = first == std::string::npos ? first : file_name.find('.', first + 1);
+  if (second == std::string::npos) return "";
+  std::string tag = file_name.substr(second + 1);
+  bool extension_tag = (starts_with(tag, "cpython-") || starts_with(tag, "pypy")) && ends_with(tag, ".so");
+  if (!extension_tag && tag != "abi3.so") return "";
+  if (!identifier(file_name.substr(0, first)) || !identifier(file_name.substr(first + 1, second - first - 1))) return "";
+  return file_name.substr(0, first) + ".{}." + tag;
+}
+
+bool is_file_name_finding(const Finding& f) {
+  return f.check == "python_abi" && !f.evidence.empty() && starts_with(f.evidence.front(), "file name: ");
+}
+
+}  // namespace
+
 std::string alternative_key(const std::string& file_name) {
+  std::string variant = module_variant_key(file_name);
+  if (!variant.empty()) return variant;
   auto separator = [](char c) { return c == '_' || c == '-' || c == '.'; };
   for (size_t at = 0; at < file_name.size(); ++at) {
     if (at > 0 && !separator(file_name[at - 1])) continue;
@@ -237,9 +265,39 @@ void judge_alternatives(std::vector<BinaryReport>& reports) {
   }
   for (auto& [key, group] : groups) {
     if (group.size() < 2) continue;
+    bool module_variants = !module_variant_key(basename_of(group.front()->path)).empty();
+    if (module_variants) {
+      // The package's own loader imports these by file name (mpi4py picks MPI.mpich or
+      // MPI.openmpi by the MPI it finds): that Python's import system skips the name is intended.
+      for (BinaryReport* r : group) {
+        for (Finding& f : r->findings) {
+          if (!is_file_name_finding(f)) continue;
+          f.severity = Severity::kInfo;
+          f.summary = "per-build variant of module " + module_name_of(r->path) +
+                      ", imported by file name by its package's own loader (not by Python's import system)";
+          f.fix = "";
+        }
+      }
+    }
     const BinaryReport* chosen = nullptr;
     for (const BinaryReport* r : group) {
       if (r->healthy()) chosen = chosen ? chosen : r;
+    }
+    if (!chosen && module_variants) {
+      // None loads here (e.g. no MPI installed): one warning for the group, the rest as info.
+      std::vector<std::string> names;
+      for (const BinaryReport* r : group) names.push_back(basename_of(r->path));
+      bool warned = false;
+      for (BinaryReport* r : group) {
+        for (Finding& f : r->findings) {
+          if (f.severity != Severity::kError) continue;
+          f.summary = warned ? "alternative: " + f.summary
+                             : "none of the per-build variants (" + join(names, ", ") + ") loads here: " + f.summary;
+          f.severity = warned ? Severity::kInfo : Severity::kWarning;
+          warned = true;
+        }
+      }
+      continue;
     }
     if (!chosen) continue;
     for (BinaryReport* r : group) {

@@ -99,14 +99,21 @@ class Analyzer {
   std::map<std::string, std::vector<std::pair<Distribution, std::set<std::string>>>> records_;
 };
 
-// Per-CUDA (or CPU) builds of one library that a package chooses between at
-// run time (libbitsandbytes_cuda121.so / _cuda124.so / _cpu.so; _cu12 / _cu13):
-// binaries in one directory whose names differ only in such a token form a
-// group. When one of a group is healthy, the errors of the others become info:
-// they are alternatives for another CUDA, not requirements.
+// Per-build alternatives of one binary that a package chooses between at run
+// time: per-CUDA (or CPU) builds (libbitsandbytes_cuda121.so / _cuda124.so /
+// _cpu.so; _cu12 / _cu13) and extension modules named
+// <module>.<variant>.<PEP 3149 tag>.so (mpi4py's MPI.mpich / MPI.openmpi,
+// imported by file name by the package's loader). Binaries in one directory
+// whose names differ only in that token form a group. When one of a group is
+// healthy, the errors of the others become info. Module variants never get the
+// "Python never looks at this file name" error (it becomes info), and when none
+// of them loads, the group gets one warning (the rest info): the package works
+// without them until one is asked for. Per-CUDA groups that all fail keep
+// their errors.
 void judge_alternatives(std::vector<BinaryReport>& reports);
 
-// The name with its CUDA/CPU variant token replaced by "{}" ("" when it has none).
+// The name with its variant token replaced by "{}" ("" when it has none):
+// "libbitsandbytes_{}.so", "MPI.{}.cpython-312-x86_64-linux-gnu.so".
 std::string alternative_key(const std::string& file_name);
 
 // In a scan of many binaries (an environment, a wheel): a plain library that is

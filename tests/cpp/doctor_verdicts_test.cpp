@@ -349,6 +349,53 @@ TEST(DoctorAlternatives, KeysOfPerCudaBuilds) {
   EXPECT_EQ(alternative_key("libcudart.so.12"), "");
   EXPECT_EQ(alternative_key("libcpuinfo.so"), "");
   EXPECT_EQ(alternative_key("_C.so"), "");
+  EXPECT_EQ(alternative_key("MPI.mpich.cpython-312-x86_64-linux-gnu.so"), "MPI.{}.cpython-312-x86_64-linux-gnu.so");
+  EXPECT_EQ(alternative_key("MPI.openmpi.abi3.so"), "MPI.{}.abi3.so");
+  EXPECT_EQ(alternative_key("MPI.cpython-312-x86_64-linux-gnu.so"), "");
+  EXPECT_EQ(alternative_key("MPI.abi3.so"), "");
+  EXPECT_EQ(alternative_key("libfoo.so.1.2"), "");
+}
+
+// mpi4py 4.1.2 on the H200 image: MPI.openmpi loads, MPI.mpich lacks libmpi.so.12; both
+// had the file-name error. Neither stays an error; with no MPI at all, one warning is left.
+TEST(DoctorAlternatives, ModuleVariantsAreAlternativesLoadedByFileName) {
+  const std::string dir = "/site-packages/mpi4py/";
+  Finding file_name{"python_abi", Severity::kError, "built for CPython 3.12; Python 3.12 never looks at this file name",
+                    {"file name: x", "this interpreter loads: .cpython-312-x86_64-linux-gnu.so"}, "fix"};
+  Finding no_mpich{"missing_library", Severity::kError, "libmpi.so.12: cannot open shared object file", {}, "fix"};
+  Finding no_openmpi{"missing_library", Severity::kError, "libmpi.so.40: cannot open shared object file", {}, "fix"};
+  BinaryReport mpich, openmpi;
+  mpich.path = dir + "MPI.mpich.cpython-312-x86_64-linux-gnu.so", mpich.readable = true;
+  openmpi.path = dir + "MPI.openmpi.cpython-312-x86_64-linux-gnu.so", openmpi.readable = true;
+  mpich.findings = {no_mpich, file_name};
+  openmpi.findings = {file_name};
+  std::vector<BinaryReport> reports = {mpich, openmpi};
+  judge_alternatives(reports);
+  EXPECT_TRUE(reports[0].healthy());
+  EXPECT_TRUE(reports[1].healthy());
+  for (const BinaryReport& r : reports) {
+    for (const Finding& f : r.findings) EXPECT_EQ(f.severity, Severity::kInfo) << f.summary;
+  }
+  EXPECT_NE(reports[1].findings[0].summary.find("per-build variant of module MPI"), std::string::npos);
+
+  openmpi.findings = {no_openmpi, file_name};
+  reports = {mpich, openmpi};
+  judge_alternatives(reports);
+  int warnings = 0, errors = 0;
+  for (const BinaryReport& r : reports) {
+    for (const Finding& f : r.findings) {
+      warnings += f.severity == Severity::kWarning;
+      errors += f.severity == Severity::kError;
+    }
+  }
+  EXPECT_EQ(errors, 0);
+  EXPECT_EQ(warnings, 1);
+  EXPECT_NE(reports[0].findings[0].summary.find("none of the per-build variants"), std::string::npos);
+
+  // A lone module with a dotted name is not an alternative: its file-name error stays.
+  reports = {openmpi};
+  judge_alternatives(reports);
+  EXPECT_FALSE(reports[0].healthy());
 }
 
 TEST(DoctorAlternatives, OneHealthyAlternativeMakesTheOthersInfo) {
