@@ -202,10 +202,6 @@ std::string module_variant_key(const std::string& file_name) {
   return file_name.substr(0, first) + ".{}." + tag;
 }
 
-bool is_file_name_finding(const Finding& f) {
-  return f.check == "python_abi" && !f.evidence.empty() && starts_with(f.evidence.front(), "file name: ");
-}
-
 }  // namespace
 
 std::string alternative_key(const std::string& file_name) {
@@ -266,31 +262,20 @@ void judge_alternatives(std::vector<BinaryReport>& reports) {
   for (auto& [key, group] : groups) {
     if (group.size() < 2) continue;
     bool module_variants = !module_variant_key(basename_of(group.front()->path)).empty();
-    if (module_variants) {
-      // The package's own loader imports these by file name (mpi4py picks MPI.mpich or
-      // MPI.openmpi by the MPI it finds): that Python's import system skips the name is intended.
-      for (BinaryReport* r : group) {
-        for (Finding& f : r->findings) {
-          if (!is_file_name_finding(f)) continue;
-          f.severity = Severity::kInfo;
-          f.summary = "per-build variant of module " + module_name_of(r->path) +
-                      ", imported by file name by its package's own loader (not by Python's import system)";
-          f.fix = "";
-        }
-      }
-    }
     const BinaryReport* chosen = nullptr;
     for (const BinaryReport* r : group) {
       if (r->healthy()) chosen = chosen ? chosen : r;
     }
     if (!chosen && module_variants) {
-      // None loads here (e.g. no MPI installed): one warning for the group, the rest as info.
+      // None loads here for want of its libraries (e.g. no MPI installed): one warning for
+      // the group, the rest info. Errors of another kind (a wrong Python) stay errors.
       std::vector<std::string> names;
       for (const BinaryReport* r : group) names.push_back(basename_of(r->path));
       bool warned = false;
       for (BinaryReport* r : group) {
         for (Finding& f : r->findings) {
-          if (f.severity != Severity::kError) continue;
+          if (f.severity != Severity::kError || (f.check != "missing_library" && f.check != "unresolved_symbol"))
+            continue;
           f.summary = warned ? "alternative: " + f.summary
                              : "none of the per-build variants (" + join(names, ", ") + ") loads here: " + f.summary;
           f.severity = warned ? Severity::kInfo : Severity::kWarning;
@@ -798,6 +783,18 @@ void check_python_module(const PythonFacts& python, const ElfFile& elf, const st
     }
   }
   std::string interpreter = std::to_string(python.major) + "." + std::to_string(python.minor);
+  // "MPI.mpich.cpython-312-x86_64-linux-gnu.so": a per-build variant that the package's own
+  // loader imports by file name (mpi4py picks MPI.mpich or MPI.openmpi by the MPI it finds).
+  std::string variant_key = module_variant_key(file);
+  for (const std::string& suffix : python.extension_suffixes) {
+    // The tag after the variant must be one of this interpreter's whole suffixes (not just ".so").
+    if (suffix_ok || variant_key.empty() || variant_key.substr(variant_key.find(".{}") + 3) != suffix) continue;
+    report.findings.push_back({"python_abi", Severity::kInfo,
+                               "per-build variant of module " + module +
+                                   ": imported by file name by its package's own loader, not by Python's import system",
+                               {"file name: " + file}, ""});
+    return;
+  }
   if (!suffix_ok) {
     Finding f{"python_abi", Severity::kError, "", {}, ""};
     std::string built_for = "another interpreter";

@@ -105,11 +105,11 @@ class Analyzer {
 // <module>.<variant>.<PEP 3149 tag>.so (mpi4py's MPI.mpich / MPI.openmpi,
 // imported by file name by the package's loader). Binaries in one directory
 // whose names differ only in that token form a group. When one of a group is
-// healthy, the errors of the others become info. Module variants never get the
-// "Python never looks at this file name" error (it becomes info), and when none
-// of them loads, the group gets one warning (the rest info): the package works
-// without them until one is asked for. Per-CUDA groups that all fail keep
-// their errors.
+// healthy, the errors of the others become info. When no module variant loads
+// for want of its libraries, the group gets one warning (the rest info): the
+// package imports without them until one is asked for. Per-CUDA groups that
+// all fail keep their errors. (A module variant with this interpreter's tag is
+// info in the per-binary check, not "Python never looks at this file name".)
 void judge_alternatives(std::vector<BinaryReport>& reports);
 
 // The name with its variant token replaced by "{}" ("" when it has none):
