@@ -597,3 +597,39 @@ def test_pypi_wheel_built_for_another_torch(tmp_path):
         assert any(symbol in e for f in library["findings"] for e in f["evidence"])
     else:
         assert any(name + ": cannot open shared object file" in error for name in missing), (error, missing)
+
+
+def test_optional_plugin_missing_its_product_is_a_warning(tmp_path):
+    # cupy's cutensor module without libcutensor.so.2, numba's tbbpool without libtbb.so.12:
+    # the package imports without them. The same module imported by __init__ stays an error.
+    stub_c = tmp_path / "stub.c"
+    stub_c.write_text("int product_version(void) { return 2; }\n")
+    stub_dir = tmp_path / "product"
+    stub_dir.mkdir()
+    subprocess.run(["gcc", "-shared", "-fPIC", str(stub_c), "-Wl,-soname,libproduct.so.2", "-o",
+                    str(stub_dir / "libproduct.so.2")], check=True)
+    site = tmp_path / "site-packages"
+    for package, init in (("optpkg", "from . import core\n"), ("reqpkg", "from . import plugin\n")):
+        (site / package).mkdir(parents=True)
+        (site / package / "__init__.py").write_text(init)
+        (site / package / "core.py").write_text("def run():\n    from . import plugin\n    return plugin\n")
+        so = "%s/plugin%s" % (package, build_fixtures.EXT_SUFFIX)
+        subprocess.run(["gcc", "-shared", "-fPIC", "-DMODULE_NAME=plugin", "-I" + build_fixtures.PY_INCLUDE,
+                        build_fixtures.src("plain_module.c"), "-Wl,--no-as-needed", "-L" + str(stub_dir),
+                        "-l:libproduct.so.2", "-o", str(site / so)], check=True)
+        info = site / ("%s-1.0.dist-info" % package)
+        info.mkdir()
+        (info / "METADATA").write_text("Metadata-Version: 2.1\nName: %s\nVersion: 1.0\n" % package)
+        (info / "RECORD").write_text("\n".join("%s,," % p for p in (
+            package + "/__init__.py", package + "/core.py", so, info.name + "/METADATA", info.name + "/RECORD")))
+    env = dict(os.environ, PYTHONPATH=str(site))
+    rc, report = doctor("--python", VENV_PYTHON, env=env)
+    by_package = {b["path"].split("/")[-2]: b for b in report["binaries"] if b["path"].startswith(str(site))}
+    optional, required = by_package["optpkg"], by_package["reqpkg"]
+    assert optional["healthy"] and checks(optional, "warning") == {"missing_library"}
+    assert "optional plugin" in finding(optional, "missing_library")["summary"]
+    assert not required["healthy"] and "missing_library" in checks(required)
+    # The interpreter agrees.
+    imports = {code: subprocess.run([VENV_PYTHON, "-c", code], env=env, capture_output=True).returncode == 0
+               for code in ("import optpkg", "import optpkg.plugin", "import reqpkg")}
+    assert imports == {"import optpkg": True, "import optpkg.plugin": False, "import reqpkg": False}
