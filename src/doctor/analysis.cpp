@@ -188,9 +188,8 @@ namespace {
 // extension module with a variant name between the module and its PEP 3149 tag ("" otherwise).
 std::string module_variant_key(const std::string& file_name) {
   auto identifier = [](const std::string& text) {
-    return !text.empty() && std::all_of(text.begin(), text.end(), [](char c) {
-      return std::isalnum(static_cast<unsigned char>(c)) || c == '_';
-    });
+    return !text.empty() && std::all_of(text.begin(), text.end(),
+                                        [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '_'; });
   };
   size_t first = file_name.find('.');
   size_t second = first == std::string::npos ? first : file_name.find('.', first + 1);
@@ -198,7 +197,8 @@ std::string module_variant_key(const std::string& file_name) {
   std::string tag = file_name.substr(second + 1);
   bool extension_tag = (starts_with(tag, "cpython-") || starts_with(tag, "pypy")) && ends_with(tag, ".so");
   if (!extension_tag && tag != "abi3.so") return "";
-  if (!identifier(file_name.substr(0, first)) || !identifier(file_name.substr(first + 1, second - first - 1))) return "";
+  if (!identifier(file_name.substr(0, first)) || !identifier(file_name.substr(first + 1, second - first - 1)))
+    return "";
   return file_name.substr(0, first) + ".{}." + tag;
 }
 
@@ -789,10 +789,12 @@ void check_python_module(const PythonFacts& python, const ElfFile& elf, const st
   for (const std::string& suffix : python.extension_suffixes) {
     // The tag after the variant must be one of this interpreter's whole suffixes (not just ".so").
     if (suffix_ok || variant_key.empty() || variant_key.substr(variant_key.find(".{}") + 3) != suffix) continue;
-    report.findings.push_back({"python_abi", Severity::kInfo,
+    report.findings.push_back({"python_abi",
+                               Severity::kInfo,
                                "per-build variant of module " + module +
                                    ": imported by file name by its package's own loader, not by Python's import system",
-                               {"file name: " + file}, ""});
+                               {"file name: " + file},
+                               ""});
     return;
   }
   if (!suffix_ok) {
@@ -850,7 +852,8 @@ void check_gpu_code(ByteView image, const ElfFile& elf, const AnalysisContext& c
     ByteView extra_data;
     if (extra && extra->type != kSectionNoBits && image.slice(extra->offset, extra->size, extra_data) &&
         !find_fatbin_containers(extra_data, extra->address, entries, error)) {
-      report.findings.push_back({"gpu_arch", Severity::kWarning, "cannot read the embedded GPU code: " + error, {}, ""});
+      report.findings.push_back(
+          {"gpu_arch", Severity::kWarning, "cannot read the embedded GPU code: " + error, {}, ""});
     }
   }
   report.has_fatbin = true;

@@ -477,7 +477,8 @@ void judge_optional_extensions(const PythonFacts& python, std::vector<BinaryRepo
       // Read sources only for distributions that own a candidate.
       std::string record = read_text_file(info + "/RECORD", 64 << 20);
       bool owns = std::any_of(candidates.begin(), candidates.end(), [&](const BinaryReport* r) {
-        return r->path.compare(0, site.size() + 1, site + "/") == 0 && record.find(r->path.substr(site.size() + 1)) != std::string::npos;
+        return r->path.compare(0, site.size() + 1, site + "/") == 0 &&
+               record.find(r->path.substr(site.size() + 1)) != std::string::npos;
       });
       if (!owns) continue;
       read_distribution_modules(site, info, modules, sources, &module_by_path);

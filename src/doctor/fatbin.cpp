@@ -50,7 +50,8 @@ uint64_t next_container(ByteView data, uint64_t address, uint64_t from) {
 // number followed by a header that does not fit is ordinary data, skipped.
 // Either way the whole range is searched: containers of separately compiled
 // objects follow each other with padding or unrelated data in between.
-bool read_containers(ByteView data, uint64_t address, bool scanning, std::vector<FatbinEntry>& entries, std::string& error) {
+bool read_containers(ByteView data, uint64_t address, bool scanning, std::vector<FatbinEntry>& entries,
+                     std::string& error) {
   bool any_container = false;
   for (uint64_t container = next_container(data, address, 0); container + kContainerHeaderSize <= data.size();) {
     uint16_t version = 0, header_size = 0;
