@@ -182,7 +182,31 @@ constexpr const char* kAttnforgeAlternative =
 
 }  // namespace
 
+namespace {
+
+// "MPI.mpich.cpython-312-x86_64-linux-gnu.so" -> "MPI.{}.cpython-312-x86_64-linux-gnu.so": an
+// extension module with a variant name between the module and its PEP 3149 tag ("" otherwise).
+std::string module_variant_key(const std::string& file_name) {
+  auto identifier = [](const std::string& text) {
+    return !text.empty() && std::all_of(text.begin(), text.end(),
+                                        [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '_'; });
+  };
+  size_t first = file_name.find('.');
+  size_t second = first == std::string::npos ? first : file_name.find('.', first + 1);
+  if (second == std::string::npos) return "";
+  std::string tag = file_name.substr(second + 1);
+  bool extension_tag = (starts_with(tag, "cpython-") || starts_with(tag, "pypy")) && ends_with(tag, ".so");
+  if (!extension_tag && tag != "abi3.so") return "";
+  if (!identifier(file_name.substr(0, first)) || !identifier(file_name.substr(first + 1, second - first - 1)))
+    return "";
+  return file_name.substr(0, first) + ".{}." + tag;
+}
+
+}  // namespace
+
 std::string alternative_key(const std::string& file_name) {
+  std::string variant = module_variant_key(file_name);
+  if (!variant.empty()) return variant;
   auto separator = [](char c) { return c == '_' || c == '-' || c == '.'; };
   for (size_t at = 0; at < file_name.size(); ++at) {
     if (at > 0 && !separator(file_name[at - 1])) continue;
@@ -237,9 +261,28 @@ void judge_alternatives(std::vector<BinaryReport>& reports) {
   }
   for (auto& [key, group] : groups) {
     if (group.size() < 2) continue;
+    bool module_variants = !module_variant_key(basename_of(group.front()->path)).empty();
     const BinaryReport* chosen = nullptr;
     for (const BinaryReport* r : group) {
       if (r->healthy()) chosen = chosen ? chosen : r;
+    }
+    if (!chosen && module_variants) {
+      // None loads here for want of its libraries (e.g. no MPI installed): one warning for
+      // the group, the rest info. Errors of another kind (a wrong Python) stay errors.
+      std::vector<std::string> names;
+      for (const BinaryReport* r : group) names.push_back(basename_of(r->path));
+      bool warned = false;
+      for (BinaryReport* r : group) {
+        for (Finding& f : r->findings) {
+          if (f.severity != Severity::kError || (f.check != "missing_library" && f.check != "unresolved_symbol"))
+            continue;
+          f.summary = warned ? "alternative: " + f.summary
+                             : "none of the per-build variants (" + join(names, ", ") + ") loads here: " + f.summary;
+          f.severity = warned ? Severity::kInfo : Severity::kWarning;
+          warned = true;
+        }
+      }
+      continue;
     }
     if (!chosen) continue;
     for (BinaryReport* r : group) {
@@ -392,6 +435,11 @@ struct Analyzer::TorchIndex {
   std::unordered_map<std::string, std::vector<std::string>> mangled_by_key;  // abi_neutral_key -> mangled
   std::unordered_map<std::string, std::vector<std::string>> keys_by_base;    // base name -> keys
   std::set<std::string> indexed_paths;
+};
+
+// Every dynamic symbol torch's own libraries define -> the library's file name.
+struct Analyzer::TorchExports {
+  std::unordered_map<std::string, std::string> library_by_symbol;
 };
 
 Analyzer::Analyzer(AnalysisContext context) : context_(std::move(context)) {}
@@ -600,17 +648,34 @@ void Analyzer::build_scope(const LoadedLibrary& target, const std::vector<std::s
   walk(true);
 }
 
+std::vector<LoadedLibrary*> Analyzer::torch_libraries() {
+  std::vector<LoadedLibrary*> libraries;
+  if (!context_.python || !context_.python->torch.found) return libraries;
+  static const char* const kTorchLibraries[] = {"libc10.so",          "libtorch.so",    "libtorch_cpu.so",
+                                                "libtorch_python.so", "libc10_cuda.so", "libtorch_cuda.so"};
+  for (const char* name : kTorchLibraries) {
+    std::string path = context_.python->torch.package_dir + "/lib/" + name;
+    if (!is_regular_file(path)) continue;
+    if (LoadedLibrary* library = load(path)) libraries.push_back(library);
+  }
+  return libraries;
+}
+
+const Analyzer::TorchExports& Analyzer::torch_exports() {
+  if (torch_exports_) return *torch_exports_;
+  torch_exports_ = std::make_unique<TorchExports>();
+  for (LoadedLibrary* library : torch_libraries()) {
+    for (const ElfSymbol& symbol : library->elf.dynamic_symbols) {
+      if (symbol.defined) torch_exports_->library_by_symbol.emplace(symbol.name, basename_of(library->path));
+    }
+  }
+  return *torch_exports_;
+}
+
 const Analyzer::TorchIndex& Analyzer::torch_index(const Scope& scope) {
   if (!torch_index_) torch_index_ = std::make_unique<TorchIndex>();
   std::vector<LoadedLibrary*> libraries = scope.objects;
-  if (context_.python && context_.python->torch.found) {
-    static const char* const kTorchLibraries[] = {"libc10.so",          "libtorch.so",    "libtorch_cpu.so",
-                                                  "libtorch_python.so", "libc10_cuda.so", "libtorch_cuda.so"};
-    for (const char* name : kTorchLibraries) {
-      std::string path = context_.python->torch.package_dir + "/lib/" + name;
-      if (is_regular_file(path)) libraries.push_back(load(path));
-    }
-  }
+  for (LoadedLibrary* library : torch_libraries()) libraries.push_back(library);
   for (LoadedLibrary* library : libraries) {
     if (!library || !torch_index_->indexed_paths.insert(real_path(library->path)).second) continue;
     for (const ElfSymbol& symbol : library->elf.dynamic_symbols) {
@@ -718,6 +783,20 @@ void check_python_module(const PythonFacts& python, const ElfFile& elf, const st
     }
   }
   std::string interpreter = std::to_string(python.major) + "." + std::to_string(python.minor);
+  // "MPI.mpich.cpython-312-x86_64-linux-gnu.so": a per-build variant that the package's own
+  // loader imports by file name (mpi4py picks MPI.mpich or MPI.openmpi by the MPI it finds).
+  std::string variant_key = module_variant_key(file);
+  for (const std::string& suffix : python.extension_suffixes) {
+    // The tag after the variant must be one of this interpreter's whole suffixes (not just ".so").
+    if (suffix_ok || variant_key.empty() || variant_key.substr(variant_key.find(".{}") + 3) != suffix) continue;
+    report.findings.push_back({"python_abi",
+                               Severity::kInfo,
+                               "per-build variant of module " + module +
+                                   ": imported by file name by its package's own loader, not by Python's import system",
+                               {"file name: " + file},
+                               ""});
+    return;
+  }
   if (!suffix_ok) {
     Finding f{"python_abi", Severity::kError, "", {}, ""};
     std::string built_for = "another interpreter";
@@ -765,6 +844,17 @@ void check_gpu_code(ByteView image, const ElfFile& elf, const AnalysisContext& c
   if (!image.slice(section->offset, section->size, data) || !parse_fatbin(data, entries, error)) {
     report.findings.push_back({"gpu_arch", Severity::kWarning, "cannot read the embedded GPU code: " + error, {}, ""});
     return;
+  }
+  // Objects built with the medium/large code model keep their fatbins in the
+  // large-data sections instead: every region counts, not only .nv_fatbin's.
+  for (const char* large_data : {".lrodata", ".ldata"}) {
+    const ElfSection* extra = elf.find_section(large_data);
+    ByteView extra_data;
+    if (extra && extra->type != kSectionNoBits && image.slice(extra->offset, extra->size, extra_data) &&
+        !find_fatbin_containers(extra_data, extra->address, entries, error)) {
+      report.findings.push_back(
+          {"gpu_arch", Severity::kWarning, "cannot read the embedded GPU code: " + error, {}, ""});
+    }
   }
   report.has_fatbin = true;
   std::set<std::string> cubin_labels, ptx_labels;
@@ -1081,6 +1171,9 @@ BinaryReport Analyzer::analyze(const std::string& path, const std::string& displ
   if (new_abi || old_abi) report.cxx11_abi = new_abi >= old_abi ? 1 : 0;
 
   std::vector<std::string> dual_evidence, changed_evidence, absent_evidence, python_evidence, other_evidence;
+  std::vector<std::string> torch_provided;  // evidence, at most 16
+  std::string torch_provided_example;
+  size_t torch_provided_count = 0;
   int twin_abi = -1;
   for (const ElfSymbol* symbol : unresolved) {
     const std::string& name = symbol->name;
@@ -1094,6 +1187,20 @@ BinaryReport Analyzer::analyze(const std::string& path, const std::string& displ
       continue;
     }
     std::string text = demangle(name);
+    // Defined by a torch library this binary does not link: bound only when
+    // that library is already in the global scope (the package loads torch's
+    // libraries first, as cuda-core does for its aoti_torch_* tensor bridge).
+    if (torch) {
+      const auto& exports = torch_exports().library_by_symbol;
+      auto exported = exports.find(name);
+      if (exported != exports.end()) {
+        if (torch_provided.empty()) torch_provided_example = name + " (defined by " + exported->second + ")";
+        if (torch_provided.size() < 16)
+          torch_provided.push_back(versioned + (text.empty() ? "" : " = " + text) + " (" + exported->second + ")");
+        ++torch_provided_count;
+        continue;
+      }
+    }
     if (text.empty() || !in_torch_namespace(text)) {
       other_evidence.push_back(versioned + (text.empty() ? "" : " = " + text));
       continue;
@@ -1162,6 +1269,15 @@ BinaryReport Analyzer::analyze(const std::string& path, const std::string& displ
                                std::to_string(python_evidence.size()) + " Python C-API symbols are not provided by " +
                                    interpreter + " (built for another Python version)",
                                python_evidence, "install or rebuild the build for " + interpreter});
+  }
+  if (torch_provided_count) {
+    report.findings.push_back(
+        {"load_order", Severity::kWarning,
+         "undefined symbol: " + torch_provided_example +
+             (torch_provided_count > 1 ? " and " + std::to_string(torch_provided_count - 1) + " more" : "") +
+             " of torch's libraries, which this binary does not link: resolved only once torch is loaded "
+             "(after `import torch`)",
+         torch_provided, "import torch before " + module + " (the package's own loader normally does this)"});
   }
   if (!other_evidence.empty()) {
     size_t total = other_evidence.size();

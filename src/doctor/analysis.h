@@ -81,28 +81,39 @@ class Analyzer {
  private:
   struct Scope;
   struct TorchIndex;
+  struct TorchExports;
 
   LoadedLibrary* load(const std::string& path);
   std::string find_library(const std::string& name, const LoadedLibrary& requester,
                            const std::map<std::string, std::string>& preloaded, std::string& found_by);
   void build_scope(const LoadedLibrary& target, const std::vector<std::string>& preloaded_paths, Scope& scope);
   const TorchIndex& torch_index(const Scope& scope);
+  std::vector<LoadedLibrary*> torch_libraries();  // torch/lib's own libraries, when torch is installed
+  const TorchExports& torch_exports();
 
   AnalysisContext context_;
   std::map<std::string, std::unique_ptr<LoadedLibrary>> libraries_;
   std::unique_ptr<TorchIndex> torch_index_;
+  std::unique_ptr<TorchExports> torch_exports_;
   // Per directory: each *.dist-info below it with its metadata and the paths its RECORD lists.
   std::map<std::string, std::vector<std::pair<Distribution, std::set<std::string>>>> records_;
 };
 
-// Per-CUDA (or CPU) builds of one library that a package chooses between at
-// run time (libbitsandbytes_cuda121.so / _cuda124.so / _cpu.so; _cu12 / _cu13):
-// binaries in one directory whose names differ only in such a token form a
-// group. When one of a group is healthy, the errors of the others become info:
-// they are alternatives for another CUDA, not requirements.
+// Per-build alternatives of one binary that a package chooses between at run
+// time: per-CUDA (or CPU) builds (libbitsandbytes_cuda121.so / _cuda124.so /
+// _cpu.so; _cu12 / _cu13) and extension modules named
+// <module>.<variant>.<PEP 3149 tag>.so (mpi4py's MPI.mpich / MPI.openmpi,
+// imported by file name by the package's loader). Binaries in one directory
+// whose names differ only in that token form a group. When one of a group is
+// healthy, the errors of the others become info. When no module variant loads
+// for want of its libraries, the group gets one warning (the rest info): the
+// package imports without them until one is asked for. Per-CUDA groups that
+// all fail keep their errors. (A module variant with this interpreter's tag is
+// info in the per-binary check, not "Python never looks at this file name".)
 void judge_alternatives(std::vector<BinaryReport>& reports);
 
-// The name with its CUDA/CPU variant token replaced by "{}" ("" when it has none).
+// The name with its variant token replaced by "{}" ("" when it has none):
+// "libbitsandbytes_{}.so", "MPI.{}.cpython-312-x86_64-linux-gnu.so".
 std::string alternative_key(const std::string& file_name);
 
 // In a scan of many binaries (an environment, a wheel): a plain library that is

@@ -414,6 +414,92 @@ std::set<std::string> site_roots(const PythonFacts& python) {
   return roots;
 }
 
+// The importable modules and Python sources an installed distribution's RECORD lists;
+// `module_by_path` (when given) maps each module file's absolute path to its dotted name.
+void read_distribution_modules(const std::string& site, const std::string& info, std::set<std::string>& modules,
+                               std::vector<PythonSource>& sources, std::map<std::string, std::string>* module_by_path) {
+  std::string record = read_text_file(info + "/RECORD", 64 << 20);
+  for (size_t start = 0; start < record.size();) {
+    size_t end = record.find('\n', start);
+    if (end == std::string::npos) end = record.size();
+    std::string row = record.substr(start, end - start);
+    start = end + 1;
+    std::string path =
+        !row.empty() && row[0] == '"' ? row.substr(1, row.find('"', 1) - 1) : row.substr(0, row.find(','));
+    std::string module;
+    bool is_package = false;
+    if (!python_module_of(path, module, is_package)) continue;
+    for (size_t dot = module.find('.'); dot != std::string::npos; dot = module.find('.', dot + 1))
+      modules.insert(module.substr(0, dot));
+    modules.insert(module);
+    if (module_by_path) (*module_by_path)[site + "/" + path] = module;
+    if (path.size() > 3 && path.compare(path.size() - 3, 3, ".py") == 0) {
+      sources.push_back({module, is_package, read_text_file(site + "/" + path, 16 << 20)});
+    }
+  }
+}
+
+// An extension module that fails only for want of a library (cupy's cutensor
+// without libcutensor.so.2, numba's tbbpool without libtbb.so.12) and that its
+// distribution's import does not run (no module-level import outside try blocks
+// and functions reaches it from the top-level packages) is an optional plugin:
+// the package imports without it, and only the feature it backs fails. Its
+// errors become warnings. Evidence: the scan of the distribution's sources.
+void judge_optional_extensions(const PythonFacts& python, std::vector<BinaryReport>& reports) {
+  auto only_missing_libraries = [](const BinaryReport& r) {
+    bool any = false;
+    for (const Finding& f : r.findings) {
+      if (f.severity != Severity::kError) continue;
+      if (f.check != "missing_library" && f.check != "unresolved_symbol") return false;
+      any = true;
+    }
+    return any;
+  };
+  std::vector<BinaryReport*> candidates;
+  for (BinaryReport& r : reports) {
+    if (r.role == "extension module" && only_missing_libraries(r)) candidates.push_back(&r);
+  }
+  if (candidates.empty()) return;
+  std::map<std::string, std::pair<std::string, std::set<std::string>>> reached_by_path;  // path -> module, reached
+  for (const std::string& site : site_roots(python)) {
+    DIR* handle = opendir(site.c_str());
+    if (!handle) continue;
+    std::vector<std::string> infos;
+    while (dirent* entry = readdir(handle)) {
+      std::string name = entry->d_name;
+      if (name.size() > 10 && name.compare(name.size() - 10, 10, ".dist-info") == 0) infos.push_back(site + "/" + name);
+    }
+    closedir(handle);
+    for (const std::string& info : infos) {
+      std::set<std::string> modules;
+      std::vector<PythonSource> sources;
+      std::map<std::string, std::string> module_by_path;
+      // Read sources only for distributions that own a candidate.
+      std::string record = read_text_file(info + "/RECORD", 64 << 20);
+      bool owns = std::any_of(candidates.begin(), candidates.end(), [&](const BinaryReport* r) {
+        return r->path.compare(0, site.size() + 1, site + "/") == 0 &&
+               record.find(r->path.substr(site.size() + 1)) != std::string::npos;
+      });
+      if (!owns) continue;
+      read_distribution_modules(site, info, modules, sources, &module_by_path);
+      ImportScan scan = scan_imports(sources, modules);
+      for (const BinaryReport* r : candidates) {
+        auto module = module_by_path.find(r->path);
+        if (module != module_by_path.end()) reached_by_path[r->path] = {module->second, scan.reached};
+      }
+    }
+  }
+  for (BinaryReport* r : candidates) {
+    auto found = reached_by_path.find(r->path);
+    if (found == reached_by_path.end() || found->second.second.count(found->second.first)) continue;
+    for (Finding& f : r->findings) {
+      if (f.severity != Severity::kError) continue;
+      f.severity = Severity::kWarning;
+      f.summary = "optional plugin (importing its package does not import " + found->second.first + "): " + f.summary;
+    }
+  }
+}
+
 // Installed pure distributions (WHEEL: Root-Is-Purelib: true) whose import needs a
 // module that exists nowhere: flash-attn's py3-none-any wheel built without its extension.
 std::vector<Finding> check_pure_distributions(const PythonFacts& python) {
@@ -431,26 +517,9 @@ std::vector<Finding> check_pure_distributions(const PythonFacts& python) {
     for (const std::string& info : infos) {
       if (read_text_file(info + "/WHEEL", 1 << 16).find("Root-Is-Purelib: true") == std::string::npos) continue;
       Distribution dist = parse_metadata(read_text_file(info + "/METADATA", 4 << 20));
-      std::string record = read_text_file(info + "/RECORD", 64 << 20);
       std::set<std::string> modules;
       std::vector<PythonSource> sources;
-      for (size_t start = 0; start < record.size();) {
-        size_t end = record.find('\n', start);
-        if (end == std::string::npos) end = record.size();
-        std::string row = record.substr(start, end - start);
-        start = end + 1;
-        std::string path =
-            !row.empty() && row[0] == '"' ? row.substr(1, row.find('"', 1) - 1) : row.substr(0, row.find(','));
-        std::string module;
-        bool is_package = false;
-        if (!python_module_of(path, module, is_package)) continue;
-        for (size_t dot = module.find('.'); dot != std::string::npos; dot = module.find('.', dot + 1))
-          modules.insert(module.substr(0, dot));
-        modules.insert(module);
-        if (path.size() > 3 && path.compare(path.size() - 3, 3, ".py") == 0) {
-          sources.push_back({module, is_package, read_text_file(site + "/" + path, 16 << 20)});
-        }
-      }
+      read_distribution_modules(site, info, modules, sources, nullptr);
       std::vector<MissingModule> absent = missing_extensions(sources, modules, dist.name, &python);
       if (absent.empty() || !absent.front().reached) continue;
       Finding f = missing_extension_finding(absent, dist, &python);
@@ -624,6 +693,7 @@ int run_environment(const Options& options, const PythonFacts& python, const Dri
   }
   judge_optional_libraries(extensions);
   judge_alternatives(extensions);
+  judge_optional_extensions(python, extensions);
   for (Finding& f : check_pure_distributions(python)) findings.push_back(std::move(f));
   bool healthy = true;
   for (const Finding& f : findings) healthy &= f.severity != Severity::kError;

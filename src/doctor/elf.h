@@ -14,6 +14,7 @@ namespace af::doctor {
 constexpr uint16_t kElfMachineX86_64 = 62;
 constexpr uint16_t kElfMachineAarch64 = 183;
 constexpr uint16_t kElfMachineCuda = 190;
+constexpr uint32_t kSectionNoBits = 8;  // SHT_NOBITS: occupies no bytes in the file
 
 struct ElfSection {
   std::string name;

@@ -30,42 +30,58 @@ uint32_t sm_of_embedded_cubin(ByteView payload) {
 
 }  // namespace
 
-bool parse_fatbin(ByteView section, std::vector<FatbinEntry>& entries, std::string& error) {
-  entries.clear();
-  uint64_t container = 0;
-  bool any_container = false;
-  while (container + kContainerHeaderSize <= section.size()) {
+namespace {
+
+// Offset of the next container magic at or after `from` whose address is 8-byte
+// aligned (data[0] is at `address`), or data.size() when none.
+uint64_t next_container(ByteView data, uint64_t address, uint64_t from) {
+  uint64_t skew = (8 - address % 8) % 8;  // first offset whose address is aligned
+  uint64_t first = from <= skew ? skew : skew + ((from - skew + 7) & ~uint64_t(7));
+  for (uint64_t at = first; at >= from && at + 4 <= data.size(); at += 8) {
     uint32_t magic = 0;
-    uint16_t header_size = 0;
+    data.read(at, magic);
+    if (magic == kContainerMagic) return at;
+  }
+  return data.size();
+}
+
+// Reads containers from data. In a .nv_fatbin section (scanning == false) a
+// damaged container is an error; in other data (scanning == true) a magic
+// number followed by a header that does not fit is ordinary data, skipped.
+// Either way the whole range is searched: containers of separately compiled
+// objects follow each other with padding or unrelated data in between.
+bool read_containers(ByteView data, uint64_t address, bool scanning, std::vector<FatbinEntry>& entries,
+                     std::string& error) {
+  bool any_container = false;
+  for (uint64_t container = next_container(data, address, 0); container + kContainerHeaderSize <= data.size();) {
+    uint16_t version = 0, header_size = 0;
     uint64_t payload_size = 0;
-    section.read(container, magic);
-    if (magic != kContainerMagic) {
-      // Containers are 8-byte aligned and may be separated by zero padding.
-      if (magic == 0) {
-        container += 8;
+    data.read(container + 4, version);
+    data.read(container + 6, header_size);
+    data.read(container + 8, payload_size);
+    uint64_t entries_begin, entries_end;
+    if (header_size < kContainerHeaderSize || (scanning && (version != 1 || header_size != kContainerHeaderSize)) ||
+        !checked_add(container, header_size, entries_begin) || !checked_add(entries_begin, payload_size, entries_end) ||
+        entries_end > data.size()) {
+      if (scanning) {
+        container = next_container(data, address, container + 8);
         continue;
       }
-      break;
-    }
-    section.read(container + 6, header_size);
-    section.read(container + 8, payload_size);
-    uint64_t entries_begin, entries_end;
-    if (header_size < kContainerHeaderSize || !checked_add(container, header_size, entries_begin) ||
-        !checked_add(entries_begin, payload_size, entries_end) || entries_end > section.size()) {
       error = "fatbin container at offset " + std::to_string(container) + " runs past the section";
       return any_container && !entries.empty();
     }
     any_container = true;
     uint64_t entry = entries_begin;
-    while (entry + kEntryHeaderMinSize <= entries_end && entries.size() < kMaxEntries) {
+    while (entry + kEntryHeaderMinSize <= entries_end) {
+      if (entries.size() >= kMaxEntries) return true;
       uint16_t kind = 0;
       uint32_t entry_header_size = 0, arch = 0;
       uint64_t entry_payload_size = 0, flags = 0;
-      section.read(entry, kind);
-      section.read(entry + 4, entry_header_size);
-      section.read(entry + 8, entry_payload_size);
-      section.read(entry + 28, arch);
-      section.read(entry + 40, flags);
+      data.read(entry, kind);
+      data.read(entry + 4, entry_header_size);
+      data.read(entry + 8, entry_payload_size);
+      data.read(entry + 28, arch);
+      data.read(entry + 40, flags);
       uint64_t payload_begin, next;
       if (entry_header_size < kEntryHeaderMinSize || !checked_add(entry, entry_header_size, payload_begin) ||
           !checked_add(payload_begin, entry_payload_size, next) || next > entries_end) {
@@ -82,21 +98,30 @@ bool parse_fatbin(ByteView section, std::vector<FatbinEntry>& entries, std::stri
       parsed.family_specific = (flags & kFamilySpecificFlag) != 0;
       ByteView payload;
       if (parsed.kind == FatbinEntry::Kind::kCubin && !parsed.compressed &&
-          section.slice(payload_begin, entry_payload_size, payload)) {
+          data.slice(payload_begin, entry_payload_size, payload)) {
         parsed.cubin_sm = sm_of_embedded_cubin(payload);
       }
       entries.push_back(parsed);
       entry = next;
     }
-    // The next container starts at the next 8-byte boundary.
-    container = (entries_end + 7) & ~uint64_t(7);
-    if (container < entries_end) break;
+    container = next_container(data, address, entries_end);
   }
-  if (!any_container) {
+  if (!any_container && !scanning) {
     error = "no fatbin container (magic 0xBA55ED50) in the section";
     return false;
   }
   return true;
+}
+
+}  // namespace
+
+bool parse_fatbin(ByteView section, std::vector<FatbinEntry>& entries, std::string& error) {
+  entries.clear();
+  return read_containers(section, 0, false, entries, error);
+}
+
+bool find_fatbin_containers(ByteView data, uint64_t address, std::vector<FatbinEntry>& entries, std::string& error) {
+  return read_containers(data, address, true, entries, error);
 }
 
 std::string fatbin_entry_label(const FatbinEntry& entry) {

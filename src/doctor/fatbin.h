@@ -29,9 +29,18 @@ struct FatbinEntry {
 // any equal or newer device (same major for "f", exactly equal for "a"), by JIT.
 bool fatbin_entry_runs_on(const FatbinEntry& entry, int major, int minor);
 
-// Parses every container in a .nv_fatbin section. Returns false with error when
-// nothing sensible could be read; entries read before a damaged one are kept.
+// Parses every container in a .nv_fatbin section, searching past padding and
+// other bytes between containers. Returns false with error when nothing
+// sensible could be read; entries read before a damaged one are kept.
 bool parse_fatbin(ByteView section, std::vector<FatbinEntry>& entries, std::string& error);
+
+// Appends the entries of every container at an 8-byte-aligned address (data[0]
+// is at `address`; the sections' own start need not be aligned) found in other data
+// (x86-64 large-model .ldata/.lrodata, where the linker puts the fatbins of
+// objects built with -mcmodel=medium, as in nvidia-cufft's libcufft.so.12).
+// A magic number whose header does not fit is skipped as ordinary data; false
+// with error only for a damaged entry inside a well-formed container.
+bool find_fatbin_containers(ByteView data, uint64_t address, std::vector<FatbinEntry>& entries, std::string& error);
 
 // "sm_80", "sm_90a", "compute_100f".
 std::string fatbin_entry_label(const FatbinEntry& entry);

@@ -355,6 +355,7 @@ ImportScan scan_imports(const std::vector<PythonSource>& sources, const std::set
   for (const PythonSource& source : sources) {
     if (!reached.count(source.module)) visit(source.module, false);
   }
+  scan.reached = std::move(reached);
   return scan;
 }
 

@@ -34,7 +34,8 @@ struct MissingModule {
 struct ImportScan {
   std::vector<MissingModule> missing;  // in-wheel modules imported at top level that exist nowhere in the wheel
   std::vector<std::pair<std::string, std::string>>
-      external;  // top-level names outside the wheel imported by reached modules -> importer
+      external;                   // top-level names outside the wheel imported by reached modules -> importer
+  std::set<std::string> reached;  // modules of `modules` that importing the top-level packages runs
 };
 
 // `modules`: every importable module of the wheel (sources, compiled modules,

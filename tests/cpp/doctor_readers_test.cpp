@@ -223,6 +223,47 @@ TEST(DoctorFatbin, ListsCubinsAndPtx) {
   EXPECT_EQ(cubin_sm_from_flags(0x5005a04), 90u);
 }
 
+// Containers of separately compiled objects need not be adjacent: the old
+// reader stopped at the first non-zero word after a container, and libcufft.so.12
+// (nvidia-cufft 12.x for CUDA 13) keeps all but one container in .ldata, which
+// starts at an address that is not 8-byte aligned. Every region must be seen.
+TEST(DoctorFatbin, ReadsContainersAfterOtherBytes) {
+  std::vector<uint8_t> one = synthetic_fatbin();
+  std::vector<uint8_t> section = one;
+  section.resize(section.size() + 8, 0xcc);  // not padding
+  section.insert(section.end(), one.begin(), one.end());
+  put_u32(section, one.size() + 8 + 28 + 16, 120);  // second container's cubin: sm_120
+  std::vector<FatbinEntry> entries;
+  std::string error;
+  ASSERT_TRUE(parse_fatbin(ByteView(section), entries, error)) << error;
+  ASSERT_EQ(entries.size(), 4u);
+  EXPECT_EQ(fatbin_entry_label(entries[2]), "sm_120");
+}
+
+TEST(DoctorFatbin, FindsContainersInLargeDataAtAlignedAddresses) {
+  std::vector<uint8_t> one = synthetic_fatbin();
+  const uint64_t address = 0x11d1e57;  // .ldata's address in libcufft.so.12: 1 byte short of 8-aligned
+  std::vector<uint8_t> data(1 + 24, 0x11);
+  put_u32(data, 1, 0xBA55ED50);  // a decoy magic whose header claims more bytes than there are
+  put_u16(data, 1 + 4, 1);
+  put_u16(data, 1 + 6, 16);
+  put_u64(data, 1 + 8, uint64_t(1) << 40);
+  data.insert(data.end(), one.begin(), one.end());  // at address 0x11d1e70
+  data.push_back(0x22);
+  std::vector<uint8_t> misaligned = one;  // at an odd address: not a container
+  put_u32(misaligned, 28 + 16, 100);
+  data.insert(data.end(), misaligned.begin(), misaligned.end());
+  std::vector<FatbinEntry> entries;
+  std::string error;
+  ASSERT_TRUE(find_fatbin_containers(ByteView(data), address, entries, error)) << error;
+  ASSERT_EQ(entries.size(), 2u);
+  EXPECT_EQ(fatbin_entry_label(entries[0]), "sm_80");
+  EXPECT_EQ(fatbin_entry_label(entries[1]), "compute_90");
+  entries.clear();
+  ASSERT_TRUE(find_fatbin_containers(ByteView(data), address + 1, entries, error)) << error;
+  EXPECT_TRUE(entries.empty());  // shifted by one byte, no container is aligned
+}
+
 TEST(DoctorFatbin, SurvivesDamagedInput) {
   survives_damage(
       synthetic_fatbin(),
@@ -230,6 +271,7 @@ TEST(DoctorFatbin, SurvivesDamagedInput) {
         std::vector<FatbinEntry> e;
         std::string err;
         parse_fatbin(v, e, err);
+        find_fatbin_containers(v, 3, e, err);
       },
       5000);
 }

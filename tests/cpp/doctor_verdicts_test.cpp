@@ -349,22 +349,47 @@ TEST(DoctorAlternatives, KeysOfPerCudaBuilds) {
   EXPECT_EQ(alternative_key("libcudart.so.12"), "");
   EXPECT_EQ(alternative_key("libcpuinfo.so"), "");
   EXPECT_EQ(alternative_key("_C.so"), "");
+  EXPECT_EQ(alternative_key("MPI.mpich.cpython-312-x86_64-linux-gnu.so"), "MPI.{}.cpython-312-x86_64-linux-gnu.so");
+  EXPECT_EQ(alternative_key("MPI.openmpi.abi3.so"), "MPI.{}.abi3.so");
+  EXPECT_EQ(alternative_key("MPI.cpython-312-x86_64-linux-gnu.so"), "");
+  EXPECT_EQ(alternative_key("MPI.abi3.so"), "");
+  EXPECT_EQ(alternative_key("libfoo.so.1.2"), "");
 }
 
-TEST(DoctorAlternatives, OneHealthyAlternativeMakesTheOthersInfo) {
-  BinaryReport good, bad;
-  good.path = "/x/lib_cuda13.so", good.readable = true;
-  bad.path = "/x/lib_cuda12.so", bad.readable = true;
-  bad.findings.push_back({"missing_library", Severity::kError, "libcudart.so.12: cannot open", {}, "fix"});
-  std::vector<BinaryReport> reports = {good, bad};
+// mpi4py 4.1.2 on the H200 image: MPI.openmpi loads, MPI.mpich lacks libmpi.so.12. With no
+// MPI at all, one warning is left; a wrong-Python error is not a missing alternative.
+TEST(DoctorAlternatives, ModuleVariantsAreAlternatives) {
+  const std::string dir = "/site-packages/mpi4py/";
+  Finding no_mpich{"missing_library", Severity::kError, "libmpi.so.12: cannot open shared object file", {}, "fix"};
+  Finding no_openmpi{"missing_library", Severity::kError, "libmpi.so.40: cannot open shared object file", {}, "fix"};
+  Finding wrong_python{"python_abi", Severity::kError, "5 Python C-API symbols are not provided", {}, "fix"};
+  BinaryReport mpich, openmpi;
+  mpich.path = dir + "MPI.mpich.cpython-312-x86_64-linux-gnu.so", mpich.readable = true;
+  openmpi.path = dir + "MPI.openmpi.cpython-312-x86_64-linux-gnu.so", openmpi.readable = true;
+  mpich.findings = {no_mpich};
+  std::vector<BinaryReport> reports = {mpich, openmpi};
   judge_alternatives(reports);
-  EXPECT_TRUE(reports[1].healthy());
-  EXPECT_EQ(reports[1].findings[0].severity, Severity::kInfo);
-  reports[0].findings.push_back({"missing_library", Severity::kError, "x", {}, ""});
-  reports[1] = bad;
-  judge_alternatives(reports);  // none loads: every error stays
-  EXPECT_FALSE(reports[0].healthy());
-  EXPECT_FALSE(reports[1].healthy());
+  EXPECT_TRUE(reports[0].healthy());
+  EXPECT_EQ(reports[0].findings[0].severity, Severity::kInfo);
+
+  openmpi.findings = {no_openmpi};
+  reports = {mpich, openmpi};
+  judge_alternatives(reports);
+  int warnings = 0, errors = 0;
+  for (const BinaryReport& r : reports) {
+    for (const Finding& f : r.findings) {
+      warnings += f.severity == Severity::kWarning;
+      errors += f.severity == Severity::kError;
+    }
+  }
+  EXPECT_EQ(errors, 0);
+  EXPECT_EQ(warnings, 1);
+  EXPECT_NE(reports[0].findings[0].summary.find("none of the per-build variants"), std::string::npos);
+
+  mpich.findings = {no_mpich, wrong_python};
+  reports = {mpich, openmpi};
+  judge_alternatives(reports);
+  EXPECT_EQ(reports[0].findings[1].severity, Severity::kError);
 }
 
 TEST(DoctorFixes, MetadataTorchPinGivesTheReleaseForTheInstalledTorch) {

@@ -200,6 +200,12 @@ class Builder:
         if os.path.exists(os.path.join(VENV_TORCH_LIB, "libc10_cuda.so")):
             self.once("needs_torch_first", self.path("load_order", "c10_cuda_ext" + EXT_SUFFIX), after_torch)
 
+        def torch_symbols(target):
+            # Undefined C symbols of libtorch_cpu.so without linking it (a shared object may leave them open).
+            run(["gcc", "-shared", "-fPIC", "-O1", "-DCALL_AOTI_TORCH", "-DMODULE_NAME=tensor_bridge",
+                 "-I" + PY_INCLUDE, src("plain_module.c"), "-o", target])
+        self.once("torch_symbols", self.path("load_order", "tensor_bridge" + EXT_SUFFIX), torch_symbols)
+
     def build_all(self):
         self.c10_error_ext(1, 0, "fa_cxx11_ext_vs_abi0_c10")
         self.c10_error_ext(0, 1, "fa_abi0_ext_vs_cxx11_c10")

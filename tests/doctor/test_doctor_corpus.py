@@ -85,6 +85,10 @@ CORPUS = [
     Wheel("bitsandbytes==0.50.2", "per-CUDA alternatives"),
     Wheel("nvidia-cuda-runtime-cu12==12.4.127", "CUDA 12 runtime"),
     Wheel("pyyaml==6.0.2", "cp310 on 3.11", python="3.10"),
+    # Per-build module variants its own loader picks (MPI.mpich / MPI.openmpi; no MPI here).
+    Wheel("mpi4py==4.1.2", "per-MPI module variants"),
+    # Undefined aoti_torch_* symbols that libtorch_cpu.so defines (cuda/core/cu1x/_tensor_bridge).
+    Wheel("cuda-core==1.2.0", "symbols torch provides"),
 ]
 
 

@@ -296,6 +296,29 @@ def test_library_found_only_after_import_torch(fixtures):
     assert not ok and "libc10_cuda.so: cannot open shared object file" in error
 
 
+@pytest.mark.skipif(not HAS_VENV_TORCH, reason="needs pip torch")
+def test_symbols_torch_defines_are_a_load_order_warning(fixtures):
+    # cuda-core 1.2.0's _tensor_bridge: undefined aoti_torch_* symbols, defined by libtorch_cpu.so.
+    path = fixtures["torch_symbols"]
+    rc, report = doctor("so", path, "--python", VENV_PYTHON)
+    binary = report["binaries"][0]
+    assert rc == 0 and checks(binary, "warning") == {"load_order"} and not checks(binary)
+    f = finding(binary, "load_order")
+    assert "aoti_torch_dtype_float32 (defined by libtorch_cpu.so)" in f["summary"]
+    if HAS_DEBIAN_TORCH:
+        # Debian's torch 1.13 has no aoti_torch_* shim: there the symbol stays an error.
+        rc, report = doctor("so", path, "--python", DEBIAN_PYTHON)
+        assert rc == 1 and "aoti_torch_dtype_float32" in finding(report["binaries"][0], "unresolved_symbol")["summary"]
+    # The real loader agrees: the module loads once libtorch_cpu.so's symbols are global, not before.
+    global_torch = ("import ctypes, os, torch; ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), 'lib', "
+                    "'libtorch_cpu.so'), mode=ctypes.RTLD_GLOBAL); import tensor_bridge")
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(path))
+    loaded = subprocess.run([VENV_PYTHON, "-c", global_torch], capture_output=True, text=True, env=env, timeout=300)
+    assert loaded.returncode == 0, loaded.stderr
+    ok, error = python_import(VENV_PYTHON, path, torch_first=False)
+    assert not ok and "undefined symbol: aoti_torch_dtype_float32" in error
+
+
 @pytest.mark.skipif(not (HAS_VENV_TORCH and HAS_DEBIAN_TORCH), reason="needs pip torch and Debian's CPU-only torch")
 def test_cuda_build_beside_a_cpu_only_torch(fixtures):
     # A module linking libc10_cuda.so under a torch that has none: `import torch` first cannot help.
@@ -580,3 +603,39 @@ def test_pypi_wheel_built_for_another_torch(tmp_path):
         assert any(symbol in e for f in library["findings"] for e in f["evidence"])
     else:
         assert any(name + ": cannot open shared object file" in error for name in missing), (error, missing)
+
+
+def test_optional_plugin_missing_its_product_is_a_warning(tmp_path):
+    # cupy's cutensor module without libcutensor.so.2, numba's tbbpool without libtbb.so.12:
+    # the package imports without them. The same module imported by __init__ stays an error.
+    stub_c = tmp_path / "stub.c"
+    stub_c.write_text("int product_version(void) { return 2; }\n")
+    stub_dir = tmp_path / "product"
+    stub_dir.mkdir()
+    subprocess.run(["gcc", "-shared", "-fPIC", str(stub_c), "-Wl,-soname,libproduct.so.2", "-o",
+                    str(stub_dir / "libproduct.so.2")], check=True)
+    site = tmp_path / "site-packages"
+    for package, init in (("optpkg", "from . import core\n"), ("reqpkg", "from . import plugin\n")):
+        (site / package).mkdir(parents=True)
+        (site / package / "__init__.py").write_text(init)
+        (site / package / "core.py").write_text("def run():\n    from . import plugin\n    return plugin\n")
+        so = "%s/plugin%s" % (package, build_fixtures.EXT_SUFFIX)
+        subprocess.run(["gcc", "-shared", "-fPIC", "-DMODULE_NAME=plugin", "-I" + build_fixtures.PY_INCLUDE,
+                        build_fixtures.src("plain_module.c"), "-Wl,--no-as-needed", "-L" + str(stub_dir),
+                        "-l:libproduct.so.2", "-o", str(site / so)], check=True)
+        info = site / ("%s-1.0.dist-info" % package)
+        info.mkdir()
+        (info / "METADATA").write_text("Metadata-Version: 2.1\nName: %s\nVersion: 1.0\n" % package)
+        (info / "RECORD").write_text("\n".join("%s,," % p for p in (
+            package + "/__init__.py", package + "/core.py", so, info.name + "/METADATA", info.name + "/RECORD")))
+    env = dict(os.environ, PYTHONPATH=str(site))
+    rc, report = doctor("--python", VENV_PYTHON, env=env)
+    by_package = {b["path"].split("/")[-2]: b for b in report["binaries"] if b["path"].startswith(str(site))}
+    optional, required = by_package["optpkg"], by_package["reqpkg"]
+    assert optional["healthy"] and checks(optional, "warning") == {"missing_library"}
+    assert "optional plugin" in finding(optional, "missing_library")["summary"]
+    assert not required["healthy"] and "missing_library" in checks(required)
+    # The interpreter agrees.
+    imports = {code: subprocess.run([VENV_PYTHON, "-c", code], env=env, capture_output=True).returncode == 0
+               for code in ("import optpkg", "import optpkg.plugin", "import reqpkg")}
+    assert imports == {"import optpkg": True, "import optpkg.plugin": False, "import reqpkg": False}
