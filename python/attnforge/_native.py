@@ -207,10 +207,10 @@ def _candidate_paths():
         return
     here = os.path.dirname(os.path.abspath(__file__))
     yield os.path.join(here, "_lib", "libattnforge.so")
-    # Development: the newest build tree of the source checkout this file is in.
-    repo = os.path.dirname(os.path.dirname(here))
-    builds = glob.glob(os.path.join(repo, "build*", "libattnforge.so"))
-    yield from sorted(builds, key=os.path.getmtime, reverse=True)
+    # Development: the source checkout's own build tree (README's `cmake -B build`). Other trees (a
+    # sanitizer build, a device build) are used only through ATTNFORGE_LIBRARY: an ASan library picked
+    # up by a plain Python process cannot even load.
+    yield os.path.join(os.path.dirname(os.path.dirname(here)), "build", "libattnforge.so")
 
 
 def _nvrtc_dirs():
