@@ -169,8 +169,10 @@ def outputs(q, varlen: bool, need_lse: bool):
 def _needs_padding(q, k, v, options: AttentionOptions) -> bool:
     """Whether a GPU call can reach the kernel only through FlashAttention-2's padding: fp16/bf16 CUDA
     tensors whose head dim or batch/row/head strides are not multiples of 8 elements, or whose data is
-    not 16-byte aligned (the kernels move 16-byte vectors). Paged caches are never copied."""
-    if not (hasattr(q, "is_cuda") and q.is_cuda) or options.block_table is not None:
+    not 16-byte aligned (the kernels move 16-byte vectors). A paged pool (num_blocks, page_size, Hk, D) is
+    padded whole, as FlashAttention-2's mha_fwd_kvcache pads its caches; appends have already been written
+    to the caller's cache by then, so nothing is copied back."""
+    if not (hasattr(q, "is_cuda") and q.is_cuda):
         return False
     if str(q.dtype) not in ("torch.float16", "torch.bfloat16"):
         return False

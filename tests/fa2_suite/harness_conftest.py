@@ -3,7 +3,9 @@
 It keeps only the drawn cases, stops starting cases once the time budget is spent (they are
 reported as skipped "harness budget"), and writes one JSON line per case: outcome, parameters,
 the failure text, and which path attnforge took (its kernel, a torch fallback and why, torch
-dropout, torch backward recompute), counted by wrapping attnforge's dispatch functions.
+dropout, torch backward recompute), counted by wrapping attnforge's dispatch functions. A call the
+kernel declines that then runs on the kernel through zero-padded copies (head dims off the 8-element
+grid, as FlashAttention-2 pads them) is "kernel-padded", not a fallback.
 
 Settings come from the environment (run.py sets them):
   FA2_SUITE_SELECT   file of node ids to run, one per line (absent: run what pytest collected)
@@ -39,6 +41,7 @@ class _Paths:
 
     def reset(self):
         self.kernel = 0
+        self.declined = {}
         self.fallback = {}
         self.dropout = 0
         self.backward = 0
@@ -51,11 +54,12 @@ class _Paths:
         if self.dropout:
             return "torch-dropout"
         if self.kernel:
-            return "kernel"
+            return "kernel-padded" if self.declined else "kernel"
         return "none"
 
     def as_dict(self):
         return {"path": self.label(), "kernel_forwards": self.kernel, "fallback_reasons": self.fallback,
+                "declined_reasons": self.declined,
                 "dropout_forwards": self.dropout, "backward_recomputes": self.backward}
 
 
@@ -77,7 +81,7 @@ def _replace_everywhere(original, wrapper):
 
 def _instrument():
     import attnforge  # noqa: F401  (loads the modules whose attributes are rebound)
-    from attnforge import _dispatch, fallback, ops
+    from attnforge import _dispatch, ops
 
     native_forward = _dispatch.native_forward
 
@@ -86,17 +90,18 @@ def _instrument():
         if reason is None:
             PATHS.kernel += 1
         else:
-            PATHS.fallback[reason] = PATHS.fallback.get(reason, 0) + 1
+            PATHS.declined[reason] = PATHS.declined.get(reason, 0) + 1
         return reason
 
-    attention = fallback.attention
+    forward_fallback = _dispatch._fallback
 
-    def counted_attention(*args, **kwargs):
-        # fallback.attention(q, k, v, options, need_lse, **fields): dropout_p is an AttentionOptions field.
-        options = args[3] if len(args) > 3 else kwargs.get("options")
-        if (kwargs.get("dropout_p", getattr(options, "dropout_p", 0)) or 0) > 0:
+    def counted_fallback(q, k, v, out, options, need_lse, reason, return_s_dmask):
+        # The forward's torch path: dropout (no kernel has an RNG) or a call the kernel declined.
+        if options.dropout_p > 0:
             PATHS.dropout += 1
-        return attention(*args, **kwargs)
+        else:
+            PATHS.fallback[reason] = PATHS.fallback.get(reason, 0) + 1
+        return forward_fallback(q, k, v, out, options, need_lse, reason, return_s_dmask)
 
     backward_impl = ops.backward_impl
 
@@ -105,7 +110,7 @@ def _instrument():
         return backward_impl(*args, **kwargs)
 
     PATHS.instrumented = (_replace_everywhere(native_forward, counted_native_forward) +
-                          _replace_everywhere(attention, counted_attention) +
+                          _replace_everywhere(forward_fallback, counted_fallback) +
                           _replace_everywhere(backward_impl, counted_backward))
 
 

@@ -92,7 +92,7 @@ def test_run_records_every_case_with_its_path_and_kind(fake_fa2, tmp_path):
     assert len(cases) == 10
     for name in ("test_flash_attn_output[32-False]", "test_flash_attn_output[64-True]"):
         assert cases[name]["outcome"] == "passed"
-        assert cases[name]["path"] in ("kernel", "fallback")
+        assert cases[name]["path"] in ("kernel", "kernel-padded", "fallback")
         assert cases[name]["kernel_forwards"] + sum(cases[name]["fallback_reasons"].values()) == 1
     assert cases["test_flash_attn_qkvpacked[0.17]"]["path"] == "torch-dropout"
     assert cases["test_flash_attn_qkvpacked[0.17]"]["outcome"] == "passed"

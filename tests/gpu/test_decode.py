@@ -120,3 +120,40 @@ def test_decode_plan_run_matches_forward(seed):
     assert torch.equal(out_forward, out_run)
     with pytest.raises(_native.AttnforgeError, match="seqlen_k"):
         plan.run(q, k[:, :2999], v[:, :2999], out_run, causal=True, backend="cuda")
+
+
+@pytest.mark.parametrize("head_dim", [59, 111])
+@pytest.mark.parametrize("page_size", [16, 256])
+def test_paged_head_dims_off_the_8_grid_run_on_the_kernel_padded(head_dim, page_size, seed):
+    """flash_attn_with_kvcache on a paged pool whose head dim is not a multiple of 8 (FlashAttention-2's
+    tests use 59 and 111): the new rows are appended to the caller's pool, then the kernel runs on
+    zero-padded copies (FlashAttention-2 pads its caches the same way), never on torch."""
+    import attnforge
+
+    batch, heads, heads_kv, cache_len = 3, 8, 2, 300
+    max_blocks = (cache_len + page_size - 1) // page_size
+    num_pages = batch * max_blocks + 2
+    dtype = torch.float16
+    k_pool = torch.randn(num_pages, page_size, heads_kv, head_dim, dtype=dtype, device="cuda")
+    v_pool = torch.randn_like(k_pool)
+    block_table = torch.randperm(num_pages, dtype=torch.int32, device="cuda")[: batch * max_blocks]
+    block_table = block_table.view(batch, max_blocks)
+    seqlens = torch.randint(0, cache_len - 1, (batch,), dtype=torch.int32, device="cuda")
+    q = torch.randn(batch, 1, heads, head_dim, dtype=dtype, device="cuda")
+    k_new = torch.randn(batch, 1, heads_kv, head_dim, dtype=dtype, device="cuda")
+    v_new = torch.randn_like(k_new)
+    assert attnforge.explain(q, k_pool, v_pool, causal=True, block_table=block_table,
+                             seqused_k=seqlens + 1)["path"] == "attnforge-cuda-padded"
+    out = attnforge.flash_attn_with_kvcache(q, k_pool, v_pool, k_new, v_new, cache_seqlens=seqlens,
+                                            block_table=block_table, causal=True)
+    torch.cuda.synchronize()
+    scale = 1.0 / math.sqrt(head_dim)
+    for b in range(batch):
+        rows = torch.arange(int(seqlens[b]) + 1)
+        kb = _cache_rows(k_pool.cpu(), b, rows, block_table.cpu(), None)
+        vb = _cache_rows(v_pool.cpu(), b, rows, block_table.cpu(), None)
+        assert torch.equal(kb[-1].to(dtype), k_new[b, 0].cpu()), "the new key row was not appended"
+        qb = q[b].cpu()
+        expected, _ = sequence_attention(qb.double(), kb, vb, scale, True)
+        naive, _ = sequence_attention(qb, kb.to(dtype), vb.to(dtype), scale, True, precision=dtype)
+        assert_close(out[b].cpu(), expected, naive, dtype, what="out[%d]" % b)
