@@ -4,12 +4,16 @@ q (1, 1, 32, 128) bf16 against a 4096-key cache of 8 KV heads. Each row is the h
 200 back-to-back calls divided by 200, the GPU not waited on inside the loop (median of 15 such
 loops): attnforge's flash_attn_func, plain torch SDPA with enable_gqa=True (no backend context
 manager), and the C part alone: af_attention_run with a cached plan and arguments built once,
-called through ctypes (so the row includes the ctypes call itself).
+called through ctypes (so the row includes the ctypes call itself), and, when the path of the
+compiled bench/device/host_time_c.cpp is given as the second argument, the same calls from C++
+(no Python) beside one cuLaunchKernel of an empty kernel, the floor of any launch.
 Prints a markdown table and writes it to the path given.
 """
 import ctypes
 import datetime
+import os
 import statistics
+import subprocess
 import sys
 import time
 
@@ -34,7 +38,18 @@ def host_us(fn, calls=200, loops=15):
     return statistics.median(samples)
 
 
-def main(path):
+def c_rows(binary):
+    """(name, us) rows printed by host_time_c ("name<TAB>us"; its "plan" line names the kernel)."""
+    env = dict(os.environ, LD_LIBRARY_PATH=os.path.dirname(os.environ.get("ATTNFORGE_LIBRARY", "")))
+    lines = subprocess.run([binary], check=True, capture_output=True, text=True, env=env).stdout.splitlines()
+    rows = []
+    for line in lines:
+        name, value = line.split("\t")
+        rows.append(("C++: " + name, value if name == "plan" else float(value)))
+    return rows
+
+
+def main(path, c_binary=None):
     q = torch.randn(1, 1, 32, 128, dtype=torch.bfloat16, device="cuda")
     k = torch.randn(1, 4096, 8, 128, dtype=torch.bfloat16, device="cuda")
     v = torch.randn_like(k)
@@ -68,6 +83,8 @@ def main(path):
         ("af_attention_forward (plans every call; ctypes included)",
          host_us(lambda: lib.af_attention_forward(args_ref))),
     ]
+    if c_binary:
+        rows += c_rows(c_binary)
     text = ["# Host time per decode-shaped call", "",
             "%s, %s, torch %s. q (1, 1, 32, 128) bf16, 4096 cached keys, 8 KV heads; host wall time of 200 calls "
             "without waiting for the GPU, median of 15 loops (bench/device/host_time.py). Kernel: %s; workspace %d "
@@ -76,7 +93,7 @@ def main(path):
                 torch.cuda.get_device_name(),
                 torch.__version__, plan.describe(), plan.workspace_size()), "",
             "| call | host us per call |", "|---|---|"]
-    text += ["| %s | %.1f |" % row for row in rows]
+    text += ["| %s | %s |" % (name, value if isinstance(value, str) else "%.1f" % value) for name, value in rows]
     result = "\n".join(text) + "\n"
     print(result)
     with open(path, "w") as f:
@@ -84,4 +101,4 @@ def main(path):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(*sys.argv[1:3])

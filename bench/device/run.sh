@@ -63,7 +63,10 @@ main() {
   echo "== decode benchmark"
   (cd bench/device && python3 decode_bench.py --prefix "$OUT/decode-$gpu" ${AF_DECODE_ARGS:-}) || status=1
   echo "== host time per call"
-  (cd bench/device && python3 host_time.py "$OUT/host-time-$gpu.md") || status=1
+  nvcc -O2 -std=c++17 -I include bench/device/host_time_c.cpp -L build-device -lattnforge -lcuda \
+    -o build-device/host_time_c || echo "host_time_c did not build"
+  (cd bench/device && python3 host_time.py "$OUT/host-time-$gpu.md" \
+    "$([ -x ../../build-device/host_time_c ] && echo "$PWD/../../build-device/host_time_c")") || status=1
   if [ -f .carry/old/libattnforge.so ] && [ -z "${AF_SKIP_AB:-}" ]; then
     echo "== forward A/B: .carry/old vs this build"
     (cd bench/device && python3 ab_forward.py "$PWD/../../.carry/old/libattnforge.so" "$ATTNFORGE_LIBRARY" \

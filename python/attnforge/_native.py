@@ -598,7 +598,8 @@ class Plan:
     def run(self, q, k, v, out, softmax_lse=None, options=DEFAULT_OPTIONS, backend="auto", stream=None,
             workspace=None, **fields):
         """af_attention_run: a call with the plan's shapes (else AF_ERR_INVALID_ARGUMENT naming the field).
-        workspace is a device tensor of at least workspace_size() bytes, or None for attnforge's pool."""
+        workspace is a device tensor of at least workspace_size() bytes (its contents need not be
+        initialised), or None for attnforge's workspace of the stream."""
         args = _build_args(q, k, v, out, softmax_lse, options, backend, stream, **fields)
         pointer, size = (workspace.data_ptr(), workspace.numel() * workspace.element_size()) if workspace is not None \
             else (None, 0)

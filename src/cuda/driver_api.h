@@ -16,7 +16,6 @@ using CUcontext = struct CUctx_st*;
 using CUmodule = struct CUmod_st*;
 using CUfunction = struct CUfunc_st*;
 using CUstream = struct CUstream_st*;
-using CUmemoryPool = struct CUmemPoolHandle_st*;
 using CUdeviceptr = unsigned long long;
 using nvrtcResult = int;
 using nvrtcProgram = struct _nvrtcProgram*;
@@ -28,18 +27,8 @@ constexpr int CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR = 76;
 constexpr int CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN = 97;
 constexpr int CU_FUNC_ATTRIBUTE_NUM_REGS = 4;
 constexpr int CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES = 8;
-constexpr int CU_MEMPOOL_ATTR_RELEASE_THRESHOLD = 4;
-constexpr int CU_STREAM_CAPTURE_STATUS_NONE = 0;
-
-// CUmemPoolProps: allocation type, handle types, location (type, id), then fields that must be
-// zero; the driver reads at most its own struct size (88 bytes up to CUDA 13).
-struct CUmemPoolProps {
-  int alloc_type;     // CU_MEM_ALLOCATION_TYPE_PINNED = 1
-  int handle_types;   // CU_MEM_HANDLE_TYPE_NONE = 0
-  int location_type;  // CU_MEM_LOCATION_TYPE_DEVICE = 1
-  int location_id;    // device ordinal
-  unsigned char zero[112];
-};
+constexpr int CU_STREAM_CAPTURE_MODE_RELAXED = 2;
+constexpr unsigned CU_STREAM_NON_BLOCKING = 1;
 
 // cuLaunchKernelEx's configuration (CUDA 12+), for programmatic dependent launch: the layout of
 // CUlaunchAttribute (an id, padding to 8 bytes, a 64-byte value union) and CUlaunchConfig.
@@ -79,13 +68,12 @@ struct DriverApi {
   CUresult (*cuLaunchKernel)(CUfunction, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, CUstream,
                              void**, void**);
   CUresult (*cuGetErrorString)(CUresult, const char**);
-  // Stream-ordered workspace for split-key launches; null when the driver lacks them (< 11.2).
-  CUresult (*cuMemPoolCreate)(CUmemoryPool*, const CUmemPoolProps*);
-  CUresult (*cuMemPoolSetAttribute)(CUmemoryPool, int, void*);
-  CUresult (*cuMemAllocFromPoolAsync)(CUdeviceptr*, size_t, CUmemoryPool, CUstream);
-  CUresult (*cuMemAllocAsync)(CUdeviceptr*, size_t, CUstream);  // under graph capture: a graph memory node
-  CUresult (*cuMemFreeAsync)(CUdeviceptr, CUstream);
-  CUresult (*cuStreamIsCapturing)(CUstream, int*);
+  // Split-key workspaces (stream_workspace).
+  CUresult (*cuMemAlloc)(CUdeviceptr*, size_t);
+  CUresult (*cuMemsetD8Async)(CUdeviceptr, unsigned char, size_t, CUstream);
+  CUresult (*cuThreadExchangeStreamCaptureMode)(int*);
+  CUresult (*cuStreamCreate)(CUstream*, unsigned);
+  CUresult (*cuStreamSynchronize)(CUstream);
   // Programmatic dependent launch (sm_90+); null when the driver lacks it (< 12.0).
   CUresult (*cuLaunchKernelEx)(const CUlaunchConfig*, CUfunction, void**, void**);
 };

@@ -59,6 +59,12 @@ void probe_driver() {
        bind(library, "cuOccupancyMaxActiveBlocksPerMultiprocessor", &a.cuOccupancyMaxActiveBlocksPerMultiprocessor)},
       {"cuLaunchKernel", bind(library, "cuLaunchKernel", &a.cuLaunchKernel)},
       {"cuGetErrorString", bind(library, "cuGetErrorString", &a.cuGetErrorString)},
+      {"cuMemAlloc_v2", bind(library, "cuMemAlloc_v2", &a.cuMemAlloc)},
+      {"cuMemsetD8Async", bind(library, "cuMemsetD8Async", &a.cuMemsetD8Async)},
+      {"cuThreadExchangeStreamCaptureMode",
+       bind(library, "cuThreadExchangeStreamCaptureMode", &a.cuThreadExchangeStreamCaptureMode)},
+      {"cuStreamCreate", bind(library, "cuStreamCreate", &a.cuStreamCreate)},
+      {"cuStreamSynchronize", bind(library, "cuStreamSynchronize", &a.cuStreamSynchronize)},
   };
   for (const Symbol& symbol : symbols) {
     if (!symbol.ok) {
@@ -66,13 +72,6 @@ void probe_driver() {
       return;
     }
   }
-  // Optional: without them split-key launches are off.
-  if (!bind(library, "cuMemPoolCreate", &a.cuMemPoolCreate) ||
-      !bind(library, "cuMemPoolSetAttribute", &a.cuMemPoolSetAttribute) ||
-      !bind(library, "cuMemAllocFromPoolAsync", &a.cuMemAllocFromPoolAsync) ||
-      !bind(library, "cuMemAllocAsync", &a.cuMemAllocAsync) || !bind(library, "cuMemFreeAsync", &a.cuMemFreeAsync) ||
-      !bind(library, "cuStreamIsCapturing", &a.cuStreamIsCapturing))
-    a.cuMemPoolCreate = nullptr;
   if (!bind(library, "cuLaunchKernelEx", &a.cuLaunchKernelEx)) a.cuLaunchKernelEx = nullptr;
   s.api = &a;
   CUresult r = a.cuInit(0);

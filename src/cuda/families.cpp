@@ -35,7 +35,7 @@ namespace {
 
 const Family kFamilies[kFamilyCount] = {
     {kFamilyFwdSm80, "fwd_sm80", "af_flash_fwd", "af_flash_combine"},
-    {kFamilyDecode, "decode", "af_decode_fwd", "af_flash_combine"},
+    {kFamilyDecode, "decode", "af_decode_fwd", nullptr},  // merges its own split shares
     {kFamilyKvAppend, "kvcache", "af_kvcache_append", nullptr},
 };
 
@@ -184,13 +184,13 @@ int find_variant(FamilyId family, af_dtype dtype, int head_dim, bool extras) {
 
 const std::string& module_source(FamilyId family) {
   // Each attention family's module: the params, the PTX helpers, the family's constants, the
-  // swizzle and sequence helpers (which read those constants), the family's kernel, the combine
-  // kernel; the kvcache module is the params, the PTX helpers and its kernel.
+  // swizzle and sequence helpers (which read those constants), the family's kernel (fwd_sm80: and
+  // the combine kernel); the kvcache module is the params, the PTX helpers and its kernel.
   static const std::string sources[kFamilyCount] = {
       std::string(kAttentionParamsSource) + kPtxSource + kFlashFwdConfigSource + kSwizzleSource + kSequenceSource +
           kFlashFwdSource + kCombineSource,
       std::string(kAttentionParamsSource) + kPtxSource + kDecodeConfigSource + kSwizzleSource + kSequenceSource +
-          kDecodeFwdSource + kCombineSource,
+          kDecodeFwdSource,
       std::string(kAttentionParamsSource) + kPtxSource + kKvcacheAppendSource,
   };
   return sources[family];

@@ -81,27 +81,26 @@ af_status run(const Plan& plan, const AttentionProblem& p, void* workspace, size
   AF_RETURN_IF_ERROR(primary_context(p.device_index, &context));
   ContextGuard guard(context);
 
-  // The workspace: the caller's, else from attnforge's pool in stream order (under CUDA-graph
-  // capture from the device's default pool, which the graph then owns as a memory node). Where
-  // none can be had the unsplit launch computes the same result.
+  // The workspace: the caller's (the decode family's split counters zeroed first), else the
+  // stream's own. Where none can be had the unsplit launch computes the same result.
   int splits = plan.splits;
-  CUdeviceptr owned = 0;
   if (splits > 1 && workspace == nullptr) {
-    int capturing = CU_STREAM_CAPTURE_STATUS_NONE;
-    CUmemoryPool pool = workspace_pool(p.device_index);
-    if (pool == nullptr || plan.workspace_bytes > (256u << 20) ||
-        a.cuStreamIsCapturing(stream, &capturing) != CUDA_SUCCESS ||
-        (capturing == CU_STREAM_CAPTURE_STATUS_NONE
-             ? a.cuMemAllocFromPoolAsync(&owned, plan.workspace_bytes, pool, stream)
-             : a.cuMemAllocAsync(&owned, plan.workspace_bytes, stream)) != CUDA_SUCCESS)
+    const CUdeviceptr own =
+        plan.workspace_bytes > (256u << 20) ? 0 : stream_workspace(p.device_index, stream, plan.workspace_bytes);
+    if (own == 0)
       splits = 1;
     else
-      workspace = reinterpret_cast<void*>(owned);
+      workspace = reinterpret_cast<void*>(own);
+  } else if (splits > 1 && v.family == kFamilyDecode) {
+    const CUresult r = a.cuMemsetD8Async(reinterpret_cast<CUdeviceptr>(workspace) + plan.counters_offset, 0,
+                                         plan.workspace_bytes - plan.counters_offset, stream);
+    if (r != CUDA_SUCCESS) return fail(AF_ERR_CUDA, "%s", driver_error("cuMemsetD8Async", r).c_str());
   }
   k.num_splits = splits;
   if (splits > 1) {
     k.partial_out = static_cast<float*>(workspace);
     k.partial_lse = k.partial_out + size_t(splits) * size_t(k.batch) * k.heads_q * k.seqlen_q * v.head_dim;
+    k.split_counters = reinterpret_cast<unsigned*>(static_cast<char*>(workspace) + plan.counters_offset);
   }
   unsigned grid[3] = {plan.grid[0], plan.grid[1], plan.grid[2]};
   if (splits != plan.splits) {  // the split dimension: decode x, fwd_sm80 z (groups * splits)
@@ -114,10 +113,10 @@ af_status run(const Plan& plan, const AttentionProblem& p, void* workspace, size
   void* args[] = {&k};
   CUresult r = a.cuLaunchKernel(plan.loaded.kernel, grid[0], grid[1], grid[2], unsigned(tile.threads()), 1, 1,
                                 unsigned(v.smem_bytes(plan.choice.arch)), stream, args, nullptr);
-  if (r == CUDA_SUCCESS && splits > 1) {
-    // Rows in groups of 4 (one warp each) over (batch * heads, row groups). On sm_90+ as a
-    // programmatic dependent launch: it is scheduled while the kernel runs and waits for it in
-    // griddepcontrol.wait, which hides the launch latency between the two.
+  if (r == CUDA_SUCCESS && splits > 1 && v.family != kFamilyDecode) {
+    // fwd_sm80's shares are merged by af_flash_combine: rows in groups of 4 (one warp each) over
+    // (batch * heads, row groups). On sm_90+ as a programmatic dependent launch: it is scheduled
+    // while the kernel runs and waits for it in griddepcontrol.wait, which hides the launch latency.
     const unsigned grid_x = unsigned(k.batch * k.heads_q), grid_y = unsigned((k.seqlen_q + 3) / 4);
     if (a.cuLaunchKernelEx != nullptr && plan.choice.arch >= 90) {
       CUlaunchAttribute attribute{};
@@ -129,7 +128,6 @@ af_status run(const Plan& plan, const AttentionProblem& p, void* workspace, size
       r = a.cuLaunchKernel(plan.loaded.combine, grid_x, grid_y, 1, 128, 1, 1, 0, stream, args, nullptr);
     }
   }
-  if (owned != 0) a.cuMemFreeAsync(owned, stream);
   if (r != CUDA_SUCCESS) return fail(AF_ERR_CUDA, "%s: %s", v.name.c_str(), driver_error("cuLaunchKernel", r).c_str());
   return AF_OK;
 }

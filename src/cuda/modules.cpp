@@ -1,8 +1,13 @@
 #include "cuda/modules.h"
 
+#include <algorithm>
 #include <atomic>
+#include <cstdint>
+#include <map>
 #include <mutex>
 #include <string>
+#include <thread>
+#include <tuple>
 
 #include "common/error.h"
 #include "cuda/compiler.h"
@@ -19,9 +24,24 @@ struct Slot {
   int wave_ctas = 0;
 };
 Slot g_slots[kMaxDevices][kMaxVariants];
-std::atomic<CUmemoryPool> g_pools[kMaxDevices];
 std::atomic<CUcontext> g_contexts[kMaxDevices];
 std::mutex g_load_mutex;
+
+struct WorkspaceKey {
+  int device;
+  CUstream stream;
+  std::thread::id thread;  // only for CU_STREAM_PER_THREAD
+  bool operator<(const WorkspaceKey& o) const {
+    return std::tie(device, stream, thread) < std::tie(o.device, o.stream, o.thread);
+  }
+};
+struct Workspace {
+  CUdeviceptr pointer = 0;
+  size_t bytes = 0;
+};
+std::mutex g_workspace_mutex;
+std::map<WorkspaceKey, Workspace> g_workspaces;
+CUstream g_zero_streams[kMaxDevices];
 
 }  // namespace
 
@@ -108,23 +128,32 @@ af_status load_variant(int device, int index, const char* target, LoadedVariant*
   return AF_OK;
 }
 
-CUmemoryPool workspace_pool(int device) {
-  CUmemoryPool pool = g_pools[device].load(std::memory_order_acquire);
-  if (pool != nullptr) return pool;
+CUdeviceptr stream_workspace(int device, CUstream stream, size_t bytes) {
   const DriverApi& a = *driver().api;
-  if (a.cuMemPoolCreate == nullptr) return nullptr;
-  std::lock_guard<std::mutex> lock(g_load_mutex);
-  pool = g_pools[device].load(std::memory_order_acquire);
-  if (pool != nullptr) return pool;
-  CUmemPoolProps props{};
-  props.alloc_type = 1;     // pinned device memory
-  props.location_type = 1;  // on a device
-  props.location_id = driver().devices[device].handle;
-  if (a.cuMemPoolCreate(&pool, &props) != CUDA_SUCCESS) return nullptr;
-  unsigned long long keep = 64ull << 20;
-  a.cuMemPoolSetAttribute(pool, CU_MEMPOOL_ATTR_RELEASE_THRESHOLD, &keep);
-  g_pools[device].store(pool, std::memory_order_release);
-  return pool;
+  const CUstream kPerThread = reinterpret_cast<CUstream>(uintptr_t(2));  // CU_STREAM_PER_THREAD
+  const WorkspaceKey key{device, stream, stream == kPerThread ? std::this_thread::get_id() : std::thread::id()};
+  std::lock_guard<std::mutex> lock(g_workspace_mutex);
+  Workspace& w = g_workspaces[key];
+  if (w.bytes >= bytes) return w.pointer;
+  const size_t grown = std::max({bytes, 2 * w.bytes, size_t(1) << 20});
+  // Zero-filled on a stream of attnforge's own and waited for, so the caller's stream (which may
+  // be capturing a graph that is never launched) is not involved.
+  if (g_zero_streams[device] == nullptr &&
+      a.cuStreamCreate(&g_zero_streams[device], CU_STREAM_NON_BLOCKING) != CUDA_SUCCESS) {
+    g_zero_streams[device] = nullptr;
+    return 0;
+  }
+  int mode = CU_STREAM_CAPTURE_MODE_RELAXED;
+  a.cuThreadExchangeStreamCaptureMode(&mode);
+  CUdeviceptr pointer = 0;
+  const bool ok = a.cuMemAlloc(&pointer, grown) == CUDA_SUCCESS &&
+                  a.cuMemsetD8Async(pointer, 0, grown, g_zero_streams[device]) == CUDA_SUCCESS &&
+                  a.cuStreamSynchronize(g_zero_streams[device]) == CUDA_SUCCESS;
+  a.cuThreadExchangeStreamCaptureMode(&mode);
+  if (!ok) return 0;
+  w.pointer = pointer;  // the old buffer stays allocated: a captured graph may still use it
+  w.bytes = grown;
+  return pointer;
 }
 
 }  // namespace af::cuda

@@ -1,4 +1,4 @@
-// Loaded kernel modules per device, the device's primary context and the split-key workspace pool.
+// Loaded kernel modules per device, the device's primary context and the split-key workspaces.
 #pragma once
 
 #include "attnforge/attnforge.h"
@@ -33,9 +33,13 @@ class ContextGuard {
   bool pushed_ = false;
 };
 
-// The device's pool for split-key workspaces, or null when the driver has no stream-ordered
-// allocator. It keeps up to 64 MB reserved between calls, so a decode step allocates from the
-// pool rather than from the OS.
-CUmemoryPool workspace_pool(int device);
+// attnforge's split-key workspace for launches on `stream` of `device`: at least `bytes`,
+// zero-filled when allocated (the decode family's split counters must start at zero, and every run
+// leaves them at zero). One per stream, so launches on different streams never share one
+// (CU_STREAM_PER_THREAD: one per thread); grown by allocating a larger one. Buffers are never freed
+// while the library is loaded: a CUDA graph captured with one keeps its address. Allowed under
+// stream capture (allocated and zeroed in relaxed capture mode, off the caller's stream). The
+// context must be current. Returns 0 when no memory can be had.
+CUdeviceptr stream_workspace(int device, CUstream stream, size_t bytes);
 
 }  // namespace af::cuda

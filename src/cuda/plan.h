@@ -24,7 +24,8 @@ struct Plan {
   LoadedVariant loaded;
   unsigned grid[3] = {1, 1, 1};
   int splits = 1;              // key splits per query tile (1: none)
-  size_t workspace_bytes = 0;  // fp32 partial results when splits > 1
+  size_t workspace_bytes = 0;  // fp32 partial results when splits > 1 (decode: then the split counters)
+  size_t counters_offset = 0;  // decode with splits: byte offset of FlashFwdParams::split_counters
   int pair_group = 1;          // fwd_sm80: (batch, head) pairs per scheduling group
 };
 
@@ -39,9 +40,10 @@ std::string describe(const Plan& plan);
 std::string describe(const Choice& choice);
 
 // Launches p with a plan made for its shapes on p.cuda_stream; no host synchronisation. The
-// split-key workspace is the caller's (at least plan.workspace_bytes), or, when workspace is null,
-// taken in stream order from attnforge's pool (under CUDA-graph capture: a graph memory node).
-// Where no workspace can be had, the unsplit launch computes the same result.
+// split-key workspace is the caller's (at least plan.workspace_bytes; the decode family's split
+// counters in it are zeroed on the stream first), or, when workspace is null, attnforge's
+// workspace of that stream (stream_workspace). Where none can be had, the unsplit launch computes
+// the same result.
 af_status run(const Plan& plan, const AttentionProblem& p, void* workspace, size_t workspace_bytes);
 
 }  // namespace af::cuda

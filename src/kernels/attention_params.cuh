@@ -61,12 +61,17 @@ struct AttentionParams {
 //
 // Split keys (flash-decoding), when too few query tiles fill the GPU: num_splits CTAs share a
 // query tile, each over a contiguous share of its key blocks, and write fp32 partial results
-// that af_flash_combine merges into out and lse. Partial row of (batch b, head h, split s, query row r):
-//   index ((s * batch + b) * heads_q + h) * seqlen_q + r; partial_out holds AF_HEAD_DIM floats per row.
+// that are merged into out and lse: by af_flash_combine after fwd_sm80, and by the last of a tile's
+// CTAs to finish in the decode family (split_counters counts arrivals). Partial row of (batch b,
+// head h, split s, query row r): index ((s * batch + b) * heads_q + h) * seqlen_q + r; partial_out
+// holds AF_HEAD_DIM floats per row.
 struct FlashFwdParams : AttentionParams {
   int num_splits;      // 1: no split (partial_* unused)
   float* partial_out;  // (num_splits, B, H, seqlen_q, AF_HEAD_DIM) normalised partial outputs
   float* partial_lse;  // (num_splits, B, H, seqlen_q) natural-log LSE of each share, -inf when empty
+  // decode: (B, gridDim.y) CTAs of each query tile that have written their share. Zero before a
+  // run; the last arrival wraps it back to zero (atom.inc), so a run leaves it ready for the next.
+  unsigned int* split_counters;
 };
 
 // flash_attn_with_kvcache's steps before the attention (the kvcache family): new k/v rows rotated

@@ -157,3 +157,57 @@ def test_paged_head_dims_off_the_8_grid_run_on_the_kernel_padded(head_dim, page_
         expected, _ = sequence_attention(qb.double(), kb, vb, scale, True)
         naive, _ = sequence_attention(qb, kb.to(dtype), vb.to(dtype), scale, True, precision=dtype)
         assert_close(out[b].cpu(), expected, naive, dtype, what="out[%d]" % b)
+
+
+def _split_decode_call(seqlen_k=3001):
+    q = torch.randn(2, 1, 32, 128, dtype=torch.bfloat16, device="cuda")
+    k = torch.randn(2, seqlen_k, 8, 128, dtype=torch.bfloat16, device="cuda")
+    v = torch.randn_like(k)
+    expected = torch.empty_like(q)
+    _native.attention_forward(q, k, v, expected, causal=True, backend="cuda", num_splits=1)
+    return q, k, v, expected
+
+
+def _assert_split_matches(out, expected):
+    # The split merge reorders fp32 sums: equal to the unsplit kernel within bf16 rounding.
+    assert not torch.isnan(out).any()
+    torch.testing.assert_close(out.float(), expected.float(), atol=2e-2, rtol=2e-2)
+
+
+def test_decode_split_merge_with_a_garbage_caller_workspace(seed):
+    """The last CTA of each query tile merges the shares, counted in the workspace: a caller-owned
+    workspace full of garbage is made ready by the run itself, and every run leaves it ready."""
+    q, k, v, expected = _split_decode_call()
+    plan = _native.Plan(q, k, v, torch.empty_like(q), causal=True, backend="cuda", num_splits=7)
+    assert plan.describe().endswith("splits=7")
+    workspace = torch.full((plan.workspace_size(),), 0xFF, dtype=torch.uint8, device="cuda")
+    for _ in range(3):
+        out = torch.full_like(q, float("nan"))
+        plan.run(q, k, v, out, causal=True, backend="cuda", num_splits=7, workspace=workspace)
+        torch.cuda.synchronize()
+        _assert_split_matches(out, expected)
+
+
+def test_decode_split_merge_under_cuda_graph_replay_and_other_streams(seed):
+    """attnforge's own workspace (one per stream, zeroed once) stays consistent across eager runs,
+    CUDA-graph replays and a second stream, because each run returns its counters to zero."""
+    q, k, v, expected = _split_decode_call()
+    out = torch.full_like(q, float("nan"))
+    _native.attention_forward(q, k, v, out, causal=True, backend="cuda", num_splits=5)
+    torch.cuda.synchronize()
+    _assert_split_matches(out, expected)
+    side = torch.cuda.Stream()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, stream=side):
+        _native.attention_forward(q, k, v, out, causal=True, backend="cuda", num_splits=5,
+                                  stream=side.cuda_stream)
+    for _ in range(4):
+        out.fill_(float("nan"))
+        graph.replay()
+        torch.cuda.synchronize()
+        _assert_split_matches(out, expected)
+    with torch.cuda.stream(side):
+        out.fill_(float("nan"))
+        _native.attention_forward(q, k, v, out, causal=True, backend="cuda", num_splits=5, stream=side.cuda_stream)
+    torch.cuda.synchronize()
+    _assert_split_matches(out, expected)

@@ -79,4 +79,25 @@ __device__ __forceinline__ float log2_approx(float x) {
   return y;
 }
 
+// Global loads that bypass L1 (other CTAs wrote the data during this grid).
+__device__ __forceinline__ float load_cg(const float* address) {
+  float x;
+  asm volatile("ld.global.cg.f32 %0, [%1];\n" : "=f"(x) : "l"(address));
+  return x;
+}
+__device__ __forceinline__ void load_cg_8(const float* address, float (&x)[8]) {
+  asm volatile("ld.global.cg.v4.f32 {%0, %1, %2, %3}, [%4];\n"
+               : "=f"(x[0]), "=f"(x[1]), "=f"(x[2]), "=f"(x[3])
+               : "l"(address));
+  asm volatile("ld.global.cg.v4.f32 {%0, %1, %2, %3}, [%4];\n"
+               : "=f"(x[4]), "=f"(x[5]), "=f"(x[6]), "=f"(x[7])
+               : "l"(address + 4));
+}
+// old = *counter; *counter = old >= limit ? 0 : old + 1; returns old (device scope).
+__device__ __forceinline__ af_u32 atomic_inc_wrap(af_u32* counter, af_u32 limit) {
+  af_u32 old;
+  asm volatile("atom.global.inc.u32 %0, [%1], %2;\n" : "=r"(old) : "l"(counter), "r"(limit) : "memory");
+  return old;
+}
+
 __device__ __forceinline__ int clamp_int(int x, int lo, int hi) { return x < lo ? lo : (x > hi ? hi : x); }

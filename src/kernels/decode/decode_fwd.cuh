@@ -93,6 +93,25 @@ __device__ __forceinline__ void load_kv_block(const FlashFwdParams& p, const Key
   }
 }
 
+// Columns [col, col + 8) of out row `row` (of sequence b's rows), head `head`, and its lse.
+__device__ __forceinline__ void store_row_chunk(const FlashFwdParams& p, int batch, int row, int head, int col,
+                                                const float (&acc)[8], float lse) {
+  af_u16* dst = (af_u16*)p.out + (long long)batch * p.out_batch_stride + (long long)row * p.out_row_stride +
+                (long long)head * p.out_head_stride + col;
+  if (col + 8 <= p.head_dim) {
+    asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"l"(dst), "r"(pack2(acc[0], acc[1])),
+                 "r"(pack2(acc[2], acc[3])), "r"(pack2(acc[4], acc[5])), "r"(pack2(acc[6], acc[7]))
+                 : "memory");
+  } else {
+#pragma unroll
+    for (int c = 0; c < 8; ++c)
+      if (c < p.head_dim - col) dst[c] = af_u16(pack2(acc[c], 0.f) & 0xffffu);
+  }
+  if (p.lse != nullptr && col == 0)
+    p.lse[(long long)batch * p.lse_batch_stride + (long long)head * p.lse_head_stride +
+          (long long)row * p.lse_row_stride] = lse;
+}
+
 extern "C" __global__ void __launch_bounds__(kThreads) af_decode_fwd(const FlashFwdParams p) {
   extern __shared__ __align__(128) unsigned char smem[];
   const af_u32 sQ = shared_address(smem);  // (kBlockM, kHeadDim) packed query rows
@@ -177,11 +196,6 @@ extern "C" __global__ void __launch_bounds__(kThreads) af_decode_fwd(const Flash
       load_kv_block(p, span, table, sK + i * kStageBytes, sV + i * kStageBytes, n_block * kBlockN);
     cp_async_commit();
   }
-
-#if __CUDA_ARCH__ >= 900
-  // The combine step may be scheduled now (it waits for this grid to finish before it reads).
-  if (p.num_splits > 1) asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
-#endif
 
   float o[kDTiles][4];                          // (16 rows, 8 dims) accumulators
   float row_max[2] = {AF_NEG_INF, AF_NEG_INF};  // rows g, g + 8 (raw scores; log2 units with extras)
@@ -354,19 +368,48 @@ extern "C" __global__ void __launch_bounds__(kThreads) af_decode_fwd(const Flash
       if (col == 0) p.partial_lse[partial_row] = lse;
       continue;
     }
-    af_u16* dst = (af_u16*)p.out + (long long)batch * p.out_batch_stride +
-                  (long long)(query.row0 + i) * p.out_row_stride + (long long)head * p.out_head_stride + col;
-    if (col + 8 <= p.head_dim) {
-      asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"l"(dst), "r"(pack2(acc[0], acc[1])),
-                   "r"(pack2(acc[2], acc[3])), "r"(pack2(acc[4], acc[5])), "r"(pack2(acc[6], acc[7]))
-                   : "memory");
-    } else {
+    store_row_chunk(p, batch, query.row0 + i, head, col, acc, lse);
+  }
+  if (p.num_splits == 1) return;
+
+  // The last of the tile's num_splits CTAs to finish merges their shares (no combine kernel):
+  // lse = log(sum_s exp(lse_s)), out = sum_s exp(lse_s - lse) * out_s.
+  __shared__ af_u32 arrival;
+  __threadfence();  // this CTA's shares are visible device-wide before it counts itself
+  __syncthreads();
+  if (threadIdx.x == 0)
+    arrival = atomic_inc_wrap(p.split_counters + (long long)batch * gridDim.y + blockIdx.y, p.num_splits - 1);
+  __syncthreads();
+  if (arrival != af_u32(p.num_splits - 1)) return;
+  __threadfence();
+  const long long split_stride = (long long)p.batch * p.heads_q * p.seqlen_q;
+  for (int item = int(threadIdx.x); item < kItems; item += kThreads) {
+    const int row = item / kChunks;
+    const int col = (item % kChunks) * 8;
+    const int r = r0 + row;
+    if (r >= rows || col >= p.head_dim) continue;
+    const int i = r / group, head = head_kv * group + r % group;
+    const long long row_index = ((long long)batch * p.heads_q + head) * p.seqlen_q + i;
+    float top = AF_NEG_INF;
+    for (int s = 0; s < p.num_splits; ++s) top = fmaxf(top, load_cg(p.partial_lse + s * split_stride + row_index));
+    float acc[8], total = 0.f;
 #pragma unroll
-      for (int c = 0; c < 8; ++c)
-        if (c < p.head_dim - col) dst[c] = af_u16(pack2(acc[c], 0.f) & 0xffffu);
+    for (int c = 0; c < 8; ++c) acc[c] = 0.f;
+    if (top != AF_NEG_INF) {
+      for (int s = 0; s < p.num_splits; ++s) {
+        const long long partial_row = s * split_stride + row_index;
+        const float weight = exp2_approx((load_cg(p.partial_lse + partial_row) - top) * 1.4426950408889634f);
+        float share[8];
+        load_cg_8(p.partial_out + partial_row * kHeadDim + col, share);
+        total += weight;
+#pragma unroll
+        for (int c = 0; c < 8; ++c) acc[c] += weight * share[c];
+      }
     }
-    if (p.lse != nullptr && col == 0)
-      p.lse[(long long)batch * p.lse_batch_stride + (long long)head * p.lse_head_stride +
-            (long long)(query.row0 + i) * p.lse_row_stride] = lse;
+    const float inverse = total > 0.f ? 1.f / total : 0.f;
+#pragma unroll
+    for (int c = 0; c < 8; ++c) acc[c] *= inverse;
+    store_row_chunk(p, batch, query.row0 + i, head, col, acc,
+                    total > 0.f ? top + log2_approx(total) * ln2 : AF_NEG_INF);
   }
 }
