@@ -54,7 +54,8 @@ def explain(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_siz
         result = explain(*padded, softmax_scale=softmax_scale or q.shape[-1] ** -0.5, causal=causal,
                          window_size=window_size, softcap=softcap, alibi_slopes=alibi_slopes, cu_seqlens_q=cu_seqlens_q,
                          cu_seqlens_k=cu_seqlens_k, max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k,
-                         seqused_k=seqused_k, leftpad_k=leftpad_k, kv_batch_idx=kv_batch_idx)
+                         block_table=block_table, seqused_k=seqused_k, leftpad_k=leftpad_k,
+                         kv_batch_idx=kv_batch_idx)
         if result["path"] == "attnforge-cuda":
             result["path"] = "attnforge-cuda-padded"
             result["reason"] += " after padding the head dim to a multiple of 8 (as FlashAttention-2 does)"

@@ -84,23 +84,27 @@ af_status run(const Plan& plan, const AttentionProblem& p, void* workspace, size
   // The workspace: the caller's (the decode family's split counters zeroed first), else the
   // stream's own. Where none can be had the unsplit launch computes the same result.
   int splits = plan.splits;
+  CUdeviceptr partials = reinterpret_cast<CUdeviceptr>(workspace);
+  CUdeviceptr counters = partials + plan.counters_offset;
   if (splits > 1 && workspace == nullptr) {
-    const CUdeviceptr own =
-        plan.workspace_bytes > (256u << 20) ? 0 : stream_workspace(p.device_index, stream, plan.workspace_bytes);
-    if (own == 0)
+    const size_t counter_bytes = plan.workspace_bytes - plan.counters_offset;
+    StreamWorkspace own;
+    if (plan.workspace_bytes > (256u << 20) ||
+        !stream_workspace(p.device_index, stream, plan.counters_offset, counter_bytes, &own)) {
       splits = 1;
-    else
-      workspace = reinterpret_cast<void*>(own);
+    } else {
+      partials = own.partials;
+      counters = own.counters;
+    }
   } else if (splits > 1 && v.family == kFamilyDecode) {
-    const CUresult r = a.cuMemsetD8Async(reinterpret_cast<CUdeviceptr>(workspace) + plan.counters_offset, 0,
-                                         plan.workspace_bytes - plan.counters_offset, stream);
+    const CUresult r = a.cuMemsetD8Async(counters, 0, plan.workspace_bytes - plan.counters_offset, stream);
     if (r != CUDA_SUCCESS) return fail(AF_ERR_CUDA, "%s", driver_error("cuMemsetD8Async", r).c_str());
   }
   k.num_splits = splits;
   if (splits > 1) {
-    k.partial_out = static_cast<float*>(workspace);
+    k.partial_out = reinterpret_cast<float*>(partials);
     k.partial_lse = k.partial_out + size_t(splits) * size_t(k.batch) * k.heads_q * k.seqlen_q * v.head_dim;
-    k.split_counters = reinterpret_cast<unsigned*>(static_cast<char*>(workspace) + plan.counters_offset);
+    k.split_counters = reinterpret_cast<unsigned*>(counters);
   }
   unsigned grid[3] = {plan.grid[0], plan.grid[1], plan.grid[2]};
   if (splits != plan.splits) {  // the split dimension: decode x, fwd_sm80 z (groups * splits)

@@ -37,7 +37,8 @@ struct WorkspaceKey {
 };
 struct Workspace {
   CUdeviceptr pointer = 0;
-  size_t bytes = 0;
+  size_t partial_bytes = 0;
+  size_t counter_bytes = 0;
 };
 std::mutex g_workspace_mutex;
 std::map<WorkspaceKey, Workspace> g_workspaces;
@@ -128,32 +129,36 @@ af_status load_variant(int device, int index, const char* target, LoadedVariant*
   return AF_OK;
 }
 
-CUdeviceptr stream_workspace(int device, CUstream stream, size_t bytes) {
+bool stream_workspace(int device, CUstream stream, size_t partial_bytes, size_t counter_bytes, StreamWorkspace* out) {
   const DriverApi& a = *driver().api;
   const CUstream kPerThread = reinterpret_cast<CUstream>(uintptr_t(2));  // CU_STREAM_PER_THREAD
   const WorkspaceKey key{device, stream, stream == kPerThread ? std::this_thread::get_id() : std::thread::id()};
   std::lock_guard<std::mutex> lock(g_workspace_mutex);
   Workspace& w = g_workspaces[key];
-  if (w.bytes >= bytes) return w.pointer;
-  const size_t grown = std::max({bytes, 2 * w.bytes, size_t(1) << 20});
-  // Zero-filled on a stream of attnforge's own and waited for, so the caller's stream (which may
-  // be capturing a graph that is never launched) is not involved.
-  if (g_zero_streams[device] == nullptr &&
-      a.cuStreamCreate(&g_zero_streams[device], CU_STREAM_NON_BLOCKING) != CUDA_SUCCESS) {
-    g_zero_streams[device] = nullptr;
-    return 0;
+  if (w.partial_bytes < partial_bytes || w.counter_bytes < counter_bytes) {
+    // Layout: counters, then partials from a 256-byte boundary.
+    const size_t counters = (std::max({counter_bytes, w.counter_bytes, size_t(4096)}) + 255) & ~size_t(255);
+    const size_t partials = std::max({partial_bytes, 2 * w.partial_bytes, size_t(1) << 20});
+    // Zero-filled on a stream of attnforge's own and waited for, so the caller's stream (which may
+    // be capturing a graph that is never launched) is not involved.
+    if (g_zero_streams[device] == nullptr &&
+        a.cuStreamCreate(&g_zero_streams[device], CU_STREAM_NON_BLOCKING) != CUDA_SUCCESS) {
+      g_zero_streams[device] = nullptr;
+      return false;
+    }
+    int mode = CU_STREAM_CAPTURE_MODE_RELAXED;
+    a.cuThreadExchangeStreamCaptureMode(&mode);
+    CUdeviceptr pointer = 0;
+    const bool ok = a.cuMemAlloc(&pointer, counters + partials) == CUDA_SUCCESS &&
+                    a.cuMemsetD8Async(pointer, 0, counters, g_zero_streams[device]) == CUDA_SUCCESS &&
+                    a.cuStreamSynchronize(g_zero_streams[device]) == CUDA_SUCCESS;
+    a.cuThreadExchangeStreamCaptureMode(&mode);
+    if (!ok) return false;
+    w = Workspace{pointer, partials, counters};  // the old buffer stays allocated: a captured graph may use it
   }
-  int mode = CU_STREAM_CAPTURE_MODE_RELAXED;
-  a.cuThreadExchangeStreamCaptureMode(&mode);
-  CUdeviceptr pointer = 0;
-  const bool ok = a.cuMemAlloc(&pointer, grown) == CUDA_SUCCESS &&
-                  a.cuMemsetD8Async(pointer, 0, grown, g_zero_streams[device]) == CUDA_SUCCESS &&
-                  a.cuStreamSynchronize(g_zero_streams[device]) == CUDA_SUCCESS;
-  a.cuThreadExchangeStreamCaptureMode(&mode);
-  if (!ok) return 0;
-  w.pointer = pointer;  // the old buffer stays allocated: a captured graph may still use it
-  w.bytes = grown;
-  return pointer;
+  out->counters = w.pointer;
+  out->partials = w.pointer + w.counter_bytes;
+  return true;
 }
 
 }  // namespace af::cuda

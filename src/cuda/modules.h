@@ -33,13 +33,18 @@ class ContextGuard {
   bool pushed_ = false;
 };
 
-// attnforge's split-key workspace for launches on `stream` of `device`: at least `bytes`,
-// zero-filled when allocated (the decode family's split counters must start at zero, and every run
-// leaves them at zero). One per stream, so launches on different streams never share one
+// attnforge's split-key workspace for launches on `stream` of `device`: `partials` (at least
+// partial_bytes) and `counters` (at least counter_bytes, zero-filled when allocated), regions that
+// never overlap, so the counters stay zero between runs: the decode family's runs leave them at zero
+// whatever their shapes. One per stream, so launches on different streams never share one
 // (CU_STREAM_PER_THREAD: one per thread); grown by allocating a larger one. Buffers are never freed
-// while the library is loaded: a CUDA graph captured with one keeps its address. Allowed under
+// while the library is loaded: a CUDA graph captured with one keeps its addresses. Allowed under
 // stream capture (allocated and zeroed in relaxed capture mode, off the caller's stream). The
-// context must be current. Returns 0 when no memory can be had.
-CUdeviceptr stream_workspace(int device, CUstream stream, size_t bytes);
+// context must be current. False when no memory can be had.
+struct StreamWorkspace {
+  CUdeviceptr partials = 0;
+  CUdeviceptr counters = 0;
+};
+bool stream_workspace(int device, CUstream stream, size_t partial_bytes, size_t counter_bytes, StreamWorkspace* out);
 
 }  // namespace af::cuda

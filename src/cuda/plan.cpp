@@ -168,10 +168,9 @@ af_status make_plan(const AttentionProblem& p, const Choice& choice, Plan* plan)
   if (plan->splits > 1) {
     plan->workspace_bytes =
         size_t(plan->splits) * size_t(p.batch * p.heads_q) * size_t(p.seqlen_q) * size_t(v.head_dim + 1) * 4;
-    if (v.family == kFamilyDecode) {  // then the split counters, one per query tile
-      plan->counters_offset = plan->workspace_bytes;
+    plan->counters_offset = plan->workspace_bytes;
+    if (v.family == kFamilyDecode)  // then the split counters, one per query tile
       plan->workspace_bytes += size_t(plan->grid[1]) * size_t(plan->grid[2]) * 4;
-    }
   }
   return AF_OK;
 }

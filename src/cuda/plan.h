@@ -25,7 +25,7 @@ struct Plan {
   unsigned grid[3] = {1, 1, 1};
   int splits = 1;              // key splits per query tile (1: none)
   size_t workspace_bytes = 0;  // fp32 partial results when splits > 1 (decode: then the split counters)
-  size_t counters_offset = 0;  // decode with splits: byte offset of FlashFwdParams::split_counters
+  size_t counters_offset = 0;  // bytes of partial results; the decode family's split counters follow
   int pair_group = 1;          // fwd_sm80: (batch, head) pairs per scheduling group
 };
 
