@@ -50,21 +50,29 @@ def _is_numpy(x) -> bool:
     return np is not None and isinstance(x, np.ndarray)
 
 
+_ACCEPTED_DTYPES = set()  # dtype objects (torch or numpy) that passed _check_float: one hash lookup per call
+
+
 def _check_float(name: str, x) -> None:
+    dtype = x.dtype
+    if dtype in _ACCEPTED_DTYPES:
+        return
     # numpy names a dtype in non-native byte order by its type string (">f4"); .name is "float32" and
     # the descriptor refuses the byte order with its own message.
-    if str(x.dtype) not in _FLOAT_DTYPES and getattr(x.dtype, "name", None) not in _FLOAT_DTYPES:
+    if str(dtype) not in _FLOAT_DTYPES and getattr(dtype, "name", None) not in _FLOAT_DTYPES:
         raise AttnforgeError(Status.AF_ERR_DTYPE, "%s must be float16, bfloat16, float32 or float64, got %s" %
-                             (name, x.dtype))
+                             (name, dtype))
+    _ACCEPTED_DTYPES.add(dtype)
 
 
 def _contiguous_last_dim(x):
     """FlashAttention's maybe_contiguous: kernels need unit stride in the last dimension."""
-    if _is_numpy(x):
-        import numpy as np
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(x, torch.Tensor):
+        return x if x.stride(-1) == 1 else x.contiguous()
+    import numpy as np
 
-        return x if x.strides[-1] == x.itemsize or x.size == 0 else np.ascontiguousarray(x)
-    return x if x.stride(-1) == 1 else x.contiguous()
+    return x if x.strides[-1] == x.itemsize or x.size == 0 else np.ascontiguousarray(x)
 
 
 def _options(dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic,

@@ -390,21 +390,35 @@ extern "C" __global__ void __launch_bounds__(kThreads) af_decode_fwd(const Flash
     if (r >= rows || col >= p.head_dim) continue;
     const int i = r / group, head = head_kv * group + r % group;
     const long long row_index = ((long long)batch * p.heads_q + head) * p.seqlen_q + i;
-    float top = AF_NEG_INF;
-    for (int s = 0; s < p.num_splits; ++s) top = fmaxf(top, load_cg(p.partial_lse + s * split_stride + row_index));
-    float acc[8], total = 0.f;
+    // One pass with a running maximum, 4 shares per step so their loads are in flight together.
+    constexpr int kBatch = 4;
+    float top = AF_NEG_INF, total = 0.f, acc[8];
 #pragma unroll
     for (int c = 0; c < 8; ++c) acc[c] = 0.f;
-    if (top != AF_NEG_INF) {
-      for (int s = 0; s < p.num_splits; ++s) {
-        const long long partial_row = s * split_stride + row_index;
-        const float weight = exp2_approx((load_cg(p.partial_lse + partial_row) - top) * 1.4426950408889634f);
-        float share[8];
-        load_cg_8(p.partial_out + partial_row * kHeadDim + col, share);
+    for (int s0 = 0; s0 < p.num_splits; s0 += kBatch) {
+      float share_lse[kBatch], share[kBatch][8];
+#pragma unroll
+      for (int u = 0; u < kBatch; ++u) {
+        const long long partial_row = min(s0 + u, p.num_splits - 1) * split_stride + row_index;
+        share_lse[u] = s0 + u < p.num_splits ? load_cg(p.partial_lse + partial_row) : AF_NEG_INF;
+        load_cg_8(p.partial_out + partial_row * kHeadDim + col, share[u]);
+      }
+      float next = top;
+#pragma unroll
+      for (int u = 0; u < kBatch; ++u) next = fmaxf(next, share_lse[u]);
+      if (next == AF_NEG_INF) continue;                                       // every share so far is empty
+      const float rescale = exp2_approx((top - next) * 1.4426950408889634f);  // 0 while top is -inf
+      total *= rescale;
+#pragma unroll
+      for (int c = 0; c < 8; ++c) acc[c] *= rescale;
+#pragma unroll
+      for (int u = 0; u < kBatch; ++u) {
+        const float weight = exp2_approx((share_lse[u] - next) * 1.4426950408889634f);  // 0 for empty shares
         total += weight;
 #pragma unroll
-        for (int c = 0; c < 8; ++c) acc[c] += weight * share[c];
+        for (int c = 0; c < 8; ++c) acc[c] += weight * share[u][c];
       }
+      top = next;
     }
     const float inverse = total > 0.f ? 1.f / total : 0.f;
 #pragma unroll
