@@ -7,7 +7,8 @@ built locally (no downloads). Each row is one (model, cache mode, attention impl
 generate() itself with max_new_tokens = min_new_tokens = N: a logits processor records a CUDA event (no host
 sync) when each token's logits are ready, so prefill ms is generate()'s start to the first token's logits
 (time to first token: embedding, the uncompiled prefill forward pass, the first logits) and decode tokens/s
-is batch * (N - 1) over the time from the first token's logits to the last's. Each row runs generate() twice
+is batch * (N - 2) over the time from the second token's logits to the last's (the first decode step is left
+out: with a static cache it may re-record the compiled step's CUDA graph, see measure()). Each row runs generate() twice
 with the same inputs: a warm-up (kernel compilation, torch.compile, CUDA graph capture; it also records the
 tokens, the first step's logits and each step's top-2 logit margin), then the timed run. Peak GiB: the
 model's weights plus torch.cuda.max_memory_allocated during the timed run above what was allocated before it
@@ -67,7 +68,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "python"))
 import attnforge  # noqa: E402
-from attnforge import _dispatch  # noqa: E402
+from attnforge import _dispatch, fallback  # noqa: E402
 from attnforge.integrations import transformers as af_transformers  # noqa: E402
 
 QK_SHARPEN = 2.0
@@ -291,6 +292,7 @@ def measure(rows, spec, model, label, mode, impl, inputs, reference, deadline, l
         return None
     say("%s | %s | %s: start" % (label, mode, impl))
     capture = LogCapture()
+    fallback._logged.clear()  # attnforge logs each fallback once per process: once per row here
     logging.getLogger("attnforge").addHandler(capture)
     started = time.time()
     result = None
@@ -305,7 +307,9 @@ def measure(rows, spec, model, label, mode, impl, inputs, reference, deadline, l
             row["warmup_s"] = round(time.time() - started, 1)
             _, timed, peak = run_generate(model, impl, inputs, spec, mode, capture=False)
             row["prefill_ms"] = timed.ms(0, 1)
-            row["decode_tok_s"] = batch * (spec.new - 1) / (timed.ms(1, len(timed.marks) - 1) / 1e3)
+            # From the first decode step's logits on: a static cache is a new buffer in each generate(), so the
+            # first compiled step may re-record its CUDA graph (transformers marks the buffers static, unguarded).
+            row["decode_tok_s"] = batch * (spec.new - 2) / (timed.ms(2, len(timed.marks) - 1) / 1e3)
             row["peak_gib"] = gib(peak)
             if mode == "static":
                 counters = torch._dynamo.utils.counters
@@ -505,6 +509,54 @@ def environment(device):
 
 
 MODES = {"dynamic": "dynamic cache", "static": "static cache + torch.compile"}
+TARGET_RATIO = 1.1  # issue 12's "done when": attnforge decode tokens/s >= 1.1x sdpa's
+NEAR_TIE = 4.0  # a divergence where the reference's top-2 margin is within this many step-0 logit differences
+
+
+def checks(results):
+    """One line per attnforge row: did its kernels run, do its tokens match, is decode >= TARGET_RATIO x sdpa."""
+    rows, lines = results["rows"], []
+    cuda = results["environment"]["device"] != "cpu"
+    for row in rows:
+        if row["impl"] != "attnforge":
+            continue
+        name = "%s, %s" % (row["model"], MODES[row["mode"]])
+        if "error" in row:
+            lines.append("FAIL  %s: %s" % (name, row["error"]))
+            continue
+        fallbacks = [line for line in row.get("attnforge_log", []) if "not used" in line or "running torch" in line]
+        if not cuda:
+            kernel = "kernel n/a (CPU run)"
+        elif row.get("kernels") and not fallbacks:
+            kernel = "attnforge kernels ran (%d plans)" % len(row["kernels"])
+        else:
+            kernel = "FALLBACK: %s" % (" / ".join(fallbacks) or "no attnforge plan was made")
+        if row.get("tokens_equal") == row.get("tokens_total"):
+            greedy = "tokens equal to %s's" % row["ref_impl"]
+        elif "first_divergence" in row:
+            margin = row["first_divergence"]["ref_margin_there"]
+            noise = row["first_step_max_logit_diff"]
+            sdpa = next((r for r in rows if r["model"] == row["model"] and r["mode"] == row["mode"]
+                         and r["impl"] == "sdpa" and r.get("ref_impl") == "eager"), None)
+            if sdpa is not None:
+                noise = max(noise, sdpa["first_step_max_logit_diff"])
+            verdict = "near-tie" if margin <= NEAR_TIE * noise else "MISMATCH"
+            greedy = "%s: %d/%d tokens equal to %s's, first divergence at step %d where %s's top-2 margin is %.3g " \
+                     "(step-0 logit noise %.3g)" % (verdict, row["tokens_equal"], row["tokens_total"], row["ref_impl"],
+                                                    row["first_divergence"]["step"], row["ref_impl"], margin, noise)
+        else:
+            greedy = "no reference ran"
+        peer = next((r for r in rows if r["model"] == row["model"] and r["mode"] == row["mode"]
+                     and r["impl"] == "sdpa" and "decode_tok_s" in r), None)
+        if peer is None:
+            speed = "no sdpa row to compare"
+        else:
+            ratio = row["decode_tok_s"] / peer["decode_tok_s"]
+            speed = "decode %.2fx sdpa (%s %.1fx)" % (ratio, "meets" if ratio >= TARGET_RATIO else "BELOW",
+                                                       TARGET_RATIO)
+        bad = kernel.startswith("FALLBACK") or "MISMATCH" in greedy
+        lines.append("%s  %s: %s; %s; %s" % ("FAIL" if bad else "ok  ", name, kernel, greedy, speed))
+    return lines
 
 
 def markdown(results):
@@ -517,11 +569,11 @@ def markdown(results):
              "Static cache + torch.compile: transformers' own path (generate(cache_implementation=\"static\") "
              "compiles the decode step with its default CompileConfig: inductor, mode=\"reduce-overhead\", "
              "fullgraph=False; prefill uncompiled). Prefill ms = time to the first token's logits; decode tok/s = "
-             "batch x %d tokens over the time from the first token's logits to the last's; vs sdpa = attnforge's "
+             "batch x %d tokens over the time from the second token's logits to the last's; vs sdpa = attnforge's "
              "decode tok/s over sdpa's and sdpa's prefill ms over attnforge's (both > 1 when attnforge is "
              "faster). Greedy: tokens equal to the reference's (eager where it ran, else sdpa) / total, common "
              "prefix, first divergence (step, batch row, the reference's top-1 minus top-2 logit there), max |logit "
-             "difference| at the first step over the logits' max |value|." % (results["new_tokens"] - 1), "",
+             "difference| at the first step over the logits' max |value|." % (results["new_tokens"] - 2), "",
              "| model | cache | impl | prefill ms | decode tok/s | vs sdpa decode / prefill | peak GiB | greedy vs "
              "reference | note |", "|---|---|---|---:|---:|---:|---:|---|---|"]
     for row in rows:
@@ -553,6 +605,11 @@ def markdown(results):
             "%.1f" % row["prefill_ms"] if "prefill_ms" in row else "",
             "%.1f" % row["decode_tok_s"] if "decode_tok_s" in row else "", ratio,
             "%.1f" % row["peak_gib"] if row.get("peak_gib") else "", greedy, note.replace("|", "/")))
+    lines += ["", "## Checks", "", "Per attnforge row: FAIL when a row failed, attnforge fell back from its "
+              "kernels, or its greedy tokens diverge from the reference's where the reference's top-2 margin is more "
+              "than %g x the step-0 logit noise (max |logit difference| from the reference, or sdpa's from eager's "
+              "where larger); a divergence within that is a near-tie. The decode ratio is reported against issue 12's "
+              "target, not failed on." % NEAR_TIE, "", "```"] + results["checks"] + ["```"]
     for failure in results["failures"]:
         lines += ["", "FAILED part %s:" % failure["part"], "```", failure["traceback"], "```"]
     return "\n".join(lines) + "\n"
@@ -582,15 +639,14 @@ def main(argv=None):
                                                  results["environment"]["device"]))
     run_groups(results, spec, deadline, args.only.split(",") if args.only else list(GROUPS))
     results["seconds"] = time.time() - START
+    results["checks"] = checks(results)
     text = markdown(results)
     with open(args.out, "w") as f:
         f.write(text)
     with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
         json.dump(results, f, indent=2, default=str)
     print(text, flush=True)
-    failed = results["failures"] or any("error" in r and not r["error"].startswith(("eager not run", "skipped"))
-                                        for r in results["rows"])
-    return 1 if failed else 0
+    return 1 if results["failures"] or any(line.startswith("FAIL") for line in results["checks"]) else 0
 
 
 if __name__ == "__main__":
