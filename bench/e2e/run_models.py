@@ -1,6 +1,6 @@
 """generate() end to end with attnforge beside torch SDPA and eager attention (issue 12 item 4), in one process.
 
-    python3 bench/e2e/run_models.py OUT.md [--tiny] [--budget SECONDS]
+    python3 bench/e2e/run_models.py OUT.md [--tiny] [--budget SECONDS] [--only GROUP,...]
 
 Writes OUT.md (a markdown table) and OUT.json; prints progress with timestamps. Random weights, bf16, configs
 built locally (no downloads). Each row is one (model, cache mode, attention implementation), timed by
@@ -8,13 +8,13 @@ generate() itself with max_new_tokens = min_new_tokens = N: a logits processor r
 sync) when each token's logits are ready, so prefill ms is generate()'s start to the first token's logits
 (time to first token: embedding, the uncompiled prefill forward pass, the first logits) and decode tokens/s
 is batch * (N - 2) over the time from the second token's logits to the last's (the first decode step is left
-out: with a static cache it may re-record the compiled step's CUDA graph, see measure()). Each row runs generate() twice
-with the same inputs: a warm-up (kernel compilation, torch.compile, CUDA graph capture; it also records the
-tokens, the first step's logits and each step's top-2 logit margin), then the timed run. Peak GiB: the
+out: with a static cache it may re-record the compiled step's CUDA graph, see measure()). Each row runs
+generate() twice with the same inputs: a warm-up (kernel compilation, torch.compile, CUDA graph capture; it
+also records the tokens, the first step's logits and each step's top-2 logit margin), then the timed run. Peak GiB: the
 model's weights plus torch.cuda.max_memory_allocated during the timed run above what was allocated before it
 (cache, activations, workspaces; the other model, resident too, is not counted).
 
-Rows:
+Rows (run in GROUPS' order, most important first; --only picks groups):
   A. Qwen3-32B-shaped layers (hidden 5120, 64 query / 8 KV heads, head_dim 128, intermediate 25600, 4 layers,
      vocab 151936), batch 8, 16k-token prompts, 128 new tokens:
        - dynamic cache (eager mode);
@@ -35,13 +35,16 @@ Rows:
      so the vision attention call is flash_attn_func over batch 64, not varlen.
 
 Greedy tokens: each attnforge row is compared with the reference of its model and mode (eager where it fits
-in memory, else sdpa): equal tokens, common prefix, first divergence (and the reference's top-1/top-2 logit
-margin there: a divergence at a near-tie is bf16 noise, one at a wide margin is a bug), and the max logit
-difference at the first step (after the prefill), beside sdpa's own difference from eager where eager ran.
-Random-weight logits are not ties here (the margin is reported), but with transformers' default init a
-random model's attention is nearly uniform over thousands of keys and barely moves the logits, so a wrong
-mask could pass: q_norm and k_norm weights are scaled by QK_SHARPEN (scores' std 1 -> 4), which makes
-each query attend a few keys, so attending the wrong keys changes the tokens.
+in memory, else sdpa): equal tokens, common prefix, first divergence and the reference's top-1 minus top-2
+logit there, and the max logit difference at the first step (after the prefill). The yardstick is bf16 noise:
+sdpa's own step-0 difference from eager on the same model ("noise"). An attnforge row fails when its step-0
+difference exceeds 2 x noise, or when its tokens diverge where the reference's margin exceeds 4 x noise (a
+divergence inside that is a near-tie, which random-weight bf16 logits have many of; equal token counts alone
+mean little). With transformers' default init a random model's attention is nearly uniform and barely moves the
+logits, so a wrong mask could pass; q_norm and k_norm weights are scaled by QK_SHARPEN = 2 (scores' std 1 -> 4).
+Measured on the CPU (bench/e2e/qk_sharpen_lab.py: Qwen3 shapes at hidden 1024, 1024 tokens, bf16; top-1 agreement
+with eager over 64 positions): an off-by-one causal diagonal changes top-1 at 8% of positions against bf16's 6%
+with the default init (invisible), at 28% against 8% with QK_SHARPEN = 2; at 3, bf16 noise alone reaches 28%.
 
 Kernels: for attnforge rows on CUDA, the plans attnforge made during the row (af_attention_plan_describe:
 family, dtype, head dim, arch, tile, splits) with the call shapes, and any fallback it logged.
@@ -456,11 +459,11 @@ def build_internvl(spec):
 # name -> (model, inputs, cache mode, implementations (eager is dropped where it does not fit)).
 GROUPS = {
     "qwen3-dynamic": ("qwen3", "full", "dynamic", ("eager", "sdpa", "attnforge")),
+    "qwen3-eager-check": ("qwen3", "short", "dynamic", ("eager", "sdpa", "attnforge")),  # the Qwen3 noise floor
     "qwen3-static": ("qwen3", "full", "static", ("eager", "sdpa", "attnforge")),
     "internvl-dynamic": ("internvl", "images", "dynamic", ("eager", "sdpa", "attnforge")),
     "internvl-static": ("internvl", "images", "static", ("sdpa", "attnforge")),
     "qwen3-padded-dynamic": ("qwen3", "padded", "dynamic", ("eager", "sdpa", "attnforge")),
-    "qwen3-eager-check": ("qwen3", "short", "dynamic", ("eager", "sdpa", "attnforge")),
     "qwen3-padded-static": ("qwen3", "padded", "static", ("eager", "sdpa", "attnforge")),
 }
 BUILDERS = {"qwen3": build_qwen3_32b, "internvl": build_internvl}
@@ -485,8 +488,11 @@ def run_groups(results, spec, deadline, groups):
         model, inputs = models[model_name]
         label, batch_inputs, (fits, note) = inputs[input_name]
         limit = spec.compile_row_seconds if mode == "static" else spec.row_seconds
+        first = len(results["rows"])
         run_rows(results["rows"], spec, model, label, mode, tuple(i for i in impls if fits or i != "eager"),
                  batch_inputs, deadline, limit, note)
+        for row in results["rows"][first:]:
+            row["model_key"] = model_name
     models.clear()
     free_memory(spec.device)
 
@@ -511,13 +517,26 @@ def environment(device):
 
 MODES = {"dynamic": "dynamic cache", "static": "static cache + torch.compile"}
 TARGET_RATIO = 1.1  # issue 12's "done when": attnforge decode tokens/s >= 1.1x sdpa's
-NEAR_TIE = 4.0  # a divergence where the reference's top-2 margin is within this many step-0 logit differences
+LOGIT_BUDGET = 2.0  # attnforge's step-0 logit difference may be at most this many times sdpa's from eager
+NEAR_TIE = 4.0  # a token divergence is a near-tie where the reference's top-2 margin is <= this x that noise
+
+
+def noise_floors(rows):
+    """{model key: the largest step-0 max |logit difference| of sdpa from eager in any row group of that model}: the
+    bf16 noise of a correct flash-style implementation on that model, the yardstick for attnforge's."""
+    floors = {}
+    for row in rows:
+        if row["impl"] == "sdpa" and row.get("ref_impl") == "eager":
+            floors[row["model_key"]] = max(floors.get(row["model_key"], 0.0), row["first_step_max_logit_diff"])
+    return floors
 
 
 def checks(results):
-    """One line per attnforge row: did its kernels run, do its tokens match, is decode >= TARGET_RATIO x sdpa."""
+    """One line per attnforge row: did its kernels run, are its step-0 logits within LOGIT_BUDGET x the model's
+    noise floor, is a token divergence a near-tie, is decode >= TARGET_RATIO x sdpa."""
     rows, lines = results["rows"], []
     cuda = results["environment"]["device"] != "cpu"
+    floors = noise_floors(rows)
     for row in rows:
         if row["impl"] != "attnforge":
             continue
@@ -532,21 +551,28 @@ def checks(results):
             kernel = "attnforge kernels ran (%d plans)" % len(row["kernels"])
         else:
             kernel = "FALLBACK: %s" % (" / ".join(fallbacks) or "no attnforge plan was made")
-        if row.get("tokens_equal") == row.get("tokens_total"):
-            greedy = "tokens equal to %s's" % row["ref_impl"]
-        elif "first_divergence" in row:
-            margin = row["first_divergence"]["ref_margin_there"]
-            noise = row["first_step_max_logit_diff"]
-            sdpa = next((r for r in rows if r["model"] == row["model"] and r["mode"] == row["mode"]
-                         and r["impl"] == "sdpa" and r.get("ref_impl") == "eager"), None)
-            if sdpa is not None:
-                noise = max(noise, sdpa["first_step_max_logit_diff"])
-            verdict = "near-tie" if margin <= NEAR_TIE * noise else "MISMATCH"
-            greedy = "%s: %d/%d tokens equal to %s's, first divergence at step %d where %s's top-2 margin is %.3g " \
-                     "(step-0 logit noise %.3g)" % (verdict, row["tokens_equal"], row["tokens_total"], row["ref_impl"],
-                                                    row["first_divergence"]["step"], row["ref_impl"], margin, noise)
+        floor = floors.get(row["model_key"])
+        if floor is not None:  # never below one bf16 step at the logits' scale
+            floor = max(floor, row.get("first_step_logit_scale", 0.0) * 2 ** -8)
+        if "ref_impl" not in row:
+            logits, greedy = "no reference ran", ""
         else:
-            greedy = "no reference ran"
+            diff = row["first_step_max_logit_diff"]
+            if floor is None:
+                logits = "step-0 logits differ from %s's by %.3g (no eager row: no noise floor)" % (
+                    row["ref_impl"], diff)
+            else:
+                logits = "step-0 logits differ from %s's by %.3g, %s %g x sdpa-vs-eager noise %.3g" % (
+                    row["ref_impl"], diff, "within" if diff <= LOGIT_BUDGET * floor else "LOGITS BEYOND",
+                    LOGIT_BUDGET, floor)
+            if row["tokens_equal"] == row["tokens_total"]:
+                greedy = "all %d tokens equal" % row["tokens_total"]
+            else:
+                margin = row["first_divergence"]["ref_margin_there"]
+                verdict = "unjudged" if floor is None else "near-tie" if margin <= NEAR_TIE * floor else "MISMATCH"
+                greedy = "%s: %d/%d tokens equal, first divergence at step %d where %s's top-2 margin is %.3g" % (
+                    verdict, row["tokens_equal"], row["tokens_total"], row["first_divergence"]["step"],
+                    row["ref_impl"], margin)
         peer = next((r for r in rows if r["model"] == row["model"] and r["mode"] == row["mode"]
                      and r["impl"] == "sdpa" and "decode_tok_s" in r), None)
         if peer is None:
@@ -555,8 +581,9 @@ def checks(results):
             ratio = row["decode_tok_s"] / peer["decode_tok_s"]
             speed = "decode %.2fx sdpa (%s %.1fx)" % (ratio, "meets" if ratio >= TARGET_RATIO else "BELOW",
                                                        TARGET_RATIO)
-        bad = kernel.startswith("FALLBACK") or "MISMATCH" in greedy
-        lines.append("%s  %s: %s; %s; %s" % ("FAIL" if bad else "ok  ", name, kernel, greedy, speed))
+        text = "; ".join(part for part in (kernel, logits, greedy, speed) if part)
+        bad = any(word in text for word in ("FALLBACK", "LOGITS BEYOND", "MISMATCH"))
+        lines.append("%s  %s: %s" % ("FAIL" if bad else "ok  ", name, text))
     return lines
 
 
@@ -607,11 +634,13 @@ def markdown(results):
             "%.1f" % row["prefill_ms"] if "prefill_ms" in row else "",
             "%.1f" % row["decode_tok_s"] if "decode_tok_s" in row else "", ratio,
             "%.1f" % row["peak_gib"] if row.get("peak_gib") else "", greedy, note.replace("|", "/")))
-    lines += ["", "## Checks", "", "Per attnforge row: FAIL when a row failed, attnforge fell back from its "
-              "kernels, or its greedy tokens diverge from the reference's where the reference's top-2 margin is more "
-              "than %g x the step-0 logit noise (max |logit difference| from the reference, or sdpa's from eager's "
-              "where larger); a divergence within that is a near-tie. The decode ratio is reported against issue 12's "
-              "target, not failed on." % NEAR_TIE, "", "```"] + results["checks"] + ["```"]
+    lines += ["", "## Checks", "", "Per attnforge row. Noise: the model's largest step-0 max |logit difference| "
+              "of sdpa from eager (bf16 noise of a correct implementation). FAIL when the row failed, attnforge fell "
+              "back from its kernels, its step-0 logits differ from the reference's by more than %g x the noise, or "
+              "its greedy tokens diverge where the reference's top-1/top-2 margin exceeds %g x the noise (within "
+              "that, a near-tie: random-weight bf16 logits have many). The decode ratio is reported against issue "
+              "12's %.1fx target, not failed on." % (LOGIT_BUDGET, NEAR_TIE, TARGET_RATIO), "", "```"] + \
+        results["checks"] + ["```"]
     for failure in results["failures"]:
         lines += ["", "FAILED part %s:" % failure["part"], "```", failure["traceback"], "```"]
     return "\n".join(lines) + "\n"
