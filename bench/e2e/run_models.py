@@ -179,7 +179,7 @@ class Spec:
             self.vision = {}  # InternVLVisionConfig's defaults are InternViT-300M's
             self.vlm_batch, self.tiles, self.text_before, self.text_after = 4, 16, 64, 192
             self.image_token_id = 151667
-            self.row_seconds, self.compile_row_seconds = 60, 120
+            self.row_seconds, self.compile_row_seconds = 90, 150  # first rows compile kernels (NVRTC, inductor)
 
     def compile_config(self):
         """None (transformers' default CompileConfig) on a GPU; on the CPU the "eager" backend, which traces
