@@ -317,6 +317,8 @@ def measure(rows, spec, model, label, mode, impl, inputs, reference, deadline, l
                 counters = torch._dynamo.utils.counters
                 row["graph_breaks"] = sum(counters["graph_break"].values())
                 row["unique_graphs"] = counters["stats"]["unique_graphs"]
+                # graphs inductor ran without CUDA graphs (reduce-overhead lost); TORCH_LOGS=cudagraphs says why
+                row["cudagraph_skips"] = counters["inductor"]["cudagraph_skips"]
             result = {"tokens": tokens.cpu(), "first_logits": clock.first_logits,
                       "margins": torch.stack(clock.margins, dim=1).cpu()}  # (B, new)
     except Exception as e:
@@ -581,7 +583,8 @@ def checks(results):
             ratio = row["decode_tok_s"] / peer["decode_tok_s"]
             speed = "decode %.2fx sdpa (%s %.1fx)" % (ratio, "meets" if ratio >= TARGET_RATIO else "BELOW",
                                                        TARGET_RATIO)
-        text = "; ".join(part for part in (kernel, logits, greedy, speed) if part)
+        graphs = "CUDA graphs skipped %d times" % row["cudagraph_skips"] if row.get("cudagraph_skips") else ""
+        text = "; ".join(part for part in (kernel, logits, greedy, speed, graphs) if part)
         bad = any(word in text for word in ("FALLBACK", "LOGITS BEYOND", "MISMATCH"))
         lines.append("%s  %s: %s" % ("FAIL" if bad else "ok  ", name, text))
     return lines
@@ -624,7 +627,8 @@ def markdown(results):
                 row["first_step_max_logit_diff"], row["first_step_logit_scale"], row["ref_median_margin"])
         note = row.get("error", "")
         if "graph_breaks" in row:
-            note = ("graph breaks %d, graphs %d. " % (row["graph_breaks"], row["unique_graphs"])) + note
+            note = "graph breaks %d, graphs %d, CUDA graph skips %d (TORCH_LOGS=cudagraphs says why). %s" % (
+                row["graph_breaks"], row["unique_graphs"], row["cudagraph_skips"], note)
         if row["impl"] == "attnforge" and "error" not in row:
             note += "kernels: " + ("; ".join(row.get("kernels", [])) or "no CUDA plan (host call)")
             if row.get("attnforge_log"):
