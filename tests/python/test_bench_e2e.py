@@ -37,3 +37,28 @@ def test_run_models_tiny(tmp_path):
     assert len(results["checks"]) == 2 and all(line.startswith("ok") for line in results["checks"])
     text = out.read_text()
     assert "| model | cache | impl |" in text and "## Checks" in text
+
+
+def test_checks_fail_on_wrong_logits_and_fallbacks():
+    """The verdicts of run_models.checks on rows shaped like a CUDA run's: within the sdpa-vs-eager noise, a
+    near-tie divergence, logits beyond the budget (what an off-by-one causal diagonal gives), a fallback."""
+    sys.path.insert(0, os.path.dirname(SCRIPT))
+    import run_models
+
+    def row(impl, diff=0.0, equal=8, **extra):
+        fields = dict(model="m", model_key="qwen3", mode="dynamic", impl=impl, prefill_ms=1.0, ref_impl="eager",
+                      first_step_max_logit_diff=diff, first_step_logit_scale=4.0, tokens_equal=equal, tokens_total=8,
+                      kernels=["q[8, 1, 64, 128] k[8, 4224, 8, 128]: cuda decode"], attnforge_log=[])
+        return dict(fields, **extra)
+
+    diverged = {"step": 3, "batch_row": 0, "rows_diverged": 1}
+    rows = [row("sdpa", 0.2, decode_tok_s=100.0),
+            row("attnforge", 0.3, decode_tok_s=120.0),
+            row("attnforge", 0.3, 5, decode_tok_s=120.0, first_divergence=dict(diverged, ref_margin_there=0.5)),
+            row("attnforge", 1.4, 5, decode_tok_s=120.0, first_divergence=dict(diverged, ref_margin_there=0.9)),
+            row("attnforge", 0.3, decode_tok_s=90.0, attnforge_log=["attnforge kernel not used (x); ran torch sdpa"])]
+    lines = run_models.checks({"environment": {"device": "NVIDIA H200"}, "rows": rows})
+    assert [line[:4] for line in lines] == ["ok  ", "ok  ", "FAIL", "FAIL"], lines
+    assert "meets" in lines[0] and "near-tie" in lines[1]
+    assert "LOGITS BEYOND" in lines[2] and "MISMATCH" in lines[2]
+    assert "FALLBACK" in lines[3] and "BELOW" in lines[3]
