@@ -590,6 +590,17 @@ def checks(results):
     return lines
 
 
+TABLE_NOTE = (
+    "Random bf16 weights, q_norm/k_norm scaled by %g so that attention moves the tokens (the script's docstring "
+    "says why). Static cache + torch.compile: transformers' own path (generate(cache_implementation=\"static\") "
+    "compiles the decode step with its default CompileConfig: inductor, mode=\"reduce-overhead\", fullgraph=False; "
+    "prefill uncompiled). Prefill ms = time to the first token's logits; decode tok/s = batch x %d tokens over the "
+    "time from the second token's logits to the last's; vs sdpa = attnforge's decode tok/s over sdpa's and sdpa's "
+    "prefill ms over attnforge's (both > 1 when attnforge is faster). Greedy: tokens equal to the reference's "
+    "(eager where it ran, else sdpa) / total, common prefix, first divergence (step, batch row, the reference's "
+    "top-1 minus top-2 logit there), max |logit difference| at the first step over the logits' max |value|.")
+
+
 def markdown(results):
     env = results["environment"]
     rows = results["rows"]
@@ -597,14 +608,7 @@ def markdown(results):
              "%s UTC; torch %s (CUDA %s), transformers %s, attnforge %s (%s); %s; total %.0f s." % (
                  env["date_utc"], env["torch"], env["cuda"], env["transformers"], env["attnforge"], env["library"],
                  "tiny shapes" if results["tiny"] else "full shapes", results["seconds"]), "",
-             "Static cache + torch.compile: transformers' own path (generate(cache_implementation=\"static\") "
-             "compiles the decode step with its default CompileConfig: inductor, mode=\"reduce-overhead\", "
-             "fullgraph=False; prefill uncompiled). Prefill ms = time to the first token's logits; decode tok/s = "
-             "batch x %d tokens over the time from the second token's logits to the last's; vs sdpa = attnforge's "
-             "decode tok/s over sdpa's and sdpa's prefill ms over attnforge's (both > 1 when attnforge is "
-             "faster). Greedy: tokens equal to the reference's (eager where it ran, else sdpa) / total, common "
-             "prefix, first divergence (step, batch row, the reference's top-1 minus top-2 logit there), max |logit "
-             "difference| at the first step over the logits' max |value|." % (results["new_tokens"] - 2), "",
+             TABLE_NOTE % (QK_SHARPEN, results["new_tokens"] - 2), "",
              "| model | cache | impl | prefill ms | decode tok/s | vs sdpa decode / prefill | peak GiB | greedy vs "
              "reference | note |", "|---|---|---|---:|---:|---:|---:|---|---|"]
     for row in rows:
