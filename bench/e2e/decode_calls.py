@@ -1,4 +1,4 @@
-"""Where a decode step's time goes: the Qwen3-shaped model of run_models.py generating 33 tokens
+"""Where a decode step's time goes: a Qwen3-shaped model (8 layers, hidden 2048, 16/8 heads) generating 33 tokens
 after a 2k prompt, with attnforge's attention function wrapped to record the host time of each
 call (no synchronisation inside), beside sdpa; prints tokens/s and per-call host-time percentiles."""
 import os
