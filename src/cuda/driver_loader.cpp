@@ -74,6 +74,7 @@ void probe_driver() {
       !bind(library, "cuStreamIsCapturing", &a.cuStreamIsCapturing))
     a.cuMemPoolCreate = nullptr;
   if (!bind(library, "cuLaunchKernelEx", &a.cuLaunchKernelEx)) a.cuLaunchKernelEx = nullptr;
+  if (!bind(library, "cuTensorMapEncodeTiled", &a.cuTensorMapEncodeTiled)) a.cuTensorMapEncodeTiled = nullptr;
   s.api = &a;
   CUresult r = a.cuInit(0);
   if (r != CUDA_SUCCESS) {
