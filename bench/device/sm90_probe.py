@@ -63,6 +63,7 @@ class Driver:
 
     def __init__(self):
         self.lib = ctypes.CDLL("libcuda.so.1")
+        self.keep = []  # buffers behind the tensor maps
         torch.zeros(1, device="cuda")  # torch makes its primary context current on this thread
 
     def check(self, result, what):
@@ -85,7 +86,10 @@ class Driver:
     def tensor_map(self, t, box_rows):
         """Rank-4 map of a (B, S, H, D) 16-bit tensor, (64, box_rows) boxes, 128-byte swizzle (as launch.cpp)."""
         b, s, h, d = t.shape
-        mapping = (ctypes.c_ulonglong * 16)()
+        # cuTensorMapEncodeTiled wants the 128-byte map 64-byte aligned: place it in a larger buffer.
+        raw = (ctypes.c_ubyte * 192)()
+        self.keep.append(raw)
+        mapping = (ctypes.c_ulonglong * 16).from_address((ctypes.addressof(raw) + 63) & ~63)
         dims = (ctypes.c_ulonglong * 4)(d, s, h, b)
         strides = (ctypes.c_ulonglong * 3)(t.stride(1) * 2, t.stride(2) * 2, t.stride(0) * 2)
         box = (ctypes.c_uint * 4)(64, box_rows, 1, 1)
