@@ -66,6 +66,12 @@ void fill_params(const AttentionProblem& p, FlashFwdParams* k) {
 // fwd_sm90: the q, k and v tensor maps (encoded per call: the address is part of the map; a host
 // call of about a microsecond each) and one launch of (query tiles, heads, batch).
 af_status run_sm90(const Plan& plan, const Variant& v, const AttentionProblem& p, FlashFwdParams* k, CUstream stream) {
+  // A plan is checked against each call's shapes and flags, not against everything fwd_sm90 does
+  // not read (seqused_k, leftpad_k, exact strides): refuse a call the family would get wrong.
+  const std::string refusal = fwd_sm90_refusal(p);
+  if (!refusal.empty())
+    return fail(AF_ERR_INVALID_ARGUMENT, "cuda backend: this plan runs fwd_sm90, which cannot take the call: %s",
+                refusal.c_str());
   const DriverApi& a = *driver().api;
   const TileConfig& tile = v.tile_for(plan.choice.arch);
   CUtensorMap maps[3];

@@ -64,3 +64,17 @@ def test_calls_fwd_sm90_does_not_take_run_on_fwd_sm80_and_say_why(seed):
     plan = _native.Plan(q, q, q, q, backend="cuda", softcap=30.0).describe()
     assert "fwd_sm80" in plan and "softcap" in plan, plan
     run_case(torch.bfloat16, 2, 300, 300, 4, 4, 128, 0, softcap=30.0)
+
+
+def test_a_fwd_sm90_plan_refuses_a_call_it_would_get_wrong(seed):
+    """A plan compares shapes and flags, not seqused_k: run() of an fwd_sm90 plan with seqused_k must
+    raise (naming fwd_sm90 and seqused_k) and write nothing, not ignore it."""
+    q = torch.randn(2, 300, 4, 128, dtype=torch.bfloat16, device=DEVICE)
+    out = torch.full_like(q, float("nan"))
+    plan = _native.Plan(q, q, q, out, backend="cuda")
+    assert "fwd_sm90" in plan.describe(), plan.describe()
+    used = torch.tensor([100, 200], dtype=torch.int32, device=DEVICE)
+    with pytest.raises(_native.AttnforgeError, match="seqused_k"):
+        plan.run(q, q, q, out, backend="cuda", seqused_k=used)
+    torch.cuda.synchronize()
+    assert out.isnan().all(), "the refused call wrote to out"
