@@ -6,7 +6,7 @@ Stages, each in its own subprocess with its own time limit (a hang or a fatal CU
 reported and the next still runs; the whole script stays under --budget seconds, 240 by default):
   1 probes       bench/device/sm90_probe.py: one TMA box, one wgmma S = Q K^T, one wgmma O = P V;
   2 correctness  attnforge with ATTNFORGE_FWD_SM90=1 against a float64 reference (computed on the
-                 GPU) on hd 64/128 (and 72, zero-filled), causal and not, heads 64/8, 32/8 and 16/16,
+                 GPU) on hd 64/128 (and 72, 192, 256), causal and not, heads 64/8, 32/8 and 16/16,
                  seqlens 1, 17, 128, 1000, 4097 (and Sq != Sk), batch 1-3, fp16 and bf16, a
                  (B, H, S, D) view: per case the family that ran, max error against the house budget
                  (2x a same-precision naive implementation, tests/python/reference.py), LSE error, NaN;
@@ -57,6 +57,9 @@ def correctness_cases(quick):
             cases.append(dict(dtype=dtype, batch=2, sq=1000, sk=4097, heads=16, heads_kv=16, d=128, causal=causal))
             cases.append(dict(dtype=dtype, batch=2, sq=4097, sk=1000, heads=16, heads_kv=16, d=64, causal=causal))
         cases.append(dict(dtype=dtype, batch=3, sq=333, sk=517, heads=8, heads_kv=4, d=72, causal=True))
+        for causal in (False, True):
+            cases.append(dict(dtype=dtype, batch=2, sq=1000, sk=1000, heads=32, heads_kv=8, d=256, causal=causal))
+            cases.append(dict(dtype=dtype, batch=3, sq=17 * 8, sk=200, heads=4, heads_kv=2, d=192, causal=causal))
         cases.append(dict(dtype=dtype, batch=2, sq=777, sk=777, heads=8, heads_kv=8, d=128, causal=True, layout="bhsd"))
     # Small cases first: if the stage runs out of time, the many short ones have been reported.
     return sorted(cases, key=lambda c: c["batch"] * c["sq"] * c["sk"] * c["heads"])

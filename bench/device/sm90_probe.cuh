@@ -56,7 +56,7 @@ extern "C" __global__ void __launch_bounds__(128)
   float s[64];
   wgmma_fence();
 #pragma unroll
-  for (int ks = 0; ks < 4; ++ks) wgmma_ss_n128(s, smem_descriptor(sQ + ks * 32), smem_descriptor(sK + ks * 32), ks > 0);
+  for (int ks = 0; ks < 4; ++ks) wgmma_ss(s, smem_descriptor(sQ + ks * 32), smem_descriptor(sK + ks * 32), ks > 0);
   wgmma_commit();
   wgmma_wait<0>();
 #pragma unroll

@@ -6,7 +6,7 @@
 // the common case pays nothing. Head dims in between are zero-filled up to the next one.
 // decode variants: {bf16, fp16} x head dim {64, 128, 256} x {plain, extras}: decode is bound by
 // the bytes of K and V, and zero-filled dims are never read, so smaller head dims share these.
-// fwd_sm90 variants: {bf16, fp16} x head dim {64, 128}, no extras (softcap and ALiBi stay with
+// fwd_sm90 variants: {bf16, fp16} x head dim {64, 128, 256}, no extras (softcap and ALiBi stay with
 // fwd_sm80); sm_90a only, opt-in ($ATTNFORGE_FWD_SM90=1, see plan.cpp) until measured.
 //
 // Tiles: every shape below compiles without spills for sm_80, sm_86, sm_89 and sm_90a
@@ -47,17 +47,18 @@ const Family kFamilies[kFamilyCount] = {
 
 const int kSm80HeadDims[] = {32, 64, 96, 128, 192, 256};
 const int kDecodeHeadDims[] = {64, 128, 256};
-const int kSm90HeadDims[] = {64, 128};
+const int kSm90HeadDims[] = {64, 128, 256};
 
 TileConfig sm80_tile(int warps, int m_tiles, int block_n, int stages) {
   return {warps, m_tiles, block_n, stages, warps * 16 * m_tiles};
 }
 TileConfig decode_tile(int warps, int stages) { return {warps, 1, warps * 16, stages, 16}; }
 
-// fwd_sm90: 12 warps (a producer and two consumer warpgroups), 128 query rows, 128-key blocks, a
-// 2-stage K/V ring: 160 KB at d128 (FlashAttention-3's causal d128 tile; its non-causal 128x176
-// and deeper rings are for after the first measurement), 80 KB at d64. Not yet measured.
-TileConfig sm90_tile() { return {12, 1, 128, 2, 128}; }
+// fwd_sm90: 12 warps (a producer and two consumer warpgroups), 128 query rows, a 2-stage K/V
+// ring; 128-key blocks at d64 (80 KB) and d128 (160 KB: FlashAttention-3's causal d128 tile; its
+// non-causal 128x176 and deeper rings are for after the first measurement), 64-key blocks at d256
+// (192 KB; FlashAttention-3 uses 128x80 there, at the shared-memory limit). Not yet measured.
+TileConfig sm90_tile(int head_dim) { return {12, 1, head_dim == 256 ? 64 : 128, 2, 128}; }
 
 // Measured on H100 (bench/device/tune.sh runs, bench/results/tune-h100-*): 128x64 tiles with
 // 4 warps for head dim <= 64; for 128, 128x64 with 4 warps (two m16 tiles per warp, K/V
@@ -150,7 +151,7 @@ std::vector<Variant> build_variants() {
   for (af_dtype dtype : {AF_DTYPE_BFLOAT16, AF_DTYPE_FLOAT16})
     for (int d : kSm90HeadDims) {
       Variant v{kFamilyFwdSm90, dtype, d, false, {}, ""};
-      for (TileConfig& t : v.tiles) t = sm90_tile();
+      for (TileConfig& t : v.tiles) t = sm90_tile(d);
       v.name = std::string("fwd_sm90") + (dtype == AF_DTYPE_BFLOAT16 ? "_bf16" : "_fp16") + "_d" + std::to_string(d);
       list.push_back(v);
     }

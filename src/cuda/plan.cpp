@@ -94,7 +94,7 @@ bool fwd_sm90_opted_in() {
 
 std::string fwd_sm90_refusal(const AttentionProblem& p) {
   if (p.dtype != AF_DTYPE_BFLOAT16 && p.dtype != AF_DTYPE_FLOAT16) return "fwd_sm90 takes bfloat16 and float16";
-  if (p.head_dim % 8 != 0 || p.head_dim > 128) return "fwd_sm90 takes head_dim a multiple of 8 up to 128";
+  if (p.head_dim % 8 != 0) return "fwd_sm90 takes head_dim a multiple of 8 (TMA rows of 16-byte multiples)";
   if (p.varlen) return "fwd_sm90 does not take varlen (cu_seqlens) yet";
   if (p.paged || p.kv_batch_idx != nullptr) return "fwd_sm90 does not take paged caches or kv_batch_idx";
   if (p.seqused_k != nullptr || p.leftpad_k != nullptr) return "fwd_sm90 does not take seqused_k or leftpad_k yet";

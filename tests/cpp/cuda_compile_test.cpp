@@ -48,7 +48,8 @@ TEST(CudaVariants, TableIsConsistent) {
   EXPECT_EQ(compiled_head_dim(kFamilyFwdSm80, 257), 0);
   EXPECT_EQ(find_variant(kFamilyFwdSm80, AF_DTYPE_FLOAT32, 64, false), -1);
   EXPECT_EQ(compiled_head_dim(kFamilyFwdSm90, 72), 128);
-  EXPECT_EQ(compiled_head_dim(kFamilyFwdSm90, 136), 0);
+  EXPECT_EQ(compiled_head_dim(kFamilyFwdSm90, 136), 256);
+  EXPECT_EQ(compiled_head_dim(kFamilyFwdSm90, 264), 0);
   EXPECT_EQ(find_variant(kFamilyFwdSm90, AF_DTYPE_BFLOAT16, 64, true), -1) << "fwd_sm90 has no extras variants";
   for (const Variant& v : list)
     EXPECT_EQ(v.compiles_for("sm_80"), v.family != kFamilyFwdSm90) << v.name << ": wgmma and setmaxnreg need sm_90a";
@@ -87,7 +88,7 @@ TEST(CudaCompile, EveryVariantForEveryArchWithoutSpills) {
   // Every fwd_sm90 variant is in the sm_90a rows (the family's whole point is that target).
   int sm90_rows = 0;
   for (const Row& r : rows) sm90_rows += r.variant->family == kFamilyFwdSm90 && r.arch == "sm_90a";
-  EXPECT_EQ(sm90_rows, 4);
+  EXPECT_EQ(sm90_rows, 6);
   // Two workers (CI has two cores); NVRTC compiles independent programs concurrently.
   std::mutex mutex;
   size_t next = 0;

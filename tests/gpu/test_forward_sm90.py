@@ -2,9 +2,9 @@
 ATTNFORGE_FWD_SM90=1 set for the whole pytest process, skipped otherwise.
 
 Same cases and budget as test_forward.py (its run_case), restricted to what fwd_sm90 takes: padded
-batches, head dims on the 8-element grid up to 128, causal (bottom-right) or not, GQA, LSE, odd
-lengths, transposed and sliced views. Each case also checks that the plan named fwd_sm90, so a
-silent routing to fwd_sm80 cannot pass for the new family.
+batches, head dims on the 8-element grid (64, 128 and 256 compiled, others zero-filled), causal
+(bottom-right) or not, GQA, LSE, odd lengths, transposed and sliced views. Each case also checks
+that the plan named fwd_sm90, so a silent routing to fwd_sm80 cannot pass for the new family.
 """
 import os
 
@@ -37,6 +37,9 @@ CASES = {
     "gqa_32_8": dict(batch=2, seqlen_q=300, seqlen_k=1000, heads=32, heads_kv=8, head_dim=64),
     "one_key_block_edge": dict(batch=2, seqlen_q=128, seqlen_k=129, heads=2, heads_kv=2, head_dim=128, causal=True),
     "long_4097": dict(batch=1, seqlen_q=4097, seqlen_k=4097, heads=2, heads_kv=1, head_dim=128, causal=True),
+    "d256": dict(batch=2, seqlen_q=300, seqlen_k=333, heads=4, heads_kv=2, head_dim=256),
+    "d256_causal_gqa": dict(batch=2, seqlen_q=1000, seqlen_k=1000, heads=16, heads_kv=2, head_dim=256, causal=True),
+    "head_dim_192": dict(batch=2, seqlen_q=150, seqlen_k=170, heads=4, heads_kv=2, head_dim=192, causal=True),
     "head_dim_72": dict(batch=2, seqlen_q=150, seqlen_k=170, heads=4, heads_kv=2, head_dim=72, causal=True),
     "head_dim_40_of_48": dict(batch=2, seqlen_q=150, seqlen_k=170, heads=4, heads_kv=2, head_dim=40, padded_dim=48),
     "bhsd_view": dict(batch=2, seqlen_q=333, seqlen_k=333, heads=4, heads_kv=4, head_dim=128, layout="bhsd",

@@ -11,7 +11,7 @@
 //   then K and V of each key block into a kStages-deep ring, each stage with a "full" mbarrier
 //   (transaction bytes) and an "empty" one (one arrival per consumer warp);
 // - warpgroups 1 and 2, the consumers, rise to 240 registers and own 64 query rows each: per key
-//   block, S = Q K^T (wgmma m64n128k16, both operands from shared memory, K-major), the mask only
+//   block, S = Q K^T (wgmma m64nNk16 with N = kBlockN, both operands from shared memory, K-major), the mask only
 //   on blocks that cross the end of the keys or the causal diagonal, the online softmax in fp32
 //   with exp2, P packed from the S accumulators into A fragments (registers), O += P V (wgmma
 //   m64n64k16 per 64-column atom of V, A from registers, V transposed by the instruction).
@@ -116,7 +116,7 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
     const af_u32 parity = (i / kStages) & 1;
     const af_u32 k_tile = sK + stage * kKVBytes, v_tile = sV + stage * kKVBytes;
 
-    float s[64];  // (64 rows, 128 keys) scores
+    float s[kSRegisters];  // (64 rows, kBlockN keys) scores
     mbarrier_wait(k_full(stage), parity);
     wgmma_fence();
 #pragma unroll
@@ -124,18 +124,18 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
       const af_u32 column = af_u32((ks % 4) * 32);  // k16 step inside the atom: 32 bytes along the line
       const unsigned long long desc_q = smem_descriptor(q_atom + (ks / 4) * kBlockM * 128 + column);
       const unsigned long long desc_k = smem_descriptor(k_tile + (ks / 4) * kBlockN * 128 + column);
-      wgmma_ss_n128(s, desc_q, desc_k, ks > 0 ? 1 : 0);
+      wgmma_ss(s, desc_q, desc_k, ks > 0 ? 1 : 0);  // m64n128k16 or m64n64k16 by s's size
     }
     wgmma_commit();
     wgmma_wait<0>();
 #pragma unroll
-    for (int e = 0; e < 64; ++e) fence_operand(s[e]);
+    for (int e = 0; e < kSRegisters; ++e) fence_operand(s[e]);
     __syncwarp();
     if (lane == 0) mbarrier_arrive(k_empty(stage));
 
     if (n_block >= unmasked_end) {
 #pragma unroll
-      for (int e = 0; e < 64; ++e) {
+      for (int e = 0; e < kSRegisters; ++e) {
         const int row = warp_row + g + 8 * ((e >> 1) & 1);
         const int col = n0 + 8 * (e >> 2) + 2 * t + (e & 1);
         const bool visible = col < k_len && (p.window_right < 0 || col <= row + diagonal + p.window_right);
@@ -151,7 +151,7 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
     for (int half = 0; half < 2; ++half) {
       float m = row_max[half];
 #pragma unroll
-      for (int j = 0; j < 16; ++j) m = fmaxf(m, fmaxf(s[4 * j + 2 * half], s[4 * j + 2 * half + 1]));
+      for (int j = 0; j < kBlockN / 8; ++j) m = fmaxf(m, fmaxf(s[4 * j + 2 * half], s[4 * j + 2 * half + 1]));
       m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
       m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
       // A row with no visible key so far keeps max -inf; subtracting 0 then gives exp2(-inf) = 0.
@@ -177,7 +177,7 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
     for (int half = 0; half < 2; ++half) {
       float sum = 0.f;
 #pragma unroll
-      for (int j = 0; j < 16; ++j) {
+      for (int j = 0; j < kBlockN / 8; ++j) {
         const float p0 = exp2_approx(fmaf(s[4 * j + 2 * half], scale, -base[half]));
         const float p1 = exp2_approx(fmaf(s[4 * j + 2 * half + 1], scale, -base[half]));
         s[4 * j + 2 * half] = p0;
