@@ -58,6 +58,8 @@ TileConfig decode_tile(int warps, int stages) { return {warps, 1, warps * 16, st
 // ring; 128-key blocks at d64 (80 KB) and d128 (160 KB: FlashAttention-3's causal d128 tile; its
 // non-causal 128x176 and deeper rings are for after the first measurement), 64-key blocks at d256
 // (192 KB; FlashAttention-3 uses 128x80 there, at the shared-memory limit). Not yet measured.
+// block_m is fixed at 128 (kBlockM in fwd_sm90/flash_fwd_sm90_config.cuh: two consumer warpgroups
+// of 64 rows); launch.cpp sizes the Q tensor map's box from it.
 TileConfig sm90_tile(int head_dim) { return {12, 1, head_dim == 256 ? 64 : 128, 2, 128}; }
 
 // Measured on H100 (bench/device/tune.sh runs, bench/results/tune-h100-*): 128x64 tiles with
