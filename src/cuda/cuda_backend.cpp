@@ -122,7 +122,10 @@ af_status warmup(const char* const* archs, int n_archs, af_progress_callback pro
       const Variant& v = variants()[i % variants().size()];
       CompiledKernel kernel;
       jobs[i].label = target + " " + v.name;
-      jobs[i].status = compile_variant(v, target, true, &kernel);
+      if (!v.compiles_for(target))
+        jobs[i].label += " (not for this arch)";
+      else
+        jobs[i].status = compile_variant(v, target, true, &kernel);
       if (jobs[i].status != AF_OK) jobs[i].error = last_error();
       {
         std::lock_guard<std::mutex> lock(mutex);

@@ -50,6 +50,18 @@ struct CUlaunchConfig {
   unsigned attribute_count;
 };
 
+// TMA tensor maps (CUDA 12+): the opaque 128-byte CUtensorMap and cuTensorMapEncodeTiled's enums,
+// with the values of cuda.h.
+struct alignas(64) CUtensorMap {
+  unsigned long long opaque[16];
+};
+constexpr int CU_TENSOR_MAP_DATA_TYPE_FLOAT16 = 6;
+constexpr int CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 = 9;
+constexpr int CU_TENSOR_MAP_INTERLEAVE_NONE = 0;
+constexpr int CU_TENSOR_MAP_SWIZZLE_128B = 3;
+constexpr int CU_TENSOR_MAP_L2_PROMOTION_L2_256B = 3;
+constexpr int CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE = 0;  // out-of-bounds elements read as zeros
+
 struct DriverApi {
   CUresult (*cuInit)(unsigned int);
   CUresult (*cuDriverGetVersion)(int*);
@@ -76,6 +88,11 @@ struct DriverApi {
   CUresult (*cuStreamSynchronize)(CUstream);
   // Programmatic dependent launch (sm_90+); null when the driver lacks it (< 12.0).
   CUresult (*cuLaunchKernelEx)(const CUlaunchConfig*, CUfunction, void**, void**);
+  // TMA tensor maps (the fwd_sm90 family); null when the driver lacks it (< 12.0).
+  CUresult (*cuTensorMapEncodeTiled)(CUtensorMap* map, int data_type, unsigned rank, void* global_address,
+                                     const unsigned long long* global_dim, const unsigned long long* global_strides,
+                                     const unsigned* box_dim, const unsigned* element_strides, int interleave,
+                                     int swizzle, int l2_promotion, int oob_fill);
 };
 
 struct NvrtcApi {

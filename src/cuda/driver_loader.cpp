@@ -73,6 +73,7 @@ void probe_driver() {
     }
   }
   if (!bind(library, "cuLaunchKernelEx", &a.cuLaunchKernelEx)) a.cuLaunchKernelEx = nullptr;
+  if (!bind(library, "cuTensorMapEncodeTiled", &a.cuTensorMapEncodeTiled)) a.cuTensorMapEncodeTiled = nullptr;
   s.api = &a;
   CUresult r = a.cuInit(0);
   if (r != CUDA_SUCCESS) {

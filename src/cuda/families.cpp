@@ -6,6 +6,8 @@
 // the common case pays nothing. Head dims in between are zero-filled up to the next one.
 // decode variants: {bf16, fp16} x head dim {64, 128, 256} x {plain, extras}: decode is bound by
 // the bytes of K and V, and zero-filled dims are never read, so smaller head dims share these.
+// fwd_sm90 variants: {bf16, fp16} x head dim {64, 128, 256}, no extras (softcap and ALiBi stay with
+// fwd_sm80); sm_90a only, opt-in ($ATTNFORGE_FWD_SM90=1, see plan.cpp) until measured.
 //
 // Tiles: every shape below compiles without spills for sm_80, sm_86, sm_89 and sm_90a
 // (checked by the cuda_compile test). $ATTNFORGE_TILE="D:warps,m_tiles,block_n,stages;..."
@@ -30,6 +32,9 @@ extern const char kFlashFwdSource[];
 extern const char kDecodeConfigSource[];
 extern const char kDecodeFwdSource[];
 extern const char kKvcacheAppendSource[];
+extern const char kFlashFwdSm90ConfigSource[];
+extern const char kSm90PtxSource[];
+extern const char kFlashFwdSm90Source[];
 
 namespace {
 
@@ -37,15 +42,25 @@ const Family kFamilies[kFamilyCount] = {
     {kFamilyFwdSm80, "fwd_sm80", "af_flash_fwd", "af_flash_combine"},
     {kFamilyDecode, "decode", "af_decode_fwd", nullptr},  // merges its own split shares
     {kFamilyKvAppend, "kvcache", "af_kvcache_append", nullptr},
+    {kFamilyFwdSm90, "fwd_sm90", "af_flash_fwd_sm90", nullptr},
 };
 
 const int kSm80HeadDims[] = {32, 64, 96, 128, 192, 256};
 const int kDecodeHeadDims[] = {64, 128, 256};
+const int kSm90HeadDims[] = {64, 128, 256};
 
 TileConfig sm80_tile(int warps, int m_tiles, int block_n, int stages) {
   return {warps, m_tiles, block_n, stages, warps * 16 * m_tiles};
 }
 TileConfig decode_tile(int warps, int stages) { return {warps, 1, warps * 16, stages, 16}; }
+
+// fwd_sm90: 12 warps (a producer and two consumer warpgroups), 128 query rows, a 2-stage K/V
+// ring; 128-key blocks at d64 (80 KB) and d128 (160 KB: FlashAttention-3's causal d128 tile; its
+// non-causal 128x176 and deeper rings are for after the first measurement), 64-key blocks at d256
+// (192 KB; FlashAttention-3 uses 128x80 there, at the shared-memory limit). Not yet measured.
+// block_m is fixed at 128 (kBlockM in fwd_sm90/flash_fwd_sm90_config.cuh: two consumer warpgroups
+// of 64 rows); launch.cpp sizes the Q tensor map's box from it.
+TileConfig sm90_tile(int head_dim) { return {12, 1, head_dim == 256 ? 64 : 128, 2, 128}; }
 
 // Measured on H100 (bench/device/tune.sh runs, bench/results/tune-h100-*): 128x64 tiles with
 // 4 warps for head dim <= 64; for 128, 128x64 with 4 warps (two m16 tiles per warp, K/V
@@ -135,6 +150,13 @@ std::vector<Variant> build_variants() {
           list.push_back(v);
         }
     }
+  for (af_dtype dtype : {AF_DTYPE_BFLOAT16, AF_DTYPE_FLOAT16})
+    for (int d : kSm90HeadDims) {
+      Variant v{kFamilyFwdSm90, dtype, d, false, {}, ""};
+      for (TileConfig& t : v.tiles) t = sm90_tile(d);
+      v.name = std::string("fwd_sm90") + (dtype == AF_DTYPE_BFLOAT16 ? "_bf16" : "_fp16") + "_d" + std::to_string(d);
+      list.push_back(v);
+    }
   // kvcache: no shared memory, 4 warps (one (row, head) vector each), any head dim.
   for (af_dtype dtype : {AF_DTYPE_BFLOAT16, AF_DTYPE_FLOAT16}) {
     Variant v{kFamilyKvAppend, dtype, 0,
@@ -165,6 +187,9 @@ int compiled_head_dim(FamilyId family, int d) {
   if (family == kFamilyFwdSm80) {
     for (int h : kSm80HeadDims)
       if (d >= 1 && d <= h) return h;
+  } else if (family == kFamilyFwdSm90) {
+    for (int h : kSm90HeadDims)
+      if (d >= 1 && d <= h) return h;
   } else {
     for (int h : kDecodeHeadDims)
       if (d >= 1 && d <= h) return h;
@@ -185,13 +210,16 @@ int find_variant(FamilyId family, af_dtype dtype, int head_dim, bool extras) {
 const std::string& module_source(FamilyId family) {
   // Each attention family's module: the params, the PTX helpers, the family's constants, the
   // swizzle and sequence helpers (which read those constants), the family's kernel (fwd_sm80: and
-  // the combine kernel); the kvcache module is the params, the PTX helpers and its kernel.
+  // the combine kernel); the kvcache module is the params, the PTX helpers and its kernel; fwd_sm90
+  // has its own swizzle (TMA's) and no combine.
   static const std::string sources[kFamilyCount] = {
       std::string(kAttentionParamsSource) + kPtxSource + kFlashFwdConfigSource + kSwizzleSource + kSequenceSource +
           kFlashFwdSource + kCombineSource,
       std::string(kAttentionParamsSource) + kPtxSource + kDecodeConfigSource + kSwizzleSource + kSequenceSource +
           kDecodeFwdSource,
       std::string(kAttentionParamsSource) + kPtxSource + kKvcacheAppendSource,
+      std::string(kAttentionParamsSource) + kPtxSource + kFlashFwdSm90ConfigSource + kSm90PtxSource + kSequenceSource +
+          kFlashFwdSm90Source,
   };
   return sources[family];
 }
@@ -214,6 +242,7 @@ std::vector<std::string> compile_options(const Variant& v, const std::string& ta
                                       "-DAF_WARPS=" + std::to_string(tile.warps),
                                       "-DAF_KV_STAGES=" + std::to_string(tile.stages),
                                       std::string("-DAF_EXTRAS=") + (v.extras ? "1" : "0")};
+  if (v.family == kFamilyFwdSm90) options.push_back("-DAF_BLOCK_N=" + std::to_string(tile.block_n));
   if (v.family == kFamilyFwdSm80) {
     options.push_back("-DAF_M_TILES=" + std::to_string(tile.m_tiles));
     options.push_back("-DAF_BLOCK_N=" + std::to_string(tile.block_n));

@@ -1,7 +1,8 @@
 // Kernel families and their compiled variants: the one table (families.cpp).
 //
 // A family is a kernel design with its own sources, entry points and tile rules (fwd_sm80: the
-// FlashAttention-2 algorithm on mma.sync; decode: GQA-packed split-KV; kvcache: the rotary
+// FlashAttention-2 algorithm on mma.sync; fwd_sm90: wgmma + TMA + warp specialisation, sm_90a
+// only; decode: GQA-packed split-KV; kvcache: the rotary
 // embedding and cache append before an attention over a KV cache, one variant per dtype). A variant is one
 // compiled instance of a family: dtype, head dim, extras (softcap and ALiBi) and a tile shape per
 // shared-memory class. Adding a family = one folder under src/kernels, one row in kFamilies
@@ -16,7 +17,7 @@
 
 namespace af::cuda {
 
-enum FamilyId { kFamilyFwdSm80 = 0, kFamilyDecode = 1, kFamilyKvAppend = 2, kFamilyCount = 3 };
+enum FamilyId { kFamilyFwdSm80 = 0, kFamilyDecode = 1, kFamilyKvAppend = 2, kFamilyFwdSm90 = 3, kFamilyCount = 4 };
 
 struct Family {
   FamilyId id;
@@ -29,9 +30,9 @@ const Family& family(FamilyId id);
 // Tile shape of one variant: block_m query rows (decode: packed rows) and block_n keys per step.
 struct TileConfig {
   int warps;
-  int m_tiles;  // fwd_sm80: m16 tiles per warp (block_m = warps * 16 * m_tiles); decode: 1 (block_m = 16)
+  int m_tiles;  // fwd_sm80: m16 tiles per warp (block_m = warps * 16 * m_tiles); decode, fwd_sm90: 1
   int block_n;
-  int stages;  // K/V ring depth (fwd_sm80 1 to 3, decode 2 to 4)
+  int stages;  // K/V ring depth (fwd_sm80 1 to 3, decode 2 to 4, fwd_sm90 2 to 4)
   int block_m_rows;
   int block_m() const { return block_m_rows; }
   int threads() const { return warps * 32; }
@@ -51,11 +52,14 @@ struct Variant {
   TileConfig tiles[kSharedMemoryClasses];  // indexed by SharedMemoryClass
   std::string name;                        // "fwd_sm80_bf16_d128" (+ "_extras")
   const TileConfig& tile_for(int arch) const { return tiles[shared_memory_class(arch)]; }
-  // Q tile plus the K/V ring, 16-bit elements.
+  // Q tile plus the K/V ring, 16-bit elements (fwd_sm90: plus 1024 bytes to align the tiles to
+  // the 128-byte swizzle's 1024-byte period).
   int smem_bytes(int arch) const {
     const TileConfig& t = tile_for(arch);
-    return (t.block_m() + 2 * t.stages * t.block_n) * head_dim * 2;
+    return (t.block_m() + 2 * t.stages * t.block_n) * head_dim * 2 + (family == kFamilyFwdSm90 ? 1024 : 0);
   }
+  // Whether the variant compiles for an NVRTC target's arch (fwd_sm90: sm_90a only).
+  bool compiles_for(const std::string& target) const { return family != kFamilyFwdSm90 || target == "sm_90a"; }
 };
 
 // 80 for "sm_80", 90 for "sm_90a" / "compute_90"; 0 if there are no digits.

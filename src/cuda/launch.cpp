@@ -3,6 +3,7 @@
 
 #include "common/error.h"
 #include "cuda/plan.h"
+#include "cuda/tensor_map.h"
 #include "kernels/attention_params.cuh"
 
 namespace af::cuda {
@@ -62,6 +63,36 @@ void fill_params(const AttentionProblem& p, FlashFwdParams* k) {
   }
 }
 
+// fwd_sm90: the q, k and v tensor maps (encoded per call: the address is part of the map; a host
+// call of about a microsecond each) and one launch of (query tiles, heads, batch).
+af_status run_sm90(const Plan& plan, const Variant& v, const AttentionProblem& p, FlashFwdParams* k, CUstream stream) {
+  // A plan is checked against each call's shapes and flags, not against everything fwd_sm90 does
+  // not read (seqused_k, leftpad_k, exact strides): refuse a call the family would get wrong.
+  const std::string refusal = fwd_sm90_refusal(p);
+  if (!refusal.empty())
+    return fail(AF_ERR_INVALID_ARGUMENT, "cuda backend: this plan runs fwd_sm90, which cannot take the call: %s",
+                refusal.c_str());
+  const DriverApi& a = *driver().api;
+  const TileConfig& tile = v.tile_for(plan.choice.arch);
+  CUtensorMap maps[3];
+  const TileTensor tensors[3] = {
+      {p.q, p.batch, p.seqlen_q, p.heads_q, p.head_dim, p.q_batch_stride, p.q_row_stride, p.q_head_stride},
+      {p.k, p.batch, p.seqlen_k, p.heads_kv, p.head_dim, p.k_batch_stride, p.k_row_stride, p.k_head_stride},
+      {p.v, p.batch, p.seqlen_k, p.heads_kv, p.head_dim, p.v_batch_stride, p.v_row_stride, p.v_head_stride},
+  };
+  const char* names[3] = {"q", "k", "v"};
+  for (int i = 0; i < 3; ++i)
+    AF_RETURN_IF_ERROR(
+        encode_tile_map(a, names[i], tensors[i], p.dtype, unsigned(i == 0 ? tile.block_m() : tile.block_n), &maps[i]));
+  k->num_splits = 1;
+  void* args[] = {k, &maps[0], &maps[1], &maps[2]};
+  const CUresult r =
+      a.cuLaunchKernel(plan.loaded.kernel, plan.grid[0], plan.grid[1], plan.grid[2], unsigned(tile.threads()), 1, 1,
+                       unsigned(v.smem_bytes(plan.choice.arch)), stream, args, nullptr);
+  if (r != CUDA_SUCCESS) return fail(AF_ERR_CUDA, "%s: %s", v.name.c_str(), driver_error("cuLaunchKernel", r).c_str());
+  return AF_OK;
+}
+
 }  // namespace
 
 af_status run(const Plan& plan, const AttentionProblem& p, void* workspace, size_t workspace_bytes) {
@@ -80,6 +111,7 @@ af_status run(const Plan& plan, const AttentionProblem& p, void* workspace, size
   CUcontext context = nullptr;
   AF_RETURN_IF_ERROR(primary_context(p.device_index, &context));
   ContextGuard guard(context);
+  if (v.family == kFamilyFwdSm90) return run_sm90(plan, v, p, &k, stream);
 
   // The workspace: the caller's (the decode family's split counters zeroed first), else the
   // stream's own. Where none can be had the unsplit launch computes the same result.

@@ -9,6 +9,7 @@
 #include "common/error.h"
 #include "cuda/compiler.h"
 #include "cuda/cuda_backend.h"
+#include "cuda/tensor_map.h"
 
 namespace af::cuda {
 
@@ -75,7 +76,45 @@ int decode_splits(int requested, int ctas, int key_blocks, int wave_ctas) {
   return s;
 }
 
+// The (batch, rows, heads, head_dim) views TMA loads: q, k and v.
+TileTensor q_tensor(const AttentionProblem& p) {
+  return {p.q, p.batch, p.seqlen_q, p.heads_q, p.head_dim, p.q_batch_stride, p.q_row_stride, p.q_head_stride};
+}
+TileTensor k_tensor(const AttentionProblem& p, const void* base, int64_t batch_stride, int64_t row_stride,
+                    int64_t head_stride) {
+  return {base, p.batch, p.seqlen_k, p.heads_kv, p.head_dim, batch_stride, row_stride, head_stride};
+}
+
 }  // namespace
+
+bool fwd_sm90_opted_in() {
+  const char* text = std::getenv("ATTNFORGE_FWD_SM90");
+  return text != nullptr && text[0] == '1' && text[1] == 0;
+}
+
+std::string fwd_sm90_refusal(const AttentionProblem& p) {
+  if (p.dtype != AF_DTYPE_BFLOAT16 && p.dtype != AF_DTYPE_FLOAT16) return "fwd_sm90 takes bfloat16 and float16";
+  if (p.head_dim % 8 != 0) return "fwd_sm90 takes head_dim a multiple of 8 (TMA rows of 16-byte multiples)";
+  if (p.varlen) return "fwd_sm90 does not take varlen (cu_seqlens) yet";
+  if (p.paged || p.kv_batch_idx != nullptr) return "fwd_sm90 does not take paged caches or kv_batch_idx";
+  if (p.seqused_k != nullptr || p.leftpad_k != nullptr) return "fwd_sm90 does not take seqused_k or leftpad_k yet";
+  if (p.window_left >= 0 || (p.window_right >= 0 && !p.causal)) return "fwd_sm90 does not take sliding windows yet";
+  if (p.softcap > 0 || p.alibi_slopes != nullptr) return "fwd_sm90 does not take softcap or ALiBi yet";
+  if (p.num_splits > 1) return "fwd_sm90 does not split keys (num_splits > 1)";
+  if (p.seqlen_k < 1) return "fwd_sm90 needs at least one key";
+  if (p.heads_q > 65535 || p.batch > 65535) return "fwd_sm90's grid takes at most 65535 heads and 65535 sequences";
+  const TileConfig& tile = variants()[find_variant(kFamilyFwdSm90, p.dtype, int(p.head_dim), false)].tile_for(90);
+  const std::string refusals[] = {
+      tile_map_refusal("q", q_tensor(p), unsigned(tile.block_m())),
+      tile_map_refusal("k", k_tensor(p, p.k, p.k_batch_stride, p.k_row_stride, p.k_head_stride),
+                       unsigned(tile.block_n)),
+      tile_map_refusal("v", k_tensor(p, p.v, p.v_batch_stride, p.v_row_stride, p.v_head_stride),
+                       unsigned(tile.block_n)),
+  };
+  for (const std::string& r : refusals)
+    if (!r.empty()) return "fwd_sm90: " + r;
+  return "";
+}
 
 af_status choose(const AttentionProblem& p, Choice* choice) {
   if (p.device_type != AF_DEVICE_CUDA) return fail(AF_ERR_DEVICE, "cuda backend: tensors are not in CUDA memory");
@@ -102,7 +141,17 @@ af_status choose(const AttentionProblem& p, Choice* choice) {
   const bool extras = p.softcap > 0 || p.alibi_slopes != nullptr;
   const int64_t packed_rows = p.seqlen_q * (p.heads_q / std::max<int64_t>(p.heads_kv, 1));
   const bool decode = p.paged || p.kv_batch_idx != nullptr || packed_rows <= kDecodeMaxPackedRows;
-  const FamilyId family_id = decode ? kFamilyDecode : kFamilyFwdSm80;
+  FamilyId family_id = decode ? kFamilyDecode : kFamilyFwdSm80;
+  std::string why;
+  if (!decode && target == "sm_90a" && fwd_sm90_opted_in()) {
+    why = fwd_sm90_refusal(p);
+    if (why.empty() && d.api->cuTensorMapEncodeTiled == nullptr)
+      why = "the driver has no cuTensorMapEncodeTiled (CUDA < 12)";
+    if (why.empty()) {
+      family_id = kFamilyFwdSm90;
+      why = "ATTNFORGE_FWD_SM90=1 on sm_90a";
+    }
+  }
   const int index = find_variant(family_id, p.dtype, int(p.head_dim), extras);
   if (index < 0 || index >= kMaxVariants)
     return fail(AF_ERR_INTERNAL, "cuda backend: no %s variant for head_dim %lld", family(family_id).name,
@@ -130,6 +179,7 @@ af_status choose(const AttentionProblem& p, Choice* choice) {
   choice->variant = index;
   choice->target = target;
   choice->arch = arch;
+  choice->why = why;
   return AF_OK;
 }
 
@@ -143,7 +193,12 @@ af_status make_plan(const AttentionProblem& p, const Choice& choice, Plan* plan)
   const int key_blocks = int((p.seqlen_k + tile.block_n - 1) / tile.block_n);
   // The combine grid's y (rows / 4) is at most 65535.
   const bool can_split = (p.seqlen_q + 3) / 4 <= 65535;
-  if (v.family == kFamilyDecode) {
+  if (v.family == kFamilyFwdSm90) {
+    // One CTA per (query tile, head, sequence); no key splits.
+    plan->grid[0] = unsigned((p.seqlen_q + tile.block_m() - 1) / tile.block_m());
+    plan->grid[1] = unsigned(p.heads_q);
+    plan->grid[2] = unsigned(p.batch);
+  } else if (v.family == kFamilyDecode) {
     const int group = int(p.heads_q / p.heads_kv);
     const int m_blocks = int((p.seqlen_q * group + tile.block_m() - 1) / tile.block_m());
     const int ctas = int(p.batch) * int(p.heads_kv) * m_blocks;
@@ -182,9 +237,14 @@ std::string describe(const Choice& choice) {
   std::snprintf(text, sizeof text, "%s %s d%d%s %s %dx%d", family(v.family).name,
                 v.dtype == AF_DTYPE_BFLOAT16 ? "bf16" : "fp16", v.head_dim, v.extras ? " extras" : "",
                 choice.target.c_str(), t.block_m(), t.block_n);
-  return text;
+  return choice.why.empty() ? std::string(text) : std::string(text) + " (" + choice.why + ")";
 }
 
-std::string describe(const Plan& plan) { return describe(plan.choice) + " splits=" + std::to_string(plan.splits); }
+std::string describe(const Plan& plan) {
+  Choice bare = plan.choice;
+  bare.why.clear();
+  const std::string text = describe(bare) + " splits=" + std::to_string(plan.splits);
+  return plan.choice.why.empty() ? text : text + " (" + plan.choice.why + ")";
+}
 
 }  // namespace af::cuda

@@ -17,7 +17,17 @@ struct Choice {
   int variant = -1;    // index into variants()
   std::string target;  // NVRTC target the device's kernels compile for ("sm_90a", "compute_120")
   int arch = 0;        // target_arch(target): sizes the tile, the same arch that compiles
+  std::string why;     // on sm_90a with ATTNFORGE_FWD_SM90=1: why fwd_sm90 runs or does not; else empty
 };
+
+// $ATTNFORGE_FWD_SM90=1: the plan may pick fwd_sm90 on sm_90a (opt-in until it is measured).
+bool fwd_sm90_opted_in();
+
+// Why fwd_sm90 cannot run a prefill problem that would otherwise go to fwd_sm80 (empty: it can).
+// Needs neither a GPU nor a driver: the rules are the kernel's (padded batches, head_dim a
+// multiple of 8 (up to 256, as every CUDA call), no window but the causal one, no softcap, ALiBi or forced key splits,
+// q/k/v strides TMA can describe, a grid of at most 65535 heads and 65535 sequences).
+std::string fwd_sm90_refusal(const AttentionProblem& p);
 
 struct Plan {
   Choice choice;
@@ -35,7 +45,7 @@ af_status choose(const AttentionProblem& p, Choice* choice);
 // Compiles or loads the chosen variant and sizes the grid and the key splits.
 af_status make_plan(const AttentionProblem& p, const Choice& choice, Plan* plan);
 
-// "decode bf16 d128 sm_90a 16x64 splits=12"
+// "decode bf16 d128 sm_90a 16x64 splits=12"; with Choice::why set, followed by " (why)".
 std::string describe(const Plan& plan);
 std::string describe(const Choice& choice);
 

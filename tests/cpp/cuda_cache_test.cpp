@@ -209,12 +209,15 @@ void record_progress(void* user, int32_t done, int32_t total, const char* item) 
 TEST_F(CudaCacheTest, WarmupFillsTheCacheWithoutAGpu) {
   if (!nvrtc().ok) GTEST_SKIP() << "NVRTC not found: " << nvrtc().failure;
   const char* archs[] = {"sm_86"};
+  size_t for_sm86 = 0;  // fwd_sm90 compiles for sm_90a only: warmup reports it and compiles nothing
+  for (const Variant& v : variants()) for_sm86 += v.compiles_for("sm_86");
+  ASSERT_LT(for_sm86, variants().size());
   Progress first;
   ASSERT_EQ(af_warmup(archs, 1, record_progress, &first), AF_OK) << af_last_error_message();
   EXPECT_EQ(first.calls, int(variants().size()));
   EXPECT_EQ(first.last_done, first.total);
   EXPECT_NE(first.last_item.find("sm_86"), std::string::npos);
-  EXPECT_EQ(files().size(), variants().size());
+  EXPECT_EQ(files().size(), for_sm86);
   const std::string list = cache_list();
   EXPECT_EQ(list.find("\"valid\":false"), std::string::npos) << list;
 
@@ -223,7 +226,7 @@ TEST_F(CudaCacheTest, WarmupFillsTheCacheWithoutAGpu) {
   ASSERT_EQ(af_warmup(archs, 1, record_progress, &second), AF_OK);
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   EXPECT_LT(seconds, 2.0) << "the second warmup recompiled instead of reading the cache";
-  EXPECT_EQ(files().size(), variants().size());
+  EXPECT_EQ(files().size(), for_sm86);
 }
 
 TEST(CudaWarmup, RejectsUnknownArchitectures) {

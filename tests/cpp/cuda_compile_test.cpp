@@ -36,8 +36,10 @@ TEST(CudaVariants, TableIsConsistent) {
   for (size_t i = 0; i < list.size(); ++i) {
     ++per_family[list[i].family];
     EXPECT_EQ(find_variant(list[i].family, list[i].dtype, list[i].head_dim, list[i].extras), int(i)) << list[i].name;
-    EXPECT_LE(list[i].smem_bytes(86), 99 * 1024) << list[i].name << " does not fit sm_86/sm_89 shared memory";
-    EXPECT_LE(list[i].smem_bytes(80), 163 * 1024) << list[i].name << " does not fit sm_80 shared memory";
+    if (list[i].compiles_for("sm_86"))
+      EXPECT_LE(list[i].smem_bytes(86), 99 * 1024) << list[i].name << " does not fit sm_86/sm_89 shared memory";
+    if (list[i].compiles_for("sm_80"))
+      EXPECT_LE(list[i].smem_bytes(80), 163 * 1024) << list[i].name << " does not fit sm_80 shared memory";
     EXPECT_LE(list[i].smem_bytes(90), 227 * 1024) << list[i].name << " does not fit sm_90 shared memory";
   }
   for (int id = 0; id < kFamilyCount; ++id) EXPECT_GT(per_family[id], 0) << family(FamilyId(id)).name;
@@ -45,6 +47,12 @@ TEST(CudaVariants, TableIsConsistent) {
   EXPECT_EQ(compiled_head_dim(kFamilyDecode, 80), 128);
   EXPECT_EQ(compiled_head_dim(kFamilyFwdSm80, 257), 0);
   EXPECT_EQ(find_variant(kFamilyFwdSm80, AF_DTYPE_FLOAT32, 64, false), -1);
+  EXPECT_EQ(compiled_head_dim(kFamilyFwdSm90, 72), 128);
+  EXPECT_EQ(compiled_head_dim(kFamilyFwdSm90, 136), 256);
+  EXPECT_EQ(compiled_head_dim(kFamilyFwdSm90, 264), 0);
+  EXPECT_EQ(find_variant(kFamilyFwdSm90, AF_DTYPE_BFLOAT16, 64, true), -1) << "fwd_sm90 has no extras variants";
+  for (const Variant& v : list)
+    EXPECT_EQ(v.compiles_for("sm_80"), v.family != kFamilyFwdSm90) << v.name << ": wgmma and setmaxnreg need sm_90a";
 }
 
 std::string real_path(const std::string& path) {
@@ -75,7 +83,12 @@ TEST(CudaCompile, EveryVariantForEveryArchWithoutSpills) {
   };
   std::vector<Row> rows;
   for (const std::string& arch : archs)
-    for (const Variant& v : variants()) rows.push_back({arch, &v, AF_OK, {}, ""});
+    for (const Variant& v : variants())
+      if (v.compiles_for(arch)) rows.push_back({arch, &v, AF_OK, {}, ""});
+  // Every fwd_sm90 variant is in the sm_90a rows (the family's whole point is that target).
+  int sm90_rows = 0;
+  for (const Row& r : rows) sm90_rows += r.variant->family == kFamilyFwdSm90 && r.arch == "sm_90a";
+  EXPECT_EQ(sm90_rows, 6);
   // Two workers (CI has two cores); NVRTC compiles independent programs concurrently.
   std::mutex mutex;
   size_t next = 0;

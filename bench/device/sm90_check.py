@@ -1,0 +1,321 @@
+"""The fwd_sm90 family (Hopper: wgmma, TMA, warp specialisation) on the GPU, stage by stage.
+
+    ATTNFORGE_LIBRARY=$PWD/build-device/libattnforge.so python3 bench/device/sm90_check.py --out $OUT/sm90
+
+Stages, each in its own subprocess with its own time limit (a hang or a fatal CUDA error in one is
+reported and the next still runs; the whole script stays under --budget seconds, 240 by default):
+  1 probes       bench/device/sm90_probe.py: one TMA box, one wgmma S = Q K^T, one wgmma O = P V;
+  2 correctness  attnforge with ATTNFORGE_FWD_SM90=1 against a float64 reference (computed on the
+                 GPU) on hd 64/128 (and 72, 192, 256), causal and not, heads 64/8, 32/8 and 16/16,
+                 seqlens 1, 17, 128, 1000, 4097 (and Sq != Sk), batch 1-3, fp16 and bf16, a
+                 (B, H, S, D) view: per case the family that ran, max error against the house budget
+                 (2x a same-precision naive implementation, tests/python/reference.py), LSE error, NaN;
+  3 timing       only when stage 2 passed: fwd_sm90 vs attnforge's fwd_sm80 vs torch SDPA's flash and
+                 cuDNN backends (enable_gqa=True), hd 64/128/256, causal and not, seqlen 512-16k at
+                 16k tokens per call, plus 64/8 GQA rows; CUDA-graph replay, median; TFLOP/s and ratios.
+Writes sm90_check.log, correctness.json, timing.json and timing.md under --out. Exit status 0 only
+when every stage that ran passed. `--stage correctness --quick` runs a few small cases only (for
+compute-sanitizer, see bench/device/NOTES.md).
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+
+
+def log(out_dir, text):
+    print(text, flush=True)
+    if out_dir:
+        with open(os.path.join(out_dir, "sm90_check.log"), "a") as f:
+            f.write(text + "\n")
+
+
+# ---------------------------------------------------------------------------------------------- stage 2
+
+
+def correctness_cases(quick):
+    cases = []
+    if quick:
+        for causal in (False, True):
+            cases.append(dict(dtype="bf16", batch=2, sq=200, sk=200, heads=8, heads_kv=2, d=128, causal=causal))
+            cases.append(dict(dtype="fp16", batch=1, sq=130, sk=257, heads=4, heads_kv=4, d=64, causal=causal))
+        return cases
+    batch_of = {1: 3, 17: 3, 128: 2, 1000: 2, 4097: 1}
+    for dtype in ("bf16", "fp16"):
+        for d in (64, 128):
+            for heads, heads_kv in ((64, 8), (32, 8)):
+                for causal in (False, True):
+                    for s in (1, 17, 128, 1000, 4097):
+                        cases.append(dict(dtype=dtype, batch=batch_of[s], sq=s, sk=s, heads=heads, heads_kv=heads_kv,
+                                          d=d, causal=causal))
+        for causal in (False, True):
+            cases.append(dict(dtype=dtype, batch=2, sq=1000, sk=4097, heads=16, heads_kv=16, d=128, causal=causal))
+            cases.append(dict(dtype=dtype, batch=2, sq=4097, sk=1000, heads=16, heads_kv=16, d=64, causal=causal))
+        cases.append(dict(dtype=dtype, batch=3, sq=333, sk=517, heads=8, heads_kv=4, d=72, causal=True))
+        for causal in (False, True):
+            cases.append(dict(dtype=dtype, batch=2, sq=1000, sk=1000, heads=32, heads_kv=8, d=256, causal=causal))
+            cases.append(dict(dtype=dtype, batch=3, sq=17 * 8, sk=200, heads=4, heads_kv=2, d=192, causal=causal))
+        cases.append(dict(dtype=dtype, batch=2, sq=777, sk=777, heads=8, heads_kv=8, d=128, causal=True, layout="bhsd"))
+    # Small cases first: if the stage runs out of time, the many short ones have been reported.
+    return sorted(cases, key=lambda c: c["batch"] * c["sq"] * c["sk"] * c["heads"])
+
+
+def run_correctness(out_dir, quick):
+    import importlib.util
+
+    import torch
+
+    sys.path.insert(0, HERE)
+    import common
+
+    spec = importlib.util.spec_from_file_location("reference", os.path.join(REPO, "tests", "python", "reference.py"))
+    reference = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(reference)
+    native = common.native()
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
+    torch.manual_seed(0)
+    results, failures = [], 0
+    for case in correctness_cases(quick):
+        dtype = dtypes[case["dtype"]]
+        b, sq, sk, h, hk, d = case["batch"], case["sq"], case["sk"], case["heads"], case["heads_kv"], case["d"]
+        if case.get("layout") == "bhsd":
+            q = torch.randn(b, h, sq, d, device="cuda", dtype=dtype).transpose(1, 2)
+            k = torch.randn(b, hk, sk, d, device="cuda", dtype=dtype).transpose(1, 2)
+            v = torch.randn(b, hk, sk, d, device="cuda", dtype=dtype).transpose(1, 2)
+        else:
+            q = torch.randn(b, sq, h, d, device="cuda", dtype=dtype)
+            k = torch.randn(b, sk, hk, d, device="cuda", dtype=dtype)
+            v = torch.randn(b, sk, hk, d, device="cuda", dtype=dtype)
+        out = torch.full((b, sq, h, d), float("nan"), device="cuda", dtype=dtype)
+        lse = torch.full((b, h, sq), float("nan"), device="cuda", dtype=torch.float32)
+        row = dict(case)
+        try:
+            row["plan"] = native.Plan(q, k, v, out, lse, backend="cuda", causal=case["causal"]).describe()
+            native.attention_forward(q, k, v, out, lse, backend="cuda", causal=case["causal"])
+            torch.cuda.synchronize()
+            err = budget = lse_err = worst = 0.0
+            nan = bool(out.isnan().any().item() or lse.isnan().any().item())
+            lse_pattern = lse_ok = True
+            for i in range(b):
+                for h0 in range(0, h, 16):  # heads in chunks: the float64 scores of 4097 x 4097 x 16 are 2 GB
+                    h1, g = min(h, h0 + 16), h // hk
+                    qi, ki, vi = q[i, :, h0:h1], k[i, :, h0 // g:(h1 - 1) // g + 1], v[i, :, h0 // g:(h1 - 1) // g + 1]
+                    if g > 1:  # the chunk's query heads against their own KV heads
+                        index = torch.arange(h0, h1, device="cuda") // g - h0 // g
+                        ki, vi = ki[:, index], vi[:, index]
+                    expected, expected_lse = common.reference(qi, ki, vi, causal=case["causal"])
+                    naive, _ = common.reference(qi, ki, vi, causal=case["causal"], dtype=dtype)
+                    e, bud = reference.error_budget(out[i, :, h0:h1], expected, naive, dtype)
+                    if e / bud >= worst:  # the chunk nearest its budget (or furthest past it) is reported
+                        worst, err, budget = e / bud, e, bud
+                    ours_lse = lse[i, h0:h1].double()
+                    lse_pattern &= bool(torch.equal(torch.isinf(ours_lse), torch.isinf(expected_lse)))
+                    finite = ~torch.isinf(expected_lse)
+                    if finite.any():  # tests/python/reference.py's rule: 1e-4 relative to the largest |LSE|
+                        e = (ours_lse[finite] - expected_lse[finite]).abs().max().item()
+                        tolerance = 1e-4 * max(1.0, expected_lse[finite].abs().max().item())
+                        lse_err, lse_ok = max(lse_err, e), lse_ok and e <= tolerance
+            row.update(err=err, budget=budget, lse_err=lse_err, nan=nan, lse_inf_pattern=lse_pattern)
+            row["ok"] = (not nan) and worst <= 1.0 and lse_pattern and lse_ok
+        except Exception as e:  # reported per case; a sticky CUDA error ends the stage in the parent's report
+            row.update(ok=False, error="%s: %s" % (type(e).__name__, e))
+        expect_sm90 = sq * (h // hk) > 64
+        row["family_ok"] = (not expect_sm90) or "fwd_sm90" in row.get("plan", "")
+        row["ok"] = row["ok"] and row["family_ok"]
+        failures += not row["ok"]
+        results.append(row)
+        log(out_dir, "  %-4s %-5s b%d sq%-5d sk%-5d h%d/%d d%-3d %-6s %-5s %s" % (
+            "ok" if row["ok"] else "FAIL", case["dtype"], b, sq, sk, h, hk, d, "causal" if case["causal"] else "full",
+            case.get("layout", "bshd"),
+            row.get("error") or "err %.3g (budget %.3g) lse %.2g nan=%s | %s%s" % (
+                row["err"], row["budget"], row["lse_err"], row["nan"], row["plan"],
+                "" if row["family_ok"] else "  <- expected fwd_sm90")))
+    if out_dir:
+        with open(os.path.join(out_dir, "correctness.json"), "w") as f:
+            json.dump(results, f, indent=1)
+    log(out_dir, "stage 2: %d of %d cases passed" % (len(results) - failures, len(results)))
+    return 0 if failures == 0 else 1
+
+
+# ---------------------------------------------------------------------------------------------- stage 3
+
+
+def run_timing(out_dir, seconds):
+    import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    sys.path.insert(0, HERE)
+    import common
+
+    native = common.native()
+    deadline = time.time() + seconds
+    rows = []
+    shapes = []
+    for d in (64, 128, 256):
+        for causal in (False, True):
+            for s in (512, 1024, 2048, 4096, 8192, 16384):
+                shapes.append((16384 // s, s, 2048 // d, 2048 // d, d, causal))
+    for causal in (False, True):
+        shapes.append((1, 4096, 64, 8, 128, causal))
+        shapes.append((2, 8192, 64, 8, 128, causal))
+
+    def graph_ms(fn, calls=10):
+        fn()
+        torch.cuda.synchronize()
+        stream = torch.cuda.Stream()
+        with torch.cuda.stream(stream):
+            fn()
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=stream):
+            for _ in range(calls):
+                fn()
+        return common.time_ms(graph.replay, warmup=2, repeats=7) / calls
+
+    def attnforge_fn(q, k, v, out, causal, sm90):
+        os.environ["ATTNFORGE_FWD_SM90"] = "1" if sm90 else "0"
+        plan = native.Plan(q, k, v, out, backend="cuda", causal=causal)
+        return (lambda: plan.run(q, k, v, out, backend="cuda", causal=causal)), plan.describe()
+
+    for b, s, h, hk, d, causal in shapes:
+        if time.time() > deadline:
+            log(out_dir, "  (time budget reached: later shapes not timed)")
+            break
+        q = torch.randn(b, s, h, d, device="cuda", dtype=torch.bfloat16)
+        k = torch.randn(b, s, hk, d, device="cuda", dtype=torch.bfloat16)
+        v = torch.randn(b, s, hk, d, device="cuda", dtype=torch.bfloat16)
+        out = torch.empty_like(q)
+        flops = common.attention_flops(b, h, s, s, d, causal)
+        row = dict(batch=b, seqlen=s, heads=h, heads_kv=hk, head_dim=d, causal=causal)
+        qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        for name in ("fwd_sm90", "fwd_sm80", "sdpa_flash", "sdpa_cudnn"):
+            try:
+                if name.startswith("fwd"):
+                    fn, plan = attnforge_fn(q, k, v, out, causal, name == "fwd_sm90")
+                    row[name + "_plan"] = plan
+                    if name not in plan:
+                        row[name] = None
+                        continue
+                else:
+                    backend = SDPBackend.FLASH_ATTENTION if name == "sdpa_flash" else SDPBackend.CUDNN_ATTENTION
+
+                    def fn(backend=backend):
+                        with sdpa_kernel([backend]):
+                            torch.nn.functional.scaled_dot_product_attention(qt, kt, vt, is_causal=causal,
+                                                                             enable_gqa=hk != h)
+                ms = graph_ms(fn)
+                row[name] = flops / ms / 1e9
+            except Exception as e:
+                row[name] = None
+                row[name + "_error"] = "%s: %s" % (type(e).__name__, str(e)[:200])
+        rows.append(row)
+
+        def fmt(x):
+            return "%6.0f" % x if x else "     -"
+
+        ratio = lambda a, c: "%.2f" % (row[a] / row[c]) if row.get(a) and row.get(c) else "-"  # noqa: E731
+        log(out_dir, "  b%-2d s%-5d h%d/%d d%-3d %-6s  TFLOP/s sm90 %s sm80 %s flash %s cudnn %s  sm90/cudnn %s "
+            "sm90/sm80 %s" % (b, s, h, hk, d, "causal" if causal else "full", fmt(row.get("fwd_sm90")),
+                               fmt(row.get("fwd_sm80")), fmt(row.get("sdpa_flash")), fmt(row.get("sdpa_cudnn")),
+                               ratio("fwd_sm90", "sdpa_cudnn"), ratio("fwd_sm90", "fwd_sm80")))
+    if out_dir:
+        with open(os.path.join(out_dir, "timing.json"), "w") as f:
+            json.dump(dict(device=torch.cuda.get_device_name(), torch=torch.__version__, rows=rows), f, indent=1)
+        with open(os.path.join(out_dir, "timing.md"), "w") as f:
+            f.write("# fwd_sm90 vs fwd_sm80 vs SDPA (%s, torch %s, bf16, TFLOP/s, CUDA-graph replay, median)\n\n"
+                    % (torch.cuda.get_device_name(), torch.__version__))
+            f.write("| B | S | H/Hk | D | mask | fwd_sm90 | fwd_sm80 | sdpa flash | sdpa cuDNN | sm90/cuDNN "
+                    "| sm90/sm80 |\n")
+            f.write("|---|---|---|---|---|---|---|---|---|---|---|\n")
+            for r in rows:
+                cell = lambda x: "%.0f" % r[x] if r.get(x) else "-"  # noqa: E731
+                rat = lambda a, c: "%.2f" % (r[a] / r[c]) if r.get(a) and r.get(c) else "-"  # noqa: E731
+                f.write("| %d | %d | %d/%d | %d | %s | %s | %s | %s | %s | %s | %s |\n" % (
+                    r["batch"], r["seqlen"], r["heads"], r["heads_kv"], r["head_dim"],
+                    "causal" if r["causal"] else "full", cell("fwd_sm90"), cell("fwd_sm80"), cell("sdpa_flash"),
+                    cell("sdpa_cudnn"), rat("fwd_sm90", "sdpa_cudnn"), rat("fwd_sm90", "fwd_sm80")))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- driver
+
+
+def stage(out_dir, title, argv, env, limit):
+    log(out_dir, "== %s (limit %.0f s)" % (title, limit))
+    start = time.time()
+    try:
+        p = subprocess.run(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=limit)
+        text, rc = p.stdout, p.returncode
+    except subprocess.TimeoutExpired as e:
+        text = (e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else e.stdout) or ""
+        rc = "timeout"
+    # The child logs its own lines into sm90_check.log; the parent keeps what it printed otherwise.
+    print(text, end="", flush=True)
+    if out_dir and argv[1].endswith("sm90_probe.py"):
+        with open(os.path.join(out_dir, "sm90_check.log"), "a") as f:
+            f.write(text)
+    if rc not in (0, "timeout") and out_dir and "Traceback" in text:
+        with open(os.path.join(out_dir, "sm90_check.log"), "a") as f:
+            f.write(text[-3000:])
+    verdict = "PASS" if rc == 0 else ("TIMEOUT (a hang?)" if rc == "timeout" else "FAIL (exit %s)" % rc)
+    log(out_dir, "== %s: %s in %.1f s" % (title, verdict, time.time() - start))
+    return rc == 0
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="")
+    parser.add_argument("--budget", type=float, default=240.0, help="seconds for the whole script")
+    parser.add_argument("--stage", choices=("all", "correctness", "timing"), default="all")
+    parser.add_argument("--quick", action="store_true", help="stage 2: a few small cases (for compute-sanitizer)")
+    parser.add_argument("--seconds", type=float, default=120.0, help="stage 3's own time budget")
+    args = parser.parse_args()
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+    if args.stage == "correctness":
+        os.environ["ATTNFORGE_FWD_SM90"] = "1"
+        return run_correctness(args.out, args.quick)
+    if args.stage == "timing":
+        return run_timing(args.out, args.seconds)
+
+    start = time.time()
+    env = dict(os.environ, ATTNFORGE_FWD_SM90="1", PYTHONUNBUFFERED="1")
+    try:
+        import torch
+
+        name = torch.cuda.get_device_name()
+        capability = torch.cuda.get_device_capability()
+        log(args.out, "sm90_check: %s (sm_%d%d), torch %s, library %s" % (
+            name, capability[0], capability[1], torch.__version__, os.environ.get("ATTNFORGE_LIBRARY", "(default)")))
+        if capability != (9, 0):
+            log(args.out, "not an sm_90 GPU: fwd_sm90 does not run here")
+            return 1
+    except Exception as e:
+        log(args.out, "torch/CUDA not usable: %s" % e)
+        return 1
+    me = os.path.abspath(__file__)
+    left = lambda: args.budget - (time.time() - start) - 5  # noqa: E731
+    ok1 = stage(args.out, "stage 1: probes (TMA, wgmma SS, wgmma RS)",
+                [sys.executable, os.path.join(HERE, "sm90_probe.py")], env, min(60.0, left()))
+    extra = ["--out", args.out] if args.out else []
+    ok2 = stage(args.out, "stage 2: correctness vs float64 (ATTNFORGE_FWD_SM90=1)",
+                [sys.executable, me, "--stage", "correctness"] + extra, env, min(110.0, left()))
+    ok3 = True
+    if ok2 and left() > 20:
+        ok3 = stage(args.out, "stage 3: timing", [sys.executable, me, "--stage", "timing", "--seconds",
+                                                  str(max(10.0, left() - 25))] + extra, env, left())
+    else:
+        log(args.out, "== stage 3: timing skipped (%s)" % ("stage 2 failed" if not ok2 else "no time left"))
+    log(args.out, "sm90_check: probes %s, correctness %s, timing %s (%.0f s)" % (
+        "ok" if ok1 else "FAILED", "ok" if ok2 else "FAILED", "ok" if (ok2 and ok3) else "not run or FAILED",
+        time.time() - start))
+    return 0 if (ok1 and ok2 and ok3) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

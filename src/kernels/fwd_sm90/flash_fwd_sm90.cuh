@@ -1,0 +1,246 @@
+// Forward attention for Hopper (sm_90a): wgmma + TMA + warp specialisation, FlashAttention-2's
+// semantics (the fwd_sm80 family's masks, GQA and LSE).
+//
+// Module: attention_params.cuh, common/ptx.cuh, flash_fwd_sm90_config.cuh, sm90_ptx.cuh,
+// common/sequence.cuh, this file (src/cuda/families.cpp). Padded (B, S, H, D) batches with any
+// 16-byte-aligned batch, row and head strides; causal (bottom-right) or not; GQA; softmax_lse.
+// The plan sends everything else (varlen, windows, softcap, ALiBi, split keys) to fwd_sm80.
+//
+// Grid (query tiles, heads, batch); one CTA of 3 warpgroups per 128 query rows:
+// - warpgroup 0, the producer, drops to 24 registers; one thread issues the TMA loads: Q once,
+//   then K and V of each key block into a kStages-deep ring, each stage with a "full" mbarrier
+//   (transaction bytes) and an "empty" one (one arrival per consumer warp);
+// - warpgroups 1 and 2, the consumers, rise to 240 registers and own 64 query rows each: per key
+//   block, S = Q K^T (wgmma m64nNk16 with N = kBlockN, both operands from shared memory, K-major), the mask only
+//   on blocks that cross the end of the keys or the causal diagonal, the online softmax in fp32
+//   with exp2, P packed from the S accumulators into A fragments (registers), O += P V (wgmma
+//   m64n64k16 per 64-column atom of V, A from registers, V transposed by the instruction).
+// Key blocks run from the last to the first (masked ones first), as in fwd_sm80. Out and LSE are
+// stored from registers. Not yet: a persistent grid with a tile scheduler, the next block's
+// Q K^T overlapped with this block's softmax, ping-pong of the consumers, a TMA-store epilogue.
+
+extern "C" __global__ void __launch_bounds__(kThreads, 1)
+    af_flash_fwd_sm90(const __grid_constant__ FlashFwdParams p, const __grid_constant__ CUtensorMap q_map,
+                      const __grid_constant__ CUtensorMap k_map, const __grid_constant__ CUtensorMap v_map) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  // q_full, then per stage: k_full, k_empty, v_full, v_empty.
+  __shared__ __align__(8) unsigned long long barriers[1 + 4 * kStages];
+  const af_u32 sQ = (shared_address(smem) + 1023u) & ~1023u;  // (kBlockM, kHeadDim): kAtoms atoms
+  const af_u32 sK = sQ + kQBytes;                             // kStages x (kBlockN, kHeadDim)
+  const af_u32 sV = sK + kStages * kKVBytes;                  // kStages x (kBlockN, kHeadDim)
+  const af_u32 q_full = shared_address(barriers);
+  auto k_full = [&](int s) { return q_full + 8u * af_u32(1 + 4 * s); };
+  auto k_empty = [&](int s) { return q_full + 8u * af_u32(2 + 4 * s); };
+  auto v_full = [&](int s) { return q_full + 8u * af_u32(3 + 4 * s); };
+  auto v_empty = [&](int s) { return q_full + 8u * af_u32(4 + 4 * s); };
+
+  const int m_block = int(gridDim.x) - 1 - int(blockIdx.x);  // longest causal tiles first
+  const int head = int(blockIdx.y), batch = int(blockIdx.z);
+  const int q_len = p.seqlen_q, k_len = p.seqlen_k;
+  const int m0 = m_block * kBlockM;
+  const int diagonal = k_len - q_len;  // key aligned with query row i is i + diagonal (bottom-right)
+  const int last_row = min(m0 + kBlockM, q_len) - 1;
+  int key_end = k_len;
+  if (p.window_right >= 0) key_end = min(key_end, last_row + diagonal + p.window_right + 1);
+  const int n_blocks = key_end > 0 ? (key_end + kBlockN - 1) / kBlockN : 0;
+
+  if (threadIdx.x == 0) {
+    mbarrier_init(q_full, 1);
+    for (int s = 0; s < kStages; ++s) {
+      mbarrier_init(k_full(s), 1);
+      mbarrier_init(k_empty(s), kConsumerWarps);
+      mbarrier_init(v_full(s), 1);
+      mbarrier_init(v_empty(s), kConsumerWarps);
+    }
+    // The initialised barriers visible to the other threads and to the TMA unit.
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
+  __syncthreads();
+
+  const int warpgroup = int(threadIdx.x) / 128;
+  if (warpgroup == 0) {
+    setmaxnreg_dec<kProducerRegisters>();
+    if (threadIdx.x == 0 && n_blocks > 0) {
+      const int head_kv = head / (p.heads_q / p.heads_kv);
+      mbarrier_arrive_expect_tx(q_full, kQBytes);
+#pragma unroll
+      for (int a = 0; a < kAtoms; ++a) tma_load_4d(sQ + a * kBlockM * 128, &q_map, q_full, a * 64, m0, head, batch);
+      for (int i = 0; i < n_blocks; ++i) {
+        const int n0 = (n_blocks - 1 - i) * kBlockN;
+        const int stage = i % kStages;
+        const af_u32 parity = ((i / kStages) & 1) ^ 1;  // the consumers' release of this stage's last use
+        const af_u32 offset = stage * kKVBytes;
+        mbarrier_wait(k_empty(stage), parity);
+        mbarrier_arrive_expect_tx(k_full(stage), kKVBytes);
+#pragma unroll
+        for (int a = 0; a < kAtoms; ++a)
+          tma_load_4d(sK + offset + a * kBlockN * 128, &k_map, k_full(stage), a * 64, n0, head_kv, batch);
+        mbarrier_wait(v_empty(stage), parity);
+        mbarrier_arrive_expect_tx(v_full(stage), kKVBytes);
+#pragma unroll
+        for (int a = 0; a < kAtoms; ++a)
+          tma_load_4d(sV + offset + a * kBlockN * 128, &v_map, v_full(stage), a * 64, n0, head_kv, batch);
+      }
+    }
+    return;
+  }
+
+  setmaxnreg_inc<kConsumerRegisters>();
+  const int consumer = warpgroup - 1;  // rows [64 * consumer, 64 * consumer + 64) of the tile
+  const int warp = (int(threadIdx.x) >> 5) & 3;
+  const int lane = int(threadIdx.x) & 31;
+  const int g = lane >> 2, t = lane & 3;
+  // Accumulator layout (wgmma m64nN, per warp as mma.m16n8): element 4j + e of a thread is row
+  // warp_row + g + 8 * (e / 2), column 8j + 2t + e % 2.
+  const int warp_row = m0 + 64 * consumer + 16 * warp;
+
+  float o[kAtoms][32];                          // (64 rows, 64 dims) per atom of O
+  float row_max[2] = {AF_NEG_INF, AF_NEG_INF};  // rows g and g + 8, raw scores
+  float row_sum[2] = {0.f, 0.f};                // this thread's partial sums of exp2
+#pragma unroll
+  for (int a = 0; a < kAtoms; ++a)
+#pragma unroll
+    for (int e = 0; e < 32; ++e) o[a][e] = 0.f;
+
+  // Key blocks at or past unmasked_end cross the end of the keys or the causal diagonal of row m0.
+  int unmasked_end = k_len / kBlockN;
+  if (p.window_right >= 0) unmasked_end = min(unmasked_end, max(0, m0 + diagonal + p.window_right + 1) / kBlockN);
+  const float scale = p.scale_log2;
+  const af_u32 q_atom = sQ + consumer * 64 * 128;  // this warpgroup's 64 rows of atom 0
+
+  if (n_blocks > 0) mbarrier_wait(q_full, 0);
+  for (int i = 0; i < n_blocks; ++i) {
+    const int n_block = n_blocks - 1 - i;
+    const int n0 = n_block * kBlockN;
+    const int stage = i % kStages;
+    const af_u32 parity = (i / kStages) & 1;
+    const af_u32 k_tile = sK + stage * kKVBytes, v_tile = sV + stage * kKVBytes;
+
+    float s[kSRegisters];  // (64 rows, kBlockN keys) scores
+    mbarrier_wait(k_full(stage), parity);
+    wgmma_fence();
+#pragma unroll
+    for (int ks = 0; ks < kHeadDim / 16; ++ks) {
+      const af_u32 column = af_u32((ks % 4) * 32);  // k16 step inside the atom: 32 bytes along the line
+      const unsigned long long desc_q = smem_descriptor(q_atom + (ks / 4) * kBlockM * 128 + column);
+      const unsigned long long desc_k = smem_descriptor(k_tile + (ks / 4) * kBlockN * 128 + column);
+      wgmma_ss(s, desc_q, desc_k, ks > 0 ? 1 : 0);  // m64n128k16 or m64n64k16 by s's size
+    }
+    wgmma_commit();
+    wgmma_wait<0>();
+#pragma unroll
+    for (int e = 0; e < kSRegisters; ++e) fence_operand(s[e]);
+    __syncwarp();
+    if (lane == 0) mbarrier_arrive(k_empty(stage));
+
+    if (n_block >= unmasked_end) {
+#pragma unroll
+      for (int e = 0; e < kSRegisters; ++e) {
+        const int row = warp_row + g + 8 * ((e >> 1) & 1);
+        const int col = n0 + 8 * (e >> 2) + 2 * t + (e & 1);
+        const bool visible = col < k_len && (p.window_right < 0 || col <= row + diagonal + p.window_right);
+        if (!visible) s[e] = AF_NEG_INF;
+      }
+    }
+
+    // Online softmax (as fwd_sm80): the 4 lanes of a quad share rows; O is rescaled only when
+    // some row of the warp got a new max.
+    float base[2], correction[2];
+    bool max_changed = false;
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      float m = row_max[half];
+#pragma unroll
+      for (int j = 0; j < kBlockN / 8; ++j) m = fmaxf(m, fmaxf(s[4 * j + 2 * half], s[4 * j + 2 * half + 1]));
+      m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
+      m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
+      // A row with no visible key so far keeps max -inf; subtracting 0 then gives exp2(-inf) = 0.
+      base[half] = m == AF_NEG_INF ? 0.f : m * scale;
+      correction[half] = exp2_approx(row_max[half] * scale - base[half]);
+      max_changed = max_changed || m != row_max[half];
+      row_max[half] = m;
+    }
+    if (__any_sync(0xffffffffu, max_changed)) {
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        row_sum[half] *= correction[half];
+#pragma unroll
+        for (int a = 0; a < kAtoms; ++a)
+#pragma unroll
+          for (int j = 0; j < 8; ++j) {
+            o[a][4 * j + 2 * half] *= correction[half];
+            o[a][4 * j + 2 * half + 1] *= correction[half];
+          }
+      }
+    }
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      float sum = 0.f;
+#pragma unroll
+      for (int j = 0; j < kBlockN / 8; ++j) {
+        const float p0 = exp2_approx(fmaf(s[4 * j + 2 * half], scale, -base[half]));
+        const float p1 = exp2_approx(fmaf(s[4 * j + 2 * half + 1], scale, -base[half]));
+        s[4 * j + 2 * half] = p0;
+        s[4 * j + 2 * half + 1] = p1;
+        sum += p0 + p1;
+      }
+      row_sum[half] += sum;
+    }
+    // P as the A fragments of the k16 steps of P V: keys 16kk.. are columns j = 2kk, 2kk + 1.
+    af_u32 pa[kBlockN / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < kBlockN / 16; ++kk) {
+      pa[kk][0] = pack2(s[8 * kk + 0], s[8 * kk + 1]);
+      pa[kk][1] = pack2(s[8 * kk + 2], s[8 * kk + 3]);
+      pa[kk][2] = pack2(s[8 * kk + 4], s[8 * kk + 5]);
+      pa[kk][3] = pack2(s[8 * kk + 6], s[8 * kk + 7]);
+    }
+
+    mbarrier_wait(v_full(stage), parity);
+#pragma unroll
+    for (int a = 0; a < kAtoms; ++a)
+#pragma unroll
+      for (int e = 0; e < 32; ++e) fence_operand(o[a][e]);
+    wgmma_fence();
+#pragma unroll
+    for (int a = 0; a < kAtoms; ++a)
+#pragma unroll
+      for (int kk = 0; kk < kBlockN / 16; ++kk)
+        wgmma_rs_n64(o[a], pa[kk], smem_descriptor(v_tile + a * kBlockN * 128 + kk * 16 * 128));
+    wgmma_commit();
+    wgmma_wait<0>();
+#pragma unroll
+    for (int a = 0; a < kAtoms; ++a)
+#pragma unroll
+      for (int e = 0; e < 32; ++e) fence_operand(o[a][e]);
+    __syncwarp();
+    if (lane == 0) mbarrier_arrive(v_empty(stage));
+  }
+
+  // Epilogue: normalise and store from registers (pairs of columns), LSE in natural log.
+  const float ln2 = 0.6931471805599453f;
+  af_u16* out_base =
+      (af_u16*)p.out + (long long)batch * p.out_batch_stride + (long long)head * p.out_head_stride + 2 * t;
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    float sum = row_sum[half];
+    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+    const float inverse = sum > 0.f ? 1.f / sum : 0.f;
+    const int row = warp_row + g + 8 * half;
+    if (row >= q_len) continue;
+    af_u16* dst = out_base + (long long)row * p.out_row_stride;
+#pragma unroll
+    for (int a = 0; a < kAtoms; ++a)
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        const int col = 64 * a + 8 * j;
+        if (col + 2 * t < p.head_dim)
+          *(af_u32*)(dst + col) = pack2(o[a][4 * j + 2 * half] * inverse, o[a][4 * j + 2 * half + 1] * inverse);
+      }
+    if (p.lse != nullptr && t == 0)
+      p.lse[(long long)batch * p.lse_batch_stride + (long long)head * p.lse_head_stride +
+            (long long)row * p.lse_row_stride] =
+          sum > 0.f ? (row_max[half] * scale + log2_approx(sum)) * ln2 : AF_NEG_INF;
+  }
+}

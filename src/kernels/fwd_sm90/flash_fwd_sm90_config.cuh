@@ -1,0 +1,25 @@
+// Constants of the fwd_sm90 family (Hopper, sm_90a), from the variant's macros (src/cuda/families.cpp):
+//   AF_HEAD_DIM   compiled head dim D (64, 128 or 256); smaller real dims (multiples of 8) read as zeros
+//   AF_BF16       1: bfloat16, 0: float16 (inputs and output; accumulation is fp32)
+//   AF_BLOCK_N    keys per main-loop step (64 or 128: the N of the S = Q K^T wgmma)
+//   AF_KV_STAGES  depth of the K and V ring (TMA loads in flight ahead of the consumers)
+
+constexpr int kHeadDim = AF_HEAD_DIM;
+constexpr int kBlockM = 128;  // query rows per CTA: two consumer warpgroups of 64 rows
+constexpr int kBlockN = AF_BLOCK_N;
+constexpr int kStages = AF_KV_STAGES;
+constexpr int kThreads = 384;          // warpgroup 0: producer; 1 and 2: consumers
+constexpr int kAtoms = kHeadDim / 64;  // 64-column (128-byte) swizzle atoms per row
+constexpr int kConsumerWarps = 8;
+constexpr unsigned kQBytes = kBlockM * kHeadDim * 2;
+constexpr unsigned kKVBytes = kBlockN * kHeadDim * 2;
+// setmaxnreg: 128 x (24 + 240 + 240) = 64512 of the SM's 65536 registers; the producer's one
+// thread only issues TMA, the consumers hold S (kBlockN / 2 fp32), O (D / 2 fp32) and P
+// (kBlockN / 4 registers of two 16-bit values).
+constexpr int kProducerRegisters = 24;
+constexpr int kConsumerRegisters = 240;
+
+static_assert(kHeadDim == 64 || kHeadDim == 128 || kHeadDim == 256, "fwd_sm90 compiles head dims 64, 128 and 256");
+static_assert(kBlockN == 64 || kBlockN == 128, "the S wgmma is m64n64k16 or m64n128k16");
+constexpr int kSRegisters = kBlockN / 2;  // S accumulators per thread (64 rows x kBlockN keys)
+static_assert(kStages >= 2 && kStages <= 4, "2 to 4 K/V stages");

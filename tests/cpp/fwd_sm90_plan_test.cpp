@@ -1,0 +1,179 @@
+// fwd_sm90 routing and TMA tensor-map checks, host only (no GPU, no driver): which prefill calls the
+// Hopper family takes and, for the rest, the reason the plan gives when it sends them to fwd_sm80.
+#include <cstdlib>
+#include <string>
+
+#include <gtest/gtest.h>
+
+#include "cuda/driver_api.h"
+#include "cuda/families.h"
+#include "cuda/plan.h"
+#include "cuda/tensor_map.h"
+
+namespace af::cuda {
+namespace {
+
+// A contiguous padded bf16 (B, S, H, D) prefill call: batch 2, 1000 query rows, 1000 keys, 32/8
+// heads, head_dim 128.
+AttentionProblem prefill(int64_t head_dim = 128) {
+  AttentionProblem p;
+  p.dtype = AF_DTYPE_BFLOAT16;
+  p.device_type = AF_DEVICE_CUDA;
+  p.batch = 2, p.seqlen_q = 1000, p.seqlen_k = 1000, p.heads_q = 32, p.heads_kv = 8, p.head_dim = head_dim;
+  p.total_q = p.batch * p.seqlen_q, p.total_k = p.batch * p.seqlen_k;
+  p.q_head_stride = head_dim, p.q_row_stride = p.heads_q * head_dim, p.q_batch_stride = p.seqlen_q * p.q_row_stride;
+  p.k_head_stride = head_dim, p.k_row_stride = p.heads_kv * head_dim, p.k_batch_stride = p.seqlen_k * p.k_row_stride;
+  p.v_head_stride = p.k_head_stride, p.v_row_stride = p.k_row_stride, p.v_batch_stride = p.k_batch_stride;
+  p.out_head_stride = p.q_head_stride, p.out_row_stride = p.q_row_stride, p.out_batch_stride = p.q_batch_stride;
+  return p;
+}
+
+void expect_refused(const AttentionProblem& p, const std::string& words) {
+  const std::string why = fwd_sm90_refusal(p);
+  EXPECT_NE(why.find(words), std::string::npos) << "expected a refusal naming '" << words << "', got '" << why << "'";
+}
+
+TEST(FwdSm90Routing, TakesPaddedCausalAndGqaCallsOfEveryHeadDimOnTheGrid) {
+  for (int64_t d : {8, 64, 72, 128, 192, 256}) {
+    AttentionProblem p = prefill(d);
+    EXPECT_EQ(fwd_sm90_refusal(p), "") << "head_dim " << d;
+    p.causal = true, p.window_right = 0;
+    EXPECT_EQ(fwd_sm90_refusal(p), "") << "causal head_dim " << d;
+  }
+  AttentionProblem fp16 = prefill();
+  fp16.dtype = AF_DTYPE_FLOAT16;
+  EXPECT_EQ(fwd_sm90_refusal(fp16), "");
+  // A (B, H, S, D) tensor transposed to (B, S, H, D): head stride above the row stride.
+  AttentionProblem transposed = prefill();
+  transposed.q_row_stride = 128, transposed.q_head_stride = 1000 * 128;
+  EXPECT_EQ(fwd_sm90_refusal(transposed), "");
+  // Size-1 dimensions may carry any stride (torch gives them arbitrary ones).
+  AttentionProblem one = prefill();
+  one.batch = 1, one.q_batch_stride = 0, one.k_batch_stride = 8;
+  EXPECT_EQ(fwd_sm90_refusal(one), "");
+}
+
+TEST(FwdSm90Routing, SendsWhatItDoesNotTakeToSm80WithTheReason) {
+  AttentionProblem p = prefill(96 + 4);
+  expect_refused(p, "head_dim a multiple of 8");
+  p = prefill(), p.dtype = AF_DTYPE_FLOAT32;
+  expect_refused(p, "bfloat16 and float16");
+  p = prefill(), p.varlen = true;
+  expect_refused(p, "varlen");
+  p = prefill(), p.paged = true;
+  expect_refused(p, "paged");
+  int32_t index[2] = {0, 1};
+  p = prefill(), p.kv_batch_idx = index;
+  expect_refused(p, "kv_batch_idx");
+  p = prefill(), p.seqused_k = index;
+  expect_refused(p, "seqused_k");
+  p = prefill(), p.leftpad_k = index;
+  expect_refused(p, "leftpad_k");
+  p = prefill(), p.window_left = 64;
+  expect_refused(p, "sliding windows");
+  p = prefill(), p.window_right = 16;  // a right window without causal
+  expect_refused(p, "sliding windows");
+  p = prefill(), p.causal = true, p.window_right = 0, p.window_left = 32;
+  expect_refused(p, "sliding windows");
+  p = prefill(), p.softcap = 30.f;
+  expect_refused(p, "softcap");
+  const float slopes[32] = {};
+  p = prefill(), p.alibi_slopes = slopes;
+  expect_refused(p, "ALiBi");
+  p = prefill(), p.num_splits = 3;
+  expect_refused(p, "num_splits");
+  p = prefill(), p.seqlen_k = 0;
+  expect_refused(p, "at least one key");
+  p = prefill(), p.heads_q = 65536 * 8, p.heads_kv = 8;
+  expect_refused(p, "65535 heads");
+  // TMA: strides of 8 elements (16 bytes) are the finest; an expanded (stride 0) k is not describable.
+  p = prefill(), p.k_batch_stride = 0;
+  expect_refused(p, "fwd_sm90: k: TMA needs the batch stride positive");
+  p = prefill(), p.v_row_stride = 4;
+  expect_refused(p, "fwd_sm90: v: TMA needs the row stride");
+  p = prefill(), p.q_head_stride = (int64_t(1) << 39) + 8;
+  expect_refused(p, "fwd_sm90: q: TMA needs the head stride");
+}
+
+TEST(FwdSm90Routing, IsOptInThroughTheEnvironment) {
+  const char* saved = std::getenv("ATTNFORGE_FWD_SM90");
+  const std::string before = saved != nullptr ? saved : "";
+  unsetenv("ATTNFORGE_FWD_SM90");
+  EXPECT_FALSE(fwd_sm90_opted_in());
+  setenv("ATTNFORGE_FWD_SM90", "0", 1);
+  EXPECT_FALSE(fwd_sm90_opted_in());
+  setenv("ATTNFORGE_FWD_SM90", "10", 1);
+  EXPECT_FALSE(fwd_sm90_opted_in());
+  setenv("ATTNFORGE_FWD_SM90", "1", 1);
+  EXPECT_TRUE(fwd_sm90_opted_in());
+  if (saved != nullptr)
+    setenv("ATTNFORGE_FWD_SM90", before.c_str(), 1);
+  else
+    unsetenv("ATTNFORGE_FWD_SM90");
+}
+
+TEST(TileMap, RefusesWhatTmaCannotDescribeNamingTheArgument) {
+  alignas(16) static unsigned short data[64];
+  TileTensor t{data, 2, 100, 4, 64, 100 * 4 * 64, 4 * 64, 64};
+  EXPECT_EQ(tile_map_refusal("q", t, 128), "");
+  EXPECT_NE(tile_map_refusal("q", t, 0).find("q: a TMA box has 1 to 256 rows"), std::string::npos);
+  EXPECT_NE(tile_map_refusal("q", t, 257).find("1 to 256 rows"), std::string::npos);
+  TileTensor unaligned = t;
+  unaligned.base = data + 1;
+  EXPECT_NE(tile_map_refusal("k", unaligned, 128).find("k: TMA needs a 16-byte aligned address"), std::string::npos);
+  TileTensor odd = t;
+  odd.row_stride = 4 * 64 + 4;  // 520 bytes: not a multiple of 16
+  EXPECT_NE(tile_map_refusal("v", odd, 128).find("v: TMA needs the row stride"), std::string::npos);
+  TileTensor empty = t;
+  empty.rows = 0;
+  EXPECT_NE(tile_map_refusal("q", empty, 128).find("rows in 1..2^32"), std::string::npos);
+  TileTensor huge = t;
+  huge.batch_stride = int64_t(1) << 40;
+  EXPECT_NE(tile_map_refusal("q", huge, 128).find("batch stride"), std::string::npos);
+}
+
+// encode_tile_map checks before it calls the driver, and writes nothing when it refuses.
+int g_encode_calls = 0;
+CUresult fake_encode(CUtensorMap* map, int, unsigned rank, void*, const unsigned long long* dims,
+                     const unsigned long long* strides, const unsigned* box, const unsigned*, int, int swizzle, int,
+                     int) {
+  ++g_encode_calls;
+  // The map the kernel reads: (head_dim, rows, heads, batch), 64 x box_rows boxes, 128-byte swizzle.
+  map->opaque[0] = rank * 1000 + dims[0];
+  map->opaque[1] = strides[0];
+  map->opaque[2] = box[0] * 1000 + box[1];
+  map->opaque[3] = unsigned(swizzle);
+  return CUDA_SUCCESS;
+}
+
+TEST(TileMap, EncodesOnlyWhatPassesTheChecks) {
+  DriverApi api{};
+  api.cuTensorMapEncodeTiled = fake_encode;
+  alignas(16) static unsigned short data[64];
+  TileTensor t{data, 2, 100, 4, 128, 100 * 4 * 128, 4 * 128, 128};
+  CUtensorMap map{};
+  g_encode_calls = 0;
+  ASSERT_EQ(encode_tile_map(api, "q", t, AF_DTYPE_BFLOAT16, 128, &map), AF_OK);
+  EXPECT_EQ(g_encode_calls, 1);
+  EXPECT_EQ(map.opaque[0], 4u * 1000 + 128);
+  EXPECT_EQ(map.opaque[1], 4u * 128 * 2);  // the row stride in bytes
+  EXPECT_EQ(map.opaque[2], 64u * 1000 + 128);
+  EXPECT_EQ(map.opaque[3], unsigned(CU_TENSOR_MAP_SWIZZLE_128B));
+
+  CUtensorMap untouched{};
+  TileTensor bad = t;
+  bad.head_stride = 4;
+  EXPECT_EQ(encode_tile_map(api, "k", bad, AF_DTYPE_BFLOAT16, 128, &untouched), AF_ERR_UNSUPPORTED);
+  TileTensor shapes_only = t;
+  shapes_only.base = nullptr;
+  EXPECT_EQ(encode_tile_map(api, "k", shapes_only, AF_DTYPE_BFLOAT16, 128, &untouched), AF_ERR_UNSUPPORTED);
+  EXPECT_EQ(encode_tile_map(api, "k", t, AF_DTYPE_FLOAT32, 128, &untouched), AF_ERR_UNSUPPORTED);
+  EXPECT_EQ(g_encode_calls, 1) << "the driver was called for a refused tensor";
+  for (unsigned long long word : untouched.opaque) EXPECT_EQ(word, 0u);
+
+  api.cuTensorMapEncodeTiled = nullptr;
+  EXPECT_EQ(encode_tile_map(api, "q", t, AF_DTYPE_BFLOAT16, 128, &untouched), AF_ERR_BACKEND_UNAVAILABLE);
+}
+
+}  // namespace
+}  // namespace af::cuda
