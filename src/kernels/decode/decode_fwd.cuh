@@ -74,9 +74,11 @@ __device__ __forceinline__ int block_page_entry(const FlashFwdParams& p, const K
 // `index` of the table, whose entry is `page` (clamped into the pool); nothing is read unless inside.
 __device__ __forceinline__ void copy_paged_row(const FlashFwdParams& p, const KeySpan& span, af_u32 s_k, af_u32 s_v,
                                                int j, int col, int bytes, int row, int index, int page) {
-  const int in_page = row - index * p.page_size;
-  const long long k_off = bytes > 0 ? (long long)page * p.k_batch_stride + (long long)in_page * p.k_row_stride : 0;
-  const long long v_off = bytes > 0 ? (long long)page * p.v_batch_stride + (long long)in_page * p.v_row_stride : 0;
+  // page and in_page are >= 0 and strides are validated >= 0: zero-extended factors make each
+  // product one 32x32 -> 64-bit multiply plus one multiply-add, not a full 64-bit multiply.
+  const unsigned long long pg = unsigned(page), in_page = unsigned(row - index * p.page_size);
+  const long long k_off = bytes > 0 ? (long long)(pg * p.k_batch_stride + in_page * p.k_row_stride) : 0;
+  const long long v_off = bytes > 0 ? (long long)(pg * p.v_batch_stride + in_page * p.v_row_stride) : 0;
   cp_async_16(s_k + tile_offset(j, col), span.k + k_off + col, bytes);
   cp_async_16(s_v + tile_offset(j, col), span.v + v_off + col, bytes);
 }
