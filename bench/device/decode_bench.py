@@ -10,7 +10,10 @@ of the replays. Achieved bandwidth counts the K and V bytes a step must read onc
 device-to-device copy measured in the same run (bytes read + written). Every point is validated
 against SDPA before it is timed.
 
-Writes <prefix>.json, <prefix>.md and <prefix>.png.
+Writes <prefix>.json, <prefix>.md and <prefix>.png. With --paged-only (and --quick: B 1/8/32/128 x
+keys 4k/32k), only attnforge contiguous vs paged (validated against attnforge's contiguous output),
+ratios printed per point and the worst per page size against issue 11's 0.95x target; writes
+<prefix>.json and exits 1 when the target is not met.
 """
 import argparse
 import datetime
@@ -18,6 +21,7 @@ import json
 import math
 import platform
 import subprocess
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -74,14 +78,31 @@ def graph_time_us(calls, replays=10):
     return times[len(times) // 2] * 1e3 / len(calls)
 
 
-def point(dtype, heads, heads_kv, head_dim, batch, seqlen, page_sizes):
+def point(dtype, heads, heads_kv, head_dim, batch, seqlen, page_sizes, peers=True):
+    """One shape: attnforge contiguous and paged, and with peers=True SDPA flash and cuDNN. Without
+    peers, the contiguous cache is also timed through flash_attn_with_kvcache with cache_seqlens
+    (the paged calls' entry point), and outputs are checked against attnforge's contiguous one."""
     kv_bytes = 2 * batch * seqlen * heads_kv * head_dim * 2
     rotations = max(1, min(8, math.ceil(ROTATION_BYTES / kv_bytes)))
     qs = [torch.randn(batch, 1, heads, head_dim, dtype=dtype, device="cuda") for _ in range(rotations)]
-    caches = [(torch.randn(batch, heads_kv, seqlen, head_dim, dtype=dtype, device="cuda"),
-               torch.randn(batch, heads_kv, seqlen, head_dim, dtype=dtype, device="cuda")) for _ in range(rotations)]
     row = {"dtype": str(dtype).replace("torch.", ""), "heads": heads, "heads_kv": heads_kv, "head_dim": head_dim,
            "batch": batch, "seqlen_k": seqlen, "kv_bytes": kv_bytes, "rotations": rotations}
+    if not peers:
+        ours_kv = [(torch.randn(batch, seqlen, heads_kv, head_dim, dtype=dtype, device="cuda"),
+                    torch.randn(batch, seqlen, heads_kv, head_dim, dtype=dtype, device="cuda"))
+                   for _ in range(rotations)]
+        expected = attnforge.flash_attn_func(qs[0], *ours_kv[0])
+        row["attnforge_us"] = graph_time_us([(lambda i=i: attnforge.flash_attn_func(qs[i], *ours_kv[i]))
+                                             for i in range(rotations)])
+        lens = torch.full((batch,), seqlen, dtype=torch.int32, device="cuda")
+        got = attnforge.flash_attn_with_kvcache(qs[0], *ours_kv[0], cache_seqlens=lens)
+        row["kvcache_valid"] = (got.float() - expected.float()).abs().max().item() < 2e-2
+        row["kvcache_us"] = graph_time_us([(lambda i=i: attnforge.flash_attn_with_kvcache(
+            qs[i], *ours_kv[i], cache_seqlens=lens)) for i in range(rotations)])
+        paged_points(row, qs, ours_kv, expected, batch, seqlen, heads_kv, head_dim, page_sizes)
+        return row
+    caches = [(torch.randn(batch, heads_kv, seqlen, head_dim, dtype=dtype, device="cuda"),
+               torch.randn(batch, heads_kv, seqlen, head_dim, dtype=dtype, device="cuda")) for _ in range(rotations)]
 
     # SDPA: (B, H, 1, D) against (B, Hk, S, D), enable_gqa=True.
     sdpa_q = [q.transpose(1, 2) for q in qs]
@@ -111,8 +132,13 @@ def point(dtype, heads, heads_kv, head_dim, batch, seqlen, page_sizes):
     row["max_diff"] = (got.float() - expected.float()).abs().max().item() if expected is not None else None
     row["valid"] = row["max_diff"] is not None and row["max_diff"] < 2e-2
     row["attnforge_us"] = graph_time_us([ours(i) for i in range(rotations)])
+    paged_points(row, qs, ours_kv, expected, batch, seqlen, heads_kv, head_dim, page_sizes)
+    return row
 
-    # Paged: the same keys in pages of P rows, in the sequences' order and shuffled.
+
+def paged_points(row, qs, ours_kv, expected, batch, seqlen, heads_kv, head_dim, page_sizes):
+    """The same keys in pages of P rows, in the sequences' order and shuffled: paged<P>_<order>_us."""
+    rotations = len(qs)
     for page in page_sizes:
         blocks = (seqlen + page - 1) // page
         lens = torch.full((batch,), seqlen, dtype=torch.int32, device="cuda")
@@ -140,7 +166,41 @@ def point(dtype, heads, heads_kv, head_dim, batch, seqlen, page_sizes):
             row[key + "_valid"] = diff is not None and diff < 2e-2
             row[key + "_us"] = graph_time_us([ours_paged(i) for i in range(rotations)])
             paged = None  # free before the next layout allocates
-    return row
+
+
+PAGED_TARGET = 0.95  # issue 11: paged decode at >= 0.95x the contiguous cache's speed
+
+
+def paged_line(r):
+    """One --paged-only point: contiguous times, then contiguous time / paged time per page size."""
+    cells = ["%s %d/%d d%d B %4d keys %6d" % (r["dtype"], r["heads"], r["heads_kv"], r["head_dim"], r["batch"],
+                                              r["seqlen_k"]),
+             "contiguous %8.1f us (with_kvcache %8.1f us)" % (r["attnforge_us"], r["kvcache_us"])]
+    for order in ("ordered", "shuffled"):
+        cells.append(order + " " + " ".join(
+            "P%d %.3f" % (p, r["attnforge_us"] / r["paged%d_%s_us" % (p, order)]) for p in (16, 64, 256)))
+    invalid = [k for k, v in r.items() if k.endswith("valid") and v is False]
+    return " | ".join(cells) + (" | INVALID " + ",".join(invalid) if invalid else "")
+
+
+def paged_summary(rows):
+    """Lines: the worst ratio per page size (over shapes and orders) against the target, then
+    "PAGED TARGET MET" or "PAGED TARGET NOT MET" (also when an output was invalid); and whether it was met."""
+    lines, met = [], True
+    for p in (16, 64, 256):
+        ratios = [(r["attnforge_us"] / r["paged%d_%s_us" % (p, o)], r, o)
+                  for r in rows for o in ("ordered", "shuffled")]
+        worst, r, o = min(ratios, key=lambda x: x[0])
+        ok = worst >= PAGED_TARGET
+        met = met and ok
+        lines.append("page %3d: worst contiguous/paged %.3f (B %d, keys %d, %s): %s %.2f" % (
+            p, worst, r["batch"], r["seqlen_k"], o, "meets" if ok else "BELOW", PAGED_TARGET))
+    invalid = [r for r in rows if any(k.endswith("valid") and v is False for k, v in r.items())]
+    if invalid:
+        met = False
+        lines.append("INVALID outputs at %d points (paged output differs from contiguous)" % len(invalid))
+    lines.append("PAGED TARGET %s" % ("MET" if met else "NOT MET"))
+    return lines, met
 
 
 def markdown(rows, meta):
@@ -173,6 +233,9 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--prefix", required=True)
     parser.add_argument("--quick", action="store_true", help="a few points only")
+    parser.add_argument("--paged-only", action="store_true",
+                        help="bf16 32/8 heads d128: attnforge contiguous vs paged only (no peers, no table or chart); "
+                             "with --quick B 1/8/32/128 x keys 4k/32k")
     args = parser.parse_args()
     meta = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "gpu": torch.cuda.get_device_name(),
@@ -187,6 +250,21 @@ def main():
     lengths = [1024, 4096, 16384, 32768, 131072]
     if args.quick:
         configs, batches, lengths = configs[:1], [1, 32], [4096, 32768]
+    if args.paged_only:
+        batches, lengths = ([1, 8, 32, 128], [4096, 32768]) if args.quick else (batches, lengths)
+        rows = []
+        for batch in batches:
+            for seqlen in lengths:
+                if batch * seqlen > (4 << 20):
+                    continue
+                rows.append(point(torch.bfloat16, 32, 8, 128, batch, seqlen, (16, 64, 256), peers=False))
+                print(paged_line(rows[-1]), flush=True)
+                torch.cuda.empty_cache()
+        lines, met = paged_summary(rows)
+        print("\n".join(lines))
+        with open(args.prefix + ".json", "w") as f:
+            json.dump({"meta": meta, "rows": rows}, f, indent=1)
+        sys.exit(0 if met else 1)
     rows = []
     for dtype, heads, heads_kv, head_dim, with_paged in configs:
         for batch in batches:

@@ -2,6 +2,7 @@
 #include <cstdint>
 
 #include "common/error.h"
+#include "cuda/page_divisor.h"
 #include "cuda/plan.h"
 #include "cuda/tensor_map.h"
 #include "kernels/attention_params.cuh"
@@ -35,9 +36,9 @@ void fill_params(const AttentionProblem& p, FlashFwdParams* k) {
   k->block_table_batch_stride = p.block_table_batch_stride;
   k->max_blocks_per_seq = int(p.max_blocks_per_seq);
   k->page_size = int(p.page_size);
-  k->page_shift = -1;
-  for (int shift = 0; shift < 31; ++shift)
-    if ((int64_t(1) << shift) == p.page_size) k->page_shift = shift;
+  const PageDivisor divisor = page_divisor(p.paged ? p.page_size : 1);
+  k->page_magic = divisor.magic;
+  k->page_magic_shift = divisor.shift;
   k->num_pages = int(p.num_pages);
   k->kv_batches = int(p.kv_batches);
   k->alibi_slopes = p.alibi_slopes;

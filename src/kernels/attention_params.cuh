@@ -33,11 +33,12 @@ struct AttentionParams {
   const int* kv_batch_idx;  // (B) or null: k/v batch of sequence b (padded k/v only)
   const int* block_table;   // (B, max_blocks) or null: paged k/v
   long long block_table_batch_stride;
-  int max_blocks_per_seq;  // columns of block_table (paged)
-  int page_size;           // rows per page (paged)
-  int page_shift;          // log2(page_size) when it is a power of two, else -1
-  int num_pages;           // pages in k/v (paged)
-  int kv_batches;          // first dimension of padded k/v (kv_batch_idx clamps into it)
+  int max_blocks_per_seq;   // columns of block_table (paged)
+  int page_size;            // rows per page (paged)
+  unsigned int page_magic;  // paged: r / page_size == __umulhi(2 r, page_magic) >> page_magic_shift
+  int page_magic_shift;     // for 0 <= r < 2^31, without a division (src/cuda/page_divisor.h)
+  int num_pages;            // pages in k/v (paged)
+  int kv_batches;           // first dimension of padded k/v (kv_batch_idx clamps into it)
 
   const float* alibi_slopes;  // (H) or (B, H) or null
   long long alibi_batch_stride, alibi_head_stride;

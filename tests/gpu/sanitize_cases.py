@@ -1,7 +1,8 @@
 """Run by bench/device/run.sh under compute-sanitizer: a few small attnforge CUDA calls for
 compute-sanitizer (memcheck / racecheck): odd lengths,
 varlen with empty sequences, GQA, windows, extras, padded head dims; both kernel families, split
-keys, paged K/V (page sizes 3 and 16), left padding and kv_batch_idx in the decode family."""
+keys, paged K/V (page sizes 3 to 1024, garbage table entries past the used pages), left padding
+and kv_batch_idx in the decode family."""
 import os
 import sys
 
@@ -39,13 +40,23 @@ call(1, 200, 3000, 2, 2, 128, causal=True)  # fwd_sm80, few query tiles: split k
 call(2, 1, 1500, 8, 2, 128, causal=True)  # decode family, split keys
 call(1, 3, 1100, 4, 4, 64, window_size=(300, 0))
 call(3, 5, 999, 16, 2, 256, dtype=torch.float16, softcap=15.0, alibi_slopes=torch.rand(16, device="cuda"))
-for page in (3, 16):  # paged decode over shuffled pages, cache lengths per sequence
+# Paged decode over shuffled pages, cache lengths per sequence: per-row table reads (page 3), table
+# entries read ahead and shared by shuffles (5, 16, 100), pages longer than the keys (1024). Entries
+# past each sequence's used pages are garbage (-1, num_pages, 2^31 - 1), which must never be read
+# as an address; leftpad and a window start the first key block mid-sequence.
+for page in (3, 5, 16, 100, 1024):
     blocks = (700 + page - 1) // page
-    pages = torch.randn(3 * blocks + 2, page, 2, 128, dtype=torch.bfloat16, device="cuda")
-    table = torch.randperm(3 * blocks + 2, device="cuda")[: 3 * blocks].view(3, blocks).to(torch.int32)
+    num_pages = 3 * blocks + 2
+    pages = torch.randn(num_pages, page, 2, 128, dtype=torch.bfloat16, device="cuda")
+    table = torch.randperm(num_pages, device="cuda")[: 3 * blocks].view(3, blocks).to(torch.int32)
+    used = [700, 1, 333]
+    for b in range(3):
+        table[b, (used[b] + page - 1) // page:] = [-1, num_pages, 2**31 - 1][b]
     q = torch.randn(3, 2, 8, 128, dtype=torch.bfloat16, device="cuda")
-    af.attention_forward(q, pages, pages, torch.empty_like(q), block_table=table, causal=True, num_splits=4,
-                         seqused_k=torch.tensor([700, 1, 333], dtype=torch.int32, device="cuda"), backend="cuda")
+    for kw in ({}, {"leftpad_k": torch.tensor([129, 0, 200], dtype=torch.int32, device="cuda"),
+                    "window_size": (150, 0)}):
+        af.attention_forward(q, pages, pages, torch.empty_like(q), block_table=table, causal=True, num_splits=4,
+                             seqused_k=torch.tensor(used, dtype=torch.int32, device="cuda"), backend="cuda", **kw)
 q = torch.randn(2, 1, 8, 64, dtype=torch.bfloat16, device="cuda")
 cache = torch.randn(4, 300, 2, 64, dtype=torch.bfloat16, device="cuda")
 af.attention_forward(q, cache, cache, torch.empty_like(q), kv_batch_idx=torch.tensor([3, 1], dtype=torch.int32,

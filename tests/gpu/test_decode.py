@@ -1,9 +1,10 @@
 """The decode family (GQA-packed split-KV, paged K/V) against the float64 reference, on the GPU.
 
 Every call goes straight to the C ABI with backend="cuda" (no fallback can hide a kernel fault):
-random decode shapes (Sq 1-16, odd cache lengths, GQA ratios 1-8), shuffled pages of sizes 1, 3,
-16 and 256, empty sequences, left padding, kv_batch_idx, softcap and ALiBi, with key splits off,
-forced and planned. Outputs and LSE are poisoned with NaN first, so unwritten rows fail.
+random decode shapes (Sq 1-16, odd cache lengths, GQA ratios 1-8), shuffled pages of sizes 1 to
+2048 (every path of the paged loader) with garbage block-table entries past the used pages, empty
+sequences, left padding, kv_batch_idx, softcap and ALiBi, with key splits off, forced and planned.
+Outputs and LSE are poisoned with NaN first, so unwritten rows fail.
 """
 import math
 
@@ -27,7 +28,10 @@ def _cache_rows(k_cache, b, rows, block_table, kv_batch_idx):
 
 
 def run_decode(dtype, batch, seqlen_q, heads, heads_kv, head_dim, cache_len, page_size=None, causal=True,
-               window=(-1, -1), softcap=0.0, alibi=False, empty=False, leftpad=False, kv_batch=False, num_splits=0):
+               window=(-1, -1), softcap=0.0, alibi=False, empty=False, leftpad=False, kv_batch=False, num_splits=0,
+               garbage_table=False):
+    """garbage_table: block-table entries past each sequence's used pages hold -1, num_pages or
+    2^31 - 1 (tables padded by serving engines), which the kernel must never follow."""
     device = "cuda"
     used = torch.randint(1, cache_len + 1, (batch,), dtype=torch.int32)
     if empty:
@@ -41,6 +45,11 @@ def run_decode(dtype, batch, seqlen_q, heads, heads_kv, head_dim, cache_len, pag
         k_cache = torch.randn(num_pages, page_size, heads_kv, head_dim, dtype=dtype, device=device)
         v_cache = torch.randn(num_pages, page_size, heads_kv, head_dim, dtype=dtype, device=device)
         block_table = torch.randperm(num_pages, dtype=torch.int32)[: batch * max_blocks].view(batch, max_blocks)
+        if garbage_table:
+            junk = torch.tensor([-1, num_pages, 2**31 - 1], dtype=torch.int32)
+            for b in range(batch):
+                unused = block_table[b, (int(used[b]) + page_size - 1) // page_size:]
+                unused.copy_(junk[torch.randint(0, 3, unused.shape)])
     else:
         cache_batches = batch + 2 if kv_batch else batch
         k_cache = torch.randn(cache_batches, cache_len, heads_kv, head_dim, dtype=dtype, device=device)
@@ -93,6 +102,27 @@ def test_decode_splits(num_splits, cache_len, seed):
 @pytest.mark.parametrize("num_splits", [1, 5])
 def test_decode_paged(page_size, num_splits, seed):
     run_decode(torch.bfloat16, 3, 2, 16, 4, 128, cache_len=700, page_size=page_size, num_splits=num_splits)
+
+
+# Every path of the paged loader: pages too small for one block-table entry per lane of a key block
+# (1-4 rows at 128-key blocks, 1-2 at 64), the smallest shared ones (5, 3), powers of two and not,
+# pages longer than a key block; head dims 64/128/256 have 128/128/64-key blocks on the H100/H200.
+# Forced splits start CTAs mid-sequence, so the table is read ahead from a block other than 0.
+@pytest.mark.parametrize("page_size", [1, 2, 3, 4, 5, 16, 64, 100, 256, 2048])
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+@pytest.mark.parametrize("num_splits", [1, 3])
+def test_decode_paged_loader(page_size, head_dim, num_splits, seed):
+    run_decode(torch.bfloat16, 5, 1, 32, 8, head_dim, cache_len=2100, page_size=page_size, num_splits=num_splits,
+               garbage_table=True)
+
+
+@pytest.mark.parametrize("page_size", [3, 5, 16, 100])
+def test_decode_paged_leftpad_window(page_size, seed):
+    """Left padding and a sliding window move the first key block (and its first page) off row 0."""
+    run_decode(torch.float16, 4, 2, 16, 4, 128, cache_len=1500, page_size=page_size, leftpad=True, window=(300, 0),
+               num_splits=4, garbage_table=True)
+    run_decode(torch.float16, 4, 2, 16, 4, 128, cache_len=1500, page_size=page_size, leftpad=True, empty=True,
+               num_splits=1, garbage_table=True)
 
 
 @pytest.mark.parametrize("case", ["empty", "leftpad", "kv_batch_idx", "window", "softcap", "alibi", "noncausal",

@@ -17,7 +17,8 @@
 // Each warp keeps its own online softmax (max, sum, O) over its 16 keys of each block; the warps'
 // states merge through shared memory at the end, then go to out and lse, or to the split
 // partials that af_flash_combine merges. Paged K/V (any page size >= 1) resolve each key row
-// through block_table in the loader; nothing is gathered beforehand.
+// through block_table in the loader, with the table read key blocks ahead of the copies that need
+// it; nothing is gathered beforehand.
 
 constexpr int kHeadDim = AF_HEAD_DIM;
 constexpr int kWarps = AF_WARPS;

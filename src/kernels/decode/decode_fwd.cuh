@@ -42,14 +42,58 @@ constexpr int kRowsPerPass = kThreads / kChunks;        // K/V rows one pass of 
 constexpr int kRowsPerThread = kBlockN / kRowsPerPass;  // rows each thread copies per key block
 static_assert(kThreads % kChunks == 0 && kBlockN % kRowsPerPass == 0, "whole rows per pass");
 
-// Async copy of key rows [n0, n0 + kBlockN) of a span into the swizzled K and V tiles of one ring
-// stage. Each thread keeps one 16-byte chunk column; rows past the keys and dims past head_dim
-// are zero-filled without reading. Paged rows read their page (clamped into the pool) first, all
-// of a thread's block-table loads back to back, so that their latencies overlap instead of each
-// stalling the copy of its row (measured: per-row lookups ran paged decode at 0.74-0.85x of the
-// contiguous cache at 4+ TB/s).
+// Paged K/V. A key block spans at most ceil((kBlockN - 1) / page_size) + 1 pages; from
+// kMinSharedPage rows per page that is at most 32, so lane l of every warp holds the block-table
+// entry of the block's page first + l and each key row takes its page from that lane by a shuffle.
+// Those entries are read kPagesAhead key blocks before their copies are issued, so a block's
+// copies wait for no table load. Reason: reading them when the block is issued (v5 in
+// bench/device/NOTES.md) put the only dependent global load of the loop between a block landing
+// and the next copies, stalling the warps that keep the K/V stream going; paged ran at 0.82-0.92x
+// of the contiguous cache where the stream is near 4.4 TB/s. Smaller pages read each row's entry
+// when its block is issued.
+constexpr int kMinSharedPage = (kBlockN - 1 + 30) / 31;
+constexpr int kPagesAhead = kStages - 1;  // the blocks in flight ahead of the one computed
+static_assert(kPagesAhead >= 1, "one table lookup ahead at least");
+
+// Page index of key row r (0 <= r < 2^31): r / page_size without a division.
+__device__ __forceinline__ int page_of(const FlashFwdParams& p, int r) {
+  return int(__umulhi(af_u32(r) << 1, p.page_magic) >> p.page_magic_shift);
+}
+
+// This lane's block-table entry for key block n_block, which must hold a key: page first + lane of
+// the block, or the last key's page past it, so every entry read lies in the sequence's used pages.
+// Not clamped here: the clamp would wait for the load; the loader clamps when it uses the entry.
+__device__ __forceinline__ int block_page_entry(const FlashFwdParams& p, const KeySpan& span, const int* table,
+                                                int n_block) {
+  const int first = page_of(p, span.row0 + n_block * kBlockN);
+  const int last = page_of(p, span.row0 + span.len - 1);
+  return table[min(first + (int(threadIdx.x) & 31), last)];
+}
+
+// Async copy of one paged key row into row j of the K and V tiles: `row` of the span lies in page
+// `index` of the table, whose entry is `page` (clamped into the pool); nothing is read unless inside.
+__device__ __forceinline__ void copy_paged_row(const FlashFwdParams& p, const KeySpan& span, af_u32 s_k, af_u32 s_v,
+                                               int j, int col, int bytes, int row, int index, int page) {
+  // page and in_page are >= 0 and strides are validated >= 0: zero-extended factors make each
+  // product one 32x32 -> 64-bit multiply plus one multiply-add, not a full 64-bit multiply.
+  const unsigned long long pg = unsigned(page), in_page = unsigned(row - index * p.page_size);
+  const long long k_off = bytes > 0 ? (long long)(pg * p.k_batch_stride + in_page * p.k_row_stride) : 0;
+  const long long v_off = bytes > 0 ? (long long)(pg * p.v_batch_stride + in_page * p.v_row_stride) : 0;
+  cp_async_16(s_k + tile_offset(j, col), span.k + k_off + col, bytes);
+  cp_async_16(s_v + tile_offset(j, col), span.v + v_off + col, bytes);
+}
+
+// Async copy of key rows of key block n_block of a span into the swizzled K and V tiles of one ring
+// stage. Each thread keeps one 16-byte chunk column; rows past the keys and dims past head_dim are
+// zero-filled without reading. Paged rows read their page clamped into the pool; rows past the keys
+// take the last key's row (a used page) and copy nothing. With shared pages (page_size >=
+// kMinSharedPage), entries[0] holds this block's entry (block_page_entry); the call shifts entries
+// down and reads block n_block + kPagesAhead's into the last slot when that block holds keys
+// (n_block + kPagesAhead < n_block_max). Calls come for consecutive blocks.
 __device__ __forceinline__ void load_kv_block(const FlashFwdParams& p, const KeySpan& span, const int* table,
-                                              af_u32 s_k, af_u32 s_v, int n0) {
+                                              int (&entries)[kPagesAhead], int n_block_max, af_u32 s_k, af_u32 s_v,
+                                              int n_block) {
+  const int n0 = n_block * kBlockN;
   const int row_in_pass = int(threadIdx.x) / kChunks;
   const int col = (int(threadIdx.x) % kChunks) * 8;
   const int left = p.head_dim - col;
@@ -66,30 +110,36 @@ __device__ __forceinline__ void load_kv_block(const FlashFwdParams& p, const Key
     }
     return;
   }
-  // Rows past the keys look up the last key's page (a valid entry) and copy nothing.
-  int index[kRowsPerThread], page[kRowsPerThread];
-  if (p.page_shift >= 0) {
+  if (p.page_size >= kMinSharedPage) {
+    const int lane_page = clamp_int(entries[0], 0, p.num_pages - 1);  // the block's page first + lane
 #pragma unroll
-    for (int i = 0; i < kRowsPerThread; ++i)
-      index[i] = (span.row0 + min(n0 + row_in_pass + i * kRowsPerPass, span.len - 1)) >> p.page_shift;
-  } else {
+    for (int a = 0; a + 1 < kPagesAhead; ++a) entries[a] = entries[a + 1];
+    if (n_block + kPagesAhead < n_block_max)
+      entries[kPagesAhead - 1] = block_page_entry(p, span, table, n_block + kPagesAhead);
+    const int first = page_of(p, span.row0 + n0);
 #pragma unroll
-    for (int i = 0; i < kRowsPerThread; ++i)
-      index[i] = (span.row0 + min(n0 + row_in_pass + i * kRowsPerPass, span.len - 1)) / p.page_size;
+    for (int i = 0; i < kRowsPerThread; ++i) {
+      const int j = row_in_pass + i * kRowsPerPass;
+      const int row = span.row0 + min(n0 + j, span.len - 1);
+      const int index = page_of(p, row);
+      const int page = __shfl_sync(0xffffffffu, lane_page, index - first);
+      copy_paged_row(p, span, s_k, s_v, j, col, n0 + j < span.len ? col_bytes : 0, row, index, page);
+    }
+    return;
   }
+  // All of a thread's table loads back to back, so that their latencies overlap (measured: one load
+  // then one copy per row ran paged decode at 0.74-0.85x of the contiguous cache).
+  int index[kRowsPerThread], page[kRowsPerThread];
+#pragma unroll
+  for (int i = 0; i < kRowsPerThread; ++i)
+    index[i] = page_of(p, span.row0 + min(n0 + row_in_pass + i * kRowsPerPass, span.len - 1));
 #pragma unroll
   for (int i = 0; i < kRowsPerThread; ++i) page[i] = table[index[i]];
 #pragma unroll
   for (int i = 0; i < kRowsPerThread; ++i) {
     const int j = row_in_pass + i * kRowsPerPass;
-    const bool inside = n0 + j < span.len && col_bytes > 0;
-    const int in_page = span.row0 + n0 + j - index[i] * p.page_size;
-    const long long pg = clamp_int(page[i], 0, p.num_pages - 1);
-    const long long k_off = inside ? pg * p.k_batch_stride + (long long)in_page * p.k_row_stride : 0;
-    const long long v_off = inside ? pg * p.v_batch_stride + (long long)in_page * p.v_row_stride : 0;
-    const int bytes = inside ? col_bytes : 0;
-    cp_async_16(s_k + tile_offset(j, col), span.k + k_off + col, bytes);
-    cp_async_16(s_v + tile_offset(j, col), span.v + v_off + col, bytes);
+    copy_paged_row(p, span, s_k, s_v, j, col, n0 + j < span.len ? col_bytes : 0, span.row0 + min(n0 + j, span.len - 1),
+                   index[i], clamp_int(page[i], 0, p.num_pages - 1));
   }
 }
 
@@ -167,6 +217,15 @@ extern "C" __global__ void __launch_bounds__(kThreads) af_decode_fwd(const Flash
                          1.4426950408889634f;
   }
 
+  // The block-table entries of the first kPagesAhead key blocks, read before anything waits on them.
+  const int* table = p.block_table != nullptr ? p.block_table + (long long)batch * p.block_table_batch_stride : nullptr;
+  int page_entries[kPagesAhead];
+#pragma unroll
+  for (int a = 0; a < kPagesAhead; ++a)
+    page_entries[a] = table != nullptr && p.page_size >= kMinSharedPage && n_block_min + a < n_block_max
+                          ? block_page_entry(p, span, table, n_block_min + a)
+                          : 0;
+
   // Q: packed rows r0..r0+15, row r from query row r / G of head hk * G + r % G.
   {
     constexpr int kItems = kBlockM * kChunks;
@@ -188,12 +247,11 @@ extern "C" __global__ void __launch_bounds__(kThreads) af_decode_fwd(const Flash
     }
   }
   // Q with the first block, then one group per ring block ahead.
-  const int* table = p.block_table != nullptr ? p.block_table + (long long)batch * p.block_table_batch_stride : nullptr;
 #pragma unroll
   for (int i = 0; i < kStages - 1; ++i) {
     const int n_block = n_block_min + i;
     if (n_block < n_block_max)
-      load_kv_block(p, span, table, sK + i * kStageBytes, sV + i * kStageBytes, n_block * kBlockN);
+      load_kv_block(p, span, table, page_entries, n_block_max, sK + i * kStageBytes, sV + i * kStageBytes, n_block);
     cp_async_commit();
   }
 
@@ -220,7 +278,8 @@ extern "C" __global__ void __launch_bounds__(kThreads) af_decode_fwd(const Flash
       const int ahead = n_block + kStages - 1;
       const int ahead_stage = (stage_index + kStages - 1) % kStages;
       if (ahead < n_block_max)
-        load_kv_block(p, span, table, sK + ahead_stage * kStageBytes, sV + ahead_stage * kStageBytes, ahead * kBlockN);
+        load_kv_block(p, span, table, page_entries, n_block_max, sK + ahead_stage * kStageBytes,
+                      sV + ahead_stage * kStageBytes, ahead);
       cp_async_commit();
     }
     const af_u32 stage = af_u32(stage_index) * kStageBytes;
