@@ -236,6 +236,8 @@ def main():
     parser.add_argument("--paged-only", action="store_true",
                         help="bf16 32/8 heads d128: attnforge contiguous vs paged only (no peers, no table or chart); "
                              "with --quick B 1/8/32/128 x keys 4k/32k")
+    parser.add_argument("--batches", help="comma-separated batch sizes instead of the full sweep's")
+    parser.add_argument("--lengths", help="comma-separated cached-key counts instead of the full sweep's")
     args = parser.parse_args()
     meta = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "gpu": torch.cuda.get_device_name(),
@@ -250,6 +252,8 @@ def main():
     lengths = [1024, 4096, 16384, 32768, 131072]
     if args.quick:
         configs, batches, lengths = configs[:1], [1, 32], [4096, 32768]
+    batches = [int(x) for x in args.batches.split(",")] if args.batches else batches
+    lengths = [int(x) for x in args.lengths.split(",")] if args.lengths else lengths
     if args.paged_only:
         batches, lengths = ([1, 8, 32, 128], [4096, 32768]) if args.quick else (batches, lengths)
         rows = []

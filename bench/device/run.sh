@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One command on a GPU machine: build attnforge, check every CUDA kernel variant against a
 # float64 reference (tests/gpu), run compute-sanitizer (memcheck,
-# racecheck) on small shapes, benchmark decode steps and the forward pass beside torch SDPA
+# racecheck, synccheck) on small shapes, benchmark decode steps and the forward pass beside torch SDPA
 # flash and cuDNN, time host overhead per call, A/B the forward kernel against the build in
 # .carry/old when present, and write results under $OUT (default ./bench-out):
 #   log, decode-<gpu>.{md,png,json}, host-time-<gpu>.md, ab-forward-<gpu>.md,
@@ -45,8 +45,11 @@ main() {
   fi
 
   echo "== compute-sanitizer"
-  for tool in memcheck racecheck; do
-    (timeout 240 compute-sanitizer --tool "$tool" \
+  # memcheck, racecheck and synccheck with the default families (fwd_sm90 on sm_90a), then memcheck
+  # with ATTNFORGE_FWD_SM90=0 (fwd_sm80, the prefill family of every other GPU).
+  for tool in memcheck racecheck synccheck memcheck-sm80; do
+    (export ATTNFORGE_FWD_SM90; [ "$tool" = memcheck-sm80 ] && ATTNFORGE_FWD_SM90=0
+     timeout 240 compute-sanitizer --tool "${tool%-sm80}" \
       --error-exitcode 3 python3 tests/gpu/sanitize_cases.py >/tmp/sanitizer-$tool.log 2>&1)
     rc=$?
     head -40 /tmp/sanitizer-$tool.log

@@ -5,7 +5,7 @@
 Stages, each in its own subprocess with its own time limit (a hang or a fatal CUDA error in one is
 reported and the next still runs; the whole script stays under --budget seconds, 240 by default):
   1 probes       bench/device/sm90_probe.py: one TMA box, one wgmma S = Q K^T, one wgmma O = P V;
-  2 correctness  attnforge with ATTNFORGE_FWD_SM90=1 against a float64 reference (computed on the
+  2 correctness  attnforge with fwd_sm90 on (ATTNFORGE_FWD_SM90=1) against a float64 reference (computed on the
                  GPU) on hd 64/128 (and 72, 192, 256), causal and not, heads 64/8, 32/8 and 16/16,
                  seqlens 1, 17, 128, 1000, 4097 (and Sq != Sk), batch 1-3, fp16 and bf16, a
                  (B, H, S, D) view: per case the family that ran, max error against the house budget

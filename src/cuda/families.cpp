@@ -7,7 +7,7 @@
 // decode variants: {bf16, fp16} x head dim {64, 128, 256} x {plain, extras}: decode is bound by
 // the bytes of K and V, and zero-filled dims are never read, so smaller head dims share these.
 // fwd_sm90 variants: {bf16, fp16} x head dim {64, 128, 256}, no extras (softcap and ALiBi stay with
-// fwd_sm80); sm_90a only, opt-in ($ATTNFORGE_FWD_SM90=1, see plan.cpp) until measured.
+// fwd_sm80); sm_90a only ($ATTNFORGE_FWD_SM90=0 turns it off, see plan.cpp).
 //
 // Tiles: every shape below compiles without spills for sm_80, sm_86, sm_89 and sm_90a
 // (checked by the cuda_compile test). $ATTNFORGE_TILE="D:warps,m_tiles,block_n,stages;..."

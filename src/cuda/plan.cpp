@@ -87,9 +87,9 @@ TileTensor k_tensor(const AttentionProblem& p, const void* base, int64_t batch_s
 
 }  // namespace
 
-bool fwd_sm90_opted_in() {
+bool fwd_sm90_enabled() {
   const char* text = std::getenv("ATTNFORGE_FWD_SM90");
-  return text != nullptr && text[0] == '1' && text[1] == 0;
+  return text == nullptr || text[0] != '0' || text[1] != 0;
 }
 
 std::string fwd_sm90_refusal(const AttentionProblem& p) {
@@ -143,13 +143,13 @@ af_status choose(const AttentionProblem& p, Choice* choice) {
   const bool decode = p.paged || p.kv_batch_idx != nullptr || packed_rows <= kDecodeMaxPackedRows;
   FamilyId family_id = decode ? kFamilyDecode : kFamilyFwdSm80;
   std::string why;
-  if (!decode && target == "sm_90a" && fwd_sm90_opted_in()) {
+  if (!decode && target == "sm_90a" && fwd_sm90_enabled()) {
     why = fwd_sm90_refusal(p);
     if (why.empty() && d.api->cuTensorMapEncodeTiled == nullptr)
       why = "the driver has no cuTensorMapEncodeTiled (CUDA < 12)";
     if (why.empty()) {
       family_id = kFamilyFwdSm90;
-      why = "ATTNFORGE_FWD_SM90=1 on sm_90a";
+      why = "sm_90a";
     }
   }
   const int index = find_variant(family_id, p.dtype, int(p.head_dim), extras);

@@ -17,11 +17,12 @@ struct Choice {
   int variant = -1;    // index into variants()
   std::string target;  // NVRTC target the device's kernels compile for ("sm_90a", "compute_120")
   int arch = 0;        // target_arch(target): sizes the tile, the same arch that compiles
-  std::string why;     // on sm_90a with ATTNFORGE_FWD_SM90=1: why fwd_sm90 runs or does not; else empty
+  std::string why;     // prefill on sm_90a with fwd_sm90 enabled: why fwd_sm90 runs or does not; else empty
 };
 
-// $ATTNFORGE_FWD_SM90=1: the plan may pick fwd_sm90 on sm_90a (opt-in until it is measured).
-bool fwd_sm90_opted_in();
+// Whether the plan may pick fwd_sm90 for prefill on sm_90a: yes unless $ATTNFORGE_FWD_SM90 is "0"
+// (then fwd_sm80 runs, as on other GPUs).
+bool fwd_sm90_enabled();
 
 // Why fwd_sm90 cannot run a prefill problem that would otherwise go to fwd_sm80 (empty: it can).
 // Needs neither a GPU nor a driver: the rules are the kernel's (padded batches, head_dim a

@@ -95,17 +95,17 @@ TEST(FwdSm90Routing, SendsWhatItDoesNotTakeToSm80WithTheReason) {
   expect_refused(p, "fwd_sm90: q: TMA needs the head stride");
 }
 
-TEST(FwdSm90Routing, IsOptInThroughTheEnvironment) {
+TEST(FwdSm90Routing, IsOnUnlessTheEnvironmentSaysZero) {
   const char* saved = std::getenv("ATTNFORGE_FWD_SM90");
   const std::string before = saved != nullptr ? saved : "";
   unsetenv("ATTNFORGE_FWD_SM90");
-  EXPECT_FALSE(fwd_sm90_opted_in());
+  EXPECT_TRUE(fwd_sm90_enabled());
   setenv("ATTNFORGE_FWD_SM90", "0", 1);
-  EXPECT_FALSE(fwd_sm90_opted_in());
-  setenv("ATTNFORGE_FWD_SM90", "10", 1);
-  EXPECT_FALSE(fwd_sm90_opted_in());
+  EXPECT_FALSE(fwd_sm90_enabled());
+  setenv("ATTNFORGE_FWD_SM90", "00", 1);
+  EXPECT_TRUE(fwd_sm90_enabled());
   setenv("ATTNFORGE_FWD_SM90", "1", 1);
-  EXPECT_TRUE(fwd_sm90_opted_in());
+  EXPECT_TRUE(fwd_sm90_enabled());
   if (saved != nullptr)
     setenv("ATTNFORGE_FWD_SM90", before.c_str(), 1);
   else

@@ -95,6 +95,16 @@ DTYPES = [torch.bfloat16, torch.float16]
 SPLITS = pytest.mark.parametrize("num_splits", [0, 3], ids=["planned", "split3"])
 
 
+@pytest.fixture(params=["default", "fwd_sm80"], autouse=True)
+def prefill_family(request, monkeypatch):
+    """Every case twice: with the plan's default prefill family (fwd_sm90 on sm_90a) and with
+    ATTNFORGE_FWD_SM90=0 (fwd_sm80, the family every other GPU runs). Read at each plan: these
+    calls go to the C ABI directly, past the Python plan cache."""
+    if request.param == "fwd_sm80":
+        monkeypatch.setenv("ATTNFORGE_FWD_SM90", "0")
+    return request.param
+
+
 @SPLITS
 @pytest.mark.parametrize("dtype", DTYPES, ids=["bf16", "fp16"])
 @pytest.mark.parametrize("head_dim", [32, 64, 96, 128, 192, 256])
