@@ -6,7 +6,7 @@
 // the common case pays nothing. Head dims in between are zero-filled up to the next one.
 // decode variants: {bf16, fp16} x head dim {64, 128, 256} x {plain, extras}: decode is bound by
 // the bytes of K and V, and zero-filled dims are never read, so smaller head dims share these.
-// fwd_sm90 variants: {bf16, fp16} x head dim {64, 128, 256} x schedule {v0, overlap}, no extras
+// fwd_sm90 variants: {bf16, fp16} x head dim {64, 128, 256} x schedule {v0, overlap, pingpong}, no extras
 // (softcap and ALiBi stay with fwd_sm80); sm_90a only, opt-in ($ATTNFORGE_FWD_SM90=1, see plan.cpp)
 // until measured.
 //
@@ -151,7 +151,7 @@ std::vector<Variant> build_variants() {
           list.push_back(v);
         }
     }
-  for (Sm90Schedule schedule : {kSm90V0, kSm90Overlap})
+  for (Sm90Schedule schedule : {kSm90V0, kSm90Overlap, kSm90PingPong})
     for (af_dtype dtype : {AF_DTYPE_BFLOAT16, AF_DTYPE_FLOAT16})
       for (int d : kSm90HeadDims) {
         Variant v{kFamilyFwdSm90, dtype, d, false, {}, "", schedule};
@@ -174,7 +174,9 @@ std::vector<Variant> build_variants() {
 
 const Family& family(FamilyId id) { return kFamilies[id]; }
 
-const char* sm90_schedule_name(Sm90Schedule s) { return s == kSm90Overlap ? "overlap" : "v0"; }
+const char* sm90_schedule_name(Sm90Schedule s) {
+  return s == kSm90Overlap ? "overlap" : (s == kSm90PingPong ? "pingpong" : "v0");
+}
 
 SharedMemoryClass shared_memory_class(int arch) {
   if (arch == 90 || arch == 100 || arch == 103 || arch == 110) return kSmem227K;

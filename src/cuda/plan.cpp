@@ -99,7 +99,7 @@ bool sm90_schedule_from_env(Sm90Schedule* schedule) {
     *schedule = kSm90V0;
     return true;
   }
-  for (Sm90Schedule s : {kSm90V0, kSm90Overlap})
+  for (Sm90Schedule s : {kSm90V0, kSm90Overlap, kSm90PingPong})
     if (std::strcmp(text, sm90_schedule_name(s)) == 0) {
       *schedule = s;
       return true;
@@ -170,7 +170,7 @@ af_status choose(const AttentionProblem& p, Choice* choice) {
   Sm90Schedule schedule = kSm90V0;
   if (family_id == kFamilyFwdSm90 && !sm90_schedule_from_env(&schedule))
     return fail(AF_ERR_INVALID_ARGUMENT,
-                "cuda backend: ATTNFORGE_SM90_VARIANT=%s is not a fwd_sm90 schedule (v0, overlap)",
+                "cuda backend: ATTNFORGE_SM90_VARIANT=%s is not a fwd_sm90 schedule (v0, overlap, pingpong)",
                 std::getenv("ATTNFORGE_SM90_VARIANT"));
   const int index = find_variant(family_id, p.dtype, int(p.head_dim), extras, schedule);
   if (index < 0 || index >= kMaxVariants)

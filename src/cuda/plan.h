@@ -24,7 +24,7 @@ struct Choice {
 bool fwd_sm90_opted_in();
 
 // fwd_sm90's schedule from $ATTNFORGE_SM90_VARIANT, read at each plan: unset or empty -> v0;
-// "v0" or "overlap" -> that one; anything else -> false, *schedule left as it was.
+// "v0", "overlap" or "pingpong" -> that one; anything else -> false, *schedule left as it was.
 bool sm90_schedule_from_env(Sm90Schedule* schedule);
 
 // Why fwd_sm90 cannot run a prefill problem that would otherwise go to fwd_sm80 (empty: it can).

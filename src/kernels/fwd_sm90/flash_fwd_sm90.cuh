@@ -18,9 +18,10 @@
 // Key blocks run from the last to the first (masked ones first), as in fwd_sm80. Two schedules of
 // the consumers' loop (AF_SM90_SCHEDULE): v0 waits for each wgmma group as it issues it; overlap
 // (FlashAttention-3's intra-warpgroup overlap) issues block i's Q K^T with block i - 1's P V and
-// runs block i's softmax while P V is in flight, so the tensor cores work during the exps. Out
-// and LSE are stored from registers. Not yet: a persistent grid with a tile scheduler, ping-pong
-// of the consumers, a TMA-store epilogue.
+// runs block i's softmax while P V is in flight, so the tensor cores work during the exps;
+// pingpong is overlap with the consumers taking turns (named barriers 1 and 2) to issue each step's
+// two wgmma groups, so one warpgroup's softmax runs while the other's GEMMs do. Out and LSE are
+// stored from registers. Not yet: a persistent grid with a tile scheduler, a TMA-store epilogue.
 
 extern "C" __global__ void __launch_bounds__(kThreads, 1)
     af_flash_fwd_sm90(const __grid_constant__ FlashFwdParams p, const __grid_constant__ CUtensorMap q_map,
@@ -243,6 +244,12 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
     // overlap: step i issues S of block i and P V of block i - 1 together, waits for S only, runs
     // block i's softmax while P V is in flight, then waits for P V before rescaling O (which P V
     // accumulates) and overwriting the P fragments (which P V reads).
+    // pingpong: consumer c issues step i's wgmmas only in its turn: it waits on barrier 1 + c (its
+    // 128 threads and the other consumer's 128 arrivals), issues, then arrives on the other's
+    // barrier. Consumer 0 grants itself the first turn; consumer 1 gives no turn after its last
+    // step, so every phase of both barriers completes (both consumers run the same n_blocks).
+    constexpr bool kPingPong = kSchedule == 2;
+    if (kPingPong && consumer == 0 && n_blocks > 1) named_barrier_arrive(1, 256);
     mbarrier_wait(k_full(0), parity(0));
     issue_s(s, k_tile(0));
     wgmma_wait<0>();
@@ -255,9 +262,12 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
     pack_p(s, pa);
     for (int i = 1; i < n_blocks; ++i) {
       mbarrier_wait(k_full(i % kStages), parity(i));
+      if constexpr (kPingPong) named_barrier_sync(1 + consumer, 256);
       issue_s(s, k_tile(i));
       mbarrier_wait(v_full((i - 1) % kStages), parity(i - 1));
       issue_pv(pa, v_tile(i - 1));
+      if constexpr (kPingPong)
+        if (consumer == 0 || i + 1 < n_blocks) named_barrier_arrive(2 - consumer, 256);
       wgmma_wait<1>();  // S of block i
 #pragma unroll
       for (int e = 0; e < kSRegisters; ++e) fence_operand(s[e]);

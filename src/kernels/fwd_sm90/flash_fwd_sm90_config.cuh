@@ -4,7 +4,8 @@
 //   AF_BLOCK_N    keys per main-loop step (64 or 128: the N of the S = Q K^T wgmma)
 //   AF_KV_STAGES  depth of the K and V ring (TMA loads in flight ahead of the consumers)
 //   AF_SM90_SCHEDULE  the consumers' main loop: 0 v0 (serial), 1 overlap (the next block's Q K^T and
-//                 softmax while this block's P V runs; Sm90Schedule in src/cuda/families.h)
+//                 softmax while this block's P V runs), 2 pingpong (overlap, the two consumers taking
+//                 turns to issue their wgmmas); Sm90Schedule in src/cuda/families.h
 
 constexpr int kHeadDim = AF_HEAD_DIM;
 constexpr int kBlockM = 128;  // query rows per CTA: two consumer warpgroups of 64 rows
@@ -25,5 +26,5 @@ constexpr int kConsumerRegisters = 240;
 static_assert(kHeadDim == 64 || kHeadDim == 128 || kHeadDim == 256, "fwd_sm90 compiles head dims 64, 128 and 256");
 static_assert(kBlockN == 64 || kBlockN == 128, "the S wgmma is m64n64k16 or m64n128k16");
 constexpr int kSRegisters = kBlockN / 2;  // S accumulators per thread (64 rows x kBlockN keys)
-static_assert(kSchedule == 0 || kSchedule == 1, "schedules: 0 v0, 1 overlap");
+static_assert(kSchedule >= 0 && kSchedule <= 2, "schedules: 0 v0, 1 overlap, 2 pingpong");
 static_assert(kStages >= 2 && kStages <= 4, "2 to 4 K/V stages");
