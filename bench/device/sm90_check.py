@@ -16,6 +16,17 @@ reported and the next still runs; the whole script stays under --budget seconds,
 Writes sm90_check.log, correctness.json, timing.json and timing.md under --out. Exit status 0 only
 when every stage that ran passed. `--stage correctness --quick` runs a few small cases only (for
 compute-sanitizer, see bench/device/NOTES.md).
+
+A/B of fwd_sm90's schedules (ATTNFORGE_SM90_VARIANT, src/cuda/families.h), < 120 s:
+
+    python3 bench/device/sm90_check.py --variants v0,overlap --out $OUT/sm90ab
+
+runs, per variant, the correctness stage on a reduced set (30 cases: hd 64/128/256 and 72, causal and
+not, GQA, odd and unequal lengths, fp16 and bf16, a (B, H, S, D) view; each case must report that
+variant in its plan), then times every variant that passed beside cuDNN on 14 shapes (bf16; hd 128
+causal and not at 512/2k/8k/16k, hd 64 and 256 at 1k/8k, 64/8 GQA at 4k): per shape each variant's
+TFLOP/s and ratio to cuDNN, and the faster variant. Writes correctness-<variant>.json, ab.json and
+ab.md under --out.
 """
 import argparse
 import json
@@ -36,6 +47,25 @@ def log(out_dir, text):
 
 
 # ---------------------------------------------------------------------------------------------- stage 2
+
+
+def reduced_cases():
+    """30 cases that cover what the full set does, for an A/B run of several variants."""
+    cases = []
+    for dtype in ("bf16", "fp16"):
+        for d in (64, 128, 256):
+            for causal in (False, True):
+                cases.append(dict(dtype=dtype, batch=2, sq=1000, sk=1000, heads=32, heads_kv=8, d=d, causal=causal))
+        for causal in (False, True):
+            cases.append(dict(dtype=dtype, batch=2, sq=1000, sk=4097, heads=16, heads_kv=16, d=128, causal=causal))
+            cases.append(dict(dtype=dtype, batch=2, sq=4097, sk=1000, heads=16, heads_kv=16, d=64, causal=causal))
+        cases.append(dict(dtype=dtype, batch=3, sq=17, sk=17, heads=64, heads_kv=8, d=128, causal=True))
+        cases.append(dict(dtype=dtype, batch=2, sq=128, sk=128, heads=64, heads_kv=8, d=128, causal=False))
+        cases.append(dict(dtype=dtype, batch=3, sq=333, sk=517, heads=8, heads_kv=4, d=72, causal=True))
+        cases.append(dict(dtype=dtype, batch=2, sq=777, sk=777, heads=8, heads_kv=8, d=128, causal=True, layout="bhsd"))
+    cases.append(dict(dtype="bf16", batch=1, sq=4097, sk=4097, heads=64, heads_kv=8, d=128, causal=True))
+    cases.append(dict(dtype="fp16", batch=1, sq=4097, sk=4097, heads=64, heads_kv=8, d=128, causal=False))
+    return sorted(cases, key=lambda c: c["batch"] * c["sq"] * c["sk"] * c["heads"])
 
 
 def correctness_cases(quick):
@@ -65,7 +95,9 @@ def correctness_cases(quick):
     return sorted(cases, key=lambda c: c["batch"] * c["sq"] * c["sk"] * c["heads"])
 
 
-def run_correctness(out_dir, quick):
+def run_correctness(out_dir, quick, variant=""):
+    """variant: a fwd_sm90 schedule that every fwd_sm90 case must report in its plan (the reduced
+    set unless quick, results in correctness-<variant>.json), or "" (the full set, or --quick's)."""
     import importlib.util
 
     import torch
@@ -80,7 +112,8 @@ def run_correctness(out_dir, quick):
     dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
     torch.manual_seed(0)
     results, failures = [], 0
-    for case in correctness_cases(quick):
+    cases = correctness_cases(True) if quick else (reduced_cases() if variant else correctness_cases(False))
+    for case in cases:
         dtype = dtypes[case["dtype"]]
         b, sq, sk, h, hk, d = case["batch"], case["sq"], case["sk"], case["heads"], case["heads_kv"], case["d"]
         if case.get("layout") == "bhsd":
@@ -125,24 +158,46 @@ def run_correctness(out_dir, quick):
         except Exception as e:  # reported per case; a sticky CUDA error ends the stage in the parent's report
             row.update(ok=False, error="%s: %s" % (type(e).__name__, e))
         expect_sm90 = sq * (h // hk) > 64
-        row["family_ok"] = (not expect_sm90) or "fwd_sm90" in row.get("plan", "")
+        # describe(): "fwd_sm90 bf16 d128 overlap sm_90a ...": the schedule asked for, not another.
+        wanted = " %s sm_90a" % variant if variant else ""
+        row["family_ok"] = (not expect_sm90) or ("fwd_sm90" in row.get("plan", "") and wanted in row.get("plan", ""))
         row["ok"] = row["ok"] and row["family_ok"]
         failures += not row["ok"]
         results.append(row)
-        log(out_dir, "  %-4s %-5s b%d sq%-5d sk%-5d h%d/%d d%-3d %-6s %-5s %s" % (
-            "ok" if row["ok"] else "FAIL", case["dtype"], b, sq, sk, h, hk, d, "causal" if case["causal"] else "full",
-            case.get("layout", "bshd"),
+        log(out_dir, "  %s%-4s %-5s b%d sq%-5d sk%-5d h%d/%d d%-3d %-6s %-5s %s" % (
+            "[%s] " % variant if variant else "", "ok" if row["ok"] else "FAIL", case["dtype"], b, sq, sk, h, hk, d,
+            "causal" if case["causal"] else "full", case.get("layout", "bshd"),
             row.get("error") or "err %.3g (budget %.3g) lse %.2g nan=%s | %s%s" % (
                 row["err"], row["budget"], row["lse_err"], row["nan"], row["plan"],
-                "" if row["family_ok"] else "  <- expected fwd_sm90")))
+                "" if row["family_ok"] else "  <- expected fwd_sm90 %s" % variant)))
     if out_dir:
-        with open(os.path.join(out_dir, "correctness.json"), "w") as f:
+        with open(os.path.join(out_dir, "correctness-%s.json" % variant if variant else "correctness.json"), "w") as f:
             json.dump(results, f, indent=1)
-    log(out_dir, "stage 2: %d of %d cases passed" % (len(results) - failures, len(results)))
+    log(out_dir, "%s: %d of %d cases passed" % ("correctness of " + variant if variant else "stage 2",
+                                               len(results) - failures, len(results)))
     return 0 if failures == 0 else 1
 
 
 # ---------------------------------------------------------------------------------------------- stage 3
+
+
+def graph_ms(fn, calls=10):
+    """Milliseconds per call of fn: CUDA-graph replay of `calls` calls, median of 7 (common.time_ms)."""
+    import torch
+
+    import common
+
+    fn()
+    torch.cuda.synchronize()
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        fn()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, stream=stream):
+        for _ in range(calls):
+            fn()
+    return common.time_ms(graph.replay, warmup=2, repeats=7) / calls
 
 
 def run_timing(out_dir, seconds):
@@ -163,19 +218,6 @@ def run_timing(out_dir, seconds):
     for causal in (False, True):
         shapes.append((1, 4096, 64, 8, 128, causal))
         shapes.append((2, 8192, 64, 8, 128, causal))
-
-    def graph_ms(fn, calls=10):
-        fn()
-        torch.cuda.synchronize()
-        stream = torch.cuda.Stream()
-        with torch.cuda.stream(stream):
-            fn()
-        torch.cuda.synchronize()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, stream=stream):
-            for _ in range(calls):
-                fn()
-        return common.time_ms(graph.replay, warmup=2, repeats=7) / calls
 
     def attnforge_fn(q, k, v, out, causal, sm90):
         os.environ["ATTNFORGE_FWD_SM90"] = "1" if sm90 else "0"
@@ -242,6 +284,107 @@ def run_timing(out_dir, seconds):
     return 0
 
 
+def ab_shapes():
+    """(batch, seqlen, heads, heads_kv, head_dim, causal): 16k tokens per call, 2048 query-head dims."""
+    shapes = [(16384 // s, s, 16, 16, 128, causal) for causal in (False, True) for s in (512, 2048, 8192, 16384)]
+    shapes += [(16384 // s, s, 2048 // d, 2048 // d, d, False) for d in (64, 256) for s in (1024, 8192)]
+    shapes += [(1, 4096, 64, 8, 128, causal) for causal in (False, True)]
+    return shapes
+
+
+def run_ab_timing(out_dir, seconds, variants):
+    """Each fwd_sm90 variant beside SDPA's cuDNN backend on ab_shapes(), bf16; a variant whose plan
+    does not name it (or is not fwd_sm90) is reported, not timed."""
+    import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    sys.path.insert(0, HERE)
+    import common
+
+    native = common.native()
+    os.environ["ATTNFORGE_FWD_SM90"] = "1"
+    deadline = time.time() + seconds
+    rows = []
+    log(out_dir, "  columns: TFLOP/s of each variant and of cuDNN | each variant / cuDNN | the faster variant (and "
+        "by how much it beats the runner-up)")
+    log(out_dir, "  %-30s" % "shape" + "".join(" %9s" % x for x in variants) + " %9s" % "cudnn" + "  |" +
+        "".join(" %9s" % x for x in variants) + "  | faster")
+    for b, s, h, hk, d, causal in ab_shapes():
+        if time.time() > deadline:
+            log(out_dir, "  (time budget reached: later shapes not timed)")
+            break
+        q = torch.randn(b, s, h, d, device="cuda", dtype=torch.bfloat16)
+        k = torch.randn(b, s, hk, d, device="cuda", dtype=torch.bfloat16)
+        v = torch.randn(b, s, hk, d, device="cuda", dtype=torch.bfloat16)
+        out = torch.empty_like(q)
+        flops = common.attention_flops(b, h, s, s, d, causal)
+        row = dict(batch=b, seqlen=s, heads=h, heads_kv=hk, head_dim=d, causal=causal)
+        for variant in variants:
+            try:
+                os.environ["ATTNFORGE_SM90_VARIANT"] = variant  # read when the plan is made
+                plan = native.Plan(q, k, v, out, backend="cuda", causal=causal)
+                row[variant + "_plan"] = plan.describe()
+                if "fwd_sm90" not in row[variant + "_plan"] or " %s sm_90a" % variant not in row[variant + "_plan"]:
+                    row[variant] = None
+                    continue
+                row[variant] = flops / graph_ms(lambda: plan.run(q, k, v, out, backend="cuda", causal=causal)) / 1e9
+            except Exception as e:
+                row[variant] = None
+                row[variant + "_error"] = "%s: %s" % (type(e).__name__, str(e)[:200])
+        try:
+            qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+
+            def cudnn():
+                with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
+                    torch.nn.functional.scaled_dot_product_attention(qt, kt, vt, is_causal=causal, enable_gqa=hk != h)
+
+            row["sdpa_cudnn"] = flops / graph_ms(cudnn) / 1e9
+        except Exception as e:
+            row["sdpa_cudnn"] = None
+            row["sdpa_cudnn_error"] = "%s: %s" % (type(e).__name__, str(e)[:200])
+        timed = [x for x in variants if row.get(x)]
+        row["faster"] = max(timed, key=lambda x: row[x]) if timed else None
+        if len(timed) > 1:  # by how much the best beats the runner-up
+            second = sorted((row[x] for x in timed), reverse=True)[1]
+            row["margin"] = row[row["faster"]] / second
+        rows.append(row)
+        def cell(x, row=row):
+            return "%9.0f" % row[x] if row.get(x) else "%9s" % "-"
+
+        def ratio(x, row=row):
+            return "%9.2f" % (row[x] / row["sdpa_cudnn"]) if row.get(x) and row.get("sdpa_cudnn") else "%9s" % "-"
+
+        shape = "b%d s%d h%d/%d d%d %s" % (b, s, h, hk, d, "causal" if causal else "full")
+        faster = "%s (x%.2f)" % (row["faster"], row["margin"]) if "margin" in row else (row["faster"] or "-")
+        log(out_dir, "  %-30s" % shape + "".join(cell(x) for x in variants) + cell("sdpa_cudnn") + "  |" +
+            "".join(ratio(x) for x in variants) + "  | " + faster)
+        if not row.get("sdpa_cudnn"):
+            log(out_dir, "    cudnn not timed: %s" % row.get("sdpa_cudnn_error"))
+        for x in variants:
+            if not row.get(x):
+                log(out_dir, "    %s not timed: %s" % (x, row.get(x + "_error") or "plan " + row.get(x + "_plan", "?")))
+    wins = {x: sum(r.get("faster") == x for r in rows) for x in variants}
+    log(out_dir, "faster per shape: " + ", ".join("%s %d" % (x, n) for x, n in wins.items()) + " of %d" % len(rows))
+    if out_dir:
+        with open(os.path.join(out_dir, "ab.json"), "w") as f:
+            json.dump(dict(device=torch.cuda.get_device_name(), torch=torch.__version__, variants=variants, rows=rows),
+                      f, indent=1)
+        with open(os.path.join(out_dir, "ab.md"), "w") as f:
+            f.write("# fwd_sm90 variants vs cuDNN (%s, torch %s, bf16, TFLOP/s, CUDA-graph replay, median)\n\n"
+                    % (torch.cuda.get_device_name(), torch.__version__))
+            f.write("| B | S | H/Hk | D | mask | " + " | ".join(variants) + " | cuDNN | " +
+                    " | ".join(x + "/cuDNN" for x in variants) + " | faster |\n")
+            f.write("|" + "---|" * (7 + 2 * len(variants)) + "\n")
+            for r in rows:
+                cell = lambda x: "%.0f" % r[x] if r.get(x) else "-"  # noqa: E731
+                rat = lambda x: "%.2f" % (r[x] / r["sdpa_cudnn"]) if r.get(x) and r.get("sdpa_cudnn") else "-"  # noqa
+                f.write("| %d | %d | %d/%d | %d | %s | " % (r["batch"], r["seqlen"], r["heads"], r["heads_kv"],
+                                                          r["head_dim"], "causal" if r["causal"] else "full") +
+                        " | ".join(cell(x) for x in variants) + " | " + cell("sdpa_cudnn") + " | " +
+                        " | ".join(rat(x) for x in variants) + " | %s |\n" % (r["faster"] or "-"))
+    return 0 if rows and all(r.get(x) for r in rows for x in variants) else 1
+
+
 # ---------------------------------------------------------------------------------------------- driver
 
 
@@ -267,21 +410,70 @@ def stage(out_dir, title, argv, env, limit):
     return rc == 0
 
 
+def main_ab(args, variants):
+    start = time.time()
+    budget = args.budget if "--budget" in sys.argv else 115.0
+    left = lambda: budget - (time.time() - start) - 3  # noqa: E731
+    env = dict(os.environ, ATTNFORGE_FWD_SM90="1", PYTHONUNBUFFERED="1")
+    try:
+        import torch
+
+        log(args.out, "sm90_check A/B %s: %s, torch %s, library %s" % (
+            ",".join(variants), torch.cuda.get_device_name(), torch.__version__,
+            os.environ.get("ATTNFORGE_LIBRARY", "(default)")))
+        if torch.cuda.get_device_capability() != (9, 0):
+            log(args.out, "not an sm_90 GPU: fwd_sm90 does not run here")
+            return 1
+    except Exception as e:
+        log(args.out, "torch/CUDA not usable: %s" % e)
+        return 1
+    me = os.path.abspath(__file__)
+    extra = ["--out", args.out] if args.out else []
+    passed = []
+    for i, variant in enumerate(variants):
+        share = max(10.0, (left() * 0.6) / (len(variants) - i))  # 60% of the budget for correctness
+        if stage(args.out, "correctness of %s (reduced set, ATTNFORGE_SM90_VARIANT=%s)" % (variant, variant),
+                 [sys.executable, me, "--stage", "correctness", "--variants", variant] + extra,
+                 dict(env, ATTNFORGE_SM90_VARIANT=variant), share):
+            passed.append(variant)
+    ok = False
+    if passed and left() > 15:
+        ok = stage(args.out, "timing of %s beside cuDNN" % ",".join(passed),
+                   [sys.executable, me, "--stage", "ab-timing", "--variants", ",".join(passed), "--seconds",
+                    str(max(10.0, left() - 10))] + extra, env, left())
+    else:
+        log(args.out, "== timing skipped (%s)" % ("no variant passed" if not passed else "no time left"))
+    log(args.out, "sm90_check A/B: correct %s of %s; timing %s (%.0f s)" % (
+        ",".join(passed) or "none", ",".join(variants), "ok" if ok else "not run or FAILED", time.time() - start))
+    return 0 if ok and len(passed) == len(variants) else 1
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="")
     parser.add_argument("--budget", type=float, default=240.0, help="seconds for the whole script")
-    parser.add_argument("--stage", choices=("all", "correctness", "timing"), default="all")
+    parser.add_argument("--stage", choices=("all", "correctness", "timing", "ab-timing"), default="all")
     parser.add_argument("--quick", action="store_true", help="stage 2: a few small cases (for compute-sanitizer)")
     parser.add_argument("--seconds", type=float, default=120.0, help="stage 3's own time budget")
+    parser.add_argument("--variants", default="", help="A/B run of these fwd_sm90 schedules, e.g. v0,overlap "
+                        "(correctness on the reduced set, then timing beside cuDNN; budget 115 s unless --budget)")
     args = parser.parse_args()
+    variants = [x for x in args.variants.split(",") if x]
     if args.out:
         os.makedirs(args.out, exist_ok=True)
     if args.stage == "correctness":
         os.environ["ATTNFORGE_FWD_SM90"] = "1"
-        return run_correctness(args.out, args.quick)
+        if len(variants) > 1:
+            parser.error("--stage correctness takes one variant")
+        if variants:
+            os.environ["ATTNFORGE_SM90_VARIANT"] = variants[0]
+        return run_correctness(args.out, args.quick, variants[0] if variants else "")
     if args.stage == "timing":
         return run_timing(args.out, args.seconds)
+    if args.stage == "ab-timing":
+        return run_ab_timing(args.out, args.seconds, variants)
+    if variants:
+        return main_ab(args, variants)
 
     start = time.time()
     env = dict(os.environ, ATTNFORGE_FWD_SM90="1", PYTHONUNBUFFERED="1")

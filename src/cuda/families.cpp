@@ -6,8 +6,8 @@
 // the common case pays nothing. Head dims in between are zero-filled up to the next one.
 // decode variants: {bf16, fp16} x head dim {64, 128, 256} x {plain, extras}: decode is bound by
 // the bytes of K and V, and zero-filled dims are never read, so smaller head dims share these.
-// fwd_sm90 variants: {bf16, fp16} x head dim {64, 128, 256}, no extras (softcap and ALiBi stay with
-// fwd_sm80); sm_90a only ($ATTNFORGE_FWD_SM90=0 turns it off, see plan.cpp).
+// fwd_sm90 variants: {bf16, fp16} x head dim {64, 128, 256} x schedule {v0, overlap, pingpong}, no extras
+// (softcap and ALiBi stay with fwd_sm80); sm_90a only ($ATTNFORGE_FWD_SM90=0 turns it off, see plan.cpp).
 //
 // Tiles: every shape below compiles without spills for sm_80, sm_86, sm_89 and sm_90a
 // (checked by the cuda_compile test). $ATTNFORGE_TILE="D:warps,m_tiles,block_n,stages;..."
@@ -150,13 +150,15 @@ std::vector<Variant> build_variants() {
           list.push_back(v);
         }
     }
-  for (af_dtype dtype : {AF_DTYPE_BFLOAT16, AF_DTYPE_FLOAT16})
-    for (int d : kSm90HeadDims) {
-      Variant v{kFamilyFwdSm90, dtype, d, false, {}, ""};
-      for (TileConfig& t : v.tiles) t = sm90_tile(d);
-      v.name = std::string("fwd_sm90") + (dtype == AF_DTYPE_BFLOAT16 ? "_bf16" : "_fp16") + "_d" + std::to_string(d);
-      list.push_back(v);
-    }
+  for (Sm90Schedule schedule : {kSm90V0, kSm90Overlap, kSm90PingPong})
+    for (af_dtype dtype : {AF_DTYPE_BFLOAT16, AF_DTYPE_FLOAT16})
+      for (int d : kSm90HeadDims) {
+        Variant v{kFamilyFwdSm90, dtype, d, false, {}, "", schedule};
+        for (TileConfig& t : v.tiles) t = sm90_tile(d);
+        v.name = std::string("fwd_sm90") + (dtype == AF_DTYPE_BFLOAT16 ? "_bf16" : "_fp16") + "_d" + std::to_string(d) +
+                 (schedule == kSm90V0 ? "" : std::string("_") + sm90_schedule_name(schedule));
+        list.push_back(v);
+      }
   // kvcache: no shared memory, 4 warps (one (row, head) vector each), any head dim.
   for (af_dtype dtype : {AF_DTYPE_BFLOAT16, AF_DTYPE_FLOAT16}) {
     Variant v{kFamilyKvAppend, dtype, 0,
@@ -170,6 +172,10 @@ std::vector<Variant> build_variants() {
 }  // namespace
 
 const Family& family(FamilyId id) { return kFamilies[id]; }
+
+const char* sm90_schedule_name(Sm90Schedule s) {
+  return s == kSm90Overlap ? "overlap" : (s == kSm90PingPong ? "pingpong" : "v0");
+}
 
 SharedMemoryClass shared_memory_class(int arch) {
   if (arch == 90 || arch == 100 || arch == 103 || arch == 110) return kSmem227K;
@@ -197,12 +203,13 @@ int compiled_head_dim(FamilyId family, int d) {
   return 0;
 }
 
-int find_variant(FamilyId family, af_dtype dtype, int head_dim, bool extras) {
+int find_variant(FamilyId family, af_dtype dtype, int head_dim, bool extras, Sm90Schedule schedule) {
   const int d = compiled_head_dim(family, head_dim);
   if (d == 0 && family != kFamilyKvAppend) return -1;
   const std::vector<Variant>& list = variants();
   for (size_t i = 0; i < list.size(); ++i)
-    if (list[i].family == family && list[i].dtype == dtype && list[i].head_dim == d && list[i].extras == extras)
+    if (list[i].family == family && list[i].dtype == dtype && list[i].head_dim == d && list[i].extras == extras &&
+        list[i].schedule == schedule)
       return int(i);
   return -1;
 }
@@ -242,7 +249,10 @@ std::vector<std::string> compile_options(const Variant& v, const std::string& ta
                                       "-DAF_WARPS=" + std::to_string(tile.warps),
                                       "-DAF_KV_STAGES=" + std::to_string(tile.stages),
                                       std::string("-DAF_EXTRAS=") + (v.extras ? "1" : "0")};
-  if (v.family == kFamilyFwdSm90) options.push_back("-DAF_BLOCK_N=" + std::to_string(tile.block_n));
+  if (v.family == kFamilyFwdSm90) {
+    options.push_back("-DAF_BLOCK_N=" + std::to_string(tile.block_n));
+    options.push_back("-DAF_SM90_SCHEDULE=" + std::to_string(int(v.schedule)));
+  }
   if (v.family == kFamilyFwdSm80) {
     options.push_back("-DAF_M_TILES=" + std::to_string(tile.m_tiles));
     options.push_back("-DAF_BLOCK_N=" + std::to_string(tile.block_n));

@@ -44,13 +44,23 @@ struct TileConfig {
 enum SharedMemoryClass { kSmem227K = 0, kSmem163K = 1, kSmem99K = 2, kSharedMemoryClasses = 3 };
 SharedMemoryClass shared_memory_class(int arch);
 
+// fwd_sm90's main-loop schedules, each its own compiled variant (AF_SM90_SCHEDULE), chosen per plan
+// from $ATTNFORGE_SM90_VARIANT (plan.cpp): v0 issues S = Q K^T, waits, softmax, then P V and waits;
+// overlap (FlashAttention-3's intra-warpgroup overlap) issues the next block's S = Q K^T and this
+// block's P V together and runs the softmax of the next block while P V is in flight; pingpong is
+// overlap with the two consumer warpgroups taking turns to issue their wgmmas (named barriers), so
+// one's softmax runs while the other's GEMMs do (FlashAttention-3's warpgroup ping-pong).
+enum Sm90Schedule { kSm90V0 = 0, kSm90Overlap = 1, kSm90PingPong = 2, kSm90Schedules = 3 };
+const char* sm90_schedule_name(Sm90Schedule s);  // "v0", "overlap", "pingpong"
+
 struct Variant {
   FamilyId family;
   af_dtype dtype;                          // AF_DTYPE_BFLOAT16 or AF_DTYPE_FLOAT16
   int head_dim;                            // compiled head dim (kvcache: 0, any head dim)
   bool extras;                             // softcap and ALiBi compiled in
   TileConfig tiles[kSharedMemoryClasses];  // indexed by SharedMemoryClass
-  std::string name;                        // "fwd_sm80_bf16_d128" (+ "_extras")
+  std::string name;                        // "fwd_sm80_bf16_d128" (+ "_extras"; fwd_sm90: + "_overlap"...)
+  Sm90Schedule schedule = kSm90V0;         // fwd_sm90 only
   const TileConfig& tile_for(int arch) const { return tiles[shared_memory_class(arch)]; }
   // Q tile plus the K/V ring, 16-bit elements (fwd_sm90: plus 1024 bytes to align the tiles to
   // the 128-byte swizzle's 1024-byte period).
@@ -71,8 +81,8 @@ const std::vector<Variant>& variants();
 // Smallest head dim >= d (d in 1..256) that the family compiles, or 0.
 int compiled_head_dim(FamilyId family, int d);
 
-// Index into variants() for a call, or -1.
-int find_variant(FamilyId family, af_dtype dtype, int head_dim, bool extras);
+// Index into variants() for a call, or -1 (schedule: fwd_sm90's; the other families have only v0).
+int find_variant(FamilyId family, af_dtype dtype, int head_dim, bool extras, Sm90Schedule schedule = kSm90V0);
 
 // The module text of a family (params, common helpers, the family's sources, combine).
 const std::string& module_source(FamilyId family);

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 
 #include "common/error.h"
 #include "cuda/compiler.h"
@@ -92,6 +93,20 @@ bool fwd_sm90_enabled() {
   return text == nullptr || text[0] != '0' || text[1] != 0;
 }
 
+bool sm90_schedule_from_env(Sm90Schedule* schedule) {
+  const char* text = std::getenv("ATTNFORGE_SM90_VARIANT");
+  if (text == nullptr || *text == 0) {
+    *schedule = kSm90V0;
+    return true;
+  }
+  for (Sm90Schedule s : {kSm90V0, kSm90Overlap, kSm90PingPong})
+    if (std::strcmp(text, sm90_schedule_name(s)) == 0) {
+      *schedule = s;
+      return true;
+    }
+  return false;
+}
+
 std::string fwd_sm90_refusal(const AttentionProblem& p) {
   if (p.dtype != AF_DTYPE_BFLOAT16 && p.dtype != AF_DTYPE_FLOAT16) return "fwd_sm90 takes bfloat16 and float16";
   if (p.head_dim % 8 != 0) return "fwd_sm90 takes head_dim a multiple of 8 (TMA rows of 16-byte multiples)";
@@ -152,7 +167,12 @@ af_status choose(const AttentionProblem& p, Choice* choice) {
       why = "sm_90a";
     }
   }
-  const int index = find_variant(family_id, p.dtype, int(p.head_dim), extras);
+  Sm90Schedule schedule = kSm90V0;
+  if (family_id == kFamilyFwdSm90 && !sm90_schedule_from_env(&schedule))
+    return fail(AF_ERR_INVALID_ARGUMENT,
+                "cuda backend: ATTNFORGE_SM90_VARIANT=%s is not a fwd_sm90 schedule (v0, overlap, pingpong)",
+                std::getenv("ATTNFORGE_SM90_VARIANT"));
+  const int index = find_variant(family_id, p.dtype, int(p.head_dim), extras, schedule);
   if (index < 0 || index >= kMaxVariants)
     return fail(AF_ERR_INTERNAL, "cuda backend: no %s variant for head_dim %lld", family(family_id).name,
                 (long long)p.head_dim);
@@ -234,8 +254,9 @@ std::string describe(const Choice& choice) {
   const Variant& v = variants()[choice.variant];
   const TileConfig& t = v.tile_for(choice.arch);
   char text[160];
-  std::snprintf(text, sizeof text, "%s %s d%d%s %s %dx%d", family(v.family).name,
+  std::snprintf(text, sizeof text, "%s %s d%d%s%s%s %s %dx%d", family(v.family).name,
                 v.dtype == AF_DTYPE_BFLOAT16 ? "bf16" : "fp16", v.head_dim, v.extras ? " extras" : "",
+                v.family == kFamilyFwdSm90 ? " " : "", v.family == kFamilyFwdSm90 ? sm90_schedule_name(v.schedule) : "",
                 choice.target.c_str(), t.block_m(), t.block_n);
   return choice.why.empty() ? std::string(text) : std::string(text) + " (" + choice.why + ")";
 }

@@ -24,6 +24,10 @@ struct Choice {
 // (then fwd_sm80 runs, as on other GPUs).
 bool fwd_sm90_enabled();
 
+// fwd_sm90's schedule from $ATTNFORGE_SM90_VARIANT, read at each plan: unset or empty -> v0;
+// "v0", "overlap" or "pingpong" -> that one; anything else -> false, *schedule left as it was.
+bool sm90_schedule_from_env(Sm90Schedule* schedule);
+
 // Why fwd_sm90 cannot run a prefill problem that would otherwise go to fwd_sm80 (empty: it can).
 // Needs neither a GPU nor a driver: the rules are the kernel's (padded batches, head_dim a
 // multiple of 8 (up to 256, as every CUDA call), no window but the causal one, no softcap, ALiBi or forced key splits,
@@ -46,7 +50,8 @@ af_status choose(const AttentionProblem& p, Choice* choice);
 // Compiles or loads the chosen variant and sizes the grid and the key splits.
 af_status make_plan(const AttentionProblem& p, const Choice& choice, Plan* plan);
 
-// "decode bf16 d128 sm_90a 16x64 splits=12"; with Choice::why set, followed by " (why)".
+// "decode bf16 d128 sm_90a 16x64 splits=12" (fwd_sm90: "fwd_sm90 bf16 d128 overlap sm_90a 128x128 ...");
+// with Choice::why set, followed by " (why)".
 std::string describe(const Plan& plan);
 std::string describe(const Choice& choice);
 

@@ -35,7 +35,8 @@ TEST(CudaVariants, TableIsConsistent) {
   int per_family[kFamilyCount] = {};
   for (size_t i = 0; i < list.size(); ++i) {
     ++per_family[list[i].family];
-    EXPECT_EQ(find_variant(list[i].family, list[i].dtype, list[i].head_dim, list[i].extras), int(i)) << list[i].name;
+    EXPECT_EQ(find_variant(list[i].family, list[i].dtype, list[i].head_dim, list[i].extras, list[i].schedule), int(i))
+        << list[i].name;
     if (list[i].compiles_for("sm_86"))
       EXPECT_LE(list[i].smem_bytes(86), 99 * 1024) << list[i].name << " does not fit sm_86/sm_89 shared memory";
     if (list[i].compiles_for("sm_80"))
@@ -51,6 +52,7 @@ TEST(CudaVariants, TableIsConsistent) {
   EXPECT_EQ(compiled_head_dim(kFamilyFwdSm90, 136), 256);
   EXPECT_EQ(compiled_head_dim(kFamilyFwdSm90, 264), 0);
   EXPECT_EQ(find_variant(kFamilyFwdSm90, AF_DTYPE_BFLOAT16, 64, true), -1) << "fwd_sm90 has no extras variants";
+  EXPECT_EQ(find_variant(kFamilyFwdSm80, AF_DTYPE_BFLOAT16, 64, false, kSm90Overlap), -1) << "overlap is fwd_sm90's";
   for (const Variant& v : list)
     EXPECT_EQ(v.compiles_for("sm_80"), v.family != kFamilyFwdSm90) << v.name << ": wgmma and setmaxnreg need sm_90a";
 }
@@ -85,10 +87,12 @@ TEST(CudaCompile, EveryVariantForEveryArchWithoutSpills) {
   for (const std::string& arch : archs)
     for (const Variant& v : variants())
       if (v.compiles_for(arch)) rows.push_back({arch, &v, AF_OK, {}, ""});
-  // Every fwd_sm90 variant is in the sm_90a rows (the family's whole point is that target).
-  int sm90_rows = 0;
-  for (const Row& r : rows) sm90_rows += r.variant->family == kFamilyFwdSm90 && r.arch == "sm_90a";
-  EXPECT_EQ(sm90_rows, 6);
+  // Every fwd_sm90 variant is in the sm_90a rows (the family's whole point is that target): 2 dtypes x
+  // 3 head dims of each schedule.
+  int sm90_rows[kSm90Schedules] = {};
+  for (const Row& r : rows)
+    if (r.variant->family == kFamilyFwdSm90 && r.arch == "sm_90a") ++sm90_rows[r.variant->schedule];
+  for (int s = 0; s < kSm90Schedules; ++s) EXPECT_EQ(sm90_rows[s], 6) << sm90_schedule_name(Sm90Schedule(s));
   // Two workers (CI has two cores); NVRTC compiles independent programs concurrently.
   std::mutex mutex;
   size_t next = 0;
@@ -123,6 +127,11 @@ TEST(CudaCompile, EveryVariantForEveryArchWithoutSpills) {
     EXPECT_GT(r.kernel.registers, 0) << "no ptxas resource report for " << v.name << ":\n" << r.kernel.log;
     EXPECT_EQ(r.kernel.spill_store_bytes, 0) << r.arch << " " << v.name << " spills";
     EXPECT_EQ(r.kernel.spill_load_bytes, 0) << r.arch << " " << v.name << " spills";
+    // ptxas serialises wgmma (waits after each issue) where it cannot keep an accumulator in flight,
+    // which would undo the overlap schedule: it says so in the log.
+    EXPECT_EQ(r.kernel.log.find("wgmma.mma_async instructions are serialized"), std::string::npos)
+        << r.arch << " " << v.name << ":\n"
+        << r.kernel.log;
   }
 }
 

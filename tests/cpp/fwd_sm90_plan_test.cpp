@@ -2,6 +2,7 @@
 // Hopper family takes and, for the rest, the reason the plan gives when it sends them to fwd_sm80.
 #include <cstdlib>
 #include <string>
+#include <vector>
 
 #include <gtest/gtest.h>
 
@@ -110,6 +111,108 @@ TEST(FwdSm90Routing, IsOnUnlessTheEnvironmentSaysZero) {
     setenv("ATTNFORGE_FWD_SM90", before.c_str(), 1);
   else
     unsetenv("ATTNFORGE_FWD_SM90");
+}
+
+// Sets an environment variable for one scope, restoring its value (or its absence) after.
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, const char* value) : name_(name) {
+    const char* saved = std::getenv(name);
+    had_ = saved != nullptr;
+    if (had_) saved_ = saved;
+    if (value != nullptr)
+      setenv(name, value, 1);
+    else
+      unsetenv(name);
+  }
+  ~ScopedEnv() {
+    if (had_)
+      setenv(name_, saved_.c_str(), 1);
+    else
+      unsetenv(name_);
+  }
+
+ private:
+  const char* name_;
+  bool had_ = false;
+  std::string saved_;
+};
+
+TEST(FwdSm90Schedule, ReadsTheVariantFromTheEnvironmentAndRefusesUnknownNames) {
+  Sm90Schedule s = kSm90Overlap;
+  {
+    ScopedEnv env("ATTNFORGE_SM90_VARIANT", nullptr);
+    EXPECT_TRUE(sm90_schedule_from_env(&s));
+    EXPECT_EQ(s, kSm90V0) << "unset: v0, the default until a device run picks";
+  }
+  s = kSm90Overlap;
+  {
+    ScopedEnv env("ATTNFORGE_SM90_VARIANT", "");
+    EXPECT_TRUE(sm90_schedule_from_env(&s));
+    EXPECT_EQ(s, kSm90V0);
+  }
+  {
+    ScopedEnv env("ATTNFORGE_SM90_VARIANT", "overlap");
+    EXPECT_TRUE(sm90_schedule_from_env(&s));
+    EXPECT_EQ(s, kSm90Overlap);
+  }
+  {
+    ScopedEnv env("ATTNFORGE_SM90_VARIANT", "pingpong");
+    EXPECT_TRUE(sm90_schedule_from_env(&s));
+    EXPECT_EQ(s, kSm90PingPong);
+  }
+  {
+    ScopedEnv env("ATTNFORGE_SM90_VARIANT", "v0");
+    EXPECT_TRUE(sm90_schedule_from_env(&s));
+    EXPECT_EQ(s, kSm90V0);
+  }
+  for (const char* bad : {"Overlap", "overlap ", "ping-pong", "1"}) {
+    ScopedEnv env("ATTNFORGE_SM90_VARIANT", bad);
+    s = kSm90Overlap;
+    EXPECT_FALSE(sm90_schedule_from_env(&s)) << bad;
+    EXPECT_EQ(s, kSm90Overlap) << "'" << bad << "' must leave the schedule as it was";
+  }
+}
+
+TEST(FwdSm90Schedule, EachScheduleIsItsOwnModuleWithTheSameTileAndDescribeNamesIt) {
+  for (af_dtype dtype : {AF_DTYPE_BFLOAT16, AF_DTYPE_FLOAT16})
+    for (int d : {64, 128, 256})
+      for (Sm90Schedule schedule : {kSm90Overlap, kSm90PingPong}) {
+        const int v0 = find_variant(kFamilyFwdSm90, dtype, d, false, kSm90V0);
+        const int other = find_variant(kFamilyFwdSm90, dtype, d, false, schedule);
+        ASSERT_GE(v0, 0);
+        ASSERT_GE(other, 0);
+        ASSERT_NE(v0, other);
+        const Variant& a = variants()[v0];
+        const Variant& b = variants()[other];
+        EXPECT_EQ(a.schedule, kSm90V0);
+        EXPECT_EQ(b.schedule, schedule);
+        EXPECT_EQ(b.name, a.name + "_" + sm90_schedule_name(schedule));
+        EXPECT_EQ(a.smem_bytes(90), b.smem_bytes(90));
+        EXPECT_EQ(a.tile_for(90).block_n, b.tile_for(90).block_n);
+        // The options are part of the kernel cache key: they must differ, in the schedule macro only.
+        const std::vector<std::string> oa = compile_options(a, "sm_90a"), ob = compile_options(b, "sm_90a");
+        ASSERT_EQ(oa.size(), ob.size());
+        int differing = 0;
+        for (size_t i = 0; i < oa.size(); ++i)
+          if (oa[i] != ob[i]) {
+            ++differing;
+            EXPECT_EQ(oa[i], "-DAF_SM90_SCHEDULE=0");
+            EXPECT_EQ(ob[i], "-DAF_SM90_SCHEDULE=" + std::to_string(int(schedule)));
+          }
+        EXPECT_EQ(differing, 1) << a.name;
+      }
+  Choice choice;
+  choice.variant = find_variant(kFamilyFwdSm90, AF_DTYPE_BFLOAT16, 128, false, kSm90Overlap);
+  choice.target = "sm_90a";
+  choice.arch = 90;
+  EXPECT_EQ(describe(choice), "fwd_sm90 bf16 d128 overlap sm_90a 128x128");
+  choice.variant = find_variant(kFamilyFwdSm90, AF_DTYPE_FLOAT16, 256, false, kSm90V0);
+  EXPECT_EQ(describe(choice), "fwd_sm90 fp16 d256 v0 sm_90a 128x64");
+  choice.variant = find_variant(kFamilyFwdSm90, AF_DTYPE_FLOAT16, 64, false, kSm90PingPong);
+  EXPECT_EQ(describe(choice), "fwd_sm90 fp16 d64 pingpong sm_90a 128x128");
+  choice.variant = find_variant(kFamilyFwdSm80, AF_DTYPE_BFLOAT16, 128, false);
+  EXPECT_EQ(describe(choice).find("v0"), std::string::npos) << "only fwd_sm90 has schedules";
 }
 
 TEST(TileMap, RefusesWhatTmaCannotDescribeNamingTheArgument) {

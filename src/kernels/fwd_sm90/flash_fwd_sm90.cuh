@@ -15,9 +15,13 @@
 //   on blocks that cross the end of the keys or the causal diagonal, the online softmax in fp32
 //   with exp2, P packed from the S accumulators into A fragments (registers), O += P V (wgmma
 //   m64n64k16 per 64-column atom of V, A from registers, V transposed by the instruction).
-// Key blocks run from the last to the first (masked ones first), as in fwd_sm80. Out and LSE are
-// stored from registers. Not yet: a persistent grid with a tile scheduler, the next block's
-// Q K^T overlapped with this block's softmax, ping-pong of the consumers, a TMA-store epilogue.
+// Key blocks run from the last to the first (masked ones first), as in fwd_sm80. Two schedules of
+// the consumers' loop (AF_SM90_SCHEDULE): v0 waits for each wgmma group as it issues it; overlap
+// (FlashAttention-3's intra-warpgroup overlap) issues block i's Q K^T with block i - 1's P V and
+// runs block i's softmax while P V is in flight, so the tensor cores work during the exps;
+// pingpong is overlap with the consumers taking turns (named barriers 1 and 2) to issue each step's
+// two wgmma groups, so one warpgroup's softmax runs while the other's GEMMs do. Out and LSE are
+// stored from registers. Not yet: a persistent grid with a tile scheduler, a TMA-store epilogue.
 
 extern "C" __global__ void __launch_bounds__(kThreads, 1)
     af_flash_fwd_sm90(const __grid_constant__ FlashFwdParams p, const __grid_constant__ CUtensorMap q_map,
@@ -108,16 +112,8 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
   const float scale = p.scale_log2;
   const af_u32 q_atom = sQ + consumer * 64 * 128;  // this warpgroup's 64 rows of atom 0
 
-  if (n_blocks > 0) mbarrier_wait(q_full, 0);
-  for (int i = 0; i < n_blocks; ++i) {
-    const int n_block = n_blocks - 1 - i;
-    const int n0 = n_block * kBlockN;
-    const int stage = i % kStages;
-    const af_u32 parity = (i / kStages) & 1;
-    const af_u32 k_tile = sK + stage * kKVBytes, v_tile = sV + stage * kKVBytes;
-
-    float s[kSRegisters];  // (64 rows, kBlockN keys) scores
-    mbarrier_wait(k_full(stage), parity);
+  // S = Q K^T of one key block, issued as one wgmma group (not waited for).
+  auto issue_s = [&](float(&s)[kSRegisters], af_u32 k_tile) {
     wgmma_fence();
 #pragma unroll
     for (int ks = 0; ks < kHeadDim / 16; ++ks) {
@@ -127,25 +123,44 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
       wgmma_ss(s, desc_q, desc_k, ks > 0 ? 1 : 0);  // m64n128k16 or m64n64k16 by s's size
     }
     wgmma_commit();
-    wgmma_wait<0>();
+  };
+  // Keeps the compiler from moving O's accumulators across a wgmma issue or wait.
+  auto fence_o = [&] {
 #pragma unroll
-    for (int e = 0; e < kSRegisters; ++e) fence_operand(s[e]);
-    __syncwarp();
-    if (lane == 0) mbarrier_arrive(k_empty(stage));
-
-    if (n_block >= unmasked_end) {
+    for (int a = 0; a < kAtoms; ++a)
 #pragma unroll
-      for (int e = 0; e < kSRegisters; ++e) {
-        const int row = warp_row + g + 8 * ((e >> 1) & 1);
-        const int col = n0 + 8 * (e >> 2) + 2 * t + (e & 1);
-        const bool visible = col < k_len && (p.window_right < 0 || col <= row + diagonal + p.window_right);
-        if (!visible) s[e] = AF_NEG_INF;
-      }
+      for (int e = 0; e < 32; ++e) fence_operand(o[a][e]);
+  };
+  // O += P V of one key block, issued as one wgmma group (not waited for); pa must stay untouched
+  // until the group completes (the instruction reads it asynchronously).
+  auto issue_pv = [&](const af_u32(&pa)[kBlockN / 16][4], af_u32 v_tile) {
+    fence_o();
+    wgmma_fence();
+#pragma unroll
+    for (int a = 0; a < kAtoms; ++a)
+#pragma unroll
+      for (int kk = 0; kk < kBlockN / 16; ++kk)
+        wgmma_rs_n64(o[a], pa[kk], smem_descriptor(v_tile + a * kBlockN * 128 + kk * 16 * 128));
+    wgmma_commit();
+  };
+  // -inf where a key is past the end or past the causal diagonal (only blocks that cross either).
+  auto mask = [&](float(&s)[kSRegisters], int n_block) {
+    if (n_block < unmasked_end) return;
+    const int n0 = n_block * kBlockN;
+#pragma unroll
+    for (int e = 0; e < kSRegisters; ++e) {
+      const int row = warp_row + g + 8 * ((e >> 1) & 1);
+      const int col = n0 + 8 * (e >> 2) + 2 * t + (e & 1);
+      const bool visible = col < k_len && (p.window_right < 0 || col <= row + diagonal + p.window_right);
+      if (!visible) s[e] = AF_NEG_INF;
     }
-
-    // Online softmax (as fwd_sm80): the 4 lanes of a quad share rows; O is rescaled only when
-    // some row of the warp got a new max.
-    float base[2], correction[2];
+  };
+  // Online softmax (as fwd_sm80): the 4 lanes of a quad share rows. S becomes exp2(S * scale -
+  // new max) in place, row_sum is rescaled and extended; O's rescale (by correction) is left to
+  // the caller, which needs it only when some row of the warp got a new max (the return value,
+  // the same in all lanes).
+  auto softmax = [&](float(&s)[kSRegisters], float(&correction)[2]) {
+    float base[2];
     bool max_changed = false;
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
@@ -160,19 +175,6 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
       max_changed = max_changed || m != row_max[half];
       row_max[half] = m;
     }
-    if (__any_sync(0xffffffffu, max_changed)) {
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        row_sum[half] *= correction[half];
-#pragma unroll
-        for (int a = 0; a < kAtoms; ++a)
-#pragma unroll
-          for (int j = 0; j < 8; ++j) {
-            o[a][4 * j + 2 * half] *= correction[half];
-            o[a][4 * j + 2 * half + 1] *= correction[half];
-          }
-      }
-    }
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       float sum = 0.f;
@@ -184,10 +186,23 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
         s[4 * j + 2 * half + 1] = p1;
         sum += p0 + p1;
       }
-      row_sum[half] += sum;
+      row_sum[half] = row_sum[half] * correction[half] + sum;
     }
-    // P as the A fragments of the k16 steps of P V: keys 16kk.. are columns j = 2kk, 2kk + 1.
-    af_u32 pa[kBlockN / 16][4];
+    return __any_sync(0xffffffffu, max_changed) != 0;
+  };
+  auto rescale_o = [&](const float(&correction)[2]) {
+#pragma unroll
+    for (int half = 0; half < 2; ++half)
+#pragma unroll
+      for (int a = 0; a < kAtoms; ++a)
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+          o[a][4 * j + 2 * half] *= correction[half];
+          o[a][4 * j + 2 * half + 1] *= correction[half];
+        }
+  };
+  // P as the A fragments of the k16 steps of P V: keys 16kk.. are columns j = 2kk, 2kk + 1.
+  auto pack_p = [&](const float(&s)[kSRegisters], af_u32(&pa)[kBlockN / 16][4]) {
 #pragma unroll
     for (int kk = 0; kk < kBlockN / 16; ++kk) {
       pa[kk][0] = pack2(s[8 * kk + 0], s[8 * kk + 1]);
@@ -195,26 +210,85 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
       pa[kk][2] = pack2(s[8 * kk + 4], s[8 * kk + 5]);
       pa[kk][3] = pack2(s[8 * kk + 6], s[8 * kk + 7]);
     }
+  };
+  auto k_tile = [&](int i) { return sK + (i % kStages) * kKVBytes; };
+  auto v_tile = [&](int i) { return sV + (i % kStages) * kKVBytes; };
+  auto parity = [&](int i) { return af_u32((i / kStages) & 1); };
+  // Key blocks run from the last to the first: step i is block n_blocks - 1 - i.
 
-    mbarrier_wait(v_full(stage), parity);
+  float s[kSRegisters];  // (64 rows, kBlockN keys) scores, then probabilities
+  af_u32 pa[kBlockN / 16][4];
+  float correction[2];
+  if (n_blocks > 0) mbarrier_wait(q_full, 0);
+  if constexpr (kSchedule == 0) {
+    // v0: each step waits for its S, runs the softmax, then waits for its P V.
+    for (int i = 0; i < n_blocks; ++i) {
+      mbarrier_wait(k_full(i % kStages), parity(i));
+      issue_s(s, k_tile(i));
+      wgmma_wait<0>();
 #pragma unroll
-    for (int a = 0; a < kAtoms; ++a)
-#pragma unroll
-      for (int e = 0; e < 32; ++e) fence_operand(o[a][e]);
-    wgmma_fence();
-#pragma unroll
-    for (int a = 0; a < kAtoms; ++a)
-#pragma unroll
-      for (int kk = 0; kk < kBlockN / 16; ++kk)
-        wgmma_rs_n64(o[a], pa[kk], smem_descriptor(v_tile + a * kBlockN * 128 + kk * 16 * 128));
-    wgmma_commit();
+      for (int e = 0; e < kSRegisters; ++e) fence_operand(s[e]);
+      __syncwarp();
+      if (lane == 0) mbarrier_arrive(k_empty(i % kStages));
+      mask(s, n_blocks - 1 - i);
+      if (softmax(s, correction)) rescale_o(correction);
+      pack_p(s, pa);
+      mbarrier_wait(v_full(i % kStages), parity(i));
+      issue_pv(pa, v_tile(i));
+      wgmma_wait<0>();
+      fence_o();
+      __syncwarp();
+      if (lane == 0) mbarrier_arrive(v_empty(i % kStages));
+    }
+  } else if (n_blocks > 0) {
+    // overlap: step i issues S of block i and P V of block i - 1 together, waits for S only, runs
+    // block i's softmax while P V is in flight, then waits for P V before rescaling O (which P V
+    // accumulates) and overwriting the P fragments (which P V reads).
+    // pingpong: consumer c issues step i's wgmmas only in its turn: it waits on barrier 1 + c (its
+    // 128 threads and the other consumer's 128 arrivals), issues, then arrives on the other's
+    // barrier. Consumer 0 grants itself the first turn; consumer 1 gives no turn after its last
+    // step, so every phase of both barriers completes (both consumers run the same n_blocks).
+    constexpr bool kPingPong = kSchedule == 2;
+    if (kPingPong && consumer == 0 && n_blocks > 1) named_barrier_arrive(1, 256);
+    mbarrier_wait(k_full(0), parity(0));
+    issue_s(s, k_tile(0));
     wgmma_wait<0>();
 #pragma unroll
-    for (int a = 0; a < kAtoms; ++a)
-#pragma unroll
-      for (int e = 0; e < 32; ++e) fence_operand(o[a][e]);
+    for (int e = 0; e < kSRegisters; ++e) fence_operand(s[e]);
     __syncwarp();
-    if (lane == 0) mbarrier_arrive(v_empty(stage));
+    if (lane == 0) mbarrier_arrive(k_empty(0));
+    mask(s, n_blocks - 1);
+    softmax(s, correction);  // O is still zero: nothing to rescale
+    pack_p(s, pa);
+    for (int i = 1; i < n_blocks; ++i) {
+      mbarrier_wait(k_full(i % kStages), parity(i));
+      if constexpr (kPingPong) named_barrier_sync(1 + consumer, 256);
+      issue_s(s, k_tile(i));
+      mbarrier_wait(v_full((i - 1) % kStages), parity(i - 1));
+      issue_pv(pa, v_tile(i - 1));
+      if constexpr (kPingPong)
+        if (consumer == 0 || i + 1 < n_blocks) named_barrier_arrive(2 - consumer, 256);
+      wgmma_wait<1>();  // S of block i
+#pragma unroll
+      for (int e = 0; e < kSRegisters; ++e) fence_operand(s[e]);
+      __syncwarp();
+      if (lane == 0) mbarrier_arrive(k_empty(i % kStages));
+      mask(s, n_blocks - 1 - i);
+      const bool rescale = softmax(s, correction);
+      wgmma_wait<0>();  // P V of block i - 1
+      fence_o();
+      __syncwarp();
+      if (lane == 0) mbarrier_arrive(v_empty((i - 1) % kStages));
+      if (rescale) rescale_o(correction);
+      pack_p(s, pa);
+    }
+    const int last = n_blocks - 1;
+    mbarrier_wait(v_full(last % kStages), parity(last));
+    issue_pv(pa, v_tile(last));
+    wgmma_wait<0>();
+    fence_o();
+    __syncwarp();
+    if (lane == 0) mbarrier_arrive(v_empty(last % kStages));
   }
 
   // Epilogue: normalise and store from registers (pairs of columns), LSE in natural log.

@@ -3,11 +3,15 @@
 //   AF_BF16       1: bfloat16, 0: float16 (inputs and output; accumulation is fp32)
 //   AF_BLOCK_N    keys per main-loop step (64 or 128: the N of the S = Q K^T wgmma)
 //   AF_KV_STAGES  depth of the K and V ring (TMA loads in flight ahead of the consumers)
+//   AF_SM90_SCHEDULE  the consumers' main loop: 0 v0 (serial), 1 overlap (the next block's Q K^T and
+//                 softmax while this block's P V runs), 2 pingpong (overlap, the two consumers taking
+//                 turns to issue their wgmmas); Sm90Schedule in src/cuda/families.h
 
 constexpr int kHeadDim = AF_HEAD_DIM;
 constexpr int kBlockM = 128;  // query rows per CTA: two consumer warpgroups of 64 rows
 constexpr int kBlockN = AF_BLOCK_N;
 constexpr int kStages = AF_KV_STAGES;
+constexpr int kSchedule = AF_SM90_SCHEDULE;
 constexpr int kThreads = 384;          // warpgroup 0: producer; 1 and 2: consumers
 constexpr int kAtoms = kHeadDim / 64;  // 64-column (128-byte) swizzle atoms per row
 constexpr int kConsumerWarps = 8;
@@ -22,4 +26,5 @@ constexpr int kConsumerRegisters = 240;
 static_assert(kHeadDim == 64 || kHeadDim == 128 || kHeadDim == 256, "fwd_sm90 compiles head dims 64, 128 and 256");
 static_assert(kBlockN == 64 || kBlockN == 128, "the S wgmma is m64n64k16 or m64n128k16");
 constexpr int kSRegisters = kBlockN / 2;  // S accumulators per thread (64 rows x kBlockN keys)
+static_assert(kSchedule >= 0 && kSchedule <= 2, "schedules: 0 v0, 1 overlap, 2 pingpong");
 static_assert(kStages >= 2 && kStages <= 4, "2 to 4 K/V stages");
