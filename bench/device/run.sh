@@ -6,7 +6,8 @@
 # .carry/old when present, and write results under $OUT (default ./bench-out):
 #   log, decode-<gpu>.{md,png,json}, host-time-<gpu>.md, ab-forward-<gpu>.md,
 #   gpu-<gpu>-forward.{md,png,json}
-# AF_DECODE_ARGS=--quick, AF_SKIP_FIRST_CALL=1, AF_SKIP_AB=1 and AF_SKIP_FORWARD=1 shorten a run.
+# AF_DECODE_ARGS=--quick, AF_SKIP_FIRST_CALL=1, AF_SKIP_AB=1 and AF_SKIP_FORWARD=1 shorten a run;
+# AF_PYTEST_TIMEOUT and AF_SANITIZER_TIMEOUT (seconds, default 480 and 240 each) bound those steps.
 # Tile and scheduling candidates are compared with bench/device/tune.sh instead.
 # Needs: nvidia driver, cmake, ninja, a C++17 compiler, python3 with torch (and matplotlib).
 set -u -o pipefail
@@ -38,7 +39,7 @@ main() {
   fi
 
   echo "== correctness: GPU pytest (tests/gpu: every variant of both families, planned and forced key splits, plan/run, against float64)"
-  if timeout 480 python3 -m pytest -q -p no:cacheprovider tests/gpu 2>&1 | tee /tmp/gpu-pytest.log; then
+  if timeout "${AF_PYTEST_TIMEOUT:-480}" python3 -m pytest -q -p no:cacheprovider tests/gpu 2>&1 | tee /tmp/gpu-pytest.log; then
     checks="tests/gpu: $(tail -1 /tmp/gpu-pytest.log)"
   else
     checks="tests/gpu: FAILED ($(tail -1 /tmp/gpu-pytest.log))"; status=1
@@ -49,7 +50,7 @@ main() {
   # with ATTNFORGE_FWD_SM90=0 (fwd_sm80, the prefill family of every other GPU).
   for tool in memcheck racecheck synccheck memcheck-sm80; do
     (export ATTNFORGE_FWD_SM90; [ "$tool" = memcheck-sm80 ] && ATTNFORGE_FWD_SM90=0
-     timeout 240 compute-sanitizer --tool "${tool%-sm80}" \
+     timeout "${AF_SANITIZER_TIMEOUT:-240}" compute-sanitizer --tool "${tool%-sm80}" \
       --error-exitcode 3 python3 tests/gpu/sanitize_cases.py >/tmp/sanitizer-$tool.log 2>&1)
     rc=$?
     head -40 /tmp/sanitizer-$tool.log
