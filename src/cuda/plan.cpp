@@ -93,10 +93,16 @@ bool fwd_sm90_enabled() {
   return text == nullptr || text[0] != '0' || text[1] != 0;
 }
 
-bool sm90_schedule_from_env(Sm90Schedule* schedule) {
+Sm90Schedule default_sm90_schedule(int64_t head_dim) {
+  // Measured on the H200 (bench/results/fwd-sm90-h200-2026-11-30.md, A/B of 14 shapes): pingpong was
+  // fastest at every d64 and d128 shape but causal d128 at 8k-16k (v0 by 2-6%), overlap at d256.
+  return head_dim > 128 ? kSm90Overlap : kSm90PingPong;
+}
+
+bool sm90_schedule_from_env(int64_t head_dim, Sm90Schedule* schedule) {
   const char* text = std::getenv("ATTNFORGE_SM90_VARIANT");
   if (text == nullptr || *text == 0) {
-    *schedule = kSm90V0;
+    *schedule = default_sm90_schedule(head_dim);
     return true;
   }
   for (Sm90Schedule s : {kSm90V0, kSm90Overlap, kSm90PingPong})
@@ -168,7 +174,7 @@ af_status choose(const AttentionProblem& p, Choice* choice) {
     }
   }
   Sm90Schedule schedule = kSm90V0;
-  if (family_id == kFamilyFwdSm90 && !sm90_schedule_from_env(&schedule))
+  if (family_id == kFamilyFwdSm90 && !sm90_schedule_from_env(p.head_dim, &schedule))
     return fail(AF_ERR_INVALID_ARGUMENT,
                 "cuda backend: ATTNFORGE_SM90_VARIANT=%s is not a fwd_sm90 schedule (v0, overlap, pingpong)",
                 std::getenv("ATTNFORGE_SM90_VARIANT"));

@@ -142,34 +142,40 @@ TEST(FwdSm90Schedule, ReadsTheVariantFromTheEnvironmentAndRefusesUnknownNames) {
   Sm90Schedule s = kSm90Overlap;
   {
     ScopedEnv env("ATTNFORGE_SM90_VARIANT", nullptr);
-    EXPECT_TRUE(sm90_schedule_from_env(&s));
-    EXPECT_EQ(s, kSm90V0) << "unset: v0, the default until a device run picks";
+    EXPECT_TRUE(sm90_schedule_from_env(128, &s));
+    EXPECT_EQ(s, kSm90PingPong) << "unset: the measured default for d128";
+    EXPECT_TRUE(sm90_schedule_from_env(64, &s));
+    EXPECT_EQ(s, kSm90PingPong);
+    EXPECT_TRUE(sm90_schedule_from_env(256, &s));
+    EXPECT_EQ(s, kSm90Overlap) << "unset: the measured default for d256";
+    EXPECT_TRUE(sm90_schedule_from_env(192, &s));
+    EXPECT_EQ(s, kSm90Overlap) << "d192 runs the d256 variant";
   }
   s = kSm90Overlap;
   {
     ScopedEnv env("ATTNFORGE_SM90_VARIANT", "");
-    EXPECT_TRUE(sm90_schedule_from_env(&s));
-    EXPECT_EQ(s, kSm90V0);
+    EXPECT_TRUE(sm90_schedule_from_env(128, &s));
+    EXPECT_EQ(s, kSm90PingPong);
   }
   {
     ScopedEnv env("ATTNFORGE_SM90_VARIANT", "overlap");
-    EXPECT_TRUE(sm90_schedule_from_env(&s));
+    EXPECT_TRUE(sm90_schedule_from_env(128, &s));
     EXPECT_EQ(s, kSm90Overlap);
   }
   {
     ScopedEnv env("ATTNFORGE_SM90_VARIANT", "pingpong");
-    EXPECT_TRUE(sm90_schedule_from_env(&s));
+    EXPECT_TRUE(sm90_schedule_from_env(128, &s));
     EXPECT_EQ(s, kSm90PingPong);
   }
   {
     ScopedEnv env("ATTNFORGE_SM90_VARIANT", "v0");
-    EXPECT_TRUE(sm90_schedule_from_env(&s));
+    EXPECT_TRUE(sm90_schedule_from_env(128, &s));
     EXPECT_EQ(s, kSm90V0);
   }
   for (const char* bad : {"Overlap", "overlap ", "ping-pong", "1"}) {
     ScopedEnv env("ATTNFORGE_SM90_VARIANT", bad);
     s = kSm90Overlap;
-    EXPECT_FALSE(sm90_schedule_from_env(&s)) << bad;
+    EXPECT_FALSE(sm90_schedule_from_env(128, &s)) << bad;
     EXPECT_EQ(s, kSm90Overlap) << "'" << bad << "' must leave the schedule as it was";
   }
 }
