@@ -166,10 +166,10 @@ def test_generate_offloaded_cache(cache):
     if not torch.cuda.is_available():
         pytest.skip("transformers offloads caches from a CUDA device; there is none here")
     if cache == "offloaded_static":
-        pytest.skip("on the H200 (torch 2.11, transformers 5.17) this generate() segfaulted inside transformers' "
-                    "offloaded static cache update (cache_utils.py, under the compile transformers applies to "
-                    "static caches), also with the test run alone; not yet attributed (bench/results/"
-                    "gpu-pytest-h200-2026-11-30.md)")
+        pytest.skip("on the H200 (torch 2.11, transformers 5.17) this test segfaulted in the eager model's "
+                    "generate(), before any attnforge call: in torch dynamo's store_user_object_weakrefs, resuming "
+                    "in transformers' offloaded cache update (cache_utils.py, its stream handling under the compile "
+                    "transformers applies to static caches); see bench/e2e/NOTES.md")
     eager, ours, reference = (model.cuda() for model in models(make_config("gemma2")))
     ids, mask = (x.cuda() for x in batch([6, 3]))
     check_generate(eager, ours, reference, ids, mask, cache_implementation=cache)
