@@ -195,7 +195,11 @@ AF_API af_status af_attention_plan_describe(const af_attention_plan* plan, char*
 /* Runs args with a plan made for the same shapes, dtypes, devices and flags; anything else is
  * AF_ERR_INVALID_ARGUMENT with the differing field named, never a wrong answer. workspace: device
  * memory of at least af_attention_plan_workspace_size bytes on the tensors' device, stream-ordered
- * with cuda_stream, or NULL for attnforge's own pool. Validation is that of af_attention_forward. */
+ * with cuda_stream; its contents need not be initialised (the run first zeroes, on cuda_stream, the
+ * part that must start at zero). NULL: attnforge's own workspace of cuda_stream, one per stream,
+ * kept while the library is loaded (a CUDA graph captured with it keeps using it, so such graphs
+ * must not replay concurrently with each other or with that stream's other calls; give those a
+ * workspace each). Validation is that of af_attention_forward. */
 AF_API af_status af_attention_run(const af_attention_plan* plan, const af_attention_args* args, void* workspace,
                                   size_t workspace_bytes);
 
