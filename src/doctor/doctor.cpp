@@ -414,6 +414,20 @@ std::set<std::string> site_roots(const PythonFacts& python) {
   return roots;
 }
 
+// The `*.dist-info` directories of a site directory, as paths, sorted (none when it cannot be read).
+std::vector<std::string> dist_info_dirs(const std::string& site) {
+  std::vector<std::string> infos;
+  DIR* handle = opendir(site.c_str());
+  if (!handle) return infos;
+  while (dirent* entry = readdir(handle)) {
+    std::string name = entry->d_name;
+    if (name.size() > 10 && name.compare(name.size() - 10, 10, ".dist-info") == 0) infos.push_back(site + "/" + name);
+  }
+  closedir(handle);
+  std::sort(infos.begin(), infos.end());
+  return infos;
+}
+
 // The importable modules and Python sources an installed distribution's RECORD lists;
 // `module_by_path` (when given) maps each module file's absolute path to its dotted name.
 void read_distribution_modules(const std::string& site, const std::string& info, std::set<std::string>& modules,
@@ -462,14 +476,7 @@ void judge_optional_extensions(const PythonFacts& python, std::vector<BinaryRepo
   if (candidates.empty()) return;
   std::map<std::string, std::pair<std::string, std::set<std::string>>> reached_by_path;  // path -> module, reached
   for (const std::string& site : site_roots(python)) {
-    DIR* handle = opendir(site.c_str());
-    if (!handle) continue;
-    std::vector<std::string> infos;
-    while (dirent* entry = readdir(handle)) {
-      std::string name = entry->d_name;
-      if (name.size() > 10 && name.compare(name.size() - 10, 10, ".dist-info") == 0) infos.push_back(site + "/" + name);
-    }
-    closedir(handle);
+    const std::vector<std::string> infos = dist_info_dirs(site);
     for (const std::string& info : infos) {
       std::set<std::string> modules;
       std::vector<PythonSource> sources;
@@ -505,15 +512,7 @@ void judge_optional_extensions(const PythonFacts& python, std::vector<BinaryRepo
 std::vector<Finding> check_pure_distributions(const PythonFacts& python) {
   std::vector<Finding> findings;
   for (const std::string& site : site_roots(python)) {
-    DIR* handle = opendir(site.c_str());
-    if (!handle) continue;
-    std::vector<std::string> infos;
-    while (dirent* entry = readdir(handle)) {
-      std::string name = entry->d_name;
-      if (name.size() > 10 && name.compare(name.size() - 10, 10, ".dist-info") == 0) infos.push_back(site + "/" + name);
-    }
-    closedir(handle);
-    std::sort(infos.begin(), infos.end());
+    const std::vector<std::string> infos = dist_info_dirs(site);
     for (const std::string& info : infos) {
       if (read_text_file(info + "/WHEEL", 1 << 16).find("Root-Is-Purelib: true") == std::string::npos) continue;
       Distribution dist = parse_metadata(read_text_file(info + "/METADATA", 4 << 20));
