@@ -228,12 +228,7 @@ def run_timing(out_dir, seconds):
         if time.time() > deadline:
             log(out_dir, "  (time budget reached: later shapes not timed)")
             break
-        q = torch.randn(b, s, h, d, device="cuda", dtype=torch.bfloat16)
-        k = torch.randn(b, s, hk, d, device="cuda", dtype=torch.bfloat16)
-        v = torch.randn(b, s, hk, d, device="cuda", dtype=torch.bfloat16)
-        out = torch.empty_like(q)
-        flops = common.attention_flops(b, h, s, s, d, causal)
-        row = dict(batch=b, seqlen=s, heads=h, heads_kv=hk, head_dim=d, causal=causal)
+        q, k, v, out, flops, row = timing_case(b, s, h, hk, d, causal)
         qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         for name in ("fwd_sm90", "fwd_sm80", "sdpa_flash", "sdpa_cudnn"):
             try:
@@ -284,6 +279,21 @@ def run_timing(out_dir, seconds):
     return 0
 
 
+def timing_case(b, s, h, hk, d, causal):
+    """A timed shape's random bf16 q (B, S, H, D), k and v (B, S, Hk, D), out like q, its forward FLOPs
+    and the start of its result row."""
+    import torch
+
+    sys.path.insert(0, HERE)
+    import common
+
+    q = torch.randn(b, s, h, d, device="cuda", dtype=torch.bfloat16)
+    k = torch.randn(b, s, hk, d, device="cuda", dtype=torch.bfloat16)
+    v = torch.randn(b, s, hk, d, device="cuda", dtype=torch.bfloat16)
+    row = dict(batch=b, seqlen=s, heads=h, heads_kv=hk, head_dim=d, causal=causal)
+    return q, k, v, torch.empty_like(q), common.attention_flops(b, h, s, s, d, causal), row
+
+
 def ab_shapes():
     """(batch, seqlen, heads, heads_kv, head_dim, causal): 16k tokens per call, 2048 query-head dims."""
     shapes = [(16384 // s, s, 16, 16, 128, causal) for causal in (False, True) for s in (512, 2048, 8192, 16384)]
@@ -313,12 +323,7 @@ def run_ab_timing(out_dir, seconds, variants):
         if time.time() > deadline:
             log(out_dir, "  (time budget reached: later shapes not timed)")
             break
-        q = torch.randn(b, s, h, d, device="cuda", dtype=torch.bfloat16)
-        k = torch.randn(b, s, hk, d, device="cuda", dtype=torch.bfloat16)
-        v = torch.randn(b, s, hk, d, device="cuda", dtype=torch.bfloat16)
-        out = torch.empty_like(q)
-        flops = common.attention_flops(b, h, s, s, d, causal)
-        row = dict(batch=b, seqlen=s, heads=h, heads_kv=hk, head_dim=d, causal=causal)
+        q, k, v, out, flops, row = timing_case(b, s, h, hk, d, causal)
         for variant in variants:
             try:
                 os.environ["ATTNFORGE_SM90_VARIANT"] = variant  # read when the plan is made

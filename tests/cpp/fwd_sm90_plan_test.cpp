@@ -151,26 +151,15 @@ TEST(FwdSm90Schedule, ReadsTheVariantFromTheEnvironmentAndRefusesUnknownNames) {
     EXPECT_TRUE(sm90_schedule_from_env(192, &s));
     EXPECT_EQ(s, kSm90Overlap) << "d192 runs the d256 variant";
   }
-  s = kSm90Overlap;
-  {
-    ScopedEnv env("ATTNFORGE_SM90_VARIANT", "");
-    EXPECT_TRUE(sm90_schedule_from_env(128, &s));
-    EXPECT_EQ(s, kSm90PingPong);
-  }
-  {
-    ScopedEnv env("ATTNFORGE_SM90_VARIANT", "overlap");
-    EXPECT_TRUE(sm90_schedule_from_env(128, &s));
-    EXPECT_EQ(s, kSm90Overlap);
-  }
-  {
-    ScopedEnv env("ATTNFORGE_SM90_VARIANT", "pingpong");
-    EXPECT_TRUE(sm90_schedule_from_env(128, &s));
-    EXPECT_EQ(s, kSm90PingPong);
-  }
-  {
-    ScopedEnv env("ATTNFORGE_SM90_VARIANT", "v0");
-    EXPECT_TRUE(sm90_schedule_from_env(128, &s));
-    EXPECT_EQ(s, kSm90V0);
+  const struct {
+    const char* value;
+    Sm90Schedule expected;
+  } named[] = {{"", kSm90PingPong}, {"overlap", kSm90Overlap}, {"pingpong", kSm90PingPong}, {"v0", kSm90V0}};
+  for (const auto& n : named) {
+    ScopedEnv env("ATTNFORGE_SM90_VARIANT", n.value);
+    s = kSm90Overlap;
+    EXPECT_TRUE(sm90_schedule_from_env(128, &s)) << "'" << n.value << "'";
+    EXPECT_EQ(s, n.expected) << "'" << n.value << "'";
   }
   for (const char* bad : {"Overlap", "overlap ", "ping-pong", "1"}) {
     ScopedEnv env("ATTNFORGE_SM90_VARIANT", bad);
