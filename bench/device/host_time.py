@@ -1,12 +1,15 @@
-"""Host time per decode-shaped attention call (issue: kernel families and one plan, item 6).
+"""Host time per decode-shaped attention call (issue: kernel families and one plan, item 6; issue
+generate(), item 3).
 
 q (1, 1, 32, 128) bf16 against a 4096-key cache of 8 KV heads. Each row is the host wall time of
 200 back-to-back calls divided by 200, the GPU not waited on inside the loop (median of 15 such
-loops): attnforge's flash_attn_func, plain torch SDPA with enable_gqa=True (no backend context
-manager), and the C part alone: af_attention_run with a cached plan and arguments built once,
-called through ctypes (so the row includes the ctypes call itself), and, when the path of the
-compiled bench/device/host_time_c.cpp is given as the second argument, the same calls from C++
-(no Python) beside one cuLaunchKernel of an empty kernel, the floor of any launch.
+loops; under torch.no_grad(), as generate() runs): attnforge's flash_attn_func, plain torch SDPA
+with enable_gqa=True (no backend context manager), attnforge's transformers integration (no mask,
+2D padding mask) beside transformers' sdpa_attention_forward, and the C part alone:
+af_attention_run with a cached plan and arguments built once, called through ctypes (so the row
+includes the ctypes call itself), and, when the path of the compiled bench/device/host_time_c.cpp
+is given as the second argument, the same calls from C++ (no Python) beside one cuLaunchKernel of
+an empty kernel, the floor of any launch.
 Prints a markdown table and writes it to the path given.
 """
 import ctypes
@@ -25,6 +28,11 @@ from attnforge import _native
 
 
 def host_us(fn, calls=200, loops=15):
+    with torch.no_grad():
+        return _host_us(fn, calls, loops)
+
+
+def _host_us(fn, calls, loops):
     for _ in range(20):
         fn()
     torch.cuda.synchronize()
@@ -47,6 +55,36 @@ def c_rows(binary):
         name, value = line.split("\t")
         rows.append(("C++: " + name, value if name == "plan" else float(value)))
     return rows
+
+
+def integration_rows(query, key, value):
+    """Host time of one decode-step attention call through attnforge's transformers integration, in
+    transformers' layout (query (1, 32, 1, 128), key/value (1, 8, 4096, 128)), with no mask and with
+    a 2D padding mask (the padded-batch path: leftpad_k/seqused_k from the mask, computed once per
+    mask tensor as in a forward pass), beside transformers' own sdpa_attention_forward (no mask)."""
+    from attnforge.integrations.transformers import attention_forward
+
+    class Layer(torch.nn.Module):
+        is_causal = True
+
+    layer = Layer().eval()
+    mask = torch.ones(1, key.shape[2], dtype=torch.long, device="cuda")
+    mask[0, :7] = 0
+    rows = [("attnforge transformers integration, no mask",
+             host_us(lambda: attention_forward(layer, query, key, value, None, scaling=0.088))),
+            ("attnforge transformers integration, 2D padding mask",
+             host_us(lambda: attention_forward(layer, query, key, value, mask, scaling=0.088)))]
+    try:
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    except ImportError:
+        return rows
+    layer.config = type("Config", (), {"_attn_implementation": "sdpa"})()
+    layer.num_key_value_groups = query.shape[1] // key.shape[1]
+    try:
+        sdpa = host_us(lambda: sdpa_attention_forward(layer, query, key, value, None, scaling=0.088))
+    except Exception as e:  # a transformers version whose function wants more of the module: say so, go on
+        sdpa = "not timed (%s)" % e
+    return rows + [("transformers sdpa_attention_forward, no mask", sdpa)]
 
 
 def main(path, c_binary=None):
@@ -75,6 +113,7 @@ def main(path, c_binary=None):
         ("attnforge.flash_attn_func", host_us(lambda: attnforge.flash_attn_func(q, k, v))),
         ("torch SDPA, enable_gqa=True (plain call)", host_us(lambda: F.scaled_dot_product_attention(qt, kt, vt,
                                                                                                  enable_gqa=True))),
+    ] + integration_rows(qt, kt, vt) + [
         ("af_attention_run, cached plan (ctypes call included)", host_us(c_run)),
         ("af_attention_run, cached plan, caller-owned workspace", host_us(lambda: run(handle, args_ref, ws_pointer,
                                                                                        ws_bytes))),

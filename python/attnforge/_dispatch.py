@@ -12,8 +12,9 @@ from typing import Optional, Tuple
 from . import _native
 from ._native import INDEX_FIELDS, AttentionOptions, AttnforgeError, CALLER_ERRORS, Status
 
-__all__ = ["AttentionOptions", "PlanCache", "S_DMASK_BLOCK_N", "forward", "has_plan", "int32_indices", "lse_shape",
-           "native_forward", "outputs", "plan_key", "plans"]
+__all__ = ["AttentionOptions", "PlanCache", "S_DMASK_BLOCK_N", "empty_like_contiguous", "forward", "func_key",
+           "has_plan", "int32_indices", "lse_shape", "native_forward", "outputs", "plan_key", "planned_forward",
+           "plans", "remember"]
 
 _INT32_MIN, _INT32_MAX = -(2 ** 31), 2 ** 31 - 1
 # Key-block width of the S_dmask encoding (return_attn_probs with dropout; flash_attn_interface's
@@ -99,13 +100,14 @@ plans = PlanCache()
 
 def plan_key(q, k, v, has_lse: bool, o: AttentionOptions):
     """What an af_attention_plan depends on, for torch CUDA tensors: shapes (varlen: the batch from
-    cu_seqlens_q), strides, dtype, device, 16-byte alignment of the data, which optional tensors are
+    cu_seqlens_q), strides, dtypes and devices of q, k and v, 16-byte alignment of the data, which optional tensors are
     given, the masking flags and scalars, num_splits (af_attention_run compares the same fields; the
     cached PreparedCall keeps the scalars and the index tensors' shapes and strides). out is not
     part of it: attnforge allocates it (contiguous in q's shape, aligned by torch's allocator)."""
     aligned = (q.data_ptr() | k.data_ptr() | v.data_ptr()) & 15 == 0
-    return (q.shape, k.shape, v.shape, q.stride(), k.stride(), v.stride(), q.dtype, q.device, aligned, has_lse,
-            o.max_seqlen_q, o.max_seqlen_k, bool(o.causal), o.window_size, o.softcap, o.softmax_scale, o.num_splits,
+    return (q.shape, k.shape, v.shape, q.stride(), k.stride(), v.stride(), q.dtype, k.dtype, v.dtype, q.device,
+            k.device, v.device, aligned, has_lse, o.max_seqlen_q, o.max_seqlen_k, bool(o.causal), o.window_size,
+            o.softcap, o.softmax_scale, o.num_splits,
             _layout(o.cu_seqlens_q), _layout(o.cu_seqlens_k), _layout(o.seqused_k), _layout(o.leftpad_k),
             _layout(o.kv_batch_idx), _layout(o.alibi_slopes), _layout(o.block_table))
 
@@ -113,6 +115,57 @@ def plan_key(q, k, v, has_lse: bool, o: AttentionOptions):
 def _layout(x):
     """An optional tensor's part of a plan key: what its descriptor holds besides the data pointer."""
     return None if x is None else (x.shape, x.stride(), x.dtype, x.device)
+
+
+def func_key(q, k, v, softmax_scale, causal, window_size, softcap):
+    """The plan-cache key of a flash_attn_func call without dropout, ALiBi or LSE, built from its own
+    arguments (no AttentionOptions, no plan_key): q, k, v torch CUDA tensors (not subclasses, so not
+    torch.compile's fake tensors) with unit last strides, so that the call runs them as they are.
+    None when the call needs the full path: callers also rule out autograd and tracing first."""
+    torch = sys.modules["torch"]
+    if not (type(q) is torch.Tensor and type(k) is torch.Tensor and type(v) is torch.Tensor and q.is_cuda):
+        return None
+    if q.stride(-1) != 1 or k.stride(-1) != 1 or v.stride(-1) != 1:
+        return None
+    aligned = (q.data_ptr() | k.data_ptr() | v.data_ptr()) & 15 == 0
+    return ("flash_attn_func", q.shape, k.shape, v.shape, q.stride(), k.stride(), v.stride(), q.dtype, k.dtype,
+            v.dtype, q.device, k.device, v.device, aligned, softmax_scale, causal, tuple(window_size), softcap)
+
+
+def planned_forward(key, q, k, v, out=None, options: AttentionOptions = _native.DEFAULT_OPTIONS):
+    """out of a call whose signature `key` (func_key, or a caller's key filed with remember) has a cached
+    plan, run through it with these tensors' data (out: a fresh contiguous tensor like q when None); None
+    when no plan is cached under key or the kernel declined at run time (the full path then runs the call
+    and falls back as it does). Raises AttnforgeError for invalid arguments, as af_attention_run does."""
+    call = plans.get(key)
+    if call is None:
+        return None
+    if out is None:
+        out = empty_like_contiguous(q)
+    try:
+        call.run(q, k, v, out, None, options)
+    except AttnforgeError as e:
+        if e.status in CALLER_ERRORS:
+            raise
+        return None
+    except _native._DeviceMemory:
+        return None
+    return out
+
+
+def remember(key, q, k, v, options: AttentionOptions) -> None:
+    """After a call without LSE ran through the full path: files the plan it made (if the kernel ran q, k
+    and v as given, with these options) under `key` too, so that the next call with that signature takes
+    planned_forward. A key only ever names a plan made for the same shapes, strides, dtypes and scalars."""
+    call = plans.get(plan_key(q, k, v, False, options))
+    if call is not None:
+        plans.put(key, call)
+
+
+def empty_like_contiguous(x):
+    """A fresh contiguous torch tensor of x's shape, dtype and device (empty_like when x is contiguous:
+    it skips parsing a shape, ~1 us less per call than torch.empty)."""
+    return sys.modules["torch"].empty_like(x) if x.is_contiguous() else x.new_empty(x.shape)
 
 
 def has_plan(q, k, v, has_lse: bool, options: AttentionOptions) -> bool:
@@ -162,8 +215,8 @@ def outputs(q, varlen: bool, need_lse: bool):
         return np.empty(q.shape, dtype=q.dtype), (np.empty(lse_shape(q, varlen), dtype=np.float32)
                                                   if need_lse else None)
     torch = sys.modules["torch"]
-    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    return out, (torch.empty(lse_shape(q, varlen), dtype=torch.float32, device=q.device) if need_lse else None)
+    return empty_like_contiguous(q), (torch.empty(lse_shape(q, varlen), dtype=torch.float32, device=q.device)
+                                      if need_lse else None)
 
 
 def _needs_padding(q, k, v, options: AttentionOptions) -> bool:

@@ -126,8 +126,21 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, wi
     only" as in flash_attn. Raises AttnforgeError naming the argument for invalid input.
     Semantics: flash_attn/flash_attn_interface.py (2.8), see FLASH_ATTN_API.md.
     """
+    key = None
+    if ops is not None and not (dropout_p or return_attn_probs) and alibi_slopes is None:
+        # Inference calls that repeat a signature (every layer of every decode step) skip the options record,
+        # the checks and plan_key: a plan filed under their own arguments exists only if one such call passed.
+        key = _dispatch.func_key(q, k, v, softmax_scale, causal, window_size, softcap)
+        if key is not None and not ops.op_needed(q, k, v):
+            out = _dispatch.planned_forward(key, q, k, v)
+            if out is not None:
+                return out
+        else:
+            key = None
     options = _options(dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic)
     out, lse, s_dmask = _forward(q, k, v, options, return_attn_probs)
+    if key is not None:
+        _dispatch.remember(key, q, k, v, options)
     return _result(out, lse, s_dmask, return_attn_probs)
 
 

@@ -25,7 +25,7 @@ HAS_CUSTOM_OP = TORCH_VERSION >= (2, 4) and hasattr(torch.library, "custom_op")
 _is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None) or (lambda: False)
 
 
-def _op_needed(q, k, v) -> bool:
+def op_needed(q, k, v) -> bool:
     """Whether a call must go through the custom op: torch.compile is tracing it, or autograd must
     record it. Otherwise (inference, CUDA-graph capture) the implementation runs directly and the
     dispatcher's ~25 us per call are saved."""
@@ -220,7 +220,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, options: AttentionOptions, need_l
     None without need_lse on the direct path. Through the custom op when autograd or torch.compile
     needs it; dropout_p > 0 runs torch's own differentiable math directly.
     options.deterministic makes the backward pass reproducible bit for bit (flash_attn's flag)."""
-    if options.dropout_p > 0 or not _op_needed(q, k, v):
+    if options.dropout_p > 0 or not op_needed(q, k, v):
         return _dispatch.forward(q, k, v, options, need_lse)
     if HAS_CUSTOM_OP:
         if options.cu_seqlens_q is None:

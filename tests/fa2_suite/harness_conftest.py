@@ -93,6 +93,15 @@ def _instrument():
             PATHS.declined[reason] = PATHS.declined.get(reason, 0) + 1
         return reason
 
+    planned_forward = _dispatch.planned_forward
+
+    def counted_planned_forward(*args, **kwargs):
+        # flash_attn_func's shortcut for a signature that already ran on the kernel: None sends it down the full path.
+        out = planned_forward(*args, **kwargs)
+        if out is not None:
+            PATHS.kernel += 1
+        return out
+
     forward_fallback = _dispatch._fallback
 
     def counted_fallback(q, k, v, out, options, need_lse, reason, return_s_dmask):
@@ -110,6 +119,7 @@ def _instrument():
         return backward_impl(*args, **kwargs)
 
     PATHS.instrumented = (_replace_everywhere(native_forward, counted_native_forward) +
+                          _replace_everywhere(planned_forward, counted_planned_forward) +
                           _replace_everywhere(forward_fallback, counted_fallback) +
                           _replace_everywhere(backward_impl, counted_backward))
 

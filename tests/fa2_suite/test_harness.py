@@ -106,6 +106,7 @@ def test_run_records_every_case_with_its_path_and_kind(fake_fa2, tmp_path):
                      "test_flash_attn_race_condition": "environment"}
     assert summary["run"]["collected"] == 10 and summary["run"]["seed"] == 3
     assert "attnforge._dispatch.native_forward" in summary["env"]["instrumented"]
+    assert "attnforge._dispatch.planned_forward" in summary["env"]["instrumented"]
     text = open(os.path.join(out, "summary.md")).read()
     assert "| kind2-alibi |" in text and "2.8.3" in text
 

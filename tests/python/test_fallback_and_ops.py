@@ -297,5 +297,6 @@ def test_plan_key_tells_apart_what_a_plan_depends_on(seed):
                 two._replace(softmax_scale=0.3), two._replace(seqused_k=torch.ones(4, dtype=torch.int32)[::2]),
                 two._replace(num_splits=2), two._replace(max_seqlen_k=6), two._replace(seqused_k=torch.ones(2))]
     keys = {key(q, k, two), key(q, k, two, lse=False), key(q[:, :, :8], k[:, :, :8], two),
-            key(q.to(torch.float16), k.to(torch.float16), two)} | {key(q, k, o) for o in variants}
-    assert len(keys) == 4 + len(variants)
+            key(q.to(torch.float16), k.to(torch.float16), two),
+            _dispatch.plan_key(q, k, k.to(torch.float16), True, two)} | {key(q, k, o) for o in variants}
+    assert len(keys) == 5 + len(variants)

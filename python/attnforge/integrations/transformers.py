@@ -46,13 +46,15 @@ import weakref
 import torch
 import torch.nn.functional as F
 
-from .. import _explain, fallback
+from .. import _dispatch, _explain, fallback
+from .._native import AttentionOptions
 from ..flash_attn_interface import flash_attn_func, flash_attn_varlen_func, flash_attn_with_kvcache
 
 NAME = "attnforge"
 FLASH_NAME = "attnforge_flash"
 
 _is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None) or (lambda: False)
+_NO_BOUNDS = AttentionOptions()
 
 # Per-tensor results computed once and reused by every layer of a forward pass: id(tensor) ->
 # (weakref, tensor._version, extra key, value). The version check catches in-place changes.
@@ -290,29 +292,81 @@ def attention_forward(module, query, key, value, attention_mask, dropout=0.0, sc
                           "with it")
         return _sdpa_with_mask(query, key, value, attention_mask, scaling, dropout), None
 
-    options = dict(softmax_scale=scaling, causal=is_causal, window_size=window, softcap=float(softcap or 0.0))
+    softcap = float(softcap or 0.0)
+    options = dict(softmax_scale=scaling, causal=is_causal, window_size=window, softcap=softcap)
+    bounds = None
+    if two_d and not (autograd or dropout > 0):
+        bounds = _memoized(attention_mask, ("bounds", seqlen_k),
+                           lambda: _key_bounds(_mask_for_keys(attention_mask, seqlen_k)))
+    packed = None if two_d else _packed_arguments(kwargs, batch, seqlen_q, seqlen_k)
+    shortcut = None
+    if sinks is None and packed is None and (bounds is not None or not (two_d or dropout > 0 or autograd)):
+        shortcut = _shortcut_key(query, key, value, bounds, options)
+        if shortcut is not None:
+            out = _planned(shortcut, query, key, value, bounds)
+            if out is not None:
+                return out, None
     q = query.transpose(1, 2)  # (B, Sq, H, D)
     k = key.transpose(1, 2)    # (B, Sk, Hk, D)
     v = value.transpose(1, 2)
 
     if two_d:
-        if autograd or dropout > 0:
+        if bounds is None:  # autograd or dropout
             return _unpadded(q, k, v, _mask_for_keys(attention_mask, seqlen_k), sinks,
                              dict(options, dropout_p=dropout)), None
-        leftpad, seqused = _memoized(attention_mask, ("bounds", seqlen_k),
-                                     lambda: _key_bounds(_mask_for_keys(attention_mask, seqlen_k)))
+        leftpad, seqused = bounds
         out = flash_attn_with_kvcache(q, k, v, cache_seqlens=seqused, cache_leftpad=leftpad,
                                       return_softmax_lse=sinks is not None, **options)
+        if shortcut is not None:
+            _dispatch.remember(shortcut, q, k, v, _bounds_options(bounds, options))
         return (out if sinks is None else _apply_sinks(out[0], out[1], sinks)), None
 
-    options["dropout_p"] = dropout
-    packed = _packed_arguments(kwargs, batch, seqlen_q, seqlen_k)
     if packed is not None:  # padding-free: (1, total, ...) holds several sequences back to back
         out = _flash(flash_attn_varlen_func, q.reshape(-1, heads, head_dim), k.reshape(-1, k.shape[2], head_dim),
-                     v.reshape(-1, v.shape[2], v.shape[3]), *packed, sinks=sinks, **options)
+                     v.reshape(-1, v.shape[2], v.shape[3]), *packed, sinks=sinks, dropout_p=dropout, **options)
         return out.reshape(batch, seqlen_q, heads, -1), None
 
-    return _flash(flash_attn_func, q, k, v, sinks=sinks, **options), None
+    out = _flash(flash_attn_func, q, k, v, sinks=sinks, dropout_p=dropout, **options)
+    if shortcut is not None:
+        _dispatch.remember(shortcut, q, k, v, _bounds_options(None, options))
+    return out, None
+
+
+def _shortcut_key(query, key, value, bounds, options):
+    """Plan-cache key of an inference call in transformers' layout (query (B, H, Sq, D), key/value
+    (B, Hk, Sk, D), 2D-mask bounds or None): the kernel then runs on query/key/value's own memory,
+    without transposed views, an options record or plan_key. None off CUDA, under tracing, for tensor
+    subclasses and for unit-stride violations (those take the full path)."""
+    tensor = torch.Tensor
+    if not (type(query) is tensor and type(key) is tensor and type(value) is tensor and query.is_cuda):
+        return None
+    if _is_compiling() or query.stride(-1) != 1 or key.stride(-1) != 1 or value.stride(-1) != 1:
+        return None
+    aligned = (query.data_ptr() | key.data_ptr() | value.data_ptr()) & 15 == 0
+    return ("transformers", query.shape, key.shape, value.shape, query.stride(), key.stride(), value.stride(),
+            query.dtype, key.dtype, value.dtype, query.device, key.device, value.device, aligned,
+            None if bounds is None else (bounds[0].device, bounds[0].shape), options["softmax_scale"],
+            options["causal"], options["window_size"], options["softcap"])
+
+
+def _bounds_options(bounds, options):
+    """The AttentionOptions the full path's kernel call ran with: flash_attn_func's, or with a 2D mask
+    flash_attn_with_kvcache's (leftpad_k and seqused_k from the mask's bounds)."""
+    leftpad, seqused = bounds if bounds is not None else (None, None)
+    return AttentionOptions(leftpad_k=leftpad, seqused_k=seqused, softmax_scale=options["softmax_scale"],
+                            softcap=options["softcap"], causal=options["causal"],
+                            window_size=options["window_size"])
+
+
+def _planned(shortcut, query, key, value, bounds):
+    """out (B, Sq, H, D) through the plan filed under shortcut, or None (no plan yet, or the kernel
+    declined at run time). With one query row, out is a transposed (B, H, 1, D) buffer: the same
+    memory as a contiguous (B, 1, H, D), one allocation cheaper than building that shape."""
+    batch, heads, seqlen_q, head_dim = query.shape
+    out = torch.empty_like(query).transpose(1, 2) if seqlen_q == 1 else \
+        query.new_empty((batch, seqlen_q, heads, head_dim))
+    options = _NO_BOUNDS if bounds is None else AttentionOptions(leftpad_k=bounds[0], seqused_k=bounds[1])
+    return _dispatch.planned_forward(shortcut, query, key, value, out, options)
 
 
 def _provide_flash_functions(names):
