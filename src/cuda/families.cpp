@@ -6,7 +6,8 @@
 // the common case pays nothing. Head dims in between are zero-filled up to the next one.
 // decode variants: {bf16, fp16} x head dim {64, 128, 256} x {plain, extras}: decode is bound by
 // the bytes of K and V, and zero-filled dims are never read, so smaller head dims share these.
-// fwd_sm90 variants: {bf16, fp16} x head dim {64, 128, 256} x schedule {v0, overlap, pingpong}, no extras
+// fwd_sm90 variants: {bf16, fp16} x head dim {64, 128, 256} x schedule {v0, overlap, pingpong,
+// overlap-persistent, pingpong-persistent}, no extras
 // (softcap and ALiBi stay with fwd_sm80); sm_90a only ($ATTNFORGE_FWD_SM90=0 turns it off, see plan.cpp).
 //
 // Tiles: every shape below compiles without spills for sm_80, sm_86, sm_89 and sm_90a
@@ -150,7 +151,7 @@ std::vector<Variant> build_variants() {
           list.push_back(v);
         }
     }
-  for (Sm90Schedule schedule : {kSm90V0, kSm90Overlap, kSm90PingPong})
+  for (Sm90Schedule schedule : {kSm90V0, kSm90Overlap, kSm90PingPong, kSm90OverlapPersistent, kSm90PingPongPersistent})
     for (af_dtype dtype : {AF_DTYPE_BFLOAT16, AF_DTYPE_FLOAT16})
       for (int d : kSm90HeadDims) {
         Variant v{kFamilyFwdSm90, dtype, d, false, {}, "", schedule};
@@ -174,8 +175,20 @@ std::vector<Variant> build_variants() {
 const Family& family(FamilyId id) { return kFamilies[id]; }
 
 const char* sm90_schedule_name(Sm90Schedule s) {
-  return s == kSm90Overlap ? "overlap" : (s == kSm90PingPong ? "pingpong" : "v0");
+  switch (s) {
+    case kSm90Overlap: return "overlap";
+    case kSm90PingPong: return "pingpong";
+    case kSm90OverlapPersistent: return "overlap-persistent";
+    case kSm90PingPongPersistent: return "pingpong-persistent";
+    default: return "v0";
+  }
 }
+
+Sm90Schedule sm90_main_loop(Sm90Schedule s) {
+  return s == kSm90OverlapPersistent ? kSm90Overlap : (s == kSm90PingPongPersistent ? kSm90PingPong : s);
+}
+
+bool sm90_persistent(Sm90Schedule s) { return s == kSm90OverlapPersistent || s == kSm90PingPongPersistent; }
 
 SharedMemoryClass shared_memory_class(int arch) {
   if (arch == 90 || arch == 100 || arch == 103 || arch == 110) return kSmem227K;
@@ -251,7 +264,8 @@ std::vector<std::string> compile_options(const Variant& v, const std::string& ta
                                       std::string("-DAF_EXTRAS=") + (v.extras ? "1" : "0")};
   if (v.family == kFamilyFwdSm90) {
     options.push_back("-DAF_BLOCK_N=" + std::to_string(tile.block_n));
-    options.push_back("-DAF_SM90_SCHEDULE=" + std::to_string(int(v.schedule)));
+    options.push_back("-DAF_SM90_SCHEDULE=" + std::to_string(int(sm90_main_loop(v.schedule))));
+    options.push_back(std::string("-DAF_SM90_PERSISTENT=") + (sm90_persistent(v.schedule) ? "1" : "0"));
   }
   if (v.family == kFamilyFwdSm80) {
     options.push_back("-DAF_M_TILES=" + std::to_string(tile.m_tiles));

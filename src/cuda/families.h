@@ -49,9 +49,23 @@ SharedMemoryClass shared_memory_class(int arch);
 // overlap (FlashAttention-3's intra-warpgroup overlap) issues the next block's S = Q K^T and this
 // block's P V together and runs the softmax of the next block while P V is in flight; pingpong is
 // overlap with the two consumer warpgroups taking turns to issue their wgmmas (named barriers), so
-// one's softmax runs while the other's GEMMs do (FlashAttention-3's warpgroup ping-pong).
-enum Sm90Schedule { kSm90V0 = 0, kSm90Overlap = 1, kSm90PingPong = 2, kSm90Schedules = 3 };
-const char* sm90_schedule_name(Sm90Schedule s);  // "v0", "overlap", "pingpong"
+// one's softmax runs while the other's GEMMs do (FlashAttention-3's warpgroup ping-pong). The
+// persistent forms of overlap and pingpong launch at most one wave of CTAs, each looping over work
+// tiles (AF_SM90_PERSISTENT).
+enum Sm90Schedule {
+  kSm90V0 = 0,
+  kSm90Overlap = 1,
+  kSm90PingPong = 2,
+  kSm90OverlapPersistent = 3,
+  kSm90PingPongPersistent = 4,
+  kSm90Schedules = 5
+};
+// "v0", "overlap", "pingpong", "overlap-persistent", "pingpong-persistent"
+const char* sm90_schedule_name(Sm90Schedule s);
+// The main loop of a schedule (kSm90V0, kSm90Overlap or kSm90PingPong: AF_SM90_SCHEDULE) and
+// whether it is the persistent form.
+Sm90Schedule sm90_main_loop(Sm90Schedule s);
+bool sm90_persistent(Sm90Schedule s);
 
 struct Variant {
   FamilyId family;

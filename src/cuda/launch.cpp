@@ -65,7 +65,8 @@ void fill_params(const AttentionProblem& p, FlashFwdParams* k) {
 }
 
 // fwd_sm90: the q, k and v tensor maps (encoded per call: the address is part of the map; a host
-// call of about a microsecond each) and one launch of (query tiles, heads, batch).
+// call of about a microsecond each) and one launch of (query tiles, heads, batch), or in the
+// persistent forms of at most one wave of CTAs that loop over those tiles.
 af_status run_sm90(const Plan& plan, const Variant& v, const AttentionProblem& p, FlashFwdParams* k, CUstream stream) {
   // A plan is checked against each call's shapes and flags, not against everything fwd_sm90 does
   // not read (seqused_k, leftpad_k, exact strides): refuse a call the family would get wrong.
@@ -86,6 +87,7 @@ af_status run_sm90(const Plan& plan, const Variant& v, const AttentionProblem& p
     AF_RETURN_IF_ERROR(
         encode_tile_map(a, names[i], tensors[i], p.dtype, unsigned(i == 0 ? tile.block_m() : tile.block_n), &maps[i]));
   k->num_splits = 1;
+  k->tile_pair_group = plan.pair_group;
   void* args[] = {k, &maps[0], &maps[1], &maps[2]};
   const CUresult r =
       a.cuLaunchKernel(plan.loaded.kernel, plan.grid[0], plan.grid[1], plan.grid[2], unsigned(tile.threads()), 1, 1,

@@ -154,14 +154,20 @@ TEST(FwdSm90Schedule, ReadsTheVariantFromTheEnvironmentAndRefusesUnknownNames) {
   const struct {
     const char* value;
     Sm90Schedule expected;
-  } named[] = {{"", kSm90PingPong}, {"overlap", kSm90Overlap}, {"pingpong", kSm90PingPong}, {"v0", kSm90V0}};
+  } named[] = {{"", kSm90PingPong},
+               {"overlap", kSm90Overlap},
+               {"pingpong", kSm90PingPong},
+               {"v0", kSm90V0},
+               {"overlap-persistent", kSm90OverlapPersistent},
+               {"pingpong-persistent", kSm90PingPongPersistent}};
   for (const auto& n : named) {
     ScopedEnv env("ATTNFORGE_SM90_VARIANT", n.value);
     s = kSm90Overlap;
     EXPECT_TRUE(sm90_schedule_from_env(128, &s)) << "'" << n.value << "'";
     EXPECT_EQ(s, n.expected) << "'" << n.value << "'";
   }
-  for (const char* bad : {"Overlap", "overlap ", "ping-pong", "1"}) {
+  for (const char* bad :
+       {"Overlap", "overlap ", "ping-pong", "1", "persistent", "v0-persistent", "pingpong_persistent"}) {
     ScopedEnv env("ATTNFORGE_SM90_VARIANT", bad);
     s = kSm90Overlap;
     EXPECT_FALSE(sm90_schedule_from_env(128, &s)) << bad;
@@ -172,7 +178,7 @@ TEST(FwdSm90Schedule, ReadsTheVariantFromTheEnvironmentAndRefusesUnknownNames) {
 TEST(FwdSm90Schedule, EachScheduleIsItsOwnModuleWithTheSameTileAndDescribeNamesIt) {
   for (af_dtype dtype : {AF_DTYPE_BFLOAT16, AF_DTYPE_FLOAT16})
     for (int d : {64, 128, 256})
-      for (Sm90Schedule schedule : {kSm90Overlap, kSm90PingPong}) {
+      for (Sm90Schedule schedule : {kSm90Overlap, kSm90PingPong, kSm90OverlapPersistent, kSm90PingPongPersistent}) {
         const int v0 = find_variant(kFamilyFwdSm90, dtype, d, false, kSm90V0);
         const int other = find_variant(kFamilyFwdSm90, dtype, d, false, schedule);
         ASSERT_GE(v0, 0);
@@ -185,17 +191,20 @@ TEST(FwdSm90Schedule, EachScheduleIsItsOwnModuleWithTheSameTileAndDescribeNamesI
         EXPECT_EQ(b.name, a.name + "_" + sm90_schedule_name(schedule));
         EXPECT_EQ(a.smem_bytes(90), b.smem_bytes(90));
         EXPECT_EQ(a.tile_for(90).block_n, b.tile_for(90).block_n);
-        // The options are part of the kernel cache key: they must differ, in the schedule macro only.
+        // The options are part of the kernel cache key: they must differ, in the main-loop macro
+        // and (the persistent forms) the persistent one only.
         const std::vector<std::string> oa = compile_options(a, "sm_90a"), ob = compile_options(b, "sm_90a");
         ASSERT_EQ(oa.size(), ob.size());
-        int differing = 0;
+        const bool persistent = schedule == kSm90OverlapPersistent || schedule == kSm90PingPongPersistent;
+        const int main_loop = schedule == kSm90OverlapPersistent    ? int(kSm90Overlap)
+                              : schedule == kSm90PingPongPersistent ? int(kSm90PingPong)
+                                                                    : int(schedule);
+        std::vector<std::string> differing;
         for (size_t i = 0; i < oa.size(); ++i)
-          if (oa[i] != ob[i]) {
-            ++differing;
-            EXPECT_EQ(oa[i], "-DAF_SM90_SCHEDULE=0");
-            EXPECT_EQ(ob[i], "-DAF_SM90_SCHEDULE=" + std::to_string(int(schedule)));
-          }
-        EXPECT_EQ(differing, 1) << a.name;
+          if (oa[i] != ob[i]) differing.push_back(oa[i] + " -> " + ob[i]);
+        std::vector<std::string> expected = {"-DAF_SM90_SCHEDULE=0 -> -DAF_SM90_SCHEDULE=" + std::to_string(main_loop)};
+        if (persistent) expected.push_back("-DAF_SM90_PERSISTENT=0 -> -DAF_SM90_PERSISTENT=1");
+        EXPECT_EQ(differing, expected) << b.name;
       }
   Choice choice;
   choice.variant = find_variant(kFamilyFwdSm90, AF_DTYPE_BFLOAT16, 128, false, kSm90Overlap);
@@ -206,6 +215,10 @@ TEST(FwdSm90Schedule, EachScheduleIsItsOwnModuleWithTheSameTileAndDescribeNamesI
   EXPECT_EQ(describe(choice), "fwd_sm90 fp16 d256 v0 sm_90a 128x64");
   choice.variant = find_variant(kFamilyFwdSm90, AF_DTYPE_FLOAT16, 64, false, kSm90PingPong);
   EXPECT_EQ(describe(choice), "fwd_sm90 fp16 d64 pingpong sm_90a 128x128");
+  choice.variant = find_variant(kFamilyFwdSm90, AF_DTYPE_BFLOAT16, 128, false, kSm90PingPongPersistent);
+  EXPECT_EQ(describe(choice), "fwd_sm90 bf16 d128 pingpong-persistent sm_90a 128x128");
+  choice.variant = find_variant(kFamilyFwdSm90, AF_DTYPE_FLOAT16, 256, false, kSm90OverlapPersistent);
+  EXPECT_EQ(describe(choice), "fwd_sm90 fp16 d256 overlap-persistent sm_90a 128x64");
   choice.variant = find_variant(kFamilyFwdSm80, AF_DTYPE_BFLOAT16, 128, false);
   EXPECT_EQ(describe(choice).find("v0"), std::string::npos) << "only fwd_sm90 has schedules";
 }

@@ -6,12 +6,15 @@
 //   AF_SM90_SCHEDULE  the consumers' main loop: 0 v0 (serial), 1 overlap (the next block's Q K^T and
 //                 softmax while this block's P V runs), 2 pingpong (overlap, the two consumers taking
 //                 turns to issue their wgmmas); Sm90Schedule in src/cuda/families.h
+//   AF_SM90_PERSISTENT  1: a persistent grid (each CTA loops over work tiles, the producer loading
+//                 the next tile while the consumers finish this one); 0: one CTA per tile
 
 constexpr int kHeadDim = AF_HEAD_DIM;
 constexpr int kBlockM = 128;  // query rows per CTA: two consumer warpgroups of 64 rows
 constexpr int kBlockN = AF_BLOCK_N;
 constexpr int kStages = AF_KV_STAGES;
 constexpr int kSchedule = AF_SM90_SCHEDULE;
+constexpr bool kPersistent = AF_SM90_PERSISTENT != 0;
 constexpr int kThreads = 384;          // warpgroup 0: producer; 1 and 2: consumers
 constexpr int kAtoms = kHeadDim / 64;  // 64-column (128-byte) swizzle atoms per row
 constexpr int kConsumerWarps = 8;
