@@ -7,7 +7,7 @@
 namespace af::cuda {
 
 constexpr int kMaxDevices = 64;
-// An array bound (the loaded-variant slots per device); the variant table has 68 entries.
+// An array bound (the loaded-variant slots per device); the variant table has 80 entries.
 constexpr int kMaxVariants = 96;
 
 struct LoadedVariant {

@@ -77,9 +77,12 @@ int decode_splits(int requested, int ctas, int key_blocks, int wave_ctas) {
   return s;
 }
 
-// The (batch, rows, heads, head_dim) views TMA loads: q, k and v.
+// The (batch, rows, heads, head_dim) views TMA loads, q, k and v, and stores, out.
 TileTensor q_tensor(const AttentionProblem& p) {
   return {p.q, p.batch, p.seqlen_q, p.heads_q, p.head_dim, p.q_batch_stride, p.q_row_stride, p.q_head_stride};
+}
+TileTensor out_tensor(const AttentionProblem& p) {
+  return {p.out, p.batch, p.seqlen_q, p.heads_q, p.head_dim, p.out_batch_stride, p.out_row_stride, p.out_head_stride};
 }
 TileTensor k_tensor(const AttentionProblem& p, const void* base, int64_t batch_stride, int64_t row_stride,
                     int64_t head_stride) {
@@ -131,6 +134,7 @@ std::string fwd_sm90_refusal(const AttentionProblem& p) {
                        unsigned(tile.block_n)),
       tile_map_refusal("v", k_tensor(p, p.v, p.v_batch_stride, p.v_row_stride, p.v_head_stride),
                        unsigned(tile.block_n)),
+      tile_map_refusal("out", out_tensor(p), kSm90StoreBoxRows),
   };
   for (const std::string& r : refusals)
     if (!r.empty()) return "fwd_sm90: " + r;
@@ -177,7 +181,8 @@ af_status choose(const AttentionProblem& p, Choice* choice) {
   if (family_id == kFamilyFwdSm90 && !sm90_schedule_from_env(p.head_dim, &schedule))
     return fail(AF_ERR_INVALID_ARGUMENT,
                 "cuda backend: ATTNFORGE_SM90_VARIANT=%s is not a fwd_sm90 schedule (v0, overlap, pingpong, "
-                "overlap-persistent, pingpong-persistent)",
+                "overlap-persistent, pingpong-persistent, overlap-persistent-tma-store, "
+                "pingpong-persistent-tma-store)",
                 std::getenv("ATTNFORGE_SM90_VARIANT"));
   const int index = find_variant(family_id, p.dtype, int(p.head_dim), extras, schedule);
   if (index < 0 || index >= kMaxVariants)

@@ -37,7 +37,7 @@ bool sm90_schedule_from_env(int64_t head_dim, Sm90Schedule* schedule);
 // Why fwd_sm90 cannot run a prefill problem that would otherwise go to fwd_sm80 (empty: it can).
 // Needs neither a GPU nor a driver: the rules are the kernel's (padded batches, head_dim a
 // multiple of 8 (up to 256, as every CUDA call), no window but the causal one, no softcap, ALiBi or forced key splits,
-// q/k/v strides TMA can describe, a grid of at most 65535 heads and 65535 sequences).
+// q/k/v/out strides TMA can describe, a grid of at most 65535 heads and 65535 sequences).
 std::string fwd_sm90_refusal(const AttentionProblem& p);
 
 struct Plan {

@@ -25,18 +25,21 @@
 // (FlashAttention-3's intra-warpgroup overlap) issues block i's Q K^T with block i - 1's P V and
 // runs block i's softmax while P V is in flight, so the tensor cores work during the exps;
 // pingpong is overlap with the consumers taking turns (named barriers 1 and 2) to issue each step's
-// two wgmma groups, so one warpgroup's softmax runs while the other's GEMMs do. Out and LSE are
-// stored from registers. Not yet: a TMA-store epilogue.
+// two wgmma groups, so one warpgroup's softmax runs while the other's GEMMs do. LSE is stored
+// from registers, and so is O except in the TMA-store forms (AF_SM90_TMA_STORE; see the epilogue).
 
 extern "C" __global__ void __launch_bounds__(kThreads, 1)
     af_flash_fwd_sm90(const __grid_constant__ FlashFwdParams p, const __grid_constant__ CUtensorMap q_map,
-                      const __grid_constant__ CUtensorMap k_map, const __grid_constant__ CUtensorMap v_map) {
+                      const __grid_constant__ CUtensorMap k_map, const __grid_constant__ CUtensorMap v_map,
+                      const __grid_constant__ CUtensorMap o_map) {
   extern __shared__ __align__(128) unsigned char smem[];
   // q_full, then per stage: k_full, k_empty, v_full, v_empty; then q_empty.
   __shared__ __align__(8) unsigned long long barriers[2 + 4 * kStages];
   const af_u32 sQ = (shared_address(smem) + 1023u) & ~1023u;  // (kBlockM, kHeadDim): kAtoms atoms
   const af_u32 sK = sQ + kQBytes;                             // kStages x (kBlockN, kHeadDim)
   const af_u32 sV = sK + kStages * kKVBytes;                  // kStages x (kBlockN, kHeadDim)
+  // The TMA-store epilogue's staging tile of O, laid out as Q: its own buffer, or Q's (d256).
+  const af_u32 sO = kOInQ ? sQ : sV + kStages * kKVBytes;
   const af_u32 q_full = shared_address(barriers);
   auto k_full = [&](int s) { return q_full + 8u * af_u32(1 + 4 * s); };
   auto k_empty = [&](int s) { return q_full + 8u * af_u32(2 + 4 * s); };
@@ -85,7 +88,7 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
 
   if (threadIdx.x == 0) {
     mbarrier_init(q_full, 1);
-    mbarrier_init(q_empty, kConsumerWarps);
+    mbarrier_init(q_empty, kOInQ ? 2 : kConsumerWarps);
     for (int s = 0; s < kStages; ++s) {
       mbarrier_init(k_full(s), 1);
       mbarrier_init(k_empty(s), kConsumerWarps);
@@ -260,7 +263,7 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
   // The S wait of the tile's last step ends this warp's reads of Q: the producer may load the next
   // tile's (persistent form).
   auto release_q = [&](int i, int n_blocks) {
-    if constexpr (kPersistent)
+    if constexpr (kPersistent && !kOInQ)
       if (i == n_blocks - 1 && lane == 0) mbarrier_arrive(q_empty);
   };
 
@@ -359,8 +362,20 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
     }
     steps += n_blocks;
 
-    // Epilogue: normalise and store from registers (pairs of columns), LSE in natural log.
+    // Epilogue: normalise O, LSE in natural log (plain stores). O from registers (pairs of
+    // columns), or (kTmaStore, a tile with keys) through shared memory: each consumer writes its 64
+    // rows into the staging tile (Q's swizzled layout), and one thread of it stores them with TMA
+    // (boxes of 64 columns x 64 rows; the map's bounds clip rows past seqlen_q and columns past
+    // head_dim) while the warpgroup goes on to the next tile. An empty tile (rows that see no key)
+    // takes the register path: it loaded no Q, so Q's buffer may be the next tile's by then.
     const float ln2 = 0.6931471805599453f;
+    const bool staged = kTmaStore && n_blocks > 0;
+    const bool issuer = (threadIdx.x & 127) == 0;
+    if (staged && !kOInQ) {
+      // The previous tile's store has read the staging tile.
+      if (issuer) bulk_wait_group_read<0>();
+      named_barrier_sync(3 + consumer, 128);
+    }
     af_u16* out_base =
         (af_u16*)p.out + (long long)w.batch * p.out_batch_stride + (long long)w.head * p.out_head_stride + 2 * t;
 #pragma unroll
@@ -370,20 +385,53 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
       sum += __shfl_xor_sync(0xffffffffu, sum, 2);
       const float inverse = sum > 0.f ? 1.f / sum : 0.f;
       const int row = warp_row + g + 8 * half;
+      if (staged) {
+        // Row r of the tile, 16-byte chunk j at chunk j ^ (r % 8) of its line, and r % 8 == g.
+        const af_u32 line = sO + af_u32(64 * consumer + 16 * warp + g + 8 * half) * 128u + 4u * t;
+#pragma unroll
+        for (int a = 0; a < kAtoms; ++a)
+#pragma unroll
+          for (int j = 0; j < 8; ++j)
+            st_shared_u32(line + a * kBlockM * 128 + ((j ^ g) << 4),
+                          pack2(o[a][4 * j + 2 * half] * inverse, o[a][4 * j + 2 * half + 1] * inverse));
+      }
       if (row >= q_len) continue;
-      af_u16* dst = out_base + (long long)row * p.out_row_stride;
+      if (!staged) {
+        af_u16* dst = out_base + (long long)row * p.out_row_stride;
 #pragma unroll
-      for (int a = 0; a < kAtoms; ++a)
+        for (int a = 0; a < kAtoms; ++a)
 #pragma unroll
-        for (int j = 0; j < 8; ++j) {
-          const int col = 64 * a + 8 * j;
-          if (col + 2 * t < p.head_dim)
-            *(af_u32*)(dst + col) = pack2(o[a][4 * j + 2 * half] * inverse, o[a][4 * j + 2 * half + 1] * inverse);
-        }
+          for (int j = 0; j < 8; ++j) {
+            const int col = 64 * a + 8 * j;
+            if (col + 2 * t < p.head_dim)
+              *(af_u32*)(dst + col) = pack2(o[a][4 * j + 2 * half] * inverse, o[a][4 * j + 2 * half + 1] * inverse);
+          }
+      }
       if (p.lse != nullptr && t == 0)
         p.lse[(long long)w.batch * p.lse_batch_stride + (long long)w.head * p.lse_head_stride +
               (long long)row * p.lse_row_stride] =
             sum > 0.f ? (row_max[half] * scale + log2_approx(sum)) * ln2 : AF_NEG_INF;
     }
+    if (staged) {
+      // The generic-proxy writes visible to the copy engine, then one thread stores.
+      fence_proxy_async_shared();
+      named_barrier_sync(3 + consumer, 128);
+      if (issuer) {
+        const int row0 = m0 + 64 * consumer;
+        if (row0 < q_len) {
+#pragma unroll
+          for (int a = 0; a < kAtoms; ++a)
+            tma_store_4d(&o_map, sO + a * kBlockM * 128 + consumer * 64 * 128, a * 64, row0, w.head, w.batch);
+        }
+        bulk_commit_group();
+        if constexpr (kOInQ) {
+          // Q's buffer is free for the next tile's Q once the store has read it.
+          bulk_wait_group_read<0>();
+          mbarrier_arrive(q_empty);
+        }
+      }
+    }
   }  // tiles
+  // Shared memory must outlive the stores that read it (and the kernel their writes).
+  if (kTmaStore && (threadIdx.x & 127) == 0) bulk_wait_group<0>();
 }
