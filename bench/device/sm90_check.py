@@ -17,14 +17,16 @@ Writes sm90_check.log, correctness.json, timing.json and timing.md under --out. 
 when every stage that ran passed. `--stage correctness --quick` runs a few small cases only (for
 compute-sanitizer, see bench/device/NOTES.md).
 
-A/B of fwd_sm90's schedules (ATTNFORGE_SM90_VARIANT, src/cuda/families.h), < 120 s:
+A/B of fwd_sm90's schedules (ATTNFORGE_SM90_VARIANT, src/cuda/families.h), < 150 s:
 
-    python3 bench/device/sm90_check.py --variants v0,overlap --out $OUT/sm90ab
+    python3 bench/device/sm90_check.py --variants pingpong,pingpong-persistent,overlap,overlap-persistent \
+        --out $OUT/sm90ab
 
-runs, per variant, the correctness stage on a reduced set (30 cases: hd 64/128/256 and 72, causal and
-not, GQA, odd and unequal lengths, fp16 and bf16, a (B, H, S, D) view; each case must report that
-variant in its plan), then times every variant that passed beside cuDNN on 14 shapes (bf16; hd 128
-causal and not at 512/2k/8k/16k, hd 64 and 256 at 1k/8k, 64/8 GQA at 4k): per shape each variant's
+runs, per variant, the correctness stage on a reduced set (32 cases: hd 64/128/256 and 72, causal and
+not, GQA, odd and unequal lengths, fp16 and bf16, a (B, H, S, D) view, many (batch, head) pairs of
+short tiles; each case must report that variant in its plan), then times every variant that passed
+beside cuDNN on 16 shapes (bf16; hd 128 causal and not at batch 4 x 1k and at 512/2k/8k/16k, hd 64
+and 256 at 1k/8k, 64/8 GQA at 4k): per shape each variant's
 TFLOP/s and ratio to cuDNN, and the faster variant. Writes correctness-<variant>.json, ab.json and
 ab.md under --out.
 """
@@ -50,7 +52,10 @@ def log(out_dir, text):
 
 
 def reduced_cases():
-    """30 cases that cover what the full set does, for an A/B run of several variants."""
+    """32 cases that cover what the full set does, for an A/B run of several variants. Most have more
+    query tiles (of 128 rows) than the H200's 132 SMs, so a persistent variant's CTAs run several
+    tiles each; the last two are many short tiles of many (batch, head) pairs, one with query rows
+    that see no key (empty tiles: zero out, -inf LSE)."""
     cases = []
     for dtype in ("bf16", "fp16"):
         for d in (64, 128, 256):
@@ -65,6 +70,8 @@ def reduced_cases():
         cases.append(dict(dtype=dtype, batch=2, sq=777, sk=777, heads=8, heads_kv=8, d=128, causal=True, layout="bhsd"))
     cases.append(dict(dtype="bf16", batch=1, sq=4097, sk=4097, heads=64, heads_kv=8, d=128, causal=True))
     cases.append(dict(dtype="fp16", batch=1, sq=4097, sk=4097, heads=64, heads_kv=8, d=128, causal=False))
+    cases.append(dict(dtype="bf16", batch=40, sq=257, sk=257, heads=12, heads_kv=4, d=64, causal=True))
+    cases.append(dict(dtype="fp16", batch=24, sq=300, sk=100, heads=8, heads_kv=8, d=256, causal=True))
     return sorted(cases, key=lambda c: c["batch"] * c["sq"] * c["sk"] * c["heads"])
 
 
@@ -74,6 +81,8 @@ def correctness_cases(quick):
         for causal in (False, True):
             cases.append(dict(dtype="bf16", batch=2, sq=200, sk=200, heads=8, heads_kv=2, d=128, causal=causal))
             cases.append(dict(dtype="fp16", batch=1, sq=130, sk=257, heads=4, heads_kv=4, d=64, causal=causal))
+        # 576 query tiles: several per CTA of a persistent variant, some of them empty (sq > sk, causal).
+        cases.append(dict(dtype="bf16", batch=24, sq=300, sk=100, heads=8, heads_kv=2, d=64, causal=True))
         return cases
     batch_of = {1: 3, 17: 3, 128: 2, 1000: 2, 4097: 1}
     for dtype in ("bf16", "fp16"):
@@ -295,8 +304,11 @@ def timing_case(b, s, h, hk, d, causal):
 
 
 def ab_shapes():
-    """(batch, seqlen, heads, heads_kv, head_dim, causal): 16k tokens per call, 2048 query-head dims."""
-    shapes = [(16384 // s, s, 16, 16, 128, causal) for causal in (False, True) for s in (512, 2048, 8192, 16384)]
+    """(batch, seqlen, heads, heads_kv, head_dim, causal): batch 4 at 1k first (512 query tiles: under 4 per
+    SM, where a persistent grid's tail shows; first, so that a cut budget keeps them), then 16k tokens per call,
+    2048 query-head dims."""
+    shapes = [(4, 1024, 16, 16, 128, causal) for causal in (False, True)]
+    shapes += [(16384 // s, s, 16, 16, 128, causal) for causal in (False, True) for s in (512, 2048, 8192, 16384)]
     shapes += [(16384 // s, s, 2048 // d, 2048 // d, d, False) for d in (64, 256) for s in (1024, 8192)]
     shapes += [(1, 4096, 64, 8, 128, causal) for causal in (False, True)]
     return shapes
@@ -417,7 +429,7 @@ def stage(out_dir, title, argv, env, limit):
 
 def main_ab(args, variants):
     start = time.time()
-    budget = args.budget if "--budget" in sys.argv else 115.0
+    budget = args.budget if "--budget" in sys.argv else 145.0
     left = lambda: budget - (time.time() - start) - 3  # noqa: E731
     env = dict(os.environ, ATTNFORGE_FWD_SM90="1", PYTHONUNBUFFERED="1")
     try:
@@ -461,7 +473,7 @@ def main():
     parser.add_argument("--quick", action="store_true", help="stage 2: a few small cases (for compute-sanitizer)")
     parser.add_argument("--seconds", type=float, default=120.0, help="stage 3's own time budget")
     parser.add_argument("--variants", default="", help="A/B run of these fwd_sm90 schedules, e.g. v0,overlap "
-                        "(correctness on the reduced set, then timing beside cuDNN; budget 115 s unless --budget)")
+                        "(correctness on the reduced set, then timing beside cuDNN; budget 145 s unless --budget)")
     args = parser.parse_args()
     variants = [x for x in args.variants.split(",") if x]
     if args.out:

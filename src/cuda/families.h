@@ -49,9 +49,28 @@ SharedMemoryClass shared_memory_class(int arch);
 // overlap (FlashAttention-3's intra-warpgroup overlap) issues the next block's S = Q K^T and this
 // block's P V together and runs the softmax of the next block while P V is in flight; pingpong is
 // overlap with the two consumer warpgroups taking turns to issue their wgmmas (named barriers), so
-// one's softmax runs while the other's GEMMs do (FlashAttention-3's warpgroup ping-pong).
-enum Sm90Schedule { kSm90V0 = 0, kSm90Overlap = 1, kSm90PingPong = 2, kSm90Schedules = 3 };
-const char* sm90_schedule_name(Sm90Schedule s);  // "v0", "overlap", "pingpong"
+// one's softmax runs while the other's GEMMs do (FlashAttention-3's warpgroup ping-pong). The
+// persistent forms of overlap and pingpong launch at most one wave of CTAs, each looping over work
+// tiles (AF_SM90_PERSISTENT); their "-tma-store" forms also store O through shared memory with TMA
+// (AF_SM90_TMA_STORE), overlapped with the next tile.
+enum Sm90Schedule {
+  kSm90V0 = 0,
+  kSm90Overlap = 1,
+  kSm90PingPong = 2,
+  kSm90OverlapPersistent = 3,
+  kSm90PingPongPersistent = 4,
+  kSm90OverlapPersistentTmaStore = 5,
+  kSm90PingPongPersistentTmaStore = 6,
+  kSm90Schedules = 7
+};
+// "v0", "overlap", "pingpong", "overlap-persistent", "pingpong-persistent",
+// "overlap-persistent-tma-store", "pingpong-persistent-tma-store"
+const char* sm90_schedule_name(Sm90Schedule s);
+// The main loop of a schedule (kSm90V0, kSm90Overlap or kSm90PingPong: AF_SM90_SCHEDULE) and
+// whether it is the persistent form.
+Sm90Schedule sm90_main_loop(Sm90Schedule s);
+bool sm90_persistent(Sm90Schedule s);
+bool sm90_tma_store(Sm90Schedule s);
 
 struct Variant {
   FamilyId family;
@@ -63,10 +82,13 @@ struct Variant {
   Sm90Schedule schedule = kSm90V0;         // fwd_sm90 only
   const TileConfig& tile_for(int arch) const { return tiles[shared_memory_class(arch)]; }
   // Q tile plus the K/V ring, 16-bit elements (fwd_sm90: plus 1024 bytes to align the tiles to
-  // the 128-byte swizzle's 1024-byte period).
+  // the 128-byte swizzle's 1024-byte period, and with a TMA-store epilogue up to d128 O's staging
+  // tile, block_m x head_dim; at d256 O is staged in Q's buffer).
   int smem_bytes(int arch) const {
     const TileConfig& t = tile_for(arch);
-    return (t.block_m() + 2 * t.stages * t.block_n) * head_dim * 2 + (family == kFamilyFwdSm90 ? 1024 : 0);
+    const bool o_tile = family == kFamilyFwdSm90 && sm90_tma_store(schedule) && head_dim <= 128;
+    return (t.block_m() * (o_tile ? 2 : 1) + 2 * t.stages * t.block_n) * head_dim * 2 +
+           (family == kFamilyFwdSm90 ? 1024 : 0);
   }
   // Whether the variant compiles for an NVRTC target's arch (fwd_sm90: sm_90a only).
   bool compiles_for(const std::string& target) const { return family != kFamilyFwdSm90 || target == "sm_90a"; }

@@ -65,7 +65,8 @@ void fill_params(const AttentionProblem& p, FlashFwdParams* k) {
 }
 
 // fwd_sm90: the q, k and v tensor maps (encoded per call: the address is part of the map; a host
-// call of about a microsecond each) and one launch of (query tiles, heads, batch).
+// call of about a microsecond each) and one launch of (query tiles, heads, batch), or in the
+// persistent forms of at most one wave of CTAs that loop over those tiles.
 af_status run_sm90(const Plan& plan, const Variant& v, const AttentionProblem& p, FlashFwdParams* k, CUstream stream) {
   // A plan is checked against each call's shapes and flags, not against everything fwd_sm90 does
   // not read (seqused_k, leftpad_k, exact strides): refuse a call the family would get wrong.
@@ -75,18 +76,22 @@ af_status run_sm90(const Plan& plan, const Variant& v, const AttentionProblem& p
                 refusal.c_str());
   const DriverApi& a = *driver().api;
   const TileConfig& tile = v.tile_for(plan.choice.arch);
-  CUtensorMap maps[3];
-  const TileTensor tensors[3] = {
+  // out's map only for the TMA-store epilogue (the other variants take it zero-filled, unread).
+  CUtensorMap maps[4] = {};
+  const TileTensor tensors[4] = {
       {p.q, p.batch, p.seqlen_q, p.heads_q, p.head_dim, p.q_batch_stride, p.q_row_stride, p.q_head_stride},
       {p.k, p.batch, p.seqlen_k, p.heads_kv, p.head_dim, p.k_batch_stride, p.k_row_stride, p.k_head_stride},
       {p.v, p.batch, p.seqlen_k, p.heads_kv, p.head_dim, p.v_batch_stride, p.v_row_stride, p.v_head_stride},
+      {p.out, p.batch, p.seqlen_q, p.heads_q, p.head_dim, p.out_batch_stride, p.out_row_stride, p.out_head_stride},
   };
-  const char* names[3] = {"q", "k", "v"};
-  for (int i = 0; i < 3; ++i)
-    AF_RETURN_IF_ERROR(
-        encode_tile_map(a, names[i], tensors[i], p.dtype, unsigned(i == 0 ? tile.block_m() : tile.block_n), &maps[i]));
+  const char* names[4] = {"q", "k", "v", "out"};
+  const unsigned box_rows[4] = {unsigned(tile.block_m()), unsigned(tile.block_n), unsigned(tile.block_n),
+                                kSm90StoreBoxRows};
+  for (int i = 0; i < (sm90_tma_store(v.schedule) ? 4 : 3); ++i)
+    AF_RETURN_IF_ERROR(encode_tile_map(a, names[i], tensors[i], p.dtype, box_rows[i], &maps[i]));
   k->num_splits = 1;
-  void* args[] = {k, &maps[0], &maps[1], &maps[2]};
+  k->tile_pair_group = plan.pair_group;
+  void* args[] = {k, &maps[0], &maps[1], &maps[2], &maps[3]};
   const CUresult r =
       a.cuLaunchKernel(plan.loaded.kernel, plan.grid[0], plan.grid[1], plan.grid[2], unsigned(tile.threads()), 1, 1,
                        unsigned(v.smem_bytes(plan.choice.arch)), stream, args, nullptr);

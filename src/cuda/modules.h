@@ -7,7 +7,8 @@
 namespace af::cuda {
 
 constexpr int kMaxDevices = 64;
-constexpr int kMaxVariants = 64;
+// An array bound (the loaded-variant slots per device); the variant table has 80 entries.
+constexpr int kMaxVariants = 96;
 
 struct LoadedVariant {
   CUfunction kernel = nullptr;

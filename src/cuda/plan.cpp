@@ -77,9 +77,12 @@ int decode_splits(int requested, int ctas, int key_blocks, int wave_ctas) {
   return s;
 }
 
-// The (batch, rows, heads, head_dim) views TMA loads: q, k and v.
+// The (batch, rows, heads, head_dim) views TMA loads, q, k and v, and stores, out.
 TileTensor q_tensor(const AttentionProblem& p) {
   return {p.q, p.batch, p.seqlen_q, p.heads_q, p.head_dim, p.q_batch_stride, p.q_row_stride, p.q_head_stride};
+}
+TileTensor out_tensor(const AttentionProblem& p) {
+  return {p.out, p.batch, p.seqlen_q, p.heads_q, p.head_dim, p.out_batch_stride, p.out_row_stride, p.out_head_stride};
 }
 TileTensor k_tensor(const AttentionProblem& p, const void* base, int64_t batch_stride, int64_t row_stride,
                     int64_t head_stride) {
@@ -105,9 +108,9 @@ bool sm90_schedule_from_env(int64_t head_dim, Sm90Schedule* schedule) {
     *schedule = default_sm90_schedule(head_dim);
     return true;
   }
-  for (Sm90Schedule s : {kSm90V0, kSm90Overlap, kSm90PingPong})
-    if (std::strcmp(text, sm90_schedule_name(s)) == 0) {
-      *schedule = s;
+  for (int s = 0; s < kSm90Schedules; ++s)
+    if (std::strcmp(text, sm90_schedule_name(Sm90Schedule(s))) == 0) {
+      *schedule = Sm90Schedule(s);
       return true;
     }
   return false;
@@ -131,6 +134,7 @@ std::string fwd_sm90_refusal(const AttentionProblem& p) {
                        unsigned(tile.block_n)),
       tile_map_refusal("v", k_tensor(p, p.v, p.v_batch_stride, p.v_row_stride, p.v_head_stride),
                        unsigned(tile.block_n)),
+      tile_map_refusal("out", out_tensor(p), kSm90StoreBoxRows),
   };
   for (const std::string& r : refusals)
     if (!r.empty()) return "fwd_sm90: " + r;
@@ -176,7 +180,9 @@ af_status choose(const AttentionProblem& p, Choice* choice) {
   Sm90Schedule schedule = kSm90V0;
   if (family_id == kFamilyFwdSm90 && !sm90_schedule_from_env(p.head_dim, &schedule))
     return fail(AF_ERR_INVALID_ARGUMENT,
-                "cuda backend: ATTNFORGE_SM90_VARIANT=%s is not a fwd_sm90 schedule (v0, overlap, pingpong)",
+                "cuda backend: ATTNFORGE_SM90_VARIANT=%s is not a fwd_sm90 schedule (v0, overlap, pingpong, "
+                "overlap-persistent, pingpong-persistent, overlap-persistent-tma-store, "
+                "pingpong-persistent-tma-store)",
                 std::getenv("ATTNFORGE_SM90_VARIANT"));
   const int index = find_variant(family_id, p.dtype, int(p.head_dim), extras, schedule);
   if (index < 0 || index >= kMaxVariants)
@@ -200,7 +206,8 @@ af_status choose(const AttentionProblem& p, Choice* choice) {
       decode ? (packed_rows + tile.block_m() - 1) / tile.block_m() : (p.seqlen_q + tile.block_m() - 1) / tile.block_m();
   if (!fits_int(p.seqlen_q) || !fits_int(p.seqlen_k) || !fits_int(p.total_q) || !fits_int(p.total_k) ||
       !fits_int(p.kv_batches) || p.batch * p.heads_q > INT_MAX || p.window_left > INT_MAX || p.window_right > INT_MAX ||
-      m_blocks > 65535 || (decode && (p.batch > 65535 || m_blocks * p.heads_kv > 65535)))
+      m_blocks > 65535 || (decode && (p.batch > 65535 || m_blocks * p.heads_kv > 65535)) ||
+      (sm90_persistent(v.schedule) && m_blocks * p.batch * p.heads_q > INT_MAX))
     return fail(AF_ERR_UNSUPPORTED, "cuda backend: a size exceeds the kernel's 32-bit row indices or grid limits");
   choice->variant = index;
   choice->target = target;
@@ -219,7 +226,22 @@ af_status make_plan(const AttentionProblem& p, const Choice& choice, Plan* plan)
   const int key_blocks = int((p.seqlen_k + tile.block_n - 1) / tile.block_n);
   // The combine grid's y (rows / 4) is at most 65535.
   const bool can_split = (p.seqlen_q + 3) / 4 <= 65535;
-  if (v.family == kFamilyFwdSm90) {
+  if (v.family == kFamilyFwdSm90 && sm90_persistent(v.schedule)) {
+    // At most one wave of CTAs over the (query tile, head, sequence) tiles; no key splits. Under a
+    // causal mask the kernel takes the tiles longest first within groups of pairs whose K and V
+    // together fill about kL2Budget (a guess at two thirds of the H100/H200's 50 MB L2, not yet
+    // measured against other sizes): all of the problem's tiles longest first would stream every
+    // pair's K and V at once, and the tensor cores outrun DRAM without L2 reuse. Without a causal
+    // mask the tiles are equal and a group is one pair (its query tiles run side by side).
+    constexpr int64_t kL2Budget = int64_t(32) << 20;
+    const int64_t tiles = (p.seqlen_q + tile.block_m() - 1) / tile.block_m() * p.batch * p.heads_q;
+    plan->grid[0] = unsigned(std::min<int64_t>(tiles, std::max(wave, 1)));
+    if (p.causal) {
+      const int64_t kv_bytes_per_pair = 2 * p.seqlen_k * v.head_dim * 2 / std::max<int64_t>(1, p.heads_q / p.heads_kv);
+      plan->pair_group =
+          int(std::clamp<int64_t>(kL2Budget / std::max<int64_t>(kv_bytes_per_pair, 1), 1, p.batch * p.heads_q));
+    }
+  } else if (v.family == kFamilyFwdSm90) {
     // One CTA per (query tile, head, sequence); no key splits.
     plan->grid[0] = unsigned((p.seqlen_q + tile.block_m() - 1) / tile.block_m());
     plan->grid[1] = unsigned(p.heads_q);

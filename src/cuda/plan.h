@@ -29,14 +29,15 @@ bool fwd_sm90_enabled();
 Sm90Schedule default_sm90_schedule(int64_t head_dim);
 
 // fwd_sm90's schedule from $ATTNFORGE_SM90_VARIANT, read at each plan: unset or empty -> the
-// default for head_dim; "v0", "overlap" or "pingpong" -> that one; anything else -> false,
+// default for head_dim; a schedule's name (sm90_schedule_name: "v0", "overlap", "pingpong",
+// "overlap-persistent", "pingpong-persistent") -> that one; anything else -> false,
 // *schedule left as it was.
 bool sm90_schedule_from_env(int64_t head_dim, Sm90Schedule* schedule);
 
 // Why fwd_sm90 cannot run a prefill problem that would otherwise go to fwd_sm80 (empty: it can).
 // Needs neither a GPU nor a driver: the rules are the kernel's (padded batches, head_dim a
 // multiple of 8 (up to 256, as every CUDA call), no window but the causal one, no softcap, ALiBi or forced key splits,
-// q/k/v strides TMA can describe, a grid of at most 65535 heads and 65535 sequences).
+// q/k/v/out strides TMA can describe, a grid of at most 65535 heads and 65535 sequences).
 std::string fwd_sm90_refusal(const AttentionProblem& p);
 
 struct Plan {
@@ -46,7 +47,7 @@ struct Plan {
   int splits = 1;              // key splits per query tile (1: none)
   size_t workspace_bytes = 0;  // fp32 partial results when splits > 1 (decode: then the split counters)
   size_t counters_offset = 0;  // bytes of partial results; the decode family's split counters follow
-  int pair_group = 1;          // fwd_sm80: (batch, head) pairs per scheduling group
+  int pair_group = 1;          // fwd_sm80, fwd_sm90 persistent: (batch, head) pairs per scheduling group
 };
 
 // AF_OK and the kernel that would run p, or the status and reason why the CUDA backend cannot.

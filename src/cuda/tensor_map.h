@@ -22,6 +22,9 @@ struct TileTensor {
 // takes (cuTensorMapEncodeTiled's rule); a 128-column head dim is loaded as two boxes.
 constexpr unsigned kTileMapBoxColumns = 64;
 
+// Rows of fwd_sm90's TMA-store box of O: one consumer warpgroup's 64 query rows.
+constexpr unsigned kSm90StoreBoxRows = 64;
+
 // Empty when TMA can describe `t` for boxes of (kTileMapBoxColumns, box_rows): every extent in
 // 1..2^32, every stride of an extent above 1 positive, a multiple of 16 bytes and below 2^40 bytes,
 // the base (when given) 16-byte aligned, box_rows in 1..256. Otherwise why not, naming `name`

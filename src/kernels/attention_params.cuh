@@ -73,6 +73,9 @@ struct FlashFwdParams : AttentionParams {
   // decode: (B, gridDim.y) CTAs of each query tile that have written their share. Zero before a
   // run; the last arrival wraps it back to zero (atom.inc), so a run leaves it ready for the next.
   unsigned int* split_counters;
+  // fwd_sm90's persistent form: (batch, head) pairs per group of its tile order (the pairs whose K
+  // and V are meant to stay in the L2 together; src/cuda/plan.cpp), at least 1.
+  int tile_pair_group;
 };
 
 // flash_attn_with_kvcache's steps before the attention (the kvcache family): new k/v rows rotated

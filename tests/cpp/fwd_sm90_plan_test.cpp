@@ -94,6 +94,11 @@ TEST(FwdSm90Routing, SendsWhatItDoesNotTakeToSm80WithTheReason) {
   expect_refused(p, "fwd_sm90: v: TMA needs the row stride");
   p = prefill(), p.q_head_stride = (int64_t(1) << 39) + 8;
   expect_refused(p, "fwd_sm90: q: TMA needs the head stride");
+  // out is stored through a tensor map by the TMA-store forms: the same rules, named "out".
+  p = prefill(), p.out_row_stride = 4;
+  expect_refused(p, "fwd_sm90: out: TMA needs the row stride");
+  p = prefill(), p.out_batch_stride = -p.out_batch_stride;
+  expect_refused(p, "fwd_sm90: out: TMA needs the batch stride positive");
 }
 
 TEST(FwdSm90Routing, IsOnUnlessTheEnvironmentSaysZero) {
@@ -154,14 +159,22 @@ TEST(FwdSm90Schedule, ReadsTheVariantFromTheEnvironmentAndRefusesUnknownNames) {
   const struct {
     const char* value;
     Sm90Schedule expected;
-  } named[] = {{"", kSm90PingPong}, {"overlap", kSm90Overlap}, {"pingpong", kSm90PingPong}, {"v0", kSm90V0}};
+  } named[] = {{"", kSm90PingPong},
+               {"overlap", kSm90Overlap},
+               {"pingpong", kSm90PingPong},
+               {"v0", kSm90V0},
+               {"overlap-persistent", kSm90OverlapPersistent},
+               {"pingpong-persistent", kSm90PingPongPersistent},
+               {"overlap-persistent-tma-store", kSm90OverlapPersistentTmaStore},
+               {"pingpong-persistent-tma-store", kSm90PingPongPersistentTmaStore}};
   for (const auto& n : named) {
     ScopedEnv env("ATTNFORGE_SM90_VARIANT", n.value);
     s = kSm90Overlap;
     EXPECT_TRUE(sm90_schedule_from_env(128, &s)) << "'" << n.value << "'";
     EXPECT_EQ(s, n.expected) << "'" << n.value << "'";
   }
-  for (const char* bad : {"Overlap", "overlap ", "ping-pong", "1"}) {
+  for (const char* bad :
+       {"Overlap", "overlap ", "ping-pong", "1", "persistent", "v0-persistent", "pingpong_persistent"}) {
     ScopedEnv env("ATTNFORGE_SM90_VARIANT", bad);
     s = kSm90Overlap;
     EXPECT_FALSE(sm90_schedule_from_env(128, &s)) << bad;
@@ -169,33 +182,54 @@ TEST(FwdSm90Schedule, ReadsTheVariantFromTheEnvironmentAndRefusesUnknownNames) {
   }
 }
 
+// Every schedule but v0: its name, main loop (AF_SM90_SCHEDULE) and forms.
+const struct {
+  Sm90Schedule schedule;
+  const char* name;
+  int main_loop;
+  bool persistent, tma_store;
+} kScheduleForms[] = {
+    {kSm90Overlap, "overlap", 1, false, false},
+    {kSm90PingPong, "pingpong", 2, false, false},
+    {kSm90OverlapPersistent, "overlap-persistent", 1, true, false},
+    {kSm90PingPongPersistent, "pingpong-persistent", 2, true, false},
+    {kSm90OverlapPersistentTmaStore, "overlap-persistent-tma-store", 1, true, true},
+    {kSm90PingPongPersistentTmaStore, "pingpong-persistent-tma-store", 2, true, true},
+};
+
 TEST(FwdSm90Schedule, EachScheduleIsItsOwnModuleWithTheSameTileAndDescribeNamesIt) {
+  ASSERT_EQ(sizeof kScheduleForms / sizeof kScheduleForms[0], size_t(kSm90Schedules - 1));
   for (af_dtype dtype : {AF_DTYPE_BFLOAT16, AF_DTYPE_FLOAT16})
     for (int d : {64, 128, 256})
-      for (Sm90Schedule schedule : {kSm90Overlap, kSm90PingPong}) {
+      for (const auto& e : kScheduleForms) {
         const int v0 = find_variant(kFamilyFwdSm90, dtype, d, false, kSm90V0);
-        const int other = find_variant(kFamilyFwdSm90, dtype, d, false, schedule);
+        const int other = find_variant(kFamilyFwdSm90, dtype, d, false, e.schedule);
         ASSERT_GE(v0, 0);
         ASSERT_GE(other, 0);
         ASSERT_NE(v0, other);
         const Variant& a = variants()[v0];
         const Variant& b = variants()[other];
         EXPECT_EQ(a.schedule, kSm90V0);
-        EXPECT_EQ(b.schedule, schedule);
-        EXPECT_EQ(b.name, a.name + "_" + sm90_schedule_name(schedule));
-        EXPECT_EQ(a.smem_bytes(90), b.smem_bytes(90));
+        EXPECT_EQ(b.schedule, e.schedule);
+        EXPECT_EQ(b.name, a.name + "_" + e.name);
+        EXPECT_EQ(sm90_schedule_name(e.schedule), std::string(e.name));
+        // The TMA-store forms stage O in a tile of their own up to d128, in Q's at d256.
+        const int o_tile = e.tma_store && d <= 128 ? 128 * d * 2 : 0;
+        EXPECT_EQ(b.smem_bytes(90), a.smem_bytes(90) + o_tile) << b.name;
+        EXPECT_LE(b.smem_bytes(90), 227 * 1024) << b.name;
         EXPECT_EQ(a.tile_for(90).block_n, b.tile_for(90).block_n);
-        // The options are part of the kernel cache key: they must differ, in the schedule macro only.
+        // The options are part of the kernel cache key: they must differ, in the main-loop macro
+        // and the persistent and TMA-store ones only.
         const std::vector<std::string> oa = compile_options(a, "sm_90a"), ob = compile_options(b, "sm_90a");
         ASSERT_EQ(oa.size(), ob.size());
-        int differing = 0;
+        std::vector<std::string> differing;
         for (size_t i = 0; i < oa.size(); ++i)
-          if (oa[i] != ob[i]) {
-            ++differing;
-            EXPECT_EQ(oa[i], "-DAF_SM90_SCHEDULE=0");
-            EXPECT_EQ(ob[i], "-DAF_SM90_SCHEDULE=" + std::to_string(int(schedule)));
-          }
-        EXPECT_EQ(differing, 1) << a.name;
+          if (oa[i] != ob[i]) differing.push_back(oa[i] + " -> " + ob[i]);
+        std::vector<std::string> expected = {"-DAF_SM90_SCHEDULE=0 -> -DAF_SM90_SCHEDULE=" +
+                                             std::to_string(e.main_loop)};
+        if (e.persistent) expected.push_back("-DAF_SM90_PERSISTENT=0 -> -DAF_SM90_PERSISTENT=1");
+        if (e.tma_store) expected.push_back("-DAF_SM90_TMA_STORE=0 -> -DAF_SM90_TMA_STORE=1");
+        EXPECT_EQ(differing, expected) << b.name;
       }
   Choice choice;
   choice.variant = find_variant(kFamilyFwdSm90, AF_DTYPE_BFLOAT16, 128, false, kSm90Overlap);
@@ -206,6 +240,12 @@ TEST(FwdSm90Schedule, EachScheduleIsItsOwnModuleWithTheSameTileAndDescribeNamesI
   EXPECT_EQ(describe(choice), "fwd_sm90 fp16 d256 v0 sm_90a 128x64");
   choice.variant = find_variant(kFamilyFwdSm90, AF_DTYPE_FLOAT16, 64, false, kSm90PingPong);
   EXPECT_EQ(describe(choice), "fwd_sm90 fp16 d64 pingpong sm_90a 128x128");
+  choice.variant = find_variant(kFamilyFwdSm90, AF_DTYPE_BFLOAT16, 128, false, kSm90PingPongPersistent);
+  EXPECT_EQ(describe(choice), "fwd_sm90 bf16 d128 pingpong-persistent sm_90a 128x128");
+  choice.variant = find_variant(kFamilyFwdSm90, AF_DTYPE_FLOAT16, 256, false, kSm90OverlapPersistent);
+  EXPECT_EQ(describe(choice), "fwd_sm90 fp16 d256 overlap-persistent sm_90a 128x64");
+  choice.variant = find_variant(kFamilyFwdSm90, AF_DTYPE_BFLOAT16, 64, false, kSm90PingPongPersistentTmaStore);
+  EXPECT_EQ(describe(choice), "fwd_sm90 bf16 d64 pingpong-persistent-tma-store sm_90a 128x128");
   choice.variant = find_variant(kFamilyFwdSm80, AF_DTYPE_BFLOAT16, 128, false);
   EXPECT_EQ(describe(choice).find("v0"), std::string::npos) << "only fwd_sm90 has schedules";
 }

@@ -61,6 +61,28 @@ def test_fwd_sm90_case(name, dtype, seed):
     run_case(dtype, batch, seqlen_q, seqlen_k, heads, heads_kv, head_dim, 0, **case)
 
 
+# The persistent forms (ATTNFORGE_SM90_VARIANT; not defaults yet) on the cases that stress them:
+# several tiles per CTA (b17, GQA 64/8), tiles with no key (causal_masked_rows), d256 (O staged in
+# Q's buffer by the TMA-store forms), and out's tensor map clipping columns (head_dim 40 in 48) and
+# describing a (B, H, S, D) view.
+PERSISTENT_CASES = ["d64_causal_b17", "causal_masked_rows", "gqa_64_8_causal", "d256_causal_gqa",
+                    "head_dim_40_of_48", "bhsd_view"]
+
+
+@pytest.mark.parametrize("schedule", ["overlap-persistent", "pingpong-persistent", "overlap-persistent-tma-store",
+                                      "pingpong-persistent-tma-store"])
+@pytest.mark.parametrize("name", PERSISTENT_CASES)
+def test_fwd_sm90_persistent_forms(name, schedule, seed, monkeypatch):
+    monkeypatch.setenv("ATTNFORGE_SM90_VARIANT", schedule)  # read at each plan
+    case = dict(CASES[name])
+    plan = planned_family(torch.bfloat16, case["batch"], case["seqlen_q"], case["seqlen_k"], case["heads"],
+                          case["heads_kv"], case["head_dim"], case.get("causal", False))
+    assert "fwd_sm90" in plan and " %s sm_90a" % schedule in plan, plan
+    batch, seqlen_q, seqlen_k = case.pop("batch"), case.pop("seqlen_q"), case.pop("seqlen_k")
+    heads, heads_kv, head_dim = case.pop("heads"), case.pop("heads_kv"), case.pop("head_dim")
+    run_case(torch.bfloat16, batch, seqlen_q, seqlen_k, heads, heads_kv, head_dim, 0, **case)
+
+
 def test_calls_fwd_sm90_does_not_take_run_on_fwd_sm80_and_say_why(seed):
     """softcap goes to fwd_sm80 (still correct); the plan names fwd_sm80 and the reason."""
     q = torch.empty(2, 300, 4, 128, dtype=torch.bfloat16, device=DEVICE)

@@ -6,10 +6,15 @@
 // 16-byte-aligned batch, row and head strides; causal (bottom-right) or not; GQA; softmax_lse.
 // The plan sends everything else (varlen, windows, softcap, ALiBi, split keys) to fwd_sm80.
 //
-// Grid (query tiles, heads, batch); one CTA of 3 warpgroups per 128 query rows:
-// - warpgroup 0, the producer, drops to 24 registers; one thread issues the TMA loads: Q once,
+// Work tiles of 128 query rows of one (batch, head); one CTA of 3 warpgroups per tile, grid (query
+// tiles, heads, batch), or in the persistent form (AF_SM90_PERSISTENT) at most one wave of CTAs,
+// each looping over tiles in the order tile_at() gives (longest first under a causal mask):
+// - warpgroup 0, the producer, drops to 24 registers; one thread issues the TMA loads: Q once per
+//   tile (a "full" mbarrier, and in the persistent form an "empty" one the consumers arrive on
+//   after their last Q K^T of the tile, so the next tile's Q lands while they finish this one),
 //   then K and V of each key block into a kStages-deep ring, each stage with a "full" mbarrier
-//   (transaction bytes) and an "empty" one (one arrival per consumer warp);
+//   (transaction bytes) and an "empty" one (one arrival per consumer warp); the ring's position
+//   continues from tile to tile;
 // - warpgroups 1 and 2, the consumers, rise to 240 registers and own 64 query rows each: per key
 //   block, S = Q K^T (wgmma m64nNk16 with N = kBlockN, both operands from shared memory, K-major), the mask only
 //   on blocks that cross the end of the keys or the causal diagonal, the online softmax in fp32
@@ -20,36 +25,70 @@
 // (FlashAttention-3's intra-warpgroup overlap) issues block i's Q K^T with block i - 1's P V and
 // runs block i's softmax while P V is in flight, so the tensor cores work during the exps;
 // pingpong is overlap with the consumers taking turns (named barriers 1 and 2) to issue each step's
-// two wgmma groups, so one warpgroup's softmax runs while the other's GEMMs do. Out and LSE are
-// stored from registers. Not yet: a persistent grid with a tile scheduler, a TMA-store epilogue.
+// two wgmma groups, so one warpgroup's softmax runs while the other's GEMMs do. LSE is stored
+// from registers, and so is O except in the TMA-store forms (AF_SM90_TMA_STORE; see the epilogue).
 
 extern "C" __global__ void __launch_bounds__(kThreads, 1)
     af_flash_fwd_sm90(const __grid_constant__ FlashFwdParams p, const __grid_constant__ CUtensorMap q_map,
-                      const __grid_constant__ CUtensorMap k_map, const __grid_constant__ CUtensorMap v_map) {
+                      const __grid_constant__ CUtensorMap k_map, const __grid_constant__ CUtensorMap v_map,
+                      const __grid_constant__ CUtensorMap o_map) {
   extern __shared__ __align__(128) unsigned char smem[];
-  // q_full, then per stage: k_full, k_empty, v_full, v_empty.
-  __shared__ __align__(8) unsigned long long barriers[1 + 4 * kStages];
+  // q_full, then per stage: k_full, k_empty, v_full, v_empty; then q_empty.
+  __shared__ __align__(8) unsigned long long barriers[2 + 4 * kStages];
   const af_u32 sQ = (shared_address(smem) + 1023u) & ~1023u;  // (kBlockM, kHeadDim): kAtoms atoms
   const af_u32 sK = sQ + kQBytes;                             // kStages x (kBlockN, kHeadDim)
   const af_u32 sV = sK + kStages * kKVBytes;                  // kStages x (kBlockN, kHeadDim)
+  // The TMA-store epilogue's staging tile of O, laid out as Q: its own buffer, or Q's (d256).
+  const af_u32 sO = kOInQ ? sQ : sV + kStages * kKVBytes;
   const af_u32 q_full = shared_address(barriers);
   auto k_full = [&](int s) { return q_full + 8u * af_u32(1 + 4 * s); };
   auto k_empty = [&](int s) { return q_full + 8u * af_u32(2 + 4 * s); };
   auto v_full = [&](int s) { return q_full + 8u * af_u32(3 + 4 * s); };
   auto v_empty = [&](int s) { return q_full + 8u * af_u32(4 + 4 * s); };
+  const af_u32 q_empty = q_full + 8u * af_u32(1 + 4 * kStages);
 
-  const int m_block = int(gridDim.x) - 1 - int(blockIdx.x);  // longest causal tiles first
-  const int head = int(blockIdx.y), batch = int(blockIdx.z);
   const int q_len = p.seqlen_q, k_len = p.seqlen_k;
-  const int m0 = m_block * kBlockM;
   const int diagonal = k_len - q_len;  // key aligned with query row i is i + diagonal (bottom-right)
-  const int last_row = min(m0 + kBlockM, q_len) - 1;
-  int key_end = k_len;
-  if (p.window_right >= 0) key_end = min(key_end, last_row + diagonal + p.window_right + 1);
-  const int n_blocks = key_end > 0 ? (key_end + kBlockN - 1) / kBlockN : 0;
+  const int m_blocks = (q_len + kBlockM - 1) / kBlockM;
+  const int pairs = p.batch * p.heads_q;
+  // Work tiles (batch, head, m_block). Persistent: tile t = blockIdx.x + i * gridDim.x of
+  // m_blocks * pairs, in groups of p.tile_pair_group (batch, head) pairs (the pairs whose K and V
+  // share the L2; 1 without a causal mask), each group's tiles in descending m_block (under a
+  // causal mask, the longest first) with its pairs innermost. Otherwise one tile per CTA from
+  // (blockIdx.x reversed, blockIdx.y, blockIdx.z).
+  const int tile_count = kPersistent ? m_blocks * pairs : 1;
+  const int tile_first = kPersistent ? int(blockIdx.x) : 0;
+  const int tile_stride = kPersistent ? int(gridDim.x) : 1;
+  struct Tile {
+    int m_block, head, batch, n_blocks;
+  };
+  auto tile_at = [&](int t) {
+    Tile w;
+    if constexpr (kPersistent) {
+      const int group_tiles = p.tile_pair_group * m_blocks;
+      const int group = t / group_tiles;
+      const int first_pair = group * p.tile_pair_group;
+      const int width = min(p.tile_pair_group, pairs - first_pair);
+      const int r = t - group * group_tiles;
+      const int pair = first_pair + r % width;
+      w.m_block = m_blocks - 1 - r / width;
+      w.head = pair % p.heads_q;
+      w.batch = pair / p.heads_q;
+    } else {
+      w.m_block = int(gridDim.x) - 1 - int(blockIdx.x);  // longest causal tiles first
+      w.head = int(blockIdx.y);
+      w.batch = int(blockIdx.z);
+    }
+    const int last_row = min((w.m_block + 1) * kBlockM, q_len) - 1;
+    int key_end = k_len;
+    if (p.window_right >= 0) key_end = min(key_end, last_row + diagonal + p.window_right + 1);
+    w.n_blocks = key_end > 0 ? (key_end + kBlockN - 1) / kBlockN : 0;
+    return w;
+  };
 
   if (threadIdx.x == 0) {
     mbarrier_init(q_full, 1);
+    mbarrier_init(q_empty, kOInQ ? 2 : kConsumerWarps);
     for (int s = 0; s < kStages; ++s) {
       mbarrier_init(k_full(s), 1);
       mbarrier_init(k_empty(s), kConsumerWarps);
@@ -64,26 +103,36 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
   const int warpgroup = int(threadIdx.x) / 128;
   if (warpgroup == 0) {
     setmaxnreg_dec<kProducerRegisters>();
-    if (threadIdx.x == 0 && n_blocks > 0) {
-      const int head_kv = head / (p.heads_q / p.heads_kv);
+    if (threadIdx.x != 0) return;
+    // The ring's position (steps) and Q's uses continue from tile to tile, as the consumers' do:
+    // the next tile's Q lands once the consumers release this one's (after their last Q K^T), and
+    // its K and V fill the stages as they free up, while the consumers finish this tile.
+    int steps = 0, q_uses = 0;
+    for (int tile = tile_first; tile < tile_count; tile += tile_stride) {
+      const Tile w = tile_at(tile);
+      if (w.n_blocks == 0) continue;
+      const int head_kv = w.head / (p.heads_q / p.heads_kv);
+      if constexpr (kPersistent) mbarrier_wait(q_empty, af_u32(q_uses & 1) ^ 1);
       mbarrier_arrive_expect_tx(q_full, kQBytes);
 #pragma unroll
-      for (int a = 0; a < kAtoms; ++a) tma_load_4d(sQ + a * kBlockM * 128, &q_map, q_full, a * 64, m0, head, batch);
-      for (int i = 0; i < n_blocks; ++i) {
-        const int n0 = (n_blocks - 1 - i) * kBlockN;
-        const int stage = i % kStages;
-        const af_u32 parity = ((i / kStages) & 1) ^ 1;  // the consumers' release of this stage's last use
+      for (int a = 0; a < kAtoms; ++a)
+        tma_load_4d(sQ + a * kBlockM * 128, &q_map, q_full, a * 64, w.m_block * kBlockM, w.head, w.batch);
+      ++q_uses;
+      for (int i = 0; i < w.n_blocks; ++i, ++steps) {
+        const int n0 = (w.n_blocks - 1 - i) * kBlockN;
+        const int stage = steps % kStages;
+        const af_u32 parity = ((steps / kStages) & 1) ^ 1;  // the consumers' release of this stage's last use
         const af_u32 offset = stage * kKVBytes;
         mbarrier_wait(k_empty(stage), parity);
         mbarrier_arrive_expect_tx(k_full(stage), kKVBytes);
 #pragma unroll
         for (int a = 0; a < kAtoms; ++a)
-          tma_load_4d(sK + offset + a * kBlockN * 128, &k_map, k_full(stage), a * 64, n0, head_kv, batch);
+          tma_load_4d(sK + offset + a * kBlockN * 128, &k_map, k_full(stage), a * 64, n0, head_kv, w.batch);
         mbarrier_wait(v_empty(stage), parity);
         mbarrier_arrive_expect_tx(v_full(stage), kKVBytes);
 #pragma unroll
         for (int a = 0; a < kAtoms; ++a)
-          tma_load_4d(sV + offset + a * kBlockN * 128, &v_map, v_full(stage), a * 64, n0, head_kv, batch);
+          tma_load_4d(sV + offset + a * kBlockN * 128, &v_map, v_full(stage), a * 64, n0, head_kv, w.batch);
       }
     }
     return;
@@ -96,19 +145,13 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
   const int g = lane >> 2, t = lane & 3;
   // Accumulator layout (wgmma m64nN, per warp as mma.m16n8): element 4j + e of a thread is row
   // warp_row + g + 8 * (e / 2), column 8j + 2t + e % 2.
-  const int warp_row = m0 + 64 * consumer + 16 * warp;
-
-  float o[kAtoms][32];                          // (64 rows, 64 dims) per atom of O
-  float row_max[2] = {AF_NEG_INF, AF_NEG_INF};  // rows g and g + 8, raw scores
-  float row_sum[2] = {0.f, 0.f};                // this thread's partial sums of exp2
-#pragma unroll
-  for (int a = 0; a < kAtoms; ++a)
-#pragma unroll
-    for (int e = 0; e < 32; ++e) o[a][e] = 0.f;
-
-  // Key blocks at or past unmasked_end cross the end of the keys or the causal diagonal of row m0.
-  int unmasked_end = k_len / kBlockN;
-  if (p.window_right >= 0) unmasked_end = min(unmasked_end, max(0, m0 + diagonal + p.window_right + 1) / kBlockN);
+  // Per tile (set at the top of the tile loop below): the first query row of this thread's warp,
+  // the key blocks at or past unmasked_end (which cross the end of the keys or the causal diagonal
+  // of the tile's first row), and the ring position of the tile's first key block.
+  int warp_row = 0, unmasked_end = 0, steps = 0;
+  float o[kAtoms][32];  // (64 rows, 64 dims) per atom of O
+  float row_max[2];     // rows g and g + 8, raw scores
+  float row_sum[2];     // this thread's partial sums of exp2
   const float scale = p.scale_log2;
   const af_u32 q_atom = sQ + consumer * 64 * 128;  // this warpgroup's 64 rows of atom 0
 
@@ -211,110 +254,184 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
       pa[kk][3] = pack2(s[8 * kk + 6], s[8 * kk + 7]);
     }
   };
-  auto k_tile = [&](int i) { return sK + (i % kStages) * kKVBytes; };
-  auto v_tile = [&](int i) { return sV + (i % kStages) * kKVBytes; };
-  auto parity = [&](int i) { return af_u32((i / kStages) & 1); };
-  // Key blocks run from the last to the first: step i is block n_blocks - 1 - i.
+  // Step i of the tile (key block n_blocks - 1 - i: the last first) uses ring stage (steps + i) %
+  // kStages.
+  auto stage = [&](int i) { return (steps + i) % kStages; };
+  auto k_tile = [&](int i) { return sK + stage(i) * kKVBytes; };
+  auto v_tile = [&](int i) { return sV + stage(i) * kKVBytes; };
+  auto parity = [&](int i) { return af_u32(((steps + i) / kStages) & 1); };
+  // The S wait of the tile's last step ends this warp's reads of Q: the producer may load the next
+  // tile's (persistent form).
+  auto release_q = [&](int i, int n_blocks) {
+    if constexpr (kPersistent && !kOInQ)
+      if (i == n_blocks - 1 && lane == 0) mbarrier_arrive(q_empty);
+  };
 
   float s[kSRegisters];  // (64 rows, kBlockN keys) scores, then probabilities
   af_u32 pa[kBlockN / 16][4];
   float correction[2];
-  if (n_blocks > 0) mbarrier_wait(q_full, 0);
-  if constexpr (kSchedule == 0) {
-    // v0: each step waits for its S, runs the softmax, then waits for its P V.
-    for (int i = 0; i < n_blocks; ++i) {
-      mbarrier_wait(k_full(i % kStages), parity(i));
-      issue_s(s, k_tile(i));
-      wgmma_wait<0>();
-#pragma unroll
-      for (int e = 0; e < kSRegisters; ++e) fence_operand(s[e]);
-      __syncwarp();
-      if (lane == 0) mbarrier_arrive(k_empty(i % kStages));
-      mask(s, n_blocks - 1 - i);
-      if (softmax(s, correction)) rescale_o(correction);
-      pack_p(s, pa);
-      mbarrier_wait(v_full(i % kStages), parity(i));
-      issue_pv(pa, v_tile(i));
-      wgmma_wait<0>();
-      fence_o();
-      __syncwarp();
-      if (lane == 0) mbarrier_arrive(v_empty(i % kStages));
-    }
-  } else if (n_blocks > 0) {
-    // overlap: step i issues S of block i and P V of block i - 1 together, waits for S only, runs
-    // block i's softmax while P V is in flight, then waits for P V before rescaling O (which P V
-    // accumulates) and overwriting the P fragments (which P V reads).
-    // pingpong: consumer c issues step i's wgmmas only in its turn: it waits on barrier 1 + c (its
-    // 128 threads and the other consumer's 128 arrivals), issues, then arrives on the other's
-    // barrier. Consumer 0 grants itself the first turn; consumer 1 gives no turn after its last
-    // step, so every phase of both barriers completes (both consumers run the same n_blocks).
-    constexpr bool kPingPong = kSchedule == 2;
-    if (kPingPong && consumer == 0 && n_blocks > 1) named_barrier_arrive(1, 256);
-    mbarrier_wait(k_full(0), parity(0));
-    issue_s(s, k_tile(0));
-    wgmma_wait<0>();
-#pragma unroll
-    for (int e = 0; e < kSRegisters; ++e) fence_operand(s[e]);
-    __syncwarp();
-    if (lane == 0) mbarrier_arrive(k_empty(0));
-    mask(s, n_blocks - 1);
-    softmax(s, correction);  // O is still zero: nothing to rescale
-    pack_p(s, pa);
-    for (int i = 1; i < n_blocks; ++i) {
-      mbarrier_wait(k_full(i % kStages), parity(i));
-      if constexpr (kPingPong) named_barrier_sync(1 + consumer, 256);
-      issue_s(s, k_tile(i));
-      mbarrier_wait(v_full((i - 1) % kStages), parity(i - 1));
-      issue_pv(pa, v_tile(i - 1));
-      if constexpr (kPingPong)
-        if (consumer == 0 || i + 1 < n_blocks) named_barrier_arrive(2 - consumer, 256);
-      wgmma_wait<1>();  // S of block i
-#pragma unroll
-      for (int e = 0; e < kSRegisters; ++e) fence_operand(s[e]);
-      __syncwarp();
-      if (lane == 0) mbarrier_arrive(k_empty(i % kStages));
-      mask(s, n_blocks - 1 - i);
-      const bool rescale = softmax(s, correction);
-      wgmma_wait<0>();  // P V of block i - 1
-      fence_o();
-      __syncwarp();
-      if (lane == 0) mbarrier_arrive(v_empty((i - 1) % kStages));
-      if (rescale) rescale_o(correction);
-      pack_p(s, pa);
-    }
-    const int last = n_blocks - 1;
-    mbarrier_wait(v_full(last % kStages), parity(last));
-    issue_pv(pa, v_tile(last));
-    wgmma_wait<0>();
-    fence_o();
-    __syncwarp();
-    if (lane == 0) mbarrier_arrive(v_empty(last % kStages));
-  }
-
-  // Epilogue: normalise and store from registers (pairs of columns), LSE in natural log.
-  const float ln2 = 0.6931471805599453f;
-  af_u16* out_base =
-      (af_u16*)p.out + (long long)batch * p.out_batch_stride + (long long)head * p.out_head_stride + 2 * t;
-#pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    float sum = row_sum[half];
-    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-    const float inverse = sum > 0.f ? 1.f / sum : 0.f;
-    const int row = warp_row + g + 8 * half;
-    if (row >= q_len) continue;
-    af_u16* dst = out_base + (long long)row * p.out_row_stride;
+  int q_uses = 0;
+  for (int tile = tile_first; tile < tile_count; tile += tile_stride) {
+    const Tile w = tile_at(tile);
+    const int n_blocks = w.n_blocks;
+    const int m0 = w.m_block * kBlockM;
+    warp_row = m0 + 64 * consumer + 16 * warp;
+    unmasked_end = k_len / kBlockN;
+    if (p.window_right >= 0) unmasked_end = min(unmasked_end, max(0, m0 + diagonal + p.window_right + 1) / kBlockN);
+    row_max[0] = row_max[1] = AF_NEG_INF;
+    row_sum[0] = row_sum[1] = 0.f;
 #pragma unroll
     for (int a = 0; a < kAtoms; ++a)
 #pragma unroll
-      for (int j = 0; j < 8; ++j) {
-        const int col = 64 * a + 8 * j;
-        if (col + 2 * t < p.head_dim)
-          *(af_u32*)(dst + col) = pack2(o[a][4 * j + 2 * half] * inverse, o[a][4 * j + 2 * half + 1] * inverse);
+      for (int e = 0; e < 32; ++e) o[a][e] = 0.f;
+    if (n_blocks > 0) mbarrier_wait(q_full, af_u32(q_uses++ & 1));
+    if constexpr (kSchedule == 0) {
+      // v0: each step waits for its S, runs the softmax, then waits for its P V.
+      for (int i = 0; i < n_blocks; ++i) {
+        mbarrier_wait(k_full(stage(i)), parity(i));
+        issue_s(s, k_tile(i));
+        wgmma_wait<0>();
+#pragma unroll
+        for (int e = 0; e < kSRegisters; ++e) fence_operand(s[e]);
+        __syncwarp();
+        if (lane == 0) mbarrier_arrive(k_empty(stage(i)));
+        release_q(i, n_blocks);
+        mask(s, n_blocks - 1 - i);
+        if (softmax(s, correction)) rescale_o(correction);
+        pack_p(s, pa);
+        mbarrier_wait(v_full(stage(i)), parity(i));
+        issue_pv(pa, v_tile(i));
+        wgmma_wait<0>();
+        fence_o();
+        __syncwarp();
+        if (lane == 0) mbarrier_arrive(v_empty(stage(i)));
       }
-    if (p.lse != nullptr && t == 0)
-      p.lse[(long long)batch * p.lse_batch_stride + (long long)head * p.lse_head_stride +
-            (long long)row * p.lse_row_stride] =
-          sum > 0.f ? (row_max[half] * scale + log2_approx(sum)) * ln2 : AF_NEG_INF;
-  }
+    } else if (n_blocks > 0) {
+      // overlap: step i issues S of block i and P V of block i - 1 together, waits for S only, runs
+      // block i's softmax while P V is in flight, then waits for P V before rescaling O (which P V
+      // accumulates) and overwriting the P fragments (which P V reads).
+      // pingpong: consumer c issues step i's wgmmas only in its turn: it waits on barrier 1 + c (its
+      // 128 threads and the other consumer's 128 arrivals), issues, then arrives on the other's
+      // barrier. A tile's first turn is granted by consumer 0 itself, in the persistent form by
+      // consumer 1 once it is past the previous tile (so consumer 0 never arrives twice on barrier 2
+      // before consumer 1 waits there); consumer 1 gives no turn after its last step, so every phase
+      // of both barriers completes within the tile (both consumers run the same n_blocks).
+      constexpr bool kPingPong = kSchedule == 2;
+      if (kPingPong && consumer == (kPersistent ? 1 : 0) && n_blocks > 1) named_barrier_arrive(1, 256);
+      mbarrier_wait(k_full(stage(0)), parity(0));
+      issue_s(s, k_tile(0));
+      wgmma_wait<0>();
+#pragma unroll
+      for (int e = 0; e < kSRegisters; ++e) fence_operand(s[e]);
+      __syncwarp();
+      if (lane == 0) mbarrier_arrive(k_empty(stage(0)));
+      release_q(0, n_blocks);
+      mask(s, n_blocks - 1);
+      softmax(s, correction);  // O is still zero: nothing to rescale
+      pack_p(s, pa);
+      for (int i = 1; i < n_blocks; ++i) {
+        mbarrier_wait(k_full(stage(i)), parity(i));
+        if constexpr (kPingPong) named_barrier_sync(1 + consumer, 256);
+        issue_s(s, k_tile(i));
+        mbarrier_wait(v_full(stage(i - 1)), parity(i - 1));
+        issue_pv(pa, v_tile(i - 1));
+        if constexpr (kPingPong)
+          if (consumer == 0 || i + 1 < n_blocks) named_barrier_arrive(2 - consumer, 256);
+        wgmma_wait<1>();  // S of block i
+#pragma unroll
+        for (int e = 0; e < kSRegisters; ++e) fence_operand(s[e]);
+        __syncwarp();
+        if (lane == 0) mbarrier_arrive(k_empty(stage(i)));
+        release_q(i, n_blocks);
+        mask(s, n_blocks - 1 - i);
+        const bool rescale = softmax(s, correction);
+        wgmma_wait<0>();  // P V of block i - 1
+        fence_o();
+        __syncwarp();
+        if (lane == 0) mbarrier_arrive(v_empty(stage(i - 1)));
+        if (rescale) rescale_o(correction);
+        pack_p(s, pa);
+      }
+      const int last = n_blocks - 1;
+      mbarrier_wait(v_full(stage(last)), parity(last));
+      issue_pv(pa, v_tile(last));
+      wgmma_wait<0>();
+      fence_o();
+      __syncwarp();
+      if (lane == 0) mbarrier_arrive(v_empty(stage(last)));
+    }
+    steps += n_blocks;
+
+    // Epilogue: normalise O, LSE in natural log (plain stores). O from registers (pairs of
+    // columns), or (kTmaStore, a tile with keys) through shared memory: each consumer writes its 64
+    // rows into the staging tile (Q's swizzled layout), and one thread of it stores them with TMA
+    // (boxes of 64 columns x 64 rows; the map's bounds clip rows past seqlen_q and columns past
+    // head_dim) while the warpgroup goes on to the next tile. An empty tile (rows that see no key)
+    // takes the register path: it loaded no Q, so Q's buffer may be the next tile's by then.
+    const float ln2 = 0.6931471805599453f;
+    const bool staged = kTmaStore && n_blocks > 0;
+    const bool issuer = (threadIdx.x & 127) == 0;
+    if (staged && !kOInQ) {
+      // The previous tile's store has read the staging tile.
+      if (issuer) bulk_wait_group_read<0>();
+      named_barrier_sync(3 + consumer, 128);
+    }
+    af_u16* out_base =
+        (af_u16*)p.out + (long long)w.batch * p.out_batch_stride + (long long)w.head * p.out_head_stride + 2 * t;
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      float sum = row_sum[half];
+      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+      const float inverse = sum > 0.f ? 1.f / sum : 0.f;
+      const int row = warp_row + g + 8 * half;
+      if (staged) {
+        // Row r of the tile, 16-byte chunk j at chunk j ^ (r % 8) of its line, and r % 8 == g.
+        const af_u32 line = sO + af_u32(64 * consumer + 16 * warp + g + 8 * half) * 128u + 4u * t;
+#pragma unroll
+        for (int a = 0; a < kAtoms; ++a)
+#pragma unroll
+          for (int j = 0; j < 8; ++j)
+            st_shared_u32(line + a * kBlockM * 128 + ((j ^ g) << 4),
+                          pack2(o[a][4 * j + 2 * half] * inverse, o[a][4 * j + 2 * half + 1] * inverse));
+      }
+      if (row >= q_len) continue;
+      if (!staged) {
+        af_u16* dst = out_base + (long long)row * p.out_row_stride;
+#pragma unroll
+        for (int a = 0; a < kAtoms; ++a)
+#pragma unroll
+          for (int j = 0; j < 8; ++j) {
+            const int col = 64 * a + 8 * j;
+            if (col + 2 * t < p.head_dim)
+              *(af_u32*)(dst + col) = pack2(o[a][4 * j + 2 * half] * inverse, o[a][4 * j + 2 * half + 1] * inverse);
+          }
+      }
+      if (p.lse != nullptr && t == 0)
+        p.lse[(long long)w.batch * p.lse_batch_stride + (long long)w.head * p.lse_head_stride +
+              (long long)row * p.lse_row_stride] =
+            sum > 0.f ? (row_max[half] * scale + log2_approx(sum)) * ln2 : AF_NEG_INF;
+    }
+    if (staged) {
+      // The generic-proxy writes visible to the copy engine, then one thread stores.
+      fence_proxy_async_shared();
+      named_barrier_sync(3 + consumer, 128);
+      if (issuer) {
+        const int row0 = m0 + 64 * consumer;
+        if (row0 < q_len) {
+#pragma unroll
+          for (int a = 0; a < kAtoms; ++a)
+            tma_store_4d(&o_map, sO + a * kBlockM * 128 + consumer * 64 * 128, a * 64, row0, w.head, w.batch);
+        }
+        bulk_commit_group();
+        if constexpr (kOInQ) {
+          // Q's buffer is free for the next tile's Q once the store has read it.
+          bulk_wait_group_read<0>();
+          mbarrier_arrive(q_empty);
+        }
+      }
+    }
+  }  // tiles
+  // Shared memory must outlive the stores that read it (and the kernel their writes).
+  if (kTmaStore && (threadIdx.x & 127) == 0) bulk_wait_group<0>();
 }

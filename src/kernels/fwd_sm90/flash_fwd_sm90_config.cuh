@@ -6,12 +6,22 @@
 //   AF_SM90_SCHEDULE  the consumers' main loop: 0 v0 (serial), 1 overlap (the next block's Q K^T and
 //                 softmax while this block's P V runs), 2 pingpong (overlap, the two consumers taking
 //                 turns to issue their wgmmas); Sm90Schedule in src/cuda/families.h
+//   AF_SM90_PERSISTENT  1: a persistent grid (each CTA loops over work tiles, the producer loading
+//                 the next tile while the consumers finish this one); 0: one CTA per tile
+//   AF_SM90_TMA_STORE  1 (persistent only): O leaves through shared memory and TMA stores, which
+//                 run while the consumers start the next tile; 0: O stored from registers
 
 constexpr int kHeadDim = AF_HEAD_DIM;
 constexpr int kBlockM = 128;  // query rows per CTA: two consumer warpgroups of 64 rows
 constexpr int kBlockN = AF_BLOCK_N;
 constexpr int kStages = AF_KV_STAGES;
 constexpr int kSchedule = AF_SM90_SCHEDULE;
+constexpr bool kPersistent = AF_SM90_PERSISTENT != 0;
+constexpr bool kTmaStore = AF_SM90_TMA_STORE != 0;
+static_assert(kPersistent || !kTmaStore, "the TMA-store epilogue is a persistent form's");
+// O's staging tile: its own 128 x D buffer up to d128 (d128: 160 + 32 KB); at d256 (192 KB
+// without it) Q's buffer, which then is released to the producer only after the store has read it.
+constexpr bool kOInQ = kTmaStore && kHeadDim > 128;
 constexpr int kThreads = 384;          // warpgroup 0: producer; 1 and 2: consumers
 constexpr int kAtoms = kHeadDim / 64;  // 64-column (128-byte) swizzle atoms per row
 constexpr int kConsumerWarps = 8;

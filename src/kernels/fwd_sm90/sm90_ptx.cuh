@@ -52,6 +52,33 @@ __device__ __forceinline__ void tma_load_4d(af_u32 dst, const CUtensorMap* map, 
       : "memory");
 }
 
+// TMA store: the (box) tile at shared `src` into a 4-d tensor map at coordinates (c0 innermost ..
+// c3), as part of this thread's current bulk group; elements outside the tensor are not written.
+__device__ __forceinline__ void tma_store_4d(const CUtensorMap* map, af_u32 src, int c0, int c1, int c2, int c3) {
+  asm volatile("cp.async.bulk.tensor.4d.global.shared::cta.bulk_group [%0, {%1, %2, %3, %4}], [%5];\n" ::"l"(map),
+               "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(src)
+               : "memory");
+}
+__device__ __forceinline__ void bulk_commit_group() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
+// Waits until at most kPending of this thread's bulk groups are still reading shared memory.
+template <int kPending>
+__device__ __forceinline__ void bulk_wait_group_read() {
+  asm volatile("cp.async.bulk.wait_group.read %0;\n" ::"n"(kPending) : "memory");
+}
+// Waits until at most kPending of this thread's bulk groups are incomplete (writes done).
+template <int kPending>
+__device__ __forceinline__ void bulk_wait_group() {
+  asm volatile("cp.async.bulk.wait_group %0;\n" ::"n"(kPending) : "memory");
+}
+// Orders this thread's ordinary shared-memory writes before later accesses by the async proxy
+// (TMA, wgmma).
+__device__ __forceinline__ void fence_proxy_async_shared() {
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+__device__ __forceinline__ void st_shared_u32(af_u32 address, af_u32 value) {
+  asm volatile("st.shared.u32 [%0], %1;\n" ::"r"(address), "r"(value) : "memory");
+}
+
 // wgmma shared-memory matrix descriptor of a 128-byte-swizzled atom (see the PTX ISA, "Matrix
 // Descriptor Format"): start address, leading and stride byte offsets (>> 4), swizzle mode 1
 // (128B) in bits 62-63; base offset 0 (atoms are 1024-byte aligned). The stride byte offset is the
