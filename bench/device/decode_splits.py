@@ -43,7 +43,7 @@ def shape_row(heads, heads_kv, head_dim, batch, keys, dtype=torch.bfloat16):
 
     expected = cudnn(0)().transpose(1, 2).float()
     row = {"shape": "%d/%d d%d B%d %dk" % (heads, heads_kv, head_dim, batch, keys // 1024),
-           "planned": attnforge.explain(qs[0], *caches[0])["kernel"] if hasattr(attnforge, "explain") else "",
+           "planned": attnforge.explain(qs[0], *caches[0]).get("plan", "") if hasattr(attnforge, "explain") else "",
            "cudnn_us": graph_time_us([cudnn(i) for i in range(rotations)])}
     times = {}
     for splits in [0] + SPLITS:

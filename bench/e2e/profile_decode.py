@@ -1,10 +1,11 @@
 """Where a dynamic-cache decode step of generate() spends its time, attnforge beside sdpa (issue 12): the
 Qwen3-32B-shaped model of run_models.py (B 8 x 16k-token prompts, 4 layers), one process.
 
-Per implementation: the wall time per decode step (generate() of 40 new tokens minus generate() of 8, over
-32 steps, GPU synchronised at both ends), then one generate() of 12 tokens under torch.profiler: the GPU
-kernels by total time and the CPU-side operators by self time, so that a step's GPU work and host work can
-be told apart. Prints markdown; writes it to the path given.
+Per implementation and round: the wall time per decode step (generate() of 40 new tokens minus generate() of 8,
+over 32 steps, GPU synchronised at both ends) on a prompt length new to the process, then on the same again;
+then one generate() of 12 tokens under torch.profiler: the GPU kernels by total time and the CPU-side
+operators by self time, so that a step's GPU work and host work can be told apart.
+Prints markdown; writes it to the path given.
 Usage: python3 bench/e2e/profile_decode.py OUT.md [--prompt N]
 """
 import argparse
@@ -37,7 +38,7 @@ def profile(model, inputs, lines):
         generate_seconds(model, inputs, 12)
     averages = prof.key_averages()
     lines += ["", "GPU kernels by total time (12 generated tokens, prefill included):", "```",
-              averages.table(sort_by="cuda_time_total", row_limit=14, max_name_column_width=70), "```",
+              averages.table(sort_by="cuda_time_total", row_limit=24, max_name_column_width=70), "```",
               "", "Host operators by self CPU time:", "```",
               averages.table(sort_by="self_cpu_time_total", row_limit=14, max_name_column_width=70), "```"]
 
@@ -54,13 +55,25 @@ def main():
     label, inputs, _ = all_inputs["full"]
     lines = ["# Decode step profile: %s, dynamic cache" % label, "",
              "%s, torch %s" % (torch.cuda.get_device_name(), torch.__version__), "",
-             "| impl | s per generate(8) | s per generate(40) | ms per decode step |", "|---|---|---|---|"]
-    for impl in ("sdpa", "attnforge", "sdpa", "attnforge"):  # twice, interleaved: the noise shows
+             "ms per decode step = (generate(40) - generate(8)) / 32, GPU synchronised. Each round uses a prompt "
+             "length neither implementation has seen (new: every step's key count is new to the process, as in "
+             "real use), then the same prompt again (seen: per-shape caches warm, as run_models.py's timed run).", "",
+             "| round | prompt | impl | ms per step, new lengths | ms per step, seen lengths |",
+             "|---|---|---|---|---|"]
+    for impl in ("sdpa", "attnforge"):  # warm-up: kernel compilation, allocator pools
         model.set_attn_implementation(impl)
-        generate_seconds(model, inputs, 4)  # warm-up: kernel compilation, allocator
-        short, long = generate_seconds(model, inputs, 8), generate_seconds(model, inputs, 40)
-        lines.append("| %s | %.3f | %.3f | %.2f |" % (impl, short, long, (long - short) / 32 * 1e3))
-        print(lines[-1], flush=True)
+        generate_seconds(model, inputs, 4)
+    for round_ in range(3):
+        prompt = args.prompt - 24 * (round_ + 1)
+        sliced = {name: value[:, :prompt] for name, value in inputs.items()}
+        for impl in ("sdpa", "attnforge"):
+            model.set_attn_implementation(impl)
+            steps = []
+            for _ in range(2):
+                short, long = generate_seconds(model, sliced, 8), generate_seconds(model, sliced, 40)
+                steps.append((long - short) / 32 * 1e3)
+            lines.append("| %d | %d | %s | %.2f | %.2f |" % (round_, prompt, impl, steps[0], steps[1]))
+            print(lines[-1], flush=True)
     for impl in ("sdpa", "attnforge"):
         model.set_attn_implementation(impl)
         lines += ["", "## %s" % impl]
