@@ -27,6 +27,9 @@ import attnforge
 from attnforge import _native
 
 
+ROUNDS = 3
+
+
 def host_us(fn, calls=200, loops=15):
     with torch.no_grad():
         return _host_us(fn, calls, loops)
@@ -71,20 +74,17 @@ def integration_rows(query, key, value):
     mask = torch.ones(1, key.shape[2], dtype=torch.long, device="cuda")
     mask[0, :7] = 0
     rows = [("attnforge transformers integration, no mask",
-             host_us(lambda: attention_forward(layer, query, key, value, None, scaling=0.088))),
+             lambda: attention_forward(layer, query, key, value, None, scaling=0.088)),
             ("attnforge transformers integration, 2D padding mask",
-             host_us(lambda: attention_forward(layer, query, key, value, mask, scaling=0.088)))]
+             lambda: attention_forward(layer, query, key, value, mask, scaling=0.088))]
     try:
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
     except ImportError:
         return rows
     layer.config = type("Config", (), {"_attn_implementation": "sdpa"})()
     layer.num_key_value_groups = query.shape[1] // key.shape[1]
-    try:
-        sdpa = host_us(lambda: sdpa_attention_forward(layer, query, key, value, None, scaling=0.088))
-    except Exception as e:  # a transformers version whose function wants more of the module: say so, go on
-        sdpa = "not timed (%s)" % e
-    return rows + [("transformers sdpa_attention_forward, no mask", sdpa)]
+    return rows + [("transformers sdpa_attention_forward, no mask",
+                    lambda: sdpa_attention_forward(layer, query, key, value, None, scaling=0.088))]
 
 
 def main(path, c_binary=None):
@@ -109,30 +109,40 @@ def main(path, c_binary=None):
     workspace = torch.empty(plan.workspace_size(), dtype=torch.uint8, device="cuda")
     ws_pointer, ws_bytes = ctypes.c_void_p(workspace.data_ptr()), ctypes.c_size_t(workspace.numel())
 
-    rows = [
-        ("attnforge.flash_attn_func", host_us(lambda: attnforge.flash_attn_func(q, k, v))),
-        ("torch SDPA, enable_gqa=True (plain call)", host_us(lambda: F.scaled_dot_product_attention(qt, kt, vt,
-                                                                                                 enable_gqa=True))),
+    calls = [
+        ("attnforge.flash_attn_func", lambda: attnforge.flash_attn_func(q, k, v)),
+        ("torch SDPA, enable_gqa=True (plain call)",
+         lambda: F.scaled_dot_product_attention(qt, kt, vt, enable_gqa=True)),
     ] + integration_rows(qt, kt, vt) + [
-        ("af_attention_run, cached plan (ctypes call included)", host_us(c_run)),
-        ("af_attention_run, cached plan, caller-owned workspace", host_us(lambda: run(handle, args_ref, ws_pointer,
-                                                                                       ws_bytes))),
+        ("af_attention_run, cached plan (ctypes call included)", c_run),
+        ("af_attention_run, cached plan, caller-owned workspace", lambda: run(handle, args_ref, ws_pointer, ws_bytes)),
         ("af_attention_run, cached plan, num_splits=1 (one launch)",
-         host_us(lambda: run(plan_1._handle, ctypes.byref(args_1), None, 0))),
-        ("af_attention_forward (plans every call; ctypes included)",
-         host_us(lambda: lib.af_attention_forward(args_ref))),
+         lambda: run(plan_1._handle, ctypes.byref(args_1), None, 0)),
+        ("af_attention_forward (plans every call; ctypes included)", lambda: lib.af_attention_forward(args_ref)),
     ]
+    # Three rounds over all rows, interleaved, so that a slow stretch of the machine shows as spread
+    # across one row's rounds instead of biasing one row.
+    samples = {name: [] for name, _ in calls}
+    for _ in range(ROUNDS):
+        for name, fn in calls:
+            if isinstance(samples[name], list):
+                try:
+                    samples[name].append(host_us(fn))
+                except Exception as e:  # e.g. a transformers version whose function wants more of the module
+                    samples[name] = "not timed (%s)" % e
+    rows = [(name, "%.1f" % statistics.median(value) if isinstance(value, list) else value,
+             " / ".join("%.1f" % x for x in value) if isinstance(value, list) else "") for name, value in
+            samples.items()]
     if c_binary:
-        rows += c_rows(c_binary)
+        rows += [(name, value if isinstance(value, str) else "%.1f" % value, "") for name, value in c_rows(c_binary)]
     text = ["# Host time per decode-shaped call", "",
             "%s, %s, torch %s. q (1, 1, 32, 128) bf16, 4096 cached keys, 8 KV heads; host wall time of 200 calls "
-            "without waiting for the GPU, median of 15 loops (bench/device/host_time.py). Kernel: %s; workspace %d "
-            "bytes." % (
+            "without waiting for the GPU, median of 15 loops, under torch.no_grad(); Python rows: median of %d "
+            "rounds over all rows (bench/device/host_time.py). Kernel: %s; workspace %d bytes." % (
                 datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-                torch.cuda.get_device_name(),
-                torch.__version__, plan.describe(), plan.workspace_size()), "",
-            "| call | host us per call |", "|---|---|"]
-    text += ["| %s | %s |" % (name, value if isinstance(value, str) else "%.1f" % value) for name, value in rows]
+                torch.cuda.get_device_name(), torch.__version__, ROUNDS, plan.describe(), plan.workspace_size()),
+            "", "| call | host us per call | rounds |", "|---|---|---|"]
+    text += ["| %s | %s | %s |" % row for row in rows]
     result = "\n".join(text) + "\n"
     print(result)
     with open(path, "w") as f:
