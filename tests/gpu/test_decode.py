@@ -40,7 +40,8 @@ def run_decode(dtype, batch, seqlen_q, heads, heads_kv, head_dim, cache_len, pag
     if empty:
         used[0] = 0
     pad = (torch.rand(batch) * used.float()).floor().to(torch.int32) if leftpad else None
-    q = torch.randn(batch, seqlen_q, heads, head_dim, dtype=dtype, device=device)
+    width = (head_dim + 7) // 8 * 8  # the cuda backend takes strides that are multiples of 8 elements
+    q = torch.randn(batch, seqlen_q, heads, width, dtype=dtype, device=device)[..., :head_dim]
     block_table = kv_batch_idx = None
     if page_size is not None:
         max_blocks = (cache_len + page_size - 1) // page_size
@@ -65,7 +66,7 @@ def run_decode(dtype, batch, seqlen_q, heads, heads_kv, head_dim, cache_len, pag
         if kv_batch:
             kv_batch_idx = torch.randperm(cache_batches, dtype=torch.int32)[:batch]
     slopes = torch.rand(heads, dtype=torch.float32) * 0.3 if alibi else None
-    out = torch.full_like(q, float("nan"))
+    out = torch.full((batch, seqlen_q, heads, width), float("nan"), dtype=dtype, device=device)[..., :head_dim]
     lse = torch.full((batch, heads, seqlen_q), float("nan"), dtype=torch.float32, device=device)
     _native.attention_forward(
         q, k_cache, v_cache, out, softmax_lse=lse, seqused_k=used.to(device),
