@@ -39,6 +39,10 @@ void fill_params(const AttentionProblem& p, FlashFwdParams* k) {
   const PageDivisor divisor = page_divisor(p.paged ? p.page_size : 1);
   k->page_magic = divisor.magic;
   k->page_magic_shift = divisor.shift;
+  k->page_offsets_32 = p.paged && page_offsets_fit_32(p.k_batch_stride, p.k_row_stride) &&
+                               page_offsets_fit_32(p.v_batch_stride, p.v_row_stride)
+                           ? 1
+                           : 0;
   k->num_pages = int(p.num_pages);
   k->kv_batches = int(p.kv_batches);
   k->alibi_slopes = p.alibi_slopes;

@@ -31,10 +31,34 @@ inline PageDivisor page_divisor(int64_t d) {
   return out;
 }
 
+// Whether the decode loader's shared-page path may address one tensor of a paged cache with
+// 32-bit factors: it forms base + page * (2 page_stride) + (2 in-page row) * row_stride as two
+// 32x32 -> 64-bit multiply-adds, exact for any pool size when 2 page_stride and row_stride fit
+// 32 bits unsigned (2 in-page row < 2 page_size < 2^32). Strides in 2-byte elements, >= 0. A page
+// stride of 2^31 elements or more, or a row stride of 2^32 (views of huge caches with the page
+// and row dimensions swapped), take the loader's 64-bit path instead.
+inline bool page_offsets_fit_32(int64_t page_stride, int64_t row_stride) {
+  return page_stride >= 0 && row_stride >= 0 && page_stride <= int64_t(UINT32_MAX / 2) &&
+         row_stride <= int64_t(UINT32_MAX);
+}
+
 // What the kernel computes, for host tests: __umulhi(2 r, magic) >> shift.
 inline int64_t page_divide(const PageDivisor& div, int64_t r) {
   const uint32_t hi = uint32_t((uint64_t(uint32_t(r) << 1) * div.magic) >> 32);
   return int64_t(hi >> div.shift);
+}
+
+// What the shared-page loader computes for the byte offset of key row `row` in page `page` (an
+// entry already clamped into the pool), for host tests: page * (2 page_stride) + in_page2 *
+// row_stride with in_page2 = 2 row - index * 2 page_size in 32-bit arithmetic, each product
+// 32x32 -> 64 bits. Equals 2 (page * page_stride + (row % page_size) * row_stride) when
+// page_offsets_fit_32(page_stride, row_stride).
+inline uint64_t page_row_byte_offset(const PageDivisor& div, uint32_t page, int64_t row, int64_t page_size,
+                                     int64_t page_stride, int64_t row_stride) {
+  const uint32_t row2 = uint32_t(row) << 1;
+  const uint32_t index = uint32_t((uint64_t(row2) * div.magic) >> 32) >> div.shift;
+  const uint32_t in_page2 = row2 + index * (0u - 2u * uint32_t(page_size));
+  return uint64_t(page) * (uint32_t(page_stride) * 2u) + uint64_t(in_page2) * uint32_t(row_stride);
 }
 
 }  // namespace af::cuda

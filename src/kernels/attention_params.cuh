@@ -37,6 +37,9 @@ struct AttentionParams {
   int page_size;            // rows per page (paged)
   unsigned int page_magic;  // paged: r / page_size == __umulhi(2 r, page_magic) >> page_magic_shift
   int page_magic_shift;     // for 0 <= r < 2^31, without a division (src/cuda/page_divisor.h)
+  int page_offsets_32;      // paged: 1 when 2 * page stride and the row stride fit 32 bits unsigned
+                            // (page_offsets_fit_32, src/cuda/page_divisor.h): the decode loader
+                            // then addresses rows with 32x32 -> 64-bit multiply-adds
   int num_pages;            // pages in k/v (paged)
   int kv_batches;           // first dimension of padded k/v (kv_batch_idx clamps into it)
 

@@ -2,7 +2,8 @@
 
 Every call goes straight to the C ABI with backend="cuda" (no fallback can hide a kernel fault):
 random decode shapes (Sq 1-16, odd cache lengths, GQA ratios 1-8), shuffled pages of sizes 1 to
-2048 (every path of the paged loader) with garbage block-table entries past the used pages, empty
+2048 (every path of the paged loader) with garbage block-table entries past the used pages, pools
+past 2^32 bytes and page strides past 32 bits (both sides of the loader's 32-bit guard), empty
 sequences, left padding, kv_batch_idx, softcap and ALiBi, with key splits off, forced and planned.
 Outputs and LSE are poisoned with NaN first, so unwritten rows fail.
 """
@@ -29,22 +30,30 @@ def _cache_rows(k_cache, b, rows, block_table, kv_batch_idx):
 
 def run_decode(dtype, batch, seqlen_q, heads, heads_kv, head_dim, cache_len, page_size=None, causal=True,
                window=(-1, -1), softcap=0.0, alibi=False, empty=False, leftpad=False, kv_batch=False, num_splits=0,
-               garbage_table=False):
+               garbage_table=False, make_pool=None):
     """garbage_table: block-table entries past each sequence's used pages hold -1, num_pages or
-    2^31 - 1 (tables padded by serving engines), which the kernel must never follow."""
+    2^31 - 1 (tables padded by serving engines), which the kernel must never follow.
+    make_pool(pages, page_size, heads_kv, head_dim, dtype) -> (k_cache, v_cache, page_ids): a paged
+    pool of any layout and the ids (at least `pages`) the block table takes its pages from."""
     device = "cuda"
     used = torch.randint(1, cache_len + 1, (batch,), dtype=torch.int32)
     if empty:
         used[0] = 0
     pad = (torch.rand(batch) * used.float()).floor().to(torch.int32) if leftpad else None
-    q = torch.randn(batch, seqlen_q, heads, head_dim, dtype=dtype, device=device)
+    width = (head_dim + 7) // 8 * 8  # the cuda backend takes strides that are multiples of 8 elements
+    q = torch.randn(batch, seqlen_q, heads, width, dtype=dtype, device=device)[..., :head_dim]
     block_table = kv_batch_idx = None
     if page_size is not None:
         max_blocks = (cache_len + page_size - 1) // page_size
-        num_pages = batch * max_blocks + 3
-        k_cache = torch.randn(num_pages, page_size, heads_kv, head_dim, dtype=dtype, device=device)
-        v_cache = torch.randn(num_pages, page_size, heads_kv, head_dim, dtype=dtype, device=device)
-        block_table = torch.randperm(num_pages, dtype=torch.int32)[: batch * max_blocks].view(batch, max_blocks)
+        if make_pool is None:
+            num_pages = batch * max_blocks + 3
+            k_cache = torch.randn(num_pages, page_size, heads_kv, head_dim, dtype=dtype, device=device)
+            v_cache = torch.randn(num_pages, page_size, heads_kv, head_dim, dtype=dtype, device=device)
+            page_ids = torch.arange(num_pages, dtype=torch.int32)
+        else:
+            k_cache, v_cache, page_ids = make_pool(batch * max_blocks, page_size, heads_kv, head_dim, dtype)
+            num_pages = k_cache.shape[0]
+        block_table = page_ids[torch.randperm(len(page_ids))[: batch * max_blocks]].view(batch, max_blocks)
         if garbage_table:
             junk = torch.tensor([-1, num_pages, 2**31 - 1], dtype=torch.int32)
             for b in range(batch):
@@ -57,7 +66,7 @@ def run_decode(dtype, batch, seqlen_q, heads, heads_kv, head_dim, cache_len, pag
         if kv_batch:
             kv_batch_idx = torch.randperm(cache_batches, dtype=torch.int32)[:batch]
     slopes = torch.rand(heads, dtype=torch.float32) * 0.3 if alibi else None
-    out = torch.full_like(q, float("nan"))
+    out = torch.full((batch, seqlen_q, heads, width), float("nan"), dtype=dtype, device=device)[..., :head_dim]
     lse = torch.full((batch, heads, seqlen_q), float("nan"), dtype=torch.float32, device=device)
     _native.attention_forward(
         q, k_cache, v_cache, out, softmax_lse=lse, seqused_k=used.to(device),
@@ -114,6 +123,72 @@ def test_decode_paged(page_size, num_splits, seed):
 def test_decode_paged_loader(page_size, head_dim, num_splits, seed):
     run_decode(torch.bfloat16, 5, 1, 32, 8, head_dim, cache_len=2100, page_size=page_size, num_splits=num_splits,
                garbage_table=True)
+
+
+def _pool_past_4gib(pages, page_size, heads_kv, head_dim, dtype):
+    """K and V pools of more than 2^32 bytes each, the block table's pages all at their top end
+    (byte offsets past 2^32): the shared-page loader's 32-bit factors with a 64-bit result."""
+    page_elements = page_size * heads_kv * head_dim
+    num_pages = (2**32 // 2 + page_elements - 1) // page_elements + pages + 1
+    k_cache = torch.empty(num_pages, page_size, heads_kv, head_dim, dtype=dtype, device="cuda")
+    v_cache = torch.empty_like(k_cache)
+    page_ids = torch.arange(num_pages - pages - 1, num_pages, dtype=torch.int32)
+    assert int(page_ids[0]) * page_elements * 2 >= 2**32
+    k_cache[page_ids.long()] = torch.randn(len(page_ids), page_size, heads_kv, head_dim, dtype=dtype, device="cuda")
+    v_cache[page_ids.long()] = torch.randn(len(page_ids), page_size, heads_kv, head_dim, dtype=dtype, device="cuda")
+    return k_cache, v_cache, page_ids
+
+
+def _pool_page_stride_2g(pages, page_size, heads_kv, head_dim, dtype):
+    """Pages 2^31 elements apart (2 x page stride needs 33 bits): the loader's 64-bit path. K and
+    V are views of one allocation; only the rows of the pages are filled."""
+    stride = 2**31
+    num_pages = pages + 1
+    page_elements = page_size * heads_kv * head_dim
+    flat = torch.empty((num_pages - 1) * stride + 2 * page_elements, dtype=dtype, device="cuda")
+    for page in range(num_pages):
+        flat[page * stride:page * stride + 2 * page_elements].normal_()
+    shape = (num_pages, page_size, heads_kv, head_dim)
+    strides = (stride, heads_kv * head_dim, head_dim, 1)
+    k_cache = flat.as_strided(shape, strides)
+    v_cache = flat.as_strided(shape, strides, page_elements)
+    return k_cache, v_cache, torch.arange(num_pages, dtype=torch.int32)
+
+
+def _pool_head_dim_100(pages, page_size, heads_kv, head_dim, dtype):
+    """head_dim 100 in rows of 104 (strides multiples of 8, a 16-byte chunk cut by head_dim): the
+    loader's per-row path, which copies partial chunks."""
+    assert head_dim == 100
+    num_pages = pages + 2
+    k_cache = torch.randn(num_pages, page_size, heads_kv, 104, dtype=dtype, device="cuda")[..., :100]
+    v_cache = torch.randn(num_pages, page_size, heads_kv, 104, dtype=dtype, device="cuda")[..., :100]
+    return k_cache, v_cache, torch.arange(num_pages, dtype=torch.int32)
+
+
+# Both sides of each condition of the shared-page loader (shared_pages in decode_fwd.cuh): pools
+# past 2^32 bytes through its 32-bit factors, and a page stride too wide for them and a head dim off
+# the 8 grid through the per-row path, at page sizes 16 and 256 (in its range at every tile), with
+# garbage table entries past the used pages.
+@pytest.mark.parametrize("page_size", [16, 256])
+@pytest.mark.parametrize("num_splits", [1, 3])
+def test_decode_paged_pool_past_4gib(page_size, num_splits, seed):
+    run_decode(torch.bfloat16, 3, 1, 32, 8, 128, cache_len=1000, page_size=page_size, num_splits=num_splits,
+               garbage_table=True, make_pool=_pool_past_4gib)
+    torch.cuda.empty_cache()
+
+
+@pytest.mark.parametrize("page_size", [16, 256])
+def test_decode_paged_page_stride_past_32_bits(page_size, seed):
+    # 2 sequences of 2 pages: 5 pages of 4 GiB each in one allocation (17 GiB).
+    run_decode(torch.bfloat16, 2, 1, 16, 4, 128, cache_len=2 * page_size, page_size=page_size, num_splits=1,
+               garbage_table=True, make_pool=_pool_page_stride_2g)
+    torch.cuda.empty_cache()
+
+
+@pytest.mark.parametrize("page_size", [16, 256])
+def test_decode_paged_head_dim_off_the_8_grid(page_size, seed):
+    run_decode(torch.float16, 3, 2, 16, 4, 100, cache_len=700, page_size=page_size, num_splits=3,
+               garbage_table=True, make_pool=_pool_head_dim_100)
 
 
 @pytest.mark.parametrize("page_size", [3, 5, 16, 100])

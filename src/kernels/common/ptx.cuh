@@ -19,6 +19,21 @@ __device__ __forceinline__ af_u32 shared_address(const void* pointer) {
 __device__ __forceinline__ void cp_async_16(af_u32 dst, const void* src, int bytes) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(bytes) : "memory");
 }
+// 16-byte async copy, or 16 zero bytes without a read when zero_fill (the ignore-src form: a
+// predicate, where the src-size form costs a size and an address adjustment per copy in SASS).
+__device__ __forceinline__ void cp_async_16_or_zero(af_u32 dst, const void* src, bool zero_fill) {
+  asm volatile(
+      "{\n .reg .pred z;\n setp.ne.b32 z, %2, 0;\n cp.async.cg.shared.global [%0], [%1], 16, z;\n}\n" ::"r"(dst),
+      "l"(src), "r"(int(zero_fill))
+      : "memory");
+}
+// base + a * b with a, b < 2^32 and an exact 64-bit product: one IMAD.WIDE.U32 (ptxas does not
+// always fuse the C++ form; it may widen both factors and add the base separately).
+__device__ __forceinline__ const char* mad_wide(af_u32 a, af_u32 b, const char* base) {
+  const char* r;
+  asm("mad.wide.u32 %0, %1, %2, %3;\n" : "=l"(r) : "r"(a), "r"(b), "l"(base));
+  return r;
+}
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 // Waits until at most kPending of this thread's most recent groups are still in flight.
 template <int kPending>

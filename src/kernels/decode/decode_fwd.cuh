@@ -49,11 +49,19 @@ static_assert(kThreads % kChunks == 0 && kBlockN % kRowsPerPass == 0, "whole row
 // copies wait for no table load. Reason: reading them when the block is issued (v5 in
 // bench/device/NOTES.md) put the only dependent global load of the loop between a block landing
 // and the next copies, stalling the warps that keep the K/V stream going; paged ran at 0.82-0.92x
-// of the contiguous cache where the stream is near 4.4 TB/s. Smaller pages read each row's entry
-// when its block is issued.
+// of the contiguous cache where the stream is near 4.4 TB/s. That shared-page path also needs
+// page_offsets_32 and head_dim % 8 == 0 (shared_pages); other paged calls read each row's entry
+// when its block is issued and address it in 64 bits.
 constexpr int kMinSharedPage = (kBlockN - 1 + 30) / 31;
 constexpr int kPagesAhead = kStages - 1;  // the blocks in flight ahead of the one computed
 static_assert(kPagesAhead >= 1, "one table lookup ahead at least");
+
+// The shared-page loader serves this call (uniform over the grid). Its row addressing is
+// 32x32 -> 64-bit multiply-adds (page_offsets_32) and its copies are whole 16-byte chunks or
+// nothing (head_dim % 8 == 0: no chunk is cut by head_dim).
+__device__ __forceinline__ bool shared_pages(const FlashFwdParams& p) {
+  return p.page_size >= kMinSharedPage && p.page_offsets_32 != 0 && (p.head_dim & 7) == 0;
+}
 
 // Page index of key row r (0 <= r < 2^31): r / page_size without a division.
 __device__ __forceinline__ int page_of(const FlashFwdParams& p, int r) {
@@ -86,8 +94,8 @@ __device__ __forceinline__ void copy_paged_row(const FlashFwdParams& p, const Ke
 // Async copy of key rows of key block n_block of a span into the swizzled K and V tiles of one ring
 // stage. Each thread keeps one 16-byte chunk column; rows past the keys and dims past head_dim are
 // zero-filled without reading. Paged rows read their page clamped into the pool; rows past the keys
-// take the last key's row (a used page) and copy nothing. With shared pages (page_size >=
-// kMinSharedPage), entries[0] holds this block's entry (block_page_entry); the call shifts entries
+// take the last key's row (a used page) and copy nothing. With shared pages (shared_pages(p)),
+// entries[0] holds this block's entry (block_page_entry); the call shifts entries
 // down and reads block n_block + kPagesAhead's into the last slot when that block holds keys
 // (n_block + kPagesAhead < n_block_max). Calls come for consecutive blocks.
 __device__ __forceinline__ void load_kv_block(const FlashFwdParams& p, const KeySpan& span, const int* table,
@@ -110,20 +118,40 @@ __device__ __forceinline__ void load_kv_block(const FlashFwdParams& p, const Key
     }
     return;
   }
-  if (p.page_size >= kMinSharedPage) {
+  if (shared_pages(p)) {
     const int lane_page = clamp_int(entries[0], 0, p.num_pages - 1);  // the block's page first + lane
 #pragma unroll
     for (int a = 0; a + 1 < kPagesAhead; ++a) entries[a] = entries[a + 1];
     if (n_block + kPagesAhead < n_block_max)
       entries[kPagesAhead - 1] = block_page_entry(p, span, table, n_block + kPagesAhead);
     const int first = page_of(p, span.row0 + n0);
+    // Per row: its doubled key row (one min-add), page index (multiply-high, shift), the entry (a
+    // shuffle), twice its in-page row (one multiply-add), then per tensor two 32x32 -> 64-bit
+    // multiply-adds onto a base hoisted out of the loop: page * page bytes, 2 in-page rows * row
+    // stride. The form before paid two 64-bit multiplies per row and tensor and a src-size per copy
+    // (23 SASS instructions per 16-byte copy, the contiguous loader 18: bench/device/NOTES.md).
+    // Columns past head_dim point at column 0 and copy nothing.
+    const int src_col = col < p.head_dim ? col : 0;
+    const char* k_base = (const char*)(span.k + src_col);
+    const char* v_base = (const char*)(span.v + src_col);
+    const af_u32 k_page_bytes = af_u32(p.k_batch_stride) * 2u, v_page_bytes = af_u32(p.v_batch_stride) * 2u;
+    const af_u32 k_row = af_u32(p.k_row_stride), v_row = af_u32(p.v_row_stride);
+    const int keys_left = col < p.head_dim ? span.len - n0 : 0;  // rows j < keys_left hold keys
+    // Doubled key rows (page_of's 2 r), unsigned: rows < 2^31, so 2 r < 2^32.
+    const af_u32 row2_first = 2u * (af_u32(span.row0 + n0) + af_u32(row_in_pass));
+    const af_u32 row2_last = 2u * af_u32(span.row0 + span.len - 1);  // rows past the keys: the last key's
+    const af_u32 minus_page2 = 0u - 2u * af_u32(p.page_size);
 #pragma unroll
     for (int i = 0; i < kRowsPerThread; ++i) {
       const int j = row_in_pass + i * kRowsPerPass;
-      const int row = span.row0 + min(n0 + j, span.len - 1);
-      const int index = page_of(p, row);
-      const int page = __shfl_sync(0xffffffffu, lane_page, index - first);
-      copy_paged_row(p, span, s_k, s_v, j, col, n0 + j < span.len ? col_bytes : 0, row, index, page);
+      const af_u32 row2 = min(row2_first + af_u32(2 * i * kRowsPerPass), row2_last);
+      const af_u32 index = __umulhi(row2, p.page_magic) >> p.page_magic_shift;
+      const af_u32 page = af_u32(__shfl_sync(0xffffffffu, lane_page, int(index) - first));
+      const af_u32 in_page2 = row2 + index * minus_page2;  // 2 (row - index * page_size), mod 2^32
+      const char* k_src = mad_wide(in_page2, k_row, mad_wide(page, k_page_bytes, k_base));
+      const char* v_src = mad_wide(in_page2, v_row, mad_wide(page, v_page_bytes, v_base));
+      cp_async_16_or_zero(s_k + tile_offset(j, col), k_src, j >= keys_left);
+      cp_async_16_or_zero(s_v + tile_offset(j, col), v_src, j >= keys_left);
     }
     return;
   }
@@ -222,7 +250,7 @@ extern "C" __global__ void __launch_bounds__(kThreads) af_decode_fwd(const Flash
   int page_entries[kPagesAhead];
 #pragma unroll
   for (int a = 0; a < kPagesAhead; ++a)
-    page_entries[a] = table != nullptr && p.page_size >= kMinSharedPage && n_block_min + a < n_block_max
+    page_entries[a] = table != nullptr && shared_pages(p) && n_block_min + a < n_block_max
                           ? block_page_entry(p, span, table, n_block_min + a)
                           : 0;
 
