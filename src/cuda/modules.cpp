@@ -126,6 +126,7 @@ af_status load_variant(int device, int index, const char* target, LoadedVariant*
   out->kernel = kernel;
   out->combine = slot.combine;
   out->wave_ctas = slot.wave_ctas;
+  out->sm_count = driver().devices[device].sm_count;
   return AF_OK;
 }
 

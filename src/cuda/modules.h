@@ -14,6 +14,7 @@ struct LoadedVariant {
   CUfunction kernel = nullptr;
   CUfunction combine = nullptr;  // af_flash_combine of the same module
   int wave_ctas = 0;             // CTAs of the kernel resident at once on the device
+  int sm_count = 0;              // the device's multiprocessors
 };
 
 // Compiles (or reads from the cache) and loads variant `index` on `device` for `target`, once

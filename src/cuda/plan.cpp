@@ -57,17 +57,19 @@ int sm80_splits(int requested, int ctas, int key_blocks, int wave_ctas) {
   return std::max(1, std::min({wave_ctas / ctas, key_blocks / 4, 64}));
 }
 
-// decode: when the CTAs fill less than one wave, the smallest count whose wave efficiency (CTAs
-// over whole waves of the occupancy-measured wave) is within 95% of the best over 1..128 splits
-// of at least 2 key blocks (128 keys) each, so that batch 1 at long context reads K/V with every
-// SM and no SM runs a second CTA while others idle. Below 2 blocks a split's partial results
-// cost more than its parallelism gains.
-int decode_splits(int requested, int ctas, int key_blocks, int wave_ctas) {
+// decode: a step is bound by memory bandwidth, and one CTA per SM draws an SM's share of it (two
+// CTAs of a d64 tile on one SM do not read faster: measured on the H200, B 8 x 16 MHA heads x 1k
+// keys took 13.8 us unsplit and 16.5 us in 2 splits). So keys are split only while the CTAs
+// occupy fewer than half the SMs: then the smallest count whose SM efficiency (CTAs over whole
+// multiples of the SM count) is within 95% of the best over 1..128 splits of at least 2 key blocks
+// (128 keys) each, so that batch 1 at long context reads K/V with every SM. Below 2 blocks a
+// split's partial results cost more than its parallelism gains.
+int decode_splits(int requested, int ctas, int key_blocks, int sm_count) {
   if (forced_splits(requested) > 0) return forced_splits(requested);
-  if (ctas >= wave_ctas) return 1;
+  if (2 * ctas >= sm_count) return 1;
   const int limit = std::max(1, std::min(128, key_blocks / 2));
   auto efficiency = [&](int s) {
-    const double waves = double(ctas) * s / wave_ctas;
+    const double waves = double(ctas) * s / sm_count;
     return waves / std::ceil(waves);
   };
   double best = 0;
@@ -96,16 +98,21 @@ bool fwd_sm90_enabled() {
   return text == nullptr || text[0] != '0' || text[1] != 0;
 }
 
-Sm90Schedule default_sm90_schedule(int64_t head_dim) {
-  // Measured on the H200 (bench/results/fwd-sm90-h200-2026-11-30.md, A/B of 14 shapes): pingpong was
-  // fastest at every d64 and d128 shape but causal d128 at 8k-16k (v0 by 2-6%), overlap at d256.
-  return head_dim > 128 ? kSm90Overlap : kSm90PingPong;
+Sm90Schedule default_sm90_schedule(int64_t head_dim, bool causal, int64_t seqlen_k) {
+  // Measured on the H200 (bench/results/fwd-sm90-h200-2026-11-30.md, A/B of 16 shapes): the persistent
+  // pingpong was fastest or within 1% at every shape up to 4k keys (by 10-15% at 512-1k and at 64/8 GQA
+  // 4k) and at every non-causal shape; under a causal mask at 8k-16k keys its statically strided tiles
+  // ran 13% slower than the one-CTA-per-tile pingpong. At d256 it led at 1k; the overlap schedule tied
+  // it at 8k and was the earlier measured default there.
+  const bool long_keys = seqlen_k >= 8192;
+  if (head_dim > 128) return long_keys ? kSm90Overlap : kSm90PingPongPersistent;
+  return causal && long_keys ? kSm90PingPong : kSm90PingPongPersistent;
 }
 
-bool sm90_schedule_from_env(int64_t head_dim, Sm90Schedule* schedule) {
+bool sm90_schedule_from_env(int64_t head_dim, bool causal, int64_t seqlen_k, Sm90Schedule* schedule) {
   const char* text = std::getenv("ATTNFORGE_SM90_VARIANT");
   if (text == nullptr || *text == 0) {
-    *schedule = default_sm90_schedule(head_dim);
+    *schedule = default_sm90_schedule(head_dim, causal, seqlen_k);
     return true;
   }
   for (int s = 0; s < kSm90Schedules; ++s)
@@ -178,7 +185,7 @@ af_status choose(const AttentionProblem& p, Choice* choice) {
     }
   }
   Sm90Schedule schedule = kSm90V0;
-  if (family_id == kFamilyFwdSm90 && !sm90_schedule_from_env(p.head_dim, &schedule))
+  if (family_id == kFamilyFwdSm90 && !sm90_schedule_from_env(p.head_dim, p.causal, p.seqlen_k, &schedule))
     return fail(AF_ERR_INVALID_ARGUMENT,
                 "cuda backend: ATTNFORGE_SM90_VARIANT=%s is not a fwd_sm90 schedule (v0, overlap, pingpong, "
                 "overlap-persistent, pingpong-persistent, overlap-persistent-tma-store, "
@@ -250,7 +257,7 @@ af_status make_plan(const AttentionProblem& p, const Choice& choice, Plan* plan)
     const int group = int(p.heads_q / p.heads_kv);
     const int m_blocks = int((p.seqlen_q * group + tile.block_m() - 1) / tile.block_m());
     const int ctas = int(p.batch) * int(p.heads_kv) * m_blocks;
-    plan->splits = can_split ? decode_splits(p.num_splits, ctas, key_blocks, wave) : 1;
+    plan->splits = can_split ? decode_splits(p.num_splits, ctas, key_blocks, plan->loaded.sm_count) : 1;
     plan->grid[0] = unsigned(plan->splits);
     plan->grid[1] = unsigned(m_blocks * p.heads_kv);
     plan->grid[2] = unsigned(p.batch);

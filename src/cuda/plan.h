@@ -24,15 +24,16 @@ struct Choice {
 // (then fwd_sm80 runs, as on other GPUs).
 bool fwd_sm90_enabled();
 
-// fwd_sm90's schedule for a head dim without $ATTNFORGE_SM90_VARIANT: pingpong up to 128, overlap
-// above (the H200 A/B in bench/results/fwd-sm90-h200-2026-11-30.md).
-Sm90Schedule default_sm90_schedule(int64_t head_dim);
+// fwd_sm90's schedule without $ATTNFORGE_SM90_VARIANT, by head dim, causal mask and key count (the
+// H200 A/B in bench/results/fwd-sm90-h200-2026-11-30.md): the persistent pingpong, except the
+// one-CTA-per-tile pingpong under a causal mask from 8k keys, and overlap at d > 128 from 8k keys.
+Sm90Schedule default_sm90_schedule(int64_t head_dim, bool causal, int64_t seqlen_k);
 
 // fwd_sm90's schedule from $ATTNFORGE_SM90_VARIANT, read at each plan: unset or empty -> the
-// default for head_dim; a schedule's name (sm90_schedule_name: "v0", "overlap", "pingpong",
-// "overlap-persistent", "pingpong-persistent") -> that one; anything else -> false,
-// *schedule left as it was.
-bool sm90_schedule_from_env(int64_t head_dim, Sm90Schedule* schedule);
+// default for the problem; a schedule's name (sm90_schedule_name: "v0", "overlap", "pingpong",
+// "overlap-persistent", "pingpong-persistent", "overlap-persistent-tma-store",
+// "pingpong-persistent-tma-store") -> that one; anything else -> false, *schedule left as it was.
+bool sm90_schedule_from_env(int64_t head_dim, bool causal, int64_t seqlen_k, Sm90Schedule* schedule);
 
 // Why fwd_sm90 cannot run a prefill problem that would otherwise go to fwd_sm80 (empty: it can).
 // Needs neither a GPU nor a driver: the rules are the kernel's (padded batches, head_dim a

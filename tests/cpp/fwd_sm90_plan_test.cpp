@@ -147,19 +147,26 @@ TEST(FwdSm90Schedule, ReadsTheVariantFromTheEnvironmentAndRefusesUnknownNames) {
   Sm90Schedule s = kSm90Overlap;
   {
     ScopedEnv env("ATTNFORGE_SM90_VARIANT", nullptr);
-    EXPECT_TRUE(sm90_schedule_from_env(128, &s));
-    EXPECT_EQ(s, kSm90PingPong) << "unset: the measured default for d128";
-    EXPECT_TRUE(sm90_schedule_from_env(64, &s));
-    EXPECT_EQ(s, kSm90PingPong);
-    EXPECT_TRUE(sm90_schedule_from_env(256, &s));
-    EXPECT_EQ(s, kSm90Overlap) << "unset: the measured default for d256";
-    EXPECT_TRUE(sm90_schedule_from_env(192, &s));
-    EXPECT_EQ(s, kSm90Overlap) << "d192 runs the d256 variant";
+    const struct {
+      int64_t head_dim;
+      bool causal;
+      int64_t seqlen_k;
+      Sm90Schedule expected;
+    } defaults[] = {{128, false, 512, kSm90PingPongPersistent},  {128, false, 16384, kSm90PingPongPersistent},
+                    {128, true, 4096, kSm90PingPongPersistent},  {128, true, 8192, kSm90PingPong},
+                    {64, true, 1024, kSm90PingPongPersistent},   {64, true, 16384, kSm90PingPong},
+                    {256, false, 1024, kSm90PingPongPersistent}, {256, true, 8192, kSm90Overlap},
+                    {192, false, 4096, kSm90PingPongPersistent}};  // d192 runs the d256 variant
+    for (const auto& d : defaults) {
+      EXPECT_TRUE(sm90_schedule_from_env(d.head_dim, d.causal, d.seqlen_k, &s));
+      EXPECT_EQ(s, d.expected) << "unset: the measured default for d" << d.head_dim << (d.causal ? " causal " : " ")
+                               << d.seqlen_k << " keys";
+    }
   }
   const struct {
     const char* value;
     Sm90Schedule expected;
-  } named[] = {{"", kSm90PingPong},
+  } named[] = {{"", kSm90PingPongPersistent},
                {"overlap", kSm90Overlap},
                {"pingpong", kSm90PingPong},
                {"v0", kSm90V0},
@@ -170,14 +177,14 @@ TEST(FwdSm90Schedule, ReadsTheVariantFromTheEnvironmentAndRefusesUnknownNames) {
   for (const auto& n : named) {
     ScopedEnv env("ATTNFORGE_SM90_VARIANT", n.value);
     s = kSm90Overlap;
-    EXPECT_TRUE(sm90_schedule_from_env(128, &s)) << "'" << n.value << "'";
+    EXPECT_TRUE(sm90_schedule_from_env(128, false, 4096, &s)) << "'" << n.value << "'";
     EXPECT_EQ(s, n.expected) << "'" << n.value << "'";
   }
   for (const char* bad :
        {"Overlap", "overlap ", "ping-pong", "1", "persistent", "v0-persistent", "pingpong_persistent"}) {
     ScopedEnv env("ATTNFORGE_SM90_VARIANT", bad);
     s = kSm90Overlap;
-    EXPECT_FALSE(sm90_schedule_from_env(128, &s)) << bad;
+    EXPECT_FALSE(sm90_schedule_from_env(128, false, 4096, &s)) << bad;
     EXPECT_EQ(s, kSm90Overlap) << "'" << bad << "' must leave the schedule as it was";
   }
 }
