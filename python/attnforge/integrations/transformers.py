@@ -86,6 +86,13 @@ def _key_bounds(mask):
     return leftpad.to(torch.int32), seqused.to(torch.int32)
 
 
+def _mask_bounds(attention_mask, seqlen_k):
+    """A 2D mask's (leftpad, seqused) (_key_bounds of its last seqlen_k columns) and the AttentionOptions
+    holding them, computed once per mask tensor for every layer of a forward pass."""
+    leftpad, seqused = _key_bounds(_mask_for_keys(attention_mask, seqlen_k))
+    return leftpad, seqused, AttentionOptions(leftpad_k=leftpad, seqused_k=seqused)
+
+
 def _packed_starts(position_ids):
     """(Sq,) bool: where a new sequence starts in one packed row (position_ids[t] != position_ids[t-1] + 1)."""
     pos = position_ids.reshape(-1)
@@ -296,8 +303,7 @@ def attention_forward(module, query, key, value, attention_mask, dropout=0.0, sc
     options = dict(softmax_scale=scaling, causal=is_causal, window_size=window, softcap=softcap)
     bounds = None
     if two_d and not (autograd or dropout > 0):
-        bounds = _memoized(attention_mask, ("bounds", seqlen_k),
-                           lambda: _key_bounds(_mask_for_keys(attention_mask, seqlen_k)))
+        bounds = _memoized(attention_mask, ("bounds", seqlen_k), lambda: _mask_bounds(attention_mask, seqlen_k))
     packed = None if two_d else _packed_arguments(kwargs, batch, seqlen_q, seqlen_k)
     shortcut = None
     if sinks is None and packed is None and (bounds is not None or not (two_d or dropout > 0 or autograd)):
@@ -314,7 +320,7 @@ def attention_forward(module, query, key, value, attention_mask, dropout=0.0, sc
         if bounds is None:  # autograd or dropout
             return _unpadded(q, k, v, _mask_for_keys(attention_mask, seqlen_k), sinks,
                              dict(options, dropout_p=dropout)), None
-        leftpad, seqused = bounds
+        leftpad, seqused, _ = bounds
         out = flash_attn_with_kvcache(q, k, v, cache_seqlens=seqused, cache_leftpad=leftpad,
                                       return_softmax_lse=sinks is not None, **options)
         if shortcut is not None:
@@ -334,7 +340,7 @@ def attention_forward(module, query, key, value, attention_mask, dropout=0.0, sc
 
 def _shortcut_key(query, key, value, bounds, options):
     """Plan-cache key of an inference call in transformers' layout (query (B, H, Sq, D), key/value
-    (B, Hk, Sk, D), 2D-mask bounds or None): the kernel then runs on query/key/value's own memory,
+    (B, Hk, Sk, D), _mask_bounds of a 2D mask or None): the kernel then runs on query/key/value's own memory,
     without transposed views, an options record or plan_key. None off CUDA, under tracing, for tensor
     subclasses and for unit-stride violations (those take the full path)."""
     tensor = torch.Tensor
@@ -352,7 +358,7 @@ def _shortcut_key(query, key, value, bounds, options):
 def _bounds_options(bounds, options):
     """The AttentionOptions the full path's kernel call ran with: flash_attn_func's, or with a 2D mask
     flash_attn_with_kvcache's (leftpad_k and seqused_k from the mask's bounds)."""
-    leftpad, seqused = bounds if bounds is not None else (None, None)
+    leftpad, seqused = bounds[:2] if bounds is not None else (None, None)
     return AttentionOptions(leftpad_k=leftpad, seqused_k=seqused, softmax_scale=options["softmax_scale"],
                             softcap=options["softcap"], causal=options["causal"],
                             window_size=options["window_size"])
@@ -365,7 +371,7 @@ def _planned(shortcut, query, key, value, bounds):
     batch, heads, seqlen_q, head_dim = query.shape
     out = torch.empty_like(query).transpose(1, 2) if seqlen_q == 1 else \
         query.new_empty((batch, seqlen_q, heads, head_dim))
-    options = _NO_BOUNDS if bounds is None else AttentionOptions(leftpad_k=bounds[0], seqused_k=bounds[1])
+    options = _NO_BOUNDS if bounds is None else bounds[2]
     return _dispatch.planned_forward(shortcut, query, key, value, out, options)
 
 
