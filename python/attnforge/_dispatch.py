@@ -120,10 +120,13 @@ def _layout(x):
 def func_key(q, k, v, softmax_scale, causal, window_size, softcap):
     """The plan-cache key of a flash_attn_func call without dropout, ALiBi or LSE, built from its own
     arguments (no AttentionOptions, no plan_key): q, k, v torch CUDA tensors (not subclasses, so not
-    torch.compile's fake tensors) with unit last strides, so that the call runs them as they are.
-    None when the call needs the full path: callers also rule out autograd and tracing first."""
+    torch.compile's fake tensors), not traced, with unit last strides, so that the call runs them as
+    they are. None when the call needs the full path (callers also rule out autograd)."""
     torch = sys.modules["torch"]
     if not (type(q) is torch.Tensor and type(k) is torch.Tensor and type(v) is torch.Tensor and q.is_cuda):
+        return None
+    compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+    if compiling is not None and compiling():  # traced: data pointers do not exist (the custom op runs it)
         return None
     if q.stride(-1) != 1 or k.stride(-1) != 1 or v.stride(-1) != 1:
         return None

@@ -145,3 +145,36 @@ def test_transformers_calls_reuse_their_plan_in_their_own_layout(seed, shortcut_
             naive, _ = sequence_attention(q_b, k_b, v_b, 0.1, causal=True, precision=torch.bfloat16)
             assert_close(out[b].cpu(), expected, naive, torch.bfloat16)
         assert len([key for key in shortcut_hits if key[0] == "transformers"]) == call
+
+
+def test_compiled_calls_trace_without_graph_breaks_after_cached_plans(seed):
+    """A signature that already has a cached plan, then traced by torch.compile(fullgraph=True): the shortcut
+    must step aside (fake tensors have no data pointers) and the custom op run it (GPU: data_ptr exists)."""
+    from attnforge.integrations.transformers import attention_forward
+
+    compile_ = getattr(torch, "compile", None)
+    if compile_ is None:
+        pytest.skip("torch.compile needs torch >= 2.0")
+
+    class Layer:
+        is_causal = True
+        training = False
+
+    query = torch.randn(2, 8, 1, 64, dtype=torch.bfloat16, device="cuda")
+    key, value = (torch.randn(2, 2, 300, 64, dtype=torch.bfloat16, device="cuda") for _ in range(2))
+    mask = torch.ones(2, 300, dtype=torch.long, device="cuda")
+    mask[1, :11] = 0
+
+    def step(query, key, value, mask):
+        plain = attnforge.flash_attn_func(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2),
+                                          causal=True)
+        padded, _ = attention_forward(Layer(), query, key, value, mask, scaling=0.125)
+        unpadded, _ = attention_forward(Layer(), query, key, value, None, scaling=0.125)
+        return plain, padded, unpadded
+
+    with torch.no_grad():
+        eager = [step(query, key, value, mask) for _ in range(2)]  # the second call runs through cached plans
+        compiled = compile_(step, fullgraph=True, backend="eager")(query, key, value, mask)
+    for ours, reference in zip(compiled, eager[1]):
+        assert not torch.isnan(ours).any()
+        assert torch.equal(ours, reference)
