@@ -8,7 +8,9 @@ reported and the next still runs; the whole script stays under --budget seconds,
   2 correctness  attnforge with fwd_sm90 on (ATTNFORGE_FWD_SM90=1) against a float64 reference (computed on the
                  GPU) on hd 64/128 (and 72, 192, 256), causal and not, heads 64/8, 32/8 and 16/16,
                  seqlens 1, 17, 128, 1000, 4097 (and Sq != Sk), batch 1-3, fp16 and bf16, a
-                 (B, H, S, D) view: per case the family that ran, max error against the house budget
+                 (B, H, S, D) view, seqused_k/leftpad_k caches and varlen batches (empty key ranges and
+                 sequences, lengths off the 128-row grid; key/value rows outside a sequence's used
+                 range NaN): per case the family that ran, max error against the house budget
                  (2x a same-precision naive implementation, tests/python/reference.py), LSE error, NaN;
   3 timing       only when stage 2 passed: fwd_sm90 vs attnforge's fwd_sm80 vs torch SDPA's flash and
                  cuDNN backends (enable_gqa=True), hd 64/128/256, causal and not, seqlen 512-16k at
@@ -51,6 +53,67 @@ def log(out_dir, text):
 # ---------------------------------------------------------------------------------------------- stage 2
 
 
+def seq_case(dtype, d, heads, heads_kv, causal, lens_q, lens_k=None, cache=None, used=None, pad=None):
+    """A case of per-sequence keys: varlen (lens_q/lens_k packed, optional seqused_k within lens_k) or
+    padded (lens_q all equal, a cache of `cache` rows per sequence, seqused_k `used`, leftpad_k `pad`)."""
+    return dict(dtype=dtype, batch=len(lens_q), sq=max(lens_q), sk=max(lens_k) if lens_k else cache, heads=heads,
+                heads_kv=heads_kv, d=d, causal=causal, lens_q=lens_q, lens_k=lens_k, used=used, pad=pad,
+                layout="varlen" if lens_k else "cache")
+
+
+def sequence_cases(dtypes, head_dims):
+    cases = []
+    for dtype in dtypes:
+        for d in head_dims:
+            cases.append(seq_case(dtype, d, 16, 4, True, [300] * 4, cache=1000, used=[1000, 517, 0, 129],
+                                  pad=[0, 100, 0, 129]))
+            cases.append(seq_case(dtype, d, 16, 4, False, [0, 1000, 129, 1, 555], lens_k=[7, 1000, 0, 300, 555]))
+            cases.append(seq_case(dtype, d, 8, 8, True, [257, 64, 900], lens_k=[300, 64, 1000], used=[300, 10, 901]))
+    return cases
+
+
+def sequence_inputs(case, dtype):
+    """q, k, v, the call's per-sequence fields, and per sequence (q index, k/v index, lse index), for
+    a seq_case; key/value rows outside a sequence's used keys that are no other sequence's are NaN."""
+    import torch
+
+    h, hk, d = case["heads"], case["heads_kv"], case["d"]
+    lens_q, lens_k, used, pad = case["lens_q"], case["lens_k"], case["used"], case["pad"]
+
+    def ints(values):
+        return torch.tensor(values, dtype=torch.int32, device="cuda")
+
+    fields, spans = {}, []
+    if lens_k:
+        cu_q = [0] + torch.tensor(lens_q).cumsum(0).tolist()
+        cu_k = [0] + torch.tensor(lens_k).cumsum(0).tolist()
+        q = torch.randn(cu_q[-1], h, d, device="cuda", dtype=dtype)
+        k = torch.randn(cu_k[-1], hk, d, device="cuda", dtype=dtype)
+        v = torch.randn_like(k)
+        for i in range(len(lens_q)):
+            end = cu_k[i] + (used[i] if used else lens_k[i])
+            k[end:cu_k[i + 1]] = float("nan")
+            v[end:cu_k[i + 1]] = float("nan")
+            spans.append((slice(cu_q[i], cu_q[i + 1]), slice(cu_k[i], end), (slice(None), slice(cu_q[i], cu_q[i + 1]))))
+        fields.update(cu_seqlens_q=ints(cu_q), cu_seqlens_k=ints(cu_k), max_seqlen_q=max(lens_q),
+                      max_seqlen_k=max(lens_k))
+    else:
+        q = torch.randn(len(lens_q), lens_q[0], h, d, device="cuda", dtype=dtype)
+        k = torch.randn(len(lens_q), case["sk"], hk, d, device="cuda", dtype=dtype)
+        v = torch.randn_like(k)
+        for i in range(len(lens_q)):
+            begin, end = (pad[i] if pad else 0), (used[i] if used else case["sk"])
+            for x in (k, v):
+                x[i, :begin] = float("nan")
+                x[i, end:] = float("nan")
+            spans.append((i, (i, slice(begin, end)), i))
+    if used:
+        fields["seqused_k"] = ints(used)
+    if pad:
+        fields["leftpad_k"] = ints(pad)
+    return q, k, v, fields, spans
+
+
 def reduced_cases():
     """32 cases that cover what the full set does, for an A/B run of several variants. Most have more
     query tiles (of 128 rows) than the H200's 132 SMs, so a persistent variant's CTAs run several
@@ -72,6 +135,10 @@ def reduced_cases():
     cases.append(dict(dtype="fp16", batch=1, sq=4097, sk=4097, heads=64, heads_kv=8, d=128, causal=False))
     cases.append(dict(dtype="bf16", batch=40, sq=257, sk=257, heads=12, heads_kv=4, d=64, causal=True))
     cases.append(dict(dtype="fp16", batch=24, sq=300, sk=100, heads=8, heads_kv=8, d=256, causal=True))
+    cases.append(seq_case("bf16", 128, 16, 4, True, [300] * 4, cache=1000, used=[1000, 517, 0, 129],
+                          pad=[0, 100, 0, 129]))
+    cases.append(seq_case("fp16", 64, 16, 4, False, [0, 1000, 129, 1, 555], lens_k=[7, 1000, 0, 300, 555]))
+    cases.append(seq_case("bf16", 256, 8, 8, True, [257, 64, 900], lens_k=[300, 64, 1000], used=[300, 10, 901]))
     return sorted(cases, key=lambda c: c["batch"] * c["sq"] * c["sk"] * c["heads"])
 
 
@@ -83,7 +150,12 @@ def correctness_cases(quick):
             cases.append(dict(dtype="fp16", batch=1, sq=130, sk=257, heads=4, heads_kv=4, d=64, causal=causal))
         # 576 query tiles: several per CTA of a persistent variant, some of them empty (sq > sk, causal).
         cases.append(dict(dtype="bf16", batch=24, sq=300, sk=100, heads=8, heads_kv=2, d=64, causal=True))
+        # seqused_k/leftpad_k (an empty range, leftpad == seqused) and varlen with empty sequences,
+        # rows past each sequence NaN: the boxes read them; V's are zeroed before P V.
+        cases.append(seq_case("bf16", 128, 4, 2, True, [200] * 3, cache=300, used=[300, 130, 7], pad=[0, 3, 7]))
+        cases.append(seq_case("fp16", 64, 8, 2, False, [0, 300, 1, 129, 77] * 4, lens_k=[5, 300, 0, 200, 77] * 4))
         return cases
+    cases += sequence_cases(("bf16", "fp16"), (64, 128, 256))
     batch_of = {1: 3, 17: 3, 128: 2, 1000: 2, 4097: 1}
     for dtype in ("bf16", "fp16"):
         for d in (64, 128):
@@ -125,7 +197,11 @@ def run_correctness(out_dir, quick, variant=""):
     for case in cases:
         dtype = dtypes[case["dtype"]]
         b, sq, sk, h, hk, d = case["batch"], case["sq"], case["sk"], case["heads"], case["heads_kv"], case["d"]
-        if case.get("layout") == "bhsd":
+        fields = {}
+        spans = [(i, i, i) for i in range(b)]  # (q and out, k and v, lse) of each sequence
+        if "lens_q" in case:
+            q, k, v, fields, spans = sequence_inputs(case, dtype)
+        elif case.get("layout") == "bhsd":
             q = torch.randn(b, h, sq, d, device="cuda", dtype=dtype).transpose(1, 2)
             k = torch.randn(b, hk, sk, d, device="cuda", dtype=dtype).transpose(1, 2)
             v = torch.randn(b, hk, sk, d, device="cuda", dtype=dtype).transpose(1, 2)
@@ -133,29 +209,33 @@ def run_correctness(out_dir, quick, variant=""):
             q = torch.randn(b, sq, h, d, device="cuda", dtype=dtype)
             k = torch.randn(b, sk, hk, d, device="cuda", dtype=dtype)
             v = torch.randn(b, sk, hk, d, device="cuda", dtype=dtype)
-        out = torch.full((b, sq, h, d), float("nan"), device="cuda", dtype=dtype)
-        lse = torch.full((b, h, sq), float("nan"), device="cuda", dtype=torch.float32)
-        row = dict(case)
+        out = torch.full(q.shape[:-2] + (h, d), float("nan"), device="cuda", dtype=dtype)
+        lse_shape = (h, q.shape[0]) if "cu_seqlens_q" in fields else (b, h, sq)
+        lse = torch.full(lse_shape, float("nan"), device="cuda", dtype=torch.float32)
+        row = {x: y for x, y in case.items() if x not in ("lens_q", "lens_k", "used", "pad")}
         try:
-            row["plan"] = native.Plan(q, k, v, out, lse, backend="cuda", causal=case["causal"]).describe()
-            native.attention_forward(q, k, v, out, lse, backend="cuda", causal=case["causal"])
+            row["plan"] = native.Plan(q, k, v, out, lse, backend="cuda", causal=case["causal"], **fields).describe()
+            native.attention_forward(q, k, v, out, lse, backend="cuda", causal=case["causal"], **fields)
             torch.cuda.synchronize()
             err = budget = lse_err = worst = 0.0
             nan = bool(out.isnan().any().item() or lse.isnan().any().item())
             lse_pattern = lse_ok = True
-            for i in range(b):
+            for q_index, k_index, lse_index in spans:
+                if q[q_index].shape[0] == 0:
+                    continue  # an empty query sequence: nothing to compare
                 for h0 in range(0, h, 16):  # heads in chunks: the float64 scores of 4097 x 4097 x 16 are 2 GB
                     h1, g = min(h, h0 + 16), h // hk
-                    qi, ki, vi = q[i, :, h0:h1], k[i, :, h0 // g:(h1 - 1) // g + 1], v[i, :, h0 // g:(h1 - 1) // g + 1]
+                    qs, ks, vs = q[q_index], k[k_index], v[k_index]
+                    qi, ki, vi = qs[:, h0:h1], ks[:, h0 // g:(h1 - 1) // g + 1], vs[:, h0 // g:(h1 - 1) // g + 1]
                     if g > 1:  # the chunk's query heads against their own KV heads
                         index = torch.arange(h0, h1, device="cuda") // g - h0 // g
                         ki, vi = ki[:, index], vi[:, index]
                     expected, expected_lse = common.reference(qi, ki, vi, causal=case["causal"])
                     naive, _ = common.reference(qi, ki, vi, causal=case["causal"], dtype=dtype)
-                    e, bud = reference.error_budget(out[i, :, h0:h1], expected, naive, dtype)
+                    e, bud = reference.error_budget(out[q_index][:, h0:h1], expected, naive, dtype)
                     if e / bud >= worst:  # the chunk nearest its budget (or furthest past it) is reported
                         worst, err, budget = e / bud, e, bud
-                    ours_lse = lse[i, h0:h1].double()
+                    ours_lse = lse[lse_index][h0:h1].double()
                     lse_pattern &= bool(torch.equal(torch.isinf(ours_lse), torch.isinf(expected_lse)))
                     finite = ~torch.isinf(expected_lse)
                     if finite.any():  # tests/python/reference.py's rule: 1e-4 relative to the largest |LSE|
@@ -167,9 +247,11 @@ def run_correctness(out_dir, quick, variant=""):
         except Exception as e:  # reported per case; a sticky CUDA error ends the stage in the parent's report
             row.update(ok=False, error="%s: %s" % (type(e).__name__, e))
         expect_sm90 = sq * (h // hk) > 64
-        # describe(): "fwd_sm90 bf16 d128 overlap sm_90a ...": the schedule asked for, not another.
+        # describe(): "fwd_sm90 bf16 d128 overlap sm_90a ...": the schedule asked for, not another; the
+        # reason in parentheses after it may name fwd_sm90 when fwd_sm80 runs.
         wanted = " %s sm_90a" % variant if variant else ""
-        row["family_ok"] = (not expect_sm90) or ("fwd_sm90" in row.get("plan", "") and wanted in row.get("plan", ""))
+        kernel = row.get("plan", "").split("(")[0]
+        row["family_ok"] = (not expect_sm90) or (" fwd_sm90 " in kernel and wanted in kernel)
         row["ok"] = row["ok"] and row["family_ok"]
         failures += not row["ok"]
         results.append(row)

@@ -73,7 +73,7 @@ void fill_params(const AttentionProblem& p, FlashFwdParams* k) {
 // persistent forms of at most one wave of CTAs that loop over those tiles.
 af_status run_sm90(const Plan& plan, const Variant& v, const AttentionProblem& p, FlashFwdParams* k, CUstream stream) {
   // A plan is checked against each call's shapes and flags, not against everything fwd_sm90 does
-  // not read (seqused_k, leftpad_k, exact strides): refuse a call the family would get wrong.
+  // not take (kv_batch_idx, exact strides): refuse a call the family would get wrong.
   const std::string refusal = fwd_sm90_refusal(p);
   if (!refusal.empty())
     return fail(AF_ERR_INVALID_ARGUMENT, "cuda backend: this plan runs fwd_sm90, which cannot take the call: %s",
@@ -82,12 +82,8 @@ af_status run_sm90(const Plan& plan, const Variant& v, const AttentionProblem& p
   const TileConfig& tile = v.tile_for(plan.choice.arch);
   // out's map only for the TMA-store epilogue (the other variants take it zero-filled, unread).
   CUtensorMap maps[4] = {};
-  const TileTensor tensors[4] = {
-      {p.q, p.batch, p.seqlen_q, p.heads_q, p.head_dim, p.q_batch_stride, p.q_row_stride, p.q_head_stride},
-      {p.k, p.batch, p.seqlen_k, p.heads_kv, p.head_dim, p.k_batch_stride, p.k_row_stride, p.k_head_stride},
-      {p.v, p.batch, p.seqlen_k, p.heads_kv, p.head_dim, p.v_batch_stride, p.v_row_stride, p.v_head_stride},
-      {p.out, p.batch, p.seqlen_q, p.heads_q, p.head_dim, p.out_batch_stride, p.out_row_stride, p.out_head_stride},
-  };
+  const Sm90Tensors t = sm90_tensors(p);
+  const TileTensor tensors[4] = {t.q, t.k, t.v, t.out};
   const char* names[4] = {"q", "k", "v", "out"};
   const unsigned box_rows[4] = {unsigned(tile.block_m()), unsigned(tile.block_n), unsigned(tile.block_n),
                                 kSm90StoreBoxRows};

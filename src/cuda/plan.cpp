@@ -79,19 +79,19 @@ int decode_splits(int requested, int ctas, int key_blocks, int sm_count) {
   return s;
 }
 
-// The (batch, rows, heads, head_dim) views TMA loads, q, k and v, and stores, out.
-TileTensor q_tensor(const AttentionProblem& p) {
-  return {p.q, p.batch, p.seqlen_q, p.heads_q, p.head_dim, p.q_batch_stride, p.q_row_stride, p.q_head_stride};
-}
-TileTensor out_tensor(const AttentionProblem& p) {
-  return {p.out, p.batch, p.seqlen_q, p.heads_q, p.head_dim, p.out_batch_stride, p.out_row_stride, p.out_head_stride};
-}
-TileTensor k_tensor(const AttentionProblem& p, const void* base, int64_t batch_stride, int64_t row_stride,
-                    int64_t head_stride) {
-  return {base, p.batch, p.seqlen_k, p.heads_kv, p.head_dim, batch_stride, row_stride, head_stride};
-}
-
 }  // namespace
+
+Sm90Tensors sm90_tensors(const AttentionProblem& p) {
+  // Varlen: one batch of the packed rows (the batch strides are 0, the kernel adds cu_seqlens).
+  const int64_t batch = p.varlen ? 1 : p.batch;
+  const int64_t q_rows = p.varlen ? p.total_q : p.seqlen_q, k_rows = p.varlen ? p.total_k : p.seqlen_k;
+  return {
+      {p.q, batch, q_rows, p.heads_q, p.head_dim, p.q_batch_stride, p.q_row_stride, p.q_head_stride},
+      {p.k, batch, k_rows, p.heads_kv, p.head_dim, p.k_batch_stride, p.k_row_stride, p.k_head_stride},
+      {p.v, batch, k_rows, p.heads_kv, p.head_dim, p.v_batch_stride, p.v_row_stride, p.v_head_stride},
+      {p.out, batch, q_rows, p.heads_q, p.head_dim, p.out_batch_stride, p.out_row_stride, p.out_head_stride},
+  };
+}
 
 bool fwd_sm90_enabled() {
   const char* text = std::getenv("ATTNFORGE_FWD_SM90");
@@ -126,22 +126,19 @@ bool sm90_schedule_from_env(int64_t head_dim, bool causal, int64_t seqlen_k, Sm9
 std::string fwd_sm90_refusal(const AttentionProblem& p) {
   if (p.dtype != AF_DTYPE_BFLOAT16 && p.dtype != AF_DTYPE_FLOAT16) return "fwd_sm90 takes bfloat16 and float16";
   if (p.head_dim % 8 != 0) return "fwd_sm90 takes head_dim a multiple of 8 (TMA rows of 16-byte multiples)";
-  if (p.varlen) return "fwd_sm90 does not take varlen (cu_seqlens) yet";
   if (p.paged || p.kv_batch_idx != nullptr) return "fwd_sm90 does not take paged caches or kv_batch_idx";
-  if (p.seqused_k != nullptr || p.leftpad_k != nullptr) return "fwd_sm90 does not take seqused_k or leftpad_k yet";
   if (p.window_left >= 0 || (p.window_right >= 0 && !p.causal)) return "fwd_sm90 does not take sliding windows yet";
   if (p.softcap > 0 || p.alibi_slopes != nullptr) return "fwd_sm90 does not take softcap or ALiBi yet";
   if (p.num_splits > 1) return "fwd_sm90 does not split keys (num_splits > 1)";
   if (p.seqlen_k < 1) return "fwd_sm90 needs at least one key";
   if (p.heads_q > 65535 || p.batch > 65535) return "fwd_sm90's grid takes at most 65535 heads and 65535 sequences";
   const TileConfig& tile = variants()[find_variant(kFamilyFwdSm90, p.dtype, int(p.head_dim), false)].tile_for(90);
+  const Sm90Tensors t = sm90_tensors(p);
   const std::string refusals[] = {
-      tile_map_refusal("q", q_tensor(p), unsigned(tile.block_m())),
-      tile_map_refusal("k", k_tensor(p, p.k, p.k_batch_stride, p.k_row_stride, p.k_head_stride),
-                       unsigned(tile.block_n)),
-      tile_map_refusal("v", k_tensor(p, p.v, p.v_batch_stride, p.v_row_stride, p.v_head_stride),
-                       unsigned(tile.block_n)),
-      tile_map_refusal("out", out_tensor(p), kSm90StoreBoxRows),
+      tile_map_refusal("q", t.q, unsigned(tile.block_m())),
+      tile_map_refusal("k", t.k, unsigned(tile.block_n)),
+      tile_map_refusal("v", t.v, unsigned(tile.block_n)),
+      tile_map_refusal("out", t.out, kSm90StoreBoxRows),
   };
   for (const std::string& r : refusals)
     if (!r.empty()) return "fwd_sm90: " + r;

@@ -8,6 +8,7 @@
 
 #include "cuda/families.h"
 #include "cuda/modules.h"
+#include "cuda/tensor_map.h"
 #include "problem/problem.h"
 
 namespace af::cuda {
@@ -36,10 +37,20 @@ Sm90Schedule default_sm90_schedule(int64_t head_dim, bool causal, int64_t seqlen
 bool sm90_schedule_from_env(int64_t head_dim, bool causal, int64_t seqlen_k, Sm90Schedule* schedule);
 
 // Why fwd_sm90 cannot run a prefill problem that would otherwise go to fwd_sm80 (empty: it can).
-// Needs neither a GPU nor a driver: the rules are the kernel's (padded batches, head_dim a
-// multiple of 8 (up to 256, as every CUDA call), no window but the causal one, no softcap, ALiBi or forced key splits,
-// q/k/v/out strides TMA can describe, a grid of at most 65535 heads and 65535 sequences).
+// Needs neither a GPU nor a driver: the rules are the kernel's (padded or varlen batches, with or
+// without seqused_k and leftpad_k, not paged and without kv_batch_idx; head_dim a multiple of 8
+// (up to 256, as every CUDA call), no window but the causal one, no softcap, ALiBi or forced key
+// splits, q/k/v/out as TMA can describe them (sm90_tensors), a grid of at most 65535 heads and
+// 65535 sequences).
 std::string fwd_sm90_refusal(const AttentionProblem& p);
+
+// q, k, v and out as fwd_sm90's tensor maps see them: padded (B, S, H, D) as (batch, rows, heads,
+// head_dim) = (B, Sq or Sk, H or Hk, D); varlen (total, H, D) as (1, total_q or total_k, H or Hk,
+// D), each sequence's rows found from cu_seqlens by the kernel.
+struct Sm90Tensors {
+  TileTensor q, k, v, out;
+};
+Sm90Tensors sm90_tensors(const AttentionProblem& p);
 
 struct Plan {
   Choice choice;

@@ -54,22 +54,81 @@ TEST(FwdSm90Routing, TakesPaddedCausalAndGqaCallsOfEveryHeadDimOnTheGrid) {
   EXPECT_EQ(fwd_sm90_refusal(one), "");
 }
 
+// The same call packed: varlen (total, H, D) q/k/v/out with cu_seqlens (batch strides 0), sequences
+// of 1000 and 24 query rows, 700 and 300 keys, max_seqlen 1000.
+AttentionProblem varlen_prefill(int64_t head_dim = 128) {
+  static const int32_t cu_q[3] = {0, 1000, 1024}, cu_k[3] = {0, 700, 1000};
+  AttentionProblem p = prefill(head_dim);
+  p.varlen = true, p.cu_seqlens_q = cu_q, p.cu_seqlens_k = cu_k;
+  p.total_q = 1024, p.total_k = 1000;
+  p.q_batch_stride = p.k_batch_stride = p.v_batch_stride = p.out_batch_stride = 0;
+  return p;
+}
+
+TEST(FwdSm90Routing, TakesVarlenSequsedAndLeftpadCalls) {
+  static const int32_t used[2] = {900, 17}, pad[2] = {3, 17};  // pad == used: an empty key range
+  for (int64_t d : {64, 128, 256}) {
+    AttentionProblem p = prefill(d);
+    p.seqused_k = used;
+    EXPECT_EQ(fwd_sm90_refusal(p), "") << "seqused_k, head_dim " << d;
+    p.leftpad_k = pad, p.causal = true, p.window_right = 0;
+    EXPECT_EQ(fwd_sm90_refusal(p), "") << "seqused_k + leftpad_k, causal, head_dim " << d;
+    p = varlen_prefill(d);
+    EXPECT_EQ(fwd_sm90_refusal(p), "") << "varlen, head_dim " << d;
+    p.seqused_k = used, p.causal = true, p.window_right = 0;
+    EXPECT_EQ(fwd_sm90_refusal(p), "") << "varlen + seqused_k, causal, head_dim " << d;
+  }
+  // What stays refused stays refused with these.
+  AttentionProblem p = varlen_prefill();
+  p.softcap = 30.f;
+  expect_refused(p, "softcap");
+  p = varlen_prefill(), p.window_left = 64;
+  expect_refused(p, "sliding windows");
+  p = varlen_prefill(), p.paged = true;
+  expect_refused(p, "paged");
+  p = prefill(), p.seqused_k = used;
+  const int32_t index[2] = {1, 0};
+  p.kv_batch_idx = index;
+  expect_refused(p, "kv_batch_idx");
+  // The maps of a varlen call hold the packed rows: an empty k (every key range empty) has none.
+  p = varlen_prefill(), p.total_k = 0;
+  expect_refused(p, "fwd_sm90: k: TMA needs rows in 1..2^32 (got 0)");
+  p = varlen_prefill(), p.out_row_stride = 4;
+  expect_refused(p, "fwd_sm90: out: TMA needs the row stride");
+}
+
+TEST(FwdSm90Routing, MapsSeePaddedBatchesAsTheyAreAndVarlenAsOneBatchOfPackedRows) {
+  const AttentionProblem padded = prefill();
+  const Sm90Tensors a = sm90_tensors(padded);
+  EXPECT_EQ(a.q.batch, 2);
+  EXPECT_EQ(a.q.rows, 1000);
+  EXPECT_EQ(a.q.heads, 32);
+  EXPECT_EQ(a.q.batch_stride, padded.q_batch_stride);
+  EXPECT_EQ(a.k.rows, 1000);
+  EXPECT_EQ(a.k.heads, 8);
+  EXPECT_EQ(a.v.row_stride, padded.v_row_stride);
+  EXPECT_EQ(a.out.head_stride, padded.out_head_stride);
+  const AttentionProblem packed = varlen_prefill();
+  const Sm90Tensors b = sm90_tensors(packed);
+  for (const TileTensor* t : {&b.q, &b.k, &b.v, &b.out}) EXPECT_EQ(t->batch, 1);
+  EXPECT_EQ(b.q.rows, 1024);
+  EXPECT_EQ(b.out.rows, 1024);
+  EXPECT_EQ(b.k.rows, 1000);
+  EXPECT_EQ(b.v.rows, 1000);
+  EXPECT_EQ(b.q.row_stride, packed.q_row_stride);
+  EXPECT_EQ(b.k.head_stride, packed.k_head_stride);
+}
+
 TEST(FwdSm90Routing, SendsWhatItDoesNotTakeToSm80WithTheReason) {
   AttentionProblem p = prefill(96 + 4);
   expect_refused(p, "head_dim a multiple of 8");
   p = prefill(), p.dtype = AF_DTYPE_FLOAT32;
   expect_refused(p, "bfloat16 and float16");
-  p = prefill(), p.varlen = true;
-  expect_refused(p, "varlen");
   p = prefill(), p.paged = true;
   expect_refused(p, "paged");
   int32_t index[2] = {0, 1};
   p = prefill(), p.kv_batch_idx = index;
   expect_refused(p, "kv_batch_idx");
-  p = prefill(), p.seqused_k = index;
-  expect_refused(p, "seqused_k");
-  p = prefill(), p.leftpad_k = index;
-  expect_refused(p, "leftpad_k");
   p = prefill(), p.window_left = 64;
   expect_refused(p, "sliding windows");
   p = prefill(), p.window_right = 16;  // a right window without causal

@@ -36,6 +36,10 @@ k = torch.randn(171, 2, 32, dtype=torch.bfloat16, device="cuda")
 out = torch.empty_like(q)
 af.attention_forward(q, k, k, out, softmax_lse=torch.empty(4, 100, device="cuda"), cu_seqlens_q=cu_q, cu_seqlens_k=cu_k,
                      max_seqlen_q=63, max_seqlen_k=81, causal=True, backend="cuda")
+# seqused_k / leftpad_k (an empty range, leftpad == seqused): on sm_90a fwd_sm90's boxes read past the
+# used keys and zero V's tail in shared memory.
+call(3, 200, 300, 4, 2, 128, causal=True, seqused_k=torch.tensor([300, 130, 7], dtype=torch.int32, device="cuda"),
+     leftpad_k=torch.tensor([0, 3, 7], dtype=torch.int32, device="cuda"))
 call(1, 200, 3000, 2, 2, 128, causal=True)  # fwd_sm80, few query tiles: split keys + af_flash_combine
 call(2, 1, 1500, 8, 2, 128, causal=True)  # decode family, split keys
 call(1, 3, 1100, 4, 4, 64, window_size=(300, 0))

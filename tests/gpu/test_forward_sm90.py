@@ -3,15 +3,19 @@ ATTNFORGE_FWD_SM90=0 turns the family off for the whole pytest process.
 
 Same cases and budget as test_forward.py (its run_case), restricted to what fwd_sm90 takes: padded
 batches, head dims on the 8-element grid (64, 128 and 256 compiled, others zero-filled), causal
-(bottom-right) or not, GQA, LSE, odd lengths, transposed and sliced views. Each case also checks
-that the plan named fwd_sm90, so a silent routing to fwd_sm80 cannot pass for the new family.
+(bottom-right) or not, GQA, LSE, odd lengths, transposed and sliced views; and (SEQUENCE_CASES)
+seqused_k / leftpad_k caches and varlen batches with empty and unaligned sequences, each run by
+every schedule and by fwd_sm80 on the same inputs. Each case also checks that the plan named
+fwd_sm90, so a silent routing to fwd_sm80 cannot pass for the new family.
 """
+import math
 import os
 
 import pytest
 import torch
 
 from attnforge import _native
+from reference import assert_close, assert_lse_close, sequence_attention
 from test_forward import DEVICE, run_case
 
 pytestmark = pytest.mark.skipif(
@@ -92,14 +96,141 @@ def test_calls_fwd_sm90_does_not_take_run_on_fwd_sm80_and_say_why(seed):
 
 
 def test_a_fwd_sm90_plan_refuses_a_call_it_would_get_wrong(seed):
-    """A plan compares shapes and flags, not seqused_k: run() of an fwd_sm90 plan with seqused_k must
-    raise (naming fwd_sm90 and seqused_k) and write nothing, not ignore it."""
+    """A plan compares shapes, flags and which strides are multiples of 8, not the strides themselves:
+    run() of an fwd_sm90 plan with an expanded k (batch stride 0, which TMA cannot describe) must
+    raise (naming fwd_sm90's k and its batch stride) and write nothing."""
     q = torch.randn(2, 300, 4, 128, dtype=torch.bfloat16, device=DEVICE)
     out = torch.full_like(q, float("nan"))
     plan = _native.Plan(q, q, q, out, backend="cuda")
     assert "fwd_sm90" in plan.describe(), plan.describe()
-    used = torch.tensor([100, 200], dtype=torch.int32, device=DEVICE)
-    with pytest.raises(_native.AttnforgeError, match="seqused_k"):
-        plan.run(q, q, q, out, backend="cuda", seqused_k=used)
+    expanded = q[:1].expand(2, -1, -1, -1)
+    with pytest.raises(_native.AttnforgeError, match="fwd_sm90: k: TMA needs the batch stride"):
+        plan.run(q, expanded, q, out, backend="cuda")
     torch.cuda.synchronize()
     assert out.isnan().all(), "the refused call wrote to out"
+
+
+# seqused_k / leftpad_k (padded caches: keys [leftpad_b, seqused_b) of row b's cache; None: all rows,
+# 0 pad) and varlen (lens_q / lens_k per sequence, optional seqused_k within lens_k): empty key
+# ranges (seqused 0, leftpad == seqused, an empty varlen key sequence), empty query sequences,
+# lengths that are not multiples of the 128-row tiles, GQA, causal and not, d64/128/256. Key and
+# value rows outside a sequence's used range are NaN where they are not another sequence's keys:
+# TMA boxes read past the range, and 0 x NaN in P V is NaN.
+SEQUENCE_CASES = {
+    "seqused_d128": dict(lens_q=[100] * 5, cache=300, used=[0, 1, 129, 300, 257], heads=4, heads_kv=2,
+                         head_dim=128),
+    "seqused_leftpad_causal_d64": dict(lens_q=[64] * 6, cache=300, used=[300, 200, 130, 17, 0, 256],
+                                       pad=[0, 50, 130, 3, 0, 255], heads=4, heads_kv=2, head_dim=64, causal=True),
+    "leftpad_causal_gqa_d256": dict(lens_q=[150] * 3, cache=333, pad=[0, 100, 333], heads=8, heads_kv=2,
+                                    head_dim=256, causal=True),
+    # transformers' generate() with an all-ones 2-D mask: seqused_k = the cache's length, leftpad 0.
+    "all_ones_mask_causal_gqa": dict(lens_q=[600] * 2, cache=600, used=[600, 600], pad=[0, 0], heads=16,
+                                     heads_kv=4, head_dim=128, causal=True),
+    "varlen_empties_d128": dict(lens_q=[0, 300, 1, 129, 0, 77], lens_k=[5, 300, 0, 200, 0, 77], heads=8, heads_kv=2,
+                                head_dim=128),
+    "varlen_causal_d64": dict(lens_q=[130, 0, 257, 64], lens_k=[130, 10, 600, 1], heads=4, heads_kv=4, head_dim=64,
+                              causal=True),
+    "varlen_seqused_causal_d256": dict(lens_q=[100, 200, 3], lens_k=[150, 300, 50], used=[150, 0, 7], heads=4,
+                                       heads_kv=2, head_dim=256, causal=True),
+    "varlen_gqa_causal_d128": dict(lens_q=[1000, 17, 555], lens_k=[1000, 17, 555], heads=16, heads_kv=2,
+                                   head_dim=128, causal=True),
+}
+SCHEDULES = ["v0", "overlap", "pingpong", "overlap-persistent", "pingpong-persistent", "overlap-persistent-tma-store",
+             "pingpong-persistent-tma-store"]
+
+
+def sequence_inputs(dtype, lens_q, heads, heads_kv, head_dim, lens_k=None, cache=None, used=None, pad=None,
+                    causal=False):
+    """q, k, v and the call's fields for one SEQUENCE_CASES entry, and per sequence (q rows, k/v rows)
+    as index ranges into q and k."""
+    def ints(values):
+        return torch.tensor(values, dtype=torch.int32, device=DEVICE)
+
+    fields = dict(causal=causal)
+    spans = []
+    if lens_k is not None:  # varlen
+        cu_q = [0] + torch.tensor(lens_q).cumsum(0).tolist()
+        cu_k = [0] + torch.tensor(lens_k).cumsum(0).tolist()
+        q = torch.randn(cu_q[-1], heads, head_dim, dtype=dtype, device=DEVICE)
+        k = torch.randn(cu_k[-1], heads_kv, head_dim, dtype=dtype, device=DEVICE)
+        v = torch.randn_like(k)
+        for b in range(len(lens_q)):
+            end = cu_k[b] + (used[b] if used is not None else lens_k[b])
+            k[end:cu_k[b + 1]] = float("nan")
+            v[end:cu_k[b + 1]] = float("nan")
+            spans.append((slice(cu_q[b], cu_q[b + 1]), slice(cu_k[b], end)))
+        fields.update(cu_seqlens_q=ints(cu_q), cu_seqlens_k=ints(cu_k), max_seqlen_q=max(lens_q),
+                      max_seqlen_k=max(lens_k))
+    else:  # padded cache rows [pad_b, used_b) of batch b
+        batch = len(lens_q)
+        q = torch.randn(batch, lens_q[0], heads, head_dim, dtype=dtype, device=DEVICE)
+        k = torch.randn(batch, cache, heads_kv, head_dim, dtype=dtype, device=DEVICE)
+        v = torch.randn_like(k)
+        for b in range(batch):
+            begin, end = (pad[b] if pad else 0), (used[b] if used else cache)
+            for x in (k, v):
+                x[b, :begin] = float("nan")
+                x[b, end:] = float("nan")
+            spans.append((b, b, slice(begin, end)))
+    if used is not None:
+        fields["seqused_k"] = ints(used)
+    if pad is not None:
+        fields["leftpad_k"] = ints(pad)
+    return q, k, v, fields, spans
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("name", sorted(SEQUENCE_CASES))
+def test_fwd_sm90_sequences(name, dtype, seed, monkeypatch):
+    """Each case through fwd_sm90's default schedule (bf16: every schedule) and fwd_sm80, on the same
+    inputs: every run within the float64 reference's budget, LSE -inf exactly on rows that see no key
+    (their out 0), and fwd_sm90 and fwd_sm80 within that budget of each other."""
+    case = dict(SEQUENCE_CASES[name])
+    q, k, v, fields, spans = sequence_inputs(dtype, **case)
+    varlen = "cu_seqlens_q" in fields
+    head_dim = case["head_dim"]
+    scale = 1.0 / math.sqrt(head_dim)
+    expected = []
+    for span in spans:
+        qb, kb, vb = (q[span[0]], k[span[1]], v[span[1]]) if varlen else (q[span[0]], k[span[1], span[2]],
+                                                                             v[span[1], span[2]])
+        qb, kb, vb = qb.cpu(), kb.cpu(), vb.cpu()
+        reference = sequence_attention(qb.double(), kb.double(), vb.double(), scale, case.get("causal", False))
+        naive, _ = sequence_attention(qb, kb, vb, scale, case.get("causal", False), precision=dtype)
+        expected.append(reference + (naive,))
+
+    def run(family, schedule=None):
+        monkeypatch.setenv("ATTNFORGE_FWD_SM90", "1" if family == "fwd_sm90" else "0")
+        if schedule:
+            monkeypatch.setenv("ATTNFORGE_SM90_VARIANT", schedule)
+        else:
+            monkeypatch.delenv("ATTNFORGE_SM90_VARIANT", raising=False)
+        out = torch.full_like(q, float("nan"))
+        lse_shape = (case["heads"], q.shape[0]) if varlen else (q.shape[0], case["heads"], q.shape[1])
+        lse = torch.full(lse_shape, float("nan"), dtype=torch.float32, device=DEVICE)
+        plan = _native.Plan(q, k, v, out, lse, backend="cuda", **fields)
+        described = plan.describe()
+        kernel = described.split("(")[0]  # what follows is the reason, which may name the other family
+        assert " %s " % family in kernel and (schedule is None or " %s sm_90a" % schedule in kernel), described
+        plan.run(q, k, v, out, lse, backend="cuda", **fields)
+        torch.cuda.synchronize()
+        for b, (span, (want, want_lse, naive)) in enumerate(zip(spans, expected)):
+            ob, lb = (out[span[0]], lse[:, span[0]]) if varlen else (out[span[0]], lse[span[0]])
+            what = "%s %s out[%d]" % (family, schedule or "default", b)
+            assert_close(ob.cpu(), want, naive, dtype, what=what)
+            assert_lse_close(lb.cpu(), want_lse)
+            seen = ~torch.isinf(want_lse)  # (H, Sq): rows that see no key give exactly 0
+            assert (ob.cpu().permute(1, 0, 2)[~seen] == 0).all(), what + ": a row that sees no key is not 0"
+        return out, lse
+
+    sm90_out, sm90_lse = run("fwd_sm90")
+    sm80_out, sm80_lse = run("fwd_sm80")
+    assert torch.equal(sm90_lse.isinf(), sm80_lse.isinf()), "fwd_sm90 and fwd_sm80 differ on which rows see no key"
+    for span, (want, _, naive) in zip(spans, expected):
+        # Each family is within the budget of the float64 result; against each other, within that
+        # budget of fwd_sm80's result as it stands.
+        assert_close(sm90_out[span[0]].cpu(), sm80_out[span[0]].cpu().double(), naive, dtype,
+                     what="fwd_sm90 vs fwd_sm80")
+    if dtype == torch.bfloat16:
+        for schedule in SCHEDULES:
+            run("fwd_sm90", schedule)

@@ -3,8 +3,19 @@
 //
 // Module: attention_params.cuh, common/ptx.cuh, flash_fwd_sm90_config.cuh, sm90_ptx.cuh,
 // common/sequence.cuh, this file (src/cuda/families.cpp). Padded (B, S, H, D) batches with any
-// 16-byte-aligned batch, row and head strides; causal (bottom-right) or not; GQA; softmax_lse.
-// The plan sends everything else (varlen, windows, softcap, ALiBi, split keys) to fwd_sm80.
+// 16-byte-aligned batch, row and head strides, or varlen ones (packed (total, H, D) rows,
+// cu_seqlens_q/k); seqused_k and leftpad_k (key_rows in common/sequence.cuh: fwd_sm80's rules);
+// causal (bottom-right) or not; GQA; softmax_lse. The plan sends everything else (paged caches,
+// kv_batch_idx, windows, softcap, ALiBi, split keys) to fwd_sm80.
+//
+// Sequences: the tensor maps see padded tensors as (batch, rows, heads, head_dim) and varlen ones
+// as one batch of the packed rows; a tile's Q box starts at its sequence's first row
+// (cu_seqlens_q[b]) and its K/V boxes at the first used key (cu_seqlens_k[b] + leftpad_k[b]). A
+// box that runs past the sequence reads the next sequence's rows or unused cache rows, not the
+// map's zeros: such query rows are computed and never stored, such keys are masked to -inf in S,
+// and such rows of V (which P's zeros would multiply, 0 x NaN being NaN) are zeroed in shared
+// memory before P V reads them (clear_v_tail). Tiles past their sequence's last query row (the
+// grid is sized by max_seqlen_q) do nothing.
 //
 // Work tiles of 128 query rows of one (batch, head); one CTA of 3 warpgroups per tile, grid (query
 // tiles, heads, batch), or in the persistent form (AF_SM90_PERSISTENT) at most one wave of CTAs,
@@ -47,20 +58,26 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
   auto v_empty = [&](int s) { return q_full + 8u * af_u32(4 + 4 * s); };
   const af_u32 q_empty = q_full + 8u * af_u32(1 + 4 * kStages);
 
-  const int q_len = p.seqlen_q, k_len = p.seqlen_k;
-  const int diagonal = k_len - q_len;  // key aligned with query row i is i + diagonal (bottom-right)
-  const int m_blocks = (q_len + kBlockM - 1) / kBlockM;
+  const bool varlen_q = p.cu_seqlens_q != nullptr;
+  // Rows of k/v the map addresses from a sequence's first key row to the end of the tensor bound
+  // that row's batch: past them TMA reads zeros, before them another sequence's or unused rows.
+  const int k_extent = p.cu_seqlens_k != nullptr ? p.total_k : p.seqlen_k;
+  const int m_blocks = (p.seqlen_q + kBlockM - 1) / kBlockM;  // of max_seqlen_q when varlen
   const int pairs = p.batch * p.heads_q;
   // Work tiles (batch, head, m_block). Persistent: tile t = blockIdx.x + i * gridDim.x of
   // m_blocks * pairs, in groups of p.tile_pair_group (batch, head) pairs (the pairs whose K and V
   // share the L2; 1 without a causal mask), each group's tiles in descending m_block (under a
   // causal mask, the longest first) with its pairs innermost. Otherwise one tile per CTA from
-  // (blockIdx.x reversed, blockIdx.y, blockIdx.z).
+  // (blockIdx.x reversed, blockIdx.y, blockIdx.z). The tile count of a varlen batch is that of
+  // B sequences of max_seqlen_q rows (the lengths are on the GPU): a tile past its sequence's
+  // last row has no key blocks and stores nothing, as fwd_sm80's CTAs past the end return.
   const int tile_count = kPersistent ? m_blocks * pairs : 1;
   const int tile_first = kPersistent ? int(blockIdx.x) : 0;
   const int tile_stride = kPersistent ? int(gridDim.x) : 1;
   struct Tile {
     int m_block, head, batch, n_blocks;
+    int q_row0, q_len;  // the sequence's query rows in q's map (varlen: packed rows)
+    int k_row0, k_len;  // its used key rows in k's and v's maps
   };
   auto tile_at = [&](int t) {
     Tile w;
@@ -79,10 +96,13 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
       w.head = int(blockIdx.y);
       w.batch = int(blockIdx.z);
     }
-    const int last_row = min((w.m_block + 1) * kBlockM, q_len) - 1;
-    int key_end = k_len;
-    if (p.window_right >= 0) key_end = min(key_end, last_row + diagonal + p.window_right + 1);
-    w.n_blocks = key_end > 0 ? (key_end + kBlockN - 1) / kBlockN : 0;
+    const QueryRows query = query_rows(p, w.batch);
+    const KeyRows keys = key_rows(p, w.batch);
+    w.q_row0 = query.row0, w.q_len = query.len, w.k_row0 = keys.row0, w.k_len = keys.len;
+    const int last_row = min((w.m_block + 1) * kBlockM, w.q_len) - 1;
+    int key_end = w.k_len;
+    if (p.window_right >= 0) key_end = min(key_end, last_row + (w.k_len - w.q_len) + p.window_right + 1);
+    w.n_blocks = key_end > 0 && w.m_block * kBlockM < w.q_len ? (key_end + kBlockN - 1) / kBlockN : 0;
     return w;
   };
 
@@ -116,10 +136,12 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
       mbarrier_arrive_expect_tx(q_full, kQBytes);
 #pragma unroll
       for (int a = 0; a < kAtoms; ++a)
-        tma_load_4d(sQ + a * kBlockM * 128, &q_map, q_full, a * 64, w.m_block * kBlockM, w.head, w.batch);
+        tma_load_4d(sQ + a * kBlockM * 128, &q_map, q_full, a * 64, w.q_row0 + w.m_block * kBlockM, w.head,
+                    varlen_q ? 0 : w.batch);
       ++q_uses;
+      const int kv_batch = p.cu_seqlens_k != nullptr ? 0 : w.batch;
       for (int i = 0; i < w.n_blocks; ++i, ++steps) {
-        const int n0 = (w.n_blocks - 1 - i) * kBlockN;
+        const int n0 = w.k_row0 + (w.n_blocks - 1 - i) * kBlockN;
         const int stage = steps % kStages;
         const af_u32 parity = ((steps / kStages) & 1) ^ 1;  // the consumers' release of this stage's last use
         const af_u32 offset = stage * kKVBytes;
@@ -127,12 +149,12 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
         mbarrier_arrive_expect_tx(k_full(stage), kKVBytes);
 #pragma unroll
         for (int a = 0; a < kAtoms; ++a)
-          tma_load_4d(sK + offset + a * kBlockN * 128, &k_map, k_full(stage), a * 64, n0, head_kv, w.batch);
+          tma_load_4d(sK + offset + a * kBlockN * 128, &k_map, k_full(stage), a * 64, n0, head_kv, kv_batch);
         mbarrier_wait(v_empty(stage), parity);
         mbarrier_arrive_expect_tx(v_full(stage), kKVBytes);
 #pragma unroll
         for (int a = 0; a < kAtoms; ++a)
-          tma_load_4d(sV + offset + a * kBlockN * 128, &v_map, v_full(stage), a * 64, n0, head_kv, w.batch);
+          tma_load_4d(sV + offset + a * kBlockN * 128, &v_map, v_full(stage), a * 64, n0, head_kv, kv_batch);
       }
     }
     return;
@@ -144,11 +166,14 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
   const int lane = int(threadIdx.x) & 31;
   const int g = lane >> 2, t = lane & 3;
   // Accumulator layout (wgmma m64nN, per warp as mma.m16n8): element 4j + e of a thread is row
-  // warp_row + g + 8 * (e / 2), column 8j + 2t + e % 2.
-  // Per tile (set at the top of the tile loop below): the first query row of this thread's warp,
-  // the key blocks at or past unmasked_end (which cross the end of the keys or the causal diagonal
-  // of the tile's first row), and the ring position of the tile's first key block.
-  int warp_row = 0, unmasked_end = 0, steps = 0;
+  // warp_row + g + 8 * (e / 2), column 8j + 2t + e % 2, where warp_row = m0 + 64 * consumer + 16 * warp.
+  // Per tile (set at the top of the tile loop below): the ring position of the tile's first key
+  // block, and the end of the visible keys of this thread's rows g and g + 8: the sequence's used
+  // keys, cut by the causal diagonal (bottom-right: query row i sees keys up to i + k_len - q_len).
+  // Two registers through the main loop, where the sequence's k_len, diagonal and the warp's
+  // first row would take three (the d256 TMA-store form spills with those).
+  int steps = 0;
+  int key_end[2];
   float o[kAtoms][32];  // (64 rows, 64 dims) per atom of O
   float row_max[2];     // rows g and g + 8, raw scores
   float row_sum[2];     // this thread's partial sums of exp2
@@ -186,16 +211,15 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
         wgmma_rs_n64(o[a], pa[kk], smem_descriptor(v_tile + a * kBlockN * 128 + kk * 16 * 128));
     wgmma_commit();
   };
-  // -inf where a key is past the end or past the causal diagonal (only blocks that cross either).
+  // -inf where a key is past the end or past the causal diagonal (only blocks that cross either:
+  // row g's keys end first).
   auto mask = [&](float(&s)[kSRegisters], int n_block) {
-    if (n_block < unmasked_end) return;
     const int n0 = n_block * kBlockN;
+    if (n0 + kBlockN <= key_end[0]) return;
 #pragma unroll
     for (int e = 0; e < kSRegisters; ++e) {
-      const int row = warp_row + g + 8 * ((e >> 1) & 1);
       const int col = n0 + 8 * (e >> 2) + 2 * t + (e & 1);
-      const bool visible = col < k_len && (p.window_right < 0 || col <= row + diagonal + p.window_right);
-      if (!visible) s[e] = AF_NEG_INF;
+      if (col >= key_end[(e >> 1) & 1]) s[e] = AF_NEG_INF;
     }
   };
   // Online softmax (as fwd_sm80): the 4 lanes of a quad share rows. S becomes exp2(S * scale -
@@ -254,6 +278,20 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
       pa[kk][3] = pack2(s[8 * kk + 6], s[8 * kk + 7]);
     }
   };
+  // Rows [valid_rows, kBlockN) of a V tile: another sequence's rows or unused cache rows (read by
+  // a box that runs past the sequence's keys; see the top of the file), zeroed by both consumers'
+  // 256 threads after the tile has landed and before either consumer's P V reads it (named barrier
+  // 5), since P's zeros there would still turn a NaN or inf into NaN. The writes are the generic
+  // proxy's, wgmma reads through the async proxy: hence the proxy fence before the barrier.
+  auto clear_v_tail = [&](af_u32 tile, int valid_rows) {
+    const int rows = kBlockN - valid_rows;
+    for (int c = int(threadIdx.x) - 128; c < kAtoms * rows * 32; c += 256) {
+      const int line = c >> 5;  // (atom, row) of a 128-byte line, 32 words each
+      st_shared_u32(tile + af_u32((line / rows) * kBlockN * 128 + (valid_rows + line % rows) * 128 + (c & 31) * 4), 0u);
+    }
+    fence_proxy_async_shared();
+    named_barrier_sync(5, 256);
+  };
   // Step i of the tile (key block n_blocks - 1 - i: the last first) uses ring stage (steps + i) %
   // kStages.
   auto stage = [&](int i) { return (steps + i) % kStages; };
@@ -275,9 +313,15 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
     const Tile w = tile_at(tile);
     const int n_blocks = w.n_blocks;
     const int m0 = w.m_block * kBlockM;
-    warp_row = m0 + 64 * consumer + 16 * warp;
-    unmasked_end = k_len / kBlockN;
-    if (p.window_right >= 0) unmasked_end = min(unmasked_end, max(0, m0 + diagonal + p.window_right + 1) / kBlockN);
+    const int k_len = w.k_len;
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int row = m0 + 64 * consumer + 16 * warp + g + 8 * half;
+      key_end[half] = p.window_right >= 0 ? min(k_len, row + (k_len - w.q_len) + p.window_right + 1) : k_len;
+    }
+    // Rows [v_tail, kBlockN) of the first step's V tile are past the keys and not the map's zeros.
+    const int v_tail =
+        n_blocks * kBlockN > k_len && w.k_row0 + k_len < k_extent ? k_len - (n_blocks - 1) * kBlockN : -1;
     row_max[0] = row_max[1] = AF_NEG_INF;
     row_sum[0] = row_sum[1] = 0.f;
 #pragma unroll
@@ -300,6 +344,7 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
         if (softmax(s, correction)) rescale_o(correction);
         pack_p(s, pa);
         mbarrier_wait(v_full(stage(i)), parity(i));
+        if (i == 0 && v_tail >= 0) clear_v_tail(v_tile(0), v_tail);
         issue_pv(pa, v_tile(i));
         wgmma_wait<0>();
         fence_o();
@@ -329,6 +374,11 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
       mask(s, n_blocks - 1);
       softmax(s, correction);  // O is still zero: nothing to rescale
       pack_p(s, pa);
+      // Before any turn of pingpong's: both consumers pass here for every tile.
+      if (v_tail >= 0) {
+        mbarrier_wait(v_full(stage(0)), parity(0));
+        clear_v_tail(v_tile(0), v_tail);
+      }
       for (int i = 1; i < n_blocks; ++i) {
         mbarrier_wait(k_full(stage(i)), parity(i));
         if constexpr (kPingPong) named_barrier_sync(1 + consumer, 256);
@@ -367,24 +417,31 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
     // rows into the staging tile (Q's swizzled layout), and one thread of it stores them with TMA
     // (boxes of 64 columns x 64 rows; the map's bounds clip rows past seqlen_q and columns past
     // head_dim) while the warpgroup goes on to the next tile. An empty tile (rows that see no key)
-    // takes the register path: it loaded no Q, so Q's buffer may be the next tile's by then.
+    // takes the register path: it loaded no Q, so Q's buffer may be the next tile's by then. So does
+    // every tile of a varlen call: out's map would clip a sequence's last rows only at total_q, over
+    // the next sequence's (another tile's) rows; the register path guards each row. (Choosing per
+    // 64 rows, the TMA store inside a sequence and the register path or a guarded copy from the
+    // staging tile at its end, made ptxas spill 24-84 bytes in the d256 overlap form.)
     const float ln2 = 0.6931471805599453f;
-    const bool staged = kTmaStore && n_blocks > 0;
+    // The query rows again rather than kept live through the main loop, as fwd_sm80's epilogue does.
+    const QueryRows query = query_rows(p, w.batch);
+    const int q_len = query.len;
+    const bool staged = kTmaStore && n_blocks > 0 && !varlen_q;
     const bool issuer = (threadIdx.x & 127) == 0;
     if (staged && !kOInQ) {
       // The previous tile's store has read the staging tile.
       if (issuer) bulk_wait_group_read<0>();
       named_barrier_sync(3 + consumer, 128);
     }
-    af_u16* out_base =
-        (af_u16*)p.out + (long long)w.batch * p.out_batch_stride + (long long)w.head * p.out_head_stride + 2 * t;
+    af_u16* out_base = (af_u16*)p.out + (long long)w.batch * p.out_batch_stride +
+                       (long long)query.row0 * p.out_row_stride + (long long)w.head * p.out_head_stride + 2 * t;
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       float sum = row_sum[half];
       sum += __shfl_xor_sync(0xffffffffu, sum, 1);
       sum += __shfl_xor_sync(0xffffffffu, sum, 2);
       const float inverse = sum > 0.f ? 1.f / sum : 0.f;
-      const int row = warp_row + g + 8 * half;
+      const int row = m0 + 64 * consumer + 16 * warp + g + 8 * half;
       if (staged) {
         // Row r of the tile, 16-byte chunk j at chunk j ^ (r % 8) of its line, and r % 8 == g.
         const af_u32 line = sO + af_u32(64 * consumer + 16 * warp + g + 8 * half) * 128u + 4u * t;
@@ -409,7 +466,7 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
       }
       if (p.lse != nullptr && t == 0)
         p.lse[(long long)w.batch * p.lse_batch_stride + (long long)w.head * p.lse_head_stride +
-              (long long)row * p.lse_row_stride] =
+              (long long)(query.row0 + row) * p.lse_row_stride] =
             sum > 0.f ? (row_max[half] * scale + log2_approx(sum)) * ln2 : AF_NEG_INF;
     }
     if (staged) {
@@ -421,7 +478,8 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
         if (row0 < q_len) {
 #pragma unroll
           for (int a = 0; a < kAtoms; ++a)
-            tma_store_4d(&o_map, sO + a * kBlockM * 128 + consumer * 64 * 128, a * 64, row0, w.head, w.batch);
+            tma_store_4d(&o_map, sO + a * kBlockM * 128 + consumer * 64 * 128, a * 64, query.row0 + row0, w.head,
+                         varlen_q ? 0 : w.batch);
         }
         bulk_commit_group();
         if constexpr (kOInQ) {
@@ -430,6 +488,11 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
           mbarrier_arrive(q_empty);
         }
       }
+    } else if (kOInQ && n_blocks > 0) {
+      // Stored from registers, but the tile loaded Q: its buffer is released once all the
+      // warpgroup's warps are past their last Q K^T.
+      named_barrier_sync(3 + consumer, 128);
+      if (issuer) mbarrier_arrive(q_empty);
     }
   }  // tiles
   // Shared memory must outlive the stores that read it (and the kernel their writes).
