@@ -99,13 +99,14 @@ bool fwd_sm90_enabled() {
 }
 
 Sm90Schedule default_sm90_schedule(int64_t head_dim, bool causal, int64_t seqlen_k) {
-  // Measured on the H200 (bench/results/fwd-sm90-h200-2026-11-30.md, A/B of 16 shapes): the persistent
-  // pingpong was fastest or within 1% at every shape up to 4k keys (by 10-15% at 512-1k and at 64/8 GQA
-  // 4k) and at every non-causal shape; under a causal mask at 8k-16k keys its statically strided tiles
-  // ran 13% slower than the one-CTA-per-tile pingpong. At d256 it led at 1k; the overlap schedule tied
-  // it at 8k and was the earlier measured default there.
+  // Measured on the H200 (bench/results/fwd-sm90-h200-2026-11-30.md; A/B of 16 shapes and two full sweeps):
+  // the persistent pingpong was fastest or within 1% at every d64/d128 shape up to 4k keys (by 10-46% at
+  // 512-1k and at 64/8 GQA 4k) and at every non-causal one; under a causal mask from 8k keys its statically
+  // strided tiles ran 13% slower than the one-CTA-per-tile pingpong. At d256 it led without a mask below 8k
+  // keys (0.76-0.93x cuDNN against overlap's 0.73-0.93x); with a causal mask overlap led (0.65-0.89x
+  // against 0.64-0.75x), and from 8k keys the two tied.
   const bool long_keys = seqlen_k >= 8192;
-  if (head_dim > 128) return long_keys ? kSm90Overlap : kSm90PingPongPersistent;
+  if (head_dim > 128) return causal || long_keys ? kSm90Overlap : kSm90PingPongPersistent;
   return causal && long_keys ? kSm90PingPong : kSm90PingPongPersistent;
 }
 
