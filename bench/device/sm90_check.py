@@ -30,7 +30,12 @@ short tiles; each case must report that variant in its plan), then times every v
 beside cuDNN on 16 shapes (bf16; hd 128 causal and not at batch 4 x 1k and at 512/2k/8k/16k, hd 64
 and 256 at 1k/8k, 64/8 GQA at 4k): per shape each variant's
 TFLOP/s and ratio to cuDNN, and the faster variant. Writes correctness-<variant>.json, ab.json and
-ab.md under --out.
+ab.md under --out. A "-dynamic" variant's correctness stage also checks its tile counter across
+relaunches, CUDA-graph replays, two streams and a caller's workspace (relaunch_check).
+`--shapes causal` times 10 shapes instead (ab_shapes), for the dynamic scheduler's A/B in ~100 s:
+
+    python3 bench/device/sm90_check.py --shapes causal --budget 110 --out $OUT/sm90dyn \
+        --variants pingpong,pingpong-persistent,pingpong-dynamic,overlap,overlap-dynamic
 """
 import argparse
 import json
@@ -261,12 +266,96 @@ def run_correctness(out_dir, quick, variant=""):
             row.get("error") or "err %.3g (budget %.3g) lse %.2g nan=%s | %s%s" % (
                 row["err"], row["budget"], row["lse_err"], row["nan"], row["plan"],
                 "" if row["family_ok"] else "  <- expected fwd_sm90 %s" % variant)))
+    if variant.endswith("-dynamic"):
+        row = relaunch_check(native)
+        failures += not row["ok"]
+        results.append(row)
+        log(out_dir, "  [%s] %-4s relaunches b2 s2048 h16/4 d128 causal: %s" % (
+            variant, "ok" if row["ok"] else "FAIL", row.get("error") or row["detail"]))
     if out_dir:
         with open(os.path.join(out_dir, "correctness-%s.json" % variant if variant else "correctness.json"), "w") as f:
             json.dump(results, f, indent=1)
     log(out_dir, "%s: %d of %d cases passed" % ("correctness of " + variant if variant else "stage 2",
                                                len(results) - failures, len(results)))
     return 0 if failures == 0 else 1
+
+
+def relaunch_check(native):
+    """A dynamic form's tile counter must be 0 again after each launch and never shared by two launches
+    at once: one plan (b2 s2048 16/4 heads d128 causal, 512 query tiles, ~4 per CTA) runs on the
+    stream's workspace 3 times, as a CUDA graph replayed 3 times, on two streams at once (4 launches
+    each, different inputs), and on a caller's workspace filled with 0xff (2 launches); out is NaN
+    before each launch, and every result must equal (bit for bit: the same kernel computes each tile
+    the same way, whichever CTA takes it) the first launch's on the same inputs, which also passes
+    the float64 budget in the reduced set's case of this shape kind."""
+    import torch
+
+    def inputs():
+        return (torch.randn(2, 2048, 16, 128, device="cuda", dtype=torch.bfloat16),
+                torch.randn(2, 2048, 4, 128, device="cuda", dtype=torch.bfloat16),
+                torch.randn(2, 2048, 4, 128, device="cuda", dtype=torch.bfloat16))
+
+    checks = []
+    try:
+        q, k, v = inputs()
+        out = torch.full_like(q, float("nan"))
+        plan = native.Plan(q, k, v, out, backend="cuda", causal=True)
+        bytes_ = plan.workspace_size()
+
+        def launch(q, k, v, out, **kw):
+            out.fill_(float("nan"))
+            plan.run(q, k, v, out, backend="cuda", causal=True, **kw)
+
+        launch(q, k, v, out)
+        torch.cuda.synchronize()
+        first = out.clone()
+        checks.append(("first launch has no NaN", not first.isnan().any().item()))
+        for i in range(2):
+            launch(q, k, v, out)
+            torch.cuda.synchronize()
+            checks.append(("stream workspace launch %d" % (i + 2), torch.equal(out, first)))
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            launch(q, k, v, out)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            plan.run(q, k, v, out, backend="cuda", causal=True)
+        for i in range(3):
+            out.fill_(float("nan"))
+            graph.replay()
+            torch.cuda.synchronize()
+            checks.append(("graph replay %d" % (i + 1), torch.equal(out, first)))
+        streams = [torch.cuda.Stream(), torch.cuda.Stream()]
+        data = [(q, k, v, torch.empty_like(q)), inputs() + (torch.empty_like(q),)]
+        second_first = torch.full_like(q, float("nan"))
+        launch(*data[1][:3], second_first)
+        torch.cuda.synchronize()
+        for s in streams:
+            s.wait_stream(torch.cuda.current_stream())
+        for _ in range(4):
+            for s, d in zip(streams, data):
+                with torch.cuda.stream(s):
+                    launch(*d)
+        for s in streams:
+            torch.cuda.current_stream().wait_stream(s)
+        torch.cuda.synchronize()
+        checks.append(("two streams at once, stream 1", torch.equal(data[0][3], first)))
+        checks.append(("two streams at once, stream 2", torch.equal(data[1][3], second_first)))
+        workspace = torch.full((max(bytes_, 4),), 255, device="cuda", dtype=torch.uint8)
+        for i in range(2):
+            launch(q, k, v, out, workspace=workspace)
+            torch.cuda.synchronize()
+            checks.append(("caller's workspace launch %d" % (i + 1), torch.equal(out, first)))
+        checks.append(("caller's counter back at 0", workspace[:4].view(torch.int32).item() == 0))
+        failed = [name for name, ok in checks if not ok]
+        return dict(case="relaunch", plan=plan.describe(), workspace_bytes=bytes_, ok=not failed and bytes_ == 4,
+                    detail="%d of %d checks passed, workspace %d bytes%s | %s" % (
+                        len(checks) - len(failed), len(checks), bytes_,
+                        "; FAILED: " + ", ".join(failed) if failed else "", plan.describe()))
+    except Exception as e:
+        return dict(case="relaunch", ok=False, error="%s: %s" % (type(e).__name__, e))
 
 
 # ---------------------------------------------------------------------------------------------- stage 3
@@ -385,10 +474,17 @@ def timing_case(b, s, h, hk, d, causal):
     return q, k, v, torch.empty_like(q), common.attention_flops(b, h, s, s, d, causal), row
 
 
-def ab_shapes():
+def ab_shapes(preset="all"):
     """(batch, seqlen, heads, heads_kv, head_dim, causal): batch 4 at 1k first (512 query tiles: under 4 per
     SM, where a persistent grid's tail shows; first, so that a cut budget keeps them), then 16k tokens per call,
-    2048 query-head dims."""
+    2048 query-head dims. preset "causal" (the dynamic scheduler's A/B, 10 shapes): d128 causal at b4 1k and
+    at 16k tokens of 1k/2k/8k/16k, d256 causal 1k/4k, 64/8 GQA causal 4k, and d128 non-causal b4 1k and 8k."""
+    if preset == "causal":
+        shapes = [(4, 1024, 16, 16, 128, True)]
+        shapes += [(16384 // s, s, 16, 16, 128, True) for s in (1024, 2048, 8192, 16384)]
+        shapes += [(16384 // s, s, 8, 8, 256, True) for s in (1024, 4096)]
+        shapes += [(1, 4096, 64, 8, 128, True), (4, 1024, 16, 16, 128, False), (2, 8192, 16, 16, 128, False)]
+        return shapes
     shapes = [(4, 1024, 16, 16, 128, causal) for causal in (False, True)]
     shapes += [(16384 // s, s, 16, 16, 128, causal) for causal in (False, True) for s in (512, 2048, 8192, 16384)]
     shapes += [(16384 // s, s, 2048 // d, 2048 // d, d, False) for d in (64, 256) for s in (1024, 8192)]
@@ -396,7 +492,7 @@ def ab_shapes():
     return shapes
 
 
-def run_ab_timing(out_dir, seconds, variants):
+def run_ab_timing(out_dir, seconds, variants, preset="all"):
     """Each fwd_sm90 variant beside SDPA's cuDNN backend on ab_shapes(), bf16; a variant whose plan
     does not name it (or is not fwd_sm90) is reported, not timed."""
     import torch
@@ -413,7 +509,7 @@ def run_ab_timing(out_dir, seconds, variants):
         "by how much it beats the runner-up)")
     log(out_dir, "  %-30s" % "shape" + "".join(" %9s" % x for x in variants) + " %9s" % "cudnn" + "  |" +
         "".join(" %9s" % x for x in variants) + "  | faster")
-    for b, s, h, hk, d, causal in ab_shapes():
+    for b, s, h, hk, d, causal in ab_shapes(preset):
         if time.time() > deadline:
             log(out_dir, "  (time budget reached: later shapes not timed)")
             break
@@ -538,8 +634,8 @@ def main_ab(args, variants):
     ok = False
     if passed and left() > 15:
         ok = stage(args.out, "timing of %s beside cuDNN" % ",".join(passed),
-                   [sys.executable, me, "--stage", "ab-timing", "--variants", ",".join(passed), "--seconds",
-                    str(max(10.0, left() - 10))] + extra, env, left())
+                   [sys.executable, me, "--stage", "ab-timing", "--variants", ",".join(passed), "--shapes", args.shapes,
+                    "--seconds", str(max(10.0, left() - 10))] + extra, env, left())
     else:
         log(args.out, "== timing skipped (%s)" % ("no variant passed" if not passed else "no time left"))
     log(args.out, "sm90_check A/B: correct %s of %s; timing %s (%.0f s)" % (
@@ -554,6 +650,8 @@ def main():
     parser.add_argument("--stage", choices=("all", "correctness", "timing", "ab-timing"), default="all")
     parser.add_argument("--quick", action="store_true", help="stage 2: a few small cases (for compute-sanitizer)")
     parser.add_argument("--seconds", type=float, default=120.0, help="stage 3's own time budget")
+    parser.add_argument("--shapes", choices=("all", "causal"), default="all",
+                        help="the A/B's timed shapes: all 16 (ab_shapes), or 'causal': 10, mostly causal")
     parser.add_argument("--variants", default="", help="A/B run of these fwd_sm90 schedules, e.g. v0,overlap "
                         "(correctness on the reduced set, then timing beside cuDNN; budget 145 s unless --budget)")
     args = parser.parse_args()
@@ -570,7 +668,7 @@ def main():
     if args.stage == "timing":
         return run_timing(args.out, args.seconds)
     if args.stage == "ab-timing":
-        return run_ab_timing(args.out, args.seconds, variants)
+        return run_ab_timing(args.out, args.seconds, variants, args.shapes)
     if variants:
         return main_ab(args, variants)
 

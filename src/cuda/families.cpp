@@ -8,7 +8,7 @@
 // the bytes of K and V, and zero-filled dims are never read, so smaller head dims share these.
 // fwd_sm90 variants: {bf16, fp16} x head dim {64, 128, 256} x schedule {v0, overlap, pingpong,
 // overlap-persistent, pingpong-persistent, overlap-persistent-tma-store,
-// pingpong-persistent-tma-store}, no extras
+// pingpong-persistent-tma-store, overlap-dynamic, pingpong-dynamic}, no extras
 // (softcap and ALiBi stay with fwd_sm80); sm_90a only ($ATTNFORGE_FWD_SM90=0 turns it off, see plan.cpp).
 //
 // Tiles: every shape below compiles without spills for sm_80, sm_86, sm_89 and sm_90a
@@ -184,13 +184,17 @@ const char* sm90_schedule_name(Sm90Schedule s) {
     case kSm90PingPongPersistent: return "pingpong-persistent";
     case kSm90OverlapPersistentTmaStore: return "overlap-persistent-tma-store";
     case kSm90PingPongPersistentTmaStore: return "pingpong-persistent-tma-store";
+    case kSm90OverlapDynamic: return "overlap-dynamic";
+    case kSm90PingPongDynamic: return "pingpong-dynamic";
     default: return "v0";
   }
 }
 
 Sm90Schedule sm90_main_loop(Sm90Schedule s) {
-  if (s == kSm90OverlapPersistent || s == kSm90OverlapPersistentTmaStore) return kSm90Overlap;
-  if (s == kSm90PingPongPersistent || s == kSm90PingPongPersistentTmaStore) return kSm90PingPong;
+  if (s == kSm90OverlapPersistent || s == kSm90OverlapPersistentTmaStore || s == kSm90OverlapDynamic)
+    return kSm90Overlap;
+  if (s == kSm90PingPongPersistent || s == kSm90PingPongPersistentTmaStore || s == kSm90PingPongDynamic)
+    return kSm90PingPong;
   return s;
 }
 
@@ -199,6 +203,8 @@ bool sm90_persistent(Sm90Schedule s) { return s >= kSm90OverlapPersistent && s <
 bool sm90_tma_store(Sm90Schedule s) {
   return s == kSm90OverlapPersistentTmaStore || s == kSm90PingPongPersistentTmaStore;
 }
+
+bool sm90_dynamic(Sm90Schedule s) { return s == kSm90OverlapDynamic || s == kSm90PingPongDynamic; }
 
 SharedMemoryClass shared_memory_class(int arch) {
   if (arch == 90 || arch == 100 || arch == 103 || arch == 110) return kSmem227K;
@@ -277,6 +283,7 @@ std::vector<std::string> compile_options(const Variant& v, const std::string& ta
     options.push_back("-DAF_SM90_SCHEDULE=" + std::to_string(int(sm90_main_loop(v.schedule))));
     options.push_back(std::string("-DAF_SM90_PERSISTENT=") + (sm90_persistent(v.schedule) ? "1" : "0"));
     options.push_back(std::string("-DAF_SM90_TMA_STORE=") + (sm90_tma_store(v.schedule) ? "1" : "0"));
+    options.push_back(std::string("-DAF_SM90_DYNAMIC=") + (sm90_dynamic(v.schedule) ? "1" : "0"));
   }
   if (v.family == kFamilyFwdSm80) {
     options.push_back("-DAF_M_TILES=" + std::to_string(tile.m_tiles));

@@ -52,7 +52,8 @@ SharedMemoryClass shared_memory_class(int arch);
 // one's softmax runs while the other's GEMMs do (FlashAttention-3's warpgroup ping-pong). The
 // persistent forms of overlap and pingpong launch at most one wave of CTAs, each looping over work
 // tiles (AF_SM90_PERSISTENT); their "-tma-store" forms also store O through shared memory with TMA
-// (AF_SM90_TMA_STORE), overlapped with the next tile.
+// (AF_SM90_TMA_STORE), overlapped with the next tile; their "-dynamic" forms (AF_SM90_DYNAMIC) take
+// each next tile from a global counter (atomic) instead of striding statically over the tile list.
 enum Sm90Schedule {
   kSm90V0 = 0,
   kSm90Overlap = 1,
@@ -61,16 +62,20 @@ enum Sm90Schedule {
   kSm90PingPongPersistent = 4,
   kSm90OverlapPersistentTmaStore = 5,
   kSm90PingPongPersistentTmaStore = 6,
-  kSm90Schedules = 7
+  kSm90OverlapDynamic = 7,
+  kSm90PingPongDynamic = 8,
+  kSm90Schedules = 9
 };
 // "v0", "overlap", "pingpong", "overlap-persistent", "pingpong-persistent",
-// "overlap-persistent-tma-store", "pingpong-persistent-tma-store"
+// "overlap-persistent-tma-store", "pingpong-persistent-tma-store", "overlap-dynamic", "pingpong-dynamic"
 const char* sm90_schedule_name(Sm90Schedule s);
 // The main loop of a schedule (kSm90V0, kSm90Overlap or kSm90PingPong: AF_SM90_SCHEDULE) and
 // whether it is the persistent form.
 Sm90Schedule sm90_main_loop(Sm90Schedule s);
 bool sm90_persistent(Sm90Schedule s);
 bool sm90_tma_store(Sm90Schedule s);
+// Whether a persistent form takes its tiles from the tile counter in the workspace (kSm90*Dynamic).
+bool sm90_dynamic(Sm90Schedule s);
 
 struct Variant {
   FamilyId family;

@@ -70,8 +70,13 @@ void fill_params(const AttentionProblem& p, FlashFwdParams* k) {
 
 // fwd_sm90: the q, k and v tensor maps (encoded per call: the address is part of the map; a host
 // call of about a microsecond each) and one launch of (query tiles, heads, batch), or in the
-// persistent forms of at most one wave of CTAs that loop over those tiles.
-af_status run_sm90(const Plan& plan, const Variant& v, const AttentionProblem& p, FlashFwdParams* k, CUstream stream) {
+// persistent forms of at most one wave of CTAs that loop over those tiles. The dynamic forms' tile
+// counter: in the caller's workspace (zeroed on the stream first, as the decode family's split
+// counters: its contents are unknown), else in the stream's own (zeroed when allocated; each
+// launch leaves it at zero, so graph replays need no memset node, and two streams have two
+// counters); where neither can be had, the kernel strides statically (a null counter).
+af_status run_sm90(const Plan& plan, const Variant& v, const AttentionProblem& p, FlashFwdParams* k, CUstream stream,
+                   void* workspace) {
   // A plan is checked against each call's shapes and flags, not against everything fwd_sm90 does
   // not take (kv_batch_idx, exact strides): refuse a call the family would get wrong.
   const std::string refusal = fwd_sm90_refusal(p);
@@ -91,6 +96,18 @@ af_status run_sm90(const Plan& plan, const Variant& v, const AttentionProblem& p
     AF_RETURN_IF_ERROR(encode_tile_map(a, names[i], tensors[i], p.dtype, box_rows[i], &maps[i]));
   k->num_splits = 1;
   k->tile_pair_group = plan.pair_group;
+  if (sm90_dynamic(v.schedule)) {
+    if (workspace != nullptr) {
+      const CUdeviceptr counter = reinterpret_cast<CUdeviceptr>(workspace) + plan.counters_offset;
+      const CUresult r = a.cuMemsetD8Async(counter, 0, plan.workspace_bytes - plan.counters_offset, stream);
+      if (r != CUDA_SUCCESS) return fail(AF_ERR_CUDA, "%s", driver_error("cuMemsetD8Async", r).c_str());
+      k->tile_counter = reinterpret_cast<unsigned*>(counter);
+    } else {
+      StreamWorkspace own;
+      if (stream_workspace(p.device_index, stream, 0, plan.workspace_bytes - plan.counters_offset, &own))
+        k->tile_counter = reinterpret_cast<unsigned*>(own.counters);
+    }
+  }
   void* args[] = {k, &maps[0], &maps[1], &maps[2], &maps[3]};
   const CUresult r =
       a.cuLaunchKernel(plan.loaded.kernel, plan.grid[0], plan.grid[1], plan.grid[2], unsigned(tile.threads()), 1, 1,
@@ -117,7 +134,7 @@ af_status run(const Plan& plan, const AttentionProblem& p, void* workspace, size
   CUcontext context = nullptr;
   AF_RETURN_IF_ERROR(primary_context(p.device_index, &context));
   ContextGuard guard(context);
-  if (v.family == kFamilyFwdSm90) return run_sm90(plan, v, p, &k, stream);
+  if (v.family == kFamilyFwdSm90) return run_sm90(plan, v, p, &k, stream, workspace);
 
   // The workspace: the caller's (the decode family's split counters zeroed first), else the
   // stream's own. Where none can be had the unsplit launch computes the same result.

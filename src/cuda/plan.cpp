@@ -187,7 +187,7 @@ af_status choose(const AttentionProblem& p, Choice* choice) {
     return fail(AF_ERR_INVALID_ARGUMENT,
                 "cuda backend: ATTNFORGE_SM90_VARIANT=%s is not a fwd_sm90 schedule (v0, overlap, pingpong, "
                 "overlap-persistent, pingpong-persistent, overlap-persistent-tma-store, "
-                "pingpong-persistent-tma-store)",
+                "pingpong-persistent-tma-store, overlap-dynamic, pingpong-dynamic)",
                 std::getenv("ATTNFORGE_SM90_VARIANT"));
   const int index = find_variant(family_id, p.dtype, int(p.head_dim), extras, schedule);
   if (index < 0 || index >= kMaxVariants)
@@ -221,6 +221,35 @@ af_status choose(const AttentionProblem& p, Choice* choice) {
   return AF_OK;
 }
 
+void size_sm90_persistent(const AttentionProblem& p, const Variant& v, int wave_ctas, Plan* plan) {
+  // At most one wave of CTAs over the (query tile, head, sequence) tiles; no key splits. Under a
+  // causal mask the static form takes the tiles longest first within groups of pairs whose K and V
+  // together fill about kL2Budget (a guess at two thirds of the H100/H200's 50 MB L2, not yet
+  // measured against other sizes): all of the problem's tiles longest first would stream every
+  // pair's K and V at once, and the tensor cores outrun DRAM without L2 reuse. The dynamic form
+  // hands out all the tiles longest first (one group): the counter balances the tail, which the
+  // static form's groups could not (13% slower than the 3-d grid at causal 8k-16k, H200 A/B of
+  // 2026-11-30), and the tiles running at once are still a few query tiles of every pair, which
+  // read the same key blocks at about the same time. Without a causal mask the tiles are equal and
+  // a group is one pair (its query tiles run side by side). The dynamic form's workspace is its
+  // tile counter (4 bytes).
+  constexpr int64_t kL2Budget = int64_t(32) << 20;
+  const int64_t block_m = v.tile_for(90).block_m();
+  const int64_t pairs = p.batch * p.heads_q;
+  const int64_t tiles = (p.seqlen_q + block_m - 1) / block_m * pairs;
+  plan->grid[0] = unsigned(std::min<int64_t>(tiles, std::max(wave_ctas, 1)));
+  plan->grid[1] = plan->grid[2] = 1;
+  plan->pair_group = 1;
+  if (p.causal && sm90_dynamic(v.schedule)) {
+    plan->pair_group = int(pairs);
+  } else if (p.causal) {
+    const int64_t kv_bytes_per_pair = 2 * p.seqlen_k * v.head_dim * 2 / std::max<int64_t>(1, p.heads_q / p.heads_kv);
+    plan->pair_group = int(std::clamp<int64_t>(kL2Budget / std::max<int64_t>(kv_bytes_per_pair, 1), 1, pairs));
+  }
+  plan->counters_offset = 0;
+  plan->workspace_bytes = sm90_dynamic(v.schedule) ? sizeof(unsigned) : 0;
+}
+
 af_status make_plan(const AttentionProblem& p, const Choice& choice, Plan* plan) {
   *plan = Plan{};
   plan->choice = choice;
@@ -232,20 +261,7 @@ af_status make_plan(const AttentionProblem& p, const Choice& choice, Plan* plan)
   // The combine grid's y (rows / 4) is at most 65535.
   const bool can_split = (p.seqlen_q + 3) / 4 <= 65535;
   if (v.family == kFamilyFwdSm90 && sm90_persistent(v.schedule)) {
-    // At most one wave of CTAs over the (query tile, head, sequence) tiles; no key splits. Under a
-    // causal mask the kernel takes the tiles longest first within groups of pairs whose K and V
-    // together fill about kL2Budget (a guess at two thirds of the H100/H200's 50 MB L2, not yet
-    // measured against other sizes): all of the problem's tiles longest first would stream every
-    // pair's K and V at once, and the tensor cores outrun DRAM without L2 reuse. Without a causal
-    // mask the tiles are equal and a group is one pair (its query tiles run side by side).
-    constexpr int64_t kL2Budget = int64_t(32) << 20;
-    const int64_t tiles = (p.seqlen_q + tile.block_m() - 1) / tile.block_m() * p.batch * p.heads_q;
-    plan->grid[0] = unsigned(std::min<int64_t>(tiles, std::max(wave, 1)));
-    if (p.causal) {
-      const int64_t kv_bytes_per_pair = 2 * p.seqlen_k * v.head_dim * 2 / std::max<int64_t>(1, p.heads_q / p.heads_kv);
-      plan->pair_group =
-          int(std::clamp<int64_t>(kL2Budget / std::max<int64_t>(kv_bytes_per_pair, 1), 1, p.batch * p.heads_q));
-    }
+    size_sm90_persistent(p, v, wave, plan);
   } else if (v.family == kFamilyFwdSm90) {
     // One CTA per (query tile, head, sequence); no key splits.
     plan->grid[0] = unsigned((p.seqlen_q + tile.block_m() - 1) / tile.block_m());

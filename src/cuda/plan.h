@@ -34,7 +34,8 @@ Sm90Schedule default_sm90_schedule(int64_t head_dim, bool causal, int64_t seqlen
 // fwd_sm90's schedule from $ATTNFORGE_SM90_VARIANT, read at each plan: unset or empty -> the
 // default for the problem; a schedule's name (sm90_schedule_name: "v0", "overlap", "pingpong",
 // "overlap-persistent", "pingpong-persistent", "overlap-persistent-tma-store",
-// "pingpong-persistent-tma-store") -> that one; anything else -> false, *schedule left as it was.
+// "pingpong-persistent-tma-store", "overlap-dynamic", "pingpong-dynamic") -> that one; anything
+// else -> false, *schedule left as it was.
 bool sm90_schedule_from_env(int64_t head_dim, bool causal, int64_t seqlen_k, Sm90Schedule* schedule);
 
 // Why fwd_sm90 cannot run a prefill problem that would otherwise go to fwd_sm80 (empty: it can).
@@ -57,14 +58,21 @@ struct Plan {
   Choice choice;
   LoadedVariant loaded;
   unsigned grid[3] = {1, 1, 1};
-  int splits = 1;              // key splits per query tile (1: none)
-  size_t workspace_bytes = 0;  // fp32 partial results when splits > 1 (decode: then the split counters)
-  size_t counters_offset = 0;  // bytes of partial results; the decode family's split counters follow
+  int splits = 1;  // key splits per query tile (1: none)
+  // fp32 partial results when splits > 1 (decode: then the split counters); fwd_sm90's dynamic
+  // forms: their tile counter (4 bytes)
+  size_t workspace_bytes = 0;
+  size_t counters_offset = 0;  // bytes of partial results; the counters follow
   int pair_group = 1;          // fwd_sm80, fwd_sm90 persistent: (batch, head) pairs per scheduling group
 };
 
 // AF_OK and the kernel that would run p, or the status and reason why the CUDA backend cannot.
 af_status choose(const AttentionProblem& p, Choice* choice);
+
+// fwd_sm90's persistent forms (sm90_persistent(v.schedule)): grid (at most one wave of wave_ctas
+// CTAs), tile order (pair_group) and workspace (the dynamic forms' tile counter) into plan. Host
+// only (make_plan takes wave_ctas from the loaded kernel's occupancy).
+void size_sm90_persistent(const AttentionProblem& p, const Variant& v, int wave_ctas, Plan* plan);
 
 // Compiles or loads the chosen variant and sizes the grid and the key splits.
 af_status make_plan(const AttentionProblem& p, const Choice& choice, Plan* plan);
@@ -75,10 +83,11 @@ std::string describe(const Plan& plan);
 std::string describe(const Choice& choice);
 
 // Launches p with a plan made for its shapes on p.cuda_stream; no host synchronisation. The
-// split-key workspace is the caller's (at least plan.workspace_bytes; the decode family's split
-// counters in it are zeroed on the stream first), or, when workspace is null, attnforge's
-// workspace of that stream (stream_workspace). Where none can be had, the unsplit launch computes
-// the same result.
+// workspace (split keys, fwd_sm90's tile counter) is the caller's (at least plan.workspace_bytes;
+// the decode family's split counters and the tile counter in it are zeroed on the stream first),
+// or, when workspace is null, attnforge's workspace of that stream (stream_workspace: zeroed once,
+// and each launch leaves its counters at zero). Where none can be had, the unsplit launch (the
+// dynamic forms: static striding) computes the same result.
 af_status run(const Plan& plan, const AttentionProblem& p, void* workspace, size_t workspace_bytes);
 
 }  // namespace af::cuda

@@ -79,6 +79,12 @@ struct FlashFwdParams : AttentionParams {
   // fwd_sm90's persistent form: (batch, head) pairs per group of its tile order (the pairs whose K
   // and V are meant to stay in the L2 together; src/cuda/plan.cpp), at least 1.
   int tile_pair_group;
+  // fwd_sm90's dynamic form: the tile counter (in the workspace), 0 before a launch. CTA i starts
+  // with tile i; each next tile is gridDim.x + atom.inc(counter, tiles - 1) until one is past the
+  // last, so a launch fetches exactly `tiles` times (one per tile after the first wave, one past
+  // the end per CTA), which takes the counter through 0 .. tiles - 1 and wraps it back to 0 for
+  // the next launch (no memset node in a graph). Null: static striding (tile + gridDim.x).
+  unsigned int* tile_counter;
 };
 
 // flash_attn_with_kvcache's steps before the attention (the kvcache family): new k/v rows rotated

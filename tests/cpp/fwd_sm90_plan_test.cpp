@@ -232,15 +232,17 @@ TEST(FwdSm90Schedule, ReadsTheVariantFromTheEnvironmentAndRefusesUnknownNames) {
                {"overlap-persistent", kSm90OverlapPersistent},
                {"pingpong-persistent", kSm90PingPongPersistent},
                {"overlap-persistent-tma-store", kSm90OverlapPersistentTmaStore},
-               {"pingpong-persistent-tma-store", kSm90PingPongPersistentTmaStore}};
+               {"pingpong-persistent-tma-store", kSm90PingPongPersistentTmaStore},
+               {"overlap-dynamic", kSm90OverlapDynamic},
+               {"pingpong-dynamic", kSm90PingPongDynamic}};
   for (const auto& n : named) {
     ScopedEnv env("ATTNFORGE_SM90_VARIANT", n.value);
     s = kSm90Overlap;
     EXPECT_TRUE(sm90_schedule_from_env(128, false, 4096, &s)) << "'" << n.value << "'";
     EXPECT_EQ(s, n.expected) << "'" << n.value << "'";
   }
-  for (const char* bad :
-       {"Overlap", "overlap ", "ping-pong", "1", "persistent", "v0-persistent", "pingpong_persistent"}) {
+  for (const char* bad : {"Overlap", "overlap ", "ping-pong", "1", "persistent", "v0-persistent", "pingpong_persistent",
+                          "dynamic", "pingpong-persistent-dynamic"}) {
     ScopedEnv env("ATTNFORGE_SM90_VARIANT", bad);
     s = kSm90Overlap;
     EXPECT_FALSE(sm90_schedule_from_env(128, false, 4096, &s)) << bad;
@@ -253,14 +255,16 @@ const struct {
   Sm90Schedule schedule;
   const char* name;
   int main_loop;
-  bool persistent, tma_store;
+  bool persistent, tma_store, dynamic;
 } kScheduleForms[] = {
-    {kSm90Overlap, "overlap", 1, false, false},
-    {kSm90PingPong, "pingpong", 2, false, false},
-    {kSm90OverlapPersistent, "overlap-persistent", 1, true, false},
-    {kSm90PingPongPersistent, "pingpong-persistent", 2, true, false},
-    {kSm90OverlapPersistentTmaStore, "overlap-persistent-tma-store", 1, true, true},
-    {kSm90PingPongPersistentTmaStore, "pingpong-persistent-tma-store", 2, true, true},
+    {kSm90Overlap, "overlap", 1, false, false, false},
+    {kSm90PingPong, "pingpong", 2, false, false, false},
+    {kSm90OverlapPersistent, "overlap-persistent", 1, true, false, false},
+    {kSm90PingPongPersistent, "pingpong-persistent", 2, true, false, false},
+    {kSm90OverlapPersistentTmaStore, "overlap-persistent-tma-store", 1, true, true, false},
+    {kSm90PingPongPersistentTmaStore, "pingpong-persistent-tma-store", 2, true, true, false},
+    {kSm90OverlapDynamic, "overlap-dynamic", 1, true, false, true},
+    {kSm90PingPongDynamic, "pingpong-dynamic", 2, true, false, true},
 };
 
 TEST(FwdSm90Schedule, EachScheduleIsItsOwnModuleWithTheSameTileAndDescribeNamesIt) {
@@ -285,7 +289,7 @@ TEST(FwdSm90Schedule, EachScheduleIsItsOwnModuleWithTheSameTileAndDescribeNamesI
         EXPECT_LE(b.smem_bytes(90), 227 * 1024) << b.name;
         EXPECT_EQ(a.tile_for(90).block_n, b.tile_for(90).block_n);
         // The options are part of the kernel cache key: they must differ, in the main-loop macro
-        // and the persistent and TMA-store ones only.
+        // and the persistent, TMA-store and dynamic ones only.
         const std::vector<std::string> oa = compile_options(a, "sm_90a"), ob = compile_options(b, "sm_90a");
         ASSERT_EQ(oa.size(), ob.size());
         std::vector<std::string> differing;
@@ -295,6 +299,11 @@ TEST(FwdSm90Schedule, EachScheduleIsItsOwnModuleWithTheSameTileAndDescribeNamesI
                                              std::to_string(e.main_loop)};
         if (e.persistent) expected.push_back("-DAF_SM90_PERSISTENT=0 -> -DAF_SM90_PERSISTENT=1");
         if (e.tma_store) expected.push_back("-DAF_SM90_TMA_STORE=0 -> -DAF_SM90_TMA_STORE=1");
+        if (e.dynamic) expected.push_back("-DAF_SM90_DYNAMIC=0 -> -DAF_SM90_DYNAMIC=1");
+        EXPECT_EQ(sm90_persistent(e.schedule), e.persistent) << b.name;
+        EXPECT_EQ(sm90_tma_store(e.schedule), e.tma_store) << b.name;
+        EXPECT_EQ(sm90_dynamic(e.schedule), e.dynamic) << b.name;
+        EXPECT_EQ(int(sm90_main_loop(e.schedule)), e.main_loop) << b.name;
         EXPECT_EQ(differing, expected) << b.name;
       }
   Choice choice;
@@ -312,8 +321,46 @@ TEST(FwdSm90Schedule, EachScheduleIsItsOwnModuleWithTheSameTileAndDescribeNamesI
   EXPECT_EQ(describe(choice), "fwd_sm90 fp16 d256 overlap-persistent sm_90a 128x64");
   choice.variant = find_variant(kFamilyFwdSm90, AF_DTYPE_BFLOAT16, 64, false, kSm90PingPongPersistentTmaStore);
   EXPECT_EQ(describe(choice), "fwd_sm90 bf16 d64 pingpong-persistent-tma-store sm_90a 128x128");
+  choice.variant = find_variant(kFamilyFwdSm90, AF_DTYPE_FLOAT16, 128, false, kSm90PingPongDynamic);
+  EXPECT_EQ(describe(choice), "fwd_sm90 fp16 d128 pingpong-dynamic sm_90a 128x128");
   choice.variant = find_variant(kFamilyFwdSm80, AF_DTYPE_BFLOAT16, 128, false);
   EXPECT_EQ(describe(choice).find("v0"), std::string::npos) << "only fwd_sm90 has schedules";
+}
+
+// The persistent forms' grid, tile order and workspace (size_sm90_persistent, host only): one wave
+// at most; the static forms group pairs by the L2 under a causal mask, the dynamic ones hand out
+// every tile longest first (one group); only the dynamic ones need a workspace: their tile counter.
+TEST(FwdSm90Schedule, PersistentFormsSizeGridTileOrderAndTheDynamicFormsCounter) {
+  const int wave = 132;
+  for (int64_t d : {64, 128, 256})
+    for (Sm90Schedule s : {kSm90OverlapPersistent, kSm90PingPongPersistent, kSm90OverlapPersistentTmaStore,
+                           kSm90PingPongPersistentTmaStore, kSm90OverlapDynamic, kSm90PingPongDynamic})
+      for (bool causal : {false, true}) {
+        const Variant& v = variants()[find_variant(kFamilyFwdSm90, AF_DTYPE_BFLOAT16, int(d), false, s)];
+        // b2 s8192 32/8 heads: 64 query tiles x 64 pairs = 4096 tiles over 132 CTAs.
+        AttentionProblem p = prefill(d);
+        p.seqlen_q = p.seqlen_k = 8192;
+        p.causal = causal;
+        Plan plan;
+        plan.pair_group = -1, plan.workspace_bytes = 99, plan.counters_offset = 99;
+        size_sm90_persistent(p, v, wave, &plan);
+        const std::string name = v.name + (causal ? " causal" : "");
+        EXPECT_EQ(plan.grid[0], unsigned(wave)) << name;
+        EXPECT_EQ(plan.grid[1] * plan.grid[2], 1u) << name;
+        EXPECT_EQ(plan.splits, 1) << name;
+        EXPECT_EQ(plan.workspace_bytes, sm90_dynamic(s) ? 4u : 0u) << name << ": the tile counter";
+        EXPECT_EQ(plan.counters_offset, 0u) << name;
+        // K + V per pair: 2 x 8192 x d x 2 bytes over 4 query heads per KV head; 32 MB of L2 per group.
+        const int l2_group = int((int64_t(32) << 20) / (2 * 8192 * d * 2 / 4));
+        EXPECT_EQ(plan.pair_group, !causal ? 1 : (sm90_dynamic(s) ? 64 : l2_group)) << name;
+        // Fewer tiles than a wave: one CTA per tile (b1 s512 2 heads: 4 x 2 tiles).
+        AttentionProblem small = prefill(d);
+        small.batch = 1, small.seqlen_q = small.seqlen_k = 512, small.heads_q = 2, small.heads_kv = 1;
+        small.causal = causal;
+        size_sm90_persistent(small, v, wave, &plan);
+        EXPECT_EQ(plan.grid[0], 8u) << name;
+        EXPECT_EQ(plan.pair_group, causal ? 2 : 1) << name << ": both pairs' K and V fit the L2";
+      }
 }
 
 TEST(TileMap, RefusesWhatTmaCannotDescribeNamingTheArgument) {

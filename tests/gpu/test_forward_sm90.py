@@ -65,16 +65,16 @@ def test_fwd_sm90_case(name, dtype, seed):
     run_case(dtype, batch, seqlen_q, seqlen_k, heads, heads_kv, head_dim, 0, **case)
 
 
-# The persistent forms (ATTNFORGE_SM90_VARIANT; not defaults yet) on the cases that stress them:
-# several tiles per CTA (b17, GQA 64/8), tiles with no key (causal_masked_rows), d256 (O staged in
-# Q's buffer by the TMA-store forms), and out's tensor map clipping columns (head_dim 40 in 48) and
-# describing a (B, H, S, D) view.
+# The persistent forms (ATTNFORGE_SM90_VARIANT) on the cases that stress them: several tiles per CTA
+# (b17, GQA 64/8), tiles with no key (causal_masked_rows), d256 (O staged in Q's buffer by the
+# TMA-store forms), and out's tensor map clipping columns (head_dim 40 in 48) and describing a
+# (B, H, S, D) view; the dynamic forms (tiles from the counter) on the same cases.
 PERSISTENT_CASES = ["d64_causal_b17", "causal_masked_rows", "gqa_64_8_causal", "d256_causal_gqa",
                     "head_dim_40_of_48", "bhsd_view"]
 
 
 @pytest.mark.parametrize("schedule", ["overlap-persistent", "pingpong-persistent", "overlap-persistent-tma-store",
-                                      "pingpong-persistent-tma-store"])
+                                      "pingpong-persistent-tma-store", "overlap-dynamic", "pingpong-dynamic"])
 @pytest.mark.parametrize("name", PERSISTENT_CASES)
 def test_fwd_sm90_persistent_forms(name, schedule, seed, monkeypatch):
     monkeypatch.setenv("ATTNFORGE_SM90_VARIANT", schedule)  # read at each plan
@@ -85,6 +85,105 @@ def test_fwd_sm90_persistent_forms(name, schedule, seed, monkeypatch):
     batch, seqlen_q, seqlen_k = case.pop("batch"), case.pop("seqlen_q"), case.pop("seqlen_k")
     heads, heads_kv, head_dim = case.pop("heads"), case.pop("heads_kv"), case.pop("head_dim")
     run_case(torch.bfloat16, batch, seqlen_q, seqlen_k, heads, heads_kv, head_dim, 0, **case)
+
+
+def _dynamic_problem(dtype=torch.bfloat16):
+    """b2 s2048 16/4 heads d128 causal: 512 query tiles of 1 to 16 key blocks, about 4 per CTA of one
+    wave: the counter hands out most of them."""
+    shape_q, shape_k = (2, 2048, 16, 128), (2, 2048, 4, 128)
+    return ([torch.randn(shape_q, dtype=dtype, device=DEVICE)] +
+            [torch.randn(shape_k, dtype=dtype, device=DEVICE) for _ in range(2)])
+
+
+def _reference32(q, k, v):
+    """Causal attention in fp32 on the GPU (torch SDPA; square, so top-left = bottom-right), (B, S, H, D)."""
+    group = q.shape[2] // k.shape[2]
+    q32, k32, v32 = (x.float().transpose(1, 2) for x in (q, k.repeat_interleave(group, 2),
+                                                         v.repeat_interleave(group, 2)))
+    return torch.nn.functional.scaled_dot_product_attention(q32, k32, v32, is_causal=True).transpose(1, 2)
+
+
+@pytest.mark.parametrize("schedule", ["overlap-dynamic", "pingpong-dynamic"])
+def test_fwd_sm90_dynamic_forms_counter_across_launches_graphs_streams_and_workspaces(schedule, seed, monkeypatch):
+    """The tile counter must be back at 0 after every launch, and no two launches may share one: each
+    launch's out starts as NaN, so a tile skipped (a counter left past 0) or taken by another launch
+    (a shared counter) stays NaN. Runs: attnforge's stream workspace three times in a row; a CUDA
+    graph replayed three times on new inputs; the same plan on two streams at once, four launches
+    each; a caller's workspace filled with 0xff. Each result is within twice the one-CTA-per-tile
+    pingpong's max error against fp32 attention on the same inputs (no NaN)."""
+    def plan_for(variant, q, k, v, out, lse):
+        monkeypatch.setenv("ATTNFORGE_SM90_VARIANT", variant)
+        plan = _native.Plan(q, k, v, out, lse, backend="cuda", causal=True)
+        assert " %s sm_90a" % variant in plan.describe(), plan.describe()
+        return plan
+
+    def fresh():
+        q, k, v = _dynamic_problem()
+        out = torch.full_like(q, float("nan"))
+        lse = torch.full((q.shape[0], q.shape[2], q.shape[1]), float("nan"), dtype=torch.float32, device=DEVICE)
+        return q, k, v, out, lse
+
+    q, k, v, out, lse = fresh()
+    plan = plan_for(schedule, q, k, v, out, lse)
+    assert plan.workspace_size() == 4, "the tile counter, one 32-bit word"
+
+    def check(q, k, v, out, what):
+        torch.cuda.synchronize()
+        ref = _reference32(q, k, v)
+        base_out = torch.full_like(q, float("nan"))
+        base = plan_for("pingpong", q, k, v, base_out, None)
+        base.run(q, k, v, base_out, None, backend="cuda", causal=True)
+        torch.cuda.synchronize()
+        monkeypatch.setenv("ATTNFORGE_SM90_VARIANT", schedule)
+        budget = 2 * (base_out.float() - ref).abs().max().item()
+        assert not base_out.isnan().any() and budget < 0.1, "pingpong's error %g" % budget
+        nan_rows = out.isnan().any(-1).sum().item()
+        assert nan_rows == 0, "%s %s: %d (row, head) vectors not written" % (schedule, what, nan_rows)
+        error = (out.float() - ref).abs().max().item()
+        assert error <= budget, "%s %s: max error %g, budget %g" % (schedule, what, error, budget)
+
+    for launch in range(3):
+        out.fill_(float("nan"))
+        plan.run(q, k, v, out, lse, backend="cuda", causal=True)
+        check(q, k, v, out, "stream workspace, launch %d" % launch)
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up off the capture, as torch.cuda.graph asks
+        plan.run(q, k, v, out, lse, backend="cuda", causal=True)
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        plan.run(q, k, v, out, lse, backend="cuda", causal=True)
+    for replay in range(3):
+        for x, y in zip((q, k, v), _dynamic_problem()):
+            x.copy_(y)
+        out.fill_(float("nan"))
+        graph.replay()
+        check(q, k, v, out, "graph replay %d" % replay)
+
+    streams = [torch.cuda.Stream(), torch.cuda.Stream()]
+    runs = [fresh() for _ in streams]
+    for s in streams:
+        s.wait_stream(torch.cuda.current_stream())
+    for _ in range(4):
+        for s, (q2, k2, v2, out2, lse2) in zip(streams, runs):
+            with torch.cuda.stream(s):
+                out2.fill_(float("nan"))
+                plan.run(q2, k2, v2, out2, lse2, backend="cuda", causal=True)
+    for s in streams:
+        torch.cuda.current_stream().wait_stream(s)
+    for i, (q2, k2, v2, out2, _) in enumerate(runs):
+        check(q2, k2, v2, out2, "stream %d of 2" % i)
+
+    workspace = torch.full((plan.workspace_size(),), 255, dtype=torch.uint8, device=DEVICE)
+    for launch in range(2):
+        out.fill_(float("nan"))
+        plan.run(q, k, v, out, lse, backend="cuda", causal=True, workspace=workspace)
+        check(q, k, v, out, "caller's workspace, launch %d" % launch)
+    assert workspace.view(torch.int32).item() == 0, "a launch left the counter at %d" % workspace.view(
+        torch.int32).item()
 
 
 def test_calls_fwd_sm90_does_not_take_run_on_fwd_sm80_and_say_why(seed):
@@ -136,7 +235,7 @@ SEQUENCE_CASES = {
                                    head_dim=128, causal=True),
 }
 SCHEDULES = ["v0", "overlap", "pingpong", "overlap-persistent", "pingpong-persistent", "overlap-persistent-tma-store",
-             "pingpong-persistent-tma-store"]
+             "pingpong-persistent-tma-store", "overlap-dynamic", "pingpong-dynamic"]
 
 
 def sequence_inputs(dtype, lens_q, heads, heads_kv, head_dim, lens_k=None, cache=None, used=None, pad=None,

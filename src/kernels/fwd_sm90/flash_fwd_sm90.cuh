@@ -19,7 +19,11 @@
 //
 // Work tiles of 128 query rows of one (batch, head); one CTA of 3 warpgroups per tile, grid (query
 // tiles, heads, batch), or in the persistent form (AF_SM90_PERSISTENT) at most one wave of CTAs,
-// each looping over tiles in the order tile_at() gives (longest first under a causal mask):
+// each looping over tiles in the order tile_at() gives (longest first under a causal mask): CTA i
+// takes tiles i, i + gridDim.x, ..., or in the dynamic form (AF_SM90_DYNAMIC) tile i and then
+// whichever tile the counter hands out next when its producer starts a tile (one tile ahead; it
+// passes the index to the consumers through a 2-slot ring of shared ints with mbarriers), so a CTA
+// that drew short tiles takes more of them:
 // - warpgroup 0, the producer, drops to 24 registers; one thread issues the TMA loads: Q once per
 //   tile (a "full" mbarrier, and in the persistent form an "empty" one the consumers arrive on
 //   after their last Q K^T of the tile, so the next tile's Q lands while they finish this one),
@@ -44,8 +48,11 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
                       const __grid_constant__ CUtensorMap k_map, const __grid_constant__ CUtensorMap v_map,
                       const __grid_constant__ CUtensorMap o_map) {
   extern __shared__ __align__(128) unsigned char smem[];
-  // q_full, then per stage: k_full, k_empty, v_full, v_empty; then q_empty.
-  __shared__ __align__(8) unsigned long long barriers[2 + 4 * kStages];
+  // q_full, then per stage: k_full, k_empty, v_full, v_empty; then q_empty; dynamic form: then
+  // tile_full and tile_empty of each tile slot.
+  __shared__ __align__(8) unsigned long long barriers[2 + 4 * kStages + (kDynamic ? 4 : 0)];
+  // Dynamic form: the n-th tile of this CTA in slot n % 2.
+  __shared__ int tile_slots[2];
   const af_u32 sQ = (shared_address(smem) + 1023u) & ~1023u;  // (kBlockM, kHeadDim): kAtoms atoms
   const af_u32 sK = sQ + kQBytes;                             // kStages x (kBlockN, kHeadDim)
   const af_u32 sV = sK + kStages * kKVBytes;                  // kStages x (kBlockN, kHeadDim)
@@ -57,6 +64,8 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
   auto v_full = [&](int s) { return q_full + 8u * af_u32(3 + 4 * s); };
   auto v_empty = [&](int s) { return q_full + 8u * af_u32(4 + 4 * s); };
   const af_u32 q_empty = q_full + 8u * af_u32(1 + 4 * kStages);
+  auto tile_full = [&](int n) { return q_full + 8u * af_u32(2 + 4 * kStages + (n & 1)); };
+  auto tile_empty = [&](int n) { return q_full + 8u * af_u32(4 + 4 * kStages + (n & 1)); };
 
   const bool varlen_q = p.cu_seqlens_q != nullptr;
   // Rows of k/v the map addresses from a sequence's first key row to the end of the tensor bound
@@ -64,13 +73,14 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
   const int k_extent = p.cu_seqlens_k != nullptr ? p.total_k : p.seqlen_k;
   const int m_blocks = (p.seqlen_q + kBlockM - 1) / kBlockM;  // of max_seqlen_q when varlen
   const int pairs = p.batch * p.heads_q;
-  // Work tiles (batch, head, m_block). Persistent: tile t = blockIdx.x + i * gridDim.x of
-  // m_blocks * pairs, in groups of p.tile_pair_group (batch, head) pairs (the pairs whose K and V
-  // share the L2; 1 without a causal mask), each group's tiles in descending m_block (under a
-  // causal mask, the longest first) with its pairs innermost. Otherwise one tile per CTA from
-  // (blockIdx.x reversed, blockIdx.y, blockIdx.z). The tile count of a varlen batch is that of
-  // B sequences of max_seqlen_q rows (the lengths are on the GPU): a tile past its sequence's
-  // last row has no key blocks and stores nothing, as fwd_sm80's CTAs past the end return.
+  // Work tiles (batch, head, m_block). Persistent: tile t (blockIdx.x + i * gridDim.x, or in the
+  // dynamic form from the counter) of m_blocks * pairs, in groups of p.tile_pair_group (batch,
+  // head) pairs (the pairs whose K and V share the L2; 1 without a causal mask), each group's tiles
+  // in descending m_block (under a causal mask, the longest first) with its pairs innermost.
+  // Otherwise one tile per CTA from (blockIdx.x reversed, blockIdx.y, blockIdx.z). The tile count
+  // of a varlen batch is that of B sequences of max_seqlen_q rows (the lengths are on the GPU): a
+  // tile past its sequence's last row has no key blocks and stores nothing, as fwd_sm80's CTAs
+  // past the end return.
   const int tile_count = kPersistent ? m_blocks * pairs : 1;
   const int tile_first = kPersistent ? int(blockIdx.x) : 0;
   const int tile_stride = kPersistent ? int(gridDim.x) : 1;
@@ -115,6 +125,11 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
       mbarrier_init(v_full(s), 1);
       mbarrier_init(v_empty(s), kConsumerWarps);
     }
+    if constexpr (kDynamic)
+      for (int n = 0; n < 2; ++n) {
+        mbarrier_init(tile_full(n), 1);
+        mbarrier_init(tile_empty(n), kConsumerWarps);
+      }
     // The initialised barriers visible to the other threads and to the TMA unit.
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
@@ -127,21 +142,38 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
     // The ring's position (steps) and Q's uses continue from tile to tile, as the consumers' do:
     // the next tile's Q lands once the consumers release this one's (after their last Q K^T), and
     // its K and V fill the stages as they free up, while the consumers finish this tile.
-    int steps = 0, q_uses = 0;
-    for (int tile = tile_first; tile < tile_count; tile += tile_stride) {
+    // In one register (the producer has 24; a separate tile count spilled): bit 0 the parity of Q's
+    // uses, the bits above it the tiles published so far (dynamic form).
+    int steps = 0, uses = 0;
+    for (int tile = tile_first;; uses += 2) {
+      if constexpr (kDynamic) {
+        // Tile n goes to slot n % 2 once the consumers have read that slot's previous tile (n - 2).
+        const int n = uses >> 1;
+        mbarrier_wait(tile_empty(n), af_u32((n >> 1) & 1) ^ 1);
+        tile_slots[n & 1] = tile;
+        mbarrier_arrive(tile_full(n));  // release: the store above is seen by the waiters
+      }
+      if (tile >= tile_count) break;
+      // The next tile, fetched now so that the atomic's latency passes while this tile's loads
+      // are issued (its result is first used at the next slot's store).
+      const int next = kDynamic && p.tile_counter != nullptr
+                           ? int(atomic_inc_wrap(p.tile_counter, af_u32(tile_count - 1))) + tile_stride
+                           : tile + tile_stride;
       const Tile w = tile_at(tile);
+      tile = next;
       if (w.n_blocks == 0) continue;
       const int head_kv = w.head / (p.heads_q / p.heads_kv);
-      if constexpr (kPersistent) mbarrier_wait(q_empty, af_u32(q_uses & 1) ^ 1);
+      if constexpr (kPersistent) mbarrier_wait(q_empty, af_u32(uses & 1) ^ 1);
       mbarrier_arrive_expect_tx(q_full, kQBytes);
 #pragma unroll
       for (int a = 0; a < kAtoms; ++a)
         tma_load_4d(sQ + a * kBlockM * 128, &q_map, q_full, a * 64, w.q_row0 + w.m_block * kBlockM, w.head,
                     varlen_q ? 0 : w.batch);
-      ++q_uses;
+      uses ^= 1;
       const int kv_batch = p.cu_seqlens_k != nullptr ? 0 : w.batch;
-      for (int i = 0; i < w.n_blocks; ++i, ++steps) {
-        const int n0 = w.k_row0 + (w.n_blocks - 1 - i) * kBlockN;
+      // Key blocks last to first, by their first row (one register fewer than a block index: the
+      // d256 dynamic form spilled with one).
+      for (int n0 = w.k_row0 + (w.n_blocks - 1) * kBlockN; n0 >= w.k_row0; n0 -= kBlockN, ++steps) {
         const int stage = steps % kStages;
         const af_u32 parity = ((steps / kStages) & 1) ^ 1;  // the consumers' release of this stage's last use
         const af_u32 offset = stage * kKVBytes;
@@ -309,7 +341,15 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
   af_u32 pa[kBlockN / 16][4];
   float correction[2];
   int q_uses = 0;
-  for (int tile = tile_first; tile < tile_count; tile += tile_stride) {
+  for (int n = 0;; ++n) {
+    int tile = tile_first + n * tile_stride;
+    if constexpr (kDynamic) {
+      mbarrier_wait(tile_full(n), af_u32((n >> 1) & 1));
+      tile = tile_slots[n & 1];
+      __syncwarp();
+      if (lane == 0) mbarrier_arrive(tile_empty(n));
+    }
+    if (tile >= tile_count) break;
     const Tile w = tile_at(tile);
     const int n_blocks = w.n_blocks;
     const int m0 = w.m_block * kBlockM;

@@ -10,6 +10,8 @@
 //                 the next tile while the consumers finish this one); 0: one CTA per tile
 //   AF_SM90_TMA_STORE  1 (persistent only): O leaves through shared memory and TMA stores, which
 //                 run while the consumers start the next tile; 0: O stored from registers
+//   AF_SM90_DYNAMIC  1 (persistent only): each CTA's next tile comes from the tile counter
+//                 (FlashFwdParams::tile_counter, an atomic), not from static striding; 0: striding
 
 constexpr int kHeadDim = AF_HEAD_DIM;
 constexpr int kBlockM = 128;  // query rows per CTA: two consumer warpgroups of 64 rows
@@ -18,7 +20,9 @@ constexpr int kStages = AF_KV_STAGES;
 constexpr int kSchedule = AF_SM90_SCHEDULE;
 constexpr bool kPersistent = AF_SM90_PERSISTENT != 0;
 constexpr bool kTmaStore = AF_SM90_TMA_STORE != 0;
+constexpr bool kDynamic = AF_SM90_DYNAMIC != 0;
 static_assert(kPersistent || !kTmaStore, "the TMA-store epilogue is a persistent form's");
+static_assert(kPersistent || !kDynamic, "the dynamic tile scheduler is a persistent form's");
 // O's staging tile: its own 128 x D buffer up to d128 (d128: 160 + 32 KB); at d256 (192 KB
 // without it) Q's buffer, which then is released to the producer only after the store has read it.
 constexpr bool kOInQ = kTmaStore && kHeadDim > 128;
