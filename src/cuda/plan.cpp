@@ -99,15 +99,17 @@ bool fwd_sm90_enabled() {
 }
 
 Sm90Schedule default_sm90_schedule(int64_t head_dim, bool causal, int64_t seqlen_k) {
-  // Measured on the H200 (bench/results/fwd-sm90-h200-2026-11-30.md; A/B of 16 shapes and two full sweeps):
-  // the persistent pingpong was fastest or within 1% at every d64/d128 shape up to 4k keys (by 10-46% at
-  // 512-1k and at 64/8 GQA 4k) and at every non-causal one; under a causal mask from 8k keys its statically
-  // strided tiles ran 13% slower than the one-CTA-per-tile pingpong. At d256 it led without a mask below 8k
-  // keys (0.76-0.93x cuDNN against overlap's 0.73-0.93x); with a causal mask overlap led (0.65-0.89x
-  // against 0.64-0.75x), and from 8k keys the two tied.
+  // Measured on the H200 (bench/results/fwd-sm90-h200-2026-11-30.md; three A/B runs and two full sweeps):
+  // the persistent pingpong was fastest or within 1-3% at every d64/d128 shape up to 4k keys (by 10-46% at
+  // 512-1k and at 64/8 GQA 4k) and at every non-causal one; under a causal mask from 8k keys the
+  // one-CTA-per-tile pingpong led it by 6-13% (and the dynamic tile scheduler by 2-4%). At d256 without a
+  // mask the persistent pingpong led below 8k keys and overlap tied it from 8k; under a causal mask the
+  // one-CTA-per-tile pingpong led (0.74x / 0.92x cuDNN at 1k / 4k against 0.69-0.76x for overlap and the
+  // persistent forms).
   const bool long_keys = seqlen_k >= 8192;
-  if (head_dim > 128) return causal || long_keys ? kSm90Overlap : kSm90PingPongPersistent;
-  return causal && long_keys ? kSm90PingPong : kSm90PingPongPersistent;
+  if (causal) return long_keys || head_dim > 128 ? kSm90PingPong : kSm90PingPongPersistent;
+  if (head_dim > 128 && long_keys) return kSm90Overlap;
+  return kSm90PingPongPersistent;
 }
 
 bool sm90_schedule_from_env(int64_t head_dim, bool causal, int64_t seqlen_k, Sm90Schedule* schedule) {

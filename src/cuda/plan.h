@@ -26,9 +26,9 @@ struct Choice {
 bool fwd_sm90_enabled();
 
 // fwd_sm90's schedule without $ATTNFORGE_SM90_VARIANT, by head dim, causal mask and key count (the
-// H200 A/B in bench/results/fwd-sm90-h200-2026-11-30.md): the persistent pingpong, except the
-// one-CTA-per-tile pingpong under a causal mask from 8k keys, and overlap at d > 128 under a causal
-// mask or from 8k keys.
+// H200 A/B runs in bench/results/fwd-sm90-h200-2026-11-30.md): the persistent pingpong, except the
+// one-CTA-per-tile pingpong under a causal mask from 8k keys or above d128, and overlap above d128
+// without a mask from 8k keys.
 Sm90Schedule default_sm90_schedule(int64_t head_dim, bool causal, int64_t seqlen_k);
 
 // fwd_sm90's schedule from $ATTNFORGE_SM90_VARIANT, read at each plan: unset or empty -> the

@@ -211,11 +211,16 @@ TEST(FwdSm90Schedule, ReadsTheVariantFromTheEnvironmentAndRefusesUnknownNames) {
       bool causal;
       int64_t seqlen_k;
       Sm90Schedule expected;
-    } defaults[] = {{128, false, 512, kSm90PingPongPersistent},  {128, false, 16384, kSm90PingPongPersistent},
-                    {128, true, 4096, kSm90PingPongPersistent},  {128, true, 8192, kSm90PingPong},
-                    {64, true, 1024, kSm90PingPongPersistent},   {64, true, 16384, kSm90PingPong},
-                    {256, false, 1024, kSm90PingPongPersistent}, {256, true, 1024, kSm90Overlap},
-                    {192, false, 4096, kSm90PingPongPersistent}};  // d192 runs the d256 variant
+    } defaults[] = {{128, false, 512, kSm90PingPongPersistent},
+                    {128, false, 16384, kSm90PingPongPersistent},
+                    {128, true, 4096, kSm90PingPongPersistent},
+                    {128, true, 8192, kSm90PingPong},
+                    {64, true, 1024, kSm90PingPongPersistent},
+                    {64, true, 16384, kSm90PingPong},
+                    {256, false, 1024, kSm90PingPongPersistent},
+                    {256, true, 1024, kSm90PingPong},
+                    {256, false, 8192, kSm90Overlap},
+                    {192, false, 4096, kSm90PingPongPersistent}};  // d192: the d256 variant
     for (const auto& d : defaults) {
       EXPECT_TRUE(sm90_schedule_from_env(d.head_dim, d.causal, d.seqlen_k, &s));
       EXPECT_EQ(s, d.expected) << "unset: the measured default for d" << d.head_dim << (d.causal ? " causal " : " ")
