@@ -31,11 +31,14 @@ constexpr int kAtoms = kHeadDim / 64;  // 64-column (128-byte) swizzle atoms per
 constexpr int kConsumerWarps = 8;
 constexpr unsigned kQBytes = kBlockM * kHeadDim * 2;
 constexpr unsigned kKVBytes = kBlockN * kHeadDim * 2;
-// setmaxnreg: 128 x (24 + 240 + 240) = 64512 of the SM's 65536 registers; the producer's one
-// thread only issues TMA, the consumers hold S (kBlockN / 2 fp32), O (D / 2 fp32) and P
-// (kBlockN / 4 registers of two 16-bit values).
-constexpr int kProducerRegisters = 24;
-constexpr int kConsumerRegisters = 240;
+// setmaxnreg: 128 x (24 + 240 + 240) = 64512 of the SM's 65536 registers, what 384 threads at 168
+// registers (the launch's count) hold; the producer's one thread only issues TMA, the consumers hold S
+// (kBlockN / 2 fp32), O (D / 2 fp32) and P (kBlockN / 4 registers of two 16-bit values). The dynamic
+// form's producer also carries the fetched tile: at d64 NVRTC 12.1 spilled it at 24 registers, so
+// there it gets 32 and the consumers, whose d64 tile needs far fewer, 232 (128 x 496 <= 64512).
+constexpr bool kWideProducer = kDynamic && kHeadDim == 64;
+constexpr int kProducerRegisters = kWideProducer ? 32 : 24;
+constexpr int kConsumerRegisters = kWideProducer ? 232 : 240;
 
 static_assert(kHeadDim == 64 || kHeadDim == 128 || kHeadDim == 256, "fwd_sm90 compiles head dims 64, 128 and 256");
 static_assert(kBlockN == 64 || kBlockN == 128, "the S wgmma is m64n64k16 or m64n128k16");
