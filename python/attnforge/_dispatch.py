@@ -14,7 +14,7 @@ from ._native import INDEX_FIELDS, AttentionOptions, AttnforgeError, CALLER_ERRO
 
 __all__ = ["AttentionOptions", "PlanCache", "S_DMASK_BLOCK_N", "empty_like_contiguous", "forward", "func_key",
            "has_plan", "int32_indices", "lse_shape", "native_forward", "outputs", "plan_key", "planned_forward",
-           "plans", "remember"]
+           "plans", "remember", "tensor_signature"]
 
 _INT32_MIN, _INT32_MAX = -(2 ** 31), 2 ** 31 - 1
 # Key-block width of the S_dmask encoding (return_attn_probs with dropout; flash_attn_interface's
@@ -117,11 +117,11 @@ def _layout(x):
     return None if x is None else (x.shape, x.stride(), x.dtype, x.device)
 
 
-def func_key(q, k, v, softmax_scale, causal, window_size, softcap):
-    """The plan-cache key of a flash_attn_func call without dropout, ALiBi or LSE, built from its own
-    arguments (no AttentionOptions, no plan_key): q, k, v torch CUDA tensors (not subclasses, so not
-    torch.compile's fake tensors), not traced, with unit last strides, so that the call runs them as
-    they are. None when the call needs the full path (callers also rule out autograd)."""
+def tensor_signature(q, k, v):
+    """What a cached plan fixes of q, k and v when they are torch CUDA tensors (not subclasses, so not
+    torch.compile's fake tensors), not traced, with unit last strides, so that a call runs them as they
+    are: shapes, strides, dtypes, devices and 16-byte alignment. None otherwise (the call takes the
+    full path; callers also rule out autograd). The tensors part of the shortcut keys."""
     torch = sys.modules["torch"]
     if not (type(q) is torch.Tensor and type(k) is torch.Tensor and type(v) is torch.Tensor and q.is_cuda):
         return None
@@ -131,8 +131,17 @@ def func_key(q, k, v, softmax_scale, causal, window_size, softcap):
     if q.stride(-1) != 1 or k.stride(-1) != 1 or v.stride(-1) != 1:
         return None
     aligned = (q.data_ptr() | k.data_ptr() | v.data_ptr()) & 15 == 0
-    return ("flash_attn_func", q.shape, k.shape, v.shape, q.stride(), k.stride(), v.stride(), q.dtype, k.dtype,
-            v.dtype, q.device, k.device, v.device, aligned, softmax_scale, causal, tuple(window_size), softcap)
+    return (q.shape, k.shape, v.shape, q.stride(), k.stride(), v.stride(), q.dtype, k.dtype, v.dtype, q.device,
+            k.device, v.device, aligned)
+
+
+def func_key(q, k, v, softmax_scale, causal, window_size, softcap):
+    """The plan-cache key of a flash_attn_func call without dropout, ALiBi or LSE, built from its own
+    arguments (no AttentionOptions, no plan_key): tensor_signature and the scalars; None where
+    tensor_signature is."""
+    tensors = tensor_signature(q, k, v)
+    return None if tensors is None else ("flash_attn_func", tensors, softmax_scale, causal, tuple(window_size),
+                                         softcap)
 
 
 def planned_forward(key, q, k, v, out=None, options: AttentionOptions = _native.DEFAULT_OPTIONS):

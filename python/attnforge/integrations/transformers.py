@@ -341,18 +341,13 @@ def attention_forward(module, query, key, value, attention_mask, dropout=0.0, sc
 def _shortcut_key(query, key, value, bounds, options):
     """Plan-cache key of an inference call in transformers' layout (query (B, H, Sq, D), key/value
     (B, Hk, Sk, D), _mask_bounds of a 2D mask or None): the kernel then runs on query/key/value's own memory,
-    without transposed views, an options record or plan_key. None off CUDA, under tracing, for tensor
-    subclasses and for unit-stride violations (those take the full path)."""
-    tensor = torch.Tensor
-    if not (type(query) is tensor and type(key) is tensor and type(value) is tensor and query.is_cuda):
+    without transposed views, an options record or plan_key. None where _dispatch.tensor_signature is
+    (off CUDA, under tracing, tensor subclasses, unit-stride violations: those take the full path)."""
+    tensors = _dispatch.tensor_signature(query, key, value)
+    if tensors is None:
         return None
-    if _is_compiling() or query.stride(-1) != 1 or key.stride(-1) != 1 or value.stride(-1) != 1:
-        return None
-    aligned = (query.data_ptr() | key.data_ptr() | value.data_ptr()) & 15 == 0
-    return ("transformers", query.shape, key.shape, value.shape, query.stride(), key.stride(), value.stride(),
-            query.dtype, key.dtype, value.dtype, query.device, key.device, value.device, aligned,
-            None if bounds is None else (bounds[0].device, bounds[0].shape), options["softmax_scale"],
-            options["causal"], options["window_size"], options["softcap"])
+    return ("transformers", tensors, None if bounds is None else (bounds[0].device, bounds[0].shape),
+            options["softmax_scale"], options["causal"], options["window_size"], options["softcap"])
 
 
 def _bounds_options(bounds, options):
