@@ -4,8 +4,9 @@
 // Causal, windows, GQA, varlen and LSE are run-time flags (masks cost only on the tiles that
 // cross a mask edge); softcap and ALiBi touch every score, so they get their own variants and
 // the common case pays nothing. Head dims in between are zero-filled up to the next one.
-// decode variants: {bf16, fp16} x head dim {64, 128, 256} x {plain, extras}: decode is bound by
-// the bytes of K and V, and zero-filled dims are never read, so smaller head dims share these.
+// decode variants: {bf16, fp16} x head dim {64, 128, 256} x {plain, extras}, and at d128 a wide-grid
+// tile of each (see wide_grid_decode_tile): decode is bound by the bytes of K and V, and zero-filled dims
+// are never read, so smaller head dims share these.
 // fwd_sm90 variants: {bf16, fp16} x head dim {64, 128, 256} x schedule {v0, overlap, pingpong,
 // overlap-persistent, pingpong-persistent, overlap-persistent-tma-store,
 // pingpong-persistent-tma-store, overlap-dynamic, pingpong-dynamic}, no extras
@@ -13,8 +14,9 @@
 //
 // Tiles: every shape below compiles without spills for sm_80, sm_86, sm_89 and sm_90a
 // (checked by the cuda_compile test). $ATTNFORGE_TILE="D:warps,m_tiles,block_n,stages;..."
-// overrides a fwd_sm80 head dim's shape for tuning runs, $ATTNFORGE_DECODE_TILE a decode one (the
-// override is part of the compile options, so it gets its own cache entries).
+// overrides a fwd_sm80 head dim's shape for tuning runs, $ATTNFORGE_DECODE_TILE a decode one,
+// $ATTNFORGE_SM90_STAGES a fwd_sm90 one's ring depth (the override is part of the compile options, so it
+// gets its own cache entries).
 #include "cuda/families.h"
 
 #include <cstdio>
@@ -64,6 +66,22 @@ TileConfig decode_tile(int warps, int stages) { return {warps, 1, warps * 16, st
 // of 64 rows); launch.cpp sizes the Q tensor map's box from it.
 TileConfig sm90_tile(int head_dim) { return {12, 1, head_dim == 256 ? 64 : 128, 2, 128}; }
 
+// $ATTNFORGE_SM90_STAGES="D:stages;..." deepens a fwd_sm90 head dim's K/V ring for tuning runs (2 to 4
+// stages, within the 227 KB an SM gives one CTA); malformed or oversized entries are ignored.
+TileConfig sm90_tile_for(int head_dim) {
+  TileConfig tile = sm90_tile(head_dim);
+  const char* text = std::getenv("ATTNFORGE_SM90_STAGES");
+  for (const char* p = text; p != nullptr && *p != 0;) {
+    int d = 0, stages = 0;
+    if (std::sscanf(p, "%d:%d", &d, &stages) == 2 && d == head_dim && stages >= 2 && stages <= 4 &&
+        sm90_smem_bytes(head_dim, tile.block_m(), tile.block_n, stages, false) <= kSm90SmemLimit)
+      tile.stages = stages;
+    p = std::strchr(p, ';');
+    if (p != nullptr) ++p;
+  }
+  return tile;
+}
+
 // Measured on H100 (bench/device/tune.sh runs, bench/results/tune-h100-*): 128x64 tiles with
 // 4 warps for head dim <= 64; for 128, 128x64 with 4 warps (two m16 tiles per warp, K/V
 // fragments reused) and a 2-block K/V ring, 96 KB, where two CTAs still fit an SM (227 KB
@@ -100,10 +118,20 @@ TileConfig default_decode_tile(int head_dim, SharedMemoryClass smem) {
   }
 }
 
+// Wide grids (at least two CTAs of the default tile per SM, no key splits) at d128 on the 227 KB class: 4
+// warps and a 3-block ring (102 KB), two CTAs per SM, so one CTA's ring fills while the other streams.
+// Measured on H200 (bench/results/decode-b128-h200-2026-11-30-s6.md, B 128, 1k-32k keys, five head
+// configurations): 1-5% faster than the 8-warp tile at every point (B128 x 1k bf16 32/8: 132.8 against
+// 138.8 us, SDPA cuDNN 131.6), while at batch 1 the 8-warp tile is 4-16% faster (tune-decode-h200-*).
+// Elsewhere the wide-grid variant keeps the default tile.
+TileConfig wide_grid_decode_tile(int head_dim, SharedMemoryClass smem) {
+  return head_dim == 128 && smem == kSmem227K ? decode_tile(4, 3) : default_decode_tile(head_dim, smem);
+}
+
 // $ATTNFORGE_DECODE_TILE="D:warps,stages;..." overrides a decode head dim's tile for tuning runs
 // (warps 2, 4 or 8, 16 keys each per block; stages 2 to 4); malformed entries are ignored.
-TileConfig decode_tile_for(int head_dim, SharedMemoryClass smem) {
-  TileConfig tile = default_decode_tile(head_dim, smem);
+TileConfig decode_tile_for(int head_dim, SharedMemoryClass smem, bool wide_grid) {
+  TileConfig tile = wide_grid ? wide_grid_decode_tile(head_dim, smem) : default_decode_tile(head_dim, smem);
   const char* text = std::getenv("ATTNFORGE_DECODE_TILE");
   for (const char* p = text; p != nullptr && *p != 0;) {
     int d = 0, w = 0, stages = 0;
@@ -142,22 +170,25 @@ std::vector<Variant> build_variants() {
       const bool sm80 = id == kFamilyFwdSm80;
       for (int d : sm80 ? std::vector<int>(std::begin(kSm80HeadDims), std::end(kSm80HeadDims))
                         : std::vector<int>(std::begin(kDecodeHeadDims), std::end(kDecodeHeadDims)))
-        for (bool extras : {false, true}) {
-          Variant v{id, dtype, d, extras, {}, ""};
-          for (int c = 0; c < kSharedMemoryClasses; ++c)
-            v.tiles[c] =
-                sm80 ? sm80_tile_for(d, extras, SharedMemoryClass(c)) : decode_tile_for(d, SharedMemoryClass(c));
-          v.name = std::string(kFamilies[id].name) + (dtype == AF_DTYPE_BFLOAT16 ? "_bf16" : "_fp16") + "_d" +
-                   std::to_string(d) + (extras ? "_extras" : "");
-          list.push_back(v);
-        }
+        for (bool extras : {false, true})
+          for (bool wide : {false, true}) {
+            if (wide && (sm80 || d != 128)) continue;  // decode d128 only: wide_grid_decode_tile
+            Variant v{id, dtype, d, extras, {}, ""};
+            v.wide_grid = wide;
+            for (int c = 0; c < kSharedMemoryClasses; ++c)
+              v.tiles[c] = sm80 ? sm80_tile_for(d, extras, SharedMemoryClass(c))
+                                : decode_tile_for(d, SharedMemoryClass(c), wide);
+            v.name = std::string(kFamilies[id].name) + (dtype == AF_DTYPE_BFLOAT16 ? "_bf16" : "_fp16") + "_d" +
+                     std::to_string(d) + (extras ? "_extras" : "") + (wide ? "_wide" : "");
+            list.push_back(v);
+          }
     }
   for (int s = 0; s < kSm90Schedules; ++s)
     for (af_dtype dtype : {AF_DTYPE_BFLOAT16, AF_DTYPE_FLOAT16})
       for (int d : kSm90HeadDims) {
         const Sm90Schedule schedule = Sm90Schedule(s);
         Variant v{kFamilyFwdSm90, dtype, d, false, {}, "", schedule};
-        for (TileConfig& t : v.tiles) t = sm90_tile(d);
+        for (TileConfig& t : v.tiles) t = sm90_tile_for(d);
         v.name = std::string("fwd_sm90") + (dtype == AF_DTYPE_BFLOAT16 ? "_bf16" : "_fp16") + "_d" + std::to_string(d) +
                  (schedule == kSm90V0 ? "" : std::string("_") + sm90_schedule_name(schedule));
         list.push_back(v);
@@ -232,13 +263,13 @@ int compiled_head_dim(FamilyId family, int d) {
   return 0;
 }
 
-int find_variant(FamilyId family, af_dtype dtype, int head_dim, bool extras, Sm90Schedule schedule) {
+int find_variant(FamilyId family, af_dtype dtype, int head_dim, bool extras, Sm90Schedule schedule, bool wide_grid) {
   const int d = compiled_head_dim(family, head_dim);
   if (d == 0 && family != kFamilyKvAppend) return -1;
   const std::vector<Variant>& list = variants();
   for (size_t i = 0; i < list.size(); ++i)
     if (list[i].family == family && list[i].dtype == dtype && list[i].head_dim == d && list[i].extras == extras &&
-        list[i].schedule == schedule)
+        list[i].schedule == schedule && list[i].wide_grid == wide_grid)
       return int(i);
   return -1;
 }

@@ -77,6 +77,22 @@ bool sm90_tma_store(Sm90Schedule s);
 // Whether a persistent form takes its tiles from the tile counter in the workspace (kSm90*Dynamic).
 bool sm90_dynamic(Sm90Schedule s);
 
+// Dynamic shared memory one fwd_sm90 CTA may take: the 227 KB an sm_90 SM gives a block, less 1 KB for the
+// kernel's static barriers.
+constexpr int kSm90SmemLimit = 227 * 1024 - 1024;
+// Whether fwd_sm90's TMA-store epilogue stages O in Q's buffer: when a staging tile of its own
+// (block_m x head_dim) does not fit beside Q and the K/V ring (d256; d128 with 3 or more stages).
+// The kernel's kOInQ (fwd_sm90/flash_fwd_sm90_config.cuh) is the same rule.
+inline bool sm90_o_in_q(int head_dim, int block_m, int block_n, int stages) {
+  return (2 * block_m + 2 * stages * block_n) * head_dim * 2 + 1024 > kSm90SmemLimit;
+}
+// fwd_sm90's dynamic shared memory in bytes: 1024 to align the tiles to the 128-byte swizzle's 1024-byte
+// period, Q, the K/V ring, and with a TMA-store epilogue O's staging tile unless it is Q's buffer.
+inline int sm90_smem_bytes(int head_dim, int block_m, int block_n, int stages, bool tma_store) {
+  const bool o_tile = tma_store && !sm90_o_in_q(head_dim, block_m, block_n, stages);
+  return (block_m * (o_tile ? 2 : 1) + 2 * stages * block_n) * head_dim * 2 + 1024;
+}
+
 struct Variant {
   FamilyId family;
   af_dtype dtype;                          // AF_DTYPE_BFLOAT16 or AF_DTYPE_FLOAT16
@@ -85,15 +101,14 @@ struct Variant {
   TileConfig tiles[kSharedMemoryClasses];  // indexed by SharedMemoryClass
   std::string name;                        // "fwd_sm80_bf16_d128" (+ "_extras"; fwd_sm90: + "_overlap"...)
   Sm90Schedule schedule = kSm90V0;         // fwd_sm90 only
+  bool wide_grid = false;                  // decode only: the tile for grids of several CTAs per SM
   const TileConfig& tile_for(int arch) const { return tiles[shared_memory_class(arch)]; }
-  // Q tile plus the K/V ring, 16-bit elements (fwd_sm90: plus 1024 bytes to align the tiles to
-  // the 128-byte swizzle's 1024-byte period, and with a TMA-store epilogue up to d128 O's staging
-  // tile, block_m x head_dim; at d256 O is staged in Q's buffer).
+  // Q tile plus the K/V ring, 16-bit elements (fwd_sm90: sm90_smem_bytes).
   int smem_bytes(int arch) const {
     const TileConfig& t = tile_for(arch);
-    const bool o_tile = family == kFamilyFwdSm90 && sm90_tma_store(schedule) && head_dim <= 128;
-    return (t.block_m() * (o_tile ? 2 : 1) + 2 * t.stages * t.block_n) * head_dim * 2 +
-           (family == kFamilyFwdSm90 ? 1024 : 0);
+    if (family == kFamilyFwdSm90)
+      return sm90_smem_bytes(head_dim, t.block_m(), t.block_n, t.stages, sm90_tma_store(schedule));
+    return (t.block_m() + 2 * t.stages * t.block_n) * head_dim * 2;
   }
   // Whether the variant compiles for an NVRTC target's arch (fwd_sm90: sm_90a only).
   bool compiles_for(const std::string& target) const { return family != kFamilyFwdSm90 || target == "sm_90a"; }
@@ -109,7 +124,8 @@ const std::vector<Variant>& variants();
 int compiled_head_dim(FamilyId family, int d);
 
 // Index into variants() for a call, or -1 (schedule: fwd_sm90's; the other families have only v0).
-int find_variant(FamilyId family, af_dtype dtype, int head_dim, bool extras, Sm90Schedule schedule = kSm90V0);
+int find_variant(FamilyId family, af_dtype dtype, int head_dim, bool extras, Sm90Schedule schedule = kSm90V0,
+                 bool wide_grid = false);
 
 // The module text of a family (params, common helpers, the family's sources, combine).
 const std::string& module_source(FamilyId family);

@@ -7,8 +7,8 @@
 namespace af::cuda {
 
 constexpr int kMaxDevices = 64;
-// An array bound (the loaded-variant slots per device); the variant table has 80 entries.
-constexpr int kMaxVariants = 96;
+// An array bound (the loaded-variant slots per device); the variant table has 96 entries.
+constexpr int kMaxVariants = 128;
 
 struct LoadedVariant {
   CUfunction kernel = nullptr;

@@ -31,6 +31,8 @@ int env_int(const char* name, long lo, long hi) {
 // 16-row tiles then read each K/V block at most 4 times (through L2), where fwd_sm80's 64- or
 // 128-row tiles would read it once per query head and leave most of each tile empty.
 constexpr int64_t kDecodeMaxPackedRows = 64;
+// Packed rows of one decode CTA (decode_config.cuh kBlockM).
+constexpr int64_t kDecodeTileRows = 16;
 
 // (batch, head) pairs per CTA scheduling group (see tile_index in fwd_sm80/flash_fwd.cuh).
 // Without a mask every tile costs the same: one pair per group, so the CTAs running at once share
@@ -105,8 +107,12 @@ Sm90Schedule default_sm90_schedule(int64_t head_dim, bool causal, int64_t seqlen
   // one-CTA-per-tile pingpong led it by 6-13% (and the dynamic tile scheduler by 2-4%). At d256 without a
   // mask the persistent pingpong led below 8k keys and overlap tied it from 8k; under a causal mask the
   // one-CTA-per-tile pingpong led (0.74x / 0.92x cuDNN at 1k / 4k against 0.69-0.76x for overlap and the
-  // persistent forms).
+  // persistent forms). Up to 1k keys at d64/d128 the TMA-store epilogue (O leaves through shared memory while
+  // the next tile starts) added 7-16% in two A/B runs (session 5, and forms_check.sh in session 6:
+  // bench/results/fwd-sm90-forms-h200-2026-11-30.log), with memcheck, racecheck and synccheck clean; from 2k
+  // it was within noise of the register epilogue (-7% to +3%), and at d256 it loses 2-7%.
   const bool long_keys = seqlen_k >= 8192;
+  if (seqlen_k <= 1024 && head_dim <= 128) return kSm90PingPongPersistentTmaStore;
   if (causal) return long_keys || head_dim > 128 ? kSm90PingPong : kSm90PingPongPersistent;
   if (head_dim > 128 && long_keys) return kSm90Overlap;
   return kSm90PingPongPersistent;
@@ -191,7 +197,13 @@ af_status choose(const AttentionProblem& p, Choice* choice) {
                 "overlap-persistent, pingpong-persistent, overlap-persistent-tma-store, "
                 "pingpong-persistent-tma-store, overlap-dynamic, pingpong-dynamic)",
                 std::getenv("ATTNFORGE_SM90_VARIANT"));
-  const int index = find_variant(family_id, p.dtype, int(p.head_dim), extras, schedule);
+  // Decode grids with at least two CTAs of the default tile per SM take the wide-grid tile where there is
+  // one (d128 on the 227 KB class: families.cpp's wide_grid_decode_tile).
+  const int64_t decode_ctas = p.batch * p.heads_kv * ((packed_rows + kDecodeTileRows - 1) / kDecodeTileRows);
+  int index = -1;
+  if (decode && shared_memory_class(arch) == kSmem227K && decode_ctas >= 2 * int64_t(info.sm_count))
+    index = find_variant(family_id, p.dtype, int(p.head_dim), extras, schedule, true);
+  if (index < 0) index = find_variant(family_id, p.dtype, int(p.head_dim), extras, schedule);
   if (index < 0 || index >= kMaxVariants)
     return fail(AF_ERR_INTERNAL, "cuda backend: no %s variant for head_dim %lld", family(family_id).name,
                 (long long)p.head_dim);
@@ -305,10 +317,11 @@ std::string describe(const Choice& choice) {
   const Variant& v = variants()[choice.variant];
   const TileConfig& t = v.tile_for(choice.arch);
   char text[160];
-  std::snprintf(text, sizeof text, "%s %s d%d%s%s%s %s %dx%d", family(v.family).name,
+  std::snprintf(text, sizeof text, "%s %s d%d%s%s%s%s %s %dx%d", family(v.family).name,
                 v.dtype == AF_DTYPE_BFLOAT16 ? "bf16" : "fp16", v.head_dim, v.extras ? " extras" : "",
-                v.family == kFamilyFwdSm90 ? " " : "", v.family == kFamilyFwdSm90 ? sm90_schedule_name(v.schedule) : "",
-                choice.target.c_str(), t.block_m(), t.block_n);
+                v.wide_grid ? " wide-grid" : "", v.family == kFamilyFwdSm90 ? " " : "",
+                v.family == kFamilyFwdSm90 ? sm90_schedule_name(v.schedule) : "", choice.target.c_str(), t.block_m(),
+                t.block_n);
   return choice.why.empty() ? std::string(text) : std::string(text) + " (" + choice.why + ")";
 }
 

@@ -35,8 +35,11 @@ TEST(CudaVariants, TableIsConsistent) {
   int per_family[kFamilyCount] = {};
   for (size_t i = 0; i < list.size(); ++i) {
     ++per_family[list[i].family];
-    EXPECT_EQ(find_variant(list[i].family, list[i].dtype, list[i].head_dim, list[i].extras, list[i].schedule), int(i))
+    EXPECT_EQ(find_variant(list[i].family, list[i].dtype, list[i].head_dim, list[i].extras, list[i].schedule,
+                           list[i].wide_grid),
+              int(i))
         << list[i].name;
+    EXPECT_TRUE(!list[i].wide_grid || (list[i].family == kFamilyDecode && list[i].head_dim == 128)) << list[i].name;
     if (list[i].compiles_for("sm_86"))
       EXPECT_LE(list[i].smem_bytes(86), 99 * 1024) << list[i].name << " does not fit sm_86/sm_89 shared memory";
     if (list[i].compiles_for("sm_80"))

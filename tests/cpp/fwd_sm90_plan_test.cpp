@@ -211,11 +211,14 @@ TEST(FwdSm90Schedule, ReadsTheVariantFromTheEnvironmentAndRefusesUnknownNames) {
       bool causal;
       int64_t seqlen_k;
       Sm90Schedule expected;
-    } defaults[] = {{128, false, 512, kSm90PingPongPersistent},
+    } defaults[] = {{128, false, 512, kSm90PingPongPersistentTmaStore},
+                    {128, true, 1024, kSm90PingPongPersistentTmaStore},
+                    {128, false, 2048, kSm90PingPongPersistent},
                     {128, false, 16384, kSm90PingPongPersistent},
                     {128, true, 4096, kSm90PingPongPersistent},
                     {128, true, 8192, kSm90PingPong},
-                    {64, true, 1024, kSm90PingPongPersistent},
+                    {64, true, 1024, kSm90PingPongPersistentTmaStore},
+                    {64, true, 4096, kSm90PingPongPersistent},
                     {64, true, 16384, kSm90PingPong},
                     {256, false, 1024, kSm90PingPongPersistent},
                     {256, true, 1024, kSm90PingPong},

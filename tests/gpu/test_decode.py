@@ -12,6 +12,7 @@ import math
 import pytest
 import torch
 
+import attnforge
 from attnforge import _native
 from reference import assert_close, assert_lse_close, sequence_attention
 
@@ -111,6 +112,32 @@ def test_decode_splits(num_splits, cache_len, seed):
 @pytest.mark.parametrize("num_splits", [1, 5])
 def test_decode_paged(page_size, num_splits, seed):
     run_decode(torch.bfloat16, 3, 2, 16, 4, 128, cache_len=700, page_size=page_size, num_splits=num_splits)
+
+
+def _wide_grid_batch(heads_kv):
+    """Sequences for a decode grid of at least two CTAs per SM at one query row (16 packed rows per CTA)."""
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    return (2 * sms + heads_kv - 1) // heads_kv + 1
+
+
+# Grids of two or more CTAs per SM take the wide-grid tile at d128 where the GPU has one (4 warps, two CTAs
+# per SM on the 227 KB class: H100/H200); the same float64 checks hold for it, split or not, paged or not.
+@pytest.mark.parametrize("page_size", [None, 16])
+@pytest.mark.parametrize("num_splits", [0, 3])
+def test_decode_wide_grid(page_size, num_splits, seed):
+    run_decode(torch.bfloat16, _wide_grid_batch(8), 1, 32, 8, 128, cache_len=333, page_size=page_size,
+               num_splits=num_splits, leftpad=page_size is None)
+
+
+def test_decode_wide_grid_tile_only_for_wide_grids():
+    props = torch.cuda.get_device_properties(0)
+    if getattr(props, "shared_memory_per_block_optin", 0) < 227 * 1024:
+        pytest.skip("the wide-grid tile is the 227 KB class's (H100/H200)")
+    k = torch.randn(_wide_grid_batch(8), 512, 8, 128, dtype=torch.bfloat16, device="cuda")
+    wide = attnforge.explain(torch.randn(k.shape[0], 1, 32, 128, dtype=k.dtype, device="cuda"), k, k)["plan"]
+    narrow = attnforge.explain(torch.randn(2, 1, 32, 128, dtype=k.dtype, device="cuda"), k[:2], k[:2])["plan"]
+    assert "decode" in wide and "wide-grid 16x64" in wide, wide
+    assert "decode" in narrow and "wide-grid" not in narrow and "16x128" in narrow, narrow
 
 
 # Every path of the paged loader: pages too small for one block-table entry per lane of a key block
@@ -233,7 +260,6 @@ def test_paged_head_dims_off_the_8_grid_run_on_the_kernel_padded(head_dim, page_
     """flash_attn_with_kvcache on a paged pool whose head dim is not a multiple of 8 (FlashAttention-2's
     tests use 59 and 111): the new rows are appended to the caller's pool, then the kernel runs on
     zero-padded copies (FlashAttention-2 pads its caches the same way), never on torch."""
-    import attnforge
 
     batch, heads, heads_kv, cache_len = 3, 8, 2, 300
     max_blocks = (cache_len + page_size - 1) // page_size

@@ -23,14 +23,17 @@ constexpr bool kTmaStore = AF_SM90_TMA_STORE != 0;
 constexpr bool kDynamic = AF_SM90_DYNAMIC != 0;
 static_assert(kPersistent || !kTmaStore, "the TMA-store epilogue is a persistent form's");
 static_assert(kPersistent || !kDynamic, "the dynamic tile scheduler is a persistent form's");
-// O's staging tile: its own 128 x D buffer up to d128 (d128: 160 + 32 KB); at d256 (192 KB
-// without it) Q's buffer, which then is released to the producer only after the store has read it.
-constexpr bool kOInQ = kTmaStore && kHeadDim > 128;
+// O's staging tile: its own kBlockM x D buffer where it fits beside Q and the K/V ring within the
+// 226 KB of dynamic shared memory (d128, 2 stages: 160 + 32 KB); else (d256; d128 with 3 stages) Q's
+// buffer, which then is released to the producer only after the store has read it. src/cuda/families.h's
+// sm90_o_in_q is the same rule.
+constexpr int kSmemLimit = 227 * 1024 - 1024;
 constexpr int kThreads = 384;          // warpgroup 0: producer; 1 and 2: consumers
 constexpr int kAtoms = kHeadDim / 64;  // 64-column (128-byte) swizzle atoms per row
 constexpr int kConsumerWarps = 8;
 constexpr unsigned kQBytes = kBlockM * kHeadDim * 2;
 constexpr unsigned kKVBytes = kBlockN * kHeadDim * 2;
+constexpr bool kOInQ = kTmaStore && 2 * kQBytes + 2 * kStages * kKVBytes + 1024 > unsigned(kSmemLimit);
 // setmaxnreg: 128 x (24 + 240 + 240) = 64512 of the SM's 65536 registers, what 384 threads at 168
 // registers (the launch's count) hold; the producer's one thread only issues TMA, the consumers hold S
 // (kBlockN / 2 fp32), O (D / 2 fp32) and P (kBlockN / 4 registers of two 16-bit values). The dynamic
