@@ -64,5 +64,5 @@ for name in ("kvcache", "paged-view", "paged-shuf"):
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         ways[name]()
         torch.cuda.synchronize()
-    kernels = [(e.name, e.device_time_total) for e in prof.key_averages() if e.device_time_total > 0]
+    kernels = [(e.key, e.device_time_total) for e in prof.key_averages() if e.device_time_total > 0]
     print("  kernels of %s: %s" % (name, ", ".join("%s %.1f us" % (n[:60], t) for n, t in kernels)))
