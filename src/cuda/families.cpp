@@ -118,12 +118,12 @@ TileConfig default_decode_tile(int head_dim, SharedMemoryClass smem) {
   }
 }
 
-// Wide grids (at least two CTAs of the default tile per SM, no key splits) at d128 on the 227 KB class: 4
-// warps and a 3-block ring (102 KB), two CTAs per SM, so one CTA's ring fills while the other streams.
-// Measured on H200 (bench/results/decode-b128-h200-2026-11-30-s6.md, B 128, 1k-32k keys, five head
-// configurations): 1-5% faster than the 8-warp tile at every point (B128 x 1k bf16 32/8: 132.8 against
-// 138.8 us, SDPA cuDNN 131.6), while at batch 1 the 8-warp tile is 4-16% faster (tune-decode-h200-*).
-// Elsewhere the wide-grid variant keeps the default tile.
+// Wide grids (more CTAs than SMs: plan.cpp) at d128 on the 227 KB class: 4 warps and a 3-block ring
+// (102 KB), two CTAs per SM, so one CTA's ring fills while the other streams, and a grid of up to twice
+// the SMs runs in one wave. Measured on H200 (bench/results/decode-b128-h200-2026-11-30-s6.md, B 128,
+// 1k-32k keys, five head configurations): 1-5% faster than the 8-warp tile at every point (B128 x 1k bf16
+// 32/8: 132.8 against 138.8 us, SDPA cuDNN 131.6), while at batch 1 the 8-warp tile is 4-16% faster
+// (tune-decode-h200-*). Elsewhere the wide-grid variant keeps the default tile.
 TileConfig wide_grid_decode_tile(int head_dim, SharedMemoryClass smem) {
   return head_dim == 128 && smem == kSmem227K ? decode_tile(4, 3) : default_decode_tile(head_dim, smem);
 }

@@ -197,11 +197,13 @@ af_status choose(const AttentionProblem& p, Choice* choice) {
                 "overlap-persistent, pingpong-persistent, overlap-persistent-tma-store, "
                 "pingpong-persistent-tma-store, overlap-dynamic, pingpong-dynamic)",
                 std::getenv("ATTNFORGE_SM90_VARIANT"));
-  // Decode grids with at least two CTAs of the default tile per SM take the wide-grid tile where there is
-  // one (d128 on the 227 KB class: families.cpp's wide_grid_decode_tile).
+  // Decode grids of more CTAs than SMs take the wide-grid tile where there is one (d128 on the 227 KB
+  // class: families.cpp's wide_grid_decode_tile). The default d128 tile runs one CTA per SM, so such a grid
+  // takes two waves or more, the last one partly idle (B32 x 8 KV heads: 256 CTAs on 132 SMs, 1.94 waves;
+  // 0.93x cuDNN at 1k keys in the session-6 table); two CTAs per SM run it in about half the waves.
   const int64_t decode_ctas = p.batch * p.heads_kv * ((packed_rows + kDecodeTileRows - 1) / kDecodeTileRows);
   int index = -1;
-  if (decode && shared_memory_class(arch) == kSmem227K && decode_ctas >= 2 * int64_t(info.sm_count))
+  if (decode && shared_memory_class(arch) == kSmem227K && decode_ctas > int64_t(info.sm_count))
     index = find_variant(family_id, p.dtype, int(p.head_dim), extras, schedule, true);
   if (index < 0) index = find_variant(family_id, p.dtype, int(p.head_dim), extras, schedule);
   if (index < 0 || index >= kMaxVariants)

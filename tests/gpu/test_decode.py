@@ -115,13 +115,12 @@ def test_decode_paged(page_size, num_splits, seed):
 
 
 def _wide_grid_batch(heads_kv):
-    """Sequences for a decode grid of at least two CTAs per SM at one query row (16 packed rows per CTA)."""
-    sms = torch.cuda.get_device_properties(0).multi_processor_count
-    return (2 * sms + heads_kv - 1) // heads_kv + 1
+    """Sequences for a decode grid of more CTAs than SMs at one query row (16 packed rows per CTA)."""
+    return torch.cuda.get_device_properties(0).multi_processor_count // heads_kv + 1
 
 
-# Grids of two or more CTAs per SM take the wide-grid tile at d128 where the GPU has one (4 warps, two CTAs
-# per SM on the 227 KB class: H100/H200); the same float64 checks hold for it, split or not, paged or not.
+# Grids of more CTAs than SMs take the wide-grid tile at d128 where the GPU has one (4 warps, two CTAs per
+# SM on the 227 KB class: H100/H200); the same float64 checks hold for it, split or not, paged or not.
 @pytest.mark.parametrize("page_size", [None, 16])
 @pytest.mark.parametrize("num_splits", [0, 3])
 def test_decode_wide_grid(page_size, num_splits, seed):
@@ -135,7 +134,8 @@ def test_decode_wide_grid_tile_only_for_wide_grids():
         pytest.skip("the wide-grid tile is the 227 KB class's (H100/H200)")
     k = torch.randn(_wide_grid_batch(8), 512, 8, 128, dtype=torch.bfloat16, device="cuda")
     wide = attnforge.explain(torch.randn(k.shape[0], 1, 32, 128, dtype=k.dtype, device="cuda"), k, k)["plan"]
-    narrow = attnforge.explain(torch.randn(2, 1, 32, 128, dtype=k.dtype, device="cuda"), k[:2], k[:2])["plan"]
+    few = torch.cuda.get_device_properties(0).multi_processor_count // 8  # 8 CTAs per sequence: one wave at most
+    narrow = attnforge.explain(torch.randn(few, 1, 32, 128, dtype=k.dtype, device="cuda"), k[:few], k[:few])["plan"]
     assert "decode" in wide and "wide-grid" in wide and "16x64" in wide, wide
     assert "decode" in narrow and "wide-grid" not in narrow and "16x128" in narrow, narrow
 
