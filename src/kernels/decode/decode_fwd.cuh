@@ -280,8 +280,9 @@ __device__ __forceinline__ void cluster_sync() {
 // its own shared memory at `share` (kBlockM rows of kHeadDim normalised fp32 outputs, then kBlockM
 // natural-log LSEs, -inf for an empty share) with merge_shares, as the global merge does. The
 // tile's (row, 8-column chunk) items are dealt out in contiguous ranges, CTA r taking the r-th, so
-// the CTAs merge in parallel and each reads every peer's share of its items once. Called by every thread after the first cluster_sync;
-// the caller syncs the cluster again before any CTA exits (a peer may still be reading its share).
+// the CTAs merge in parallel and each reads every peer's share of its items once. Called by every
+// thread after the first cluster_sync; the caller syncs the cluster again before any CTA exits (a
+// peer may still be reading its share).
 __device__ __forceinline__ void merge_cluster_shares(const FlashFwdParams& p, int batch, int query_row0, int head_kv,
                                                      int group, int r0, int rows, af_u32 share) {
   const int chunks = (p.head_dim + 7) / 8;
