@@ -190,49 +190,6 @@ __device__ __forceinline__ void store_row_chunk(const FlashFwdParams& p, int bat
           (long long)row * p.lse_row_stride] = lse;
 }
 
-// Merges the `splits` shares of one (row, 8-column chunk) of a query tile: lse = log(sum_s exp(lse_s)),
-// out = sum_s exp(lse_s - lse) * out_s into acc, returning lse (-inf when every share is empty). One
-// pass with a running maximum, 4 shares per step so that their loads are in flight together.
-// load(s, lse_s, out_s) reads share s < splits: its natural-log LSE (-inf when empty) and its 8
-// normalised outputs. Both merges (global memory, distributed shared memory) go through it, so
-// equal shares give equal results.
-template <typename Load>
-__device__ __forceinline__ float merge_shares(int splits, const Load& load, float (&acc)[8]) {
-  constexpr int kBatch = 4;
-  constexpr float kLog2e = 1.4426950408889634f;
-  float top = AF_NEG_INF, total = 0.f;
-#pragma unroll
-  for (int c = 0; c < 8; ++c) acc[c] = 0.f;
-  for (int s0 = 0; s0 < splits; s0 += kBatch) {
-    float share_lse[kBatch], share[kBatch][8];
-#pragma unroll
-    for (int u = 0; u < kBatch; ++u) {
-      load(min(s0 + u, splits - 1), share_lse[u], share[u]);  // past the last share: a weight of 0
-      if (s0 + u >= splits) share_lse[u] = AF_NEG_INF;
-    }
-    float next = top;
-#pragma unroll
-    for (int u = 0; u < kBatch; ++u) next = fmaxf(next, share_lse[u]);
-    if (next == AF_NEG_INF) continue;                          // every share so far is empty
-    const float rescale = exp2_approx((top - next) * kLog2e);  // 0 while top is -inf
-    total *= rescale;
-#pragma unroll
-    for (int c = 0; c < 8; ++c) acc[c] *= rescale;
-#pragma unroll
-    for (int u = 0; u < kBatch; ++u) {
-      const float weight = exp2_approx((share_lse[u] - next) * kLog2e);  // 0 for empty shares
-      total += weight;
-#pragma unroll
-      for (int c = 0; c < 8; ++c) acc[c] += weight * share[u][c];
-    }
-    top = next;
-  }
-  const float inverse = total > 0.f ? 1.f / total : 0.f;
-#pragma unroll
-  for (int c = 0; c < 8; ++c) acc[c] *= inverse;
-  return total > 0.f ? top + log2_approx(total) * 0.6931471805599453f : AF_NEG_INF;
-}
-
 #if __CUDA_ARCH__ >= 900
 // Thread-block clusters (sm_90+): the splits of a query tile as the CTAs of one cluster, which
 // merge their shares through distributed shared memory (DSMEM) instead of global memory.
@@ -275,19 +232,34 @@ __device__ __forceinline__ void cluster_sync() {
   asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory");
   asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory");
 }
+// Every thread of every CTA of the cluster, without ordering memory: before a CTA exits, so that its
+// shared memory outlives its peers' reads (their values were used before they arrive). The release
+// form would also wait for this CTA's global stores to be visible GPU-wide (MEMBAR.GPU in SASS).
+__device__ __forceinline__ void cluster_sync_relaxed() {
+  asm volatile("barrier.cluster.arrive.relaxed.aligned;\n" ::: "memory");
+  asm volatile("barrier.cluster.wait.aligned;\n" ::: "memory");
+}
+
+// Shares a cluster merges at most: the largest cluster (16 CTAs on sm_90, non-portable above 8).
+constexpr int kMaxClusterSplits = 16;
 
 // Merges the num_splits shares of a query tile, one per CTA of the cluster, each left by its CTA in
 // its own shared memory at `share` (kBlockM rows of kHeadDim normalised fp32 outputs, then kBlockM
-// natural-log LSEs, -inf for an empty share) with merge_shares, as the global merge does. The
-// tile's (row, 8-column chunk) items are dealt out in contiguous ranges, CTA r taking the r-th, so
-// the CTAs merge in parallel and each reads every peer's share of its items once. Called by every
-// thread after the first cluster_sync; the caller syncs the cluster again before any CTA exits (a
-// peer may still be reading its share).
+// natural-log LSEs, -inf for an empty share): lse = log(sum_s exp(lse_s)),
+// out = sum_s exp(lse_s - lse) * out_s. The tile's (row, 8-column chunk) items are dealt out in
+// contiguous ranges, CTA r taking the r-th, so the CTAs merge in parallel and each reads every
+// peer's share of its items once. Two rounds of distributed shared-memory loads per item, each with
+// all its loads in flight: every share's LSE, then every share's 8 outputs (the global merge's
+// running maximum would put a round trip between each 4 shares' LSEs and their outputs). Called by
+// every thread after the first cluster_sync; the caller syncs the cluster again before any CTA exits
+// (a peer may still be reading its share).
 __device__ __forceinline__ void merge_cluster_shares(const FlashFwdParams& p, int batch, int query_row0, int head_kv,
                                                      int group, int r0, int rows, af_u32 share) {
+  constexpr float kLog2e = 1.4426950408889634f;
+  const int splits = p.num_splits;  // 2..kMaxClusterSplits (the cluster's CTAs)
   const int chunks = (p.head_dim + 7) / 8;
   const int items = min(kBlockM, rows - r0) * chunks;
-  const int per_cta = (items + p.num_splits - 1) / p.num_splits;
+  const int per_cta = (items + splits - 1) / splits;
   const int first = cluster_rank() * per_cta, last = min(items, first + per_cta);
   const af_u32 share_lse = share + kBlockM * kHeadDim * 4;
   for (int item = first + int(threadIdx.x); item < last; item += kThreads) {
@@ -295,16 +267,43 @@ __device__ __forceinline__ void merge_cluster_shares(const FlashFwdParams& p, in
     const int col = (item % chunks) * 8;
     const af_u32 lse_address = share_lse + row * 4;
     const af_u32 out_address = share + (row * kHeadDim + col) * 4;
-    float acc[8];
-    const float lse = merge_shares(
-        p.num_splits,
-        [&](int s, float& lse_s, float(&out_s)[8]) {
-          lse_s = cluster_load(cluster_address(lse_address, s));
-          cluster_load_8(cluster_address(out_address, s), out_s);
-        },
-        acc);
+    float lse_s[kMaxClusterSplits];
+#pragma unroll
+    for (int s = 0; s < kMaxClusterSplits; ++s)
+      lse_s[s] = s < splits ? cluster_load(cluster_address(lse_address, s)) : AF_NEG_INF;
+    float top = AF_NEG_INF;
+#pragma unroll
+    for (int s = 0; s < kMaxClusterSplits; ++s) top = fmaxf(top, lse_s[s]);
+    float total = 0.f, acc[8];
+#pragma unroll
+    for (int c = 0; c < 8; ++c) acc[c] = 0.f;
+    if (top != AF_NEG_INF) {
+      // Shares whose outputs are loaded together: 8 (16 16-byte loads), 4 at d64, where 8 took the
+      // kernel from 99 to 128 registers (nvcc 13.0), the limit for two CTAs per SM.
+      constexpr int kBatch = kHeadDim >= 128 ? 8 : 4;
+#pragma unroll
+      for (int s0 = 0; s0 < kMaxClusterSplits; s0 += kBatch) {
+        if (s0 >= splits) break;
+        float out_s[kBatch][8];
+#pragma unroll
+        for (int u = 0; u < kBatch; ++u)
+          if (s0 + u < splits) cluster_load_8(cluster_address(out_address, s0 + u), out_s[u]);
+#pragma unroll
+        for (int u = 0; u < kBatch; ++u) {
+          if (s0 + u >= splits) break;
+          const float weight = exp2_approx((lse_s[s0 + u] - top) * kLog2e);  // 0 for an empty share
+          total += weight;
+#pragma unroll
+          for (int c = 0; c < 8; ++c) acc[c] += weight * out_s[u][c];
+        }
+      }
+    }
+    const float inverse = total > 0.f ? 1.f / total : 0.f;
+#pragma unroll
+    for (int c = 0; c < 8; ++c) acc[c] *= inverse;
     const int r = r0 + row;
-    store_row_chunk(p, batch, query_row0 + r / group, head_kv * group + r % group, col, acc, lse);
+    store_row_chunk(p, batch, query_row0 + r / group, head_kv * group + r % group, col, acc,
+                    total > 0.f ? top + log2_approx(total) * 0.6931471805599453f : AF_NEG_INF);
   }
 }
 #endif
@@ -598,14 +597,14 @@ extern "C" __global__ void __launch_bounds__(kThreads) af_decode_fwd(const Flash
     // The CTAs of a cluster share r0 and rows, so all of them reach both barriers.
     cluster_sync();
     merge_cluster_shares(p, batch, query.row0, head_kv, group, r0, rows, shared_address(share_o));
-    cluster_sync();
+    cluster_sync_relaxed();
     return;
   }
 #endif
   if (p.num_splits == 1) return;
 
-  // Global merge: the last of the tile's num_splits CTAs to finish merges their shares (no combine
-  // kernel), reading them back from global memory (L2).
+  // The last of the tile's num_splits CTAs to finish merges their shares (no combine kernel):
+  // lse = log(sum_s exp(lse_s)), out = sum_s exp(lse_s - lse) * out_s.
   __shared__ af_u32 arrival;
   __threadfence();  // this CTA's shares are visible device-wide before it counts itself
   __syncthreads();
@@ -622,15 +621,40 @@ extern "C" __global__ void __launch_bounds__(kThreads) af_decode_fwd(const Flash
     if (r >= rows || col >= p.head_dim) continue;
     const int i = r / group, head = head_kv * group + r % group;
     const long long row_index = ((long long)batch * p.heads_q + head) * p.seqlen_q + i;
-    float acc[8];
-    const float lse = merge_shares(
-        p.num_splits,
-        [&](int s, float& lse_s, float(&out_s)[8]) {
-          const long long partial_row = s * split_stride + row_index;
-          lse_s = load_cg(p.partial_lse + partial_row);
-          load_cg_8(p.partial_out + partial_row * kHeadDim + col, out_s);
-        },
-        acc);
-    store_row_chunk(p, batch, query.row0 + i, head, col, acc, lse);
+    // One pass with a running maximum, 4 shares per step so their loads are in flight together.
+    constexpr int kBatch = 4;
+    float top = AF_NEG_INF, total = 0.f, acc[8];
+#pragma unroll
+    for (int c = 0; c < 8; ++c) acc[c] = 0.f;
+    for (int s0 = 0; s0 < p.num_splits; s0 += kBatch) {
+      float share_lse[kBatch], share[kBatch][8];
+#pragma unroll
+      for (int u = 0; u < kBatch; ++u) {
+        const long long partial_row = min(s0 + u, p.num_splits - 1) * split_stride + row_index;
+        share_lse[u] = s0 + u < p.num_splits ? load_cg(p.partial_lse + partial_row) : AF_NEG_INF;
+        load_cg_8(p.partial_out + partial_row * kHeadDim + col, share[u]);
+      }
+      float next = top;
+#pragma unroll
+      for (int u = 0; u < kBatch; ++u) next = fmaxf(next, share_lse[u]);
+      if (next == AF_NEG_INF) continue;                                       // every share so far is empty
+      const float rescale = exp2_approx((top - next) * 1.4426950408889634f);  // 0 while top is -inf
+      total *= rescale;
+#pragma unroll
+      for (int c = 0; c < 8; ++c) acc[c] *= rescale;
+#pragma unroll
+      for (int u = 0; u < kBatch; ++u) {
+        const float weight = exp2_approx((share_lse[u] - next) * 1.4426950408889634f);  // 0 for empty shares
+        total += weight;
+#pragma unroll
+        for (int c = 0; c < 8; ++c) acc[c] += weight * share[u][c];
+      }
+      top = next;
+    }
+    const float inverse = total > 0.f ? 1.f / total : 0.f;
+#pragma unroll
+    for (int c = 0; c < 8; ++c) acc[c] *= inverse;
+    store_row_chunk(p, batch, query.row0 + i, head, col, acc,
+                    total > 0.f ? top + log2_approx(total) * ln2 : AF_NEG_INF);
   }
 }
