@@ -397,6 +397,9 @@ def test_decode_cluster_and_global_merges_agree(shape, num_splits, seed, monkeyp
     results = {}
     for merge in ("global", "cluster"):
         monkeypatch.setenv("ATTNFORGE_DECODE_CLUSTER", "1" if merge == "cluster" else "0")
+        described = _decode_plan(batch, seqlen_q, heads, heads_kv, head_dim, cache_len, num_splits, dtype).describe()
+        if merge == "global" or num_splits <= 8:
+            assert described.endswith(" cluster") == (merge == "cluster"), described
         out = torch.full_like(q, float("nan"))
         lse = torch.full((batch, heads, seqlen_q), float("nan"), dtype=torch.float32, device="cuda")
         _native.attention_forward(q, k, v, out, softmax_lse=lse, seqused_k=used.cuda(), causal=True, backend="cuda",
