@@ -252,6 +252,8 @@ def main():
                              "with --quick B 1/8/32/128 x keys 4k/32k")
     parser.add_argument("--batches", help="comma-separated batch sizes instead of the full sweep's")
     parser.add_argument("--lengths", help="comma-separated cached-key counts instead of the full sweep's")
+    parser.add_argument("--configs", help="comma-separated dtype:H/Hk:D (bf16:32/8:128, fp16:16/16:64...) instead "
+                                          "of the full sweep's, without paged columns")
     args = parser.parse_args()
     meta = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "gpu": torch.cuda.get_device_name(),
@@ -266,6 +268,13 @@ def main():
     lengths = [1024, 4096, 16384, 32768, 131072]
     if args.quick:
         configs, batches, lengths = configs[:1], [1, 32], [4096, 32768]
+    if args.configs:
+        dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
+        configs = []
+        for item in args.configs.split(","):
+            dtype, heads, head_dim = item.split(":")
+            heads_q, heads_kv = heads.split("/")
+            configs.append((dtypes[dtype], int(heads_q), int(heads_kv), int(head_dim), False))
     batches = [int(x) for x in args.batches.split(",")] if args.batches else batches
     lengths = [int(x) for x in args.lengths.split(",")] if args.lengths else lengths
     if args.paged_only:

@@ -28,7 +28,8 @@ def explain(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_siz
     them). Returns a dict: path ("attnforge-cpu", "attnforge-cuda", "attnforge-cuda-padded" (head dim or strides off
     the 8-element grid: run on zero-padded copies, as FlashAttention-2 does), "sdpa", "eager" or "error");
     for attnforge's paths plan (af_attention_plan_describe: "cuda decode bf16 d128 sm_90a 16x64
-    splits=8", "cpu"; on CUDA making the plan compiles or loads the kernel); and reason (why this
+    splits=8", "... splits=8 cluster" when the splits merge inside a thread-block cluster, "cpu"; on
+    CUDA making the plan compiles or loads the kernel); and reason (why this
     path; for a fallback, why attnforge's kernel does not take the call; for "error", the
     AttnforgeError the call would raise). Runs no attention (allocates the output only): the
     library's af_attention_supported and af_attention_plan_create answer with the selector that

@@ -585,7 +585,8 @@ class Plan:
         self._handle = handle
 
     def describe(self):
-        """The kernel the plan runs ("cuda decode bf16 d128 sm_90a 16x64 splits=8", "cpu")."""
+        """The kernel the plan runs ("cuda decode bf16 d128 sm_90a 16x64 splits=8", "cpu"); a decode plan
+        whose key splits merge inside a thread-block cluster (sm_90+) ends in " cluster"."""
         return _text(lambda buffer, size, needed: self._lib.af_attention_plan_describe(self._handle, buffer, size,
                                                                                          needed))
 

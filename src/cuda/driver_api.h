@@ -27,11 +27,14 @@ constexpr int CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR = 76;
 constexpr int CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN = 97;
 constexpr int CU_FUNC_ATTRIBUTE_NUM_REGS = 4;
 constexpr int CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES = 8;
+constexpr int CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED = 14;
 constexpr int CU_STREAM_CAPTURE_MODE_RELAXED = 2;
 constexpr unsigned CU_STREAM_NON_BLOCKING = 1;
 
-// cuLaunchKernelEx's configuration (CUDA 12+), for programmatic dependent launch: the layout of
-// CUlaunchAttribute (an id, padding to 8 bytes, a 64-byte value union) and CUlaunchConfig.
+// cuLaunchKernelEx's configuration (CUDA 12+), for programmatic dependent launch and thread-block
+// clusters: the layout of CUlaunchAttribute (an id, padding to 8 bytes, a 64-byte value union) and
+// CUlaunchConfig.
+constexpr int CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION = 4;
 constexpr int CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION = 6;
 struct CUlaunchAttribute {
   int id;
@@ -39,6 +42,9 @@ struct CUlaunchAttribute {
   union {
     char bytes[64];
     int programmatic_stream_serialization_allowed;
+    struct {
+      unsigned x, y, z;
+    } cluster_dim;
   } value;
 };
 struct CUlaunchConfig {
@@ -88,6 +94,8 @@ struct DriverApi {
   CUresult (*cuStreamSynchronize)(CUstream);
   // Programmatic dependent launch (sm_90+); null when the driver lacks it (< 12.0).
   CUresult (*cuLaunchKernelEx)(const CUlaunchConfig*, CUfunction, void**, void**);
+  // Clusters that fit the device at once for a launch configuration (12.0+); null when absent.
+  CUresult (*cuOccupancyMaxActiveClusters)(int*, CUfunction, const CUlaunchConfig*);
   // TMA tensor maps (the fwd_sm90 family); null when the driver lacks it (< 12.0).
   CUresult (*cuTensorMapEncodeTiled)(CUtensorMap* map, int data_type, unsigned rank, void* global_address,
                                      const unsigned long long* global_dim, const unsigned long long* global_strides,

@@ -73,6 +73,8 @@ void probe_driver() {
     }
   }
   if (!bind(library, "cuLaunchKernelEx", &a.cuLaunchKernelEx)) a.cuLaunchKernelEx = nullptr;
+  if (!bind(library, "cuOccupancyMaxActiveClusters", &a.cuOccupancyMaxActiveClusters))
+    a.cuOccupancyMaxActiveClusters = nullptr;
   if (!bind(library, "cuTensorMapEncodeTiled", &a.cuTensorMapEncodeTiled)) a.cuTensorMapEncodeTiled = nullptr;
   s.api = &a;
   CUresult r = a.cuInit(0);

@@ -116,6 +116,27 @@ af_status run_sm90(const Plan& plan, const Variant& v, const AttentionProblem& p
   return AF_OK;
 }
 
+// decode with the key splits of each query tile as one thread-block cluster (plan.cluster, sm_90+):
+// cluster dims (splits, 1, 1) over the grid's split axis, so a CTA's rank in its cluster is its
+// split; the shares merge through distributed shared memory, so there is no workspace, counter or
+// memset.
+af_status run_decode_cluster(const Plan& plan, const Variant& v, FlashFwdParams* k, CUstream stream) {
+  const DriverApi& a = *driver().api;
+  k->num_splits = plan.splits;
+  CUlaunchAttribute attribute{};
+  attribute.id = CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
+  attribute.value.cluster_dim = {unsigned(plan.splits), 1, 1};
+  const unsigned threads = unsigned(v.tile_for(plan.choice.arch).threads());
+  const unsigned smem = unsigned(v.smem_bytes(plan.choice.arch));
+  const CUlaunchConfig config{plan.grid[0], plan.grid[1], plan.grid[2], threads, 1, 1, smem, stream, &attribute, 1};
+  void* args[] = {k};
+  const CUresult r = a.cuLaunchKernelEx(&config, plan.loaded.kernel, args, nullptr);
+  if (r != CUDA_SUCCESS)
+    return fail(AF_ERR_CUDA, "%s in clusters of %d CTAs: %s", v.name.c_str(), plan.splits,
+                driver_error("cuLaunchKernelEx", r).c_str());
+  return AF_OK;
+}
+
 }  // namespace
 
 af_status run(const Plan& plan, const AttentionProblem& p, void* workspace, size_t workspace_bytes) {
@@ -135,6 +156,7 @@ af_status run(const Plan& plan, const AttentionProblem& p, void* workspace, size
   AF_RETURN_IF_ERROR(primary_context(p.device_index, &context));
   ContextGuard guard(context);
   if (v.family == kFamilyFwdSm90) return run_sm90(plan, v, p, &k, stream, workspace);
+  if (v.family == kFamilyDecode && plan.cluster) return run_decode_cluster(plan, v, &k, stream);
 
   // The workspace: the caller's (the decode family's split counters zeroed first), else the
   // stream's own. Where none can be had the unsplit launch computes the same result.

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <iterator>
 #include <map>
 #include <mutex>
 #include <string>
@@ -22,6 +23,7 @@ struct Slot {
   std::atomic<CUfunction> kernel{nullptr};
   CUfunction combine = nullptr;
   int wave_ctas = 0;
+  int max_clusters[kMaxClusterCtas + 1] = {};
 };
 Slot g_slots[kMaxDevices][kMaxVariants];
 std::atomic<CUcontext> g_contexts[kMaxDevices];
@@ -43,6 +45,28 @@ struct Workspace {
 std::mutex g_workspace_mutex;
 std::map<WorkspaceKey, Workspace> g_workspaces;
 CUstream g_zero_streams[kMaxDevices];
+
+// Clusters of n CTAs of a decode kernel (one cluster per query tile, its key splits along x) that
+// are resident at once, n = 2..kMaxClusterCtas, into max_clusters (0: cannot launch). Sizes above
+// the portable 8 need CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED; the CUDA documentation
+// leaves them to the hardware ("may only function on the specific SKUs"), so they count only when
+// the driver accepts the attribute and its occupancy query places at least one such cluster.
+void count_clusters(const DriverApi& a, CUfunction kernel, unsigned threads, unsigned smem,
+                    int (&max_clusters)[kMaxClusterCtas + 1]) {
+  if (a.cuLaunchKernelEx == nullptr || a.cuOccupancyMaxActiveClusters == nullptr) return;
+  const bool non_portable =
+      a.cuFuncSetAttribute(kernel, CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED, 1) == CUDA_SUCCESS;
+  for (int n = 2; n <= kMaxClusterCtas; ++n) {
+    if (n > 8 && !non_portable) break;
+    CUlaunchAttribute attribute{};
+    attribute.id = CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
+    attribute.value.cluster_dim = {unsigned(n), 1, 1};
+    const CUlaunchConfig config{unsigned(n), 1, 1, threads, 1, 1, smem, nullptr, &attribute, 1};
+    int clusters = 0;
+    if (a.cuOccupancyMaxActiveClusters(&clusters, kernel, &config) == CUDA_SUCCESS && clusters > 0)
+      max_clusters[n] = clusters;
+  }
+}
 
 }  // namespace
 
@@ -118,6 +142,8 @@ af_status load_variant(int device, int index, const char* target, LoadedVariant*
         return fail(
             AF_ERR_CUDA, "%s does not fit an SM of device %d: %s", v.name.c_str(), device,
             r != CUDA_SUCCESS ? driver_error("cuOccupancyMaxActiveBlocksPerMultiprocessor", r).c_str() : "occupancy 0");
+      if (v.family == kFamilyDecode && arch >= 90)
+        count_clusters(*d.api, kernel, unsigned(tile.threads()), unsigned(v.smem_bytes(arch)), slot.max_clusters);
       slot.combine = combine;
       slot.wave_ctas = ctas_per_sm * d.devices[device].sm_count;
       slot.kernel.store(kernel, std::memory_order_release);
@@ -127,6 +153,7 @@ af_status load_variant(int device, int index, const char* target, LoadedVariant*
   out->combine = slot.combine;
   out->wave_ctas = slot.wave_ctas;
   out->sm_count = driver().devices[device].sm_count;
+  std::copy(std::begin(slot.max_clusters), std::end(slot.max_clusters), out->max_clusters);
   return AF_OK;
 }
 

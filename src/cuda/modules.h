@@ -10,11 +10,19 @@ constexpr int kMaxDevices = 64;
 // An array bound (the loaded-variant slots per device); the variant table has 96 entries.
 constexpr int kMaxVariants = 128;
 
+// Largest thread-block cluster a launch of attnforge's may ask for: the sm_90 hardware limit (16
+// CTAs; above 8, the portable size, only with CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED).
+constexpr int kMaxClusterCtas = 16;
+
 struct LoadedVariant {
   CUfunction kernel = nullptr;
   CUfunction combine = nullptr;  // af_flash_combine of the same module
   int wave_ctas = 0;             // CTAs of the kernel resident at once on the device
   int sm_count = 0;              // the device's multiprocessors
+  // The decode family on sm_90+ with cuLaunchKernelEx and cuOccupancyMaxActiveClusters: clusters of
+  // n CTAs (n x 1 x 1) of this kernel resident at once on the device (cuOccupancyMaxActiveClusters),
+  // for n = 2..kMaxClusterCtas; 0 where a cluster of n cannot launch, and for every n elsewhere.
+  int max_clusters[kMaxClusterCtas + 1] = {};
 };
 
 // Compiles (or reads from the cache) and loads variant `index` on `device` for `target`, once

@@ -59,29 +59,53 @@ int sm80_splits(int requested, int ctas, int key_blocks, int wave_ctas) {
   return std::max(1, std::min({wave_ctas / ctas, key_blocks / 4, 64}));
 }
 
+}  // namespace
+
 // decode: a step is bound by memory bandwidth, and one CTA per SM draws an SM's share of it (two
 // CTAs of a d64 tile on one SM do not read faster: measured on the H200, B 8 x 16 MHA heads x 1k
 // keys took 13.8 us unsplit and 16.5 us in 2 splits). So keys are split only while the CTAs
-// occupy fewer than half the SMs: then the smallest count whose SM efficiency (CTAs over whole
-// multiples of the SM count) is within 95% of the best over 1..128 splits of at least 2 key blocks
-// (128 keys) each, so that batch 1 at long context reads K/V with every SM. Below 2 blocks a
-// split's partial results cost more than its parallelism gains.
-int decode_splits(int requested, int ctas, int key_blocks, int sm_count) {
-  if (forced_splits(requested) > 0) return forced_splits(requested);
-  if (2 * ctas >= sm_count) return 1;
-  const int limit = std::max(1, std::min(128, key_blocks / 2));
+// occupy fewer than half the SMs. The global merge (partials through L2, an atomic, the last CTA
+// reads them back) takes the smallest count whose SM efficiency (CTAs over whole multiples of the
+// SM count) is within 95% of the best over 1..128 splits of at least 2 key blocks (128 keys) each,
+// so that batch 1 at long context reads K/V with every SM; below 2 blocks a split's partial
+// results cost more than its parallelism gains. The cluster merge (one thread-block cluster per
+// query tile, shares merged through distributed shared memory) has no global round trip, so it
+// splits down to 1 key block each (B1 1k keys: 8 splits of 128 keys, the best forced count of the
+// H200 sweep, where the global rule chose 4), over the cluster sizes whose clusters are all
+// resident at once (max_clusters[n] >= ctas: one wave, as the efficiency assumes); it runs when
+// its count's efficiency is within 95% of the global count's. Where the cluster size caps the
+// count below the SMs the global merge fills (B1 4k keys without 16-CTA clusters: 8 splits
+// against 16) the global merge's extra SMs are expected to win. A forced count (FlashAttention's
+// num_splits > 1, or $ATTNFORGE_NUM_SPLITS) merges in a cluster when a cluster of that many CTAs
+// can launch at all (max_clusters[n] > 0), else globally.
+DecodeSplits decode_splits(int forced, int ctas, int key_blocks, int sm_count,
+                           const int (&max_clusters)[kMaxClusterCtas + 1]) {
+  if (forced > 0) return {forced, forced >= 2 && forced <= kMaxClusterCtas && max_clusters[forced] > 0};
+  if (2 * ctas >= sm_count) return {1, false};
   auto efficiency = [&](int s) {
     const double waves = double(ctas) * s / sm_count;
     return waves / std::ceil(waves);
   };
-  double best = 0;
-  for (int s = 1; s <= limit; ++s) best = std::max(best, efficiency(s));
-  int s = 1;
-  while (efficiency(s) < 0.95 * best) ++s;
-  return s;
+  // The smallest count in 1..limit (those allowed by `usable`) within 95% of the best; 0 if none.
+  auto smallest_near_best = [&](int limit, auto usable) {
+    double best = 0;
+    for (int s = 1; s <= limit; ++s)
+      if (usable(s)) best = std::max(best, efficiency(s));
+    for (int s = 1; s <= limit; ++s)
+      if (usable(s) && efficiency(s) >= 0.95 * best) return s;
+    return 0;
+  };
+  const int global = smallest_near_best(std::max(1, std::min(128, key_blocks / 2)), [](int) { return true; });
+  const int cluster = smallest_near_best(std::min(kMaxClusterCtas, key_blocks),
+                                         [&](int s) { return s >= 2 && max_clusters[s] >= ctas; });
+  if (cluster >= 2 && efficiency(cluster) >= 0.95 * efficiency(global)) return {cluster, true};
+  return {global, false};
 }
 
-}  // namespace
+bool decode_cluster_enabled() {
+  const char* text = std::getenv("ATTNFORGE_DECODE_CLUSTER");
+  return text == nullptr || text[0] != '0' || text[1] != 0;
+}
 
 Sm90Tensors sm90_tensors(const AttentionProblem& p) {
   // Varlen: one batch of the packed rows (the batch strides are 0, the kernel adds cu_seqlens).
@@ -287,7 +311,15 @@ af_status make_plan(const AttentionProblem& p, const Choice& choice, Plan* plan)
     const int group = int(p.heads_q / p.heads_kv);
     const int m_blocks = int((p.seqlen_q * group + tile.block_m() - 1) / tile.block_m());
     const int ctas = int(p.batch) * int(p.heads_kv) * m_blocks;
-    plan->splits = can_split ? decode_splits(p.num_splits, ctas, key_blocks, plan->loaded.sm_count) : 1;
+    // The cluster merge: sm_90+ with a driver that launches clusters (load_variant counted them).
+    static const int kNoClusters[kMaxClusterCtas + 1] = {};
+    const bool clusters = plan->choice.arch >= 90 && decode_cluster_enabled();
+    const int(&max_clusters)[kMaxClusterCtas + 1] = clusters ? plan->loaded.max_clusters : kNoClusters;
+    const int forced = forced_splits(p.num_splits);
+    const DecodeSplits split =
+        can_split ? decode_splits(forced, ctas, key_blocks, plan->loaded.sm_count, max_clusters) : DecodeSplits{};
+    plan->splits = split.splits;
+    plan->cluster = split.cluster;
     plan->grid[0] = unsigned(plan->splits);
     plan->grid[1] = unsigned(m_blocks * p.heads_kv);
     plan->grid[2] = unsigned(p.batch);
@@ -305,7 +337,7 @@ af_status make_plan(const AttentionProblem& p, const Choice& choice, Plan* plan)
     plan->grid[1] = unsigned(m_blocks);
     plan->grid[2] = unsigned(groups * plan->splits);
   }
-  if (plan->splits > 1) {
+  if (plan->splits > 1 && !plan->cluster) {
     plan->workspace_bytes =
         size_t(plan->splits) * size_t(p.batch * p.heads_q) * size_t(p.seqlen_q) * size_t(v.head_dim + 1) * 4;
     plan->counters_offset = plan->workspace_bytes;
@@ -330,7 +362,7 @@ std::string describe(const Choice& choice) {
 std::string describe(const Plan& plan) {
   Choice bare = plan.choice;
   bare.why.clear();
-  const std::string text = describe(bare) + " splits=" + std::to_string(plan.splits);
+  const std::string text = describe(bare) + " splits=" + std::to_string(plan.splits) + (plan.cluster ? " cluster" : "");
   return plan.choice.why.empty() ? text : text + " (" + plan.choice.why + ")";
 }
 

@@ -59,12 +59,31 @@ struct Plan {
   LoadedVariant loaded;
   unsigned grid[3] = {1, 1, 1};
   int splits = 1;  // key splits per query tile (1: none)
+  // decode: the splits of a query tile are one thread-block cluster (dims (splits, 1, 1)) and merge
+  // through distributed shared memory; no workspace
+  bool cluster = false;
   // fp32 partial results when splits > 1 (decode: then the split counters); fwd_sm90's dynamic
   // forms: their tile counter (4 bytes)
   size_t workspace_bytes = 0;
   size_t counters_offset = 0;  // bytes of partial results; the counters follow
   int pair_group = 1;          // fwd_sm80, fwd_sm90 persistent: (batch, head) pairs per scheduling group
 };
+
+// Whether the decode family may merge key splits in a thread-block cluster (sm_90+): yes unless
+// $ATTNFORGE_DECODE_CLUSTER is "0" (read at each plan; for A/B runs against the global merge).
+bool decode_cluster_enabled();
+
+// The decode family's key splits per query tile and how they merge, for `ctas` query tiles of
+// key_blocks key blocks each on sm_count SMs. forced: FlashAttention-2's num_splits when > 0 (1 no
+// split, n > 1 exactly n; else $ATTNFORGE_NUM_SPLITS), 0 for the heuristic. max_clusters: clusters
+// of n CTAs resident at once (LoadedVariant::max_clusters; all 0 where clusters are off or cannot
+// launch). The rule and its measurements are in plan.cpp.
+struct DecodeSplits {
+  int splits = 1;
+  bool cluster = false;  // merged through distributed shared memory in a cluster of `splits` CTAs
+};
+DecodeSplits decode_splits(int forced, int ctas, int key_blocks, int sm_count,
+                           const int (&max_clusters)[kMaxClusterCtas + 1]);
 
 // AF_OK and the kernel that would run p, or the status and reason why the CUDA backend cannot.
 af_status choose(const AttentionProblem& p, Choice* choice);
@@ -77,7 +96,8 @@ void size_sm90_persistent(const AttentionProblem& p, const Variant& v, int wave_
 // Compiles or loads the chosen variant and sizes the grid and the key splits.
 af_status make_plan(const AttentionProblem& p, const Choice& choice, Plan* plan);
 
-// "decode bf16 d128 sm_90a 16x64 splits=12" (fwd_sm90: "fwd_sm90 bf16 d128 overlap sm_90a 128x128 ...");
+// "decode bf16 d128 sm_90a 16x64 splits=12" (" cluster" after it when the splits merge in a
+// thread-block cluster; fwd_sm90: "fwd_sm90 bf16 d128 overlap sm_90a 128x128 ...");
 // with Choice::why set, followed by " (why)".
 std::string describe(const Plan& plan);
 std::string describe(const Choice& choice);

@@ -66,7 +66,9 @@ struct AttentionParams {
 // Split keys (flash-decoding), when too few query tiles fill the GPU: num_splits CTAs share a
 // query tile, each over a contiguous share of its key blocks, and write fp32 partial results
 // that are merged into out and lse: by af_flash_combine after fwd_sm80, and by the last of a tile's
-// CTAs to finish in the decode family (split_counters counts arrivals). Partial row of (batch b,
+// CTAs to finish in the decode family (split_counters counts arrivals), or, on sm_90+ when a decode
+// launch's thread-block cluster is its num_splits CTAs, through distributed shared memory (then
+// partial_* and split_counters are unused; src/kernels/decode/decode_fwd.cuh). Partial row of (batch b,
 // head h, split s, query row r): index ((s * batch + b) * heads_q + h) * seqlen_q + r; partial_out
 // holds AF_HEAD_DIM floats per row.
 struct FlashFwdParams : AttentionParams {

@@ -305,9 +305,10 @@ def _assert_split_matches(out, expected):
     torch.testing.assert_close(out.float(), expected.float(), atol=2e-2, rtol=2e-2)
 
 
-def test_decode_split_merge_with_a_garbage_caller_workspace(seed):
+def test_decode_split_merge_with_a_garbage_caller_workspace(seed, monkeypatch):
     """The last CTA of each query tile merges the shares, counted in the workspace: a caller-owned
     workspace full of garbage is made ready by the run itself, and every run leaves it ready."""
+    monkeypatch.setenv("ATTNFORGE_DECODE_CLUSTER", "0")  # the global merge (sm_90+ would merge in a cluster)
     q, k, v, expected = _split_decode_call()
     plan = _native.Plan(q, k, v, torch.empty_like(q), causal=True, backend="cuda", num_splits=7)
     assert plan.describe().endswith("splits=7")
@@ -319,9 +320,12 @@ def test_decode_split_merge_with_a_garbage_caller_workspace(seed):
         _assert_split_matches(out, expected)
 
 
-def test_decode_split_merge_under_cuda_graph_replay_and_other_streams(seed):
+@pytest.mark.parametrize("merge", ["global", "cluster"])
+def test_decode_split_merge_under_cuda_graph_replay_and_other_streams(merge, seed, monkeypatch):
     """attnforge's own workspace (one per stream, zeroed once) stays consistent across eager runs,
-    CUDA-graph replays and a second stream, because each run returns its counters to zero."""
+    CUDA-graph replays and a second stream, because each run returns its counters to zero; the
+    cluster merge (no workspace) gives the same result under replay and on another stream."""
+    _use_merge(merge, monkeypatch)
     q, k, v, expected = _split_decode_call()
     out = torch.full_like(q, float("nan"))
     _native.attention_forward(q, k, v, out, causal=True, backend="cuda", num_splits=5)
@@ -342,3 +346,128 @@ def test_decode_split_merge_under_cuda_graph_replay_and_other_streams(seed):
         _native.attention_forward(q, k, v, out, causal=True, backend="cuda", num_splits=5, stream=side.cuda_stream)
     torch.cuda.synchronize()
     _assert_split_matches(out, expected)
+
+
+# The cluster merge (sm_90+): the key splits of a query tile are the CTAs of one thread-block cluster
+# and merge through distributed shared memory; ATTNFORGE_DECODE_CLUSTER=0 takes the global merge.
+
+def _cluster_capable():
+    return torch.cuda.get_device_capability() >= (9, 0)
+
+
+def _use_merge(merge, monkeypatch):
+    """Selects the merge for the calls that follow (read at each plan); skips the cluster merge
+    where the GPU has no clusters."""
+    if merge == "cluster" and not _cluster_capable():
+        pytest.skip("thread-block clusters need sm_90+")
+    monkeypatch.setenv("ATTNFORGE_DECODE_CLUSTER", "1" if merge == "cluster" else "0")
+
+
+def _decode_plan(batch, seqlen_q, heads, heads_kv, head_dim, cache_len, num_splits, dtype=torch.bfloat16):
+    q = torch.empty(batch, seqlen_q, heads, head_dim, dtype=dtype, device="cuda")
+    k = torch.empty(batch, cache_len, heads_kv, head_dim, dtype=dtype, device="cuda")
+    return _native.Plan(q, k, k, torch.empty_like(q), causal=True, backend="cuda", num_splits=num_splits)
+
+
+# (dtype, batch, seqlen_q, heads, heads_kv, head_dim, cache_len, page_size, empty): GQA 4/8/2/1, Sq
+# 1-4 (32 packed rows at GQA 8 x Sq 4: two query tiles), odd cache lengths, head dim 80 (compiled
+# as 128), paged pools, a sequence with no keys; 333 keys in 16 splits leave most shares empty.
+CLUSTER_SHAPES = [
+    (torch.bfloat16, 1, 1, 32, 8, 128, 1037, None, False),
+    (torch.bfloat16, 2, 4, 8, 1, 64, 777, None, True),
+    (torch.float16, 3, 2, 6, 3, 256, 1501, 16, False),
+    (torch.float16, 3, 3, 4, 4, 80, 333, 256, True),
+]
+
+
+@pytest.mark.parametrize("shape", CLUSTER_SHAPES, ids=["b1-gqa4", "b2-gqa8-sq4-empty", "b3-gqa2-d256-paged16",
+                                                       "b3-mha-d80-paged256-empty"])
+@pytest.mark.parametrize("num_splits", [2, 3, 4, 5, 6, 7, 8, 16])
+def test_decode_cluster_merge(shape, num_splits, seed, monkeypatch):
+    """Forced split counts merged in a cluster, against float64; counts up to the portable 8 must
+    take the cluster merge on sm_90+ (the plan string says so), 16 takes it where the driver's
+    occupancy query places 16-CTA clusters and the global merge elsewhere."""
+    _use_merge("cluster", monkeypatch)
+    dtype, batch, seqlen_q, heads, heads_kv, head_dim, cache_len, page_size, empty = shape
+    described = _decode_plan(batch, seqlen_q, heads, heads_kv, head_dim, cache_len, num_splits, dtype).describe()
+    assert " splits=%d" % num_splits in described, described
+    if num_splits <= 8:
+        assert described.endswith(" cluster"), described
+    print(described)
+    run_decode(dtype, batch, seqlen_q, heads, heads_kv, head_dim, cache_len, page_size=page_size, empty=empty,
+               num_splits=num_splits)
+
+
+def _one_ulp(x, dtype):
+    """The spacing of dtype's values at |x| (one rounding step), at least 1e-6: near 0 the outputs'
+    fp32 error (sums of O(1) terms that cancel, ~1e-7) exceeds the spacing of tiny values."""
+    mantissa = 7 if dtype == torch.bfloat16 else 10
+    return torch.exp2(torch.floor(torch.log2(x.abs().clamp_min(1e-30))) - mantissa).clamp_min(1e-6)
+
+
+@pytest.mark.parametrize("shape", CLUSTER_SHAPES[:3], ids=["b1-gqa4", "b2-gqa8-sq4-empty", "b3-gqa2-d256"])
+@pytest.mark.parametrize("num_splits", [2, 5, 8, 16])
+def test_decode_cluster_and_global_merges_agree(shape, num_splits, seed, monkeypatch):
+    """The same call through both merges: the shares are the same fp32 numbers and only the merge's
+    order of fp32 operations differs, so LSE agrees to fp32 rounding and out to one rounding step
+    of its dtype (a value near a rounding boundary may round either way)."""
+    if not _cluster_capable():
+        pytest.skip("thread-block clusters need sm_90+")
+    dtype, batch, seqlen_q, heads, heads_kv, head_dim, cache_len, _, empty = shape
+    q = torch.randn(batch, seqlen_q, heads, head_dim, dtype=dtype, device="cuda")
+    k = torch.randn(batch, cache_len, heads_kv, head_dim, dtype=dtype, device="cuda")
+    v = torch.randn_like(k)
+    used = torch.randint(1, cache_len + 1, (batch,), dtype=torch.int32)
+    if empty:
+        used[0] = 0
+    results = {}
+    for merge in ("global", "cluster"):
+        monkeypatch.setenv("ATTNFORGE_DECODE_CLUSTER", "1" if merge == "cluster" else "0")
+        described = _decode_plan(batch, seqlen_q, heads, heads_kv, head_dim, cache_len, num_splits, dtype).describe()
+        if merge == "global" or num_splits <= 8:
+            assert described.endswith(" cluster") == (merge == "cluster"), described
+        out = torch.full_like(q, float("nan"))
+        lse = torch.full((batch, heads, seqlen_q), float("nan"), dtype=torch.float32, device="cuda")
+        _native.attention_forward(q, k, v, out, softmax_lse=lse, seqused_k=used.cuda(), causal=True, backend="cuda",
+                                  num_splits=num_splits)
+        torch.cuda.synchronize()
+        results[merge] = (out.float().cpu(), lse.cpu())
+    (out_g, lse_g), (out_c, lse_c) = results["global"], results["cluster"]
+    for tensor in (out_g, lse_g, out_c, lse_c):
+        assert not torch.isnan(tensor).any(), "a row was not written"
+    assert torch.equal(torch.isinf(lse_g), torch.isinf(lse_c)), "empty rows differ"
+    finite = torch.isfinite(lse_g)
+    torch.testing.assert_close(lse_c[finite], lse_g[finite], rtol=2e-6, atol=2e-6)
+    difference = (out_c - out_g).abs()
+    bound = _one_ulp(torch.maximum(out_c.abs(), out_g.abs()), dtype)
+    assert (difference <= bound).all(), "out differs by %g (more than one rounding step)" % difference.max()
+
+
+def test_decode_cluster_merge_needs_no_workspace(seed, monkeypatch):
+    """A cluster plan reports no workspace and ignores a caller's (here one full of garbage bytes)."""
+    _use_merge("cluster", monkeypatch)
+    q, k, v, expected = _split_decode_call()
+    plan = _native.Plan(q, k, v, torch.empty_like(q), causal=True, backend="cuda", num_splits=7)
+    assert plan.describe().endswith("splits=7 cluster"), plan.describe()
+    assert plan.workspace_size() == 0
+    workspace = torch.full((4096,), 0xFF, dtype=torch.uint8, device="cuda")
+    for _ in range(3):
+        out = torch.full_like(q, float("nan"))
+        plan.run(q, k, v, out, causal=True, backend="cuda", num_splits=7, workspace=workspace)
+        torch.cuda.synchronize()
+        _assert_split_matches(out, expected)
+    assert (workspace == 0xFF).all(), "the cluster merge wrote to the workspace"
+
+
+@pytest.mark.parametrize("merge", ["global", "cluster"])
+def test_decode_split_heuristic_per_merge(merge, seed, monkeypatch):
+    """The planned counts of src/cuda/plan.cpp at bf16 32/8 heads d128: batch 1 x 1k keys splits 4
+    ways with the global merge and 8 ways (one 128-key block each) with the cluster merge, batch 8 x
+    1k keys 2 ways with either; the device must hold all 8-CTA and 2-CTA clusters at once (an H100
+    or H200 does: one CTA per SM, 132 SMs)."""
+    _use_merge(merge, monkeypatch)
+    suffix = " cluster" if merge == "cluster" else ""
+    assert _decode_plan(1, 1, 32, 8, 128, 1024, 0).describe().endswith("splits=%d%s" % (
+        8 if merge == "cluster" else 4, suffix))
+    if torch.cuda.get_device_properties(0).multi_processor_count > 128:
+        assert _decode_plan(8, 1, 32, 8, 128, 1024, 0).describe().endswith("splits=2" + suffix)

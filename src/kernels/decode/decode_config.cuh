@@ -15,8 +15,11 @@
 // Packed row r of a (sequence, KV head) is query row r / G of head hk * G + r % G (G = H / Hk),
 // so every K/V element is read once per (sequence, KV head) and split, not once per query head.
 // Each warp keeps its own online softmax (max, sum, O) over its 16 keys of each block; the warps'
-// states merge through shared memory at the end, then go to out and lse, or to the split
-// partials that af_flash_combine merges. Paged K/V (any page size >= 1) resolve each key row
+// states merge through shared memory at the end, then go to out and lse, or, with key splits,
+// into one share per CTA that the tile's splits merge: on sm_90+, when the launch makes the
+// splits of a tile one thread-block cluster (cluster dims (num_splits, 1, 1)), through distributed
+// shared memory; otherwise through fp32 partials in global memory, merged by the tile's last CTA
+// (decode_fwd.cuh). Paged K/V (any page size >= 1) resolve each key row
 // through block_table in the loader, with the table read key blocks ahead of the copies that need
 // it; nothing is gathered beforehand.
 

@@ -190,6 +190,124 @@ __device__ __forceinline__ void store_row_chunk(const FlashFwdParams& p, int bat
           (long long)row * p.lse_row_stride] = lse;
 }
 
+#if __CUDA_ARCH__ >= 900
+// Thread-block clusters (sm_90+): the splits of a query tile as the CTAs of one cluster, which
+// merge their shares through distributed shared memory (DSMEM) instead of global memory.
+
+// CTAs in this CTA's cluster (1 without a cluster launch) and this CTA's rank in it.
+__device__ __forceinline__ int cluster_ctas() {
+  af_u32 n;
+  asm("mov.u32 %0, %%cluster_nctarank;\n" : "=r"(n));
+  return int(n);
+}
+__device__ __forceinline__ int cluster_rank() {
+  af_u32 r;
+  asm("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
+  return int(r);
+}
+// The address of this CTA's shared-memory word `address` in the CTA of rank `rank` of the cluster.
+__device__ __forceinline__ af_u32 cluster_address(af_u32 address, int rank) {
+  af_u32 mapped;
+  asm("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(mapped) : "r"(address), "r"(rank));
+  return mapped;
+}
+__device__ __forceinline__ float cluster_load(af_u32 address) {
+  float x;
+  asm volatile("ld.shared::cluster.f32 %0, [%1];\n" : "=f"(x) : "r"(address) : "memory");
+  return x;
+}
+__device__ __forceinline__ void cluster_load_8(af_u32 address, float (&x)[8]) {
+  asm volatile("ld.shared::cluster.v4.f32 {%0, %1, %2, %3}, [%4];\n"
+               : "=f"(x[0]), "=f"(x[1]), "=f"(x[2]), "=f"(x[3])
+               : "r"(address)
+               : "memory");
+  asm volatile("ld.shared::cluster.v4.f32 {%0, %1, %2, %3}, [%4];\n"
+               : "=f"(x[4]), "=f"(x[5]), "=f"(x[6]), "=f"(x[7])
+               : "r"(address + 16)
+               : "memory");
+}
+// Every thread of every CTA of the cluster: the writes before it (release) are visible to the
+// reads after it (acquire) in any CTA of the cluster.
+__device__ __forceinline__ void cluster_sync() {
+  asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory");
+  asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+}
+// Every thread of every CTA of the cluster, without ordering memory: before a CTA exits, so that its
+// shared memory outlives its peers' reads (their values were used before they arrive). The release
+// form would also wait for this CTA's global stores to be visible GPU-wide (MEMBAR.GPU in SASS).
+__device__ __forceinline__ void cluster_sync_relaxed() {
+  asm volatile("barrier.cluster.arrive.relaxed.aligned;\n" ::: "memory");
+  asm volatile("barrier.cluster.wait.aligned;\n" ::: "memory");
+}
+
+// Shares a cluster merges at most: the largest cluster (16 CTAs on sm_90, non-portable above 8).
+constexpr int kMaxClusterSplits = 16;
+
+// Merges the num_splits shares of a query tile, one per CTA of the cluster, each left by its CTA in
+// its own shared memory at `share` (kBlockM rows of kHeadDim normalised fp32 outputs, then kBlockM
+// natural-log LSEs, -inf for an empty share): lse = log(sum_s exp(lse_s)),
+// out = sum_s exp(lse_s - lse) * out_s. The tile's (row, 8-column chunk) items are dealt out in
+// contiguous ranges, CTA r taking the r-th, so the CTAs merge in parallel and each reads every
+// peer's share of its items once. Two rounds of distributed shared-memory loads per item, each with
+// all its loads in flight: every share's LSE, then every share's 8 outputs (the global merge's
+// running maximum would put a round trip between each 4 shares' LSEs and their outputs). Called by
+// every thread after the first cluster_sync; the caller syncs the cluster again before any CTA exits
+// (a peer may still be reading its share).
+__device__ __forceinline__ void merge_cluster_shares(const FlashFwdParams& p, int batch, int query_row0, int head_kv,
+                                                     int group, int r0, int rows, af_u32 share) {
+  constexpr float kLog2e = 1.4426950408889634f;
+  const int splits = p.num_splits;  // 2..kMaxClusterSplits (the cluster's CTAs)
+  const int chunks = (p.head_dim + 7) / 8;
+  const int items = min(kBlockM, rows - r0) * chunks;
+  const int per_cta = (items + splits - 1) / splits;
+  const int first = cluster_rank() * per_cta, last = min(items, first + per_cta);
+  const af_u32 share_lse = share + kBlockM * kHeadDim * 4;
+  for (int item = first + int(threadIdx.x); item < last; item += kThreads) {
+    const int row = item / chunks;
+    const int col = (item % chunks) * 8;
+    const af_u32 lse_address = share_lse + row * 4;
+    const af_u32 out_address = share + (row * kHeadDim + col) * 4;
+    float lse_s[kMaxClusterSplits];
+#pragma unroll
+    for (int s = 0; s < kMaxClusterSplits; ++s)
+      lse_s[s] = s < splits ? cluster_load(cluster_address(lse_address, s)) : AF_NEG_INF;
+    float top = AF_NEG_INF;
+#pragma unroll
+    for (int s = 0; s < kMaxClusterSplits; ++s) top = fmaxf(top, lse_s[s]);
+    float total = 0.f, acc[8];
+#pragma unroll
+    for (int c = 0; c < 8; ++c) acc[c] = 0.f;
+    if (top != AF_NEG_INF) {
+      // Shares whose outputs are loaded together: 8 (16 16-byte loads), 4 at d64, where 8 took the
+      // kernel from 99 to 128 registers (nvcc 13.0), the limit for two CTAs per SM.
+      constexpr int kBatch = kHeadDim >= 128 ? 8 : 4;
+#pragma unroll
+      for (int s0 = 0; s0 < kMaxClusterSplits; s0 += kBatch) {
+        if (s0 >= splits) break;
+        float out_s[kBatch][8];
+#pragma unroll
+        for (int u = 0; u < kBatch; ++u)
+          if (s0 + u < splits) cluster_load_8(cluster_address(out_address, s0 + u), out_s[u]);
+#pragma unroll
+        for (int u = 0; u < kBatch; ++u) {
+          if (s0 + u >= splits) break;
+          const float weight = exp2_approx((lse_s[s0 + u] - top) * kLog2e);  // 0 for an empty share
+          total += weight;
+#pragma unroll
+          for (int c = 0; c < 8; ++c) acc[c] += weight * out_s[u][c];
+        }
+      }
+    }
+    const float inverse = total > 0.f ? 1.f / total : 0.f;
+#pragma unroll
+    for (int c = 0; c < 8; ++c) acc[c] *= inverse;
+    const int r = r0 + row;
+    store_row_chunk(p, batch, query_row0 + r / group, head_kv * group + r % group, col, acc,
+                    total > 0.f ? top + log2_approx(total) * 0.6931471805599453f : AF_NEG_INF);
+  }
+}
+#endif
+
 extern "C" __global__ void __launch_bounds__(kThreads) af_decode_fwd(const FlashFwdParams p) {
   extern __shared__ __align__(128) unsigned char smem[];
   const af_u32 sQ = shared_address(smem);  // (kBlockM, kHeadDim) packed query rows
@@ -413,7 +531,17 @@ extern "C" __global__ void __launch_bounds__(kThreads) af_decode_fwd(const Flash
       merge_ml[(warp * 16 + row) * 2 + 1] = sum;
     }
   }
-  static_assert(kWarps * 16 * (kHeadDim + 2) * 4 <= kStages * 2 * kKVBytes, "merge buffer must fit the K/V ring");
+  // This CTA's share of the tile for a cluster merge: (kBlockM, kHeadDim) outputs, kBlockM LSEs.
+  float* share_o = merge_ml + kWarps * 16 * 2;
+  float* share_lse = share_o + kBlockM * kHeadDim;
+  static_assert(kWarps * 16 * (kHeadDim + 2) * 4 + kBlockM * (kHeadDim + 1) * 4 <= kStages * 2 * kKVBytes,
+                "merge buffers must fit the K/V ring");
+#if __CUDA_ARCH__ >= 900
+  // The host launches the splits of a tile as one cluster of num_splits CTAs along x (rank = split).
+  const bool cluster_merge = p.num_splits > 1 && cluster_ctas() == p.num_splits;
+#else
+  constexpr bool cluster_merge = false;
+#endif
   __syncthreads();
 
   const float ln2 = 0.6931471805599453f;
@@ -447,6 +575,13 @@ extern "C" __global__ void __launch_bounds__(kThreads) af_decode_fwd(const Flash
     for (int c = 0; c < 8; ++c) acc[c] *= inverse;
     const float lse = total > 0.f ? (top + log2_approx(total)) * ln2 : AF_NEG_INF;
     const int i = r / group, head = head_kv * group + r % group;
+    if (cluster_merge) {
+      float* dst = share_o + row * kHeadDim + col;
+      *(float4*)dst = make_float4(acc[0], acc[1], acc[2], acc[3]);
+      *(float4*)(dst + 4) = make_float4(acc[4], acc[5], acc[6], acc[7]);
+      if (col == 0) share_lse[row] = lse;
+      continue;
+    }
     if (p.num_splits > 1) {
       const long long partial_row = ((long long)(split * p.batch + batch) * p.heads_q + head) * p.seqlen_q + i;
       float* dst = p.partial_out + partial_row * kHeadDim + col;
@@ -457,6 +592,15 @@ extern "C" __global__ void __launch_bounds__(kThreads) af_decode_fwd(const Flash
     }
     store_row_chunk(p, batch, query.row0 + i, head, col, acc, lse);
   }
+#if __CUDA_ARCH__ >= 900
+  if (cluster_merge) {
+    // The CTAs of a cluster share r0 and rows, so all of them reach both barriers.
+    cluster_sync();
+    merge_cluster_shares(p, batch, query.row0, head_kv, group, r0, rows, shared_address(share_o));
+    cluster_sync_relaxed();
+    return;
+  }
+#endif
   if (p.num_splits == 1) return;
 
   // The last of the tile's num_splits CTAs to finish merges their shares (no combine kernel):

@@ -1,0 +1,123 @@
+// The decode family's key splits and their two merges (plan.cpp decode_splits): the global merge's
+// counts, the cluster merge's counts where clusters are all resident at once, forced counts, the
+// $ATTNFORGE_DECODE_CLUSTER switch and the plan string; and that the cluster instructions are
+// compiled for sm_90 only (PTX from NVRTC, no GPU).
+#include <cstdlib>
+#include <string>
+
+#include <gtest/gtest.h>
+
+#include "cuda/compiler.h"
+#include "cuda/driver_api.h"
+#include "cuda/families.h"
+#include "cuda/plan.h"
+
+namespace af::cuda {
+namespace {
+
+constexpr int kH200Sms = 132;
+
+// Resident clusters of n CTAs for a kernel of one CTA per SM on a 132-SM GPU whose GPCs hold 16 or
+// more SMs: 132 / n up to 8 CTAs, and `of16` clusters of 9 to 16 CTAs (one per GPC that fits one).
+struct Clusters {
+  int n[kMaxClusterCtas + 1] = {};
+  explicit Clusters(int of16) {
+    for (int c = 2; c <= 8; ++c) n[c] = kH200Sms / c;
+    for (int c = 9; c <= kMaxClusterCtas; ++c) n[c] = of16;
+  }
+};
+const int kNone[kMaxClusterCtas + 1] = {};
+
+void expect_splits(DecodeSplits got, int splits, bool cluster, const char* what) {
+  EXPECT_EQ(got.splits, splits) << what;
+  EXPECT_EQ(got.cluster, cluster) << what;
+}
+
+// Query tiles of bf16 32/8 heads d128 Sq 1 (one 16-row tile per KV head, 128-key blocks):
+// batch 1 = 8 CTAs, batch 8 = 64.
+TEST(DecodeSplits, GlobalMergeKeepsTheV9Rule) {
+  expect_splits(decode_splits(0, 8, 8, kH200Sms, kNone), 4, false, "B1 1k");
+  expect_splits(decode_splits(0, 8, 32, kH200Sms, kNone), 16, false, "B1 4k");
+  expect_splits(decode_splits(0, 64, 8, kH200Sms, kNone), 2, false, "B8 1k");
+  expect_splits(decode_splits(0, 66, 256, kH200Sms, kNone), 1, false, "half the SMs busy: no split");
+  expect_splits(decode_splits(0, 8, 1, kH200Sms, kNone), 1, false, "one key block");
+}
+
+TEST(DecodeSplits, ClusterMergeSplitsDownToOneBlock) {
+  const Clusters h200(8);
+  expect_splits(decode_splits(0, 8, 8, kH200Sms, h200.n), 8, true, "B1 1k: 8 splits of 128 keys");
+  expect_splits(decode_splits(0, 8, 32, kH200Sms, h200.n), 16, true, "B1 4k with 8 resident 16-CTA clusters");
+  expect_splits(decode_splits(0, 64, 8, kH200Sms, h200.n), 2, true, "B8 1k");
+  expect_splits(decode_splits(0, 64, 256, kH200Sms, h200.n), 2, true, "B8 32k");
+  expect_splits(decode_splits(0, 8, 2, kH200Sms, h200.n), 2, true, "B1 256 keys");
+  expect_splits(decode_splits(0, 66, 256, kH200Sms, h200.n), 1, false, "half the SMs busy: no split");
+  expect_splits(decode_splits(0, 8, 1, kH200Sms, h200.n), 1, false, "one key block");
+}
+
+TEST(DecodeSplits, GlobalMergeWhereClustersCannotFillTheSms) {
+  // Only 7 clusters of 16 resident for 8 query tiles: 8-CTA clusters fill 64 SMs, the global merge 128.
+  const Clusters seven(7);
+  expect_splits(decode_splits(0, 8, 32, kH200Sms, seven.n), 16, false, "B1 4k, 7 resident 16-CTA clusters");
+  // 64 tiles need 64 resident 2-CTA clusters; with 60 none of the cluster counts is one wave.
+  Clusters tight(8);
+  for (int c = 2; c <= kMaxClusterCtas; ++c) tight.n[c] = 60 / c;
+  expect_splits(decode_splits(0, 64, 8, kH200Sms, tight.n), 2, false, "B8 1k, 60 SMs of clusters");
+}
+
+TEST(DecodeSplits, ForcedCountsKeepFlashAttentionSemantics) {
+  const Clusters h200(8), no16(0);
+  expect_splits(decode_splits(1, 8, 32, kH200Sms, h200.n), 1, false, "num_splits=1: none");
+  expect_splits(decode_splits(7, 8, 32, kH200Sms, h200.n), 7, true, "7 in a cluster");
+  expect_splits(decode_splits(7, 100, 32, kH200Sms, h200.n), 7, true, "forced even past half the SMs");
+  expect_splits(decode_splits(16, 8, 32, kH200Sms, h200.n), 16, true, "16 where 16-CTA clusters launch");
+  expect_splits(decode_splits(16, 8, 32, kH200Sms, no16.n), 16, false, "16 where they do not: global");
+  expect_splits(decode_splits(17, 8, 32, kH200Sms, h200.n), 17, false, "above the cluster limit: global");
+  expect_splits(decode_splits(5, 8, 32, kH200Sms, kNone), 5, false, "clusters off: global");
+}
+
+TEST(DecodeSplits, EnvironmentTurnsTheClusterMergeOff) {
+  const char* saved = std::getenv("ATTNFORGE_DECODE_CLUSTER");
+  const std::string kept = saved != nullptr ? saved : "";
+  unsetenv("ATTNFORGE_DECODE_CLUSTER");
+  EXPECT_TRUE(decode_cluster_enabled());
+  setenv("ATTNFORGE_DECODE_CLUSTER", "0", 1);
+  EXPECT_FALSE(decode_cluster_enabled());
+  setenv("ATTNFORGE_DECODE_CLUSTER", "1", 1);
+  EXPECT_TRUE(decode_cluster_enabled());
+  if (saved != nullptr)
+    setenv("ATTNFORGE_DECODE_CLUSTER", kept.c_str(), 1);
+  else
+    unsetenv("ATTNFORGE_DECODE_CLUSTER");
+}
+
+TEST(DecodeSplits, PlanStringNamesTheMerge) {
+  Plan plan;
+  plan.choice.variant = find_variant(kFamilyDecode, AF_DTYPE_BFLOAT16, 128, false);
+  plan.choice.target = "sm_90a";
+  plan.choice.arch = 90;
+  plan.splits = 8;
+  plan.cluster = true;
+  EXPECT_EQ(describe(plan), "decode bf16 d128 sm_90a 16x128 splits=8 cluster");
+  plan.cluster = false;
+  EXPECT_EQ(describe(plan), "decode bf16 d128 sm_90a 16x128 splits=8");
+}
+
+// The cluster merge's PTX (barriers, mapa, distributed shared-memory loads) is in the sm_90 decode
+// module and not in the sm_80 one, which must not need clusters.
+TEST(DecodeCluster, ClusterInstructionsOnlyForSm90) {
+  if (!nvrtc().ok) GTEST_SKIP() << "NVRTC not found: " << nvrtc().failure;
+  const Variant& v = variants()[find_variant(kFamilyDecode, AF_DTYPE_BFLOAT16, 128, false)];
+  for (const char* target : {"compute_90", "compute_80"}) {
+    CompiledKernel compiled;
+    ASSERT_EQ(compile_variant(v, target, false, &compiled), AF_OK) << target;
+    ASSERT_FALSE(compiled.is_cubin) << target;
+    const std::string ptx(compiled.binary.data());
+    const bool sm90 = std::string(target) == "compute_90";
+    for (const char* instruction : {"barrier.cluster.arrive.release", "barrier.cluster.wait.acquire",
+                                    "mapa.shared::cluster", "ld.shared::cluster", "%cluster_nctarank"})
+      EXPECT_EQ(ptx.find(instruction) != std::string::npos, sm90) << target << ": " << instruction;
+  }
+}
+
+}  // namespace
+}  // namespace af::cuda
