@@ -43,6 +43,8 @@ struct TileConfig {
 // rest: sm_86, sm_89, sm_120...).
 enum SharedMemoryClass { kSmem227K = 0, kSmem163K = 1, kSmem99K = 2, kSharedMemoryClasses = 3 };
 SharedMemoryClass shared_memory_class(int arch);
+// 80 for "sm_80", 90 for "sm_90a" / "compute_90"; 0 if there are no digits.
+int target_arch(const std::string& target);
 
 // fwd_sm90's main-loop schedules, each its own compiled variant (AF_SM90_SCHEDULE), chosen per plan
 // from $ATTNFORGE_SM90_VARIANT (plan.cpp): v0 issues S = Q K^T, waits, softmax, then P V and waits;
@@ -110,12 +112,13 @@ struct Variant {
       return sm90_smem_bytes(head_dim, t.block_m(), t.block_n, t.stages, sm90_tma_store(schedule));
     return (t.block_m() + 2 * t.stages * t.block_n) * head_dim * 2;
   }
-  // Whether the variant compiles for an NVRTC target's arch (fwd_sm90: sm_90a only).
-  bool compiles_for(const std::string& target) const { return family != kFamilyFwdSm90 || target == "sm_90a"; }
+  // Whether the variant compiles for an NVRTC target's arch (fwd_sm90: sm_90a only; a decode wide-grid tile:
+  // the 227 KB class only, elsewhere it is the default tile, which its own variant compiles).
+  bool compiles_for(const std::string& target) const {
+    if (wide_grid) return shared_memory_class(target_arch(target)) == kSmem227K;
+    return family != kFamilyFwdSm90 || target == "sm_90a";
+  }
 };
-
-// 80 for "sm_80", 90 for "sm_90a" / "compute_90"; 0 if there are no digits.
-int target_arch(const std::string& target);
 
 // Every variant of every family, in a fixed order (index = variant id).
 const std::vector<Variant>& variants();

@@ -57,7 +57,8 @@ TEST(CudaVariants, TableIsConsistent) {
   EXPECT_EQ(find_variant(kFamilyFwdSm90, AF_DTYPE_BFLOAT16, 64, true), -1) << "fwd_sm90 has no extras variants";
   EXPECT_EQ(find_variant(kFamilyFwdSm80, AF_DTYPE_BFLOAT16, 64, false, kSm90Overlap), -1) << "overlap is fwd_sm90's";
   for (const Variant& v : list)
-    EXPECT_EQ(v.compiles_for("sm_80"), v.family != kFamilyFwdSm90) << v.name << ": wgmma and setmaxnreg need sm_90a";
+    EXPECT_EQ(v.compiles_for("sm_80"), v.family != kFamilyFwdSm90 && !v.wide_grid)
+        << v.name << ": wgmma and setmaxnreg need sm_90a; the wide-grid decode tile is the 227 KB class's";
 }
 
 std::string real_path(const std::string& path) {
