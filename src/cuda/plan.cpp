@@ -77,9 +77,12 @@ int sm80_splits(int requested, int ctas, int key_blocks, int wave_ctas) {
 // count below the SMs the global merge fills (B1 4k keys without 16-CTA clusters: 8 splits
 // against 16) the global merge's extra SMs are expected to win. A forced count (FlashAttention's
 // num_splits > 1, or $ATTNFORGE_NUM_SPLITS) merges in a cluster when a cluster of that many CTAs
-// can launch at all (max_clusters[n] > 0), else globally.
+// can launch at all (max_clusters[n] > 0), else globally. The heuristic keeps the global merge for
+// tiles of which an SM holds several (d64): there clusters of 8 ran 10-13% slower than the same 8
+// splits merged globally at B1 x 4k-32k (H200, bench/results/decode-cluster-h200-2026-11-30.md),
+// presumably because a cluster's CTAs are placed within one GPC, two to an SM, so fewer SMs stream.
 DecodeSplits decode_splits(int forced, int ctas, int key_blocks, int sm_count,
-                           const int (&max_clusters)[kMaxClusterCtas + 1]) {
+                           const int (&max_clusters)[kMaxClusterCtas + 1], int ctas_per_sm) {
   if (forced > 0) return {forced, forced >= 2 && forced <= kMaxClusterCtas && max_clusters[forced] > 0};
   if (2 * ctas >= sm_count) return {1, false};
   auto efficiency = [&](int s) {
@@ -96,8 +99,9 @@ DecodeSplits decode_splits(int forced, int ctas, int key_blocks, int sm_count,
     return 0;
   };
   const int global = smallest_near_best(std::max(1, std::min(128, key_blocks / 2)), [](int) { return true; });
-  const int cluster = smallest_near_best(std::min(kMaxClusterCtas, key_blocks),
-                                         [&](int s) { return s >= 2 && max_clusters[s] >= ctas; });
+  const int cluster = ctas_per_sm != 1 ? 0
+                                       : smallest_near_best(std::min(kMaxClusterCtas, key_blocks),
+                                                            [&](int s) { return s >= 2 && max_clusters[s] >= ctas; });
   if (cluster >= 2 && efficiency(cluster) >= 0.95 * efficiency(global)) return {cluster, true};
   return {global, false};
 }
@@ -317,7 +321,9 @@ af_status make_plan(const AttentionProblem& p, const Choice& choice, Plan* plan)
     const int(&max_clusters)[kMaxClusterCtas + 1] = clusters ? plan->loaded.max_clusters : kNoClusters;
     const int forced = forced_splits(p.num_splits);
     const DecodeSplits split =
-        can_split ? decode_splits(forced, ctas, key_blocks, plan->loaded.sm_count, max_clusters) : DecodeSplits{};
+        can_split ? decode_splits(forced, ctas, key_blocks, plan->loaded.sm_count, max_clusters,
+                                  std::max(1, wave / std::max(1, plan->loaded.sm_count)))
+                  : DecodeSplits{};
     plan->splits = split.splits;
     plan->cluster = split.cluster;
     plan->grid[0] = unsigned(plan->splits);

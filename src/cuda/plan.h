@@ -82,8 +82,10 @@ struct DecodeSplits {
   int splits = 1;
   bool cluster = false;  // merged through distributed shared memory in a cluster of `splits` CTAs
 };
+// ctas_per_sm: CTAs of the variant one SM holds (LoadedVariant::wave_ctas / sm_count); the heuristic
+// takes the cluster merge only at 1.
 DecodeSplits decode_splits(int forced, int ctas, int key_blocks, int sm_count,
-                           const int (&max_clusters)[kMaxClusterCtas + 1]);
+                           const int (&max_clusters)[kMaxClusterCtas + 1], int ctas_per_sm = 1);
 
 // AF_OK and the kernel that would run p, or the status and reason why the CUDA backend cannot.
 af_status choose(const AttentionProblem& p, Choice* choice);

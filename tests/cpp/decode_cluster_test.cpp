@@ -54,6 +54,13 @@ TEST(DecodeSplits, ClusterMergeSplitsDownToOneBlock) {
   expect_splits(decode_splits(0, 8, 1, kH200Sms, h200.n), 1, false, "one key block");
 }
 
+TEST(DecodeSplits, HeuristicKeepsTheGlobalMergeForTilesSharingAnSm) {
+  // d64 (two CTAs per SM): 16/16 heads, B1 x 4k keys = 16 CTAs of 32 blocks.
+  const Clusters h200(8);
+  expect_splits(decode_splits(0, 16, 32, kH200Sms, h200.n, 2), 8, false, "d64 B1 4k, two CTAs per SM");
+  expect_splits(decode_splits(3, 16, 32, kH200Sms, h200.n, 2), 3, true, "a forced count still merges in a cluster");
+}
+
 TEST(DecodeSplits, GlobalMergeWhereClustersCannotFillTheSms) {
   // Only 7 clusters of 16 resident for 8 query tiles: 8-CTA clusters fill 64 SMs, the global merge 128.
   const Clusters seven(7);
