@@ -42,8 +42,9 @@
 // (FlashAttention-3's intra-warpgroup overlap) issues block i's Q K^T with block i - 1's P V and
 // runs block i's softmax while P V is in flight, so the tensor cores work during the exps;
 // pingpong is overlap with the consumers taking turns in a ring (named barriers 1 to kConsumers) to
-// issue each step's two wgmma groups, so one warpgroup's softmax runs while another's GEMMs do. LSE is stored
-// from registers, and so is O except in the TMA-store forms (AF_SM90_TMA_STORE; see the epilogue).
+// issue each step's two wgmma groups, so one warpgroup's softmax runs while another's GEMMs do.
+// LSE is stored from registers, and so is O except in the TMA-store forms (AF_SM90_TMA_STORE; see
+// the epilogue).
 
 extern "C" __global__ void __launch_bounds__(kThreads, 1)
     af_flash_fwd_sm90(const __grid_constant__ FlashFwdParams p, const __grid_constant__ CUtensorMap q_map,
@@ -214,8 +215,10 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
   const float scale = p.scale_log2;
   const af_u32 q_atom = sQ + consumer * 64 * 128;  // this warpgroup's 64 rows of atom 0
   // Named barriers (0 is __syncthreads()'s): pingpong's turns kTurnBarrier + c (consumer c's), the
-  // epilogue's kStoreBarrier + c (one warpgroup's 128 threads), V's tail kVTailBarrier (all consumers).
-  constexpr int kTurnBarrier = 1, kStoreBarrier = kTurnBarrier + kConsumers, kVTailBarrier = kStoreBarrier + kConsumers;
+  // epilogue's kStoreBarrier + c (one warpgroup's 128 threads), V's tail kVTailBarrier (all
+  // consumers): 1-2, 3-4 and 5 with two consumers, 1-3, 4-6 and 7 with three.
+  constexpr int kTurnBarrier = 1, kStoreBarrier = kTurnBarrier + kConsumers;
+  constexpr int kVTailBarrier = kStoreBarrier + kConsumers;
   constexpr int kConsumerThreads = 128 * kConsumers;
 
   // S = Q K^T of one key block, issued as one wgmma group (not waited for).
