@@ -10,8 +10,7 @@
 // overlap-persistent, pingpong-persistent, overlap-persistent-tma-store,
 // pingpong-persistent-tma-store, overlap-dynamic, pingpong-dynamic}, no extras
 // (softcap and ALiBi stay with fwd_sm80); sm_90a only ($ATTNFORGE_FWD_SM90=0 turns it off, see plan.cpp);
-// plus at head dim 64 the 192-row form of every schedule but one ($ATTNFORGE_SM90_BLOCK_M=192, see
-// sm90_has_wide_tile and plan.cpp).
+// plus at head dim 64 every schedule's 192-row form ($ATTNFORGE_SM90_BLOCK_M=192, see plan.cpp).
 //
 // Tiles: every shape below compiles without spills for sm_80, sm_86, sm_89 and sm_90a
 // (checked by the cuda_compile test). $ATTNFORGE_TILE="D:warps,m_tiles,block_n,stages;..."
@@ -169,7 +168,7 @@ std::vector<Variant> build_variants() {
       for (int d : kSm90HeadDims)
         for (int block_m : {kSm90BlockM, kSm90WideBlockM}) {
           const Sm90Schedule schedule = Sm90Schedule(s);
-          if (block_m == kSm90WideBlockM && !sm90_has_wide_tile(d, schedule)) continue;
+          if (block_m == kSm90WideBlockM && d != 64) continue;
           Variant v{kFamilyFwdSm90, dtype, d, false, {}, "", schedule};
           for (TileConfig& t : v.tiles) t = block_m == kSm90WideBlockM ? sm90_wide_tile() : sm90_tile(d);
           v.name = std::string("fwd_sm90") + (dtype == AF_DTYPE_BFLOAT16 ? "_bf16" : "_fp16") + "_d" +
@@ -220,8 +219,6 @@ bool sm90_tma_store(Sm90Schedule s) {
 }
 
 bool sm90_dynamic(Sm90Schedule s) { return s == kSm90OverlapDynamic || s == kSm90PingPongDynamic; }
-
-bool sm90_has_wide_tile(int head_dim, Sm90Schedule s) { return head_dim == 64 && s != kSm90OverlapPersistentTmaStore; }
 
 SharedMemoryClass shared_memory_class(int arch) {
   if (arch == 90 || arch == 100 || arch == 103 || arch == 110) return kSmem227K;

@@ -109,14 +109,10 @@ const std::vector<Variant>& variants();
 int compiled_head_dim(FamilyId family, int d);
 
 // fwd_sm90's query rows per work tile: 128 (two consumer warpgroups) at every head dim, and at
-// compiled head dim 64 also 192 (three consumer warpgroups, FlashAttention-3's d64 tile height;
-// "_m192" in the variant's name).
+// compiled head dim 64 also 192 (three consumer warpgroups, FlashAttention-3's d64 tile height; a
+// variant of every schedule, "_m192" in its name).
 constexpr int kSm90BlockM = 128;
 constexpr int kSm90WideBlockM = 192;
-// Whether a schedule has a 192-row variant at a compiled head dim: at 64, every schedule but
-// overlap-persistent-tma-store (ptxas spills 4 bytes of its consumers at 160 registers, the most
-// three consumer warpgroups can have beside the producer's 32, with NVRTC 12.1, 12.9, 13.0 and 13.5).
-bool sm90_has_wide_tile(int head_dim, Sm90Schedule s);
 
 // Index into variants() for a call, or -1 (schedule and sm90_block_m: fwd_sm90's; the other
 // families have only v0 and their own tile heights).

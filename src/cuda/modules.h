@@ -7,8 +7,8 @@
 namespace af::cuda {
 
 constexpr int kMaxDevices = 64;
-// An array bound (the loaded-variant slots per device); the variant table has 108 entries (92
-// before fwd_sm90's 16 d64 192-row forms).
+// An array bound (the loaded-variant slots per device); the variant table has 110 entries (92
+// before fwd_sm90's 18 d64 192-row forms).
 constexpr int kMaxVariants = 128;
 
 struct LoadedVariant {

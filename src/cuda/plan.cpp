@@ -212,10 +212,6 @@ af_status choose(const AttentionProblem& p, Choice* choice) {
                 "cuda backend: ATTNFORGE_SM90_BLOCK_M=%s is not a fwd_sm90 tile height (128, or 192 at head dim 64)",
                 std::getenv("ATTNFORGE_SM90_BLOCK_M"));
   const int index = find_variant(family_id, p.dtype, int(p.head_dim), extras, schedule, sm90_block_m);
-  if (family_id == kFamilyFwdSm90 && index < 0 && sm90_block_m == kSm90WideBlockM)
-    return fail(AF_ERR_INVALID_ARGUMENT,
-                "cuda backend: ATTNFORGE_SM90_BLOCK_M=192: fwd_sm90 has no 192-row form of the %s schedule",
-                sm90_schedule_name(schedule));
   if (index < 0 || index >= kMaxVariants)
     return fail(AF_ERR_INTERNAL, "cuda backend: no %s variant for head_dim %lld", family(family_id).name,
                 (long long)p.head_dim);

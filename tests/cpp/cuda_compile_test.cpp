@@ -90,16 +90,14 @@ TEST(CudaCompile, EveryVariantForEveryArchWithoutSpills) {
     for (const Variant& v : variants())
       if (v.compiles_for(arch)) rows.push_back({arch, &v, AF_OK, {}, ""});
   // Every fwd_sm90 variant is in the sm_90a rows (the family's whole point is that target): 2 dtypes x
-  // 3 head dims of each schedule in 128-row tiles, and 2 dtypes of each schedule's d64 192-row form
-  // (all but one: sm90_has_wide_tile).
+  // 3 head dims of each schedule in 128-row tiles, and 2 dtypes of each schedule's d64 192-row form.
   int sm90_rows[kSm90Schedules] = {}, sm90_wide_rows[kSm90Schedules] = {};
   for (const Row& r : rows)
     if (r.variant->family == kFamilyFwdSm90 && r.arch == "sm_90a")
       ++(r.variant->tile_for(90).block_m() == kSm90WideBlockM ? sm90_wide_rows : sm90_rows)[r.variant->schedule];
   for (int s = 0; s < kSm90Schedules; ++s) {
     EXPECT_EQ(sm90_rows[s], 6) << sm90_schedule_name(Sm90Schedule(s));
-    EXPECT_EQ(sm90_wide_rows[s], sm90_has_wide_tile(64, Sm90Schedule(s)) ? 2 : 0)
-        << sm90_schedule_name(Sm90Schedule(s));
+    EXPECT_EQ(sm90_wide_rows[s], 2) << sm90_schedule_name(Sm90Schedule(s));
   }
   // Two workers (CI has two cores); NVRTC compiles independent programs concurrently.
   std::mutex mutex;

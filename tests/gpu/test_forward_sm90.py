@@ -88,11 +88,10 @@ def test_fwd_sm90_persistent_forms(name, schedule, seed, monkeypatch):
     run_case(torch.bfloat16, batch, seqlen_q, seqlen_k, heads, heads_kv, head_dim, 0, **case)
 
 
-# The 192-row forms (three consumer warpgroups; head dims that compile to 64): every schedule that
-# has one (all but overlap-persistent-tma-store, src/cuda/families.h) on every d64 case above and on
-# lengths around the 192-row tile: 191/193/385 rows, Sq != Sk, tiles with no key (causal, Sq > Sk:
-# the first two 192-row tiles of the b9 case see none), several tiles per CTA (b9 x 8 heads, GQA
-# 64/8 at 4097).
+# The 192-row forms (three consumer warpgroups; head dims that compile to 64), every schedule's, on
+# every d64 case above and on lengths around the 192-row tile: 191/193/385 rows, Sq != Sk, tiles with
+# no key (causal, Sq > Sk: the first two 192-row tiles of the b9 case see none), several tiles per
+# CTA (b9 x 8 heads, GQA 64/8 at 4097).
 WIDE_CASES = dict({name: case for name, case in CASES.items() if case["head_dim"] <= 64}, **{
     "m192_rows_193_keys_385": dict(batch=2, seqlen_q=193, seqlen_k=385, heads=4, heads_kv=2, head_dim=64),
     "m192_rows_385_keys_191_causal": dict(batch=3, seqlen_q=385, seqlen_k=191, heads=4, heads_kv=4, head_dim=64,
@@ -105,9 +104,9 @@ WIDE_CASES = dict({name: case for name, case in CASES.items() if case["head_dim"
 })
 
 
-# Every schedule but overlap-persistent-tma-store has a 192-row form (src/cuda/families.h).
 WIDE_SCHEDULES = ["v0", "overlap", "pingpong", "overlap-persistent", "pingpong-persistent",
-                  "pingpong-persistent-tma-store", "overlap-dynamic", "pingpong-dynamic"]
+                  "overlap-persistent-tma-store", "pingpong-persistent-tma-store", "overlap-dynamic",
+                  "pingpong-dynamic"]
 
 
 @pytest.mark.parametrize("schedule", WIDE_SCHEDULES)
@@ -127,17 +126,16 @@ def test_fwd_sm90_192_row_forms(name, schedule, seed, monkeypatch):
         run_case(dtype, batch, seqlen_q, seqlen_k, heads, heads_kv, head_dim, 0, **args)
 
 
-def test_fwd_sm90_192_rows_refuses_what_it_does_not_have(monkeypatch):
-    """ATTNFORGE_SM90_BLOCK_M: 192 at head dim 64 only (128 elsewhere), no 192-row form of
-    overlap-persistent-tma-store, and any other value an error that names the variable."""
+def test_fwd_sm90_192_rows_only_at_d64_and_other_values_refused(monkeypatch):
+    """ATTNFORGE_SM90_BLOCK_M=192: 192 rows at head dims that compile to 64 (d40 too), 128 at d128; any
+    value but 128 or 192 is an error that names the variable."""
     q = torch.empty(2, 300, 4, 128, dtype=torch.bfloat16, device=DEVICE)
+    monkeypatch.delenv("ATTNFORGE_SM90_VARIANT", raising=False)
     monkeypatch.setenv("ATTNFORGE_SM90_BLOCK_M", "192")
-    assert " 128x128" in _native.Plan(q, q, q, q, backend="cuda").describe()
-    q64 = q[..., :64].contiguous()
-    monkeypatch.setenv("ATTNFORGE_SM90_VARIANT", "overlap-persistent-tma-store")
-    with pytest.raises(_native.AttnforgeError, match="ATTNFORGE_SM90_BLOCK_M=192: fwd_sm90 has no 192-row form"):
-        _native.Plan(q64, q64, q64, q64, backend="cuda")
-    monkeypatch.delenv("ATTNFORGE_SM90_VARIANT")
+    assert " sm_90a 128x128" in _native.Plan(q, q, q, q, backend="cuda").describe()
+    q64, q40 = q[..., :64].contiguous(), q[..., :40].contiguous()
+    for x in (q64, q40):
+        assert " sm_90a 192x128" in _native.Plan(x, x, x, x, backend="cuda").describe()
     monkeypatch.setenv("ATTNFORGE_SM90_BLOCK_M", "256")
     with pytest.raises(_native.AttnforgeError, match="ATTNFORGE_SM90_BLOCK_M=256 is not a fwd_sm90 tile height"):
         _native.Plan(q64, q64, q64, q64, backend="cuda")
@@ -398,5 +396,5 @@ def test_fwd_sm90_sequences(name, dtype, seed, monkeypatch):
         for schedule in SCHEDULES:
             run("fwd_sm90", schedule)
         if head_dim <= 64:
-            for schedule in WIDE_SCHEDULES:
+            for schedule in SCHEDULES:
                 run("fwd_sm90", schedule, block_m=192)

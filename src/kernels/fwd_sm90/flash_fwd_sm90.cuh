@@ -482,6 +482,10 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
     const int q_len = query.len;
     const bool staged = kTmaStore && n_blocks > 0 && !varlen_q;
     const bool issuer = (threadIdx.x & 127) == 0;
+    // This warpgroup's 64 rows of the staging tile, as an offset from q_atom (sO - sQ is a constant):
+    // addressed from sO, ptxas spilled 4 bytes of the 192-row overlap-persistent-tma-store consumers
+    // (160 registers) with NVRTC 12.1 to 13.5.
+    const af_u32 o_rows = q_atom + (sO - sQ);
     if (staged && !kOInQ) {
       // The previous tile's store has read the staging tile.
       if (issuer) bulk_wait_group_read<0>();
@@ -498,7 +502,7 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
       const int row = m0 + 64 * consumer + 16 * warp + g + 8 * half;
       if (staged) {
         // Row r of the tile, 16-byte chunk j at chunk j ^ (r % 8) of its line, and r % 8 == g.
-        const af_u32 line = sO + af_u32(64 * consumer + 16 * warp + g + 8 * half) * 128u + 4u * t;
+        const af_u32 line = o_rows + af_u32(16 * warp + g + 8 * half) * 128u + 4u * t;
 #pragma unroll
         for (int a = 0; a < kAtoms; ++a)
 #pragma unroll
@@ -532,8 +536,7 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
         if (row0 < q_len) {
 #pragma unroll
           for (int a = 0; a < kAtoms; ++a)
-            tma_store_4d(&o_map, sO + a * kBlockM * 128 + consumer * 64 * 128, a * 64, query.row0 + row0, w.head,
-                         varlen_q ? 0 : w.batch);
+            tma_store_4d(&o_map, o_rows + a * kBlockM * 128, a * 64, query.row0 + row0, w.head, varlen_q ? 0 : w.batch);
         }
         bulk_commit_group();
         if constexpr (kOInQ) {
