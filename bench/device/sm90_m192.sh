@@ -3,7 +3,7 @@
 # H100/H200, ~3 min with a warm build (the NVRTC compiles of a cold cache add ~1 s per variant):
 #   OUT=dir bash bench/device/sm90_m192.sh
 # 1. builds build-device/libattnforge.so (as sm90_sequences.sh does) unless ATTNFORGE_LIBRARY names one;
-# 2. correctness, at once (no timing runs meanwhile), each step under 80 s:
+# 2. correctness, at once (no timing runs meanwhile), each step under 75 s:
 #    - pytest: tests/gpu/test_forward_sm90.py -k "192 or d64": every 192-row form on the d64 cases and on
 #      lengths around the 192-row tile (odd lengths, Sq != Sk, causal, GQA, empty tiles), the d64
 #      seqused_k/leftpad_k/varlen cases (NaN in unused cache rows) through every form, the refusals;
@@ -54,7 +54,7 @@ pids=()
 names=()
 logs=()
 commands=()
-(timeout 80 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_forward_sm90.py -k "192 or d64" \
+(timeout 75 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_forward_sm90.py -k "192 or d64" \
   >"$OUT/pytest-m192.log" 2>&1) &
 pids+=($!)
 names+=("pytest -k '192 or d64'")
@@ -67,7 +67,7 @@ if command -v compute-sanitizer >/dev/null; then
     tool=${job%%:*} variant=${job#*:}
     command=(compute-sanitizer --tool "$tool" --error-exitcode 3
       python3 bench/device/sm90_check.py --stage correctness --quick --variants "$variant")
-    (ATTNFORGE_CACHE_DIR="/tmp/af-m192-$tool-$variant" timeout 80 "${command[@]}" \
+    (ATTNFORGE_CACHE_DIR="/tmp/af-m192-$tool-$variant" timeout 75 "${command[@]}" \
       >"$OUT/sanitizer-$tool-$variant.log" 2>&1) &
     pids+=($!)
     names+=("compute-sanitizer $tool $variant (--quick)")

@@ -91,14 +91,14 @@ def test_fwd_sm90_persistent_forms(name, schedule, seed, monkeypatch):
 # The 192-row forms (three consumer warpgroups; head dims that compile to 64), every schedule's, on
 # every d64 case above and on lengths around the 192-row tile: 191/193/385 rows, Sq != Sk, tiles with
 # no key (causal, Sq > Sk: the first two 192-row tiles of the b9 case see none), several tiles per
-# CTA (b9 x 8 heads, GQA 64/8 at 4097).
+# CTA (b9 x 8 heads: 288 tiles), 13 key blocks under a causal mask with GQA (8/2 heads at 1537).
 WIDE_CASES = dict({name: case for name, case in CASES.items() if case["head_dim"] <= 64}, **{
     "m192_rows_193_keys_385": dict(batch=2, seqlen_q=193, seqlen_k=385, heads=4, heads_kv=2, head_dim=64),
     "m192_rows_385_keys_191_causal": dict(batch=3, seqlen_q=385, seqlen_k=191, heads=4, heads_kv=4, head_dim=64,
                                           causal=True),
     "m192_empty_tiles_b9": dict(batch=9, seqlen_q=600, seqlen_k=100, heads=8, heads_kv=2, head_dim=64, causal=True),
-    "m192_gqa_64_8_causal_4097": dict(batch=1, seqlen_q=4097, seqlen_k=4097, heads=64, heads_kv=8, head_dim=64,
-                                      causal=True),
+    "m192_gqa_8_2_causal_1537": dict(batch=1, seqlen_q=1537, seqlen_k=1537, heads=8, heads_kv=2, head_dim=64,
+                                     causal=True),
     "m192_d56_bhsd": dict(batch=2, seqlen_q=333, seqlen_k=333, heads=4, heads_kv=4, head_dim=56, layout="bhsd",
                           causal=True),
 })
