@@ -36,6 +36,16 @@ relaunches, CUDA-graph replays, two streams and a caller's workspace (relaunch_c
 
     python3 bench/device/sm90_check.py --shapes causal --budget 110 --out $OUT/sm90dyn \
         --variants pingpong,pingpong-persistent,pingpong-dynamic,overlap,overlap-dynamic
+
+A variant "SCHEDULE@192" is that schedule's 192-row form (three consumer warpgroups, head dim 64 only:
+ATTNFORGE_SM90_BLOCK_M=192 beside ATTNFORGE_SM90_VARIANT=SCHEDULE); its correctness stage runs the
+reduced (or --quick) set with every head dim moved to one that compiles to 64 (wide_case), and each
+case must report "SCHEDULE sm_90a 192x" in its plan; in timing it is timed on d64 shapes only.
+`--shapes d64` times 16 d64 shapes (32 heads at 16k tokens per call 512-16k, b4 1k, 64/8 GQA 4k, causal
+and not), for the 192-row forms' A/B (bench/device/sm90_m192.sh):
+
+    python3 bench/device/sm90_check.py --shapes d64 --budget 110 --out $OUT/m192 \
+        --variants pingpong-persistent,pingpong-persistent@192,overlap-persistent@192,pingpong@192
 """
 import argparse
 import json
@@ -46,6 +56,32 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
+
+
+def split_variant(variant):
+    """(schedule, block_m) of an --variants entry: "pingpong" -> ("pingpong", 128), "pingpong@192" ->
+    ("pingpong", 192)."""
+    schedule, _, rows = variant.partition("@")
+    return schedule, int(rows or 128)
+
+
+def variant_env(variant):
+    """The environment that selects a variant (read by the library at each plan)."""
+    schedule, block_m = split_variant(variant)
+    return dict(ATTNFORGE_SM90_VARIANT=schedule, ATTNFORGE_SM90_BLOCK_M=str(block_m))
+
+
+def variant_in_plan(variant, plan):
+    """Whether a plan's describe() names this variant: "fwd_sm90 bf16 d64 pingpong sm_90a 192x128 ..."."""
+    schedule, block_m = split_variant(variant)
+    kernel = plan.split("(")[0]  # the reason in parentheses may name fwd_sm90 when fwd_sm80 runs
+    return " fwd_sm90 " in " " + kernel and " %s sm_90a %dx" % (schedule, block_m) in kernel
+
+
+def wide_case(case):
+    """A case moved to a head dim that compiles to 64 (the 192-row forms' only one): 128 and 256 -> 64,
+    72 -> 56 (zero-filled dims 56..63)."""
+    return dict(case, d={72: 56}.get(case["d"], min(case["d"], 64)))
 
 
 def log(out_dir, text):
@@ -199,6 +235,9 @@ def run_correctness(out_dir, quick, variant=""):
     torch.manual_seed(0)
     results, failures = [], 0
     cases = correctness_cases(True) if quick else (reduced_cases() if variant else correctness_cases(False))
+    wide = bool(variant) and split_variant(variant)[1] == 192
+    if wide:
+        cases = [wide_case(c) for c in cases]
     for case in cases:
         dtype = dtypes[case["dtype"]]
         b, sq, sk, h, hk, d = case["batch"], case["sq"], case["sk"], case["heads"], case["heads_kv"], case["d"]
@@ -252,11 +291,10 @@ def run_correctness(out_dir, quick, variant=""):
         except Exception as e:  # reported per case; a sticky CUDA error ends the stage in the parent's report
             row.update(ok=False, error="%s: %s" % (type(e).__name__, e))
         expect_sm90 = sq * (h // hk) > 64
-        # describe(): "fwd_sm90 bf16 d128 overlap sm_90a ...": the schedule asked for, not another; the
-        # reason in parentheses after it may name fwd_sm90 when fwd_sm80 runs.
-        wanted = " %s sm_90a" % variant if variant else ""
+        # describe(): "fwd_sm90 bf16 d128 overlap sm_90a 128x128 ...": the variant asked for, not another.
         kernel = row.get("plan", "").split("(")[0]
-        row["family_ok"] = (not expect_sm90) or (" fwd_sm90 " in kernel and wanted in kernel)
+        row["family_ok"] = (not expect_sm90) or (
+            variant_in_plan(variant, kernel) if variant else " fwd_sm90 " in " " + kernel)
         row["ok"] = row["ok"] and row["family_ok"]
         failures += not row["ok"]
         results.append(row)
@@ -266,12 +304,13 @@ def run_correctness(out_dir, quick, variant=""):
             row.get("error") or "err %.3g (budget %.3g) lse %.2g nan=%s | %s%s" % (
                 row["err"], row["budget"], row["lse_err"], row["nan"], row["plan"],
                 "" if row["family_ok"] else "  <- expected fwd_sm90 %s" % variant)))
-    if variant.endswith("-dynamic"):
-        row = relaunch_check(native)
+    if split_variant(variant)[0].endswith("-dynamic"):
+        d = 64 if wide else 128
+        row = relaunch_check(native, d)
         failures += not row["ok"]
         results.append(row)
-        log(out_dir, "  [%s] %-4s relaunches b2 s2048 h16/4 d128 causal: %s" % (
-            variant, "ok" if row["ok"] else "FAIL", row.get("error") or row["detail"]))
+        log(out_dir, "  [%s] %-4s relaunches b2 s2048 h16/4 d%d causal: %s" % (
+            variant, "ok" if row["ok"] else "FAIL", d, row.get("error") or row["detail"]))
     if out_dir:
         with open(os.path.join(out_dir, "correctness-%s.json" % variant if variant else "correctness.json"), "w") as f:
             json.dump(results, f, indent=1)
@@ -280,9 +319,9 @@ def run_correctness(out_dir, quick, variant=""):
     return 0 if failures == 0 else 1
 
 
-def relaunch_check(native):
+def relaunch_check(native, d=128):
     """A dynamic form's tile counter must be 0 again after each launch and never shared by two launches
-    at once: one plan (b2 s2048 16/4 heads d128 causal, 512 query tiles, ~4 per CTA) runs on the
+    at once: one plan (b2 s2048 16/4 heads, head dim d, causal; at d128 512 query tiles, ~4 per CTA) runs on the
     stream's workspace 3 times, as a CUDA graph replayed 3 times, on two streams at once (4 launches
     each, different inputs), and on a caller's workspace filled with 0xff (2 launches); out is NaN
     before each launch, and every result must equal (bit for bit: the same kernel computes each tile
@@ -291,9 +330,9 @@ def relaunch_check(native):
     import torch
 
     def inputs():
-        return (torch.randn(2, 2048, 16, 128, device="cuda", dtype=torch.bfloat16),
-                torch.randn(2, 2048, 4, 128, device="cuda", dtype=torch.bfloat16),
-                torch.randn(2, 2048, 4, 128, device="cuda", dtype=torch.bfloat16))
+        return (torch.randn(2, 2048, 16, d, device="cuda", dtype=torch.bfloat16),
+                torch.randn(2, 2048, 4, d, device="cuda", dtype=torch.bfloat16),
+                torch.randn(2, 2048, 4, d, device="cuda", dtype=torch.bfloat16))
 
     checks = []
     try:
@@ -478,7 +517,15 @@ def ab_shapes(preset="all"):
     """(batch, seqlen, heads, heads_kv, head_dim, causal): batch 4 at 1k first (512 query tiles: under 4 per
     SM, where a persistent grid's tail shows; first, so that a cut budget keeps them), then 16k tokens per call,
     2048 query-head dims. preset "causal" (the dynamic scheduler's A/B, 10 shapes): d128 causal at b4 1k and
-    at 16k tokens of 1k/2k/8k/16k, d256 causal 1k/4k, 64/8 GQA causal 4k, and d128 non-causal b4 1k and 8k."""
+    at 16k tokens of 1k/2k/8k/16k, d256 causal 1k/4k, 64/8 GQA causal 4k, and d128 non-causal b4 1k and 8k.
+    preset "d64" (the 192-row forms' A/B, 16 shapes): d64 with 32 heads at 16k tokens per call from 512 to 16k
+    keys, b4 1k (32 heads) and 64/8 GQA 4k, each causal and not, the short ones first."""
+    if preset == "d64":
+        shapes = [(16384 // s, s, 32, 32, 64, causal) for s in (512, 1024, 2048) for causal in (False, True)]
+        shapes += [(4, 1024, 32, 32, 64, causal) for causal in (False, True)]
+        shapes += [(1, 4096, 64, 8, 64, causal) for causal in (False, True)]
+        shapes += [(16384 // s, s, 32, 32, 64, causal) for s in (4096, 8192, 16384) for causal in (False, True)]
+        return shapes
     if preset == "causal":
         shapes = [(4, 1024, 16, 16, 128, True)]
         shapes += [(16384 // s, s, 16, 16, 128, True) for s in (1024, 2048, 8192, 16384)]
@@ -494,7 +541,8 @@ def ab_shapes(preset="all"):
 
 def run_ab_timing(out_dir, seconds, variants, preset="all"):
     """Each fwd_sm90 variant beside SDPA's cuDNN backend on ab_shapes(), bf16; a variant whose plan
-    does not name it (or is not fwd_sm90) is reported, not timed."""
+    does not name it (or is not fwd_sm90) is reported, not timed; a 192-row variant ("@192") is timed on
+    the d64 shapes only."""
     import torch
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -515,11 +563,15 @@ def run_ab_timing(out_dir, seconds, variants, preset="all"):
             break
         q, k, v, out, flops, row = timing_case(b, s, h, hk, d, causal)
         for variant in variants:
+            if split_variant(variant)[1] == 192 and d != 64:
+                row[variant] = None
+                row[variant + "_plan"] = "no 192-row form at d%d" % d
+                continue
             try:
-                os.environ["ATTNFORGE_SM90_VARIANT"] = variant  # read when the plan is made
+                os.environ.update(variant_env(variant))  # read when the plan is made
                 plan = native.Plan(q, k, v, out, backend="cuda", causal=causal)
                 row[variant + "_plan"] = plan.describe()
-                if "fwd_sm90" not in row[variant + "_plan"] or " %s sm_90a" % variant not in row[variant + "_plan"]:
+                if not variant_in_plan(variant, row[variant + "_plan"]):
                     row[variant] = None
                     continue
                 row[variant] = flops / graph_ms(lambda: plan.run(q, k, v, out, backend="cuda", causal=causal)) / 1e9
@@ -577,7 +629,8 @@ def run_ab_timing(out_dir, seconds, variants, preset="all"):
                                                           r["head_dim"], "causal" if r["causal"] else "full") +
                         " | ".join(cell(x) for x in variants) + " | " + cell("sdpa_cudnn") + " | " +
                         " | ".join(rat(x) for x in variants) + " | %s |\n" % (r["faster"] or "-"))
-    return 0 if rows and all(r.get(x) for r in rows for x in variants) else 1
+    return 0 if rows and all(r.get(x) for r in rows for x in variants
+                             if split_variant(x)[1] != 192 or r["head_dim"] == 64) else 1
 
 
 # ---------------------------------------------------------------------------------------------- driver
@@ -627,9 +680,10 @@ def main_ab(args, variants):
     passed = []
     for i, variant in enumerate(variants):
         share = max(10.0, (left() * 0.6) / (len(variants) - i))  # 60% of the budget for correctness
-        if stage(args.out, "correctness of %s (reduced set, ATTNFORGE_SM90_VARIANT=%s)" % (variant, variant),
+        selection = " ".join("%s=%s" % x for x in variant_env(variant).items())
+        if stage(args.out, "correctness of %s (reduced set, %s)" % (variant, selection),
                  [sys.executable, me, "--stage", "correctness", "--variants", variant] + extra,
-                 dict(env, ATTNFORGE_SM90_VARIANT=variant), share):
+                 dict(env, **variant_env(variant)), share):
             passed.append(variant)
     ok = False
     if passed and left() > 15:
@@ -650,10 +704,11 @@ def main():
     parser.add_argument("--stage", choices=("all", "correctness", "timing", "ab-timing"), default="all")
     parser.add_argument("--quick", action="store_true", help="stage 2: a few small cases (for compute-sanitizer)")
     parser.add_argument("--seconds", type=float, default=120.0, help="stage 3's own time budget")
-    parser.add_argument("--shapes", choices=("all", "causal"), default="all",
-                        help="the A/B's timed shapes: all 16 (ab_shapes), or 'causal': 10, mostly causal")
+    parser.add_argument("--shapes", choices=("all", "causal", "d64"), default="all",
+                        help="the A/B's timed shapes: all 16 (ab_shapes), 'causal': 10, mostly causal, or 'd64': 16")
     parser.add_argument("--variants", default="", help="A/B run of these fwd_sm90 schedules, e.g. v0,overlap "
-                        "(correctness on the reduced set, then timing beside cuDNN; budget 145 s unless --budget)")
+                        "or pingpong@192 (a 192-row form; correctness on the reduced set, then timing beside cuDNN; "
+                        "budget 145 s unless --budget)")
     args = parser.parse_args()
     variants = [x for x in args.variants.split(",") if x]
     if args.out:
@@ -663,7 +718,7 @@ def main():
         if len(variants) > 1:
             parser.error("--stage correctness takes one variant")
         if variants:
-            os.environ["ATTNFORGE_SM90_VARIANT"] = variants[0]
+            os.environ.update(variant_env(variants[0]))
         return run_correctness(args.out, args.quick, variants[0] if variants else "")
     if args.stage == "timing":
         return run_timing(args.out, args.seconds)

@@ -10,7 +10,8 @@
 // fwd_sm90 variants: {bf16, fp16} x head dim {64, 128, 256} x schedule {v0, overlap, pingpong,
 // overlap-persistent, pingpong-persistent, overlap-persistent-tma-store,
 // pingpong-persistent-tma-store, overlap-dynamic, pingpong-dynamic}, no extras
-// (softcap and ALiBi stay with fwd_sm80); sm_90a only ($ATTNFORGE_FWD_SM90=0 turns it off, see plan.cpp).
+// (softcap and ALiBi stay with fwd_sm80); sm_90a only ($ATTNFORGE_FWD_SM90=0 turns it off, see plan.cpp);
+// plus at head dim 64 every schedule's 192-row form ($ATTNFORGE_SM90_BLOCK_M=192, see plan.cpp).
 //
 // Tiles: every shape below compiles without spills for sm_80, sm_86, sm_89 and sm_90a
 // (checked by the cuda_compile test). $ATTNFORGE_TILE="D:warps,m_tiles,block_n,stages;..."
@@ -62,8 +63,8 @@ TileConfig decode_tile(int warps, int stages) { return {warps, 1, warps * 16, st
 // ring; 128-key blocks at d64 (80 KB) and d128 (160 KB: FlashAttention-3's causal d128 tile; its
 // non-causal 128x176 and deeper rings are for after the first measurement), 64-key blocks at d256
 // (192 KB; FlashAttention-3 uses 128x80 there, at the shared-memory limit). Not yet measured.
-// block_m is fixed at 128 (kBlockM in fwd_sm90/flash_fwd_sm90_config.cuh: two consumer warpgroups
-// of 64 rows); launch.cpp sizes the Q tensor map's box from it.
+// block_m 128 (AF_BLOCK_M, kBlockM in fwd_sm90/flash_fwd_sm90_config.cuh: two consumer warpgroups
+// of 64 rows; sm90_wide_tile: 192); launch.cpp sizes the Q tensor map's box from it.
 TileConfig sm90_tile(int head_dim) { return {12, 1, head_dim == 256 ? 64 : 128, 2, 128}; }
 
 // $ATTNFORGE_SM90_STAGES="D:stages;..." deepens a fwd_sm90 head dim's K/V ring for tuning runs (2 to 4
@@ -80,6 +81,16 @@ TileConfig sm90_tile_for(int head_dim) {
     if (p != nullptr) ++p;
   }
   return tile;
+}
+
+// The 192-row d64 tile: d64's tile with a third consumer warpgroup (16 warps), FlashAttention-3's
+// d64 tile height (its 192 x 128 under a causal mask). Q 24 KB + 32 KB per K/V stage: 88 KB at d64's
+// 2 stages, 152 KB at 4 ($ATTNFORGE_SM90_STAGES's d64 entry applies). Not yet measured.
+TileConfig sm90_wide_tile() {
+  TileConfig t = sm90_tile_for(64);
+  t.warps = 16;
+  t.block_m_rows = kSm90WideBlockM;
+  return t;
 }
 
 // Measured on H100 (bench/device/tune.sh runs, bench/results/tune-h100-*): 128x64 tiles with
@@ -185,14 +196,17 @@ std::vector<Variant> build_variants() {
     }
   for (int s = 0; s < kSm90Schedules; ++s)
     for (af_dtype dtype : {AF_DTYPE_BFLOAT16, AF_DTYPE_FLOAT16})
-      for (int d : kSm90HeadDims) {
-        const Sm90Schedule schedule = Sm90Schedule(s);
-        Variant v{kFamilyFwdSm90, dtype, d, false, {}, "", schedule};
-        for (TileConfig& t : v.tiles) t = sm90_tile_for(d);
-        v.name = std::string("fwd_sm90") + (dtype == AF_DTYPE_BFLOAT16 ? "_bf16" : "_fp16") + "_d" + std::to_string(d) +
-                 (schedule == kSm90V0 ? "" : std::string("_") + sm90_schedule_name(schedule));
-        list.push_back(v);
-      }
+      for (int d : kSm90HeadDims)
+        for (int block_m : {kSm90BlockM, kSm90WideBlockM}) {
+          const Sm90Schedule schedule = Sm90Schedule(s);
+          if (block_m == kSm90WideBlockM && d != 64) continue;
+          Variant v{kFamilyFwdSm90, dtype, d, false, {}, "", schedule};
+          for (TileConfig& t : v.tiles) t = block_m == kSm90WideBlockM ? sm90_wide_tile() : sm90_tile_for(d);
+          v.name = std::string("fwd_sm90") + (dtype == AF_DTYPE_BFLOAT16 ? "_bf16" : "_fp16") + "_d" +
+                   std::to_string(d) + (block_m == kSm90WideBlockM ? "_m192" : "") +
+                   (schedule == kSm90V0 ? "" : std::string("_") + sm90_schedule_name(schedule));
+          list.push_back(v);
+        }
   // kvcache: no shared memory, 4 warps (one (row, head) vector each), any head dim.
   for (af_dtype dtype : {AF_DTYPE_BFLOAT16, AF_DTYPE_FLOAT16}) {
     Variant v{kFamilyKvAppend, dtype, 0,
@@ -263,13 +277,15 @@ int compiled_head_dim(FamilyId family, int d) {
   return 0;
 }
 
-int find_variant(FamilyId family, af_dtype dtype, int head_dim, bool extras, Sm90Schedule schedule, bool wide_grid) {
+int find_variant(FamilyId family, af_dtype dtype, int head_dim, bool extras, Sm90Schedule schedule, int sm90_block_m,
+                 bool wide_grid) {
   const int d = compiled_head_dim(family, head_dim);
   if (d == 0 && family != kFamilyKvAppend) return -1;
   const std::vector<Variant>& list = variants();
   for (size_t i = 0; i < list.size(); ++i)
     if (list[i].family == family && list[i].dtype == dtype && list[i].head_dim == d && list[i].extras == extras &&
-        list[i].schedule == schedule && list[i].wide_grid == wide_grid)
+        list[i].schedule == schedule && list[i].wide_grid == wide_grid &&
+        (family != kFamilyFwdSm90 || list[i].tiles[kSmem227K].block_m() == sm90_block_m))
       return int(i);
   return -1;
 }
@@ -310,6 +326,7 @@ std::vector<std::string> compile_options(const Variant& v, const std::string& ta
                                       "-DAF_KV_STAGES=" + std::to_string(tile.stages),
                                       std::string("-DAF_EXTRAS=") + (v.extras ? "1" : "0")};
   if (v.family == kFamilyFwdSm90) {
+    options.push_back("-DAF_BLOCK_M=" + std::to_string(tile.block_m()));
     options.push_back("-DAF_BLOCK_N=" + std::to_string(tile.block_n));
     options.push_back("-DAF_SM90_SCHEDULE=" + std::to_string(int(sm90_main_loop(v.schedule))));
     options.push_back(std::string("-DAF_SM90_PERSISTENT=") + (sm90_persistent(v.schedule) ? "1" : "0"));

@@ -126,9 +126,16 @@ const std::vector<Variant>& variants();
 // Smallest head dim >= d (d in 1..256) that the family compiles, or 0.
 int compiled_head_dim(FamilyId family, int d);
 
-// Index into variants() for a call, or -1 (schedule: fwd_sm90's; the other families have only v0).
+// fwd_sm90's query rows per work tile: 128 (two consumer warpgroups) at every head dim, and at
+// compiled head dim 64 also 192 (three consumer warpgroups, FlashAttention-3's d64 tile height; a
+// variant of every schedule, "_m192" in its name).
+constexpr int kSm90BlockM = 128;
+constexpr int kSm90WideBlockM = 192;
+
+// Index into variants() for a call, or -1 (schedule and sm90_block_m: fwd_sm90's; the other
+// families have only v0 and their own tile heights; wide_grid: decode's wide-grid tile).
 int find_variant(FamilyId family, af_dtype dtype, int head_dim, bool extras, Sm90Schedule schedule = kSm90V0,
-                 bool wide_grid = false);
+                 int sm90_block_m = kSm90BlockM, bool wide_grid = false);
 
 // The module text of a family (params, common helpers, the family's sources, combine).
 const std::string& module_source(FamilyId family);

@@ -79,7 +79,7 @@ af_status run_sm90(const Plan& plan, const Variant& v, const AttentionProblem& p
                    void* workspace) {
   // A plan is checked against each call's shapes and flags, not against everything fwd_sm90 does
   // not take (kv_batch_idx, exact strides): refuse a call the family would get wrong.
-  const std::string refusal = fwd_sm90_refusal(p);
+  const std::string refusal = fwd_sm90_refusal(p, v.tile_for(plan.choice.arch).block_m());
   if (!refusal.empty())
     return fail(AF_ERR_INVALID_ARGUMENT, "cuda backend: this plan runs fwd_sm90, which cannot take the call: %s",
                 refusal.c_str());

@@ -7,7 +7,8 @@
 namespace af::cuda {
 
 constexpr int kMaxDevices = 64;
-// An array bound (the loaded-variant slots per device); the variant table has 96 entries.
+// An array bound (the loaded-variant slots per device); the variant table has 114 entries (92 before
+// the decode wide-grid tiles (4) and fwd_sm90's 18 d64 192-row forms).
 constexpr int kMaxVariants = 128;
 
 // Largest thread-block cluster a launch of attnforge's may ask for: the sm_90 hardware limit (16

@@ -99,9 +99,9 @@ DecodeSplits decode_splits(int forced, int ctas, int key_blocks, int sm_count,
     return 0;
   };
   const int global = smallest_near_best(std::max(1, std::min(128, key_blocks / 2)), [](int) { return true; });
-  const int cluster = ctas_per_sm != 1 ? 0
-                                       : smallest_near_best(std::min(kMaxClusterCtas, key_blocks),
-                                                            [&](int s) { return s >= 2 && max_clusters[s] >= ctas; });
+  const int cluster = ctas_per_sm != 1 ? 0 : smallest_near_best(std::min(kMaxClusterCtas, key_blocks), [&](int s) {
+    return s >= 2 && max_clusters[s] >= ctas;
+  });
   if (cluster >= 2 && efficiency(cluster) >= 0.95 * efficiency(global)) return {cluster, true};
   return {global, false};
 }
@@ -160,7 +160,18 @@ bool sm90_schedule_from_env(int64_t head_dim, bool causal, int64_t seqlen_k, Sm9
   return false;
 }
 
-std::string fwd_sm90_refusal(const AttentionProblem& p) {
+bool sm90_block_m_from_env(int64_t head_dim, int* block_m) {
+  const char* text = std::getenv("ATTNFORGE_SM90_BLOCK_M");
+  if (text == nullptr || *text == 0 || std::strcmp(text, "128") == 0) {
+    *block_m = kSm90BlockM;
+    return true;
+  }
+  if (std::strcmp(text, "192") != 0) return false;
+  *block_m = compiled_head_dim(kFamilyFwdSm90, int(head_dim)) == 64 ? kSm90WideBlockM : kSm90BlockM;
+  return true;
+}
+
+std::string fwd_sm90_refusal(const AttentionProblem& p, int block_m) {
   if (p.dtype != AF_DTYPE_BFLOAT16 && p.dtype != AF_DTYPE_FLOAT16) return "fwd_sm90 takes bfloat16 and float16";
   if (p.head_dim % 8 != 0) return "fwd_sm90 takes head_dim a multiple of 8 (TMA rows of 16-byte multiples)";
   if (p.paged || p.kv_batch_idx != nullptr) return "fwd_sm90 does not take paged caches or kv_batch_idx";
@@ -169,7 +180,10 @@ std::string fwd_sm90_refusal(const AttentionProblem& p) {
   if (p.num_splits > 1) return "fwd_sm90 does not split keys (num_splits > 1)";
   if (p.seqlen_k < 1) return "fwd_sm90 needs at least one key";
   if (p.heads_q > 65535 || p.batch > 65535) return "fwd_sm90's grid takes at most 65535 heads and 65535 sequences";
-  const TileConfig& tile = variants()[find_variant(kFamilyFwdSm90, p.dtype, int(p.head_dim), false)].tile_for(90);
+  const int index = find_variant(kFamilyFwdSm90, p.dtype, int(p.head_dim), false, kSm90V0, block_m);
+  if (index < 0)
+    return "fwd_sm90 has no " + std::to_string(block_m) + "-row tile at head_dim " + std::to_string(p.head_dim);
+  const TileConfig& tile = variants()[index].tile_for(90);
   const Sm90Tensors t = sm90_tensors(p);
   const std::string refusals[] = {
       tile_map_refusal("q", t.q, unsigned(tile.block_m())),
@@ -209,8 +223,10 @@ af_status choose(const AttentionProblem& p, Choice* choice) {
   const bool decode = p.paged || p.kv_batch_idx != nullptr || packed_rows <= kDecodeMaxPackedRows;
   FamilyId family_id = decode ? kFamilyDecode : kFamilyFwdSm80;
   std::string why;
+  int sm90_block_m = kSm90BlockM;
+  const bool sm90_block_m_ok = sm90_block_m_from_env(p.head_dim, &sm90_block_m);
   if (!decode && target == "sm_90a" && fwd_sm90_enabled()) {
-    why = fwd_sm90_refusal(p);
+    why = fwd_sm90_refusal(p, sm90_block_m);
     if (why.empty() && d.api->cuTensorMapEncodeTiled == nullptr)
       why = "the driver has no cuTensorMapEncodeTiled (CUDA < 12)";
     if (why.empty()) {
@@ -225,6 +241,10 @@ af_status choose(const AttentionProblem& p, Choice* choice) {
                 "overlap-persistent, pingpong-persistent, overlap-persistent-tma-store, "
                 "pingpong-persistent-tma-store, overlap-dynamic, pingpong-dynamic)",
                 std::getenv("ATTNFORGE_SM90_VARIANT"));
+  if (family_id == kFamilyFwdSm90 && !sm90_block_m_ok)
+    return fail(AF_ERR_INVALID_ARGUMENT,
+                "cuda backend: ATTNFORGE_SM90_BLOCK_M=%s is not a fwd_sm90 tile height (128, or 192 at head dim 64)",
+                std::getenv("ATTNFORGE_SM90_BLOCK_M"));
   // Decode grids of more CTAs than SMs take the wide-grid tile where there is one (d128 on the 227 KB
   // class: families.cpp's wide_grid_decode_tile). The default d128 tile runs one CTA per SM, so such a grid
   // takes two waves or more, the last one partly idle (B32 x 8 KV heads: 256 CTAs on 132 SMs, 1.94 waves;
@@ -232,8 +252,8 @@ af_status choose(const AttentionProblem& p, Choice* choice) {
   const int64_t decode_ctas = p.batch * p.heads_kv * ((packed_rows + kDecodeTileRows - 1) / kDecodeTileRows);
   int index = -1;
   if (decode && shared_memory_class(arch) == kSmem227K && decode_ctas > int64_t(info.sm_count))
-    index = find_variant(family_id, p.dtype, int(p.head_dim), extras, schedule, true);
-  if (index < 0) index = find_variant(family_id, p.dtype, int(p.head_dim), extras, schedule);
+    index = find_variant(family_id, p.dtype, int(p.head_dim), extras, schedule, kSm90BlockM, true);
+  if (index < 0) index = find_variant(family_id, p.dtype, int(p.head_dim), extras, schedule, sm90_block_m);
   if (index < 0 || index >= kMaxVariants)
     return fail(AF_ERR_INTERNAL, "cuda backend: no %s variant for head_dim %lld", family(family_id).name,
                 (long long)p.head_dim);
@@ -320,10 +340,9 @@ af_status make_plan(const AttentionProblem& p, const Choice& choice, Plan* plan)
     const bool clusters = plan->choice.arch >= 90 && decode_cluster_enabled();
     const int(&max_clusters)[kMaxClusterCtas + 1] = clusters ? plan->loaded.max_clusters : kNoClusters;
     const int forced = forced_splits(p.num_splits);
-    const DecodeSplits split =
-        can_split ? decode_splits(forced, ctas, key_blocks, plan->loaded.sm_count, max_clusters,
-                                  std::max(1, wave / std::max(1, plan->loaded.sm_count)))
-                  : DecodeSplits{};
+    const DecodeSplits split = can_split ? decode_splits(forced, ctas, key_blocks, plan->loaded.sm_count, max_clusters,
+                                                         std::max(1, wave / std::max(1, plan->loaded.sm_count)))
+                                         : DecodeSplits{};
     plan->splits = split.splits;
     plan->cluster = split.cluster;
     plan->grid[0] = unsigned(plan->splits);

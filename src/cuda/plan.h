@@ -38,13 +38,19 @@ Sm90Schedule default_sm90_schedule(int64_t head_dim, bool causal, int64_t seqlen
 // else -> false, *schedule left as it was.
 bool sm90_schedule_from_env(int64_t head_dim, bool causal, int64_t seqlen_k, Sm90Schedule* schedule);
 
+// fwd_sm90's query rows per tile from $ATTNFORGE_SM90_BLOCK_M, read at each plan: unset or empty
+// -> 128 (kSm90BlockM; the 192-row forms are opt-in until measured); "128" -> 128; "192" -> 192
+// where head_dim compiles to 64 (kSm90WideBlockM: three consumer warpgroups), 128 at the other head
+// dims (they have no 192-row form); anything else -> false, *block_m left as it was.
+bool sm90_block_m_from_env(int64_t head_dim, int* block_m);
+
 // Why fwd_sm90 cannot run a prefill problem that would otherwise go to fwd_sm80 (empty: it can).
 // Needs neither a GPU nor a driver: the rules are the kernel's (padded or varlen batches, with or
 // without seqused_k and leftpad_k, not paged and without kv_batch_idx; head_dim a multiple of 8
 // (up to 256, as every CUDA call), no window but the causal one, no softcap, ALiBi or forced key
 // splits, q/k/v/out as TMA can describe them (sm90_tensors), a grid of at most 65535 heads and
-// 65535 sequences).
-std::string fwd_sm90_refusal(const AttentionProblem& p);
+// 65535 sequences). block_m: the tile's query rows (the Q box's).
+std::string fwd_sm90_refusal(const AttentionProblem& p, int block_m = kSm90BlockM);
 
 // q, k, v and out as fwd_sm90's tensor maps see them: padded (B, S, H, D) as (batch, rows, heads,
 // head_dim) = (B, Sq or Sk, H or Hk, D); varlen (total, H, D) as (1, total_q or total_k, H or Hk,

@@ -36,6 +36,7 @@ TEST(CudaVariants, TableIsConsistent) {
   for (size_t i = 0; i < list.size(); ++i) {
     ++per_family[list[i].family];
     EXPECT_EQ(find_variant(list[i].family, list[i].dtype, list[i].head_dim, list[i].extras, list[i].schedule,
+                           list[i].family == kFamilyFwdSm90 ? list[i].tiles[kSmem227K].block_m() : kSm90BlockM,
                            list[i].wide_grid),
               int(i))
         << list[i].name;
@@ -92,11 +93,15 @@ TEST(CudaCompile, EveryVariantForEveryArchWithoutSpills) {
     for (const Variant& v : variants())
       if (v.compiles_for(arch)) rows.push_back({arch, &v, AF_OK, {}, ""});
   // Every fwd_sm90 variant is in the sm_90a rows (the family's whole point is that target): 2 dtypes x
-  // 3 head dims of each schedule.
-  int sm90_rows[kSm90Schedules] = {};
+  // 3 head dims of each schedule in 128-row tiles, and 2 dtypes of each schedule's d64 192-row form.
+  int sm90_rows[kSm90Schedules] = {}, sm90_wide_rows[kSm90Schedules] = {};
   for (const Row& r : rows)
-    if (r.variant->family == kFamilyFwdSm90 && r.arch == "sm_90a") ++sm90_rows[r.variant->schedule];
-  for (int s = 0; s < kSm90Schedules; ++s) EXPECT_EQ(sm90_rows[s], 6) << sm90_schedule_name(Sm90Schedule(s));
+    if (r.variant->family == kFamilyFwdSm90 && r.arch == "sm_90a")
+      ++(r.variant->tile_for(90).block_m() == kSm90WideBlockM ? sm90_wide_rows : sm90_rows)[r.variant->schedule];
+  for (int s = 0; s < kSm90Schedules; ++s) {
+    EXPECT_EQ(sm90_rows[s], 6) << sm90_schedule_name(Sm90Schedule(s));
+    EXPECT_EQ(sm90_wide_rows[s], 2) << sm90_schedule_name(Sm90Schedule(s));
+  }
   // Two workers (CI has two cores); NVRTC compiles independent programs concurrently.
   std::mutex mutex;
   size_t next = 0;

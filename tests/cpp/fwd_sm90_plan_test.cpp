@@ -371,6 +371,107 @@ TEST(FwdSm90Schedule, PersistentFormsSizeGridTileOrderAndTheDynamicFormsCounter)
       }
 }
 
+// The 192-row forms (three consumer warpgroups) at head dim 64: opt-in through
+// $ATTNFORGE_SM90_BLOCK_M, their own modules (AF_WARPS and AF_BLOCK_M differ, nothing else), 24 KB
+// more shared memory for Q (and O's staging tile), and the persistent grid sized in 192-row tiles.
+TEST(FwdSm90BlockM, ReadsTheTileHeightFromTheEnvironmentAndRefusesOtherValues) {
+  int block_m = 0;
+  {
+    ScopedEnv env("ATTNFORGE_SM90_BLOCK_M", nullptr);
+    ASSERT_TRUE(sm90_block_m_from_env(64, &block_m));
+    EXPECT_EQ(block_m, 128) << "unset: 128 rows until the 192-row forms are measured";
+  }
+  const struct {
+    const char* value;
+    int64_t head_dim;
+    int expected;
+  } good[] = {{"", 64, 128},    {"128", 64, 128},  {"192", 64, 192}, {"192", 40, 192},
+              {"192", 72, 128}, {"192", 128, 128}, {"192", 256, 128}};
+  for (const auto& g : good) {
+    ScopedEnv env("ATTNFORGE_SM90_BLOCK_M", g.value);
+    block_m = 0;
+    EXPECT_TRUE(sm90_block_m_from_env(g.head_dim, &block_m)) << "'" << g.value << "'";
+    EXPECT_EQ(block_m, g.expected) << "'" << g.value << "' at head_dim " << g.head_dim;
+  }
+  for (const char* bad : {"64", "256", "0", "192 ", " 192", "m192", "192x128", "1e2"}) {
+    ScopedEnv env("ATTNFORGE_SM90_BLOCK_M", bad);
+    block_m = 7;
+    EXPECT_FALSE(sm90_block_m_from_env(64, &block_m)) << "'" << bad << "'";
+    EXPECT_EQ(block_m, 7) << "'" << bad << "' must leave the tile height as it was";
+  }
+}
+
+TEST(FwdSm90BlockM, EachScheduleHasA192RowModuleAtD64WithThreeConsumerWarpgroups) {
+  int wide = 0;
+  for (af_dtype dtype : {AF_DTYPE_BFLOAT16, AF_DTYPE_FLOAT16})
+    for (int s = 0; s < kSm90Schedules; ++s) {
+      const Sm90Schedule schedule = Sm90Schedule(s);
+      for (int d : {128, 256}) EXPECT_EQ(find_variant(kFamilyFwdSm90, dtype, d, false, schedule, 192), -1) << "d" << d;
+      const int narrow = find_variant(kFamilyFwdSm90, dtype, 64, false, schedule);
+      const int index = find_variant(kFamilyFwdSm90, dtype, 64, false, schedule, 192);
+      ASSERT_GE(narrow, 0);
+      ASSERT_GE(index, 0) << sm90_schedule_name(schedule);
+      ++wide;
+      const Variant& a = variants()[narrow];
+      const Variant& b = variants()[index];
+      EXPECT_EQ(find_variant(kFamilyFwdSm90, dtype, 40, false, schedule, 192), index) << "d40 runs the d64 variant";
+      std::string name = a.name;
+      name.insert(name.find("_d64") + 4, "_m192");
+      EXPECT_EQ(b.name, name);
+      EXPECT_EQ(b.schedule, schedule);
+      const TileConfig &ta = a.tile_for(90), &tb = b.tile_for(90);
+      EXPECT_EQ(tb.block_m(), 192) << b.name;
+      EXPECT_EQ(tb.threads(), 512) << b.name << ": a producer and three consumer warpgroups";
+      EXPECT_EQ(tb.block_n, ta.block_n) << b.name;
+      EXPECT_EQ(tb.stages, ta.stages) << b.name;
+      // Q's 64 more rows of 64 dims (and the TMA-store forms' staging tile of O as many).
+      EXPECT_EQ(b.smem_bytes(90), a.smem_bytes(90) + (sm90_tma_store(schedule) ? 2 : 1) * 64 * 64 * 2) << b.name;
+      EXPECT_LE(b.smem_bytes(90), 227 * 1024) << b.name;
+      const std::vector<std::string> oa = compile_options(a, "sm_90a"), ob = compile_options(b, "sm_90a");
+      ASSERT_EQ(oa.size(), ob.size());
+      std::vector<std::string> differing;
+      for (size_t i = 0; i < oa.size(); ++i)
+        if (oa[i] != ob[i]) differing.push_back(oa[i] + " -> " + ob[i]);
+      const std::vector<std::string> expected = {"-DAF_WARPS=12 -> -DAF_WARPS=16",
+                                                 "-DAF_BLOCK_M=128 -> -DAF_BLOCK_M=192"};
+      EXPECT_EQ(differing, expected) << b.name;
+    }
+  EXPECT_EQ(wide, 18);
+  Choice choice;
+  choice.target = "sm_90a";
+  choice.arch = 90;
+  choice.variant = find_variant(kFamilyFwdSm90, AF_DTYPE_BFLOAT16, 64, false, kSm90PingPongPersistent, 192);
+  EXPECT_EQ(describe(choice), "fwd_sm90 bf16 d64 pingpong-persistent sm_90a 192x128");
+  choice.variant = find_variant(kFamilyFwdSm90, AF_DTYPE_FLOAT16, 64, false, kSm90Overlap, 192);
+  EXPECT_EQ(describe(choice), "fwd_sm90 fp16 d64 overlap sm_90a 192x128");
+}
+
+TEST(FwdSm90BlockM, TheGridAndTheQueryBoxCountRowsInTilesOf192) {
+  const int wave = 132;
+  for (Sm90Schedule s : {kSm90OverlapPersistent, kSm90PingPongPersistent, kSm90PingPongDynamic})
+    for (bool causal : {false, true}) {
+      const Variant& v = variants()[find_variant(kFamilyFwdSm90, AF_DTYPE_BFLOAT16, 64, false, s, 192)];
+      // b1 s500 4/2 heads: 3 tiles of 192 rows (4 of 128) per head, 12 CTAs.
+      AttentionProblem p = prefill(64);
+      p.batch = 1, p.seqlen_q = p.seqlen_k = 500, p.heads_q = 4, p.heads_kv = 2;
+      p.causal = causal;
+      Plan plan;
+      size_sm90_persistent(p, v, wave, &plan);
+      EXPECT_EQ(plan.grid[0], 12u) << v.name;
+      // b2 s1000 32/8: 6 tiles of 192 rows x 64 pairs = 384 > one wave.
+      size_sm90_persistent(prefill(64), v, wave, &plan);
+      EXPECT_EQ(plan.grid[0], unsigned(wave)) << v.name;
+    }
+  // The Q box is block_m rows: 192 fits TMA's 256; every call fwd_sm90 takes at d64 it takes with either.
+  AttentionProblem p = prefill(64);
+  EXPECT_EQ(fwd_sm90_refusal(p, 192), "");
+  p.causal = true;
+  p.seqlen_q = 1;
+  EXPECT_EQ(fwd_sm90_refusal(p, 192), "");
+  p.window_left = 16;
+  EXPECT_NE(fwd_sm90_refusal(p, 192).find("windows"), std::string::npos) << fwd_sm90_refusal(p, 192);
+}
+
 TEST(TileMap, RefusesWhatTmaCannotDescribeNamingTheArgument) {
   alignas(16) static unsigned short data[64];
   TileTensor t{data, 2, 100, 4, 64, 100 * 4 * 64, 4 * 64, 64};

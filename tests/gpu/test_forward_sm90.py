@@ -5,8 +5,9 @@ Same cases and budget as test_forward.py (its run_case), restricted to what fwd_
 batches, head dims on the 8-element grid (64, 128 and 256 compiled, others zero-filled), causal
 (bottom-right) or not, GQA, LSE, odd lengths, transposed and sliced views; and (SEQUENCE_CASES)
 seqused_k / leftpad_k caches and varlen batches with empty and unaligned sequences, each run by
-every schedule and by fwd_sm80 on the same inputs. Each case also checks that the plan named
-fwd_sm90, so a silent routing to fwd_sm80 cannot pass for the new family.
+every schedule and by fwd_sm80 on the same inputs; the 192-row forms (ATTNFORGE_SM90_BLOCK_M=192,
+head dim 64) on the d64 cases and on lengths around their tile. Each case also checks that the plan
+named fwd_sm90 (and the form asked for), so a silent routing to fwd_sm80 cannot pass for the new family.
 """
 import math
 import os
@@ -85,6 +86,59 @@ def test_fwd_sm90_persistent_forms(name, schedule, seed, monkeypatch):
     batch, seqlen_q, seqlen_k = case.pop("batch"), case.pop("seqlen_q"), case.pop("seqlen_k")
     heads, heads_kv, head_dim = case.pop("heads"), case.pop("heads_kv"), case.pop("head_dim")
     run_case(torch.bfloat16, batch, seqlen_q, seqlen_k, heads, heads_kv, head_dim, 0, **case)
+
+
+# The 192-row forms (three consumer warpgroups; head dims that compile to 64), every schedule's, on
+# every d64 case above and on lengths around the 192-row tile: 191/193/385 rows, Sq != Sk, tiles with
+# no key (causal, Sq > Sk: the first two 192-row tiles of the b9 case see none), several tiles per
+# CTA (b9 x 8 heads: 288 tiles), 13 key blocks under a causal mask with GQA (8/2 heads at 1537).
+WIDE_CASES = dict({name: case for name, case in CASES.items() if case["head_dim"] <= 64}, **{
+    "m192_rows_193_keys_385": dict(batch=2, seqlen_q=193, seqlen_k=385, heads=4, heads_kv=2, head_dim=64),
+    "m192_rows_385_keys_191_causal": dict(batch=3, seqlen_q=385, seqlen_k=191, heads=4, heads_kv=4, head_dim=64,
+                                          causal=True),
+    "m192_empty_tiles_b9": dict(batch=9, seqlen_q=600, seqlen_k=100, heads=8, heads_kv=2, head_dim=64, causal=True),
+    "m192_gqa_8_2_causal_1537": dict(batch=1, seqlen_q=1537, seqlen_k=1537, heads=8, heads_kv=2, head_dim=64,
+                                     causal=True),
+    "m192_d56_bhsd": dict(batch=2, seqlen_q=333, seqlen_k=333, heads=4, heads_kv=4, head_dim=56, layout="bhsd",
+                          causal=True),
+})
+
+
+WIDE_SCHEDULES = ["v0", "overlap", "pingpong", "overlap-persistent", "pingpong-persistent",
+                  "overlap-persistent-tma-store", "pingpong-persistent-tma-store", "overlap-dynamic",
+                  "pingpong-dynamic"]
+
+
+@pytest.mark.parametrize("schedule", WIDE_SCHEDULES)
+@pytest.mark.parametrize("name", sorted(WIDE_CASES))
+def test_fwd_sm90_192_row_forms(name, schedule, seed, monkeypatch):
+    monkeypatch.setenv("ATTNFORGE_SM90_VARIANT", schedule)  # both read at each plan
+    monkeypatch.setenv("ATTNFORGE_SM90_BLOCK_M", "192")
+    case = dict(WIDE_CASES[name])
+    # bf16, and fp16 for the default schedule.
+    for dtype in [torch.bfloat16] + ([torch.float16] if schedule == "pingpong-persistent" else []):
+        plan = planned_family(dtype, case["batch"], case["seqlen_q"], case["seqlen_k"], case["heads"],
+                              case["heads_kv"], case["head_dim"], case.get("causal", False))
+        assert "fwd_sm90" in plan and " %s sm_90a 192x128" % schedule in plan, plan
+        args = dict(case)
+        batch, seqlen_q, seqlen_k = args.pop("batch"), args.pop("seqlen_q"), args.pop("seqlen_k")
+        heads, heads_kv, head_dim = args.pop("heads"), args.pop("heads_kv"), args.pop("head_dim")
+        run_case(dtype, batch, seqlen_q, seqlen_k, heads, heads_kv, head_dim, 0, **args)
+
+
+def test_fwd_sm90_192_rows_only_at_d64_and_other_values_refused(monkeypatch):
+    """ATTNFORGE_SM90_BLOCK_M=192: 192 rows at head dims that compile to 64 (d40 too), 128 at d128; any
+    value but 128 or 192 is an error that names the variable."""
+    q = torch.empty(2, 300, 4, 128, dtype=torch.bfloat16, device=DEVICE)
+    monkeypatch.delenv("ATTNFORGE_SM90_VARIANT", raising=False)
+    monkeypatch.setenv("ATTNFORGE_SM90_BLOCK_M", "192")
+    assert " sm_90a 128x128" in _native.Plan(q, q, q, q, backend="cuda").describe()
+    q64, q40 = q[..., :64].contiguous(), q[..., :40].contiguous()
+    for x in (q64, q40):
+        assert " sm_90a 192x128" in _native.Plan(x, x, x, x, backend="cuda").describe()
+    monkeypatch.setenv("ATTNFORGE_SM90_BLOCK_M", "256")
+    with pytest.raises(_native.AttnforgeError, match="ATTNFORGE_SM90_BLOCK_M=256 is not a fwd_sm90 tile height"):
+        _native.Plan(q64, q64, q64, q64, backend="cuda")
 
 
 def _dynamic_problem(dtype=torch.bfloat16):
@@ -233,6 +287,11 @@ SEQUENCE_CASES = {
                                        heads_kv=2, head_dim=256, causal=True),
     "varlen_gqa_causal_d128": dict(lens_q=[1000, 17, 555], lens_k=[1000, 17, 555], heads=16, heads_kv=2,
                                    head_dim=128, causal=True),
+    # Lengths off the 192-row grid (and the 128-key one) for the 192-row forms.
+    "seqused_leftpad_rows_400_d64": dict(lens_q=[400] * 3, cache=700, used=[700, 333, 0], pad=[0, 10, 0], heads=8,
+                                         heads_kv=2, head_dim=64, causal=True),
+    "varlen_off_192_gqa_d64": dict(lens_q=[193, 0, 385, 191], lens_k=[200, 5, 1000, 191], used=[200, 5, 999, 0],
+                                   heads=8, heads_kv=2, head_dim=64),
 }
 SCHEDULES = ["v0", "overlap", "pingpong", "overlap-persistent", "pingpong-persistent", "overlap-persistent-tma-store",
              "pingpong-persistent-tma-store", "overlap-dynamic", "pingpong-dynamic"]
@@ -281,9 +340,10 @@ def sequence_inputs(dtype, lens_q, heads, heads_kv, head_dim, lens_k=None, cache
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("name", sorted(SEQUENCE_CASES))
 def test_fwd_sm90_sequences(name, dtype, seed, monkeypatch):
-    """Each case through fwd_sm90's default schedule (bf16: every schedule) and fwd_sm80, on the same
-    inputs: every run within the float64 reference's budget, LSE -inf exactly on rows that see no key
-    (their out 0), and fwd_sm90 and fwd_sm80 within that budget of each other."""
+    """Each case through fwd_sm90's default schedule (bf16: every schedule, and at d64 every 192-row
+    form) and fwd_sm80, on the same inputs: every run within the float64 reference's budget, LSE -inf
+    exactly on rows that see no key (their out 0), and fwd_sm90 and fwd_sm80 within that budget of
+    each other."""
     case = dict(SEQUENCE_CASES[name])
     q, k, v, fields, spans = sequence_inputs(dtype, **case)
     varlen = "cu_seqlens_q" in fields
@@ -298,8 +358,9 @@ def test_fwd_sm90_sequences(name, dtype, seed, monkeypatch):
         naive, _ = sequence_attention(qb, kb, vb, scale, case.get("causal", False), precision=dtype)
         expected.append(reference + (naive,))
 
-    def run(family, schedule=None):
+    def run(family, schedule=None, block_m=128):
         monkeypatch.setenv("ATTNFORGE_FWD_SM90", "1" if family == "fwd_sm90" else "0")
+        monkeypatch.setenv("ATTNFORGE_SM90_BLOCK_M", str(block_m))
         if schedule:
             monkeypatch.setenv("ATTNFORGE_SM90_VARIANT", schedule)
         else:
@@ -311,6 +372,7 @@ def test_fwd_sm90_sequences(name, dtype, seed, monkeypatch):
         described = plan.describe()
         kernel = described.split("(")[0]  # what follows is the reason, which may name the other family
         assert " %s " % family in kernel and (schedule is None or " %s sm_90a" % schedule in kernel), described
+        assert family != "fwd_sm90" or " sm_90a %dx" % block_m in kernel, described
         plan.run(q, k, v, out, lse, backend="cuda", **fields)
         torch.cuda.synchronize()
         for b, (span, (want, want_lse, naive)) in enumerate(zip(spans, expected)):
@@ -333,3 +395,6 @@ def test_fwd_sm90_sequences(name, dtype, seed, monkeypatch):
     if dtype == torch.bfloat16:
         for schedule in SCHEDULES:
             run("fwd_sm90", schedule)
+        if head_dim <= 64:
+            for schedule in SCHEDULES:
+                run("fwd_sm90", schedule, block_m=192)

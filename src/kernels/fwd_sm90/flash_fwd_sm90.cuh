@@ -17,31 +17,34 @@
 // memory before P V reads them (clear_v_tail). Tiles past their sequence's last query row (the
 // grid is sized by max_seqlen_q) do nothing.
 //
-// Work tiles of 128 query rows of one (batch, head); one CTA of 3 warpgroups per tile, grid (query
+// Work tiles of kBlockM query rows of one (batch, head): 128, or 192 at head dim 64 (AF_BLOCK_M);
+// one CTA of a producer warpgroup and kBlockM / 64 consumer warpgroups per tile, grid (query
 // tiles, heads, batch), or in the persistent form (AF_SM90_PERSISTENT) at most one wave of CTAs,
 // each looping over tiles in the order tile_at() gives (longest first under a causal mask): CTA i
 // takes tiles i, i + gridDim.x, ..., or in the dynamic form (AF_SM90_DYNAMIC) tile i and then
 // whichever tile the counter hands out next when its producer starts a tile (one tile ahead; it
 // passes the index to the consumers through a 2-slot ring of shared ints with mbarriers), so a CTA
 // that drew short tiles takes more of them:
-// - warpgroup 0, the producer, drops to 24 registers; one thread issues the TMA loads: Q once per
-//   tile (a "full" mbarrier, and in the persistent form an "empty" one the consumers arrive on
-//   after their last Q K^T of the tile, so the next tile's Q lands while they finish this one),
-//   then K and V of each key block into a kStages-deep ring, each stage with a "full" mbarrier
-//   (transaction bytes) and an "empty" one (one arrival per consumer warp); the ring's position
-//   continues from tile to tile;
-// - warpgroups 1 and 2, the consumers, rise to 240 registers and own 64 query rows each: per key
-//   block, S = Q K^T (wgmma m64nNk16 with N = kBlockN, both operands from shared memory, K-major), the mask only
-//   on blocks that cross the end of the keys or the causal diagonal, the online softmax in fp32
-//   with exp2, P packed from the S accumulators into A fragments (registers), O += P V (wgmma
-//   m64n64k16 per 64-column atom of V, A from registers, V transposed by the instruction).
+// - warpgroup 0, the producer, drops to 24 registers (some forms 32: kProducerRegisters); one
+//   thread issues the TMA loads: Q once per tile (a "full" mbarrier, and in the persistent form an
+//   "empty" one the consumers arrive on after their last Q K^T of the tile, so the next tile's Q
+//   lands while they finish this one), then K and V of each key block into a kStages-deep ring,
+//   each stage with a "full" mbarrier (transaction bytes) and an "empty" one (one arrival per
+//   consumer warp); the ring's position continues from tile to tile;
+// - warpgroups 1 to kConsumers, the consumers, rise to 240 registers (three consumers: 160) and
+//   own 64 query rows each: per key block, S = Q K^T (wgmma m64nNk16 with N = kBlockN, both
+//   operands from shared memory, K-major), the mask only on blocks that cross the end of the keys
+//   or the causal diagonal, the online softmax in fp32 with exp2, P packed from the S accumulators
+//   into A fragments (registers), O += P V (wgmma m64n64k16 per 64-column atom of V, A from
+//   registers, V transposed by the instruction).
 // Key blocks run from the last to the first (masked ones first), as in fwd_sm80. Two schedules of
 // the consumers' loop (AF_SM90_SCHEDULE): v0 waits for each wgmma group as it issues it; overlap
 // (FlashAttention-3's intra-warpgroup overlap) issues block i's Q K^T with block i - 1's P V and
 // runs block i's softmax while P V is in flight, so the tensor cores work during the exps;
-// pingpong is overlap with the consumers taking turns (named barriers 1 and 2) to issue each step's
-// two wgmma groups, so one warpgroup's softmax runs while the other's GEMMs do. LSE is stored
-// from registers, and so is O except in the TMA-store forms (AF_SM90_TMA_STORE; see the epilogue).
+// pingpong is overlap with the consumers taking turns in a ring (named barriers 1 to kConsumers) to
+// issue each step's two wgmma groups, so one warpgroup's softmax runs while another's GEMMs do.
+// LSE is stored from registers, and so is O except in the TMA-store forms (AF_SM90_TMA_STORE; see
+// the epilogue).
 
 extern "C" __global__ void __launch_bounds__(kThreads, 1)
     af_flash_fwd_sm90(const __grid_constant__ FlashFwdParams p, const __grid_constant__ CUtensorMap q_map,
@@ -118,7 +121,7 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
 
   if (threadIdx.x == 0) {
     mbarrier_init(q_full, 1);
-    mbarrier_init(q_empty, kOInQ ? 2 : kConsumerWarps);
+    mbarrier_init(q_empty, kOInQ ? kConsumers : kConsumerWarps);
     for (int s = 0; s < kStages; ++s) {
       mbarrier_init(k_full(s), 1);
       mbarrier_init(k_empty(s), kConsumerWarps);
@@ -211,6 +214,12 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
   float row_sum[2];     // this thread's partial sums of exp2
   const float scale = p.scale_log2;
   const af_u32 q_atom = sQ + consumer * 64 * 128;  // this warpgroup's 64 rows of atom 0
+  // Named barriers (0 is __syncthreads()'s): pingpong's turns kTurnBarrier + c (consumer c's), the
+  // epilogue's kStoreBarrier + c (one warpgroup's 128 threads), V's tail kVTailBarrier (all
+  // consumers): 1-2, 3-4 and 5 with two consumers, 1-3, 4-6 and 7 with three.
+  constexpr int kTurnBarrier = 1, kStoreBarrier = kTurnBarrier + kConsumers;
+  constexpr int kVTailBarrier = kStoreBarrier + kConsumers;
+  constexpr int kConsumerThreads = 128 * kConsumers;
 
   // S = Q K^T of one key block, issued as one wgmma group (not waited for).
   auto issue_s = [&](float(&s)[kSRegisters], af_u32 k_tile) {
@@ -311,18 +320,18 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
     }
   };
   // Rows [valid_rows, kBlockN) of a V tile: another sequence's rows or unused cache rows (read by
-  // a box that runs past the sequence's keys; see the top of the file), zeroed by both consumers'
-  // 256 threads after the tile has landed and before either consumer's P V reads it (named barrier
-  // 5), since P's zeros there would still turn a NaN or inf into NaN. The writes are the generic
+  // a box that runs past the sequence's keys; see the top of the file), zeroed by all the consumers'
+  // threads after the tile has landed and before any consumer's P V reads it (kVTailBarrier),
+  // since P's zeros there would still turn a NaN or inf into NaN. The writes are the generic
   // proxy's, wgmma reads through the async proxy: hence the proxy fence before the barrier.
   auto clear_v_tail = [&](af_u32 tile, int valid_rows) {
     const int rows = kBlockN - valid_rows;
-    for (int c = int(threadIdx.x) - 128; c < kAtoms * rows * 32; c += 256) {
+    for (int c = int(threadIdx.x) - 128; c < kAtoms * rows * 32; c += kConsumerThreads) {
       const int line = c >> 5;  // (atom, row) of a 128-byte line, 32 words each
       st_shared_u32(tile + af_u32((line / rows) * kBlockN * 128 + (valid_rows + line % rows) * 128 + (c & 31) * 4), 0u);
     }
     fence_proxy_async_shared();
-    named_barrier_sync(5, 256);
+    named_barrier_sync(kVTailBarrier, kConsumerThreads);
   };
   // Step i of the tile (key block n_blocks - 1 - i: the last first) uses ring stage (steps + i) %
   // kStages.
@@ -395,14 +404,18 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
       // overlap: step i issues S of block i and P V of block i - 1 together, waits for S only, runs
       // block i's softmax while P V is in flight, then waits for P V before rescaling O (which P V
       // accumulates) and overwriting the P fragments (which P V reads).
-      // pingpong: consumer c issues step i's wgmmas only in its turn: it waits on barrier 1 + c (its
-      // 128 threads and the other consumer's 128 arrivals), issues, then arrives on the other's
-      // barrier. A tile's first turn is granted by consumer 0 itself, in the persistent form by
-      // consumer 1 once it is past the previous tile (so consumer 0 never arrives twice on barrier 2
-      // before consumer 1 waits there); consumer 1 gives no turn after its last step, so every phase
-      // of both barriers completes within the tile (both consumers run the same n_blocks).
+      // pingpong: consumer c issues step i's wgmmas only in its turn, the turns going round the ring
+      // 0, 1, .., kConsumers - 1, 0, ..: it waits on its barrier kTurnBarrier + c (its 128 threads and
+      // its predecessor's 128 arrivals), issues, then arrives on its successor's barrier. A tile's
+      // first turn is granted by consumer 0 itself, in the persistent form by the last consumer once
+      // it is past the previous tile (when all the others are past their last turn of it, so no
+      // consumer arrives twice on a barrier before its owner waits there); the last consumer gives no
+      // turn after its last step, so every phase of every turn barrier completes within the tile (all
+      // consumers run the same n_blocks).
       constexpr bool kPingPong = kSchedule == 2;
-      if (kPingPong && consumer == (kPersistent ? 1 : 0) && n_blocks > 1) named_barrier_arrive(1, 256);
+      constexpr int kLastConsumer = kConsumers - 1;
+      if (kPingPong && consumer == (kPersistent ? kLastConsumer : 0) && n_blocks > 1)
+        named_barrier_arrive(kTurnBarrier, 256);
       mbarrier_wait(k_full(stage(0)), parity(0));
       issue_s(s, k_tile(0));
       wgmma_wait<0>();
@@ -414,19 +427,20 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
       mask(s, n_blocks - 1);
       softmax(s, correction);  // O is still zero: nothing to rescale
       pack_p(s, pa);
-      // Before any turn of pingpong's: both consumers pass here for every tile.
+      // Before any turn of pingpong's: every consumer passes here for every tile.
       if (v_tail >= 0) {
         mbarrier_wait(v_full(stage(0)), parity(0));
         clear_v_tail(v_tile(0), v_tail);
       }
       for (int i = 1; i < n_blocks; ++i) {
         mbarrier_wait(k_full(stage(i)), parity(i));
-        if constexpr (kPingPong) named_barrier_sync(1 + consumer, 256);
+        if constexpr (kPingPong) named_barrier_sync(kTurnBarrier + consumer, 256);
         issue_s(s, k_tile(i));
         mbarrier_wait(v_full(stage(i - 1)), parity(i - 1));
         issue_pv(pa, v_tile(i - 1));
         if constexpr (kPingPong)
-          if (consumer == 0 || i + 1 < n_blocks) named_barrier_arrive(2 - consumer, 256);
+          if (consumer != kLastConsumer || i + 1 < n_blocks)
+            named_barrier_arrive(kTurnBarrier + (consumer + 1) % kConsumers, 256);
         wgmma_wait<1>();  // S of block i
 #pragma unroll
         for (int e = 0; e < kSRegisters; ++e) fence_operand(s[e]);
@@ -468,10 +482,14 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
     const int q_len = query.len;
     const bool staged = kTmaStore && n_blocks > 0 && !varlen_q;
     const bool issuer = (threadIdx.x & 127) == 0;
+    // This warpgroup's 64 rows of the staging tile, as an offset from q_atom (sO - sQ is a constant):
+    // addressed from sO, ptxas spilled 4 bytes of the 192-row overlap-persistent-tma-store consumers
+    // (160 registers) with NVRTC 12.1 to 13.5.
+    const af_u32 o_rows = q_atom + (sO - sQ);
     if (staged && !kOInQ) {
       // The previous tile's store has read the staging tile.
       if (issuer) bulk_wait_group_read<0>();
-      named_barrier_sync(3 + consumer, 128);
+      named_barrier_sync(kStoreBarrier + consumer, 128);
     }
     af_u16* out_base = (af_u16*)p.out + (long long)w.batch * p.out_batch_stride +
                        (long long)query.row0 * p.out_row_stride + (long long)w.head * p.out_head_stride + 2 * t;
@@ -484,7 +502,7 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
       const int row = m0 + 64 * consumer + 16 * warp + g + 8 * half;
       if (staged) {
         // Row r of the tile, 16-byte chunk j at chunk j ^ (r % 8) of its line, and r % 8 == g.
-        const af_u32 line = sO + af_u32(64 * consumer + 16 * warp + g + 8 * half) * 128u + 4u * t;
+        const af_u32 line = o_rows + af_u32(16 * warp + g + 8 * half) * 128u + 4u * t;
 #pragma unroll
         for (int a = 0; a < kAtoms; ++a)
 #pragma unroll
@@ -512,14 +530,13 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
     if (staged) {
       // The generic-proxy writes visible to the copy engine, then one thread stores.
       fence_proxy_async_shared();
-      named_barrier_sync(3 + consumer, 128);
+      named_barrier_sync(kStoreBarrier + consumer, 128);
       if (issuer) {
         const int row0 = m0 + 64 * consumer;
         if (row0 < q_len) {
 #pragma unroll
           for (int a = 0; a < kAtoms; ++a)
-            tma_store_4d(&o_map, sO + a * kBlockM * 128 + consumer * 64 * 128, a * 64, query.row0 + row0, w.head,
-                         varlen_q ? 0 : w.batch);
+            tma_store_4d(&o_map, o_rows + a * kBlockM * 128, a * 64, query.row0 + row0, w.head, varlen_q ? 0 : w.batch);
         }
         bulk_commit_group();
         if constexpr (kOInQ) {
@@ -531,7 +548,7 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
     } else if (kOInQ && n_blocks > 0) {
       // Stored from registers, but the tile loaded Q: its buffer is released once all the
       // warpgroup's warps are past their last Q K^T.
-      named_barrier_sync(3 + consumer, 128);
+      named_barrier_sync(kStoreBarrier + consumer, 128);
       if (issuer) mbarrier_arrive(q_empty);
     }
   }  // tiles

@@ -1,6 +1,8 @@
 // Constants of the fwd_sm90 family (Hopper, sm_90a), from the variant's macros (src/cuda/families.cpp):
 //   AF_HEAD_DIM   compiled head dim D (64, 128 or 256); smaller real dims (multiples of 8) read as zeros
 //   AF_BF16       1: bfloat16, 0: float16 (inputs and output; accumulation is fp32)
+//   AF_BLOCK_M    query rows per work tile, 64 per consumer warpgroup (128: two consumers; 192, head
+//                 dim 64 only: three)
 //   AF_BLOCK_N    keys per main-loop step (64 or 128: the N of the S = Q K^T wgmma)
 //   AF_KV_STAGES  depth of the K and V ring (TMA loads in flight ahead of the consumers)
 //   AF_SM90_SCHEDULE  the consumers' main loop: 0 v0 (serial), 1 overlap (the next block's Q K^T and
@@ -14,7 +16,8 @@
 //                 (FlashFwdParams::tile_counter, an atomic), not from static striding; 0: striding
 
 constexpr int kHeadDim = AF_HEAD_DIM;
-constexpr int kBlockM = 128;  // query rows per CTA: two consumer warpgroups of 64 rows
+constexpr int kBlockM = AF_BLOCK_M;
+constexpr int kConsumers = kBlockM / 64;  // consumer warpgroups of 64 rows each
 constexpr int kBlockN = AF_BLOCK_N;
 constexpr int kStages = AF_KV_STAGES;
 constexpr int kSchedule = AF_SM90_SCHEDULE;
@@ -28,9 +31,9 @@ static_assert(kPersistent || !kDynamic, "the dynamic tile scheduler is a persist
 // buffer, which then is released to the producer only after the store has read it. src/cuda/families.h's
 // sm90_o_in_q is the same rule.
 constexpr int kSmemLimit = 227 * 1024 - 1024;
-constexpr int kThreads = 384;          // warpgroup 0: producer; 1 and 2: consumers
-constexpr int kAtoms = kHeadDim / 64;  // 64-column (128-byte) swizzle atoms per row
-constexpr int kConsumerWarps = 8;
+constexpr int kThreads = 128 * (1 + kConsumers);  // warpgroup 0: producer; 1 to kConsumers: consumers
+constexpr int kAtoms = kHeadDim / 64;             // 64-column (128-byte) swizzle atoms per row
+constexpr int kConsumerWarps = 4 * kConsumers;
 constexpr unsigned kQBytes = kBlockM * kHeadDim * 2;
 constexpr unsigned kKVBytes = kBlockN * kHeadDim * 2;
 constexpr bool kOInQ = kTmaStore && 2 * kQBytes + 2 * kStages * kKVBytes + 1024 > unsigned(kSmemLimit);
@@ -39,11 +42,16 @@ constexpr bool kOInQ = kTmaStore && 2 * kQBytes + 2 * kStages * kKVBytes + 1024 
 // (kBlockN / 2 fp32), O (D / 2 fp32) and P (kBlockN / 4 registers of two 16-bit values). The dynamic
 // form's producer also carries the fetched tile: at d64 NVRTC 12.1 spilled it at 24 registers, so
 // there it gets 32 and the consumers, whose d64 tile needs far fewer, 232 (128 x 496 <= 64512).
-constexpr bool kWideProducer = kDynamic && kHeadDim == 64;
+// Three consumers (512 threads at 128 registers at entry): 32 + 3 x 160, all 65536 (FlashAttention-3's
+// split for three MMA warpgroups); a d64 consumer holds S 64, P 32 and O 32 registers.
+constexpr bool kWideProducer = (kDynamic && kHeadDim == 64) || kConsumers == 3;
 constexpr int kProducerRegisters = kWideProducer ? 32 : 24;
-constexpr int kConsumerRegisters = kWideProducer ? 232 : 240;
+constexpr int kConsumerRegisters = kConsumers == 3 ? 160 : (kWideProducer ? 232 : 240);
+static_assert(128 * (kProducerRegisters + kConsumers * kConsumerRegisters) <= 65536,
+              "setmaxnreg over the SM's registers");
 
 static_assert(kHeadDim == 64 || kHeadDim == 128 || kHeadDim == 256, "fwd_sm90 compiles head dims 64, 128 and 256");
+static_assert(kBlockM == 128 || (kBlockM == 192 && kHeadDim == 64), "128 query rows, or 192 at head dim 64");
 static_assert(kBlockN == 64 || kBlockN == 128, "the S wgmma is m64n64k16 or m64n128k16");
 constexpr int kSRegisters = kBlockN / 2;  // S accumulators per thread (64 rows x kBlockN keys)
 static_assert(kSchedule >= 0 && kSchedule <= 2, "schedules: 0 v0, 1 overlap, 2 pingpong");
