@@ -92,7 +92,8 @@ for i in "${!pids[@]}"; do
 done
 
 echo "== 2. A/B $VARIANTS (--shapes d64)"
-timeout 140 python3 bench/device/sm90_check.py --variants "$VARIANTS" --shapes d64 --budget 110 --out "$OUT/m192ab"
+timeout "${AF_M192_BUDGET:-140}" python3 bench/device/sm90_check.py --variants "$VARIANTS" --shapes d64 \
+  --budget "$(( ${AF_M192_BUDGET:-140} - 30 ))" --out "$OUT/m192ab"
 record "A/B $VARIANTS" $?
 cat "$OUT/m192ab/ab.md" 2>/dev/null
 
