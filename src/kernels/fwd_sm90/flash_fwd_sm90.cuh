@@ -34,7 +34,8 @@
 //   block, S = Q K^T (wgmma m64nNk16 with N = kBlockN, both operands from shared memory, K-major), the mask only
 //   on blocks that cross the end of the keys or the causal diagonal, the online softmax in fp32
 //   with exp2, P packed from the S accumulators into A fragments (registers), O += P V (wgmma
-//   m64n64k16 per 64-column atom of V, A from registers, V transposed by the instruction).
+//   m64n128k16 per two 64-column atoms of V, m64n64k16 at d64; A from registers, V transposed by
+//   the instruction).
 // Key blocks run from the last to the first (masked ones first), as in fwd_sm80. Two schedules of
 // the consumers' loop (AF_SM90_SCHEDULE): v0 waits for each wgmma group as it issues it; overlap
 // (FlashAttention-3's intra-warpgroup overlap) issues block i's Q K^T with block i - 1's P V and
@@ -210,16 +211,20 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
   float row_max[2];     // rows g and g + 8, raw scores
   float row_sum[2];     // this thread's partial sums of exp2
   const float scale = p.scale_log2;
-  const af_u32 q_atom = sQ + consumer * 64 * 128;  // this warpgroup's 64 rows of atom 0
+  // The descriptor of this warpgroup's 64 rows of Q's atom 0, broadcast from lane 0: ptxas then
+  // keeps the S wgmmas' Q descriptors in uniform registers (from a thread-index value it kept them
+  // in 16 vector registers and moved them over with two R2UR per wgmma).
+  const af_u32 q_desc = __shfl_sync(0xffffffffu, smem_descriptor_lo(sQ + consumer * 64 * 128), 0);
 
   // S = Q K^T of one key block, issued as one wgmma group (not waited for).
   auto issue_s = [&](float(&s)[kSRegisters], af_u32 k_tile) {
+    const af_u32 k_desc = smem_descriptor_lo(k_tile);
     wgmma_fence();
 #pragma unroll
     for (int ks = 0; ks < kHeadDim / 16; ++ks) {
       const af_u32 column = af_u32((ks % 4) * 32);  // k16 step inside the atom: 32 bytes along the line
-      const unsigned long long desc_q = smem_descriptor(q_atom + (ks / 4) * kBlockM * 128 + column);
-      const unsigned long long desc_k = smem_descriptor(k_tile + (ks / 4) * kBlockN * 128 + column);
+      const unsigned long long desc_q = smem_descriptor_at(q_desc + (((ks / 4) * kBlockM * 128 + column) >> 4));
+      const unsigned long long desc_k = smem_descriptor_at(k_desc + (((ks / 4) * kBlockN * 128 + column) >> 4));
       wgmma_ss(s, desc_q, desc_k, ks > 0 ? 1 : 0);  // m64n128k16 or m64n64k16 by s's size
     }
     wgmma_commit();
@@ -232,15 +237,22 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
       for (int e = 0; e < 32; ++e) fence_operand(o[a][e]);
   };
   // O += P V of one key block, issued as one wgmma group (not waited for); pa must stay untouched
-  // until the group completes (the instruction reads it asynchronously).
+  // until the group completes (the instruction reads it asynchronously). Per k16 step one m64n128k16
+  // per two atoms of V (the descriptor's leading offset steps from one to the next), m64n64k16 at d64.
   auto issue_pv = [&](const af_u32(&pa)[kBlockN / 16][4], af_u32 v_tile) {
+    const af_u32 v_desc = smem_descriptor_lo(v_tile, kBlockN * 128);
     fence_o();
     wgmma_fence();
 #pragma unroll
-    for (int a = 0; a < kAtoms; ++a)
+    for (int a = 0; a < kAtoms; a += 2)
 #pragma unroll
-      for (int kk = 0; kk < kBlockN / 16; ++kk)
-        wgmma_rs_n64(o[a], pa[kk], smem_descriptor(v_tile + a * kBlockN * 128 + kk * 16 * 128));
+      for (int kk = 0; kk < kBlockN / 16; ++kk) {
+        const unsigned long long desc = smem_descriptor_at(v_desc + ((a * kBlockN * 128 + kk * 16 * 128) >> 4));
+        if constexpr (kAtoms == 1)
+          wgmma_rs_n64(o[0], pa[kk], desc);
+        else
+          wgmma_rs_n128(o[a], o[a + 1], pa[kk], desc);
+      }
     wgmma_commit();
   };
   // -inf where a key is past the end or past the causal diagonal (only blocks that cross either:
@@ -325,11 +337,12 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
     named_barrier_sync(5, 256);
   };
   // Step i of the tile (key block n_blocks - 1 - i: the last first) uses ring stage (steps + i) %
-  // kStages.
-  auto stage = [&](int i) { return (steps + i) % kStages; };
+  // kStages (unsigned: a mask and a shift at 2 stages, where the signed forms took 3 more uniform
+  // instructions each).
+  auto stage = [&](int i) { return af_u32(steps + i) % kStages; };
   auto k_tile = [&](int i) { return sK + stage(i) * kKVBytes; };
   auto v_tile = [&](int i) { return sV + stage(i) * kKVBytes; };
-  auto parity = [&](int i) { return af_u32(((steps + i) / kStages) & 1); };
+  auto parity = [&](int i) { return (af_u32(steps + i) / kStages) & 1; };
   // The S wait of the tile's last step ends this warp's reads of Q: the producer may load the next
   // tile's (persistent form).
   auto release_q = [&](int i, int n_blocks) {
