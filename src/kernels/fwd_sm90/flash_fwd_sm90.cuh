@@ -208,7 +208,7 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
   int steps = 0;
   int key_end[2];
   float o[kAtoms][32];  // (64 rows, 64 dims) per atom of O
-  float row_max[2];     // rows g and g + 8, raw scores
+  float row_max[2];     // rows g and g + 8: the reference max of S * scale (softmax below)
   float row_sum[2];     // this thread's partial sums of exp2
   const float scale = p.scale_log2;
   // The descriptor of this warpgroup's 64 rows of Q's atom 0, broadcast from lane 0: ptxas then
@@ -260,46 +260,61 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
   auto mask = [&](float(&s)[kSRegisters], int n_block) {
     const int n0 = n_block * kBlockN;
     if (n0 + kBlockN <= key_end[0]) return;
+    // Element e is key n0 + 2t + (8 * (e / 4) + e % 2): its constant part against one bound per row
+    // (an immediate compare per element instead of an add and a compare).
+    const int bound[2] = {key_end[0] - n0 - 2 * t, key_end[1] - n0 - 2 * t};
 #pragma unroll
-    for (int e = 0; e < kSRegisters; ++e) {
-      const int col = n0 + 8 * (e >> 2) + 2 * t + (e & 1);
-      if (col >= key_end[(e >> 1) & 1]) s[e] = AF_NEG_INF;
-    }
+    for (int e = 0; e < kSRegisters; ++e)
+      if (8 * (e >> 2) + (e & 1) >= bound[(e >> 1) & 1]) s[e] = AF_NEG_INF;
   };
-  // Online softmax (as fwd_sm80): the 4 lanes of a quad share rows. S becomes exp2(S * scale -
-  // new max) in place, row_sum is rescaled and extended; O's rescale (by correction) is left to
-  // the caller, which needs it only when some row of the warp got a new max (the return value,
-  // the same in all lanes).
+  // Online softmax with a lazy reference max (FlashAttention-4's conditional rescale): S becomes
+  // exp2(S * scale - row_max) in place and extends row_sum, where row_max (scaled: log2 units) moves
+  // only when a block's max exceeds it by more than kRescaleLog2. P then stays at most 2^8 (exact in
+  // the 16-bit types' range, and their relative precision does not depend on the magnitude), and O,
+  // row_sum and the LSE are measured from whatever reference their row holds, so the result is the
+  // same. The rescale (row_sum here, O by correction in the caller, which must wait for P V first)
+  // runs only when some row of the warp moved: the return value, the same in all lanes. With the
+  // exact max it ran on most blocks (any of a warp's 16 rows finding a new max), 64 FMULs each.
   auto softmax = [&](float(&s)[kSRegisters], float(&correction)[2]) {
-    float base[2];
-    bool max_changed = false;
+    constexpr float kRescaleLog2 = 8.f;
+    float block_max[2];
+    bool moved = false;
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
-      float m = row_max[half];
+      float m = fmaxf(s[2 * half], s[2 * half + 1]);
 #pragma unroll
-      for (int j = 0; j < kBlockN / 8; ++j) m = fmaxf(m, fmaxf(s[4 * j + 2 * half], s[4 * j + 2 * half + 1]));
+      for (int j = 1; j < kBlockN / 8; ++j) m = fmaxf(m, fmaxf(s[4 * j + 2 * half], s[4 * j + 2 * half + 1]));
       m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
       m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
-      // A row with no visible key so far keeps max -inf; subtracting 0 then gives exp2(-inf) = 0.
-      base[half] = m == AF_NEG_INF ? 0.f : m * scale;
-      correction[half] = exp2_approx(row_max[half] * scale - base[half]);
-      max_changed = max_changed || m != row_max[half];
-      row_max[half] = m;
+      block_max[half] = m * scale;
+      // A row with no visible key keeps -inf (-inf > -inf + 8 is false).
+      moved = moved || block_max[half] > row_max[half] + kRescaleLog2;
+    }
+    const bool rescale = __any_sync(0xffffffffu, moved) != 0;
+    if (rescale) {
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const float top = fmaxf(row_max[half], block_max[half]);
+        // exp2(-inf - 0) = 0 for a row's first visible keys; rows still without any keep -inf.
+        correction[half] = exp2_approx(row_max[half] - (top == AF_NEG_INF ? 0.f : top));
+        row_sum[half] *= correction[half];
+        row_max[half] = top;
+      }
     }
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
-      float sum = 0.f;
+      // Subtracting 0 from a row still at -inf gives exp2(-inf) = 0 for its (masked) scores.
+      const float base = row_max[half] == AF_NEG_INF ? 0.f : row_max[half];
 #pragma unroll
       for (int j = 0; j < kBlockN / 8; ++j) {
-        const float p0 = exp2_approx(fmaf(s[4 * j + 2 * half], scale, -base[half]));
-        const float p1 = exp2_approx(fmaf(s[4 * j + 2 * half + 1], scale, -base[half]));
+        const float p0 = exp2_approx(fmaf(s[4 * j + 2 * half], scale, -base));
+        const float p1 = exp2_approx(fmaf(s[4 * j + 2 * half + 1], scale, -base));
         s[4 * j + 2 * half] = p0;
         s[4 * j + 2 * half + 1] = p1;
-        sum += p0 + p1;
+        row_sum[half] += p0 + p1;
       }
-      row_sum[half] = row_sum[half] * correction[half] + sum;
     }
-    return __any_sync(0xffffffffu, max_changed) != 0;
+    return rescale;
   };
   auto rescale_o = [&](const float(&correction)[2]) {
 #pragma unroll
@@ -520,7 +535,7 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
       if (p.lse != nullptr && t == 0)
         p.lse[(long long)w.batch * p.lse_batch_stride + (long long)w.head * p.lse_head_stride +
               (long long)(query.row0 + row) * p.lse_row_stride] =
-            sum > 0.f ? (row_max[half] * scale + log2_approx(sum)) * ln2 : AF_NEG_INF;
+            sum > 0.f ? (row_max[half] + log2_approx(sum)) * ln2 : AF_NEG_INF;
     }
     if (staged) {
       // The generic-proxy writes visible to the copy engine, then one thread stores.
