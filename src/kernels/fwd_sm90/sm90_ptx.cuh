@@ -1,5 +1,6 @@
 // Hopper (sm_90a) PTX helpers of the fwd_sm90 family: tensor maps and TMA tile loads, mbarriers,
-// wgmma shared-memory descriptors and the two wgmma shapes the family issues, setmaxnreg.
+// wgmma shared-memory descriptors and the wgmma forms the family issues (S from shared memory, P V
+// with P from registers), setmaxnreg.
 // Header-free like the rest (common/ptx.cuh before it supplies af_u32 and shared_address).
 //
 // Shared-memory tiles: a (rows, D) 16-bit tile is stored as D / 64 "atoms" of (rows, 64): each row
