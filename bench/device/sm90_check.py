@@ -4,7 +4,7 @@
 
 Stages, each in its own subprocess with its own time limit (a hang or a fatal CUDA error in one is
 reported and the next still runs; the whole script stays under --budget seconds, 240 by default):
-  1 probes       bench/device/sm90_probe.py: one TMA box, one wgmma S = Q K^T, one wgmma O = P V;
+  1 probes       bench/device/sm90_probe.py: one TMA box, one wgmma S = Q K^T, wgmma O = P V at N 64 and 128;
   2 correctness  attnforge with fwd_sm90 on (ATTNFORGE_FWD_SM90=1) against a float64 reference (computed on the
                  GPU) on hd 64/128 (and 72, 192, 256), causal and not, heads 64/8, 32/8 and 16/16,
                  seqlens 1, 17, 128, 1000, 4097 (and Sq != Sk), batch 1-3, fp16 and bf16, a
@@ -744,7 +744,7 @@ def main():
         return 1
     me = os.path.abspath(__file__)
     left = lambda: args.budget - (time.time() - start) - 5  # noqa: E731
-    ok1 = stage(args.out, "stage 1: probes (TMA, wgmma SS, wgmma RS)",
+    ok1 = stage(args.out, "stage 1: probes (TMA, wgmma SS, wgmma RS n64/n128)",
                 [sys.executable, os.path.join(HERE, "sm90_probe.py")], env, min(60.0, left()))
     extra = ["--out", args.out] if args.out else []
     ok2 = stage(args.out, "stage 2: correctness vs float64 (ATTNFORGE_FWD_SM90=1)",

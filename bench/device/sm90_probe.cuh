@@ -116,3 +116,53 @@ extern "C" __global__ void __launch_bounds__(128)
     o_out[row * 64 + col] = o[e];
   }
 }
+
+// o (64, 128) fp32 = p (64, 128) v (128, 128), as fwd_sm90's P V at d128: v's two 64-column atoms
+// (two (64, 128) boxes, 16 KB apart) read by one m64n128k16 per k16 step, the descriptor's leading
+// offset stepping from the first atom to the second.
+extern "C" __global__ void __launch_bounds__(128)
+    af_probe_wgmma_rs_n128(const af_u16* p, const __grid_constant__ CUtensorMap v_map, float* o_out) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  __shared__ __align__(8) unsigned long long bar[1];
+  const af_u32 sV = probe_smem_base(smem);
+  const af_u32 full = shared_address(bar);
+  if (threadIdx.x == 0) {
+    mbarrier_init(full, 1);
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    mbarrier_arrive_expect_tx(full, 2 * 128 * 128);
+    tma_load_4d(sV, &v_map, full, 0, 0, 0, 0);
+    tma_load_4d(sV + 128 * 128, &v_map, full, 64, 0, 0, 0);
+  }
+  const int warp = int(threadIdx.x) >> 5, lane = int(threadIdx.x) & 31;
+  const int g = lane >> 2, t = lane & 3;
+  auto pair = [&](int row, int col) { return *(const af_u32*)(p + (16 * warp + row) * 128 + col); };
+  af_u32 a[8][4];
+#pragma unroll
+  for (int kk = 0; kk < 8; ++kk) {
+    a[kk][0] = pair(g, 16 * kk + 2 * t);
+    a[kk][1] = pair(g + 8, 16 * kk + 2 * t);
+    a[kk][2] = pair(g, 16 * kk + 8 + 2 * t);
+    a[kk][3] = pair(g + 8, 16 * kk + 8 + 2 * t);
+  }
+  mbarrier_wait(full, 0);
+  float o[2][32];
+#pragma unroll
+  for (int e = 0; e < 32; ++e) o[0][e] = o[1][e] = 0.f;
+  const af_u32 v_desc = smem_descriptor_lo(sV, 128 * 128);
+  wgmma_fence();
+#pragma unroll
+  for (int kk = 0; kk < 8; ++kk) wgmma_rs_n128(o[0], o[1], a[kk], smem_descriptor_at(v_desc + kk * 16 * 128 / 16));
+  wgmma_commit();
+  wgmma_wait<0>();
+#pragma unroll
+  for (int e = 0; e < 32; ++e) fence_operand(o[0][e]), fence_operand(o[1][e]);
+#pragma unroll
+  for (int e = 0; e < 64; ++e) {
+    const int row = 16 * warp + g + 8 * ((e >> 1) & 1);
+    const int col = 8 * (e >> 2) + 2 * t + (e & 1);
+    o_out[row * 128 + col] = o[e >> 5][e & 31];
+  }
+}

@@ -5,7 +5,9 @@ src/kernels/fwd_sm90/sm90_ptx.cuh) with NVRTC for sm_90a, loads it with the CUDA
 each against torch on the same GPU:
   tma        one (128 rows, 64 columns) TMA box with the 128-byte swizzle, rows past the tensor zeros;
   wgmma_ss   S (64 x 128) = Q (64 x 64) K (128 x 64)^T, both from shared memory (m64n128k16);
-  wgmma_rs   O (64 x 64) = P (64 x 128) V (128 x 64), P from registers, V transposed (m64n64k16).
+  wgmma_rs   O (64 x 64) = P (64 x 128) V (128 x 64), P from registers, V transposed (m64n64k16);
+  wgmma_rs_n128  O (64 x 128) = P (64 x 128) V (128 x 128), V as two 64-column atoms (m64n128k16,
+             the descriptor's leading offset between them: fwd_sm90's P V at d128 and d256).
 Prints one line per probe (ok / FAIL with the error) and exits 1 if any failed. ctypes only: NVRTC
 from torch's nvidia wheels (or $ATTNFORGE_NVRTC), libcuda.so.1, tensors from torch.
 """
@@ -163,10 +165,22 @@ def run_probes(dtype):
         err = (o.double() - expected).abs().max().item()
         return err < 1e-3 and not o.isnan().any().item(), "max |O - P V| = %.3g" % err
 
+    def wgmma_rs_n128():
+        p = torch.rand(64, 128, device="cuda", generator=gen).to(dtype)
+        v = torch.randn(1, 128, 1, 128, device="cuda", dtype=dtype, generator=gen)
+        o = torch.full((64, 128), float("nan"), device="cuda")
+        smem_v = 1024 + 2 * 128 * 128
+        driver.launch(driver.function(module, "af_probe_wgmma_rs_n128", smem_v), smem_v,
+                      ctypes.c_void_p(p.data_ptr()), driver.tensor_map(v, 128), ctypes.c_void_p(o.data_ptr()))
+        expected = p.double() @ v[0, :, 0].double()
+        err = (o.double() - expected).abs().max().item()
+        return err < 1e-3 and not o.isnan().any().item(), "max |O - P V| = %.3g" % err
+
     attempt("compile", lambda: (not spills, "ptxas: " + ("; ".join(spills) or "no spills")))
     attempt("tma", tma)
     attempt("wgmma_ss", wgmma_ss)
     attempt("wgmma_rs", wgmma_rs)
+    attempt("wgmma_rs_n128", wgmma_rs_n128)
     return results
 
 
@@ -175,8 +189,8 @@ def main():
     for dtype in (torch.bfloat16, torch.float16):
         for name, ok, detail in run_probes(dtype):
             failed += not ok
-            print("  probe %-9s %-5s %s  %s" % (name, str(dtype).replace("torch.", ""), "ok" if ok else "FAIL", detail),
-                  flush=True)
+            print("  probe %-13s %-5s %s  %s" % (name, str(dtype).replace("torch.", ""), "ok" if ok else "FAIL",
+                                                  detail), flush=True)
     return 1 if failed else 0
 
 

@@ -139,7 +139,12 @@ Sm90Schedule default_sm90_schedule(int64_t head_dim, bool causal, int64_t seqlen
   // the next tile starts) added 7-16% in two A/B runs (session 5, and forms_check.sh in session 6:
   // bench/results/fwd-sm90-forms-h200-2026-11-30.log), with memcheck, racecheck and synccheck clean; from 2k
   // it was within noise of the register epilogue (-7% to +3%), and at d256 it loses 2-7%.
+  // At d64 the same holds without a mask (with 192-row tiles since the m192 A/B), but under a causal mask
+  // up to 1k keys the TMA-store form was 4-5% slower than the register epilogue there (three shapes),
+  // and from 4k the persistent 192-row form beat the one-CTA-per-tile pingpong by ~9% (default_sm90_block_m).
   const bool long_keys = seqlen_k >= 8192;
+  const bool d64 = head_dim <= 64;
+  if (d64 && causal) return kSm90PingPongPersistent;
   if (seqlen_k <= 1024 && head_dim <= 128) return kSm90PingPongPersistentTmaStore;
   if (causal) return long_keys || head_dim > 128 ? kSm90PingPong : kSm90PingPongPersistent;
   if (head_dim > 128 && long_keys) return kSm90Overlap;
@@ -160,9 +165,23 @@ bool sm90_schedule_from_env(int64_t head_dim, bool causal, int64_t seqlen_k, Sm9
   return false;
 }
 
-bool sm90_block_m_from_env(int64_t head_dim, int* block_m) {
+int default_sm90_block_m(int64_t head_dim, bool causal, int64_t seqlen_k) {
+  // Measured on the H200 (bench/results/fwd-sm90-m192-h200-2026-11-30.md, 16 d64 shapes): the 192-row
+  // tile was 1.03-1.11x cuDNN without a mask from 2k keys (the 128-row one 0.92-0.95x) and 0.93-0.99x at
+  // 512-1k (0.86-0.96x), and under a causal mask 1.04-1.08x from 4k at 64/8 GQA and 8k-16k (0.94-0.98x),
+  // but below the 128-row tile under a causal mask up to 2k (0.80-0.91x against 0.90-0.98x): short causal
+  // tiles waste more of a 192-row tile on the diagonal.
+  if (compiled_head_dim(kFamilyFwdSm90, int(head_dim)) != 64) return kSm90BlockM;
+  return causal && seqlen_k <= 2048 ? kSm90BlockM : kSm90WideBlockM;
+}
+
+bool sm90_block_m_from_env(int64_t head_dim, bool causal, int64_t seqlen_k, int* block_m) {
   const char* text = std::getenv("ATTNFORGE_SM90_BLOCK_M");
-  if (text == nullptr || *text == 0 || std::strcmp(text, "128") == 0) {
+  if (text == nullptr || *text == 0) {
+    *block_m = default_sm90_block_m(head_dim, causal, seqlen_k);
+    return true;
+  }
+  if (std::strcmp(text, "128") == 0) {
     *block_m = kSm90BlockM;
     return true;
   }
@@ -224,7 +243,7 @@ af_status choose(const AttentionProblem& p, Choice* choice) {
   FamilyId family_id = decode ? kFamilyDecode : kFamilyFwdSm80;
   std::string why;
   int sm90_block_m = kSm90BlockM;
-  const bool sm90_block_m_ok = sm90_block_m_from_env(p.head_dim, &sm90_block_m);
+  const bool sm90_block_m_ok = sm90_block_m_from_env(p.head_dim, p.causal, p.seqlen_k, &sm90_block_m);
   if (!decode && target == "sm_90a" && fwd_sm90_enabled()) {
     why = fwd_sm90_refusal(p, sm90_block_m);
     if (why.empty() && d.api->cuTensorMapEncodeTiled == nullptr)

@@ -38,11 +38,13 @@ Sm90Schedule default_sm90_schedule(int64_t head_dim, bool causal, int64_t seqlen
 // else -> false, *schedule left as it was.
 bool sm90_schedule_from_env(int64_t head_dim, bool causal, int64_t seqlen_k, Sm90Schedule* schedule);
 
+// fwd_sm90's measured query rows per tile (plan.cpp): 192 (kSm90WideBlockM, three consumer
+// warpgroups) where head_dim compiles to 64, except under a causal mask up to 2k keys; else 128.
+int default_sm90_block_m(int64_t head_dim, bool causal, int64_t seqlen_k);
 // fwd_sm90's query rows per tile from $ATTNFORGE_SM90_BLOCK_M, read at each plan: unset or empty
-// -> 128 (kSm90BlockM; the 192-row forms are opt-in until measured); "128" -> 128; "192" -> 192
-// where head_dim compiles to 64 (kSm90WideBlockM: three consumer warpgroups), 128 at the other head
-// dims (they have no 192-row form); anything else -> false, *block_m left as it was.
-bool sm90_block_m_from_env(int64_t head_dim, int* block_m);
+// -> default_sm90_block_m; "128" -> 128; "192" -> 192 where head_dim compiles to 64, 128 at the
+// other head dims (they have no 192-row form); anything else -> false, *block_m left as it was.
+bool sm90_block_m_from_env(int64_t head_dim, bool causal, int64_t seqlen_k, int* block_m);
 
 // Why fwd_sm90 cannot run a prefill problem that would otherwise go to fwd_sm80 (empty: it can).
 // Needs neither a GPU nor a driver: the rules are the kernel's (padded or varlen batches, with or

@@ -217,9 +217,10 @@ TEST(FwdSm90Schedule, ReadsTheVariantFromTheEnvironmentAndRefusesUnknownNames) {
                     {128, false, 16384, kSm90PingPongPersistent},
                     {128, true, 4096, kSm90PingPongPersistent},
                     {128, true, 8192, kSm90PingPong},
-                    {64, true, 1024, kSm90PingPongPersistentTmaStore},
+                    {64, true, 1024, kSm90PingPongPersistent},
+                    {64, false, 1024, kSm90PingPongPersistentTmaStore},
                     {64, true, 4096, kSm90PingPongPersistent},
-                    {64, true, 16384, kSm90PingPong},
+                    {64, true, 16384, kSm90PingPongPersistent},
                     {256, false, 1024, kSm90PingPongPersistent},
                     {256, true, 1024, kSm90PingPong},
                     {256, false, 8192, kSm90Overlap},
@@ -378,25 +379,35 @@ TEST(FwdSm90BlockM, ReadsTheTileHeightFromTheEnvironmentAndRefusesOtherValues) {
   int block_m = 0;
   {
     ScopedEnv env("ATTNFORGE_SM90_BLOCK_M", nullptr);
-    ASSERT_TRUE(sm90_block_m_from_env(64, &block_m));
-    EXPECT_EQ(block_m, 128) << "unset: 128 rows until the 192-row forms are measured";
+    const struct {
+      int64_t head_dim;
+      bool causal;
+      int64_t seqlen_k;
+      int expected;
+    } defaults[] = {{64, false, 512, 192},  {64, false, 16384, 192}, {64, true, 2048, 128},  {64, true, 4096, 192},
+                    {40, false, 4096, 192}, {128, false, 4096, 128}, {256, false, 4096, 128}};
+    for (const auto& d : defaults) {
+      ASSERT_TRUE(sm90_block_m_from_env(d.head_dim, d.causal, d.seqlen_k, &block_m));
+      EXPECT_EQ(block_m, d.expected) << "unset: the measured default at d" << d.head_dim
+                                     << (d.causal ? " causal " : " ") << d.seqlen_k << " keys";
+    }
   }
   const struct {
     const char* value;
     int64_t head_dim;
     int expected;
-  } good[] = {{"", 64, 128},    {"128", 64, 128},  {"192", 64, 192}, {"192", 40, 192},
+  } good[] = {{"", 64, 192},    {"128", 64, 128},  {"192", 64, 192}, {"192", 40, 192},
               {"192", 72, 128}, {"192", 128, 128}, {"192", 256, 128}};
   for (const auto& g : good) {
     ScopedEnv env("ATTNFORGE_SM90_BLOCK_M", g.value);
     block_m = 0;
-    EXPECT_TRUE(sm90_block_m_from_env(g.head_dim, &block_m)) << "'" << g.value << "'";
+    EXPECT_TRUE(sm90_block_m_from_env(g.head_dim, false, 4096, &block_m)) << "'" << g.value << "'";
     EXPECT_EQ(block_m, g.expected) << "'" << g.value << "' at head_dim " << g.head_dim;
   }
   for (const char* bad : {"64", "256", "0", "192 ", " 192", "m192", "192x128", "1e2"}) {
     ScopedEnv env("ATTNFORGE_SM90_BLOCK_M", bad);
     block_m = 7;
-    EXPECT_FALSE(sm90_block_m_from_env(64, &block_m)) << "'" << bad << "'";
+    EXPECT_FALSE(sm90_block_m_from_env(64, false, 4096, &block_m)) << "'" << bad << "'";
     EXPECT_EQ(block_m, 7) << "'" << bad << "' must leave the tile height as it was";
   }
 }

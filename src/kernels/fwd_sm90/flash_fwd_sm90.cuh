@@ -35,8 +35,8 @@
 //   own 64 query rows each: per key block, S = Q K^T (wgmma m64nNk16 with N = kBlockN, both
 //   operands from shared memory, K-major), the mask only on blocks that cross the end of the keys
 //   or the causal diagonal, the online softmax in fp32 with exp2, P packed from the S accumulators
-//   into A fragments (registers), O += P V (wgmma m64n64k16 per 64-column atom of V, A from
-//   registers, V transposed by the instruction).
+//   into A fragments (registers), O += P V (wgmma m64n128k16 per two 64-column atoms of V,
+//   m64n64k16 at d64; A from registers, V transposed by the instruction).
 // Key blocks run from the last to the first (masked ones first), as in fwd_sm80. Two schedules of
 // the consumers' loop (AF_SM90_SCHEDULE): v0 waits for each wgmma group as it issues it; overlap
 // (FlashAttention-3's intra-warpgroup overlap) issues block i's Q K^T with block i - 1's P V and
@@ -210,7 +210,7 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
   int steps = 0;
   int key_end[2];
   float o[kAtoms][32];  // (64 rows, 64 dims) per atom of O
-  float row_max[2];     // rows g and g + 8, raw scores
+  float row_max[2];     // rows g and g + 8: the reference max of S * scale (softmax below)
   float row_sum[2];     // this thread's partial sums of exp2
   const float scale = p.scale_log2;
   const af_u32 q_atom = sQ + consumer * 64 * 128;  // this warpgroup's 64 rows of atom 0
@@ -220,15 +220,20 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
   constexpr int kTurnBarrier = 1, kStoreBarrier = kTurnBarrier + kConsumers;
   constexpr int kVTailBarrier = kStoreBarrier + kConsumers;
   constexpr int kConsumerThreads = 128 * kConsumers;
+  // The descriptor of this warpgroup's 64 rows of Q's atom 0, broadcast from lane 0: ptxas then
+  // keeps the S wgmmas' Q descriptors in uniform registers (from a thread-index value it kept them
+  // in 16 vector registers and moved them over with two R2UR per wgmma).
+  const af_u32 q_desc = __shfl_sync(0xffffffffu, smem_descriptor_lo(q_atom), 0);
 
   // S = Q K^T of one key block, issued as one wgmma group (not waited for).
   auto issue_s = [&](float(&s)[kSRegisters], af_u32 k_tile) {
+    const af_u32 k_desc = smem_descriptor_lo(k_tile);
     wgmma_fence();
 #pragma unroll
     for (int ks = 0; ks < kHeadDim / 16; ++ks) {
       const af_u32 column = af_u32((ks % 4) * 32);  // k16 step inside the atom: 32 bytes along the line
-      const unsigned long long desc_q = smem_descriptor(q_atom + (ks / 4) * kBlockM * 128 + column);
-      const unsigned long long desc_k = smem_descriptor(k_tile + (ks / 4) * kBlockN * 128 + column);
+      const unsigned long long desc_q = smem_descriptor_at(q_desc + (((ks / 4) * kBlockM * 128 + column) >> 4));
+      const unsigned long long desc_k = smem_descriptor_at(k_desc + (((ks / 4) * kBlockN * 128 + column) >> 4));
       wgmma_ss(s, desc_q, desc_k, ks > 0 ? 1 : 0);  // m64n128k16 or m64n64k16 by s's size
     }
     wgmma_commit();
@@ -241,15 +246,22 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
       for (int e = 0; e < 32; ++e) fence_operand(o[a][e]);
   };
   // O += P V of one key block, issued as one wgmma group (not waited for); pa must stay untouched
-  // until the group completes (the instruction reads it asynchronously).
+  // until the group completes (the instruction reads it asynchronously). Per k16 step one m64n128k16
+  // per two atoms of V (the descriptor's leading offset steps from one to the next), m64n64k16 at d64.
   auto issue_pv = [&](const af_u32(&pa)[kBlockN / 16][4], af_u32 v_tile) {
+    const af_u32 v_desc = smem_descriptor_lo(v_tile, kBlockN * 128);
     fence_o();
     wgmma_fence();
 #pragma unroll
-    for (int a = 0; a < kAtoms; ++a)
+    for (int a = 0; a < kAtoms; a += 2)
 #pragma unroll
-      for (int kk = 0; kk < kBlockN / 16; ++kk)
-        wgmma_rs_n64(o[a], pa[kk], smem_descriptor(v_tile + a * kBlockN * 128 + kk * 16 * 128));
+      for (int kk = 0; kk < kBlockN / 16; ++kk) {
+        const unsigned long long desc = smem_descriptor_at(v_desc + ((a * kBlockN * 128 + kk * 16 * 128) >> 4));
+        if constexpr (kAtoms == 1)
+          wgmma_rs_n64(o[0], pa[kk], desc);
+        else
+          wgmma_rs_n128(o[a], o[a + 1], pa[kk], desc);
+      }
     wgmma_commit();
   };
   // -inf where a key is past the end or past the causal diagonal (only blocks that cross either:
@@ -257,46 +269,61 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
   auto mask = [&](float(&s)[kSRegisters], int n_block) {
     const int n0 = n_block * kBlockN;
     if (n0 + kBlockN <= key_end[0]) return;
+    // Element e is key n0 + 2t + (8 * (e / 4) + e % 2): its constant part against one bound per row
+    // (an immediate compare per element instead of an add and a compare).
+    const int bound[2] = {key_end[0] - n0 - 2 * t, key_end[1] - n0 - 2 * t};
 #pragma unroll
-    for (int e = 0; e < kSRegisters; ++e) {
-      const int col = n0 + 8 * (e >> 2) + 2 * t + (e & 1);
-      if (col >= key_end[(e >> 1) & 1]) s[e] = AF_NEG_INF;
-    }
+    for (int e = 0; e < kSRegisters; ++e)
+      if (8 * (e >> 2) + (e & 1) >= bound[(e >> 1) & 1]) s[e] = AF_NEG_INF;
   };
-  // Online softmax (as fwd_sm80): the 4 lanes of a quad share rows. S becomes exp2(S * scale -
-  // new max) in place, row_sum is rescaled and extended; O's rescale (by correction) is left to
-  // the caller, which needs it only when some row of the warp got a new max (the return value,
-  // the same in all lanes).
+  // Online softmax with a lazy reference max (FlashAttention-4's conditional rescale): S becomes
+  // exp2(S * scale - row_max) in place and extends row_sum, where row_max (scaled: log2 units) moves
+  // only when a block's max exceeds it by more than kRescaleLog2. P then stays at most 2^8 (exact in
+  // the 16-bit types' range, and their relative precision does not depend on the magnitude), and O,
+  // row_sum and the LSE are measured from whatever reference their row holds, so the result is the
+  // same. The rescale (row_sum here, O by correction in the caller, which must wait for P V first)
+  // runs only when some row of the warp moved: the return value, the same in all lanes. With the
+  // exact max it ran on most blocks (any of a warp's 16 rows finding a new max), 64 FMULs each.
   auto softmax = [&](float(&s)[kSRegisters], float(&correction)[2]) {
-    float base[2];
-    bool max_changed = false;
+    constexpr float kRescaleLog2 = 8.f;
+    float block_max[2];
+    bool moved = false;
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
-      float m = row_max[half];
+      float m = fmaxf(s[2 * half], s[2 * half + 1]);
 #pragma unroll
-      for (int j = 0; j < kBlockN / 8; ++j) m = fmaxf(m, fmaxf(s[4 * j + 2 * half], s[4 * j + 2 * half + 1]));
+      for (int j = 1; j < kBlockN / 8; ++j) m = fmaxf(m, fmaxf(s[4 * j + 2 * half], s[4 * j + 2 * half + 1]));
       m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
       m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
-      // A row with no visible key so far keeps max -inf; subtracting 0 then gives exp2(-inf) = 0.
-      base[half] = m == AF_NEG_INF ? 0.f : m * scale;
-      correction[half] = exp2_approx(row_max[half] * scale - base[half]);
-      max_changed = max_changed || m != row_max[half];
-      row_max[half] = m;
+      block_max[half] = m * scale;
+      // A row with no visible key keeps -inf (-inf > -inf + 8 is false).
+      moved = moved || block_max[half] > row_max[half] + kRescaleLog2;
+    }
+    const bool rescale = __any_sync(0xffffffffu, moved) != 0;
+    if (rescale) {
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const float top = fmaxf(row_max[half], block_max[half]);
+        // exp2(-inf - 0) = 0 for a row's first visible keys; rows still without any keep -inf.
+        correction[half] = exp2_approx(row_max[half] - (top == AF_NEG_INF ? 0.f : top));
+        row_sum[half] *= correction[half];
+        row_max[half] = top;
+      }
     }
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
-      float sum = 0.f;
+      // Subtracting 0 from a row still at -inf gives exp2(-inf) = 0 for its (masked) scores.
+      const float base = row_max[half] == AF_NEG_INF ? 0.f : row_max[half];
 #pragma unroll
       for (int j = 0; j < kBlockN / 8; ++j) {
-        const float p0 = exp2_approx(fmaf(s[4 * j + 2 * half], scale, -base[half]));
-        const float p1 = exp2_approx(fmaf(s[4 * j + 2 * half + 1], scale, -base[half]));
+        const float p0 = exp2_approx(fmaf(s[4 * j + 2 * half], scale, -base));
+        const float p1 = exp2_approx(fmaf(s[4 * j + 2 * half + 1], scale, -base));
         s[4 * j + 2 * half] = p0;
         s[4 * j + 2 * half + 1] = p1;
-        sum += p0 + p1;
+        row_sum[half] += p0 + p1;
       }
-      row_sum[half] = row_sum[half] * correction[half] + sum;
     }
-    return __any_sync(0xffffffffu, max_changed) != 0;
+    return rescale;
   };
   auto rescale_o = [&](const float(&correction)[2]) {
 #pragma unroll
@@ -334,11 +361,12 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
     named_barrier_sync(kVTailBarrier, kConsumerThreads);
   };
   // Step i of the tile (key block n_blocks - 1 - i: the last first) uses ring stage (steps + i) %
-  // kStages.
-  auto stage = [&](int i) { return (steps + i) % kStages; };
+  // kStages (unsigned: a mask and a shift at 2 stages, where the signed forms took 3 more uniform
+  // instructions each).
+  auto stage = [&](int i) { return af_u32(steps + i) % kStages; };
   auto k_tile = [&](int i) { return sK + stage(i) * kKVBytes; };
   auto v_tile = [&](int i) { return sV + stage(i) * kKVBytes; };
-  auto parity = [&](int i) { return af_u32(((steps + i) / kStages) & 1); };
+  auto parity = [&](int i) { return (af_u32(steps + i) / kStages) & 1; };
   // The S wait of the tile's last step ends this warp's reads of Q: the producer may load the next
   // tile's (persistent form).
   auto release_q = [&](int i, int n_blocks) {
@@ -525,7 +553,7 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
       if (p.lse != nullptr && t == 0)
         p.lse[(long long)w.batch * p.lse_batch_stride + (long long)w.head * p.lse_head_stride +
               (long long)(query.row0 + row) * p.lse_row_stride] =
-            sum > 0.f ? (row_max[half] * scale + log2_approx(sum)) * ln2 : AF_NEG_INF;
+            sum > 0.f ? (row_max[half] + log2_approx(sum)) * ln2 : AF_NEG_INF;
     }
     if (staged) {
       // The generic-proxy writes visible to the copy engine, then one thread stores.

@@ -1,5 +1,6 @@
 // Hopper (sm_90a) PTX helpers of the fwd_sm90 family: tensor maps and TMA tile loads, mbarriers,
-// wgmma shared-memory descriptors and the two wgmma shapes the family issues, setmaxnreg.
+// wgmma shared-memory descriptors and the wgmma forms the family issues (S from shared memory, P V
+// with P from registers), setmaxnreg.
 // Header-free like the rest (common/ptx.cuh before it supplies af_u32 and shared_address).
 //
 // Shared-memory tiles: a (rows, D) 16-bit tile is stored as D / 64 "atoms" of (rows, 64): each row
@@ -82,12 +83,22 @@ __device__ __forceinline__ void st_shared_u32(af_u32 address, af_u32 value) {
 // wgmma shared-memory matrix descriptor of a 128-byte-swizzled atom (see the PTX ISA, "Matrix
 // Descriptor Format"): start address, leading and stride byte offsets (>> 4), swizzle mode 1
 // (128B) in bits 62-63; base offset 0 (atoms are 1024-byte aligned). The stride byte offset is the
-// distance between groups of 8 rows (1024 bytes: 8 lines). K-major operands ignore the leading
-// offset; the N-major V operand reads one 64-column atom per instruction, so its leading offset
-// (the next atom along N) is never used either: both are given 1024, which is right in either role.
+// distance between groups of 8 rows (1024 bytes: 8 lines). K-major operands (Q, K) ignore the
+// leading offset; for the N-major V operand it is the distance to the next 64-column atom along N
+// (the tile's rows x 128 bytes), which a wgmma with N > 64 crosses.
+//
+// The low word holds the start address (14 bits: shared memory lies below 256 KB) and the leading
+// offset, the high word the stride offset and swizzle, the same for every atom: the descriptor of
+// address + offset (a multiple of 16) is the low word of address plus offset >> 4, one add per
+// wgmma (the whole descriptor per wgmma took ptxas five uniform instructions).
+__device__ __forceinline__ af_u32 smem_descriptor_lo(af_u32 address, af_u32 leading_bytes = 1024) {
+  return ((address & 0x3ffff) >> 4) | ((leading_bytes >> 4) << 16);
+}
+__device__ __forceinline__ unsigned long long smem_descriptor_at(af_u32 lo) {
+  return (unsigned long long)((1024u >> 4) | (1u << 30)) << 32 | lo;
+}
 __device__ __forceinline__ unsigned long long smem_descriptor(af_u32 address) {
-  return (unsigned long long)((address & 0x3ffff) >> 4) | ((unsigned long long)(1024 >> 4) << 16) |
-         ((unsigned long long)(1024 >> 4) << 32) | (1ull << 62);
+  return smem_descriptor_at(smem_descriptor_lo(address));
 }
 
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
@@ -156,6 +167,30 @@ __device__ __forceinline__ void wgmma_ss(float (&d)[32], unsigned long long desc
         "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]),
         "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
       : "l"(desc_a), "l"(desc_b), "r"(scale_d));
+}
+
+// O (64 x 128, fp32) += A (64 x 16, registers) * B (16 x 128, smem, N-major: two 64-column atoms,
+// the descriptor's leading offset apart): the m64n128k16 form, accumulators d0 (columns 0-63) then
+// d1 (64-127), each in wgmma_rs_n64's order. One instruction where two m64n64k16 read A twice.
+__device__ __forceinline__ void wgmma_rs_n128(float (&d0)[32], float (&d1)[32], const af_u32 (&a)[4],
+                                              unsigned long long desc_b) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16" AF_WGMMA_TYPES
+      " "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, "
+      "%24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, "
+      "%46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
+      "{%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
+      : "+f"(d0[0]), "+f"(d0[1]), "+f"(d0[2]), "+f"(d0[3]), "+f"(d0[4]), "+f"(d0[5]), "+f"(d0[6]), "+f"(d0[7]),
+        "+f"(d0[8]), "+f"(d0[9]), "+f"(d0[10]), "+f"(d0[11]), "+f"(d0[12]), "+f"(d0[13]), "+f"(d0[14]), "+f"(d0[15]),
+        "+f"(d0[16]), "+f"(d0[17]), "+f"(d0[18]), "+f"(d0[19]), "+f"(d0[20]), "+f"(d0[21]), "+f"(d0[22]), "+f"(d0[23]),
+        "+f"(d0[24]), "+f"(d0[25]), "+f"(d0[26]), "+f"(d0[27]), "+f"(d0[28]), "+f"(d0[29]), "+f"(d0[30]), "+f"(d0[31]),
+        "+f"(d1[0]), "+f"(d1[1]), "+f"(d1[2]), "+f"(d1[3]), "+f"(d1[4]), "+f"(d1[5]), "+f"(d1[6]), "+f"(d1[7]),
+        "+f"(d1[8]), "+f"(d1[9]), "+f"(d1[10]), "+f"(d1[11]), "+f"(d1[12]), "+f"(d1[13]), "+f"(d1[14]), "+f"(d1[15]),
+        "+f"(d1[16]), "+f"(d1[17]), "+f"(d1[18]), "+f"(d1[19]), "+f"(d1[20]), "+f"(d1[21]), "+f"(d1[22]), "+f"(d1[23]),
+        "+f"(d1[24]), "+f"(d1[25]), "+f"(d1[26]), "+f"(d1[27]), "+f"(d1[28]), "+f"(d1[29]), "+f"(d1[30]), "+f"(d1[31])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1));
 }
 
 // O (64 x 64, fp32) += A (64 x 16, registers) * B (16 x 64, smem, N-major: transposed by the

@@ -1,0 +1,196 @@
+"""SASS instructions per key block in fwd_sm90's consumer main loop, by opcode class, without a GPU.
+
+Compiles the fwd_sm90 module (the sources in the order src/cuda/families.cpp concatenates them, the -D
+macros its compile_options gives the variant) with nvcc -cubin, disassembles it with nvdisasm, and
+finds the consumers' key-block loop: the innermost backward branch whose body holds both the P V
+wgmmas (HGMMA ... tnspB) and the exps (MUFU.EX2). Inside it, forward branches that skip a region
+are the conditional parts: the mask (FSEL ... -INF), O's rescale (FMUL), the softmax's row rescale
+(MUFU.EX2), others by address (v0's V-tail clear). Counts are instructions a warp issues per key
+block (uniform-datapath ones included: they take issue slots too); the wait loops' retry paths lie
+outside the loop and are not counted. Issue 13 / bench/device/NOTES.md (fwd_sm90, "lean main loop")
+quote these counts as the prediction; they are not timings.
+
+  python3 bench/device/sm90_sass.py [--root DIR] [--head-dim 128] [--dtype bf16] [--schedule pingpong-persistent]
+      [--stages 2] [--sass FILE]
+
+Needs nvcc (CUDA_HOME or /usr/local/cuda) and nvdisasm ($NVDISASM, else PATH, else triton's copy).
+"""
+import argparse
+import collections
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+from loader_sass import nvdisasm
+
+MODULE = ["attention_params.cuh", "common/ptx.cuh", "fwd_sm90/flash_fwd_sm90_config.cuh", "fwd_sm90/sm90_ptx.cuh",
+          "common/sequence.cuh", "fwd_sm90/flash_fwd_sm90.cuh"]
+# families.cpp's schedule names -> (AF_SM90_SCHEDULE, PERSISTENT, TMA_STORE, DYNAMIC).
+SCHEDULES = {
+    "v0": (0, 0, 0, 0), "overlap": (1, 0, 0, 0), "pingpong": (2, 0, 0, 0),
+    "overlap-persistent": (1, 1, 0, 0), "pingpong-persistent": (2, 1, 0, 0),
+    "overlap-persistent-tma-store": (1, 1, 1, 0), "pingpong-persistent-tma-store": (2, 1, 1, 0),
+    "overlap-dynamic": (1, 1, 0, 1), "pingpong-dynamic": (2, 1, 0, 1),
+}
+LINE = re.compile(r"^\s*/\*([0-9a-f]{4,6})\*/\s+(.*?)\s*;")
+LABEL = re.compile(r"^(\.L_x_\d+):")
+BRANCH = re.compile(r"BRA\s+`\((\.L_x_\d+)\)")
+GROUPS = [
+    ("softmax math", ("FFMA", "FMUL", "FADD", "FMNMX", "MUFU", "F2FP")),
+    ("tensor", ("HGMMA",)),
+    ("sync", ("BAR", "SYNCS", "WARPGROUP", "WARPSYNC", "VOTE", "VOTEU", "SHFL")),
+]
+
+
+def opcode(text):
+    """The opcode class of one instruction: its mnemonic without predicate, MUFU/BAR/WARPGROUP with their op."""
+    words = re.sub(r"^@!?U?P\w+\s+", "", text).split()
+    parts = words[0].split(".")
+    return ".".join(parts[:2]) if parts[0] in ("MUFU", "BAR", "WARPGROUP") else parts[0]
+
+
+def group(op):
+    name = op.split(".")[0]
+    for label, members in GROUPS:
+        if name in members:
+            return label
+    if name.startswith("U") or name == "R2UR":
+        return "uniform (descriptors, ring position)"
+    if name in ("BRA", "BSSY", "BSYNC", "NOP"):
+        return "control"
+    return "integer, predicate, select, move"
+
+
+def parse(sass):
+    """[(address, text)] and {label: index of the next instruction}."""
+    code, labels = [], {}
+    for line in sass.splitlines():
+        label = LABEL.match(line.strip())
+        if label:
+            labels[label.group(1)] = len(code)
+            continue
+        match = LINE.match(line)
+        if match:
+            code.append((int(match.group(1), 16), match.group(2)))
+    return code, labels
+
+
+def main_loop(code, labels):
+    """(first, last) instruction indices of the innermost loop holding the P V wgmmas and the exps."""
+    best = None
+    for i, (_, text) in enumerate(code):
+        branch = BRANCH.search(text)
+        if not branch or labels.get(branch.group(1), i + 1) > i:
+            continue
+        first = labels[branch.group(1)]
+        body = [t for _, t in code[first:i + 1]]
+        if any("tnspB" in t for t in body) and any("MUFU.EX2" in t for t in body):
+            if best is None or i - first < best[1] - best[0]:
+                best = (first, i)
+    if best is None:
+        sys.exit("no loop with both HGMMA tnspB and MUFU.EX2 found")
+    return best
+
+
+def regions(code, labels, first, last):
+    """{name: set of indices} of the loop's conditional regions (skipped by a forward branch)."""
+    found = {}
+    for i in range(first, last):
+        branch = BRANCH.search(code[i][1])
+        if not branch or not code[i][1].startswith("@"):
+            continue
+        target = labels.get(branch.group(1))
+        if target is None or not i < target <= last:
+            continue
+        body = range(i + 1, target)
+        texts = [code[j][1] for j in body]
+        if any("FSEL" in t and "-INF" in t for t in texts):
+            name = "mask"
+        elif sum(opcode(t) == "FMUL" for t in texts) * 2 > len(texts):
+            name = "O rescale"
+        elif any("MUFU.EX2" in t for t in texts):
+            name = "row rescale"  # the softmax's corrections of row_max and row_sum
+        else:
+            name = "branch %#x" % code[i][0]
+        found.setdefault(name, set()).update(body)
+    return found
+
+
+def compile_sass(args):
+    kernels = os.path.join(args.root, "src", "kernels")
+    nvcc = os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin", "nvcc")
+    schedule, persistent, tma_store, dynamic = SCHEDULES[args.schedule]
+    block_n = 64 if args.head_dim == 256 else 128  # sm90_tile in families.cpp
+    defines = ["-DAF_HEAD_DIM=%d" % args.head_dim, "-DAF_BF16=%d" % (args.dtype == "bf16"), "-DAF_WARPS=12",
+               "-DAF_KV_STAGES=%d" % args.stages, "-DAF_EXTRAS=0", "-DAF_BLOCK_N=%d" % block_n,
+               "-DAF_SM90_SCHEDULE=%d" % schedule, "-DAF_SM90_PERSISTENT=%d" % persistent,
+               "-DAF_SM90_TMA_STORE=%d" % tma_store, "-DAF_SM90_DYNAMIC=%d" % dynamic]
+    with tempfile.TemporaryDirectory() as work:
+        source, cubin = os.path.join(work, "fwd_sm90.cu"), os.path.join(work, "fwd_sm90.cubin")
+        with open(source, "w") as f:
+            for name in MODULE:
+                with open(os.path.join(kernels, name)) as part:
+                    f.write(part.read())
+        built = subprocess.run([nvcc, "-cubin", "-arch=" + args.arch, "--std=c++17", "-x", "cu",
+                                "--ptxas-options=-v", *defines, "-o", cubin, source],
+                               check=True, capture_output=True, text=True)
+        resources = [line.split(":", 1)[-1].strip() for line in built.stderr.splitlines()
+                     if "registers" in line or "spill" in line]
+        sass = subprocess.run([nvdisasm(), "-c", cubin], check=True, capture_output=True, text=True).stdout
+    return sass, block_n, resources
+
+
+def main():
+    here = os.path.dirname(os.path.abspath(__file__))
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--root", default=os.path.join(here, "..", ".."), help="attnforge checkout")
+    parser.add_argument("--arch", default="sm_90a")
+    parser.add_argument("--head-dim", type=int, default=128, choices=(64, 128, 256))
+    parser.add_argument("--dtype", default="bf16", choices=("bf16", "fp16"))
+    parser.add_argument("--schedule", default="pingpong-persistent", choices=sorted(SCHEDULES))
+    parser.add_argument("--stages", type=int, default=2)
+    parser.add_argument("--sass", help="also write the disassembly here")
+    args = parser.parse_args()
+    sass, block_n, resources = compile_sass(args)
+    if args.sass:
+        with open(args.sass, "w") as f:
+            f.write(sass)
+    code, labels = parse(sass)
+    first, last = main_loop(code, labels)
+    parts = regions(code, labels, first, last)
+    conditional = set().union(*parts.values()) if parts else set()
+    columns = [("always", [i for i in range(first, last + 1) if i not in conditional])]
+    columns += [(name, sorted(body)) for name, body in sorted(parts.items())]
+    counts = [collections.Counter(opcode(code[i][1]) for i in body) for _, body in columns]
+    print("%s %s d%d %s, %d stages: main loop %#x-%#x; %s" % (args.arch, args.dtype, args.head_dim, args.schedule,
+                                                            args.stages, code[first][0], code[last][0],
+                                                            "; ".join(resources)))
+    print("instructions per warp and key block (%d keys, %d scores per thread)" % (block_n, block_n // 2))
+    print("  %-18s" % "opcode" + "".join("%12s" % name[:11] for name, _ in columns))
+    ops = sorted(set().union(*counts), key=lambda op: (group(op), -counts[0][op], op))
+    shown = None
+    for op in ops:
+        if group(op) != shown:
+            shown = group(op)
+            print("  [%s]" % shown)
+        print("  %-18s" % op + "".join("%12d" % c[op] for c in counts))
+    print("  %-18s" % "total" + "".join("%12d" % sum(c.values()) for c in counts))
+    always = sum(counts[0].values())
+    extra = {name: sum(c.values()) for (name, _), c in zip(columns[1:], counts[1:])}
+    rescale = extra.get("O rescale", 0) + extra.get("row rescale", 0)
+    print("per block: %d without mask or rescale, %d with a rescale, %d masked with a rescale" % (
+        always, always + rescale, always + rescale + extra.get("mask", 0)))
+    scores, o = block_n // 2, args.head_dim // 2
+    # S: one m64nNk16 per 16 of D (N = the block's keys); P V: per 16 keys one wgmma per 256 of D.
+    hgmma = args.head_dim // 16 + (block_n // 16) * -(-args.head_dim // 256)
+    # The math's floor: per score a scale-and-subtract FFMA, an exp2 (MUFU), a max (FMNMX: sm_90 has no
+    # 3-input form) and an add into the row sum; an F2FP per two; O's rescale one FMUL per accumulator.
+    floor = 4 * scores + scores // 2 + hgmma
+    print("floor of the math: %d FFMA + %d MUFU + %d FMNMX + %d FADD + %d F2FP + %d HGMMA = %d (+ %d FMUL with a "
+          "rescale, + a few SHFL/FMNMX per row)" % (scores, scores, scores, scores, scores // 2, hgmma, floor, o))
+
+
+if __name__ == "__main__":
+    main()
