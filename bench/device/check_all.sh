@@ -7,42 +7,14 @@
 # One PASS/FAIL line per step at the end; exit status 0 only when every step passed.
 set -u -o pipefail
 cd "$(dirname "$0")/../.." || exit 1
-OUT="${OUT:-$PWD/bench-out}"
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/python" ATTNFORGE_CACHE_DIR=/tmp/attnforge-device-cache
-verdicts=()
-status=0
-record() {  # record NAME RC
-  if [ "$2" -eq 0 ]; then verdicts+=("PASS $1"); else verdicts+=("FAIL $1 (exit $2)"); status=1; fi
-}
-date -u
-nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
-python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, "cudnn", torch.backends.cudnn.version())'
-cmake -S . -B build-device -G Ninja -DCMAKE_BUILD_TYPE=Release -DATTNFORGE_BUILD_TESTS=OFF >/dev/null &&
-  ninja -C build-device libattnforge.so >/dev/null || { echo "BUILD FAILED"; exit 1; }
-export ATTNFORGE_LIBRARY="$PWD/build-device/libattnforge.so"
+source bench/device/lib.sh
+af_build
 
 echo "== 1. correctness: tests/gpu and sanitizers, at once"
-pids=()
-names=()
-for v in pingpong-persistent pingpong-persistent@192; do
-  for t in memcheck racecheck synccheck; do
-    (ATTNFORGE_FWD_SM90=1 ATTNFORGE_CACHE_DIR="/tmp/af-san-$v-$t" timeout 280 compute-sanitizer --tool "$t" \
-      --error-exitcode 3 python3 bench/device/sm90_check.py --stage correctness --quick --variants "$v" \
-      >"$OUT/sanitizer-$t-$v.log" 2>&1) &
-    pids+=($!)
-    names+=("$t $v")
-  done
-done
+af_sanitize_start "pingpong-persistent pingpong-persistent@192" "memcheck racecheck synccheck"
 timeout 280 python3 -m pytest -q -p no:cacheprovider tests/gpu >"$OUT/pytest-gpu.log" 2>&1
 record "tests/gpu ($(tail -1 "$OUT/pytest-gpu.log"))" $?
-for i in "${!pids[@]}"; do
-  wait "${pids[$i]}"
-  rc=$?
-  log="$OUT/sanitizer-${names[$i]// /-}.log"
-  grep -q "ERROR SUMMARY: 0 errors\|RACECHECK SUMMARY: 0 hazards" "$log" || [ $rc -ne 0 ] || rc=4
-  record "sanitizer ${names[$i]} ($(grep -E 'cases passed' "$log" | tail -1))" $rc
-done
+af_sanitize_wait
 
 echo "== 2. fwd_sm90 sweep"
 timeout 200 python3 bench/device/sm90_check.py --out "$OUT/sm90" --budget 190
@@ -57,5 +29,4 @@ for impl in attnforge cudnn; do
   record "ncu $impl" $?
   grep -E '^  [a-z_A-Z].*\(|inst_executed|Duration|Compute \(SM\)' "$OUT/ncu-$impl.txt" | cut -c1-160
 done
-printf '%s\n' "${verdicts[@]}"
-exit $status
+af_summary

@@ -11,45 +11,15 @@
 # One PASS/FAIL line per step at the end; exit status 0 only when every step passed.
 set -u -o pipefail
 cd "$(dirname "$0")/../.." || exit 1
-OUT="${OUT:-$PWD/bench-out}"
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/python" ATTNFORGE_CACHE_DIR=/tmp/attnforge-device-cache
+source bench/device/lib.sh
 FORMS="${AF_FORMS:-pingpong-persistent-tma-store overlap-persistent-tma-store pingpong-dynamic}"
 AB="${AF_AB_VARIANTS:-pingpong-persistent,pingpong-persistent-tma-store,pingpong-dynamic}"
 TILES="${AF_DECODE_TILES:-128:4,3}"
-verdicts=()
-status=0
-record() {  # record NAME RC
-  if [ "$2" -eq 0 ]; then verdicts+=("PASS $1"); else verdicts+=("FAIL $1 (exit $2)"); status=1; fi
-}
-
-date -u
-nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
-python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, "cudnn", torch.backends.cudnn.version())'
-cmake -S . -B build-device -G Ninja -DCMAKE_BUILD_TYPE=Release -DATTNFORGE_BUILD_TESTS=OFF >/dev/null &&
-  ninja -C build-device libattnforge.so >/dev/null || { echo "BUILD FAILED"; exit 1; }
-export ATTNFORGE_LIBRARY="$PWD/build-device/libattnforge.so"
+af_build
 
 echo "== 1. sanitizers ($FORMS)"
-pids=()
-names=()
-for v in $FORMS; do
-  for t in memcheck racecheck synccheck; do
-    (ATTNFORGE_FWD_SM90=1 ATTNFORGE_CACHE_DIR="/tmp/af-san-$v-$t" timeout 300 compute-sanitizer --tool "$t" \
-      --error-exitcode 3 python3 bench/device/sm90_check.py --stage correctness --quick --variants "$v" \
-      >"$OUT/sanitizer-$t-$v.log" 2>&1) &
-    pids+=($!)
-    names+=("$t $v")
-  done
-done
-for i in "${!pids[@]}"; do
-  wait "${pids[$i]}"
-  rc=$?
-  log="$OUT/sanitizer-${names[$i]// /-}.log"
-  grep -q "ERROR SUMMARY: 0 errors\|RACECHECK SUMMARY: 0 hazards" "$log" || [ $rc -ne 0 ] || rc=4
-  tail -2 "$log"
-  record "sanitizer ${names[$i]}" $rc
-done
+af_sanitize_start "$FORMS" "memcheck racecheck synccheck" 300
+af_sanitize_wait
 
 echo "== 2. A/B $AB"
 timeout 240 python3 bench/device/sm90_check.py --variants "$AB" --budget 220 --out "$OUT/ab"
@@ -78,5 +48,4 @@ for tile in "" $TILES; do
   record "decode tile ${tile:-default}" $?
 done
 
-printf '%s\n' "${verdicts[@]}"
-exit $status
+af_summary

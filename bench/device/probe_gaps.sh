@@ -4,14 +4,8 @@
 #   OUT=dir bash bench/device/probe_gaps.sh
 set -u -o pipefail
 cd "$(dirname "$0")/../.." || exit 1
-OUT="${OUT:-$PWD/bench-out}"
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/python" ATTNFORGE_CACHE_DIR=/tmp/attnforge-device-cache
-status=0
-date -u
-cmake -S . -B build-device -G Ninja -DCMAKE_BUILD_TYPE=Release -DATTNFORGE_BUILD_TESTS=OFF >/dev/null &&
-  ninja -C build-device libattnforge.so >/dev/null || { echo "BUILD FAILED"; exit 1; }
-export ATTNFORGE_LIBRARY="$PWD/build-device/libattnforge.so"
+source bench/device/lib.sh
+af_build
 cd bench/device || exit 1
 echo "== paged gap"
 timeout 120 python3 paged_gap.py --batch 128 --keys 4096 --page 256 || status=1

@@ -13,44 +13,14 @@
 # One PASS/FAIL line per step at the end; exit status 0 only when every step passed.
 set -u -o pipefail
 cd "$(dirname "$0")/../.." || exit 1
-OUT="${OUT:-$PWD/bench-out}"
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/python" ATTNFORGE_CACHE_DIR=/tmp/attnforge-device-cache
+source bench/device/lib.sh
 STAGES="${AF_STAGES:-128:3;64:4}"
 AB=pingpong-persistent,pingpong-persistent-tma-store
-verdicts=()
-status=0
-record() {  # record NAME RC
-  if [ "$2" -eq 0 ]; then verdicts+=("PASS $1"); else verdicts+=("FAIL $1 (exit $2)"); status=1; fi
-}
-
-date -u
-nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
-python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, "cudnn", torch.backends.cudnn.version())'
-cmake -S . -B build-device -G Ninja -DCMAKE_BUILD_TYPE=Release -DATTNFORGE_BUILD_TESTS=OFF >/dev/null &&
-  ninja -C build-device libattnforge.so >/dev/null || { echo "BUILD FAILED"; exit 1; }
-export ATTNFORGE_LIBRARY="$PWD/build-device/libattnforge.so"
+af_build
 
 echo "== 1. sanitizers with ATTNFORGE_SM90_STAGES=$STAGES"
-pids=()
-names=()
-for v in ${AB//,/ }; do
-  for t in memcheck racecheck synccheck; do
-    (ATTNFORGE_SM90_STAGES="$STAGES" ATTNFORGE_FWD_SM90=1 ATTNFORGE_CACHE_DIR="/tmp/af-san-$v-$t" timeout 300 \
-      compute-sanitizer --tool "$t" --error-exitcode 3 python3 bench/device/sm90_check.py --stage correctness --quick \
-      --variants "$v" >"$OUT/sanitizer-$t-$v.log" 2>&1) &
-    pids+=($!)
-    names+=("$t $v")
-  done
-done
-for i in "${!pids[@]}"; do
-  wait "${pids[$i]}"
-  rc=$?
-  log="$OUT/sanitizer-${names[$i]// /-}.log"
-  grep -q "ERROR SUMMARY: 0 errors\|RACECHECK SUMMARY: 0 hazards" "$log" || [ $rc -ne 0 ] || rc=4
-  grep -E "cases passed|SUMMARY" "$log" | tail -2
-  record "sanitizer ${names[$i]} (stages $STAGES)" $rc
-done
+ATTNFORGE_SM90_STAGES="$STAGES" af_sanitize_start "${AB//,/ }" "memcheck racecheck synccheck" 300
+af_sanitize_wait
 
 echo "== 2. pytest"
 timeout 200 python3 -m pytest -q -x -p no:cacheprovider tests/gpu/test_decode.py \
@@ -80,5 +50,4 @@ for page in 0 256; do
     "$OUT/ncu-decode-page$page.txt" | head -16
 done
 
-printf '%s\n' "${verdicts[@]}"
-exit $status
+af_summary

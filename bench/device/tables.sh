@@ -5,15 +5,8 @@
 #   OUT=dir bash bench/device/tables.sh
 set -u -o pipefail
 cd "$(dirname "$0")/../.." || exit 1
-OUT="${OUT:-$PWD/bench-out}"
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/python" ATTNFORGE_CACHE_DIR=/tmp/attnforge-device-cache
-status=0
-date -u
-nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
-cmake -S . -B build-device -G Ninja -DCMAKE_BUILD_TYPE=Release -DATTNFORGE_BUILD_TESTS=OFF >/dev/null &&
-  ninja -C build-device libattnforge.so >/dev/null || { echo "BUILD FAILED"; exit 1; }
-export ATTNFORGE_LIBRARY="$PWD/build-device/libattnforge.so"
+source bench/device/lib.sh
+af_build
 gpu=$(python3 -c 'import torch; n=torch.cuda.get_device_name().lower(); print("h200" if "h200" in n else "h100" if "h100" in n else n.split()[-1])')
 echo "== fwd_sm90 sweep"
 timeout 260 python3 bench/device/sm90_check.py --out "$OUT/sm90" --budget 250 || status=1

@@ -1,0 +1,67 @@
+# shellcheck shell=bash
+# Shared steps of the device scripts (sourced, not run): the build, a PASS/FAIL ledger, and
+# compute-sanitizer over sm90_check.py's --quick set started in the background and collected later.
+# After `source bench/device/lib.sh` from the repository root: $OUT exists, the Python package and the
+# kernel cache are set up, and `af_build` leaves $ATTNFORGE_LIBRARY naming build-device/libattnforge.so.
+
+OUT="${OUT:-$PWD/bench-out}"
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/python" ATTNFORGE_CACHE_DIR="${ATTNFORGE_CACHE_DIR:-/tmp/attnforge-device-cache}"
+verdicts=()
+status=0
+san_pids=()
+san_names=()
+
+# record NAME RC: a PASS or FAIL line for the summary (af_summary); a failure makes the exit status 1.
+record() {
+  if [ "$2" -eq 0 ]; then verdicts+=("PASS $1"); else verdicts+=("FAIL $1 (exit $2)"); status=1; fi
+}
+
+# The machine, then build-device/libattnforge.so (exits on a failed build).
+af_build() {
+  date -u
+  nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
+  python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, "cudnn", torch.backends.cudnn.version())'
+  if ! cmake -S . -B build-device -G Ninja -DCMAKE_BUILD_TYPE=Release -DATTNFORGE_BUILD_TESTS=OFF >/dev/null ||
+    ! ninja -C build-device libattnforge.so >/dev/null; then
+    echo "BUILD FAILED"
+    exit 1
+  fi
+  export ATTNFORGE_LIBRARY="$PWD/build-device/libattnforge.so"
+}
+
+# af_sanitize_start "VARIANT..." "TOOL..." [SECONDS]: each tool over sm90_check.py's --quick set through
+# each fwd_sm90 variant (an --variants entry), all at once in the background, each with its own kernel
+# cache; logs $OUT/sanitizer-TOOL-VARIANT.log. The environment (e.g. ATTNFORGE_SM90_STAGES) passes through.
+af_sanitize_start() {
+  local v t
+  for v in $1; do
+    for t in $2; do
+      (ATTNFORGE_FWD_SM90=1 ATTNFORGE_CACHE_DIR="/tmp/af-san-$v-$t" timeout "${3:-280}" compute-sanitizer \
+        --tool "$t" --error-exitcode 3 python3 bench/device/sm90_check.py --stage correctness --quick \
+        --variants "$v" >"$OUT/sanitizer-$t-$v.log" 2>&1) &
+      san_pids+=($!)
+      san_names+=("$t $v")
+    done
+  done
+}
+
+# Waits for the af_sanitize_start jobs and records each: clean only with exit 0 and the tool's zero summary.
+af_sanitize_wait() {
+  local i rc log
+  for i in "${!san_pids[@]}"; do
+    wait "${san_pids[$i]}"
+    rc=$?
+    log="$OUT/sanitizer-${san_names[$i]// /-}.log"
+    grep -q "ERROR SUMMARY: 0 errors\|RACECHECK SUMMARY: 0 hazards" "$log" || [ $rc -ne 0 ] || rc=4
+    record "sanitizer ${san_names[$i]} ($(grep -E 'cases passed' "$log" | tail -1))" $rc
+  done
+  san_pids=()
+  san_names=()
+}
+
+# The ledger, then exit with its status.
+af_summary() {
+  printf '%s\n' "${verdicts[@]}"
+  exit $status
+}
