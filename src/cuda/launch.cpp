@@ -68,13 +68,32 @@ void fill_params(const AttentionProblem& p, FlashFwdParams* k) {
   }
 }
 
+// A launch's workspace (plan.workspace_bytes: partial results, then from plan.counters_offset the
+// counters: decode's split counters, fwd_sm90's dynamic tile counter): the caller's, its counters
+// zeroed on the stream first (their contents are unknown), else the stream's own (zeroed when
+// allocated; every launch leaves its counters at zero, so graph replays need no memset node, and two
+// streams have two). Both members stay 0 where the stream's own cannot be had (or would pass 256 MB).
+af_status launch_workspace(const Plan& plan, int device, CUstream stream, void* workspace, StreamWorkspace* out) {
+  const size_t counter_bytes = plan.workspace_bytes - plan.counters_offset;
+  if (workspace != nullptr) {
+    out->partials = reinterpret_cast<CUdeviceptr>(workspace);
+    out->counters = out->partials + plan.counters_offset;
+    const CUresult r =
+        counter_bytes == 0 ? CUDA_SUCCESS : driver().api->cuMemsetD8Async(out->counters, 0, counter_bytes, stream);
+    if (r != CUDA_SUCCESS) return fail(AF_ERR_CUDA, "%s", driver_error("cuMemsetD8Async", r).c_str());
+    return AF_OK;
+  }
+  if (plan.workspace_bytes > (256u << 20) ||
+      !stream_workspace(device, stream, plan.counters_offset, counter_bytes, out))
+    *out = StreamWorkspace{};
+  return AF_OK;
+}
+
 // fwd_sm90: the q, k and v tensor maps (encoded per call: the address is part of the map; a host
 // call of about a microsecond each) and one launch of (query tiles, heads, batch), or in the
 // persistent forms of at most one wave of CTAs that loop over those tiles. The dynamic forms' tile
-// counter: in the caller's workspace (zeroed on the stream first, as the decode family's split
-// counters: its contents are unknown), else in the stream's own (zeroed when allocated; each
-// launch leaves it at zero, so graph replays need no memset node, and two streams have two
-// counters); where neither can be had, the kernel strides statically (a null counter).
+// counter lives in launch_workspace; where none can be had, the kernel strides statically (a null
+// counter).
 af_status run_sm90(const Plan& plan, const Variant& v, const AttentionProblem& p, FlashFwdParams* k, CUstream stream,
                    void* workspace) {
   // A plan is checked against each call's shapes and flags, not against everything fwd_sm90 does
@@ -97,16 +116,9 @@ af_status run_sm90(const Plan& plan, const Variant& v, const AttentionProblem& p
   k->num_splits = 1;
   k->tile_pair_group = plan.pair_group;
   if (sm90_dynamic(v.schedule)) {
-    if (workspace != nullptr) {
-      const CUdeviceptr counter = reinterpret_cast<CUdeviceptr>(workspace) + plan.counters_offset;
-      const CUresult r = a.cuMemsetD8Async(counter, 0, plan.workspace_bytes - plan.counters_offset, stream);
-      if (r != CUDA_SUCCESS) return fail(AF_ERR_CUDA, "%s", driver_error("cuMemsetD8Async", r).c_str());
-      k->tile_counter = reinterpret_cast<unsigned*>(counter);
-    } else {
-      StreamWorkspace own;
-      if (stream_workspace(p.device_index, stream, 0, plan.workspace_bytes - plan.counters_offset, &own))
-        k->tile_counter = reinterpret_cast<unsigned*>(own.counters);
-    }
+    StreamWorkspace w;
+    AF_RETURN_IF_ERROR(launch_workspace(plan, p.device_index, stream, workspace, &w));
+    k->tile_counter = reinterpret_cast<unsigned*>(w.counters);
   }
   void* args[] = {k, &maps[0], &maps[1], &maps[2], &maps[3]};
   const CUresult r =
@@ -158,30 +170,18 @@ af_status run(const Plan& plan, const AttentionProblem& p, void* workspace, size
   if (v.family == kFamilyFwdSm90) return run_sm90(plan, v, p, &k, stream, workspace);
   if (v.family == kFamilyDecode && plan.cluster) return run_decode_cluster(plan, v, &k, stream);
 
-  // The workspace: the caller's (the decode family's split counters zeroed first), else the
-  // stream's own. Where none can be had the unsplit launch computes the same result.
+  // Where no workspace can be had the unsplit launch computes the same result.
   int splits = plan.splits;
-  CUdeviceptr partials = reinterpret_cast<CUdeviceptr>(workspace);
-  CUdeviceptr counters = partials + plan.counters_offset;
-  if (splits > 1 && workspace == nullptr) {
-    const size_t counter_bytes = plan.workspace_bytes - plan.counters_offset;
-    StreamWorkspace own;
-    if (plan.workspace_bytes > (256u << 20) ||
-        !stream_workspace(p.device_index, stream, plan.counters_offset, counter_bytes, &own)) {
-      splits = 1;
-    } else {
-      partials = own.partials;
-      counters = own.counters;
-    }
-  } else if (splits > 1 && v.family == kFamilyDecode) {
-    const CUresult r = a.cuMemsetD8Async(counters, 0, plan.workspace_bytes - plan.counters_offset, stream);
-    if (r != CUDA_SUCCESS) return fail(AF_ERR_CUDA, "%s", driver_error("cuMemsetD8Async", r).c_str());
+  StreamWorkspace w;
+  if (splits > 1) {
+    AF_RETURN_IF_ERROR(launch_workspace(plan, p.device_index, stream, workspace, &w));
+    if (w.partials == 0) splits = 1;
   }
   k.num_splits = splits;
   if (splits > 1) {
-    k.partial_out = reinterpret_cast<float*>(partials);
+    k.partial_out = reinterpret_cast<float*>(w.partials);
     k.partial_lse = k.partial_out + size_t(splits) * size_t(k.batch) * k.heads_q * k.seqlen_q * v.head_dim;
-    k.split_counters = reinterpret_cast<unsigned*>(counters);
+    k.split_counters = reinterpret_cast<unsigned*>(w.counters);
   }
   unsigned grid[3] = {plan.grid[0], plan.grid[1], plan.grid[2]};
   if (splits != plan.splits) {  // the split dimension: decode x, fwd_sm80 z (groups * splits)
