@@ -9,6 +9,30 @@ __device__ __forceinline__ af_u32 probe_smem_base(unsigned char* smem) {
   return (shared_address(smem) + 1023u) & ~1023u;
 }
 
+// The probes' one mbarrier (one arrival plus the TMA bytes), visible to every thread and the TMA unit.
+__device__ __forceinline__ void probe_barrier_init(af_u32 full) {
+  if (threadIdx.x == 0) {
+    mbarrier_init(full, 1);
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
+  __syncthreads();
+}
+
+// This thread's A fragments of p (64, 128) row-major for eight k16 steps, as fwd_sm90 packs P: warp w
+// holds rows 16 w .. 16 w + 15 (mma.m16n8k16's A layout per warp).
+__device__ __forceinline__ void probe_p_fragments(const af_u16* p, af_u32 (&a)[8][4]) {
+  const int warp = int(threadIdx.x) >> 5, lane = int(threadIdx.x) & 31;
+  const int g = lane >> 2, t = lane & 3;
+  auto pair = [&](int row, int col) { return *(const af_u32*)(p + (16 * warp + row) * 128 + col); };
+#pragma unroll
+  for (int kk = 0; kk < 8; ++kk) {
+    a[kk][0] = pair(g, 16 * kk + 2 * t);
+    a[kk][1] = pair(g + 8, 16 * kk + 2 * t);
+    a[kk][2] = pair(g, 16 * kk + 8 + 2 * t);
+    a[kk][3] = pair(g + 8, 16 * kk + 8 + 2 * t);
+  }
+}
+
 // A (128 rows, 64 columns) box of map at (column 0, row `row0`, head 0, batch 0): out receives
 // the 16 KB of shared memory as written (swizzled), 8192 16-bit words.
 extern "C" __global__ void __launch_bounds__(128)
@@ -17,11 +41,7 @@ extern "C" __global__ void __launch_bounds__(128)
   __shared__ __align__(8) unsigned long long bar[1];
   const af_u32 tile = probe_smem_base(smem);
   const af_u32 full = shared_address(bar);
-  if (threadIdx.x == 0) {
-    mbarrier_init(full, 1);
-    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-  }
-  __syncthreads();
+  probe_barrier_init(full);
   if (threadIdx.x == 0) {
     mbarrier_arrive_expect_tx(full, 128 * 128);
     tma_load_4d(tile, &map, full, 0, row0, 0, 0);
@@ -42,11 +62,7 @@ extern "C" __global__ void __launch_bounds__(128)
   __shared__ __align__(8) unsigned long long bar[1];
   const af_u32 sQ = probe_smem_base(smem), sK = sQ + 64 * 128;
   const af_u32 full = shared_address(bar);
-  if (threadIdx.x == 0) {
-    mbarrier_init(full, 1);
-    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-  }
-  __syncthreads();
+  probe_barrier_init(full);
   if (threadIdx.x == 0) {
     mbarrier_arrive_expect_tx(full, (64 + 128) * 128);
     tma_load_4d(sQ, &q_map, full, 0, 0, 0, 0);
@@ -78,26 +94,15 @@ extern "C" __global__ void __launch_bounds__(128)
   __shared__ __align__(8) unsigned long long bar[1];
   const af_u32 sV = probe_smem_base(smem);
   const af_u32 full = shared_address(bar);
-  if (threadIdx.x == 0) {
-    mbarrier_init(full, 1);
-    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-  }
-  __syncthreads();
+  probe_barrier_init(full);
   if (threadIdx.x == 0) {
     mbarrier_arrive_expect_tx(full, 128 * 128);
     tma_load_4d(sV, &v_map, full, 0, 0, 0, 0);
   }
   const int warp = int(threadIdx.x) >> 5, lane = int(threadIdx.x) & 31;
   const int g = lane >> 2, t = lane & 3;
-  auto pair = [&](int row, int col) { return *(const af_u32*)(p + (16 * warp + row) * 128 + col); };
   af_u32 a[8][4];
-#pragma unroll
-  for (int kk = 0; kk < 8; ++kk) {
-    a[kk][0] = pair(g, 16 * kk + 2 * t);
-    a[kk][1] = pair(g + 8, 16 * kk + 2 * t);
-    a[kk][2] = pair(g, 16 * kk + 8 + 2 * t);
-    a[kk][3] = pair(g + 8, 16 * kk + 8 + 2 * t);
-  }
+  probe_p_fragments(p, a);
   mbarrier_wait(full, 0);
   float o[32];
 #pragma unroll
@@ -126,11 +131,7 @@ extern "C" __global__ void __launch_bounds__(128)
   __shared__ __align__(8) unsigned long long bar[1];
   const af_u32 sV = probe_smem_base(smem);
   const af_u32 full = shared_address(bar);
-  if (threadIdx.x == 0) {
-    mbarrier_init(full, 1);
-    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-  }
-  __syncthreads();
+  probe_barrier_init(full);
   if (threadIdx.x == 0) {
     mbarrier_arrive_expect_tx(full, 2 * 128 * 128);
     tma_load_4d(sV, &v_map, full, 0, 0, 0, 0);
@@ -138,15 +139,8 @@ extern "C" __global__ void __launch_bounds__(128)
   }
   const int warp = int(threadIdx.x) >> 5, lane = int(threadIdx.x) & 31;
   const int g = lane >> 2, t = lane & 3;
-  auto pair = [&](int row, int col) { return *(const af_u32*)(p + (16 * warp + row) * 128 + col); };
   af_u32 a[8][4];
-#pragma unroll
-  for (int kk = 0; kk < 8; ++kk) {
-    a[kk][0] = pair(g, 16 * kk + 2 * t);
-    a[kk][1] = pair(g + 8, 16 * kk + 2 * t);
-    a[kk][2] = pair(g, 16 * kk + 8 + 2 * t);
-    a[kk][3] = pair(g + 8, 16 * kk + 8 + 2 * t);
-  }
+  probe_p_fragments(p, a);
   mbarrier_wait(full, 0);
   float o[2][32];
 #pragma unroll
