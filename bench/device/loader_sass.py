@@ -41,6 +41,27 @@ def nvdisasm():
     return found
 
 
+def module_sass(root, module, arch, defines):
+    """(SASS, ptxas resource lines) of one kernel module: `module` (paths under src/kernels, concatenated in
+    src/cuda/families.cpp's order) compiled with nvcc -cubin and `defines`, disassembled with nvdisasm."""
+    kernels = os.path.join(root, "src", "kernels")
+    nvcc = os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin", "nvcc")
+    with tempfile.TemporaryDirectory() as work:
+        source, cubin = os.path.join(work, "module.cu"), os.path.join(work, "module.cubin")
+        with open(source, "w") as f:
+            for name in module:
+                with open(os.path.join(kernels, name)) as part:
+                    f.write(part.read())
+        built = subprocess.run([nvcc, "-cubin", "-arch=" + arch, "--std=c++17", "-x", "cu", "--ptxas-options=-v",
+                                *defines, "-o", cubin, source], capture_output=True, text=True)
+        if built.returncode != 0:
+            sys.exit("nvcc failed:\n" + built.stderr)
+        resources = [line.split(":", 1)[-1].strip() for line in built.stderr.splitlines()
+                     if "registers" in line or "spill" in line]
+        sass = subprocess.run([nvdisasm(), "-c", cubin], check=True, capture_output=True, text=True).stdout
+    return sass, resources
+
+
 def loop_paths(sass):
     """(label, instructions) of each branch region from the key-block loop's wait to its commit."""
     lines = sass.splitlines()
@@ -68,19 +89,9 @@ def main():
     parser.add_argument("--stages", type=int, default=3)
     parser.add_argument("--head-dim", type=int, default=128)
     args = parser.parse_args()
-    kernels = os.path.join(args.root, "src", "kernels")
-    nvcc = os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin", "nvcc")
-    with tempfile.TemporaryDirectory() as work:
-        source, cubin = os.path.join(work, "decode.cu"), os.path.join(work, "decode.cubin")
-        with open(source, "w") as f:
-            for name in MODULE:
-                with open(os.path.join(kernels, name)) as part:
-                    f.write(part.read())
-        defines = ["-DAF_HEAD_DIM=%d" % args.head_dim, "-DAF_BF16=1", "-DAF_WARPS=%d" % args.warps,
-                   "-DAF_KV_STAGES=%d" % args.stages, "-DAF_EXTRAS=0"]
-        subprocess.run([nvcc, "-cubin", "-arch=" + args.arch, "--std=c++17", "-x", "cu", *defines, "-o", cubin,
-                        source], check=True)
-        sass = subprocess.run([nvdisasm(), "-c", cubin], check=True, capture_output=True, text=True).stdout
+    defines = ["-DAF_HEAD_DIM=%d" % args.head_dim, "-DAF_BF16=1", "-DAF_WARPS=%d" % args.warps,
+               "-DAF_KV_STAGES=%d" % args.stages, "-DAF_EXTRAS=0"]
+    sass, _ = module_sass(args.root, MODULE, args.arch, defines)
     print("%s d%d %dw/%ds, per thread and key block:" % (args.arch, args.head_dim, args.warps, args.stages))
     for label, body in loop_paths(sass):
         ops = collections.Counter(re.sub(r"^@!?U?P\w+\s+", "", b).split()[0].split(".")[0] for b in body)

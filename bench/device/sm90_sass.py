@@ -11,7 +11,7 @@ outside the loop and are not counted. Issue 13 / bench/device/NOTES.md (fwd_sm90
 quote these counts as the prediction; they are not timings.
 
   python3 bench/device/sm90_sass.py [--root DIR] [--head-dim 128] [--dtype bf16] [--schedule pingpong-persistent]
-      [--stages 2] [--sass FILE]
+      [--stages 2] [--block-m 128] [--sass FILE]
 
 Needs nvcc (CUDA_HOME or /usr/local/cuda) and nvdisasm ($NVDISASM, else PATH, else triton's copy).
 """
@@ -19,11 +19,9 @@ import argparse
 import collections
 import os
 import re
-import subprocess
 import sys
-import tempfile
 
-from loader_sass import nvdisasm
+from loader_sass import module_sass
 
 MODULE = ["attention_params.cuh", "common/ptx.cuh", "fwd_sm90/flash_fwd_sm90_config.cuh", "fwd_sm90/sm90_ptx.cuh",
           "common/sequence.cuh", "fwd_sm90/flash_fwd_sm90.cuh"]
@@ -119,26 +117,14 @@ def regions(code, labels, first, last):
 
 
 def compile_sass(args):
-    kernels = os.path.join(args.root, "src", "kernels")
-    nvcc = os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin", "nvcc")
     schedule, persistent, tma_store, dynamic = SCHEDULES[args.schedule]
     block_n = 64 if args.head_dim == 256 else 128  # sm90_tile in families.cpp
-    defines = ["-DAF_HEAD_DIM=%d" % args.head_dim, "-DAF_BF16=%d" % (args.dtype == "bf16"), "-DAF_WARPS=12",
+    defines = ["-DAF_HEAD_DIM=%d" % args.head_dim, "-DAF_BF16=%d" % (args.dtype == "bf16"),
+               "-DAF_WARPS=%d" % (4 + args.block_m // 16), "-DAF_BLOCK_M=%d" % args.block_m,
                "-DAF_KV_STAGES=%d" % args.stages, "-DAF_EXTRAS=0", "-DAF_BLOCK_N=%d" % block_n,
                "-DAF_SM90_SCHEDULE=%d" % schedule, "-DAF_SM90_PERSISTENT=%d" % persistent,
                "-DAF_SM90_TMA_STORE=%d" % tma_store, "-DAF_SM90_DYNAMIC=%d" % dynamic]
-    with tempfile.TemporaryDirectory() as work:
-        source, cubin = os.path.join(work, "fwd_sm90.cu"), os.path.join(work, "fwd_sm90.cubin")
-        with open(source, "w") as f:
-            for name in MODULE:
-                with open(os.path.join(kernels, name)) as part:
-                    f.write(part.read())
-        built = subprocess.run([nvcc, "-cubin", "-arch=" + args.arch, "--std=c++17", "-x", "cu",
-                                "--ptxas-options=-v", *defines, "-o", cubin, source],
-                               check=True, capture_output=True, text=True)
-        resources = [line.split(":", 1)[-1].strip() for line in built.stderr.splitlines()
-                     if "registers" in line or "spill" in line]
-        sass = subprocess.run([nvdisasm(), "-c", cubin], check=True, capture_output=True, text=True).stdout
+    sass, resources = module_sass(args.root, MODULE, args.arch, defines)
     return sass, block_n, resources
 
 
@@ -151,6 +137,7 @@ def main():
     parser.add_argument("--dtype", default="bf16", choices=("bf16", "fp16"))
     parser.add_argument("--schedule", default="pingpong-persistent", choices=sorted(SCHEDULES))
     parser.add_argument("--stages", type=int, default=2)
+    parser.add_argument("--block-m", type=int, default=128, choices=(128, 192), help="query rows per tile (192: d64)")
     parser.add_argument("--sass", help="also write the disassembly here")
     args = parser.parse_args()
     sass, block_n, resources = compile_sass(args)
