@@ -325,6 +325,10 @@ std::vector<std::string> compile_options(const Variant& v, const std::string& ta
                                       "-DAF_WARPS=" + std::to_string(tile.warps),
                                       "-DAF_KV_STAGES=" + std::to_string(tile.stages),
                                       std::string("-DAF_EXTRAS=") + (v.extras ? "1" : "0")};
+  // $ATTNFORGE_CP_ASYNC_L2=64|128|256: cp.async's L2 prefetch size, for tuning runs (common/ptx.cuh).
+  const char* l2 = std::getenv("ATTNFORGE_CP_ASYNC_L2");
+  if (l2 != nullptr && (std::strcmp(l2, "64") == 0 || std::strcmp(l2, "128") == 0 || std::strcmp(l2, "256") == 0))
+    options.push_back(std::string("-DAF_CP_ASYNC_L2=") + l2);
   if (v.family == kFamilyFwdSm90) {
     options.push_back("-DAF_BLOCK_M=" + std::to_string(tile.block_m()));
     options.push_back("-DAF_BLOCK_N=" + std::to_string(tile.block_n));

@@ -131,7 +131,7 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
     if constexpr (kDynamic)
       for (int n = 0; n < 2; ++n) {
         mbarrier_init(tile_full(n), 1);
-        mbarrier_init(tile_empty(n), kConsumerWarps);
+        mbarrier_init(tile_empty(n), kConsumerWarps * 32);  // every consumer thread: see the reader
       }
     // The initialised barriers visible to the other threads and to the TMA unit.
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
@@ -383,8 +383,10 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
     if constexpr (kDynamic) {
       mbarrier_wait(tile_full(n), af_u32((n >> 1) & 1));
       tile = tile_slots[n & 1];
-      __syncwarp();
-      if (lane == 0) mbarrier_arrive(tile_empty(n));
+      // Each thread's arrival releases its own read of the slot before the producer's next write
+      // to it; one lane's arrival after __syncwarp left the other lanes' reads unordered (racecheck
+      // reported them, and ptxas dropped the __syncwarp).
+      mbarrier_arrive(tile_empty(n));
     }
     if (tile >= tile_count) break;
     const Tile w = tile_at(tile);
