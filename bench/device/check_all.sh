@@ -13,7 +13,8 @@ af_build
 echo "== 1. correctness: tests/gpu and sanitizers, at once"
 af_sanitize_start "pingpong-persistent pingpong-persistent@192" "memcheck racecheck synccheck"
 timeout 280 python3 -m pytest -q -p no:cacheprovider tests/gpu >"$OUT/pytest-gpu.log" 2>&1
-record "tests/gpu ($(tail -1 "$OUT/pytest-gpu.log"))" $?
+rc=$?  # before the tail below, whose status $? would otherwise be
+record "tests/gpu ($(tail -1 "$OUT/pytest-gpu.log"))" $rc
 af_sanitize_wait
 
 echo "== 2. fwd_sm90 sweep"

@@ -73,14 +73,20 @@ int sm80_splits(int requested, int ctas, int key_blocks, int wave_ctas) {
 // splits down to 1 key block each (B1 1k keys: 8 splits of 128 keys, the best forced count of the
 // H200 sweep, where the global rule chose 4), over the cluster sizes whose clusters are all
 // resident at once (max_clusters[n] >= ctas: one wave, as the efficiency assumes); it runs when
-// its count's efficiency is within 95% of the global count's. Where the cluster size caps the
-// count below the SMs the global merge fills (B1 4k keys without 16-CTA clusters: 8 splits
-// against 16) the global merge's extra SMs are expected to win. A forced count (FlashAttention's
+// its count's efficiency is within 95% of the global count's, or while its CTAs read at most
+// kLatencyBoundBlocks key blocks each (B1 4k keys without 16-CTA clusters: 8 splits in clusters
+// beat 16 merged globally); with longer shares the global merge's extra SMs win. A forced count (FlashAttention's
 // num_splits > 1, or $ATTNFORGE_NUM_SPLITS) merges in a cluster when a cluster of that many CTAs
 // can launch at all (max_clusters[n] > 0), else globally. The heuristic keeps the global merge for
 // tiles of which an SM holds several (d64): there clusters of 8 ran 10-13% slower than the same 8
 // splits merged globally at B1 x 4k-32k (H200, bench/results/decode-cluster-h200-2026-11-30.md),
 // presumably because a cluster's CTAs are placed within one GPC, two to an SM, so fewer SMs stream.
+// Shares of at most this many key blocks per CTA keep a split decode step latency-bound: the cluster
+// merge's saved round trip through L2 outweighs the SMs the global merge adds (H200, B1 4k at 32/8 and
+// 64/8 heads: 8 splits merged in clusters 12.9/13.1 us, 16 merged globally 13.9/14.8; at 16k keys,
+// 16 blocks per CTA, the global 16 led, 26.6 against 27.9 us; bench/results/decode-splits-h200-*).
+constexpr int kLatencyBoundBlocks = 4;
+
 DecodeSplits decode_splits(int forced, int ctas, int key_blocks, int sm_count,
                            const int (&max_clusters)[kMaxClusterCtas + 1], int ctas_per_sm) {
   if (forced > 0) return {forced, forced >= 2 && forced <= kMaxClusterCtas && max_clusters[forced] > 0};
@@ -99,10 +105,14 @@ DecodeSplits decode_splits(int forced, int ctas, int key_blocks, int sm_count,
     return 0;
   };
   const int global = smallest_near_best(std::max(1, std::min(128, key_blocks / 2)), [](int) { return true; });
+  // A cluster size counts only if it shortens the longest share (key blocks per CTA) over one CTA less:
+  // 9 CTAs on 16 blocks read 2 blocks each at most, as 8 do (40/8 heads B1 2k: 11.1 against 10.6 us).
+  const auto longest = [&](int s) { return (key_blocks + s - 1) / s; };
   const int cluster = ctas_per_sm != 1 ? 0 : smallest_near_best(std::min(kMaxClusterCtas, key_blocks), [&](int s) {
-    return s >= 2 && max_clusters[s] >= ctas;
+    return s >= 2 && max_clusters[s] >= ctas && longest(s) < longest(s - 1);
   });
-  if (cluster >= 2 && efficiency(cluster) >= 0.95 * efficiency(global)) return {cluster, true};
+  if (cluster >= 2 && (efficiency(cluster) >= 0.95 * efficiency(global) || longest(cluster) <= kLatencyBoundBlocks))
+    return {cluster, true};
   return {global, false};
 }
 

@@ -61,10 +61,20 @@ TEST(DecodeSplits, HeuristicKeepsTheGlobalMergeForTilesSharingAnSm) {
   expect_splits(decode_splits(3, 16, 32, kH200Sms, h200.n, 2), 3, true, "a forced count still merges in a cluster");
 }
 
-TEST(DecodeSplits, GlobalMergeWhereClustersCannotFillTheSms) {
+TEST(DecodeSplits, ShortSharesMergeInClustersLongOnesGlobally) {
   // Only 7 clusters of 16 resident for 8 query tiles: 8-CTA clusters fill 64 SMs, the global merge 128.
+  // At 4 key blocks per CTA the step is latency-bound and the clusters win; at 16 the global merge.
   const Clusters seven(7);
-  expect_splits(decode_splits(0, 8, 32, kH200Sms, seven.n), 16, false, "B1 4k, 7 resident 16-CTA clusters");
+  expect_splits(decode_splits(0, 8, 32, kH200Sms, seven.n), 8, true, "B1 4k, 7 resident 16-CTA clusters");
+  expect_splits(decode_splits(0, 8, 128, kH200Sms, seven.n), 16, false, "B1 16k, 7 resident 16-CTA clusters");
+  // Clusters of 9 resident for all 8 tiles but none larger: 9 CTAs on 16 blocks read 2 blocks each
+  // at most, as 8 do, so 8.
+  Clusters nine(0);
+  nine.n[9] = 8;
+  expect_splits(decode_splits(0, 8, 16, kH200Sms, nine.n), 8, true, "B1 2k, 9-CTA clusters resident");
+}
+
+TEST(DecodeSplits, GlobalMergeWhereClustersCannotFillTheSms) {
   // 64 tiles need 64 resident 2-CTA clusters; with 60 none of the cluster counts is one wave.
   Clusters tight(8);
   for (int c = 2; c <= kMaxClusterCtas; ++c) tight.n[c] = 60 / c;
