@@ -1,5 +1,7 @@
 // Launches: the kernel arguments from a problem, the split-key workspace, and each family's grid.
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 
 #include "common/error.h"
 #include "cuda/page_divisor.h"
@@ -89,6 +91,38 @@ af_status launch_workspace(const Plan& plan, int device, CUstream stream, void* 
   return AF_OK;
 }
 
+// $ATTNFORGE_PDL=0 turns the programmatic dependent launches below off (read once per process).
+bool pdl_enabled() {
+  static const bool enabled = [] {
+    const char* text = std::getenv("ATTNFORGE_PDL");
+    return text == nullptr || std::strcmp(text, "0") != 0;
+  }();
+  return enabled;
+}
+
+// One launch of a fwd_sm90 or decode kernel. On sm_90+ a programmatic dependent launch: its CTAs may
+// be placed and set up while the stream's previous kernel finishes, and wait for it in
+// griddepcontrol.wait before touching global memory (common/ptx.cuh); on the H200 back-to-back
+// calls otherwise leave each launch's latency exposed. cluster_x > 1: clusters of (cluster_x, 1, 1).
+CUresult launch(const Plan& plan, const unsigned (&grid)[3], unsigned threads, unsigned smem, CUstream stream,
+                void** args, unsigned cluster_x = 1) {
+  const DriverApi& a = *driver().api;
+  CUlaunchAttribute attributes[2] = {};
+  unsigned count = 0;
+  if (cluster_x > 1) {
+    attributes[count].id = CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
+    attributes[count++].value.cluster_dim = {cluster_x, 1, 1};
+  }
+  if (plan.choice.arch >= 90 && pdl_enabled()) {
+    attributes[count].id = CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+    attributes[count++].value.programmatic_stream_serialization_allowed = 1;
+  }
+  if (count == 0 || a.cuLaunchKernelEx == nullptr)
+    return a.cuLaunchKernel(plan.loaded.kernel, grid[0], grid[1], grid[2], threads, 1, 1, smem, stream, args, nullptr);
+  const CUlaunchConfig config{grid[0], grid[1], grid[2], threads, 1, 1, smem, stream, attributes, count};
+  return a.cuLaunchKernelEx(&config, plan.loaded.kernel, args, nullptr);
+}
+
 // fwd_sm90: the q, k and v tensor maps (encoded per call: the address is part of the map; a host
 // call of about a microsecond each) and one launch of (query tiles, heads, batch), or in the
 // persistent forms of at most one wave of CTAs that loop over those tiles. The dynamic forms' tile
@@ -122,8 +156,7 @@ af_status run_sm90(const Plan& plan, const Variant& v, const AttentionProblem& p
   }
   void* args[] = {k, &maps[0], &maps[1], &maps[2], &maps[3]};
   const CUresult r =
-      a.cuLaunchKernel(plan.loaded.kernel, plan.grid[0], plan.grid[1], plan.grid[2], unsigned(tile.threads()), 1, 1,
-                       unsigned(v.smem_bytes(plan.choice.arch)), stream, args, nullptr);
+      launch(plan, plan.grid, unsigned(tile.threads()), unsigned(v.smem_bytes(plan.choice.arch)), stream, args);
   if (r != CUDA_SUCCESS) return fail(AF_ERR_CUDA, "%s: %s", v.name.c_str(), driver_error("cuLaunchKernel", r).c_str());
   return AF_OK;
 }
@@ -133,16 +166,11 @@ af_status run_sm90(const Plan& plan, const Variant& v, const AttentionProblem& p
 // split; the shares merge through distributed shared memory, so there is no workspace, counter or
 // memset.
 af_status run_decode_cluster(const Plan& plan, const Variant& v, FlashFwdParams* k, CUstream stream) {
-  const DriverApi& a = *driver().api;
   k->num_splits = plan.splits;
-  CUlaunchAttribute attribute{};
-  attribute.id = CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
-  attribute.value.cluster_dim = {unsigned(plan.splits), 1, 1};
   const unsigned threads = unsigned(v.tile_for(plan.choice.arch).threads());
   const unsigned smem = unsigned(v.smem_bytes(plan.choice.arch));
-  const CUlaunchConfig config{plan.grid[0], plan.grid[1], plan.grid[2], threads, 1, 1, smem, stream, &attribute, 1};
   void* args[] = {k};
-  const CUresult r = a.cuLaunchKernelEx(&config, plan.loaded.kernel, args, nullptr);
+  const CUresult r = launch(plan, plan.grid, threads, smem, stream, args, unsigned(plan.splits));
   if (r != CUDA_SUCCESS)
     return fail(AF_ERR_CUDA, "%s in clusters of %d CTAs: %s", v.name.c_str(), plan.splits,
                 driver_error("cuLaunchKernelEx", r).c_str());
@@ -192,8 +220,11 @@ af_status run(const Plan& plan, const AttentionProblem& p, void* workspace, size
   }
   const TileConfig& tile = v.tile_for(plan.choice.arch);
   void* args[] = {&k};
-  CUresult r = a.cuLaunchKernel(plan.loaded.kernel, grid[0], grid[1], grid[2], unsigned(tile.threads()), 1, 1,
-                                unsigned(v.smem_bytes(plan.choice.arch)), stream, args, nullptr);
+  const unsigned threads = unsigned(tile.threads()), smem = unsigned(v.smem_bytes(plan.choice.arch));
+  CUresult r = v.family == kFamilyDecode
+                   ? launch(plan, grid, threads, smem, stream, args)
+                   : a.cuLaunchKernel(plan.loaded.kernel, grid[0], grid[1], grid[2], threads, 1, 1, smem, stream,
+                                      args, nullptr);
   if (r == CUDA_SUCCESS && splits > 1 && v.family != kFamilyDecode) {
     // fwd_sm80's shares are merged by af_flash_combine: rows in groups of 4 (one warp each) over
     // (batch * heads, row groups). On sm_90+ as a programmatic dependent launch: it is scheduled

@@ -2,11 +2,8 @@
 // lse = log(sum_s exp(lse_s)), out = sum_s exp(lse_s - lse) * out_s. One warp per row, each lane
 // kHeadDim / 32 consecutive columns. Grid (batch * heads, ceil(seqlen_q / 4)), 128 threads.
 extern "C" __global__ void __launch_bounds__(128) af_flash_combine(const FlashFwdParams p) {
-#if __CUDA_ARCH__ >= 900
-  // Launched as a programmatic dependent of the kernel on sm_90+: wait until it has finished and
-  // its partial results are visible (a no-op after an ordinary launch).
-  asm volatile("griddepcontrol.wait;\n" ::: "memory");
-#endif
+  // Launched as a programmatic dependent of the kernel on sm_90+: its partial results first.
+  grid_dependency_wait();
   constexpr int kColumns = kHeadDim / 32;
   const int lane = int(threadIdx.x) & 31;
   const int row = int(blockIdx.y) * 4 + (int(threadIdx.x) >> 5);

@@ -27,6 +27,21 @@ __device__ __forceinline__ af_u32 shared_address(const void* pointer) {
 #define AF_CP_ASYNC "cp.async.cg.shared.global.L2::256B"
 #endif
 
+// Programmatic dependent launch (sm_90+; both are no-ops after an ordinary launch and before sm_90).
+// The launch lets this grid's CTAs start while the stream's previous kernel still runs; they must
+// wait for it (griddepcontrol.wait: it has completed and its writes are visible) before touching
+// global memory. Triggering at once lets the stream's next kernel do the same while this one runs.
+__device__ __forceinline__ void grid_dependency_wait() {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void grid_dependents_launch() {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+
 // 16-byte async copy; bytes < 16 zero-fills the rest (bytes == 0 reads nothing).
 __device__ __forceinline__ void cp_async_16(af_u32 dst, const void* src, int bytes) {
   asm volatile(AF_CP_ASYNC " [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(bytes) : "memory");

@@ -323,6 +323,10 @@ extern "C" __global__ void __launch_bounds__(kThreads) af_decode_fwd(const Flash
   const int r0 = (int(blockIdx.y) % m_tiles) * kBlockM;  // first packed row of this CTA
   const int batch = int(blockIdx.z);
   const int group = p.heads_q / p.heads_kv;  // G
+  // Launched as a programmatic dependent on sm_90+ (launch.cpp): cache_seqlens, the block table
+  // and K/V may come from the previous kernel, so nothing global is read before this.
+  grid_dependents_launch();
+  grid_dependency_wait();
 
   const QueryRows query = query_rows(p, batch);
   const int rows = query.len * group;  // packed rows of this (sequence, KV head)
