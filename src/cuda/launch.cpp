@@ -91,7 +91,7 @@ af_status launch_workspace(const Plan& plan, int device, CUstream stream, void* 
   return AF_OK;
 }
 
-// $ATTNFORGE_PDL=0 turns the programmatic dependent launches below off (read once per process).
+// $ATTNFORGE_PDL=0 turns decode's programmatic dependent launches off (read once per process).
 bool pdl_enabled() {
   static const bool enabled = [] {
     const char* text = std::getenv("ATTNFORGE_PDL");
@@ -100,12 +100,14 @@ bool pdl_enabled() {
   return enabled;
 }
 
-// One launch of a fwd_sm90 or decode kernel. On sm_90+ a programmatic dependent launch: its CTAs may
-// be placed and set up while the stream's previous kernel finishes, and wait for it in
-// griddepcontrol.wait before touching global memory (common/ptx.cuh); on the H200 back-to-back
-// calls otherwise leave each launch's latency exposed. cluster_x > 1: clusters of (cluster_x, 1, 1).
-CUresult launch(const Plan& plan, const unsigned (&grid)[3], unsigned threads, unsigned smem, CUstream stream,
-                void** args, unsigned cluster_x = 1) {
+// One launch of a decode kernel; cluster_x > 1: clusters of (cluster_x, 1, 1). On sm_90+, where the
+// kernel holds an SM alone, a programmatic dependent launch: its CTAs are placed as the stream's
+// previous kernel's CTAs leave and wait for it in griddepcontrol.wait before touching global memory
+// (decode_fwd.cuh). Measured on the H200 (bench/results/pdl-h200-2026-12-01.md, two interleaved
+// rounds): batch 1-8 x 1k keys at d128 0.2-0.8 us faster, the rest within noise; at d64 (two CTAs
+// per SM) 128-CTA grids lost about 1 us, and fwd_sm90's sweep did not move.
+CUresult launch_decode(const Plan& plan, const unsigned (&grid)[3], unsigned threads, unsigned smem,
+                       CUstream stream, void** args, unsigned cluster_x = 1) {
   const DriverApi& a = *driver().api;
   CUlaunchAttribute attributes[2] = {};
   unsigned count = 0;
@@ -113,7 +115,7 @@ CUresult launch(const Plan& plan, const unsigned (&grid)[3], unsigned threads, u
     attributes[count].id = CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
     attributes[count++].value.cluster_dim = {cluster_x, 1, 1};
   }
-  if (plan.choice.arch >= 90 && pdl_enabled()) {
+  if (plan.choice.arch >= 90 && plan.loaded.wave_ctas == plan.loaded.sm_count && pdl_enabled()) {
     attributes[count].id = CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
     attributes[count++].value.programmatic_stream_serialization_allowed = 1;
   }
@@ -156,7 +158,8 @@ af_status run_sm90(const Plan& plan, const Variant& v, const AttentionProblem& p
   }
   void* args[] = {k, &maps[0], &maps[1], &maps[2], &maps[3]};
   const CUresult r =
-      launch(plan, plan.grid, unsigned(tile.threads()), unsigned(v.smem_bytes(plan.choice.arch)), stream, args);
+      a.cuLaunchKernel(plan.loaded.kernel, plan.grid[0], plan.grid[1], plan.grid[2], unsigned(tile.threads()), 1, 1,
+                       unsigned(v.smem_bytes(plan.choice.arch)), stream, args, nullptr);
   if (r != CUDA_SUCCESS) return fail(AF_ERR_CUDA, "%s: %s", v.name.c_str(), driver_error("cuLaunchKernel", r).c_str());
   return AF_OK;
 }
@@ -170,7 +173,7 @@ af_status run_decode_cluster(const Plan& plan, const Variant& v, FlashFwdParams*
   const unsigned threads = unsigned(v.tile_for(plan.choice.arch).threads());
   const unsigned smem = unsigned(v.smem_bytes(plan.choice.arch));
   void* args[] = {k};
-  const CUresult r = launch(plan, plan.grid, threads, smem, stream, args, unsigned(plan.splits));
+  const CUresult r = launch_decode(plan, plan.grid, threads, smem, stream, args, unsigned(plan.splits));
   if (r != CUDA_SUCCESS)
     return fail(AF_ERR_CUDA, "%s in clusters of %d CTAs: %s", v.name.c_str(), plan.splits,
                 driver_error("cuLaunchKernelEx", r).c_str());
@@ -222,7 +225,7 @@ af_status run(const Plan& plan, const AttentionProblem& p, void* workspace, size
   void* args[] = {&k};
   const unsigned threads = unsigned(tile.threads()), smem = unsigned(v.smem_bytes(plan.choice.arch));
   CUresult r = v.family == kFamilyDecode
-                   ? launch(plan, grid, threads, smem, stream, args)
+                   ? launch_decode(plan, grid, threads, smem, stream, args)
                    : a.cuLaunchKernel(plan.loaded.kernel, grid[0], grid[1], grid[2], threads, 1, 1, smem, stream,
                                       args, nullptr);
   if (r == CUDA_SUCCESS && splits > 1 && v.family != kFamilyDecode) {

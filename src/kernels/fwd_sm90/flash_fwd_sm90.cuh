@@ -136,10 +136,6 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
     // The initialised barriers visible to the other threads and to the TMA unit.
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
-  // Launched as a programmatic dependent (launch.cpp): the setup above overlapped the previous
-  // kernel's tail; nothing global is read or written before this.
-  grid_dependents_launch();
-  grid_dependency_wait();
   __syncthreads();
 
   const int warpgroup = int(threadIdx.x) / 128;
