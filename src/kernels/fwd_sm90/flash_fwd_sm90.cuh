@@ -290,15 +290,21 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
   // end first, row g + 8's begin last).
   auto mask = [&](float(&s)[kSRegisters], int n_block) {
     const int n0 = n_block * kBlockN;
-    if (n0 + kBlockN <= key_end[0] && (!kExtras || n0 >= key_begin + 8)) return;
     // Element e is key n0 + 2t + (8 * (e / 4) + e % 2): its constant part against one bound per row
-    // (an immediate compare per element instead of an add and a compare).
-    const int bound[2] = {key_end[0] - n0 - 2 * t, key_end[1] - n0 - 2 * t};
-    const int first[2] = {key_begin - n0 - 2 * t, key_begin + 8 - n0 - 2 * t};
+    // (an immediate compare per element instead of an add and a compare). One branch per edge, each
+    // taken only by blocks that cross it (a single branch for both edges was if-converted by ptxas
+    // into selects on every block).
+    if (n0 + kBlockN > key_end[0]) {
+      const int bound[2] = {key_end[0] - n0 - 2 * t, key_end[1] - n0 - 2 * t};
 #pragma unroll
-    for (int e = 0; e < kSRegisters; ++e) {
-      const int key = 8 * (e >> 2) + (e & 1);
-      if (key >= bound[(e >> 1) & 1] || (kExtras && key < first[(e >> 1) & 1])) s[e] = AF_NEG_INF;
+      for (int e = 0; e < kSRegisters; ++e)
+        if (8 * (e >> 2) + (e & 1) >= bound[(e >> 1) & 1]) s[e] = AF_NEG_INF;
+    }
+    if (kExtras && n0 < key_begin + 8) {
+      const int first[2] = {key_begin - n0 - 2 * t, key_begin + 8 - n0 - 2 * t};
+#pragma unroll
+      for (int e = 0; e < kSRegisters; ++e)
+        if (8 * (e >> 2) + (e & 1) < first[(e >> 1) & 1]) s[e] = AF_NEG_INF;
     }
   };
   // Extras variants with softcap: S becomes tanh(S * softmax_scale / softcap), which the softmax's
