@@ -89,8 +89,9 @@ EXTRAS_SCHEDULES = ("pingpong", "pingpong-persistent")
 
 
 def has_extras(case):
-    """Whether a case needs fwd_sm90's extras variant: softcap, or a window's left edge."""
-    return case.get("softcap", 0.0) > 0 or case.get("window", (-1, -1))[0] >= 0
+    """Whether a case needs fwd_sm90's extras variant: softcap, or a window's left edge within its keys
+    (window_left_in_effect in src/cuda/plan.cpp: one of at least seqlen_k keys is no edge)."""
+    return case.get("softcap", 0.0) > 0 or 0 <= case.get("window", (-1, -1))[0] < case["sk"]
 
 
 def runs_extras(variant):

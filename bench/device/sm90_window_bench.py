@@ -71,7 +71,7 @@ def main():
         pairs = visible_pairs(s, s, causal, window)
         flops = 4.0 * b * h * d * pairs
         fields = dict(causal=causal, window_size=window, softcap=softcap)
-        extras = softcap > 0 or window[0] >= 0
+        extras = softcap > 0 or 0 <= window[0] < s
         want, _ = common.reference(q[0, :, :1], k[0, :, :1], v[0, :, :1], causal=causal, window=window,
                                    softcap=softcap)
         naive, _ = common.reference(q[0, :, :1], k[0, :, :1], v[0, :, :1], causal=causal, window=window,

@@ -63,14 +63,9 @@ TileConfig decode_tile(int warps, int stages) { return {warps, 1, warps * 16, st
 
 // fwd_sm90's extras variants (sliding windows' left edge, softcap): the one-CTA-per-tile pingpong,
 // for a causal-like mask (right edge only) of unequal tiles from 8k keys or above d128, and the
-// persistent pingpong for the rest (default_sm90_extras_schedule in plan.cpp). Not measured.
+// persistent pingpong for the rest (default_sm90_schedule and sm90_extras_schedule in plan.cpp). Not
+// measured.
 const Sm90Schedule kSm90ExtrasSchedules[] = {kSm90PingPong, kSm90PingPongPersistent};
-
-bool has_sm90_extras(Sm90Schedule s) {
-  for (Sm90Schedule e : kSm90ExtrasSchedules)
-    if (e == s) return true;
-  return false;
-}
 
 // fwd_sm90: 12 warps (a producer and two consumer warpgroups), 128 query rows, a 2-stage K/V
 // ring; 128-key blocks at d64 (80 KB) and d128 (160 KB: FlashAttention-3's causal d128 tile; its
@@ -214,7 +209,7 @@ std::vector<Variant> build_variants() {
           for (bool extras : {false, true}) {
             const Sm90Schedule schedule = Sm90Schedule(s);
             if (block_m == kSm90WideBlockM && d != 64) continue;
-            if (extras && (block_m != kSm90BlockM || !has_sm90_extras(schedule))) continue;
+            if (extras && (block_m != kSm90BlockM || !sm90_has_extras(schedule))) continue;
             Variant v{kFamilyFwdSm90, dtype, d, extras, {}, "", schedule};
             for (TileConfig& t : v.tiles) t = block_m == kSm90WideBlockM ? sm90_wide_tile() : sm90_tile_for(d);
             v.name = std::string("fwd_sm90") + (dtype == AF_DTYPE_BFLOAT16 ? "_bf16" : "_fp16") + "_d" +
@@ -266,7 +261,11 @@ bool sm90_tma_store(Sm90Schedule s) {
 
 bool sm90_dynamic(Sm90Schedule s) { return s == kSm90OverlapDynamic || s == kSm90PingPongDynamic; }
 
-bool sm90_has_extras(Sm90Schedule s) { return has_sm90_extras(s); }
+bool sm90_has_extras(Sm90Schedule s) {
+  for (Sm90Schedule e : kSm90ExtrasSchedules)
+    if (e == s) return true;
+  return false;
+}
 
 SharedMemoryClass shared_memory_class(int arch) {
   if (arch == 90 || arch == 100 || arch == 103 || arch == 110) return kSmem227K;

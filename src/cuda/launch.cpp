@@ -1,5 +1,4 @@
 // Launches: the kernel arguments from a problem, the split-key workspace, and each family's grid.
-#include <algorithm>
 #include <cstdint>
 
 #include "common/error.h"
@@ -57,13 +56,8 @@ void fill_params(const AttentionProblem& p, FlashFwdParams* k) {
   k->seqlen_k = int(p.seqlen_k);
   k->total_q = int(p.total_q);
   k->total_k = int(p.total_k);
-  // A window edge no row's keys can reach is unbounded: a left one of at least every sequence's keys,
-  // a right one of at least its query rows (j <= i + k_len - q_len + right holds for every key
-  // j < k_len and row i >= 0 when right >= q_len). The same visible keys, and the kernels' key
-  // bounds (row + k_len - q_len -+ window) then stay within 32-bit ints.
-  const int64_t max_keys = std::max(p.seqlen_k, p.total_k), max_rows = std::max(p.seqlen_q, p.total_q);
-  k->window_left = p.window_left < 0 || p.window_left >= max_keys ? -1 : int(p.window_left);
-  k->window_right = p.causal ? 0 : (p.window_right < 0 || p.window_right >= max_rows ? -1 : int(p.window_right));
+  k->window_left = int(window_left_in_effect(p));
+  k->window_right = int(window_right_in_effect(p));
   constexpr float kLog2e = 1.4426950408889634f;
   if (p.softcap > 0) {
     k->softcap_in = p.softmax_scale / p.softcap;

@@ -190,9 +190,20 @@ bool sm90_block_m_from_env(int64_t head_dim, bool causal, int64_t seqlen_k, int*
   return true;
 }
 
-bool sm90_extras(const AttentionProblem& p) { return p.softcap > 0 || p.window_left >= 0; }
+int64_t window_left_in_effect(const AttentionProblem& p) {
+  return p.window_left < 0 || p.window_left >= p.seqlen_k ? -1 : p.window_left;
+}
 
-bool sm90_triangular(const AttentionProblem& p) { return (p.causal || p.window_right >= 0) && p.window_left < 0; }
+int64_t window_right_in_effect(const AttentionProblem& p) {
+  if (p.causal) return 0;
+  return p.window_right < 0 || p.window_right >= p.seqlen_q ? -1 : p.window_right;
+}
+
+bool sm90_extras(const AttentionProblem& p) { return p.softcap > 0 || window_left_in_effect(p) >= 0; }
+
+bool sm90_triangular(const AttentionProblem& p) {
+  return window_right_in_effect(p) >= 0 && window_left_in_effect(p) < 0;
+}
 
 Sm90Schedule sm90_extras_schedule(Sm90Schedule s) { return sm90_has_extras(s) ? s : kSm90PingPongPersistent; }
 

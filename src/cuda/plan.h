@@ -55,10 +55,20 @@ bool sm90_block_m_from_env(int64_t head_dim, bool causal, int64_t seqlen_k, int*
 // sequences). block_m: the tile's query rows (the Q box's).
 std::string fwd_sm90_refusal(const AttentionProblem& p, int block_m = kSm90BlockM);
 
+// p's window edges as the kernels take them (FlashFwdParams::window_left/right): an edge no query row
+// can reach is unbounded (-1): a left one of at least seqlen_k keys (row i of a sequence sees keys
+// from i + k_len - q_len - left < k_len - left <= 0), a right one of at least seqlen_q rows (up to
+// i + k_len - q_len + right >= k_len - 1); causal makes the right one 0. The same visible keys
+// (FlashAttention-2's mha_fwd unbinds both at seqlen_k), the kernels' key bounds stay within 32-bit
+// ints for any window, and a window over the whole sequence runs the plain variants. seqlen_q and
+// seqlen_k are a varlen call's max_seqlen (what a plan's calls must share).
+int64_t window_left_in_effect(const AttentionProblem& p);
+int64_t window_right_in_effect(const AttentionProblem& p);
+
 // Whether p needs one of fwd_sm90's extras variants: softcap, or a sliding window's left edge
-// (window_left >= 0). Causal and a right edge alone are run-time flags of every variant.
+// (window_left_in_effect >= 0). Causal and a right edge alone are run-time flags of every variant.
 bool sm90_extras(const AttentionProblem& p);
-// Whether p's mask has a right edge and no left one (causal, or window (-1, right)): its query
+// Whether p's mask has a right edge and no left one in effect (causal, or window (-1, right)): its query
 // tiles cost unequal work, the later ones more, as under a causal mask; fwd_sm90's defaults
 // (default_sm90_schedule, default_sm90_block_m) and the persistent tile order treat it as causal.
 // A sliding window's (both edges) tiles cost about the same, (left + right + block_m) / block_n + 2

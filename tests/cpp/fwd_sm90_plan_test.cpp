@@ -493,12 +493,33 @@ TEST(FwdSm90Extras, TakesEveryWindowAndSoftcapButNotAlibi) {
                {5000, 5000, false, 0.f}, {-1, -1, false, 30.f}, {-1, 0, true, 50.f},  {255, 0, true, 20.f}};
   for (int64_t d : {64, 128, 256})
     for (const auto& c : calls) {
-      AttentionProblem p = prefill(d);
+      AttentionProblem p = prefill(d);  // 1000 query rows and keys
       p.window_left = c.left, p.window_right = c.right, p.causal = c.causal, p.softcap = c.softcap;
       EXPECT_EQ(fwd_sm90_refusal(p), "") << "d" << d << " window (" << c.left << ", " << c.right << ")";
-      EXPECT_EQ(sm90_extras(p), c.left >= 0 || c.softcap > 0) << "window (" << c.left << ", " << c.right << ")";
-      EXPECT_EQ(sm90_triangular(p), c.left < 0 && (c.causal || c.right >= 0));
+      // (5000, 5000) reaches past every row's keys on both sides: no window.
+      const bool left = c.left >= 0 && c.left < 1000, right = c.causal || (c.right >= 0 && c.right < 1000);
+      EXPECT_EQ(sm90_extras(p), left || c.softcap > 0) << "window (" << c.left << ", " << c.right << ")";
+      EXPECT_EQ(sm90_triangular(p), !left && right) << "window (" << c.left << ", " << c.right << ")";
     }
+}
+
+// Window edges as the kernels take them: an edge no row can reach is unbounded, the rest unchanged.
+TEST(FwdSm90Extras, WindowEdgesNoRowReachesAreUnbounded) {
+  AttentionProblem p = prefill();
+  p.seqlen_q = 300, p.seqlen_k = 200;  // a varlen call's max_seqlen_q / max_seqlen_k
+  const struct {
+    int64_t left, right;
+    bool causal;
+    int64_t left_in_effect, right_in_effect;
+  } edges[] = {{-1, -1, false, -1, -1},   {199, 299, false, 199, 299},
+               {200, 300, false, -1, -1}, {int64_t(1) << 31, 5, false, -1, 5},
+               {0, 0, false, 0, 0},       {5000, -1, true, -1, 0},
+               {7, 5000, true, 7, 0}};
+  for (const auto& e : edges) {
+    p.window_left = e.left, p.window_right = e.causal ? 0 : e.right, p.causal = e.causal;
+    EXPECT_EQ(window_left_in_effect(p), e.left_in_effect) << e.left;
+    EXPECT_EQ(window_right_in_effect(p), e.right_in_effect) << e.right;
+  }
 }
 
 TEST(FwdSm90Extras, TwoSchedulesOfExtrasVariantsIn128RowTilesDifferingOnlyInAfExtras) {
@@ -573,13 +594,14 @@ TEST(FwdSm90Extras, PlansWindowsAndSoftcapOntoFwdSm90OnSm90aAndOntoFwdSm80Elsewh
     float softcap;
     bool alibi;
     bool sm90_extras;  // fwd_sm90's extras variant (else its plain one)
-  } calls[] = {{"sliding window, causal", 4096, 0, true, 0.f, false, true},
+  } calls[] = {{"sliding window, causal", 512, 0, true, 0.f, false, true},
+               {"a window past the 1000 keys: causal", 4096, 0, true, 0.f, false, false},
                {"left edge only", 100, -1, false, 0.f, false, true},
                {"right edge only", -1, 100, false, 0.f, false, false},
                {"both edges", 64, 32, false, 0.f, false, true},
                {"softcap", -1, -1, false, 30.f, false, true},
                {"softcap, causal", -1, 0, true, 50.f, false, true},
-               {"softcap, sliding window", 4096, 0, true, 50.f, false, true},
+               {"softcap, sliding window", 256, 0, true, 50.f, false, true},
                {"ALiBi (stays fwd_sm80's)", -1, 0, true, 0.f, true, false}};
   for (int64_t d : {64, 128, 256})
     for (const auto& c : calls) {

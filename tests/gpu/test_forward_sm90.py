@@ -261,7 +261,8 @@ def test_calls_fwd_sm90_does_not_take_run_on_fwd_sm80_and_say_why(seed):
 # 128-key grids, Sq < Sk and Sq > Sk (rows that see no key: out 0, LSE -inf), GQA 64/8 and 32/8,
 # d64/d128/d256, varlen with empty sequences, seqused_k and leftpad_k (rows outside the used keys
 # NaN), softcap with and without causal or a window. Keys: (lens_q, cache / lens_k, ...) as
-# sequence_inputs takes them; "extras": whether the extras variant must run; "fp16": also in fp16.
+# sequence_inputs takes them; "extras": whether the extras variant must run (not for a right edge
+# alone, nor for edges past every row's keys, which the plan drops); "fp16": also in fp16.
 WINDOW_CASES = {
     "window_left_only_gqa_32_8_d128": dict(lens_q=[700], cache=700, heads=32, heads_kv=8, head_dim=128,
                                            window=(200, -1), fp16=True),
@@ -274,9 +275,9 @@ WINDOW_CASES = {
     "window_5_causal_gqa_64_8_d64": dict(lens_q=[400], cache=400, heads=64, heads_kv=8, head_dim=64, window=(5, 0),
                                          causal=True, fp16=True),
     "window_past_the_keys_sq_gt_sk_d128": dict(lens_q=[300] * 2, cache=200, heads=4, heads_kv=2, head_dim=128,
-                                               window=(5000, 5000)),
+                                               window=(5000, 5000), extras=False),
     "window_int_max_causal_sq_gt_sk_d64": dict(lens_q=[300] * 2, cache=200, heads=4, heads_kv=2, head_dim=64,
-                                               window=(2 ** 31 - 1, 0), causal=True),
+                                               window=(2 ** 31 - 1, 0), causal=True, extras=False),
     "window_masked_rows_sq_gt_sk_d64": dict(lens_q=[400] * 2, cache=150, heads=4, heads_kv=2, head_dim=64,
                                             window=(30, 10)),
     "window_off_grid_127_129_d64": dict(lens_q=[777] * 2, cache=777, heads=4, heads_kv=2, head_dim=64,
