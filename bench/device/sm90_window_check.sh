@@ -17,12 +17,16 @@ af_build
 
 echo "== 1. correctness: pytest window/softcap cases and sanitizers, at once"
 af_sanitize_start "pingpong-persistent pingpong" "memcheck racecheck" 150
+# Each status is kept before the record line: a command substitution in record's arguments would
+# set $? to its own status (tail's 0) before $? is expanded.
 timeout 150 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_forward_sm90.py -k "window or softcap" \
   >"$OUT/pytest-window.log" 2>&1
-record "pytest window/softcap ($(tail -1 "$OUT/pytest-window.log"))" $?
+rc=$?
+record "pytest window/softcap ($(tail -1 "$OUT/pytest-window.log"))" $rc
 af_sanitize_wait
 
 echo "== 2. timing: fwd_sm90 vs fwd_sm80"
 timeout 75 python3 bench/device/sm90_window_bench.py --out "$OUT" 2>&1 | tee "$OUT/window-bench.log"
-record "sm90_window_bench ($(tail -1 "$OUT/window-bench.log" | cut -c1-60))" $?
+rc=$?
+record "sm90_window_bench ($(tail -1 "$OUT/window-bench.log" | cut -c1-60))" $rc
 af_summary
