@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# fwd_sm90's sliding windows and softcap (its extras variants) on an H100/H200, < 4 min after the build:
+# fwd_sm90's sliding windows and softcap (its extras variants) on an H100/H200, ~3 min after the build (at most
+# 200 s for step 1 and 75 s for step 2, the limits of a hang):
 #   1. at once: pytest's window/softcap cases (tests/gpu/test_forward_sm90.py -k "window or softcap": 22
 #      cases against float64 and fwd_sm80, each naming fwd_sm90 in its plan), and compute-sanitizer memcheck
 #      and racecheck over sm90_check.py's --quick set through pingpong-persistent and pingpong (the two
@@ -16,7 +17,7 @@ source bench/device/lib.sh
 af_build
 
 echo "== 1. correctness: pytest window/softcap cases and sanitizers, at once"
-af_sanitize_start "pingpong-persistent pingpong" "memcheck racecheck" 150
+af_sanitize_start "pingpong-persistent pingpong" "memcheck racecheck" 200
 # Each status is kept before the record line: a command substitution in record's arguments would
 # set $? to its own status (tail's 0) before $? is expanded.
 timeout 150 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_forward_sm90.py -k "window or softcap" \
