@@ -10,14 +10,19 @@ reported and the next still runs; the whole script stays under --budget seconds,
                  seqlens 1, 17, 128, 1000, 4097 (and Sq != Sk), batch 1-3, fp16 and bf16, a
                  (B, H, S, D) view, seqused_k/leftpad_k caches and varlen batches (empty key ranges and
                  sequences, lengths off the 128-row grid; key/value rows outside a sequence's used
-                 range NaN): per case the family that ran, max error against the house budget
+                 range NaN), sliding windows and softcap (fwd_sm90's extras variants: windows with
+                 both edges, a left edge under a causal mask, Sq > Sk with rows that see no key,
+                 softcap with and without a mask, varlen): per case the family that ran, max error
+                 against the house budget
                  (2x a same-precision naive implementation, tests/python/reference.py), LSE error, NaN;
   3 timing       only when stage 2 passed: fwd_sm90 vs attnforge's fwd_sm80 vs torch SDPA's flash and
                  cuDNN backends (enable_gqa=True), hd 64/128/256, causal and not, seqlen 512-16k at
                  16k tokens per call, plus 64/8 GQA rows; CUDA-graph replay, median; TFLOP/s and ratios.
 Writes sm90_check.log, correctness.json, timing.json and timing.md under --out. Exit status 0 only
 when every stage that ran passed. `--stage correctness --quick` runs a few small cases only (for
-compute-sanitizer, see bench/device/NOTES.md).
+compute-sanitizer, see bench/device/NOTES.md; its window/softcap cases run on the extras variants).
+A variant without an extras form (sm90_has_extras in src/cuda/families.cpp: only pingpong and
+pingpong-persistent, 128-row tiles, have one) skips the window/softcap cases of its sets.
 
 A/B of fwd_sm90's schedules (ATTNFORGE_SM90_VARIANT, src/cuda/families.h), < 150 s:
 
@@ -78,6 +83,22 @@ def variant_in_plan(variant, plan):
     return " fwd_sm90 " in " " + kernel and " %s sm_90a %dx" % (schedule, block_m) in kernel
 
 
+# fwd_sm90's schedules with an extras variant (a sliding window's left edge and softcap compiled in;
+# 128-row tiles only): sm90_has_extras in src/cuda/families.cpp.
+EXTRAS_SCHEDULES = ("pingpong", "pingpong-persistent")
+
+
+def has_extras(case):
+    """Whether a case needs fwd_sm90's extras variant: softcap, or a window's left edge within its keys
+    (window_left_in_effect in src/cuda/plan.cpp: one of at least seqlen_k keys is no edge)."""
+    return case.get("softcap", 0.0) > 0 or 0 <= case.get("window", (-1, -1))[0] < case["sk"]
+
+
+def runs_extras(variant):
+    """Whether a --variants entry (or "", the plan's own choice) has an extras form to run such cases."""
+    return not variant or split_variant(variant) in [(x, 128) for x in EXTRAS_SCHEDULES]
+
+
 def wide_case(case):
     """A case moved to a head dim that compiles to 64 (the 192-row forms' only one): 128 and 256 -> 64,
     72 -> 56 (zero-filled dims 56..63)."""
@@ -94,12 +115,44 @@ def log(out_dir, text):
 # ---------------------------------------------------------------------------------------------- stage 2
 
 
-def seq_case(dtype, d, heads, heads_kv, causal, lens_q, lens_k=None, cache=None, used=None, pad=None):
+def seq_case(dtype, d, heads, heads_kv, causal, lens_q, lens_k=None, cache=None, used=None, pad=None, **extra):
     """A case of per-sequence keys: varlen (lens_q/lens_k packed, optional seqused_k within lens_k) or
-    padded (lens_q all equal, a cache of `cache` rows per sequence, seqused_k `used`, leftpad_k `pad`)."""
+    padded (lens_q all equal, a cache of `cache` rows per sequence, seqused_k `used`, leftpad_k `pad`);
+    extra: window=(left, right), softcap."""
     return dict(dtype=dtype, batch=len(lens_q), sq=max(lens_q), sk=max(lens_k) if lens_k else cache, heads=heads,
                 heads_kv=heads_kv, d=d, causal=causal, lens_q=lens_q, lens_k=lens_k, used=used, pad=pad,
-                layout="varlen" if lens_k else "cache")
+                layout="varlen" if lens_k else "cache", **extra)
+
+
+def window_cases(quick):
+    """Sliding windows and softcap (fwd_sm90's extras variants). quick: five small ones for compute-sanitizer
+    (a sliding window of several key blocks, Sq > Sk with rows that see no key, softcap d256, varlen with
+    empty sequences, 288 query tiles: several per CTA of a persistent form); else also per dtype and head
+    dim a causal sliding window and a non-causal softcap at GQA 32/8, two-sided windows with Sq < Sk and
+    Sq > Sk, a 4097-row causal window of 1024 (16/2 heads) and seqused_k/leftpad_k with an empty range."""
+    cases = [dict(dtype="bf16", batch=2, sq=300, sk=300, heads=8, heads_kv=2, d=128, causal=True, window=(100, 0)),
+             dict(dtype="fp16", batch=2, sq=257, sk=130, heads=4, heads_kv=2, d=64, causal=False, window=(20, 5)),
+             dict(dtype="bf16", batch=2, sq=200, sk=333, heads=4, heads_kv=2, d=256, causal=True, softcap=50.0),
+             seq_case("bf16", 128, 8, 2, True, [0, 300, 1, 129, 77], lens_k=[5, 300, 0, 200, 77], window=(64, 0),
+                      softcap=30.0),
+             dict(dtype="bf16", batch=12, sq=300, sk=300, heads=8, heads_kv=2, d=64, causal=True, window=(50, 0))]
+    if quick:
+        return cases
+    for dtype in ("bf16", "fp16"):
+        for d in (64, 128, 256):
+            cases.append(dict(dtype=dtype, batch=2, sq=1000, sk=1000, heads=32, heads_kv=8, d=d, causal=True,
+                              window=(256, 0)))
+            cases.append(dict(dtype=dtype, batch=2, sq=1000, sk=1000, heads=32, heads_kv=8, d=d, causal=False,
+                              softcap=30.0))
+        cases.append(dict(dtype=dtype, batch=2, sq=333, sk=1000, heads=8, heads_kv=4, d=128, causal=False,
+                          window=(191, 193)))
+        cases.append(dict(dtype=dtype, batch=2, sq=1000, sk=333, heads=8, heads_kv=4, d=64, causal=False,
+                          window=(127, 129), softcap=20.0))
+    cases.append(dict(dtype="bf16", batch=1, sq=4097, sk=4097, heads=16, heads_kv=2, d=128, causal=True,
+                      window=(1024, 0)))
+    cases.append(seq_case("fp16", 256, 8, 2, True, [150] * 3, cache=333, used=[333, 200, 17], pad=[0, 50, 17],
+                          window=(100, 0)))
+    return cases
 
 
 def sequence_cases(dtypes, head_dims):
@@ -180,6 +233,7 @@ def reduced_cases():
                           pad=[0, 100, 0, 129]))
     cases.append(seq_case("fp16", 64, 16, 4, False, [0, 1000, 129, 1, 555], lens_k=[7, 1000, 0, 300, 555]))
     cases.append(seq_case("bf16", 256, 8, 8, True, [257, 64, 900], lens_k=[300, 64, 1000], used=[300, 10, 901]))
+    cases += window_cases(True)
     return sorted(cases, key=lambda c: c["batch"] * c["sq"] * c["sk"] * c["heads"])
 
 
@@ -195,8 +249,9 @@ def correctness_cases(quick):
         # rows past each sequence NaN: the boxes read them; V's are zeroed before P V.
         cases.append(seq_case("bf16", 128, 4, 2, True, [200] * 3, cache=300, used=[300, 130, 7], pad=[0, 3, 7]))
         cases.append(seq_case("fp16", 64, 8, 2, False, [0, 300, 1, 129, 77] * 4, lens_k=[5, 300, 0, 200, 77] * 4))
-        return cases
+        return cases + window_cases(True)
     cases += sequence_cases(("bf16", "fp16"), (64, 128, 256))
+    cases += window_cases(False)
     batch_of = {1: 3, 17: 3, 128: 2, 1000: 2, 4097: 1}
     for dtype in ("bf16", "fp16"):
         for d in (64, 128):
@@ -238,6 +293,8 @@ def run_correctness(out_dir, quick, variant=""):
     wide = bool(variant) and split_variant(variant)[1] == 192
     if wide:
         cases = [wide_case(c) for c in cases]
+    if not runs_extras(variant):
+        cases = [c for c in cases if not has_extras(c)]
     for case in cases:
         dtype = dtypes[case["dtype"]]
         b, sq, sk, h, hk, d = case["batch"], case["sq"], case["sk"], case["heads"], case["heads_kv"], case["d"]
@@ -257,6 +314,8 @@ def run_correctness(out_dir, quick, variant=""):
         lse_shape = (h, q.shape[0]) if "cu_seqlens_q" in fields else (b, h, sq)
         lse = torch.full(lse_shape, float("nan"), device="cuda", dtype=torch.float32)
         row = {x: y for x, y in case.items() if x not in ("lens_q", "lens_k", "used", "pad")}
+        window, softcap = case.get("window", (-1, -1)), case.get("softcap", 0.0)
+        fields.update(window_size=window, softcap=softcap)
         try:
             row["plan"] = native.Plan(q, k, v, out, lse, backend="cuda", causal=case["causal"], **fields).describe()
             native.attention_forward(q, k, v, out, lse, backend="cuda", causal=case["causal"], **fields)
@@ -274,8 +333,10 @@ def run_correctness(out_dir, quick, variant=""):
                     if g > 1:  # the chunk's query heads against their own KV heads
                         index = torch.arange(h0, h1, device="cuda") // g - h0 // g
                         ki, vi = ki[:, index], vi[:, index]
-                    expected, expected_lse = common.reference(qi, ki, vi, causal=case["causal"])
-                    naive, _ = common.reference(qi, ki, vi, causal=case["causal"], dtype=dtype)
+                    expected, expected_lse = common.reference(qi, ki, vi, causal=case["causal"], window=window,
+                                                              softcap=softcap)
+                    naive, _ = common.reference(qi, ki, vi, causal=case["causal"], window=window, softcap=softcap,
+                                                dtype=dtype)
                     e, bud = reference.error_budget(out[q_index][:, h0:h1], expected, naive, dtype)
                     if e / bud >= worst:  # the chunk nearest its budget (or furthest past it) is reported
                         worst, err, budget = e / bud, e, bud
@@ -293,14 +354,18 @@ def run_correctness(out_dir, quick, variant=""):
         expect_sm90 = sq * (h // hk) > 64
         # describe(): "fwd_sm90 bf16 d128 overlap sm_90a 128x128 ...": the variant asked for, not another.
         kernel = row.get("plan", "").split("(")[0]
+        # and the extras variant exactly where softcap or a left window edge needs it
         row["family_ok"] = (not expect_sm90) or (
-            variant_in_plan(variant, kernel) if variant else " fwd_sm90 " in " " + kernel)
+            (variant_in_plan(variant, kernel) if variant else " fwd_sm90 " in " " + kernel)
+            and (" extras " in kernel) == has_extras(case))
         row["ok"] = row["ok"] and row["family_ok"]
         failures += not row["ok"]
         results.append(row)
-        log(out_dir, "  %s%-4s %-5s b%d sq%-5d sk%-5d h%d/%d d%-3d %-6s %-5s %s" % (
+        masks = ("window=(%d,%d) " % window if window != (-1, -1) else "") + (
+            "softcap=%g " % softcap if softcap else "")
+        log(out_dir, "  %s%-4s %-5s b%d sq%-5d sk%-5d h%d/%d d%-3d %-6s %-5s %s%s" % (
             "[%s] " % variant if variant else "", "ok" if row["ok"] else "FAIL", case["dtype"], b, sq, sk, h, hk, d,
-            "causal" if case["causal"] else "full", case.get("layout", "bshd"),
+            "causal" if case["causal"] else "full", case.get("layout", "bshd"), masks,
             row.get("error") or "err %.3g (budget %.3g) lse %.2g nan=%s | %s%s" % (
                 row["err"], row["budget"], row["lse_err"], row["nan"], row["plan"],
                 "" if row["family_ok"] else "  <- expected fwd_sm90 %s" % variant)))

@@ -11,7 +11,9 @@ outside the loop and are not counted. Issue 13 / bench/device/NOTES.md (fwd_sm90
 quote these counts as the prediction; they are not timings.
 
   python3 bench/device/sm90_sass.py [--root DIR] [--head-dim 128] [--dtype bf16] [--schedule pingpong-persistent]
-      [--stages 2] [--block-m 128] [--sass FILE]
+      [--stages 2] [--block-m 128] [--extras] [--sass FILE]
+
+--extras compiles the variant's extras form (AF_EXTRAS=1: a sliding window's left edge and softcap).
 
 Needs nvcc (CUDA_HOME or /usr/local/cuda) and nvdisasm ($NVDISASM, else PATH, else triton's copy).
 """
@@ -121,7 +123,7 @@ def compile_sass(args):
     block_n = 64 if args.head_dim == 256 else 128  # sm90_tile in families.cpp
     defines = ["-DAF_HEAD_DIM=%d" % args.head_dim, "-DAF_BF16=%d" % (args.dtype == "bf16"),
                "-DAF_WARPS=%d" % (4 + args.block_m // 16), "-DAF_BLOCK_M=%d" % args.block_m,
-               "-DAF_KV_STAGES=%d" % args.stages, "-DAF_EXTRAS=0", "-DAF_BLOCK_N=%d" % block_n,
+               "-DAF_KV_STAGES=%d" % args.stages, "-DAF_EXTRAS=%d" % args.extras, "-DAF_BLOCK_N=%d" % block_n,
                "-DAF_SM90_SCHEDULE=%d" % schedule, "-DAF_SM90_PERSISTENT=%d" % persistent,
                "-DAF_SM90_TMA_STORE=%d" % tma_store, "-DAF_SM90_DYNAMIC=%d" % dynamic]
     sass, resources = module_sass(args.root, MODULE, args.arch, defines)
@@ -138,6 +140,7 @@ def main():
     parser.add_argument("--schedule", default="pingpong-persistent", choices=sorted(SCHEDULES))
     parser.add_argument("--stages", type=int, default=2)
     parser.add_argument("--block-m", type=int, default=128, choices=(128, 192), help="query rows per tile (192: d64)")
+    parser.add_argument("--extras", action="store_true", help="the extras form (windows' left edge, softcap)")
     parser.add_argument("--sass", help="also write the disassembly here")
     args = parser.parse_args()
     sass, block_n, resources = compile_sass(args)

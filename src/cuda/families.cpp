@@ -9,9 +9,11 @@
 // are never read, so smaller head dims share these.
 // fwd_sm90 variants: {bf16, fp16} x head dim {64, 128, 256} x schedule {v0, overlap, pingpong,
 // overlap-persistent, pingpong-persistent, overlap-persistent-tma-store,
-// pingpong-persistent-tma-store, overlap-dynamic, pingpong-dynamic}, no extras
-// (softcap and ALiBi stay with fwd_sm80); sm_90a only ($ATTNFORGE_FWD_SM90=0 turns it off, see plan.cpp);
-// plus at head dim 64 every schedule's 192-row form ($ATTNFORGE_SM90_BLOCK_M=192, see plan.cpp).
+// pingpong-persistent-tma-store, overlap-dynamic, pingpong-dynamic}; sm_90a only
+// ($ATTNFORGE_FWD_SM90=0 turns it off, see plan.cpp); plus at head dim 64 every schedule's 192-row
+// form ($ATTNFORGE_SM90_BLOCK_M=192, see plan.cpp). Causal and a window's right edge are run-time
+// flags there. Extras (a sliding window's left edge and softcap; ALiBi stays with fwd_sm80) in
+// 128-row tiles of two schedules only, kSm90ExtrasSchedules: 12 variants rather than 72.
 //
 // Tiles: every shape below compiles without spills for sm_80, sm_86, sm_89 and sm_90a
 // (checked by the cuda_compile test). $ATTNFORGE_TILE="D:warps,m_tiles,block_n,stages;..."
@@ -58,6 +60,12 @@ TileConfig sm80_tile(int warps, int m_tiles, int block_n, int stages) {
   return {warps, m_tiles, block_n, stages, warps * 16 * m_tiles};
 }
 TileConfig decode_tile(int warps, int stages) { return {warps, 1, warps * 16, stages, 16}; }
+
+// fwd_sm90's extras variants (sliding windows' left edge, softcap): the one-CTA-per-tile pingpong,
+// for a causal-like mask (right edge only) of unequal tiles from 8k keys or above d128, and the
+// persistent pingpong for the rest (default_sm90_schedule and sm90_extras_schedule in plan.cpp). Not
+// measured.
+const Sm90Schedule kSm90ExtrasSchedules[] = {kSm90PingPong, kSm90PingPongPersistent};
 
 // fwd_sm90: 12 warps (a producer and two consumer warpgroups), 128 query rows, a 2-stage K/V
 // ring; 128-key blocks at d64 (80 KB) and d128 (160 KB: FlashAttention-3's causal d128 tile; its
@@ -197,16 +205,18 @@ std::vector<Variant> build_variants() {
   for (int s = 0; s < kSm90Schedules; ++s)
     for (af_dtype dtype : {AF_DTYPE_BFLOAT16, AF_DTYPE_FLOAT16})
       for (int d : kSm90HeadDims)
-        for (int block_m : {kSm90BlockM, kSm90WideBlockM}) {
-          const Sm90Schedule schedule = Sm90Schedule(s);
-          if (block_m == kSm90WideBlockM && d != 64) continue;
-          Variant v{kFamilyFwdSm90, dtype, d, false, {}, "", schedule};
-          for (TileConfig& t : v.tiles) t = block_m == kSm90WideBlockM ? sm90_wide_tile() : sm90_tile_for(d);
-          v.name = std::string("fwd_sm90") + (dtype == AF_DTYPE_BFLOAT16 ? "_bf16" : "_fp16") + "_d" +
-                   std::to_string(d) + (block_m == kSm90WideBlockM ? "_m192" : "") +
-                   (schedule == kSm90V0 ? "" : std::string("_") + sm90_schedule_name(schedule));
-          list.push_back(v);
-        }
+        for (int block_m : {kSm90BlockM, kSm90WideBlockM})
+          for (bool extras : {false, true}) {
+            const Sm90Schedule schedule = Sm90Schedule(s);
+            if (block_m == kSm90WideBlockM && d != 64) continue;
+            if (extras && (block_m != kSm90BlockM || !sm90_has_extras(schedule))) continue;
+            Variant v{kFamilyFwdSm90, dtype, d, extras, {}, "", schedule};
+            for (TileConfig& t : v.tiles) t = block_m == kSm90WideBlockM ? sm90_wide_tile() : sm90_tile_for(d);
+            v.name = std::string("fwd_sm90") + (dtype == AF_DTYPE_BFLOAT16 ? "_bf16" : "_fp16") + "_d" +
+                     std::to_string(d) + (block_m == kSm90WideBlockM ? "_m192" : "") + (extras ? "_extras" : "") +
+                     (schedule == kSm90V0 ? "" : std::string("_") + sm90_schedule_name(schedule));
+            list.push_back(v);
+          }
   // kvcache: no shared memory, 4 warps (one (row, head) vector each), any head dim.
   for (af_dtype dtype : {AF_DTYPE_BFLOAT16, AF_DTYPE_FLOAT16}) {
     Variant v{kFamilyKvAppend, dtype, 0,
@@ -250,6 +260,12 @@ bool sm90_tma_store(Sm90Schedule s) {
 }
 
 bool sm90_dynamic(Sm90Schedule s) { return s == kSm90OverlapDynamic || s == kSm90PingPongDynamic; }
+
+bool sm90_has_extras(Sm90Schedule s) {
+  for (Sm90Schedule e : kSm90ExtrasSchedules)
+    if (e == s) return true;
+  return false;
+}
 
 SharedMemoryClass shared_memory_class(int arch) {
   if (arch == 90 || arch == 100 || arch == 103 || arch == 110) return kSmem227K;

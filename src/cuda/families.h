@@ -78,6 +78,9 @@ bool sm90_persistent(Sm90Schedule s);
 bool sm90_tma_store(Sm90Schedule s);
 // Whether a persistent form takes its tiles from the tile counter in the workspace (kSm90*Dynamic).
 bool sm90_dynamic(Sm90Schedule s);
+// Whether a schedule has extras variants (a sliding window's left edge and softcap compiled in; 128-row
+// tiles only): pingpong and pingpong-persistent (families.cpp).
+bool sm90_has_extras(Sm90Schedule s);
 
 // Dynamic shared memory one fwd_sm90 CTA may take: the 227 KB an sm_90 SM gives a block, less 1 KB for the
 // kernel's static barriers.
@@ -99,7 +102,8 @@ struct Variant {
   FamilyId family;
   af_dtype dtype;                          // AF_DTYPE_BFLOAT16 or AF_DTYPE_FLOAT16
   int head_dim;                            // compiled head dim (kvcache: 0, any head dim)
-  bool extras;                             // softcap and ALiBi compiled in
+  bool extras;                             // fwd_sm80, decode: softcap and ALiBi compiled in; fwd_sm90:
+                                           // softcap and a sliding window's left edge
   TileConfig tiles[kSharedMemoryClasses];  // indexed by SharedMemoryClass
   std::string name;                        // "fwd_sm80_bf16_d128" (+ "_extras"; fwd_sm90: + "_overlap"...)
   Sm90Schedule schedule = kSm90V0;         // fwd_sm90 only

@@ -58,8 +58,8 @@ void fill_params(const AttentionProblem& p, FlashFwdParams* k) {
   k->seqlen_k = int(p.seqlen_k);
   k->total_q = int(p.total_q);
   k->total_k = int(p.total_k);
-  k->window_left = p.window_left < 0 ? -1 : int(p.window_left);
-  k->window_right = p.causal ? 0 : (p.window_right < 0 ? -1 : int(p.window_right));
+  k->window_left = int(window_left_in_effect(p));
+  k->window_right = int(window_right_in_effect(p));
   constexpr float kLog2e = 1.4426950408889634f;
   if (p.softcap > 0) {
     k->softcap_in = p.softmax_scale / p.softcap;

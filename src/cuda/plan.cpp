@@ -200,15 +200,32 @@ bool sm90_block_m_from_env(int64_t head_dim, bool causal, int64_t seqlen_k, int*
   return true;
 }
 
+int64_t window_left_in_effect(const AttentionProblem& p) {
+  return p.window_left < 0 || p.window_left >= p.seqlen_k ? -1 : p.window_left;
+}
+
+int64_t window_right_in_effect(const AttentionProblem& p) {
+  if (p.causal) return 0;
+  return p.window_right < 0 || p.window_right >= p.seqlen_q ? -1 : p.window_right;
+}
+
+bool sm90_extras(const AttentionProblem& p) { return p.softcap > 0 || window_left_in_effect(p) >= 0; }
+
+bool sm90_triangular(const AttentionProblem& p) {
+  return window_right_in_effect(p) >= 0 && window_left_in_effect(p) < 0;
+}
+
+Sm90Schedule sm90_extras_schedule(Sm90Schedule s) { return sm90_has_extras(s) ? s : kSm90PingPongPersistent; }
+
 std::string fwd_sm90_refusal(const AttentionProblem& p, int block_m) {
   if (p.dtype != AF_DTYPE_BFLOAT16 && p.dtype != AF_DTYPE_FLOAT16) return "fwd_sm90 takes bfloat16 and float16";
   if (p.head_dim % 8 != 0) return "fwd_sm90 takes head_dim a multiple of 8 (TMA rows of 16-byte multiples)";
   if (p.paged || p.kv_batch_idx != nullptr) return "fwd_sm90 does not take paged caches or kv_batch_idx";
-  if (p.window_left >= 0 || (p.window_right >= 0 && !p.causal)) return "fwd_sm90 does not take sliding windows yet";
-  if (p.softcap > 0 || p.alibi_slopes != nullptr) return "fwd_sm90 does not take softcap or ALiBi yet";
+  if (p.alibi_slopes != nullptr) return "fwd_sm90 does not take ALiBi yet";
   if (p.num_splits > 1) return "fwd_sm90 does not split keys (num_splits > 1)";
   if (p.seqlen_k < 1) return "fwd_sm90 needs at least one key";
   if (p.heads_q > 65535 || p.batch > 65535) return "fwd_sm90's grid takes at most 65535 heads and 65535 sequences";
+  // The tile's shape (the extras variants' is the plain ones' of the same block_m).
   const int index = find_variant(kFamilyFwdSm90, p.dtype, int(p.head_dim), false, kSm90V0, block_m);
   if (index < 0)
     return "fwd_sm90 has no " + std::to_string(block_m) + "-row tile at head_dim " + std::to_string(p.head_dim);
@@ -245,26 +262,36 @@ af_status choose(const AttentionProblem& p, Choice* choice) {
   if (target.empty())
     return fail(AF_ERR_BACKEND_UNAVAILABLE, "NVRTC %d.%d cannot target compute capability %d.%d", nvrtc().major,
                 nvrtc().minor, info.major, info.minor);
-  const int arch = target_arch(target);
+  return choose_variant(p, info, target, d.api->cuTensorMapEncodeTiled != nullptr, choice);
+}
 
-  const bool extras = p.softcap > 0 || p.alibi_slopes != nullptr;
+af_status choose_variant(const AttentionProblem& p, const DeviceInfo& info, const std::string& target, bool tensor_maps,
+                         Choice* choice) {
+  const int arch = target_arch(target);
   const int64_t packed_rows = p.seqlen_q * (p.heads_q / std::max<int64_t>(p.heads_kv, 1));
   const bool decode = p.paged || p.kv_batch_idx != nullptr || packed_rows <= kDecodeMaxPackedRows;
   FamilyId family_id = decode ? kFamilyDecode : kFamilyFwdSm80;
   std::string why;
+  // fwd_sm90's schedule and tile height follow the mask's shape: a causal-like one (right edge only)
+  // makes tiles of unequal cost, a sliding window about equal ones (as no mask does).
+  const bool triangular = sm90_triangular(p);
   int sm90_block_m = kSm90BlockM;
-  const bool sm90_block_m_ok = sm90_block_m_from_env(p.head_dim, p.causal, p.seqlen_k, &sm90_block_m);
+  const bool sm90_block_m_ok = sm90_block_m_from_env(p.head_dim, triangular, p.seqlen_k, &sm90_block_m);
+  // The extras variants are 128-row tiles only.
+  if (sm90_extras(p)) sm90_block_m = kSm90BlockM;
   if (!decode && target == "sm_90a" && fwd_sm90_enabled()) {
     why = fwd_sm90_refusal(p, sm90_block_m);
-    if (why.empty() && d.api->cuTensorMapEncodeTiled == nullptr)
-      why = "the driver has no cuTensorMapEncodeTiled (CUDA < 12)";
+    if (why.empty() && !tensor_maps) why = "the driver has no cuTensorMapEncodeTiled (CUDA < 12)";
     if (why.empty()) {
       family_id = kFamilyFwdSm90;
       why = "sm_90a";
     }
   }
+  // Extras: softcap and ALiBi in fwd_sm80's and decode's variants; softcap and a left window edge in
+  // fwd_sm90's (which take no ALiBi).
+  const bool extras = family_id == kFamilyFwdSm90 ? sm90_extras(p) : p.softcap > 0 || p.alibi_slopes != nullptr;
   Sm90Schedule schedule = kSm90V0;
-  if (family_id == kFamilyFwdSm90 && !sm90_schedule_from_env(p.head_dim, p.causal, p.seqlen_k, &schedule))
+  if (family_id == kFamilyFwdSm90 && !sm90_schedule_from_env(p.head_dim, triangular, p.seqlen_k, &schedule))
     return fail(AF_ERR_INVALID_ARGUMENT,
                 "cuda backend: ATTNFORGE_SM90_VARIANT=%s is not a fwd_sm90 schedule (v0, overlap, pingpong, "
                 "overlap-persistent, pingpong-persistent, overlap-persistent-tma-store, "
@@ -274,6 +301,12 @@ af_status choose(const AttentionProblem& p, Choice* choice) {
     return fail(AF_ERR_INVALID_ARGUMENT,
                 "cuda backend: ATTNFORGE_SM90_BLOCK_M=%s is not a fwd_sm90 tile height (128, or 192 at head dim 64)",
                 std::getenv("ATTNFORGE_SM90_BLOCK_M"));
+  if (family_id == kFamilyFwdSm90 && extras && !sm90_has_extras(schedule)) {
+    const char* asked = std::getenv("ATTNFORGE_SM90_VARIANT");
+    if (asked != nullptr && *asked != 0)  // a tuning run asked for a form that has no window/softcap variant
+      why += std::string("; ") + asked + " has no window/softcap form";
+    schedule = sm90_extras_schedule(schedule);
+  }
   // Decode grids of more CTAs than SMs take the wide-grid tile where there is one (d128 on the 227 KB
   // class: families.cpp's wide_grid_decode_tile). The default d128 tile runs one CTA per SM, so such a grid
   // takes two waves or more, the last one partly idle (B32 x 8 KV heads: 256 CTAs on 132 SMs, 1.94 waves;
@@ -284,8 +317,8 @@ af_status choose(const AttentionProblem& p, Choice* choice) {
     index = find_variant(family_id, p.dtype, int(p.head_dim), extras, schedule, kSm90BlockM, true);
   if (index < 0) index = find_variant(family_id, p.dtype, int(p.head_dim), extras, schedule, sm90_block_m);
   if (index < 0 || index >= kMaxVariants)
-    return fail(AF_ERR_INTERNAL, "cuda backend: no %s variant for head_dim %lld", family(family_id).name,
-                (long long)p.head_dim);
+    return fail(AF_ERR_INTERNAL, "cuda backend: no %s%s variant for head_dim %lld", family(family_id).name,
+                extras ? " extras" : "", (long long)p.head_dim);
   const Variant& v = variants()[index];
   if (v.smem_bytes(arch) > info.max_smem_optin)
     return fail(AF_ERR_UNSUPPORTED, "cuda backend: %s needs %d bytes of shared memory, %s allows %d", v.name.c_str(),
@@ -316,7 +349,8 @@ af_status choose(const AttentionProblem& p, Choice* choice) {
 
 void size_sm90_persistent(const AttentionProblem& p, const Variant& v, int wave_ctas, Plan* plan) {
   // At most one wave of CTAs over the (query tile, head, sequence) tiles; no key splits. Under a
-  // causal mask the static form takes the tiles longest first within groups of pairs whose K and V
+  // causal mask (sm90_triangular: also a right window edge without a left one) the static form
+  // takes the tiles longest first within groups of pairs whose K and V
   // together fill about kL2Budget (a guess at two thirds of the H100/H200's 50 MB L2, not yet
   // measured against other sizes): all of the problem's tiles longest first would stream every
   // pair's K and V at once, and the tensor cores outrun DRAM without L2 reuse. The dynamic form
@@ -324,8 +358,10 @@ void size_sm90_persistent(const AttentionProblem& p, const Variant& v, int wave_
   // static form's groups could not (13% slower than the 3-d grid at causal 8k-16k, H200 A/B of
   // 2026-11-30), and the tiles running at once are still a few query tiles of every pair, which
   // read the same key blocks at about the same time. Without a causal mask the tiles are equal and
-  // a group is one pair (its query tiles run side by side). The dynamic form's workspace is its
-  // tile counter (4 bytes).
+  // a group is one pair (its query tiles run side by side). So with a sliding window (a left edge):
+  // its tiles are about equal (the first window / block_m of a sequence shorter, and still first in
+  // the descending order), and a pair's neighbouring query tiles read overlapping windows, which a
+  // group of one pair keeps in L2 together. The dynamic form's workspace is its tile counter (4 bytes).
   constexpr int64_t kL2Budget = int64_t(32) << 20;
   const int64_t block_m = v.tile_for(90).block_m();
   const int64_t pairs = p.batch * p.heads_q;
@@ -333,9 +369,9 @@ void size_sm90_persistent(const AttentionProblem& p, const Variant& v, int wave_
   plan->grid[0] = unsigned(std::min<int64_t>(tiles, std::max(wave_ctas, 1)));
   plan->grid[1] = plan->grid[2] = 1;
   plan->pair_group = 1;
-  if (p.causal && sm90_dynamic(v.schedule)) {
+  if (sm90_triangular(p) && sm90_dynamic(v.schedule)) {
     plan->pair_group = int(pairs);
-  } else if (p.causal) {
+  } else if (sm90_triangular(p)) {
     const int64_t kv_bytes_per_pair = 2 * p.seqlen_k * v.head_dim * 2 / std::max<int64_t>(1, p.heads_q / p.heads_kv);
     plan->pair_group = int(std::clamp<int64_t>(kL2Budget / std::max<int64_t>(kv_bytes_per_pair, 1), 1, pairs));
   }

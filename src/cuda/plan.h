@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <string>
 
+#include "cuda/driver_api.h"
 #include "cuda/families.h"
 #include "cuda/modules.h"
 #include "cuda/tensor_map.h"
@@ -49,10 +50,35 @@ bool sm90_block_m_from_env(int64_t head_dim, bool causal, int64_t seqlen_k, int*
 // Why fwd_sm90 cannot run a prefill problem that would otherwise go to fwd_sm80 (empty: it can).
 // Needs neither a GPU nor a driver: the rules are the kernel's (padded or varlen batches, with or
 // without seqused_k and leftpad_k, not paged and without kv_batch_idx; head_dim a multiple of 8
-// (up to 256, as every CUDA call), no window but the causal one, no softcap, ALiBi or forced key
-// splits, q/k/v/out as TMA can describe them (sm90_tensors), a grid of at most 65535 heads and
-// 65535 sequences). block_m: the tile's query rows (the Q box's).
+// (up to 256, as every CUDA call); causal, windows and softcap, but no ALiBi or forced key splits;
+// q/k/v/out as TMA can describe them (sm90_tensors), a grid of at most 65535 heads and 65535
+// sequences). block_m: the tile's query rows (the Q box's).
 std::string fwd_sm90_refusal(const AttentionProblem& p, int block_m = kSm90BlockM);
+
+// p's window edges as the kernels take them (FlashFwdParams::window_left/right): an edge no query row
+// can reach is unbounded (-1): a left one of at least seqlen_k keys (row i of a sequence sees keys
+// from i + k_len - q_len - left < k_len - left <= 0), a right one of at least seqlen_q rows (up to
+// i + k_len - q_len + right >= k_len - 1); causal makes the right one 0. The same visible keys
+// (FlashAttention-2's mha_fwd unbinds both at seqlen_k), the kernels' key bounds stay within 32-bit
+// ints for any window, and a window over the whole sequence runs the plain variants. seqlen_q and
+// seqlen_k are a varlen call's max_seqlen (what a plan's calls must share).
+int64_t window_left_in_effect(const AttentionProblem& p);
+int64_t window_right_in_effect(const AttentionProblem& p);
+
+// Whether p needs one of fwd_sm90's extras variants: softcap, or a sliding window's left edge
+// (window_left_in_effect >= 0). Causal and a right edge alone are run-time flags of every variant.
+bool sm90_extras(const AttentionProblem& p);
+// Whether p's mask has a right edge and no left one in effect (causal, or window (-1, right)): its query
+// tiles cost unequal work, the later ones more, as under a causal mask; fwd_sm90's defaults
+// (default_sm90_schedule, default_sm90_block_m) and the persistent tile order treat it as causal.
+// A sliding window's (both edges) tiles cost about the same, (left + right + block_m) / block_n + 2
+// key blocks at most; with a left edge alone the first tiles cost the most, an order not worth its
+// own tile list (models with sliding windows are causal).
+bool sm90_triangular(const AttentionProblem& p);
+// The schedule an extras call runs for a wanted one: itself where it has an extras form
+// (sm90_has_extras: pingpong, pingpong-persistent), else pingpong-persistent (the default's register
+// epilogue and persistent grid; the TMA-store and dynamic forms and overlap have no extras form).
+Sm90Schedule sm90_extras_schedule(Sm90Schedule s);
 
 // q, k, v and out as fwd_sm90's tensor maps see them: padded (B, S, H, D) as (batch, rows, heads,
 // head_dim) = (B, Sq or Sk, H or Hk, D); varlen (total, H, D) as (1, total_q or total_k, H or Hk,
@@ -97,6 +123,11 @@ DecodeSplits decode_splits(int forced, int ctas, int key_blocks, int sm_count,
 
 // AF_OK and the kernel that would run p, or the status and reason why the CUDA backend cannot.
 af_status choose(const AttentionProblem& p, Choice* choice);
+// choose() after the device checks, host only (no driver): the kernel that would run p on a device
+// like `info` (sm_count, max_smem_optin, name) whose kernels NVRTC compiles for `target` ("sm_90a",
+// "sm_80", "compute_120"), with tensor_maps telling whether the driver can encode TMA maps.
+af_status choose_variant(const AttentionProblem& p, const DeviceInfo& info, const std::string& target, bool tensor_maps,
+                         Choice* choice);
 
 // fwd_sm90's persistent forms (sm90_persistent(v.schedule)): grid (at most one wave of wave_ctas
 // CTAs), tile order (pair_group) and workspace (the dynamic forms' tile counter) into plan. Host

@@ -55,7 +55,9 @@ TEST(CudaVariants, TableIsConsistent) {
   EXPECT_EQ(compiled_head_dim(kFamilyFwdSm90, 72), 128);
   EXPECT_EQ(compiled_head_dim(kFamilyFwdSm90, 136), 256);
   EXPECT_EQ(compiled_head_dim(kFamilyFwdSm90, 264), 0);
-  EXPECT_EQ(find_variant(kFamilyFwdSm90, AF_DTYPE_BFLOAT16, 64, true), -1) << "fwd_sm90 has no extras variants";
+  EXPECT_EQ(find_variant(kFamilyFwdSm90, AF_DTYPE_BFLOAT16, 64, true), -1) << "v0 has no extras variant";
+  EXPECT_GE(find_variant(kFamilyFwdSm90, AF_DTYPE_BFLOAT16, 64, true, kSm90PingPongPersistent), 0)
+      << "windows and softcap run on fwd_sm90's extras variants";
   EXPECT_EQ(find_variant(kFamilyFwdSm80, AF_DTYPE_BFLOAT16, 64, false, kSm90Overlap), -1) << "overlap is fwd_sm90's";
   for (const Variant& v : list)
     EXPECT_EQ(v.compiles_for("sm_80"), v.family != kFamilyFwdSm90 && !v.wide_grid)
@@ -93,14 +95,18 @@ TEST(CudaCompile, EveryVariantForEveryArchWithoutSpills) {
     for (const Variant& v : variants())
       if (v.compiles_for(arch)) rows.push_back({arch, &v, AF_OK, {}, ""});
   // Every fwd_sm90 variant is in the sm_90a rows (the family's whole point is that target): 2 dtypes x
-  // 3 head dims of each schedule in 128-row tiles, and 2 dtypes of each schedule's d64 192-row form.
-  int sm90_rows[kSm90Schedules] = {}, sm90_wide_rows[kSm90Schedules] = {};
+  // 3 head dims of each schedule in 128-row tiles, and 2 dtypes of each schedule's d64 192-row form;
+  // the extras variants (windows, softcap) 2 dtypes x 3 head dims of pingpong and pingpong-persistent.
+  int sm90_rows[kSm90Schedules] = {}, sm90_wide_rows[kSm90Schedules] = {}, sm90_extras_rows[kSm90Schedules] = {};
   for (const Row& r : rows)
     if (r.variant->family == kFamilyFwdSm90 && r.arch == "sm_90a")
-      ++(r.variant->tile_for(90).block_m() == kSm90WideBlockM ? sm90_wide_rows : sm90_rows)[r.variant->schedule];
+      ++(r.variant->extras                                      ? sm90_extras_rows
+         : r.variant->tile_for(90).block_m() == kSm90WideBlockM ? sm90_wide_rows
+                                                                : sm90_rows)[r.variant->schedule];
   for (int s = 0; s < kSm90Schedules; ++s) {
     EXPECT_EQ(sm90_rows[s], 6) << sm90_schedule_name(Sm90Schedule(s));
     EXPECT_EQ(sm90_wide_rows[s], 2) << sm90_schedule_name(Sm90Schedule(s));
+    EXPECT_EQ(sm90_extras_rows[s], sm90_has_extras(Sm90Schedule(s)) ? 6 : 0) << sm90_schedule_name(Sm90Schedule(s));
   }
   // Two workers (CI has two cores); NVRTC compiles independent programs concurrently.
   std::mutex mutex;

@@ -78,12 +78,15 @@ TEST(FwdSm90Routing, TakesVarlenSequsedAndLeftpadCalls) {
     p.seqused_k = used, p.causal = true, p.window_right = 0;
     EXPECT_EQ(fwd_sm90_refusal(p), "") << "varlen + seqused_k, causal, head_dim " << d;
   }
-  // What stays refused stays refused with these.
+  // Windows and softcap with these too; what stays refused stays refused with them.
   AttentionProblem p = varlen_prefill();
   p.softcap = 30.f;
-  expect_refused(p, "softcap");
-  p = varlen_prefill(), p.window_left = 64;
-  expect_refused(p, "sliding windows");
+  EXPECT_EQ(fwd_sm90_refusal(p), "");
+  p = varlen_prefill(), p.window_left = 64, p.seqused_k = used;
+  EXPECT_EQ(fwd_sm90_refusal(p), "");
+  const float slopes[32] = {};
+  p = varlen_prefill(), p.alibi_slopes = slopes, p.window_left = 64;
+  expect_refused(p, "ALiBi");
   p = varlen_prefill(), p.paged = true;
   expect_refused(p, "paged");
   p = prefill(), p.seqused_k = used;
@@ -129,16 +132,10 @@ TEST(FwdSm90Routing, SendsWhatItDoesNotTakeToSm80WithTheReason) {
   int32_t index[2] = {0, 1};
   p = prefill(), p.kv_batch_idx = index;
   expect_refused(p, "kv_batch_idx");
-  p = prefill(), p.window_left = 64;
-  expect_refused(p, "sliding windows");
-  p = prefill(), p.window_right = 16;  // a right window without causal
-  expect_refused(p, "sliding windows");
-  p = prefill(), p.causal = true, p.window_right = 0, p.window_left = 32;
-  expect_refused(p, "sliding windows");
-  p = prefill(), p.softcap = 30.f;
-  expect_refused(p, "softcap");
   const float slopes[32] = {};
   p = prefill(), p.alibi_slopes = slopes;
+  expect_refused(p, "ALiBi");
+  p = prefill(), p.alibi_slopes = slopes, p.softcap = 30.f, p.causal = true, p.window_right = 0;
   expect_refused(p, "ALiBi");
   p = prefill(), p.num_splits = 3;
   expect_refused(p, "num_splits");
@@ -479,8 +476,257 @@ TEST(FwdSm90BlockM, TheGridAndTheQueryBoxCountRowsInTilesOf192) {
   p.causal = true;
   p.seqlen_q = 1;
   EXPECT_EQ(fwd_sm90_refusal(p, 192), "");
-  p.window_left = 16;
-  EXPECT_NE(fwd_sm90_refusal(p, 192).find("windows"), std::string::npos) << fwd_sm90_refusal(p, 192);
+  p.window_left = 16;  // taken, on a 128-row extras variant (FwdSm90Extras below)
+  EXPECT_EQ(fwd_sm90_refusal(p, 192), "");
+}
+
+// Sliding windows and softcap (the extras variants: a left window edge and softcap compiled in, 128-row
+// tiles, pingpong and pingpong-persistent): the refusal takes them, the plan routes them onto fwd_sm90 on
+// sm_90a (the extras variant where softcap or a left edge needs it, the plain one for a right edge
+// alone, as for causal) and onto fwd_sm80 everywhere else, with each family's own meaning of extras.
+TEST(FwdSm90Extras, TakesEveryWindowAndSoftcapButNotAlibi) {
+  const struct {
+    int64_t left, right;
+    bool causal;
+    float softcap;
+  } calls[] = {{64, -1, false, 0.f},     {-1, 16, false, 0.f},  {64, 16, false, 0.f}, {0, 0, true, 0.f},
+               {5000, 5000, false, 0.f}, {-1, -1, false, 30.f}, {-1, 0, true, 50.f},  {255, 0, true, 20.f}};
+  for (int64_t d : {64, 128, 256})
+    for (const auto& c : calls) {
+      AttentionProblem p = prefill(d);  // 1000 query rows and keys
+      p.window_left = c.left, p.window_right = c.right, p.causal = c.causal, p.softcap = c.softcap;
+      EXPECT_EQ(fwd_sm90_refusal(p), "") << "d" << d << " window (" << c.left << ", " << c.right << ")";
+      // (5000, 5000) reaches past every row's keys on both sides: no window.
+      const bool left = c.left >= 0 && c.left < 1000, right = c.causal || (c.right >= 0 && c.right < 1000);
+      EXPECT_EQ(sm90_extras(p), left || c.softcap > 0) << "window (" << c.left << ", " << c.right << ")";
+      EXPECT_EQ(sm90_triangular(p), !left && right) << "window (" << c.left << ", " << c.right << ")";
+    }
+}
+
+// Window edges as the kernels take them: an edge no row can reach is unbounded, the rest unchanged.
+TEST(FwdSm90Extras, WindowEdgesNoRowReachesAreUnbounded) {
+  AttentionProblem p = prefill();
+  p.seqlen_q = 300, p.seqlen_k = 200;  // a varlen call's max_seqlen_q / max_seqlen_k
+  const struct {
+    int64_t left, right;
+    bool causal;
+    int64_t left_in_effect, right_in_effect;
+  } edges[] = {{-1, -1, false, -1, -1},   {199, 299, false, 199, 299},
+               {200, 300, false, -1, -1}, {int64_t(1) << 31, 5, false, -1, 5},
+               {0, 0, false, 0, 0},       {5000, -1, true, -1, 0},
+               {7, 5000, true, 7, 0}};
+  for (const auto& e : edges) {
+    p.window_left = e.left, p.window_right = e.causal ? 0 : e.right, p.causal = e.causal;
+    EXPECT_EQ(window_left_in_effect(p), e.left_in_effect) << e.left;
+    EXPECT_EQ(window_right_in_effect(p), e.right_in_effect) << e.right;
+  }
+}
+
+TEST(FwdSm90Extras, TwoSchedulesOfExtrasVariantsIn128RowTilesDifferingOnlyInAfExtras) {
+  int found = 0;
+  for (af_dtype dtype : {AF_DTYPE_BFLOAT16, AF_DTYPE_FLOAT16})
+    for (int d : {64, 128, 256})
+      for (int s = 0; s < kSm90Schedules; ++s) {
+        const Sm90Schedule schedule = Sm90Schedule(s);
+        const int index = find_variant(kFamilyFwdSm90, dtype, d, true, schedule);
+        EXPECT_EQ(find_variant(kFamilyFwdSm90, dtype, d, true, schedule, 192), -1) << "no 192-row extras form";
+        EXPECT_EQ(index >= 0, sm90_has_extras(schedule)) << sm90_schedule_name(schedule);
+        EXPECT_EQ(sm90_has_extras(schedule), schedule == kSm90PingPong || schedule == kSm90PingPongPersistent);
+        EXPECT_EQ(sm90_extras_schedule(schedule), sm90_has_extras(schedule) ? schedule : kSm90PingPongPersistent);
+        if (index < 0) continue;
+        ++found;
+        const Variant& plain = variants()[find_variant(kFamilyFwdSm90, dtype, d, false, schedule)];
+        const Variant& v = variants()[index];
+        EXPECT_TRUE(v.extras);
+        std::string name = plain.name;
+        name.insert(name.find("_d") + 2 + std::to_string(d).size(), "_extras");
+        EXPECT_EQ(v.name, name);
+        EXPECT_EQ(v.smem_bytes(90), plain.smem_bytes(90)) << v.name;
+        EXPECT_EQ(v.tile_for(90).block_m(), 128) << v.name;
+        EXPECT_EQ(v.tile_for(90).block_n, plain.tile_for(90).block_n) << v.name;
+        const std::vector<std::string> a = compile_options(plain, "sm_90a"), b = compile_options(v, "sm_90a");
+        ASSERT_EQ(a.size(), b.size());
+        std::vector<std::string> differing;
+        for (size_t i = 0; i < a.size(); ++i)
+          if (a[i] != b[i]) differing.push_back(a[i] + " -> " + b[i]);
+        EXPECT_EQ(differing, std::vector<std::string>{"-DAF_EXTRAS=0 -> -DAF_EXTRAS=1"}) << v.name;
+      }
+  EXPECT_EQ(found, 12);
+  Choice choice;
+  choice.target = "sm_90a";
+  choice.arch = 90;
+  choice.variant = find_variant(kFamilyFwdSm90, AF_DTYPE_BFLOAT16, 128, true, kSm90PingPongPersistent);
+  EXPECT_EQ(describe(choice), "fwd_sm90 bf16 d128 extras pingpong-persistent sm_90a 128x128");
+}
+
+// An H100-like device for choose_variant (no driver needed).
+DeviceInfo h100() {
+  DeviceInfo info;
+  info.name = "H100 (host test)";
+  info.major = 9, info.minor = 0;
+  info.sm_count = 132;
+  info.max_smem_optin = 227 * 1024;
+  return info;
+}
+
+struct Routed {
+  af_status status;
+  std::string family, kernel, why;
+  const Variant* variant;
+};
+Routed route(const AttentionProblem& p, const std::string& target = "sm_90a", bool tensor_maps = true) {
+  Choice choice;
+  const af_status status = choose_variant(p, h100(), target, tensor_maps, &choice);
+  if (status != AF_OK) return {status, "", "", af_last_error_message(), nullptr};
+  const Variant& v = variants()[choice.variant];
+  return {status, family(v.family).name, describe(Choice{choice.variant, choice.target, choice.arch, ""}), choice.why,
+          &v};
+}
+
+TEST(FwdSm90Extras, PlansWindowsAndSoftcapOntoFwdSm90OnSm90aAndOntoFwdSm80Elsewhere) {
+  ScopedEnv no_variant("ATTNFORGE_SM90_VARIANT", nullptr), no_rows("ATTNFORGE_SM90_BLOCK_M", nullptr);
+  ScopedEnv enabled("ATTNFORGE_FWD_SM90", nullptr);
+  const float slopes[32] = {};
+  const struct {
+    const char* what;
+    int64_t left, right;
+    bool causal;
+    float softcap;
+    bool alibi;
+    bool sm90_extras;  // fwd_sm90's extras variant (else its plain one)
+  } calls[] = {{"sliding window, causal", 512, 0, true, 0.f, false, true},
+               {"a window past the 1000 keys: causal", 4096, 0, true, 0.f, false, false},
+               {"left edge only", 100, -1, false, 0.f, false, true},
+               {"right edge only", -1, 100, false, 0.f, false, false},
+               {"both edges", 64, 32, false, 0.f, false, true},
+               {"softcap", -1, -1, false, 30.f, false, true},
+               {"softcap, causal", -1, 0, true, 50.f, false, true},
+               {"softcap, sliding window", 256, 0, true, 50.f, false, true},
+               {"ALiBi (stays fwd_sm80's)", -1, 0, true, 0.f, true, false}};
+  for (int64_t d : {64, 128, 256})
+    for (const auto& c : calls) {
+      AttentionProblem p = prefill(d);
+      p.window_left = c.left, p.window_right = c.right, p.causal = c.causal, p.softcap = c.softcap;
+      if (c.alibi) p.alibi_slopes = slopes;
+      const std::string what = std::string(c.what) + " d" + std::to_string(d);
+      const Routed sm90 = route(p);
+      ASSERT_EQ(sm90.status, AF_OK) << what << ": " << sm90.why;
+      if (c.alibi) {
+        EXPECT_EQ(sm90.family, "fwd_sm80") << what;
+        EXPECT_NE(sm90.why.find("ALiBi"), std::string::npos) << what << ": " << sm90.why;
+        EXPECT_TRUE(sm90.variant->extras) << what << ": fwd_sm80's extras (softcap, ALiBi)";
+      } else {
+        EXPECT_EQ(sm90.family, "fwd_sm90") << what << ": " << sm90.kernel << " (" << sm90.why << ")";
+        EXPECT_EQ(sm90.variant->extras, c.sm90_extras) << what << ": " << sm90.kernel;
+        EXPECT_EQ(sm90.why, "sm_90a") << what;
+      }
+      // Elsewhere fwd_sm80, extras only for softcap and ALiBi (windows are its run-time flags).
+      for (const char* target : {"sm_80", "sm_86", "sm_89", "compute_120"}) {
+        const Routed other = route(p, target);
+        ASSERT_EQ(other.status, AF_OK) << what << " " << target << ": " << other.why;
+        EXPECT_EQ(other.family, "fwd_sm80") << what << " " << target;
+        EXPECT_EQ(other.variant->extras, c.softcap > 0 || c.alibi) << what << " " << target;
+        EXPECT_EQ(other.why, "") << what << " " << target;
+      }
+      const Routed no_maps = route(p, "sm_90a", false);
+      EXPECT_EQ(no_maps.family, "fwd_sm80") << what;
+      if (!c.alibi) EXPECT_NE(no_maps.why.find("cuTensorMapEncodeTiled"), std::string::npos) << no_maps.why;
+      {
+        ScopedEnv off("ATTNFORGE_FWD_SM90", "0");
+        const Routed turned_off = route(p);
+        EXPECT_EQ(turned_off.family, "fwd_sm80") << what;
+        EXPECT_EQ(turned_off.variant->extras, c.softcap > 0 || c.alibi) << what;
+      }
+    }
+}
+
+TEST(FwdSm90Extras, SchedulesAndTileHeightsOfWindowAndSoftcapCallsAndTheTuningKnobs) {
+  ScopedEnv no_variant("ATTNFORGE_SM90_VARIANT", nullptr), no_rows("ATTNFORGE_SM90_BLOCK_M", nullptr);
+  ScopedEnv enabled("ATTNFORGE_FWD_SM90", nullptr);
+  auto call = [](int64_t d, int64_t keys, int64_t left, int64_t right, bool causal, float softcap) {
+    AttentionProblem p = prefill(d);
+    p.seqlen_q = p.seqlen_k = keys;
+    p.total_q = p.total_k = p.batch * keys;
+    p.q_batch_stride = keys * p.q_row_stride, p.k_batch_stride = keys * p.k_row_stride;
+    p.v_batch_stride = p.k_batch_stride, p.out_batch_stride = p.q_batch_stride;
+    p.window_left = left, p.window_right = right, p.causal = causal, p.softcap = softcap;
+    return p;
+  };
+  const struct {
+    AttentionProblem p;
+    const char* kernel;
+  } defaults[] = {
+      // A sliding window: tiles of about equal cost, the persistent pingpong at every length and head dim.
+      {call(128, 16384, 4096, 0, true, 0.f), "fwd_sm90 bf16 d128 extras pingpong-persistent sm_90a 128x128"},
+      {call(256, 16384, 4096, 0, true, 50.f), "fwd_sm90 bf16 d256 extras pingpong-persistent sm_90a 128x64"},
+      {call(64, 1024, 100, 100, false, 0.f), "fwd_sm90 bf16 d64 extras pingpong-persistent sm_90a 128x128"},
+      // Softcap under a causal mask: the plain variants' rule (pingpong from 8k keys and above d128).
+      {call(128, 16384, -1, 0, true, 30.f), "fwd_sm90 bf16 d128 extras pingpong sm_90a 128x128"},
+      {call(256, 4096, -1, 0, true, 50.f), "fwd_sm90 bf16 d256 extras pingpong sm_90a 128x64"},
+      {call(128, 4096, -1, 0, true, 30.f), "fwd_sm90 bf16 d128 extras pingpong-persistent sm_90a 128x128"},
+      // Without a mask: the TMA-store and overlap defaults have no extras form.
+      {call(128, 1024, -1, -1, false, 30.f), "fwd_sm90 bf16 d128 extras pingpong-persistent sm_90a 128x128"},
+      {call(256, 16384, -1, -1, false, 30.f), "fwd_sm90 bf16 d256 extras pingpong-persistent sm_90a 128x64"},
+      // A right edge alone runs the plain variants as causal does (d64 from 4k keys: 192 rows).
+      {call(128, 16384, -1, 100, false, 0.f), "fwd_sm90 bf16 d128 pingpong sm_90a 128x128"},
+      {call(64, 8192, -1, 100, false, 0.f), "fwd_sm90 bf16 d64 pingpong-persistent sm_90a 192x128"},
+      // d64 without a mask takes 192 rows, its extras forms 128.
+      {call(64, 8192, -1, -1, false, 0.f), "fwd_sm90 bf16 d64 pingpong-persistent sm_90a 192x128"},
+      {call(64, 8192, -1, -1, false, 20.f), "fwd_sm90 bf16 d64 extras pingpong-persistent sm_90a 128x128"},
+  };
+  for (const auto& c : defaults) {
+    const Routed r = route(c.p);
+    ASSERT_EQ(r.status, AF_OK) << r.why;
+    EXPECT_EQ(r.kernel, c.kernel) << "window (" << c.p.window_left << ", " << c.p.window_right << ") softcap "
+                                  << c.p.softcap << " " << c.p.seqlen_k << " keys";
+    EXPECT_EQ(r.why, "sm_90a") << r.kernel;
+  }
+  const AttentionProblem window = call(64, 4096, 512, 0, true, 0.f);
+  {
+    ScopedEnv env("ATTNFORGE_SM90_VARIANT", "pingpong");
+    EXPECT_EQ(route(window).kernel, "fwd_sm90 bf16 d64 extras pingpong sm_90a 128x128");
+  }
+  for (const char* other : {"overlap", "v0", "pingpong-dynamic", "pingpong-persistent-tma-store"}) {
+    ScopedEnv env("ATTNFORGE_SM90_VARIANT", other);
+    const Routed r = route(window);
+    EXPECT_EQ(r.kernel, "fwd_sm90 bf16 d64 extras pingpong-persistent sm_90a 128x128") << other;
+    EXPECT_EQ(r.why, std::string("sm_90a; ") + other + " has no window/softcap form") << other;
+    // The plain variants still take it.
+    const Routed plain = route(call(64, 4096, -1, 0, true, 0.f));
+    EXPECT_NE(plain.kernel.find(std::string(" ") + other + " sm_90a"), std::string::npos) << plain.kernel;
+  }
+  {
+    ScopedEnv env("ATTNFORGE_SM90_VARIANT", "pingpong_persistent");
+    EXPECT_EQ(route(window).status, AF_ERR_INVALID_ARGUMENT) << "an unknown name is an error for extras calls too";
+  }
+  {
+    ScopedEnv env("ATTNFORGE_SM90_BLOCK_M", "192");
+    EXPECT_EQ(route(window).kernel, "fwd_sm90 bf16 d64 extras pingpong-persistent sm_90a 128x128");
+    EXPECT_EQ(route(call(64, 4096, -1, 0, true, 0.f)).kernel, "fwd_sm90 bf16 d64 pingpong-persistent sm_90a 192x128");
+  }
+  {
+    ScopedEnv env("ATTNFORGE_SM90_BLOCK_M", "96");
+    EXPECT_EQ(route(window).status, AF_ERR_INVALID_ARGUMENT);
+  }
+}
+
+// The persistent tile order: a sliding window's tiles are about equal, so one pair per group (its
+// neighbouring query tiles share their windows' keys in L2), as without a mask; a right edge alone
+// is grouped as causal is.
+TEST(FwdSm90Extras, PersistentTileOrderOfWindows) {
+  const Variant& v = variants()[find_variant(kFamilyFwdSm90, AF_DTYPE_BFLOAT16, 128, true, kSm90PingPongPersistent)];
+  AttentionProblem p = prefill(128);
+  p.seqlen_q = p.seqlen_k = 8192;
+  Plan plan;
+  p.causal = true, p.window_right = 0, p.window_left = 4096;
+  size_sm90_persistent(p, v, 132, &plan);
+  EXPECT_EQ(plan.pair_group, 1);
+  p.causal = false, p.window_right = 64, p.window_left = 64;
+  size_sm90_persistent(p, v, 132, &plan);
+  EXPECT_EQ(plan.pair_group, 1);
+  p.window_left = -1;  // right edge only: causal-like
+  size_sm90_persistent(p, v, 132, &plan);
+  EXPECT_EQ(plan.pair_group, int((int64_t(32) << 20) / (2 * 8192 * 128 * 2 / 4)));
 }
 
 TEST(TileMap, RefusesWhatTmaCannotDescribeNamingTheArgument) {

@@ -6,8 +6,10 @@ batches, head dims on the 8-element grid (64, 128 and 256 compiled, others zero-
 (bottom-right) or not, GQA, LSE, odd lengths, transposed and sliced views; and (SEQUENCE_CASES)
 seqused_k / leftpad_k caches and varlen batches with empty and unaligned sequences, each run by
 every schedule and by fwd_sm80 on the same inputs; the 192-row forms (ATTNFORGE_SM90_BLOCK_M=192,
-head dim 64) on the d64 cases and on lengths around their tile. Each case also checks that the plan
-named fwd_sm90 (and the form asked for), so a silent routing to fwd_sm80 cannot pass for the new family.
+head dim 64) on the d64 cases and on lengths around their tile; (WINDOW_CASES) sliding windows and
+softcap, through the extras variants' two schedules and fwd_sm80 on the same inputs. Each case also
+checks that the plan named fwd_sm90 (and the form asked for), so a silent routing to fwd_sm80 cannot
+pass for the new family.
 """
 import math
 import os
@@ -241,11 +243,131 @@ def test_fwd_sm90_dynamic_forms_counter_across_launches_graphs_streams_and_works
 
 
 def test_calls_fwd_sm90_does_not_take_run_on_fwd_sm80_and_say_why(seed):
-    """softcap goes to fwd_sm80 (still correct); the plan names fwd_sm80 and the reason."""
+    """ALiBi goes to fwd_sm80 (still correct), also beside a window and softcap; the plan names
+    fwd_sm80 and the reason."""
     q = torch.empty(2, 300, 4, 128, dtype=torch.bfloat16, device=DEVICE)
-    plan = _native.Plan(q, q, q, q, backend="cuda", softcap=30.0).describe()
-    assert "fwd_sm80" in plan and "softcap" in plan, plan
-    run_case(torch.bfloat16, 2, 300, 300, 4, 4, 128, 0, softcap=30.0)
+    slopes = torch.rand(4, dtype=torch.float32, device=DEVICE) * 0.3
+    plan = _native.Plan(q, q, q, q, backend="cuda", alibi_slopes=slopes, softcap=30.0, window_size=(64, 0),
+                        causal=True).describe()
+    assert "fwd_sm80" in plan and "ALiBi" in plan, plan
+    run_case(torch.bfloat16, 2, 300, 300, 4, 4, 128, 0, alibi=True, softcap=30.0, window=(64, 0), causal=True)
+
+
+# Sliding windows and softcap on fwd_sm90 (FlashAttention-2's semantics: query row i of a sequence sees
+# keys i + Sk - Sq - left .. i + Sk - Sq + right, a negative edge unbounded; softcap * tanh(scores /
+# softcap)): a left edge or softcap runs an extras variant (pingpong or pingpong-persistent, 128-row
+# tiles), a right edge alone the plain variants (as causal). Windows left only, right only, both,
+# left = 0, smaller than a tile, larger than the keys (and 2^31 - 1), edges off the 128/192-row and
+# 128-key grids, Sq < Sk and Sq > Sk (rows that see no key: out 0, LSE -inf), GQA 64/8 and 32/8,
+# d64/d128/d256, varlen with empty sequences, seqused_k and leftpad_k (rows outside the used keys
+# NaN), softcap with and without causal or a window. Keys: (lens_q, cache / lens_k, ...) as
+# sequence_inputs takes them; "extras": whether the extras variant must run (not for a right edge
+# alone, nor for edges past every row's keys, which the plan drops); "fp16": also in fp16.
+WINDOW_CASES = {
+    "window_left_only_gqa_32_8_d128": dict(lens_q=[700], cache=700, heads=32, heads_kv=8, head_dim=128,
+                                           window=(200, -1), fp16=True),
+    "window_right_only_d64": dict(lens_q=[500] * 2, cache=500, heads=4, heads_kv=4, head_dim=64, window=(-1, 37),
+                                  extras=False),
+    "window_both_sq_lt_sk_d256": dict(lens_q=[333] * 2, cache=600, heads=4, heads_kv=2, head_dim=256,
+                                      window=(100, 50), fp16=True),
+    "window_left0_causal_d128": dict(lens_q=[300] * 2, cache=300, heads=4, heads_kv=2, head_dim=128, window=(0, 0),
+                                     causal=True),
+    "window_5_causal_gqa_64_8_d64": dict(lens_q=[400], cache=400, heads=64, heads_kv=8, head_dim=64, window=(5, 0),
+                                         causal=True, fp16=True),
+    "window_past_the_keys_sq_gt_sk_d128": dict(lens_q=[300] * 2, cache=200, heads=4, heads_kv=2, head_dim=128,
+                                               window=(5000, 5000), extras=False),
+    "window_int_max_causal_sq_gt_sk_d64": dict(lens_q=[300] * 2, cache=200, heads=4, heads_kv=2, head_dim=64,
+                                               window=(2 ** 31 - 1, 0), causal=True, extras=False),
+    "window_masked_rows_sq_gt_sk_d64": dict(lens_q=[400] * 2, cache=150, heads=4, heads_kv=2, head_dim=64,
+                                            window=(30, 10)),
+    "window_off_grid_127_129_d64": dict(lens_q=[777] * 2, cache=777, heads=4, heads_kv=2, head_dim=64,
+                                        window=(127, 129)),
+    "window_off_grid_191_193_d128": dict(lens_q=[333], cache=777, heads=4, heads_kv=2, head_dim=128,
+                                         window=(191, 193)),
+    "window_700_causal_long_d128": dict(lens_q=[2500], cache=2500, heads=4, heads_kv=2, head_dim=128,
+                                        window=(700, 0), causal=True),
+    "softcap_full_d128": dict(lens_q=[300] * 2, cache=400, heads=8, heads_kv=2, head_dim=128, softcap=30.0, fp16=True),
+    "softcap_causal_d256": dict(lens_q=[600] * 2, cache=600, heads=8, heads_kv=4, head_dim=256, softcap=50.0,
+                                causal=True),
+    "softcap_window_causal_d64": dict(lens_q=[500] * 2, cache=500, heads=4, heads_kv=2, head_dim=64, softcap=20.0,
+                                      window=(256, 0), causal=True, fp16=True),
+    "window_varlen_empties_d128": dict(lens_q=[0, 300, 1, 129, 77], lens_k=[5, 300, 0, 200, 77], heads=8, heads_kv=2,
+                                       head_dim=128, window=(64, 16)),
+    "softcap_window_varlen_seqused_causal_d64": dict(lens_q=[100, 200, 3], lens_k=[150, 300, 50], used=[150, 0, 7],
+                                                     heads=4, heads_kv=2, head_dim=64, window=(40, 0), causal=True,
+                                                     softcap=30.0),
+    "window_seqused_leftpad_causal_d256": dict(lens_q=[150] * 3, cache=333, used=[333, 200, 17], pad=[0, 50, 17],
+                                               heads=8, heads_kv=2, head_dim=256, window=(100, 0), causal=True),
+}
+WINDOW_RUNS = [(name, torch.bfloat16) for name in sorted(WINDOW_CASES)] + [
+    (name, torch.float16) for name in sorted(WINDOW_CASES) if WINDOW_CASES[name].get("fp16")]
+
+
+@pytest.mark.parametrize("name,dtype", WINDOW_RUNS, ids=["%s-%s" % (n, "bf16" if d == torch.bfloat16 else "fp16")
+                                                         for n, d in WINDOW_RUNS])
+def test_fwd_sm90_window_softcap(name, dtype, seed, monkeypatch):
+    """Each case through fwd_sm90 (its default schedule; bf16 also both extras schedules) and fwd_sm80 on
+    the same inputs: within the float64 reference's budget, LSE within 1e-4 and -inf exactly on rows
+    that see no key (their out exactly 0), the two families within that budget of each other and
+    agreeing on those rows; the plan names fwd_sm90 and the extras variant where one is needed."""
+    case = dict(WINDOW_CASES[name])
+    window, softcap = case.pop("window", (-1, -1)), case.pop("softcap", 0.0)
+    extras = case.pop("extras", True)
+    case.pop("fp16", None)
+    q, k, v, fields, spans = sequence_inputs(dtype, **case)
+    fields.update(window_size=window, softcap=softcap)
+    varlen = "cu_seqlens_q" in fields
+    causal = case.get("causal", False)
+    scale = 1.0 / math.sqrt(case["head_dim"])
+    expected = []
+    for span in spans:
+        qb, kb, vb = (q[span[0]], k[span[1]], v[span[1]]) if varlen else (q[span[0]], k[span[1], span[2]],
+                                                                             v[span[1], span[2]])
+        qb, kb, vb = qb.cpu(), kb.cpu(), vb.cpu()
+        reference = sequence_attention(qb.double(), kb.double(), vb.double(), scale, causal, window, softcap)
+        naive, _ = sequence_attention(qb, kb, vb, scale, causal, window, softcap, precision=dtype)
+        expected.append(reference + (naive,))
+    assert any(torch.isinf(lse).any() for _, lse, _ in expected) == name.startswith(
+        ("window_int_max", "window_masked", "window_varlen", "softcap_window_varlen",
+         "window_seqused")), "the case list's rows that see no key changed"
+
+    def run(family, schedule=None):
+        monkeypatch.setenv("ATTNFORGE_FWD_SM90", "1" if family == "fwd_sm90" else "0")
+        monkeypatch.delenv("ATTNFORGE_SM90_BLOCK_M", raising=False)
+        if schedule:
+            monkeypatch.setenv("ATTNFORGE_SM90_VARIANT", schedule)
+        else:
+            monkeypatch.delenv("ATTNFORGE_SM90_VARIANT", raising=False)
+        out = torch.full_like(q, float("nan"))
+        lse_shape = (case["heads"], q.shape[0]) if varlen else (q.shape[0], case["heads"], q.shape[1])
+        lse = torch.full(lse_shape, float("nan"), dtype=torch.float32, device=DEVICE)
+        plan = _native.Plan(q, k, v, out, lse, backend="cuda", **fields)
+        described = plan.describe()
+        kernel = described.split("(")[0]  # what follows is the reason
+        assert " %s " % family in kernel, described
+        if family == "fwd_sm90":
+            assert (" extras " in kernel) == extras and " sm_90a 128x" in kernel, described
+            assert schedule is None or " %s sm_90a" % schedule in kernel, described
+        plan.run(q, k, v, out, lse, backend="cuda", **fields)
+        torch.cuda.synchronize()
+        for b, (span, (want, want_lse, naive)) in enumerate(zip(spans, expected)):
+            ob, lb = (out[span[0]], lse[:, span[0]]) if varlen else (out[span[0]], lse[span[0]])
+            what = "%s %s out[%d]" % (family, schedule or "default", b)
+            assert_close(ob.cpu(), want, naive, dtype, what=what)
+            assert_lse_close(lb.cpu(), want_lse)
+            seen = ~torch.isinf(want_lse)  # (H, Sq)
+            assert (ob.cpu().permute(1, 0, 2)[~seen] == 0).all(), what + ": a row that sees no key is not 0"
+        return out, lse
+
+    sm90_out, sm90_lse = run("fwd_sm90")
+    sm80_out, sm80_lse = run("fwd_sm80")
+    assert torch.equal(sm90_lse.isinf(), sm80_lse.isinf()), "fwd_sm90 and fwd_sm80 differ on which rows see no key"
+    for span, (_, _, naive) in zip(spans, expected):
+        assert_close(sm90_out[span[0]].cpu(), sm80_out[span[0]].cpu().double(), naive, dtype,
+                     what="fwd_sm90 vs fwd_sm80")
+    if dtype == torch.bfloat16 and extras:
+        for schedule in ("pingpong", "pingpong-persistent"):
+            run("fwd_sm90", schedule)
 
 
 def test_a_fwd_sm90_plan_refuses_a_call_it_would_get_wrong(seed):

@@ -5,8 +5,12 @@
 // common/sequence.cuh, this file (src/cuda/families.cpp). Padded (B, S, H, D) batches with any
 // 16-byte-aligned batch, row and head strides, or varlen ones (packed (total, H, D) rows,
 // cu_seqlens_q/k); seqused_k and leftpad_k (key_rows in common/sequence.cuh: fwd_sm80's rules);
-// causal (bottom-right) or not; GQA; softmax_lse. The plan sends everything else (paged caches,
-// kv_batch_idx, windows, softcap, ALiBi, split keys) to fwd_sm80.
+// causal (bottom-right) or a window's right edge (window_right); GQA; softmax_lse; in the extras
+// variants (AF_EXTRAS) also a sliding window's left edge (window_left) and softcap, with fwd_sm80's
+// (FlashAttention-2's) semantics: key j is visible to query row i of a sequence iff
+// i + k_len - q_len - window_left <= j <= i + k_len - q_len + window_right (a negative window
+// unbounded on its side), and with softcap the score is softcap * tanh(scale * q.k / softcap). The
+// plan sends everything else (paged caches, kv_batch_idx, ALiBi, split keys) to fwd_sm80.
 //
 // Sequences: the tensor maps see padded tensors as (batch, rows, heads, head_dim) and varlen ones
 // as one batch of the packed rows; a tile's Q box starts at its sequence's first row
@@ -20,7 +24,8 @@
 // Work tiles of kBlockM query rows of one (batch, head): 128, or 192 at head dim 64 (AF_BLOCK_M);
 // one CTA of a producer warpgroup and kBlockM / 64 consumer warpgroups per tile, grid (query
 // tiles, heads, batch), or in the persistent form (AF_SM90_PERSISTENT) at most one wave of CTAs,
-// each looping over tiles in the order tile_at() gives (longest first under a causal mask): CTA i
+// each looping over tiles in the order tile_at() gives (longest first under a causal mask; with a
+// sliding window the tiles cost about the same, the first ones of each sequence less): CTA i
 // takes tiles i, i + gridDim.x, ..., or in the dynamic form (AF_SM90_DYNAMIC) tile i and then
 // whichever tile the counter hands out next when its producer starts a tile (one tile ahead; it
 // passes the index to the consumers through a 2-slot ring of shared ints with mbarriers), so a CTA
@@ -33,11 +38,16 @@
 //   consumer warp); the ring's position continues from tile to tile;
 // - warpgroups 1 to kConsumers, the consumers, rise to 240 registers (three consumers: 160) and
 //   own 64 query rows each: per key block, S = Q K^T (wgmma m64nNk16 with N = kBlockN, both
-//   operands from shared memory, K-major), the mask only on blocks that cross the end of the keys
-//   or the causal diagonal, the online softmax in fp32 with exp2, P packed from the S accumulators
+//   operands from shared memory, K-major), softcap's tanh (extras variants, when set), the mask
+//   only on blocks that cross the end of the keys or a window edge (the causal diagonal is the right
+//   one), the online softmax in fp32 with exp2, P packed from the S accumulators
 //   into A fragments (registers), O += P V (wgmma m64n128k16 per two 64-column atoms of V,
 //   m64n64k16 at d64; A from registers, V transposed by the instruction).
-// Key blocks run from the last to the first (masked ones first), as in fwd_sm80. Two schedules of
+// A tile's key blocks are those that hold a key visible to one of its rows: from the block of its
+// first row's left window edge (extras variants; else block 0) to that of its last row's right
+// edge or the end of the keys; a tile with none (rows that see no key) loads nothing and stores
+// zeros and an LSE of -inf, as fwd_sm80's. Key blocks run from the last to the first (masked ones
+// first), as in fwd_sm80. Two schedules of
 // the consumers' loop (AF_SM90_SCHEDULE): v0 waits for each wgmma group as it issues it; overlap
 // (FlashAttention-3's intra-warpgroup overlap) issues block i's Q K^T with block i - 1's P V and
 // runs block i's softmax while P V is in flight, so the tensor cores work during the exps;
@@ -91,6 +101,7 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
     int m_block, head, batch, n_blocks;
     int q_row0, q_len;  // the sequence's query rows in q's map (varlen: packed rows)
     int k_row0, k_len;  // its used key rows in k's and v's maps
+    int n_first;        // the first of its n_blocks key blocks (0 unless a left window edge cuts them)
   };
   auto tile_at = [&](int t) {
     Tile w;
@@ -115,7 +126,12 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
     const int last_row = min((w.m_block + 1) * kBlockM, w.q_len) - 1;
     int key_end = w.k_len;
     if (p.window_right >= 0) key_end = min(key_end, last_row + (w.k_len - w.q_len) + p.window_right + 1);
-    w.n_blocks = key_end > 0 && w.m_block * kBlockM < w.q_len ? (key_end + kBlockN - 1) / kBlockN : 0;
+    // Keys from the tile's first row's left window edge (fwd_sm80's key_begin); 0 without one.
+    const int key_begin =
+        kExtras && p.window_left >= 0 ? max(0, w.m_block * kBlockM + (w.k_len - w.q_len) - p.window_left) : 0;
+    w.n_first = key_begin / kBlockN;
+    w.n_blocks =
+        key_end > key_begin && w.m_block * kBlockM < w.q_len ? (key_end + kBlockN - 1) / kBlockN - w.n_first : 0;
     return w;
   };
 
@@ -176,7 +192,8 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
       const int kv_batch = p.cu_seqlens_k != nullptr ? 0 : w.batch;
       // Key blocks last to first, by their first row (one register fewer than a block index: the
       // d256 dynamic form spilled with one).
-      for (int n0 = w.k_row0 + (w.n_blocks - 1) * kBlockN; n0 >= w.k_row0; n0 -= kBlockN, ++steps) {
+      const int k_first = w.k_row0 + w.n_first * kBlockN;
+      for (int n0 = k_first + (w.n_blocks - 1) * kBlockN; n0 >= k_first; n0 -= kBlockN, ++steps) {
         const int stage = steps % kStages;
         const af_u32 parity = ((steps / kStages) & 1) ^ 1;  // the consumers' release of this stage's last use
         const af_u32 offset = stage * kKVBytes;
@@ -206,13 +223,17 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
   // block, and the end of the visible keys of this thread's rows g and g + 8: the sequence's used
   // keys, cut by the causal diagonal (bottom-right: query row i sees keys up to i + k_len - q_len).
   // Two registers through the main loop, where the sequence's k_len, diagonal and the warp's
-  // first row would take three (the d256 TMA-store form spills with those).
+  // first row would take three (the d256 TMA-store form spills with those). Extras variants: also
+  // the first visible key of row g (left window edge; row g + 8's is 8 further), kNoLeftEdge without
+  // a left window.
   int steps = 0;
   int key_end[2];
   float o[kAtoms][32];  // (64 rows, 64 dims) per atom of O
   float row_max[2];     // rows g and g + 8: the reference max of S * scale (softmax below)
   float row_sum[2];     // this thread's partial sums of exp2
   const float scale = p.scale_log2;
+  int key_begin = 0;
+  constexpr int kNoLeftEdge = -8;                  // row g + 8's edge at 0: no key is left of it
   const af_u32 q_atom = sQ + consumer * 64 * 128;  // this warpgroup's 64 rows of atom 0
   // Named barriers (0 is __syncthreads()'s): pingpong's turns kTurnBarrier + c (consumer c's), the
   // epilogue's kStoreBarrier + c (one warpgroup's 128 threads), V's tail kVTailBarrier (all
@@ -264,17 +285,38 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
       }
     wgmma_commit();
   };
-  // -inf where a key is past the end or past the causal diagonal (only blocks that cross either:
-  // row g's keys end first).
+  // -inf where a key is past the end, past the right window edge (the causal diagonal) or, in the
+  // extras variants, before the left window edge; only on blocks that cross one of them (row g's keys
+  // end first, row g + 8's begin last).
   auto mask = [&](float(&s)[kSRegisters], int n_block) {
     const int n0 = n_block * kBlockN;
-    if (n0 + kBlockN <= key_end[0]) return;
     // Element e is key n0 + 2t + (8 * (e / 4) + e % 2): its constant part against one bound per row
-    // (an immediate compare per element instead of an add and a compare).
-    const int bound[2] = {key_end[0] - n0 - 2 * t, key_end[1] - n0 - 2 * t};
+    // (an immediate compare per element instead of an add and a compare). One branch per edge, each
+    // taken only by blocks that cross it (a single branch for both edges was if-converted by ptxas
+    // into selects on every block).
+    if (n0 + kBlockN > key_end[0]) {
+      const int bound[2] = {key_end[0] - n0 - 2 * t, key_end[1] - n0 - 2 * t};
 #pragma unroll
-    for (int e = 0; e < kSRegisters; ++e)
-      if (8 * (e >> 2) + (e & 1) >= bound[(e >> 1) & 1]) s[e] = AF_NEG_INF;
+      for (int e = 0; e < kSRegisters; ++e)
+        if (8 * (e >> 2) + (e & 1) >= bound[(e >> 1) & 1]) s[e] = AF_NEG_INF;
+    }
+    if (kExtras && n0 < key_begin + 8) {
+      const int first[2] = {key_begin - n0 - 2 * t, key_begin + 8 - n0 - 2 * t};
+#pragma unroll
+      for (int e = 0; e < kSRegisters; ++e)
+        if (8 * (e >> 2) + (e & 1) < first[(e >> 1) & 1]) s[e] = AF_NEG_INF;
+    }
+  };
+  // Extras variants with softcap: S becomes tanh(S * softmax_scale / softcap), which the softmax's
+  // scale (softcap * log2(e), attention_params.cuh) turns into log2-domain scores: FlashAttention-2's
+  // softcap * tanh(scale * q.k / softcap), as fwd_sm80 computes it, with one multiply fewer. Before
+  // the mask, so masked keys stay -inf.
+  auto apply_softcap = [&](float(&s)[kSRegisters]) {
+    if constexpr (kExtras)
+      if (p.softcap_in != 0.f) {
+#pragma unroll
+        for (int e = 0; e < kSRegisters; ++e) s[e] = tanh_approx(s[e] * p.softcap_in);
+      }
   };
   // Online softmax with a lazy reference max (FlashAttention-4's conditional rescale): S becomes
   // exp2(S * scale - row_max) in place and extends row_sum, where row_max (scaled: log2 units) moves
@@ -391,6 +433,7 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
     if (tile >= tile_count) break;
     const Tile w = tile_at(tile);
     const int n_blocks = w.n_blocks;
+    const int n_end = w.n_first + n_blocks;  // one past the tile's last key block
     const int m0 = w.m_block * kBlockM;
     const int k_len = w.k_len;
 #pragma unroll
@@ -398,9 +441,11 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
       const int row = m0 + 64 * consumer + 16 * warp + g + 8 * half;
       key_end[half] = p.window_right >= 0 ? min(k_len, row + (k_len - w.q_len) + p.window_right + 1) : k_len;
     }
+    if constexpr (kExtras)
+      key_begin =
+          p.window_left >= 0 ? m0 + 64 * consumer + 16 * warp + g + (k_len - w.q_len) - p.window_left : kNoLeftEdge;
     // Rows [v_tail, kBlockN) of the first step's V tile are past the keys and not the map's zeros.
-    const int v_tail =
-        n_blocks * kBlockN > k_len && w.k_row0 + k_len < k_extent ? k_len - (n_blocks - 1) * kBlockN : -1;
+    const int v_tail = n_end * kBlockN > k_len && w.k_row0 + k_len < k_extent ? k_len - (n_end - 1) * kBlockN : -1;
     row_max[0] = row_max[1] = AF_NEG_INF;
     row_sum[0] = row_sum[1] = 0.f;
 #pragma unroll
@@ -419,7 +464,8 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
         __syncwarp();
         if (lane == 0) mbarrier_arrive(k_empty(stage(i)));
         release_q(i, n_blocks);
-        mask(s, n_blocks - 1 - i);
+        apply_softcap(s);
+        mask(s, n_end - 1 - i);
         if (softmax(s, correction)) rescale_o(correction);
         pack_p(s, pa);
         mbarrier_wait(v_full(stage(i)), parity(i));
@@ -454,7 +500,8 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
       __syncwarp();
       if (lane == 0) mbarrier_arrive(k_empty(stage(0)));
       release_q(0, n_blocks);
-      mask(s, n_blocks - 1);
+      apply_softcap(s);
+      mask(s, n_end - 1);
       softmax(s, correction);  // O is still zero: nothing to rescale
       pack_p(s, pa);
       // Before any turn of pingpong's: every consumer passes here for every tile.
@@ -477,7 +524,8 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
         __syncwarp();
         if (lane == 0) mbarrier_arrive(k_empty(stage(i)));
         release_q(i, n_blocks);
-        mask(s, n_blocks - 1 - i);
+        apply_softcap(s);
+        mask(s, n_end - 1 - i);
         const bool rescale = softmax(s, correction);
         wgmma_wait<0>();  // P V of block i - 1
         fence_o();

@@ -14,6 +14,8 @@
 //                 run while the consumers start the next tile; 0: O stored from registers
 //   AF_SM90_DYNAMIC  1 (persistent only): each CTA's next tile comes from the tile counter
 //                 (FlashFwdParams::tile_counter, an atomic), not from static striding; 0: striding
+//   AF_EXTRAS     1: a sliding window's left edge (window_left) and softcap are compiled in; 0: the
+//                 kernel ignores both (the plan sends no such call to it), so the common case pays nothing
 
 constexpr int kHeadDim = AF_HEAD_DIM;
 constexpr int kBlockM = AF_BLOCK_M;
@@ -24,6 +26,7 @@ constexpr int kSchedule = AF_SM90_SCHEDULE;
 constexpr bool kPersistent = AF_SM90_PERSISTENT != 0;
 constexpr bool kTmaStore = AF_SM90_TMA_STORE != 0;
 constexpr bool kDynamic = AF_SM90_DYNAMIC != 0;
+constexpr bool kExtras = AF_EXTRAS != 0;
 static_assert(kPersistent || !kTmaStore, "the TMA-store epilogue is a persistent form's");
 static_assert(kPersistent || !kDynamic, "the dynamic tile scheduler is a persistent form's");
 // O's staging tile: its own kBlockM x D buffer where it fits beside Q and the K/V ring within the
