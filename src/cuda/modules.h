@@ -7,9 +7,9 @@
 namespace af::cuda {
 
 constexpr int kMaxDevices = 64;
-// An array bound (the loaded-variant slots per device); the variant table has 114 entries (92 before
-// the decode wide-grid tiles (4) and fwd_sm90's 18 d64 192-row forms).
-constexpr int kMaxVariants = 128;
+// An array bound (the loaded-variant slots per device); the variant table has 130 entries
+// (CudaVariants.TableIsConsistent checks the bound).
+constexpr int kMaxVariants = 160;
 
 // Largest thread-block cluster a launch of attnforge's may ask for: the sm_90 hardware limit (16
 // CTAs; above 8, the portable size, only with CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED).

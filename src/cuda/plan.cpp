@@ -307,15 +307,18 @@ af_status choose_variant(const AttentionProblem& p, const DeviceInfo& info, cons
       why += std::string("; ") + asked + " has no window/softcap form";
     schedule = sm90_extras_schedule(schedule);
   }
-  // Decode grids of more CTAs than SMs take the wide-grid tile where there is one (d128 on the 227 KB
-  // class: families.cpp's wide_grid_decode_tile). The default d128 tile runs one CTA per SM, so such a grid
-  // takes two waves or more, the last one partly idle (B32 x 8 KV heads: 256 CTAs on 132 SMs, 1.94 waves;
-  // 0.93x cuDNN at 1k keys in the session-6 table); two CTAs per SM run it in about half the waves.
+  // Decode grids of more CTAs than the default tile runs in one wave take the wide-grid tile where there
+  // is one (d64 and d128 on the 227 KB class: families.cpp's wide_grid_decode_tile), which runs twice as
+  // many per SM. Otherwise such a grid takes two waves or more, the last one partly idle (B32 x 8 KV
+  // heads at d128: 256 CTAs on 132 SMs, 1.94 waves; 0.93x cuDNN at 1k keys in the session-6 table).
   const int64_t decode_ctas = p.batch * p.heads_kv * ((packed_rows + kDecodeTileRows - 1) / kDecodeTileRows);
-  int index = -1;
-  if (decode && shared_memory_class(arch) == kSmem227K && decode_ctas > int64_t(info.sm_count))
-    index = find_variant(family_id, p.dtype, int(p.head_dim), extras, schedule, kSm90BlockM, true);
-  if (index < 0) index = find_variant(family_id, p.dtype, int(p.head_dim), extras, schedule, sm90_block_m);
+  int index = find_variant(family_id, p.dtype, int(p.head_dim), extras, schedule, sm90_block_m);
+  if (decode && index >= 0 && shared_memory_class(arch) == kSmem227K) {
+    // CTAs of the default tile per SM of the class: 228 KB, 1 KB of it reserved per CTA.
+    const int64_t per_sm = (228 << 10) / (variants()[index].smem_bytes(arch) + 1024);
+    const int wide = find_variant(family_id, p.dtype, int(p.head_dim), extras, schedule, kSm90BlockM, true);
+    if (wide >= 0 && decode_ctas > per_sm * info.sm_count) index = wide;
+  }
   if (index < 0 || index >= kMaxVariants)
     return fail(AF_ERR_INTERNAL, "cuda backend: no %s%s variant for head_dim %lld", family(family_id).name,
                 extras ? " extras" : "", (long long)p.head_dim);
