@@ -144,15 +144,20 @@ def paged_ratio(row, page, order):
 
 def paged_points(row, qs, ours_kv, expected, batch, seqlen, heads_kv, head_dim, page_sizes):
     """The same keys in pages of P rows, in the sequences' order and shuffled: paged<P>_<order>_us, and the
-    contiguous cache timed in the same three interleaved rounds (paged<P>_<order>_contiguous_us, medians).
+    contiguous cache (flash_attn_with_kvcache with cache_seqlens, as the paged call) timed in the same three
+    interleaved rounds (paged<P>_<order>_contiguous_us, medians).
     Timing the contiguous cache once and every paged layout after it read paged 10-12% slower at B128 where
     the kernels were equally fast when interleaved (bench/device/paged_gap.py, session 6): long runs of one
     memory-bound kernel after another do not keep the same speed, so each ratio compares neighbours."""
     rotations = len(qs)
-    contiguous = [(lambda i=i: attnforge.flash_attn_func(qs[i], *ours_kv[i])) for i in range(rotations)]
+    lens = torch.full((batch,), seqlen, dtype=torch.int32, device="cuda")
+    # The contiguous cache through the same call as the paged one (with cache_seqlens, whose load every CTA
+    # waits for first), so that a ratio prices the block table alone; the table's own column is
+    # flash_attn_func's (transformers' decode path), which reads no lengths.
+    contiguous = [(lambda i=i: attnforge.flash_attn_with_kvcache(qs[i], *ours_kv[i], cache_seqlens=lens))
+                  for i in range(rotations)]
     for page in page_sizes:
         blocks = (seqlen + page - 1) // page
-        lens = torch.full((batch,), seqlen, dtype=torch.int32, device="cuda")
         for order in ("ordered", "shuffled"):
             paged = []
             for k, v in ours_kv:
@@ -222,8 +227,10 @@ def markdown(rows, meta):
              "%(date)s, %(gpu)s, driver %(driver)s, torch %(torch)s, CUDA %(cuda)s, cuDNN %(cudnn)s. "
              "GPU time per step from CUDA-graph replay over rotating caches (bench/device/decode_bench.py). "
              "Copy ceiling in the same run: %(copy_tbs).2f TB/s (read + write)." % meta, "",
-             "Paged columns: contiguous time / paged time, pages of 16/64/256 rows in the sequences' order and "
-             "shuffled over the whole pool, each pair timed in three interleaved rounds (medians).", "",
+             "Paged columns: contiguous time / paged time, both through flash_attn_with_kvcache with cache_seqlens, "
+             "pages of 16/64/256 rows in the sequences' order and shuffled over the whole pool, each pair timed in "
+             "three interleaved rounds (medians). The attnforge column is flash_attn_func on the contiguous cache.",
+             "",
              "| dtype | H/Hk | D | B | keys | attnforge us | TB/s | flash us | cuDNN us | vs best SDPA | "
              "paged in order 16/64/256 | paged shuffled 16/64/256 | kernel |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]

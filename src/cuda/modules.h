@@ -7,7 +7,7 @@
 namespace af::cuda {
 
 constexpr int kMaxDevices = 64;
-// An array bound (the loaded-variant slots per device); the variant table has 130 entries
+// An array bound (the loaded-variant slots per device); the variant table has 128 entries
 // (CudaVariants.TableIsConsistent checks the bound).
 constexpr int kMaxVariants = 160;
 
