@@ -327,6 +327,12 @@ extern "C" __global__ void __launch_bounds__(kThreads) af_decode_fwd(const Flash
   // and K/V may come from the previous kernel, so nothing global is read before this.
   grid_dependents_launch();
   grid_dependency_wait();
+  // Paged: the sequence's block-table row (its first kThreads * 32 entries) into L2 while the lengths
+  // are read, since the table reads wait for them and the K/V copies for the table: one 128-byte line
+  // per thread, so that at short caches the second link of the chain hits in L2.
+  if (p.block_table != nullptr && int(threadIdx.x) * 32 < p.max_blocks_per_seq)
+    asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p.block_table + (long long)batch * p.block_table_batch_stride +
+                                                     int(threadIdx.x) * 32));
 
   const QueryRows query = query_rows(p, batch);
   const int rows = query.len * group;  // packed rows of this (sequence, KV head)
