@@ -18,7 +18,8 @@ reported and the next still runs; the whole script stays under --budget seconds,
   3 timing       only when stage 2 passed: fwd_sm90 vs attnforge's fwd_sm80 vs torch SDPA's flash and
                  cuDNN backends (enable_gqa=True), hd 64/128/256, causal and not, seqlen 512-16k at
                  16k tokens per call, plus 64/8 GQA rows; CUDA-graph replay, median; TFLOP/s and ratios.
-Writes sm90_check.log, correctness.json, timing.json and timing.md under --out. Exit status 0 only
+Writes sm90_check.log, correctness.json, timing.json, timing.md and timing.png (with matplotlib) under --out;
+`--chart DIR/timing.json` redraws a saved sweep's chart without a GPU. Exit status 0 only
 when every stage that ran passed. `--stage correctness --quick` runs a few small cases only (for
 compute-sanitizer, see bench/device/NOTES.md; its window/softcap cases run on the extras variants).
 A variant without an extras form (sm90_has_extras in src/cuda/families.cpp: only pingpong and
@@ -560,7 +561,46 @@ def run_timing(out_dir, seconds):
                     r["batch"], r["seqlen"], r["heads"], r["heads_kv"], r["head_dim"],
                     "causal" if r["causal"] else "full", cell("fwd_sm90"), cell("fwd_sm80"), cell("sdpa_flash"),
                     cell("sdpa_cudnn"), rat("fwd_sm90", "sdpa_cudnn"), rat("fwd_sm90", "fwd_sm80")))
+        timing_chart(os.path.join(out_dir, "timing.json"), os.path.join(out_dir, "timing.png"))
     return 0
+
+
+def timing_chart(json_path, png_path):
+    """The sweep of a timing.json as a chart: TFLOP/s against seqlen per head dim (columns) and mask (rows),
+    fwd_sm90, fwd_sm80 and SDPA's flash and cuDNN backends; the GQA rows are left out. Needs matplotlib
+    (skipped without it)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    with open(json_path) as f:
+        data = json.load(f)
+    rows = [r for r in data["rows"] if r["heads"] == r["heads_kv"]]
+    fig, axes = plt.subplots(2, 3, figsize=(13, 7), sharex=True)
+    series = (("fwd_sm90", "attnforge fwd_sm90", "o-"), ("fwd_sm80", "attnforge fwd_sm80", "s:"),
+              ("sdpa_flash", "SDPA flash", "x--"), ("sdpa_cudnn", "SDPA cuDNN", "d--"))
+    for col, d in enumerate((64, 128, 256)):
+        for row_index, causal in enumerate((False, True)):
+            ax = axes[row_index][col]
+            pts = [r for r in rows if r["head_dim"] == d and r["causal"] == causal]
+            for key, label, style in series:
+                xy = [(r["seqlen"], r[key]) for r in pts if r.get(key)]
+                if xy:
+                    ax.plot(*zip(*xy), style, label=label)
+            ax.set_xscale("log", base=2)
+            ax.set_title("d%d, %s" % (d, "causal" if causal else "no mask"), fontsize=9)
+            ax.grid(alpha=0.3)
+            if col == 0:
+                ax.set_ylabel("TFLOP/s")
+            if row_index == 1:
+                ax.set_xlabel("seqlen (B x S = 16k tokens)")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle("Forward, bf16, CUDA-graph replay (%s, torch %s)" % (data.get("device", "?"), data.get("torch", "?")))
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
 
 
 def timing_case(b, s, h, hk, d, causal):
@@ -774,7 +814,11 @@ def main():
     parser.add_argument("--variants", default="", help="A/B run of these fwd_sm90 schedules, e.g. v0,overlap "
                         "or pingpong@192 (a 192-row form; correctness on the reduced set, then timing beside cuDNN; "
                         "budget 145 s unless --budget)")
+    parser.add_argument("--chart", metavar="TIMING_JSON", help="only draw a timing.json's chart (no GPU), into "
+                        "the same name with .png")
     args = parser.parse_args()
+    if args.chart:
+        return timing_chart(args.chart, os.path.splitext(args.chart)[0] + ".png")
     variants = [x for x in args.variants.split(",") if x]
     if args.out:
         os.makedirs(args.out, exist_ok=True)

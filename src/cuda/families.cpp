@@ -139,16 +139,16 @@ TileConfig default_decode_tile(int head_dim, SharedMemoryClass smem) {
 
 // Wide grids (more CTAs than the default tile runs in one wave: plan.cpp) at d64 and d128 on the 227 KB
 // class: 4 warps and a 3-block ring (d128 102 KB, two CTAs per SM instead of one; d64 50 KB, four
-// instead of two), so one CTA's ring fills while another streams, and twice the CTAs run in one wave. Measured on H200 (bench/results/decode-b128-h200-2026-11-30-s6.md, B 128,
-// 1k-32k keys, five head configurations): 1-5% faster than the 8-warp tile at every point (B128 x 1k bf16
-// 32/8: 132.8 against 138.8 us, SDPA cuDNN 131.6), while at batch 1 the 8-warp tile is 4-16% faster
-// (tune-decode-h200-*). d64 (B32 x 16 MHA heads: 512 CTAs, 1.94 waves of the two-per-SM tile): at 1k keys
-// 37.2-38.4 against 39.2-39.4 us (SDPA 36.7-36.9), at 4k -0.3% (B32) to +0.9% (B128), at 32k 0.5-1.4%
+// instead of two), so one CTA's ring fills while another streams, and twice the CTAs run in one wave. Measured on H200
+// (bench/results/decode-b128-h200-2026-11-30-s6.md, B 128, 1k-32k keys, five head configurations): 1-5% faster than the
+// 8-warp tile at every point (B128 x 1k bf16 32/8: 132.8 against 138.8 us, SDPA cuDNN 131.6), while at batch 1 the
+// 8-warp tile is 4-16% faster (tune-decode-h200-*). d64 (B32 x 16 MHA heads: 512 CTAs, 1.94 waves of the two-per-SM
+// tile): at 1k keys 37.2-38.4 against 39.2-39.4 us (SDPA 36.7-36.9), at 4k -0.3% (B32) to +0.9% (B128), at 32k 0.5-1.4%
 // slower, so plan.cpp takes it at d64 up to 2k keys (bench/results/decode-d64-wide-h200-2026-12-01.md).
 // Elsewhere the wide-grid variant keeps the default tile.
 TileConfig wide_grid_decode_tile(int head_dim, SharedMemoryClass smem) {
   return (head_dim == 64 || head_dim == 128) && smem == kSmem227K ? decode_tile(4, 3)
-                                                                   : default_decode_tile(head_dim, smem);
+                                                                  : default_decode_tile(head_dim, smem);
 }
 
 // $ATTNFORGE_DECODE_TILE="D:warps,stages;..." overrides a decode head dim's tile for tuning runs
@@ -347,10 +347,6 @@ std::vector<std::string> compile_options(const Variant& v, const std::string& ta
                                       "-DAF_WARPS=" + std::to_string(tile.warps),
                                       "-DAF_KV_STAGES=" + std::to_string(tile.stages),
                                       std::string("-DAF_EXTRAS=") + (v.extras ? "1" : "0")};
-  // $ATTNFORGE_CP_ASYNC_L2=64|128|256: cp.async's L2 prefetch size, for tuning runs (common/ptx.cuh).
-  const char* l2 = std::getenv("ATTNFORGE_CP_ASYNC_L2");
-  if (l2 != nullptr && (std::strcmp(l2, "64") == 0 || std::strcmp(l2, "128") == 0 || std::strcmp(l2, "256") == 0))
-    options.push_back(std::string("-DAF_CP_ASYNC_L2=") + l2);
   if (v.family == kFamilyFwdSm90) {
     options.push_back("-DAF_BLOCK_M=" + std::to_string(tile.block_m()));
     options.push_back("-DAF_BLOCK_N=" + std::to_string(tile.block_n));

@@ -106,8 +106,8 @@ bool pdl_enabled() {
 // (decode_fwd.cuh). Measured on the H200 (bench/results/pdl-h200-2026-12-01.md, two interleaved
 // rounds): batch 1-8 x 1k keys at d128 0.2-0.8 us faster, the rest within noise; at d64 (two CTAs
 // per SM) 128-CTA grids lost about 1 us, and fwd_sm90's sweep did not move.
-CUresult launch_decode(const Plan& plan, const unsigned (&grid)[3], unsigned threads, unsigned smem,
-                       CUstream stream, void** args, unsigned cluster_x = 1) {
+CUresult launch_decode(const Plan& plan, const unsigned (&grid)[3], unsigned threads, unsigned smem, CUstream stream,
+                       void** args, unsigned cluster_x = 1) {
   const DriverApi& a = *driver().api;
   CUlaunchAttribute attributes[2] = {};
   unsigned count = 0;
@@ -224,10 +224,9 @@ af_status run(const Plan& plan, const AttentionProblem& p, void* workspace, size
   const TileConfig& tile = v.tile_for(plan.choice.arch);
   void* args[] = {&k};
   const unsigned threads = unsigned(tile.threads()), smem = unsigned(v.smem_bytes(plan.choice.arch));
-  CUresult r = v.family == kFamilyDecode
-                   ? launch_decode(plan, grid, threads, smem, stream, args)
-                   : a.cuLaunchKernel(plan.loaded.kernel, grid[0], grid[1], grid[2], threads, 1, 1, smem, stream,
-                                      args, nullptr);
+  CUresult r = v.family == kFamilyDecode ? launch_decode(plan, grid, threads, smem, stream, args)
+                                         : a.cuLaunchKernel(plan.loaded.kernel, grid[0], grid[1], grid[2], threads, 1,
+                                                            1, smem, stream, args, nullptr);
   if (r == CUDA_SUCCESS && splits > 1 && v.family != kFamilyDecode) {
     // fwd_sm80's shares are merged by af_flash_combine: rows in groups of 4 (one warp each) over
     // (batch * heads, row groups). On sm_90+ as a programmatic dependent launch: it is scheduled

@@ -15,18 +15,6 @@ __device__ __forceinline__ af_u32 shared_address(const void* pointer) {
   return address;
 }
 
-// AF_CP_ASYNC_L2 (64, 128 or 256; unset: none): the L2 prefetch size cp.async asks for with each
-// copy ($ATTNFORGE_CP_ASYNC_L2, a tuning knob: src/cuda/families.cpp).
-#if !defined(AF_CP_ASYNC_L2)
-#define AF_CP_ASYNC "cp.async.cg.shared.global"
-#elif AF_CP_ASYNC_L2 == 64
-#define AF_CP_ASYNC "cp.async.cg.shared.global.L2::64B"
-#elif AF_CP_ASYNC_L2 == 128
-#define AF_CP_ASYNC "cp.async.cg.shared.global.L2::128B"
-#else
-#define AF_CP_ASYNC "cp.async.cg.shared.global.L2::256B"
-#endif
-
 // Programmatic dependent launch (sm_90+; both are no-ops after an ordinary launch and before sm_90).
 // The launch lets this grid's CTAs start while the stream's previous kernel still runs; they must
 // wait for it (griddepcontrol.wait: it has completed and its writes are visible) before touching
@@ -44,13 +32,13 @@ __device__ __forceinline__ void grid_dependents_launch() {
 
 // 16-byte async copy; bytes < 16 zero-fills the rest (bytes == 0 reads nothing).
 __device__ __forceinline__ void cp_async_16(af_u32 dst, const void* src, int bytes) {
-  asm volatile(AF_CP_ASYNC " [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(bytes) : "memory");
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(bytes) : "memory");
 }
 // 16-byte async copy, or 16 zero bytes without a read when zero_fill (the ignore-src form: a
 // predicate, where the src-size form costs a size and an address adjustment per copy in SASS).
 __device__ __forceinline__ void cp_async_16_or_zero(af_u32 dst, const void* src, bool zero_fill) {
   asm volatile(
-      "{\n .reg .pred z;\n setp.ne.b32 z, %2, 0;\n " AF_CP_ASYNC " [%0], [%1], 16, z;\n}\n" ::"r"(dst),
+      "{\n .reg .pred z;\n setp.ne.b32 z, %2, 0;\n cp.async.cg.shared.global [%0], [%1], 16, z;\n}\n" ::"r"(dst),
       "l"(src), "r"(int(zero_fill))
       : "memory");
 }

@@ -332,7 +332,7 @@ extern "C" __global__ void __launch_bounds__(kThreads) af_decode_fwd(const Flash
   // per thread, so that at short caches the second link of the chain hits in L2.
   if (p.block_table != nullptr && int(threadIdx.x) * 32 < p.max_blocks_per_seq)
     asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p.block_table + (long long)batch * p.block_table_batch_stride +
-                                                     int(threadIdx.x) * 32));
+                                                    int(threadIdx.x) * 32));
 
   const QueryRows query = query_rows(p, batch);
   const int rows = query.len * group;  // packed rows of this (sequence, KV head)
