@@ -100,6 +100,12 @@ bool pdl_enabled() {
   return enabled;
 }
 
+// Programmatic dependent launches: sm_90+, and a driver of CUDA 12.3 or later, the first whose graphs
+// carry programmatic edges (CUgraphEdgeData), since CUDA graphs and torch.compile capture our launches.
+bool pdl_supported(int arch) {
+  return arch >= 90 && driver().version >= 12030 && driver().api->cuLaunchKernelEx != nullptr;
+}
+
 // One launch of a decode kernel; cluster_x > 1: clusters of (cluster_x, 1, 1). On sm_90+, where the
 // kernel holds an SM alone, a programmatic dependent launch: its CTAs are placed as the stream's
 // previous kernel's CTAs leave and wait for it in griddepcontrol.wait before touching global memory
@@ -115,7 +121,7 @@ CUresult launch_decode(const Plan& plan, const unsigned (&grid)[3], unsigned thr
     attributes[count].id = CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
     attributes[count++].value.cluster_dim = {cluster_x, 1, 1};
   }
-  if (plan.choice.arch >= 90 && plan.loaded.wave_ctas == plan.loaded.sm_count && pdl_enabled()) {
+  if (plan.loaded.wave_ctas == plan.loaded.sm_count && pdl_supported(plan.choice.arch) && pdl_enabled()) {
     attributes[count].id = CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
     attributes[count++].value.programmatic_stream_serialization_allowed = 1;
   }
@@ -229,10 +235,10 @@ af_status run(const Plan& plan, const AttentionProblem& p, void* workspace, size
                                                             1, smem, stream, args, nullptr);
   if (r == CUDA_SUCCESS && splits > 1 && v.family != kFamilyDecode) {
     // fwd_sm80's shares are merged by af_flash_combine: rows in groups of 4 (one warp each) over
-    // (batch * heads, row groups). On sm_90+ as a programmatic dependent launch: it is scheduled
+    // (batch * heads, row groups). Where pdl_supported, a programmatic dependent launch: it is scheduled
     // while the kernel runs and waits for it in griddepcontrol.wait, which hides the launch latency.
     const unsigned grid_x = unsigned(k.batch * k.heads_q), grid_y = unsigned((k.seqlen_q + 3) / 4);
-    if (a.cuLaunchKernelEx != nullptr && plan.choice.arch >= 90) {
+    if (pdl_supported(plan.choice.arch)) {
       CUlaunchAttribute attribute{};
       attribute.id = CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
       attribute.value.programmatic_stream_serialization_allowed = 1;
