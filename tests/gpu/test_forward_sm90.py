@@ -527,9 +527,11 @@ def test_fwd_sm90_sequences(name, dtype, seed, monkeypatch):
 
 
 # $ATTNFORGE_SM90_BLOCK_N (tuning runs: the 128-row tiles' key-block width per head dim, read once per
-# process when the variant table is built). test_fwd_sm90_block_n_knob runs the block_n_forms tests in a
-# child pytest per BLOCK_N_KNOBS value; run directly they skip unless the variable is set, and then check
-# that process's widths (`ATTNFORGE_SM90_BLOCK_N=128:176 pytest -k block_n_forms`). Lengths off every
+# process when the variant table is built). The block_n_forms tests skip unless the variable is set, and
+# then check that process's widths (`ATTNFORGE_SM90_BLOCK_N=128:176 pytest -k block_n_forms`, as
+# bench/device/sm90_block_n_ab.sh runs them); test_fwd_sm90_block_n_knob runs their bf16 cases up to
+# 1000 keys in a child pytest per BLOCK_N_KNOBS value (about 12 cases and their compiles each, so that a
+# run of the whole file stays short). Lengths off every
 # width's grid (1, 17, 177, 1000, 4097 keys), causal and not, GQA, LSE, varlen with empty sequences; every
 # schedule on one GQA case per head dim, the sequence cases (seqused_k, leftpad_k, varlen) and the window
 # and softcap cases (extras variants' window edges) of the head dims the knob changes.
@@ -616,17 +618,18 @@ def test_fwd_sm90_block_n_forms_windows(name, seed, monkeypatch):
     test_fwd_sm90_window_softcap(name, torch.bfloat16, seed, monkeypatch)
 
 
-@pytest.mark.parametrize("knob", BLOCK_N_KNOBS)
+# Ids without digits, so that a -k of a length or tile height ("192 or d64") does not select them.
+@pytest.mark.parametrize("knob", BLOCK_N_KNOBS, ids=["fa3_widths", "other_widths"])
 def test_fwd_sm90_block_n_knob(knob):
-    """The block_n_forms tests in a child pytest with ATTNFORGE_SM90_BLOCK_N=knob (the variant table is
-    built once per process): all pass, and the child ran some (a knob that changed no width would only
-    skip them)."""
+    """The bf16 block_n_forms cases up to 1000 keys in a child pytest with ATTNFORGE_SM90_BLOCK_N=knob (the
+    variant table is built once per process): all pass, and the child ran some (a knob that changed no
+    width would only skip them)."""
     if BLOCK_N:
         pytest.skip("this process already has ATTNFORGE_SM90_BLOCK_N")
     env = dict(os.environ, ATTNFORGE_SM90_BLOCK_N=knob)
     child = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-k",
-                            "block_n_forms", os.path.abspath(__file__)], env=env, capture_output=True, text=True,
-                           timeout=1500)
+                            "block_n_forms_cases and bf16 and not 4097", os.path.abspath(__file__)], env=env,
+                           capture_output=True, text=True, timeout=600)
     tail = child.stdout[-6000:] + child.stderr[-2000:]
     assert child.returncode == 0, tail
     assert re.search(r"\b\d+ passed", tail), tail
