@@ -82,7 +82,7 @@ TileConfig sm90_tile(int head_dim) { return {12, 1, head_dim == 256 ? 64 : 128, 
 // 192: the S wgmma's N, P V's k16 steps), checked against the ring depth the first one left. Both stay
 // within the 227 KB an SM gives one CTA (sm90_smem_bytes without an O staging tile: the TMA-store forms
 // stage O in Q's buffer when their own one does not fit); malformed or oversized entries are ignored.
-// E.g. 128:176 (FlashAttention-3's non-causal d128 tile: 208 KB at 2 stages), 256:80 (its d256 tile:
+// E.g. 128:176 (FlashAttention-3's non-causal d128 tile: 209 KB at 2 stages), 256:80 (its d256 tile:
 // 225 KB; 128 keys at d256 would take 320 KB with 2 stages).
 TileConfig sm90_tile_for(int head_dim) {
   TileConfig tile = sm90_tile(head_dim);
