@@ -543,7 +543,8 @@ BLOCK_N_CASES = {}
 for _d in (64, 128, 256):
     BLOCK_N_CASES.update({
         "d%d_keys_1" % _d: dict(batch=2, seqlen_q=100, seqlen_k=1, heads=4, heads_kv=2, head_dim=_d),
-        "d%d_keys_17_causal" % _d: dict(batch=3, seqlen_q=17, seqlen_k=17, heads=4, heads_kv=4, head_dim=_d,
+        # 100 query rows: 17 rows of 4 heads would be the decode family's (64 packed rows or fewer).
+        "d%d_keys_17_causal" % _d: dict(batch=3, seqlen_q=100, seqlen_k=17, heads=4, heads_kv=4, head_dim=_d,
                                         causal=True),
         "d%d_keys_177_gqa" % _d: dict(batch=2, seqlen_q=200, seqlen_k=177, heads=8, heads_kv=2, head_dim=_d),
         "d%d_keys_1000_causal_gqa" % _d: dict(batch=1, seqlen_q=1000, seqlen_k=1000, heads=16, heads_kv=2,
