@@ -572,7 +572,7 @@ def test_fwd_sm90_block_n_forms_cases(name, dtype, seed, monkeypatch):
     if case["head_dim"] not in BLOCK_N:
         pytest.skip("the knob leaves d%d at its default width" % case["head_dim"])
     monkeypatch.delenv("ATTNFORGE_SM90_VARIANT", raising=False)
-    monkeypatch.delenv("ATTNFORGE_SM90_BLOCK_M", raising=False)
+    monkeypatch.setenv("ATTNFORGE_SM90_BLOCK_M", "128")  # the knob's tiles (d64 may default to 192 rows)
     plan = planned_family(dtype, case["batch"], case["seqlen_q"], case["seqlen_k"], case["heads"], case["heads_kv"],
                           case["head_dim"], case.get("causal", False))
     assert "fwd_sm90" in plan and " sm_90a 128x%d" % BLOCK_N[case["head_dim"]] in plan, plan
@@ -591,7 +591,7 @@ def test_fwd_sm90_block_n_forms_schedules(name, schedule, seed, monkeypatch):
     if case["head_dim"] not in BLOCK_N:
         pytest.skip("the knob leaves d%d at its default width" % case["head_dim"])
     monkeypatch.setenv("ATTNFORGE_SM90_VARIANT", schedule)
-    monkeypatch.delenv("ATTNFORGE_SM90_BLOCK_M", raising=False)
+    monkeypatch.setenv("ATTNFORGE_SM90_BLOCK_M", "128")
     plan = planned_family(torch.bfloat16, case["batch"], case["seqlen_q"], case["seqlen_k"], case["heads"],
                           case["heads_kv"], case["head_dim"], case.get("causal", False))
     assert " %s sm_90a 128x%d" % (schedule, BLOCK_N[case["head_dim"]]) in plan, plan
