@@ -531,13 +531,14 @@ def test_fwd_sm90_sequences(name, dtype, seed, monkeypatch):
 # then check that process's widths (`ATTNFORGE_SM90_BLOCK_N=128:176 pytest -k block_n_forms`, as
 # bench/device/sm90_block_n_ab.sh runs them); test_fwd_sm90_block_n_knob runs their bf16 cases up to
 # 1000 keys in a child pytest per BLOCK_N_KNOBS value (about 12 cases and their compiles each, so that a
-# run of the whole file stays short). Lengths off every
-# width's grid (1, 17, 177, 1000, 4097 keys), causal and not, GQA, LSE, varlen with empty sequences; every
-# schedule on one GQA case per head dim, the sequence cases (seqused_k, leftpad_k, varlen) and the window
-# and softcap cases (extras variants' window edges) of the head dims the knob changes.
+# run of the whole file stays short). Lengths off every width's grid (1, 17, 177, 1000, 4097 keys),
+# causal and not, GQA, LSE, varlen with empty sequences; every schedule on two GQA cases per head dim,
+# the sequence cases (seqused_k, leftpad_k, varlen) and the window and softcap cases (extras variants'
+# window edges) of the head dims the knob changes. BLOCK_N: the widths the knob asks for, which each
+# plan must show (an entry the library ignores, e.g. one too big for shared memory, fails there).
 BLOCK_N_KNOBS = ["128:176;256:80", "64:96;128:192"]
-BLOCK_N = {int(d): int(n) for d, n in (entry.split(":") for entry in
-                                        os.environ.get("ATTNFORGE_SM90_BLOCK_N", "").split(";") if entry)}
+BLOCK_N = {int(m.group(1)): int(m.group(2)) for m in (re.fullmatch(r"(\d+):(\d+)", entry) for entry in
+                                                      os.environ.get("ATTNFORGE_SM90_BLOCK_N", "").split(";")) if m}
 block_n_forms = pytest.mark.skipif(not BLOCK_N, reason="needs ATTNFORGE_SM90_BLOCK_N (test_fwd_sm90_block_n_knob)")
 BLOCK_N_CASES = {}
 for _d in (64, 128, 256):
