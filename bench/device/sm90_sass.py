@@ -176,8 +176,9 @@ def main():
     print("per block: %d without mask or rescale, %d with a rescale, %d masked with a rescale" % (
         always, always + rescale, always + rescale + extra.get("mask", 0)))
     scores, o = block_n // 2, args.head_dim // 2
-    # S: one m64nNk16 per 16 of D (N = the block's keys); P V: per 16 keys one wgmma per 256 of D.
-    hgmma = args.head_dim // 16 + (block_n // 16) * -(-args.head_dim // 256)
+    # S: one m64nNk16 per 16 of D (N = the block's keys); P V: per 16 keys one m64n128k16 per 128 of D
+    # (m64n64k16 at d64).
+    hgmma = args.head_dim // 16 + (block_n // 16) * max(1, args.head_dim // 128)
     # The math's floor: per score a scale-and-subtract FFMA, an exp2 (MUFU), a max (FMNMX: sm_90 has no
     # 3-input form) and an add into the row sum; an F2FP per two; O's rescale one FMUL per accumulator.
     floor = 4 * scores + scores // 2 + hgmma
