@@ -19,7 +19,8 @@ reported and the next still runs; the whole script stays under --budget seconds,
                  cuDNN backends (enable_gqa=True), hd 64/128/256, causal and not, seqlen 512-16k at
                  16k tokens per call, plus 64/8 GQA rows; CUDA-graph replay, median; TFLOP/s and ratios.
 Writes sm90_check.log, correctness.json, timing.json, timing.md and timing.png (with matplotlib) under --out;
-`--chart DIR/timing.json` redraws a saved sweep's chart without a GPU. Exit status 0 only
+`--chart DIR/timing.json` redraws a saved sweep's chart without a GPU; `--stage timing` alone takes
+--head-dims, --seqlens and --backends to time part of the sweep (bench/device/sm90_block_n_ab.sh). Exit status 0 only
 when every stage that ran passed. `--stage correctness --quick` runs a few small cases only (for
 compute-sanitizer, see bench/device/NOTES.md; its window/softcap cases run on the extras variants).
 A variant without an extras form (sm90_has_extras in src/cuda/families.cpp: only pingpong and
@@ -485,7 +486,11 @@ def graph_ms(fn, calls=10):
     return common.time_ms(graph.replay, warmup=2, repeats=7) / calls
 
 
-def run_timing(out_dir, seconds):
+ALL_BACKENDS = ("fwd_sm90", "fwd_sm80", "sdpa_flash", "sdpa_cudnn")
+
+
+def run_timing(out_dir, seconds, head_dims=(64, 128, 256), seqlens=(512, 1024, 2048, 4096, 8192, 16384),
+               backends=ALL_BACKENDS):
     import torch
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -496,11 +501,11 @@ def run_timing(out_dir, seconds):
     deadline = time.time() + seconds
     rows = []
     shapes = []
-    for d in (64, 128, 256):
+    for d in head_dims:
         for causal in (False, True):
-            for s in (512, 1024, 2048, 4096, 8192, 16384):
+            for s in seqlens:
                 shapes.append((16384 // s, s, 2048 // d, 2048 // d, d, causal))
-    for causal in (False, True):
+    for causal in (False, True) if 128 in head_dims else ():
         shapes.append((1, 4096, 64, 8, 128, causal))
         shapes.append((2, 8192, 64, 8, 128, causal))
 
@@ -515,7 +520,7 @@ def run_timing(out_dir, seconds):
             break
         q, k, v, out, flops, row = timing_case(b, s, h, hk, d, causal)
         qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        for name in ("fwd_sm90", "fwd_sm80", "sdpa_flash", "sdpa_cudnn"):
+        for name in backends:
             try:
                 if name.startswith("fwd"):
                     fn, plan = attnforge_fn(q, k, v, out, causal, name == "fwd_sm90")
@@ -809,6 +814,11 @@ def main():
     parser.add_argument("--stage", choices=("all", "correctness", "timing", "ab-timing"), default="all")
     parser.add_argument("--quick", action="store_true", help="stage 2: a few small cases (for compute-sanitizer)")
     parser.add_argument("--seconds", type=float, default=120.0, help="stage 3's own time budget")
+    parser.add_argument("--head-dims", default="64,128,256", help="--stage timing: head dims of its sweep")
+    parser.add_argument("--seqlens", default="512,1024,2048,4096,8192,16384",
+                        help="--stage timing: sequence lengths of its sweep (16k tokens per call)")
+    parser.add_argument("--backends", default=",".join(ALL_BACKENDS),
+                        help="--stage timing: what it times (of %s)" % ",".join(ALL_BACKENDS))
     parser.add_argument("--shapes", choices=("all", "causal", "d64"), default="all",
                         help="the A/B's timed shapes: all 16 (ab_shapes), 'causal': 10, mostly causal, or 'd64': 16")
     parser.add_argument("--variants", default="", help="A/B run of these fwd_sm90 schedules, e.g. v0,overlap "
@@ -830,7 +840,9 @@ def main():
             os.environ.update(variant_env(variants[0]))
         return run_correctness(args.out, args.quick, variants[0] if variants else "")
     if args.stage == "timing":
-        return run_timing(args.out, args.seconds)
+        ints = lambda text: tuple(int(x) for x in text.split(",") if x)  # noqa: E731
+        return run_timing(args.out, args.seconds, ints(args.head_dims), ints(args.seqlens),
+                          tuple(x for x in args.backends.split(",") if x in ALL_BACKENDS))
     if args.stage == "ab-timing":
         return run_ab_timing(args.out, args.seconds, variants, args.shapes)
     if variants:

@@ -11,7 +11,7 @@ outside the loop and are not counted. Issue 13 / bench/device/NOTES.md (fwd_sm90
 quote these counts as the prediction; they are not timings.
 
   python3 bench/device/sm90_sass.py [--root DIR] [--head-dim 128] [--dtype bf16] [--schedule pingpong-persistent]
-      [--stages 2] [--block-m 128] [--extras] [--sass FILE]
+      [--stages 2] [--block-m 128] [--block-n 176] [--extras] [--sass FILE]
 
 --extras compiles the variant's extras form (AF_EXTRAS=1: a sliding window's left edge and softcap).
 
@@ -120,7 +120,8 @@ def regions(code, labels, first, last):
 
 def compile_sass(args):
     schedule, persistent, tma_store, dynamic = SCHEDULES[args.schedule]
-    block_n = 64 if args.head_dim == 256 else 128  # sm90_tile in families.cpp
+    # sm90_tile in families.cpp, or --block-n ($ATTNFORGE_SM90_BLOCK_N's width).
+    block_n = args.block_n or (64 if args.head_dim == 256 else 128)
     defines = ["-DAF_HEAD_DIM=%d" % args.head_dim, "-DAF_BF16=%d" % (args.dtype == "bf16"),
                "-DAF_WARPS=%d" % (4 + args.block_m // 16), "-DAF_BLOCK_M=%d" % args.block_m,
                "-DAF_KV_STAGES=%d" % args.stages, "-DAF_EXTRAS=%d" % args.extras, "-DAF_BLOCK_N=%d" % block_n,
@@ -140,6 +141,8 @@ def main():
     parser.add_argument("--schedule", default="pingpong-persistent", choices=sorted(SCHEDULES))
     parser.add_argument("--stages", type=int, default=2)
     parser.add_argument("--block-m", type=int, default=128, choices=(128, 192), help="query rows per tile (192: d64)")
+    parser.add_argument("--block-n", type=int, choices=range(64, 193, 16), metavar="{64,80,..,192}",
+                        help="keys per block (default: 128, d256 64; $ATTNFORGE_SM90_BLOCK_N's widths)")
     parser.add_argument("--extras", action="store_true", help="the extras form (windows' left edge, softcap)")
     parser.add_argument("--sass", help="also write the disassembly here")
     args = parser.parse_args()
@@ -173,8 +176,9 @@ def main():
     print("per block: %d without mask or rescale, %d with a rescale, %d masked with a rescale" % (
         always, always + rescale, always + rescale + extra.get("mask", 0)))
     scores, o = block_n // 2, args.head_dim // 2
-    # S: one m64nNk16 per 16 of D (N = the block's keys); P V: per 16 keys one wgmma per 256 of D.
-    hgmma = args.head_dim // 16 + (block_n // 16) * -(-args.head_dim // 256)
+    # S: one m64nNk16 per 16 of D (N = the block's keys); P V: per 16 keys one m64n128k16 per 128 of D
+    # (m64n64k16 at d64).
+    hgmma = args.head_dim // 16 + (block_n // 16) * max(1, args.head_dim // 128)
     # The math's floor: per score a scale-and-subtract FFMA, an exp2 (MUFU), a max (FMNMX: sm_90 has no
     # 3-input form) and an add into the row sum; an F2FP per two; O's rescale one FMUL per accumulator.
     floor = 4 * scores + scores // 2 + hgmma

@@ -18,8 +18,8 @@
 // Tiles: every shape below compiles without spills for sm_80, sm_86, sm_89 and sm_90a
 // (checked by the cuda_compile test). $ATTNFORGE_TILE="D:warps,m_tiles,block_n,stages;..."
 // overrides a fwd_sm80 head dim's shape for tuning runs, $ATTNFORGE_DECODE_TILE a decode one,
-// $ATTNFORGE_SM90_STAGES a fwd_sm90 one's ring depth (the override is part of the compile options, so it
-// gets its own cache entries).
+// $ATTNFORGE_SM90_STAGES a fwd_sm90 one's ring depth, $ATTNFORGE_SM90_BLOCK_N its 128-row tile's key-block
+// width (each override is part of the compile options, so it gets its own cache entries).
 #include "cuda/families.h"
 
 #include <cstdio>
@@ -69,14 +69,21 @@ const Sm90Schedule kSm90ExtrasSchedules[] = {kSm90PingPong, kSm90PingPongPersist
 
 // fwd_sm90: 12 warps (a producer and two consumer warpgroups), 128 query rows, a 2-stage K/V
 // ring; 128-key blocks at d64 (80 KB) and d128 (160 KB: FlashAttention-3's causal d128 tile; its
-// non-causal 128x176 and deeper rings are for after the first measurement), 64-key blocks at d256
+// non-causal 128x176 and deeper rings are tuning knobs, sm90_tile_for), 64-key blocks at d256
 // (192 KB; FlashAttention-3 uses 128x80 there, at the shared-memory limit). Not yet measured.
 // block_m 128 (AF_BLOCK_M, kBlockM in fwd_sm90/flash_fwd_sm90_config.cuh: two consumer warpgroups
 // of 64 rows; sm90_wide_tile: 192); launch.cpp sizes the Q tensor map's box from it.
 TileConfig sm90_tile(int head_dim) { return {12, 1, head_dim == 256 ? 64 : 128, 2, 128}; }
 
+}  // namespace
+
 // $ATTNFORGE_SM90_STAGES="D:stages;..." deepens a fwd_sm90 head dim's K/V ring for tuning runs (2 to 4
-// stages, within the 227 KB an SM gives one CTA); malformed or oversized entries are ignored.
+// stages); then $ATTNFORGE_SM90_BLOCK_N="D:N;..." sets its key-block width (N a multiple of 16 from 64 to
+// 192: the S wgmma's N, P V's k16 steps), checked against the ring depth the first one left. Both stay
+// within the 227 KB an SM gives one CTA (sm90_smem_bytes without an O staging tile: the TMA-store forms
+// stage O in Q's buffer when their own one does not fit); malformed or oversized entries are ignored.
+// E.g. 128:176 (FlashAttention-3's non-causal d128 tile: 209 KB at 2 stages), 256:80 (its d256 tile:
+// 225 KB; 128 keys at d256 would take 320 KB with 2 stages).
 TileConfig sm90_tile_for(int head_dim) {
   TileConfig tile = sm90_tile(head_dim);
   const char* text = std::getenv("ATTNFORGE_SM90_STAGES");
@@ -88,18 +95,31 @@ TileConfig sm90_tile_for(int head_dim) {
     p = std::strchr(p, ';');
     if (p != nullptr) ++p;
   }
+  text = std::getenv("ATTNFORGE_SM90_BLOCK_N");
+  for (const char* p = text; p != nullptr && *p != 0;) {
+    int d = 0, n = 0;
+    if (std::sscanf(p, "%d:%d", &d, &n) == 2 && d == head_dim && n % 16 == 0 && n >= 64 && n <= 192 &&
+        sm90_smem_bytes(head_dim, tile.block_m(), n, tile.stages, false) <= kSm90SmemLimit)
+      tile.block_n = n;
+    p = std::strchr(p, ';');
+    if (p != nullptr) ++p;
+  }
   return tile;
 }
 
 // The 192-row d64 tile: d64's tile with a third consumer warpgroup (16 warps), FlashAttention-3's
 // d64 tile height (its 192 x 128 under a causal mask). Q 24 KB + 32 KB per K/V stage: 88 KB at d64's
-// 2 stages, 152 KB at 4 ($ATTNFORGE_SM90_STAGES's d64 entry applies). Not yet measured.
+// 2 stages, 152 KB at 4 ($ATTNFORGE_SM90_STAGES's d64 entry applies, $ATTNFORGE_SM90_BLOCK_N's does not).
+// Not yet measured.
 TileConfig sm90_wide_tile() {
   TileConfig t = sm90_tile_for(64);
+  t.block_n = sm90_tile(64).block_n;
   t.warps = 16;
   t.block_m_rows = kSm90WideBlockM;
   return t;
 }
+
+namespace {
 
 // Measured on H100 (bench/device/tune.sh runs, bench/results/tune-h100-*): 128x64 tiles with
 // 4 warps for head dim <= 64; for 128, 128x64 with 4 warps (two m16 tiles per warp, K/V

@@ -124,6 +124,12 @@ struct Variant {
   }
 };
 
+// fwd_sm90's 128-row tile of a compiled head dim with the tuning knobs applied ($ATTNFORGE_SM90_STAGES, then
+// $ATTNFORGE_SM90_BLOCK_N; families.cpp), and d64's 192-row tile (the stages knob only). variants() reads
+// them once per process.
+TileConfig sm90_tile_for(int head_dim);
+TileConfig sm90_wide_tile();
+
 // Every variant of every family, in a fixed order (index = variant id).
 const std::vector<Variant>& variants();
 

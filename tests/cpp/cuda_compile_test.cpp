@@ -10,6 +10,7 @@
 #include <gtest/gtest.h>
 
 #include "attnforge/attnforge.h"
+#include "common/sha256.h"
 #include "cuda/compiler.h"
 #include "cuda/cuda_backend.h"
 #include "cuda/driver_api.h"
@@ -147,6 +148,61 @@ TEST(CudaCompile, EveryVariantForEveryArchWithoutSpills) {
     EXPECT_EQ(r.kernel.log.find("wgmma.mma_async instructions are serialized"), std::string::npos)
         << r.arch << " " << v.name << ":\n"
         << r.kernel.log;
+  }
+}
+
+// The fwd_sm90 forms that $ATTNFORGE_SM90_BLOCK_N / $ATTNFORGE_SM90_STAGES (tuning runs) give the table:
+//   ATTNFORGE_SM90_BLOCK_N="128:176;256:80" ./attnforge_tests --gtest_filter=CudaCompile.Sm90Tuned*
+// every variant whose tile is not the untuned one (128 keys, 64 at d256; 2 stages) compiles for sm_90a
+// without spills, stack or serialized wgmmas; prints registers and a digest of the cubin. Skipped when
+// neither knob is set (the matrix test above covers the untuned table).
+TEST(CudaCompile, Sm90TunedFormsWithoutSpillsStackOrSerializedWgmma) {
+  if (std::getenv("ATTNFORGE_SM90_BLOCK_N") == nullptr && std::getenv("ATTNFORGE_SM90_STAGES") == nullptr)
+    GTEST_SKIP() << "neither ATTNFORGE_SM90_BLOCK_N nor ATTNFORGE_SM90_STAGES is set";
+  if (!nvrtc().ok) GTEST_SKIP() << "NVRTC not found: " << nvrtc().failure;
+  std::vector<const Variant*> tuned;
+  for (const Variant& v : variants()) {
+    const TileConfig& t = v.tile_for(90);
+    if (v.family == kFamilyFwdSm90 && (t.block_n != (v.head_dim == 256 ? 64 : 128) || t.stages != 2))
+      tuned.push_back(&v);
+  }
+  ASSERT_FALSE(tuned.empty()) << "the knobs changed no fwd_sm90 tile";
+  std::vector<CompiledKernel> kernels(tuned.size());
+  std::vector<af_status> status(tuned.size(), AF_OK);
+  std::mutex mutex;
+  size_t next = 0;
+  auto worker = [&] {
+    for (;;) {
+      size_t i;
+      {
+        std::lock_guard<std::mutex> lock(mutex);
+        if (next == tuned.size()) return;
+        i = next++;
+      }
+      status[i] = compile_variant(*tuned[i], "sm_90a", false, &kernels[i]);
+    }
+  };
+  std::thread a(worker), b(worker);
+  a.join();
+  b.join();
+  std::printf("%-44s %13s %5s %8s %6s %11s %16s\n", "variant", "tile", "regs", "smem", "stack", "spill st/ld",
+              "cubin sha256");
+  for (size_t i = 0; i < tuned.size(); ++i) {
+    const Variant& v = *tuned[i];
+    const TileConfig& t = v.tile_for(90);
+    const CompiledKernel& k = kernels[i];
+    char tile[32];
+    std::snprintf(tile, sizeof tile, "%dx%d/%ds", t.block_m(), t.block_n, t.stages);
+    std::printf("%-44s %13s %5d %8d %6d %5d/%-5d %16s\n", v.name.c_str(), tile, k.registers, v.smem_bytes(90),
+                k.stack_bytes, k.spill_store_bytes, k.spill_load_bytes,
+                Sha256().update(k.binary.data(), k.binary.size()).hex().substr(0, 16).c_str());
+    EXPECT_EQ(status[i], AF_OK) << v.name;
+    if (status[i] != AF_OK) continue;
+    EXPECT_GT(k.registers, 0) << "no ptxas resource report for " << v.name << ":\n" << k.log;
+    EXPECT_EQ(k.spill_store_bytes, 0) << v.name << " spills";
+    EXPECT_EQ(k.spill_load_bytes, 0) << v.name << " spills";
+    EXPECT_EQ(k.stack_bytes, 0) << v.name << " uses a stack frame";
+    EXPECT_EQ(k.log.find("wgmma.mma_async instructions are serialized"), std::string::npos) << v.name << ":\n" << k.log;
   }
 }
 

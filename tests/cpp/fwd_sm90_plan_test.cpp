@@ -1,5 +1,6 @@
 // fwd_sm90 routing and TMA tensor-map checks, host only (no GPU, no driver): which prefill calls the
 // Hopper family takes and, for the rest, the reason the plan gives when it sends them to fwd_sm80.
+#include <algorithm>
 #include <cstdlib>
 #include <string>
 #include <vector>
@@ -727,6 +728,101 @@ TEST(FwdSm90Extras, PersistentTileOrderOfWindows) {
   p.window_left = -1;  // right edge only: causal-like
   size_sm90_persistent(p, v, 132, &plan);
   EXPECT_EQ(plan.pair_group, int((int64_t(32) << 20) / (2 * 8192 * 128 * 2 / 4)));
+}
+
+// $ATTNFORGE_SM90_BLOCK_N="D:N;...": the 128-row tile's key-block width per head dim, N a multiple of 16
+// from 64 to 192 whose shared memory fits with the head dim's ring depth; anything else ignored.
+TEST(FwdSm90BlockN, ReadsTheKeyBlockWidthPerHeadDimAndIgnoresMalformedOrOversizedEntries) {
+  // The table (built once per process) has the untuned tiles unless this process was started with a knob.
+  const bool untuned_table =
+      std::getenv("ATTNFORGE_SM90_BLOCK_N") == nullptr && std::getenv("ATTNFORGE_SM90_STAGES") == nullptr;
+  ScopedEnv stages("ATTNFORGE_SM90_STAGES", nullptr);
+  struct Tile {
+    int block_n, stages, smem;
+  };
+  auto tile = [](int d) {
+    const TileConfig t = sm90_tile_for(d);
+    EXPECT_EQ(t.block_m(), 128) << "d" << d;
+    EXPECT_EQ(t.threads(), 384) << "d" << d;
+    return Tile{t.block_n, t.stages, sm90_smem_bytes(d, t.block_m(), t.block_n, t.stages, false)};
+  };
+  // Unset (and the defaults the table was built with): 128 keys at d64 and d128, 64 at d256, 2 stages.
+  const int defaults[3] = {128, 128, 64};
+  const int dims[3] = {64, 128, 256};
+  for (const char* unset : {static_cast<const char*>(nullptr), ""}) {
+    ScopedEnv env("ATTNFORGE_SM90_BLOCK_N", unset);
+    for (int i = 0; i < 3; ++i) {
+      const Tile t = tile(dims[i]);
+      EXPECT_EQ(t.block_n, defaults[i]) << "d" << dims[i];
+      EXPECT_EQ(t.stages, 2) << "d" << dims[i];
+    }
+    EXPECT_EQ(tile(128).smem, (128 + 2 * 2 * 128) * 128 * 2 + 1024);
+    EXPECT_EQ(tile(256).smem, (128 + 2 * 2 * 64) * 256 * 2 + 1024);
+  }
+  if (untuned_table)
+    for (const Variant& v : variants())
+      if (v.family == kFamilyFwdSm90) {
+        const int expected = v.head_dim == 256 ? 64 : 128;
+        EXPECT_EQ(v.tile_for(90).block_n, expected) << v.name;
+        EXPECT_EQ(v.tile_for(90).stages, 2) << v.name;
+      }
+  const struct {
+    const char* value;
+    int d64, d128, d256;
+  } cases[] = {
+      {"128:176", 128, 176, 64},
+      {"256:80", 128, 128, 80},
+      {"128:176;256:80", 128, 176, 80},
+      {"64:192;128:64;256:64", 192, 64, 64},
+      {"128:192", 128, 192, 64},          // (128 + 4 x 192) x 256 + 1024 = 225 KB: the widest that fits at d128
+      {"128:96;128:160", 128, 160, 64},   // the last valid entry of a head dim wins
+      {"128:160;128:100", 128, 160, 64},  // not a multiple of 16
+      {"128:48;128:208;128:0;128:-128", 128, 128, 64},  // below 64, above 192
+      {"256:96;256:128", 128, 128, 64},                 // 256 and 320 KB at d256 with 2 stages: oversized
+      {"128", 128, 128, 64},
+      {":176", 128, 128, 64},
+      {"abc;128:x;;256:80", 128, 128, 80},
+      {"d128:176", 128, 128, 64},
+      {"96:176;192:176", 128, 128, 64},  // not a compiled head dim
+  };
+  for (const auto& c : cases) {
+    ScopedEnv env("ATTNFORGE_SM90_BLOCK_N", c.value);
+    const int expected[3] = {c.d64, c.d128, c.d256};
+    for (int i = 0; i < 3; ++i) {
+      const Tile t = tile(dims[i]);
+      EXPECT_EQ(t.block_n, expected[i]) << "'" << c.value << "' at d" << dims[i];
+      EXPECT_EQ(t.stages, 2) << "'" << c.value << "' at d" << dims[i];
+      EXPECT_EQ(t.smem, (128 + 2 * 2 * expected[i]) * dims[i] * 2 + 1024) << "'" << c.value << "' at d" << dims[i];
+      EXPECT_LE(t.smem, kSm90SmemLimit) << "'" << c.value << "' at d" << dims[i];
+    }
+  }
+  // Checked against the ring depth $ATTNFORGE_SM90_STAGES left: 176 keys with 3 stages would take 297 KB.
+  {
+    ScopedEnv deeper("ATTNFORGE_SM90_STAGES", "128:3");
+    ScopedEnv env("ATTNFORGE_SM90_BLOCK_N", "128:176;64:192");
+    const Tile d128 = tile(128);
+    EXPECT_EQ(d128.block_n, 128);
+    EXPECT_EQ(d128.stages, 3);
+    EXPECT_EQ(tile(64).block_n, 192);
+  }
+  // The 192-row d64 tile keeps its width.
+  {
+    ScopedEnv env("ATTNFORGE_SM90_BLOCK_N", "64:64");
+    EXPECT_EQ(sm90_tile_for(64).block_n, 64);
+    EXPECT_EQ(sm90_wide_tile().block_n, 128);
+    EXPECT_EQ(sm90_wide_tile().block_m(), 192);
+  }
+  // The width reaches the kernel's macros (and so the kernel cache's key) and describe().
+  const int index = find_variant(kFamilyFwdSm90, AF_DTYPE_BFLOAT16, 128, false, kSm90PingPongPersistent);
+  ASSERT_GE(index, 0);
+  Variant v = variants()[index];
+  {
+    ScopedEnv env("ATTNFORGE_SM90_BLOCK_N", "128:176");
+    for (TileConfig& t : v.tiles) t = sm90_tile_for(128);
+  }
+  const std::vector<std::string> options = compile_options(v, "sm_90a");
+  EXPECT_NE(std::find(options.begin(), options.end(), "-DAF_BLOCK_N=176"), options.end());
+  EXPECT_EQ(v.smem_bytes(90), (128 + 2 * 2 * 176) * 128 * 2 + 1024);
 }
 
 TEST(TileMap, RefusesWhatTmaCannotDescribeNamingTheArgument) {

@@ -9,10 +9,14 @@ every schedule and by fwd_sm80 on the same inputs; the 192-row forms (ATTNFORGE_
 head dim 64) on the d64 cases and on lengths around their tile; (WINDOW_CASES) sliding windows and
 softcap, through the extras variants' two schedules and fwd_sm80 on the same inputs. Each case also
 checks that the plan named fwd_sm90 (and the form asked for), so a silent routing to fwd_sm80 cannot
-pass for the new family.
+pass for the new family. The key-block widths of $ATTNFORGE_SM90_BLOCK_N (a tuning knob) run on
+lengths off their grid in child processes (test_fwd_sm90_block_n_knob).
 """
 import math
 import os
+import re
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -520,3 +524,114 @@ def test_fwd_sm90_sequences(name, dtype, seed, monkeypatch):
         if head_dim <= 64:
             for schedule in SCHEDULES:
                 run("fwd_sm90", schedule, block_m=192)
+
+
+# $ATTNFORGE_SM90_BLOCK_N (tuning runs: the 128-row tiles' key-block width per head dim, read once per
+# process when the variant table is built). The block_n_forms tests skip unless the variable is set, and
+# then check that process's widths (`ATTNFORGE_SM90_BLOCK_N=128:176 pytest -k block_n_forms`, as
+# bench/device/sm90_block_n_ab.sh runs them); test_fwd_sm90_block_n_knob runs their bf16 cases up to
+# 1000 keys in a child pytest per BLOCK_N_KNOBS value (about 12 cases and their compiles each, so that a
+# run of the whole file stays short). Lengths off every width's grid (1, 17, 177, 1000, 4097 keys),
+# causal and not, GQA, LSE, varlen with empty sequences; every schedule on two GQA cases per head dim,
+# the sequence cases (seqused_k, leftpad_k, varlen) and the window and softcap cases (extras variants'
+# window edges) of the head dims the knob changes. BLOCK_N: the widths the knob asks for, which each
+# plan must show (an entry the library ignores, e.g. one too big for shared memory, fails there).
+BLOCK_N_KNOBS = ["128:176;256:80", "64:96;128:192"]
+BLOCK_N = {int(m.group(1)): int(m.group(2)) for m in (re.fullmatch(r"(\d+):(\d+)", entry) for entry in
+                                                      os.environ.get("ATTNFORGE_SM90_BLOCK_N", "").split(";")) if m}
+block_n_forms = pytest.mark.skipif(not BLOCK_N, reason="needs ATTNFORGE_SM90_BLOCK_N (test_fwd_sm90_block_n_knob)")
+BLOCK_N_CASES = {}
+for _d in (64, 128, 256):
+    BLOCK_N_CASES.update({
+        "d%d_keys_1" % _d: dict(batch=2, seqlen_q=100, seqlen_k=1, heads=4, heads_kv=2, head_dim=_d),
+        # 100 query rows: 17 rows of 4 heads would be the decode family's (64 packed rows or fewer).
+        "d%d_keys_17_causal" % _d: dict(batch=3, seqlen_q=100, seqlen_k=17, heads=4, heads_kv=4, head_dim=_d,
+                                        causal=True),
+        "d%d_keys_177_gqa" % _d: dict(batch=2, seqlen_q=200, seqlen_k=177, heads=8, heads_kv=2, head_dim=_d),
+        "d%d_keys_1000_causal_gqa" % _d: dict(batch=1, seqlen_q=1000, seqlen_k=1000, heads=16, heads_kv=2,
+                                              head_dim=_d, causal=True),
+        "d%d_keys_4097_causal" % _d: dict(batch=1, seqlen_q=4097, seqlen_k=4097, heads=2, heads_kv=1, head_dim=_d,
+                                          causal=True),
+        "d%d_rows_300_keys_4097" % _d: dict(batch=1, seqlen_q=300, seqlen_k=4097, heads=2, heads_kv=2, head_dim=_d),
+        "d%d_varlen_empties" % _d: dict(batch=5, seqlen_q=300, seqlen_k=1000, heads=8, heads_kv=2, head_dim=_d,
+                                        varlen=True, empty_every=3),
+        "d%d_varlen_causal_gqa" % _d: dict(batch=4, seqlen_q=1000, seqlen_k=1000, heads=8, heads_kv=2, head_dim=_d,
+                                           varlen=True, causal=True),
+    })
+
+
+def block_n_case_names(head_dims, suffix=""):
+    return sorted(n for n in BLOCK_N_CASES if BLOCK_N_CASES[n]["head_dim"] in head_dims and n.endswith(suffix))
+
+
+@block_n_forms
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("name", sorted(BLOCK_N_CASES))
+def test_fwd_sm90_block_n_forms_cases(name, dtype, seed, monkeypatch):
+    """Each case through the plan's default schedule, in the width the knob gives its head dim."""
+    case = dict(BLOCK_N_CASES[name])
+    if case["head_dim"] not in BLOCK_N:
+        pytest.skip("the knob leaves d%d at its default width" % case["head_dim"])
+    monkeypatch.delenv("ATTNFORGE_SM90_VARIANT", raising=False)
+    monkeypatch.setenv("ATTNFORGE_SM90_BLOCK_M", "128")  # the knob's tiles (d64 may default to 192 rows)
+    plan = planned_family(dtype, case["batch"], case["seqlen_q"], case["seqlen_k"], case["heads"], case["heads_kv"],
+                          case["head_dim"], case.get("causal", False))
+    assert "fwd_sm90" in plan and " sm_90a 128x%d" % BLOCK_N[case["head_dim"]] in plan, plan
+    batch, seqlen_q, seqlen_k = case.pop("batch"), case.pop("seqlen_q"), case.pop("seqlen_k")
+    heads, heads_kv, head_dim = case.pop("heads"), case.pop("heads_kv"), case.pop("head_dim")
+    run_case(dtype, batch, seqlen_q, seqlen_k, heads, heads_kv, head_dim, 0, **case)
+
+
+@block_n_forms
+@pytest.mark.parametrize("schedule", SCHEDULES)
+@pytest.mark.parametrize("name", block_n_case_names((64, 128, 256), "_keys_1000_causal_gqa") +
+                         block_n_case_names((64, 128, 256), "_keys_177_gqa"))
+def test_fwd_sm90_block_n_forms_schedules(name, schedule, seed, monkeypatch):
+    """Every schedule in the knob's width, on a causal GQA case and a non-causal one of 177 keys."""
+    case = dict(BLOCK_N_CASES[name])
+    if case["head_dim"] not in BLOCK_N:
+        pytest.skip("the knob leaves d%d at its default width" % case["head_dim"])
+    monkeypatch.setenv("ATTNFORGE_SM90_VARIANT", schedule)
+    monkeypatch.setenv("ATTNFORGE_SM90_BLOCK_M", "128")
+    plan = planned_family(torch.bfloat16, case["batch"], case["seqlen_q"], case["seqlen_k"], case["heads"],
+                          case["heads_kv"], case["head_dim"], case.get("causal", False))
+    assert " %s sm_90a 128x%d" % (schedule, BLOCK_N[case["head_dim"]]) in plan, plan
+    batch, seqlen_q, seqlen_k = case.pop("batch"), case.pop("seqlen_q"), case.pop("seqlen_k")
+    heads, heads_kv, head_dim = case.pop("heads"), case.pop("heads_kv"), case.pop("head_dim")
+    run_case(torch.bfloat16, batch, seqlen_q, seqlen_k, heads, heads_kv, head_dim, 0, **case)
+
+
+@block_n_forms
+@pytest.mark.parametrize("name", sorted(SEQUENCE_CASES))
+def test_fwd_sm90_block_n_forms_sequences(name, seed, monkeypatch):
+    """test_fwd_sm90_sequences (bf16: every schedule, and fwd_sm80 on the same inputs) in the knob's width
+    (the 192-row d64 forms keep theirs)."""
+    if SEQUENCE_CASES[name]["head_dim"] not in BLOCK_N:
+        pytest.skip("the knob leaves d%d at its default width" % SEQUENCE_CASES[name]["head_dim"])
+    test_fwd_sm90_sequences(name, torch.bfloat16, seed, monkeypatch)
+
+
+@block_n_forms
+@pytest.mark.parametrize("name", sorted(WINDOW_CASES))
+def test_fwd_sm90_block_n_forms_windows(name, seed, monkeypatch):
+    """test_fwd_sm90_window_softcap (bf16: the default schedule and both extras schedules) in the knob's width."""
+    if WINDOW_CASES[name]["head_dim"] not in BLOCK_N:
+        pytest.skip("the knob leaves d%d at its default width" % WINDOW_CASES[name]["head_dim"])
+    test_fwd_sm90_window_softcap(name, torch.bfloat16, seed, monkeypatch)
+
+
+# Ids without digits, so that a -k of a length or tile height ("192 or d64") does not select them.
+@pytest.mark.parametrize("knob", BLOCK_N_KNOBS, ids=["fa3_widths", "other_widths"])
+def test_fwd_sm90_block_n_knob(knob):
+    """The bf16 block_n_forms cases up to 1000 keys in a child pytest with ATTNFORGE_SM90_BLOCK_N=knob (the
+    variant table is built once per process): all pass, and the child ran some (a knob that changed no
+    width would only skip them)."""
+    if BLOCK_N:
+        pytest.skip("this process already has ATTNFORGE_SM90_BLOCK_N")
+    env = dict(os.environ, ATTNFORGE_SM90_BLOCK_N=knob)
+    child = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-k",
+                            "block_n_forms_cases and bf16 and not 4097", os.path.abspath(__file__)], env=env,
+                           capture_output=True, text=True, timeout=600)
+    tail = child.stdout[-6000:] + child.stderr[-2000:]
+    assert child.returncode == 0, tail
+    assert re.search(r"\b\d+ passed", tail), tail

@@ -255,7 +255,7 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
       const af_u32 column = af_u32((ks % 4) * 32);  // k16 step inside the atom: 32 bytes along the line
       const unsigned long long desc_q = smem_descriptor_at(q_desc + (((ks / 4) * kBlockM * 128 + column) >> 4));
       const unsigned long long desc_k = smem_descriptor_at(k_desc + (((ks / 4) * kBlockN * 128 + column) >> 4));
-      wgmma_ss(s, desc_q, desc_k, ks > 0 ? 1 : 0);  // m64n128k16 or m64n64k16 by s's size
+      wgmma_ss(s, desc_q, desc_k, ks > 0 ? 1 : 0);  // m64nNk16, N = kBlockN (s's size)
     }
     wgmma_commit();
   };

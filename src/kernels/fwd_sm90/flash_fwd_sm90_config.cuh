@@ -3,7 +3,9 @@
 //   AF_BF16       1: bfloat16, 0: float16 (inputs and output; accumulation is fp32)
 //   AF_BLOCK_M    query rows per work tile, 64 per consumer warpgroup (128: two consumers; 192, head
 //                 dim 64 only: three)
-//   AF_BLOCK_N    keys per main-loop step (64 or 128: the N of the S = Q K^T wgmma)
+//   AF_BLOCK_N    keys per main-loop step, the N of the S = Q K^T wgmma: 128 (d64, d128) or 64 (d256) by
+//                 default; $ATTNFORGE_SM90_BLOCK_N (tuning) any multiple of 16 from 64 to 192 (P V's
+//                 k16 steps); K/V atoms stay 1024-byte aligned (kBlockN * 128 bytes, a multiple of 8 rows)
 //   AF_KV_STAGES  depth of the K and V ring (TMA loads in flight ahead of the consumers)
 //   AF_SM90_SCHEDULE  the consumers' main loop: 0 v0 (serial), 1 overlap (the next block's Q K^T and
 //                 softmax while this block's P V runs), 2 pingpong (overlap, the two consumers taking
@@ -55,7 +57,8 @@ static_assert(128 * (kProducerRegisters + kConsumers * kConsumerRegisters) <= 65
 
 static_assert(kHeadDim == 64 || kHeadDim == 128 || kHeadDim == 256, "fwd_sm90 compiles head dims 64, 128 and 256");
 static_assert(kBlockM == 128 || (kBlockM == 192 && kHeadDim == 64), "128 query rows, or 192 at head dim 64");
-static_assert(kBlockN == 64 || kBlockN == 128, "the S wgmma is m64n64k16 or m64n128k16");
+static_assert(kBlockN % 16 == 0 && kBlockN >= 64 && kBlockN <= 192,
+              "the S wgmma is m64nNk16 with N a multiple of 16 (P V's k16 steps) from 64 to 192");
 constexpr int kSRegisters = kBlockN / 2;  // S accumulators per thread (64 rows x kBlockN keys)
 static_assert(kSchedule >= 0 && kSchedule <= 2, "schedules: 0 v0, 1 overlap, 2 pingpong");
 static_assert(kStages >= 2 && kStages <= 4, "2 to 4 K/V stages");

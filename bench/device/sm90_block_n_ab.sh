@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# fwd_sm90's key-block width ($ATTNFORGE_SM90_BLOCK_N, a tuning knob) on an H100/H200, one call (~5.5 min):
+#   OUT=dir bash bench/device/sm90_block_n_ab.sh
+# The knob is $AF_BLOCK_N, default "128:176;256:80" (FlashAttention-3's d128 non-causal and d256 tiles).
+# 1. compute-sanitizer memcheck and racecheck on sm90_check.py's --quick set with the knob, through
+#    pingpong-persistent and pingpong-persistent-tma-store (which at 128 x 176 stages O in Q's buffer), in the
+#    background while step 2 runs;
+# 2. pytest: tests/gpu/test_forward_sm90.py's block_n_forms tests with the knob (float64 reference; 1, 17, 177,
+#    1000 and 4097 keys, causal and not, GQA, LSE, varlen; every schedule; the sequence and window cases), less
+#    the fp16 runs of the 4097-key cases (their CPU references take the longest);
+# 3. sm90_check.py's timing stage at d128 and d256 (fwd_sm90 beside cuDNN, 1k/4k/16k keys at 16k tokens per
+#    call, causal and not, and the 64/8 GQA rows) with the knob unset, set, unset, set (each process times
+#    cuDNN too, so the ratios are comparable), then one table of sm90/cuDNN per shape and run
+#    ($OUT/block_n_ab.md).
+# One PASS/FAIL line per step at the end; exit status 0 only when every step passed.
+set -u -o pipefail
+cd "$(dirname "$0")/../.." || exit 1
+source bench/device/lib.sh
+BLOCK_N="${AF_BLOCK_N:-128:176;256:80}"
+af_build
+
+echo "== 1. sanitizers with ATTNFORGE_SM90_BLOCK_N=$BLOCK_N (background)"
+ATTNFORGE_SM90_BLOCK_N="$BLOCK_N" af_sanitize_start "pingpong-persistent pingpong-persistent-tma-store" \
+  "memcheck racecheck" 240
+
+echo "== 2. pytest block_n_forms with ATTNFORGE_SM90_BLOCK_N=$BLOCK_N"
+ATTNFORGE_SM90_BLOCK_N="$BLOCK_N" timeout 230 python3 -m pytest -q -x -p no:cacheprovider \
+  tests/gpu/test_forward_sm90.py -k "block_n_forms and not (fp16 and 4097)" 2>&1 | tail -4
+rc=$?
+record "pytest block_n_forms ($BLOCK_N)" $rc
+af_sanitize_wait
+
+echo "== 3. timing: default, $BLOCK_N, default, $BLOCK_N"
+runs=()
+for i in 1 2 3 4; do
+  if [ $((i % 2)) -eq 1 ]; then knob=""; label=default; else knob="$BLOCK_N"; label=knob; fi
+  dir="$OUT/timing-$i-$label"
+  ATTNFORGE_SM90_BLOCK_N="$knob" timeout 75 python3 bench/device/sm90_check.py --stage timing --head-dims 128,256 \
+    --seqlens 1024,4096,16384 --backends fwd_sm90,sdpa_cudnn --seconds 55 --out "$dir" >"$dir.log" 2>&1
+  rc=$?
+  record "timing run $i ($label)" $rc
+  runs+=("$dir")
+done
+
+# sm90/cuDNN per shape (rows) and run (columns), with fwd_sm90's TFLOP/s and the tile its plan named.
+python3 - "$BLOCK_N" "${runs[@]}" <<'EOF' | tee "$OUT/block_n_ab.md"
+import json
+import re
+import sys
+
+knob, dirs = sys.argv[1], sys.argv[2:]
+runs = []
+for d in dirs:
+    try:
+        with open(d + "/timing.json") as f:
+            runs.append({(r["batch"], r["seqlen"], r["heads"], r["heads_kv"], r["head_dim"], r["causal"]): r
+                         for r in json.load(f)["rows"]})
+    except (OSError, ValueError):
+        runs.append({})
+names = ["default" if i % 2 == 0 else knob for i in range(len(dirs))]
+print("# fwd_sm90 / cuDNN by key-block width (ATTNFORGE_SM90_BLOCK_N), bf16, CUDA-graph replay\n")
+print("| shape | " + " | ".join("run %d: %s" % (i + 1, n) for i, n in enumerate(names)) + " |")
+print("|---|" + "---|" * len(names))
+for key in sorted(set().union(*runs), key=lambda k: (k[4], k[5], k[3] != k[2], k[1])):
+    b, s, h, hk, d, causal = key
+    cells = []
+    for run in runs:
+        r = run.get(key)
+        if not r or not r.get("fwd_sm90") or not r.get("sdpa_cudnn"):
+            cells.append("-")
+            continue
+        tile = re.search(r"sm_90a (\d+x\d+)", r.get("fwd_sm90_plan", ""))
+        cells.append("%.3f (%.0f, %s)" % (r["fwd_sm90"] / r["sdpa_cudnn"], r["fwd_sm90"],
+                                          tile.group(1) if tile else "?"))
+    print("| b%d s%d h%d/%d d%d %s | %s |" % (b, s, h, hk, d, "causal" if causal else "full", " | ".join(cells)))
+print("\ncells: sm90/cuDNN (fwd_sm90 TFLOP/s, the plan's tile)")
+EOF
+
+af_summary
