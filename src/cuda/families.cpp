@@ -4,7 +4,7 @@
 // Causal, windows, GQA, varlen and LSE are run-time flags (masks cost only on the tiles that
 // cross a mask edge); softcap and ALiBi touch every score, so they get their own variants and
 // the common case pays nothing. Head dims in between are zero-filled up to the next one.
-// decode variants: {bf16, fp16} x head dim {64, 128, 256} x {plain, extras}, and at d64 (plain) and d128 a wide-grid
+// decode variants: {bf16, fp16} x head dim {64, 128, 256} x {plain, extras}, and at d128 a wide-grid
 // tile of each (see wide_grid_decode_tile): decode is bound by the bytes of K and V, and zero-filled dims
 // are never read, so smaller head dims share these.
 // fwd_sm90 variants: {bf16, fp16} x head dim {64, 128, 256} x schedule {v0, overlap, pingpong,
@@ -157,18 +157,16 @@ TileConfig default_decode_tile(int head_dim, SharedMemoryClass smem) {
   }
 }
 
-// Wide grids (more CTAs than the default tile runs in one wave: plan.cpp) at d64 and d128 on the 227 KB
-// class: 4 warps and a 3-block ring (d128 102 KB, two CTAs per SM instead of one; d64 50 KB, four
-// instead of two), so one CTA's ring fills while another streams, and twice the CTAs run in one wave. Measured on H200
+// Wide grids (more CTAs than the default tile runs in one wave: plan.cpp) at d128 on the 227 KB class:
+// 4 warps and a 3-block ring (102 KB), two CTAs per SM instead of one, so one CTA's ring fills while the
+// other streams, and twice the CTAs run in one wave. Measured on H200
 // (bench/results/decode-b128-h200-2026-11-30-s6.md, B 128, 1k-32k keys, five head configurations): 1-5% faster than the
 // 8-warp tile at every point (B128 x 1k bf16 32/8: 132.8 against 138.8 us, SDPA cuDNN 131.6), while at batch 1 the
-// 8-warp tile is 4-16% faster (tune-decode-h200-*). d64 (B32 x 16 MHA heads: 512 CTAs, 1.94 waves of the two-per-SM
-// tile): at 1k keys 37.2-38.4 against 39.2-39.4 us (SDPA 36.7-36.9), at 4k -0.3% (B32) to +0.9% (B128), at 32k 0.5-1.4%
-// slower, so plan.cpp takes it at d64 up to 2k keys (bench/results/decode-d64-wide-h200-2026-12-01.md).
-// Elsewhere the wide-grid variant keeps the default tile.
+// 8-warp tile is 4-16% faster (tune-decode-h200-*). The same 4-warp tile at d64 (four CTAs per SM) ran B32 x
+// 1k keys 5% faster (bench/results/decode-d64-wide-h200-2026-12-01.md) but spills 4 bytes with NVRTC 12.1, so
+// d64 has no wide-grid variant. Elsewhere the wide-grid variant keeps the default tile.
 TileConfig wide_grid_decode_tile(int head_dim, SharedMemoryClass smem) {
-  return (head_dim == 64 || head_dim == 128) && smem == kSmem227K ? decode_tile(4, 3)
-                                                                  : default_decode_tile(head_dim, smem);
+  return head_dim == 128 && smem == kSmem227K ? decode_tile(4, 3) : default_decode_tile(head_dim, smem);
 }
 
 // $ATTNFORGE_DECODE_TILE="D:warps,stages;..." overrides a decode head dim's tile for tuning runs
@@ -215,9 +213,7 @@ std::vector<Variant> build_variants() {
                         : std::vector<int>(std::begin(kDecodeHeadDims), std::end(kDecodeHeadDims)))
         for (bool extras : {false, true})
           for (bool wide : {false, true}) {
-            // Decode d64 and d128 only (wide_grid_decode_tile); not d64 with extras, whose 4-warp tile spills
-            // 4 bytes at 96 registers (NVRTC 13.0), so softcap/ALiBi d64 grids keep the default tile.
-            if (wide && (sm80 || d == 256 || (d == 64 && extras))) continue;
+            if (wide && (sm80 || d != 128)) continue;  // decode d128 only: wide_grid_decode_tile
             Variant v{id, dtype, d, extras, {}, ""};
             v.wide_grid = wide;
             for (int c = 0; c < kSharedMemoryClasses; ++c)

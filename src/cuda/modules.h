@@ -7,8 +7,8 @@
 namespace af::cuda {
 
 constexpr int kMaxDevices = 64;
-// An array bound (the loaded-variant slots per device); the variant table has 128 entries
-// (CudaVariants.TableIsConsistent checks the bound).
+// An array bound (the loaded-variant slots per device) above the variant table's size, which
+// CudaVariants.TableIsConsistent checks.
 constexpr int kMaxVariants = 160;
 
 // Largest thread-block cluster a launch of attnforge's may ask for: the sm_90 hardware limit (16
