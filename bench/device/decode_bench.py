@@ -6,9 +6,10 @@ in FlashAttention's layout (B, S, Hk, D), or paged (pages of P rows through a sh
 table); SDPA gets the layout it prefers, (B, Hk, S, D) contiguous, with enable_gqa=True (K/V are
 never repeated per query head). GPU time comes from CUDA-graph replay of R consecutive calls over
 R different caches (R x cache bytes >= 256 MiB, so L2 never holds the next call's cache), median
-of the replays. Achieved bandwidth counts the K and V bytes a step must read once, beside a
-device-to-device copy measured in the same run (bytes read + written). Every point is validated
-against SDPA before it is timed.
+of the replays; attnforge and both SDPA backends in three interleaved rounds per point (medians), so
+that a drift of the GPU's speed during a point reaches all three alike. Achieved bandwidth counts
+the K and V bytes a step must read once, beside a device-to-device copy measured in the same run
+(bytes read + written). Every point is validated against SDPA before it is timed.
 
 Writes <prefix>.json, <prefix>.md and <prefix>.png. With --paged-only (and --quick: B 1/8/32/128 x
 keys 4k/32k), only attnforge contiguous vs paged (validated against attnforge's contiguous output),
@@ -50,8 +51,9 @@ def copy_ceiling_tbs():
     return 2 * a.numel() * 2 / (times[len(times) // 2] * 1e-3) / 1e12
 
 
-def graph_time_us(calls, replays=10):
-    """Median GPU time per call of a CUDA graph that runs every function in `calls` once."""
+def graph_timer(calls, replays=10):
+    """A CUDA graph that runs every function in `calls` once, as a function that replays it `replays` times
+    and returns the median GPU time per call in us."""
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
@@ -65,17 +67,37 @@ def graph_time_us(calls, replays=10):
             fn()
     graph.replay()
     torch.cuda.synchronize()
-    times = []
-    for _ in range(replays):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    times.sort()
-    del graph
-    return times[len(times) // 2] * 1e3 / len(calls)
+
+    def time_us():
+        times = []
+        for _ in range(replays):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            graph.replay()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        times.sort()
+        return times[len(times) // 2] * 1e3 / len(calls)
+    return time_us
+
+
+def graph_time_us(calls, replays=10):
+    """Median GPU time per call of a CUDA graph that runs every function in `calls` once."""
+    return graph_timer(calls, replays)()
+
+
+ROUNDS = 3  # interleaved rounds per point: long runs of one kernel after another drift by a few percent
+
+
+def interleaved_us(timers):
+    """{name: median us} over ROUNDS rounds in which every timer of `timers` ({name: graph_timer}) runs once, in
+    turn, so that a drift of the GPU's speed during the point reaches every implementation alike."""
+    samples = {name: [] for name in timers}
+    for _ in range(ROUNDS):
+        for name, timer in timers.items():
+            samples[name].append(timer())
+    return {name: sorted(v)[len(v) // 2] for name, v in samples.items()}
 
 
 def point(dtype, heads, heads_kv, head_dim, batch, seqlen, page_sizes, peers=True):
@@ -116,14 +138,16 @@ def point(dtype, heads, heads_kv, head_dim, batch, seqlen, page_sizes, peers=Tru
     # attnforge: the same values in (B, S, Hk, D).
     ours_kv = [(k.transpose(1, 2).contiguous(), v.transpose(1, 2).contiguous()) for k, v in caches]
     expected = None
+    timers = {}
     for name, backend in (("flash", SDPBackend.FLASH_ATTENTION), ("cudnn", SDPBackend.CUDNN_ATTENTION)):
         try:
             result = sdpa(backend, 0)().transpose(1, 2)
             expected = result if expected is None else expected
-            row[name + "_us"] = graph_time_us([sdpa(backend, i) for i in range(rotations)])
+            timers[name] = graph_timer([sdpa(backend, i) for i in range(rotations)])
         except Exception as e:  # noqa: BLE001 - a peer that cannot run this shape is recorded as such
             row[name + "_us"] = None
             row[name + "_error"] = str(e).splitlines()[0][:160]
+
     def ours(i):
         return lambda: attnforge.flash_attn_func(qs[i], *ours_kv[i])
 
@@ -131,7 +155,10 @@ def point(dtype, heads, heads_kv, head_dim, batch, seqlen, page_sizes, peers=Tru
     row["explain"] = attnforge.explain(qs[0], *ours_kv[0]) if hasattr(attnforge, "explain") else ""
     row["max_diff"] = (got.float() - expected.float()).abs().max().item() if expected is not None else None
     row["valid"] = row["max_diff"] is not None and row["max_diff"] < 2e-2
-    row["attnforge_us"] = graph_time_us([ours(i) for i in range(rotations)])
+    timers["attnforge"] = graph_timer([ours(i) for i in range(rotations)])
+    for name, us in interleaved_us(timers).items():
+        row[name + "_us"] = us
+    del timers  # the graphs, before the paged layouts allocate
     paged_points(row, qs, ours_kv, expected, batch, seqlen, heads_kv, head_dim, page_sizes)
     return row
 
@@ -225,7 +252,8 @@ def paged_summary(rows):
 def markdown(rows, meta):
     lines = ["# Decode steps: attnforge vs torch SDPA (flash, cuDNN; enable_gqa=True)", "",
              "%(date)s, %(gpu)s, driver %(driver)s, torch %(torch)s, CUDA %(cuda)s, cuDNN %(cudnn)s. "
-             "GPU time per step from CUDA-graph replay over rotating caches (bench/device/decode_bench.py). "
+             "GPU time per step from CUDA-graph replay over rotating caches (bench/device/decode_bench.py); "
+             "attnforge, SDPA flash and SDPA cuDNN timed in three interleaved rounds per point (medians). "
              "Copy ceiling in the same run: %(copy_tbs).2f TB/s (read + write)." % meta, "",
              "Paged columns: contiguous time / paged time, both through flash_attn_with_kvcache with cache_seqlens, "
              "pages of 16/64/256 rows in the sequences' order and shuffled over the whole pool, each pair timed in "
