@@ -17,7 +17,8 @@ reported and the next still runs; the whole script stays under --budget seconds,
                  (2x a same-precision naive implementation, tests/python/reference.py), LSE error, NaN;
   3 timing       only when stage 2 passed: fwd_sm90 vs attnforge's fwd_sm80 vs torch SDPA's flash and
                  cuDNN backends (enable_gqa=True), hd 64/128/256, causal and not, seqlen 512-16k at
-                 16k tokens per call, plus 64/8 GQA rows; CUDA-graph replay, median; TFLOP/s and ratios.
+                 16k tokens per call, plus 64/8 GQA rows; CUDA-graph replay, each shape's implementations in
+                 three interleaved rounds (medians); TFLOP/s and ratios.
 Writes sm90_check.log, correctness.json, timing.json, timing.md and timing.png (with matplotlib) under --out;
 `--chart DIR/timing.json` redraws a saved sweep's chart without a GPU; `--stage timing` alone takes
 --head-dims, --seqlens and --backends to time part of the sweep (bench/device/sm90_block_n_ab.sh). Exit status 0 only
@@ -467,8 +468,9 @@ def relaunch_check(native, d=128):
 # ---------------------------------------------------------------------------------------------- stage 3
 
 
-def graph_ms(fn, calls=10):
-    """Milliseconds per call of fn: CUDA-graph replay of `calls` calls, median of 7 (common.time_ms)."""
+def graph_timer(fn, calls=10, repeats=7):
+    """fn captured `calls` times in a CUDA graph, as a function that returns milliseconds per call of its
+    replay (median of `repeats`, common.time_ms)."""
     import torch
 
     import common
@@ -483,7 +485,15 @@ def graph_ms(fn, calls=10):
     with torch.cuda.graph(graph, stream=stream):
         for _ in range(calls):
             fn()
-    return common.time_ms(graph.replay, warmup=2, repeats=7) / calls
+    return lambda: common.time_ms(graph.replay, warmup=2, repeats=repeats) / calls
+
+
+def graph_ms(fn, calls=10):
+    """Milliseconds per call of fn: CUDA-graph replay of `calls` calls, median of 7 (common.time_ms)."""
+    return graph_timer(fn, calls)()
+
+
+SWEEP_ROUNDS = 3  # the sweep's implementations timed in turn, medians: single runs drift by a few percent
 
 
 ALL_BACKENDS = ("fwd_sm90", "fwd_sm80", "sdpa_flash", "sdpa_cudnn")
@@ -520,6 +530,7 @@ def run_timing(out_dir, seconds, head_dims=(64, 128, 256), seqlens=(512, 1024, 2
             break
         q, k, v, out, flops, row = timing_case(b, s, h, hk, d, causal)
         qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        timers = {}
         for name in backends:
             try:
                 if name.startswith("fwd"):
@@ -535,11 +546,17 @@ def run_timing(out_dir, seconds, head_dims=(64, 128, 256), seqlens=(512, 1024, 2
                         with sdpa_kernel([backend]):
                             torch.nn.functional.scaled_dot_product_attention(qt, kt, vt, is_causal=causal,
                                                                              enable_gqa=hk != h)
-                ms = graph_ms(fn)
-                row[name] = flops / ms / 1e9
+                timers[name] = graph_timer(fn, repeats=5)
             except Exception as e:
                 row[name] = None
                 row[name + "_error"] = "%s: %s" % (type(e).__name__, str(e)[:200])
+        samples = {name: [] for name in timers}
+        for _ in range(SWEEP_ROUNDS):
+            for name, timer in timers.items():
+                samples[name].append(timer())
+        for name, ms in samples.items():
+            row[name] = flops / sorted(ms)[len(ms) // 2] / 1e9
+        del timers, samples  # the graphs, before the next shape allocates
         rows.append(row)
 
         def fmt(x):
