@@ -14,34 +14,20 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from common import attention_flops, native, time_ms
+from sm90_check import graph_timer
 
 SHAPES = [(32, 512, 16, 128, True), (32, 512, 8, 256, True), (32, 512, 32, 64, True), (8, 2048, 16, 128, False),
           (4, 4096, 16, 128, False)]  # (batch, seqlen, heads, head_dim, causal), bf16, B x S = 16k tokens
 
 
-def graph_of(fn, calls):
-    fn()
-    torch.cuda.synchronize()
-    stream = torch.cuda.Stream()
-    with torch.cuda.stream(stream):
-        fn()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, stream=stream):
-        for _ in range(calls):
-            fn()
-    return graph
-
-
 def ways(fn):
     """us per call: graph10, graph1, eager, flushed."""
     scratch = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
-    flush = graph_of(lambda: scratch.zero_(), 1)
-    flush_then_call = graph_of(lambda: (scratch.zero_(), fn()), 1)
-    ten, one = graph_of(fn, 10), graph_of(fn, 1)
-    flush_us = time_ms(flush.replay) * 1e3
-    return (time_ms(ten.replay) * 1e2, time_ms(one.replay) * 1e3, time_ms(fn) * 1e3,
-            time_ms(flush_then_call.replay) * 1e3 - flush_us)
+    flush = graph_timer(lambda: scratch.zero_(), 1, repeats=20)
+    flush_then_call = graph_timer(lambda: (scratch.zero_(), fn()), 1, repeats=20)
+    ten, one = graph_timer(fn, 10, repeats=20), graph_timer(fn, 1, repeats=20)
+    flush_us = flush() * 1e3
+    return ten() * 1e3, one() * 1e3, time_ms(fn) * 1e3, flush_then_call() * 1e3 - flush_us
 
 
 def main():

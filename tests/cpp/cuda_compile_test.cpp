@@ -2,6 +2,7 @@
 // Needs NVRTC, not a GPU; prints registers, shared memory and spills per variant.
 #include <cstdio>
 #include <cstdlib>
+#include <functional>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -73,6 +74,27 @@ std::string real_path(const std::string& path) {
   return result;
 }
 
+// body(0) .. body(count - 1) on two threads (CI has two cores; NVRTC compiles independent programs
+// concurrently).
+void on_two_threads(size_t count, const std::function<void(size_t)>& body) {
+  std::mutex mutex;
+  size_t next = 0;
+  auto worker = [&] {
+    for (;;) {
+      size_t i;
+      {
+        std::lock_guard<std::mutex> lock(mutex);
+        if (next == count) return;
+        i = next++;
+      }
+      body(i);
+    }
+  };
+  std::thread a(worker), b(worker);
+  a.join();
+  b.join();
+}
+
 TEST(CudaCompile, EveryVariantForEveryArchWithoutSpills) {
   // scripts/nvrtc_matrix.sh names each NVRTC under test in ATTNFORGE_NVRTC: the loader would
   // fall back to another one if it did not load, so check that it is the one in use.
@@ -109,24 +131,10 @@ TEST(CudaCompile, EveryVariantForEveryArchWithoutSpills) {
     EXPECT_EQ(sm90_wide_rows[s], 2) << sm90_schedule_name(Sm90Schedule(s));
     EXPECT_EQ(sm90_extras_rows[s], sm90_has_extras(Sm90Schedule(s)) ? 6 : 0) << sm90_schedule_name(Sm90Schedule(s));
   }
-  // Two workers (CI has two cores); NVRTC compiles independent programs concurrently.
-  std::mutex mutex;
-  size_t next = 0;
-  auto worker = [&] {
-    for (;;) {
-      size_t i;
-      {
-        std::lock_guard<std::mutex> lock(mutex);
-        if (next == rows.size()) return;
-        i = next++;
-      }
-      rows[i].status = compile_variant(*rows[i].variant, rows[i].arch, false, &rows[i].kernel);
-      if (rows[i].status != AF_OK) rows[i].error = af_last_error_message();
-    }
-  };
-  std::thread a(worker), b(worker);
-  a.join();
-  b.join();
+  on_two_threads(rows.size(), [&](size_t i) {
+    rows[i].status = compile_variant(*rows[i].variant, rows[i].arch, false, &rows[i].kernel);
+    if (rows[i].status != AF_OK) rows[i].error = af_last_error_message();
+  });
   std::printf("%-7s %-28s %5s %8s %6s %11s %13s %7s\n", "arch", "variant", "regs", "smem", "stack", "spill st/ld",
               "tile", "time");
   for (const Row& r : rows) {
@@ -169,22 +177,7 @@ TEST(CudaCompile, Sm90TunedFormsWithoutSpillsStackOrSerializedWgmma) {
   ASSERT_FALSE(tuned.empty()) << "the knobs changed no fwd_sm90 tile";
   std::vector<CompiledKernel> kernels(tuned.size());
   std::vector<af_status> status(tuned.size(), AF_OK);
-  std::mutex mutex;
-  size_t next = 0;
-  auto worker = [&] {
-    for (;;) {
-      size_t i;
-      {
-        std::lock_guard<std::mutex> lock(mutex);
-        if (next == tuned.size()) return;
-        i = next++;
-      }
-      status[i] = compile_variant(*tuned[i], "sm_90a", false, &kernels[i]);
-    }
-  };
-  std::thread a(worker), b(worker);
-  a.join();
-  b.join();
+  on_two_threads(tuned.size(), [&](size_t i) { status[i] = compile_variant(*tuned[i], "sm_90a", false, &kernels[i]); });
   std::printf("%-44s %13s %5s %8s %6s %11s %16s\n", "variant", "tile", "regs", "smem", "stack", "spill st/ld",
               "cubin sha256");
   for (size_t i = 0; i < tuned.size(); ++i) {
