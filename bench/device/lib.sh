@@ -32,14 +32,15 @@ af_build() {
 
 # af_sanitize_start "VARIANT..." "TOOL..." [SECONDS]: each tool over sm90_check.py's --quick set through
 # each fwd_sm90 variant (an --variants entry), all at once in the background, each with its own kernel
-# cache; logs $OUT/sanitizer-TOOL-VARIANT.log. The environment (e.g. ATTNFORGE_SM90_STAGES) passes through.
+# cache; logs $OUT/sanitizer-TOOL-VARIANT.log (characters of VARIANT past [A-Za-z0-9@._-] as _). The
+# environment (e.g. ATTNFORGE_SM90_STAGES) passes through.
 af_sanitize_start() {
   local v t
   for v in $1; do
     for t in $2; do
-      (ATTNFORGE_FWD_SM90=1 ATTNFORGE_CACHE_DIR="/tmp/af-san-$v-$t" timeout "${3:-280}" compute-sanitizer \
-        --tool "$t" --error-exitcode 3 python3 bench/device/sm90_check.py --stage correctness --quick \
-        --variants "$v" >"$OUT/sanitizer-$t-$v.log" 2>&1) &
+      (ATTNFORGE_FWD_SM90=1 ATTNFORGE_CACHE_DIR="/tmp/af-san-${v//[^A-Za-z0-9@._-]/_}-$t" timeout "${3:-280}" \
+        compute-sanitizer --tool "$t" --error-exitcode 3 python3 bench/device/sm90_check.py --stage correctness \
+        --quick --variants "$v" >"$OUT/sanitizer-$t-${v//[^A-Za-z0-9@._-]/_}.log" 2>&1) &
       san_pids+=($!)
       san_names+=("$t $v")
     done
@@ -53,6 +54,7 @@ af_sanitize_wait() {
     wait "${san_pids[$i]}"
     rc=$?
     log="$OUT/sanitizer-${san_names[$i]// /-}.log"
+    log="${log//[^A-Za-z0-9@._\/-]/_}"  # as af_sanitize_start named it (the device returns plain names only)
     grep -q "ERROR SUMMARY: 0 errors\|RACECHECK SUMMARY: 0 hazards" "$log" || [ $rc -ne 0 ] || rc=4
     record "sanitizer ${san_names[$i]} ($(grep -E 'cases passed' "$log" | tail -1))" $rc
   done

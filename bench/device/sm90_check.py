@@ -58,6 +58,7 @@ and not), for the 192-row forms' A/B (bench/device/sm90_m192.sh):
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -68,22 +69,33 @@ REPO = os.path.dirname(os.path.dirname(HERE))
 
 def split_variant(variant):
     """(schedule, block_m) of an --variants entry: "pingpong" -> ("pingpong", 128), "pingpong@192" ->
-    ("pingpong", 192)."""
-    schedule, _, rows = variant.partition("@")
+    ("pingpong", 192); a "+D:N" suffix (key-block widths, block_widths) is not part of either."""
+    schedule, _, rows = variant.split("+")[0].partition("@")
     return schedule, int(rows or 128)
+
+
+def block_widths(variant):
+    """{head_dim: key-block width} of an entry's "+D:N" suffixes ($ATTNFORGE_SM90_BLOCK_N's entries):
+    "pingpong-persistent+128:176+256:80" -> {128: 176, 256: 80}."""
+    return {int(d): int(n) for d, n in (x.split(":") for x in variant.split("+")[1:])}
 
 
 def variant_env(variant):
     """The environment that selects a variant (read by the library at each plan)."""
     schedule, block_m = split_variant(variant)
-    return dict(ATTNFORGE_SM90_VARIANT=schedule, ATTNFORGE_SM90_BLOCK_M=str(block_m))
+    widths = ";".join("%d:%d" % x for x in block_widths(variant).items())
+    return dict(ATTNFORGE_SM90_VARIANT=schedule, ATTNFORGE_SM90_BLOCK_M=str(block_m), ATTNFORGE_SM90_BLOCK_N=widths)
 
 
 def variant_in_plan(variant, plan):
-    """Whether a plan's describe() names this variant: "fwd_sm90 bf16 d64 pingpong sm_90a 192x128 ..."."""
+    """Whether a plan's describe() names this variant: "fwd_sm90 bf16 d64 pingpong sm_90a 192x128 ...", with
+    the key-block width of its head dim where the entry sets one."""
     schedule, block_m = split_variant(variant)
     kernel = plan.split("(")[0]  # the reason in parentheses may name fwd_sm90 when fwd_sm80 runs
-    return " fwd_sm90 " in " " + kernel and " %s sm_90a %dx" % (schedule, block_m) in kernel
+    if " fwd_sm90 " not in " " + kernel or " %s sm_90a %dx" % (schedule, block_m) not in kernel:
+        return False
+    width = next((n for d, n in block_widths(variant).items() if " d%d " % d in kernel), None)
+    return width is None or " %s sm_90a %dx%d" % (schedule, block_m, width) in kernel
 
 
 # fwd_sm90's schedules with an extras variant (a sliding window's left edge and softcap compiled in;
@@ -380,7 +392,8 @@ def run_correctness(out_dir, quick, variant=""):
         log(out_dir, "  [%s] %-4s relaunches b2 s2048 h16/4 d%d causal: %s" % (
             variant, "ok" if row["ok"] else "FAIL", d, row.get("error") or row["detail"]))
     if out_dir:
-        with open(os.path.join(out_dir, "correctness-%s.json" % variant if variant else "correctness.json"), "w") as f:
+        name = "correctness-%s.json" % re.sub("[^A-Za-z0-9@._-]", "_", variant) if variant else "correctness.json"
+        with open(os.path.join(out_dir, name), "w") as f:
             json.dump(results, f, indent=1)
     log(out_dir, "%s: %d of %d cases passed" % ("correctness of " + variant if variant else "stage 2",
                                                len(results) - failures, len(results)))
@@ -838,9 +851,9 @@ def main():
                         help="--stage timing: what it times (of %s)" % ",".join(ALL_BACKENDS))
     parser.add_argument("--shapes", choices=("all", "causal", "d64"), default="all",
                         help="the A/B's timed shapes: all 16 (ab_shapes), 'causal': 10, mostly causal, or 'd64': 16")
-    parser.add_argument("--variants", default="", help="A/B run of these fwd_sm90 schedules, e.g. v0,overlap "
-                        "or pingpong@192 (a 192-row form; correctness on the reduced set, then timing beside cuDNN; "
-                        "budget 145 s unless --budget)")
+    parser.add_argument("--variants", default="", help="A/B run of these fwd_sm90 schedules, e.g. v0,overlap, "
+                        "pingpong@192 (a 192-row form) or pingpong-persistent+128:176 (key-block widths per head dim); "
+                        "correctness on the reduced set, then timing beside cuDNN; budget 145 s unless --budget)")
     parser.add_argument("--chart", metavar="TIMING_JSON", help="only draw a timing.json's chart (no GPU), into "
                         "the same name with .png")
     args = parser.parse_args()

@@ -2,7 +2,8 @@
 compute-sanitizer (memcheck / racecheck): odd lengths,
 varlen with empty sequences, GQA, windows, extras, padded head dims; both kernel families, split
 keys, paged K/V (page sizes 3 to 1024, garbage table entries past the used pages), left padding
-and kv_batch_idx in the decode family."""
+and kv_batch_idx in the decode family; decode's programmatic dependent launches back to back;
+flash_attn_with_kvcache's rotary and in-place append (contiguous, pages of 1 and 16 rows)."""
 import os
 import sys
 
@@ -10,6 +11,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "python"))
 from attnforge import _native as af  # noqa: E402
+from attnforge import flash_attn_with_kvcache  # noqa: E402
 
 torch.manual_seed(0)
 
@@ -66,5 +68,31 @@ cache = torch.randn(4, 300, 2, 64, dtype=torch.bfloat16, device="cuda")
 af.attention_forward(q, cache, cache, torch.empty_like(q), kv_batch_idx=torch.tensor([3, 1], dtype=torch.int32,
                      device="cuda"), leftpad_k=torch.tensor([10, 0], dtype=torch.int32, device="cuda"),
                      seqused_k=torch.tensor([250, 0], dtype=torch.int32, device="cuda"), backend="cuda")
+# Decode plans that hold every SM alone (bf16 32/8 d128, 2 x 1k keys, heuristic splits) launch with
+# programmatic dependent launch on sm_90+: three back to back, each waiting on the one before.
+q = torch.randn(2, 1, 32, 128, dtype=torch.bfloat16, device="cuda")
+cache = torch.randn(2, 1024, 8, 128, dtype=torch.bfloat16, device="cuda")
+out = torch.empty_like(q)
+for _ in range(3):
+    af.attention_forward(q, cache, cache, out, causal=True, backend="cuda")
+# flash_attn_with_kvcache: rotary (interleaved and GPT-NeoX, rotary_dim < head_dim) and the in-place append
+# (af_kvcache_append), then decode over a contiguous cache and over shuffled pages of 1 and 16 rows.
+for page, interleaved in ((None, True), (1, False), (16, True)):
+    rows, new = 320, 3
+    seqlens = torch.tensor([0, 150, rows - new], dtype=torch.int32, device="cuda")
+    if page is None:
+        k_cache = torch.randn(3, rows, 2, 64, dtype=torch.float16, device="cuda")
+        table = None
+    else:
+        blocks = rows // page
+        k_cache = torch.randn(3 * blocks, page, 2, 64, dtype=torch.float16, device="cuda")
+        table = torch.randperm(3 * blocks, device="cuda").view(3, blocks).to(torch.int32)
+    v_cache = torch.randn_like(k_cache)
+    angles = torch.rand(rows, 16, device="cuda") * 6.3
+    flash_attn_with_kvcache(torch.randn(3, new, 8, 64, dtype=torch.float16, device="cuda"), k_cache, v_cache,
+                            k=torch.randn(3, new, 2, 64, dtype=torch.float16, device="cuda"),
+                            v=torch.randn(3, new, 2, 64, dtype=torch.float16, device="cuda"),
+                            rotary_cos=angles.cos().half(), rotary_sin=angles.sin().half(), cache_seqlens=seqlens,
+                            block_table=table, causal=True, rotary_interleaved=interleaved, num_splits=0 if page else 3)
 torch.cuda.synchronize()
 print("sanitize cases ran")
