@@ -12,6 +12,8 @@
 #    call, causal and not, and the 64/8 GQA rows) with the knob unset, set, unset, set (each process times
 #    cuDNN too, so the ratios are comparable), then one table of sm90/cuDNN per shape and run
 #    ($OUT/block_n_ab.md).
+# AF_SKIP_CHECKS=1 leaves out steps 1 and 2 (e.g. after check_decode.sh's A/B ran the knob's sanitizers and
+# float64 cases); AF_SECONDS sets each timing run's budget (default 55).
 # One PASS/FAIL line per step at the end; exit status 0 only when every step passed.
 set -u -o pipefail
 cd "$(dirname "$0")/../.." || exit 1
@@ -19,16 +21,18 @@ source bench/device/lib.sh
 BLOCK_N="${AF_BLOCK_N:-128:176;256:80}"
 af_build
 
-echo "== 1. sanitizers with ATTNFORGE_SM90_BLOCK_N=$BLOCK_N (background)"
-ATTNFORGE_SM90_BLOCK_N="$BLOCK_N" af_sanitize_start "pingpong-persistent pingpong-persistent-tma-store" \
-  "memcheck racecheck" 240
+if [ "${AF_SKIP_CHECKS:-0}" != 1 ]; then
+  echo "== 1. sanitizers with ATTNFORGE_SM90_BLOCK_N=$BLOCK_N (background)"
+  ATTNFORGE_SM90_BLOCK_N="$BLOCK_N" af_sanitize_start "pingpong-persistent pingpong-persistent-tma-store" \
+    "memcheck racecheck" 240
 
-echo "== 2. pytest block_n_forms with ATTNFORGE_SM90_BLOCK_N=$BLOCK_N"
-ATTNFORGE_SM90_BLOCK_N="$BLOCK_N" timeout 230 python3 -m pytest -q -x -p no:cacheprovider \
-  tests/gpu/test_forward_sm90.py -k "block_n_forms and not (fp16 and 4097)" 2>&1 | tail -4
-rc=$?
-record "pytest block_n_forms ($BLOCK_N)" $rc
-af_sanitize_wait
+  echo "== 2. pytest block_n_forms with ATTNFORGE_SM90_BLOCK_N=$BLOCK_N"
+  ATTNFORGE_SM90_BLOCK_N="$BLOCK_N" timeout 230 python3 -m pytest -q -x -p no:cacheprovider \
+    tests/gpu/test_forward_sm90.py -k "block_n_forms and not (fp16 and 4097)" 2>&1 | tail -4
+  rc=$?
+  record "pytest block_n_forms ($BLOCK_N)" $rc
+  af_sanitize_wait
+fi
 
 echo "== 3. timing: default, $BLOCK_N, default, $BLOCK_N"
 runs=()
@@ -36,7 +40,7 @@ for i in 1 2 3 4; do
   if [ $((i % 2)) -eq 1 ]; then knob=""; label=default; else knob="$BLOCK_N"; label=knob; fi
   dir="$OUT/timing-$i-$label"
   ATTNFORGE_SM90_BLOCK_N="$knob" timeout 75 python3 bench/device/sm90_check.py --stage timing --head-dims 128,256 \
-    --seqlens 1024,4096,16384 --backends fwd_sm90,sdpa_cudnn --seconds 55 --out "$dir" >"$dir.log" 2>&1
+    --seqlens 1024,4096,16384 --backends fwd_sm90,sdpa_cudnn --seconds "${AF_SECONDS:-55}" --out "$dir" >"$dir.log" 2>&1
   rc=$?
   record "timing run $i ($label)" $rc
   runs+=("$dir")

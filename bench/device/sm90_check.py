@@ -826,7 +826,12 @@ def main_ab(args, variants):
                  dict(env, **variant_env(variant)), share):
             passed.append(variant)
     ok = False
-    if passed and left() > 15:
+    if len({variant_env(x)["ATTNFORGE_SM90_BLOCK_N"] for x in passed}) > 1:
+        # The library reads the key-block widths once per process (its variant table), so one timing process
+        # cannot interleave them.
+        log(args.out, "== timing skipped: key-block widths differ between variants; time them with "
+            "sm90_block_n_ab.sh (a process per width)")
+    elif passed and left() > 15:
         ok = stage(args.out, "timing of %s beside cuDNN" % ",".join(passed),
                    [sys.executable, me, "--stage", "ab-timing", "--variants", ",".join(passed), "--shapes", args.shapes,
                     "--seconds", str(max(10.0, left() - 10))] + extra, env, left())
