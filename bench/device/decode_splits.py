@@ -5,7 +5,8 @@ heuristic or the kernel's fixed cost is what is left (issue 11).
 Same method as decode_bench.py (CUDA-graph replay over rotating caches, SDPA with enable_gqa=True);
 attnforge runs through flash_attn_with_kvcache(num_splits=N) on the whole cache. Prints one markdown
 table: per shape, the planned kernel (explain()), its time, the best forced count and its time, cuDNN.
-Usage: python3 decode_splits.py [out.md]
+Usage: python3 decode_splits.py [out.md [MATCH]] (MATCH: only the shapes whose label, e.g. "16/16 d64 B1 1k",
+contains it)
 """
 import math
 import sys
@@ -60,10 +61,13 @@ def shape_row(heads, heads_kv, head_dim, batch, keys, dtype=torch.bfloat16):
     return row
 
 
-def main(path=None):
+def main(path=None, match=""):
     lines = ["| shape | planned kernel | planned us | best forced splits | its us | cuDNN us | planned / cuDNN "
              "| best / cuDNN | splits: us |", "|---|---|---|---|---|---|---|---|---|"]
     for shape in SHAPES:
+        heads, heads_kv, head_dim, batch, keys = shape
+        if match not in "%d/%d d%d B%d %dk" % (heads, heads_kv, head_dim, batch, keys // 1024):
+            continue
         r = shape_row(*shape)
         lines.append("| %s | %s | %.1f | %d | %.1f | %.1f | %.2fx | %.2fx | %s |" % (
             r["shape"], r["planned"], r["planned_us"], r["best_splits"], r["best_us"], r["cudnn_us"],
@@ -76,4 +80,4 @@ def main(path=None):
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:2])
+    main(*sys.argv[1:3])

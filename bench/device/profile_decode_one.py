@@ -1,7 +1,8 @@
 """One decode shape through attnforge, contiguous or paged, a few calls: the program ncu profiles.
 
-usage: python profile_decode_one.py [--batch 128] [--keys 4096] [--page 0|16|256]
-(bf16, 32 query heads over 8 KV heads, d128, one query row per sequence; --page 0: the contiguous cache through
+usage: python profile_decode_one.py [--batch 128] [--keys 4096] [--page 0|16|256] [--heads 32] [--heads-kv 8]
+    [--head-dim 128]
+(bf16, one query row per sequence; --page 0: the contiguous cache through
 flash_attn_with_kvcache with cache_seqlens, else pages of that many rows in the sequences' order, so the two
 read the same addresses in the same order and differ only in the loader)
 """
@@ -15,16 +16,19 @@ parser = argparse.ArgumentParser()
 parser.add_argument("--batch", type=int, default=128)
 parser.add_argument("--keys", type=int, default=4096)
 parser.add_argument("--page", type=int, default=0)
+parser.add_argument("--heads", type=int, default=32)
+parser.add_argument("--heads-kv", type=int, default=8)
+parser.add_argument("--head-dim", type=int, default=128)
 args = parser.parse_args()
-shape = (args.batch, args.keys, 8, 128)
+shape = (args.batch, args.keys, args.heads_kv, args.head_dim)
 k, v = (torch.randn(shape, device="cuda", dtype=torch.bfloat16) for _ in range(2))
-q = torch.randn(args.batch, 1, 32, 128, device="cuda", dtype=torch.bfloat16)
+q = torch.randn(args.batch, 1, args.heads, args.head_dim, device="cuda", dtype=torch.bfloat16)
 lens = torch.full((args.batch,), args.keys, dtype=torch.int32, device="cuda")
 table = None
 if args.page:
     assert args.keys % args.page == 0, "--keys must be a multiple of --page"
     pages = args.keys // args.page
-    k, v = (t.view(args.batch * pages, args.page, 8, 128) for t in (k, v))
+    k, v = (t.view(args.batch * pages, args.page, args.heads_kv, args.head_dim) for t in (k, v))
     table = torch.arange(args.batch * pages, dtype=torch.int32, device="cuda").view(args.batch, pages)
 for _ in range(4):
     attnforge.flash_attn_with_kvcache(q, k, v, cache_seqlens=lens, block_table=table)
