@@ -1,0 +1,76 @@
+"""Decode plan choices A/B (issue 11): per shape, attnforge with each variant (a forced key-split count and the
+cluster merge on or off) beside SDPA's cuDNN backend, all captured as CUDA graphs first and then timed in
+interleaved rounds (decode_bench.interleaved_us), so that the GPU's drift reaches every variant alike.
+The variants' plans are read when the graphs are captured ($ATTNFORGE_DECODE_CLUSTER is read at each plan).
+
+Variants: "planned" (num_splits=0), and "Nc" / "Ng" (num_splits=N, cluster merge on / off).
+Usage: python3 decode_ab.py [out.md]
+"""
+import math
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from attnforge import _native
+from decode_bench import ROTATION_BYTES, graph_timer, interleaved_us
+
+SHAPES = [  # (heads, heads_kv, head_dim, batch, keys)
+    (16, 16, 64, 1, 128), (16, 16, 64, 1, 1024), (16, 16, 64, 1, 2048), (16, 16, 64, 1, 4096),
+    (32, 8, 128, 1, 128), (32, 8, 128, 1, 1024), (32, 8, 128, 1, 4096),
+]
+VARIANTS = ["planned", "planned-g", "2c", "2g", "4c", "4g", "6c", "6g", "8c", "8g"]
+
+
+def attnforge_timer(variant, qs, caches):
+    """A graph timer of attnforge's decode through the library's own call (no torch op around it; num_splits
+    is its option), and the plan's description."""
+    splits = 0 if variant.startswith("planned") else int(variant[:-1])
+    os.environ["ATTNFORGE_DECODE_CLUSTER"] = "0" if variant.endswith("g") else "1"
+    outs = [torch.empty_like(q) for q in qs]
+    timer = graph_timer([lambda i=i: _native.attention_forward(qs[i], *caches[i], outs[i], causal=True, backend="cuda",
+                                                               num_splits=splits) for i in range(len(qs))])
+    plan = _native.Plan(qs[0], *caches[0], outs[0], causal=True, backend="cuda", num_splits=splits).describe()
+    os.environ.pop("ATTNFORGE_DECODE_CLUSTER")
+    return timer, plan
+
+
+def main(path=None):
+    lines = ["# Decode plan A/B: %s, torch %s, cuDNN %s, bf16, us per step (CUDA-graph replay, medians of interleaved "
+             "rounds)" % (torch.cuda.get_device_name(), torch.__version__, torch.backends.cudnn.version()), "",
+             "| shape | cuDNN | " + " | ".join(VARIANTS) + " | fastest / cuDNN | planned plan |",
+             "|---|---|" + "---|" * len(VARIANTS) + "---|---|"]
+    print("\n".join(lines), flush=True)
+    for heads, heads_kv, head_dim, batch, keys in SHAPES:
+        kv_bytes = 2 * batch * keys * heads_kv * head_dim * 2
+        rotations = max(1, min(8, math.ceil(ROTATION_BYTES / kv_bytes)))
+        qs = [torch.randn(batch, 1, heads, head_dim, dtype=torch.bfloat16, device="cuda") for _ in range(rotations)]
+        caches = [tuple(torch.randn(batch, keys, heads_kv, head_dim, dtype=torch.bfloat16, device="cuda")
+                        for _ in range(2)) for _ in range(rotations)]
+        sdpa_kv = [tuple(x.transpose(1, 2) for x in kv) for kv in caches]
+
+        def cudnn(i):
+            with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
+                F.scaled_dot_product_attention(qs[i].transpose(1, 2), *sdpa_kv[i], enable_gqa=heads != heads_kv)
+
+        timers, plans = {"cudnn": graph_timer([lambda i=i: cudnn(i) for i in range(rotations)])}, {}
+        for variant in VARIANTS:
+            splits = 0 if variant.startswith("planned") else int(variant[:-1])
+            if splits > (keys + 127) // 128:
+                continue
+            timers[variant], plans[variant] = attnforge_timer(variant, qs, caches)
+        us = interleaved_us(timers)
+        fastest = min((v for v in VARIANTS if v in us), key=us.get)
+        lines.append("| %d/%d d%d B%d %d | %.1f | " % (heads, heads_kv, head_dim, batch, keys, us["cudnn"]) +
+                     " | ".join("%.1f" % us[v] if v in us else "-" for v in VARIANTS) +
+                     " | %s %.2fx | %s |" % (fastest, us["cudnn"] / us[fastest], plans["planned"][12:]))
+        print(lines[-1], flush=True)
+    if path:
+        with open(path, "w") as f:
+            f.write("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:2])
