@@ -77,15 +77,20 @@ int sm80_splits(int requested, int ctas, int key_blocks, int wave_ctas) {
 // kLatencyBoundBlocks key blocks each (B1 4k keys without 16-CTA clusters: 8 splits in clusters
 // beat 16 merged globally); with longer shares the global merge's extra SMs win. A forced count (FlashAttention's
 // num_splits > 1, or $ATTNFORGE_NUM_SPLITS) merges in a cluster when a cluster of that many CTAs
-// can launch at all (max_clusters[n] > 0), else globally. The heuristic keeps the global merge for
-// tiles of which an SM holds several (d64): there clusters of 8 ran 10-13% slower than the same 8
-// splits merged globally at B1 x 4k-32k (H200, bench/results/decode-cluster-h200-2026-11-30.md),
-// presumably because a cluster's CTAs are placed within one GPC, two to an SM, so fewer SMs stream.
+// can launch at all (max_clusters[n] > 0), else globally. For tiles of which an SM holds several (d64)
+// the heuristic takes clusters of at most kSharedSmClusterCtas, and only latency-bound ones: there
+// clusters of 8 ran 10-13% slower than the same 8 splits merged globally at B1 x 4k-32k (H200,
+// bench/results/decode-cluster-h200-2026-11-30.md), presumably because a cluster's CTAs are placed
+// within one GPC, two to an SM, so fewer SMs stream; while clusters of 4 won where each CTA reads
+// few blocks (bench/results/decode-ab-h200-2026-12-01.md, interleaved rounds, 16/16 heads d64 B1:
+// 1k keys 6.5 us in 4-CTA clusters against 7.4 for the global 4 and 7.2 for clusters of 8; 2k 8.8
+// against 9.1 for the global 8; at 4k, 8 blocks per CTA, the global 8 led, 10.9 against 11.8).
 // Shares of at most this many key blocks per CTA keep a split decode step latency-bound: the cluster
 // merge's saved round trip through L2 outweighs the SMs the global merge adds (H200, B1 4k at 32/8 and
 // 64/8 heads: 8 splits merged in clusters 12.9/13.1 us, 16 merged globally 13.9/14.8; at 16k keys,
 // 16 blocks per CTA, the global 16 led, 26.6 against 27.9 us; bench/results/decode-splits-h200-*).
 constexpr int kLatencyBoundBlocks = 4;
+constexpr int kSharedSmClusterCtas = 4;
 
 DecodeSplits decode_splits(int forced, int ctas, int key_blocks, int sm_count,
                            const int (&max_clusters)[kMaxClusterCtas + 1], int ctas_per_sm) {
@@ -108,7 +113,13 @@ DecodeSplits decode_splits(int forced, int ctas, int key_blocks, int sm_count,
   // A cluster size counts only if it shortens the longest share (key blocks per CTA) over one CTA less:
   // 9 CTAs on 16 blocks read 2 blocks each at most, as 8 do (40/8 heads B1 2k: 11.1 against 10.6 us).
   const auto longest = [&](int s) { return (key_blocks + s - 1) / s; };
-  const int cluster = ctas_per_sm != 1 ? 0 : smallest_near_best(std::min(kMaxClusterCtas, key_blocks), [&](int s) {
+  if (ctas_per_sm != 1) {  // the largest cluster of at most kSharedSmClusterCtas that is latency-bound
+    for (int s = std::min(kSharedSmClusterCtas, key_blocks); s >= 2; --s)
+      if (max_clusters[s] >= ctas && longest(s) <= kLatencyBoundBlocks && longest(s) < longest(s - 1))
+        return {s, true};
+    return {global, false};
+  }
+  const int cluster = smallest_near_best(std::min(kMaxClusterCtas, key_blocks), [&](int s) {
     return s >= 2 && max_clusters[s] >= ctas && longest(s) < longest(s - 1);
   });
   if (cluster >= 2 && (efficiency(cluster) >= 0.95 * efficiency(global) || longest(cluster) <= kLatencyBoundBlocks))

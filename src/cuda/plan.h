@@ -116,8 +116,8 @@ struct DecodeSplits {
   int splits = 1;
   bool cluster = false;  // merged through distributed shared memory in a cluster of `splits` CTAs
 };
-// ctas_per_sm: CTAs of the variant one SM holds (LoadedVariant::wave_ctas / sm_count); the heuristic
-// takes the cluster merge only at 1.
+// ctas_per_sm: CTAs of the variant one SM holds (LoadedVariant::wave_ctas / sm_count); above 1 the
+// heuristic takes only clusters of up to 4 CTAs of at most 4 key blocks each.
 DecodeSplits decode_splits(int forced, int ctas, int key_blocks, int sm_count,
                            const int (&max_clusters)[kMaxClusterCtas + 1], int ctas_per_sm = 1);
 

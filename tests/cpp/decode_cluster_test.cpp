@@ -54,10 +54,14 @@ TEST(DecodeSplits, ClusterMergeSplitsDownToOneBlock) {
   expect_splits(decode_splits(0, 8, 1, kH200Sms, h200.n), 1, false, "one key block");
 }
 
-TEST(DecodeSplits, HeuristicKeepsTheGlobalMergeForTilesSharingAnSm) {
-  // d64 (two CTAs per SM): 16/16 heads, B1 x 4k keys = 16 CTAs of 32 blocks.
+TEST(DecodeSplits, TilesSharingAnSmMergeInSmallClustersOnlyWhileLatencyBound) {
+  // d64 (two CTAs per SM): 16/16 heads, B1 = 16 CTAs; 1k keys = 8 blocks, 2k 16, 4k 32.
   const Clusters h200(8);
-  expect_splits(decode_splits(0, 16, 32, kH200Sms, h200.n, 2), 8, false, "d64 B1 4k, two CTAs per SM");
+  expect_splits(decode_splits(0, 16, 8, kH200Sms, h200.n, 2), 4, true, "d64 B1 1k: 4 CTAs of 2 blocks");
+  expect_splits(decode_splits(0, 16, 16, kH200Sms, h200.n, 2), 4, true, "d64 B1 2k: 4 CTAs of 4 blocks");
+  expect_splits(decode_splits(0, 16, 3, kH200Sms, h200.n, 2), 3, true, "d64 B1 384 keys: 3 CTAs of 1 block");
+  expect_splits(decode_splits(0, 16, 32, kH200Sms, h200.n, 2), 8, false, "d64 B1 4k: 8 blocks in 4 CTAs, global");
+  expect_splits(decode_splits(0, 16, 8, kH200Sms, kNone, 2), 4, false, "d64 B1 1k, clusters off: global");
   expect_splits(decode_splits(3, 16, 32, kH200Sms, h200.n, 2), 3, true, "a forced count still merges in a cluster");
 }
 
