@@ -3,7 +3,8 @@ cluster merge on or off) beside SDPA's cuDNN backend, all captured as CUDA graph
 interleaved rounds (decode_bench.interleaved_us), so that the GPU's drift reaches every variant alike.
 The variants' plans are read when the graphs are captured ($ATTNFORGE_DECODE_CLUSTER is read at each plan).
 
-Variants: "planned" (num_splits=0), and "Nc" / "Ng" (num_splits=N, cluster merge on / off).
+Variants: "planned" (num_splits=0), "planned-g" (the same with the cluster merge off), and "Nc" / "Ng"
+(num_splits=N, cluster merge on / off); $AF_VARIANTS picks some.
 Usage: python3 decode_ab.py [out.md]
 """
 import math
@@ -19,9 +20,11 @@ from decode_bench import ROTATION_BYTES, graph_timer, interleaved_us
 
 SHAPES = [  # (heads, heads_kv, head_dim, batch, keys)
     (16, 16, 64, 1, 128), (16, 16, 64, 1, 1024), (16, 16, 64, 1, 2048), (16, 16, 64, 1, 4096),
-    (32, 8, 128, 1, 128), (32, 8, 128, 1, 1024), (32, 8, 128, 1, 4096),
+    (32, 8, 128, 1, 128), (32, 8, 128, 1, 1024), (32, 8, 128, 1, 4096), (16, 16, 64, 8, 1024),
+    (32, 8, 128, 8, 1024), (32, 8, 128, 1, 16384),
 ]
-VARIANTS = ["planned", "planned-g", "2c", "2g", "4c", "4g", "6c", "6g", "8c", "8g"]
+# $AF_VARIANTS (comma-separated) picks some, e.g. "planned" to compare two builds of the library.
+VARIANTS = os.environ.get("AF_VARIANTS", "planned,planned-g,2c,2g,4c,4g,6c,6g,8c,8g").split(",")
 
 
 def attnforge_timer(variant, qs, caches):
@@ -65,7 +68,7 @@ def main(path=None):
         fastest = min((v for v in VARIANTS if v in us), key=us.get)
         lines.append("| %d/%d d%d B%d %d | %.1f | " % (heads, heads_kv, head_dim, batch, keys, us["cudnn"]) +
                      " | ".join("%.1f" % us[v] if v in us else "-" for v in VARIANTS) +
-                     " | %s %.2fx | %s |" % (fastest, us["cudnn"] / us[fastest], plans["planned"][12:]))
+                     " | %s %.2fx | %s |" % (fastest, us["cudnn"] / us[fastest], plans.get("planned", "-")[12:]))
         print(lines[-1], flush=True)
     if path:
         with open(path, "w") as f:

@@ -174,8 +174,21 @@ af_status run_sm90(const Plan& plan, const Variant& v, const AttentionProblem& p
 // cluster dims (splits, 1, 1) over the grid's split axis, so a CTA's rank in its cluster is its
 // split; the shares merge through distributed shared memory, so there is no workspace, counter or
 // memset.
+// The decode kernel's divisors (FlashFwdParams::decode_group ...) for a grid of grid_y = Hk * m_tiles
+// rows and k->num_splits splits.
+void set_decode_divisors(FlashFwdParams* k, unsigned grid_y) {
+  k->decode_group = k->heads_q / k->heads_kv;
+  k->decode_m_tiles = int(grid_y) / k->heads_kv;
+  const PageDivisor group = page_divisor(k->decode_group), m_tiles = page_divisor(k->decode_m_tiles),
+                    splits = page_divisor(k->num_splits);
+  k->group_magic = group.magic, k->group_shift = group.shift;
+  k->m_tiles_magic = m_tiles.magic, k->m_tiles_shift = m_tiles.shift;
+  k->splits_magic = splits.magic, k->splits_shift = splits.shift;
+}
+
 af_status run_decode_cluster(const Plan& plan, const Variant& v, FlashFwdParams* k, CUstream stream) {
   k->num_splits = plan.splits;
+  set_decode_divisors(k, plan.grid[1]);
   const unsigned threads = unsigned(v.tile_for(plan.choice.arch).threads());
   const unsigned smem = unsigned(v.smem_bytes(plan.choice.arch));
   void* args[] = {k};
@@ -227,6 +240,7 @@ af_status run(const Plan& plan, const AttentionProblem& p, void* workspace, size
     else
       grid[2] = plan.grid[2] / unsigned(plan.splits);
   }
+  if (v.family == kFamilyDecode) set_decode_divisors(&k, grid[1]);
   const TileConfig& tile = v.tile_for(plan.choice.arch);
   void* args[] = {&k};
   const unsigned threads = unsigned(tile.threads()), smem = unsigned(v.smem_bytes(plan.choice.arch));

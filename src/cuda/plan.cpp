@@ -115,8 +115,7 @@ DecodeSplits decode_splits(int forced, int ctas, int key_blocks, int sm_count,
   const auto longest = [&](int s) { return (key_blocks + s - 1) / s; };
   if (ctas_per_sm != 1) {  // the largest cluster of at most kSharedSmClusterCtas that is latency-bound
     for (int s = std::min(kSharedSmClusterCtas, key_blocks); s >= 2; --s)
-      if (max_clusters[s] >= ctas && longest(s) <= kLatencyBoundBlocks && longest(s) < longest(s - 1))
-        return {s, true};
+      if (max_clusters[s] >= ctas && longest(s) <= kLatencyBoundBlocks && longest(s) < longest(s - 1)) return {s, true};
     return {global, false};
   }
   const int cluster = smallest_near_best(std::min(kMaxClusterCtas, key_blocks), [&](int s) {

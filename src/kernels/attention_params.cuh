@@ -87,6 +87,13 @@ struct FlashFwdParams : AttentionParams {
   // the end per CTA), which takes the counter through 0 .. tiles - 1 and wraps it back to 0 for
   // the next launch (no memset node in a graph). Null: static striding (tile + gridDim.x).
   unsigned int* tile_counter;
+  // decode: the quotients its prologue and epilogue take, without a division instruction (page_magic's
+  // scheme: x / d == __umulhi(2 x, magic) >> shift for 0 <= x < 2^31): by G = heads_q / heads_kv (packed
+  // row -> query row), by m_tiles = gridDim.y / heads_kv (blockIdx.y -> KV head) and by num_splits (key
+  // blocks -> a split's share). Set at launch (set_decode_divisors in src/cuda/launch.cpp).
+  int decode_group, decode_m_tiles;
+  unsigned int group_magic, m_tiles_magic, splits_magic;
+  int group_shift, m_tiles_shift, splits_shift;
 };
 
 // flash_attn_with_kvcache's steps before the attention (the kvcache family): new k/v rows rotated

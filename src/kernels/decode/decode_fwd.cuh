@@ -63,9 +63,19 @@ __device__ __forceinline__ bool shared_pages(const FlashFwdParams& p) {
   return p.page_size >= kMinSharedPage && p.page_offsets_32 != 0 && (p.head_dim & 7) == 0;
 }
 
+// x / d for 0 <= x < 2^31 from d's magic number and shift (src/cuda/page_divisor.h), without a division.
+__device__ __forceinline__ int magic_divide(int x, af_u32 magic, int shift) {
+  return int(__umulhi(af_u32(x) << 1, magic) >> shift);
+}
+
 // Page index of key row r (0 <= r < 2^31): r / page_size without a division.
 __device__ __forceinline__ int page_of(const FlashFwdParams& p, int r) {
-  return int(__umulhi(af_u32(r) << 1, p.page_magic) >> p.page_magic_shift);
+  return magic_divide(r, p.page_magic, p.page_magic_shift);
+}
+
+// Query row of packed row r: r / G.
+__device__ __forceinline__ int packed_query_row(const FlashFwdParams& p, int r) {
+  return magic_divide(r, p.group_magic, p.group_shift);
 }
 
 // This lane's block-table entry for key block n_block, which must hold a key: page first + lane of
@@ -301,8 +311,8 @@ __device__ __forceinline__ void merge_cluster_shares(const FlashFwdParams& p, in
     const float inverse = total > 0.f ? 1.f / total : 0.f;
 #pragma unroll
     for (int c = 0; c < 8; ++c) acc[c] *= inverse;
-    const int r = r0 + row;
-    store_row_chunk(p, batch, query_row0 + r / group, head_kv * group + r % group, col, acc,
+    const int r = r0 + row, i = packed_query_row(p, r);
+    store_row_chunk(p, batch, query_row0 + i, head_kv * group + r - i * group, col, acc,
                     total > 0.f ? top + log2_approx(total) * 0.6931471805599453f : AF_NEG_INF);
   }
 }
@@ -318,11 +328,10 @@ extern "C" __global__ void __launch_bounds__(kThreads) af_decode_fwd(const Flash
   const int lane = int(threadIdx.x) & 31;
   const int warp = int(threadIdx.x) >> 5;
   const int split = int(blockIdx.x);
-  const int m_tiles = int(gridDim.y) / p.heads_kv;
-  const int head_kv = int(blockIdx.y) / m_tiles;
-  const int r0 = (int(blockIdx.y) % m_tiles) * kBlockM;  // first packed row of this CTA
+  const int head_kv = magic_divide(int(blockIdx.y), p.m_tiles_magic, p.m_tiles_shift);
+  const int r0 = (int(blockIdx.y) - head_kv * p.decode_m_tiles) * kBlockM;  // first packed row of this CTA
   const int batch = int(blockIdx.z);
-  const int group = p.heads_q / p.heads_kv;  // G
+  const int group = p.decode_group;  // G
   // Launched as a programmatic dependent on sm_90+ (launch.cpp): cache_seqlens, the block table
   // and K/V may come from the previous kernel, so nothing global is read before this.
   grid_dependents_launch();
@@ -341,14 +350,14 @@ extern "C" __global__ void __launch_bounds__(kThreads) af_decode_fwd(const Flash
   const int diagonal = span.len - query.len;  // key aligned with query row i is i + diagonal (bottom-right)
 
   // Key blocks that can hold a visible key for the query rows [i_first, i_last] of this tile.
-  const int i_first = r0 / group, i_last = (min(r0 + kBlockM, rows) - 1) / group;
+  const int i_first = packed_query_row(p, r0), i_last = packed_query_row(p, min(r0 + kBlockM, rows) - 1);
   int key_end = span.len;
   if (p.window_right >= 0) key_end = min(key_end, i_last + diagonal + p.window_right + 1);
   const int key_begin = p.window_left >= 0 ? max(0, i_first + diagonal - p.window_left) : 0;
   int n_block_min = key_begin / kBlockN;
   int n_block_max = key_end > key_begin ? (key_end + kBlockN - 1) / kBlockN : n_block_min;
   if (p.num_splits > 1) {  // this CTA's share: contiguous, at most ceil(blocks / splits) blocks
-    const int share = (n_block_max - n_block_min + p.num_splits - 1) / p.num_splits;
+    const int share = magic_divide(n_block_max - n_block_min + p.num_splits - 1, p.splits_magic, p.splits_shift);
     n_block_min += split * share;
     n_block_max = min(n_block_max, n_block_min + share);
   }
@@ -357,21 +366,6 @@ extern "C" __global__ void __launch_bounds__(kThreads) af_decode_fwd(const Flash
   if (p.window_right >= 0) unmasked_end = min(unmasked_end, max(0, i_first + diagonal + p.window_right + 1) / kBlockN);
   const int unmasked_begin =
       p.window_left >= 0 ? (max(0, i_last + diagonal - p.window_left) + kBlockN - 1) / kBlockN : 0;
-
-  // Thread fragment coordinates: lane holds rows g and g + 8 of the m16 tile, columns 2t, 2t + 1.
-  const int g = lane >> 2;
-  const int t = lane & 3;
-  int row_query[2];                  // query row of packed rows g, g + 8
-  float alibi_log2[2] = {0.f, 0.f};  // slope * log2(e) of their heads
-#pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    const int r = r0 + g + 8 * half;
-    row_query[half] = r / group;
-    if (kExtras && p.alibi_slopes != nullptr && r < rows)
-      alibi_log2[half] = p.alibi_slopes[(long long)batch * p.alibi_batch_stride +
-                                        (long long)(head_kv * group + r % group) * p.alibi_head_stride] *
-                         1.4426950408889634f;
-  }
 
   // The block-table entries of the first kPagesAhead key blocks, read before anything waits on them.
   const int* table = p.block_table != nullptr ? p.block_table + (long long)batch * p.block_table_batch_stride : nullptr;
@@ -391,13 +385,13 @@ extern "C" __global__ void __launch_bounds__(kThreads) af_decode_fwd(const Flash
       if (kItems % kThreads == 0 || item < kItems) {
         const int row = item / kChunks;
         const int col = (item % kChunks) * 8;
-        const int r = r0 + row;
+        const int r = r0 + row, i = packed_query_row(p, r);
         const int left = p.head_dim - col;
         const int bytes = r < rows ? (left >= 8 ? 16 : (left > 0 ? left * 2 : 0)) : 0;
         const af_u16* src = (const af_u16*)p.q;
         if (bytes > 0)
-          src += (long long)batch * p.q_batch_stride + (long long)(query.row0 + r / group) * p.q_row_stride +
-                 (long long)(head_kv * group + r % group) * p.q_head_stride + col;
+          src += (long long)batch * p.q_batch_stride + (long long)(query.row0 + i) * p.q_row_stride +
+                 (long long)(head_kv * group + r - i * group) * p.q_head_stride + col;
         cp_async_16(sQ + tile_offset(row, col), src, bytes);
       }
     }
@@ -409,6 +403,23 @@ extern "C" __global__ void __launch_bounds__(kThreads) af_decode_fwd(const Flash
     if (n_block < n_block_max)
       load_kv_block(p, span, table, page_entries, n_block_max, sK + i * kStageBytes, sV + i * kStageBytes, n_block);
     cp_async_commit();
+  }
+
+  // Thread fragment coordinates: lane holds rows g and g + 8 of the m16 tile, columns 2t, 2t + 1
+  // (after the first copies are issued: nothing here delays them).
+  const int g = lane >> 2;
+  const int t = lane & 3;
+  int row_query[2];                  // query row of packed rows g, g + 8
+  float alibi_log2[2] = {0.f, 0.f};  // slope * log2(e) of their heads
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int r = r0 + g + 8 * half;
+    row_query[half] = packed_query_row(p, r);
+    if (kExtras && p.alibi_slopes != nullptr && r < rows)
+      alibi_log2[half] =
+          p.alibi_slopes[(long long)batch * p.alibi_batch_stride +
+                         (long long)(head_kv * group + r - row_query[half] * group) * p.alibi_head_stride] *
+          1.4426950408889634f;
   }
 
   float o[kDTiles][4];                          // (16 rows, 8 dims) accumulators
@@ -584,7 +595,7 @@ extern "C" __global__ void __launch_bounds__(kThreads) af_decode_fwd(const Flash
 #pragma unroll
     for (int c = 0; c < 8; ++c) acc[c] *= inverse;
     const float lse = total > 0.f ? (top + log2_approx(total)) * ln2 : AF_NEG_INF;
-    const int i = r / group, head = head_kv * group + r % group;
+    const int i = packed_query_row(p, r), head = head_kv * group + r - i * group;
     if (cluster_merge) {
       float* dst = share_o + row * kHeadDim + col;
       *(float4*)dst = make_float4(acc[0], acc[1], acc[2], acc[3]);
@@ -615,21 +626,26 @@ extern "C" __global__ void __launch_bounds__(kThreads) af_decode_fwd(const Flash
 
   // The last of the tile's num_splits CTAs to finish merges their shares (no combine kernel):
   // lse = log(sum_s exp(lse_s)), out = sum_s exp(lse_s - lse) * out_s.
+  // The CTA barrier orders every thread's share before thread 0's fence, which (cumulative) makes them
+  // visible device-wide before it counts the CTA; the last arrival's fence after its count orders the
+  // other CTAs' shares before the barrier its threads read them after: cooperative groups' grid-barrier
+  // pattern, one fence per CTA instead of one per warp.
   __shared__ af_u32 arrival;
-  __threadfence();  // this CTA's shares are visible device-wide before it counts itself
   __syncthreads();
-  if (threadIdx.x == 0)
+  if (threadIdx.x == 0) {
+    __threadfence();
     arrival = atomic_inc_wrap(p.split_counters + (long long)batch * gridDim.y + blockIdx.y, p.num_splits - 1);
+    __threadfence();
+  }
   __syncthreads();
   if (arrival != af_u32(p.num_splits - 1)) return;
-  __threadfence();
   const long long split_stride = (long long)p.batch * p.heads_q * p.seqlen_q;
   for (int item = int(threadIdx.x); item < kItems; item += kThreads) {
     const int row = item / kChunks;
     const int col = (item % kChunks) * 8;
     const int r = r0 + row;
     if (r >= rows || col >= p.head_dim) continue;
-    const int i = r / group, head = head_kv * group + r % group;
+    const int i = packed_query_row(p, r), head = head_kv * group + r - i * group;
     const long long row_index = ((long long)batch * p.heads_q + head) * p.seqlen_q + i;
     // One pass with a running maximum, 4 shares per step so their loads are in flight together.
     constexpr int kBatch = 4;
