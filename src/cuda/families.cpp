@@ -4,9 +4,9 @@
 // Causal, windows, GQA, varlen and LSE are run-time flags (masks cost only on the tiles that
 // cross a mask edge); softcap and ALiBi touch every score, so they get their own variants and
 // the common case pays nothing. Head dims in between are zero-filled up to the next one.
-// decode variants: {bf16, fp16} x head dim {64, 128, 256} x {plain, extras}, and at d128 a wide-grid
-// tile of each (see wide_grid_decode_tile): decode is bound by the bytes of K and V, and zero-filled dims
-// are never read, so smaller head dims share these.
+// decode variants: {bf16, fp16} x head dim {64, 128, 256} x {plain, extras}, and a wide-grid tile of d128's
+// and of d64's plain ones (see wide_grid_decode_tile): decode is bound by the bytes of K and V, and
+// zero-filled dims are never read, so smaller head dims share these.
 // fwd_sm90 variants: {bf16, fp16} x head dim {64, 128, 256} x schedule {v0, overlap, pingpong,
 // overlap-persistent, pingpong-persistent, overlap-persistent-tma-store,
 // pingpong-persistent-tma-store, overlap-dynamic, pingpong-dynamic}; sm_90a only
@@ -162,11 +162,15 @@ TileConfig default_decode_tile(int head_dim, SharedMemoryClass smem) {
 // other streams, and twice the CTAs run in one wave. Measured on H200
 // (bench/results/decode-b128-h200-2026-11-30-s6.md, B 128, 1k-32k keys, five head configurations): 1-5% faster than the
 // 8-warp tile at every point (B128 x 1k bf16 32/8: 132.8 against 138.8 us, SDPA cuDNN 131.6), while at batch 1 the
-// 8-warp tile is 4-16% faster (tune-decode-h200-*). The same 4-warp tile at d64 (four CTAs per SM) ran B32 x
-// 1k keys 5% faster (bench/results/decode-d64-wide-h200-2026-12-01.md) but spills 4 bytes with NVRTC 12.1, so
-// d64 has no wide-grid variant. Elsewhere the wide-grid variant keeps the default tile.
+// 8-warp tile is 4-16% faster (tune-decode-h200-*). The same 4-warp tile at d64 (50 KB: four CTAs per SM
+// instead of two) ran B32 x 16 MHA heads x 1k keys 3-5% faster (37.2-38.4 against 39.2-39.4 us; H200,
+// bench/results/decode-d64-wide-h200-2026-12-01.md), from 4k 0.3-1.4% slower (plan.cpp takes it up to
+// 2k keys). d64 has it without extras only: that form keeps 96 registers on sm_90a and spills 4 bytes
+// (NVRTC 12.1 and 13.0); the plain one compiles without spills since the decode prologue's divisions
+// went (NVRTC 12.1 spilled 4 bytes in it before). Elsewhere the wide-grid variant keeps the default tile.
 TileConfig wide_grid_decode_tile(int head_dim, SharedMemoryClass smem) {
-  return head_dim == 128 && smem == kSmem227K ? decode_tile(4, 3) : default_decode_tile(head_dim, smem);
+  return (head_dim == 64 || head_dim == 128) && smem == kSmem227K ? decode_tile(4, 3)
+                                                                  : default_decode_tile(head_dim, smem);
 }
 
 // $ATTNFORGE_DECODE_TILE="D:warps,stages;..." overrides a decode head dim's tile for tuning runs
@@ -213,7 +217,8 @@ std::vector<Variant> build_variants() {
                         : std::vector<int>(std::begin(kDecodeHeadDims), std::end(kDecodeHeadDims)))
         for (bool extras : {false, true})
           for (bool wide : {false, true}) {
-            if (wide && (sm80 || d != 128)) continue;  // decode d128 only: wide_grid_decode_tile
+            // Decode d128, and d64 without extras (wide_grid_decode_tile).
+            if (wide && (sm80 || d == 256 || (d == 64 && extras))) continue;
             Variant v{id, dtype, d, extras, {}, ""};
             v.wide_grid = wide;
             for (int c = 0; c < kSharedMemoryClasses; ++c)

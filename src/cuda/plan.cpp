@@ -318,8 +318,8 @@ af_status choose_variant(const AttentionProblem& p, const DeviceInfo& info, cons
     schedule = sm90_extras_schedule(schedule);
   }
   // Decode grids of more CTAs than the default tile runs in one wave take the wide-grid tile where there
-  // is one (d128 on the 227 KB class: families.cpp's wide_grid_decode_tile), which runs twice as many per
-  // SM. Otherwise such a grid takes two waves or more, the last one partly idle (B32 x 8 KV
+  // is one (d128, and d64 without extras, on the 227 KB class: families.cpp's wide_grid_decode_tile), which
+  // runs twice as many per SM. Otherwise such a grid takes two waves or more, the last one partly idle (B32 x 8 KV
   // heads at d128: 256 CTAs on 132 SMs, 1.94 waves; 0.93x cuDNN at 1k keys in the session-6 table).
   const int64_t decode_ctas = p.batch * p.heads_kv * ((packed_rows + kDecodeTileRows - 1) / kDecodeTileRows);
   int index = find_variant(family_id, p.dtype, int(p.head_dim), extras, schedule, sm90_block_m);
@@ -327,7 +327,10 @@ af_status choose_variant(const AttentionProblem& p, const DeviceInfo& info, cons
     // CTAs of the default tile per SM of the class: 228 KB, 1 KB of it reserved per CTA.
     const int64_t per_sm = (228 << 10) / (variants()[index].smem_bytes(arch) + 1024);
     const int wide = find_variant(family_id, p.dtype, int(p.head_dim), extras, schedule, kSm90BlockM, true);
-    if (wide >= 0 && decode_ctas > per_sm * info.sm_count) index = wide;
+    // At d64 only up to 2k keys: from 4k the two-per-SM 8-warp tile streamed 0.3-1.4% faster in its 1.94
+    // waves (H200, bench/results/decode-d64-wide-h200-2026-12-01.md; at 1k the wide tile 3-5% faster).
+    const bool short_or_d128 = p.head_dim > 64 || p.seqlen_k <= 2048;
+    if (wide >= 0 && decode_ctas > per_sm * info.sm_count && short_or_d128) index = wide;
   }
   if (index < 0 || index >= kMaxVariants)
     return fail(AF_ERR_INTERNAL, "cuda backend: no %s%s variant for head_dim %lld", family(family_id).name,

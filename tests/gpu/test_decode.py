@@ -114,36 +114,41 @@ def test_decode_paged(page_size, num_splits, seed):
     run_decode(torch.bfloat16, 3, 2, 16, 4, 128, cache_len=700, page_size=page_size, num_splits=num_splits)
 
 
-def _wide_grid_batch(heads_kv):
-    """Sequences for a decode grid of more CTAs than SMs at one query row (16 packed rows per CTA)."""
-    return torch.cuda.get_device_properties(0).multi_processor_count // heads_kv + 1
+def _wide_grid_batch(heads_kv, per_sm=1):
+    """Sequences for a decode grid of more CTAs than the default tile runs in one wave (per_sm of them per
+    SM: 1 at d128, 2 at d64 on the 227 KB class) at one query row (16 packed rows per CTA)."""
+    return per_sm * torch.cuda.get_device_properties(0).multi_processor_count // heads_kv + 1
 
 
-# Grids of more CTAs than the default tile runs in one wave take the wide-grid tile at d128 where the GPU has
-# one (4 warps, two CTAs per SM on the 227 KB class: H100/H200); the same float64 checks hold for it, split or
-# not, paged or not.
+# Grids of more CTAs than the default tile runs in one wave take the wide-grid tile at d128, and at d64 (without
+# extras) up to 2k keys, where the GPU has one (4 warps: two CTAs per SM at d128, four at d64, on the 227 KB
+# class: H100/H200); the same float64 checks hold for it, split or not, paged or not.
 @pytest.mark.parametrize("page_size", [None, 16])
 @pytest.mark.parametrize("num_splits", [0, 3])
-def test_decode_wide_grid(page_size, num_splits, seed):
-    run_decode(torch.bfloat16, _wide_grid_batch(8), 1, 32, 8, 128, cache_len=333, page_size=page_size,
-               num_splits=num_splits, leftpad=page_size is None)
+@pytest.mark.parametrize("heads,heads_kv,head_dim,per_sm", [(32, 8, 128, 1), (16, 16, 64, 2)])
+def test_decode_wide_grid(page_size, num_splits, heads, heads_kv, head_dim, per_sm, seed):
+    run_decode(torch.bfloat16, _wide_grid_batch(heads_kv, per_sm), 1, heads, heads_kv, head_dim, cache_len=333,
+               page_size=page_size, num_splits=num_splits, leftpad=page_size is None)
 
 
-def test_decode_wide_grid_tile_only_for_wide_grids():
+@pytest.mark.parametrize("heads,heads_kv,head_dim,per_sm", [(32, 8, 128, 1), (16, 16, 64, 2)])
+def test_decode_wide_grid_tile_only_for_wide_grids(heads, heads_kv, head_dim, per_sm):
     props = torch.cuda.get_device_properties(0)
     if getattr(props, "shared_memory_per_block_optin", 0) < 227 * 1024:
         pytest.skip("the wide-grid tile is the 227 KB class's (H100/H200)")
-    k = torch.randn(_wide_grid_batch(8), 512, 8, 128, dtype=torch.bfloat16, device="cuda")
-    q = torch.randn(k.shape[0], 1, 32, 128, dtype=k.dtype, device="cuda")
+    k = torch.randn(_wide_grid_batch(heads_kv, per_sm), 512, heads_kv, head_dim, dtype=torch.bfloat16, device="cuda")
+    q = torch.randn(k.shape[0], 1, heads, head_dim, dtype=k.dtype, device="cuda")
     wide = attnforge.explain(q, k, k)["plan"]
-    few = k.shape[0] - 1  # 8 CTAs per sequence: one wave at most
+    few = k.shape[0] - 1  # one wave of the default tile at most
     narrow = attnforge.explain(q[:few], k[:few], k[:few])["plan"]
     assert "decode" in wide and "wide-grid" in wide and "16x64" in wide, wide
     assert "decode" in narrow and "wide-grid" not in narrow and "16x128" in narrow, narrow
-    # d64 has no wide-grid tile (its 4-warp form spilled with NVRTC 12.1): four waves of MHA heads keep the default.
-    k64 = torch.randn(4 * _wide_grid_batch(16), 512, 16, 64, dtype=torch.bfloat16, device="cuda")
-    plan64 = attnforge.explain(torch.randn(k64.shape[0], 1, 16, 64, dtype=k64.dtype, device="cuda"), k64, k64)["plan"]
-    assert "decode" in plan64 and "wide-grid" not in plan64 and "16x128" in plan64, plan64
+    if head_dim == 64:  # from 4k keys d64 keeps the default tile; and softcap (extras) has no d64 wide-grid form
+        k4k = torch.empty(k.shape[0], 4096, heads_kv, head_dim, dtype=k.dtype, device="cuda")
+        long_plan = attnforge.explain(q, k4k, k4k)["plan"]
+        assert "decode" in long_plan and "wide-grid" not in long_plan, long_plan
+        softcapped = attnforge.explain(q, k, k, softcap=30.0)["plan"]
+        assert "decode" in softcapped and "wide-grid" not in softcapped, softcapped
 
 
 # Every path of the paged loader: pages too small for one block-table entry per lane of a key block
