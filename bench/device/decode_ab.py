@@ -20,6 +20,7 @@ from decode_bench import ROTATION_BYTES, graph_timer, interleaved_us
 
 SHAPES = [  # (heads, heads_kv, head_dim, batch, keys)
     (16, 16, 64, 1, 128), (16, 16, 64, 1, 1024), (16, 16, 64, 1, 2048), (16, 16, 64, 1, 4096),
+    (16, 16, 64, 2, 1024), (16, 16, 64, 4, 1024),  # the d64 cluster rule also fires at batch 2-4 (not yet timed)
     (32, 8, 128, 1, 128), (32, 8, 128, 1, 1024), (32, 8, 128, 1, 4096), (16, 16, 64, 8, 1024),
     (32, 8, 128, 8, 1024), (32, 8, 128, 1, 16384),
 ]

@@ -157,17 +157,18 @@ TileConfig default_decode_tile(int head_dim, SharedMemoryClass smem) {
   }
 }
 
-// Wide grids (more CTAs than the default tile runs in one wave: plan.cpp) at d128 on the 227 KB class:
-// 4 warps and a 3-block ring (102 KB), two CTAs per SM instead of one, so one CTA's ring fills while the
-// other streams, and twice the CTAs run in one wave. Measured on H200
+// Wide grids (more CTAs than the default tile runs in one wave: plan.cpp) on the 227 KB class, at d128
+// and at d64 without extras: 4 warps and a 3-block ring (d128 102 KB, two CTAs per SM instead of one), so
+// one CTA's ring fills while the other streams, and twice the CTAs run in one wave. Measured on H200
 // (bench/results/decode-b128-h200-2026-11-30-s6.md, B 128, 1k-32k keys, five head configurations): 1-5% faster than the
 // 8-warp tile at every point (B128 x 1k bf16 32/8: 132.8 against 138.8 us, SDPA cuDNN 131.6), while at batch 1 the
 // 8-warp tile is 4-16% faster (tune-decode-h200-*). The same 4-warp tile at d64 (50 KB: four CTAs per SM
 // instead of two) ran B32 x 16 MHA heads x 1k keys 3-5% faster (37.2-38.4 against 39.2-39.4 us; H200,
-// bench/results/decode-d64-wide-h200-2026-12-01.md), from 4k 0.3-1.4% slower (plan.cpp takes it up to
-// 2k keys). d64 has it without extras only: that form keeps 96 registers on sm_90a and spills 4 bytes
-// (NVRTC 12.1 and 13.0); the plain one compiles without spills since the decode prologue's divisions
-// went (NVRTC 12.1 spilled 4 bytes in it before). Elsewhere the wide-grid variant keeps the default tile.
+// bench/results/decode-d64-wide-h200-2026-12-01.md), from 4k 0.3-1.4% slower (plan.cpp takes it for caches
+// of up to 2k keys). d64 has it without extras only: that form spills 4 bytes on sm_90a with NVRTC 12.1
+// (96 registers; not with 13.0 since the decode prologue's divisions went); the plain one compiles without
+// spills since then on 12.1 to 13.5 (12.1 spilled 4 bytes in it before). Elsewhere the wide-grid variant
+// keeps the default tile.
 TileConfig wide_grid_decode_tile(int head_dim, SharedMemoryClass smem) {
   return (head_dim == 64 || head_dim == 128) && smem == kSmem227K ? decode_tile(4, 3)
                                                                   : default_decode_tile(head_dim, smem);

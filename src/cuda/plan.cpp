@@ -327,8 +327,9 @@ af_status choose_variant(const AttentionProblem& p, const DeviceInfo& info, cons
     // CTAs of the default tile per SM of the class: 228 KB, 1 KB of it reserved per CTA.
     const int64_t per_sm = (228 << 10) / (variants()[index].smem_bytes(arch) + 1024);
     const int wide = find_variant(family_id, p.dtype, int(p.head_dim), extras, schedule, kSm90BlockM, true);
-    // At d64 only up to 2k keys: from 4k the two-per-SM 8-warp tile streamed 0.3-1.4% faster in its 1.94
-    // waves (H200, bench/results/decode-d64-wide-h200-2026-12-01.md; at 1k the wide tile 3-5% faster).
+    // At d64 only for caches of up to 2k keys (seqlen_k: a paged or kvcache call's capacity, not its used
+    // lengths): from 4k the two-per-SM 8-warp tile streamed 0.3-1.4% faster in its 1.94 waves (H200,
+    // bench/results/decode-d64-wide-h200-2026-12-01.md; at 1k the wide tile 3-5% faster).
     const bool short_or_d128 = p.head_dim > 64 || p.seqlen_k <= 2048;
     if (wide >= 0 && decode_ctas > per_sm * info.sm_count && short_or_d128) index = wide;
   }

@@ -385,13 +385,13 @@ extern "C" __global__ void __launch_bounds__(kThreads) af_decode_fwd(const Flash
       if (kItems % kThreads == 0 || item < kItems) {
         const int row = item / kChunks;
         const int col = (item % kChunks) * 8;
-        const int r = r0 + row, i = packed_query_row(p, r);
+        const int r = r0 + row, query_row = packed_query_row(p, r);
         const int left = p.head_dim - col;
         const int bytes = r < rows ? (left >= 8 ? 16 : (left > 0 ? left * 2 : 0)) : 0;
         const af_u16* src = (const af_u16*)p.q;
         if (bytes > 0)
-          src += (long long)batch * p.q_batch_stride + (long long)(query.row0 + i) * p.q_row_stride +
-                 (long long)(head_kv * group + r - i * group) * p.q_head_stride + col;
+          src += (long long)batch * p.q_batch_stride + (long long)(query.row0 + query_row) * p.q_row_stride +
+                 (long long)(head_kv * group + r - query_row * group) * p.q_head_stride + col;
         cp_async_16(sQ + tile_offset(row, col), src, bytes);
       }
     }
