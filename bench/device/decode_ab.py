@@ -4,7 +4,8 @@ interleaved rounds (decode_bench.interleaved_us), so that the GPU's drift reache
 The variants' plans are read when the graphs are captured ($ATTNFORGE_DECODE_CLUSTER is read at each plan).
 
 Variants: "planned" (num_splits=0), "planned-g" (the same with the cluster merge off), and "Nc" / "Ng"
-(num_splits=N, cluster merge on / off); $AF_VARIANTS picks some.
+(num_splits=N, cluster merge on / off); $AF_VARIANTS picks some, $AF_SHAPES (comma-separated label parts, e.g.
+"d64 B2,d64 B4") some shapes.
 Usage: python3 decode_ab.py [out.md]
 """
 import math
@@ -48,6 +49,9 @@ def main(path=None):
              "|---|---|" + "---|" * len(VARIANTS) + "---|---|"]
     print("\n".join(lines), flush=True)
     for heads, heads_kv, head_dim, batch, keys in SHAPES:
+        label = "%d/%d d%d B%d %d" % (heads, heads_kv, head_dim, batch, keys)
+        if not any(m in label for m in os.environ.get("AF_SHAPES", "").split(",")):
+            continue
         kv_bytes = 2 * batch * keys * heads_kv * head_dim * 2
         rotations = max(1, min(8, math.ceil(ROTATION_BYTES / kv_bytes)))
         qs = [torch.randn(batch, 1, heads, head_dim, dtype=torch.bfloat16, device="cuda") for _ in range(rotations)]
@@ -67,7 +71,7 @@ def main(path=None):
             timers[variant], plans[variant] = attnforge_timer(variant, qs, caches)
         us = interleaved_us(timers)
         fastest = min((v for v in VARIANTS if v in us), key=us.get)
-        lines.append("| %d/%d d%d B%d %d | %.1f | " % (heads, heads_kv, head_dim, batch, keys, us["cudnn"]) +
+        lines.append("| %s | %.1f | " % (label, us["cudnn"]) +
                      " | ".join("%.1f" % us[v] if v in us else "-" for v in VARIANTS) +
                      " | %s %.2fx | %s |" % (fastest, us["cudnn"] / us[fastest], plans.get("planned", "-")[12:]))
         print(lines[-1], flush=True)
