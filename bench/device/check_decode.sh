@@ -17,17 +17,11 @@ source bench/device/lib.sh
 af_build
 
 echo "== 1. sanitizers (background)"
-decode_pids=()
-decode_logs=()
-for job in "memcheck tests/gpu/sanitize_cases.py" "racecheck tests/gpu/sanitize_cases.py" \
-  "synccheck tests/gpu/sanitize_cases.py" "memcheck bench/device/decode_cluster_check.py" \
-  "racecheck bench/device/decode_cluster_check.py"; do
-  read -r tool script <<<"$job"
-  log="$OUT/sanitizer-$tool-$(basename "$script" .py).log"
-  (ATTNFORGE_CACHE_DIR="/tmp/af-san-$tool-$(basename "$script" .py)" timeout 300 compute-sanitizer --tool "$tool" \
-    --error-exitcode 3 python3 "$script" >"$log" 2>&1) &
-  decode_pids+=($!)
-  decode_logs+=("$log")
+for tool in memcheck racecheck synccheck; do
+  af_sanitize_run $tool sanitize_cases 300 python3 tests/gpu/sanitize_cases.py
+done
+for tool in memcheck racecheck; do
+  af_sanitize_run $tool decode_cluster_check 300 python3 bench/device/decode_cluster_check.py
 done
 [ -n "${AF_AB_VARIANTS:-}" ] && af_sanitize_start "${AF_AB_VARIANTS//,/ }" "memcheck racecheck" 300
 
@@ -36,13 +30,6 @@ timeout 300 python3 -m pytest -q -p no:cacheprovider tests/gpu >"$OUT/pytest-gpu
 rc=$?  # before the tail below
 record "tests/gpu ($(tail -1 "$OUT/pytest-gpu.log"))" $rc
 tail -3 "$OUT/pytest-gpu.log"
-for i in "${!decode_pids[@]}"; do
-  wait "${decode_pids[$i]}"
-  rc=$?
-  log=${decode_logs[$i]}
-  grep -q "ERROR SUMMARY: 0 errors\|RACECHECK SUMMARY: 0 hazards" "$log" || [ $rc -ne 0 ] || rc=4
-  record "sanitizer $(basename "$log" .log) ($(grep -E 'SUMMARY' "$log" | tail -1))" $rc
-done
 af_sanitize_wait
 
 if [ -n "${AF_AB_VARIANTS:-}" ]; then

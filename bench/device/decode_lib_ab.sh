@@ -17,23 +17,14 @@ wait $base_build || { echo "BASE BUILD FAILED"; exit 1; }
 NEW="$ATTNFORGE_LIBRARY" BASE=/tmp/build-base/libattnforge.so
 
 echo "== correctness of the new build"
-pids=()
 for t in memcheck racecheck; do
-  (ATTNFORGE_CACHE_DIR=/tmp/af-san-$t timeout 240 compute-sanitizer --tool $t --error-exitcode 3 \
-    python3 tests/gpu/sanitize_cases.py >"$OUT/sanitizer-$t.log" 2>&1) &
-  pids+=($!)
+  af_sanitize_run $t sanitize_cases 240 python3 tests/gpu/sanitize_cases.py
 done
 timeout 240 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_decode.py tests/gpu/test_kvcache_append.py \
   >"$OUT/pytest-decode.log" 2>&1
 rc=$?
 record "pytest decode + kvcache ($(tail -1 "$OUT/pytest-decode.log"))" $rc
-for i in 0 1; do
-  wait "${pids[$i]}"
-  rc=$?
-  log="$OUT/sanitizer-$([ "$i" = 0 ] && echo memcheck || echo racecheck).log"
-  grep -q "ERROR SUMMARY: 0 errors\|RACECHECK SUMMARY: 0 hazards" "$log" || [ $rc -ne 0 ] || rc=4
-  record "$(basename "$log" .log) ($(grep -o '[A-Z]* SUMMARY.*' "$log" | tail -1))" $rc
-done
+af_sanitize_wait
 
 echo "== planned decode, base / new / base / new"
 for i in 1 2 3 4; do

@@ -1,6 +1,6 @@
 # shellcheck shell=bash
 # Shared steps of the device scripts (sourced, not run): the build, a PASS/FAIL ledger, and
-# compute-sanitizer over sm90_check.py's --quick set started in the background and collected later.
+# compute-sanitizer runs (any command, or sm90_check.py's --quick set) started in the background and collected later.
 # After `source bench/device/lib.sh` from the repository root: $OUT exists, the Python package and the
 # kernel cache are set up, and `af_build` leaves $ATTNFORGE_LIBRARY naming build-device/libattnforge.so.
 
@@ -10,7 +10,7 @@ export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/python" ATTNFORGE_CACHE_DIR="${ATTNFO
 verdicts=()
 status=0
 san_pids=()
-san_names=()
+san_logs=()
 
 # record NAME RC: a PASS or FAIL line for the summary (af_summary); a failure makes the exit status 1.
 record() {
@@ -30,36 +30,44 @@ af_build() {
   export ATTNFORGE_LIBRARY="$PWD/build-device/libattnforge.so"
 }
 
+# af_sanitize_run TOOL NAME SECONDS COMMAND...: compute-sanitizer TOOL over COMMAND in the background, with
+# its own kernel cache; logs $OUT/sanitizer-TOOL-NAME.log (characters of NAME past [A-Za-z0-9@._-] as _:
+# the device returns plain names only). af_sanitize_wait collects it.
+af_sanitize_run() {
+  local tool=$1 name=${2//[^A-Za-z0-9@._-]/_} seconds=$3
+  shift 3
+  (ATTNFORGE_CACHE_DIR="/tmp/af-san-$name-$tool" timeout "$seconds" compute-sanitizer --tool "$tool" \
+    --error-exitcode 3 "$@" >"$OUT/sanitizer-$tool-$name.log" 2>&1) &
+  san_pids+=($!)
+  san_logs+=("$OUT/sanitizer-$tool-$name.log")
+}
+
 # af_sanitize_start "VARIANT..." "TOOL..." [SECONDS]: each tool over sm90_check.py's --quick set through
-# each fwd_sm90 variant (an --variants entry), all at once in the background, each with its own kernel
-# cache; logs $OUT/sanitizer-TOOL-VARIANT.log (characters of VARIANT past [A-Za-z0-9@._-] as _). The
+# each fwd_sm90 variant (an --variants entry), all at once in the background (af_sanitize_run). The
 # environment (e.g. ATTNFORGE_SM90_STAGES) passes through.
 af_sanitize_start() {
   local v t
   for v in $1; do
     for t in $2; do
-      (ATTNFORGE_FWD_SM90=1 ATTNFORGE_CACHE_DIR="/tmp/af-san-${v//[^A-Za-z0-9@._-]/_}-$t" timeout "${3:-280}" \
-        compute-sanitizer --tool "$t" --error-exitcode 3 python3 bench/device/sm90_check.py --stage correctness \
-        --quick --variants "$v" >"$OUT/sanitizer-$t-${v//[^A-Za-z0-9@._-]/_}.log" 2>&1) &
-      san_pids+=($!)
-      san_names+=("$t $v")
+      ATTNFORGE_FWD_SM90=1 af_sanitize_run "$t" "$v" "${3:-280}" python3 bench/device/sm90_check.py \
+        --stage correctness --quick --variants "$v"
     done
   done
 }
 
-# Waits for the af_sanitize_start jobs and records each: clean only with exit 0 and the tool's zero summary.
+# Waits for the af_sanitize_run jobs and records each: clean only with exit 0 and the tool's zero summary.
 af_sanitize_wait() {
   local i rc log
   for i in "${!san_pids[@]}"; do
     wait "${san_pids[$i]}"
     rc=$?
-    log="$OUT/sanitizer-${san_names[$i]// /-}.log"
-    log="${log//[^A-Za-z0-9@._\/-]/_}"  # as af_sanitize_start named it (the device returns plain names only)
+    log=${san_logs[$i]}
     grep -q "ERROR SUMMARY: 0 errors\|RACECHECK SUMMARY: 0 hazards" "$log" || [ $rc -ne 0 ] || rc=4
-    record "sanitizer ${san_names[$i]} ($(grep -E 'cases passed' "$log" | tail -1))" $rc
+    record "$(basename "$log" .log) ($(grep -E 'cases passed' "$log" | tail -1) $(grep -oE '[A-Z]+ SUMMARY.*' "$log" |
+      tail -1))" $rc
   done
   san_pids=()
-  san_names=()
+  san_logs=()
 }
 
 # The ledger, then exit with its status.

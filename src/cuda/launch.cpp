@@ -170,10 +170,6 @@ af_status run_sm90(const Plan& plan, const Variant& v, const AttentionProblem& p
   return AF_OK;
 }
 
-// decode with the key splits of each query tile as one thread-block cluster (plan.cluster, sm_90+):
-// cluster dims (splits, 1, 1) over the grid's split axis, so a CTA's rank in its cluster is its
-// split; the shares merge through distributed shared memory, so there is no workspace, counter or
-// memset.
 // The decode kernel's divisors (FlashFwdParams::decode_group ...) for a grid of grid_y = Hk * m_tiles
 // rows and k->num_splits splits.
 void set_decode_divisors(FlashFwdParams* k, unsigned grid_y) {
@@ -186,6 +182,10 @@ void set_decode_divisors(FlashFwdParams* k, unsigned grid_y) {
   k->splits_magic = splits.magic, k->splits_shift = splits.shift;
 }
 
+// decode with the key splits of each query tile as one thread-block cluster (plan.cluster, sm_90+):
+// cluster dims (splits, 1, 1) over the grid's split axis, so a CTA's rank in its cluster is its
+// split; the shares merge through distributed shared memory, so there is no workspace, counter or
+// memset.
 af_status run_decode_cluster(const Plan& plan, const Variant& v, FlashFwdParams* k, CUstream stream) {
   k->num_splits = plan.splits;
   set_decode_divisors(k, plan.grid[1]);
