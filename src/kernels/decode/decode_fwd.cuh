@@ -91,18 +91,20 @@ __device__ __forceinline__ int block_page_entry(const FlashFwdParams& p, const K
 // Async copy of one paged key row into row j of the K and V tiles: `row` of the span lies in page
 // `index` of the table, whose entry is `page` (clamped into the pool); nothing is read unless inside.
 __device__ __forceinline__ void copy_paged_row(const FlashFwdParams& p, const KeySpan& span, af_u32 s_k, af_u32 s_v,
-                                               int j, int col, int bytes, int row, int index, int page) {
+                                               int j, int col, int bytes, int row, int index, int page,
+                                               unsigned long long policy) {
   // page and in_page are >= 0 and strides are validated >= 0: zero-extended factors make each
   // product one 32x32 -> 64-bit multiply plus one multiply-add, not a full 64-bit multiply.
   const unsigned long long pg = unsigned(page), in_page = unsigned(row - index * p.page_size);
   const long long k_off = bytes > 0 ? (long long)(pg * p.k_batch_stride + in_page * p.k_row_stride) : 0;
   const long long v_off = bytes > 0 ? (long long)(pg * p.v_batch_stride + in_page * p.v_row_stride) : 0;
-  cp_async_16(s_k + tile_offset(j, col), span.k + k_off + col, bytes);
-  cp_async_16(s_v + tile_offset(j, col), span.v + v_off + col, bytes);
+  cp_async_16_hint(s_k + tile_offset(j, col), span.k + k_off + col, bytes, policy);
+  cp_async_16_hint(s_v + tile_offset(j, col), span.v + v_off + col, bytes, policy);
 }
 
 // Async copy of key rows of key block n_block of a span into the swizzled K and V tiles of one ring
-// stage. Each thread keeps one 16-byte chunk column; rows past the keys and dims past head_dim are
+// stage, with an evict-first L2 policy (K/V are read once per step). Each thread keeps one 16-byte
+// chunk column; rows past the keys and dims past head_dim are
 // zero-filled without reading. Paged rows read their page clamped into the pool; rows past the keys
 // take the last key's row (a used page) and copy nothing. With shared pages (shared_pages(p)),
 // entries[0] holds this block's entry (block_page_entry); the call shifts entries
@@ -116,6 +118,7 @@ __device__ __forceinline__ void load_kv_block(const FlashFwdParams& p, const Key
   const int col = (int(threadIdx.x) % kChunks) * 8;
   const int left = p.head_dim - col;
   const int col_bytes = left >= 8 ? 16 : (left > 0 ? left * 2 : 0);
+  const unsigned long long policy = l2_evict_first();  // K/V are read once per step
   if (table == nullptr) {
 #pragma unroll
     for (int i = 0; i < kRowsPerThread; ++i) {
@@ -123,8 +126,8 @@ __device__ __forceinline__ void load_kv_block(const FlashFwdParams& p, const Key
       const bool inside = n0 + j < span.len && col_bytes > 0;
       const long long row = span.row0 + n0 + j;
       const int bytes = inside ? col_bytes : 0;
-      cp_async_16(s_k + tile_offset(j, col), span.k + (inside ? row * p.k_row_stride : 0) + col, bytes);
-      cp_async_16(s_v + tile_offset(j, col), span.v + (inside ? row * p.v_row_stride : 0) + col, bytes);
+      cp_async_16_hint(s_k + tile_offset(j, col), span.k + (inside ? row * p.k_row_stride : 0) + col, bytes, policy);
+      cp_async_16_hint(s_v + tile_offset(j, col), span.v + (inside ? row * p.v_row_stride : 0) + col, bytes, policy);
     }
     return;
   }
@@ -160,8 +163,8 @@ __device__ __forceinline__ void load_kv_block(const FlashFwdParams& p, const Key
       const af_u32 in_page2 = row2 + index * minus_page2;  // 2 (row - index * page_size), mod 2^32
       const char* k_src = mad_wide(in_page2, k_row, mad_wide(page, k_page_bytes, k_base));
       const char* v_src = mad_wide(in_page2, v_row, mad_wide(page, v_page_bytes, v_base));
-      cp_async_16_or_zero(s_k + tile_offset(j, col), k_src, j >= keys_left);
-      cp_async_16_or_zero(s_v + tile_offset(j, col), v_src, j >= keys_left);
+      cp_async_16_or_zero_hint(s_k + tile_offset(j, col), k_src, j >= keys_left, policy);
+      cp_async_16_or_zero_hint(s_v + tile_offset(j, col), v_src, j >= keys_left, policy);
     }
     return;
   }
@@ -177,7 +180,7 @@ __device__ __forceinline__ void load_kv_block(const FlashFwdParams& p, const Key
   for (int i = 0; i < kRowsPerThread; ++i) {
     const int j = row_in_pass + i * kRowsPerPass;
     copy_paged_row(p, span, s_k, s_v, j, col, n0 + j < span.len ? col_bytes : 0, span.row0 + min(n0 + j, span.len - 1),
-                   index[i], clamp_int(page[i], 0, p.num_pages - 1));
+                   index[i], clamp_int(page[i], 0, p.num_pages - 1), policy);
   }
 }
 
