@@ -8,7 +8,6 @@ Variants: "planned" (num_splits=0), "planned-g" (the same with the cluster merge
 "d64 B2,d64 B4") some shapes.
 Usage: python3 decode_ab.py [out.md]
 """
-import math
 import os
 import sys
 
@@ -17,7 +16,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from attnforge import _native
-from decode_bench import ROTATION_BYTES, graph_timer, interleaved_us
+from decode_bench import rotations as rotation_count, graph_timer, interleaved_us
 
 SHAPES = [  # (heads, heads_kv, head_dim, batch, keys)
     (16, 16, 64, 1, 128), (16, 16, 64, 1, 1024), (16, 16, 64, 1, 2048), (16, 16, 64, 1, 4096),
@@ -54,7 +53,7 @@ def main(path=None):
         if not any(m in label for m in os.environ.get("AF_SHAPES", "").split(",")):
             continue
         kv_bytes = 2 * batch * keys * heads_kv * head_dim * 2
-        rotations = max(1, min(8, math.ceil(ROTATION_BYTES / kv_bytes)))
+        rotations = rotation_count(kv_bytes)
         qs = [torch.randn(batch, 1, heads, head_dim, dtype=torch.bfloat16, device="cuda") for _ in range(rotations)]
         caches = [tuple(torch.randn(batch, keys, heads_kv, head_dim, dtype=torch.bfloat16, device="cuda")
                         for _ in range(2)) for _ in range(rotations)]

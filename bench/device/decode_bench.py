@@ -3,11 +3,14 @@ configuration, in one process.
 
 One decode step: q (B, 1, H, D) against a cache of S keys per sequence. attnforge reads its cache
 in FlashAttention's layout (B, S, Hk, D), or paged (pages of P rows through a shuffled block
-table); SDPA gets the layout it prefers, (B, Hk, S, D) contiguous, with enable_gqa=True (K/V are
-never repeated per query head). GPU time comes from CUDA-graph replay of R consecutive calls over
-R different caches (R x cache bytes >= 256 MiB, so L2 never holds the next call's cache), median
-of the replays; attnforge and both SDPA backends in three interleaved rounds per point (medians), so
-that a drift of the GPU's speed during a point reaches all three alike. Achieved bandwidth counts
+table), and also SDPA's own cache through its transposed view (the "bhsd" column: the memory the
+peers read, and what the transformers integration passes); SDPA gets the layout it prefers,
+(B, Hk, S, D) contiguous, with enable_gqa=True (K/V are never repeated per query head). GPU time
+comes from CUDA-graph replay of R consecutive calls over R different caches (rotations(): R x
+cache bytes >= 256 MiB, five times the H200's L2, so L2 does not hold the next call's cache, as in
+generate(), where the other layers' caches pass between two reads of one), median of the replays;
+attnforge (both layouts) and both SDPA backends in three interleaved rounds per point (medians), so
+that a drift of the GPU's speed during a point reaches all of them alike. Achieved bandwidth counts
 the K and V bytes a step must read once, beside a device-to-device copy measured in the same run
 (bytes read + written). Every point is validated against SDPA before it is timed.
 
@@ -31,6 +34,13 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 import attnforge
 
 ROTATION_BYTES = 256 << 20
+
+
+def rotations(kv_bytes):
+    """Caches a timed graph rotates over: ROTATION_BYTES of K/V at least, so that none is still in L2 when it is
+    read again (at most 512: the smallest cache timed, 128 keys x 16 heads x 64 dims, needs 512). Until
+    2026-12-01 capped at 8, which left caches of up to 32 MiB L2-resident between their reads (B1 x 1k keys)."""
+    return max(1, min(512, math.ceil(ROTATION_BYTES / kv_bytes)))
 
 
 def copy_ceiling_tbs():
@@ -105,26 +115,26 @@ def point(dtype, heads, heads_kv, head_dim, batch, seqlen, page_sizes, peers=Tru
     peers, the contiguous cache is also timed through flash_attn_with_kvcache with cache_seqlens
     (the paged calls' entry point), and outputs are checked against attnforge's contiguous one."""
     kv_bytes = 2 * batch * seqlen * heads_kv * head_dim * 2
-    rotations = max(1, min(8, math.ceil(ROTATION_BYTES / kv_bytes)))
-    qs = [torch.randn(batch, 1, heads, head_dim, dtype=dtype, device="cuda") for _ in range(rotations)]
+    count = rotations(kv_bytes)
+    qs = [torch.randn(batch, 1, heads, head_dim, dtype=dtype, device="cuda") for _ in range(count)]
     row = {"dtype": str(dtype).replace("torch.", ""), "heads": heads, "heads_kv": heads_kv, "head_dim": head_dim,
-           "batch": batch, "seqlen_k": seqlen, "kv_bytes": kv_bytes, "rotations": rotations}
+           "batch": batch, "seqlen_k": seqlen, "kv_bytes": kv_bytes, "rotations": count}
     if not peers:
         ours_kv = [(torch.randn(batch, seqlen, heads_kv, head_dim, dtype=dtype, device="cuda"),
                     torch.randn(batch, seqlen, heads_kv, head_dim, dtype=dtype, device="cuda"))
-                   for _ in range(rotations)]
+                   for _ in range(count)]
         expected = attnforge.flash_attn_func(qs[0], *ours_kv[0])
         row["attnforge_us"] = graph_time_us([(lambda i=i: attnforge.flash_attn_func(qs[i], *ours_kv[i]))
-                                             for i in range(rotations)])
+                                             for i in range(count)])
         lens = torch.full((batch,), seqlen, dtype=torch.int32, device="cuda")
         got = attnforge.flash_attn_with_kvcache(qs[0], *ours_kv[0], cache_seqlens=lens)
         row["kvcache_valid"] = (got.float() - expected.float()).abs().max().item() < 2e-2
         row["kvcache_us"] = graph_time_us([(lambda i=i: attnforge.flash_attn_with_kvcache(
-            qs[i], *ours_kv[i], cache_seqlens=lens)) for i in range(rotations)])
+            qs[i], *ours_kv[i], cache_seqlens=lens)) for i in range(count)])
         paged_points(row, qs, ours_kv, expected, batch, seqlen, heads_kv, head_dim, page_sizes)
         return row
     caches = [(torch.randn(batch, heads_kv, seqlen, head_dim, dtype=dtype, device="cuda"),
-               torch.randn(batch, heads_kv, seqlen, head_dim, dtype=dtype, device="cuda")) for _ in range(rotations)]
+               torch.randn(batch, heads_kv, seqlen, head_dim, dtype=dtype, device="cuda")) for _ in range(count)]
 
     # SDPA: (B, H, 1, D) against (B, Hk, S, D), enable_gqa=True.
     sdpa_q = [q.transpose(1, 2) for q in qs]
@@ -143,19 +153,28 @@ def point(dtype, heads, heads_kv, head_dim, batch, seqlen, page_sizes, peers=Tru
         try:
             result = sdpa(backend, 0)().transpose(1, 2)
             expected = result if expected is None else expected
-            timers[name] = graph_timer([sdpa(backend, i) for i in range(rotations)])
+            timers[name] = graph_timer([sdpa(backend, i) for i in range(count)])
         except Exception as e:  # noqa: BLE001 - a peer that cannot run this shape is recorded as such
             row[name + "_us"] = None
             row[name + "_error"] = str(e).splitlines()[0][:160]
 
-    def ours(i):
-        return lambda: attnforge.flash_attn_func(qs[i], *ours_kv[i])
+    # And on SDPA's own cache through its transposed view, as the transformers integration passes it: the same
+    # memory the peers read (one key row of a KV head after another), where (B, S, Hk, D) puts Hk * D elements
+    # between a head's rows.
+    sdpa_view = [(k.transpose(1, 2), v.transpose(1, 2)) for k, v in caches]
+
+    def ours(kv, i):
+        return lambda: attnforge.flash_attn_func(qs[i], *kv[i])
 
     got = attnforge.flash_attn_func(qs[0], *ours_kv[0])
     row["explain"] = attnforge.explain(qs[0], *ours_kv[0]) if hasattr(attnforge, "explain") else ""
     row["max_diff"] = (got.float() - expected.float()).abs().max().item() if expected is not None else None
     row["valid"] = row["max_diff"] is not None and row["max_diff"] < 2e-2
-    timers["attnforge"] = graph_timer([ours(i) for i in range(rotations)])
+    got = attnforge.flash_attn_func(qs[0], *sdpa_view[0])
+    row["bhsd_max_diff"] = (got.float() - expected.float()).abs().max().item() if expected is not None else None
+    row["bhsd_valid"] = row["bhsd_max_diff"] is not None and row["bhsd_max_diff"] < 2e-2
+    timers["attnforge"] = graph_timer([ours(ours_kv, i) for i in range(count)])
+    timers["attnforge_bhsd"] = graph_timer([ours(sdpa_view, i) for i in range(count)])
     for name, us in interleaved_us(timers).items():
         row[name + "_us"] = us
     del timers  # the graphs, before the paged layouts allocate
@@ -259,9 +278,11 @@ def markdown(rows, meta):
              "pages of 16/64/256 rows in the sequences' order and shuffled over the whole pool, each pair timed in "
              "three interleaved rounds (medians). The attnforge column is flash_attn_func on the contiguous cache.",
              "",
+             "The bhsd columns: attnforge on SDPA's own (B, Hk, S, D) cache through its transposed view, the same "
+             "memory the peers read (transformers' cache layout).", "",
              "| dtype | H/Hk | D | B | keys | attnforge us | TB/s | flash us | cuDNN us | vs best SDPA | "
-             "paged in order 16/64/256 | paged shuffled 16/64/256 | kernel |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "attnforge bhsd us | bhsd vs best SDPA | paged in order 16/64/256 | paged shuffled 16/64/256 | kernel |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         peers = [r[n] for n in ("flash_us", "cudnn_us") if r.get(n)]
         ratio = min(peers) / r["attnforge_us"] if peers else float("nan")
@@ -270,11 +291,13 @@ def markdown(rows, meta):
                           if r.get("paged%d_%s_us" % (p, order)) else "-" for p in (16, 64, 256))
                  for order in ("ordered", "shuffled")]
         invalid = [k for k, v in r.items() if k.endswith("valid") and v is False]
-        lines.append("| %s | %d/%d | %d | %d | %d | %.1f | %.2f | %s | %s | %.2fx%s | %s | %s | %s |" % (
+        bhsd = r.get("attnforge_bhsd_us")
+        lines.append("| %s | %d/%d | %d | %d | %d | %.1f | %.2f | %s | %s | %.3fx%s | %s | %s | %s | %s | %s |" % (
             r["dtype"], r["heads"], r["heads_kv"], r["head_dim"], r["batch"], r["seqlen_k"], r["attnforge_us"], tbs,
             "%.1f" % r["flash_us"] if r.get("flash_us") else "n/a",
             "%.1f" % r["cudnn_us"] if r.get("cudnn_us") else "n/a",
-            ratio, " INVALID " + ",".join(invalid) if invalid else "", paged[0], paged[1], r.get("explain", "")))
+            ratio, " INVALID " + ",".join(invalid) if invalid else "", "%.1f" % bhsd if bhsd else "-",
+            "%.3fx" % (min(peers) / bhsd) if bhsd and peers else "-", paged[0], paged[1], r.get("explain", "")))
     return "\n".join(lines) + "\n"
 
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import attnforge
-from decode_bench import ROTATION_BYTES, graph_timer
+from decode_bench import rotations as rotation_count, graph_timer
 
 SHAPES = [  # (heads, heads_kv, head_dim, batch, keys): v14's lowest ratios, and batch-1 and B8 references
     (32, 8, 128, 16, 32768), (32, 8, 128, 32, 32768), (32, 8, 128, 32, 131072), (64, 8, 128, 64, 16384),
@@ -40,7 +40,7 @@ def main(path=None):
         if not any(m in label for m in os.environ.get("AF_SHAPES", "").split(",")):
             continue
         kv_bytes = 2 * batch * keys * heads_kv * head_dim * 2
-        rotations = max(1, min(8, math.ceil(ROTATION_BYTES / kv_bytes)))
+        rotations = rotation_count(kv_bytes)
         qs = [torch.randn(batch, 1, heads, head_dim, dtype=torch.bfloat16, device="cuda") for _ in range(rotations)]
         bhsd = [tuple(torch.randn(batch, heads_kv, keys, head_dim, dtype=torch.bfloat16, device="cuda")
                       for _ in range(2)) for _ in range(rotations)]

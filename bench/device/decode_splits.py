@@ -8,7 +8,6 @@ table: per shape, the planned kernel (explain()), its time, the best forced coun
 Usage: python3 decode_splits.py [out.md [MATCH]] (MATCH: only the shapes whose label, e.g. "16/16 d64 B1 1k",
 contains it)
 """
-import math
 import sys
 
 import torch
@@ -16,7 +15,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import attnforge
-from decode_bench import ROTATION_BYTES, graph_time_us
+from decode_bench import rotations as rotation_count, graph_time_us
 
 SHAPES = [  # (heads, heads_kv, head_dim, batch, keys)
     (32, 8, 128, 1, 1024), (64, 8, 128, 1, 1024), (32, 8, 128, 1, 4096), (16, 16, 64, 1, 1024),
@@ -28,7 +27,7 @@ SPLITS = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32]
 
 def shape_row(heads, heads_kv, head_dim, batch, keys, dtype=torch.bfloat16):
     kv_bytes = 2 * batch * keys * heads_kv * head_dim * 2
-    rotations = max(1, min(8, math.ceil(ROTATION_BYTES / kv_bytes)))
+    rotations = rotation_count(kv_bytes)
     qs = [torch.randn(batch, 1, heads, head_dim, dtype=dtype, device="cuda") for _ in range(rotations)]
     caches = [(torch.randn(batch, keys, heads_kv, head_dim, dtype=dtype, device="cuda"),
                torch.randn(batch, keys, heads_kv, head_dim, dtype=dtype, device="cuda")) for _ in range(rotations)]

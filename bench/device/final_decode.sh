@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# After decode changes, one call on an H100/H200 (< 6 min): build; compute-sanitizer memcheck and racecheck over
+# After decode changes, one call on an H100/H200 (< 9 min): build; compute-sanitizer memcheck and racecheck over
 # tests/gpu/sanitize_cases.py in the background while tests/gpu runs in full; then, alone, the decode table
 # (decode_bench.py: every shape of issue 11 beside SDPA flash and cuDNN, paged pairs). Writes $OUT/pytest-gpu.log,
 # $OUT/sanitizer-*.log and $OUT/decode-<gpu>.{md,json,png}.
@@ -17,7 +17,7 @@ rc=$?
 record "tests/gpu ($(tail -1 "$OUT/pytest-gpu.log"))" $rc
 af_sanitize_wait
 echo "== decode table"
-(cd bench/device && timeout 330 python3 decode_bench.py --prefix "$OUT/decode-$gpu") | cut -d'|' -f2-11
+(cd bench/device && timeout 420 python3 decode_bench.py --prefix "$OUT/decode-$gpu") | cut -d"|" -f2-13
 record "decode table" $?
 date -u
 af_summary

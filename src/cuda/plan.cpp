@@ -84,7 +84,11 @@ int sm80_splits(int requested, int ctas, int key_blocks, int wave_ctas) {
 // within one GPC, two to an SM, so fewer SMs stream; while clusters of 4 won where each CTA reads
 // few blocks (bench/results/decode-ab-h200-2026-12-01.md, interleaved rounds, 16/16 heads d64 B1:
 // 1k keys 6.5 us in 4-CTA clusters against 7.4 for the global 4 and 7.2 for clusters of 8; 2k 8.8
-// against 9.1 for the global 8; at 4k, 8 blocks per CTA, the global 8 led, 10.9 against 11.8).
+// against 9.1 for the global 8; at 4k, 8 blocks per CTA, the global 8 led, 10.9 against 11.8), and
+// only while their CTAs fill at most three quarters of the SMs: beyond that two of them share an SM
+// (d64 1k keys, bench/results/decode-d64-clusters-h200-2026-12-01.md: B2 in clusters of 4, 128 CTAs,
+// 9.2-9.3 us against 8.4 in clusters of 3; B3 in clusters of 2, 96 CTAs, 9.2 us, the fastest; B4 in
+// clusters of 3, 192 CTAs, 11.4-11.6 against 10.3 for the global merge).
 // Shares of at most this many key blocks per CTA keep a split decode step latency-bound: the cluster
 // merge's saved round trip through L2 outweighs the SMs the global merge adds (H200, B1 4k at 32/8 and
 // 64/8 heads: 8 splits merged in clusters 12.9/13.1 us, 16 merged globally 13.9/14.8; at 16k keys,
@@ -113,9 +117,11 @@ DecodeSplits decode_splits(int forced, int ctas, int key_blocks, int sm_count,
   // A cluster size counts only if it shortens the longest share (key blocks per CTA) over one CTA less:
   // 9 CTAs on 16 blocks read 2 blocks each at most, as 8 do (40/8 heads B1 2k: 11.1 against 10.6 us).
   const auto longest = [&](int s) { return (key_blocks + s - 1) / s; };
-  if (ctas_per_sm != 1) {  // the largest cluster of at most kSharedSmClusterCtas that is latency-bound
+  if (ctas_per_sm != 1) {  // the largest latency-bound cluster of at most kSharedSmClusterCtas on 3/4 of the SMs
     for (int s = std::min(kSharedSmClusterCtas, key_blocks); s >= 2; --s)
-      if (max_clusters[s] >= ctas && longest(s) <= kLatencyBoundBlocks && longest(s) < longest(s - 1)) return {s, true};
+      if (max_clusters[s] >= ctas && longest(s) <= kLatencyBoundBlocks && longest(s) < longest(s - 1) &&
+          4 * ctas * s <= 3 * sm_count)
+        return {s, true};
     return {global, false};
   }
   const int cluster = smallest_near_best(std::min(kMaxClusterCtas, key_blocks), [&](int s) {

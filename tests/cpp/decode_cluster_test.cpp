@@ -62,6 +62,11 @@ TEST(DecodeSplits, TilesSharingAnSmMergeInSmallClustersOnlyWhileLatencyBound) {
   expect_splits(decode_splits(0, 16, 3, kH200Sms, h200.n, 2), 3, true, "d64 B1 384 keys: 3 CTAs of 1 block");
   expect_splits(decode_splits(0, 16, 32, kH200Sms, h200.n, 2), 8, false, "d64 B1 4k: 8 blocks in 4 CTAs, global");
   expect_splits(decode_splits(0, 16, 8, kH200Sms, kNone, 2), 4, false, "d64 B1 1k, clusters off: global");
+  // Batch 2-4 at 1k keys (32, 48, 64 CTAs): clusters only while their CTAs fill at most 3/4 of the SMs.
+  expect_splits(decode_splits(0, 32, 8, kH200Sms, h200.n, 2), 3, true, "d64 B2 1k: 96 CTAs, not 128");
+  expect_splits(decode_splits(0, 48, 8, kH200Sms, h200.n, 2), 2, true, "d64 B3 1k: 96 CTAs");
+  expect_splits(decode_splits(0, 64, 8, kH200Sms, h200.n, 2), 2, false, "d64 B4 1k: 128 CTAs, global");
+  expect_splits(decode_splits(0, 32, 16, kH200Sms, h200.n, 2), 4, false, "d64 B2 2k: 6 blocks in 3 CTAs, global");
   expect_splits(decode_splits(3, 16, 32, kH200Sms, h200.n, 2), 3, true, "a forced count still merges in a cluster");
 }
 

@@ -21,7 +21,7 @@
 // shared memory; otherwise through fp32 partials in global memory, merged by the tile's last CTA
 // (decode_fwd.cuh). Paged K/V (any page size >= 1) resolve each key row
 // through block_table in the loader, with the table read key blocks ahead of the copies that need
-// it; nothing is gathered beforehand.
+// it (its first entries copied into shared memory as the CTA starts); nothing is gathered beforehand.
 
 constexpr int kHeadDim = AF_HEAD_DIM;
 constexpr int kWarps = AF_WARPS;

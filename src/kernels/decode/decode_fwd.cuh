@@ -78,10 +78,20 @@ __device__ __forceinline__ int packed_query_row(const FlashFwdParams& p, int r) 
   return magic_divide(r, p.group_magic, p.group_shift);
 }
 
+// One sequence's block-table row (paged K/V): its first `head_count` entries (up to kThreads) copied into
+// shared memory when the CTA starts, loaded while the lengths are, so that the first K/V copies wait on two
+// dependent loads (lengths, then K/V), not three (lengths, table, K/V); entries past them read from global.
+struct TableRow {
+  const int* row;   // block_table's row of this sequence (global); nullptr: K/V are not paged
+  const int* head;  // shared copy of row[0, head_count)
+  int head_count;
+  __device__ __forceinline__ int operator[](int i) const { return i < head_count ? head[i] : row[i]; }
+};
+
 // This lane's block-table entry for key block n_block, which must hold a key: page first + lane of
 // the block, or the last key's page past it, so every entry read lies in the sequence's used pages.
 // Not clamped here: the clamp would wait for the load; the loader clamps when it uses the entry.
-__device__ __forceinline__ int block_page_entry(const FlashFwdParams& p, const KeySpan& span, const int* table,
+__device__ __forceinline__ int block_page_entry(const FlashFwdParams& p, const KeySpan& span, const TableRow& table,
                                                 int n_block) {
   const int first = page_of(p, span.row0 + n_block * kBlockN);
   const int last = page_of(p, span.row0 + span.len - 1);
@@ -110,7 +120,7 @@ __device__ __forceinline__ void copy_paged_row(const FlashFwdParams& p, const Ke
 // entries[0] holds this block's entry (block_page_entry); the call shifts entries
 // down and reads block n_block + kPagesAhead's into the last slot when that block holds keys
 // (n_block + kPagesAhead < n_block_max). Calls come for consecutive blocks.
-__device__ __forceinline__ void load_kv_block(const FlashFwdParams& p, const KeySpan& span, const int* table,
+__device__ __forceinline__ void load_kv_block(const FlashFwdParams& p, const KeySpan& span, const TableRow& table,
                                               int (&entries)[kPagesAhead], int n_block_max, af_u32 s_k, af_u32 s_v,
                                               int n_block) {
   const int n0 = n_block * kBlockN;
@@ -119,7 +129,7 @@ __device__ __forceinline__ void load_kv_block(const FlashFwdParams& p, const Key
   const int left = p.head_dim - col;
   const int col_bytes = left >= 8 ? 16 : (left > 0 ? left * 2 : 0);
   const unsigned long long policy = l2_evict_first();  // K/V are read once per step
-  if (table == nullptr) {
+  if (table.row == nullptr) {
 #pragma unroll
     for (int i = 0; i < kRowsPerThread; ++i) {
       const int j = row_in_pass + i * kRowsPerPass;
@@ -339,17 +349,28 @@ extern "C" __global__ void __launch_bounds__(kThreads) af_decode_fwd(const Flash
   // and K/V may come from the previous kernel, so nothing global is read before this.
   grid_dependents_launch();
   grid_dependency_wait();
-  // Paged: the sequence's block-table row (its first kThreads * 32 entries) into L2 while the lengths
-  // are read, since the table reads wait for them and the K/V copies for the table: one 128-byte line
-  // per thread, so that at short caches the second link of the chain hits in L2.
-  if (p.block_table != nullptr && int(threadIdx.x) * 32 < p.max_blocks_per_seq)
-    asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p.block_table + (long long)batch * p.block_table_batch_stride +
-                                                    int(threadIdx.x) * 32));
+  // Paged: the sequence's first kThreads block-table entries are loaded (one per thread) before the lengths,
+  // and stored to shared memory (TableRow) after them, so that both loads are in flight at once; the
+  // row's first kThreads * 32 entries go into L2 (one 128-byte line per thread) for the later blocks.
+  __shared__ int table_head[kThreads];
+  TableRow table = {nullptr, table_head, 0};
+  int own_entry = 0;
+  if (p.block_table != nullptr) {
+    table.row = p.block_table + (long long)batch * p.block_table_batch_stride;
+    table.head_count = min(p.max_blocks_per_seq, kThreads);
+    if (int(threadIdx.x) < table.head_count) own_entry = table.row[threadIdx.x];
+    if (int(threadIdx.x) * 32 < p.max_blocks_per_seq)
+      asm volatile("prefetch.global.L2 [%0];\n" ::"l"(table.row + int(threadIdx.x) * 32));
+  }
 
   const QueryRows query = query_rows(p, batch);
   const int rows = query.len * group;  // packed rows of this (sequence, KV head)
   if (r0 >= rows) return;
   const KeySpan span = key_span(p, batch, head_kv);
+  if (table.row != nullptr) {  // uniform over the CTA
+    if (int(threadIdx.x) < table.head_count) table_head[threadIdx.x] = own_entry;
+    __syncthreads();
+  }
   const int diagonal = span.len - query.len;  // key aligned with query row i is i + diagonal (bottom-right)
 
   // Key blocks that can hold a visible key for the query rows [i_first, i_last] of this tile.
@@ -371,11 +392,10 @@ extern "C" __global__ void __launch_bounds__(kThreads) af_decode_fwd(const Flash
       p.window_left >= 0 ? (max(0, i_last + diagonal - p.window_left) + kBlockN - 1) / kBlockN : 0;
 
   // The block-table entries of the first kPagesAhead key blocks, read before anything waits on them.
-  const int* table = p.block_table != nullptr ? p.block_table + (long long)batch * p.block_table_batch_stride : nullptr;
   int page_entries[kPagesAhead];
 #pragma unroll
   for (int a = 0; a < kPagesAhead; ++a)
-    page_entries[a] = table != nullptr && shared_pages(p) && n_block_min + a < n_block_max
+    page_entries[a] = table.row != nullptr && shared_pages(p) && n_block_min + a < n_block_max
                           ? block_page_entry(p, span, table, n_block_min + a)
                           : 0;
 
