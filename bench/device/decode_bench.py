@@ -268,6 +268,12 @@ def paged_summary(rows):
     return lines, met
 
 
+def plan_text(row):
+    """The plan attnforge.explain() gave for a point (its "plan" entry), or the whole explanation."""
+    explain = row.get("explain", "")
+    return explain.get("plan", str(explain)) if isinstance(explain, dict) else str(explain)
+
+
 def markdown(rows, meta):
     lines = ["# Decode steps: attnforge vs torch SDPA (flash, cuDNN; enable_gqa=True)", "",
              "%(date)s, %(gpu)s, driver %(driver)s, torch %(torch)s, CUDA %(cuda)s, cuDNN %(cudnn)s. "
@@ -297,7 +303,7 @@ def markdown(rows, meta):
             "%.1f" % r["flash_us"] if r.get("flash_us") else "n/a",
             "%.1f" % r["cudnn_us"] if r.get("cudnn_us") else "n/a",
             ratio, " INVALID " + ",".join(invalid) if invalid else "", "%.1f" % bhsd if bhsd else "-",
-            "%.3fx" % (min(peers) / bhsd) if bhsd and peers else "-", paged[0], paged[1], r.get("explain", "")))
+            "%.3fx" % (min(peers) / bhsd) if bhsd and peers else "-", paged[0], paged[1], plan_text(r)))
     return "\n".join(lines) + "\n"
 
 
