@@ -4,8 +4,8 @@
 // Causal, windows, GQA, varlen and LSE are run-time flags (masks cost only on the tiles that
 // cross a mask edge); softcap and ALiBi touch every score, so they get their own variants and
 // the common case pays nothing. Head dims in between are zero-filled up to the next one.
-// decode variants: {bf16, fp16} x head dim {64, 128, 256} x {plain, extras}, and a wide-grid tile of d128's
-// and of d64's plain ones (see wide_grid_decode_tile): decode is bound by the bytes of K and V, and
+// decode variants: {bf16, fp16} x head dim {64, 128, 256} x {plain, extras}, and wide-grid tiles: two of d128's
+// and one of d64's plain ones (see wide_grid_decode_tile): decode is bound by the bytes of K and V, and
 // zero-filled dims are never read, so smaller head dims share these.
 // fwd_sm90 variants: {bf16, fp16} x head dim {64, 128, 256} x schedule {v0, overlap, pingpong,
 // overlap-persistent, pingpong-persistent, overlap-persistent-tma-store,
@@ -169,15 +169,21 @@ TileConfig default_decode_tile(int head_dim, SharedMemoryClass smem) {
 // (96 registers; not with 13.0 since the decode prologue's divisions went); the plain one compiles without
 // spills since then on 12.1 to 13.5 (12.1 spilled 4 bytes in it before). Elsewhere the wide-grid variant
 // keeps the default tile.
-TileConfig wide_grid_decode_tile(int head_dim, SharedMemoryClass smem) {
-  return (head_dim == 64 || head_dim == 128) && smem == kSmem227K ? decode_tile(4, 3)
-                                                                  : default_decode_tile(head_dim, smem);
+// The 2-block ring at d128 (68 KB, three CTAs per SM): for grids that it runs in as few waves as the 3-block
+// one, or one (plan.cpp). Measured on H200 (bench/results/decode-wide-tiles-h200-2026-12-01.md, bf16 32/8 heads,
+// cuDNN / attnforge on the same cache, two rounds): B48 x 1k-8k (384 CTAs: 1.45 waves of the 3-block tile, one of
+// this one) 1.04-1.05x against 0.92-0.94x; B32 x 4k-32k 1.00-1.01x against 0.98-0.99x, x 1k 1.00 against 1.00;
+// B96 x 1k-4k 1.00 against 0.99; at B64 (1.29 waves against 1.94) 0.88-0.90x against 0.99x.
+TileConfig wide_grid_decode_tile(int head_dim, SharedMemoryClass smem, DecodeTile kind) {
+  if (smem != kSmem227K || kind == kDecodeTileDefault) return default_decode_tile(head_dim, smem);
+  if (kind == kDecodeTileWide2Stage) return head_dim == 128 ? decode_tile(4, 2) : default_decode_tile(head_dim, smem);
+  return head_dim == 64 || head_dim == 128 ? decode_tile(4, 3) : default_decode_tile(head_dim, smem);
 }
 
 // $ATTNFORGE_DECODE_TILE="D:warps,stages;..." overrides a decode head dim's tile for tuning runs
 // (warps 2, 4 or 8, 16 keys each per block; stages 2 to 4); malformed entries are ignored.
-TileConfig decode_tile_for(int head_dim, SharedMemoryClass smem, bool wide_grid) {
-  TileConfig tile = wide_grid ? wide_grid_decode_tile(head_dim, smem) : default_decode_tile(head_dim, smem);
+TileConfig decode_tile_for(int head_dim, SharedMemoryClass smem, DecodeTile kind) {
+  TileConfig tile = wide_grid_decode_tile(head_dim, smem, kind);
   const char* text = std::getenv("ATTNFORGE_DECODE_TILE");
   for (const char* p = text; p != nullptr && *p != 0;) {
     int d = 0, w = 0, stages = 0;
@@ -217,16 +223,20 @@ std::vector<Variant> build_variants() {
       for (int d : sm80 ? std::vector<int>(std::begin(kSm80HeadDims), std::end(kSm80HeadDims))
                         : std::vector<int>(std::begin(kDecodeHeadDims), std::end(kDecodeHeadDims)))
         for (bool extras : {false, true})
-          for (bool wide : {false, true}) {
-            // Decode d128, and d64 without extras (wide_grid_decode_tile).
-            if (wide && (sm80 || d == 256 || (d == 64 && extras))) continue;
+          for (DecodeTile kind : {kDecodeTileDefault, kDecodeTileWide, kDecodeTileWide2Stage}) {
+            // Decode d128 (both wide-grid tiles), and d64 without extras (the 3-block one): wide_grid_decode_tile.
+            if (kind != kDecodeTileDefault && (sm80 || d == 256 || (d == 64 && (extras || kind != kDecodeTileWide))))
+              continue;
             Variant v{id, dtype, d, extras, {}, ""};
-            v.wide_grid = wide;
+            v.decode_tile = kind;
             for (int c = 0; c < kSharedMemoryClasses; ++c)
               v.tiles[c] = sm80 ? sm80_tile_for(d, extras, SharedMemoryClass(c))
-                                : decode_tile_for(d, SharedMemoryClass(c), wide);
+                                : decode_tile_for(d, SharedMemoryClass(c), kind);
             v.name = std::string(kFamilies[id].name) + (dtype == AF_DTYPE_BFLOAT16 ? "_bf16" : "_fp16") + "_d" +
-                     std::to_string(d) + (extras ? "_extras" : "") + (wide ? "_wide" : "");
+                     std::to_string(d) + (extras ? "_extras" : "") +
+                     (kind == kDecodeTileDefault ? ""
+                      : kind == kDecodeTileWide  ? "_wide"
+                                                 : "_wide2s");
             list.push_back(v);
           }
     }
@@ -322,13 +332,13 @@ int compiled_head_dim(FamilyId family, int d) {
 }
 
 int find_variant(FamilyId family, af_dtype dtype, int head_dim, bool extras, Sm90Schedule schedule, int sm90_block_m,
-                 bool wide_grid) {
+                 DecodeTile decode_tile) {
   const int d = compiled_head_dim(family, head_dim);
   if (d == 0 && family != kFamilyKvAppend) return -1;
   const std::vector<Variant>& list = variants();
   for (size_t i = 0; i < list.size(); ++i)
     if (list[i].family == family && list[i].dtype == dtype && list[i].head_dim == d && list[i].extras == extras &&
-        list[i].schedule == schedule && list[i].wide_grid == wide_grid &&
+        list[i].schedule == schedule && list[i].decode_tile == decode_tile &&
         (family != kFamilyFwdSm90 || list[i].tiles[kSmem227K].block_m() == sm90_block_m))
       return int(i);
   return -1;

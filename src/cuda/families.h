@@ -98,16 +98,21 @@ inline int sm90_smem_bytes(int head_dim, int block_m, int block_n, int stages, b
   return (block_m * (o_tile ? 2 : 1) + 2 * stages * block_n) * head_dim * 2 + 1024;
 }
 
+// Decode tiles by grid size (decode only): the default tile, and on the 227 KB class the wide-grid tiles for grids
+// of more CTAs than one wave of it: 4 warps with a 3-block ring (two CTAs per SM at d128, four at d64) and, at
+// d128, with a 2-block ring (three per SM); plan.cpp picks by the fill of the grid's last wave.
+enum DecodeTile { kDecodeTileDefault = 0, kDecodeTileWide = 1, kDecodeTileWide2Stage = 2 };
+
 struct Variant {
   FamilyId family;
-  af_dtype dtype;                          // AF_DTYPE_BFLOAT16 or AF_DTYPE_FLOAT16
-  int head_dim;                            // compiled head dim (kvcache: 0, any head dim)
-  bool extras;                             // fwd_sm80, decode: softcap and ALiBi compiled in; fwd_sm90:
-                                           // softcap and a sliding window's left edge
-  TileConfig tiles[kSharedMemoryClasses];  // indexed by SharedMemoryClass
-  std::string name;                        // "fwd_sm80_bf16_d128" (+ "_extras"; fwd_sm90: + "_overlap"...)
-  Sm90Schedule schedule = kSm90V0;         // fwd_sm90 only
-  bool wide_grid = false;                  // decode only: the tile for grids of several CTAs per SM
+  af_dtype dtype;                               // AF_DTYPE_BFLOAT16 or AF_DTYPE_FLOAT16
+  int head_dim;                                 // compiled head dim (kvcache: 0, any head dim)
+  bool extras;                                  // fwd_sm80, decode: softcap and ALiBi compiled in; fwd_sm90:
+                                                // softcap and a sliding window's left edge
+  TileConfig tiles[kSharedMemoryClasses];       // indexed by SharedMemoryClass
+  std::string name;                             // "fwd_sm80_bf16_d128" (+ "_extras"; fwd_sm90: + "_overlap"...)
+  Sm90Schedule schedule = kSm90V0;              // fwd_sm90 only
+  DecodeTile decode_tile = kDecodeTileDefault;  // decode only: which grid size its tile is for
   const TileConfig& tile_for(int arch) const { return tiles[shared_memory_class(arch)]; }
   // Q tile plus the K/V ring, 16-bit elements (fwd_sm90: sm90_smem_bytes).
   int smem_bytes(int arch) const {
@@ -119,7 +124,7 @@ struct Variant {
   // Whether the variant compiles for an NVRTC target's arch (fwd_sm90: sm_90a only; a decode wide-grid tile:
   // the 227 KB class only, elsewhere it is the default tile, which its own variant compiles).
   bool compiles_for(const std::string& target) const {
-    if (wide_grid) return shared_memory_class(target_arch(target)) == kSmem227K;
+    if (decode_tile != kDecodeTileDefault) return shared_memory_class(target_arch(target)) == kSmem227K;
     return family != kFamilyFwdSm90 || target == "sm_90a";
   }
 };
@@ -143,9 +148,9 @@ constexpr int kSm90BlockM = 128;
 constexpr int kSm90WideBlockM = 192;
 
 // Index into variants() for a call, or -1 (schedule and sm90_block_m: fwd_sm90's; the other
-// families have only v0 and their own tile heights; wide_grid: decode's wide-grid tile).
+// families have only v0 and their own tile heights; decode_tile: decode's tile by grid size).
 int find_variant(FamilyId family, af_dtype dtype, int head_dim, bool extras, Sm90Schedule schedule = kSm90V0,
-                 int sm90_block_m = kSm90BlockM, bool wide_grid = false);
+                 int sm90_block_m = kSm90BlockM, DecodeTile decode_tile = kDecodeTileDefault);
 
 // The module text of a family (params, common helpers, the family's sources, combine).
 const std::string& module_source(FamilyId family);

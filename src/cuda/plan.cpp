@@ -132,6 +132,28 @@ DecodeSplits decode_splits(int forced, int ctas, int key_blocks, int sm_count,
   return {global, false};
 }
 
+// Decode grids of more CTAs than the default tile runs in one wave take a wide-grid tile where there is
+// one (families.cpp's wide_grid_decode_tile): else such a grid takes two waves or more, the last one
+// partly idle (B32 x 8 KV heads at d128: 256 CTAs on 132 SMs, 1.94 waves; 0.93x cuDNN at 1k keys in the
+// session-6 table). Of the two at d128, the 2-block ring (three CTAs per SM) wherever its grid's last
+// wave is filled at least 98% as well as the 3-block ring's (two per SM), a grid of one wave counting as
+// full, since all its CTAs are resident from the start: measured on H200
+// (bench/results/decode-wide-tiles-h200-2026-12-01.md), the 2-block ring at B24-B48 and B96 x 8 KV heads
+// (192-384 CTAs, one wave of it; 768, 1.94 waves against 2.91) 1.00-1.05x cuDNN against 0.92-1.00x,
+// while at B64 (512 CTAs, 1.29 waves) and B128 x 4k (2.59 waves against 3.88) it was 0.88-0.99x against
+// 0.99x.
+DecodeTile decode_grid_tile(int64_t ctas, int sm_count, const int (&per_sm)[3]) {
+  if (per_sm[kDecodeTileWide] == 0 || ctas <= int64_t(per_sm[kDecodeTileDefault]) * sm_count) return kDecodeTileDefault;
+  if (per_sm[kDecodeTileWide2Stage] == 0) return kDecodeTileWide;
+  auto last_wave_fill = [&](int holds) {
+    const int64_t slots = int64_t(holds) * sm_count, waves = (ctas + slots - 1) / slots;
+    return waves == 1 ? 1.0 : double(ctas) / double(waves * slots);
+  };
+  return last_wave_fill(per_sm[kDecodeTileWide2Stage]) >= 0.98 * last_wave_fill(per_sm[kDecodeTileWide])
+             ? kDecodeTileWide2Stage
+             : kDecodeTileWide;
+}
+
 bool decode_cluster_enabled() {
   const char* text = std::getenv("ATTNFORGE_DECODE_CLUSTER");
   return text == nullptr || text[0] != '0' || text[1] != 0;
@@ -323,21 +345,22 @@ af_status choose_variant(const AttentionProblem& p, const DeviceInfo& info, cons
       why += std::string("; ") + asked + " has no window/softcap form";
     schedule = sm90_extras_schedule(schedule);
   }
-  // Decode grids of more CTAs than the default tile runs in one wave take the wide-grid tile where there
-  // is one (d128, and d64 without extras, on the 227 KB class: families.cpp's wide_grid_decode_tile), which
-  // runs twice as many per SM. Otherwise such a grid takes two waves or more, the last one partly idle (B32 x 8 KV
-  // heads at d128: 256 CTAs on 132 SMs, 1.94 waves; 0.93x cuDNN at 1k keys in the session-6 table).
+  // Decode grids past one wave of the default tile: a wide-grid tile (decode_grid_tile).
   const int64_t decode_ctas = p.batch * p.heads_kv * ((packed_rows + kDecodeTileRows - 1) / kDecodeTileRows);
   int index = find_variant(family_id, p.dtype, int(p.head_dim), extras, schedule, sm90_block_m);
   if (decode && index >= 0 && shared_memory_class(arch) == kSmem227K) {
-    // CTAs of the default tile per SM of the class: 228 KB, 1 KB of it reserved per CTA.
-    const int64_t per_sm = (228 << 10) / (variants()[index].smem_bytes(arch) + 1024);
-    const int wide = find_variant(family_id, p.dtype, int(p.head_dim), extras, schedule, kSm90BlockM, true);
-    // At d64 only for caches of up to 2k keys (seqlen_k: a paged or kvcache call's capacity, not its used
-    // lengths): from 4k the two-per-SM 8-warp tile streamed 0.3-1.4% faster in its 1.94 waves (H200,
-    // bench/results/decode-d64-wide-h200-2026-12-01.md; at 1k the wide tile 3-5% faster).
+    // Per tile, the CTAs one SM of the class holds: 228 KB, 1 KB of it reserved per CTA; 0 without the tile.
+    // The wide-grid ones at d64 only for caches of up to 2k keys (seqlen_k: a paged or kvcache call's capacity,
+    // not its used lengths): from 4k the two-per-SM 8-warp tile streamed 0.3-1.4% faster in its 1.94 waves
+    // (H200, bench/results/decode-d64-wide-h200-2026-12-01.md; at 1k the wide tile 3-5% faster).
     const bool short_or_d128 = p.head_dim > 64 || p.seqlen_k <= 2048;
-    if (wide >= 0 && decode_ctas > per_sm * info.sm_count && short_or_d128) index = wide;
+    int kinds[3] = {index, -1, -1}, per_sm[3] = {};
+    for (DecodeTile kind : {kDecodeTileDefault, kDecodeTileWide, kDecodeTileWide2Stage}) {
+      if (kind != kDecodeTileDefault && short_or_d128)
+        kinds[kind] = find_variant(family_id, p.dtype, int(p.head_dim), extras, schedule, kSm90BlockM, kind);
+      if (kinds[kind] >= 0) per_sm[kind] = (228 << 10) / (variants()[kinds[kind]].smem_bytes(arch) + 1024);
+    }
+    index = kinds[decode_grid_tile(decode_ctas, info.sm_count, per_sm)];
   }
   if (index < 0 || index >= kMaxVariants)
     return fail(AF_ERR_INTERNAL, "cuda backend: no %s%s variant for head_dim %lld", family(family_id).name,
@@ -460,15 +483,20 @@ af_status make_plan(const AttentionProblem& p, const Choice& choice, Plan* plan)
   return AF_OK;
 }
 
+// The plan's word for a wide-grid decode tile.
+static const char* decode_tile_label(DecodeTile kind) {
+  return kind == kDecodeTileWide2Stage ? " wide-grid 2-stage" : " wide-grid";
+}
+
 std::string describe(const Choice& choice) {
   const Variant& v = variants()[choice.variant];
   const TileConfig& t = v.tile_for(choice.arch);
   char text[160];
   std::snprintf(text, sizeof text, "%s %s d%d%s%s%s%s %s %dx%d", family(v.family).name,
                 v.dtype == AF_DTYPE_BFLOAT16 ? "bf16" : "fp16", v.head_dim, v.extras ? " extras" : "",
-                v.wide_grid ? " wide-grid" : "", v.family == kFamilyFwdSm90 ? " " : "",
-                v.family == kFamilyFwdSm90 ? sm90_schedule_name(v.schedule) : "", choice.target.c_str(), t.block_m(),
-                t.block_n);
+                v.decode_tile == kDecodeTileDefault ? "" : decode_tile_label(v.decode_tile),
+                v.family == kFamilyFwdSm90 ? " " : "", v.family == kFamilyFwdSm90 ? sm90_schedule_name(v.schedule) : "",
+                choice.target.c_str(), t.block_m(), t.block_n);
   return choice.why.empty() ? std::string(text) : std::string(text) + " (" + choice.why + ")";
 }
 

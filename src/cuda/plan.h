@@ -121,6 +121,11 @@ struct DecodeSplits {
 DecodeSplits decode_splits(int forced, int ctas, int key_blocks, int sm_count,
                            const int (&max_clusters)[kMaxClusterCtas + 1], int ctas_per_sm = 1);
 
+// The decode tile for a grid of `ctas` CTAs on sm_count SMs, from the CTAs of each tile one SM holds
+// (per_sm[kind], 0 where the call has no such tile; families.h's DecodeTile). The rule and its measurements
+// are in plan.cpp.
+DecodeTile decode_grid_tile(int64_t ctas, int sm_count, const int (&per_sm)[3]);
+
 // AF_OK and the kernel that would run p, or the status and reason why the CUDA backend cannot.
 af_status choose(const AttentionProblem& p, Choice* choice);
 // choose() after the device checks, host only (no driver): the kernel that would run p on a device

@@ -39,11 +39,13 @@ TEST(CudaVariants, TableIsConsistent) {
     ++per_family[list[i].family];
     EXPECT_EQ(find_variant(list[i].family, list[i].dtype, list[i].head_dim, list[i].extras, list[i].schedule,
                            list[i].family == kFamilyFwdSm90 ? list[i].tiles[kSmem227K].block_m() : kSm90BlockM,
-                           list[i].wide_grid),
+                           list[i].decode_tile),
               int(i))
         << list[i].name;
-    EXPECT_TRUE(!list[i].wide_grid || (list[i].family == kFamilyDecode &&
-                                       (list[i].head_dim == 128 || (list[i].head_dim == 64 && !list[i].extras))))
+    const DecodeTile kind = list[i].decode_tile;
+    EXPECT_TRUE(kind == kDecodeTileDefault ||
+                (list[i].family == kFamilyDecode &&
+                 (list[i].head_dim == 128 || (list[i].head_dim == 64 && !list[i].extras && kind == kDecodeTileWide))))
         << list[i].name;
     if (list[i].compiles_for("sm_86"))
       EXPECT_LE(list[i].smem_bytes(86), 99 * 1024) << list[i].name << " does not fit sm_86/sm_89 shared memory";
@@ -64,7 +66,7 @@ TEST(CudaVariants, TableIsConsistent) {
       << "windows and softcap run on fwd_sm90's extras variants";
   EXPECT_EQ(find_variant(kFamilyFwdSm80, AF_DTYPE_BFLOAT16, 64, false, kSm90Overlap), -1) << "overlap is fwd_sm90's";
   for (const Variant& v : list)
-    EXPECT_EQ(v.compiles_for("sm_80"), v.family != kFamilyFwdSm90 && !v.wide_grid)
+    EXPECT_EQ(v.compiles_for("sm_80"), v.family != kFamilyFwdSm90 && v.decode_tile == kDecodeTileDefault)
         << v.name << ": wgmma and setmaxnreg need sm_90a; the wide-grid decode tile is the 227 KB class's";
 }
 

@@ -128,6 +128,22 @@ TEST(DecodeSplits, PlanStringNamesTheMerge) {
   EXPECT_EQ(describe(plan), "decode bf16 d128 sm_90a 16x128 splits=8");
 }
 
+// Wide-grid decode tiles (plan.cpp decode_grid_tile) on 132 SMs, d128 on the 227 KB class: the default tile
+// one CTA per SM, the 3-block ring two, the 2-block ring three. Batches x 8 KV heads, one 16-row tile each.
+TEST(DecodeGridTile, FewestIdleSlotsInTheLastWave) {
+  const int d128[3] = {1, 2, 3}, d64[3] = {2, 4, 0}, d64_long[3] = {2, 0, 0};
+  EXPECT_EQ(decode_grid_tile(16 * 8, kH200Sms, d128), kDecodeTileDefault) << "B16: one wave of the default tile";
+  EXPECT_EQ(decode_grid_tile(24 * 8, kH200Sms, d128), kDecodeTileWide2Stage) << "B24: one wave of either";
+  EXPECT_EQ(decode_grid_tile(32 * 8, kH200Sms, d128), kDecodeTileWide2Stage) << "B32";
+  EXPECT_EQ(decode_grid_tile(48 * 8, kH200Sms, d128), kDecodeTileWide2Stage) << "B48: 1.45 waves of the 3-block ring";
+  EXPECT_EQ(decode_grid_tile(64 * 8, kH200Sms, d128), kDecodeTileWide) << "B64: 1.29 waves of the 2-block ring";
+  EXPECT_EQ(decode_grid_tile(96 * 8, kH200Sms, d128), kDecodeTileWide2Stage) << "B96: 1.94 waves against 2.91";
+  EXPECT_EQ(decode_grid_tile(128 * 8, kH200Sms, d128), kDecodeTileWide) << "B128: 2.59 waves against 3.88";
+  EXPECT_EQ(decode_grid_tile(32 * 16, kH200Sms, d64), kDecodeTileWide) << "d64 B32 x 16 KV heads, caches <= 2k";
+  EXPECT_EQ(decode_grid_tile(32 * 16, kH200Sms, d64_long), kDecodeTileDefault) << "d64 from 4k keys";
+  EXPECT_EQ(decode_grid_tile(8 * 16, kH200Sms, d64), kDecodeTileDefault) << "d64 B8: one wave of the default tile";
+}
+
 // The cluster merge's PTX (barriers, mapa, distributed shared-memory loads) is in the sm_90 decode
 // module and not in the sm_80 one, which must not need clusters.
 TEST(DecodeCluster, ClusterInstructionsOnlyForSm90) {

@@ -120,14 +120,22 @@ def _wide_grid_batch(heads_kv, per_sm=1):
     return per_sm * torch.cuda.get_device_properties(0).multi_processor_count // heads_kv + 1
 
 
-# Grids of more CTAs than the default tile runs in one wave take the wide-grid tile at d128, and at d64 (without
-# extras) up to 2k keys, where the GPU has one (4 warps: two CTAs per SM at d128, four at d64, on the 227 KB
-# class: H100/H200); the same float64 checks hold for it, split or not, paged or not.
+def _two_waves_batch(heads_kv):
+    """Sequences for a d128 decode grid of exactly two waves of the 3-block wide-grid tile (two CTAs per SM), which
+    the 2-block one (three per SM) fills worse: the plan keeps the 3-block one (plan.cpp decode_grid_tile)."""
+    return 4 * torch.cuda.get_device_properties(0).multi_processor_count // heads_kv
+
+
+# Grids of more CTAs than the default tile runs in one wave take a wide-grid tile at d128 (a 3-block ring two per
+# SM or a 2-block ring three per SM), and at d64 (without extras) up to 2k keys (four per SM), where the GPU has
+# them (the 227 KB class: H100/H200); the same float64 checks hold for each, split or not, paged or not.
 @pytest.mark.parametrize("page_size", [None, 16])
 @pytest.mark.parametrize("num_splits", [0, 3])
-@pytest.mark.parametrize("heads,heads_kv,head_dim,per_sm", [(32, 8, 128, 1), (16, 16, 64, 2)])
-def test_decode_wide_grid(page_size, num_splits, heads, heads_kv, head_dim, per_sm, seed):
-    run_decode(torch.bfloat16, _wide_grid_batch(heads_kv, per_sm), 1, heads, heads_kv, head_dim, cache_len=333,
+@pytest.mark.parametrize("heads,heads_kv,head_dim,batch", [(32, 8, 128, "wide"), (32, 8, 128, "two_waves"),
+                                                           (16, 16, 64, "wide")])
+def test_decode_wide_grid(page_size, num_splits, heads, heads_kv, head_dim, batch, seed):
+    batch = _two_waves_batch(heads_kv) if batch == "two_waves" else _wide_grid_batch(heads_kv, 128 // head_dim)
+    run_decode(torch.bfloat16, batch, 1, heads, heads_kv, head_dim, cache_len=333,
                page_size=page_size, num_splits=num_splits, leftpad=page_size is None)
 
 
@@ -143,6 +151,12 @@ def test_decode_wide_grid_tile_only_for_wide_grids(heads, heads_kv, head_dim, pe
     narrow = attnforge.explain(q[:few], k[:few], k[:few])["plan"]
     assert "decode" in wide and "wide-grid" in wide and "16x64" in wide, wide
     assert "decode" in narrow and "wide-grid" not in narrow and "16x128" in narrow, narrow
+    if head_dim == 128:  # one wave of the 2-block ring; two of the 3-block one are filled better by it
+        assert "wide-grid 2-stage" in wide, wide
+        k2 = torch.empty(_two_waves_batch(heads_kv), 512, heads_kv, head_dim, dtype=k.dtype, device="cuda")
+        q2 = torch.empty(k2.shape[0], 1, heads, head_dim, dtype=k.dtype, device="cuda")
+        two_waves = attnforge.explain(q2, k2, k2)["plan"]
+        assert "wide-grid" in two_waves and "2-stage" not in two_waves, two_waves
     if head_dim == 64:  # from 4k keys d64 keeps the default tile; and softcap (extras) has no d64 wide-grid form
         k4k = torch.empty(k.shape[0], 4096, heads_kv, head_dim, dtype=k.dtype, device="cuda")
         long_plan = attnforge.explain(q, k4k, k4k)["plan"]
