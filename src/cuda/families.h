@@ -99,8 +99,8 @@ inline int sm90_smem_bytes(int head_dim, int block_m, int block_n, int stages, b
 }
 
 // Decode tiles by grid size (decode only): the default tile, and on the 227 KB class the wide-grid tiles for grids
-// of more CTAs than one wave of it: 4 warps with a 3-block ring (two CTAs per SM at d128, four at d64) and, at
-// d128, with a 2-block ring (three per SM); plan.cpp picks by the fill of the grid's last wave.
+// of more CTAs than one wave of it: 4 warps with a 3-block ring (two CTAs per SM at d128, four at d64), and a
+// 2-block ring (d128: 4 warps, three per SM; d64: 8 warps, two per SM); plan.cpp picks (decode_grid_tile).
 enum DecodeTile { kDecodeTileDefault = 0, kDecodeTileWide = 1, kDecodeTileWide2Stage = 2 };
 
 struct Variant {
@@ -120,6 +120,13 @@ struct Variant {
     if (family == kFamilyFwdSm90)
       return sm90_smem_bytes(head_dim, t.block_m(), t.block_n, t.stages, sm90_tma_store(schedule));
     return (t.block_m() + 2 * t.stages * t.block_n) * head_dim * 2;
+  }
+  // CTAs of it one SM of the arch's class holds by shared memory (228 / 164 / 100 KB per SM, 1 KB of it reserved
+  // per CTA), 1 to 8.
+  int ctas_per_sm(int arch) const {
+    static const int kSmBytes[kSharedMemoryClasses] = {228 << 10, 164 << 10, 100 << 10};
+    const int n = kSmBytes[shared_memory_class(arch)] / (smem_bytes(arch) + 1024);
+    return n < 1 ? 1 : (n > 8 ? 8 : n);
   }
   // Whether the variant compiles for an NVRTC target's arch (fwd_sm90: sm_90a only; a decode wide-grid tile:
   // the 227 KB class only, elsewhere it is the default tile, which its own variant compiles).

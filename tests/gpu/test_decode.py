@@ -131,11 +131,11 @@ def _two_waves_batch(heads_kv):
 # them (the 227 KB class: H100/H200); the same float64 checks hold for each, split or not, paged or not.
 @pytest.mark.parametrize("page_size", [None, 16])
 @pytest.mark.parametrize("num_splits", [0, 3])
-@pytest.mark.parametrize("heads,heads_kv,head_dim,batch", [(32, 8, 128, "wide"), (32, 8, 128, "two_waves"),
-                                                           (16, 16, 64, "wide")])
-def test_decode_wide_grid(page_size, num_splits, heads, heads_kv, head_dim, batch, seed):
+@pytest.mark.parametrize("heads,heads_kv,head_dim,batch,cache_len", [
+    (32, 8, 128, "wide", 333), (32, 8, 128, "two_waves", 333), (16, 16, 64, "wide", 333), (16, 16, 64, "wide", 2100)])
+def test_decode_wide_grid(page_size, num_splits, heads, heads_kv, head_dim, batch, cache_len, seed):
     batch = _two_waves_batch(heads_kv) if batch == "two_waves" else _wide_grid_batch(heads_kv, 128 // head_dim)
-    run_decode(torch.bfloat16, batch, 1, heads, heads_kv, head_dim, cache_len=333,
+    run_decode(torch.bfloat16, batch, 1, heads, heads_kv, head_dim, cache_len=cache_len,
                page_size=page_size, num_splits=num_splits, leftpad=page_size is None)
 
 
@@ -157,10 +157,10 @@ def test_decode_wide_grid_tile_only_for_wide_grids(heads, heads_kv, head_dim, pe
         q2 = torch.empty(k2.shape[0], 1, heads, head_dim, dtype=k.dtype, device="cuda")
         two_waves = attnforge.explain(q2, k2, k2)["plan"]
         assert "wide-grid" in two_waves and "2-stage" not in two_waves, two_waves
-    if head_dim == 64:  # from 4k keys d64 keeps the default tile; and softcap (extras) has no d64 wide-grid form
+    if head_dim == 64:  # past 2k keys the 8-warp 2-block tile; softcap (extras) has no d64 4-warp form
         k4k = torch.empty(k.shape[0], 4096, heads_kv, head_dim, dtype=k.dtype, device="cuda")
         long_plan = attnforge.explain(q, k4k, k4k)["plan"]
-        assert "decode" in long_plan and "wide-grid" not in long_plan, long_plan
+        assert "decode" in long_plan and "wide-grid 2-stage" in long_plan and "16x128" in long_plan, long_plan
         softcapped = attnforge.explain(q, k, k, softcap=30.0)["plan"]
         assert "decode" in softcapped and "wide-grid" not in softcapped, softcapped
 

@@ -78,24 +78,25 @@ __device__ __forceinline__ int packed_query_row(const FlashFwdParams& p, int r) 
   return magic_divide(r, p.group_magic, p.group_shift);
 }
 
-// One sequence's block-table row (paged K/V): its first `head_count` entries (up to kThreads) copied into
-// shared memory when the CTA starts, loaded while the lengths are, so that the first K/V copies wait on two
-// dependent loads (lengths, then K/V), not three (lengths, table, K/V); entries past them read from global.
-struct TableRow {
-  const int* row;   // block_table's row of this sequence (global); nullptr: K/V are not paged
-  const int* head;  // shared copy of row[0, head_count)
-  int head_count;
-  __device__ __forceinline__ int operator[](int i) const { return i < head_count ? head[i] : row[i]; }
-};
+// Paged K/V: the first kThreads entries of the CTA's block-table row, copied into shared memory when the CTA
+// starts, loaded while the lengths are, so that the first K/V copies wait on two dependent loads (lengths, then
+// K/V), not three (lengths, table, K/V). Here rather than passed along: a pointer to it kept one more register
+// through the loop, which NVRTC 13.5 spilled in the d64 4-warp tile.
+__shared__ int table_head[kThreads];
+
+// Entry i of the CTA's block-table row `table` (global): from table_head where it holds it.
+__device__ __forceinline__ int table_entry(const FlashFwdParams& p, const int* table, int i) {
+  return i < min(p.max_blocks_per_seq, kThreads) ? table_head[i] : table[i];
+}
 
 // This lane's block-table entry for key block n_block, which must hold a key: page first + lane of
 // the block, or the last key's page past it, so every entry read lies in the sequence's used pages.
 // Not clamped here: the clamp would wait for the load; the loader clamps when it uses the entry.
-__device__ __forceinline__ int block_page_entry(const FlashFwdParams& p, const KeySpan& span, const TableRow& table,
+__device__ __forceinline__ int block_page_entry(const FlashFwdParams& p, const KeySpan& span, const int* table,
                                                 int n_block) {
   const int first = page_of(p, span.row0 + n_block * kBlockN);
   const int last = page_of(p, span.row0 + span.len - 1);
-  return table[min(first + (int(threadIdx.x) & 31), last)];
+  return table_entry(p, table, min(first + (int(threadIdx.x) & 31), last));
 }
 
 // Async copy of one paged key row into row j of the K and V tiles: `row` of the span lies in page
@@ -120,7 +121,7 @@ __device__ __forceinline__ void copy_paged_row(const FlashFwdParams& p, const Ke
 // entries[0] holds this block's entry (block_page_entry); the call shifts entries
 // down and reads block n_block + kPagesAhead's into the last slot when that block holds keys
 // (n_block + kPagesAhead < n_block_max). Calls come for consecutive blocks.
-__device__ __forceinline__ void load_kv_block(const FlashFwdParams& p, const KeySpan& span, const TableRow& table,
+__device__ __forceinline__ void load_kv_block(const FlashFwdParams& p, const KeySpan& span, const int* table,
                                               int (&entries)[kPagesAhead], int n_block_max, af_u32 s_k, af_u32 s_v,
                                               int n_block) {
   const int n0 = n_block * kBlockN;
@@ -129,7 +130,7 @@ __device__ __forceinline__ void load_kv_block(const FlashFwdParams& p, const Key
   const int left = p.head_dim - col;
   const int col_bytes = left >= 8 ? 16 : (left > 0 ? left * 2 : 0);
   const unsigned long long policy = l2_evict_first();  // K/V are read once per step
-  if (table.row == nullptr) {
+  if (table == nullptr) {
 #pragma unroll
     for (int i = 0; i < kRowsPerThread; ++i) {
       const int j = row_in_pass + i * kRowsPerPass;
@@ -185,7 +186,7 @@ __device__ __forceinline__ void load_kv_block(const FlashFwdParams& p, const Key
   for (int i = 0; i < kRowsPerThread; ++i)
     index[i] = page_of(p, span.row0 + min(n0 + row_in_pass + i * kRowsPerPass, span.len - 1));
 #pragma unroll
-  for (int i = 0; i < kRowsPerThread; ++i) page[i] = table[index[i]];
+  for (int i = 0; i < kRowsPerThread; ++i) page[i] = table_entry(p, table, index[i]);
 #pragma unroll
   for (int i = 0; i < kRowsPerThread; ++i) {
     const int j = row_in_pass + i * kRowsPerPass;
@@ -331,7 +332,7 @@ __device__ __forceinline__ void merge_cluster_shares(const FlashFwdParams& p, in
 }
 #endif
 
-extern "C" __global__ void __launch_bounds__(kThreads) af_decode_fwd(const FlashFwdParams p) {
+extern "C" __global__ void __launch_bounds__(kThreads, AF_MIN_BLOCKS) af_decode_fwd(const FlashFwdParams p) {
   extern __shared__ __align__(128) unsigned char smem[];
   const af_u32 sQ = shared_address(smem);  // (kBlockM, kHeadDim) packed query rows
   const af_u32 sK = sQ + kQBytes;          // (kBlockN, kHeadDim) per stage: K0 V0 K1 V1 ...
@@ -350,25 +351,22 @@ extern "C" __global__ void __launch_bounds__(kThreads) af_decode_fwd(const Flash
   grid_dependents_launch();
   grid_dependency_wait();
   // Paged: the sequence's first kThreads block-table entries are loaded (one per thread) before the lengths,
-  // and stored to shared memory (TableRow) after them, so that both loads are in flight at once; the
-  // row's first kThreads * 32 entries go into L2 (one 128-byte line per thread) for the later blocks.
-  __shared__ int table_head[kThreads];
-  TableRow table = {nullptr, table_head, 0};
+  // and stored to table_head after them, so that both loads are in flight at once; the row's first
+  // kThreads * 32 entries go into L2 (one 128-byte line per thread) for the later blocks.
+  const int* table = p.block_table != nullptr ? p.block_table + (long long)batch * p.block_table_batch_stride : nullptr;
   int own_entry = 0;
-  if (p.block_table != nullptr) {
-    table.row = p.block_table + (long long)batch * p.block_table_batch_stride;
-    table.head_count = min(p.max_blocks_per_seq, kThreads);
-    if (int(threadIdx.x) < table.head_count) own_entry = table.row[threadIdx.x];
+  if (table != nullptr) {
+    if (int(threadIdx.x) < p.max_blocks_per_seq) own_entry = table[threadIdx.x];
     if (int(threadIdx.x) * 32 < p.max_blocks_per_seq)
-      asm volatile("prefetch.global.L2 [%0];\n" ::"l"(table.row + int(threadIdx.x) * 32));
+      asm volatile("prefetch.global.L2 [%0];\n" ::"l"(table + int(threadIdx.x) * 32));
   }
 
   const QueryRows query = query_rows(p, batch);
   const int rows = query.len * group;  // packed rows of this (sequence, KV head)
   if (r0 >= rows) return;
   const KeySpan span = key_span(p, batch, head_kv);
-  if (table.row != nullptr) {  // uniform over the CTA
-    if (int(threadIdx.x) < table.head_count) table_head[threadIdx.x] = own_entry;
+  if (table != nullptr) {  // uniform over the CTA
+    if (int(threadIdx.x) < p.max_blocks_per_seq) table_head[threadIdx.x] = own_entry;
     __syncthreads();
   }
   const int diagonal = span.len - query.len;  // key aligned with query row i is i + diagonal (bottom-right)
@@ -395,7 +393,7 @@ extern "C" __global__ void __launch_bounds__(kThreads) af_decode_fwd(const Flash
   int page_entries[kPagesAhead];
 #pragma unroll
   for (int a = 0; a < kPagesAhead; ++a)
-    page_entries[a] = table.row != nullptr && shared_pages(p) && n_block_min + a < n_block_max
+    page_entries[a] = table != nullptr && shared_pages(p) && n_block_min + a < n_block_max
                           ? block_page_entry(p, span, table, n_block_min + a)
                           : 0;
 
