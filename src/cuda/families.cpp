@@ -5,7 +5,7 @@
 // cross a mask edge); softcap and ALiBi touch every score, so they get their own variants and
 // the common case pays nothing. Head dims in between are zero-filled up to the next one.
 // decode variants: {bf16, fp16} x head dim {64, 128, 256} x {plain, extras}, and wide-grid tiles: two of d128's
-// and d64's (one of them plain only; see wide_grid_decode_tile): decode is bound by the bytes of K and V, and
+// and one of d64's plain ones (see wide_grid_decode_tile): decode is bound by the bytes of K and V, and
 // zero-filled dims are never read, so smaller head dims share these.
 // fwd_sm90 variants: {bf16, fp16} x head dim {64, 128, 256} x schedule {v0, overlap, pingpong,
 // overlap-persistent, pingpong-persistent, overlap-persistent-tma-store,
@@ -174,16 +174,9 @@ TileConfig default_decode_tile(int head_dim, SharedMemoryClass smem) {
 // cuDNN / attnforge on the same cache, two rounds): B48 x 1k-8k (384 CTAs: 1.45 waves of the 3-block tile, one of
 // this one) 1.04-1.05x against 0.92-0.94x; B32 x 4k-32k 1.00-1.01x against 0.98-0.99x, x 1k 1.00 against 1.00;
 // B96 x 1k-4k 1.00 against 0.99; at B64 (1.29 waves against 1.94) 0.88-0.90x against 0.99x.
-// At d64 the 2-block ring of the 8-warp tile (66 KB; its registers hold it to two CTAs per SM, as the default
-// tile), for wide grids of caches past 2k keys, where the 4-warp tile is not taken: same run, B32-B128 x 4k-131k
-// 1.00-1.01x cuDNN against 0.99-1.00x on SDPA's cache layout, 0.99-1.01x against 0.97-0.99x on FlashAttention's;
-// at B128 x 1k it lost (0.93x against 0.99x), which the 4-warp tile runs.
 TileConfig wide_grid_decode_tile(int head_dim, SharedMemoryClass smem, DecodeTile kind) {
   if (smem != kSmem227K || kind == kDecodeTileDefault) return default_decode_tile(head_dim, smem);
-  if (kind == kDecodeTileWide2Stage)
-    return head_dim == 128  ? decode_tile(4, 2)
-           : head_dim == 64 ? decode_tile(8, 2)
-                            : default_decode_tile(head_dim, smem);
+  if (kind == kDecodeTileWide2Stage) return head_dim == 128 ? decode_tile(4, 2) : default_decode_tile(head_dim, smem);
   return head_dim == 64 || head_dim == 128 ? decode_tile(4, 3) : default_decode_tile(head_dim, smem);
 }
 
@@ -231,8 +224,8 @@ std::vector<Variant> build_variants() {
                         : std::vector<int>(std::begin(kDecodeHeadDims), std::end(kDecodeHeadDims)))
         for (bool extras : {false, true})
           for (DecodeTile kind : {kDecodeTileDefault, kDecodeTileWide, kDecodeTileWide2Stage}) {
-            // Decode d128 and d64 (both wide-grid tiles; d64's 3-block one without extras): wide_grid_decode_tile.
-            if (kind != kDecodeTileDefault && (sm80 || d == 256 || (d == 64 && extras && kind == kDecodeTileWide)))
+            // Decode d128 (both wide-grid tiles), and d64 without extras (the 3-block one): wide_grid_decode_tile.
+            if (kind != kDecodeTileDefault && (sm80 || d == 256 || (d == 64 && (extras || kind != kDecodeTileWide))))
               continue;
             Variant v{id, dtype, d, extras, {}, ""};
             v.decode_tile = kind;

@@ -121,11 +121,15 @@ struct Variant {
       return sm90_smem_bytes(head_dim, t.block_m(), t.block_n, t.stages, sm90_tma_store(schedule));
     return (t.block_m() + 2 * t.stages * t.block_n) * head_dim * 2;
   }
-  // CTAs of it one SM of the arch's class holds by shared memory (228 / 164 / 100 KB per SM, 1 KB of it reserved
-  // per CTA), 1 to 8.
+  // CTAs of it one SM of the arch's class holds: by shared memory (228 / 164 / 100 KB per SM, 1 KB of it reserved
+  // per CTA) and by registers at 128 per thread (64K per SM; the decode tiles take 96-168), 1 to 8. Measured: the
+  // d64 8-warp 2-block tile (66 KB) held to three per SM by its launch bound ran at 85 registers, 0.81x cuDNN at
+  // B32 x 4k-131k against 1.00x at two per SM (bench/results/decode-wide-tiles-h200-2026-12-01.md).
   int ctas_per_sm(int arch) const {
     static const int kSmBytes[kSharedMemoryClasses] = {228 << 10, 164 << 10, 100 << 10};
-    const int n = kSmBytes[shared_memory_class(arch)] / (smem_bytes(arch) + 1024);
+    const int by_smem = kSmBytes[shared_memory_class(arch)] / (smem_bytes(arch) + 1024);
+    const int by_registers = 65536 / (tile_for(arch).threads() * 128);
+    const int n = by_smem < by_registers ? by_smem : by_registers;
     return n < 1 ? 1 : (n > 8 ? 8 : n);
   }
   // Whether the variant compiles for an NVRTC target's arch (fwd_sm90: sm_90a only; a decode wide-grid tile:

@@ -141,8 +141,7 @@ DecodeSplits decode_splits(int forced, int ctas, int key_blocks, int sm_count,
 // (bench/results/decode-wide-tiles-h200-2026-12-01.md), the 2-block ring at B24-B48 and B96 x 8 KV heads
 // (192-384 CTAs, one wave of it; 768, 1.94 waves against 2.91) 1.00-1.05x cuDNN against 0.92-1.00x,
 // while at B64 (512 CTAs, 1.29 waves) and B128 x 4k (2.59 waves against 3.88) it was 0.88-0.99x against
-// 0.99x. Where the call has one wide-grid tile (d64: the 4-warp one up to 2k keys, the 2-block one past them),
-// that one.
+// 0.99x. Where the call has one wide-grid tile (d64: the 4-warp one, up to 2k keys), that one.
 DecodeTile decode_grid_tile(int64_t ctas, int sm_count, const int (&per_sm)[3]) {
   if (ctas <= int64_t(per_sm[kDecodeTileDefault]) * sm_count) return kDecodeTileDefault;
   // With one wide-grid tile, that one.
@@ -352,15 +351,14 @@ af_status choose_variant(const AttentionProblem& p, const DeviceInfo& info, cons
   const int64_t decode_ctas = p.batch * p.heads_kv * ((packed_rows + kDecodeTileRows - 1) / kDecodeTileRows);
   int index = find_variant(family_id, p.dtype, int(p.head_dim), extras, schedule, sm90_block_m);
   if (decode && index >= 0 && shared_memory_class(arch) == kSmem227K) {
-    // Per tile, the CTAs one SM of the class holds by shared memory: 228 KB, 1 KB of it reserved per CTA; 0
-    // without the tile. At d64 the 4-warp tile only for caches of up to 2k keys, the 8-warp 2-block one only past
-    // them (seqlen_k: a paged or kvcache call's capacity, not its used lengths): from 4k the two-per-SM 8-warp
-    // tile streamed 0.3-1.4% faster in its 1.94 waves (H200, bench/results/decode-d64-wide-h200-2026-12-01.md; at
-    // 1k the 4-warp tile 3-5% faster), and its 2-block ring faster again (families.cpp).
-    const bool short_cache = p.seqlen_k <= 2048;
+    // Per tile, the CTAs one SM of the class holds (Variant::ctas_per_sm); 0 without the tile. At d64 the
+    // wide-grid tile only for caches of up to 2k keys (seqlen_k: a paged or kvcache call's capacity, not its used
+    // lengths): from 4k the two-per-SM 8-warp tile streamed 0.3-1.4% faster in its 1.94 waves (H200,
+    // bench/results/decode-d64-wide-h200-2026-12-01.md; at 1k the wide tile 3-5% faster).
+    const bool short_or_d128 = p.head_dim > 64 || p.seqlen_k <= 2048;
     int kinds[3] = {index, -1, -1}, per_sm[3] = {};
     for (DecodeTile kind : {kDecodeTileDefault, kDecodeTileWide, kDecodeTileWide2Stage}) {
-      if (kind != kDecodeTileDefault && (p.head_dim > 64 || short_cache == (kind == kDecodeTileWide)))
+      if (kind != kDecodeTileDefault && short_or_d128)
         kinds[kind] = find_variant(family_id, p.dtype, int(p.head_dim), extras, schedule, kSm90BlockM, kind);
       if (kinds[kind] >= 0) per_sm[kind] = variants()[kinds[kind]].ctas_per_sm(arch);
     }

@@ -45,7 +45,7 @@ TEST(CudaVariants, TableIsConsistent) {
     const DecodeTile kind = list[i].decode_tile;
     EXPECT_TRUE(kind == kDecodeTileDefault ||
                 (list[i].family == kFamilyDecode &&
-                 (list[i].head_dim == 128 || (list[i].head_dim == 64 && !(list[i].extras && kind == kDecodeTileWide)))))
+                 (list[i].head_dim == 128 || (list[i].head_dim == 64 && !list[i].extras && kind == kDecodeTileWide))))
         << list[i].name;
     if (list[i].compiles_for("sm_86"))
       EXPECT_LE(list[i].smem_bytes(86), 99 * 1024) << list[i].name << " does not fit sm_86/sm_89 shared memory";

@@ -131,7 +131,7 @@ TEST(DecodeSplits, PlanStringNamesTheMerge) {
 // Wide-grid decode tiles (plan.cpp decode_grid_tile) on 132 SMs, d128 on the 227 KB class: the default tile
 // one CTA per SM, the 3-block ring two, the 2-block ring three. Batches x 8 KV heads, one 16-row tile each.
 TEST(DecodeGridTile, FewestIdleSlotsInTheLastWave) {
-  const int d128[3] = {1, 2, 3}, d64[3] = {2, 4, 0}, d64_long[3] = {2, 0, 3};
+  const int d128[3] = {1, 2, 3}, d64[3] = {2, 4, 0}, d64_long[3] = {2, 0, 0};
   EXPECT_EQ(decode_grid_tile(16 * 8, kH200Sms, d128), kDecodeTileDefault) << "B16: one wave of the default tile";
   EXPECT_EQ(decode_grid_tile(24 * 8, kH200Sms, d128), kDecodeTileWide2Stage) << "B24: one wave of either";
   EXPECT_EQ(decode_grid_tile(32 * 8, kH200Sms, d128), kDecodeTileWide2Stage) << "B32";
@@ -140,7 +140,7 @@ TEST(DecodeGridTile, FewestIdleSlotsInTheLastWave) {
   EXPECT_EQ(decode_grid_tile(96 * 8, kH200Sms, d128), kDecodeTileWide2Stage) << "B96: 1.94 waves against 2.91";
   EXPECT_EQ(decode_grid_tile(128 * 8, kH200Sms, d128), kDecodeTileWide) << "B128: 2.59 waves against 3.88";
   EXPECT_EQ(decode_grid_tile(32 * 16, kH200Sms, d64), kDecodeTileWide) << "d64 B32 x 16 KV heads, caches <= 2k";
-  EXPECT_EQ(decode_grid_tile(32 * 16, kH200Sms, d64_long), kDecodeTileWide2Stage) << "d64 from 4k keys: 2 blocks";
+  EXPECT_EQ(decode_grid_tile(32 * 16, kH200Sms, d64_long), kDecodeTileDefault) << "d64 from 4k keys";
   EXPECT_EQ(decode_grid_tile(16 * 16, kH200Sms, d64_long), kDecodeTileDefault) << "d64 B16 x 4k: one wave";
   EXPECT_EQ(decode_grid_tile(8 * 16, kH200Sms, d64), kDecodeTileDefault) << "d64 B8: one wave of the default tile";
 }

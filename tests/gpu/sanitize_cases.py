@@ -47,7 +47,7 @@ call(2, 1, 1500, 8, 2, 128, causal=True)  # decode family, split keys
 call(17, 1, 333, 16, 16, 64, causal=True)  # d64 decode grid past one wave of the default tile: the wide-grid tile
 call(17, 1, 333, 32, 8, 128)  # d128 past one wave (H200: 136 CTAs): the 2-block wide-grid tile
 call(66, 1, 200, 32, 8, 128)  # d128, two waves of the 3-block wide-grid tile on 132 SMs (H200)
-call(17, 1, 2100, 16, 16, 64)  # d64 past one wave, past 2k keys: the 8-warp 2-block wide-grid tile
+call(17, 1, 2100, 16, 16, 64)  # d64 past one wave, past 2k keys: the default tile at two CTAs per SM
 call(1, 3, 1100, 4, 4, 64, window_size=(300, 0))
 call(3, 5, 999, 16, 2, 256, dtype=torch.float16, softcap=15.0, alibi_slopes=torch.rand(16, device="cuda"))
 # Paged decode over shuffled pages, cache lengths per sequence: per-row table reads (page 3), table
