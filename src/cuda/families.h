@@ -124,7 +124,8 @@ struct Variant {
   // CTAs of it one SM of the arch's class holds: by shared memory (228 / 164 / 100 KB per SM, 1 KB of it reserved
   // per CTA) and by registers at 128 per thread (64K per SM; the decode tiles take 96-168), 1 to 8. Measured: the
   // d64 8-warp 2-block tile (66 KB) held to three per SM by its launch bound ran at 85 registers, 0.81x cuDNN at
-  // B32 x 4k-131k against 1.00x at two per SM (bench/results/decode-wide-tiles-h200-2026-12-01.md).
+  // B32 x 4k-131k (bench/results/decode-h200-2026-12-01-v17.md) against 1.00x unbounded at two per SM
+  // (decode-wide-tiles-h200-2026-12-01.md).
   int ctas_per_sm(int arch) const {
     static const int kSmBytes[kSharedMemoryClasses] = {228 << 10, 164 << 10, 100 << 10};
     const int by_smem = kSmBytes[shared_memory_class(arch)] / (smem_bytes(arch) + 1024);
