@@ -387,9 +387,9 @@ std::vector<std::string> compile_options(const Variant& v, const std::string& ta
     options.push_back(std::string("-DAF_SM90_TMA_STORE=") + (sm90_tma_store(v.schedule) ? "1" : "0"));
     options.push_back(std::string("-DAF_SM90_DYNAMIC=") + (sm90_dynamic(v.schedule) ? "1" : "0"));
   }
-  // Decode: the launch bound's minimum CTAs per SM is what the tile's shared memory allows, so that ptxas allocates
-  // registers for that occupancy rather than by its own estimate (without it, NVRTC 13.0 and 13.5 held the d64
-  // 4-warp tile to 96 registers and spilled 4 bytes).
+  // Decode: the launch bound's minimum CTAs per SM is what the tile's shared memory and 128 registers per thread
+  // allow (Variant::ctas_per_sm), so that ptxas allocates registers for that occupancy rather than by its own
+  // estimate (without it, NVRTC 13.0 and 13.5 held the d64 4-warp tile to 96 registers and spilled 4 bytes).
   if (v.family == kFamilyDecode)
     options.push_back("-DAF_MIN_BLOCKS=" + std::to_string(v.ctas_per_sm(target_arch(target))));
   if (v.family == kFamilyFwdSm80) {

@@ -99,8 +99,8 @@ inline int sm90_smem_bytes(int head_dim, int block_m, int block_n, int stages, b
 }
 
 // Decode tiles by grid size (decode only): the default tile, and on the 227 KB class the wide-grid tiles for grids
-// of more CTAs than one wave of it: 4 warps with a 3-block ring (two CTAs per SM at d128, four at d64), and a
-// 2-block ring (d128: 4 warps, three per SM; d64: 8 warps, two per SM); plan.cpp picks (decode_grid_tile).
+// of more CTAs than one wave of it: 4 warps with a 3-block ring (two CTAs per SM at d128, four at d64) and, at
+// d128, with a 2-block ring (three per SM); plan.cpp picks (decode_grid_tile).
 enum DecodeTile { kDecodeTileDefault = 0, kDecodeTileWide = 1, kDecodeTileWide2Stage = 2 };
 
 struct Variant {
@@ -114,21 +114,27 @@ struct Variant {
   Sm90Schedule schedule = kSm90V0;              // fwd_sm90 only
   DecodeTile decode_tile = kDecodeTileDefault;  // decode only: which grid size its tile is for
   const TileConfig& tile_for(int arch) const { return tiles[shared_memory_class(arch)]; }
-  // Q tile plus the K/V ring, 16-bit elements (fwd_sm90: sm90_smem_bytes).
+  // Dynamic shared memory: Q tile plus the K/V ring, 16-bit elements (fwd_sm90: sm90_smem_bytes).
   int smem_bytes(int arch) const {
     const TileConfig& t = tile_for(arch);
     if (family == kFamilyFwdSm90)
       return sm90_smem_bytes(head_dim, t.block_m(), t.block_n, t.stages, sm90_tma_store(schedule));
     return (t.block_m() + 2 * t.stages * t.block_n) * head_dim * 2;
   }
+  // Dynamic and static shared memory of one CTA: the limits (per block and per SM) count both. Decode's static
+  // part is its block-table head (one int per thread) and split counter (decode_fwd.cuh), with 16 bytes to spare.
+  int total_smem_bytes(int arch) const {
+    return smem_bytes(arch) + (family == kFamilyDecode ? tile_for(arch).threads() * 4 + 16 : 0);
+  }
   // CTAs of it one SM of the arch's class holds: by shared memory (228 / 164 / 100 KB per SM, 1 KB of it reserved
-  // per CTA) and by registers at 128 per thread (64K per SM; the decode tiles take 96-168), 1 to 8. Measured: the
+  // per CTA) and by registers at 128 per thread (64K per SM; the decode tiles take 96-168 below d256), 1 to 8.
+  // Measured: the
   // d64 8-warp 2-block tile (66 KB) held to three per SM by its launch bound ran at 85 registers, 0.81x cuDNN at
   // B32 x 4k-131k (bench/results/decode-h200-2026-12-01-v17.md) against 1.00x unbounded at two per SM
   // (decode-wide-tiles-h200-2026-12-01.md).
   int ctas_per_sm(int arch) const {
     static const int kSmBytes[kSharedMemoryClasses] = {228 << 10, 164 << 10, 100 << 10};
-    const int by_smem = kSmBytes[shared_memory_class(arch)] / (smem_bytes(arch) + 1024);
+    const int by_smem = kSmBytes[shared_memory_class(arch)] / (total_smem_bytes(arch) + 1024);
     const int by_registers = 65536 / (tile_for(arch).threads() * 128);
     const int n = by_smem < by_registers ? by_smem : by_registers;
     return n < 1 ? 1 : (n > 8 ? 8 : n);

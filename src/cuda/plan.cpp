@@ -143,7 +143,7 @@ DecodeSplits decode_splits(int forced, int ctas, int key_blocks, int sm_count,
 // while at B64 (512 CTAs, 1.29 waves) and B128 x 4k (2.59 waves against 3.88) it was 0.88-0.99x against
 // 0.99x. Where the call has one wide-grid tile (d64: the 4-warp one, up to 2k keys), that one.
 DecodeTile decode_grid_tile(int64_t ctas, int sm_count, const int (&per_sm)[3]) {
-  if (ctas <= int64_t(per_sm[kDecodeTileDefault]) * sm_count) return kDecodeTileDefault;
+  if (sm_count <= 0 || ctas <= int64_t(per_sm[kDecodeTileDefault]) * sm_count) return kDecodeTileDefault;
   // With one wide-grid tile, that one.
   if (per_sm[kDecodeTileWide2Stage] == 0) return per_sm[kDecodeTileWide] > 0 ? kDecodeTileWide : kDecodeTileDefault;
   if (per_sm[kDecodeTileWide] == 0) return kDecodeTileWide2Stage;
@@ -368,7 +368,7 @@ af_status choose_variant(const AttentionProblem& p, const DeviceInfo& info, cons
     return fail(AF_ERR_INTERNAL, "cuda backend: no %s%s variant for head_dim %lld", family(family_id).name,
                 extras ? " extras" : "", (long long)p.head_dim);
   const Variant& v = variants()[index];
-  if (v.smem_bytes(arch) > info.max_smem_optin)
+  if (v.total_smem_bytes(arch) > info.max_smem_optin)
     return fail(AF_ERR_UNSUPPORTED, "cuda backend: %s needs %d bytes of shared memory, %s allows %d", v.name.c_str(),
                 v.smem_bytes(arch), info.name.c_str(), info.max_smem_optin);
   // 16-byte vector loads and stores: every batch, row and head stride a multiple of 8 elements.

@@ -48,10 +48,10 @@ TEST(CudaVariants, TableIsConsistent) {
                  (list[i].head_dim == 128 || (list[i].head_dim == 64 && !list[i].extras && kind == kDecodeTileWide))))
         << list[i].name;
     if (list[i].compiles_for("sm_86"))
-      EXPECT_LE(list[i].smem_bytes(86), 99 * 1024) << list[i].name << " does not fit sm_86/sm_89 shared memory";
+      EXPECT_LE(list[i].total_smem_bytes(86), 99 * 1024) << list[i].name << " does not fit sm_86/sm_89 shared memory";
     if (list[i].compiles_for("sm_80"))
-      EXPECT_LE(list[i].smem_bytes(80), 163 * 1024) << list[i].name << " does not fit sm_80 shared memory";
-    EXPECT_LE(list[i].smem_bytes(90), 227 * 1024) << list[i].name << " does not fit sm_90 shared memory";
+      EXPECT_LE(list[i].total_smem_bytes(80), 163 * 1024) << list[i].name << " does not fit sm_80 shared memory";
+    EXPECT_LE(list[i].total_smem_bytes(90), 227 * 1024) << list[i].name << " does not fit sm_90 shared memory";
   }
   for (int id = 0; id < kFamilyCount; ++id) EXPECT_GT(per_family[id], 0) << family(FamilyId(id)).name;
   EXPECT_EQ(compiled_head_dim(kFamilyFwdSm80, 80), 96);

@@ -66,7 +66,8 @@ TEST(DecodeSplits, TilesSharingAnSmMergeInSmallClustersOnlyWhileLatencyBound) {
   expect_splits(decode_splits(0, 32, 8, kH200Sms, h200.n, 2), 3, true, "d64 B2 1k: 96 CTAs, not 128");
   expect_splits(decode_splits(0, 48, 8, kH200Sms, h200.n, 2), 2, true, "d64 B3 1k: 96 CTAs");
   expect_splits(decode_splits(0, 64, 8, kH200Sms, h200.n, 2), 2, false, "d64 B4 1k: 128 CTAs, global");
-  expect_splits(decode_splits(0, 32, 16, kH200Sms, h200.n, 2), 4, false, "d64 B2 2k: 6 blocks in 3 CTAs, global");
+  expect_splits(decode_splits(0, 32, 16, kH200Sms, h200.n, 2), 4, false,
+                "d64 B2 2k: clusters of 3 would read 6 blocks each: the global 4");
   expect_splits(decode_splits(3, 16, 32, kH200Sms, h200.n, 2), 3, true, "a forced count still merges in a cluster");
 }
 
@@ -132,6 +133,13 @@ TEST(DecodeSplits, PlanStringNamesTheMerge) {
 // one CTA per SM, the 3-block ring two, the 2-block ring three. Batches x 8 KV heads, one 16-row tile each.
 TEST(DecodeGridTile, FewestIdleSlotsInTheLastWave) {
   const int d128[3] = {1, 2, 3}, d64[3] = {2, 4, 0}, d64_long[3] = {2, 0, 0};
+  for (DecodeTile kind : {kDecodeTileDefault, kDecodeTileWide, kDecodeTileWide2Stage}) {  // the variants' own counts
+    const int v128 = find_variant(kFamilyDecode, AF_DTYPE_BFLOAT16, 128, false, kSm90V0, kSm90BlockM, kind);
+    const int v64 = find_variant(kFamilyDecode, AF_DTYPE_BFLOAT16, 64, false, kSm90V0, kSm90BlockM, kind);
+    EXPECT_EQ(v128 >= 0 ? variants()[v128].ctas_per_sm(90) : 0, d128[kind]) << kind;
+    EXPECT_EQ(v64 >= 0 ? variants()[v64].ctas_per_sm(90) : 0, d64[kind]) << kind;
+  }
+  EXPECT_EQ(decode_grid_tile(17 * 8, 0, d128), kDecodeTileDefault) << "no SM count: the default tile";
   EXPECT_EQ(decode_grid_tile(16 * 8, kH200Sms, d128), kDecodeTileDefault) << "B16: one wave of the default tile";
   EXPECT_EQ(decode_grid_tile(24 * 8, kH200Sms, d128), kDecodeTileWide2Stage) << "B24: one wave of either";
   EXPECT_EQ(decode_grid_tile(32 * 8, kH200Sms, d128), kDecodeTileWide2Stage) << "B32";

@@ -10,7 +10,8 @@
 //   AF_WARPS      warps per CTA; warp w takes keys [16 w, 16 w + 16) of every key block
 //   AF_KV_STAGES  depth of the K/V ring (2 to 4 blocks in flight)
 //   AF_EXTRAS     1: softcap and ALiBi are compiled in
-//   AF_MIN_BLOCKS CTAs per SM the tile's shared memory allows (the launch bound's minimum)
+//   AF_MIN_BLOCKS CTAs per SM the tile's shared memory and 128 registers per thread allow (the launch bound's
+//                 minimum; Variant::ctas_per_sm)
 //
 // Grid (splits, Hk * m_tiles, B): one CTA per (sequence, KV head, 16 packed rows, key split).
 // Packed row r of a (sequence, KV head) is query row r / G of head hk * G + r % G (G = H / Hk),

@@ -114,8 +114,9 @@ __device__ __forceinline__ void copy_paged_row(const FlashFwdParams& p, const Ke
 }
 
 // Async copy of key rows of key block n_block of a span into the swizzled K and V tiles of one ring
-// stage, with an evict-first L2 policy (K/V are read once per step). Each thread keeps one 16-byte
-// chunk column; rows past the keys and dims past head_dim are
+// stage, with an evict-first L2 policy: a decode step (one query tile per (sequence, KV head)) reads each block
+// once; where several CTAs read the same K/V (packed rows past one tile, paged prefill, repeated kv_batch_idx)
+// the policy is unmeasured. Each thread keeps one 16-byte chunk column; rows past the keys and dims past head_dim are
 // zero-filled without reading. Paged rows read their page clamped into the pool; rows past the keys
 // take the last key's row (a used page) and copy nothing. With shared pages (shared_pages(p)),
 // entries[0] holds this block's entry (block_page_entry); the call shifts entries
@@ -129,7 +130,7 @@ __device__ __forceinline__ void load_kv_block(const FlashFwdParams& p, const Key
   const int col = (int(threadIdx.x) % kChunks) * 8;
   const int left = p.head_dim - col;
   const int col_bytes = left >= 8 ? 16 : (left > 0 ? left * 2 : 0);
-  const unsigned long long policy = l2_evict_first();  // K/V are read once per step
+  const unsigned long long policy = l2_evict_first();  // a decode step reads each K/V block once (see load_kv_block)
   if (table == nullptr) {
 #pragma unroll
     for (int i = 0; i < kRowsPerThread; ++i) {
