@@ -153,6 +153,48 @@ TEST(DecodeGridTile, FewestIdleSlotsInTheLastWave) {
   EXPECT_EQ(decode_grid_tile(8 * 16, kH200Sms, d64), kDecodeTileDefault) << "d64 B8: one wave of the default tile";
 }
 
+// A decode step, bf16: q (B, 1, H, D) against (B, S, Hk, D) caches, contiguous.
+AttentionProblem decode_step(int64_t batch, int64_t keys, int64_t heads, int64_t heads_kv, int64_t head_dim) {
+  AttentionProblem p;
+  p.dtype = AF_DTYPE_BFLOAT16;
+  p.device_type = AF_DEVICE_CUDA;
+  p.batch = batch, p.seqlen_q = 1, p.seqlen_k = keys, p.heads_q = heads, p.heads_kv = heads_kv, p.head_dim = head_dim;
+  p.total_q = batch, p.total_k = batch * keys;
+  p.q_head_stride = head_dim, p.q_row_stride = heads * head_dim, p.q_batch_stride = p.q_row_stride;
+  p.k_head_stride = head_dim, p.k_row_stride = heads_kv * head_dim, p.k_batch_stride = keys * p.k_row_stride;
+  p.v_head_stride = p.k_head_stride, p.v_row_stride = p.k_row_stride, p.v_batch_stride = p.k_batch_stride;
+  p.out_head_stride = p.q_head_stride, p.out_row_stride = p.q_row_stride, p.out_batch_stride = p.q_batch_stride;
+  return p;
+}
+
+// The tile the plan takes for a decode step on a 132-SM device of the given target, as describe() names it.
+std::string planned_tile(const AttentionProblem& p, const char* target = "sm_90a") {
+  DeviceInfo info;
+  info.name = "132-SM host test";
+  info.major = target[3] - '0', info.minor = 0;
+  info.sm_count = kH200Sms;
+  info.max_smem_optin = std::string(target) == "sm_90a" ? 227 * 1024 : 163 * 1024;
+  Choice choice;
+  if (choose_variant(p, info, target, true, &choice) != AF_OK)
+    return std::string("refused: ") + af_last_error_message();
+  return describe(Choice{choice.variant, choice.target, choice.arch, ""});
+}
+
+// choose_variant on the real variants: the default tile up to one wave of it, then the wide-grid tile the rule
+// picks (decode_grid_tile); d64 only up to 2k keys and without extras; none on the 163 KB class.
+TEST(DecodeGridTile, PlansTheRealVariants) {
+  EXPECT_EQ(planned_tile(decode_step(16, 4096, 32, 8, 128)), "decode bf16 d128 sm_90a 16x128");
+  EXPECT_EQ(planned_tile(decode_step(17, 4096, 32, 8, 128)), "decode bf16 d128 wide-grid 2-stage sm_90a 16x64");
+  EXPECT_EQ(planned_tile(decode_step(66, 4096, 32, 8, 128)), "decode bf16 d128 wide-grid sm_90a 16x64");
+  EXPECT_EQ(planned_tile(decode_step(128, 4096, 32, 8, 128)), "decode bf16 d128 wide-grid sm_90a 16x64");
+  EXPECT_EQ(planned_tile(decode_step(17, 1024, 16, 16, 64)), "decode bf16 d64 wide-grid sm_90a 16x64");
+  EXPECT_EQ(planned_tile(decode_step(17, 4096, 16, 16, 64)), "decode bf16 d64 sm_90a 16x128");
+  AttentionProblem softcapped = decode_step(17, 1024, 16, 16, 64);
+  softcapped.softcap = 30.f;
+  EXPECT_EQ(planned_tile(softcapped), "decode bf16 d64 extras sm_90a 16x128");
+  EXPECT_EQ(planned_tile(decode_step(128, 4096, 32, 8, 128), "sm_80"), "decode bf16 d128 sm_80 16x64");
+}
+
 // The cluster merge's PTX (barriers, mapa, distributed shared-memory loads) is in the sm_90 decode
 // module and not in the sm_80 one, which must not need clusters.
 TEST(DecodeCluster, ClusterInstructionsOnlyForSm90) {
