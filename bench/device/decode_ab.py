@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from attnforge import _native
-from decode_bench import rotations as rotation_count, graph_timer, interleaved_us
+from decode_bench import rotations as rotation_count, graph_timer, shape_picked, interleaved_us
 
 SHAPES = [  # (heads, heads_kv, head_dim, batch, keys)
     (16, 16, 64, 1, 128), (16, 16, 64, 1, 1024), (16, 16, 64, 1, 2048), (16, 16, 64, 1, 4096),
@@ -50,7 +50,7 @@ def main(path=None):
     print("\n".join(lines), flush=True)
     for heads, heads_kv, head_dim, batch, keys in SHAPES:
         label = "%d/%d d%d B%d %d" % (heads, heads_kv, head_dim, batch, keys)
-        if not any(m in label for m in os.environ.get("AF_SHAPES", "").split(",")):
+        if not shape_picked(label):
             continue
         kv_bytes = 2 * batch * keys * heads_kv * head_dim * 2
         rotations = rotation_count(kv_bytes)

@@ -23,6 +23,7 @@ import argparse
 import datetime
 import json
 import math
+import os
 import platform
 import subprocess
 import sys
@@ -34,6 +35,11 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 import attnforge
 
 ROTATION_BYTES = 256 << 20
+
+
+def shape_picked(label):
+    """Whether $AF_SHAPES (comma-separated parts of shape labels; unset: every shape) picks the shape `label`."""
+    return any(m in label for m in os.environ.get("AF_SHAPES", "").split(","))
 
 
 def rotations(kv_bytes):

@@ -6,9 +6,8 @@
 #   OUT=dir [AF_AB_SCRIPT=decode_layout.py] [AF_AB_ROUNDS=2] bash bench/device/decode_builds_ab.sh
 set -u -o pipefail
 cd "$(dirname "$0")/../.." || exit 1
-FINAL_OUT="${OUT:-$PWD/bench-out}"
-OUT=$(mktemp -d)
 source bench/device/lib.sh
+af_pack_outputs builds-ab.tgz
 names=() libs=() pids=()
 for tree in .carry/*/; do
   name=$(basename "$tree")
@@ -30,6 +29,4 @@ for round in $(seq "${AF_AB_ROUNDS:-2}"); do
     record "$script round $round ${names[$i]}" $?
   done
 done
-mkdir -p "$FINAL_OUT"
-tar czf "$FINAL_OUT/builds-ab.tgz" -C "$OUT" .
 af_summary

@@ -9,9 +9,8 @@
 #   OUT=dir [AF_TILES="64:4,2 64:4,4"] bash bench/device/decode_latency_probe.sh
 set -u -o pipefail
 cd "$(dirname "$0")/../.." || exit 1
-FINAL_OUT="${OUT:-$PWD/bench-out}"
-OUT=$(mktemp -d)
 source bench/device/lib.sh
+af_pack_outputs decode-latency.tgz
 af_build
 for tile in default ${AF_TILES:-64:4,2 64:4,3 64:4,4 64:2,4}; do
   echo "-- tile $tile"
@@ -33,6 +32,4 @@ grep -E 'Duration|Grid Size|Block Size|Registers|Shared Memory|Warp Cycles Per I
 ncu --import "$OUT/ncu-d64-b1-1k.ncu-rep" --page source --csv --print-source sass >"$OUT/ncu-sass.csv" 2>&1
 record "ncu source page" $?
 head -c 600 "$OUT/ncu-sass.csv"
-mkdir -p "$FINAL_OUT"
-tar czf "$FINAL_OUT/decode-latency.tgz" -C "$OUT" .
 af_summary

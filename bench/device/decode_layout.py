@@ -9,7 +9,6 @@ Every attnforge output is checked against cuDNN's before timing.
 Usage: python3 decode_layout.py [out.md] ($AF_SHAPES: comma-separated label parts picks shapes)
 """
 import math
-import os
 import sys
 
 import torch
@@ -17,7 +16,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import attnforge
-from decode_bench import rotations as rotation_count, graph_timer
+from decode_bench import rotations as rotation_count, graph_timer, shape_picked
 
 SHAPES = [  # (heads, heads_kv, head_dim, batch, keys): v14's lowest ratios, and batch-1 and B8 references
     (32, 8, 128, 16, 32768), (32, 8, 128, 32, 32768), (32, 8, 128, 32, 131072), (64, 8, 128, 64, 16384),
@@ -44,7 +43,7 @@ def main(path=None):
     worst = math.inf
     for heads, heads_kv, head_dim, batch, keys in SHAPES:
         label = "%d/%d d%d B%d %d" % (heads, heads_kv, head_dim, batch, keys)
-        if not any(m in label for m in os.environ.get("AF_SHAPES", "").split(",")):
+        if not shape_picked(label):
             continue
         kv_bytes = 2 * batch * keys * heads_kv * head_dim * 2
         rotations = rotation_count(kv_bytes)

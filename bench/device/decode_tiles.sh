@@ -7,9 +7,8 @@
 #   OUT=dir AF_TILES="default 64:8,2" AF_SHAPES="d64 B32 ,d64 B128 " bash bench/device/decode_tiles.sh
 set -u -o pipefail
 cd "$(dirname "$0")/../.." || exit 1
-FINAL_OUT="${OUT:-$PWD/bench-out}"
-OUT=$(mktemp -d)
 source bench/device/lib.sh
+af_pack_outputs tiles.tgz
 af_build
 for round in $(seq "${AF_AB_ROUNDS:-2}"); do
   for tile in ${AF_TILES:-default}; do
@@ -21,6 +20,4 @@ for round in $(seq "${AF_AB_ROUNDS:-2}"); do
     record "decode_layout.py round $round tile $tile" $?
   done
 done
-mkdir -p "$FINAL_OUT"
-tar czf "$FINAL_OUT/tiles.tgz" -C "$OUT" .
 af_summary

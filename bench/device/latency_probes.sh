@@ -8,9 +8,8 @@
 #   OUT=dir bash bench/device/latency_probes.sh
 set -u -o pipefail
 cd "$(dirname "$0")/../.." || exit 1
-FINAL_OUT="${OUT:-$PWD/bench-out}"
-OUT=$(mktemp -d)
 source bench/device/lib.sh
+af_pack_outputs latency-probes.tgz
 af_build
 echo "== 1. key-block widths"
 OUT="$OUT/block-n" AF_SKIP_CHECKS=1 AF_SECONDS="${AF_SECONDS:-50}" bash bench/device/sm90_block_n_ab.sh 2>&1 | tail -30
@@ -21,6 +20,4 @@ record "decode_kernels.py" $?
 echo "== 3. short causal back to back"
 (cd bench/device && timeout 150 python3 sm90_backtoback.py) 2>&1 | tee "$OUT/backtoback.txt" | tail -30
 record "sm90_backtoback.py" $?
-mkdir -p "$FINAL_OUT"
-tar czf "$FINAL_OUT/latency-probes.tgz" -C "$OUT" .
 af_summary

@@ -73,5 +73,16 @@ af_sanitize_wait() {
 # The ledger, then exit with its status.
 af_summary() {
   printf '%s\n' "${verdicts[@]}"
+  if [ -n "${pack_name:-}" ]; then
+    mkdir -p "$FINAL_OUT"
+    tar czf "$FINAL_OUT/$pack_name" -C "$OUT" .
+  fi
   exit $status
+}
+
+# af_pack_outputs NAME: the script's outputs go to a private folder from here on and leave as one tarball,
+# $OUT/NAME as given, when af_summary runs (the device returns only a few files per call).
+af_pack_outputs() {
+  FINAL_OUT=$OUT pack_name=$1
+  OUT=$(mktemp -d)
 }
