@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <climits>
-#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -53,6 +52,12 @@ int forced_splits(int requested) {
 
 // fwd_sm80: when the query tiles fill at most half of one wave, each tile's key blocks are
 // shared out among enough CTAs to fill about a wave, at least 4 key blocks each, at most 64.
+// The busy fraction of `slots` CTA slots over the waves `ctas` CTAs take: ctas / (waves x slots), waves rounded up.
+double wave_fill(int64_t ctas, int64_t slots) {
+  const int64_t waves = (ctas + slots - 1) / slots;
+  return double(ctas) / double(waves * slots);
+}
+
 int sm80_splits(int requested, int ctas, int key_blocks, int wave_ctas) {
   if (forced_splits(requested) > 0) return forced_splits(requested);
   if (2 * ctas > wave_ctas) return 1;
@@ -100,10 +105,7 @@ DecodeSplits decode_splits(int forced, int ctas, int key_blocks, int sm_count,
                            const int (&max_clusters)[kMaxClusterCtas + 1], int ctas_per_sm) {
   if (forced > 0) return {forced, forced >= 2 && forced <= kMaxClusterCtas && max_clusters[forced] > 0};
   if (2 * ctas >= sm_count) return {1, false};
-  auto efficiency = [&](int s) {
-    const double waves = double(ctas) * s / sm_count;
-    return waves / std::ceil(waves);
-  };
+  auto efficiency = [&](int s) { return wave_fill(int64_t(ctas) * s, sm_count); };
   // The smallest count in 1..limit (those allowed by `usable`) within 95% of the best; 0 if none.
   auto smallest_near_best = [&](int limit, auto usable) {
     double best = 0;
@@ -148,8 +150,8 @@ DecodeTile decode_grid_tile(int64_t ctas, int sm_count, const int (&per_sm)[3]) 
   if (per_sm[kDecodeTileWide2Stage] == 0) return per_sm[kDecodeTileWide] > 0 ? kDecodeTileWide : kDecodeTileDefault;
   if (per_sm[kDecodeTileWide] == 0) return kDecodeTileWide2Stage;
   auto last_wave_fill = [&](int holds) {
-    const int64_t slots = int64_t(holds) * sm_count, waves = (ctas + slots - 1) / slots;
-    return waves == 1 ? 1.0 : double(ctas) / double(waves * slots);
+    const int64_t slots = int64_t(holds) * sm_count;
+    return ctas <= slots ? 1.0 : wave_fill(ctas, slots);
   };
   return last_wave_fill(per_sm[kDecodeTileWide2Stage]) >= 0.98 * last_wave_fill(per_sm[kDecodeTileWide])
              ? kDecodeTileWide2Stage
