@@ -240,7 +240,10 @@ af_status run(const Plan& plan, const AttentionProblem& p, void* workspace, size
     else
       grid[2] = plan.grid[2] / unsigned(plan.splits);
   }
-  if (v.family == kFamilyDecode) set_decode_divisors(&k, grid[1]);
+  if (v.family == kFamilyDecode) {
+    set_decode_divisors(&k, grid[1]);
+    k.decode_successor = splits == 1 ? plan.successor : 0;
+  }
   const TileConfig& tile = v.tile_for(plan.choice.arch);
   void* args[] = {&k};
   const unsigned threads = unsigned(tile.threads()), smem = unsigned(v.smem_bytes(plan.choice.arch));

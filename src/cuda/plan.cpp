@@ -163,6 +163,21 @@ bool decode_cluster_enabled() {
   return text == nullptr || text[0] != '0' || text[1] != 0;
 }
 
+bool decode_prefetch_enabled() {
+  const char* text = std::getenv("ATTNFORGE_DECODE_PREFETCH");
+  return text == nullptr || text[0] != '0' || text[1] != 0;
+}
+
+// Grids of more than one wave: each CTA prefetches its successor's first K/V blocks into L2 (decode_fwd.cuh,
+// prefetch_successor), where their addresses need no loads: keys from row 0 of an unpadded, unpaged cache, and
+// the kernel's linear CTA index plus a wave within 32 bits.
+int decode_successor(const AttentionProblem& p, int64_t ctas, int splits, int wave_ctas) {
+  const bool keys_from_row_0 =
+      !p.paged && !p.varlen && p.leftpad_k == nullptr && p.kv_batch_idx == nullptr && window_left_in_effect(p) < 0;
+  const bool several_waves = wave_ctas > 0 && ctas > wave_ctas && ctas + wave_ctas <= INT_MAX;
+  return splits == 1 && several_waves && keys_from_row_0 && decode_prefetch_enabled() ? wave_ctas : 0;
+}
+
 Sm90Tensors sm90_tensors(const AttentionProblem& p) {
   // Varlen: one batch of the packed rows (the batch strides are 0, the kernel adds cu_seqlens).
   const int64_t batch = p.varlen ? 1 : p.batch;
@@ -399,19 +414,21 @@ af_status choose_variant(const AttentionProblem& p, const DeviceInfo& info, cons
 
 void size_sm90_persistent(const AttentionProblem& p, const Variant& v, int wave_ctas, Plan* plan) {
   // At most one wave of CTAs over the (query tile, head, sequence) tiles; no key splits. Under a
-  // causal mask (sm90_triangular: also a right window edge without a left one) the static form
-  // takes the tiles longest first within groups of pairs whose K and V
-  // together fill about kL2Budget (a guess at two thirds of the H100/H200's 50 MB L2, not yet
-  // measured against other sizes): all of the problem's tiles longest first would stream every
-  // pair's K and V at once, and the tensor cores outrun DRAM without L2 reuse. The dynamic form
-  // hands out all the tiles longest first (one group): the counter balances the tail, which the
-  // static form's groups could not (13% slower than the 3-d grid at causal 8k-16k, H200 A/B of
-  // 2026-11-30), and the tiles running at once are still a few query tiles of every pair, which
-  // read the same key blocks at about the same time. Without a causal mask the tiles are equal and
-  // a group is one pair (its query tiles run side by side). So with a sliding window (a left edge):
-  // its tiles are about equal (the first window / block_m of a sequence shorter, and still first in
-  // the descending order), and a pair's neighbouring query tiles read overlapping windows, which a
-  // group of one pair keeps in L2 together. The dynamic form's workspace is its tile counter (4 bytes).
+  // causal mask (sm90_triangular: also a right window edge without a left one) both forms take the
+  // tiles longest first within groups of pairs whose K and V together fill about kL2Budget (a guess
+  // at two thirds of the H100/H200's 50 MB L2, not yet measured against other sizes): all of the
+  // problem's tiles longest first would stream every pair's K and V at once, and the tensor cores
+  // outrun DRAM without L2 reuse. The static form deals each group's tiles round-robin, so CTAs of
+  // low index take the longest tile of every round: at d128 with 16 heads and 16k tokens, 2k-8k keys,
+  // its busiest CTA has 14-15% more work than the mean (a tile costing its key blocks plus one), where
+  // the dynamic form's counter, handing out the same order as CTAs free up, comes within 1%. Until
+  // 2026-12-01 the dynamic form took one group of all pairs, which balanced as well but ran 0.93-0.95x
+  // as fast as the static form at 1k-2k (bench/results/fwd-sm90-h200-2026-11-30.md, session 5).
+  // Without a causal mask the tiles are equal and a group is one pair (its query tiles run side by
+  // side). So with a sliding window (a left edge): its tiles are about equal (the first window /
+  // block_m of a sequence shorter, and still first in the descending order), and a pair's
+  // neighbouring query tiles read overlapping windows, which a group of one pair keeps in L2
+  // together. The dynamic form's workspace is its tile counter (4 bytes).
   constexpr int64_t kL2Budget = int64_t(32) << 20;
   const int64_t block_m = v.tile_for(90).block_m();
   const int64_t pairs = p.batch * p.heads_q;
@@ -419,9 +436,7 @@ void size_sm90_persistent(const AttentionProblem& p, const Variant& v, int wave_
   plan->grid[0] = unsigned(std::min<int64_t>(tiles, std::max(wave_ctas, 1)));
   plan->grid[1] = plan->grid[2] = 1;
   plan->pair_group = 1;
-  if (sm90_triangular(p) && sm90_dynamic(v.schedule)) {
-    plan->pair_group = int(pairs);
-  } else if (sm90_triangular(p)) {
+  if (sm90_triangular(p)) {
     const int64_t kv_bytes_per_pair = 2 * p.seqlen_k * v.head_dim * 2 / std::max<int64_t>(1, p.heads_q / p.heads_kv);
     plan->pair_group = int(std::clamp<int64_t>(kL2Budget / std::max<int64_t>(kv_bytes_per_pair, 1), 1, pairs));
   }
@@ -463,6 +478,7 @@ af_status make_plan(const AttentionProblem& p, const Choice& choice, Plan* plan)
     plan->grid[0] = unsigned(plan->splits);
     plan->grid[1] = unsigned(m_blocks * p.heads_kv);
     plan->grid[2] = unsigned(p.batch);
+    plan->successor = decode_successor(p, p.batch * p.heads_kv * m_blocks, plan->splits, wave);
   } else {
     const int pairs = int(p.batch * p.heads_q);
     const int m_blocks = int((p.seqlen_q + tile.block_m() - 1) / tile.block_m());
@@ -507,7 +523,8 @@ std::string describe(const Choice& choice) {
 std::string describe(const Plan& plan) {
   Choice bare = plan.choice;
   bare.why.clear();
-  const std::string text = describe(bare) + " splits=" + std::to_string(plan.splits) + (plan.cluster ? " cluster" : "");
+  const std::string text = describe(bare) + " splits=" + std::to_string(plan.splits) +
+                           (plan.cluster ? " cluster" : "") + (plan.successor > 0 ? " prefetch" : "");
   return plan.choice.why.empty() ? text : text + " (" + plan.choice.why + ")";
 }
 

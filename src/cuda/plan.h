@@ -101,11 +101,23 @@ struct Plan {
   size_t workspace_bytes = 0;
   size_t counters_offset = 0;  // bytes of partial results; the counters follow
   int pair_group = 1;          // fwd_sm80, fwd_sm90 persistent: (batch, head) pairs per scheduling group
+  // decode: CTAs per wave when each CTA prefetches its successor's first K/V blocks into L2
+  // (FlashFwdParams::decode_successor), else 0
+  int successor = 0;
 };
 
 // Whether the decode family may merge key splits in a thread-block cluster (sm_90+): yes unless
 // $ATTNFORGE_DECODE_CLUSTER is "0" (read at each plan; for A/B runs against the global merge).
 bool decode_cluster_enabled();
+
+// Whether a decode grid of more than one wave may prefetch each CTA's successor into L2
+// (Plan::successor): yes unless $ATTNFORGE_DECODE_PREFETCH is "0" (read at each plan; for A/B runs).
+bool decode_prefetch_enabled();
+
+// Plan::successor for a decode grid of `ctas` CTAs in `splits` key splits, wave_ctas of which run at once:
+// wave_ctas where the grid takes more than one wave and its CTAs' first key rows need no loads to address
+// (an unpaged, unpadded cache without varlen, leftpad_k, kv_batch_idx or a left window edge; no splits), else 0.
+int decode_successor(const AttentionProblem& p, int64_t ctas, int splits, int wave_ctas);
 
 // The decode family's key splits per query tile and how they merge, for `ctas` query tiles of
 // key_blocks key blocks each on sm_count SMs. forced: FlashAttention-2's num_splits when > 0 (1 no

@@ -94,6 +94,10 @@ struct FlashFwdParams : AttentionParams {
   int decode_group, decode_m_tiles;
   unsigned int group_magic, m_tiles_magic, splits_magic;
   int group_shift, m_tiles_shift, splits_shift;
+  // decode: CTAs per wave (SMs x CTAs per SM) where each CTA prefetches into L2 the query rows and first key blocks
+  // of the CTA one wave after it in linear grid order, the one that takes its place; 0: no prefetch. Set from
+  // Plan::successor (src/cuda/plan.cpp), only for grids whose keys start at row 0 of an unpadded, unpaged cache.
+  int decode_successor;
 };
 
 // flash_attn_with_kvcache's steps before the attention (the kvcache family): new k/v rows rotated

@@ -2,6 +2,7 @@
 // counts, the cluster merge's counts where clusters are all resident at once, forced counts, the
 // $ATTNFORGE_DECODE_CLUSTER switch and the plan string; and that the cluster instructions are
 // compiled for sm_90 only (PTX from NVRTC, no GPU).
+#include <climits>
 #include <cstdlib>
 #include <string>
 
@@ -193,6 +194,49 @@ TEST(DecodeGridTile, PlansTheRealVariants) {
   softcapped.softcap = 30.f;
   EXPECT_EQ(planned_tile(softcapped), "decode bf16 d64 extras sm_90a 16x128");
   EXPECT_EQ(planned_tile(decode_step(128, 4096, 32, 8, 128), "sm_80"), "decode bf16 d128 sm_80 16x64");
+}
+
+// The successor prefetch (plan.cpp decode_successor): grids past one wave whose first key rows need no loads to
+// address; nothing for one wave, key splits, paged, varlen, leftpad_k, kv_batch_idx, a left window edge or
+// $ATTNFORGE_DECODE_PREFETCH=0. The plan string says "prefetch".
+TEST(DecodeSuccessor, OnlyGridsPastOneWaveOfRowZeroCaches) {
+  const char* saved = std::getenv("ATTNFORGE_DECODE_PREFETCH");
+  const std::string kept = saved != nullptr ? saved : "";
+  unsetenv("ATTNFORGE_DECODE_PREFETCH");
+  const AttentionProblem step = decode_step(64, 1024, 32, 8, 128);
+  const int wave = 2 * kH200Sms;  // the 3-block wide-grid tile
+  EXPECT_EQ(decode_successor(step, 512, 1, wave), wave) << "B64: 1.94 waves";
+  EXPECT_EQ(decode_successor(step, wave, 1, wave), 0) << "one wave";
+  EXPECT_EQ(decode_successor(step, 512, 2, wave), 0) << "key splits";
+  EXPECT_EQ(decode_successor(step, 512, 1, 0), 0) << "no occupancy";
+  EXPECT_EQ(decode_successor(step, int64_t(INT_MAX) - 10, 1, wave), 0) << "linear index + wave past 32 bits";
+  const int32_t lengths[1] = {0};
+  AttentionProblem p = step;
+  p.seqused_k = lengths;  // flash_attn_with_kvcache's cache_seqlens: lengths only, rows still from 0
+  EXPECT_EQ(decode_successor(p, 512, 1, wave), wave) << "seqused_k";
+  p = step, p.paged = true;
+  EXPECT_EQ(decode_successor(p, 512, 1, wave), 0) << "paged";
+  p = step, p.varlen = true;
+  EXPECT_EQ(decode_successor(p, 512, 1, wave), 0) << "varlen";
+  p = step, p.leftpad_k = lengths;
+  EXPECT_EQ(decode_successor(p, 512, 1, wave), 0) << "leftpad_k";
+  p = step, p.kv_batch_idx = lengths;
+  EXPECT_EQ(decode_successor(p, 512, 1, wave), 0) << "kv_batch_idx";
+  p = step, p.window_left = 100;
+  EXPECT_EQ(decode_successor(p, 512, 1, wave), 0) << "a left window edge";
+  setenv("ATTNFORGE_DECODE_PREFETCH", "0", 1);
+  EXPECT_EQ(decode_successor(step, 512, 1, wave), 0) << "$ATTNFORGE_DECODE_PREFETCH=0";
+  if (saved != nullptr)
+    setenv("ATTNFORGE_DECODE_PREFETCH", kept.c_str(), 1);
+  else
+    unsetenv("ATTNFORGE_DECODE_PREFETCH");
+
+  Plan plan;
+  plan.choice.variant = find_variant(kFamilyDecode, AF_DTYPE_BFLOAT16, 128, false);
+  plan.choice.target = "sm_90a";
+  plan.choice.arch = 90;
+  plan.successor = wave;
+  EXPECT_EQ(describe(plan), "decode bf16 d128 sm_90a 16x128 splits=1 prefetch");
 }
 
 // The cluster merge's PTX (barriers, mapa, distributed shared-memory loads) is in the sm_90 decode

@@ -357,9 +357,10 @@ TEST(FwdSm90Schedule, PersistentFormsSizeGridTileOrderAndTheDynamicFormsCounter)
         EXPECT_EQ(plan.splits, 1) << name;
         EXPECT_EQ(plan.workspace_bytes, sm90_dynamic(s) ? 4u : 0u) << name << ": the tile counter";
         EXPECT_EQ(plan.counters_offset, 0u) << name;
-        // K + V per pair: 2 x 8192 x d x 2 bytes over 4 query heads per KV head; 32 MB of L2 per group.
+        // K + V per pair: 2 x 8192 x d x 2 bytes over 4 query heads per KV head; 32 MB of L2 per group, in the
+        // static form and the dynamic one alike.
         const int l2_group = int((int64_t(32) << 20) / (2 * 8192 * d * 2 / 4));
-        EXPECT_EQ(plan.pair_group, !causal ? 1 : (sm90_dynamic(s) ? 64 : l2_group)) << name;
+        EXPECT_EQ(plan.pair_group, !causal ? 1 : l2_group) << name;
         // Fewer tiles than a wave: one CTA per tile (b1 s512 2 heads: 4 x 2 tiles).
         AttentionProblem small = prefill(d);
         small.batch = 1, small.seqlen_q = small.seqlen_k = 512, small.heads_q = 2, small.heads_kv = 1;

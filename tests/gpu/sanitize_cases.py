@@ -3,7 +3,8 @@ compute-sanitizer (memcheck / racecheck): odd lengths,
 varlen with empty sequences, GQA, windows, extras, padded head dims; both kernel families, split
 keys, paged K/V (page sizes 3 to 1024, garbage table entries past the used pages), left padding
 and kv_batch_idx in the decode family; decode's programmatic dependent launches back to back;
-flash_attn_with_kvcache's rotary and in-place append (contiguous, pages of 1 and 16 rows)."""
+flash_attn_with_kvcache's rotary and in-place append (contiguous, pages of 1 and 16 rows); decode grids past one
+wave (each CTA prefetches its successor's first key blocks into L2)."""
 import os
 import sys
 
@@ -48,6 +49,12 @@ call(17, 1, 333, 16, 16, 64, causal=True)  # d64 decode grid past one wave of th
 call(17, 1, 333, 32, 8, 128)  # d128 past one wave (H200: 136 CTAs): the 2-block wide-grid tile
 call(66, 1, 200, 32, 8, 128)  # d128, two waves of the 3-block wide-grid tile on 132 SMs (H200)
 call(17, 1, 2100, 16, 16, 64)  # d64 past one wave, past 2k keys: the default tile at two CTAs per SM
+# Grids past one wave prefetch their successors' first key rows and query rows into L2 (the two above too): a cache
+# shorter than those rows, two packed tiles per KV head, and SDPA's (B, Hk, S, D) cache through a transposed view.
+call(70, 5, 7, 32, 8, 128)
+kv = torch.randn(2, 66, 8, 300, 128, dtype=torch.bfloat16, device="cuda").transpose(2, 3)
+q = torch.randn(66, 1, 32, 128, dtype=torch.bfloat16, device="cuda")
+af.attention_forward(q, kv[0], kv[1], torch.empty_like(q), backend="cuda")
 call(1, 3, 1100, 4, 4, 64, window_size=(300, 0))
 call(3, 5, 999, 16, 2, 256, dtype=torch.float16, softcap=15.0, alibi_slopes=torch.rand(16, device="cuda"))
 # Paged decode over shuffled pages, cache lengths per sequence: per-row table reads (page 3), table

@@ -165,6 +165,40 @@ def test_decode_wide_grid_tile_only_for_wide_grids(heads, heads_kv, head_dim, pe
         assert "decode" in softcapped and "wide-grid" not in softcapped, softcapped
 
 
+def _several_waves_batch(heads_kv, m_tiles=1):
+    """Sequences for a decode grid of more than two waves of any decode tile (at most four CTAs per SM)."""
+    return 8 * torch.cuda.get_device_properties(0).multi_processor_count // (heads_kv * m_tiles) + 1
+
+
+# Grids of more than one wave on caches whose keys start at row 0: each CTA prefetches the query rows and first key
+# blocks of the CTA one wave after it into L2 (plan "prefetch"). Caches shorter than the rows it prefetches, several
+# packed tiles per KV head, SDPA's (B, Hk, S, D) cache through a transposed view and a head dim off the 8 grid: the
+# float64 checks hold, and the output is bit-identical with the prefetch off ($ATTNFORGE_DECODE_PREFETCH=0).
+@pytest.mark.parametrize("heads,heads_kv,head_dim,seqlen_q,cache_len,layout", [
+    (32, 8, 128, 1, 333, "bshd"), (32, 8, 128, 1, 1037, "bhsd"), (32, 8, 128, 5, 70, "bshd"),
+    (16, 16, 64, 1, 5, "bshd"), (8, 1, 256, 2, 300, "bshd"), (32, 8, 80, 1, 200, "bhsd")])
+def test_decode_successor_prefetch(heads, heads_kv, head_dim, seqlen_q, cache_len, layout, seed, monkeypatch):
+    m_tiles = -(-seqlen_q * heads // heads_kv // 16)
+    batch = _several_waves_batch(heads_kv, m_tiles)
+    run_decode(torch.bfloat16, batch, seqlen_q, heads, heads_kv, head_dim, cache_len=cache_len)
+    q = torch.randn(batch, seqlen_q, heads, head_dim, dtype=torch.bfloat16, device="cuda")
+    shape = (batch, heads_kv, cache_len, head_dim) if layout == "bhsd" else (batch, cache_len, heads_kv, head_dim)
+    k, v = (torch.randn(shape, dtype=q.dtype, device="cuda") for _ in range(2))
+    if layout == "bhsd":
+        k, v = k.transpose(1, 2), v.transpose(1, 2)
+    outs = []
+    for prefetch in ("1", "0"):
+        monkeypatch.setenv("ATTNFORGE_DECODE_PREFETCH", prefetch)
+        out = torch.full_like(q, float("nan"))
+        plan = _native.Plan(q, k, v, out, causal=True, backend="cuda").describe()
+        assert "cuda decode" in plan and ("prefetch" in plan) == (prefetch == "1"), plan
+        _native.attention_forward(q, k, v, out, causal=True, backend="cuda")
+        outs.append(out)
+    torch.cuda.synchronize()
+    assert not outs[0].isnan().any()
+    assert torch.equal(outs[0], outs[1])
+
+
 # Every path of the paged loader: pages too small for one block-table entry per lane of a key block
 # (1-4 rows at 128-key blocks, 1-2 at 64), the smallest shared ones (5, 3), powers of two and not,
 # pages longer than a key block; head dims 64/128/256 have 128/128/64-key blocks on the H100/H200.

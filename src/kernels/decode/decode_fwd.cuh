@@ -196,6 +196,44 @@ __device__ __forceinline__ void load_kv_block(const FlashFwdParams& p, const Key
   }
 }
 
+// The L2 lines of `bytes` bytes from `address` (global memory).
+__device__ __forceinline__ void prefetch_l2(const void* address, int bytes) {
+  const unsigned long long end = (unsigned long long)address + bytes;
+  for (unsigned long long line = (unsigned long long)address & ~127ull; line < end; line += 128)
+    asm volatile("prefetch.global.L2 [%0];\n" ::"l"(line));
+}
+
+// Key rows a CTA's prologue copies: its first kStages - 1 key blocks.
+constexpr int kPrefetchRows = (kStages - 1) * kBlockN;
+
+// Grids of more CTAs than run at once: the CTA p.decode_successor places after this one in linear grid order
+// (x fastest; unsplit, so x is 0) takes the place of one that finishes about when this one does. Its first
+// kPrefetchRows key rows of K and V and its packed query rows go into L2 now, while this CTA computes its last
+// blocks and merges its warps, so that DRAM keeps streaming between a CTA and the next and the next one's first
+// copies are L2 hits. The host sets decode_successor only where those addresses need no loads: keys from row 0 of
+// an unpadded, unpaged cache, no varlen, leftpad, kv_batch_idx or left window edge. Rows past seqlen_k are skipped.
+__device__ __forceinline__ void prefetch_successor(const FlashFwdParams& p) {
+  const int next = int(blockIdx.z * gridDim.y + blockIdx.y) + p.decode_successor;
+  if (next >= int(gridDim.y * gridDim.z)) return;
+  const int batch = next / int(gridDim.y), y = next - batch * int(gridDim.y);
+  const int head_kv = magic_divide(y, p.m_tiles_magic, p.m_tiles_shift);
+  const int r0 = (y - head_kv * p.decode_m_tiles) * kBlockM;
+  const int row_bytes = p.head_dim * 2;
+  const af_u16* k = (const af_u16*)p.k + (long long)batch * p.k_batch_stride + (long long)head_kv * p.k_head_stride;
+  const af_u16* v = (const af_u16*)p.v + (long long)batch * p.v_batch_stride + (long long)head_kv * p.v_head_stride;
+  for (int row = int(threadIdx.x); row < min(kPrefetchRows, p.seqlen_k); row += kThreads) {
+    prefetch_l2(k + (long long)row * p.k_row_stride, row_bytes);
+    prefetch_l2(v + (long long)row * p.v_row_stride, row_bytes);
+  }
+  const int r = r0 + int(threadIdx.x);
+  if (int(threadIdx.x) < kBlockM && r < p.seqlen_q * p.decode_group) {
+    const int i = packed_query_row(p, r), head = head_kv * p.decode_group + r - i * p.decode_group;
+    prefetch_l2((const af_u16*)p.q + (long long)batch * p.q_batch_stride + (long long)i * p.q_row_stride +
+                    (long long)head * p.q_head_stride,
+                row_bytes);
+  }
+}
+
 // Columns [col, col + 8) of out row `row` (of sequence b's rows), head `head`, and its lse.
 __device__ __forceinline__ void store_row_chunk(const FlashFwdParams& p, int batch, int row, int head, int col,
                                                 const float (&acc)[8], float lse) {
@@ -469,6 +507,8 @@ extern "C" __global__ void __launch_bounds__(kThreads, AF_MIN_BLOCKS) af_decode_
       if (ahead < n_block_max)
         load_kv_block(p, span, table, page_entries, n_block_max, sK + ahead_stage * kStageBytes,
                       sV + ahead_stage * kStageBytes, ahead);
+      else if (p.decode_successor != 0 && (ahead == n_block_max || n_block == n_block_min))
+        prefetch_successor(p);  // once: with this CTA's last copies in flight
       cp_async_commit();
     }
     const af_u32 stage = af_u32(stage_index) * kStageBytes;
