@@ -209,11 +209,18 @@ Sm90Schedule default_sm90_schedule(int64_t head_dim, bool causal, int64_t seqlen
   // At d64 the same holds without a mask (with 192-row tiles since the m192 A/B), but under a causal mask
   // up to 1k keys the TMA-store form was 4-5% slower than the register epilogue there (three shapes),
   // and from 4k the persistent 192-row form beat the one-CTA-per-tile pingpong by ~9% (default_sm90_block_m).
+  // Since the dynamic form takes the static form's L2 pair groups (size_sm90_persistent; session 10 A/B,
+  // bench/results/fwd-sm90-short-causal-h200-2026-12-01.md, 16k tokens per call): under a causal mask it led at
+  // d128 2k-4k (504 / 569 TFLOP/s against the static form's 473 / 528 and the one-CTA-per-tile pingpong's 483 /
+  // 547; 64/8 GQA 4k 611 against 578 / 593) and at d256 up to 2k (512: 287 against pingpong's 258, 1k: 452
+  // against 414, 2k: 542 against 541); the one-CTA-per-tile pingpong still led at d256 4k (635 against 617) and
+  // at d128 8k-16k (627 / 633 against 612 / 617), the TMA-store form up to 1k at d128 (328 / 438 against 286 /
+  // 404), the static persistent form at d64 (0.97-1.00x of it).
   const bool long_keys = seqlen_k >= 8192;
   const bool d64 = head_dim <= 64;
   if (d64 && causal) return kSm90PingPongPersistent;
   if (seqlen_k <= 1024 && head_dim <= 128) return kSm90PingPongPersistentTmaStore;
-  if (causal) return long_keys || head_dim > 128 ? kSm90PingPong : kSm90PingPongPersistent;
+  if (causal) return (head_dim > 128 ? seqlen_k >= 4096 : long_keys) ? kSm90PingPong : kSm90PingPongDynamic;
   if (head_dim > 128 && long_keys) return kSm90Overlap;
   return kSm90PingPongPersistent;
 }
@@ -272,7 +279,10 @@ bool sm90_triangular(const AttentionProblem& p) {
   return window_right_in_effect(p) >= 0 && window_left_in_effect(p) < 0;
 }
 
-Sm90Schedule sm90_extras_schedule(Sm90Schedule s) { return sm90_has_extras(s) ? s : kSm90PingPongPersistent; }
+Sm90Schedule sm90_extras_schedule(Sm90Schedule s, int64_t head_dim) {
+  if (sm90_has_extras(s)) return s;
+  return s == kSm90PingPongDynamic && head_dim > 128 ? kSm90PingPong : kSm90PingPongPersistent;
+}
 
 std::string fwd_sm90_refusal(const AttentionProblem& p, int block_m) {
   if (p.dtype != AF_DTYPE_BFLOAT16 && p.dtype != AF_DTYPE_FLOAT16) return "fwd_sm90 takes bfloat16 and float16";
@@ -362,7 +372,7 @@ af_status choose_variant(const AttentionProblem& p, const DeviceInfo& info, cons
     const char* asked = std::getenv("ATTNFORGE_SM90_VARIANT");
     if (asked != nullptr && *asked != 0)  // a tuning run asked for a form that has no window/softcap variant
       why += std::string("; ") + asked + " has no window/softcap form";
-    schedule = sm90_extras_schedule(schedule);
+    schedule = sm90_extras_schedule(schedule, p.head_dim);
   }
   // Decode grids past one wave of the default tile: a wide-grid tile (decode_grid_tile).
   const int64_t decode_ctas = p.batch * p.heads_kv * ((packed_rows + kDecodeTileRows - 1) / kDecodeTileRows);

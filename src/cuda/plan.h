@@ -27,9 +27,10 @@ struct Choice {
 bool fwd_sm90_enabled();
 
 // fwd_sm90's schedule without $ATTNFORGE_SM90_VARIANT, by head dim, causal mask and key count (the
-// H200 A/B runs in bench/results/fwd-sm90-h200-2026-11-30.md): the persistent pingpong, except the
-// one-CTA-per-tile pingpong under a causal mask from 8k keys or above d128, and overlap above d128
-// without a mask from 8k keys.
+// H200 A/B runs in bench/results/fwd-sm90-*.md; the rule and its numbers in plan.cpp): the persistent
+// pingpong, with the TMA-store epilogue up to 1k keys at d64/d128 (d128 causal too); under a causal mask
+// above d64 the dynamic tile scheduler, or the one-CTA-per-tile pingpong from 8k keys (d128) or 4k (above
+// d128); overlap above d128 without a mask from 8k keys.
 Sm90Schedule default_sm90_schedule(int64_t head_dim, bool causal, int64_t seqlen_k);
 
 // fwd_sm90's schedule from $ATTNFORGE_SM90_VARIANT, read at each plan: unset or empty -> the
@@ -77,8 +78,10 @@ bool sm90_extras(const AttentionProblem& p);
 bool sm90_triangular(const AttentionProblem& p);
 // The schedule an extras call runs for a wanted one: itself where it has an extras form
 // (sm90_has_extras: pingpong, pingpong-persistent), else pingpong-persistent (the default's register
-// epilogue and persistent grid; the TMA-store and dynamic forms and overlap have no extras form).
-Sm90Schedule sm90_extras_schedule(Sm90Schedule s);
+// epilogue and persistent grid; the TMA-store and dynamic forms and overlap have no extras form), but
+// for the dynamic form above d128 the one-CTA-per-tile pingpong (the causal default there before the
+// dynamic form took it: bench/results/fwd-sm90-h200-2026-11-30.md, session 5).
+Sm90Schedule sm90_extras_schedule(Sm90Schedule s, int64_t head_dim);
 
 // q, k, v and out as fwd_sm90's tensor maps see them: padded (B, S, H, D) as (batch, rows, heads,
 // head_dim) = (B, Sq or Sk, H or Hk, D); varlen (total, H, D) as (1, total_q or total_k, H or Hk,

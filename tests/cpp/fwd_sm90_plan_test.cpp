@@ -213,14 +213,17 @@ TEST(FwdSm90Schedule, ReadsTheVariantFromTheEnvironmentAndRefusesUnknownNames) {
                     {128, true, 1024, kSm90PingPongPersistentTmaStore},
                     {128, false, 2048, kSm90PingPongPersistent},
                     {128, false, 16384, kSm90PingPongPersistent},
-                    {128, true, 4096, kSm90PingPongPersistent},
+                    {128, true, 2048, kSm90PingPongDynamic},
+                    {128, true, 4096, kSm90PingPongDynamic},
                     {128, true, 8192, kSm90PingPong},
                     {64, true, 1024, kSm90PingPongPersistent},
                     {64, false, 1024, kSm90PingPongPersistentTmaStore},
                     {64, true, 4096, kSm90PingPongPersistent},
                     {64, true, 16384, kSm90PingPongPersistent},
                     {256, false, 1024, kSm90PingPongPersistent},
-                    {256, true, 1024, kSm90PingPong},
+                    {256, true, 512, kSm90PingPongDynamic},
+                    {256, true, 2048, kSm90PingPongDynamic},
+                    {256, true, 4096, kSm90PingPong},
                     {256, false, 8192, kSm90Overlap},
                     {192, false, 4096, kSm90PingPongPersistent}};  // d192: the d256 variant
     for (const auto& d : defaults) {
@@ -534,7 +537,9 @@ TEST(FwdSm90Extras, TwoSchedulesOfExtrasVariantsIn128RowTilesDifferingOnlyInAfEx
         EXPECT_EQ(find_variant(kFamilyFwdSm90, dtype, d, true, schedule, 192), -1) << "no 192-row extras form";
         EXPECT_EQ(index >= 0, sm90_has_extras(schedule)) << sm90_schedule_name(schedule);
         EXPECT_EQ(sm90_has_extras(schedule), schedule == kSm90PingPong || schedule == kSm90PingPongPersistent);
-        EXPECT_EQ(sm90_extras_schedule(schedule), sm90_has_extras(schedule) ? schedule : kSm90PingPongPersistent);
+        const Sm90Schedule fallback =
+            schedule == kSm90PingPongDynamic && d > 128 ? kSm90PingPong : kSm90PingPongPersistent;
+        EXPECT_EQ(sm90_extras_schedule(schedule, d), sm90_has_extras(schedule) ? schedule : fallback);
         if (index < 0) continue;
         ++found;
         const Variant& plain = variants()[find_variant(kFamilyFwdSm90, dtype, d, false, schedule)];
