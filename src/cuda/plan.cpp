@@ -215,10 +215,12 @@ Sm90Schedule default_sm90_schedule(int64_t head_dim, bool causal, int64_t seqlen
   // 547; 64/8 GQA 4k 611 against 578 / 593) and at d256 up to 2k (512: 287 against pingpong's 258, 1k: 452
   // against 414, 2k: 542 against 541); the one-CTA-per-tile pingpong still led at d256 4k (635 against 617) and
   // at d128 8k-16k (627 / 633 against 612 / 617), the TMA-store form up to 1k at d128 (328 / 438 against 286 /
-  // 404), the static persistent form at d64 (0.97-1.00x of it).
+  // 404). At d64 under a causal mask (bench/results/fwd-sm90-d64-causal-h200-2026-12-01.md) the dynamic form
+  // on 192-row tiles led from 2k (2k 394 against the static form's 366 on 128 rows and 385 on 192; 4k 445
+  // against 426 on 192 rows; 8k / 16k 488 / 510 against 472 / 472), the static form on 128 rows up to 1k.
   const bool long_keys = seqlen_k >= 8192;
   const bool d64 = head_dim <= 64;
-  if (d64 && causal) return kSm90PingPongPersistent;
+  if (d64 && causal) return seqlen_k <= 1024 ? kSm90PingPongPersistent : kSm90PingPongDynamic;
   if (seqlen_k <= 1024 && head_dim <= 128) return kSm90PingPongPersistentTmaStore;
   if (causal) return (head_dim > 128 ? seqlen_k >= 4096 : long_keys) ? kSm90PingPong : kSm90PingPongDynamic;
   if (head_dim > 128 && long_keys) return kSm90Overlap;
@@ -244,9 +246,11 @@ int default_sm90_block_m(int64_t head_dim, bool causal, int64_t seqlen_k) {
   // tile was 1.03-1.11x cuDNN without a mask from 2k keys (the 128-row one 0.92-0.95x) and 0.93-0.99x at
   // 512-1k (0.86-0.96x), and under a causal mask 1.04-1.08x from 4k at 64/8 GQA and 8k-16k (0.94-0.98x),
   // but below the 128-row tile under a causal mask up to 2k (0.80-0.91x against 0.90-0.98x): short causal
-  // tiles waste more of a 192-row tile on the diagonal.
+  // tiles waste more of a 192-row tile on the diagonal. Session 10's A/B (the dynamic form the causal default
+  // from 2k; bench/results/fwd-sm90-d64-causal-h200-2026-12-01.md) had 192 rows ahead at 2k (394 TFLOP/s in the
+  // dynamic form, 385 static, against 366 static on 128 rows) and behind up to 1k (1k 284-288 against 316).
   if (compiled_head_dim(kFamilyFwdSm90, int(head_dim)) != 64) return kSm90BlockM;
-  return causal && seqlen_k <= 2048 ? kSm90BlockM : kSm90WideBlockM;
+  return causal && seqlen_k <= 1024 ? kSm90BlockM : kSm90WideBlockM;
 }
 
 bool sm90_block_m_from_env(int64_t head_dim, bool causal, int64_t seqlen_k, int* block_m) {

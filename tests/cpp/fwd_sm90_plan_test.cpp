@@ -218,8 +218,9 @@ TEST(FwdSm90Schedule, ReadsTheVariantFromTheEnvironmentAndRefusesUnknownNames) {
                     {128, true, 8192, kSm90PingPong},
                     {64, true, 1024, kSm90PingPongPersistent},
                     {64, false, 1024, kSm90PingPongPersistentTmaStore},
-                    {64, true, 4096, kSm90PingPongPersistent},
-                    {64, true, 16384, kSm90PingPongPersistent},
+                    {64, true, 2048, kSm90PingPongDynamic},
+                    {64, true, 4096, kSm90PingPongDynamic},
+                    {64, true, 16384, kSm90PingPongDynamic},
                     {256, false, 1024, kSm90PingPongPersistent},
                     {256, true, 512, kSm90PingPongDynamic},
                     {256, true, 2048, kSm90PingPongDynamic},
@@ -386,7 +387,7 @@ TEST(FwdSm90BlockM, ReadsTheTileHeightFromTheEnvironmentAndRefusesOtherValues) {
       bool causal;
       int64_t seqlen_k;
       int expected;
-    } defaults[] = {{64, false, 512, 192},  {64, false, 16384, 192}, {64, true, 2048, 128},  {64, true, 4096, 192},
+    } defaults[] = {{64, false, 512, 192},  {64, false, 16384, 192}, {64, true, 1024, 128},  {64, true, 2048, 192},
                     {40, false, 4096, 192}, {128, false, 4096, 128}, {256, false, 4096, 128}};
     for (const auto& d : defaults) {
       ASSERT_TRUE(sm90_block_m_from_env(d.head_dim, d.causal, d.seqlen_k, &block_m));
@@ -674,9 +675,9 @@ TEST(FwdSm90Extras, SchedulesAndTileHeightsOfWindowAndSoftcapCallsAndTheTuningKn
       // Without a mask: the TMA-store and overlap defaults have no extras form.
       {call(128, 1024, -1, -1, false, 30.f), "fwd_sm90 bf16 d128 extras pingpong-persistent sm_90a 128x128"},
       {call(256, 16384, -1, -1, false, 30.f), "fwd_sm90 bf16 d256 extras pingpong-persistent sm_90a 128x64"},
-      // A right edge alone runs the plain variants as causal does (d64 from 4k keys: 192 rows).
+      // A right edge alone runs the plain variants as causal does (d64 from 2k keys: the dynamic form, 192 rows).
       {call(128, 16384, -1, 100, false, 0.f), "fwd_sm90 bf16 d128 pingpong sm_90a 128x128"},
-      {call(64, 8192, -1, 100, false, 0.f), "fwd_sm90 bf16 d64 pingpong-persistent sm_90a 192x128"},
+      {call(64, 8192, -1, 100, false, 0.f), "fwd_sm90 bf16 d64 pingpong-dynamic sm_90a 192x128"},
       // d64 without a mask takes 192 rows, its extras forms 128.
       {call(64, 8192, -1, -1, false, 0.f), "fwd_sm90 bf16 d64 pingpong-persistent sm_90a 192x128"},
       {call(64, 8192, -1, -1, false, 20.f), "fwd_sm90 bf16 d64 extras pingpong-persistent sm_90a 128x128"},
@@ -709,7 +710,7 @@ TEST(FwdSm90Extras, SchedulesAndTileHeightsOfWindowAndSoftcapCallsAndTheTuningKn
   {
     ScopedEnv env("ATTNFORGE_SM90_BLOCK_M", "192");
     EXPECT_EQ(route(window).kernel, "fwd_sm90 bf16 d64 extras pingpong-persistent sm_90a 128x128");
-    EXPECT_EQ(route(call(64, 4096, -1, 0, true, 0.f)).kernel, "fwd_sm90 bf16 d64 pingpong-persistent sm_90a 192x128");
+    EXPECT_EQ(route(call(64, 4096, -1, 0, true, 0.f)).kernel, "fwd_sm90 bf16 d64 pingpong-dynamic sm_90a 192x128");
   }
   {
     ScopedEnv env("ATTNFORGE_SM90_BLOCK_M", "96");
