@@ -12,7 +12,8 @@ af_build
 af_sanitize_run memcheck sanitize_cases 280 python3 tests/gpu/sanitize_cases.py
 timeout 200 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_decode.py -k "successor or wide_grid" \
   >"$OUT/pytest-decode.log" 2>&1
-record "test_decode.py successor, wide_grid ($(tail -1 "$OUT/pytest-decode.log"))" $?
+rc=$?  # before the record line: its $(tail ...) would set $? first
+record "test_decode.py successor, wide_grid ($(tail -1 "$OUT/pytest-decode.log"))" $rc
 af_sanitize_wait
 shapes=${AF_SHAPES:-"d128 B64 ,d128 B128 ,d64 B32 ,d64 B64 "}
 for round in $(seq "${AF_AB_ROUNDS:-2}"); do

@@ -260,6 +260,10 @@ def correctness_cases(quick):
             cases.append(dict(dtype="fp16", batch=1, sq=130, sk=257, heads=4, heads_kv=4, d=64, causal=causal))
         # 576 query tiles: several per CTA of a persistent variant, some of them empty (sq > sk, causal).
         cases.append(dict(dtype="bf16", batch=24, sq=300, sk=100, heads=8, heads_kv=2, d=64, causal=True))
+        # d256 under a causal mask: the first warpgroup of a diagonal tile skips its first key block (64 keys), on
+        # the square diagonal and a shifted one.
+        cases.append(dict(dtype="bf16", batch=2, sq=300, sk=300, heads=4, heads_kv=2, d=256, causal=True))
+        cases.append(dict(dtype="fp16", batch=1, sq=200, sk=333, heads=4, heads_kv=4, d=256, causal=True))
         # seqused_k/leftpad_k (an empty range, leftpad == seqused) and varlen with empty sequences,
         # rows past each sequence NaN: the boxes read them; V's are zeroed before P V.
         cases.append(seq_case("bf16", 128, 4, 2, True, [200] * 3, cache=300, used=[300, 130, 7], pad=[0, 3, 7]))

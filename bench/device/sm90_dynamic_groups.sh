@@ -17,7 +17,8 @@ timeout 130 python3 bench/device/sm90_check.py --shapes d64 --budget 120 --out "
 record "sm90_check A/B d64 preset" $?
 ATTNFORGE_FWD_SM90=1 timeout 120 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_forward_sm90.py -k dynamic \
   >"$OUT/pytest-dynamic.log" 2>&1
-record "test_forward_sm90.py -k dynamic ($(tail -1 "$OUT/pytest-dynamic.log"))" $?
+rc=$?  # before the record line: its $(tail ...) would set $? first
+record "test_forward_sm90.py -k dynamic ($(tail -1 "$OUT/pytest-dynamic.log"))" $rc
 (cd bench/device && timeout 120 python3 decode_placement.py "$OUT/placement.md")
 record "decode_placement.py" $?
 af_summary

@@ -242,7 +242,9 @@ af_status run(const Plan& plan, const AttentionProblem& p, void* workspace, size
   }
   if (v.family == kFamilyDecode) {
     set_decode_divisors(&k, grid[1]);
-    k.decode_successor = splits == 1 ? plan.successor : 0;
+    // A plan is reused for calls that differ from its own in whether leftpad_k is given (check_same_shapes does not
+    // compare it); their keys do not start at row 0, so nothing is prefetched (decode_successor's rule).
+    k.decode_successor = splits == 1 && p.leftpad_k == nullptr ? plan.successor : 0;
   }
   const TileConfig& tile = v.tile_for(plan.choice.arch);
   void* args[] = {&k};

@@ -436,8 +436,9 @@ void size_sm90_persistent(const AttentionProblem& p, const Variant& v, int wave_
   // low index take the longest tile of every round: at d128 with 16 heads and 16k tokens, 2k-8k keys,
   // its busiest CTA has 14-15% more work than the mean (a tile costing its key blocks plus one), where
   // the dynamic form's counter, handing out the same order as CTAs free up, comes within 1%. Until
-  // 2026-12-01 the dynamic form took one group of all pairs, which balanced as well but ran 0.93-0.95x
-  // as fast as the static form at 1k-2k (bench/results/fwd-sm90-h200-2026-11-30.md, session 5).
+  // 2026-12-01 the dynamic form took one group of all pairs, which balanced as well but ran 0.92x / 0.95x
+  // as fast as the static form at b16 x 1k / b8 x 2k (1.05x at b4 x 1k; bench/results/fwd-sm90-h200-2026-11-30.md,
+  // session 5).
   // Without a causal mask the tiles are equal and a group is one pair (its query tiles run side by
   // side). So with a sliding window (a left edge): its tiles are about equal (the first window /
   // block_m of a sequence shorter, and still first in the descending order), and a pair's

@@ -28,11 +28,12 @@ bool fwd_sm90_enabled();
 
 // fwd_sm90's schedule without $ATTNFORGE_SM90_VARIANT, by head dim, causal mask and key count (the
 // H200 A/B runs in bench/results/fwd-sm90-*.md; the rule and its numbers in plan.cpp): the persistent
-// pingpong, with the TMA-store epilogue up to 1k keys at d64/d128; overlap above d128 without a mask from
-// 8k keys. Under a causal mask: at d64 the persistent pingpong up to 1k keys and the dynamic tile
-// scheduler from 2k; at d128 the TMA-store form up to 1k, the dynamic one up to 4k and the
-// one-CTA-per-tile pingpong from 8k; above d128 the dynamic one up to 2k and the one-CTA-per-tile
-// pingpong from 4k.
+// pingpong, with the TMA-store epilogue up to 1024 keys at d64/d128; overlap above d128 without a mask
+// from 8192 keys. Under a causal mask: at d64 the persistent pingpong up to 1024 keys, above that the
+// dynamic tile scheduler; at d128 the TMA-store form up to 1024, the dynamic one below 8192 and the
+// one-CTA-per-tile pingpong from 8192; above d128 the dynamic one below 4096 and the one-CTA-per-tile
+// pingpong from 4096. Measured at 512-16k keys in powers of two; each threshold sits between two
+// measured lengths.
 Sm90Schedule default_sm90_schedule(int64_t head_dim, bool causal, int64_t seqlen_k);
 
 // fwd_sm90's schedule from $ATTNFORGE_SM90_VARIANT, read at each plan: unset or empty -> the

@@ -9,12 +9,20 @@ cli_built=$1
 [ "$(id -u)" = 0 ] && id nobody >/dev/null 2>&1 && command -v runuser >/dev/null ||
   { echo "needs root, a 'nobody' user and runuser: skipped"; exit 77; }
 
-work=$(mktemp -d /tmp/af-two-users-XXXXXX)
+as_nobody() { runuser -u nobody -- env -i PATH=/usr/bin:/bin HOME=/nonexistent "$@"; }
+# A base directory nobody can enter: /tmp is 0700 on some machines (a container's), where nobody could not reach
+# its own directory below it.
+base=""
+for dir in "${TMPDIR:-/tmp}" /tmp /var/tmp /dev/shm; do
+  if [ -d "$dir" ] && as_nobody test -x "$dir"; then base=$dir; break; fi
+done
+[ -n "$base" ] || { echo "FAILED: none of \$TMPDIR, /tmp, /var/tmp, /dev/shm lets nobody in"; exit 1; }
+work=$(mktemp -d "$base/af-two-users-XXXXXX")
 trap 'rm -rf "$work"' EXIT
 chmod 0755 "$work"
 cp "$cli_built" "$work/attnforge" && chmod 0755 "$work/attnforge"
 cli="$work/attnforge"
-as_nobody() { runuser -u nobody -- env -i PATH=/usr/bin:/bin HOME=/nonexistent "$@"; }
+
 failures=0
 # expect <exit code> <text expected in the output> <command...>
 expect() {

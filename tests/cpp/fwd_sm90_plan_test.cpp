@@ -538,9 +538,7 @@ TEST(FwdSm90Extras, TwoSchedulesOfExtrasVariantsIn128RowTilesDifferingOnlyInAfEx
         EXPECT_EQ(find_variant(kFamilyFwdSm90, dtype, d, true, schedule, 192), -1) << "no 192-row extras form";
         EXPECT_EQ(index >= 0, sm90_has_extras(schedule)) << sm90_schedule_name(schedule);
         EXPECT_EQ(sm90_has_extras(schedule), schedule == kSm90PingPong || schedule == kSm90PingPongPersistent);
-        const Sm90Schedule fallback =
-            schedule == kSm90PingPongDynamic && d > 128 ? kSm90PingPong : kSm90PingPongPersistent;
-        EXPECT_EQ(sm90_extras_schedule(schedule, d), sm90_has_extras(schedule) ? schedule : fallback);
+        if (sm90_has_extras(schedule)) EXPECT_EQ(sm90_extras_schedule(schedule, d), schedule);
         if (index < 0) continue;
         ++found;
         const Variant& plain = variants()[find_variant(kFamilyFwdSm90, dtype, d, false, schedule)];
@@ -589,6 +587,18 @@ Routed route(const AttentionProblem& p, const std::string& target = "sm_90a", bo
   const Variant& v = variants()[choice.variant];
   return {status, family(v.family).name, describe(Choice{choice.variant, choice.target, choice.arch, ""}), choice.why,
           &v};
+}
+
+// Schedules without an extras form: pingpong-persistent, but the dynamic form above d128 pingpong (the causal default
+// there before the dynamic form).
+TEST(FwdSm90Extras, SchedulesWithoutAnExtrasFormMapToTheirFormerDefaults) {
+  EXPECT_EQ(sm90_extras_schedule(kSm90PingPongDynamic, 256), kSm90PingPong);
+  EXPECT_EQ(sm90_extras_schedule(kSm90PingPongDynamic, 192), kSm90PingPong);
+  EXPECT_EQ(sm90_extras_schedule(kSm90PingPongDynamic, 128), kSm90PingPongPersistent);
+  EXPECT_EQ(sm90_extras_schedule(kSm90PingPongDynamic, 64), kSm90PingPongPersistent);
+  EXPECT_EQ(sm90_extras_schedule(kSm90OverlapDynamic, 256), kSm90PingPongPersistent);
+  EXPECT_EQ(sm90_extras_schedule(kSm90PingPongPersistentTmaStore, 128), kSm90PingPongPersistent);
+  EXPECT_EQ(sm90_extras_schedule(kSm90Overlap, 256), kSm90PingPongPersistent);
 }
 
 TEST(FwdSm90Extras, PlansWindowsAndSoftcapOntoFwdSm90OnSm90aAndOntoFwdSm80Elsewhere) {
@@ -668,10 +678,13 @@ TEST(FwdSm90Extras, SchedulesAndTileHeightsOfWindowAndSoftcapCallsAndTheTuningKn
       {call(128, 16384, 4096, 0, true, 0.f), "fwd_sm90 bf16 d128 extras pingpong-persistent sm_90a 128x128"},
       {call(256, 16384, 4096, 0, true, 50.f), "fwd_sm90 bf16 d256 extras pingpong-persistent sm_90a 128x64"},
       {call(64, 1024, 100, 100, false, 0.f), "fwd_sm90 bf16 d64 extras pingpong-persistent sm_90a 128x128"},
-      // Softcap under a causal mask: the plain variants' rule (pingpong from 8k keys and above d128).
+      // Softcap under a causal mask: the schedule the plain variants took before the dynamic form took their causal
+      // calls (pingpong from 8k keys and above d128, else pingpong-persistent; sm90_extras_schedule).
       {call(128, 16384, -1, 0, true, 30.f), "fwd_sm90 bf16 d128 extras pingpong sm_90a 128x128"},
       {call(256, 4096, -1, 0, true, 50.f), "fwd_sm90 bf16 d256 extras pingpong sm_90a 128x64"},
+      {call(256, 2048, -1, 0, true, 50.f), "fwd_sm90 bf16 d256 extras pingpong sm_90a 128x64"},
       {call(128, 4096, -1, 0, true, 30.f), "fwd_sm90 bf16 d128 extras pingpong-persistent sm_90a 128x128"},
+      {call(64, 4096, -1, 0, true, 20.f), "fwd_sm90 bf16 d64 extras pingpong-persistent sm_90a 128x128"},
       // Without a mask: the TMA-store and overlap defaults have no extras form.
       {call(128, 1024, -1, -1, false, 30.f), "fwd_sm90 bf16 d128 extras pingpong-persistent sm_90a 128x128"},
       {call(256, 16384, -1, -1, false, 30.f), "fwd_sm90 bf16 d256 extras pingpong-persistent sm_90a 128x64"},

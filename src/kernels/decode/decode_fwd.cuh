@@ -495,6 +495,8 @@ extern "C" __global__ void __launch_bounds__(kThreads, AF_MIN_BLOCKS) af_decode_
   const af_u32 v_frag = fragment_base(sV, warp * 16 + (((lane >> 3) & 1) << 3) + (lane & 7), lane >> 4);
   const float scale = kExtras ? 1.f : p.scale_log2;
 
+  // A CTA with no key block (an empty sequence, rows before the keys) prefetches its successor's at once.
+  if (n_block_min == n_block_max && p.decode_successor != 0) prefetch_successor(p);
   int stage_index = 0;
   for (int n_block = n_block_min; n_block < n_block_max; ++n_block) {
     // Block n has landed (the newer kStages - 2 groups may be in flight) and every warp is done
@@ -508,7 +510,7 @@ extern "C" __global__ void __launch_bounds__(kThreads, AF_MIN_BLOCKS) af_decode_
         load_kv_block(p, span, table, page_entries, n_block_max, sK + ahead_stage * kStageBytes,
                       sV + ahead_stage * kStageBytes, ahead);
       else if (p.decode_successor != 0 && (ahead == n_block_max || n_block == n_block_min))
-        prefetch_successor(p);  // once: with this CTA's last copies in flight
+        prefetch_successor(p);  // once, when this CTA has no more copies to issue
       cp_async_commit();
     }
     const af_u32 stage = af_u32(stage_index) * kStageBytes;
