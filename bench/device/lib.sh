@@ -86,3 +86,54 @@ af_pack_outputs() {
   FINAL_OUT=$OUT pack_name=$1
   OUT=$(mktemp -d)
 }
+
+# af_knob_timing VAR VALUE HEAD_DIMS SEQLENS SECONDS TABLE: sm90_check.py's timing stage (fwd_sm90 beside cuDNN,
+# bf16, 16k tokens per call; HEAD_DIMS and SEQLENS as its --head-dims and --seqlens) four times, with the
+# environment variable VAR unset, set to VALUE, unset, set (a knob read when the kernel table is built, so
+# one process per setting; each process times cuDNN too, so the ratios compare), each run given SECONDS;
+# then TABLE: sm90/cuDNN per shape (rows) and run (columns) with fwd_sm90's TFLOP/s and its plan's tile.
+af_knob_timing() {
+  local var=$1 value=$2 head_dims=$3 seqlens=$4 seconds=$5 table=$6 i knob label dir rc runs=()
+  for i in 1 2 3 4; do
+    if [ $((i % 2)) -eq 1 ]; then knob=""; label=default; else knob="$value"; label=knob; fi
+    dir="$OUT/timing-$i-$label"
+    env "$var=$knob" timeout $((seconds + 20)) python3 bench/device/sm90_check.py --stage timing \
+      --head-dims "$head_dims" --seqlens "$seqlens" --backends fwd_sm90,sdpa_cudnn --seconds "$seconds" \
+      --out "$dir" >"$dir.log" 2>&1
+    rc=$?
+    record "timing run $i ($label)" $rc
+    runs+=("$dir")
+  done
+  python3 - "$var=$value" "${runs[@]}" <<'EOF' | tee "$table"
+import json
+import re
+import sys
+
+knob, dirs = sys.argv[1], sys.argv[2:]
+runs = []
+for d in dirs:
+    try:
+        with open(d + "/timing.json") as f:
+            runs.append({(r["batch"], r["seqlen"], r["heads"], r["heads_kv"], r["head_dim"], r["causal"]): r
+                         for r in json.load(f)["rows"]})
+    except (OSError, ValueError):
+        runs.append({})
+names = ["default" if i % 2 == 0 else knob for i in range(len(dirs))]
+print("# fwd_sm90 / cuDNN, default against %s, bf16, CUDA-graph replay\n" % knob)
+print("| shape | " + " | ".join("run %d: %s" % (i + 1, n) for i, n in enumerate(names)) + " |")
+print("|---|" + "---|" * len(names))
+for key in sorted(set().union(*runs), key=lambda k: (k[4], k[5], k[3] != k[2], k[1])):
+    b, s, h, hk, d, causal = key
+    cells = []
+    for run in runs:
+        r = run.get(key)
+        if not r or not r.get("fwd_sm90") or not r.get("sdpa_cudnn"):
+            cells.append("-")
+            continue
+        tile = re.search(r"sm_90a (\d+x\d+)", r.get("fwd_sm90_plan", ""))
+        cells.append("%.3f (%.0f, %s)" % (r["fwd_sm90"] / r["sdpa_cudnn"], r["fwd_sm90"],
+                                          tile.group(1) if tile else "?"))
+    print("| b%d s%d h%d/%d d%d %s | %s |" % (b, s, h, hk, d, "causal" if causal else "full", " | ".join(cells)))
+print("\ncells: sm90/cuDNN (fwd_sm90 TFLOP/s, the plan's tile)")
+EOF
+}

@@ -35,49 +35,6 @@ if [ "${AF_SKIP_CHECKS:-0}" != 1 ]; then
 fi
 
 echo "== 3. timing: default, $BLOCK_N, default, $BLOCK_N"
-runs=()
-for i in 1 2 3 4; do
-  if [ $((i % 2)) -eq 1 ]; then knob=""; label=default; else knob="$BLOCK_N"; label=knob; fi
-  dir="$OUT/timing-$i-$label"
-  ATTNFORGE_SM90_BLOCK_N="$knob" timeout 75 python3 bench/device/sm90_check.py --stage timing --head-dims 128,256 \
-    --seqlens 1024,4096,16384 --backends fwd_sm90,sdpa_cudnn --seconds "${AF_SECONDS:-55}" --out "$dir" >"$dir.log" 2>&1
-  rc=$?
-  record "timing run $i ($label)" $rc
-  runs+=("$dir")
-done
-
-# sm90/cuDNN per shape (rows) and run (columns), with fwd_sm90's TFLOP/s and the tile its plan named.
-python3 - "$BLOCK_N" "${runs[@]}" <<'EOF' | tee "$OUT/block_n_ab.md"
-import json
-import re
-import sys
-
-knob, dirs = sys.argv[1], sys.argv[2:]
-runs = []
-for d in dirs:
-    try:
-        with open(d + "/timing.json") as f:
-            runs.append({(r["batch"], r["seqlen"], r["heads"], r["heads_kv"], r["head_dim"], r["causal"]): r
-                         for r in json.load(f)["rows"]})
-    except (OSError, ValueError):
-        runs.append({})
-names = ["default" if i % 2 == 0 else knob for i in range(len(dirs))]
-print("# fwd_sm90 / cuDNN by key-block width (ATTNFORGE_SM90_BLOCK_N), bf16, CUDA-graph replay\n")
-print("| shape | " + " | ".join("run %d: %s" % (i + 1, n) for i, n in enumerate(names)) + " |")
-print("|---|" + "---|" * len(names))
-for key in sorted(set().union(*runs), key=lambda k: (k[4], k[5], k[3] != k[2], k[1])):
-    b, s, h, hk, d, causal = key
-    cells = []
-    for run in runs:
-        r = run.get(key)
-        if not r or not r.get("fwd_sm90") or not r.get("sdpa_cudnn"):
-            cells.append("-")
-            continue
-        tile = re.search(r"sm_90a (\d+x\d+)", r.get("fwd_sm90_plan", ""))
-        cells.append("%.3f (%.0f, %s)" % (r["fwd_sm90"] / r["sdpa_cudnn"], r["fwd_sm90"],
-                                          tile.group(1) if tile else "?"))
-    print("| b%d s%d h%d/%d d%d %s | %s |" % (b, s, h, hk, d, "causal" if causal else "full", " | ".join(cells)))
-print("\ncells: sm90/cuDNN (fwd_sm90 TFLOP/s, the plan's tile)")
-EOF
+af_knob_timing ATTNFORGE_SM90_BLOCK_N "$BLOCK_N" 128,256 1024,4096,16384 "${AF_SECONDS:-55}" "$OUT/block_n_ab.md"
 
 af_summary

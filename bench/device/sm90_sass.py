@@ -11,7 +11,7 @@ outside the loop and are not counted. Issue 13 / bench/device/NOTES.md (fwd_sm90
 quote these counts as the prediction; they are not timings.
 
   python3 bench/device/sm90_sass.py [--root DIR] [--head-dim 128] [--dtype bf16] [--schedule pingpong-persistent]
-      [--stages 2] [--block-m 128] [--block-n 176] [--extras] [--sass FILE]
+      [--stages 2] [--block-m 128] [--block-n 176] [--q-buffers 1] [--extras] [--sass FILE]
 
 --extras compiles the variant's extras form (AF_EXTRAS=1: a sliding window's left edge and softcap).
 
@@ -118,6 +118,17 @@ def regions(code, labels, first, last):
     return found
 
 
+def q_buffers(args, block_n, persistent, tma_store):
+    """--q-buffers, else families.cpp's sm90_q_buffers: 2 in the persistent forms where a second Q tile fits."""
+    if args.q_buffers:
+        return args.q_buffers
+    limit = 227 * 1024 - 1024
+    q, ring = args.block_m * args.head_dim * 2, 2 * args.stages * block_n * args.head_dim * 2
+    if not persistent or (tma_store and 2 * q + ring + 1024 > limit):
+        return 1
+    return 2 if (2 + tma_store) * q + ring + 1024 <= limit else 1
+
+
 def compile_sass(args):
     schedule, persistent, tma_store, dynamic = SCHEDULES[args.schedule]
     # sm90_tile in families.cpp, or --block-n ($ATTNFORGE_SM90_BLOCK_N's width).
@@ -126,7 +137,8 @@ def compile_sass(args):
                "-DAF_WARPS=%d" % (4 + args.block_m // 16), "-DAF_BLOCK_M=%d" % args.block_m,
                "-DAF_KV_STAGES=%d" % args.stages, "-DAF_EXTRAS=%d" % args.extras, "-DAF_BLOCK_N=%d" % block_n,
                "-DAF_SM90_SCHEDULE=%d" % schedule, "-DAF_SM90_PERSISTENT=%d" % persistent,
-               "-DAF_SM90_TMA_STORE=%d" % tma_store, "-DAF_SM90_DYNAMIC=%d" % dynamic]
+               "-DAF_SM90_TMA_STORE=%d" % tma_store, "-DAF_SM90_DYNAMIC=%d" % dynamic,
+               "-DAF_Q_BUFFERS=%d" % q_buffers(args, block_n, persistent, tma_store)]
     sass, resources = module_sass(args.root, MODULE, args.arch, defines)
     return sass, block_n, resources
 
@@ -143,6 +155,7 @@ def main():
     parser.add_argument("--block-m", type=int, default=128, choices=(128, 192), help="query rows per tile (192: d64)")
     parser.add_argument("--block-n", type=int, choices=range(64, 193, 16), metavar="{64,80,..,192}",
                         help="keys per block (default: 128, d256 64; $ATTNFORGE_SM90_BLOCK_N's widths)")
+    parser.add_argument("--q-buffers", type=int, choices=(1, 2), help="Q tiles (default: sm90_q_buffers)")
     parser.add_argument("--extras", action="store_true", help="the extras form (windows' left edge, softcap)")
     parser.add_argument("--sass", help="also write the disassembly here")
     args = parser.parse_args()

@@ -19,7 +19,8 @@
 // (checked by the cuda_compile test). $ATTNFORGE_TILE="D:warps,m_tiles,block_n,stages;..."
 // overrides a fwd_sm80 head dim's shape for tuning runs, $ATTNFORGE_DECODE_TILE a decode one,
 // $ATTNFORGE_SM90_STAGES a fwd_sm90 one's ring depth, $ATTNFORGE_SM90_BLOCK_N its 128-row tile's key-block
-// width (each override is part of the compile options, so it gets its own cache entries).
+// width, $ATTNFORGE_SM90_Q_BUFFERS=1 its persistent forms' Q tiles (each override is part of the compile options, so it
+// gets its own cache entries).
 #include "cuda/families.h"
 
 #include <cstdio>
@@ -105,6 +106,14 @@ TileConfig sm90_tile_for(int head_dim) {
     if (p != nullptr) ++p;
   }
   return tile;
+}
+
+int sm90_q_buffers(int head_dim, const TileConfig& tile, Sm90Schedule schedule) {
+  const char* text = std::getenv("ATTNFORGE_SM90_Q_BUFFERS");
+  if (!sm90_persistent(schedule) || (text != nullptr && std::strcmp(text, "1") == 0)) return 1;
+  const bool tma_store = sm90_tma_store(schedule);
+  if (tma_store && sm90_o_in_q(head_dim, tile.block_m(), tile.block_n, tile.stages)) return 1;
+  return sm90_smem_bytes(head_dim, tile.block_m(), tile.block_n, tile.stages, tma_store, 2) <= kSm90SmemLimit ? 2 : 1;
 }
 
 // The 192-row d64 tile: d64's tile with a third consumer warpgroup (16 warps), FlashAttention-3's
@@ -249,7 +258,10 @@ std::vector<Variant> build_variants() {
             if (block_m == kSm90WideBlockM && d != 64) continue;
             if (extras && (block_m != kSm90BlockM || !sm90_has_extras(schedule))) continue;
             Variant v{kFamilyFwdSm90, dtype, d, extras, {}, "", schedule};
-            for (TileConfig& t : v.tiles) t = block_m == kSm90WideBlockM ? sm90_wide_tile() : sm90_tile_for(d);
+            for (TileConfig& t : v.tiles) {
+              t = block_m == kSm90WideBlockM ? sm90_wide_tile() : sm90_tile_for(d);
+              t.q_buffers = sm90_q_buffers(d, t, schedule);
+            }
             v.name = std::string("fwd_sm90") + (dtype == AF_DTYPE_BFLOAT16 ? "_bf16" : "_fp16") + "_d" +
                      std::to_string(d) + (block_m == kSm90WideBlockM ? "_m192" : "") + (extras ? "_extras" : "") +
                      (schedule == kSm90V0 ? "" : std::string("_") + sm90_schedule_name(schedule));
@@ -386,6 +398,7 @@ std::vector<std::string> compile_options(const Variant& v, const std::string& ta
     options.push_back(std::string("-DAF_SM90_PERSISTENT=") + (sm90_persistent(v.schedule) ? "1" : "0"));
     options.push_back(std::string("-DAF_SM90_TMA_STORE=") + (sm90_tma_store(v.schedule) ? "1" : "0"));
     options.push_back(std::string("-DAF_SM90_DYNAMIC=") + (sm90_dynamic(v.schedule) ? "1" : "0"));
+    options.push_back("-DAF_Q_BUFFERS=" + std::to_string(tile.q_buffers));
   }
   // Decode: the launch bound's minimum CTAs per SM is what the tile's shared memory and 128 registers per thread
   // allow (Variant::ctas_per_sm), so that ptxas allocates registers for that occupancy rather than by its own

@@ -34,6 +34,7 @@ struct TileConfig {
   int block_n;
   int stages;  // K/V ring depth (fwd_sm80 1 to 3, decode 2 to 4, fwd_sm90 2 to 4)
   int block_m_rows;
+  int q_buffers = 1;  // fwd_sm90: Q tiles in shared memory (2: the next tile's Q loads during this one)
   int block_m() const { return block_m_rows; }
   int threads() const { return warps * 32; }
 };
@@ -92,11 +93,17 @@ inline bool sm90_o_in_q(int head_dim, int block_m, int block_n, int stages) {
   return (2 * block_m + 2 * stages * block_n) * head_dim * 2 + 1024 > kSm90SmemLimit;
 }
 // fwd_sm90's dynamic shared memory in bytes: 1024 to align the tiles to the 128-byte swizzle's 1024-byte
-// period, Q, the K/V ring, and with a TMA-store epilogue O's staging tile unless it is Q's buffer.
-inline int sm90_smem_bytes(int head_dim, int block_m, int block_n, int stages, bool tma_store) {
+// period, q_buffers Q tiles, the K/V ring, and with a TMA-store epilogue O's staging tile unless it is Q's buffer.
+inline int sm90_smem_bytes(int head_dim, int block_m, int block_n, int stages, bool tma_store, int q_buffers = 1) {
   const bool o_tile = tma_store && !sm90_o_in_q(head_dim, block_m, block_n, stages);
-  return (block_m * (o_tile ? 2 : 1) + 2 * stages * block_n) * head_dim * 2 + 1024;
+  return (block_m * (q_buffers + (o_tile ? 1 : 0)) + 2 * stages * block_n) * head_dim * 2 + 1024;
 }
+// Q tiles of a fwd_sm90 variant: 2 in the persistent forms where a second one fits beside the first, the K/V
+// ring and O's staging tile (d64 and d128 at 2 stages; not d256, whose 192 KB leave no room, nor a form that
+// stages O in Q's buffer), so that the producer loads the next tile's Q (and then its first K/V blocks) while
+// the consumers work on this one instead of after their last Q K^T of it; else 1. $ATTNFORGE_SM90_Q_BUFFERS=1
+// keeps one (A/B runs; part of the compile options).
+int sm90_q_buffers(int head_dim, const TileConfig& tile, Sm90Schedule schedule);
 
 // Decode tiles by grid size (decode only): the default tile, and on the 227 KB class the wide-grid tiles for grids
 // of more CTAs than one wave of it: 4 warps with a 3-block ring (two CTAs per SM at d128, four at d64) and, at
@@ -118,7 +125,7 @@ struct Variant {
   int smem_bytes(int arch) const {
     const TileConfig& t = tile_for(arch);
     if (family == kFamilyFwdSm90)
-      return sm90_smem_bytes(head_dim, t.block_m(), t.block_n, t.stages, sm90_tma_store(schedule));
+      return sm90_smem_bytes(head_dim, t.block_m(), t.block_n, t.stages, sm90_tma_store(schedule), t.q_buffers);
     return (t.block_m() + 2 * t.stages * t.block_n) * head_dim * 2;
   }
   // Dynamic and static shared memory of one CTA: the limits (per block and per SM) count both. Decode's static

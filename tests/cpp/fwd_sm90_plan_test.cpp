@@ -294,9 +294,13 @@ TEST(FwdSm90Schedule, EachScheduleIsItsOwnModuleWithTheSameTileAndDescribeNamesI
         EXPECT_EQ(b.schedule, e.schedule);
         EXPECT_EQ(b.name, a.name + "_" + e.name);
         EXPECT_EQ(sm90_schedule_name(e.schedule), std::string(e.name));
-        // The TMA-store forms stage O in a tile of their own up to d128, in Q's at d256.
+        // The TMA-store forms stage O in a tile of their own up to d128, in Q's at d256; the persistent
+        // forms take a second Q tile up to d128 (d256's 192 KB leave no room).
         const int o_tile = e.tma_store && d <= 128 ? 128 * d * 2 : 0;
-        EXPECT_EQ(b.smem_bytes(90), a.smem_bytes(90) + o_tile) << b.name;
+        const int q_buffers = e.persistent && d <= 128 ? 2 : 1;
+        EXPECT_EQ(b.tile_for(90).q_buffers, q_buffers) << b.name;
+        EXPECT_EQ(a.tile_for(90).q_buffers, 1) << a.name;
+        EXPECT_EQ(b.smem_bytes(90), a.smem_bytes(90) + o_tile + (q_buffers - 1) * 128 * d * 2) << b.name;
         EXPECT_LE(b.smem_bytes(90), 227 * 1024) << b.name;
         EXPECT_EQ(a.tile_for(90).block_n, b.tile_for(90).block_n);
         // The options are part of the kernel cache key: they must differ, in the main-loop macro
@@ -311,6 +315,7 @@ TEST(FwdSm90Schedule, EachScheduleIsItsOwnModuleWithTheSameTileAndDescribeNamesI
         if (e.persistent) expected.push_back("-DAF_SM90_PERSISTENT=0 -> -DAF_SM90_PERSISTENT=1");
         if (e.tma_store) expected.push_back("-DAF_SM90_TMA_STORE=0 -> -DAF_SM90_TMA_STORE=1");
         if (e.dynamic) expected.push_back("-DAF_SM90_DYNAMIC=0 -> -DAF_SM90_DYNAMIC=1");
+        if (q_buffers == 2) expected.push_back("-DAF_Q_BUFFERS=1 -> -DAF_Q_BUFFERS=2");
         EXPECT_EQ(sm90_persistent(e.schedule), e.persistent) << b.name;
         EXPECT_EQ(sm90_tma_store(e.schedule), e.tma_store) << b.name;
         EXPECT_EQ(sm90_dynamic(e.schedule), e.dynamic) << b.name;
@@ -438,8 +443,10 @@ TEST(FwdSm90BlockM, EachScheduleHasA192RowModuleAtD64WithThreeConsumerWarpgroups
       EXPECT_EQ(tb.threads(), 512) << b.name << ": a producer and three consumer warpgroups";
       EXPECT_EQ(tb.block_n, ta.block_n) << b.name;
       EXPECT_EQ(tb.stages, ta.stages) << b.name;
-      // Q's 64 more rows of 64 dims (and the TMA-store forms' staging tile of O as many).
-      EXPECT_EQ(b.smem_bytes(90), a.smem_bytes(90) + (sm90_tma_store(schedule) ? 2 : 1) * 64 * 64 * 2) << b.name;
+      // Q's 64 more rows of 64 dims in each Q buffer (and the TMA-store forms' staging tile of O as many).
+      EXPECT_EQ(tb.q_buffers, ta.q_buffers) << b.name;
+      EXPECT_EQ(b.smem_bytes(90), a.smem_bytes(90) + (tb.q_buffers + (sm90_tma_store(schedule) ? 1 : 0)) * 64 * 64 * 2)
+          << b.name;
       EXPECT_LE(b.smem_bytes(90), 227 * 1024) << b.name;
       const std::vector<std::string> oa = compile_options(a, "sm_90a"), ob = compile_options(b, "sm_90a");
       ASSERT_EQ(oa.size(), ob.size());
@@ -843,6 +850,40 @@ TEST(FwdSm90BlockN, ReadsTheKeyBlockWidthPerHeadDimAndIgnoresMalformedOrOversize
   const std::vector<std::string> options = compile_options(v, "sm_90a");
   EXPECT_NE(std::find(options.begin(), options.end(), "-DAF_BLOCK_N=176"), options.end());
   EXPECT_EQ(v.smem_bytes(90), (128 + 2 * 2 * 176) * 128 * 2 + 1024);
+}
+
+TEST(FwdSm90QBuffers, TwoQTilesInThePersistentFormsWhereTheyFitAndOneWithTheKnob) {
+  ScopedEnv stages("ATTNFORGE_SM90_STAGES", nullptr);
+  ScopedEnv block_n("ATTNFORGE_SM90_BLOCK_N", nullptr);
+  for (const char* unset : {static_cast<const char*>(nullptr), "", "2"}) {
+    ScopedEnv env("ATTNFORGE_SM90_Q_BUFFERS", unset);
+    // d128 with the TMA-store epilogue: 2 Q + 2 x 64 KB of K/V + O's 32 KB + 1 KB = 225 KB, within 226.
+    const TileConfig t128 = sm90_tile_for(128);
+    EXPECT_EQ(sm90_q_buffers(128, t128, kSm90PingPongPersistentTmaStore), 2);
+    EXPECT_EQ(sm90_smem_bytes(128, 128, 128, 2, true, 2), 225 * 1024);
+    EXPECT_EQ(sm90_q_buffers(128, t128, kSm90PingPongDynamic), 2);
+    EXPECT_EQ(sm90_q_buffers(64, sm90_tile_for(64), kSm90OverlapPersistent), 2);
+    EXPECT_EQ(sm90_q_buffers(64, sm90_wide_tile(), kSm90PingPongPersistentTmaStore), 2);
+    // One CTA per tile loads one Q; d256 (192 KB) has no room; nor has FlashAttention-3's 128 x 176 at d128.
+    EXPECT_EQ(sm90_q_buffers(128, t128, kSm90PingPong), 1);
+    EXPECT_EQ(sm90_q_buffers(256, sm90_tile_for(256), kSm90PingPongPersistent), 1);
+    EXPECT_EQ(sm90_q_buffers(256, sm90_tile_for(256), kSm90PingPongPersistentTmaStore), 1);
+    TileConfig wide = t128;
+    wide.block_n = 176;
+    EXPECT_EQ(sm90_q_buffers(128, wide, kSm90PingPongPersistent), 1);
+  }
+  ScopedEnv env("ATTNFORGE_SM90_Q_BUFFERS", "1");
+  EXPECT_EQ(sm90_q_buffers(128, sm90_tile_for(128), kSm90PingPongPersistentTmaStore), 1);
+  EXPECT_EQ(sm90_q_buffers(64, sm90_wide_tile(), kSm90PingPongDynamic), 1);
+  // Every persistent variant's shared memory counts its Q tiles (the table may have been built with the knob).
+  for (const Variant& v : variants())
+    if (v.family == kFamilyFwdSm90) {
+      const TileConfig& t = v.tile_for(90);
+      EXPECT_EQ(v.smem_bytes(90),
+                sm90_smem_bytes(v.head_dim, t.block_m(), t.block_n, t.stages, sm90_tma_store(v.schedule), t.q_buffers))
+          << v.name;
+      EXPECT_LE(v.smem_bytes(90), kSm90SmemLimit) << v.name;
+    }
 }
 
 TEST(TileMap, RefusesWhatTmaCannotDescribeNamingTheArgument) {

@@ -33,7 +33,8 @@
 // - warpgroup 0, the producer, drops to 24 registers (some forms 32: kProducerRegisters); one
 //   thread issues the TMA loads: Q once per tile (a "full" mbarrier, and in the persistent form an
 //   "empty" one the consumers arrive on after their last Q K^T of the tile, so the next tile's Q
-//   lands while they finish this one), then K and V of each key block into a kStages-deep ring,
+//   lands while they finish this one; with two Q buffers (AF_Q_BUFFERS) it lands while they work on
+//   this one, into the buffer the tile before released), then K and V of each key block into a kStages-deep ring,
 //   each stage with a "full" mbarrier (transaction bytes) and an "empty" one (one arrival per
 //   consumer warp); the ring's position continues from tile to tile;
 // - warpgroups 1 to kConsumers, the consumers, rise to 240 registers (three consumers: 160) and
@@ -61,24 +62,30 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
                       const __grid_constant__ CUtensorMap k_map, const __grid_constant__ CUtensorMap v_map,
                       const __grid_constant__ CUtensorMap o_map) {
   extern __shared__ __align__(128) unsigned char smem[];
-  // q_full, then per stage: k_full, k_empty, v_full, v_empty; then q_empty; dynamic form: then
-  // tile_full and tile_empty of each tile slot.
-  __shared__ __align__(8) unsigned long long barriers[2 + 4 * kStages + (kDynamic ? 4 : 0)];
+  // q_full of each Q buffer, then per stage: k_full, k_empty, v_full, v_empty; then q_empty of each Q
+  // buffer; dynamic form: then tile_full and tile_empty of each tile slot.
+  __shared__ __align__(8) unsigned long long barriers[2 * kQBuffers + 4 * kStages + (kDynamic ? 4 : 0)];
   // Dynamic form: the n-th tile of this CTA in slot n % 2.
   __shared__ int tile_slots[2];
-  const af_u32 sQ = (shared_address(smem) + 1023u) & ~1023u;  // (kBlockM, kHeadDim): kAtoms atoms
-  const af_u32 sK = sQ + kQBytes;                             // kStages x (kBlockN, kHeadDim)
+  const af_u32 sQ = (shared_address(smem) + 1023u) & ~1023u;  // kQBuffers x (kBlockM, kHeadDim): kAtoms atoms
+  const af_u32 sK = sQ + kQBuffers * kQBytes;                 // kStages x (kBlockN, kHeadDim)
   const af_u32 sV = sK + kStages * kKVBytes;                  // kStages x (kBlockN, kHeadDim)
   // The TMA-store epilogue's staging tile of O, laid out as Q: its own buffer, or Q's (d256).
   const af_u32 sO = kOInQ ? sQ : sV + kStages * kKVBytes;
-  const af_u32 q_full = shared_address(barriers);
-  auto k_full = [&](int s) { return q_full + 8u * af_u32(1 + 4 * s); };
-  auto k_empty = [&](int s) { return q_full + 8u * af_u32(2 + 4 * s); };
-  auto v_full = [&](int s) { return q_full + 8u * af_u32(3 + 4 * s); };
-  auto v_empty = [&](int s) { return q_full + 8u * af_u32(4 + 4 * s); };
-  const af_u32 q_empty = q_full + 8u * af_u32(1 + 4 * kStages);
-  auto tile_full = [&](int n) { return q_full + 8u * af_u32(2 + 4 * kStages + (n & 1)); };
-  auto tile_empty = [&](int n) { return q_full + 8u * af_u32(4 + 4 * kStages + (n & 1)); };
+  const af_u32 bars = shared_address(barriers);
+  auto q_full = [&](int b) { return bars + 8u * af_u32(b); };
+  auto k_full = [&](int s) { return bars + 8u * af_u32(kQBuffers + 4 * s); };
+  auto k_empty = [&](int s) { return bars + 8u * af_u32(kQBuffers + 1 + 4 * s); };
+  auto v_full = [&](int s) { return bars + 8u * af_u32(kQBuffers + 2 + 4 * s); };
+  auto v_empty = [&](int s) { return bars + 8u * af_u32(kQBuffers + 3 + 4 * s); };
+  auto q_empty = [&](int b) { return bars + 8u * af_u32(kQBuffers + 4 * kStages + b); };
+  auto tile_full = [&](int n) { return bars + 8u * af_u32(2 * kQBuffers + 4 * kStages + (n & 1)); };
+  auto tile_empty = [&](int n) { return bars + 8u * af_u32(2 * kQBuffers + 4 * kStages + 2 + (n & 1)); };
+  // A CTA's c-th tile with keys uses Q buffer c % kQBuffers for the (c / kQBuffers)-th time: the buffer
+  // and that use's parity from c's low bits (kQBits of them).
+  constexpr int kQBits = kQBuffers == 2 ? 2 : 1;
+  auto q_buffer = [&](int c) { return kQBuffers == 2 ? c & 1 : 0; };
+  auto q_parity = [&](int c) { return af_u32(c >> (kQBits - 1)) & 1u; };
 
   const bool varlen_q = p.cu_seqlens_q != nullptr;
   // Rows of k/v the map addresses from a sequence's first key row to the end of the tensor bound
@@ -136,8 +143,10 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
   };
 
   if (threadIdx.x == 0) {
-    mbarrier_init(q_full, 1);
-    mbarrier_init(q_empty, kOInQ ? kConsumers : kConsumerWarps);
+    for (int b = 0; b < kQBuffers; ++b) {
+      mbarrier_init(q_full(b), 1);
+      mbarrier_init(q_empty(b), kOInQ ? kConsumers : kConsumerWarps);
+    }
     for (int s = 0; s < kStages; ++s) {
       mbarrier_init(k_full(s), 1);
       mbarrier_init(k_empty(s), kConsumerWarps);
@@ -159,15 +168,17 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
     setmaxnreg_dec<kProducerRegisters>();
     if (threadIdx.x != 0) return;
     // The ring's position (steps) and Q's uses continue from tile to tile, as the consumers' do:
-    // the next tile's Q lands once the consumers release this one's (after their last Q K^T), and
-    // its K and V fill the stages as they free up, while the consumers finish this tile.
-    // In one register (the producer has 24; a separate tile count spilled): bit 0 the parity of Q's
-    // uses, the bits above it the tiles published so far (dynamic form).
+    // the next tile's Q lands once the consumers release its buffer (after their last Q K^T of the
+    // tile before: with two buffers, the previous tile's, so it loads while they work on this one),
+    // and its K and V fill the stages as they free up, while the consumers finish this tile.
+    // In one register (the producer has 24; a separate tile count spilled): the low kQBits bits count
+    // the tiles that loaded Q (q_buffer, q_parity), the bits above them the tiles published so far
+    // (dynamic form).
     int steps = 0, uses = 0;
-    for (int tile = tile_first;; uses += 2) {
+    for (int tile = tile_first;; uses += 1 << kQBits) {
       if constexpr (kDynamic) {
         // Tile n goes to slot n % 2 once the consumers have read that slot's previous tile (n - 2).
-        const int n = uses >> 1;
+        const int n = uses >> kQBits;
         mbarrier_wait(tile_empty(n), af_u32((n >> 1) & 1) ^ 1);
         tile_slots[n & 1] = tile;
         mbarrier_arrive(tile_full(n));  // release: the store above is seen by the waiters
@@ -182,13 +193,14 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
       tile = next;
       if (w.n_blocks == 0) continue;
       const int head_kv = w.head / (p.heads_q / p.heads_kv);
-      if constexpr (kPersistent) mbarrier_wait(q_empty, af_u32(uses & 1) ^ 1);
-      mbarrier_arrive_expect_tx(q_full, kQBytes);
+      const int qb = q_buffer(uses);
+      if constexpr (kPersistent) mbarrier_wait(q_empty(qb), q_parity(uses) ^ 1);
+      mbarrier_arrive_expect_tx(q_full(qb), kQBytes);
 #pragma unroll
       for (int a = 0; a < kAtoms; ++a)
-        tma_load_4d(sQ + a * kBlockM * 128, &q_map, q_full, a * 64, w.q_row0 + w.m_block * kBlockM, w.head,
-                    varlen_q ? 0 : w.batch);
-      uses ^= 1;
+        tma_load_4d(sQ + qb * kQBytes + a * kBlockM * 128, &q_map, q_full(qb), a * 64, w.q_row0 + w.m_block * kBlockM,
+                    w.head, varlen_q ? 0 : w.batch);
+      uses = (uses & ~((1 << kQBits) - 1)) | ((uses + 1) & ((1 << kQBits) - 1));
       const int kv_batch = p.cu_seqlens_k != nullptr ? 0 : w.batch;
       // Key blocks last to first, by their first row (one register fewer than a block index: the
       // d256 dynamic form spilled with one).
@@ -228,9 +240,9 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
   // a left window.
   int steps = 0;
   int key_end[2];
-  float o[kAtoms][32];  // (64 rows, 64 dims) per atom of O
-  float row_max[2];     // rows g and g + 8: the reference max of S * scale (softmax below)
-  float row_sum[2];     // this thread's partial sums of exp2
+  float o[kAtoms][32];                          // (64 rows, 64 dims) per atom of O
+  float row_max[2] = {AF_NEG_INF, AF_NEG_INF};  // rows g and g + 8: the reference max of S * scale (softmax below)
+  float row_sum[2] = {0.f, 0.f};                // this thread's partial sums of exp2
   const float scale = p.scale_log2;
   int key_begin = 0;
   constexpr int kNoLeftEdge = -8;                  // row g + 8's edge at 0: no key is left of it
@@ -245,6 +257,9 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
   // keeps the S wgmmas' Q descriptors in uniform registers (from a thread-index value it kept them
   // in 16 vector registers and moved them over with two R2UR per wgmma).
   const af_u32 q_desc = __shfl_sync(0xffffffffu, smem_descriptor_lo(q_atom), 0);
+  // The descriptor of the tile's Q buffer (the address field counts 16-byte units); which buffer it is
+  // follows from it (one register fewer than a buffer index beside it: the 192-row TMA-store form spilled).
+  af_u32 q_desc_tile = q_desc;
 
   // S = Q K^T of one key block, issued as one wgmma group (not waited for).
   auto issue_s = [&](float(&s)[kSRegisters], af_u32 k_tile) {
@@ -253,7 +268,7 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
     for (int ks = 0; ks < kHeadDim / 16; ++ks) {
       const af_u32 column = af_u32((ks % 4) * 32);  // k16 step inside the atom: 32 bytes along the line
-      const unsigned long long desc_q = smem_descriptor_at(q_desc + (((ks / 4) * kBlockM * 128 + column) >> 4));
+      const unsigned long long desc_q = smem_descriptor_at(q_desc_tile + (((ks / 4) * kBlockM * 128 + column) >> 4));
       const unsigned long long desc_k = smem_descriptor_at(k_desc + (((ks / 4) * kBlockN * 128 + column) >> 4));
       wgmma_ss(s, desc_q, desc_k, ks > 0 ? 1 : 0);  // m64nNk16, N = kBlockN (s's size)
     }
@@ -413,13 +428,130 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
   // tile's (persistent form).
   auto release_q = [&](int i, int n_blocks) {
     if constexpr (kPersistent && !kOInQ)
-      if (i == n_blocks - 1 && lane == 0) mbarrier_arrive(q_empty);
+      if (i == n_blocks - 1 && lane == 0) mbarrier_arrive(q_empty(q_desc_tile == q_desc ? 0 : 1));
+  };
+
+  // The epilogue of the tile of query rows [m0, m0 + kBlockM) of (batch, head): normalise O by the
+  // row sums stats_sum, LSE in natural log from stats_max (plain stores); zeros and an LSE of -inf
+  // without keys (has_keys false: O is not read). O from registers (pairs of
+  // columns), or (kTmaStore, a tile with keys) through shared memory: each consumer writes its 64
+  // rows into the staging tile (Q's swizzled layout), and one thread of it stores them with TMA
+  // (boxes of 64 columns x 64 rows; the map's bounds clip rows past seqlen_q and columns past
+  // head_dim) while the warpgroup goes on to the next tile. An empty tile (rows that see no key)
+  // takes the register path: it loaded no Q, so Q's buffer may be the next tile's by then. So does
+  // every tile of a varlen call: out's map would clip a sequence's last rows only at total_q, over
+  // the next sequence's (another tile's) rows; the register path guards each row. (Choosing per
+  // 64 rows, the TMA store inside a sequence and the register path or a guarded copy from the
+  // staging tile at its end, made ptxas spill 24-84 bytes in the d256 overlap form.)
+  auto epilogue = [&](int m0, int head, int batch, bool has_keys, const float(&stats_max)[2],
+                      const float(&stats_sum)[2]) {
+    const float ln2 = 0.6931471805599453f;
+    // The query rows again rather than kept live through the main loop, as fwd_sm80's epilogue does.
+    const QueryRows query = query_rows(p, batch);
+    const int q_len = query.len;
+    const bool staged = kTmaStore && has_keys && !varlen_q;
+    const bool issuer = (threadIdx.x & 127) == 0;
+    // This warpgroup's 64 rows of the staging tile, as an offset from q_atom (sO - sQ is a constant):
+    // addressed from sO, ptxas spilled 4 bytes of the 192-row overlap-persistent-tma-store consumers
+    // (160 registers) with NVRTC 12.1 to 13.5.
+    const af_u32 o_rows = q_atom + (sO - sQ);
+    if (staged && !kOInQ) {
+      // The previous tile's store has read the staging tile.
+      if (issuer) bulk_wait_group_read<0>();
+      named_barrier_sync(kStoreBarrier + consumer, 128);
+    }
+    af_u16* out_base = (af_u16*)p.out + (long long)batch * p.out_batch_stride +
+                       (long long)query.row0 * p.out_row_stride + (long long)head * p.out_head_stride + 2 * t;
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      float sum = stats_sum[half];
+      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+      const float inverse = sum > 0.f ? 1.f / sum : 0.f;
+      const int row = m0 + 64 * consumer + 16 * warp + g + 8 * half;
+      if (staged) {
+        // Row r of the tile, 16-byte chunk j at chunk j ^ (r % 8) of its line, and r % 8 == g.
+        const af_u32 line = o_rows + af_u32(16 * warp + g + 8 * half) * 128u + 4u * t;
+#pragma unroll
+        for (int a = 0; a < kAtoms; ++a)
+#pragma unroll
+          for (int j = 0; j < 8; ++j)
+            st_shared_u32(line + a * kBlockM * 128 + ((j ^ g) << 4),
+                          pack2(o[a][4 * j + 2 * half] * inverse, o[a][4 * j + 2 * half + 1] * inverse));
+      }
+      if (row >= q_len) continue;
+      if (!staged) {
+        af_u16* dst = out_base + (long long)row * p.out_row_stride;
+#pragma unroll
+        for (int a = 0; a < kAtoms; ++a)
+#pragma unroll
+          for (int j = 0; j < 8; ++j) {
+            const int col = 64 * a + 8 * j;
+            if (col + 2 * t < p.head_dim)
+              *(af_u32*)(dst + col) =
+                  has_keys ? pack2(o[a][4 * j + 2 * half] * inverse, o[a][4 * j + 2 * half + 1] * inverse) : 0u;
+          }
+      }
+      if (p.lse != nullptr && t == 0)
+        p.lse[(long long)batch * p.lse_batch_stride + (long long)head * p.lse_head_stride +
+              (long long)(query.row0 + row) * p.lse_row_stride] =
+            sum > 0.f ? (stats_max[half] + log2_approx(sum)) * ln2 : AF_NEG_INF;
+    }
+    if (staged) {
+      // The generic-proxy writes visible to the copy engine, then one thread stores.
+      fence_proxy_async_shared();
+      named_barrier_sync(kStoreBarrier + consumer, 128);
+      if (issuer) {
+        const int row0 = m0 + 64 * consumer;
+        if (row0 < q_len) {
+#pragma unroll
+          for (int a = 0; a < kAtoms; ++a)
+            tma_store_4d(&o_map, o_rows + a * kBlockM * 128, a * 64, query.row0 + row0, head, varlen_q ? 0 : batch);
+        }
+        bulk_commit_group();
+        if constexpr (kOInQ) {
+          // Q's buffer is free for the next tile's Q once the store has read it.
+          bulk_wait_group_read<0>();
+          mbarrier_arrive(q_empty(0));
+        }
+      }
+    } else if (kOInQ && has_keys) {
+      // Stored from registers, but the tile loaded Q: its buffer is released once all the
+      // warpgroup's warps are past their last Q K^T.
+      named_barrier_sync(kStoreBarrier + consumer, 128);
+      if (issuer) mbarrier_arrive(q_empty(0));
+    }
   };
 
   float s[kSRegisters];  // (64 rows, kBlockN keys) scores, then probabilities
   af_u32 pa[kBlockN / 16][4];
   float correction[2];
-  int q_uses = 0;
+  int q_uses = 0;  // this CTA's tiles with keys so far (q_buffer, q_parity)
+  // Cross-tile form (kCrossTile): a tile's last P V is issued with the next tile's first Q K^T, in
+  // that step's turn, and its epilogue runs once that P V is done, after the next tile's first
+  // softmax: the tensor cores work through the tile boundary as through any step. pending: a tile
+  // whose last P V (pa, V at ring position steps - 1) and epilogue are still to come; prev_*: its
+  // place and its rows' softmax state.
+  bool pending = false;
+  int prev_m0 = 0, prev_head = 0, prev_batch = 0;
+  float prev_max[2], prev_sum[2];
+  constexpr bool kPingPong = kSchedule == 2;
+  constexpr int kLastConsumer = kConsumers - 1;
+  // pingpong, cross-tile form: every step of every tile (and the last P V after the last tile) takes a
+  // turn; consumer 0 grants itself the first (first_turn), the last consumer gives none after the last.
+  bool first_turn = true;
+  auto take_turn = [&] {
+    if constexpr (kPingPong) {
+      if (consumer == 0 && first_turn) named_barrier_arrive(kTurnBarrier, 256);
+      first_turn = false;
+      named_barrier_sync(kTurnBarrier + consumer, 256);
+    }
+  };
+  auto give_turn = [&](bool last_of_all) {
+    if constexpr (kPingPong)
+      if (consumer != kLastConsumer || !last_of_all)
+        named_barrier_arrive(kTurnBarrier + (consumer + 1) % kConsumers, 256);
+  };
   for (int n = 0;; ++n) {
     int tile = tile_first + n * tile_stride;
     if constexpr (kDynamic) {
@@ -436,6 +568,12 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
     const int n_end = w.n_first + n_blocks;  // one past the tile's last key block
     const int m0 = w.m_block * kBlockM;
     const int k_len = w.k_len;
+    if (kCrossTile && n_blocks == 0) {
+      // Stores zeros without touching O or the softmax state (a pending tile's).
+      const float none[2] = {AF_NEG_INF, AF_NEG_INF}, zero[2] = {0.f, 0.f};
+      epilogue(m0, w.head, w.batch, false, none, zero);
+      continue;
+    }
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       const int row = m0 + 64 * consumer + 16 * warp + g + 8 * half;
@@ -446,13 +584,24 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
           p.window_left >= 0 ? m0 + 64 * consumer + 16 * warp + g + (k_len - w.q_len) - p.window_left : kNoLeftEdge;
     // Rows [v_tail, kBlockN) of the first step's V tile are past the keys and not the map's zeros.
     const int v_tail = n_end * kBlockN > k_len && w.k_row0 + k_len < k_extent ? k_len - (n_end - 1) * kBlockN : -1;
+    if constexpr (kCrossTile) {
+      // A pending tile's softmax state and O stay until its epilogue, after this tile's first softmax.
+#pragma unroll
+      for (int half = 0; half < 2; ++half) prev_max[half] = row_max[half], prev_sum[half] = row_sum[half];
+    } else {
+#pragma unroll
+      for (int a = 0; a < kAtoms; ++a)
+#pragma unroll
+        for (int e = 0; e < 32; ++e) o[a][e] = 0.f;
+    }
     row_max[0] = row_max[1] = AF_NEG_INF;
     row_sum[0] = row_sum[1] = 0.f;
-#pragma unroll
-    for (int a = 0; a < kAtoms; ++a)
-#pragma unroll
-      for (int e = 0; e < 32; ++e) o[a][e] = 0.f;
-    if (n_blocks > 0) mbarrier_wait(q_full, af_u32(q_uses++ & 1));
+    if (n_blocks > 0) {
+      const int q_buf = q_buffer(q_uses);
+      // Broadcast from lane 0, so that ptxas keeps the S wgmmas' descriptors in uniform registers.
+      q_desc_tile = kQBuffers == 1 ? q_desc : __shfl_sync(0xffffffffu, q_desc + af_u32(q_buf) * (kQBytes >> 4), 0);
+      mbarrier_wait(q_full(q_buf), q_parity(q_uses++));
+    }
     if constexpr (kSchedule == 0) {
       // v0: each step waits for its S, runs the softmax, then waits for its P V.
       for (int i = 0; i < n_blocks; ++i) {
@@ -482,19 +631,32 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
       // accumulates) and overwriting the P fragments (which P V reads).
       // pingpong: consumer c issues step i's wgmmas only in its turn, the turns going round the ring
       // 0, 1, .., kConsumers - 1, 0, ..: it waits on its barrier kTurnBarrier + c (its 128 threads and
-      // its predecessor's 128 arrivals), issues, then arrives on its successor's barrier. A tile's
-      // first turn is granted by consumer 0 itself, in the persistent form by the last consumer once
-      // it is past the previous tile (when all the others are past their last turn of it, so no
-      // consumer arrives twice on a barrier before its owner waits there); the last consumer gives no
-      // turn after its last step, so every phase of every turn barrier completes within the tile (all
-      // consumers run the same n_blocks).
-      constexpr bool kPingPong = kSchedule == 2;
-      constexpr int kLastConsumer = kConsumers - 1;
-      if (kPingPong && consumer == (kPersistent ? kLastConsumer : 0) && n_blocks > 1)
+      // its predecessor's 128 arrivals), issues, then arrives on its successor's barrier. Except in the
+      // cross-tile form (take_turn, give_turn), a tile's first step takes no turn; its first turn is
+      // granted by consumer 0 itself, in the persistent form by the last consumer once it is past the
+      // previous tile (when all the others are past their last turn of it, so no consumer arrives twice
+      // on a barrier before its owner waits there); the last consumer gives no turn after its last
+      // step, so every phase of every turn barrier completes within the tile (all consumers run the
+      // same n_blocks).
+      if (!kCrossTile && kPingPong && consumer == (kPersistent ? kLastConsumer : 0) && n_blocks > 1)
         named_barrier_arrive(kTurnBarrier, 256);
       mbarrier_wait(k_full(stage(0)), parity(0));
+      if (kCrossTile) take_turn();
       issue_s(s, k_tile(0));
-      wgmma_wait<0>();
+      if constexpr (kCrossTile) {
+        // The pending tile's last P V (ring position steps - 1) with this S, else an empty group: S is then
+        // always the next to last group (a wait that depends on pending made ptxas serialise the wgmmas).
+        if (pending) {
+          mbarrier_wait(v_full(stage(-1)), parity(-1));
+          issue_pv(pa, v_tile(-1));
+        } else {
+          wgmma_commit();
+        }
+        give_turn(false);
+        wgmma_wait<1>();
+      } else {
+        wgmma_wait<0>();
+      }
 #pragma unroll
       for (int e = 0; e < kSRegisters; ++e) fence_operand(s[e]);
       __syncwarp();
@@ -502,7 +664,22 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
       release_q(0, n_blocks);
       apply_softcap(s);
       mask(s, n_end - 1);
-      softmax(s, correction);  // O is still zero: nothing to rescale
+      softmax(s, correction);  // a fresh reference max: O (zero, or the pending tile's) is not rescaled
+      if (kCrossTile) {
+        // The pending tile's last P V done (unconditionally: ptxas then sees no wgmma in flight where O is
+        // cleared, and does not serialise the wgmmas), then its epilogue.
+        wgmma_wait<0>();
+        fence_o();
+        if (pending) {
+          __syncwarp();
+          if (lane == 0) mbarrier_arrive(v_empty(stage(-1)));
+          epilogue(prev_m0, prev_head, prev_batch, true, prev_max, prev_sum);
+        }
+#pragma unroll
+        for (int a = 0; a < kAtoms; ++a)
+#pragma unroll
+          for (int e = 0; e < 32; ++e) o[a][e] = 0.f;
+      }
       pack_p(s, pa);
       // Before any turn of pingpong's: every consumer passes here for every tile.
       if (v_tail >= 0) {
@@ -511,13 +688,17 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
       }
       for (int i = 1; i < n_blocks; ++i) {
         mbarrier_wait(k_full(stage(i)), parity(i));
-        if constexpr (kPingPong) named_barrier_sync(kTurnBarrier + consumer, 256);
+        if (kCrossTile)
+          take_turn();
+        else if (kPingPong)
+          named_barrier_sync(kTurnBarrier + consumer, 256);
         issue_s(s, k_tile(i));
         mbarrier_wait(v_full(stage(i - 1)), parity(i - 1));
         issue_pv(pa, v_tile(i - 1));
-        if constexpr (kPingPong)
-          if (consumer != kLastConsumer || i + 1 < n_blocks)
-            named_barrier_arrive(kTurnBarrier + (consumer + 1) % kConsumers, 256);
+        if (kCrossTile)
+          give_turn(false);
+        else if (kPingPong && (consumer != kLastConsumer || i + 1 < n_blocks))
+          named_barrier_arrive(kTurnBarrier + (consumer + 1) % kConsumers, 256);
         wgmma_wait<1>();  // S of block i
 #pragma unroll
         for (int e = 0; e < kSRegisters; ++e) fence_operand(s[e]);
@@ -534,102 +715,36 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
         if (rescale) rescale_o(correction);
         pack_p(s, pa);
       }
-      const int last = n_blocks - 1;
-      mbarrier_wait(v_full(stage(last)), parity(last));
-      issue_pv(pa, v_tile(last));
-      wgmma_wait<0>();
-      fence_o();
-      __syncwarp();
-      if (lane == 0) mbarrier_arrive(v_empty(stage(last)));
+      if constexpr (!kCrossTile) {
+        const int last = n_blocks - 1;
+        mbarrier_wait(v_full(stage(last)), parity(last));
+        issue_pv(pa, v_tile(last));
+        wgmma_wait<0>();
+        fence_o();
+        __syncwarp();
+        if (lane == 0) mbarrier_arrive(v_empty(stage(last)));
+      }
     }
     steps += n_blocks;
-
-    // Epilogue: normalise O, LSE in natural log (plain stores). O from registers (pairs of
-    // columns), or (kTmaStore, a tile with keys) through shared memory: each consumer writes its 64
-    // rows into the staging tile (Q's swizzled layout), and one thread of it stores them with TMA
-    // (boxes of 64 columns x 64 rows; the map's bounds clip rows past seqlen_q and columns past
-    // head_dim) while the warpgroup goes on to the next tile. An empty tile (rows that see no key)
-    // takes the register path: it loaded no Q, so Q's buffer may be the next tile's by then. So does
-    // every tile of a varlen call: out's map would clip a sequence's last rows only at total_q, over
-    // the next sequence's (another tile's) rows; the register path guards each row. (Choosing per
-    // 64 rows, the TMA store inside a sequence and the register path or a guarded copy from the
-    // staging tile at its end, made ptxas spill 24-84 bytes in the d256 overlap form.)
-    const float ln2 = 0.6931471805599453f;
-    // The query rows again rather than kept live through the main loop, as fwd_sm80's epilogue does.
-    const QueryRows query = query_rows(p, w.batch);
-    const int q_len = query.len;
-    const bool staged = kTmaStore && n_blocks > 0 && !varlen_q;
-    const bool issuer = (threadIdx.x & 127) == 0;
-    // This warpgroup's 64 rows of the staging tile, as an offset from q_atom (sO - sQ is a constant):
-    // addressed from sO, ptxas spilled 4 bytes of the 192-row overlap-persistent-tma-store consumers
-    // (160 registers) with NVRTC 12.1 to 13.5.
-    const af_u32 o_rows = q_atom + (sO - sQ);
-    if (staged && !kOInQ) {
-      // The previous tile's store has read the staging tile.
-      if (issuer) bulk_wait_group_read<0>();
-      named_barrier_sync(kStoreBarrier + consumer, 128);
-    }
-    af_u16* out_base = (af_u16*)p.out + (long long)w.batch * p.out_batch_stride +
-                       (long long)query.row0 * p.out_row_stride + (long long)w.head * p.out_head_stride + 2 * t;
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      float sum = row_sum[half];
-      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-      const float inverse = sum > 0.f ? 1.f / sum : 0.f;
-      const int row = m0 + 64 * consumer + 16 * warp + g + 8 * half;
-      if (staged) {
-        // Row r of the tile, 16-byte chunk j at chunk j ^ (r % 8) of its line, and r % 8 == g.
-        const af_u32 line = o_rows + af_u32(16 * warp + g + 8 * half) * 128u + 4u * t;
-#pragma unroll
-        for (int a = 0; a < kAtoms; ++a)
-#pragma unroll
-          for (int j = 0; j < 8; ++j)
-            st_shared_u32(line + a * kBlockM * 128 + ((j ^ g) << 4),
-                          pack2(o[a][4 * j + 2 * half] * inverse, o[a][4 * j + 2 * half + 1] * inverse));
-      }
-      if (row >= q_len) continue;
-      if (!staged) {
-        af_u16* dst = out_base + (long long)row * p.out_row_stride;
-#pragma unroll
-        for (int a = 0; a < kAtoms; ++a)
-#pragma unroll
-          for (int j = 0; j < 8; ++j) {
-            const int col = 64 * a + 8 * j;
-            if (col + 2 * t < p.head_dim)
-              *(af_u32*)(dst + col) = pack2(o[a][4 * j + 2 * half] * inverse, o[a][4 * j + 2 * half + 1] * inverse);
-          }
-      }
-      if (p.lse != nullptr && t == 0)
-        p.lse[(long long)w.batch * p.lse_batch_stride + (long long)w.head * p.lse_head_stride +
-              (long long)(query.row0 + row) * p.lse_row_stride] =
-            sum > 0.f ? (row_max[half] + log2_approx(sum)) * ln2 : AF_NEG_INF;
-    }
-    if (staged) {
-      // The generic-proxy writes visible to the copy engine, then one thread stores.
-      fence_proxy_async_shared();
-      named_barrier_sync(kStoreBarrier + consumer, 128);
-      if (issuer) {
-        const int row0 = m0 + 64 * consumer;
-        if (row0 < q_len) {
-#pragma unroll
-          for (int a = 0; a < kAtoms; ++a)
-            tma_store_4d(&o_map, o_rows + a * kBlockM * 128, a * 64, query.row0 + row0, w.head, varlen_q ? 0 : w.batch);
-        }
-        bulk_commit_group();
-        if constexpr (kOInQ) {
-          // Q's buffer is free for the next tile's Q once the store has read it.
-          bulk_wait_group_read<0>();
-          mbarrier_arrive(q_empty);
-        }
-      }
-    } else if (kOInQ && n_blocks > 0) {
-      // Stored from registers, but the tile loaded Q: its buffer is released once all the
-      // warpgroup's warps are past their last Q K^T.
-      named_barrier_sync(kStoreBarrier + consumer, 128);
-      if (issuer) mbarrier_arrive(q_empty);
+    if constexpr (kCrossTile) {
+      pending = true;
+      prev_m0 = m0, prev_head = w.head, prev_batch = w.batch;
+    } else {
+      epilogue(m0, w.head, w.batch, n_blocks > 0, row_max, row_sum);
     }
   }  // tiles
+  if (kCrossTile && pending) {
+    // The last tile's last P V and epilogue.
+    mbarrier_wait(v_full(stage(-1)), parity(-1));
+    take_turn();
+    issue_pv(pa, v_tile(-1));
+    give_turn(true);
+    wgmma_wait<0>();
+    fence_o();
+    __syncwarp();
+    if (lane == 0) mbarrier_arrive(v_empty(stage(-1)));
+    epilogue(prev_m0, prev_head, prev_batch, true, row_max, row_sum);
+  }
   // Shared memory must outlive the stores that read it (and the kernel their writes).
   if (kTmaStore && (threadIdx.x & 127) == 0) bulk_wait_group<0>();
 }

@@ -16,6 +16,9 @@
 //                 run while the consumers start the next tile; 0: O stored from registers
 //   AF_SM90_DYNAMIC  1 (persistent only): each CTA's next tile comes from the tile counter
 //                 (FlashFwdParams::tile_counter, an atomic), not from static striding; 0: striding
+//   AF_Q_BUFFERS  Q tiles in shared memory: 2 (persistent forms where it fits: src/cuda/families.cpp's
+//                 sm90_q_buffers) lets the producer load the next tile's Q while the consumers work on
+//                 this one; 1 otherwise
 //   AF_EXTRAS     1: a sliding window's left edge (window_left) and softcap are compiled in; 0: the
 //                 kernel ignores both (the plan sends no such call to it), so the common case pays nothing
 
@@ -29,6 +32,10 @@ constexpr bool kPersistent = AF_SM90_PERSISTENT != 0;
 constexpr bool kTmaStore = AF_SM90_TMA_STORE != 0;
 constexpr bool kDynamic = AF_SM90_DYNAMIC != 0;
 constexpr bool kExtras = AF_EXTRAS != 0;
+constexpr int kQBuffers = AF_Q_BUFFERS;
+// The persistent forms with two Q tiles carry each tile's last P V and epilogue into the next tile's first
+// step (flash_fwd_sm90.cuh, "cross-tile form"): the next tile's Q must be in shared memory by then.
+constexpr bool kCrossTile = kPersistent && kQBuffers == 2;
 static_assert(kPersistent || !kTmaStore, "the TMA-store epilogue is a persistent form's");
 static_assert(kPersistent || !kDynamic, "the dynamic tile scheduler is a persistent form's");
 // O's staging tile: its own kBlockM x D buffer where it fits beside Q and the K/V ring within the
@@ -42,6 +49,10 @@ constexpr int kConsumerWarps = 4 * kConsumers;
 constexpr unsigned kQBytes = kBlockM * kHeadDim * 2;
 constexpr unsigned kKVBytes = kBlockN * kHeadDim * 2;
 constexpr bool kOInQ = kTmaStore && 2 * kQBytes + 2 * kStages * kKVBytes + 1024 > unsigned(kSmemLimit);
+static_assert(kQBuffers == 1 ||
+                  (kQBuffers == 2 && kPersistent && !kOInQ &&
+                   (2 + (kTmaStore ? 1 : 0)) * kQBytes + 2 * kStages * kKVBytes + 1024 <= unsigned(kSmemLimit)),
+              "a second Q tile: persistent forms, beside the K/V ring and O's own staging tile");
 // setmaxnreg: 128 x (24 + 240 + 240) = 64512 of the SM's 65536 registers, what 384 threads at 168
 // registers (the launch's count) hold; the producer's one thread only issues TMA, the consumers hold S
 // (kBlockN / 2 fp32), O (D / 2 fp32) and P (kBlockN / 4 registers of two 16-bit values). The dynamic
@@ -61,4 +72,5 @@ static_assert(kBlockN % 16 == 0 && kBlockN >= 64 && kBlockN <= 192,
               "the S wgmma is m64nNk16 with N a multiple of 16 (P V's k16 steps) from 64 to 192");
 constexpr int kSRegisters = kBlockN / 2;  // S accumulators per thread (64 rows x kBlockN keys)
 static_assert(kSchedule >= 0 && kSchedule <= 2, "schedules: 0 v0, 1 overlap, 2 pingpong");
+static_assert(!kCrossTile || kSchedule != 0, "the cross-tile form overlaps a step's wgmmas: overlap or pingpong");
 static_assert(kStages >= 2 && kStages <= 4, "2 to 4 K/V stages");
