@@ -665,7 +665,10 @@ def ab_shapes(preset="all"):
     preset "d64" (the 192-row forms' A/B, 16 shapes): d64 with 32 heads at 16k tokens per call from 512 to 16k
     keys, b4 1k (32 heads) and 64/8 GQA 4k, each causal and not, the short ones first. preset "short-causal" (the
     causal schedules up to 4k keys, 10 shapes): d128 and d256 causal at 16k tokens of 512 to 4k keys, b4 1k d128,
-    64/8 GQA causal 4k."""
+    64/8 GQA causal 4k. preset "long-causal" (4 shapes): d128 causal at 16k tokens of 8k and 16k keys, 16 and 64/8
+    heads."""
+    if preset == "long-causal":
+        return [(16384 // s, s, h, hk, 128, True) for s in (8192, 16384) for h, hk in ((16, 16), (64, 8))]
     if preset == "short-causal":
         shapes = [(16384 // s, s, 2048 // d, 2048 // d, d, True) for d in (128, 256) for s in (512, 1024, 2048, 4096)]
         return shapes + [(4, 1024, 16, 16, 128, True), (1, 4096, 64, 8, 128, True)]
@@ -863,9 +866,9 @@ def main():
                         help="--stage timing: sequence lengths of its sweep (16k tokens per call)")
     parser.add_argument("--backends", default=",".join(ALL_BACKENDS),
                         help="--stage timing: what it times (of %s)" % ",".join(ALL_BACKENDS))
-    parser.add_argument("--shapes", choices=("all", "causal", "d64", "short-causal"), default="all",
+    parser.add_argument("--shapes", choices=("all", "causal", "d64", "short-causal", "long-causal"), default="all",
                         help="the A/B's timed shapes: all 16 (ab_shapes), 'causal': 10, mostly causal, 'd64': 16, or "
-                             "'short-causal': 10 causal up to 4k keys")
+                             "'short-causal': 10 causal up to 4k keys, 'long-causal': 4 from 8k")
     parser.add_argument("--variants", default="", help="A/B run of these fwd_sm90 schedules, e.g. v0,overlap, "
                         "pingpong@192 (a 192-row form) or pingpong-persistent+128:176 (key-block widths per head dim); "
                         "correctness on the reduced set, then timing beside cuDNN; budget 145 s unless --budget)")

@@ -218,11 +218,15 @@ Sm90Schedule default_sm90_schedule(int64_t head_dim, bool causal, int64_t seqlen
   // 404). At d64 under a causal mask (bench/results/fwd-sm90-d64-causal-h200-2026-12-01.md) the dynamic form
   // on 192-row tiles led from 2k (2k 394 against the static form's 366 on 128 rows and 385 on 192; 4k 445
   // against 426 on 192 rows; 8k / 16k 488 / 510 against 472 / 472), the static form on 128 rows up to 1k.
+  // Since the persistent forms up to d128 carry each tile's last P V into the next tile (session 11, three
+  // rounds, bench/results/fwd-sm90-schedules-h200-2026-12-01.md): under a causal mask at d128 the dynamic form
+  // led the one-CTA-per-tile pingpong at 8k too (16 heads 610-629 against 591-605 TFLOP/s, 64/8 GQA 611-612
+  // against 595-599) and tied or led it at 16k (625-639 against 626-634; 64/8 632-633 against 623-629).
   const bool long_keys = seqlen_k >= 8192;
   const bool d64 = head_dim <= 64;
   if (d64 && causal) return seqlen_k <= 1024 ? kSm90PingPongPersistent : kSm90PingPongDynamic;
   if (seqlen_k <= 1024 && head_dim <= 128) return kSm90PingPongPersistentTmaStore;
-  if (causal) return (head_dim > 128 ? seqlen_k >= 4096 : long_keys) ? kSm90PingPong : kSm90PingPongDynamic;
+  if (causal) return head_dim > 128 && seqlen_k >= 4096 ? kSm90PingPong : kSm90PingPongDynamic;
   if (head_dim > 128 && long_keys) return kSm90Overlap;
   return kSm90PingPongPersistent;
 }
@@ -283,9 +287,10 @@ bool sm90_triangular(const AttentionProblem& p) {
   return window_right_in_effect(p) >= 0 && window_left_in_effect(p) < 0;
 }
 
-Sm90Schedule sm90_extras_schedule(Sm90Schedule s, int64_t head_dim) {
+Sm90Schedule sm90_extras_schedule(Sm90Schedule s, int64_t head_dim, int64_t seqlen_k) {
   if (sm90_has_extras(s)) return s;
-  return s == kSm90PingPongDynamic && head_dim > 128 ? kSm90PingPong : kSm90PingPongPersistent;
+  const bool pingpong = head_dim > 128 || (head_dim > 64 && seqlen_k >= 8192);
+  return s == kSm90PingPongDynamic && pingpong ? kSm90PingPong : kSm90PingPongPersistent;
 }
 
 std::string fwd_sm90_refusal(const AttentionProblem& p, int block_m) {
@@ -376,7 +381,7 @@ af_status choose_variant(const AttentionProblem& p, const DeviceInfo& info, cons
     const char* asked = std::getenv("ATTNFORGE_SM90_VARIANT");
     if (asked != nullptr && *asked != 0)  // a tuning run asked for a form that has no window/softcap variant
       why += std::string("; ") + asked + " has no window/softcap form";
-    schedule = sm90_extras_schedule(schedule, p.head_dim);
+    schedule = sm90_extras_schedule(schedule, p.head_dim, p.seqlen_k);
   }
   // Decode grids past one wave of the default tile: a wide-grid tile (decode_grid_tile).
   const int64_t decode_ctas = p.batch * p.heads_kv * ((packed_rows + kDecodeTileRows - 1) / kDecodeTileRows);

@@ -82,9 +82,10 @@ bool sm90_triangular(const AttentionProblem& p);
 // The schedule an extras call runs for a wanted one: itself where it has an extras form
 // (sm90_has_extras: pingpong, pingpong-persistent), else pingpong-persistent (the default's register
 // epilogue and persistent grid; the TMA-store and dynamic forms and overlap have no extras form), but
-// for the dynamic form above d128 the one-CTA-per-tile pingpong (the causal default there before the
-// dynamic form took it: bench/results/fwd-sm90-h200-2026-11-30.md, session 5).
-Sm90Schedule sm90_extras_schedule(Sm90Schedule s, int64_t head_dim);
+// for the dynamic form above d128, and at d128 from 8k keys (seqlen_k), the one-CTA-per-tile pingpong (the
+// causal default there before the dynamic form took it: bench/results/fwd-sm90-h200-2026-11-30.md, session 5;
+// the static persistent form trails it by ~8% at d128 causal 16k, fwd-sm90-schedules-h200-2026-12-01.md).
+Sm90Schedule sm90_extras_schedule(Sm90Schedule s, int64_t head_dim, int64_t seqlen_k);
 
 // q, k, v and out as fwd_sm90's tensor maps see them: padded (B, S, H, D) as (batch, rows, heads,
 // head_dim) = (B, Sq or Sk, H or Hk, D); varlen (total, H, D) as (1, total_q or total_k, H or Hk,

@@ -215,7 +215,8 @@ TEST(FwdSm90Schedule, ReadsTheVariantFromTheEnvironmentAndRefusesUnknownNames) {
                     {128, false, 16384, kSm90PingPongPersistent},
                     {128, true, 2048, kSm90PingPongDynamic},
                     {128, true, 4096, kSm90PingPongDynamic},
-                    {128, true, 8192, kSm90PingPong},
+                    {128, true, 8192, kSm90PingPongDynamic},
+                    {128, true, 16384, kSm90PingPongDynamic},
                     {64, true, 1024, kSm90PingPongPersistent},
                     {64, false, 1024, kSm90PingPongPersistentTmaStore},
                     {64, true, 2048, kSm90PingPongDynamic},
@@ -545,7 +546,7 @@ TEST(FwdSm90Extras, TwoSchedulesOfExtrasVariantsIn128RowTilesDifferingOnlyInAfEx
         EXPECT_EQ(find_variant(kFamilyFwdSm90, dtype, d, true, schedule, 192), -1) << "no 192-row extras form";
         EXPECT_EQ(index >= 0, sm90_has_extras(schedule)) << sm90_schedule_name(schedule);
         EXPECT_EQ(sm90_has_extras(schedule), schedule == kSm90PingPong || schedule == kSm90PingPongPersistent);
-        if (sm90_has_extras(schedule)) EXPECT_EQ(sm90_extras_schedule(schedule, d), schedule);
+        if (sm90_has_extras(schedule)) EXPECT_EQ(sm90_extras_schedule(schedule, d, 16384), schedule);
         if (index < 0) continue;
         ++found;
         const Variant& plain = variants()[find_variant(kFamilyFwdSm90, dtype, d, false, schedule)];
@@ -596,16 +597,17 @@ Routed route(const AttentionProblem& p, const std::string& target = "sm_90a", bo
           &v};
 }
 
-// Schedules without an extras form: pingpong-persistent, but the dynamic form above d128 pingpong (the causal default
-// there before the dynamic form).
+// Schedules without an extras form: pingpong-persistent, but the dynamic form above d128, and at d128 from 8k keys,
+// pingpong (the causal default there before the dynamic form).
 TEST(FwdSm90Extras, SchedulesWithoutAnExtrasFormMapToTheirFormerDefaults) {
-  EXPECT_EQ(sm90_extras_schedule(kSm90PingPongDynamic, 256), kSm90PingPong);
-  EXPECT_EQ(sm90_extras_schedule(kSm90PingPongDynamic, 192), kSm90PingPong);
-  EXPECT_EQ(sm90_extras_schedule(kSm90PingPongDynamic, 128), kSm90PingPongPersistent);
-  EXPECT_EQ(sm90_extras_schedule(kSm90PingPongDynamic, 64), kSm90PingPongPersistent);
-  EXPECT_EQ(sm90_extras_schedule(kSm90OverlapDynamic, 256), kSm90PingPongPersistent);
-  EXPECT_EQ(sm90_extras_schedule(kSm90PingPongPersistentTmaStore, 128), kSm90PingPongPersistent);
-  EXPECT_EQ(sm90_extras_schedule(kSm90Overlap, 256), kSm90PingPongPersistent);
+  EXPECT_EQ(sm90_extras_schedule(kSm90PingPongDynamic, 256, 1024), kSm90PingPong);
+  EXPECT_EQ(sm90_extras_schedule(kSm90PingPongDynamic, 192, 1024), kSm90PingPong);
+  EXPECT_EQ(sm90_extras_schedule(kSm90PingPongDynamic, 128, 4096), kSm90PingPongPersistent);
+  EXPECT_EQ(sm90_extras_schedule(kSm90PingPongDynamic, 128, 8192), kSm90PingPong);
+  EXPECT_EQ(sm90_extras_schedule(kSm90PingPongDynamic, 64, 16384), kSm90PingPongPersistent);
+  EXPECT_EQ(sm90_extras_schedule(kSm90OverlapDynamic, 256, 1024), kSm90PingPongPersistent);
+  EXPECT_EQ(sm90_extras_schedule(kSm90PingPongPersistentTmaStore, 128, 1024), kSm90PingPongPersistent);
+  EXPECT_EQ(sm90_extras_schedule(kSm90Overlap, 256, 16384), kSm90PingPongPersistent);
 }
 
 TEST(FwdSm90Extras, PlansWindowsAndSoftcapOntoFwdSm90OnSm90aAndOntoFwdSm80Elsewhere) {
@@ -696,7 +698,7 @@ TEST(FwdSm90Extras, SchedulesAndTileHeightsOfWindowAndSoftcapCallsAndTheTuningKn
       {call(128, 1024, -1, -1, false, 30.f), "fwd_sm90 bf16 d128 extras pingpong-persistent sm_90a 128x128"},
       {call(256, 16384, -1, -1, false, 30.f), "fwd_sm90 bf16 d256 extras pingpong-persistent sm_90a 128x64"},
       // A right edge alone runs the plain variants as causal does (d64 from 2k keys: the dynamic form, 192 rows).
-      {call(128, 16384, -1, 100, false, 0.f), "fwd_sm90 bf16 d128 pingpong sm_90a 128x128"},
+      {call(128, 16384, -1, 100, false, 0.f), "fwd_sm90 bf16 d128 pingpong-dynamic sm_90a 128x128"},
       {call(64, 8192, -1, 100, false, 0.f), "fwd_sm90 bf16 d64 pingpong-dynamic sm_90a 192x128"},
       // d64 without a mask takes 192 rows, its extras forms 128.
       {call(64, 8192, -1, -1, false, 0.f), "fwd_sm90 bf16 d64 pingpong-persistent sm_90a 192x128"},
