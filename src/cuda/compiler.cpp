@@ -85,7 +85,7 @@ af_status compile_variant(const Variant& v, const std::string& target, bool use_
   const NvrtcState& n = nvrtc();
   if (!n.ok) return fail(AF_ERR_BACKEND_UNAVAILABLE, "%s", n.failure.c_str());
   const auto start = std::chrono::steady_clock::now();
-  const std::vector<std::string> options = compile_options(v, target);
+  const std::vector<std::string> options = compile_options(v, target, n.major, n.minor);
   const CacheKey key = make_cache_key(module_source(v.family), options, target, n.major, n.minor);
   const bool is_cubin = target.rfind("sm_", 0) == 0;
   *out = CompiledKernel{};

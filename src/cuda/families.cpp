@@ -116,6 +116,10 @@ int sm90_q_buffers(int head_dim, const TileConfig& tile, Sm90Schedule schedule) 
   return sm90_smem_bytes(head_dim, tile.block_m(), tile.block_n, tile.stages, tma_store, 2) <= kSm90SmemLimit ? 2 : 1;
 }
 
+bool sm90_cross_tile(int nvrtc_major, int nvrtc_minor) {
+  return nvrtc_major > 12 || (nvrtc_major == 12 && nvrtc_minor >= 9);
+}
+
 // The 192-row d64 tile: d64's tile with a third consumer warpgroup (16 warps), FlashAttention-3's
 // d64 tile height (its 192 x 128 under a causal mask). Q 24 KB + 32 KB per K/V stage: 88 KB at d64's
 // 2 stages, 152 KB at 4 ($ATTNFORGE_SM90_STAGES's d64 entry applies, $ATTNFORGE_SM90_BLOCK_N's does not).
@@ -380,7 +384,8 @@ int target_arch(const std::string& target) {
   return digits.empty() ? 0 : std::atoi(digits.c_str());
 }
 
-std::vector<std::string> compile_options(const Variant& v, const std::string& target) {
+std::vector<std::string> compile_options(const Variant& v, const std::string& target, int nvrtc_major,
+                                         int nvrtc_minor) {
   const TileConfig& tile = v.tile_for(target_arch(target));
   std::vector<std::string> options = {"-arch=" + target,
                                       "--std=c++17",
@@ -399,6 +404,7 @@ std::vector<std::string> compile_options(const Variant& v, const std::string& ta
     options.push_back(std::string("-DAF_SM90_TMA_STORE=") + (sm90_tma_store(v.schedule) ? "1" : "0"));
     options.push_back(std::string("-DAF_SM90_DYNAMIC=") + (sm90_dynamic(v.schedule) ? "1" : "0"));
     options.push_back("-DAF_Q_BUFFERS=" + std::to_string(tile.q_buffers));
+    options.push_back(std::string("-DAF_CROSS_TILE=") + (sm90_cross_tile(nvrtc_major, nvrtc_minor) ? "1" : "0"));
   }
   // Decode: the launch bound's minimum CTAs per SM is what the tile's shared memory and 128 registers per thread
   // allow (Variant::ctas_per_sm), so that ptxas allocates registers for that occupancy rather than by its own

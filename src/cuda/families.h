@@ -104,6 +104,11 @@ inline int sm90_smem_bytes(int head_dim, int block_m, int block_n, int stages, b
 // the consumers work on this one instead of after their last Q K^T of it; else 1. $ATTNFORGE_SM90_Q_BUFFERS=1
 // keeps one (A/B runs; part of the compile options).
 int sm90_q_buffers(int head_dim, const TileConfig& tile, Sm90Schedule schedule);
+// Whether fwd_sm90's two-Q-tile variants compiled by NVRTC nvrtc_major.nvrtc_minor take the cross-tile pipeline (each
+// tile's last P V issued with the next tile's first Q K^T; AF_CROSS_TILE): from 12.9. The ptxas inside NVRTC 12.1 to
+// 12.8 serialises every wgmma of that kernel (C7515/C7516, checked for each of them), so those compile the two Q tiles
+// without it.
+bool sm90_cross_tile(int nvrtc_major, int nvrtc_minor);
 
 // Decode tiles by grid size (decode only): the default tile, and on the 227 KB class the wide-grid tiles for grids
 // of more CTAs than one wave of it: 4 warps with a 3-block ring (two CTAs per SM at d128, four at d64) and, at
@@ -180,7 +185,8 @@ int find_variant(FamilyId family, af_dtype dtype, int head_dim, bool extras, Sm9
 // The module text of a family (params, common helpers, the family's sources, combine).
 const std::string& module_source(FamilyId family);
 
-// NVRTC options for a variant and target ("sm_90a" -> -arch=sm_90a; "compute_90" for PTX).
-std::vector<std::string> compile_options(const Variant& v, const std::string& target);
+// NVRTC options for a variant and target ("sm_90a" -> -arch=sm_90a; "compute_90" for PTX), compiled by NVRTC
+// nvrtc_major.nvrtc_minor (fwd_sm90's AF_CROSS_TILE depends on it: sm90_cross_tile).
+std::vector<std::string> compile_options(const Variant& v, const std::string& target, int nvrtc_major, int nvrtc_minor);
 
 }  // namespace af::cuda

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -306,7 +307,8 @@ TEST(FwdSm90Schedule, EachScheduleIsItsOwnModuleWithTheSameTileAndDescribeNamesI
         EXPECT_EQ(a.tile_for(90).block_n, b.tile_for(90).block_n);
         // The options are part of the kernel cache key: they must differ, in the main-loop macro
         // and the persistent, TMA-store and dynamic ones only.
-        const std::vector<std::string> oa = compile_options(a, "sm_90a"), ob = compile_options(b, "sm_90a");
+        const std::vector<std::string> oa = compile_options(a, "sm_90a", 13, 0),
+                                       ob = compile_options(b, "sm_90a", 13, 0);
         ASSERT_EQ(oa.size(), ob.size());
         std::vector<std::string> differing;
         for (size_t i = 0; i < oa.size(); ++i)
@@ -449,7 +451,7 @@ TEST(FwdSm90BlockM, EachScheduleHasA192RowModuleAtD64WithThreeConsumerWarpgroups
       EXPECT_EQ(b.smem_bytes(90), a.smem_bytes(90) + (tb.q_buffers + (sm90_tma_store(schedule) ? 1 : 0)) * 64 * 64 * 2)
           << b.name;
       EXPECT_LE(b.smem_bytes(90), 227 * 1024) << b.name;
-      const std::vector<std::string> oa = compile_options(a, "sm_90a"), ob = compile_options(b, "sm_90a");
+      const std::vector<std::string> oa = compile_options(a, "sm_90a", 13, 0), ob = compile_options(b, "sm_90a", 13, 0);
       ASSERT_EQ(oa.size(), ob.size());
       std::vector<std::string> differing;
       for (size_t i = 0; i < oa.size(); ++i)
@@ -558,7 +560,8 @@ TEST(FwdSm90Extras, TwoSchedulesOfExtrasVariantsIn128RowTilesDifferingOnlyInAfEx
         EXPECT_EQ(v.smem_bytes(90), plain.smem_bytes(90)) << v.name;
         EXPECT_EQ(v.tile_for(90).block_m(), 128) << v.name;
         EXPECT_EQ(v.tile_for(90).block_n, plain.tile_for(90).block_n) << v.name;
-        const std::vector<std::string> a = compile_options(plain, "sm_90a"), b = compile_options(v, "sm_90a");
+        const std::vector<std::string> a = compile_options(plain, "sm_90a", 13, 0),
+                                       b = compile_options(v, "sm_90a", 13, 0);
         ASSERT_EQ(a.size(), b.size());
         std::vector<std::string> differing;
         for (size_t i = 0; i < a.size(); ++i)
@@ -849,7 +852,7 @@ TEST(FwdSm90BlockN, ReadsTheKeyBlockWidthPerHeadDimAndIgnoresMalformedOrOversize
     ScopedEnv env("ATTNFORGE_SM90_BLOCK_N", "128:176");
     for (TileConfig& t : v.tiles) t = sm90_tile_for(128);
   }
-  const std::vector<std::string> options = compile_options(v, "sm_90a");
+  const std::vector<std::string> options = compile_options(v, "sm_90a", 13, 0);
   EXPECT_NE(std::find(options.begin(), options.end(), "-DAF_BLOCK_N=176"), options.end());
   EXPECT_EQ(v.smem_bytes(90), (128 + 2 * 2 * 176) * 128 * 2 + 1024);
 }
@@ -886,6 +889,30 @@ TEST(FwdSm90QBuffers, TwoQTilesInThePersistentFormsWhereTheyFitAndOneWithTheKnob
           << v.name;
       EXPECT_LE(v.smem_bytes(90), kSm90SmemLimit) << v.name;
     }
+}
+
+// The cross-tile pipeline from NVRTC 12.9 on (12.1-12.8 serialise its wgmmas): the version reaches the options, so the
+// kernel cache keeps one entry per choice; the two Q tiles (and shared memory) do not depend on it.
+TEST(FwdSm90CrossTile, FromNvrtc129AndInTheCompileOptions) {
+  EXPECT_FALSE(sm90_cross_tile(12, 1));
+  EXPECT_FALSE(sm90_cross_tile(12, 8));
+  EXPECT_TRUE(sm90_cross_tile(12, 9));
+  EXPECT_TRUE(sm90_cross_tile(13, 0));
+  EXPECT_TRUE(sm90_cross_tile(14, 0));
+  ScopedEnv env("ATTNFORGE_SM90_Q_BUFFERS", nullptr);
+  const int index = find_variant(kFamilyFwdSm90, AF_DTYPE_BFLOAT16, 128, false, kSm90PingPongPersistent);
+  ASSERT_GE(index, 0);
+  const Variant& v = variants()[index];
+  ASSERT_EQ(v.tile_for(90).q_buffers, 2);
+  const auto has = [](const std::vector<std::string>& options, const std::string& option) {
+    return std::find(options.begin(), options.end(), option) != options.end();
+  };
+  for (const auto& [major, minor, cross_tile] :
+       {std::tuple{12, 1, false}, {12, 8, false}, {12, 9, true}, {13, 0, true}}) {
+    const std::vector<std::string> options = compile_options(v, "sm_90a", major, minor);
+    EXPECT_TRUE(has(options, cross_tile ? "-DAF_CROSS_TILE=1" : "-DAF_CROSS_TILE=0")) << major << "." << minor;
+    EXPECT_TRUE(has(options, "-DAF_Q_BUFFERS=2")) << major << "." << minor;
+  }
 }
 
 TEST(TileMap, RefusesWhatTmaCannotDescribeNamingTheArgument) {

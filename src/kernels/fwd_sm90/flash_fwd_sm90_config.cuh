@@ -19,6 +19,8 @@
 //   AF_Q_BUFFERS  Q tiles in shared memory: 2 (persistent forms where it fits: src/cuda/families.cpp's
 //                 sm90_q_buffers) lets the producer load the next tile's Q while the consumers work on
 //                 this one; 1 otherwise
+//   AF_CROSS_TILE 1 (with two Q tiles): the cross-tile pipeline below; 0 where the NVRTC's ptxas would
+//                 serialise its wgmmas (12.1 to 12.8: src/cuda/families.cpp's sm90_cross_tile)
 //   AF_EXTRAS     1: a sliding window's left edge (window_left) and softcap are compiled in; 0: the
 //                 kernel ignores both (the plan sends no such call to it), so the common case pays nothing
 
@@ -35,7 +37,7 @@ constexpr bool kExtras = AF_EXTRAS != 0;
 constexpr int kQBuffers = AF_Q_BUFFERS;
 // The persistent forms with two Q tiles carry each tile's last P V and epilogue into the next tile's first
 // step (flash_fwd_sm90.cuh, "cross-tile form"): the next tile's Q must be in shared memory by then.
-constexpr bool kCrossTile = kPersistent && kQBuffers == 2;
+constexpr bool kCrossTile = kPersistent && kQBuffers == 2 && AF_CROSS_TILE != 0;
 static_assert(kPersistent || !kTmaStore, "the TMA-store epilogue is a persistent form's");
 static_assert(kPersistent || !kDynamic, "the dynamic tile scheduler is a persistent form's");
 // O's staging tile: its own kBlockM x D buffer where it fits beside Q and the K/V ring within the
