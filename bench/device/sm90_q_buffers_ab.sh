@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # fwd_sm90's two Q tiles and cross-tile pipeline (AF_Q_BUFFERS=2: the persistent forms up to d128 load the next
 # tile's Q while the consumers work on this one, and issue each tile's last P V with the next tile's first
-# Q K^T) against one Q tile ($ATTNFORGE_SM90_Q_BUFFERS=1: neither), on an H100/H200, in two calls (~8 min each):
+# Q K^T) against one Q tile ($ATTNFORGE_SM90_Q_BUFFERS=1: neither), on an H100/H200, in two calls (~2 and ~4 min):
 #   OUT=dir bash bench/device/sm90_q_buffers_ab.sh check    # correctness
 #   OUT=dir bash bench/device/sm90_q_buffers_ab.sh timing   # speed, then the remaining sanitizers
 # check: pytest tests/gpu/test_forward_sm90.py (float64 reference; every schedule and form, sequences,
