@@ -87,29 +87,35 @@ af_pack_outputs() {
   OUT=$(mktemp -d)
 }
 
-# af_knob_timing VAR VALUE HEAD_DIMS SEQLENS SECONDS TABLE: sm90_check.py's timing stage (fwd_sm90 beside cuDNN,
-# bf16, 16k tokens per call; HEAD_DIMS and SEQLENS as its --head-dims and --seqlens) four times, with the
-# environment variable VAR unset, set to VALUE, unset, set (a knob read when the kernel table is built, so
-# one process per setting; each process times cuDNN too, so the ratios compare), each run given SECONDS;
-# then TABLE: sm90/cuDNN per shape (rows) and run (columns) with fwd_sm90's TFLOP/s and its plan's tile.
+# af_knob_timing VAR VALUES HEAD_DIMS SEQLENS SECONDS TABLE: sm90_check.py's timing stage (fwd_sm90 beside cuDNN,
+# bf16, 16k tokens per call; HEAD_DIMS and SEQLENS as its --head-dims and --seqlens) in two rounds, each with the
+# environment variable VAR unset and then set to each of VALUES (space-separated) in turn (a knob read when the
+# kernel table is built, so one process per setting; each process times cuDNN too, so the ratios compare), each
+# run given SECONDS; then TABLE: sm90/cuDNN per shape (rows) and run (columns) with fwd_sm90's TFLOP/s and its
+# plan's tile.
 af_knob_timing() {
-  local var=$1 value=$2 head_dims=$3 seqlens=$4 seconds=$5 table=$6 i knob label dir rc runs=()
-  for i in 1 2 3 4; do
-    if [ $((i % 2)) -eq 1 ]; then knob=""; label=default; else knob="$value"; label=knob; fi
-    dir="$OUT/timing-$i-$label"
-    env "$var=$knob" timeout $((seconds + 20)) python3 bench/device/sm90_check.py --stage timing \
-      --head-dims "$head_dims" --seqlens "$seqlens" --backends fwd_sm90,sdpa_cudnn --seconds "$seconds" \
-      --out "$dir" >"$dir.log" 2>&1
-    rc=$?
-    record "timing run $i ($label)" $rc
-    runs+=("$dir")
+  local var=$1 values=$2 head_dims=$3 seqlens=$4 seconds=$5 table=$6 i=0 round knob label dir rc runs=() names=()
+  for round in 1 2; do
+    for knob in "" $values; do
+      i=$((i + 1))
+      if [ -z "$knob" ]; then label=default; else label="$var=$knob"; fi
+      dir="$OUT/timing-$i"
+      env "$var=$knob" timeout $((seconds + 20)) python3 bench/device/sm90_check.py --stage timing \
+        --head-dims "$head_dims" --seqlens "$seqlens" --backends fwd_sm90,sdpa_cudnn --seconds "$seconds" \
+        --out "$dir" >"$dir.log" 2>&1
+      rc=$?
+      record "timing run $i ($label)" $rc
+      runs+=("$dir")
+      names+=("$label")
+    done
   done
-  python3 - "$var=$value" "${runs[@]}" <<'EOF' | tee "$table"
+  python3 - "${#runs[@]}" "${runs[@]}" "${names[@]}" <<'EOF' | tee "$table"
 import json
 import re
 import sys
 
-knob, dirs = sys.argv[1], sys.argv[2:]
+count = int(sys.argv[1])
+dirs, names = sys.argv[2:2 + count], sys.argv[2 + count:]
 runs = []
 for d in dirs:
     try:
@@ -118,8 +124,7 @@ for d in dirs:
                          for r in json.load(f)["rows"]})
     except (OSError, ValueError):
         runs.append({})
-names = ["default" if i % 2 == 0 else knob for i in range(len(dirs))]
-print("# fwd_sm90 / cuDNN, default against %s, bf16, CUDA-graph replay\n" % knob)
+print("# fwd_sm90 / cuDNN, default against %s, bf16, CUDA-graph replay\n" % ", ".join(sorted(set(names) - {"default"})))
 print("| shape | " + " | ".join("run %d: %s" % (i + 1, n) for i, n in enumerate(names)) + " |")
 print("|---|" + "---|" * len(names))
 for key in sorted(set().union(*runs), key=lambda k: (k[4], k[5], k[3] != k[2], k[1])):
@@ -135,5 +140,18 @@ for key in sorted(set().union(*runs), key=lambda k: (k[4], k[5], k[3] != k[2], k
                                           tile.group(1) if tile else "?"))
     print("| b%d s%d h%d/%d d%d %s | %s |" % (b, s, h, hk, d, "causal" if causal else "full", " | ".join(cells)))
 print("\ncells: sm90/cuDNN (fwd_sm90 TFLOP/s, the plan's tile)")
+# Each setting against the default: fwd_sm90's mean TFLOP/s over the setting's runs / over the default's runs.
+labels = [n for n in dict.fromkeys(names) if n != "default"]
+print("\n| shape | " + " | ".join("%s / default" % n for n in labels) + " |")
+print("|---|" + "---|" * len(labels))
+for key in sorted(set().union(*runs), key=lambda k: (k[4], k[5], k[3] != k[2], k[1])):
+    def mean(label):
+        values = [run[key]["fwd_sm90"] for run, n in zip(runs, names)
+                  if n == label and key in run and run[key].get("fwd_sm90")]
+        return sum(values) / len(values) if values else None
+    base = mean("default")
+    cells = ["%.3f" % (mean(n) / base) if base and mean(n) else "-" for n in labels]
+    b, s, h, hk, d, causal = key
+    print("| b%d s%d h%d/%d d%d %s | %s |" % (b, s, h, hk, d, "causal" if causal else "full", " | ".join(cells)))
 EOF
 }
