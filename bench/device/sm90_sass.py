@@ -11,7 +11,7 @@ outside the loop and are not counted. Issue 13 / bench/device/NOTES.md (fwd_sm90
 quote these counts as the prediction; they are not timings.
 
   python3 bench/device/sm90_sass.py [--root DIR] [--head-dim 128] [--dtype bf16] [--schedule pingpong-persistent]
-      [--stages 2] [--block-m 128] [--block-n 176] [--q-buffers 1] [--no-cross-tile] [--exp2-fma K] [--extras] [--sass FILE]
+      [--stages 2] [--block-m 128] [--block-n 176] [--q-buffers 1] [--no-cross-tile] [--extras] [--sass FILE]
 
 --extras compiles the variant's extras form (AF_EXTRAS=1: a sliding window's left edge and softcap).
 
@@ -139,7 +139,7 @@ def compile_sass(args):
                "-DAF_SM90_SCHEDULE=%d" % schedule, "-DAF_SM90_PERSISTENT=%d" % persistent,
                "-DAF_SM90_TMA_STORE=%d" % tma_store, "-DAF_SM90_DYNAMIC=%d" % dynamic,
                "-DAF_Q_BUFFERS=%d" % q_buffers(args, block_n, persistent, tma_store),
-               "-DAF_CROSS_TILE=%d" % (not args.no_cross_tile), "-DAF_EXP2_FMA=%d" % args.exp2_fma]
+               "-DAF_CROSS_TILE=%d" % (not args.no_cross_tile)]
     sass, resources = module_sass(args.root, MODULE, args.arch, defines)
     return sass, block_n, resources
 
@@ -157,8 +157,6 @@ def main():
     parser.add_argument("--block-n", type=int, choices=range(64, 193, 16), metavar="{64,80,..,192}",
                         help="keys per block (default: 128, d256 64; $ATTNFORGE_SM90_BLOCK_N's widths)")
     parser.add_argument("--q-buffers", type=int, choices=(1, 2), help="Q tiles (default: sm90_q_buffers)")
-    parser.add_argument("--exp2-fma", type=int, default=0, choices=range(17), metavar="K",
-                        help="of every 16 exps, K on the FMA pipe (AF_EXP2_FMA; default 0)")
     parser.add_argument("--no-cross-tile", action="store_true",
                         help="two Q tiles without the cross-tile pipeline (what NVRTC 12.1-12.8 compile)")
     parser.add_argument("--extras", action="store_true", help="the extras form (windows' left edge, softcap)")

@@ -35,7 +35,6 @@ struct TileConfig {
   int stages;  // K/V ring depth (fwd_sm80 1 to 3, decode 2 to 4, fwd_sm90 2 to 4)
   int block_m_rows;
   int q_buffers = 1;  // fwd_sm90: Q tiles in shared memory (2: the next tile's Q loads during this one)
-  int exp2_fma = 0;   // fwd_sm90: of every 16 softmax exps, how many run on the FMA pipe (sm90_exp2_fma)
   int block_m() const { return block_m_rows; }
   int threads() const { return warps * 32; }
 };
@@ -110,11 +109,6 @@ int sm90_q_buffers(int head_dim, const TileConfig& tile, Sm90Schedule schedule);
 // 12.8 serialises every wgmma of that kernel (C7515/C7516, checked for each of them), so those compile the two Q tiles
 // without it.
 bool sm90_cross_tile(int nvrtc_major, int nvrtc_minor);
-// Of every 16 exps of a fwd_sm90 head dim's softmax, how many run on the FMA pipe as a polynomial (AF_EXP2_FMA,
-// exp2_fma in fwd_sm90/sm90_ptx.cuh) instead of on the MUFU unit, whose 16 per clock per SM match the tensor cores'
-// rate of scores at d64 and half of it at d128: 0 by default (not yet measured); $ATTNFORGE_SM90_EXP2_FMA="D:k;..."
-// (k from 0 to 16) sets it for tuning runs (part of the compile options).
-int sm90_exp2_fma(int head_dim);
 
 // Decode tiles by grid size (decode only): the default tile, and on the 227 KB class the wide-grid tiles for grids
 // of more CTAs than one wave of it: 4 warps with a 3-block ring (two CTAs per SM at d128, four at d64) and, at

@@ -857,37 +857,6 @@ TEST(FwdSm90BlockN, ReadsTheKeyBlockWidthPerHeadDimAndIgnoresMalformedOrOversize
   EXPECT_EQ(v.smem_bytes(90), (128 + 2 * 2 * 176) * 128 * 2 + 1024);
 }
 
-// $ATTNFORGE_SM90_EXP2_FMA="D:k;...": of every 16 softmax exps, k on the FMA pipe, per head dim (0 to 16; the last
-// valid entry of a head dim wins, anything else ignored), in the compile options (so the kernel cache's key).
-TEST(FwdSm90Exp2Fma, ReadsTheShareEachHeadDimAndPassesItToTheKernel) {
-  const struct {
-    const char* value;
-    int d64, d128, d256;
-  } cases[] = {
-      {nullptr, 0, 0, 0},
-      {"", 0, 0, 0},
-      {"64:2", 2, 0, 0},
-      {"64:2;128:1;256:16", 2, 1, 16},
-      {"128:3;128:0", 0, 0, 0},
-      {"128:17;128:-1;64:4", 4, 0, 0},  // past 16, negative
-      {"abc;128:x;;64:", 0, 0, 0},
-      {"96:4;192:4", 0, 0, 0},  // not a compiled head dim
-  };
-  for (const auto& c : cases) {
-    ScopedEnv env("ATTNFORGE_SM90_EXP2_FMA", c.value);
-    const char* shown = c.value != nullptr ? c.value : "(unset)";
-    EXPECT_EQ(sm90_exp2_fma(64), c.d64) << shown;
-    EXPECT_EQ(sm90_exp2_fma(128), c.d128) << shown;
-    EXPECT_EQ(sm90_exp2_fma(256), c.d256) << shown;
-  }
-  const int index = find_variant(kFamilyFwdSm90, AF_DTYPE_BFLOAT16, 64, false, kSm90PingPongPersistent);
-  ASSERT_GE(index, 0);
-  Variant v = variants()[index];
-  for (TileConfig& t : v.tiles) t.exp2_fma = 3;
-  const std::vector<std::string> options = compile_options(v, "sm_90a", 13, 0);
-  EXPECT_NE(std::find(options.begin(), options.end(), "-DAF_EXP2_FMA=3"), options.end());
-}
-
 TEST(FwdSm90QBuffers, TwoQTilesInThePersistentFormsWhereTheyFitAndOneWithTheKnob) {
   ScopedEnv stages("ATTNFORGE_SM90_STAGES", nullptr);
   ScopedEnv block_n("ATTNFORGE_SM90_BLOCK_N", nullptr);

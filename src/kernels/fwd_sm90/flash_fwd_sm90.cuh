@@ -341,11 +341,6 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
   // same. The rescale (row_sum here, O by correction in the caller, which must wait for P V first)
   // runs only when some row of the warp moved: the return value, the same in all lanes. With the
   // exact max it ran on most blocks (any of a warp's 16 rows finding a new max), 64 FMULs each.
-  // S element e's exp: kExp2Fma of every 16 consecutive elements (spread evenly) on the FMA pipe, the rest
-  // on MUFU; e is a compile-time index once the loops unroll.
-  auto exp2_at = [](int e, float x) {
-    return (e % 16) * kExp2Fma / 16 != (e % 16 + 1) * kExp2Fma / 16 ? exp2_fma(x) : exp2_approx(x);
-  };
   auto softmax = [&](float(&s)[kSRegisters], float(&correction)[2]) {
     constexpr float kRescaleLog2 = 8.f;
     float block_max[2];
@@ -378,8 +373,8 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
       const float base = row_max[half] == AF_NEG_INF ? 0.f : row_max[half];
 #pragma unroll
       for (int j = 0; j < kBlockN / 8; ++j) {
-        const float p0 = exp2_at(4 * j + 2 * half, fmaf(s[4 * j + 2 * half], scale, -base));
-        const float p1 = exp2_at(4 * j + 2 * half + 1, fmaf(s[4 * j + 2 * half + 1], scale, -base));
+        const float p0 = exp2_approx(fmaf(s[4 * j + 2 * half], scale, -base));
+        const float p1 = exp2_approx(fmaf(s[4 * j + 2 * half + 1], scale, -base));
         s[4 * j + 2 * half] = p0;
         s[4 * j + 2 * half + 1] = p1;
         row_sum[half] += p0 + p1;

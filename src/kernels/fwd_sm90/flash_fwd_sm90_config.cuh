@@ -23,8 +23,6 @@
 //                 serialise its wgmmas (12.1 to 12.8: src/cuda/families.cpp's sm90_cross_tile)
 //   AF_EXTRAS     1: a sliding window's left edge (window_left) and softcap are compiled in; 0: the
 //                 kernel ignores both (the plan sends no such call to it), so the common case pays nothing
-//   AF_EXP2_FMA   of every 16 exps of the softmax, how many run on the FMA pipe (exp2_fma in
-//                 sm90_ptx.cuh) rather than the MUFU unit, 0 to 16 (src/cuda/families.cpp's sm90_exp2_fma)
 
 constexpr int kHeadDim = AF_HEAD_DIM;
 constexpr int kBlockM = AF_BLOCK_M;
@@ -37,8 +35,6 @@ constexpr bool kTmaStore = AF_SM90_TMA_STORE != 0;
 constexpr bool kDynamic = AF_SM90_DYNAMIC != 0;
 constexpr bool kExtras = AF_EXTRAS != 0;
 constexpr int kQBuffers = AF_Q_BUFFERS;
-constexpr int kExp2Fma = AF_EXP2_FMA;
-static_assert(kExp2Fma >= 0 && kExp2Fma <= 16, "exps on the FMA pipe: 0 to 16 of every 16");
 // The persistent forms with two Q tiles carry each tile's last P V and epilogue into the next tile's first
 // step (flash_fwd_sm90.cuh, "cross-tile form"): the next tile's Q must be in shared memory by then.
 constexpr bool kCrossTile = kPersistent && kQBuffers == 2 && AF_CROSS_TILE != 0;

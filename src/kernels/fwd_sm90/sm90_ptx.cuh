@@ -20,27 +20,6 @@ struct alignas(64) CUtensorMap {
 #define AF_WGMMA_TYPES ".f32.f16.f16"
 #endif
 
-// exp2(x) on the FMA pipe, for the share of the softmax's exps that the MUFU unit (16 per clock per SM, the
-// same rate as the tensor cores' scores at d64) is relieved of (FlashAttention-4's exp2 emulation):
-// 2^x = 2^n * p(f), n = floor(x), f = x - n in [0, 1), p a minimax fit of 2^f with p(0) = 1 exactly (degree 3
-// for bf16 P, relative error 8.6e-5 against P's rounding of 2^-9; degree 4 for fp16, 2.9e-6 against 2^-12;
-// bench/device/NOTES.md gives the fit). n comes from adding 1.5 * 2^23 rounded down (its low bits then hold
-// n), 2^n from n placed in an exponent field. x is clamped to -127 first, NaN kept (max.NaN): -inf gives
-// 2^-127 -> an exponent field of 0, so exactly 0 (masked keys) as from ex2.approx.ftz; x <= 127.
-__device__ __forceinline__ float exp2_fma(float x) {
-  float xc, t;
-  asm("max.NaN.f32 %0, %1, 0fC2FE0000;\n" : "=f"(xc) : "f"(x));  // max(x, -127)
-  asm("add.rm.f32 %0, %1, 0f4B400000;\n" : "=f"(t) : "f"(xc));    // 1.5 * 2^23 + floor(x)
-  const float f = xc - (t - 12582912.f);
-#if AF_BF16
-  const float q = f * fmaf(fmaf(0.0770670425f, f, 0.22764499f), f, 0.695116787f);
-#else
-  const float q = f * fmaf(fmaf(fmaf(0.0134266844f, f, 0.052242474f), f, 0.241280205f), f, 0.693044845f);
-#endif
-  const float scale = __uint_as_float((__float_as_uint(t) << 23) + 0x3f800000u);  // 2^n (t's low bits: n)
-  return fmaf(scale, q, scale);
-}
-
 __device__ __forceinline__ void mbarrier_init(af_u32 bar, int count) {
   asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
 }
