@@ -92,15 +92,22 @@ af_pack_outputs() {
 # environment variable VAR unset and then set to each of VALUES (space-separated) in turn (a knob read when the
 # kernel table is built, so one process per setting; each process times cuDNN too, so the ratios compare), each
 # run given SECONDS; then TABLE: sm90/cuDNN per shape (rows) and run (columns) with fwd_sm90's TFLOP/s and its
-# plan's tile.
+# plan's tile. VAR "-": each of VALUES is itself a comma-separated list of NAME=value settings.
 af_knob_timing() {
   local var=$1 values=$2 head_dims=$3 seqlens=$4 seconds=$5 table=$6 i=0 round knob label dir rc runs=() names=()
+  local settings
   for round in 1 2; do
     for knob in "" $values; do
       i=$((i + 1))
-      if [ -z "$knob" ]; then label=default; else label="$var=$knob"; fi
+      if [ "$var" = - ]; then
+        IFS=, read -r -a settings <<<"$knob"
+        label=${knob:-default}
+      else
+        settings=("$var=$knob")
+        if [ -z "$knob" ]; then label=default; else label="$var=$knob"; fi
+      fi
       dir="$OUT/timing-$i"
-      env "$var=$knob" timeout $((seconds + 20)) python3 bench/device/sm90_check.py --stage timing \
+      env "${settings[@]}" timeout $((seconds + 20)) python3 bench/device/sm90_check.py --stage timing \
         --head-dims "$head_dims" --seqlens "$seqlens" --backends fwd_sm90,sdpa_cudnn --seconds "$seconds" \
         --out "$dir" >"$dir.log" 2>&1
       rc=$?

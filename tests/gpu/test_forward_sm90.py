@@ -246,6 +246,47 @@ def test_fwd_sm90_dynamic_forms_counter_across_launches_graphs_streams_and_works
         torch.int32).item()
 
 
+def rising_scores(dtype, batch, seqlen, heads, heads_kv, head_dim, spike):
+    """q, k, v (B, S, H, D) whose scores rise toward key 0 by about 4 (log2 units, after the softmax scale) per 64
+    keys, the order in which fwd_sm90's main loop meets them (from the last key block to the first), so that the
+    lazy reference max moves again and again; with spike, keys 0-7 score about 150 above the rest, past exp2's
+    range (2^128) relative to any earlier reference. A shared direction u in q and k carries the rise."""
+    u = torch.randint(0, 2, (head_dim,), device=DEVICE).float() * 2 - 1
+    q = torch.randn(batch, seqlen, heads, head_dim, device=DEVICE) + 2 * u
+    per_unit = 2 * head_dim / math.sqrt(head_dim) * math.log2(math.e)  # log2 units per unit of u in a key
+    chunks = (seqlen - 1 - torch.arange(seqlen, device=DEVICE)) // 64
+    lift = chunks.float() * 4 / per_unit
+    if spike:
+        lift[:8] = lift.max() + 150 / per_unit
+    k = torch.randn(batch, seqlen, heads_kv, head_dim, device=DEVICE) + lift[None, :, None, None] * u
+    v = torch.randn(batch, seqlen, heads_kv, head_dim, device=DEVICE)
+    return q.to(dtype), k.to(dtype), v.to(dtype)
+
+
+@pytest.mark.parametrize("spike", [False, True], ids=["rising", "spike"])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_fwd_sm90_rising_scores(dtype, head_dim, causal, spike, seed):
+    """Scores that keep rising block after block, and a jump past exp2's range, against float64: the softmax's
+    reference max must move (O, row sums and LSE rescaled) wherever P would pass 2^8."""
+    batch, seqlen, heads, heads_kv = 2, 700, 4, 2
+    q, k, v = rising_scores(dtype, batch, seqlen, heads, heads_kv, head_dim, spike)
+    plan = planned_family(dtype, batch, seqlen, seqlen, heads, heads_kv, head_dim, causal)
+    assert "fwd_sm90" in plan, plan
+    out = torch.full_like(q, float("nan"))
+    lse = torch.full((batch, heads, seqlen), float("nan"), dtype=torch.float32, device=DEVICE)
+    _native.attention_forward(q, k, v, out, softmax_lse=lse, causal=causal, backend="cuda")
+    torch.cuda.synchronize()
+    scale = 1.0 / math.sqrt(head_dim)
+    for b in range(batch):
+        qb, kb, vb = q[b].cpu(), k[b].cpu(), v[b].cpu()
+        expected, expected_lse = sequence_attention(qb.double(), kb.double(), vb.double(), scale, causal)
+        naive, _ = sequence_attention(qb, kb, vb, scale, causal, precision=dtype)
+        assert_close(out[b].cpu(), expected, naive, dtype, what="out[%d]" % b)
+        assert_lse_close(lse[b].cpu(), expected_lse)
+
+
 def test_calls_fwd_sm90_does_not_take_run_on_fwd_sm80_and_say_why(seed):
     """ALiBi goes to fwd_sm80 (still correct), also beside a window and softcap; the plan names
     fwd_sm80 and the reason."""
