@@ -333,17 +333,17 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
         for (int e = 0; e < kSRegisters; ++e) s[e] = tanh_approx(s[e] * p.softcap_in);
       }
   };
-  // Online softmax with a lazy reference max (FlashAttention-4's conditional rescale): P = exp2(S * scale -
-  // row_max) extends row_sum, where row_max (scaled: log2 units) moves only when a block's max exceeds it by
-  // more than kRescaleLog2. P then stays at most 2^8 (exact in the 16-bit types' range, and their relative
-  // precision does not depend on the magnitude), and O, row_sum and the LSE are measured from whatever
-  // reference their row holds, so the result is the same. The rescale (row_sum here, O by correction in the
-  // caller, which must wait for P V first) runs only when some row of the warp moved: the same in all lanes.
-  // With the exact max it ran on most blocks (any of a warp's 16 rows finding a new max), 64 FMULs each.
-  constexpr float kRescaleLog2 = 8.f;
-  // This block's max of S * scale of rows g and g + 8 (over the row's 4 threads), and whether any row of the
-  // warp moves its reference (a row with no visible key keeps -inf: -inf > -inf + 8 is false).
-  auto block_max_moved = [&](const float(&s)[kSRegisters], float(&block_max)[2]) {
+  // Online softmax with a lazy reference max (FlashAttention-4's conditional rescale): S becomes
+  // exp2(S * scale - row_max) in place and extends row_sum, where row_max (scaled: log2 units) moves
+  // only when a block's max exceeds it by more than kRescaleLog2. P then stays at most 2^8 (exact in
+  // the 16-bit types' range, and their relative precision does not depend on the magnitude), and O,
+  // row_sum and the LSE are measured from whatever reference their row holds, so the result is the
+  // same. The rescale (row_sum here, O by correction in the caller, which must wait for P V first)
+  // runs only when some row of the warp moved: the return value, the same in all lanes. With the
+  // exact max it ran on most blocks (any of a warp's 16 rows finding a new max), 64 FMULs each.
+  auto softmax = [&](float(&s)[kSRegisters], float(&correction)[2]) {
+    constexpr float kRescaleLog2 = 8.f;
+    float block_max[2];
     bool moved = false;
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
@@ -353,22 +353,20 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
       m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
       m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
       block_max[half] = m * scale;
+      // A row with no visible key keeps -inf (-inf > -inf + 8 is false).
       moved = moved || block_max[half] > row_max[half] + kRescaleLog2;
     }
-    return __any_sync(0xffffffffu, moved) != 0;
-  };
-  auto move_reference = [&](const float(&block_max)[2], float(&correction)[2]) {
+    const bool rescale = __any_sync(0xffffffffu, moved) != 0;
+    if (rescale) {
 #pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const float top = fmaxf(row_max[half], block_max[half]);
-      // exp2(-inf - 0) = 0 for a row's first visible keys; rows still without any keep -inf.
-      correction[half] = exp2_approx(row_max[half] - (top == AF_NEG_INF ? 0.f : top));
-      row_sum[half] *= correction[half];
-      row_max[half] = top;
+      for (int half = 0; half < 2; ++half) {
+        const float top = fmaxf(row_max[half], block_max[half]);
+        // exp2(-inf - 0) = 0 for a row's first visible keys; rows still without any keep -inf.
+        correction[half] = exp2_approx(row_max[half] - (top == AF_NEG_INF ? 0.f : top));
+        row_sum[half] *= correction[half];
+        row_max[half] = top;
+      }
     }
-  };
-  // P = exp2(S * scale - row_max), each row's sum added to sum; store(e, p0, p1) keeps elements e and e + 1.
-  auto exps = [&](const float(&s)[kSRegisters], float(&sum)[2], auto&& store) {
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       // Subtracting 0 from a row still at -inf gives exp2(-inf) = 0 for its (masked) scores.
@@ -377,49 +375,11 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
       for (int j = 0; j < kBlockN / 8; ++j) {
         const float p0 = exp2_approx(fmaf(s[4 * j + 2 * half], scale, -base));
         const float p1 = exp2_approx(fmaf(s[4 * j + 2 * half + 1], scale, -base));
-        store(4 * j + 2 * half, p0, p1);
-        sum[half] += p0 + p1;
+        s[4 * j + 2 * half] = p0;
+        s[4 * j + 2 * half + 1] = p1;
+        row_sum[half] += p0 + p1;
       }
     }
-  };
-  // S becomes P in place: the block max first, then the exps.
-  auto softmax = [&](float(&s)[kSRegisters], float(&correction)[2]) {
-    float block_max[2];
-    const bool rescale = block_max_moved(s, block_max);
-    if (rescale) move_reference(block_max, correction);
-    exps(s, row_sum, [&](int e, float p0, float p1) {
-      s[e] = p0;
-      s[e + 1] = p1;
-    });
-    return rescale;
-  };
-  // The same P from S into p with the max off the exps' path (AF_DEFERRED_MAX): the exps run against the
-  // reference first; every P is at most its thread's block sum, so only where a sum passes 2^8 (inf too) or a row
-  // has no reference yet does the block max decide, as in softmax, and the exps run again if a row moved. S stays
-  // in s for that (S and P in fp32: 8 bytes of spills at d128). A NaN sum compares false: NaN stays in P and the
-  // row sum, as in softmax. Packing P into a second 16-bit buffer instead (pa may still be read by the previous
-  // block's P V) spills nothing but makes ptxas serialise every wgmma: the copy into pa defines wgmma inputs.
-  auto softmax_deferred = [&](const float(&s)[kSRegisters], float(&p)[kSRegisters], float(&correction)[2]) {
-    const auto store = [&](int e, float p0, float p1) {
-      p[e] = p0;
-      p[e + 1] = p1;
-    };
-    float sum[2] = {0.f, 0.f};
-    exps(s, sum, store);
-    bool rescale = false;
-    constexpr float kMaxP = float(1 << int(kRescaleLog2));
-    const bool check = sum[0] > kMaxP || sum[1] > kMaxP || row_max[0] == AF_NEG_INF || row_max[1] == AF_NEG_INF;
-    if (__any_sync(0xffffffffu, check)) {
-      float block_max[2];
-      rescale = block_max_moved(s, block_max);
-      if (rescale) {
-        move_reference(block_max, correction);
-        sum[0] = sum[1] = 0.f;
-        exps(s, sum, store);
-      }
-    }
-    row_sum[0] += sum[0];
-    row_sum[1] += sum[1];
     return rescale;
   };
   auto rescale_o = [&](const float(&correction)[2]) {
@@ -563,8 +523,7 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
     }
   };
 
-  float s[kSRegisters];       // (64 rows, kBlockN keys) scores, then probabilities
-  float p_next[kSRegisters];  // AF_DEFERRED_MAX: the probabilities, S kept in s (unused otherwise)
+  float s[kSRegisters];  // (64 rows, kBlockN keys) scores, then probabilities
   af_u32 pa[kBlockN / 16][4];
   float correction[2];
   int q_uses = 0;  // this CTA's tiles with keys so far (q_buffer, q_parity)
@@ -748,20 +707,13 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
         release_q(i, n_blocks);
         apply_softcap(s);
         mask(s, n_end - 1 - i);
-        bool rescale;
-        if constexpr (kDeferredMax)
-          rescale = softmax_deferred(s, p_next, correction);
-        else
-          rescale = softmax(s, correction);
+        const bool rescale = softmax(s, correction);
         wgmma_wait<0>();  // P V of block i - 1
         fence_o();
         __syncwarp();
         if (lane == 0) mbarrier_arrive(v_empty(stage(i - 1)));
         if (rescale) rescale_o(correction);
-        if constexpr (kDeferredMax)
-          pack_p(p_next, pa);
-        else
-          pack_p(s, pa);
+        pack_p(s, pa);
       }
       if constexpr (!kCrossTile) {
         const int last = n_blocks - 1;
