@@ -19,8 +19,8 @@
 // (checked by the cuda_compile test). $ATTNFORGE_TILE="D:warps,m_tiles,block_n,stages;..."
 // overrides a fwd_sm80 head dim's shape for tuning runs, $ATTNFORGE_DECODE_TILE a decode one,
 // $ATTNFORGE_SM90_STAGES a fwd_sm90 one's ring depth, $ATTNFORGE_SM90_BLOCK_N its 128-row tile's key-block
-// width, $ATTNFORGE_SM90_Q_BUFFERS=1 its persistent forms' Q tiles (each override is part of the compile options, so it
-// gets its own cache entries).
+// width, $ATTNFORGE_SM90_Q_BUFFERS=1 its persistent forms' Q tiles, $ATTNFORGE_SM90_DEFERRED_MAX=1 its softmax's order
+// (each override is part of the compile options, so it gets its own cache entries).
 #include "cuda/families.h"
 
 #include <cstdio>
@@ -114,6 +114,11 @@ int sm90_q_buffers(int head_dim, const TileConfig& tile, Sm90Schedule schedule) 
   const bool tma_store = sm90_tma_store(schedule);
   if (tma_store && sm90_o_in_q(head_dim, tile.block_m(), tile.block_n, tile.stages)) return 1;
   return sm90_smem_bytes(head_dim, tile.block_m(), tile.block_n, tile.stages, tma_store, 2) <= kSm90SmemLimit ? 2 : 1;
+}
+
+bool sm90_deferred_max(const TileConfig& tile) {
+  const char* text = std::getenv("ATTNFORGE_SM90_DEFERRED_MAX");
+  return tile.block_m() == kSm90BlockM && text != nullptr && std::strcmp(text, "1") == 0;
 }
 
 bool sm90_cross_tile(int nvrtc_major, int nvrtc_minor) {
@@ -265,6 +270,7 @@ std::vector<Variant> build_variants() {
             for (TileConfig& t : v.tiles) {
               t = block_m == kSm90WideBlockM ? sm90_wide_tile() : sm90_tile_for(d);
               t.q_buffers = sm90_q_buffers(d, t, schedule);
+              t.deferred_max = sm90_deferred_max(t);
             }
             v.name = std::string("fwd_sm90") + (dtype == AF_DTYPE_BFLOAT16 ? "_bf16" : "_fp16") + "_d" +
                      std::to_string(d) + (block_m == kSm90WideBlockM ? "_m192" : "") + (extras ? "_extras" : "") +
@@ -405,6 +411,7 @@ std::vector<std::string> compile_options(const Variant& v, const std::string& ta
     options.push_back(std::string("-DAF_SM90_DYNAMIC=") + (sm90_dynamic(v.schedule) ? "1" : "0"));
     options.push_back("-DAF_Q_BUFFERS=" + std::to_string(tile.q_buffers));
     options.push_back(std::string("-DAF_CROSS_TILE=") + (sm90_cross_tile(nvrtc_major, nvrtc_minor) ? "1" : "0"));
+    options.push_back(std::string("-DAF_DEFERRED_MAX=") + (tile.deferred_max ? "1" : "0"));
   }
   // Decode: the launch bound's minimum CTAs per SM is what the tile's shared memory and 128 registers per thread
   // allow (Variant::ctas_per_sm), so that ptxas allocates registers for that occupancy rather than by its own

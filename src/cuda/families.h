@@ -34,7 +34,8 @@ struct TileConfig {
   int block_n;
   int stages;  // K/V ring depth (fwd_sm80 1 to 3, decode 2 to 4, fwd_sm90 2 to 4)
   int block_m_rows;
-  int q_buffers = 1;  // fwd_sm90: Q tiles in shared memory (2: the next tile's Q loads during this one)
+  int q_buffers = 1;          // fwd_sm90: Q tiles in shared memory (2: the next tile's Q loads during this one)
+  bool deferred_max = false;  // fwd_sm90: the main loop's block max after the exps (sm90_deferred_max)
   int block_m() const { return block_m_rows; }
   int threads() const { return warps * 32; }
 };
@@ -109,6 +110,14 @@ int sm90_q_buffers(int head_dim, const TileConfig& tile, Sm90Schedule schedule);
 // 12.8 serialises every wgmma of that kernel (C7515/C7516, checked for each of them), so those compile the two Q tiles
 // without it.
 bool sm90_cross_tile(int nvrtc_major, int nvrtc_minor);
+// Whether a fwd_sm90 tile's overlap/pingpong main loop issues each step's P V before its S and runs the exps against
+// the reference max first, taking the block max only where some row's sum of P passes 2^8 (AF_DEFERRED_MAX;
+// softmax_deferred in fwd_sm90/flash_fwd_sm90.cuh): SASS per unmasked key block d64 403 -> 331, d128 422 -> 351,
+// d256 315 -> 286 (nvcc 13.0), no spills, no serialised wgmma from NVRTC 12.9 on. An experiment, not measured in
+// this form: off unless $ATTNFORGE_SM90_DEFERRED_MAX=1, which turns it on for the 128-row tiles (A/B runs:
+// bench/device/sm90_deferred_max_ab.sh; part of the compile options). The 192-row d64 tile's 160 registers do not
+// hold S beside P.
+bool sm90_deferred_max(const TileConfig& tile);
 
 // Decode tiles by grid size (decode only): the default tile, and on the 227 KB class the wide-grid tiles for grids
 // of more CTAs than one wave of it: 4 warps with a 3-block ring (two CTAs per SM at d128, four at d64) and, at

@@ -163,19 +163,21 @@ TEST(CudaCompile, EveryVariantForEveryArchWithoutSpills) {
   }
 }
 
-// The fwd_sm90 forms that $ATTNFORGE_SM90_BLOCK_N / $ATTNFORGE_SM90_STAGES (tuning runs) give the table:
+// The fwd_sm90 forms that $ATTNFORGE_SM90_BLOCK_N / $ATTNFORGE_SM90_STAGES / $ATTNFORGE_SM90_DEFERRED_MAX (tuning
+// runs) give the table:
 //   ATTNFORGE_SM90_BLOCK_N="128:176;256:80" ./attnforge_tests --gtest_filter=CudaCompile.Sm90Tuned*
-// every variant whose tile is not the untuned one (128 keys, 64 at d256; 2 stages) compiles for sm_90a
-// without spills, stack or serialized wgmmas; prints registers and a digest of the cubin. Skipped when
-// neither knob is set (the matrix test above covers the untuned table).
+// every variant whose tile is not the untuned one (128 keys, 64 at d256; 2 stages; the block max first) compiles
+// for sm_90a without spills, stack or serialized wgmmas; prints registers and a digest of the cubin. Skipped when
+// no knob is set (the matrix test above covers the untuned table).
 TEST(CudaCompile, Sm90TunedFormsWithoutSpillsStackOrSerializedWgmma) {
-  if (std::getenv("ATTNFORGE_SM90_BLOCK_N") == nullptr && std::getenv("ATTNFORGE_SM90_STAGES") == nullptr)
-    GTEST_SKIP() << "neither ATTNFORGE_SM90_BLOCK_N nor ATTNFORGE_SM90_STAGES is set";
+  if (std::getenv("ATTNFORGE_SM90_BLOCK_N") == nullptr && std::getenv("ATTNFORGE_SM90_STAGES") == nullptr &&
+      std::getenv("ATTNFORGE_SM90_DEFERRED_MAX") == nullptr)
+    GTEST_SKIP() << "none of ATTNFORGE_SM90_BLOCK_N, ATTNFORGE_SM90_STAGES and ATTNFORGE_SM90_DEFERRED_MAX is set";
   if (!nvrtc().ok) GTEST_SKIP() << "NVRTC not found: " << nvrtc().failure;
   std::vector<const Variant*> tuned;
   for (const Variant& v : variants()) {
     const TileConfig& t = v.tile_for(90);
-    if (v.family == kFamilyFwdSm90 && (t.block_n != (v.head_dim == 256 ? 64 : 128) || t.stages != 2))
+    if (v.family == kFamilyFwdSm90 && (t.block_n != (v.head_dim == 256 ? 64 : 128) || t.stages != 2 || t.deferred_max))
       tuned.push_back(&v);
   }
   ASSERT_FALSE(tuned.empty()) << "the knobs changed no fwd_sm90 tile";

@@ -857,6 +857,29 @@ TEST(FwdSm90BlockN, ReadsTheKeyBlockWidthPerHeadDimAndIgnoresMalformedOrOversize
   EXPECT_EQ(v.smem_bytes(90), (128 + 2 * 2 * 176) * 128 * 2 + 1024);
 }
 
+// $ATTNFORGE_SM90_DEFERRED_MAX=1: the 128-row tiles' softmax with the block max after the exps (an experiment, off
+// otherwise; "0", "", "yes" and unset leave it off), in the compile options (so the kernel cache's key).
+TEST(FwdSm90DeferredMax, OnlyWithTheKnobAndOnlyOn128RowTiles) {
+  for (const char* off : {static_cast<const char*>(nullptr), "", "0", "yes", "1 "}) {
+    ScopedEnv env("ATTNFORGE_SM90_DEFERRED_MAX", off);
+    for (int d : {64, 128, 256}) EXPECT_FALSE(sm90_deferred_max(sm90_tile_for(d))) << (off ? off : "(unset)");
+  }
+  ScopedEnv env("ATTNFORGE_SM90_DEFERRED_MAX", "1");
+  for (int d : {64, 128, 256}) EXPECT_TRUE(sm90_deferred_max(sm90_tile_for(d))) << "d" << d;
+  EXPECT_FALSE(sm90_deferred_max(sm90_wide_tile()));
+  const int index = find_variant(kFamilyFwdSm90, AF_DTYPE_BFLOAT16, 128, false, kSm90PingPongPersistent);
+  ASSERT_GE(index, 0);
+  Variant v = variants()[index];
+  const auto has = [](const std::vector<std::string>& options, const std::string& option) {
+    return std::find(options.begin(), options.end(), option) != options.end();
+  };
+  EXPECT_EQ(has(compile_options(v, "sm_90a", 13, 0), "-DAF_DEFERRED_MAX=1"), v.tile_for(90).deferred_max);
+  for (TileConfig& t : v.tiles) t.deferred_max = true;
+  EXPECT_TRUE(has(compile_options(v, "sm_90a", 13, 0), "-DAF_DEFERRED_MAX=1"));
+  for (TileConfig& t : v.tiles) t.deferred_max = false;
+  EXPECT_TRUE(has(compile_options(v, "sm_90a", 13, 0), "-DAF_DEFERRED_MAX=0"));
+}
+
 TEST(FwdSm90QBuffers, TwoQTilesInThePersistentFormsWhereTheyFitAndOneWithTheKnob) {
   ScopedEnv stages("ATTNFORGE_SM90_STAGES", nullptr);
   ScopedEnv block_n("ATTNFORGE_SM90_BLOCK_N", nullptr);

@@ -10,7 +10,9 @@ head dim 64) on the d64 cases and on lengths around their tile; (WINDOW_CASES) s
 softcap, through the extras variants' two schedules and fwd_sm80 on the same inputs. Each case also
 checks that the plan named fwd_sm90 (and the form asked for), so a silent routing to fwd_sm80 cannot
 pass for the new family. The key-block widths of $ATTNFORGE_SM90_BLOCK_N (a tuning knob) run on
-lengths off their grid in child processes (test_fwd_sm90_block_n_knob).
+lengths off their grid in child processes (test_fwd_sm90_block_n_knob), and the softmax with the block max
+after the exps ($ATTNFORGE_SM90_DEFERRED_MAX=1, an experiment) in one (test_fwd_sm90_deferred_max_knob). Scores
+that rise block after block, or jump past exp2's range, check the softmax's reference max (test_fwd_sm90_rising_scores).
 """
 import math
 import os
@@ -673,6 +675,21 @@ def test_fwd_sm90_block_n_knob(knob):
     child = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-k",
                             "block_n_forms_cases and bf16 and not 4097", os.path.abspath(__file__)], env=env,
                            capture_output=True, text=True, timeout=600)
+    tail = child.stdout[-6000:] + child.stderr[-2000:]
+    assert child.returncode == 0, tail
+    assert re.search(r"\b\d+ passed", tail), tail
+
+
+def test_fwd_sm90_deferred_max_knob():
+    """ATTNFORGE_SM90_DEFERRED_MAX=1 (the 128-row tiles' softmax with the block max after the exps, an experiment;
+    read once per process): the default cases, the persistent forms, sequences, windows/softcap and the rising-score
+    cases in a child pytest, all passing, and the child ran some."""
+    if os.environ.get("ATTNFORGE_SM90_DEFERRED_MAX"):
+        pytest.skip("this process already has ATTNFORGE_SM90_DEFERRED_MAX")
+    env = dict(os.environ, ATTNFORGE_SM90_DEFERRED_MAX="1")
+    selection = "fwd_sm90_case or persistent_forms or rising_scores or fwd_sm90_sequences or window_softcap"
+    child = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-k", selection,
+                            os.path.abspath(__file__)], env=env, capture_output=True, text=True, timeout=600)
     tail = child.stdout[-6000:] + child.stderr[-2000:]
     assert child.returncode == 0, tail
     assert re.search(r"\b\d+ passed", tail), tail

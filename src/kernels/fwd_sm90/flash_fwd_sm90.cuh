@@ -333,17 +333,17 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
         for (int e = 0; e < kSRegisters; ++e) s[e] = tanh_approx(s[e] * p.softcap_in);
       }
   };
-  // Online softmax with a lazy reference max (FlashAttention-4's conditional rescale): S becomes
-  // exp2(S * scale - row_max) in place and extends row_sum, where row_max (scaled: log2 units) moves
-  // only when a block's max exceeds it by more than kRescaleLog2. P then stays at most 2^8 (exact in
-  // the 16-bit types' range, and their relative precision does not depend on the magnitude), and O,
-  // row_sum and the LSE are measured from whatever reference their row holds, so the result is the
-  // same. The rescale (row_sum here, O by correction in the caller, which must wait for P V first)
-  // runs only when some row of the warp moved: the return value, the same in all lanes. With the
-  // exact max it ran on most blocks (any of a warp's 16 rows finding a new max), 64 FMULs each.
-  auto softmax = [&](float(&s)[kSRegisters], float(&correction)[2]) {
-    constexpr float kRescaleLog2 = 8.f;
-    float block_max[2];
+  // Online softmax with a lazy reference max (FlashAttention-4's conditional rescale): P = exp2(S * scale -
+  // row_max) extends row_sum, where row_max (scaled: log2 units) moves only when a block's max exceeds it by
+  // more than kRescaleLog2. P then stays at most 2^8 (exact in the 16-bit types' range, and their relative
+  // precision does not depend on the magnitude), and O, row_sum and the LSE are measured from whatever
+  // reference their row holds, so the result is the same. The rescale (row_sum here, O by correction in the
+  // caller, which must wait for P V first) runs only when some row of the warp moved: the same in all lanes.
+  // With the exact max it ran on most blocks (any of a warp's 16 rows finding a new max), 64 FMULs each.
+  constexpr float kRescaleLog2 = 8.f;
+  // This block's max of S * scale of rows g and g + 8 (over the row's 4 threads), and whether any row of the
+  // warp moves its reference (a row with no visible key keeps -inf: -inf > -inf + 8 is false).
+  auto block_max_moved = [&](const float(&s)[kSRegisters], float(&block_max)[2]) {
     bool moved = false;
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
@@ -353,20 +353,22 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
       m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
       m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
       block_max[half] = m * scale;
-      // A row with no visible key keeps -inf (-inf > -inf + 8 is false).
       moved = moved || block_max[half] > row_max[half] + kRescaleLog2;
     }
-    const bool rescale = __any_sync(0xffffffffu, moved) != 0;
-    if (rescale) {
+    return __any_sync(0xffffffffu, moved) != 0;
+  };
+  auto move_reference = [&](const float(&block_max)[2], float(&correction)[2]) {
 #pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const float top = fmaxf(row_max[half], block_max[half]);
-        // exp2(-inf - 0) = 0 for a row's first visible keys; rows still without any keep -inf.
-        correction[half] = exp2_approx(row_max[half] - (top == AF_NEG_INF ? 0.f : top));
-        row_sum[half] *= correction[half];
-        row_max[half] = top;
-      }
+    for (int half = 0; half < 2; ++half) {
+      const float top = fmaxf(row_max[half], block_max[half]);
+      // exp2(-inf - 0) = 0 for a row's first visible keys; rows still without any keep -inf.
+      correction[half] = exp2_approx(row_max[half] - (top == AF_NEG_INF ? 0.f : top));
+      row_sum[half] *= correction[half];
+      row_max[half] = top;
     }
+  };
+  // P = exp2(S * scale - row_max), each row's sum added to sum; store(e, p0, p1) keeps elements e and e + 1.
+  auto exps = [&](const float(&s)[kSRegisters], float(&sum)[2], auto&& store) {
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       // Subtracting 0 from a row still at -inf gives exp2(-inf) = 0 for its (masked) scores.
@@ -375,11 +377,46 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
       for (int j = 0; j < kBlockN / 8; ++j) {
         const float p0 = exp2_approx(fmaf(s[4 * j + 2 * half], scale, -base));
         const float p1 = exp2_approx(fmaf(s[4 * j + 2 * half + 1], scale, -base));
-        s[4 * j + 2 * half] = p0;
-        s[4 * j + 2 * half + 1] = p1;
-        row_sum[half] += p0 + p1;
+        store(4 * j + 2 * half, p0, p1);
+        sum[half] += p0 + p1;
       }
     }
+  };
+  // S becomes P in place: the block max first, then the exps.
+  auto softmax = [&](float(&s)[kSRegisters], float(&correction)[2]) {
+    float block_max[2];
+    const bool rescale = block_max_moved(s, block_max);
+    if (rescale) move_reference(block_max, correction);
+    exps(s, row_sum, [&](int e, float p0, float p1) {
+      s[e] = p0;
+      s[e + 1] = p1;
+    });
+    return rescale;
+  };
+  // The same P, packed into pa, with the block max off the exps' path (AF_DEFERRED_MAX): the exps run against
+  // the reference first; every P is at most its thread's block sum, so only where a sum passes 2^8 (inf too) or
+  // a row has no reference yet does the block max decide, as in softmax, and the exps run again if a row moved.
+  // S stays in s for that, P goes straight into pa (the main loop issues the previous block's P V before this
+  // block's S, so both are done here). A NaN sum compares false: NaN stays in P and the row sum, as in softmax.
+  auto softmax_deferred = [&](const float(&s)[kSRegisters], af_u32(&pa)[kBlockN / 16][4], float(&correction)[2]) {
+    // Element e = 8kk + 2r (+1) of S is register r of P's k16 step kk (pack_p).
+    const auto store = [&](int e, float p0, float p1) { pa[e >> 3][(e & 7) >> 1] = pack2(p0, p1); };
+    float sum[2] = {0.f, 0.f};
+    exps(s, sum, store);
+    bool rescale = false;
+    constexpr float kMaxP = float(1 << int(kRescaleLog2));
+    const bool check = sum[0] > kMaxP || sum[1] > kMaxP || row_max[0] == AF_NEG_INF || row_max[1] == AF_NEG_INF;
+    if (__any_sync(0xffffffffu, check)) {
+      float block_max[2];
+      rescale = block_max_moved(s, block_max);
+      if (rescale) {
+        move_reference(block_max, correction);
+        sum[0] = sum[1] = 0.f;
+        exps(s, sum, store);
+      }
+    }
+    row_sum[0] += sum[0];
+    row_sum[1] += sum[1];
     return rescale;
   };
   auto rescale_o = [&](const float(&correction)[2]) {
@@ -692,14 +729,26 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
           take_turn();
         else if (kPingPong)
           named_barrier_sync(kTurnBarrier + consumer, 256);
-        issue_s(s, k_tile(i));
-        mbarrier_wait(v_full(stage(i - 1)), parity(i - 1));
-        issue_pv(pa, v_tile(i - 1));
+        if constexpr (kDeferredMax) {
+          // P V of block i - 1 first: once S of block i is done so is P V, and softmax_deferred packs P straight
+          // into pa. (A second P buffer copied into pa after P V spills nothing either, but its copy defines wgmma
+          // inputs inside the pipeline and ptxas serialises every wgmma; P in fp32 beside S spills at d128.)
+          mbarrier_wait(v_full(stage(i - 1)), parity(i - 1));
+          issue_pv(pa, v_tile(i - 1));
+          issue_s(s, k_tile(i));
+        } else {
+          issue_s(s, k_tile(i));
+          mbarrier_wait(v_full(stage(i - 1)), parity(i - 1));
+          issue_pv(pa, v_tile(i - 1));
+        }
         if (kCrossTile)
           give_turn(false);
         else if (kPingPong && (consumer != kLastConsumer || i + 1 < n_blocks))
           named_barrier_arrive(kTurnBarrier + (consumer + 1) % kConsumers, 256);
-        wgmma_wait<1>();  // S of block i
+        if constexpr (kDeferredMax)
+          wgmma_wait<0>();  // P V of block i - 1 and S of block i
+        else
+          wgmma_wait<1>();  // S of block i
 #pragma unroll
         for (int e = 0; e < kSRegisters; ++e) fence_operand(s[e]);
         __syncwarp();
@@ -707,13 +756,19 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
         release_q(i, n_blocks);
         apply_softcap(s);
         mask(s, n_end - 1 - i);
-        const bool rescale = softmax(s, correction);
-        wgmma_wait<0>();  // P V of block i - 1
-        fence_o();
-        __syncwarp();
-        if (lane == 0) mbarrier_arrive(v_empty(stage(i - 1)));
-        if (rescale) rescale_o(correction);
-        pack_p(s, pa);
+        if constexpr (kDeferredMax) {
+          fence_o();
+          if (lane == 0) mbarrier_arrive(v_empty(stage(i - 1)));
+          if (softmax_deferred(s, pa, correction)) rescale_o(correction);
+        } else {
+          const bool rescale = softmax(s, correction);
+          wgmma_wait<0>();  // P V of block i - 1
+          fence_o();
+          __syncwarp();
+          if (lane == 0) mbarrier_arrive(v_empty(stage(i - 1)));
+          if (rescale) rescale_o(correction);
+          pack_p(s, pa);
+        }
       }
       if constexpr (!kCrossTile) {
         const int last = n_blocks - 1;

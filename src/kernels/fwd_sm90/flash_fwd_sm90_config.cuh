@@ -21,6 +21,10 @@
 //                 this one; 1 otherwise
 //   AF_CROSS_TILE 1 (with two Q tiles): the cross-tile pipeline below; 0 where the NVRTC's ptxas would
 //                 serialise its wgmmas (12.1 to 12.8: src/cuda/families.cpp's sm90_cross_tile)
+//   AF_DEFERRED_MAX 1: the overlap and pingpong main loops issue a step's P V before its S and run the exps
+//                 against the reference max first, taking the block max only where a row's sum of P passes 2^8
+//                 (softmax_deferred in flash_fwd_sm90.cuh); 0: S first, the block max, then the exps
+//                 (src/cuda/families.cpp's sm90_deferred_max)
 //   AF_EXTRAS     1: a sliding window's left edge (window_left) and softcap are compiled in; 0: the
 //                 kernel ignores both (the plan sends no such call to it), so the common case pays nothing
 
@@ -35,6 +39,7 @@ constexpr bool kTmaStore = AF_SM90_TMA_STORE != 0;
 constexpr bool kDynamic = AF_SM90_DYNAMIC != 0;
 constexpr bool kExtras = AF_EXTRAS != 0;
 constexpr int kQBuffers = AF_Q_BUFFERS;
+constexpr bool kDeferredMax = AF_DEFERRED_MAX != 0;
 // The persistent forms with two Q tiles carry each tile's last P V and epilogue into the next tile's first
 // step (flash_fwd_sm90.cuh, "cross-tile form"): the next tile's Q must be in shared memory by then.
 constexpr bool kCrossTile = kPersistent && kQBuffers == 2 && AF_CROSS_TILE != 0;
