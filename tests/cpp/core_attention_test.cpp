@@ -5,8 +5,8 @@
 // with kv_batch_idx, seqused_k, leftpad_k and padded strides), fills every
 // byte that must not be read with NaN, runs af_attention_forward and checks:
 //   - error(ours) <= 2 * error(naive same-precision implementation) + floor
-//     (one output ulp), both against the float64 reference rounded to the
-//     output dtype;
+//     (one output ulp; 3 * for fp32 outputs), both against the float64
+//     reference rounded to the output dtype;
 //   - the same for softmax_lse (naive in fp32);
 //   - rows that see no key give exactly 0 and lse = -inf; no NaN anywhere;
 //   - nothing outside out's and lse's elements was written.
@@ -370,7 +370,12 @@ void run_case(const Case& c, af::cpu::Isa isa, std::mt19937_64& rng, uint64_t se
   const int mantissa_bits = dt == AF_DTYPE_FLOAT32 ? 23 : dt == AF_DTYPE_FLOAT16 ? 10 : 7;
   const double out_floor =
       std::max(1e-6, largest_output > 0 ? std::ldexp(1.0, std::ilogb(largest_output) - mantissa_bits) : 0.0);
-  EXPECT_LE(out_err.ours, 2 * out_err.naive + out_floor) << "naive error " << out_err.naive;
+  // fp32: both results carry rounding errors of one size from different summation orders (blocked, vectorised dot
+  // products and online rescales against sequential sums), so the naive error is a sample of that size, not a
+  // bound: 3x it (2x failed 1 in a few hundred cases: alibi_bh_scale_fp32 at 2.2x under ASan). 16-bit outputs:
+  // their rounding, common to both, dominates.
+  const double naive_factor = dt == AF_DTYPE_FLOAT32 ? 3.0 : 2.0;
+  EXPECT_LE(out_err.ours, naive_factor * out_err.naive + out_floor) << "naive error " << out_err.naive;
   EXPECT_LE(lse_err.ours, 2 * lse_err.naive + 1e-5) << "naive lse error " << lse_err.naive;
 
   // Nothing written outside the tensors' elements: padding stays NaN.

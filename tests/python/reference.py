@@ -1,7 +1,7 @@
 """Float64 reference for FlashAttention semantics, written independently of attnforge (one sequence and
 one head at a time, FlashAttention-2's docstring rules), and the error budget of the house:
 
-    error(ours) <= 2 * error(naive same-precision implementation) + floor,
+    error(ours) <= 2 * error(naive same-precision implementation) + floor (3 * for fp32 outputs),
     both measured against the float64 result rounded to the output dtype; NaN never passes. The floor
     (1e-6 for fp32 outputs, 1e-3 for fp16/bf16) is the one the C++ CPU-backend tests use: the naive
     implementation's own error can be near zero on a lucky draw.
@@ -70,7 +70,10 @@ def error_budget(ours, expected64, naive, dtype):
     # C++ tests).
     magnitude = rounded.abs().max().item() if rounded.numel() else 0.0
     ulp = torch.finfo(dtype).eps * 2.0 ** math.floor(math.log2(magnitude)) if magnitude > 0 else 0.0
-    return ours_err, 2 * naive_err + floor + ulp
+    # fp32: both results carry rounding errors of one size from different summation orders, so the naive error
+    # is a sample of that size, not a bound: 3x it (the C++ tests' rule). 16-bit: their output rounding dominates.
+    factor = 3 if dtype in (torch.float32, torch.float64) else 2
+    return ours_err, factor * naive_err + floor + ulp
 
 
 def assert_close(ours, expected64, naive, dtype, what="out"):
