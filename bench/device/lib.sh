@@ -132,9 +132,10 @@ for d in dirs:
     except (OSError, ValueError):
         runs.append({})
 print("# fwd_sm90 / cuDNN, default against %s, bf16, CUDA-graph replay\n" % ", ".join(sorted(set(names) - {"default"})))
+keys = sorted(set().union(*runs), key=lambda k: (k[4], k[5], k[3] != k[2], k[1]))
 print("| shape | " + " | ".join("run %d: %s" % (i + 1, n) for i, n in enumerate(names)) + " |")
 print("|---|" + "---|" * len(names))
-for key in sorted(set().union(*runs), key=lambda k: (k[4], k[5], k[3] != k[2], k[1])):
+for key in keys:
     b, s, h, hk, d, causal = key
     cells = []
     for run in runs:
@@ -151,7 +152,7 @@ print("\ncells: sm90/cuDNN (fwd_sm90 TFLOP/s, the plan's tile)")
 labels = [n for n in dict.fromkeys(names) if n != "default"]
 print("\n| shape | " + " | ".join("%s / default" % n for n in labels) + " |")
 print("|---|" + "---|" * len(labels))
-for key in sorted(set().union(*runs), key=lambda k: (k[4], k[5], k[3] != k[2], k[1])):
+for key in keys:
     def mean(label):
         values = [run[key]["fwd_sm90"] for run, n in zip(runs, names)
                   if n == label and key in run and run[key].get("fwd_sm90")]

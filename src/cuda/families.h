@@ -113,7 +113,8 @@ bool sm90_cross_tile(int nvrtc_major, int nvrtc_minor);
 // Whether a fwd_sm90 tile's overlap/pingpong main loop issues each step's P V before its S and runs the exps against
 // the reference max first, taking the block max only where some row's sum of P passes 2^8 (AF_DEFERRED_MAX;
 // softmax_deferred in fwd_sm90/flash_fwd_sm90.cuh): SASS per unmasked key block d64 403 -> 331, d128 422 -> 351,
-// d256 315 -> 286 (nvcc 13.0), no spills, no serialised wgmma from NVRTC 12.9 on. An experiment, not measured in
+// d256 315 -> 286 (nvcc 13.0), no spills or serialised wgmma with NVRTC 12.1 (without the cross-tile form, as it
+// compiles there), 12.9, 13.0 and 13.5. An experiment, not measured in
 // this form: off unless $ATTNFORGE_SM90_DEFERRED_MAX=1, which turns it on for the 128-row tiles (A/B runs:
 // bench/device/sm90_deferred_max_ab.sh; part of the compile options). The 192-row d64 tile's 160 registers do not
 // hold S beside P.
