@@ -9,7 +9,7 @@
 #    not, d64/d128/d256 and the 64/8 GQA rows) in two rounds of: default; the knob; the knob with 128-row tiles at d64
 #    (ATTNFORGE_SM90_BLOCK_M=128: d64's default 192-row tile keeps the block max first), one process each
 #    (deferred_max_ab.md).
-# AF_SECONDS sets each timing run's budget (default 45). Outputs leave as $OUT/deferred_max.tgz; one PASS/FAIL line
+# AF_SECONDS sets each timing run's budget (default 45); AF_SETTINGS replaces the settings timed beside the default. Outputs leave as $OUT/deferred_max.tgz; one PASS/FAIL line
 # per step at the end; exit status 0 only when every step passed.
 set -u -o pipefail
 cd "$(dirname "$0")/../.." || exit 1
@@ -21,6 +21,6 @@ ATTNFORGE_SM90_DEFERRED_MAX=1 timeout 300 python3 -m pytest -q -x -p no:cachepro
   2>&1 | tail -3
 record "pytest test_forward_sm90.py (deferred max)" "${PIPESTATUS[0]}"
 echo "== timing: default, deferred max, deferred max with 128-row d64 tiles; two rounds"
-af_knob_timing - "ATTNFORGE_SM90_DEFERRED_MAX=1 ATTNFORGE_SM90_DEFERRED_MAX=1,ATTNFORGE_SM90_BLOCK_M=128" 64,128,256 \
+af_knob_timing - "${AF_SETTINGS:-ATTNFORGE_SM90_DEFERRED_MAX=1 ATTNFORGE_SM90_DEFERRED_MAX=1,ATTNFORGE_SM90_BLOCK_M=128}" 64,128,256 \
   512,1024,2048,16384 "${AF_SECONDS:-45}" "$OUT/deferred_max_ab.md"
 af_summary
