@@ -116,9 +116,12 @@ int sm90_q_buffers(int head_dim, const TileConfig& tile, Sm90Schedule schedule) 
   return sm90_smem_bytes(head_dim, tile.block_m(), tile.block_n, tile.stages, tma_store, 2) <= kSm90SmemLimit ? 2 : 1;
 }
 
-bool sm90_deferred_max(const TileConfig& tile) {
+bool sm90_deferred_max(int head_dim, const TileConfig& tile) {
+  if (tile.block_m() != kSm90BlockM) return false;
   const char* text = std::getenv("ATTNFORGE_SM90_DEFERRED_MAX");
-  return tile.block_m() == kSm90BlockM && text != nullptr && std::strcmp(text, "1") == 0;
+  if (text != nullptr && std::strcmp(text, "0") == 0) return false;
+  if (text != nullptr && std::strcmp(text, "1") == 0) return true;
+  return (head_dim == 64 || head_dim == 128) && tile.block_n == 128;
 }
 
 bool sm90_cross_tile(int nvrtc_major, int nvrtc_minor) {
@@ -270,7 +273,7 @@ std::vector<Variant> build_variants() {
             for (TileConfig& t : v.tiles) {
               t = block_m == kSm90WideBlockM ? sm90_wide_tile() : sm90_tile_for(d);
               t.q_buffers = sm90_q_buffers(d, t, schedule);
-              t.deferred_max = sm90_deferred_max(t);
+              t.deferred_max = sm90_deferred_max(d, t);
             }
             v.name = std::string("fwd_sm90") + (dtype == AF_DTYPE_BFLOAT16 ? "_bf16" : "_fp16") + "_d" +
                      std::to_string(d) + (block_m == kSm90WideBlockM ? "_m192" : "") + (extras ? "_extras" : "") +

@@ -858,16 +858,27 @@ TEST(FwdSm90BlockN, ReadsTheKeyBlockWidthPerHeadDimAndIgnoresMalformedOrOversize
   EXPECT_EQ(v.smem_bytes(90), (128 + 2 * 2 * 176) * 128 * 2 + 1024);
 }
 
-// $ATTNFORGE_SM90_DEFERRED_MAX=1: the 128-row tiles' softmax with the block max after the exps (an experiment, off
-// otherwise; "0", "", "yes" and unset leave it off), in the compile options (so the kernel cache's key).
-TEST(FwdSm90DeferredMax, OnlyWithTheKnobAndOnlyOn128RowTiles) {
-  for (const char* off : {static_cast<const char*>(nullptr), "", "0", "yes", "1 "}) {
-    ScopedEnv env("ATTNFORGE_SM90_DEFERRED_MAX", off);
-    for (int d : {64, 128, 256}) EXPECT_FALSE(sm90_deferred_max(sm90_tile_for(d))) << (off ? off : "(unset)");
+// The block max after the exps: the 128 x 128 tiles of d64 and d128 by default ("", "yes" and "1 " are no
+// setting), every 128-row tile with $ATTNFORGE_SM90_DEFERRED_MAX=1, none with "0"; never the 192-row d64 tile, nor a
+// tile of another key-block width without "1". In the compile options (so the kernel cache's key).
+TEST(FwdSm90DeferredMax, D64AndD128ByDefaultEvery128RowTileWithOneNoneWithZero) {
+  ScopedEnv block_n("ATTNFORGE_SM90_BLOCK_N", nullptr);
+  for (const char* unset : {static_cast<const char*>(nullptr), "", "yes", "1 "}) {
+    ScopedEnv env("ATTNFORGE_SM90_DEFERRED_MAX", unset);
+    for (int d : {64, 128, 256})
+      EXPECT_EQ(sm90_deferred_max(d, sm90_tile_for(d)), d != 256) << "d" << d << " " << (unset ? unset : "(unset)");
+    EXPECT_FALSE(sm90_deferred_max(64, sm90_wide_tile()));
+    TileConfig wide_keys = sm90_tile_for(128);
+    wide_keys.block_n = 176;
+    EXPECT_FALSE(sm90_deferred_max(128, wide_keys));
+  }
+  {
+    ScopedEnv env("ATTNFORGE_SM90_DEFERRED_MAX", "0");
+    for (int d : {64, 128, 256}) EXPECT_FALSE(sm90_deferred_max(d, sm90_tile_for(d))) << "d" << d;
   }
   ScopedEnv env("ATTNFORGE_SM90_DEFERRED_MAX", "1");
-  for (int d : {64, 128, 256}) EXPECT_TRUE(sm90_deferred_max(sm90_tile_for(d))) << "d" << d;
-  EXPECT_FALSE(sm90_deferred_max(sm90_wide_tile()));
+  for (int d : {64, 128, 256}) EXPECT_TRUE(sm90_deferred_max(d, sm90_tile_for(d))) << "d" << d;
+  EXPECT_FALSE(sm90_deferred_max(64, sm90_wide_tile()));
   const int index = find_variant(kFamilyFwdSm90, AF_DTYPE_BFLOAT16, 128, false, kSm90PingPongPersistent);
   ASSERT_GE(index, 0);
   Variant v = variants()[index];

@@ -11,7 +11,8 @@ softcap, through the extras variants' two schedules and fwd_sm80 on the same inp
 checks that the plan named fwd_sm90 (and the form asked for), so a silent routing to fwd_sm80 cannot
 pass for the new family. The key-block widths of $ATTNFORGE_SM90_BLOCK_N (a tuning knob) run on
 lengths off their grid in child processes (test_fwd_sm90_block_n_knob), and the softmax with the block max
-after the exps ($ATTNFORGE_SM90_DEFERRED_MAX=1, an experiment) in one (test_fwd_sm90_deferred_max_knob). Scores
+after the exps (d128's default; every 128-row tile with $ATTNFORGE_SM90_DEFERRED_MAX=1, none with 0) in one each
+(test_fwd_sm90_deferred_max_knob). Scores
 that rise block after block, or jump past exp2's range, check the softmax's reference max (test_fwd_sm90_rising_scores).
 """
 import math
@@ -680,13 +681,14 @@ def test_fwd_sm90_block_n_knob(knob):
     assert re.search(r"\b\d+ passed", tail), tail
 
 
-def test_fwd_sm90_deferred_max_knob():
-    """ATTNFORGE_SM90_DEFERRED_MAX=1 (the 128-row tiles' softmax with the block max after the exps, an experiment;
-    read once per process): the default cases, the persistent forms, sequences, windows/softcap and the rising-score
-    cases in a child pytest, all passing, and the child ran some."""
+@pytest.mark.parametrize("setting", ["0", "1"])
+def test_fwd_sm90_deferred_max_knob(setting):
+    """ATTNFORGE_SM90_DEFERRED_MAX=1 (every 128-row tile's softmax with the block max after the exps; by default only
+    d128's) and =0 (the block max first everywhere; read once per process): the default cases, the persistent forms,
+    sequences, windows/softcap and the rising-score cases in a child pytest, all passing, and the child ran some."""
     if os.environ.get("ATTNFORGE_SM90_DEFERRED_MAX"):
         pytest.skip("this process already has ATTNFORGE_SM90_DEFERRED_MAX")
-    env = dict(os.environ, ATTNFORGE_SM90_DEFERRED_MAX="1")
+    env = dict(os.environ, ATTNFORGE_SM90_DEFERRED_MAX=setting)
     selection = "fwd_sm90_case or persistent_forms or rising_scores or fwd_sm90_sequences or window_softcap"
     child = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-k", selection,
                             os.path.abspath(__file__)], env=env, capture_output=True, text=True, timeout=600)
