@@ -4,9 +4,9 @@
 # forms, 128-row and 192-row); then alone: fwd_sm90's sweep beside cuDNN (sm90_check.py: probes, float64
 # cases, timing) and ncu's executed-instruction count of d128 8 x 2k non-causal (attnforge, then cuDNN).
 #   OUT=dir bash bench/device/check_all.sh
-# AF_SANITIZE_VARIANTS replaces the sanitized forms (sm90_check.py --variants entries); AF_SWEEP_BUDGET sets step 2's
-# seconds (default 190); AF_NCU=0 skips step 3.
-# One PASS/FAIL line per step at the end; exit status 0 only when every step passed.
+# AF_SANITIZE_VARIANTS replaces the sanitized forms (sm90_check.py --variants entries); AF_SWEEP_BUDGET sets step
+# 2's seconds (default 190); AF_NCU=0 skips step 3. Outputs leave as $OUT/check_all.tgz; one PASS/FAIL line per step
+# at the end; exit status 0 only when every step passed.
 set -u -o pipefail
 cd "$(dirname "$0")/../.." || exit 1
 source bench/device/lib.sh
@@ -14,14 +14,16 @@ af_pack_outputs check_all.tgz
 af_build
 
 echo "== 1. correctness: tests/gpu and sanitizers, at once"
-af_sanitize_start "${AF_SANITIZE_VARIANTS:-pingpong-persistent pingpong-persistent@192}" "memcheck racecheck synccheck"
+af_sanitize_start "${AF_SANITIZE_VARIANTS:-pingpong-persistent pingpong-persistent@192}" \
+  "memcheck racecheck synccheck"
 timeout 280 python3 -m pytest -q -p no:cacheprovider tests/gpu >"$OUT/pytest-gpu.log" 2>&1
 rc=$?  # before the tail below, whose status $? would otherwise be
 record "tests/gpu ($(tail -1 "$OUT/pytest-gpu.log"))" $rc
 af_sanitize_wait
 
 echo "== 2. fwd_sm90 sweep"
-timeout $((${AF_SWEEP_BUDGET:-190} + 10)) python3 bench/device/sm90_check.py --out "$OUT/sm90" --budget "${AF_SWEEP_BUDGET:-190}"
+timeout $((${AF_SWEEP_BUDGET:-190} + 10)) python3 bench/device/sm90_check.py --out "$OUT/sm90" \
+  --budget "${AF_SWEEP_BUDGET:-190}"
 record "sm90_check (probes, float64 cases, timing)" $?
 
 [ "${AF_NCU:-1}" = 0 ] && af_summary

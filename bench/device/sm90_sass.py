@@ -129,6 +129,15 @@ def q_buffers(args, block_n, persistent, tma_store):
     return 2 if (2 + tma_store) * q + ring + 1024 <= limit else 1
 
 
+def deferred_max(args, block_n):
+    """--deferred-max, else families.cpp's sm90_deferred_max_default: the 128 x 128 tiles of d64 and d128 with 2
+    stages and no extras in pingpong-persistent and pingpong-dynamic."""
+    if args.deferred_max is not None:
+        return args.deferred_max
+    return int(args.head_dim in (64, 128) and args.block_m == 128 and block_n == 128 and args.stages == 2 and
+               not args.extras and args.schedule in ("pingpong-persistent", "pingpong-dynamic"))
+
+
 def compile_sass(args):
     schedule, persistent, tma_store, dynamic = SCHEDULES[args.schedule]
     # sm90_tile in families.cpp, or --block-n ($ATTNFORGE_SM90_BLOCK_N's width).
@@ -139,7 +148,7 @@ def compile_sass(args):
                "-DAF_SM90_SCHEDULE=%d" % schedule, "-DAF_SM90_PERSISTENT=%d" % persistent,
                "-DAF_SM90_TMA_STORE=%d" % tma_store, "-DAF_SM90_DYNAMIC=%d" % dynamic,
                "-DAF_Q_BUFFERS=%d" % q_buffers(args, block_n, persistent, tma_store),
-               "-DAF_CROSS_TILE=%d" % (not args.no_cross_tile), "-DAF_DEFERRED_MAX=%d" % args.deferred_max]
+               "-DAF_CROSS_TILE=%d" % (not args.no_cross_tile), "-DAF_DEFERRED_MAX=%d" % deferred_max(args, block_n)]
     sass, resources = module_sass(args.root, MODULE, args.arch, defines)
     return sass, block_n, resources
 
@@ -157,7 +166,8 @@ def main():
     parser.add_argument("--block-n", type=int, choices=range(64, 193, 16), metavar="{64,80,..,192}",
                         help="keys per block (default: 128, d256 64; $ATTNFORGE_SM90_BLOCK_N's widths)")
     parser.add_argument("--q-buffers", type=int, choices=(1, 2), help="Q tiles (default: sm90_q_buffers)")
-    parser.add_argument("--deferred-max", type=int, default=0, choices=(0, 1), help="AF_DEFERRED_MAX (default 0)")
+    parser.add_argument("--deferred-max", type=int, choices=(0, 1),
+                        help="AF_DEFERRED_MAX (default: the library's, sm90_deferred_max_default)")
     parser.add_argument("--no-cross-tile", action="store_true",
                         help="two Q tiles without the cross-tile pipeline (what NVRTC 12.1-12.8 compile)")
     parser.add_argument("--extras", action="store_true", help="the extras form (windows' left edge, softcap)")

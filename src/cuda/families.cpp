@@ -19,8 +19,8 @@
 // (checked by the cuda_compile test). $ATTNFORGE_TILE="D:warps,m_tiles,block_n,stages;..."
 // overrides a fwd_sm80 head dim's shape for tuning runs, $ATTNFORGE_DECODE_TILE a decode one,
 // $ATTNFORGE_SM90_STAGES a fwd_sm90 one's ring depth, $ATTNFORGE_SM90_BLOCK_N its 128-row tile's key-block
-// width, $ATTNFORGE_SM90_Q_BUFFERS=1 its persistent forms' Q tiles, $ATTNFORGE_SM90_DEFERRED_MAX=1 its softmax's order
-// (each override is part of the compile options, so it gets its own cache entries).
+// width, $ATTNFORGE_SM90_Q_BUFFERS=1 its persistent forms' Q tiles, $ATTNFORGE_SM90_DEFERRED_MAX (0/1) its softmax's
+// order (each override is part of the compile options, so it gets its own cache entries).
 #include "cuda/families.h"
 
 #include <cstdio>
@@ -116,12 +116,17 @@ int sm90_q_buffers(int head_dim, const TileConfig& tile, Sm90Schedule schedule) 
   return sm90_smem_bytes(head_dim, tile.block_m(), tile.block_n, tile.stages, tma_store, 2) <= kSm90SmemLimit ? 2 : 1;
 }
 
-bool sm90_deferred_max(int head_dim, const TileConfig& tile) {
-  if (tile.block_m() != kSm90BlockM) return false;
+bool sm90_deferred_max_default(int head_dim, bool extras, Sm90Schedule schedule, const TileConfig& tile) {
+  return (head_dim == 64 || head_dim == 128) && tile.block_m() == kSm90BlockM && tile.block_n == 128 &&
+         tile.stages == 2 && !extras && (schedule == kSm90PingPongPersistent || schedule == kSm90PingPongDynamic);
+}
+
+bool sm90_deferred_max(int head_dim, bool extras, Sm90Schedule schedule, const TileConfig& tile) {
+  if (tile.block_m() != kSm90BlockM || schedule == kSm90V0) return false;
   const char* text = std::getenv("ATTNFORGE_SM90_DEFERRED_MAX");
   if (text != nullptr && std::strcmp(text, "0") == 0) return false;
   if (text != nullptr && std::strcmp(text, "1") == 0) return true;
-  return (head_dim == 64 || head_dim == 128) && tile.block_n == 128;
+  return sm90_deferred_max_default(head_dim, extras, schedule, tile);
 }
 
 bool sm90_cross_tile(int nvrtc_major, int nvrtc_minor) {
@@ -273,7 +278,7 @@ std::vector<Variant> build_variants() {
             for (TileConfig& t : v.tiles) {
               t = block_m == kSm90WideBlockM ? sm90_wide_tile() : sm90_tile_for(d);
               t.q_buffers = sm90_q_buffers(d, t, schedule);
-              t.deferred_max = sm90_deferred_max(d, t);
+              t.deferred_max = sm90_deferred_max(d, extras, schedule, t);
             }
             v.name = std::string("fwd_sm90") + (dtype == AF_DTYPE_BFLOAT16 ? "_bf16" : "_fp16") + "_d" +
                      std::to_string(d) + (block_m == kSm90WideBlockM ? "_m192" : "") + (extras ? "_extras" : "") +

@@ -110,17 +110,20 @@ int sm90_q_buffers(int head_dim, const TileConfig& tile, Sm90Schedule schedule);
 // 12.8 serialises every wgmma of that kernel (C7515/C7516, checked for each of them), so those compile the two Q tiles
 // without it.
 bool sm90_cross_tile(int nvrtc_major, int nvrtc_minor);
-// Whether a fwd_sm90 tile's overlap/pingpong main loop issues each step's P V before its S and runs the exps against
-// the reference max first, taking the block max only where some row's sum of P passes 2^8 (AF_DEFERRED_MAX;
-// softmax_deferred in fwd_sm90/flash_fwd_sm90.cuh): SASS per unmasked key block d64 403 -> 331, d128 422 -> 351,
-// d256 315 -> 286 (nvcc 13.0), no spills or serialised wgmma with NVRTC 12.1 (without the cross-tile form, as it
-// compiles there), 12.9, 13.0 and 13.5. On by default for the 128 x 128 tiles of d64 and d128 (H200 A/B,
-// bench/results/fwd-sm90-deferred-max-h200-2026-12-02.md call 4: d128 median +0.6%, d64's 512-1k causal tiles +20-25%
-// against a block-max-first reading that other calls put level with it); d256 measured no gain. Its knob
-// $ATTNFORGE_SM90_DEFERRED_MAX=1 turns it on for every 128-row tile, "0" off for all (A/B runs:
-// bench/device/sm90_deferred_max_ab.sh; part of the compile options). The 192-row d64 tile's 160 registers do not
-// hold S beside P.
-bool sm90_deferred_max(int head_dim, const TileConfig& tile);
+// Whether a fwd_sm90 variant's overlap/pingpong main loop issues each step's P V before its S and runs the exps
+// against the reference max first, taking the block max only where some row's sum of P passes 2^8 (AF_DEFERRED_MAX;
+// softmax_deferred in fwd_sm90/flash_fwd_sm90.cuh): static SASS per unmasked key block d64 403 -> 331, d128 422 ->
+// 351 (17-18% fewer), d256 315 -> 286 (nvcc 13.0); no spills or serialised wgmma with NVRTC 12.1 (without the
+// cross-tile form, as it compiles there), 12.9, 13.0 and 13.5. On by default where it was timed and sanitized: the
+// 128 x 128 tiles of d64 and d128 with the 2-stage ring, no extras, in the pingpong-persistent and pingpong-dynamic
+// schedules (H200, bench/results/fwd-sm90-deferred-max-h200-2026-12-02.md call 4 and fwd-sm90-h200-2026-12-02-s13.md:
+// d128 within +-2.5% of the block max first, median +0.6%; d64's 512-1k causal tiles level with the block max
+// first's readings in other calls; compute-sanitizer clean). d256 measured no gain. $ATTNFORGE_SM90_DEFERRED_MAX=1
+// turns it on for every 128-row variant, "0" off for all (A/B runs: bench/device/sm90_deferred_max_ab.sh; part of
+// the compile options). The 192-row d64 tile's 160 registers do not hold S beside P; v0's loop has no such form.
+bool sm90_deferred_max(int head_dim, bool extras, Sm90Schedule schedule, const TileConfig& tile);
+// The same without the knob (the measured default above).
+bool sm90_deferred_max_default(int head_dim, bool extras, Sm90Schedule schedule, const TileConfig& tile);
 
 // Decode tiles by grid size (decode only): the default tile, and on the 227 KB class the wide-grid tiles for grids
 // of more CTAs than one wave of it: 4 warps with a 3-block ring (two CTAs per SM at d128, four at d64) and, at

@@ -166,8 +166,8 @@ TEST(CudaCompile, EveryVariantForEveryArchWithoutSpills) {
 // The fwd_sm90 forms that $ATTNFORGE_SM90_BLOCK_N / $ATTNFORGE_SM90_STAGES / $ATTNFORGE_SM90_DEFERRED_MAX (tuning
 // runs) give the table:
 //   ATTNFORGE_SM90_BLOCK_N="128:176;256:80" ./attnforge_tests --gtest_filter=CudaCompile.Sm90Tuned*
-// every variant whose tile is not the untuned one (128 keys, 64 at d256; 2 stages; the block max after the exps
-// on the 128 x 128 tiles of d64 and d128 only) compiles
+// every variant whose tile is not the untuned one (128 keys, 64 at d256; 2 stages; the softmax's order of
+// sm90_deferred_max_default) compiles
 // for sm_90a without spills, stack or serialized wgmmas; prints registers and a digest of the cubin. Skipped when
 // no knob is set (the matrix test above covers the untuned table).
 TEST(CudaCompile, Sm90TunedFormsWithoutSpillsStackOrSerializedWgmma) {
@@ -178,9 +178,9 @@ TEST(CudaCompile, Sm90TunedFormsWithoutSpillsStackOrSerializedWgmma) {
   std::vector<const Variant*> tuned;
   for (const Variant& v : variants()) {
     const TileConfig& t = v.tile_for(90);
-    const bool untuned_deferred = v.head_dim != 256 && t.block_m() == kSm90BlockM && t.block_n == 128;
     if (v.family == kFamilyFwdSm90 &&
-        (t.block_n != (v.head_dim == 256 ? 64 : 128) || t.stages != 2 || t.deferred_max != untuned_deferred))
+        (t.block_n != (v.head_dim == 256 ? 64 : 128) || t.stages != 2 ||
+         t.deferred_max != sm90_deferred_max_default(v.head_dim, v.extras, v.schedule, t)))
       tuned.push_back(&v);
   }
   ASSERT_FALSE(tuned.empty()) << "the knobs changed no fwd_sm90 tile";

@@ -2,6 +2,8 @@
 // Hopper family takes and, for the rest, the reason the plan gives when it sends them to fwd_sm80.
 #include <algorithm>
 #include <cstdlib>
+#include <cstring>
+#include <iterator>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -306,7 +308,7 @@ TEST(FwdSm90Schedule, EachScheduleIsItsOwnModuleWithTheSameTileAndDescribeNamesI
         EXPECT_LE(b.smem_bytes(90), 227 * 1024) << b.name;
         EXPECT_EQ(a.tile_for(90).block_n, b.tile_for(90).block_n);
         // The options are part of the kernel cache key: they must differ, in the main-loop macro
-        // and the persistent, TMA-store and dynamic ones only.
+        // and the persistent, TMA-store, dynamic and deferred-max ones only.
         const std::vector<std::string> oa = compile_options(a, "sm_90a", 13, 0),
                                        ob = compile_options(b, "sm_90a", 13, 0);
         ASSERT_EQ(oa.size(), ob.size());
@@ -319,6 +321,9 @@ TEST(FwdSm90Schedule, EachScheduleIsItsOwnModuleWithTheSameTileAndDescribeNamesI
         if (e.tma_store) expected.push_back("-DAF_SM90_TMA_STORE=0 -> -DAF_SM90_TMA_STORE=1");
         if (e.dynamic) expected.push_back("-DAF_SM90_DYNAMIC=0 -> -DAF_SM90_DYNAMIC=1");
         if (q_buffers == 2) expected.push_back("-DAF_Q_BUFFERS=1 -> -DAF_Q_BUFFERS=2");
+        // v0 has no deferred block max; the others where sm90_deferred_max puts it.
+        EXPECT_FALSE(a.tile_for(90).deferred_max) << a.name;
+        if (b.tile_for(90).deferred_max) expected.push_back("-DAF_DEFERRED_MAX=0 -> -DAF_DEFERRED_MAX=1");
         EXPECT_EQ(sm90_persistent(e.schedule), e.persistent) << b.name;
         EXPECT_EQ(sm90_tma_store(e.schedule), e.tma_store) << b.name;
         EXPECT_EQ(sm90_dynamic(e.schedule), e.dynamic) << b.name;
@@ -457,7 +462,7 @@ TEST(FwdSm90BlockM, EachScheduleHasA192RowModuleAtD64WithThreeConsumerWarpgroups
       for (size_t i = 0; i < oa.size(); ++i)
         if (oa[i] != ob[i]) differing.push_back(oa[i] + " -> " + ob[i]);
       std::vector<std::string> expected = {"-DAF_WARPS=12 -> -DAF_WARPS=16", "-DAF_BLOCK_M=128 -> -DAF_BLOCK_M=192"};
-      // The deferred block max is a 128-row form only (its knob may be set for the whole test run).
+      // The deferred block max is a 128-row form only (on by default at d64's 128 x 128 tile in two schedules).
       if (ta.deferred_max) expected.push_back("-DAF_DEFERRED_MAX=1 -> -DAF_DEFERRED_MAX=0");
       EXPECT_EQ(differing, expected) << b.name;
     }
@@ -567,7 +572,14 @@ TEST(FwdSm90Extras, TwoSchedulesOfExtrasVariantsIn128RowTilesDifferingOnlyInAfEx
         std::vector<std::string> differing;
         for (size_t i = 0; i < a.size(); ++i)
           if (a[i] != b[i]) differing.push_back(a[i] + " -> " + b[i]);
-        EXPECT_EQ(differing, std::vector<std::string>{"-DAF_EXTRAS=0 -> -DAF_EXTRAS=1"}) << v.name;
+        // The extras keep the block max first unless $ATTNFORGE_SM90_DEFERRED_MAX=1 (sm90_deferred_max).
+        std::vector<std::string> expected = {"-DAF_EXTRAS=0 -> -DAF_EXTRAS=1"};
+        if (plain.tile_for(90).deferred_max != v.tile_for(90).deferred_max)
+          expected.push_back(std::string("-DAF_DEFERRED_MAX=") + (plain.tile_for(90).deferred_max ? "1 -> " : "0 -> ") +
+                             (v.tile_for(90).deferred_max ? "-DAF_DEFERRED_MAX=1" : "-DAF_DEFERRED_MAX=0"));
+        const char* knob = std::getenv("ATTNFORGE_SM90_DEFERRED_MAX");
+        if (knob == nullptr || std::strcmp(knob, "1") != 0) EXPECT_FALSE(v.tile_for(90).deferred_max) << v.name;
+        EXPECT_EQ(differing, expected) << v.name;
       }
   EXPECT_EQ(found, 12);
   Choice choice;
@@ -858,27 +870,45 @@ TEST(FwdSm90BlockN, ReadsTheKeyBlockWidthPerHeadDimAndIgnoresMalformedOrOversize
   EXPECT_EQ(v.smem_bytes(90), (128 + 2 * 2 * 176) * 128 * 2 + 1024);
 }
 
-// The block max after the exps: the 128 x 128 tiles of d64 and d128 by default ("", "yes" and "1 " are no
-// setting), every 128-row tile with $ATTNFORGE_SM90_DEFERRED_MAX=1, none with "0"; never the 192-row d64 tile, nor a
-// tile of another key-block width without "1". In the compile options (so the kernel cache's key).
-TEST(FwdSm90DeferredMax, D64AndD128ByDefaultEvery128RowTileWithOneNoneWithZero) {
+// The block max after the exps by default where it was timed and sanitized ("", "yes" and "1 " are no setting): the
+// 128 x 128 tiles of d64 and d128 with 2 stages and no extras in pingpong-persistent and pingpong-dynamic; with
+// $ATTNFORGE_SM90_DEFERRED_MAX=1 every 128-row variant but v0's, with "0" none; never the 192-row d64 tile. In the
+// compile options (so the kernel cache's key).
+TEST(FwdSm90DeferredMax, MeasuredFormsByDefaultEvery128RowVariantWithOneNoneWithZero) {
   ScopedEnv block_n("ATTNFORGE_SM90_BLOCK_N", nullptr);
+  ScopedEnv stages("ATTNFORGE_SM90_STAGES", nullptr);
+  const Sm90Schedule by_default[] = {kSm90PingPongPersistent, kSm90PingPongDynamic};
   for (const char* unset : {static_cast<const char*>(nullptr), "", "yes", "1 "}) {
     ScopedEnv env("ATTNFORGE_SM90_DEFERRED_MAX", unset);
-    for (int d : {64, 128, 256})
-      EXPECT_EQ(sm90_deferred_max(d, sm90_tile_for(d)), d != 256) << "d" << d << " " << (unset ? unset : "(unset)");
-    EXPECT_FALSE(sm90_deferred_max(64, sm90_wide_tile()));
-    TileConfig wide_keys = sm90_tile_for(128);
+    const std::string setting = unset ? unset : "(unset)";
+    for (int s = 0; s < kSm90Schedules; ++s)
+      for (int d : {64, 128, 256})
+        for (bool extras : {false, true}) {
+          const Sm90Schedule schedule = Sm90Schedule(s);
+          const bool expected =
+              d != 256 && !extras &&
+              std::find(std::begin(by_default), std::end(by_default), schedule) != std::end(by_default);
+          EXPECT_EQ(sm90_deferred_max(d, extras, schedule, sm90_tile_for(d)), expected)
+              << "d" << d << " " << sm90_schedule_name(schedule) << (extras ? " extras " : " ") << setting;
+        }
+    EXPECT_FALSE(sm90_deferred_max(64, false, kSm90PingPongPersistent, sm90_wide_tile()));
+    TileConfig wide_keys = sm90_tile_for(128), deep = sm90_tile_for(128);
     wide_keys.block_n = 176;
-    EXPECT_FALSE(sm90_deferred_max(128, wide_keys));
+    deep.stages = 3;
+    EXPECT_FALSE(sm90_deferred_max(128, false, kSm90PingPongPersistent, wide_keys));
+    EXPECT_FALSE(sm90_deferred_max(128, false, kSm90PingPongPersistent, deep));
   }
   {
     ScopedEnv env("ATTNFORGE_SM90_DEFERRED_MAX", "0");
-    for (int d : {64, 128, 256}) EXPECT_FALSE(sm90_deferred_max(d, sm90_tile_for(d))) << "d" << d;
+    for (int d : {64, 128, 256})
+      EXPECT_FALSE(sm90_deferred_max(d, false, kSm90PingPongPersistent, sm90_tile_for(d))) << "d" << d;
   }
   ScopedEnv env("ATTNFORGE_SM90_DEFERRED_MAX", "1");
-  for (int d : {64, 128, 256}) EXPECT_TRUE(sm90_deferred_max(d, sm90_tile_for(d))) << "d" << d;
-  EXPECT_FALSE(sm90_deferred_max(64, sm90_wide_tile()));
+  for (int d : {64, 128, 256}) {
+    EXPECT_TRUE(sm90_deferred_max(d, true, kSm90PingPongPersistentTmaStore, sm90_tile_for(d))) << "d" << d;
+    EXPECT_FALSE(sm90_deferred_max(d, false, kSm90V0, sm90_tile_for(d))) << "d" << d;
+  }
+  EXPECT_FALSE(sm90_deferred_max(64, false, kSm90PingPongPersistent, sm90_wide_tile()));
   const int index = find_variant(kFamilyFwdSm90, AF_DTYPE_BFLOAT16, 128, false, kSm90PingPongPersistent);
   ASSERT_GE(index, 0);
   Variant v = variants()[index];

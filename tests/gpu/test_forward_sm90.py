@@ -11,9 +11,9 @@ softcap, through the extras variants' two schedules and fwd_sm80 on the same inp
 checks that the plan named fwd_sm90 (and the form asked for), so a silent routing to fwd_sm80 cannot
 pass for the new family. The key-block widths of $ATTNFORGE_SM90_BLOCK_N (a tuning knob) run on
 lengths off their grid in child processes (test_fwd_sm90_block_n_knob), and the softmax with the block max
-after the exps (d128's default; every 128-row tile with $ATTNFORGE_SM90_DEFERRED_MAX=1, none with 0) in one each
-(test_fwd_sm90_deferred_max_knob). Scores
-that rise block after block, or jump past exp2's range, check the softmax's reference max (test_fwd_sm90_rising_scores).
+after the exps (the default of d64's and d128's 128 x 128 tiles in two schedules; every 128-row tile with
+$ATTNFORGE_SM90_DEFERRED_MAX=1, none with 0) in one each (test_fwd_sm90_deferred_max_knob). Scores that rise
+block after block, or jump past exp2's range, check the softmax's reference max (test_fwd_sm90_rising_scores).
 """
 import math
 import os
@@ -684,8 +684,9 @@ def test_fwd_sm90_block_n_knob(knob):
 @pytest.mark.parametrize("setting", ["0", "1"])
 def test_fwd_sm90_deferred_max_knob(setting):
     """ATTNFORGE_SM90_DEFERRED_MAX=1 (every 128-row tile's softmax with the block max after the exps; by default only
-    d128's) and =0 (the block max first everywhere; read once per process): the default cases, the persistent forms,
-    sequences, windows/softcap and the rising-score cases in a child pytest, all passing, and the child ran some."""
+    the measured d64/d128 forms') and =0 (the block max first everywhere; read once per process): the default cases,
+    the persistent forms, sequences, windows/softcap and the rising-score cases in a child pytest, all passing, and
+    the child ran some."""
     if os.environ.get("ATTNFORGE_SM90_DEFERRED_MAX"):
         pytest.skip("this process already has ATTNFORGE_SM90_DEFERRED_MAX")
     env = dict(os.environ, ATTNFORGE_SM90_DEFERRED_MAX=setting)
