@@ -573,10 +573,11 @@ TEST(FwdSm90Extras, TwoSchedulesOfExtrasVariantsIn128RowTilesDifferingOnlyInAfEx
         for (size_t i = 0; i < a.size(); ++i)
           if (a[i] != b[i]) differing.push_back(a[i] + " -> " + b[i]);
         // The extras keep the block max first unless $ATTNFORGE_SM90_DEFERRED_MAX=1 (sm90_deferred_max).
+        const auto deferred = [](const Variant& x) {
+          return std::string("-DAF_DEFERRED_MAX=") + (x.tile_for(90).deferred_max ? "1" : "0");
+        };
         std::vector<std::string> expected = {"-DAF_EXTRAS=0 -> -DAF_EXTRAS=1"};
-        if (plain.tile_for(90).deferred_max != v.tile_for(90).deferred_max)
-          expected.push_back(std::string("-DAF_DEFERRED_MAX=") + (plain.tile_for(90).deferred_max ? "1 -> " : "0 -> ") +
-                             (v.tile_for(90).deferred_max ? "-DAF_DEFERRED_MAX=1" : "-DAF_DEFERRED_MAX=0"));
+        if (deferred(plain) != deferred(v)) expected.push_back(deferred(plain) + " -> " + deferred(v));
         const char* knob = std::getenv("ATTNFORGE_SM90_DEFERRED_MAX");
         if (knob == nullptr || std::strcmp(knob, "1") != 0) EXPECT_FALSE(v.tile_for(90).deferred_max) << v.name;
         EXPECT_EQ(differing, expected) << v.name;
